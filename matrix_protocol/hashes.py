@@ -1,0 +1,54 @@
+"""Content hashes and reference hashes of events.
+
+Spec: server-server API "Calculating the content hash for an event" and
+"Calculating the reference hash for an event" (digest: signing.md §5).
+Both are computed leniently (``strict=False``) because v1–v5 rooms contain
+floats and big integers that still hash; strict format checks for v6+ belong
+to the caller's validation of received events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from matrix_protocol.canonical_json import encode_canonical_json
+from matrix_protocol.encoding import decode_base64
+from matrix_protocol.redaction import redact
+from matrix_protocol.room_versions import RoomVersion
+
+_NOT_COVERED_BY_CONTENT_HASH = frozenset({"unsigned", "signatures", "hashes"})
+
+
+def compute_content_hash(pdu: Mapping[str, Any]) -> bytes:
+    """SHA-256 over the full event minus ``unsigned``, ``signatures`` and ``hashes``."""
+    covered = {k: v for k, v in pdu.items() if k not in _NOT_COVERED_BY_CONTENT_HASH}
+    return hashlib.sha256(encode_canonical_json(covered, strict=False)).digest()
+
+
+def content_hash_matches(pdu: Mapping[str, Any]) -> bool:
+    """Whether ``hashes.sha256`` is present, decodable and equal to the content hash.
+
+    A mismatch means the event was modified (or redacted) on its way: the
+    receiver then continues with the redacted copy instead of rejecting it.
+    """
+    hashes = pdu.get("hashes")
+    if not isinstance(hashes, Mapping):
+        return False
+    try:
+        expected = decode_base64(hashes.get("sha256"))
+    except ValueError:
+        return False
+    return expected == compute_content_hash(pdu)
+
+
+def compute_reference_hash(pdu: Mapping[str, Any], room_version: RoomVersion) -> bytes:
+    """SHA-256 over the redacted event without ``signatures``.
+
+    ``unsigned`` and a local top-level ``age_ts`` need no removal here:
+    redaction already dropped them, as neither is a kept top-level key.
+    """
+    redacted = redact(pdu, room_version)
+    redacted.pop("signatures", None)
+    return hashlib.sha256(encode_canonical_json(redacted, strict=False)).digest()
