@@ -1,0 +1,66 @@
+"""Fixtures for interop tests against a real Synapse on loopback.
+
+- ``synapse``: session-scoped, started on first use, default room version (12).
+- ``synapse_v10``: session-scoped, ``default_room_version: "10"`` (room ids with :server);
+  only started if a test asks for it.
+- ``synapse_client`` / ``synapse_v10_client``: a fresh ``SynapseClient`` per test.
+
+Helpers live in ``synapse_harness`` (this directory is put on sys.path here, so tests
+can ``from synapse_harness import SynapseServer, SynapseClient, wait_until``).
+Set MXFED_KEEP_SYNAPSE_DIR=1 to keep the temp dirs (config, logs, sqlite) after the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synapse_harness import SynapseClient, SynapseServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "interop: runs against a real Synapse homeserver (slow, spawns processes)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test using a Synapse fixture is an interop test, marked or not.
+    for item in items:
+        if {"synapse", "synapse_v10"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.interop)
+
+
+def _serve(server: SynapseServer) -> Iterator[SynapseServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def synapse() -> Iterator[SynapseServer]:
+    yield from _serve(SynapseServer())
+
+
+@pytest.fixture(scope="session")
+def synapse_v10() -> Iterator[SynapseServer]:
+    yield from _serve(SynapseServer(default_room_version="10"))
+
+
+@pytest.fixture
+async def synapse_client(synapse: SynapseServer) -> AsyncIterator[SynapseClient]:
+    async with synapse.client() as client:
+        yield client
+
+
+@pytest.fixture
+async def synapse_v10_client(synapse_v10: SynapseServer) -> AsyncIterator[SynapseClient]:
+    async with synapse_v10.client() as client:
+        yield client
