@@ -1,0 +1,47 @@
+"""The FastAPI application: one router module per area of the federation spec.
+
+Routers live in ``gateway/routes/<area>.py`` and each exposes ``router``;
+cross-cutting concerns (X-Matrix verification, errors, metrics) are
+dependencies and handlers installed here, never copied into handlers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.errors import install_error_handlers
+from gateway.metrics import install_metrics
+from gateway.service_clients import ServiceClients
+from mxfed.config import Config
+
+ROUTE_MODULES = ["version"]
+
+
+def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI:
+    owned_clients = clients is None
+    service_clients = clients or ServiceClients(config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned_clients:
+            await service_clients.close()
+
+    app = FastAPI(
+        title="mxfed federation gateway",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    app.state.services = service_clients
+    install_error_handlers(app)
+    install_metrics(app)
+    for name in ROUTE_MODULES:
+        app.include_router(importlib.import_module(f"gateway.routes.{name}").router)
+    return app

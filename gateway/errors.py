@@ -1,0 +1,117 @@
+"""Matrix error responses, produced in one place for the whole gateway.
+
+Spec: "API standards" — every error is ``{"errcode": ..., "error": ...}``
+with the right HTTP status; unknown endpoints answer 404 ``M_UNRECOGNIZED``
+and a known endpoint with the wrong method 405 ``M_UNRECOGNIZED``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.responses import JsonResponse
+
+log = logging.getLogger(__name__)
+
+
+class MatrixError(Exception):
+    def __init__(
+        self,
+        status: int,
+        errcode: str,
+        error: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(f"{status} {errcode}: {error}")
+        self.status = status
+        self.errcode = errcode
+        self.error = error
+        self.headers = headers
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"errcode": self.errcode, "error": self.error, **self.extra}
+
+
+def bad_json(error: str) -> MatrixError:
+    return MatrixError(400, "M_BAD_JSON", error)
+
+
+def not_found(error: str = "Not found") -> MatrixError:
+    return MatrixError(404, "M_NOT_FOUND", error)
+
+
+def forbidden(error: str) -> MatrixError:
+    return MatrixError(403, "M_FORBIDDEN", error)
+
+
+# gRPC status from a service → the Matrix error a remote server should see.
+_GRPC_TO_MATRIX = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "M_INVALID_PARAM"),
+    grpc.StatusCode.NOT_FOUND: (404, "M_NOT_FOUND"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "M_FORBIDDEN"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "M_UNKNOWN"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "M_LIMIT_EXCEEDED"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "M_UNAUTHORIZED"),
+}
+
+
+def from_grpc_error(exc: grpc.aio.AioRpcError) -> MatrixError:
+    """Services put a Matrix errcode in the details as ``M_CODE: message`` when they know it."""
+    status, errcode = _GRPC_TO_MATRIX.get(exc.code(), (502, "M_UNKNOWN"))
+    details = exc.details() or ""
+    code, sep, message = details.partition(": ")
+    if sep and code.startswith("M_") and code.isupper():
+        return MatrixError(status, code, message)
+    if status == 502:
+        return MatrixError(502, "M_UNKNOWN", "an internal service is unavailable")
+    return MatrixError(status, errcode, details)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MatrixError)
+    async def _matrix_error(_: Request, exc: MatrixError) -> JsonResponse:
+        return JsonResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JsonResponse:
+        if exc.status_code == 404:
+            body = {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}
+        elif exc.status_code == 405:
+            body = {"errcode": "M_UNRECOGNIZED", "error": "Method not allowed here"}
+        else:
+            body = {"errcode": "M_UNKNOWN", "error": str(exc.detail)}
+        return JsonResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JsonResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        location = ".".join(str(part) for part in first.get("loc", ()))
+        return JsonResponse(
+            {"errcode": "M_INVALID_PARAM", "error": f"{location}: {first.get('msg', 'invalid')}"},
+            status_code=400,
+        )
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def _service_error(_: Request, exc: grpc.aio.AioRpcError) -> JsonResponse:
+        error = from_grpc_error(exc)
+        if error.status >= 500:
+            log.error(
+                "service call failed", extra={"code": str(exc.code()), "details": exc.details()}
+            )
+        return JsonResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JsonResponse:
+        log.exception("unhandled error in gateway")
+        return JsonResponse(
+            {"errcode": "M_UNKNOWN", "error": "Internal server error"}, status_code=500
+        )

@@ -1,0 +1,1 @@
+"""Federation API routes, one module per area of the spec."""

@@ -1,0 +1,41 @@
+"""Runs the gateway: uvicorn over TLS on ``gateway_listen``, metrics beside it."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from prometheus_client import start_http_server
+
+from gateway.app import create_app
+from mxfed.config import Config
+from mxfed.identity_files import ensure_tls_pair
+from mxfed.logs import setup_logging
+from mxfed.service_runtime import split_host_port
+
+log = logging.getLogger(__name__)
+
+
+async def run_gateway(config: Config) -> None:
+    setup_logging("gateway", config.log_level, config.log_format)
+    ensure_tls_pair(config.tls_certificate, config.tls_private_key, config.server_name)
+    host, port = split_host_port(config.gateway_listen)
+    metrics_host, metrics_port = split_host_port(config.gateway_metrics_listen)
+    start_http_server(metrics_port, addr=metrics_host)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            ssl_certfile=str(config.tls_certificate),
+            ssl_keyfile=str(config.tls_private_key),
+            log_config=None,
+            access_log=False,
+            loop="none",
+            http="httptools",
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    log.info("gateway starting", extra={"listen": config.gateway_listen})
+    await server.serve()

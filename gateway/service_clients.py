@@ -1,0 +1,26 @@
+"""gRPC channels from the gateway to the services, shared by all requests."""
+
+from __future__ import annotations
+
+import grpc
+
+from mxfed.config import SERVICE_NAMES, Config
+from mxfed.service_runtime import GRPC_OPTIONS
+
+
+class ServiceClients:
+    """One channel per service; stubs are cheap and made per use by the routes."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.channels: dict[str, grpc.aio.Channel] = {
+            name: grpc.aio.insecure_channel(config.service_address(name), options=GRPC_OPTIONS)
+            for name in SERVICE_NAMES
+        }
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        return self.channels[service]
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()

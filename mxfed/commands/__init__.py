@@ -1,0 +1,1 @@
+"""Sub-commands of the ``mxfed`` CLI, one module per area."""

@@ -1,0 +1,160 @@
+"""PostgreSQL: finding the database, connection pools and per-service migrations.
+
+Where the data lives, in order: ``database_url`` (``DATABASE_URL``); a
+PostgreSQL answering on 127.0.0.1:5432 (database ``mxfed`` created on first
+use); an embedded PostgreSQL from the optional ``pgserver`` package kept in
+the data dir. Each service owns one schema and applies its own numbered
+``migrations/NNN_name.sql`` files at start, under an advisory lock so that
+replicas starting together apply each migration exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_DATABASE_NAME = "mxfed"
+_MIGRATION_FILE = re.compile(r"^(\d+)_[a-z0-9_]+\.sql$")
+
+
+class DatabaseUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class EmbeddedDatabase:
+    """An embedded PostgreSQL kept alive for as long as this object is."""
+
+    url: str
+    server: Any
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+async def _answers(url: str) -> bool:
+    try:
+        connection = await asyncpg.connect(url, timeout=2)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return False
+    await connection.close()
+    return True
+
+
+async def ensure_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server if missing; return its URL."""
+    connection = await asyncpg.connect(server_url, timeout=5)
+    try:
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await connection.execute(f'CREATE DATABASE "{name}"')
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # another process created it at the same moment
+    finally:
+        await connection.close()
+    return with_database_name(server_url, name)
+
+
+def with_database_name(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` (keeps host, credentials and query)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def start_embedded_database(data_dir: Path) -> EmbeddedDatabase:
+    try:
+        import pgserver
+    except ImportError as exc:
+        raise DatabaseUnavailable(
+            "no DATABASE_URL, nothing on 127.0.0.1:5432, and the embedded database is not "
+            "installed (pip install 'mxfed[embedded]')"
+        ) from exc
+    path = data_dir / "postgres"
+    path.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(path, cleanup_mode="stop")
+    return EmbeddedDatabase(url=server.get_uri(), server=server)
+
+
+async def resolve_database_url(
+    configured_url: str | None, data_dir: Path
+) -> tuple[str, EmbeddedDatabase | None]:
+    """The database to use, and the embedded server to keep alive if one was started."""
+    if configured_url:
+        return configured_url, None
+    if await _answers(LOCAL_SERVER_URL):
+        return await ensure_database(LOCAL_SERVER_URL, DEFAULT_DATABASE_NAME), None
+    embedded = await asyncio.to_thread(start_embedded_database, data_dir)
+    url = await ensure_database(embedded.url, DEFAULT_DATABASE_NAME)
+    return url, embedded
+
+
+async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=60)
+    assert pool is not None
+    return pool
+
+
+def migration_files(directory: Path) -> list[tuple[int, Path]]:
+    files = []
+    for path in sorted(directory.iterdir()):
+        match = _MIGRATION_FILE.match(path.name)
+        if match:
+            files.append((int(match.group(1)), path))
+    versions = [version for version, _ in files]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration numbers in {directory}")
+    return files
+
+
+async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> list[int]:
+    """Apply the schema's missing migrations in order; return the versions applied.
+
+    A session-level advisory lock keyed on the schema serialises concurrent
+    starters; each migration runs in its own transaction with its bookkeeping
+    row, so a crash leaves either all of a migration or none of it.
+    """
+    applied_now: list[int] = []
+    async with pool.acquire() as connection:
+        lock_key = await connection.fetchval("SELECT hashtext($1)", f"mxfed.migrations.{schema}")
+        await connection.execute("SELECT pg_advisory_lock($1)", lock_key)
+        try:
+            await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await connection.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+                " version integer PRIMARY KEY,"
+                " name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {
+                row["version"]
+                for row in await connection.fetch(
+                    f'SELECT version FROM "{schema}".schema_migrations'
+                )
+            }
+            for version, path in migration_files(directory):
+                if version in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(f'SET LOCAL search_path TO "{schema}"')
+                    await connection.execute(path.read_text())
+                    await connection.execute(
+                        f'INSERT INTO "{schema}".schema_migrations (version, name) VALUES ($1, $2)',
+                        version,
+                        path.name,
+                    )
+                log.info("applied migration", extra={"schema": schema, "migration": path.name})
+                applied_now.append(version)
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", lock_key)
+    return applied_now

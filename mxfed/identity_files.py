@@ -1,0 +1,122 @@
+"""The files that make up this server's identity: TLS pair and signing key.
+
+Both are generated on first run when absent. The signing key file holds one
+line ``ed25519 <version> <unpadded base64 seed>`` (the format Synapse and
+Dendrite also read); its key id never changes once written, because remote
+servers cache keys by id and never refetch on a mismatch. Creation uses
+O_EXCL so processes starting together agree on a single key.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+import secrets
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from nacl.signing import SigningKey
+
+_VERSION_ALPHABET = string.ascii_letters + string.digits + "_"
+
+
+@dataclass(frozen=True)
+class ServerSigningKey:
+    key_id: str  # "ed25519:<version>"
+    signing_key: SigningKey
+
+    @property
+    def version(self) -> str:
+        return self.key_id.split(":", 1)[1]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def format_signing_key(key: ServerSigningKey) -> str:
+    return f"ed25519 {key.version} {_b64(bytes(key.signing_key))}\n"
+
+
+def parse_signing_key(text: str) -> ServerSigningKey:
+    fields = text.split()
+    if len(fields) != 3 or fields[0] != "ed25519":
+        raise ValueError("signing key file must hold 'ed25519 <version> <base64 seed>'")
+    return ServerSigningKey(f"ed25519:{fields[1]}", SigningKey(_unb64(fields[2])))
+
+
+def new_signing_key() -> ServerSigningKey:
+    version = "".join(secrets.choice(_VERSION_ALPHABET) for _ in range(8))
+    return ServerSigningKey(f"ed25519:{version}", SigningKey.generate())
+
+
+def _create_exclusively(path: Path, content: bytes) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    return True
+
+
+def load_or_create_signing_key(path: Path) -> ServerSigningKey:
+    if not path.exists():
+        _create_exclusively(path, format_signing_key(new_signing_key()).encode())
+    return parse_signing_key(path.read_text())
+
+
+def write_signing_key(path: Path, key: ServerSigningKey) -> None:
+    """Replace the key file atomically (used by key rotation)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(format_signing_key(key))
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+def ensure_tls_pair(certificate: Path, private_key: Path, server_name: str) -> bool:
+    """Write a self-signed pair for the server's hostname when absent; True if created."""
+    if certificate.exists() and private_key.exists():
+        return False
+    host = server_name.rsplit(":", 1)[0] if not server_name.endswith("]") else server_name
+    host = host.strip("[]")
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName]
+    try:
+        names = [x509.IPAddress(ipaddress.ip_address(host))]
+    except ValueError:
+        names = [x509.DNSName(host)]
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    if _create_exclusively(private_key, key_pem):
+        certificate.parent.mkdir(parents=True, exist_ok=True)
+        certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return True
+    return False

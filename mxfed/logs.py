@@ -1,0 +1,75 @@
+"""Structured logs: one JSON object (or one key=value line) per record.
+
+Fields passed with ``extra={...}`` become fields of the record, so call
+sites log facts (``log.info("restarted", extra={"part": "events"})``) rather
+than formatted sentences.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+_STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in record.__dict__.items():
+        if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+            fields[key] = value
+    if record.exc_info:
+        fields["exc"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, part: str) -> None:
+        super().__init__()
+        self.part = part
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {"part": self.part, **_fields(record)}
+        return orjson.dumps(fields, default=str).decode()
+
+
+class KeyValueFormatter(logging.Formatter):
+    def __init__(self, part: str) -> None:
+        super().__init__()
+        self.part = part
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {"part": self.part, **_fields(record)}
+        return " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    if not text or any(ch in text for ch in ' "=\n'):
+        return orjson.dumps(text).decode()
+    return text
+
+
+def setup_logging(part: str, level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(part) if fmt == "json" else KeyValueFormatter(part))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Third-party chatter at INFO drowns the service's own records.
+    for noisy in ("uvicorn.access", "asyncio", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""mxfed's gRPC services; each folder is one independently scalable component."""

@@ -1,0 +1,130 @@
+"""Runs a whole mxfed (``mxfed run``) as a child process, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.support.ports import free_port
+
+PARTS = ("keys", "events", "sender", "backfill")
+
+
+@dataclass
+class MxfedProcess:
+    data_dir: Path
+    database_url: str
+    server_name: str = ""
+    extra_config: dict = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ports = {name: free_port() for name in ("gateway", *PARTS)}
+        self.metrics_ports = {name: free_port() for name in ("gateway", *PARTS)}
+        self.server_name = self.server_name or f"127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "mxfed.yaml"
+
+    @property
+    def federation_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['gateway']}"
+
+    def grpc_address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def write_config(self) -> None:
+        config = {
+            "server_name": self.server_name,
+            "data_dir": str(self.data_dir),
+            "database_url": self.database_url,
+            "log_format": "json",
+            "federation_verify_tls": False,
+            "federation_allowed_ip_ranges": ["127.0.0.0/8", "::1/128"],
+            **{f"{name}_listen": f"127.0.0.1:{port}" for name, port in self.ports.items()},
+            **{
+                f"{name}_metrics_listen": f"127.0.0.1:{port}"
+                for name, port in self.metrics_ports.items()
+            },
+            **self.extra_config,
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.write_config()
+        log = open(self.data_dir / "mxfed.log", "ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MXFED_")}
+        env.pop("DATABASE_URL", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mxfed.cli", "--config", str(self.config_path), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        while time.monotonic() < deadline:
+            if self.process and self.process.poll() is not None:
+                raise RuntimeError(f"mxfed exited early:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(
+                    f"{self.federation_url}/_matrix/federation/v1/version",
+                    context=context,
+                    timeout=2,
+                )
+                if self._services_ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"mxfed not ready in {timeout}s:\n{self.log_tail()}")
+
+    def _services_ready(self) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        for service in PARTS:
+            with grpc.insecure_channel(self.grpc_address(service)) as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=1
+                    )
+                except grpc.RpcError:
+                    return False
+                if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+        return True
+
+    def log_tail(self, lines: int = 60) -> str:
+        path = self.data_dir / "mxfed.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if not self.process or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
