@@ -22,9 +22,7 @@ _USER_LOCALPART = re.compile(r"[a-z0-9._=\-/+]+")
 
 
 def _is_ipv4(host: str) -> bool:
-    return _IPV4.fullmatch(host) is not None and all(
-        int(octet) <= 255 for octet in host.split(".")
-    )
+    return _IPV4.fullmatch(host) is not None and all(int(octet) <= 255 for octet in host.split("."))
 
 
 def _is_ipv6(address: str) -> bool:
