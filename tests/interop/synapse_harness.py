@@ -394,7 +394,7 @@ class SynapseServer:
             tail = self.read_log_tail()
             self.stop(keep_dir=True)
             raise SynapseStartError(
-                f"Synapse did not come up within {self.startup_timeout:.0f}s ({exc!r}; "
+                f"Synapse failed to start (timeout {self.startup_timeout:.0f}s; {exc}; "
                 f"dir kept: {d})\n{tail}"
             ) from None
         self.startup_seconds = time.monotonic() - t0
