@@ -28,6 +28,7 @@ KEY_ID_PATTERN = re.compile(r"ed25519:[a-zA-Z0-9_]+")
 # published server key; they are checked separately, never as event signatures.
 POLICY_SERVER_KEY_ID = "ed25519:policy_server"
 
+_ED25519_KEY_BYTES = 32
 _ED25519_SIGNATURE_BYTES = 64
 _NOT_SIGNED = frozenset({"signatures", "unsigned"})
 
@@ -56,8 +57,8 @@ def decode_verify_key(b64: str) -> nacl.signing.VerifyKey:
         raw = decode_base64(b64)
     except ValueError as exc:
         raise SignatureError(f"verify key is not base64: {b64!r}") from exc
-    if len(raw) != nacl.signing.VerifyKey.SIZE:
-        raise SignatureError(f"verify key has {len(raw)} bytes, not {nacl.signing.VerifyKey.SIZE}")
+    if len(raw) != _ED25519_KEY_BYTES:
+        raise SignatureError(f"verify key has {len(raw)} bytes, not {_ED25519_KEY_BYTES}")
     return nacl.signing.VerifyKey(raw)
 
 
