@@ -153,9 +153,9 @@ class RoomBuilder:
         kwargs.setdefault("auth", [])
         kwargs.setdefault("prev", [])
         event = self.event("m.room.create", creator, "", content, **kwargs)
-        if self.room_id is None:
+        if kwargs.get("apply", True):
             self.room_id = event.room_id
-        self.creator = creator
+            self.creator = creator
         return event
 
     def member(
