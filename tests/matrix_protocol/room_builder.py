@@ -106,10 +106,8 @@ class RoomBuilder:
             pdu["room_id"] = self.room_id
         if state_key is not None:
             pdu["state_key"] = state_key
-        event_id = None
         if version.event_format is EventFormat.V1:
-            event_id = f"${n}:{self.server}"
-            pdu["event_id"] = event_id
+            pdu["event_id"] = f"${n}:{self.server}"
             pdu["prev_events"] = [[i, {"sha256": "fakehash"}] for i in prev_ids]
             pdu["auth_events"] = [[i, {"sha256": "fakehash"}] for i in auth_ids]
         else:
@@ -118,11 +116,7 @@ class RoomBuilder:
         pdu.update(extra or {})
         pdu["hashes"] = {"sha256": encode_base64(compute_content_hash(pdu))}
         pdu["signatures"] = {server_of(sender): {"ed25519:test": "fakesignature"}}
-        event = (
-            Event(pdu, version, pdu.get("event_id", event_id))
-            if version.event_format is EventFormat.V1
-            else Event.from_pdu(pdu, version)
-        )
+        event = Event.from_pdu(pdu, version)
         self.events[event.event_id] = event
         if apply:
             self.apply(event)
