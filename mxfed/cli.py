@@ -14,7 +14,7 @@ import sys
 
 from mxfed.config import ConfigError, load_config
 
-COMMAND_MODULES = ["run"]
+COMMAND_MODULES = ["run", "health"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,8 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
+    # With several replicas behind one DNS name, spread calls over all of them.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

@@ -97,7 +97,7 @@ class Supervisor:
         )
         child.started_at = time.monotonic()
         child.pids.append(child.process.pid)
-        log.info("part started", extra={"part": child.part, "pid": child.process.pid})
+        log.info("part started", extra={"child": child.part, "pid": child.process.pid})
 
     async def _watch(self, child: Child) -> None:
         while not self.stopping.is_set():
@@ -112,7 +112,7 @@ class Supervisor:
             log.warning(
                 "part exited; restarting",
                 extra={
-                    "part": child.part,
+                    "child": child.part,
                     "exit_code": code,
                     "restart": child.restarts,
                     "delay_s": child.delay,

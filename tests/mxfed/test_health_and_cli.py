@@ -1,0 +1,66 @@
+"""Every service answers the standard gRPC health check; `mxfed health` reports it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.mxfed_process import PARTS, MxfedProcess
+
+
+@pytest.fixture(scope="module")
+def running_mxfed(tmp_path_factory: pytest.TempPathFactory, database_url: str):
+    process = MxfedProcess(tmp_path_factory.mktemp("health") / "data", database_url)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("service", PARTS)
+async def test_service_reports_serving(running_mxfed: MxfedProcess, service: str) -> None:
+    async with grpc.aio.insecure_channel(running_mxfed.grpc_address(service)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        overall = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        named = await stub.Check(
+            health_pb2.HealthCheckRequest(service=f"mxfed.{service}.v1"), timeout=5
+        )
+    assert overall.status == health_pb2.HealthCheckResponse.SERVING
+    assert named.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_command_exit_codes(running_mxfed: MxfedProcess, tmp_path: Path) -> None:
+    def health(address: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mxfed.cli",
+                "health",
+                "--service",
+                "keys",
+                "--address",
+                address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    ok = health(running_mxfed.grpc_address("keys"))
+    assert ok.returncode == 0 and "SERVING" in ok.stdout
+    from tests.support.ports import free_port
+
+    down = health(f"127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stdout
+
+
+def test_metrics_are_served(running_mxfed: MxfedProcess) -> None:
+    import urllib.request
+
+    for part in (*PARTS, "gateway"):
+        port = running_mxfed.metrics_ports[part]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            assert b"python_info" in response.read()

@@ -1,0 +1,88 @@
+"""``mxfed run`` as a user runs it: real processes, PostgreSQL and sockets."""
+
+import json
+import os
+import signal
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mxfed.identity_files import parse_signing_key
+from tests.support.mxfed_process import PARTS, MxfedProcess
+
+
+def _children(process: MxfedProcess) -> dict[str, psutil.Process]:
+    """The supervised parts, by part name, read from their command lines."""
+    assert process.process is not None
+    parts = {}
+    for child in psutil.Process(process.process.pid).children():
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:  # a killed child not yet reaped by the supervisor
+            continue
+        if "--service" in cmdline:
+            parts[cmdline[cmdline.index("--service") + 1]] = child
+    return parts
+
+
+def _version(process: MxfedProcess) -> dict:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    url = f"{process.federation_url}/_matrix/federation/v1/version"
+    with urllib.request.urlopen(url, context=context, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def mxfed(tmp_path: Path, database_url: str):
+    process = MxfedProcess(tmp_path / "data", database_url)
+    yield process
+    process.stop()
+
+
+def test_run_starts_every_part_and_serves_the_version_over_https(mxfed: MxfedProcess) -> None:
+    mxfed.start()
+    assert set(_children(mxfed)) == {*PARTS, "gateway"}
+    assert _version(mxfed) == {"server": {"name": "mxfed", "version": "0.1.0"}}
+    deadline = time.monotonic() + 10
+    while "mxfed ready: server_name=127.0.0.1:" not in mxfed.log_tail(500):
+        assert time.monotonic() < deadline, "the supervisor never announced readiness"
+        time.sleep(0.1)
+
+
+def test_signing_key_id_survives_a_restart(mxfed: MxfedProcess) -> None:
+    mxfed.start()
+    key_file = mxfed.data_dir / "signing.key"
+    first = parse_signing_key(key_file.read_text())
+    assert mxfed.stop() == 0
+    mxfed.start()
+    second = parse_signing_key(key_file.read_text())
+    assert second.key_id == first.key_id
+    assert bytes(second.signing_key) == bytes(first.signing_key)
+
+
+def test_a_killed_part_is_restarted_and_sigterm_leaves_no_orphans(mxfed: MxfedProcess) -> None:
+    mxfed.start()
+    before = _children(mxfed)
+    victim = before["events"]
+    os.kill(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = _children(mxfed)
+        if "events" in after and after["events"].pid != victim.pid:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"events was not restarted:\n{mxfed.log_tail()}")
+    mxfed.wait_ready()
+    assert '"msg":"part exited; restarting","child":"events"' in mxfed.log_tail(200)
+
+    everyone = list(_children(mxfed).values())
+    assert mxfed.stop() == 0
+    for child in everyone:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
