@@ -1,0 +1,562 @@
+"""State resolution v2 (room versions 2–11): state-resolution.md §2–3 and §6.
+
+The scenarios re-express, in this project's own code, the cases of Synapse's
+``tests/state/test_v2.py`` (ban vs power levels, join rule evasion, off-topic
+power levels, topic basic / reset / of PL users, mainline sort, the
+lexicographic sort, the conflict-cache base-state case) and the tie-break
+fixture of Ruma's state-res tests. :class:`Dag` is the DAG helper shared by
+the state resolution tests: events get readable IDs (``$NAME:example.com``,
+``$NAME`` in v12) and timestamps in construction order, and the state before
+a merge is computed with :func:`resolve_state` itself.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from matrix_protocol.auth_events import select_auth_event_ids
+from matrix_protocol.events import Event, StateKey
+from matrix_protocol.room_versions import EventFormat, RoomVersion, room_version
+from matrix_protocol.state_resolution import (
+    MissingEventError,
+    auth_chain,
+    iterative_auth_checks,
+    resolve_state,
+    v2,
+)
+from tests.matrix_protocol.room_builder import RoomBuilder
+
+ALICE = "@alice:example.com"
+BOB = "@bob:example.com"
+CHARLIE = "@charlie:example.com"
+EVELYN = "@evelyn:example.com"
+ZARA = "@zara:example.com"
+
+MEMBER, PL, JR, TOPIC = "m.room.member", "m.room.power_levels", "m.room.join_rules", "m.room.topic"
+TOPIC_KEY = (TOPIC, "")
+JOIN = {"membership": "join"}
+BAN = {"membership": "ban"}
+
+V2_VERSIONS = ["2", "3", "6", "10", "11"]
+
+
+# DAG helper ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """An event to be placed in a :class:`Dag`; ``name`` becomes its ID."""
+
+    name: str
+    sender: str
+    type: str
+    state_key: str | None
+    content: Mapping[str, Any] = field(default_factory=dict)
+
+
+def member(name: str, sender: str, target: str, content: Mapping[str, Any]) -> Node:
+    return Node(name, sender, MEMBER, target, content)
+
+
+class Dag:
+    """Events of one room with chosen IDs, timestamps, auth and prev events."""
+
+    def __init__(self, version: str | RoomVersion) -> None:
+        self.version = room_version(version) if isinstance(version, str) else version
+        self.events: dict[str, Event] = {}
+        self.room_id = "!CREATE" if self.version.room_id_from_create_event else "!r:example.com"
+        self._ts = itertools.count(1)
+
+    def id(self, name: str) -> str:
+        if self.version.room_id_from_create_event:
+            return f"${name}"
+        return f"${name}:example.com"
+
+    def add(
+        self,
+        node: Node,
+        *,
+        auth: Iterable[str],
+        prev: Iterable[str],
+        ts: int | None = None,
+        depth: int | None = None,
+    ) -> Event:
+        """``auth`` / ``prev`` are event IDs (v12: the create is implied, not listed)."""
+        event_id = self.id(node.name)
+        auth_ids, prev_ids = list(auth), list(prev)
+        pdu: dict[str, Any] = {
+            "type": node.type,
+            "sender": node.sender,
+            "content": dict(node.content),
+            "origin_server_ts": next(self._ts) if ts is None else ts,
+            "depth": depth
+            if depth is not None
+            else max((self.events[p].depth for p in prev_ids), default=0) + 1,
+            "hashes": {"sha256": "fake"},
+            "signatures": {},
+        }
+        if node.state_key is not None:
+            pdu["state_key"] = node.state_key
+        if not (self.version.room_id_from_create_event and node.type == "m.room.create"):
+            pdu["room_id"] = self.room_id
+        if self.version.event_format is EventFormat.V1:
+            pdu["event_id"] = event_id
+            pdu["auth_events"] = [[i, {"sha256": "fake"}] for i in auth_ids]
+            pdu["prev_events"] = [[i, {"sha256": "fake"}] for i in prev_ids]
+        else:
+            pdu["auth_events"] = auth_ids
+            pdu["prev_events"] = prev_ids
+        event = Event(pdu, self.version, event_id)
+        self.events[event_id] = event
+        return event
+
+    def add_on(
+        self, state: Mapping[StateKey, str], node: Node, *, prev: Iterable[str], **kwargs: Any
+    ) -> Event:
+        """Add ``node`` with auth events selected from ``state`` (rooms.md §3)."""
+        auth = select_auth_event_ids(
+            node.type, node.sender, node.state_key, node.content, self.version, state
+        )
+        return self.add(node, auth=auth, prev=prev, **kwargs)
+
+    def resolve(self, *state_sets: Mapping[StateKey, str], **kwargs: Any) -> dict[StateKey, str]:
+        return resolve_state(self.version, state_sets, self.events, **kwargs)
+
+
+def initial_nodes(version: RoomVersion) -> list[Node]:
+    """Synapse's starting room: Alice creates (PL 100), Bob, Charlie, Zara join."""
+    create_content: dict[str, Any] = {"room_version": version.identifier}
+    if not version.creator_is_sender:
+        create_content["creator"] = ALICE
+    return [
+        Node("CREATE", ALICE, "m.room.create", "", create_content),
+        member("IMA", ALICE, ALICE, JOIN),
+        Node("IPOWER", ALICE, PL, "", {"users": pl_users({ALICE: 100}, version)}),
+        Node("IJR", ALICE, JR, "", {"join_rule": "public"}),
+        member("IMB", BOB, BOB, JOIN),
+        member("IMC", CHARLIE, CHARLIE, JOIN),
+        member("IMZ", ZARA, ZARA, JOIN),
+        Node("START", ZARA, "m.room.message", None),
+        Node("END", ZARA, "m.room.message", None),
+    ]
+
+
+INITIAL_EDGES = ["START", "IMZ", "IMC", "IMB", "IJR", "IPOWER", "IMA", "CREATE"]
+
+
+def pl_users(users: Mapping[str, int], version: RoomVersion) -> dict[str, int]:
+    """``users`` for a PL event; v12 forbids listing the creator (Alice)."""
+    if version.privileged_creators:
+        return {user: level for user, level in users.items() if user != ALICE}
+    return dict(users)
+
+
+class Graph:
+    """Synapse-style scenario: nodes plus prev edges ``[[A, B, C]]`` (A→B→C).
+
+    Nodes are added in lexicographic topological order (smallest name first
+    among the ready ones), which fixes their timestamps; the state before a
+    node is the resolution of its prevs' states after.
+    """
+
+    def __init__(self, version: str, nodes: Sequence[Node], edges: Sequence[Sequence[str]]):
+        self.dag = Dag(version)
+        all_nodes = {n.name: n for n in [*initial_nodes(self.dag.version), *nodes]}
+        prevs: dict[str, set[str]] = {name: set() for name in all_nodes}
+        for chain in [INITIAL_EDGES, *edges]:
+            for later, earlier in itertools.pairwise(chain):
+                prevs[later].add(earlier)
+        self.state_after: dict[str, dict[StateKey, str]] = {}
+        for name in _lexicographic_topological_order(prevs):
+            node = all_nodes[name]
+            before = self.dag.resolve(*(self.state_after[p] for p in sorted(prevs[name])))
+            event = self.dag.add_on(before, node, prev=[self.dag.id(p) for p in prevs[name]])
+            after = dict(before)
+            if event.is_state:
+                after[event.state_tuple] = event.event_id
+            self.state_after[name] = after
+
+    def state_with(self, *names: str) -> dict[StateKey, str]:
+        """The state at START with the named events applied on top."""
+        state = dict(self.state_after["START"])
+        for name in names:
+            event = self.dag.events[self.dag.id(name)]
+            state[event.state_tuple] = event.event_id
+        return state
+
+    def changes_at_end(self, expected: Iterable[str]) -> tuple[dict, dict]:
+        """(expected keys → IDs, END state entries that are expected or changed)."""
+        want = {}
+        for name in expected:
+            event = self.dag.events[self.dag.id(name)]
+            want[event.state_tuple] = event.event_id
+        start, end = self.state_after["START"], self.state_after["END"]
+        got = {k: v for k, v in end.items() if k in want or start.get(k) != v}
+        return want, got
+
+
+def _lexicographic_topological_order(prevs: Mapping[str, set[str]]) -> list[str]:
+    children: dict[str, list[str]] = {name: [] for name in prevs}
+    waiting = {name: len(p) for name, p in prevs.items()}
+    for name, parents in prevs.items():
+        for parent in parents:
+            children[parent].append(name)
+    ready = [name for name, count in waiting.items() if not count]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(name)
+        for child in children[name]:
+            waiting[child] -= 1
+            if not waiting[child]:
+                heapq.heappush(ready, child)
+    return order
+
+
+def check_scenario(
+    version: str, nodes: Sequence[Node], edges: Sequence[Sequence[str]], expected: Iterable[str]
+) -> None:
+    want, got = Graph(version, nodes, edges).changes_at_end(expected)
+    assert got == want
+
+
+# Synapse's scenarios -------------------------------------------------------
+
+
+def ban_vs_pl(version: RoomVersion) -> tuple[list[Node], list[list[str]], list[str]]:
+    nodes = [
+        Node("PA", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        member("MA", ALICE, ALICE, JOIN),
+        member("MB", ALICE, BOB, BAN),
+        Node("PB", BOB, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+    ]
+    edges = [["END", "MB", "MA", "PA", "START"], ["END", "PB", "PA"]]
+    return nodes, edges, ["PA", "MA", "MB"]
+
+
+def join_rule_evasion(version: RoomVersion) -> tuple[list[Node], list[list[str]], list[str]]:
+    # Synapse's JR content uses the (wrong) key "join_rules": no join_rule means
+    # "invite", so Evelyn's concurrent join must lose.
+    nodes = [
+        Node("JR", ALICE, JR, "", {"join_rules": "private"}),
+        member("ME", EVELYN, EVELYN, JOIN),
+    ]
+    return nodes, [["END", "JR", "START"], ["END", "ME", "START"]], ["JR"]
+
+
+def offtopic_pl(version: RoomVersion) -> tuple[list[Node], list[list[str]], list[str]]:
+    nodes = [
+        Node("PA", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("PB", BOB, PL, "", {"users": pl_users({ALICE: 100, BOB: 50, CHARLIE: 50}, version)}),
+        Node(
+            "PC", CHARLIE, PL, "", {"users": pl_users({ALICE: 100, BOB: 50, CHARLIE: 0}, version)}
+        ),
+    ]
+    return nodes, [["END", "PC", "PB", "PA", "START"], ["END", "PA"]], ["PC"]
+
+
+def topic_basic(version: RoomVersion) -> tuple[list[Node], list[list[str]], list[str]]:
+    nodes = [
+        Node("T1", ALICE, TOPIC, ""),
+        Node("PA1", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("T2", ALICE, TOPIC, ""),
+        Node("PA2", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 0}, version)}),
+        Node("PB", BOB, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("T3", BOB, TOPIC, ""),
+    ]
+    edges = [["END", "PA2", "T2", "PA1", "T1", "START"], ["END", "T3", "PB", "PA1"]]
+    return nodes, edges, ["PA2", "T2"]
+
+
+def topic_reset(version: RoomVersion) -> tuple[list[Node], list[list[str]], list[str]]:
+    nodes = [
+        Node("T1", ALICE, TOPIC, ""),
+        Node("PA", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("T2", BOB, TOPIC, ""),
+        member("MB", ALICE, BOB, BAN),
+    ]
+    edges = [["END", "MB", "T2", "PA", "T1", "START"], ["END", "T1"]]
+    return nodes, edges, ["T1", "MB", "PA"]
+
+
+def topic_of_pl_users(version: RoomVersion) -> tuple[list[Node], list[list[str]], list[str]]:
+    nodes = [
+        Node("T1", ALICE, TOPIC, ""),
+        Node("PA1", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("T2", ALICE, TOPIC, ""),
+        Node("PA2", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 0}, version)}),
+        Node("PB", BOB, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("T3", BOB, TOPIC, ""),
+        Node("MZ1", ZARA, "m.room.message", None),
+        Node("T4", ALICE, TOPIC, ""),
+    ]
+    edges = [
+        ["END", "T4", "MZ1", "PA2", "T2", "PA1", "T1", "START"],
+        ["END", "MZ1", "T3", "PB", "PA1"],
+    ]
+    return nodes, edges, ["T4", "PA2"]
+
+
+def mainline_sort(version: RoomVersion) -> tuple[list[Node], list[list[str]], list[str]]:
+    # T3 wins: T4 was sent later but is based on an older PL (PB → PA1).
+    nodes = [
+        Node("T1", ALICE, TOPIC, ""),
+        Node("PA1", ALICE, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("T2", ALICE, TOPIC, ""),
+        Node(
+            "PA2",
+            ALICE,
+            PL,
+            "",
+            {"users": pl_users({ALICE: 100, BOB: 50}, version), "events": {PL: 100}},
+        ),
+        Node("PB", BOB, PL, "", {"users": pl_users({ALICE: 100, BOB: 50}, version)}),
+        Node("T3", BOB, TOPIC, ""),
+        Node("T4", ALICE, TOPIC, ""),
+    ]
+    edges = [
+        ["END", "T3", "PA2", "T2", "PA1", "T1", "START"],
+        ["END", "T4", "PB", "PA1"],
+    ]
+    return nodes, edges, ["T3", "PA2"]
+
+
+SCENARIOS = [
+    ban_vs_pl,
+    join_rule_evasion,
+    offtopic_pl,
+    topic_basic,
+    topic_reset,
+    topic_of_pl_users,
+    mainline_sort,
+]
+
+
+@pytest.mark.parametrize("version", V2_VERSIONS)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.__name__)
+def test_synapse_scenarios(scenario: Any, version: str) -> None:
+    nodes, edges, expected = scenario(room_version(version))
+    check_scenario(version, nodes, edges, expected)
+
+
+CACHE_NODES = [
+    Node("PA", ALICE, PL, "", {"users": {ALICE: 100, BOB: 50}}),
+    Node("T1", BOB, TOPIC, ""),
+    Node("T2", BOB, TOPIC, ""),
+    member("ZJ1", ZARA, ZARA, JOIN),
+    member("ZJ2", ZARA, ZARA, JOIN),
+    member("INV1", ZARA, EVELYN, {"membership": "invite"}),
+    member("INV2", ZARA, EVELYN, {"membership": "invite"}),
+]
+CACHE_EDGES = [["PA", "START"], ["T1", "START"], ["T2", "START"]]
+CACHE_EDGES += [["INV1", "ZJ1", "START"], ["INV2", "ZJ2", "START"]]
+
+
+def test_unconflicted_power_levels_authorise_conflicted_topics() -> None:
+    """Bob's topics (authed by IPOWER, where he has 0) pass iff the
+    unconflicted state holds PA (Bob 50): v2 starts from the unconflicted map."""
+    graph = Graph("11", CACHE_NODES, CACHE_EDGES)
+    powerless = graph.dag.resolve(graph.state_with("T1"), graph.state_with("T2"))
+    powered = graph.dag.resolve(graph.state_with("PA", "T1"), graph.state_with("PA", "T2"))
+    assert TOPIC_KEY not in powerless
+    # Same mainline position and PL: the later timestamp (T2) is applied last.
+    assert powered[TOPIC_KEY] == graph.dag.id("T2")
+
+
+def test_unconflicted_state_is_reapplied_even_if_resolution_disagrees() -> None:
+    """Zara's joins reach the full conflicted set only through the auth
+    difference of the two invites; the unconflicted IMZ still wins (step 5)."""
+    graph = Graph("11", CACHE_NODES, CACHE_EDGES)
+    zara = (MEMBER, ZARA)
+    agreed = graph.dag.resolve(graph.state_with("INV1"), graph.state_with("INV2"))
+    assert agreed[zara] == graph.dag.id("IMZ")
+    assert agreed[(MEMBER, EVELYN)] == graph.dag.id("INV2")
+    conflicting = graph.dag.resolve(
+        graph.state_with("ZJ1", "INV1"), graph.state_with("ZJ2", "INV2")
+    )
+    assert conflicting[zara] == graph.dag.id("ZJ2")
+
+
+# Walk-through of state-resolution.md §6 -------------------------------------
+
+
+def walkthrough(version: str) -> tuple[RoomBuilder, dict[str, Event], list[dict[StateKey, str]]]:
+    """Alice bans X on one branch while X changes the topic on the other."""
+    alice, x = "@alice:test", "@x:test"
+    room = RoomBuilder(version)
+    room.create(alice)
+    room.join(alice)
+    room.power_levels(alice, events={TOPIC: 0})
+    room.join_rules("public")
+    join_x = room.join(x)
+    t0 = room.event(TOPIC, alice, "", {"topic": "T0"})
+    base = room.state_ids()
+    ban = room.ban(alice, x, apply=False)
+    topic = room.event(TOPIC, x, "", {"topic": "C"}, apply=False)
+    events = {"J_X": join_x, "T0": t0, "B": ban, "C": topic}
+    states = [{**base, ban.state_tuple: ban.event_id}, {**base, TOPIC_KEY: topic.event_id}]
+    return room, events, states
+
+
+@pytest.mark.parametrize("version", ["11", "2"])
+def test_walkthrough_section_6(version: str) -> None:
+    room, ev, states = walkthrough(version)
+    result = resolve_state(room.room_version, states, room.events)
+    assert result[(MEMBER, "@x:test")] == ev["B"].event_id
+    assert result[TOPIC_KEY] == ev["T0"].event_id
+    unchanged = {k: v for k, v in states[0].items() if k not in {(MEMBER, "@x:test"), TOPIC_KEY}}
+    assert {k: result[k] for k in unchanged} == unchanged
+
+
+def test_walkthrough_step_by_step() -> None:
+    room, ev, states = walkthrough("11")
+    unconflicted, conflicted = v2.partition(states)
+    assert set(conflicted) == {(MEMBER, "@x:test"), TOPIC_KEY}
+    graph = v2.EventGraph(room.events, room.room_version)
+    full = {ev[n].event_id for n in ("J_X", "B", "T0", "C")}
+    power = [e for e in full if v2.is_power_event(graph.get(e))]
+    assert power == [ev["B"].event_id]
+    assert v2._reverse_topological_power_sort(graph, power, full) == [
+        ev["J_X"].event_id,
+        ev["B"].event_id,
+    ]
+    others = [ev["C"].event_id, ev["T0"].event_id]
+    assert v2._mainline_sort(graph, others, unconflicted[(PL, "")]) == [
+        ev["T0"].event_id,
+        ev["C"].event_id,
+    ]
+
+
+# Orderings -----------------------------------------------------------------
+
+
+def test_reverse_topological_power_order_ties_break_on_event_id() -> None:
+    """Synapse's lexicographic sort case: o ← {l, m, n, p}, n ← m."""
+    dag = Dag("11")
+    create = dag.add(initial_nodes(dag.version)[0], auth=[], prev=[])
+    ids = {}
+    for name, parents in [("o", []), ("n", ["o"]), ("l", ["o"]), ("m", ["n", "o"]), ("p", ["o"])]:
+        auth = [create.event_id, *(ids[p] for p in parents)]
+        node = Node(name, ALICE, PL, "", {})
+        ids[name] = dag.add(node, auth=auth, prev=[], ts=5).event_id
+    graph = v2.EventGraph(dag.events, dag.version)
+    order = v2._reverse_topological_power_sort(graph, ids.values(), set(ids.values()))
+    assert order == [ids[n] for n in ["o", "l", "n", "m", "p"]]
+
+
+def test_reverse_topological_power_order_prefers_power_then_age() -> None:
+    dag = Dag("11")
+    create = dag.add(initial_nodes(dag.version)[0], auth=[], prev=[])
+    pl = dag.add(
+        Node("pl", ALICE, PL, "", {"users": {ALICE: 100, BOB: 50}}), auth=[create.event_id], prev=[]
+    )
+    auth = [create.event_id, pl.event_id]
+    low_old = dag.add(Node("a", CHARLIE, JR, "", {}), auth=auth, prev=[], ts=1)
+    mid = dag.add(Node("b", BOB, JR, "", {}), auth=auth, prev=[], ts=9)
+    high = dag.add(Node("c", ALICE, JR, "", {}), auth=auth, prev=[], ts=10)
+    low_new = dag.add(Node("d", ZARA, JR, "", {}), auth=auth, prev=[], ts=2)
+    ids = [low_new.event_id, mid.event_id, high.event_id, low_old.event_id]
+    graph = v2.EventGraph(dag.events, dag.version)
+    order = v2._reverse_topological_power_sort(graph, ids, set(ids))
+    assert order == [high.event_id, mid.event_id, low_old.event_id, low_new.event_id]
+
+
+def test_origin_server_ts_breaks_ties_before_event_id() -> None:
+    """Ruma's origin-server-ts-tiebreak: equal power, the older event first
+    even though its ID sorts later; so the newer join rule wins."""
+    dag = Dag("11")
+    nodes = initial_nodes(dag.version)
+    state: dict[StateKey, str] = {}
+    prev: list[str] = []
+    for node in nodes[:4]:
+        event = dag.add_on(state, node, prev=prev)
+        state[event.state_tuple] = event.event_id
+        prev = [event.event_id]
+    older = dag.add_on(
+        state, Node("zzz", ALICE, JR, "", {"join_rule": "invite"}), prev=prev, ts=100
+    )
+    newer = dag.add_on(state, Node("aaa", ALICE, JR, "", {"join_rule": "knock"}), prev=prev, ts=200)
+    result = dag.resolve({**state, (JR, ""): older.event_id}, {**state, (JR, ""): newer.event_id})
+    assert result[(JR, "")] == newer.event_id
+
+
+def test_mainline_position_of_event_without_power_levels_sorts_first() -> None:
+    dag = Dag("11")
+    create = dag.add(initial_nodes(dag.version)[0], auth=[], prev=[])
+    p1 = dag.add(Node("p1", ALICE, PL, "", {}), auth=[create.event_id], prev=[])
+    p2 = dag.add(Node("p2", ALICE, PL, "", {}), auth=[create.event_id, p1.event_id], prev=[])
+    on_p2 = dag.add(Node("x", ALICE, TOPIC, ""), auth=[create.event_id, p2.event_id], prev=[], ts=1)
+    on_p1 = dag.add(Node("y", ALICE, TOPIC, ""), auth=[create.event_id, p1.event_id], prev=[], ts=2)
+    none = dag.add(Node("z", ALICE, TOPIC, ""), auth=[create.event_id], prev=[], ts=3)
+    graph = v2.EventGraph(dag.events, dag.version)
+    ids = [on_p2.event_id, on_p1.event_id, none.event_id]
+    assert v2._mainline_sort(graph, ids, p2.event_id) == [
+        none.event_id,
+        on_p1.event_id,
+        on_p2.event_id,
+    ]
+
+
+# API details ---------------------------------------------------------------
+
+
+def test_no_conflict_needs_no_events() -> None:
+    state = {("m.room.create", ""): "$c", (TOPIC, ""): "$t"}
+    assert resolve_state(room_version("11"), [state, dict(state)], {}) == state
+    assert resolve_state(room_version("11"), [state], {}) == state
+    assert resolve_state(room_version("11"), [], {}) == {}
+
+
+def test_missing_event_is_reported_by_id() -> None:
+    graph = Graph(
+        "11",
+        [Node("T1", ALICE, TOPIC, ""), Node("T2", ALICE, TOPIC, "")],
+        [
+            ["T1", "START"],
+            ["T2", "START"],
+        ],
+    )
+    events = dict(graph.dag.events)
+    missing = graph.dag.id("IPOWER")
+    del events[missing]
+    states = [graph.state_with("T1"), graph.state_with("T2")]
+    with pytest.raises(MissingEventError) as info:
+        resolve_state(graph.dag.version, states, events)
+    assert info.value.event_id == missing
+    assert isinstance(info.value, KeyError)
+    assert missing in str(info.value)
+
+
+def test_auth_chain_excludes_the_starting_events() -> None:
+    graph = Graph("11", [], [])
+    imb = graph.dag.id("IMB")
+    expected = {graph.dag.id(n) for n in ("CREATE", "IMA", "IPOWER", "IJR")}
+    assert auth_chain([imb], graph.dag.events, graph.dag.version) == expected
+
+
+def test_rejected_events_are_not_used_as_auth_events() -> None:
+    """Bob's topic is authorised by PA (Bob 50); once PA is marked rejected
+    the checks fall back to the topics' own auth event IPOWER, where Bob has 0."""
+    graph = Graph("11", CACHE_NODES, CACHE_EDGES)
+    dag = graph.dag
+    states = [graph.state_with("PA", "T1"), graph.state_with("PA", "T2")]
+    assert TOPIC_KEY in dag.resolve(*states)
+    assert TOPIC_KEY not in dag.resolve(*states, rejected={dag.id("PA")})
+
+
+def test_iterative_auth_checks_skips_failures_and_keeps_base_state() -> None:
+    graph = Graph("11", CACHE_NODES, CACHE_EDGES)
+    dag = graph.dag
+    base = graph.state_after["START"]
+    order = [dag.id("T1"), dag.id("PA"), dag.id("T2")]
+    result = iterative_auth_checks(dag.version, order, base, dag.events)
+    assert result[TOPIC_KEY] == dag.id("T2")
+    assert result[(PL, "")] == dag.id("PA")
+    assert TOPIC_KEY not in base
