@@ -1,0 +1,416 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EventStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_STATUS_UNSPECIFIED: _ClassVar[EventStatus]
+    ACCEPTED: _ClassVar[EventStatus]
+    SOFT_FAILED: _ClassVar[EventStatus]
+    REJECTED: _ClassVar[EventStatus]
+    OUTLIER: _ClassVar[EventStatus]
+
+class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INPUT_KIND_UNSPECIFIED: _ClassVar[InputKind]
+    NEW: _ClassVar[InputKind]
+    HISTORY: _ClassVar[InputKind]
+    OUTLIER_KIND: _ClassVar[InputKind]
+EVENT_STATUS_UNSPECIFIED: EventStatus
+ACCEPTED: EventStatus
+SOFT_FAILED: EventStatus
+REJECTED: EventStatus
+OUTLIER: EventStatus
+INPUT_KIND_UNSPECIFIED: InputKind
+NEW: InputKind
+HISTORY: InputKind
+OUTLIER_KIND: InputKind
+
+class EventRecord(_message.Message):
+    __slots__ = ("event_id", "room_id", "room_version", "pdu_json", "status", "stream_position", "redacted", "rejection_reason")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PDU_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_POSITION_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_REASON_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    room_id: str
+    room_version: str
+    pdu_json: bytes
+    status: EventStatus
+    stream_position: int
+    redacted: bool
+    rejection_reason: str
+    def __init__(self, event_id: _Optional[str] = ..., room_id: _Optional[str] = ..., room_version: _Optional[str] = ..., pdu_json: _Optional[bytes] = ..., status: _Optional[_Union[EventStatus, str]] = ..., stream_position: _Optional[int] = ..., redacted: _Optional[bool] = ..., rejection_reason: _Optional[str] = ...) -> None: ...
+
+class InputTransactionRequest(_message.Message):
+    __slots__ = ("origin", "txn_id", "pdus", "edus")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    PDUS_FIELD_NUMBER: _ClassVar[int]
+    EDUS_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    txn_id: str
+    pdus: _containers.RepeatedScalarFieldContainer[bytes]
+    edus: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, origin: _Optional[str] = ..., txn_id: _Optional[str] = ..., pdus: _Optional[_Iterable[bytes]] = ..., edus: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class InputTransactionResponse(_message.Message):
+    __slots__ = ("response_json",)
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    response_json: bytes
+    def __init__(self, response_json: _Optional[bytes] = ...) -> None: ...
+
+class InputPdusRequest(_message.Message):
+    __slots__ = ("room_id", "room_version", "origin", "kind", "pdus")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PDUS_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    room_version: str
+    origin: str
+    kind: InputKind
+    pdus: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, room_id: _Optional[str] = ..., room_version: _Optional[str] = ..., origin: _Optional[str] = ..., kind: _Optional[_Union[InputKind, str]] = ..., pdus: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class PduResult(_message.Message):
+    __slots__ = ("event_id", "status", "error")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    status: EventStatus
+    error: str
+    def __init__(self, event_id: _Optional[str] = ..., status: _Optional[_Union[EventStatus, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class InputPdusResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PduResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[PduResult, _Mapping]]] = ...) -> None: ...
+
+class PerformCreateRoomRequest(_message.Message):
+    __slots__ = ("creator", "room_version", "preset", "name", "topic", "alias_localpart", "invite", "creation_content_json", "initial_state_json", "power_level_overrides_json", "additional_creators")
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    ROOM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_LOCALPART_FIELD_NUMBER: _ClassVar[int]
+    INVITE_FIELD_NUMBER: _ClassVar[int]
+    CREATION_CONTENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_STATE_JSON_FIELD_NUMBER: _ClassVar[int]
+    POWER_LEVEL_OVERRIDES_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADDITIONAL_CREATORS_FIELD_NUMBER: _ClassVar[int]
+    creator: str
+    room_version: str
+    preset: str
+    name: str
+    topic: str
+    alias_localpart: str
+    invite: _containers.RepeatedScalarFieldContainer[str]
+    creation_content_json: bytes
+    initial_state_json: bytes
+    power_level_overrides_json: bytes
+    additional_creators: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, creator: _Optional[str] = ..., room_version: _Optional[str] = ..., preset: _Optional[str] = ..., name: _Optional[str] = ..., topic: _Optional[str] = ..., alias_localpart: _Optional[str] = ..., invite: _Optional[_Iterable[str]] = ..., creation_content_json: _Optional[bytes] = ..., initial_state_json: _Optional[bytes] = ..., power_level_overrides_json: _Optional[bytes] = ..., additional_creators: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PerformCreateRoomResponse(_message.Message):
+    __slots__ = ("room_id", "room_alias")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOM_ALIAS_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    room_alias: str
+    def __init__(self, room_id: _Optional[str] = ..., room_alias: _Optional[str] = ...) -> None: ...
+
+class PerformSendEventRequest(_message.Message):
+    __slots__ = ("room_id", "sender", "type", "state_key", "content_json", "redacts", "txn_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    REDACTS_FIELD_NUMBER: _ClassVar[int]
+    TXN_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    sender: str
+    type: str
+    state_key: str
+    content_json: bytes
+    redacts: str
+    txn_id: str
+    def __init__(self, room_id: _Optional[str] = ..., sender: _Optional[str] = ..., type: _Optional[str] = ..., state_key: _Optional[str] = ..., content_json: _Optional[bytes] = ..., redacts: _Optional[str] = ..., txn_id: _Optional[str] = ...) -> None: ...
+
+class PerformSendEventResponse(_message.Message):
+    __slots__ = ("event_id", "stream_position")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_POSITION_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    stream_position: int
+    def __init__(self, event_id: _Optional[str] = ..., stream_position: _Optional[int] = ...) -> None: ...
+
+class PerformCreateAliasRequest(_message.Message):
+    __slots__ = ("alias", "room_id", "creator", "servers")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    room_id: str
+    creator: str
+    servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, alias: _Optional[str] = ..., room_id: _Optional[str] = ..., creator: _Optional[str] = ..., servers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PerformCreateAliasResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PerformDeleteAliasRequest(_message.Message):
+    __slots__ = ("alias",)
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    def __init__(self, alias: _Optional[str] = ...) -> None: ...
+
+class PerformDeleteAliasResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueryEventsRequest(_message.Message):
+    __slots__ = ("event_ids", "as_server")
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    AS_SERVER_FIELD_NUMBER: _ClassVar[int]
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    as_server: str
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., as_server: _Optional[str] = ...) -> None: ...
+
+class QueryEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[EventRecord]
+    def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ...) -> None: ...
+
+class QueryStateAtEventRequest(_message.Message):
+    __slots__ = ("room_id", "event_id", "ids_only", "include_auth_chain")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_AUTH_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    event_id: str
+    ids_only: bool
+    include_auth_chain: bool
+    def __init__(self, room_id: _Optional[str] = ..., event_id: _Optional[str] = ..., ids_only: _Optional[bool] = ..., include_auth_chain: _Optional[bool] = ...) -> None: ...
+
+class QueryStateAtEventResponse(_message.Message):
+    __slots__ = ("found", "state_event_ids", "auth_chain_ids", "state_events", "auth_chain")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    STATE_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    AUTH_CHAIN_IDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    AUTH_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    state_event_ids: _containers.RepeatedScalarFieldContainer[str]
+    auth_chain_ids: _containers.RepeatedScalarFieldContainer[str]
+    state_events: _containers.RepeatedCompositeFieldContainer[EventRecord]
+    auth_chain: _containers.RepeatedCompositeFieldContainer[EventRecord]
+    def __init__(self, found: _Optional[bool] = ..., state_event_ids: _Optional[_Iterable[str]] = ..., auth_chain_ids: _Optional[_Iterable[str]] = ..., state_events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ..., auth_chain: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ...) -> None: ...
+
+class QueryAuthChainRequest(_message.Message):
+    __slots__ = ("room_id", "event_ids", "ids_only")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    ids_only: bool
+    def __init__(self, room_id: _Optional[str] = ..., event_ids: _Optional[_Iterable[str]] = ..., ids_only: _Optional[bool] = ...) -> None: ...
+
+class QueryAuthChainResponse(_message.Message):
+    __slots__ = ("event_ids", "events")
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    events: _containers.RepeatedCompositeFieldContainer[EventRecord]
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ...) -> None: ...
+
+class StateKeyFilter(_message.Message):
+    __slots__ = ("type", "state_key")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_KEY_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    state_key: str
+    def __init__(self, type: _Optional[str] = ..., state_key: _Optional[str] = ...) -> None: ...
+
+class QueryCurrentStateRequest(_message.Message):
+    __slots__ = ("room_id", "filter")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    filter: _containers.RepeatedCompositeFieldContainer[StateKeyFilter]
+    def __init__(self, room_id: _Optional[str] = ..., filter: _Optional[_Iterable[_Union[StateKeyFilter, _Mapping]]] = ...) -> None: ...
+
+class QueryCurrentStateResponse(_message.Message):
+    __slots__ = ("room_exists", "events")
+    ROOM_EXISTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    room_exists: bool
+    events: _containers.RepeatedCompositeFieldContainer[EventRecord]
+    def __init__(self, room_exists: _Optional[bool] = ..., events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ...) -> None: ...
+
+class QueryTimelineRequest(_message.Message):
+    __slots__ = ("room_id", "from_token", "backwards", "limit")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BACKWARDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    from_token: str
+    backwards: bool
+    limit: int
+    def __init__(self, room_id: _Optional[str] = ..., from_token: _Optional[str] = ..., backwards: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class QueryTimelineResponse(_message.Message):
+    __slots__ = ("events", "next_token", "reached_room_start")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REACHED_ROOM_START_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[EventRecord]
+    next_token: str
+    reached_room_start: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ..., next_token: _Optional[str] = ..., reached_room_start: _Optional[bool] = ...) -> None: ...
+
+class QueryRoomInfoRequest(_message.Message):
+    __slots__ = ("room_id",)
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    def __init__(self, room_id: _Optional[str] = ...) -> None: ...
+
+class QueryRoomInfoResponse(_message.Message):
+    __slots__ = ("exists", "room_version", "forward_extremities", "min_depth", "max_depth", "we_are_joined", "create_event_id")
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    ROOM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_EXTREMITIES_FIELD_NUMBER: _ClassVar[int]
+    MIN_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    WE_ARE_JOINED_FIELD_NUMBER: _ClassVar[int]
+    CREATE_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    exists: bool
+    room_version: str
+    forward_extremities: _containers.RepeatedScalarFieldContainer[str]
+    min_depth: int
+    max_depth: int
+    we_are_joined: bool
+    create_event_id: str
+    def __init__(self, exists: _Optional[bool] = ..., room_version: _Optional[str] = ..., forward_extremities: _Optional[_Iterable[str]] = ..., min_depth: _Optional[int] = ..., max_depth: _Optional[int] = ..., we_are_joined: _Optional[bool] = ..., create_event_id: _Optional[str] = ...) -> None: ...
+
+class QueryServersInRoomRequest(_message.Message):
+    __slots__ = ("room_id", "at_event_id")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    at_event_id: str
+    def __init__(self, room_id: _Optional[str] = ..., at_event_id: _Optional[str] = ...) -> None: ...
+
+class QueryServersInRoomResponse(_message.Message):
+    __slots__ = ("servers",)
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, servers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryAliasRequest(_message.Message):
+    __slots__ = ("alias",)
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    def __init__(self, alias: _Optional[str] = ...) -> None: ...
+
+class QueryAliasResponse(_message.Message):
+    __slots__ = ("found", "room_id", "servers")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    room_id: str
+    servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, found: _Optional[bool] = ..., room_id: _Optional[str] = ..., servers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryServerAllowedRequest(_message.Message):
+    __slots__ = ("room_id", "server_name", "check_acl", "require_joined")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ACL_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_JOINED_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    server_name: str
+    check_acl: bool
+    require_joined: bool
+    def __init__(self, room_id: _Optional[str] = ..., server_name: _Optional[str] = ..., check_acl: _Optional[bool] = ..., require_joined: _Optional[bool] = ...) -> None: ...
+
+class QueryServerAllowedResponse(_message.Message):
+    __slots__ = ("room_exists", "allowed", "reason")
+    ROOM_EXISTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    room_exists: bool
+    allowed: bool
+    reason: str
+    def __init__(self, room_exists: _Optional[bool] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StreamEventsRequest(_message.Message):
+    __slots__ = ("room_id", "after_position", "local_senders_only", "include_ephemeral")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SENDERS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EPHEMERAL_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    after_position: int
+    local_senders_only: bool
+    include_ephemeral: bool
+    def __init__(self, room_id: _Optional[str] = ..., after_position: _Optional[int] = ..., local_senders_only: _Optional[bool] = ..., include_ephemeral: _Optional[bool] = ...) -> None: ...
+
+class Typing(_message.Message):
+    __slots__ = ("room_id", "user_id", "typing")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPING_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    user_id: str
+    typing: bool
+    def __init__(self, room_id: _Optional[str] = ..., user_id: _Optional[str] = ..., typing: _Optional[bool] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("room_id", "user_id", "receipt_type", "event_id", "data_json")
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    room_id: str
+    user_id: str
+    receipt_type: str
+    event_id: str
+    data_json: bytes
+    def __init__(self, room_id: _Optional[str] = ..., user_id: _Optional[str] = ..., receipt_type: _Optional[str] = ..., event_id: _Optional[str] = ..., data_json: _Optional[bytes] = ...) -> None: ...
+
+class StreamItem(_message.Message):
+    __slots__ = ("position", "event", "typing", "receipt", "servers_before")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    TYPING_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    event: EventRecord
+    typing: Typing
+    receipt: Receipt
+    servers_before: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, position: _Optional[int] = ..., event: _Optional[_Union[EventRecord, _Mapping]] = ..., typing: _Optional[_Union[Typing, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., servers_before: _Optional[_Iterable[str]] = ...) -> None: ...
