@@ -394,11 +394,13 @@ class FederationClient:
         self._key_id = key_id
         self.options = options or OutboundOptions()
         self.ip_filter = IpFilter(self.options.blocked_ip_ranges, self.options.allowed_ip_ranges)
+        self._owned_dns: AiodnsResolver | None = None
         if server_resolver is not None:
             self.resolver = server_resolver
             dns = dns or server_resolver.dns
         else:
-            dns = dns or AiodnsResolver()
+            if dns is None:
+                dns = self._owned_dns = AiodnsResolver()
             self.resolver = ServerResolver(dns, well_known or HttpWellKnownFetcher(self))
         self.dns = dns
         self._backoff_check = backoff_check
@@ -436,6 +438,9 @@ class FederationClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._owned_dns is not None:
+            await self._owned_dns.close()
+            self._owned_dns = None
 
     async def __aenter__(self) -> FederationClient:
         self._get_session()

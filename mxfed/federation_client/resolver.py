@@ -240,10 +240,12 @@ class AiodnsResolver:
             raise DnsLookupError(f"no addresses for {host}", not_found=True)
         return ips
 
-    def close(self) -> None:
-        if self._resolver is not None:
-            self._resolver.close() if hasattr(self._resolver, "close") else None
-            self._resolver = None
+    async def close(self) -> None:
+        resolver, self._resolver = self._resolver, None
+        if resolver is not None:
+            result = resolver.close()
+            if asyncio.iscoroutine(result):  # aiodns >= 4 closes asynchronously
+                await result
 
 
 class StaticDnsResolver:
