@@ -67,10 +67,12 @@ def member(name: str, sender: str, target: str, content: Mapping[str, Any]) -> N
 class Dag:
     """Events of one room with chosen IDs, timestamps, auth and prev events."""
 
-    def __init__(self, version: str | RoomVersion) -> None:
+    def __init__(self, version: str | RoomVersion, *, create: str = "CREATE") -> None:
+        """``create`` names the create event (v12 derives the room ID from it)."""
         self.version = room_version(version) if isinstance(version, str) else version
         self.events: dict[str, Event] = {}
-        self.room_id = "!CREATE" if self.version.room_id_from_create_event else "!r:example.com"
+        v12 = self.version.room_id_from_create_event
+        self.room_id = f"!{create}" if v12 else "!r:example.com"
         self._ts = itertools.count(1)
 
     def id(self, name: str) -> str:
