@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -61,9 +62,7 @@ def _check_string(value: str) -> None:
             raise CanonicalJsonError("string contains a lone surrogate") from None
 
 
-def _walk(value: Any, loose_numbers: bool) -> None:
-    # The path is only built while an error unwinds, so valid values pay
-    # nothing for it (try blocks are free in Python 3.11+).
+def _check_scalar(value: Any, loose_numbers: bool) -> None:
     if isinstance(value, str):
         _check_string(value)
     elif value is None or isinstance(value, bool):
@@ -76,25 +75,44 @@ def _walk(value: Any, loose_numbers: bool) -> None:
             raise CanonicalJsonError(f"{value} is not a JSON number")
         if not loose_numbers:
             raise _LooseNumberError(f"float {value!r} is not allowed")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            try:
-                if not isinstance(key, str):
-                    raise CanonicalJsonError(f"object key {key!r} is not a string")
-                _check_string(key)
-                _walk(item, loose_numbers)
-            except CanonicalJsonError as exc:
-                exc.path.insert(0, key)
-                raise
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            try:
-                _walk(item, loose_numbers)
-            except CanonicalJsonError as exc:
-                exc.path.insert(0, index)
-                raise
     else:
         raise CanonicalJsonError(f"{type(value).__name__} is not a JSON type")
+
+
+def _walk(value: Any, loose_numbers: bool) -> None:
+    if isinstance(value, dict):
+        for key in value:
+            if type(key) is not str or not key.isascii():
+                try:
+                    if not isinstance(key, str):
+                        raise CanonicalJsonError(f"object key {key!r} is not a string")
+                    _check_string(key)
+                except CanonicalJsonError as exc:
+                    exc.path.insert(0, key)
+                    raise
+        children: Iterable[tuple[str | int, Any]] = value.items()
+    elif isinstance(value, list):
+        children = enumerate(value)
+    else:
+        _check_scalar(value, loose_numbers)
+        return
+    for step, item in children:
+        # Validation costs more than orjson's encoding, so the common exact
+        # types are checked inline here rather than by a call per value. The
+        # path is only built while an error unwinds (try is free in 3.11+).
+        try:
+            kind = type(item)
+            if kind is str:
+                if not item.isascii():
+                    _check_string(item)
+            elif kind is int:
+                if not loose_numbers and not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                    raise _LooseNumberError(f"integer {item} is outside ±(2**53-1)")
+            elif item is not None and kind is not bool:
+                _walk(item, loose_numbers)
+        except CanonicalJsonError as exc:
+            exc.path.insert(0, step)
+            raise
 
 
 def _checked_walk(value: Any, loose_numbers: bool) -> None:

@@ -34,10 +34,11 @@ def content_hash_matches(pdu: Mapping[str, Any]) -> bool:
     receiver then continues with the redacted copy instead of rejecting it.
     """
     hashes = pdu.get("hashes")
-    if not isinstance(hashes, Mapping):
+    sha256 = hashes.get("sha256") if isinstance(hashes, Mapping) else None
+    if not isinstance(sha256, str):
         return False
     try:
-        expected = decode_base64(hashes.get("sha256"))
+        expected = decode_base64(sha256)
     except ValueError:
         return False
     return expected == compute_content_hash(pdu)
