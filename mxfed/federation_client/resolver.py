@@ -528,6 +528,9 @@ class ServerResolver:
         self._wk_inflight[hostname] = fut
         try:
             result = await self._fetch_well_known(hostname, entry)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from mxfed.federation_client import (
     RequestTimeoutError,
     StaticDnsResolver,
     TlsVerificationError,
+    build_ssl_context,
     encode_query,
     federation_path,
 )
@@ -517,3 +519,12 @@ async def test_path_with_query_rejected(signing_key) -> None:
     async with make_client(signing_key, make_options()) as client:
         with pytest.raises(ValueError):
             await client.get_json("fed.test", "/x?a=b")
+
+
+def test_ssl_context_options(pki) -> None:
+    ctx = build_ssl_context(
+        OutboundOptions(ca_file=pki.ca_file, client_cert=(pki.cert_file, pki.key_file))
+    )
+    assert ctx.check_hostname and ctx.verify_mode == ssl.CERT_REQUIRED
+    off = build_ssl_context(OutboundOptions(verify_tls=False))
+    assert not off.check_hostname and off.verify_mode == ssl.CERT_NONE
