@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import enum
 import json
 import math
 from typing import Any
@@ -190,7 +192,22 @@ loose_values = st.recursive(
 
 @given(loose_values)
 def test_non_strict_matches_reference(value: Any) -> None:
-    assert encode_canonical_json(value, strict=False) == reference(value)
+    encoded = encode_canonical_json(value, strict=False)
+    assert encoded == reference(value)
+    assert encoded == canonicaljson.encode_canonical_json(value)
+
+
+def test_subclasses_of_json_types() -> None:
+    class Text(str):
+        pass
+
+    class Level(enum.IntEnum):
+        HIGH = 100
+
+    value = collections.OrderedDict([(Text("b"), [Level.HIGH, Text("é")]), ("a", True)])
+    validate_canonical_json(value)
+    assert encode_canonical_json(value) == '{"a":true,"b":[100,"é"]}'.encode()
+    assert encode_canonical_json(Text("x")) == b'"x"'
 
 
 def test_encode_json_is_compact() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from typing import Any
 
@@ -246,3 +247,23 @@ def test_event_id_equals_id_of_redacted_copy(
     assert redact(redacted, version) == redacted
     # Event signatures are always checked on the redacted copy.
     verify_json_signature(redacted, "domain", "ed25519:1", SIGNING_KEY.verify_key)
+
+
+@given(
+    st.sampled_from([v for v in sorted(KNOWN_ROOM_VERSIONS) if v not in ("1", "2")]),
+    event_types,
+    st.dictionaries(content_keys | st.text(max_size=5), content_values, max_size=6),
+    st.dictionaries(st.sampled_from(["redacts", "membership", "prev_state", "x"]), content_values),
+)
+def test_event_id_matches_synapse(
+    version_id: str, event_type: str, content: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    # Synapse (a test dependency) as an independent oracle for redaction and
+    # reference hashing; it is only imported, never copied.
+    synapse_events = pytest.importorskip("synapse.events")
+    synapse_versions = pytest.importorskip("synapse.api.room_versions")
+    pdu = MINIMAL_EVENT | extra | {"type": event_type, "content": content, "state_key": ""}
+    theirs = synapse_events.make_event_from_dict(
+        copy.deepcopy(pdu), synapse_versions.KNOWN_ROOM_VERSIONS[version_id]
+    )
+    assert compute_event_id(pdu, room_version(version_id)) == theirs.event_id
