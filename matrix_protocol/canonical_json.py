@@ -10,7 +10,9 @@ bytes for every value that passes :func:`validate_canonical_json`: it sorts
 keys by their UTF-8 bytes, which is the same order as Unicode code points, it
 writes non-ASCII (including U+2028/U+2029 and U+007F) raw and escapes control
 characters exactly like :mod:`json`. The tests check this against the
-reference encoder and PyPI ``canonicaljson``. It is about ten times faster,
+reference encoder and PyPI ``canonicaljson``. orjson itself is about ten
+times faster than :mod:`json`; with the Python-level validation in front a
+typical PDU still encodes about 1.8 times as fast as with ``canonicaljson``,
 which matters because every received PDU is encoded at least twice (content
 hash and signature check).
 """
@@ -166,7 +168,7 @@ def encode_canonical_json(value: Any, *, strict: bool = True) -> bytes:
         return orjson.dumps(value, option=_CANONICAL_OPTIONS)
     except orjson.JSONEncodeError:
         # Validated values only fail in orjson by nesting deeper than its
-        # fixed recursion limit (255); json has no such limit.
+        # fixed limit of 255 levels; json only stops at Python's recursion limit.
         return _encode_reference(value)
 
 
