@@ -4,7 +4,9 @@ Both are generated on first run when absent. The signing key file holds one
 line ``ed25519 <version> <unpadded base64 seed>`` (the format Synapse and
 Dendrite also read); its key id never changes once written, because remote
 servers cache keys by id and never refetch on a mismatch. Creation uses
-O_EXCL so processes starting together agree on a single key.
+O_EXCL so processes starting together agree on a single key. Key rotation
+replaces the file atomically; every process that signs reads it through
+:func:`current_signing_key`, which notices the new file within a second.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import ipaddress
 import os
 import secrets
 import string
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +88,55 @@ def write_signing_key(path: Path, key: ServerSigningKey) -> None:
     temporary.write_text(format_signing_key(key))
     os.chmod(temporary, 0o600)
     os.replace(temporary, path)
+
+
+# How often current_signing_key() looks at the file again.
+SIGNING_KEY_CHECK_INTERVAL = 1.0
+
+
+@dataclass
+class _LoadedKey:
+    key: ServerSigningKey
+    identity: tuple[int, int]  # (inode, mtime_ns): os.replace always changes the inode
+    checked_at: float
+
+
+_loaded_keys: dict[Path, _LoadedKey] = {}
+_loaded_keys_lock = threading.Lock()
+
+
+def current_signing_key(
+    path: Path, max_age: float = SIGNING_KEY_CHECK_INTERVAL
+) -> ServerSigningKey:
+    """The key in the signing key file, re-read once the file has been replaced.
+
+    The file is looked at no more than once per ``max_age`` seconds, so
+    processes pick up a rotated key (``mxfed keys rotate``) within about a
+    second without a restart; ``max_age=0`` looks now. Creates the file when
+    it does not exist yet.
+    """
+    now = time.monotonic()
+    with _loaded_keys_lock:
+        loaded = _loaded_keys.get(path)
+        if loaded is not None and now - loaded.checked_at < max_age:
+            return loaded.key
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            if loaded is not None:  # being replaced right now; keep the key we have
+                return loaded.key
+            key = load_or_create_signing_key(path)
+            stat = path.stat()
+            loaded = _LoadedKey(key, (stat.st_ino, stat.st_mtime_ns), now)
+            _loaded_keys[path] = loaded
+            return key
+        identity = (stat.st_ino, stat.st_mtime_ns)
+        if loaded is None or loaded.identity != identity:
+            loaded = _LoadedKey(parse_signing_key(path.read_text()), identity, now)
+            _loaded_keys[path] = loaded
+        else:
+            loaded.checked_at = now
+        return loaded.key
 
 
 def ensure_tls_pair(certificate: Path, private_key: Path, server_name: str) -> bool:

@@ -1,0 +1,122 @@
+"""The gRPC face of the keys service (``mxfed.keys.v1.Keys``): translation only.
+
+Errors about a request itself are INVALID_ARGUMENT with ``M_CODE: message``
+details (the gateway turns those into Matrix errors); a signature that does
+not verify is a result, not an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from services.keys.keyring import JsonCheck, KeyNeed, Keyring
+from services.keys.own_keys import OwnKeys
+
+
+async def _json_object(data: bytes, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    try:
+        obj = decode_json(data)
+    except ValueError:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "M_NOT_JSON: not valid JSON")
+    if not isinstance(obj, dict):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "M_BAD_JSON: not a JSON object")
+    return obj
+
+
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    def __init__(self, keyring: Keyring, own_keys: OwnKeys) -> None:
+        self.keyring = keyring
+        self.own_keys = own_keys
+
+    async def QueryOwnServerKeys(
+        self, request: keys_pb2.QueryOwnServerKeysRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.QueryOwnServerKeysResponse:
+        signed = await self.own_keys.server_keys()
+        return keys_pb2.QueryOwnServerKeysResponse(server_keys_json=signed.json)
+
+    async def QueryServerKeys(
+        self, request: keys_pb2.QueryServerKeysRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.QueryServerKeysResponse:
+        found = await self.keyring.query_server_keys(
+            [
+                (criteria.server_name, list(criteria.key_ids), criteria.minimum_valid_until_ts)
+                for criteria in request.criteria
+            ]
+        )
+        return keys_pb2.QueryServerKeysResponse(server_keys_json=found)
+
+    async def QueryVerifyKeys(
+        self, request: keys_pb2.QueryVerifyKeysRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.QueryVerifyKeysResponse:
+        needs = [
+            KeyNeed(lookup.server_name, (lookup.key_id,), lookup.at_ts, lookup.at_ts != 0)
+            for lookup in request.lookups
+        ]
+        await self.keyring.ensure_keys(needs)
+        answers = []
+        for need in needs:
+            answer = keys_pb2.ResolvedVerifyKey(
+                server_name=need.server_name, key_id=need.key_ids[0]
+            )
+            for key in self.keyring.usable_keys(need):
+                answer.found = True
+                answer.key = key.verify_key
+                answer.valid_until_ts = key.valid_until_ts
+                answer.expired_ts = key.expired_ts or 0
+                answer.usable_until_ts = key.usable_until_ts
+            answers.append(answer)
+        return keys_pb2.QueryVerifyKeysResponse(keys=answers)
+
+    async def VerifyJsonSignatures(
+        self, request: keys_pb2.VerifyJsonSignaturesRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.VerifyJsonSignaturesResponse:
+        errors = await self.keyring.verify_json_batch(
+            [
+                JsonCheck(item.json, item.server_name, item.at_ts, item.enforce_key_validity)
+                for item in request.items
+            ]
+        )
+        return keys_pb2.VerifyJsonSignaturesResponse(
+            results=[keys_pb2.VerifyResult(ok=error is None, error=error or "") for error in errors]
+        )
+
+    async def VerifyRequest(
+        self, request: keys_pb2.VerifyRequestRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.VerifyRequestResponse:
+        content: Any = None
+        if request.HasField("content"):
+            try:
+                content = decode_json(request.content)
+            except ValueError:
+                return keys_pb2.VerifyRequestResponse(ok=False, error="body is not valid JSON")
+        error = await self.keyring.verify_request(
+            request.method,
+            request.uri,
+            request.origin,
+            request.destination or None,
+            content,
+            [(signature.key_id, signature.sig) for signature in request.signatures],
+        )
+        return keys_pb2.VerifyRequestResponse(ok=error is None, error=error or "")
+
+    async def SignJson(
+        self, request: keys_pb2.SignJsonRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.SignJsonResponse:
+        obj = await _json_object(request.json, context)
+        key = self.own_keys.current()
+        signed = self.own_keys.sign(obj)
+        return keys_pb2.SignJsonResponse(signed_json=encode_json(signed), key_id=key.key_id)
+
+    async def PerformKeyRotation(
+        self, request: keys_pb2.PerformKeyRotationRequest, context: grpc.aio.ServicerContext
+    ) -> keys_pb2.PerformKeyRotationResponse:
+        rotation = await self.own_keys.rotate()
+        return keys_pb2.PerformKeyRotationResponse(
+            new_key_id=rotation.new_key_id,
+            old_key_id=rotation.old_key_id,
+            expired_ts=rotation.expired_ts,
+        )
