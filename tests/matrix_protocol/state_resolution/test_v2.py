@@ -127,8 +127,15 @@ class Dag:
         )
         return self.add(node, auth=auth, prev=prev, **kwargs)
 
-    def resolve(self, *state_sets: Mapping[StateKey, str], **kwargs: Any) -> dict[StateKey, str]:
-        return resolve_state(self.version, state_sets, self.events, **kwargs)
+    def resolve(
+        self,
+        *state_sets: Mapping[StateKey, str],
+        events: Mapping[str, Event] | None = None,
+        rejected: Iterable[str] = (),
+    ) -> dict[StateKey, str]:
+        """Resolve with this DAG's events (or ``events``)."""
+        events = self.events if events is None else events
+        return resolve_state(self.version, state_sets, events, rejected=set(rejected))
 
 
 def initial_nodes(version: RoomVersion) -> list[Node]:
