@@ -1,0 +1,72 @@
+"""May the requesting server read this room? A dependency shared by room routes.
+
+Spec: endpoints.md "Conventions" (server ACLs MUST be enforced with 403
+``M_FORBIDDEN`` on ``/state``, ``/state_ids``, ``/event_auth``, ``/backfill``,
+``/get_missing_events``, the membership handshakes...) and behaviours.md §7–8
+(ACL algorithm; [Synapse] also requires the requester to have a joined
+member). The events service owns the room state, so the decision is one
+``QueryServerAllowed`` call.
+
+Use it on a route whose path names the room ``{room_id}``::
+
+    @router.get("/_matrix/federation/v1/state_ids/{room_id}")
+    async def state_ids(room_id: str, origin: str = Depends(require_joined_room_access)): ...
+
+The dependency verifies X-Matrix itself (through ``require_origin``) and
+returns the verified origin, so a route needs only this one dependency.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+
+from gateway.errors import forbidden, not_found
+from gateway.xmatrix_auth import require_origin
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+
+# Reads are cheap for the service; a slow answer means it is overloaded or down.
+QUERY_TIMEOUT = 30.0
+
+
+def events_stub(request: Request) -> events_pb2_grpc.EventsStub:
+    return events_pb2_grpc.EventsStub(request.app.state.services.channel("events"))
+
+
+async def check_room_access(
+    request: Request,
+    room_id: str,
+    server_name: str,
+    *,
+    check_acl: bool = True,
+    require_joined: bool = True,
+) -> None:
+    """Raise 404 ``M_NOT_FOUND`` for an unknown room, 403 ``M_FORBIDDEN`` when refused."""
+    reply = await events_stub(request).QueryServerAllowed(
+        events_pb2.QueryServerAllowedRequest(
+            room_id=room_id,
+            server_name=server_name,
+            check_acl=check_acl,
+            require_joined=require_joined,
+        ),
+        timeout=QUERY_TIMEOUT,
+    )
+    if not reply.room_exists:
+        raise not_found("Unknown room")
+    if not reply.allowed:
+        raise forbidden(reply.reason or f"{server_name} may not access this room")
+
+
+async def require_joined_room_access(
+    room_id: str, request: Request, origin: str = Depends(require_origin)
+) -> str:
+    """The verified origin, after checking it passes the ACL and has a joined member."""
+    await check_room_access(request, room_id, origin, check_acl=True, require_joined=True)
+    return origin
+
+
+async def require_acl_room_access(
+    room_id: str, request: Request, origin: str = Depends(require_origin)
+) -> str:
+    """The verified origin, after checking only the room's ACL (for make_join and friends)."""
+    await check_room_access(request, room_id, origin, check_acl=True, require_joined=False)
+    return origin
