@@ -18,7 +18,7 @@ from gateway.metrics import install_metrics
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 
-ROUTE_MODULES = ["version"]
+ROUTE_MODULES = ["version", "keys", "well_known"]
 
 
 def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI:

@@ -12,7 +12,7 @@ from matrix_protocol.signing import decode_verify_key, verify_json_signature
 from matrix_protocol.xmatrix import parse_xmatrix_header, sign_request
 from mxfed.identity_files import parse_signing_key
 from mxfed_api.keys.v1 import keys_pb2
-from tests.services.keys.conftest import OUR_SERVER
+from tests.services.keys.fixtures import OUR_SERVER
 from tests.services.keys.key_servers import HOUR_MS, now_ms
 
 

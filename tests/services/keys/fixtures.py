@@ -1,0 +1,131 @@
+"""Fixtures for the keys service: its schema on the test database, fake key
+servers, a keyring talking to them, and the servicer on a real gRPC port.
+
+Imported by ``conftest.py`` here and by the gateway tests that need a keys service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+
+from mxfed.config import Config
+from mxfed.database import apply_migrations, create_pool
+from mxfed.federation_client import FederationClient, OutboundOptions
+from mxfed.identity_files import current_signing_key
+from mxfed.service_runtime import migrations_directory
+from mxfed_api.keys.v1 import keys_pb2_grpc
+from services.keys.keyring import Keyring
+from services.keys.own_keys import OwnKeys
+from services.keys.server import build_keyring
+from services.keys.servicer import KeysServicer
+from services.keys.storage import KeysStorage
+from tests.services.keys.key_servers import FakeKeyServer
+from tests.support.ports import free_port
+
+OUR_SERVER = "keys-test.example"
+
+
+@pytest.fixture(scope="session")
+async def keys_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=5)
+    await apply_migrations(pool, "keys", migrations_directory("keys"))
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def keys_storage(keys_pool: asyncpg.Pool) -> KeysStorage:
+    await keys_pool.execute(
+        "TRUNCATE keys.server_key_responses, keys.server_verify_keys, keys.own_old_keys"
+    )
+    return KeysStorage(keys_pool)
+
+
+@pytest.fixture(scope="session")
+def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fake-key-server-tls")
+
+
+@pytest.fixture
+async def key_server_factory(
+    tls_dir: Path,
+) -> AsyncIterator[Callable[..., Awaitable[FakeKeyServer]]]:
+    started: list[FakeKeyServer] = []
+
+    async def start(**kwargs: Any) -> FakeKeyServer:
+        server = await FakeKeyServer(tls_dir, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+def keys_config(tmp_path: Path) -> Config:
+    return Config(server_name=OUR_SERVER, data_dir=tmp_path, key_valid_for_ms=3600 * 1000)
+
+
+@pytest.fixture
+async def federation_client(keys_config: Config) -> AsyncIterator[FederationClient]:
+    key = current_signing_key(keys_config.signing_key)
+    client = FederationClient(
+        keys_config.server_name,
+        key.signing_key,
+        key.key_id,
+        OutboundOptions(verify_tls=False, allowed_ip_ranges=["127.0.0.0/8"], max_retries=0),
+    )
+    yield client
+    await client.close()
+
+
+@dataclass
+class KeysUnderTest:
+    config: Config
+    keyring: Keyring
+    own_keys: OwnKeys
+    storage: KeysStorage
+
+
+@pytest.fixture
+def make_keys(
+    keys_config: Config, keys_storage: KeysStorage, federation_client: FederationClient
+) -> Callable[..., KeysUnderTest]:
+    def make(**options: Any) -> KeysUnderTest:
+        config = keys_config.model_copy(update=options.pop("config", {}))
+        options.setdefault("min_backoff", 0.3)
+        options.setdefault("refetch_interval", 0.0)
+        options.setdefault("fetch_timeout", 5.0)
+        keyring, own_keys = build_keyring(config, keys_storage, federation_client, **options)
+        return KeysUnderTest(config, keyring, own_keys, keys_storage)
+
+    return make
+
+
+@dataclass
+class KeysService:
+    stub: keys_pb2_grpc.KeysStub
+    keys: KeysUnderTest
+    address: str
+
+
+@pytest.fixture
+async def keys_service(make_keys: Callable[..., KeysUnderTest]) -> AsyncIterator[KeysService]:
+    keys = make_keys()
+    server = grpc.aio.server()
+    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys.keyring, keys.own_keys), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield KeysService(keys_pb2_grpc.KeysStub(channel), keys, f"127.0.0.1:{port}")
+    await channel.close()
+    await server.stop(grace=None)
