@@ -1,0 +1,271 @@
+"""Rooms from the command line, over the events service's gRPC API.
+
+``mxfed room create``  create a room (``--creator`` is a local user)
+``mxfed send``         send an ``m.room.message`` (``m.text``)
+``mxfed history``      the latest events of a room, oldest first
+``mxfed tail``         follow a room's new events until Ctrl-C
+
+Output is one line per event for people; ``--json`` prints one JSON object
+per line instead. A room may be given by ID or by alias (``#name:server``).
+Errors the service reports print as ``M_ERRCODE: message`` on stderr and the
+command exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+
+from matrix_protocol.canonical_json import decode_json
+from mxfed.config import Config
+from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+
+CALL_TIMEOUT = 30.0
+PRESETS = ("public_chat", "private_chat", "trusted_private_chat")
+
+
+class CommandError(Exception):
+    """Printed as-is on stderr; the command exits 1."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    room = subparsers.add_parser("room", help="manage rooms")
+    room_commands = room.add_subparsers(dest="room_command", required=True)
+    create = room_commands.add_parser("create", help="create a room")
+    create.add_argument("--creator", required=True, help="local user id, @user:our.server")
+    create.add_argument("--version", dest="room_version", default="", help="room version")
+    create.add_argument("--preset", choices=PRESETS, default="private_chat")
+    create.add_argument("--name", default="")
+    create.add_argument("--topic", default="")
+    create.add_argument("--alias", default="", help="localpart of #LOCALPART:our.server")
+    create.add_argument("--invite", action="append", default=[], help="user id (repeatable)")
+    _add_json_flag(create)
+    create.set_defaults(handler=_run(create_room))
+
+    send = subparsers.add_parser("send", help="send a text message to a room")
+    send.add_argument("room", help="room id or alias")
+    send.add_argument("text")
+    send.add_argument("--sender", required=True, help="local user id")
+    send.add_argument("--notice", action="store_true", help="send m.notice instead of m.text")
+    send.add_argument("--txn-id", default="", help="idempotency key (per sender)")
+    _add_json_flag(send)
+    send.set_defaults(handler=_run(send_message))
+
+    history = subparsers.add_parser("history", help="print a room's latest events, oldest first")
+    history.add_argument("room", help="room id or alias")
+    history.add_argument("--limit", type=int, default=20)
+    _add_json_flag(history)
+    history.set_defaults(handler=_run(show_history))
+
+    tail = subparsers.add_parser("tail", help="follow a room's new events (Ctrl-C to stop)")
+    tail.add_argument("room", help="room id or alias")
+    _add_json_flag(tail)
+    tail.set_defaults(handler=_run(follow_room))
+
+
+def _add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
+
+
+# Plumbing ----------------------------------------------------------------------
+
+
+def _run(command: Any) -> Any:
+    async def handler(args: argparse.Namespace, config: Config) -> int:
+        try:
+            async with _events(config) as stub:
+                await command(args, stub)
+        except CommandError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        except grpc.aio.AioRpcError as exc:
+            print(_describe_rpc_error(exc, config), file=sys.stderr)
+            return 1
+        return 0
+
+    return handler
+
+
+@asynccontextmanager
+async def _events(config: Config) -> AsyncIterator[events_pb2_grpc.EventsStub]:
+    address = config.service_address("events").replace("0.0.0.0", "127.0.0.1")
+    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        yield events_pb2_grpc.EventsStub(channel)
+
+
+def _describe_rpc_error(exc: grpc.aio.AioRpcError, config: Config) -> str:
+    details = exc.details() or ""
+    code, sep, message = details.partition(": ")
+    if sep and code.startswith("M_") and code.isupper():
+        return f"{code}: {message}"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return f"UNAVAILABLE: the events service at {config.service_address('events')} is down"
+    return f"{exc.code().name}: {details}"
+
+
+def _emit(args: argparse.Namespace, value: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(value, ensure_ascii=False), flush=True)
+    else:
+        print(text, flush=True)
+
+
+async def _resolve_room(stub: events_pb2_grpc.EventsStub, room: str) -> str:
+    if not room.startswith("#"):
+        return room
+    reply = await stub.QueryAlias(events_pb2.QueryAliasRequest(alias=room), timeout=CALL_TIMEOUT)
+    if not reply.found:
+        raise CommandError(f"M_NOT_FOUND: no room has the alias {room}")
+    return reply.room_id
+
+
+_STATUS_NAMES = {
+    events_pb2.ACCEPTED: "accepted",
+    events_pb2.SOFT_FAILED: "soft_failed",
+    events_pb2.REJECTED: "rejected",
+    events_pb2.OUTLIER: "outlier",
+}
+
+
+def event_json(record: events_pb2.EventRecord) -> dict[str, Any]:
+    pdu = decode_json(record.pdu_json) if record.pdu_json else {}
+    return {
+        "event_id": record.event_id,
+        "room_id": record.room_id,
+        "status": _STATUS_NAMES.get(record.status, "unknown"),
+        "stream_position": record.stream_position,
+        "redacted": record.redacted,
+        "pdu": pdu,
+    }
+
+
+def event_line(record: events_pb2.EventRecord) -> str:
+    """``time  sender  type  body`` for one event."""
+    pdu = decode_json(record.pdu_json) if record.pdu_json else {}
+    ts = pdu.get("origin_server_ts")
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts / 1000))
+        if isinstance(ts, int)
+        else "?"
+    )
+    parts = [when, str(pdu.get("sender", "?")), str(pdu.get("type", "?")), _summary(pdu)]
+    if record.status in (events_pb2.SOFT_FAILED, events_pb2.REJECTED):
+        parts.append(f"[{_STATUS_NAMES[record.status]}]")
+    if record.redacted:
+        parts.append("[redacted]")
+    return "  ".join(part for part in parts if part)
+
+
+def _summary(pdu: dict[str, Any]) -> str:
+    content = pdu.get("content")
+    if not isinstance(content, dict):
+        return ""
+    body = content.get("body")
+    if isinstance(body, str):
+        return body.replace("\n", " ")
+    event_type = pdu.get("type")
+    state_key = pdu.get("state_key")
+    if event_type == "m.room.member":
+        return f"{state_key} {content.get('membership')}"
+    for key in ("name", "topic", "alias", "join_rule", "history_visibility"):
+        if isinstance(content.get(key), str):
+            return f"{key}={content[key]}"
+    text = json.dumps(content, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# Commands ----------------------------------------------------------------------
+
+
+async def create_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+    reply = await stub.PerformCreateRoom(
+        events_pb2.PerformCreateRoomRequest(
+            creator=args.creator,
+            room_version=args.room_version,
+            preset=args.preset,
+            name=args.name,
+            topic=args.topic,
+            alias_localpart=args.alias,
+            invite=args.invite,
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    text = reply.room_id + (f"  {reply.room_alias}" if reply.room_alias else "")
+    _emit(args, {"room_id": reply.room_id, "room_alias": reply.room_alias or None}, text)
+
+
+async def send_message(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+    room_id = await _resolve_room(stub, args.room)
+    content = {"msgtype": "m.notice" if args.notice else "m.text", "body": args.text}
+    reply = await stub.PerformSendEvent(
+        events_pb2.PerformSendEventRequest(
+            room_id=room_id,
+            sender=args.sender,
+            type="m.room.message",
+            content_json=json.dumps(content, ensure_ascii=False).encode(),
+            txn_id=args.txn_id,
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    _emit(
+        args,
+        {
+            "event_id": reply.event_id,
+            "room_id": room_id,
+            "stream_position": reply.stream_position,
+        },
+        reply.event_id,
+    )
+
+
+async def show_history(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+    if args.limit < 1:
+        raise CommandError("M_INVALID_PARAM: --limit must be at least 1")
+    room_id = await _resolve_room(stub, args.room)
+    records = await _latest_events(stub, room_id, args.limit)
+    for record in records:
+        _emit(args, event_json(record), event_line(record))
+
+
+async def _latest_events(
+    stub: events_pb2_grpc.EventsStub, room_id: str, limit: int
+) -> list[events_pb2.EventRecord]:
+    """The ``limit`` latest events, oldest first."""
+    records: list[events_pb2.EventRecord] = []
+    token = ""
+    while len(records) < limit:
+        reply = await stub.QueryTimeline(
+            events_pb2.QueryTimelineRequest(
+                room_id=room_id, from_token=token, backwards=True, limit=limit - len(records)
+            ),
+            timeout=CALL_TIMEOUT,
+        )
+        records.extend(reply.events)
+        token = reply.next_token
+        if not reply.events or not token or reply.reached_room_start:
+            break
+    # Backwards pagination yields newest first.
+    return list(reversed(records[:limit]))
+
+
+async def follow_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+    room_id = await _resolve_room(stub, args.room)
+    # Start after the newest event we hold now, so that nothing sent after
+    # this point can slip between "now" and the subscription.
+    latest = await _latest_events(stub, room_id, 1)
+    after = max((record.stream_position for record in latest), default=0) or -1
+    stream = stub.StreamEvents(
+        events_pb2.StreamEventsRequest(room_id=room_id, after_position=after)
+    )
+    print(f"following {room_id} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    async for item in stream:
+        if item.WhichOneof("item") == "event":
+            _emit(args, event_json(item.event), event_line(item.event))
