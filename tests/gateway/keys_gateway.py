@@ -12,18 +12,24 @@ from fastapi import APIRouter, FastAPI
 from gateway.app import create_app
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
-from tests.services.keys.fixtures import (  # noqa: F401 - fixtures used by the gateway tests
-    OUR_SERVER,
-    KeysService,
-    federation_client,
-    key_server_factory,
-    keys_config,
-    keys_pool,
-    keys_service,
-    keys_storage,
-    make_keys,
-    tls_dir,
-)
+from tests.services.keys import fixtures
+from tests.services.keys.fixtures import OUR_SERVER, KeysService
+
+# The keys service fixtures; test modules bring them in with
+# ``from tests.gateway.keys_gateway import KEYS_FIXTURES`` and ``globals().update``.
+KEYS_FIXTURES = {
+    name: getattr(fixtures, name)
+    for name in (
+        "federation_client",
+        "key_server_factory",
+        "keys_config",
+        "keys_pool",
+        "keys_service",
+        "keys_storage",
+        "make_keys",
+        "tls_dir",
+    )
+}
 
 
 @dataclass
@@ -55,3 +61,6 @@ async def gateway(keys_service: KeysService) -> AsyncIterator[Gateway]:
     yield opened
     await opened.http.aclose()
     await clients.close()
+
+
+KEYS_FIXTURES["gateway"] = gateway

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 from matrix_protocol.signing import decode_verify_key, verify_json_signature
-from tests.gateway.keys_gateway import (  # noqa: F401
-    OUR_SERVER,
-    federation_client,
-    gateway,
-    key_server_factory,
-    keys_config,
-    keys_pool,
-    keys_service,
-    keys_storage,
-    make_keys,
-    open_gateway,
-    tls_dir,
-)
+from tests.gateway.keys_gateway import KEYS_FIXTURES, OUR_SERVER, open_gateway
 from tests.services.keys.key_servers import HOUR_MS, now_ms
+
+globals().update(KEYS_FIXTURES)
 
 
 def _our_key(body: dict) -> tuple[str, object]:
