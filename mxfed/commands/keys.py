@@ -1,0 +1,75 @@
+"""``mxfed keys show`` and ``mxfed keys rotate``: our signing keys, through the keys service.
+
+``rotate`` asks the keys service for a new signing key: the new key replaces
+the signing key file (every process that signs picks it up within a second)
+and the old one keeps being published in ``old_verify_keys`` with an
+``expired_ts`` of now, so events signed with it still verify elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+
+import grpc
+import orjson
+
+from mxfed.config import Config
+from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("keys", help="show or rotate this server's signing keys")
+    actions = parser.add_subparsers(dest="keys_action", required=True)
+    show = actions.add_parser("show", help="print the published server keys")
+    show.add_argument("--json", action="store_true", help="print the signed key object")
+    show.set_defaults(handler=show_keys)
+    rotate = actions.add_parser("rotate", help="replace the signing key (the old one expires now)")
+    rotate.set_defaults(handler=rotate_key)
+
+
+def _time(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _address(config: Config) -> str:
+    return config.service_address("keys").replace("0.0.0.0", "127.0.0.1")
+
+
+async def show_keys(args: argparse.Namespace, config: Config) -> int:
+    async with grpc.aio.insecure_channel(_address(config)) as channel:
+        try:
+            reply = await keys_pb2_grpc.KeysStub(channel).QueryOwnServerKeys(
+                keys_pb2.QueryOwnServerKeysRequest(), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"mxfed keys show: keys service at {_address(config)}: {exc.code().name}")
+            return 1
+    if args.json:
+        print(
+            orjson.dumps(orjson.loads(reply.server_keys_json), option=orjson.OPT_INDENT_2).decode()
+        )
+        return 0
+    keys = orjson.loads(reply.server_keys_json)
+    print(f"server {keys['server_name']}, published until {_time(keys['valid_until_ts'])}")
+    for key_id, entry in keys["verify_keys"].items():
+        print(f"current  {key_id}  {entry['key']}")
+    for key_id, entry in keys.get("old_verify_keys", {}).items():
+        print(f"expired  {key_id}  {entry['key']}  at {_time(entry['expired_ts'])}")
+    return 0
+
+
+async def rotate_key(args: argparse.Namespace, config: Config) -> int:
+    async with grpc.aio.insecure_channel(_address(config)) as channel:
+        try:
+            reply = await keys_pb2_grpc.KeysStub(channel).PerformKeyRotation(
+                keys_pb2.PerformKeyRotationRequest(), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(f"mxfed keys rotate: keys service at {_address(config)}: {exc.code().name}")
+            return 1
+    print(
+        f"new signing key {reply.new_key_id}; {reply.old_key_id} published as expired "
+        f"at {_time(reply.expired_ts)}"
+    )
+    return 0
