@@ -106,6 +106,9 @@ async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
 
 
 def migration_files(directory: Path) -> list[tuple[int, Path]]:
+    """The numbered migrations in ``directory`` (none when it doesn't exist)."""
+    if not directory.is_dir():
+        return []
     files = []
     for path in sorted(directory.iterdir()):
         match = _MIGRATION_FILE.match(path.name)
