@@ -1,0 +1,588 @@
+"""``PUT /_matrix/federation/v1/send/{txnId}`` against a whole running mxfed.
+
+A FakeHomeserver plays the remote side: its user joins a public room created
+on mxfed over gRPC, then it sends PDUs and EDUs in signed transactions.
+
+The scene helpers here are shared with ``test_event_routes.py`` and
+``test_room_cli.py`` (imported, not fixtures, so every module runs its own mxfed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+import httpx
+import orjson
+import pytest
+
+from matrix_protocol.auth_events import select_auth_event_ids
+from matrix_protocol.canonical_json import encode_json
+from matrix_protocol.events import Event
+from matrix_protocol.room_versions import RoomVersion, room_version
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from tests.support.databases import create_database, drop_database
+from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.mxfed_process import MxfedProcess
+
+StateMap = dict[tuple[str, str], str]
+
+
+# Scene helpers -----------------------------------------------------------------
+
+
+@dataclass
+class Room:
+    room_id: str
+    version: RoomVersion
+    creator: str
+
+
+class Scene:
+    """A running mxfed, a fake remote homeserver, and gRPC access to mxfed's events service."""
+
+    def __init__(self, mxfed: MxfedProcess, remote: FakeHomeserver) -> None:
+        self.mxfed = mxfed
+        self.remote = remote
+        self.channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
+        self.events = events_pb2_grpc.EventsStub(self.channel)
+        self.creator = f"@alice:{mxfed.server_name}"
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    # Rooms ---------------------------------------------------------------------
+
+    async def create_room(self, preset: str = "public_chat", **options: Any) -> Room:
+        reply = await self.events.PerformCreateRoom(
+            events_pb2.PerformCreateRoomRequest(creator=self.creator, preset=preset, **options),
+            timeout=30,
+        )
+        info = await self.events.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=reply.room_id), timeout=10
+        )
+        assert info.exists
+        return Room(reply.room_id, room_version(info.room_version), self.creator)
+
+    async def current_state(self, room_id: str) -> StateMap:
+        reply = await self.events.QueryCurrentState(
+            events_pb2.QueryCurrentStateRequest(room_id=room_id), timeout=10
+        )
+        state = {}
+        for record in reply.events:
+            pdu = orjson.loads(record.pdu_json)
+            state[(pdu["type"], pdu["state_key"])] = record.event_id
+        return state
+
+    async def build(
+        self,
+        room: Room,
+        sender: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None = None,
+        *,
+        server: FakeHomeserver | None = None,
+        prev_events: list[str] | None = None,
+        state: StateMap | None = None,
+        depth: int | None = None,
+        **extra: Any,
+    ) -> tuple[str, dict[str, Any]]:
+        """A PDU built on mxfed's current view of the room (or the given prev events/state)."""
+        info = await self.events.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+        )
+        if state is None:
+            state = await self.current_state(room.room_id)
+        auth_events = select_auth_event_ids(
+            event_type, sender, state_key, content, room.version, state
+        )
+        return (server or self.remote).build_pdu(
+            room.version,
+            room_id=room.room_id,
+            sender=sender,
+            event_type=event_type,
+            content=content,
+            prev_events=prev_events or list(info.forward_extremities),
+            auth_events=auth_events,
+            depth=depth if depth is not None else info.max_depth + 1,
+            state_key=state_key,
+            **extra,
+        )
+
+    async def join(self, room: Room, user: str, server: FakeHomeserver | None = None) -> str:
+        server = server or self.remote
+        event_id, pdu = await self.build(
+            room, user, "m.room.member", {"membership": "join"}, user, server=server
+        )
+        response = await self.send([pdu], server=server)
+        assert response.status_code == 200, response.text
+        assert response.json()["pdus"] == {event_id: {}}, response.json()
+        return event_id
+
+    async def joined_room(self, **options: Any) -> Room:
+        room = await self.create_room(**options)
+        await self.join(room, self.remote.user("bob"))
+        return room
+
+    async def send_local(
+        self,
+        room: Room,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None = None,
+    ) -> str:
+        request = events_pb2.PerformSendEventRequest(
+            room_id=room.room_id,
+            sender=room.creator,
+            type=event_type,
+            content_json=orjson.dumps(content),
+        )
+        if state_key is not None:
+            request.state_key = state_key
+        return (await self.events.PerformSendEvent(request, timeout=30)).event_id
+
+    # Federation requests -------------------------------------------------------
+
+    async def send(
+        self,
+        pdus: list[dict[str, Any]],
+        edus: list[dict[str, Any]] | None = None,
+        *,
+        txn_id: str | None = None,
+        server: FakeHomeserver | None = None,
+    ) -> httpx.Response:
+        server = server or self.remote
+        body: dict[str, Any] = {
+            "origin": server.server_name,
+            "origin_server_ts": int(time.time() * 1000),
+            "pdus": pdus,
+        }
+        if edus is not None:
+            body["edus"] = edus
+        return await self.put_transaction(body, txn_id=txn_id, server=server)
+
+    async def put_transaction(
+        self, body: Any, *, txn_id: str | None = None, server: FakeHomeserver | None = None
+    ) -> httpx.Response:
+        server = server or self.remote
+        uri = f"/_matrix/federation/v1/send/{quote(txn_id or uuid.uuid4().hex, safe='')}"
+        return await server.federation_request(
+            self.mxfed.federation_url, self.mxfed.server_name, "PUT", uri, body
+        )
+
+    async def put_raw(self, uri: str, raw: bytes, signed_content: Any = None) -> httpx.Response:
+        """A request whose body is ``raw`` bytes (the signature covers ``signed_content``)."""
+        headers = {
+            "Authorization": self.remote.authorization(
+                "PUT", self.mxfed.server_name, uri, signed_content
+            ),
+            "Content-Type": "application/json",
+        }
+        async with httpx.AsyncClient(verify=False, timeout=30) as client:
+            return await client.put(self.mxfed.federation_url + uri, headers=headers, content=raw)
+
+    async def get(self, uri: str, server: FakeHomeserver | None = None) -> httpx.Response:
+        server = server or self.remote
+        return await server.federation_request(
+            self.mxfed.federation_url, self.mxfed.server_name, "GET", uri
+        )
+
+    # Reads -----------------------------------------------------------------------
+
+    async def record(self, event_id: str) -> events_pb2.EventRecord | None:
+        reply = await self.events.QueryEvents(
+            events_pb2.QueryEventsRequest(event_ids=[event_id]), timeout=10
+        )
+        return next((r for r in reply.events if r.event_id == event_id), None)
+
+    async def timeline_ids(self, room_id: str, limit: int = 200) -> list[str]:
+        reply = await self.events.QueryTimeline(
+            events_pb2.QueryTimelineRequest(room_id=room_id, backwards=True, limit=limit),
+            timeout=10,
+        )
+        return [record.event_id for record in reply.events]
+
+
+def event_id_of(pdu: dict[str, Any], version: RoomVersion) -> str:
+    return Event.from_pdu(pdu, version).event_id
+
+
+async def start_scene(tmp_path: Path) -> tuple[Scene, str]:
+    database_url = await create_database("mxfed_rooms_test")
+    remote = FakeHomeserver()
+    await remote.start()
+    mxfed = MxfedProcess(tmp_path / "mxfed", database_url)
+    try:
+        await asyncio.to_thread(mxfed.start)
+    except BaseException:
+        mxfed.stop()
+        await remote.stop()
+        await drop_database(database_url)
+        raise
+    return Scene(mxfed, remote), database_url
+
+
+async def stop_scene(scene: Scene, database_url: str) -> None:
+    await scene.close()
+    await asyncio.to_thread(scene.mxfed.stop)
+    await scene.remote.stop()
+    await drop_database(database_url)
+
+
+# Fixtures ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
+    started, database_url = await start_scene(tmp_path_factory.mktemp("transactions"))
+    yield started
+    await stop_scene(started, database_url)
+
+
+@pytest.fixture(scope="module")
+async def other_server() -> AsyncIterator[FakeHomeserver]:
+    """A second remote server, with no member in any room."""
+    server = FakeHomeserver(key_version="other1")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def room(scene: Scene) -> Room:
+    """A fresh public room on mxfed that the remote's @bob has joined."""
+    return await scene.joined_room()
+
+
+# A valid transaction -------------------------------------------------------------
+
+
+async def test_a_valid_message_is_stored_and_readable(scene: Scene, room: Room) -> None:
+    bob = scene.remote.user("bob")
+    event_id, pdu = await scene.build(
+        room, bob, "m.room.message", {"msgtype": "m.text", "body": "hello mxfed"}
+    )
+    response = await scene.send([pdu])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"pdus": {event_id: {}}}
+
+    record = await scene.record(event_id)
+    assert record is not None
+    assert record.status == events_pb2.ACCEPTED
+    assert orjson.loads(record.pdu_json)["content"]["body"] == "hello mxfed"
+    assert event_id in await scene.timeline_ids(room.room_id)
+
+    fetched = await scene.get(f"/_matrix/federation/v1/event/{quote(event_id, safe='')}")
+    assert fetched.status_code == 200
+    assert fetched.json()["pdus"][0]["content"]["body"] == "hello mxfed"
+
+
+async def test_several_pdus_in_one_transaction(scene: Scene, room: Room) -> None:
+    bob = scene.remote.user("bob")
+    first_id, first = await scene.build(room, bob, "m.room.message", {"body": "one"})
+    second_id, second = await scene.build(
+        room,
+        bob,
+        "m.room.message",
+        {"body": "two"},
+        prev_events=[first_id],
+        depth=first["depth"] + 1,
+    )
+    response = await scene.send([first, second])
+    assert response.status_code == 200
+    assert response.json() == {"pdus": {first_id: {}, second_id: {}}}
+    timeline = await scene.timeline_ids(room.room_id)
+    assert first_id in timeline and second_id in timeline
+
+
+async def test_an_empty_transaction_with_an_edu_of_another_owner(scene: Scene) -> None:
+    edus = [
+        {"edu_type": "m.device_list_update", "content": {"user_id": scene.remote.user("bob")}},
+        {"edu_type": "m.presence", "content": {"push": []}},
+    ]
+    response = await scene.send([], edus)
+    assert response.status_code == 200
+    assert response.json() == {"pdus": {}}
+
+
+async def test_typing_edu_reaches_the_events_stream(scene: Scene, room: Room) -> None:
+    bob = scene.remote.user("bob")
+    stream = scene.events.StreamEvents(
+        events_pb2.StreamEventsRequest(
+            room_id=room.room_id, after_position=-1, include_ephemeral=True
+        )
+    )
+
+    async def first_typing() -> events_pb2.Typing:
+        async for item in stream:
+            if item.WhichOneof("item") == "typing":
+                return item.typing
+        raise AssertionError("stream ended")
+
+    waiter = asyncio.create_task(first_typing())
+    try:
+        edu = {
+            "edu_type": "m.typing",
+            "content": {"room_id": room.room_id, "user_id": bob, "typing": True},
+        }
+        # The subscription may not be live yet: repeat the EDU until it shows.
+        for _ in range(20):
+            response = await scene.send([], [edu])
+            assert response.status_code == 200
+            done, _ = await asyncio.wait({waiter}, timeout=0.5)
+            if done:
+                break
+        typing = await asyncio.wait_for(waiter, timeout=5)
+    finally:
+        stream.cancel()
+        waiter.cancel()
+    assert (typing.room_id, typing.user_id, typing.typing) == (room.room_id, bob, True)
+
+
+# PDUs that fail checks ---------------------------------------------------------------
+
+
+async def test_a_bad_signature_is_dropped(scene: Scene, room: Room) -> None:
+    _, pdu = await scene.build(room, scene.remote.user("bob"), "m.room.message", {"body": "x"})
+    forged = copy.deepcopy(pdu)
+    (key_id,) = forged["signatures"][scene.remote.server_name]
+    signature = forged["signatures"][scene.remote.server_name][key_id]
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    forged["signatures"][scene.remote.server_name][key_id] = flipped
+    event_id = event_id_of(forged, room.version)
+
+    response = await scene.send([forged])
+    assert response.status_code == 200
+    result = response.json()["pdus"]
+    assert "error" in result[event_id]
+    assert await scene.record(event_id) is None
+    assert event_id not in await scene.timeline_ids(room.room_id)
+
+
+async def test_a_bad_content_hash_is_stored_redacted(scene: Scene, room: Room) -> None:
+    _, pdu = await scene.build(
+        room, scene.remote.user("bob"), "m.room.message", {"msgtype": "m.text", "body": "real"}
+    )
+    tampered = copy.deepcopy(pdu)
+    # Content is not covered by the signature of a message (redacted form), only by the hash.
+    tampered["content"]["body"] = "tampered"
+    event_id = event_id_of(tampered, room.version)
+
+    response = await scene.send([tampered])
+    assert response.status_code == 200
+    assert event_id in response.json()["pdus"]
+    record = await scene.record(event_id)
+    assert record is not None
+    assert record.redacted
+    assert orjson.loads(record.pdu_json)["content"] == {}
+
+
+async def test_a_non_member_message_is_rejected(scene: Scene, room: Room) -> None:
+    stranger = scene.remote.user("stranger")
+    event_id, pdu = await scene.build(room, stranger, "m.room.message", {"body": "let me in"})
+    response = await scene.send([pdu])
+    assert response.status_code == 200
+    assert "error" in response.json()["pdus"][event_id]
+    record = await scene.record(event_id)
+    assert record is None or record.status == events_pb2.REJECTED
+    assert event_id not in await scene.timeline_ids(room.room_id)
+    fetched = await scene.get(f"/_matrix/federation/v1/event/{quote(event_id, safe='')}")
+    assert fetched.status_code == 404
+    assert fetched.json()["errcode"] == "M_NOT_FOUND"
+
+
+async def test_power_levels_without_power_are_rejected(scene: Scene, room: Room) -> None:
+    bob = scene.remote.user("bob")
+    state = await scene.current_state(room.room_id)
+    power_levels = await scene.record(state[("m.room.power_levels", "")])
+    assert power_levels is not None
+    content = orjson.loads(power_levels.pdu_json)["content"]
+    content.setdefault("users", {})[bob] = 100
+    event_id, pdu = await scene.build(room, bob, "m.room.power_levels", content, "")
+    response = await scene.send([pdu])
+    assert response.status_code == 200
+    assert "error" in response.json()["pdus"][event_id]
+    assert (await scene.current_state(room.room_id))[("m.room.power_levels", "")] == state[
+        ("m.room.power_levels", "")
+    ]
+
+
+async def test_a_message_from_a_banned_member_on_an_old_branch_is_soft_failed(
+    scene: Scene, room: Room
+) -> None:
+    bob = scene.remote.user("bob")
+    before_ban = await scene.current_state(room.room_id)
+    info = await scene.events.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+    )
+    old_extremities, old_depth = list(info.forward_extremities), info.max_depth
+    ban_id = await scene.send_local(room, "m.room.member", {"membership": "ban"}, bob)
+
+    # Bob's server has not seen the ban: it builds on the state before it. The
+    # message passes auth against its own auth events and the state at its
+    # prev events, but not against the current state.
+    event_id, pdu = await scene.build(
+        room,
+        bob,
+        "m.room.message",
+        {"body": "sent before I saw the ban"},
+        prev_events=old_extremities,
+        state=before_ban,
+        depth=old_depth + 1,
+    )
+    response = await scene.send([pdu])
+    assert response.status_code == 200
+    assert event_id in response.json()["pdus"]
+    record = await scene.record(event_id)
+    assert record is not None
+    assert record.status == events_pb2.SOFT_FAILED
+    assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == ban_id
+
+
+async def test_a_pdu_relayed_by_a_server_that_is_not_the_senders_is_refused(
+    scene: Scene, room: Room, other_server: FakeHomeserver
+) -> None:
+    # Validly signed by bob's server and allowed by the auth rules, but sent
+    # in a transaction from another server.
+    event_id, pdu = await scene.build(
+        room, scene.remote.user("bob"), "m.room.message", {"body": "relayed"}
+    )
+    response = await scene.send([pdu], server=other_server)
+    assert response.status_code == 200
+    assert "error" in response.json()["pdus"][event_id]
+    record = await scene.record(event_id)
+    assert record is None or record.status == events_pb2.REJECTED
+    assert event_id not in await scene.timeline_ids(room.room_id)
+
+
+# Idempotency ---------------------------------------------------------------------
+
+
+async def test_a_retried_transaction_gets_the_same_response_and_stores_nothing_twice(
+    scene: Scene, room: Room
+) -> None:
+    bob = scene.remote.user("bob")
+    event_id, pdu = await scene.build(room, bob, "m.room.message", {"body": "once"})
+    _, bad = await scene.build(room, scene.remote.user("nobody"), "m.room.message", {"body": "no"})
+    txn_id = "retry-" + uuid.uuid4().hex
+    body = {
+        "origin": scene.remote.server_name,
+        "origin_server_ts": int(time.time() * 1000),
+        "pdus": [pdu, bad],
+    }
+    first = await scene.put_transaction(body, txn_id=txn_id)
+    timeline = await scene.timeline_ids(room.room_id)
+    second = await scene.put_transaction(body, txn_id=txn_id)
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert first.json()["pdus"][event_id] == {}
+    assert await scene.timeline_ids(room.room_id) == timeline
+    assert timeline.count(event_id) == 1
+
+
+async def test_concurrent_retries_of_one_transaction_agree(scene: Scene, room: Room) -> None:
+    bob = scene.remote.user("bob")
+    event_id, pdu = await scene.build(room, bob, "m.room.message", {"body": "raced"})
+    txn_id = "race-" + uuid.uuid4().hex
+    body = {"origin": scene.remote.server_name, "origin_server_ts": 1, "pdus": [pdu]}
+    responses = await asyncio.gather(
+        *(scene.put_transaction(body, txn_id=txn_id) for _ in range(3))
+    )
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert all(r.json() == {"pdus": {event_id: {}}} for r in responses)
+    assert (await scene.timeline_ids(room.room_id)).count(event_id) == 1
+
+
+# Malformed transactions --------------------------------------------------------------
+
+
+async def test_more_than_50_pdus_is_refused(scene: Scene) -> None:
+    pdu = {"type": "m.room.message", "room_id": "!nowhere", "content": {}}
+    response = await scene.send([pdu] * 51)
+    assert response.status_code == 400
+    assert response.json()["errcode"] == "M_BAD_JSON"
+
+
+async def test_more_than_100_edus_is_refused(scene: Scene) -> None:
+    edu = {"edu_type": "m.presence", "content": {"push": []}}
+    response = await scene.send([], [edu] * 101)
+    assert response.status_code == 400
+    assert response.json()["errcode"] == "M_BAD_JSON"
+
+
+async def test_a_body_that_is_not_json_is_refused(scene: Scene) -> None:
+    response = await scene.put_raw("/_matrix/federation/v1/send/notjson", b"{not json")
+    assert response.status_code == 400
+    assert response.json()["errcode"] == "M_NOT_JSON"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param([1, 2], id="array"),
+        pytest.param({"origin_server_ts": 1, "pdus": []}, id="no-origin"),
+        pytest.param({"origin": 5, "origin_server_ts": 1, "pdus": []}, id="origin-not-string"),
+        pytest.param({"origin": "x", "pdus": []}, id="no-origin_server_ts"),
+        pytest.param({"origin": "x", "origin_server_ts": "1", "pdus": []}, id="ts-not-int"),
+        pytest.param({"origin": "x", "origin_server_ts": 1}, id="no-pdus"),
+        pytest.param({"origin": "x", "origin_server_ts": 1, "pdus": {}}, id="pdus-not-list"),
+        pytest.param({"origin": "x", "origin_server_ts": 1, "pdus": [3]}, id="pdu-not-object"),
+        pytest.param(
+            {"origin": "x", "origin_server_ts": 1, "pdus": [], "edus": {}}, id="edus-not-list"
+        ),
+        pytest.param(
+            {"origin": "x", "origin_server_ts": 1, "pdus": [], "edus": ["typing"]},
+            id="edu-not-object",
+        ),
+        pytest.param(
+            {"origin": "x", "origin_server_ts": 1, "pdus": [], "edus": [{"content": {}}]},
+            id="edu-without-type",
+        ),
+        pytest.param(
+            {
+                "origin": "x",
+                "origin_server_ts": 1,
+                "pdus": [],
+                "edus": [{"edu_type": "m.typing", "content": []}],
+            },
+            id="edu-content-not-object",
+        ),
+    ],
+)
+async def test_malformed_transactions_are_400(scene: Scene, body: Any) -> None:
+    uri = f"/_matrix/federation/v1/send/{uuid.uuid4().hex}"
+    response = await scene.put_raw(uri, encode_json(body), signed_content=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["errcode"] in ("M_BAD_JSON", "M_NOT_JSON")
+
+
+async def test_pdus_that_are_garbage_get_no_500(scene: Scene, room: Room) -> None:
+    pdus = [
+        {},
+        {"room_id": room.room_id},
+        {"room_id": "!unknown:nowhere.example", "type": "m.room.message"},
+        {"room_id": room.room_id, "type": 5, "sender": [], "content": "x", "depth": "deep"},
+    ]
+    response = await scene.send(pdus)
+    assert response.status_code == 200, response.text
+    assert isinstance(response.json()["pdus"], dict)
+
+
+async def test_an_unsigned_transaction_is_refused(scene: Scene) -> None:
+    async with httpx.AsyncClient(verify=False, timeout=30) as client:
+        response = await client.put(
+            scene.mxfed.federation_url + "/_matrix/federation/v1/send/unsigned",
+            json={"origin": "x", "origin_server_ts": 1, "pdus": []},
+        )
+    assert response.status_code == 401
+    assert response.json()["errcode"] == "M_UNAUTHORIZED"
