@@ -398,9 +398,8 @@ class Keyring:
     async def _fetch_from_notary(
         self, notary: Notary, server_name: str, key_ids: list[str], minimum_valid_until_ts: int
     ) -> list[Any]:
-        criteria = (
-            {"minimum_valid_until_ts": minimum_valid_until_ts} if minimum_valid_until_ts else {}
-        )
+        # Synapse refuses key criteria without minimum_valid_until_ts (M_MISSING_PARAM).
+        criteria = {"minimum_valid_until_ts": minimum_valid_until_ts or self.clock()}
         body = {"server_keys": {server_name: {key_id: criteria for key_id in key_ids}}}
         answer = await self.client.post_json(
             notary.server_name, KEY_QUERY_PATH, body, sign=False, idempotent=True
