@@ -1,0 +1,144 @@
+"""``mxfed room create``, ``send``, ``history`` and ``tail`` against a running mxfed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.gateway.test_transactions import Scene, start_scene, stop_scene
+
+
+@pytest.fixture(scope="module")
+async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
+    started, database_url = await start_scene(tmp_path_factory.mktemp("room-cli"))
+    yield started
+    await stop_scene(started, database_url)
+
+
+def _command(scene: Scene, *args: str) -> list[str]:
+    return [sys.executable, "-m", "mxfed.cli", "--config", str(scene.mxfed.config_path), *args]
+
+
+async def mxfed_cli(scene: Scene, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *_command(scene, *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.fixture(scope="module")
+async def lobby(scene: Scene) -> dict:
+    code, out, err = await mxfed_cli(
+        scene,
+        "room",
+        "create",
+        "--creator",
+        scene.creator,
+        "--preset",
+        "public_chat",
+        "--name",
+        "Lobby",
+        "--topic",
+        "Say hi",
+        "--alias",
+        "lobby",
+        "--json",
+    )
+    assert code == 0, err
+    return json.loads(out)
+
+
+async def test_room_create_prints_the_room_and_its_alias(scene: Scene, lobby: dict) -> None:
+    assert lobby["room_id"].startswith("!")
+    assert lobby["room_alias"] == f"#lobby:{scene.mxfed.server_name}"
+    state = await scene.current_state(lobby["room_id"])
+    assert ("m.room.name", "") in state and ("m.room.topic", "") in state
+
+    code, out, err = await mxfed_cli(scene, "room", "create", "--creator", scene.creator)
+    assert code == 0, err
+    assert re.fullmatch(r"!\S+\n", out)
+
+
+async def test_send_then_history_oldest_first(scene: Scene, lobby: dict) -> None:
+    code, out, err = await mxfed_cli(
+        scene, "send", lobby["room_id"], "hello from the cli", "--sender", scene.creator
+    )
+    assert code == 0, err
+    event_id = out.strip()
+    assert event_id.startswith("$")
+    # By alias too.
+    code, out, err = await mxfed_cli(
+        scene, "send", lobby["room_alias"], "and by alias", "--sender", scene.creator, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["room_id"] == lobby["room_id"]
+
+    code, out, err = await mxfed_cli(scene, "history", lobby["room_id"], "--limit", "50")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "m.room.create" in lines[0]
+    assert f"{scene.creator}  m.room.message  hello from the cli" in lines[-2]
+    assert lines[-1].endswith("and by alias")
+    assert any("m.room.name" in line and "Lobby" in line for line in lines)
+
+    code, out, err = await mxfed_cli(scene, "history", lobby["room_id"], "--limit", "2", "--json")
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 2
+    assert records[0]["event_id"] == event_id
+    assert records[0]["pdu"]["content"] == {"msgtype": "m.text", "body": "hello from the cli"}
+    assert records[0]["status"] == "accepted"
+    assert records[1]["pdu"]["content"]["body"] == "and by alias"
+
+
+async def test_tail_prints_messages_sent_while_it_runs(scene: Scene, lobby: dict) -> None:
+    tail = await asyncio.create_subprocess_exec(
+        *_command(scene, "tail", lobby["room_id"]),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert tail.stderr is not None and tail.stdout is not None
+        header = await asyncio.wait_for(tail.stderr.readline(), timeout=30)
+        assert header.decode().startswith(f"following {lobby['room_id']}")
+        code, _, err = await mxfed_cli(
+            scene, "send", lobby["room_id"], "live message", "--sender", scene.creator
+        )
+        assert code == 0, err
+        line = await asyncio.wait_for(tail.stdout.readline(), timeout=30)
+        assert f"{scene.creator}  m.room.message  live message" in line.decode()
+        tail.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(tail.wait(), timeout=15) == 130
+    finally:
+        if tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+
+
+async def test_service_errors_print_the_errcode_and_exit_non_zero(scene: Scene) -> None:
+    code, out, err = await mxfed_cli(
+        scene, "send", "!nosuchroom:nowhere.example", "hi", "--sender", scene.creator
+    )
+    assert code != 0
+    assert out == ""
+    assert re.match(r"M_[A-Z_]+: ", err), err
+
+    code, _, err = await mxfed_cli(scene, "history", "#nosuchalias:nowhere.example")
+    assert code != 0
+    assert err.startswith("M_NOT_FOUND: ")
+
+
+async def test_history_limit_must_be_positive(scene: Scene, lobby: dict) -> None:
+    code, _, err = await mxfed_cli(scene, "history", lobby["room_id"], "--limit", "0")
+    assert code == 1
+    assert err.startswith("M_INVALID_PARAM: ")
