@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from matrix_protocol.auth_events import select_auth_event_ids
-from matrix_protocol.canonical_json import encode_json
+from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.events import Event
 from matrix_protocol.room_versions import RoomVersion, room_version
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
@@ -586,3 +586,106 @@ async def test_an_unsigned_transaction_is_refused(scene: Scene) -> None:
         )
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_UNAUTHORIZED"
+
+
+# The gateway alone, with a stand-in events service -------------------------------------
+#
+# What the whole-mxfed tests above cannot pin down deterministically: exactly
+# one InputTransaction call per transaction, which EDUs are passed on, and the
+# 429 for a concurrent different transaction from the same origin.
+
+
+class _RecordingEvents(events_pb2_grpc.EventsServicer):
+    def __init__(self) -> None:
+        self.calls: list[events_pb2.InputTransactionRequest] = []
+        self.release = asyncio.Event()
+
+    async def InputTransaction(  # noqa: N802 (gRPC method name)
+        self, request: events_pb2.InputTransactionRequest, context: Any
+    ) -> events_pb2.InputTransactionResponse:
+        self.calls.append(request)
+        await self.release.wait()
+        return events_pb2.InputTransactionResponse(response_json=b'{"pdus":{"$x":{}}}')
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[tuple[httpx.AsyncClient, _RecordingEvents]]:
+    from gateway.app import create_app
+    from gateway.service_clients import ServiceClients
+    from gateway.xmatrix_auth import require_origin
+    from mxfed.config import Config
+    from tests.support.ports import free_port
+
+    servicer = _RecordingEvents()
+    server = grpc.aio.server()
+    events_pb2_grpc.add_EventsServicer_to_server(servicer, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    config = Config(server_name="us.example", events_address=f"127.0.0.1:{port}")
+    clients = ServiceClients(config)
+    app = create_app(config, clients)
+
+    async def verified_origin() -> str:
+        return "them.example"
+
+    app.dependency_overrides[require_origin] = verified_origin
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://gateway")
+    yield http, servicer
+    servicer.release.set()
+    await http.aclose()
+    await clients.close()
+    await server.stop(grace=None)
+
+
+def _transaction(**extra: Any) -> dict[str, Any]:
+    return {"origin": "claimed.example", "origin_server_ts": 1, "pdus": [], **extra}
+
+
+async def test_one_input_call_per_transaction_with_only_the_events_services_edus(
+    standin: tuple[httpx.AsyncClient, _RecordingEvents],
+) -> None:
+    http, servicer = standin
+    servicer.release.set()
+    pdus = [{"type": "m.room.message", "n": i, "big": 2**70} for i in range(50)]
+    edus = [
+        {"edu_type": "m.typing", "content": {"typing": True}, "origin": "legacy"},
+        {"edu_type": "m.receipt", "content": {}},
+        {"edu_type": "m.direct_to_device", "content": {}},
+        {"edu_type": "m.device_list_update", "content": {}},
+        {"edu_type": "m.signing_key_update", "content": {}},
+        {"edu_type": "m.presence", "content": {}},
+    ]
+    body = encode_json(_transaction(pdus=pdus, edus=edus))
+    response = await http.put("/_matrix/federation/v1/send/abc", content=body)
+    assert response.status_code == 200
+    assert response.content == b'{"pdus":{"$x":{}}}'
+    (call,) = servicer.calls
+    assert (call.origin, call.txn_id) == ("them.example", "abc")  # not the body's origin
+    assert [decode_json(pdu) for pdu in call.pdus] == pdus
+    assert [decode_json(edu) for edu in call.edus] == [
+        {"edu_type": "m.typing", "content": {"typing": True}},
+        {"edu_type": "m.receipt", "content": {}},
+    ]
+
+
+async def test_a_concurrent_different_transaction_is_429_and_a_retry_joins(
+    standin: tuple[httpx.AsyncClient, _RecordingEvents],
+) -> None:
+    http, servicer = standin
+    body = encode_json(_transaction())
+    first = asyncio.create_task(http.put("/_matrix/federation/v1/send/one", content=body))
+    while not servicer.calls:
+        await asyncio.sleep(0.01)
+    retry = asyncio.create_task(http.put("/_matrix/federation/v1/send/one", content=body))
+    other = await http.put("/_matrix/federation/v1/send/two", content=body)
+    assert other.status_code == 429
+    assert other.json()["errcode"] == "M_UNKNOWN"
+    assert "retry-after" in other.headers
+    servicer.release.set()
+    assert (await first).status_code == 200
+    assert (await retry).content == b'{"pdus":{"$x":{}}}'
+    assert len(servicer.calls) == 1
+    after = await http.put("/_matrix/federation/v1/send/two", content=body)
+    assert after.status_code == 200
+    assert len(servicer.calls) == 2
