@@ -71,6 +71,8 @@ __version__ = "0.1.0"
 
 QueryArg = list[tuple[str, Any]] | tuple[tuple[str, Any], ...] | Mapping[str, Any] | None
 BackoffCheck = Callable[[str], "float | None | Awaitable[float | None]"]
+# Returns the current (signing key, key id); called for every signed request.
+KeyProvider = Callable[[], "tuple[nacl.signing.SigningKey, str]"]
 
 
 @dataclass
@@ -388,10 +390,13 @@ class FederationClient:
         server_resolver: ServerResolver | None = None,
         backoff_check: BackoffCheck | None = None,
         rng: random.Random | None = None,
+        key_provider: KeyProvider | None = None,
     ) -> None:
         self.server_name = server_name
         self._signing_key = signing_key
         self._key_id = key_id
+        # A rotated key (mxfed keys rotate) must be picked up without a restart.
+        self._key_provider = key_provider
         self.options = options or OutboundOptions()
         self.ip_filter = IpFilter(self.options.blocked_ip_ranges, self.options.allowed_ip_ranges)
         self._owned_dns: AiodnsResolver | None = None
@@ -496,14 +501,17 @@ class FederationClient:
             body = encode_json(json_body)
             send_headers["Content-Type"] = "application/json"
         if sign:
+            signing_key, key_id = (
+                self._key_provider() if self._key_provider else (self._signing_key, self._key_id)
+            )
             send_headers["Authorization"] = sign_request(
                 method,
                 target,
                 self.server_name,
                 destination,
                 json_body,
-                self._signing_key,
-                self._key_id,
+                signing_key,
+                key_id,
             )
 
         loop = asyncio.get_running_loop()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from mxfed.config import Config
-from mxfed.federation_client import FederationClient, OutboundOptions
+from mxfed.federation_client import FederationClient
+from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.keys.keyring import Keyring, Notary
@@ -14,22 +15,6 @@ from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
 
 log = logging.getLogger(__name__)
-
-
-def outbound_options(config: Config) -> OutboundOptions:
-    return OutboundOptions(
-        verify_tls=config.federation_verify_tls,
-        ca_file=str(config.federation_ca_file) if config.federation_ca_file else None,
-        client_cert=(
-            (str(config.tls_certificate), str(config.tls_private_key))
-            if config.federation_client_certificate
-            else None
-        ),
-        blocked_ip_ranges=list(config.federation_blocked_ip_ranges),
-        allowed_ip_ranges=list(config.federation_allowed_ip_ranges),
-        request_timeout=config.federation_request_timeout,
-        connect_timeout=config.federation_connect_timeout,
-    )
 
 
 def notaries(config: Config) -> list[Notary]:
@@ -57,13 +42,7 @@ async def setup(context: ServiceContext) -> None:
     """Register the keys servicer on ``context.server``."""
     config = context.config
     storage = KeysStorage(context.pool)
-    # Key requests are unsigned, so the client's key never goes stale after a rotation.
-    client = FederationClient(
-        config.server_name,
-        context.signing_key.signing_key,
-        context.signing_key.key_id,
-        outbound_options(config),
-    )
+    client = federation_client_from_config(config)
     context.on_stop(client.close)
     keyring, own_keys = build_keyring(config, storage, client)
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keyring, own_keys), context.server)
