@@ -3,7 +3,41 @@
 from __future__ import annotations
 
 from mxfed.service_runtime import ServiceContext
+from mxfed_api.events.v1 import events_pb2_grpc
+from mxfed_api.keys.v1 import keys_pb2_grpc
+from services.events.cache import LruCache
+from services.events.input import InputPipeline
+from services.events.local_events import LocalEvents
+from services.events.reads import Reads
+from services.events.room_batch import RoomsCore
+from services.events.servicer import EventsServicer
+from services.events.state import StateResolver
+from services.events.state_storage import StateStore
+from services.events.streams import StreamHub
+
+EVENT_CACHE_SIZE = 50_000
+
+
+def build_core(context: ServiceContext) -> RoomsCore:
+    return RoomsCore(
+        server_name=context.config.server_name,
+        state_store=StateStore(context.pool),
+        resolver=StateResolver(),
+        event_cache=LruCache(EVENT_CACHE_SIZE),
+    )
 
 
 async def setup(context: ServiceContext) -> None:
-    """Register the events servicers on ``context.server``."""
+    """Register the events servicer on ``context.server`` and start its stream hub."""
+    core = build_core(context)
+    keys = keys_pb2_grpc.KeysStub(context.channel("keys"))
+    pipeline = InputPipeline(context.pool, core, keys)
+    local = LocalEvents(context.pool, core, lambda: context.signing_key)
+    reads = Reads(context.pool, core.state_store, core.server_name)
+    hub = StreamHub(context.pool, core.server_name)
+    context.spawn(hub.run(), name="events-stream-hub")
+    context.spawn(pipeline.run_typing_expiry(), name="events-typing-expiry")
+    context.on_stop(pipeline.guard.close)
+    events_pb2_grpc.add_EventsServicer_to_server(
+        EventsServicer(pipeline, local, reads, hub), context.server
+    )

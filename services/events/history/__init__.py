@@ -1,0 +1,1 @@
+"""History reads over the room DAG (``mxfed.events.v1.History``), in the events process."""

@@ -1,0 +1,345 @@
+"""Events built here: room creation, events sent by local users, room aliases.
+
+Spec: behaviours.md §1.1 [Synapse] (up to 10 most recent forward extremities
+as ``prev_events``, depth = max prev depth + 1), rooms.md §3 (auth events
+selection), signing.md (hashes and signatures). Every event built here goes
+through the same :class:`RoomBatch` path as received ones; anything that does
+not pass auth against the current state is refused with M_FORBIDDEN and not
+stored.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from matrix_protocol.auth_events import select_auth_event_ids
+from matrix_protocol.encoding import encode_base64
+from matrix_protocol.event_ids import room_id_from_create_event
+from matrix_protocol.events import Event
+from matrix_protocol.hashes import compute_reference_hash
+from matrix_protocol.room_versions import (
+    DEFAULT_ROOM_VERSION,
+    EventFormat,
+    RoomVersion,
+    UnsupportedRoomVersion,
+    room_version,
+)
+from matrix_protocol.server_names import is_valid_user_id
+from matrix_protocol.signing import sign_event
+from mxfed.identity_files import ServerSigningKey
+from services.events import metrics, storage
+from services.events.errors import BadRequest, Conflict, Forbidden, NotFound
+from services.events.room_batch import RoomBatch, RoomsCore
+from services.events.storage import Status
+
+_ROOM_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+@dataclass
+class CreateRoomRequest:
+    creator: str
+    room_version: str = ""
+    preset: str = ""
+    name: str = ""
+    topic: str = ""
+    alias_localpart: str = ""
+    invite: Sequence[str] = ()
+    creation_content: Mapping[str, Any] = field(default_factory=dict)
+    initial_state: Sequence[Mapping[str, Any]] = ()
+    power_level_overrides: Mapping[str, Any] = field(default_factory=dict)
+    additional_creators: Sequence[str] = ()
+
+
+def default_power_levels(
+    version: RoomVersion, creator: str, preset: str, invite: Sequence[str]
+) -> dict[str, Any]:
+    users: dict[str, int] = {}
+    if not version.privileged_creators:
+        users[creator] = 100
+    if preset == "trusted_private_chat":
+        for user in invite:
+            users.setdefault(user, 100)
+    return {
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 50 if preset == "public_chat" else 0,
+        "historical": 100,
+    }
+
+
+class LocalEvents:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        core: RoomsCore,
+        signing_key: Callable[[], ServerSigningKey],
+    ) -> None:
+        self.pool = pool
+        self.core = core
+        self.server_name = core.server_name
+        self.signing_key = signing_key
+
+    def _require_local_user(self, user_id: str) -> None:
+        if not is_valid_user_id(user_id) or user_id.split(":", 1)[1] != self.server_name:
+            raise Forbidden(f"{user_id!r} is not a user of this server")
+
+    # ------------------------------------------------------------ building
+
+    def build(
+        self,
+        batch_or_version: RoomBatch | RoomVersion,
+        room_id: str | None,
+        event_type: str,
+        sender: str,
+        state_key: str | None,
+        content: Mapping[str, Any],
+        redacts: str | None = None,
+    ) -> tuple[Event, dict[str, Any]]:
+        """A signed event on top of the batch's room head (or a create event)."""
+        if isinstance(batch_or_version, RoomBatch):
+            batch = batch_or_version
+            version = batch.version
+            prev_ids, depth = batch.prev_events_for_new_event()
+            current = batch.current.state if batch.current else {}
+            auth_ids = select_auth_event_ids(
+                event_type, sender, state_key, content, version, current
+            )
+            known = {**batch.pending}
+        else:
+            version, prev_ids, depth, auth_ids, known = batch_or_version, [], 1, [], {}
+        content = dict(content)
+        pdu: dict[str, Any] = {
+            "type": event_type,
+            "sender": sender,
+            "content": content,
+            "depth": depth,
+            "origin_server_ts": int(time.time() * 1000),
+        }
+        if room_id is not None:
+            pdu["room_id"] = room_id
+        if state_key is not None:
+            pdu["state_key"] = state_key
+        if redacts is not None:
+            if version.redacts_in_content:
+                content["redacts"] = redacts
+            else:
+                pdu["redacts"] = redacts
+        if version.event_format is EventFormat.V1:
+            pdu["event_id"] = f"${secrets.token_urlsafe(18)}:{self.server_name}"
+            pdu["prev_events"] = [self._v1_reference(i, known, version) for i in prev_ids]
+            pdu["auth_events"] = [self._v1_reference(i, known, version) for i in auth_ids]
+        else:
+            pdu["prev_events"] = prev_ids
+            pdu["auth_events"] = auth_ids
+        key = self.signing_key()
+        signed = sign_event(pdu, key.signing_key, self.server_name, key.key_id, version)
+        return Event.from_pdu(signed, version), signed
+
+    def _v1_reference(
+        self, event_id: str, known: Mapping[str, Any], version: RoomVersion
+    ) -> list[Any]:
+        stored = known.get(event_id) or self.core.event_cache.get(event_id)
+        digest = compute_reference_hash(stored.event.pdu, version) if stored else b""
+        return [event_id, {"sha256": encode_base64(digest)}]
+
+    async def _add(
+        self,
+        batch: RoomBatch,
+        event_type: str,
+        sender: str,
+        state_key: str | None,
+        content: Mapping[str, Any],
+        redacts: str | None = None,
+    ) -> Event:
+        event, pdu = self.build(
+            batch, batch.room_id, event_type, sender, state_key, content, redacts
+        )
+        outcome = await batch.add(event, pdu, redacted=False, soft_fail=True, local=True)
+        if outcome.status is not Status.ACCEPTED:
+            raise Forbidden(outcome.error or "not allowed")
+        metrics.LOCAL_EVENTS.labels(event_type).inc()
+        return event
+
+    # ------------------------------------------------------------ rooms
+
+    async def create_room(self, request: CreateRoomRequest) -> tuple[str, str]:
+        creator = request.creator
+        self._require_local_user(creator)
+        try:
+            version = room_version(request.room_version or DEFAULT_ROOM_VERSION)
+        except UnsupportedRoomVersion as error:
+            raise BadRequest(str(error), "M_UNSUPPORTED_ROOM_VERSION") from None
+        for user in request.invite:
+            if not is_valid_user_id(user):
+                raise BadRequest(f"invalid user id {user!r}")
+
+        create_content: dict[str, Any] = dict(request.creation_content)
+        create_content["room_version"] = version.identifier
+        if not version.creator_is_sender:
+            create_content["creator"] = creator
+        if request.additional_creators:
+            if not version.privileged_creators:
+                raise BadRequest("additional_creators needs room version 12 or later")
+            create_content["additional_creators"] = list(request.additional_creators)
+        if version.room_id_from_create_event:
+            create, create_pdu = self.build(
+                version, None, "m.room.create", creator, "", create_content
+            )
+            room_id = room_id_from_create_event(create_pdu, version)
+        else:
+            room_id = "!" + "".join(secrets.choice(_ROOM_ID_ALPHABET) for _ in range(18))
+            room_id += f":{self.server_name}"
+            create, create_pdu = self.build(
+                version, room_id, "m.room.create", creator, "", create_content
+            )
+
+        alias = f"#{request.alias_localpart}:{self.server_name}" if request.alias_localpart else ""
+        preset = request.preset or "private_chat"
+        plan: list[tuple[str, str | None, Mapping[str, Any]]] = [
+            ("m.room.member", creator, {"membership": "join"}),
+        ]
+        power_levels = default_power_levels(version, creator, preset, request.invite)
+        power_levels.update(request.power_level_overrides)
+        plan.append(("m.room.power_levels", "", power_levels))
+        if alias:
+            plan.append(("m.room.canonical_alias", "", {"alias": alias}))
+        plan.append(
+            (
+                "m.room.join_rules",
+                "",
+                {"join_rule": "public" if preset == "public_chat" else "invite"},
+            )
+        )
+        plan.append(("m.room.history_visibility", "", {"history_visibility": "shared"}))
+        plan.append(
+            (
+                "m.room.guest_access",
+                "",
+                {"guest_access": "forbidden" if preset == "public_chat" else "can_join"},
+            )
+        )
+        if request.name:
+            plan.append(("m.room.name", "", {"name": request.name}))
+        if request.topic:
+            plan.append(("m.room.topic", "", {"topic": request.topic}))
+        for entry in request.initial_state:
+            if not isinstance(entry.get("type"), str) or not isinstance(
+                entry.get("content"), Mapping
+            ):
+                raise BadRequest("initial_state entries need 'type' and 'content'")
+            state_key = entry.get("state_key", "")
+            if not isinstance(state_key, str):
+                raise BadRequest("initial_state state_key must be a string")
+            plan.append((entry["type"], state_key, entry["content"]))
+        for user in request.invite:
+            plan.append(("m.room.member", user, {"membership": "invite"}))
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await storage.insert_room(conn, room_id, version.identifier):
+                raise Conflict("room id already exists")
+            if alias and not await storage.create_alias(
+                conn, alias, room_id, creator, [self.server_name]
+            ):
+                raise Conflict(f"alias {alias} is taken")
+            batch = RoomBatch(self.core, conn, room_id)
+            await batch.open(len(plan) + 1)
+            outcome = await batch.add(
+                create, create_pdu, redacted=False, soft_fail=True, local=True
+            )
+            if outcome.status is not Status.ACCEPTED:
+                raise Forbidden(outcome.error or "create event refused")
+            for event_type, state_key, content in plan:
+                await self._add(batch, event_type, creator, state_key, content)
+            await batch.write()
+        batch.committed()
+        return room_id, alias
+
+    async def send_event(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        state_key: str | None,
+        content: Mapping[str, Any],
+        redacts: str = "",
+        txn_id: str = "",
+    ) -> tuple[str, int]:
+        self._require_local_user(sender)
+        if event_type == "m.room.redaction" and not redacts:
+            redacts = content.get("redacts", "") if isinstance(content.get("redacts"), str) else ""
+            if not redacts:
+                raise BadRequest("a redaction needs 'redacts'")
+        async with self.pool.acquire() as conn, conn.transaction():
+            batch = RoomBatch(self.core, conn, room_id)
+            if not await batch.open(1):
+                raise NotFound(f"unknown room {room_id}")
+            if txn_id:
+                done = await storage.local_transaction(conn, sender, txn_id)
+                if done is not None:
+                    return done["event_id"], done["stream_position"]
+            event = await self._add(batch, event_type, sender, state_key, content, redacts or None)
+            await batch.write()
+            position = batch.positions.get(event.event_id, 0)
+            if txn_id:
+                await storage.store_local_transaction(
+                    conn, sender, txn_id, event.event_id, position
+                )
+        batch.committed()
+        return event.event_id, position
+
+    # ------------------------------------------------------------ aliases
+
+    def _check_alias(self, alias: str) -> None:
+        if not alias.startswith("#") or ":" not in alias:
+            raise BadRequest(f"invalid alias {alias!r}")
+        if alias.split(":", 1)[1] != self.server_name:
+            raise BadRequest(f"alias {alias!r} is not on this server")
+
+    async def create_alias(
+        self, alias: str, room_id: str, creator: str, servers: Sequence[str]
+    ) -> None:
+        self._check_alias(alias)
+        async with self.pool.acquire() as conn:
+            if not await storage.get_rooms(conn, [room_id]):
+                raise NotFound(f"unknown room {room_id}")
+            if not await storage.create_alias(
+                conn, alias, room_id, creator, list(servers) or [self.server_name]
+            ):
+                raise Conflict(f"alias {alias} already exists", "M_UNKNOWN")
+
+    async def delete_alias(self, alias: str) -> None:
+        self._check_alias(alias)
+        async with self.pool.acquire() as conn:
+            if not await storage.delete_alias(conn, alias):
+                raise NotFound(f"alias {alias} not found")
+
+    async def query_alias(self, alias: str) -> tuple[str, list[str]] | None:
+        async with self.pool.acquire() as conn:
+            row = await storage.get_alias(conn, alias)
+            if row is None:
+                return None
+            servers = list(row["servers"])
+            joined = await storage.joined_servers(conn, row["room_id"])
+            return row["room_id"], list(dict.fromkeys([*servers, *joined]))

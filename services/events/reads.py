@@ -1,0 +1,245 @@
+"""Reads: events (with history visibility per server), state, auth chains, rooms.
+
+Spec: behaviours.md §7 (server ACLs) and §8 (visibility of events served over
+federation [Synapse]): a server may read a room when it has a joined member
+and the ACL allows it; an event it may read is returned as is when any of its
+users could see it under ``m.room.history_visibility`` at that event
+(``world_readable``/``shared``: anyone; ``invited``: invited or joined;
+``joined``: joined; default ``shared``), otherwise redacted.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.redaction import redact
+from matrix_protocol.room_versions import room_version
+from matrix_protocol.server_acl import server_allowed
+from services.events import storage
+from services.events.state_storage import StateStore
+
+
+@dataclass
+class EventView:
+    event_id: str
+    room_id: str
+    room_version: str
+    pdu_json: str
+    status: int
+    stream_position: int
+    redacted: bool
+    rejection_reason: str
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> EventView:
+        return cls(
+            event_id=row["event_id"],
+            room_id=row["room_id"],
+            room_version=row["room_version"],
+            pdu_json=row["pdu_json"],
+            status=row["status"],
+            stream_position=row["stream_position"] or 0,
+            redacted=row["redacted"],
+            rejection_reason=row["rejection_reason"],
+        )
+
+
+@dataclass
+class RoomInfo:
+    exists: bool
+    room_version: str = ""
+    forward_extremities: Sequence[str] = ()
+    min_depth: int = 0
+    max_depth: int = 0
+    we_are_joined: bool = False
+    create_event_id: str = ""
+
+
+@dataclass
+class ServerAccess:
+    room_exists: bool
+    allowed: bool
+    reason: str = ""
+
+
+@dataclass
+class TimelinePage:
+    events: list[EventView]
+    next_token: str
+    reached_room_start: bool
+
+
+def _encode_token(depth: int, nid: int) -> str:
+    return base64.urlsafe_b64encode(f"{depth}:{nid}".encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[int, int]:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        depth, nid = text.split(":")
+        return int(depth), int(nid)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"invalid pagination token {token!r}") from error
+
+
+class Reads:
+    def __init__(self, pool: asyncpg.Pool, state_store: StateStore, server_name: str) -> None:
+        self.pool = pool
+        self.state_store = state_store
+        self.server_name = server_name
+
+    async def events(self, event_ids: Sequence[str], as_server: str = "") -> list[EventView]:
+        async with self.pool.acquire() as conn:
+            rows = await storage.fetch_event_rows(conn, event_ids)
+            if not as_server:
+                return [EventView.from_row(row) for row in rows]
+            room_allowed: dict[str, bool] = {}
+            views = []
+            for row in rows:
+                room_id = row["room_id"]
+                if room_id not in room_allowed:
+                    access = await self._server_access(conn, room_id, as_server, True, True)
+                    room_allowed[room_id] = access.allowed
+                if not room_allowed[room_id]:
+                    continue
+                view = EventView.from_row(row)
+                if not view.redacted and not await self._visible(conn, row, as_server):
+                    version = room_version(view.room_version)
+                    view.pdu_json = encode_json(
+                        redact(decode_json(view.pdu_json), version)
+                    ).decode()
+                    view.redacted = True
+                views.append(view)
+            return views
+
+    async def _visible(self, conn: asyncpg.Connection, row: asyncpg.Record, server: str) -> bool:
+        if row["state_group_before"] is None:
+            return True  # outliers: no state known; the room check already passed
+        state = (await self.state_store.get(conn, row["state_group_before"])).state
+        visibility = "shared"
+        history_id = state.get(("m.room.history_visibility", ""))
+        members = [
+            e for (t, k), e in state.items() if t == "m.room.member" and k.endswith(":" + server)
+        ]
+        wanted = [history_id, *members] if history_id else members
+        loaded = await storage.fetch_events(conn, wanted)
+        if history_id and history_id in loaded:
+            value = loaded[history_id].event.content.get("history_visibility")
+            if isinstance(value, str):
+                visibility = value
+        if visibility not in ("invited", "joined"):
+            return True
+        allowed = {"join", "invite"} if visibility == "invited" else {"join"}
+        return any(
+            loaded[e].event.membership in allowed
+            for e in members
+            if e in loaded and loaded[e].event.state_key.split(":", 1)[1] == server  # type: ignore[union-attr]
+        )
+
+    async def server_access(
+        self, room_id: str, server: str, check_acl: bool, require_joined: bool
+    ) -> ServerAccess:
+        async with self.pool.acquire() as conn:
+            return await self._server_access(conn, room_id, server, check_acl, require_joined)
+
+    async def _server_access(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        server: str,
+        check_acl: bool,
+        require_joined: bool,
+    ) -> ServerAccess:
+        if not await storage.get_rooms(conn, [room_id]):
+            return ServerAccess(False, False, "unknown room")
+        if check_acl:
+            acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
+            if acl_ids:
+                acl = (await storage.fetch_events(conn, acl_ids)).get(acl_ids[0])
+                if acl is not None and not server_allowed(server, acl.event.content):
+                    return ServerAccess(True, False, "denied by the room's server ACL")
+        if require_joined and not await storage.server_has_joined_member(conn, room_id, server):
+            return ServerAccess(True, False, "the server has no joined member in the room")
+        return ServerAccess(True, True)
+
+    async def state_at_event(
+        self, room_id: str, event_id: str, include_auth_chain: bool
+    ) -> tuple[list[str], list[str]] | None:
+        """(state ids before the event, auth chain ids of that state), or None."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT state_group_before FROM events.events WHERE event_id = $1 AND room_id = $2",
+                event_id,
+                room_id,
+            )
+            if row is None or row["state_group_before"] is None:
+                return None
+            state = (await self.state_store.get(conn, row["state_group_before"])).state
+            state_ids = list(state.values())
+            chain = await storage.auth_chain_ids(conn, state_ids) if include_auth_chain else []
+            return state_ids, chain
+
+    async def auth_chain(self, event_ids: Iterable[str]) -> list[str]:
+        async with self.pool.acquire() as conn:
+            return await storage.auth_chain_ids(conn, event_ids)
+
+    async def current_state(
+        self, room_id: str, filters: Sequence[tuple[str, str | None]]
+    ) -> list[EventView] | None:
+        async with self.pool.acquire() as conn:
+            if not await storage.get_rooms(conn, [room_id]):
+                return None
+            ids = await storage.current_state_ids(conn, room_id, filters)
+            rows = await storage.fetch_event_rows(conn, ids)
+            return [EventView.from_row(row) for row in rows]
+
+    async def timeline(
+        self, room_id: str, from_token: str, backwards: bool, limit: int
+    ) -> TimelinePage:
+        limit = max(1, min(limit or 20, 1000))
+        after = _decode_token(from_token) if from_token else None
+        async with self.pool.acquire() as conn:
+            rows = await storage.timeline_page(conn, room_id, after, backwards, limit)
+        events = [EventView.from_row(row) for row in rows]
+        reached_start = any(row["type"] == "m.room.create" for row in rows)
+        next_token = ""
+        if len(rows) == limit and not (backwards and reached_start):
+            next_token = _encode_token(rows[-1]["depth"], rows[-1]["nid"])
+        return TimelinePage(events, next_token, reached_start)
+
+    async def room_info(self, room_id: str) -> RoomInfo:
+        async with self.pool.acquire() as conn:
+            rooms = await storage.get_rooms(conn, [room_id])
+            if room_id not in rooms:
+                return RoomInfo(False)
+            room = rooms[room_id]
+            extremities = await storage.forward_extremities(conn, room_id)
+            lo, hi = await storage.depth_range(conn, room_id)
+            joined = await storage.server_has_joined_member(conn, room_id, self.server_name)
+            return RoomInfo(
+                True,
+                room.room_version,
+                sorted(extremities),
+                lo,
+                hi,
+                joined,
+                room.create_event_id or "",
+            )
+
+    async def servers_in_room(self, room_id: str, at_event_id: str) -> list[str] | None:
+        async with self.pool.acquire() as conn:
+            if not at_event_id:
+                if not await storage.get_rooms(conn, [room_id]):
+                    return None
+                return await storage.joined_servers(conn, room_id)
+            servers = await conn.fetchval(
+                "SELECT servers_before FROM events.events WHERE event_id = $1 AND room_id = $2",
+                at_event_id,
+                room_id,
+            )
+            return None if servers is None else list(servers)

@@ -1,0 +1,383 @@
+"""The one persistence path for events of a room, received or built here.
+
+Spec: rooms.md §6 steps 4–6 (auth against the event's own auth events →
+reject; against the state before it → reject; against the current state →
+soft fail) and "Rejected vs soft-failed"; state-resolution.md §1.
+
+A :class:`RoomBatch` is one room inside one database transaction: it takes
+the room's advisory lock (so one replica works on a room at a time), keeps
+the room's head (forward extremities, current state) in memory while events
+are added one after another in the given order, and writes everything —
+events, auth edges, state groups, extremities, current state, stream
+positions — when :meth:`RoomBatch.write` runs at the end. A replica that dies
+before commit leaves nothing behind. Steps 1–3 (format, signatures, hashes)
+happen before, in :mod:`services.events.input`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import asyncpg
+
+from matrix_protocol.auth_events import auth_types_for_event
+from matrix_protocol.auth_rules import AuthError, check_auth_events_structure, check_auth_rules
+from matrix_protocol.canonical_json import encode_json
+from matrix_protocol.events import Event, StateKey
+from matrix_protocol.power_levels import named_power_level, user_power_level
+from matrix_protocol.redaction import redact
+from matrix_protocol.room_versions import RoomVersion, room_version
+from matrix_protocol.state_resolution import MissingEventError
+from services.events import storage
+from services.events.cache import LruCache
+from services.events.state import StateResolver
+from services.events.state_storage import PendingGroups, StateGroup, StateStore
+from services.events.storage import EventWrite, RoomRow, Status, StoredEvent
+
+CREATE = "m.room.create"
+
+
+@dataclass
+class Outcome:
+    """What happened to one event. ``status`` None: not stored (see ``error``)."""
+
+    event_id: str
+    status: Status | None
+    error: str = ""
+    already_stored: bool = False
+
+
+@dataclass
+class RoomsCore:
+    """The per-replica pieces every batch shares."""
+
+    server_name: str
+    state_store: StateStore
+    resolver: StateResolver
+    # Events as stored (immutable for our purposes: auth and state).
+    event_cache: LruCache[str, StoredEvent]
+
+
+def missing_dependencies(event: Event, known: Mapping[str, StoredEvent]) -> str | None:
+    """Why ``event`` cannot be checked yet, or None.
+
+    The single place deciding what to do about unknown prev/auth events. A
+    later backfill service hooks in here to fetch them (get_missing_events,
+    /event_auth) before giving up.
+    """
+    missing_prev = [p for p in event.prev_event_ids if p not in known]
+    if missing_prev:
+        return f"missing prev_events {', '.join(missing_prev)}"
+    missing_auth = [a for a in event.auth_event_ids if a not in known]
+    if missing_auth:
+        return f"missing auth_events {', '.join(missing_auth)}"
+    stateless = [p for p in event.prev_event_ids if known[p].state_group_after is None]
+    if stateless:
+        return f"no state known at prev_events {', '.join(stateless)}"
+    return None
+
+
+class RoomBatch:
+    def __init__(self, core: RoomsCore, conn: asyncpg.Connection, room_id: str) -> None:
+        self.core = core
+        self.conn = conn
+        self.room_id = room_id
+        self.pending: dict[str, StoredEvent] = {}
+        self._writes: dict[str, EventWrite] = {}
+        self._groups = PendingGroups()
+        self._redactions: dict[str, str] = {}
+        self._to_stream: list[str] = []
+        self.room: RoomRow
+        self.version: RoomVersion
+        self.extremities: dict[str, int] = {}
+        self._initial_extremities: set[str] = set()
+        self.current: StateGroup | None = None
+        self._initial_current: StateGroup | None = None
+        self.create_event: Event | None = None
+        self.positions: dict[str, int] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self, expected_events: int) -> bool:
+        """Lock the room and load its head; False if the room is unknown."""
+        await storage.lock_room(self.conn, self.room_id)
+        rooms = await storage.get_rooms(self.conn, [self.room_id])
+        if self.room_id not in rooms:
+            return False
+        self.room = rooms[self.room_id]
+        self.version = room_version(self.room.room_version)
+        self.extremities = await storage.forward_extremities(self.conn, self.room_id)
+        self._initial_extremities = set(self.extremities)
+        if self.room.current_state_group is not None:
+            self.current = await self.core.state_store.get(self.conn, self.room.current_state_group)
+            self._initial_current = self.current
+        if self.room.create_event_id:
+            create = (await self.events([self.room.create_event_id])).get(self.room.create_event_id)
+            self.create_event = create.event if create else None
+        await self.core.state_store.reserve_ids(self.conn, self._groups, 2 * expected_events + 2)
+        return True
+
+    async def prefetch(self, events: Iterable[Event]) -> None:
+        """Load in one query what the batch's events cite or are."""
+        ids: set[str] = set()
+        for event in events:
+            ids.add(event.event_id)
+            ids.update(event.prev_event_ids)
+            ids.update(event.auth_event_ids)
+        await self.events(ids)
+
+    async def write(self) -> None:
+        """Write everything the batch did (inside the caller's transaction)."""
+        conn = self.conn
+        await StateStore.write(conn, self._groups)
+        await storage.insert_events(conn, self.room_id, list(self._writes.values()))
+        for target, redacted_json in self._redactions.items():
+            await storage.redact_event(conn, self.room_id, target, redacted_json)
+        removed = self._initial_extremities - set(self.extremities)
+        added = set(self.extremities) - self._initial_extremities
+        await storage.replace_forward_extremities(conn, self.room_id, removed, added)
+        if self.current is not None and self.current is not self._initial_current:
+            await self._write_current_state()
+            create_id = self.create_event.event_id if self.create_event else None
+            await storage.update_room_head(conn, self.room_id, self.current.id, create_id)
+        self.positions = await storage.assign_stream_positions(conn, self._to_stream)
+        for event_id, position in self.positions.items():
+            self.pending[event_id].stream_position = position
+
+    def committed(self) -> None:
+        """Call after commit: what was written may now be served from the cache."""
+        for event_id, stored in self.pending.items():
+            self.core.event_cache.put(event_id, stored)
+        for target in self._redactions:
+            self.core.event_cache.pop(target)
+
+    async def _write_current_state(self) -> None:
+        assert self.current is not None
+        old = self._initial_current.state if self._initial_current else {}
+        new = self.current.state
+        removed = [key for key in old if key not in new]
+        changed_keys = [key for key, event_id in new.items() if old.get(key) != event_id]
+        known = await self.events(new[key] for key in changed_keys)
+        rows = []
+        for key in changed_keys:
+            stored = known.get(new[key])
+            membership = stored.event.membership if stored is not None else None
+            rows.append(storage.CurrentStateRow(key[0], key[1], new[key], membership))
+        await storage.apply_current_state_delta(self.conn, self.room_id, removed, rows)
+
+    # ------------------------------------------------------------ lookups
+
+    async def events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        found: dict[str, StoredEvent] = {}
+        unknown: list[str] = []
+        for event_id in event_ids:
+            if event_id in found:
+                continue
+            stored = self.pending.get(event_id) or self.core.event_cache.get(event_id)
+            if stored is not None:
+                found[event_id] = stored
+            else:
+                unknown.append(event_id)
+        if unknown:
+            loaded = await storage.fetch_events(self.conn, unknown)
+            for event_id, stored in loaded.items():
+                self.core.event_cache.put(event_id, stored)
+            found.update(loaded)
+        return found
+
+    async def state_events(
+        self, state: Mapping[StateKey, str], keys: Iterable[StateKey]
+    ) -> dict[StateKey, Event]:
+        wanted = {key: state[key] for key in keys if key in state}
+        loaded = await self.events(wanted.values())
+        return {
+            key: loaded[event_id].event for key, event_id in wanted.items() if event_id in loaded
+        }
+
+    # ------------------------------------------------------------ adding events
+
+    async def add(
+        self,
+        event: Event,
+        pdu: Mapping[str, object],
+        *,
+        redacted: bool,
+        soft_fail: bool,
+        local: bool = False,
+    ) -> Outcome:
+        """Check ``event`` against the room and queue it for writing.
+
+        ``soft_fail`` runs the check against the current state (live events).
+        ``local``: an event built here; any failure refuses it (not stored).
+        """
+        event_id = event.event_id
+        if event_id in self.pending or event_id in await self.events([event_id]):
+            return Outcome(event_id, None, already_stored=True)
+        deps = await self.events([*event.prev_event_ids, *event.auth_event_ids])
+        problem = missing_dependencies(event, deps)
+        if problem is not None:
+            return Outcome(event_id, None, problem)
+
+        rejection = self._check_own_auth_events(event, [deps[a] for a in event.auth_event_ids])
+        try:
+            before = await self._state_before(event, [deps[p] for p in event.prev_event_ids])
+        except MissingEventError as error:
+            return Outcome(event_id, None, f"missing events for state resolution: {error}")
+        if rejection is None:
+            rejection = await self._check_against_state(event, before.state)
+        status = Status.ACCEPTED
+        if rejection is not None:
+            status = Status.REJECTED
+        elif (
+            soft_fail
+            and self.current is not None
+            and self.current.id != before.id
+            and await self._check_against_state(event, self.current.state) is not None
+        ):
+            status = Status.SOFT_FAILED
+        if local and status is not Status.ACCEPTED:
+            return Outcome(event_id, status, rejection or "not allowed by the room's current state")
+
+        after = before
+        if status is not Status.REJECTED and event.is_state:
+            key = event.state_tuple
+            state = dict(before.state)
+            state[key] = event_id
+            after = self.core.state_store.derive(
+                self.room_id, before, state, self._groups, delta={key: event_id}
+            )
+            self.core.resolver.derive_joined(after.id, before.id, event)
+        _, servers_before = await self.core.resolver.joined(self.conn, before, self)
+        stored = StoredEvent(
+            event=event,
+            status=status,
+            rejection_reason=rejection or "",
+            redacted=redacted,
+            state_group_before=before.id,
+            state_group_after=after.id,
+            servers_before=list(servers_before),
+        )
+        self.pending[event_id] = stored
+        self._writes[event_id] = EventWrite(stored, encode_json(pdu).decode(), event.membership)
+        if status is Status.ACCEPTED:
+            await self._advance_head(event, after)
+            if event.type == "m.room.redaction":
+                await self._apply_redaction(event, before)
+            self._to_stream.append(event_id)
+        if event.type == CREATE and status is Status.ACCEPTED:
+            self.create_event = event
+        return Outcome(event_id, status, rejection or "")
+
+    def _check_own_auth_events(self, event: Event, auth_events: list[StoredEvent]) -> str | None:
+        """rooms.md §6 step 4 (rule 3 and its 3.3 "rejected auth event" part included)."""
+        try:
+            check_auth_events_structure(event, [a.event for a in auth_events])
+            for auth_event in auth_events:
+                if auth_event.status is Status.REJECTED:
+                    raise AuthError("3.3", f"auth event {auth_event.event_id} was rejected")
+            auth_state = {a.event.state_tuple: a.event for a in auth_events}
+            if event.type != CREATE and not self.version.create_event_in_auth_events:
+                if self.create_event is None:
+                    raise AuthError("2", "the room's create event is unknown")
+                auth_state[(CREATE, "")] = self.create_event
+            check_auth_rules(event, auth_state)
+        except AuthError as error:
+            return str(error)
+        return None
+
+    async def _check_against_state(self, event: Event, state: Mapping[StateKey, str]) -> str | None:
+        """Auth rules against a state map (steps 5 and 6)."""
+        keys = auth_types_for_event(
+            event.type, event.sender, event.state_key, event.content, self.version
+        )
+        keys.add((CREATE, ""))
+        cited = {key: state[key] for key in keys if key in state}
+        if event.type != CREATE and self._cites_exactly(event, cited):
+            return None  # same auth state as its own auth events: already checked
+        auth_state = await self.state_events(state, keys)
+        try:
+            check_auth_rules(event, auth_state)
+        except AuthError as error:
+            return str(error)
+        return None
+
+    def _cites_exactly(self, event: Event, cited: Mapping[StateKey, str]) -> bool:
+        own = set(event.auth_event_ids)
+        if not self.version.create_event_in_auth_events and self.create_event is not None:
+            own.add(self.create_event.event_id)
+        return own == set(cited.values())
+
+    async def _state_before(self, event: Event, prevs: list[StoredEvent]) -> StateGroup:
+        store = self.core.state_store
+        group_ids = list(
+            dict.fromkeys(p.state_group_after for p in prevs if p.state_group_after is not None)
+        )
+        if not group_ids:
+            return store.derive(self.room_id, None, {}, self._groups)
+        if len(group_ids) == 1:
+            return await store.get(self.conn, group_ids[0])
+        groups = [await store.get(self.conn, group_id) for group_id in group_ids]
+        return await self._resolve_groups(groups)
+
+    async def _resolve_groups(self, groups: list[StateGroup]) -> StateGroup:
+        create_id = self.create_event.event_id if self.create_event else None
+        resolved = await self.core.resolver.resolve(
+            self.conn, self.version, create_id, [g.state for g in groups], self
+        )
+        for group in groups:
+            if group.state == resolved:
+                return group
+        base = max(groups, key=lambda g: len(g.state))
+        return self.core.state_store.derive(self.room_id, base, resolved, self._groups)
+
+    async def _advance_head(self, event: Event, after: StateGroup) -> None:
+        for prev in event.prev_event_ids:
+            self.extremities.pop(prev, None)
+        self.extremities[event.event_id] = event.depth
+        if len(self.extremities) == 1:
+            self.current = after
+            return
+        heads = await self.events(self.extremities)
+        group_ids = list(
+            dict.fromkeys(
+                h.state_group_after for h in heads.values() if h.state_group_after is not None
+            )
+        )
+        groups = [await self.core.state_store.get(self.conn, g) for g in group_ids]
+        self.current = groups[0] if len(groups) == 1 else await self._resolve_groups(groups)
+
+    async def _apply_redaction(self, redaction: Event, before: StateGroup) -> None:
+        """Redact the target in storage when the redaction's sender may do so."""
+        target_id = redaction.redacts
+        if target_id is None:
+            return
+        target = (await self.events([target_id])).get(target_id)
+        if target is None or target.event.room_id != self.room_id or target.redacted:
+            return
+        if target.event.sender_server != redaction.sender_server:
+            power = await self.state_events(before.state, [("m.room.power_levels", "")])
+            pl_event = power.get(("m.room.power_levels", ""))
+            if self.create_event is None:
+                return
+            level = user_power_level(redaction.sender, pl_event, self.create_event)
+            if level < named_power_level("redact", pl_event):
+                return
+        redacted_json = encode_json(redact(target.event.pdu, self.version)).decode()
+        write = self._writes.get(target_id)
+        if write is not None:
+            write.pdu_json = redacted_json
+            write.stored.redacted = True
+        else:
+            self._redactions[target_id] = redacted_json
+
+    # ------------------------------------------------------------ local building
+
+    def prev_events_for_new_event(self, limit: int = 10) -> tuple[list[str], int]:
+        """Up to ``limit`` most recent forward extremities and the new event's depth."""
+        heads = sorted(self.extremities.items(), key=lambda item: -item[1])[:limit]
+        depth = max((d for _, d in heads), default=0) + 1
+        return [event_id for event_id, _ in heads], depth
+
+    def writes_for(self, event_id: str) -> EventWrite | None:
+        return self._writes.get(event_id)

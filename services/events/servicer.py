@@ -1,0 +1,290 @@
+"""gRPC layer of the events service: decode requests, call the logic, encode replies.
+
+Errors become gRPC statuses with details "M_ERRCODE: message".
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from matrix_protocol.canonical_json import decode_json
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from services.events.errors import BadRequest, EventsError
+from services.events.input import InputPipeline, InvalidTransaction
+from services.events.local_events import CreateRoomRequest, LocalEvents
+from services.events.reads import EventView, Reads
+from services.events.streams import StreamEntry, StreamFilter, StreamHub
+
+T = TypeVar("T")
+
+_KINDS = {
+    events_pb2.NEW: "new",
+    events_pb2.HISTORY: "history",
+    events_pb2.OUTLIER_KIND: "outlier",
+}
+
+
+def _handles_errors(
+    method: Callable[..., Awaitable[T]],
+) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except EventsError as error:
+            await context.abort(error.status, error.details)
+        except InvalidTransaction as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"M_BAD_JSON: {error}")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _json(data: bytes, what: str, default: Any) -> Any:
+    if not data:
+        return default
+    try:
+        value = decode_json(data)
+    except ValueError as error:
+        raise BadRequest(f"{what} is not valid JSON: {error}", "M_BAD_JSON") from None
+    if type(value) is not type(default):
+        raise BadRequest(f"{what} must be a JSON {type(default).__name__}", "M_BAD_JSON")
+    return value
+
+
+def _record(view: EventView) -> events_pb2.EventRecord:
+    return events_pb2.EventRecord(
+        event_id=view.event_id,
+        room_id=view.room_id,
+        room_version=view.room_version,
+        pdu_json=view.pdu_json.encode(),
+        status=view.status,
+        stream_position=view.stream_position,
+        redacted=view.redacted,
+        rejection_reason=view.rejection_reason,
+    )
+
+
+def _records(views: Sequence[EventView]) -> list[events_pb2.EventRecord]:
+    return [_record(view) for view in views]
+
+
+def _stream_item(entry: StreamEntry) -> events_pb2.StreamItem:
+    if entry.event is not None:
+        return events_pb2.StreamItem(
+            position=entry.position,
+            event=_record(entry.event),
+            servers_before=entry.servers_before,
+        )
+    row = entry.ephemeral
+    assert row is not None
+    if row["kind"] == "typing":
+        return events_pb2.StreamItem(
+            position=entry.position,
+            typing=events_pb2.Typing(
+                room_id=row["room_id"], user_id=row["user_id"], typing=bool(row["typing"])
+            ),
+        )
+    return events_pb2.StreamItem(
+        position=entry.position,
+        receipt=events_pb2.Receipt(
+            room_id=row["room_id"],
+            user_id=row["user_id"],
+            receipt_type=row["receipt_type"] or "",
+            event_id=row["event_id"] or "",
+            data_json=(row["data_json"] or "{}").encode(),
+        ),
+    )
+
+
+class EventsServicer(events_pb2_grpc.EventsServicer):
+    def __init__(
+        self, pipeline: InputPipeline, local: LocalEvents, reads: Reads, hub: StreamHub
+    ) -> None:
+        self.pipeline = pipeline
+        self.local = local
+        self.reads = reads
+        self.hub = hub
+
+    # ------------------------------------------------------------ input
+
+    @_handles_errors
+    async def InputTransaction(self, request, context):  # noqa: N802, ANN001, ANN201
+        response = await self.pipeline.input_transaction(
+            request.origin, request.txn_id, list(request.pdus), list(request.edus)
+        )
+        return events_pb2.InputTransactionResponse(response_json=response)
+
+    @_handles_errors
+    async def InputPdus(self, request, context):  # noqa: N802, ANN001, ANN201
+        kind = _KINDS.get(request.kind, "new")
+        try:
+            outcomes = await self.pipeline.input_pdus(
+                request.room_id, request.room_version, kind, list(request.pdus)
+            )
+        except ValueError as error:
+            raise BadRequest(str(error), "M_UNSUPPORTED_ROOM_VERSION") from None
+        return events_pb2.InputPdusResponse(
+            results=[
+                events_pb2.PduResult(
+                    event_id=o.event_id,
+                    status=int(o.status) if o.status is not None else 0,
+                    error=o.error,
+                )
+                for o in outcomes
+            ]
+        )
+
+    # ------------------------------------------------------------ local actors
+
+    @_handles_errors
+    async def PerformCreateRoom(self, request, context):  # noqa: N802, ANN001, ANN201
+        room_id, alias = await self.local.create_room(
+            CreateRoomRequest(
+                creator=request.creator,
+                room_version=request.room_version,
+                preset=request.preset,
+                name=request.name,
+                topic=request.topic,
+                alias_localpart=request.alias_localpart,
+                invite=list(request.invite),
+                creation_content=_json(request.creation_content_json, "creation_content", {}),
+                initial_state=_json(request.initial_state_json, "initial_state", []),
+                power_level_overrides=_json(
+                    request.power_level_overrides_json, "power_level_overrides", {}
+                ),
+                additional_creators=list(request.additional_creators),
+            )
+        )
+        return events_pb2.PerformCreateRoomResponse(room_id=room_id, room_alias=alias)
+
+    @_handles_errors
+    async def PerformSendEvent(self, request, context):  # noqa: N802, ANN001, ANN201
+        event_id, position = await self.local.send_event(
+            request.room_id,
+            request.sender,
+            request.type,
+            request.state_key if request.HasField("state_key") else None,
+            _json(request.content_json, "content", {}),
+            request.redacts,
+            request.txn_id,
+        )
+        return events_pb2.PerformSendEventResponse(event_id=event_id, stream_position=position)
+
+    @_handles_errors
+    async def PerformCreateAlias(self, request, context):  # noqa: N802, ANN001, ANN201
+        await self.local.create_alias(
+            request.alias, request.room_id, request.creator, list(request.servers)
+        )
+        return events_pb2.PerformCreateAliasResponse()
+
+    @_handles_errors
+    async def PerformDeleteAlias(self, request, context):  # noqa: N802, ANN001, ANN201
+        await self.local.delete_alias(request.alias)
+        return events_pb2.PerformDeleteAliasResponse()
+
+    @_handles_errors
+    async def QueryAlias(self, request, context):  # noqa: N802, ANN001, ANN201
+        found = await self.local.query_alias(request.alias)
+        if found is None:
+            return events_pb2.QueryAliasResponse(found=False)
+        return events_pb2.QueryAliasResponse(found=True, room_id=found[0], servers=found[1])
+
+    # ------------------------------------------------------------ reads
+
+    @_handles_errors
+    async def QueryEvents(self, request, context):  # noqa: N802, ANN001, ANN201
+        views = await self.reads.events(list(request.event_ids), request.as_server)
+        return events_pb2.QueryEventsResponse(events=_records(views))
+
+    @_handles_errors
+    async def QueryStateAtEvent(self, request, context):  # noqa: N802, ANN001, ANN201
+        wants_chain = request.include_auth_chain
+        found = await self.reads.state_at_event(request.room_id, request.event_id, wants_chain)
+        if found is None:
+            return events_pb2.QueryStateAtEventResponse(found=False)
+        state_ids, chain_ids = found
+        response = events_pb2.QueryStateAtEventResponse(
+            found=True, state_event_ids=state_ids, auth_chain_ids=chain_ids
+        )
+        if not request.ids_only:
+            response.state_events.extend(_records(await self.reads.events(state_ids)))
+            if wants_chain:
+                response.auth_chain.extend(_records(await self.reads.events(chain_ids)))
+        return response
+
+    @_handles_errors
+    async def QueryAuthChain(self, request, context):  # noqa: N802, ANN001, ANN201
+        ids = await self.reads.auth_chain(list(request.event_ids))
+        response = events_pb2.QueryAuthChainResponse(event_ids=ids)
+        if not request.ids_only:
+            response.events.extend(_records(await self.reads.events(ids)))
+        return response
+
+    @_handles_errors
+    async def QueryCurrentState(self, request, context):  # noqa: N802, ANN001, ANN201
+        filters = [
+            (f.type, f.state_key if f.HasField("state_key") else None) for f in request.filter
+        ]
+        views = await self.reads.current_state(request.room_id, filters)
+        if views is None:
+            return events_pb2.QueryCurrentStateResponse(room_exists=False)
+        return events_pb2.QueryCurrentStateResponse(room_exists=True, events=_records(views))
+
+    @_handles_errors
+    async def QueryTimeline(self, request, context):  # noqa: N802, ANN001, ANN201
+        try:
+            page = await self.reads.timeline(
+                request.room_id, request.from_token, request.backwards, request.limit
+            )
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+        return events_pb2.QueryTimelineResponse(
+            events=_records(page.events),
+            next_token=page.next_token,
+            reached_room_start=page.reached_room_start,
+        )
+
+    @_handles_errors
+    async def QueryRoomInfo(self, request, context):  # noqa: N802, ANN001, ANN201
+        info = await self.reads.room_info(request.room_id)
+        return events_pb2.QueryRoomInfoResponse(
+            exists=info.exists,
+            room_version=info.room_version,
+            forward_extremities=list(info.forward_extremities),
+            min_depth=info.min_depth,
+            max_depth=info.max_depth,
+            we_are_joined=info.we_are_joined,
+            create_event_id=info.create_event_id,
+        )
+
+    @_handles_errors
+    async def QueryServersInRoom(self, request, context):  # noqa: N802, ANN001, ANN201
+        servers = await self.reads.servers_in_room(request.room_id, request.at_event_id)
+        return events_pb2.QueryServersInRoomResponse(servers=servers or [])
+
+    @_handles_errors
+    async def QueryServerAllowed(self, request, context):  # noqa: N802, ANN001, ANN201
+        access = await self.reads.server_access(
+            request.room_id, request.server_name, request.check_acl, request.require_joined
+        )
+        return events_pb2.QueryServerAllowedResponse(
+            room_exists=access.room_exists, allowed=access.allowed, reason=access.reason
+        )
+
+    # ------------------------------------------------------------ streams
+
+    async def StreamEvents(  # noqa: N802
+        self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[events_pb2.StreamItem]:
+        stream_filter = StreamFilter(
+            room_id=request.room_id,
+            local_senders_only=request.local_senders_only,
+            include_ephemeral=request.include_ephemeral,
+        )
+        async for entry in self.hub.subscribe(stream_filter, request.after_position):
+            yield _stream_item(entry)

@@ -1,0 +1,603 @@
+"""The events service's tables: events, rooms, extremities, current state, streams.
+
+Every function takes the asyncpg connection to run on, so callers decide the
+transaction (one per room per input batch). State groups live in
+:mod:`services.events.state_storage`. Tables are in schema ``events`` and
+always named with it: pool connections do not set a search_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import asyncpg
+
+from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.events import Event
+from matrix_protocol.room_versions import room_version
+
+NOTIFY_CHANNEL = "mxfed_events_stream"
+# Held (transaction-scoped) while stream positions are taken and until commit,
+# so positions become visible in increasing order on every replica.
+_STREAM_LOCK = 0x6D78666564_01  # "mxfed" + 1
+
+
+class Status(IntEnum):
+    """Same numbers as ``mxfed.events.v1.EventStatus``."""
+
+    ACCEPTED = 1
+    SOFT_FAILED = 2
+    REJECTED = 3
+    OUTLIER = 4
+
+
+@dataclass
+class StoredEvent:
+    event: Event
+    status: Status
+    rejection_reason: str = ""
+    redacted: bool = False
+    stream_position: int | None = None
+    state_group_before: int | None = None
+    state_group_after: int | None = None
+    servers_before: list[str] = field(default_factory=list)
+
+    @property
+    def event_id(self) -> str:
+        return self.event.event_id
+
+
+@dataclass
+class RoomRow:
+    room_id: str
+    room_version: str
+    create_event_id: str | None
+    current_state_group: int | None
+
+
+def lock_key(text: str) -> int:
+    """A signed 64-bit advisory lock key for ``text``."""
+    return int.from_bytes(
+        hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+_EVENT_COLUMNS = (
+    "e.event_id, r.room_version, e.pdu_json, e.status, e.rejection_reason, e.redacted,"
+    " e.stream_position, e.state_group_before, e.state_group_after, e.servers_before"
+)
+
+
+def _stored_event(row: asyncpg.Record) -> StoredEvent:
+    version = room_version(row["room_version"])
+    event = Event(decode_json(row["pdu_json"]), version, row["event_id"])
+    return StoredEvent(
+        event=event,
+        status=Status(row["status"]),
+        rejection_reason=row["rejection_reason"],
+        redacted=row["redacted"],
+        stream_position=row["stream_position"],
+        state_group_before=row["state_group_before"],
+        state_group_after=row["state_group_after"],
+        servers_before=list(row["servers_before"]),
+    )
+
+
+# ---------------------------------------------------------------- rooms
+
+
+async def get_rooms(conn: asyncpg.Connection, room_ids: Iterable[str]) -> dict[str, RoomRow]:
+    rows = await conn.fetch(
+        "SELECT room_id, room_version, create_event_id, current_state_group"
+        " FROM events.rooms WHERE room_id = ANY($1::text[])",
+        list(set(room_ids)),
+    )
+    return {row["room_id"]: RoomRow(**dict(row)) for row in rows}
+
+
+async def insert_room(conn: asyncpg.Connection, room_id: str, version: str) -> bool:
+    status = await conn.execute(
+        "INSERT INTO events.rooms (room_id, room_version) VALUES ($1, $2)"
+        " ON CONFLICT (room_id) DO NOTHING",
+        room_id,
+        version,
+    )
+    return status.endswith(" 1")
+
+
+async def lock_room(conn: asyncpg.Connection, room_id: str) -> None:
+    """Only one replica works on a room at a time (until this transaction ends)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("room:" + room_id))
+
+
+async def update_room_head(
+    conn: asyncpg.Connection, room_id: str, current_state_group: int, create_event_id: str | None
+) -> None:
+    await conn.execute(
+        "UPDATE events.rooms SET current_state_group = $2,"
+        " create_event_id = COALESCE(create_event_id, $3) WHERE room_id = $1",
+        room_id,
+        current_state_group,
+        create_event_id,
+    )
+
+
+# ---------------------------------------------------------------- events
+
+
+async def fetch_events(
+    conn: asyncpg.Connection, event_ids: Iterable[str]
+) -> dict[str, StoredEvent]:
+    ids = list(set(event_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events.events e JOIN events.rooms r USING (room_id)"
+        " WHERE e.event_id = ANY($1::text[])",
+        ids,
+    )
+    return {row["event_id"]: _stored_event(row) for row in rows}
+
+
+async def fetch_event_rows(
+    conn: asyncpg.Connection, event_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    """Rows for answering reads (EventRecord fields), in no particular order."""
+    return await conn.fetch(
+        "SELECT e.event_id, e.room_id, r.room_version, e.pdu_json, e.status,"
+        " e.stream_position, e.redacted, e.rejection_reason, e.state_group_before,"
+        " e.type, e.state_key, e.sender, e.servers_before"
+        " FROM events.events e JOIN events.rooms r USING (room_id)"
+        " WHERE e.event_id = ANY($1::text[])",
+        list(event_ids),
+    )
+
+
+async def auth_chain_ids(conn: asyncpg.Connection, event_ids: Iterable[str]) -> list[str]:
+    """Every event reachable through auth_events from ``event_ids`` (themselves excluded)."""
+    rows = await conn.fetch(
+        """
+        WITH RECURSIVE chain(id) AS (
+            SELECT a.auth_id FROM events.event_auth a WHERE a.event_id = ANY($1::text[])
+            UNION
+            SELECT a.auth_id FROM events.event_auth a JOIN chain c ON a.event_id = c.id
+        )
+        SELECT id FROM chain
+        """,
+        list(set(event_ids)),
+    )
+    return [row["id"] for row in rows]
+
+
+@dataclass
+class EventWrite:
+    """One row of ``events`` to insert at the end of a room batch."""
+
+    stored: StoredEvent
+    pdu_json: str
+    membership: str | None
+
+
+async def insert_events(
+    conn: asyncpg.Connection, room_id: str, writes: Sequence[EventWrite]
+) -> None:
+    if not writes:
+        return
+    await conn.copy_records_to_table(
+        "events",
+        schema_name="events",
+        columns=[
+            "event_id",
+            "room_id",
+            "type",
+            "state_key",
+            "sender",
+            "membership",
+            "depth",
+            "origin_server_ts",
+            "pdu_json",
+            "status",
+            "rejection_reason",
+            "redacted",
+            "state_group_before",
+            "state_group_after",
+            "servers_before",
+        ],
+        records=[
+            (
+                w.stored.event_id,
+                room_id,
+                w.stored.event.type,
+                w.stored.event.state_key,
+                w.stored.event.sender,
+                w.membership,
+                w.stored.event.depth,
+                w.stored.event.origin_server_ts,
+                w.pdu_json,
+                int(w.stored.status),
+                w.stored.rejection_reason,
+                w.stored.redacted,
+                w.stored.state_group_before,
+                w.stored.state_group_after,
+                w.stored.servers_before,
+            )
+            for w in writes
+        ],
+    )
+    edges = [
+        (w.stored.event_id, auth_id) for w in writes for auth_id in w.stored.event.auth_event_ids
+    ]
+    if edges:
+        await conn.copy_records_to_table(
+            "event_auth", schema_name="events", columns=["event_id", "auth_id"], records=edges
+        )
+
+
+async def redact_event(
+    conn: asyncpg.Connection, room_id: str, event_id: str, redacted_json: str
+) -> None:
+    await conn.execute(
+        "UPDATE events.events SET pdu_json = $3, redacted = true"
+        " WHERE event_id = $1 AND room_id = $2",
+        event_id,
+        room_id,
+        redacted_json,
+    )
+
+
+async def assign_stream_positions(
+    conn: asyncpg.Connection, event_ids: Sequence[str], ephemeral: Sequence[dict[str, Any]] = ()
+) -> dict[str, int]:
+    """Give ``event_ids`` (in order) and ``ephemeral`` rows stream positions.
+
+    Takes the global stream lock until this transaction ends and notifies the
+    stream channel (delivered at commit).
+    """
+    if not event_ids and not ephemeral:
+        return {}
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _STREAM_LOCK)
+    positions: dict[str, int] = {}
+    if event_ids:
+        rows = await conn.fetch(
+            "UPDATE events.events e SET stream_position = p.position"
+            " FROM (SELECT id, nextval('events.stream_positions') AS position"
+            "       FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)) p"
+            " WHERE e.event_id = p.id RETURNING e.event_id, e.stream_position",
+            list(event_ids),
+        )
+        positions = {row["event_id"]: row["stream_position"] for row in rows}
+    if ephemeral:
+        await conn.executemany(
+            "INSERT INTO events.ephemeral (stream_position, room_id, kind, user_id, typing,"
+            " expires_ts, receipt_type, event_id, data_json)"
+            " VALUES (nextval('events.stream_positions'), $1, $2, $3, $4, $5, $6, $7, $8)",
+            [
+                (
+                    item["room_id"],
+                    item["kind"],
+                    item["user_id"],
+                    item.get("typing"),
+                    item.get("expires_ts"),
+                    item.get("receipt_type"),
+                    item.get("event_id"),
+                    item.get("data_json"),
+                )
+                for item in ephemeral
+            ],
+        )
+    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return positions
+
+
+# ---------------------------------------------------------------- extremities, current state
+
+
+async def forward_extremities(conn: asyncpg.Connection, room_id: str) -> dict[str, int]:
+    """Forward extremity event id → depth."""
+    rows = await conn.fetch(
+        "SELECT f.event_id, e.depth FROM events.forward_extremities f"
+        " JOIN events.events e USING (event_id) WHERE f.room_id = $1",
+        room_id,
+    )
+    return {row["event_id"]: row["depth"] for row in rows}
+
+
+async def replace_forward_extremities(
+    conn: asyncpg.Connection, room_id: str, removed: Iterable[str], added: Iterable[str]
+) -> None:
+    removed, added = list(removed), list(added)
+    if removed:
+        await conn.execute(
+            "DELETE FROM events.forward_extremities"
+            " WHERE room_id = $1 AND event_id = ANY($2::text[])",
+            room_id,
+            removed,
+        )
+    if added:
+        await conn.executemany(
+            "INSERT INTO events.forward_extremities (room_id, event_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING",
+            [(room_id, event_id) for event_id in added],
+        )
+
+
+@dataclass
+class CurrentStateRow:
+    type: str
+    state_key: str
+    event_id: str
+    membership: str | None
+
+
+async def apply_current_state_delta(
+    conn: asyncpg.Connection,
+    room_id: str,
+    removed: Sequence[tuple[str, str]],
+    changed: Sequence[CurrentStateRow],
+) -> None:
+    if removed:
+        await conn.executemany(
+            "DELETE FROM events.current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
+            [(room_id, t, k) for t, k in removed],
+        )
+    if changed:
+        await conn.executemany(
+            "INSERT INTO events.current_state"
+            " (room_id, type, state_key, event_id, membership, server)"
+            " VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id,"
+            " membership = EXCLUDED.membership, server = EXCLUDED.server",
+            [
+                (
+                    room_id,
+                    row.type,
+                    row.state_key,
+                    row.event_id,
+                    row.membership,
+                    row.state_key.split(":", 1)[1]
+                    if row.type == "m.room.member" and ":" in row.state_key
+                    else None,
+                )
+                for row in changed
+            ],
+        )
+
+
+async def current_state_ids(
+    conn: asyncpg.Connection, room_id: str, filters: Sequence[tuple[str, str | None]] = ()
+) -> list[str]:
+    if not filters:
+        rows = await conn.fetch(
+            "SELECT event_id FROM events.current_state WHERE room_id = $1", room_id
+        )
+        return [row["event_id"] for row in rows]
+    ids: list[str] = []
+    for event_type, state_key in filters:
+        if state_key is None:
+            rows = await conn.fetch(
+                "SELECT event_id FROM events.current_state WHERE room_id = $1 AND type = $2",
+                room_id,
+                event_type,
+            )
+        else:
+            rows = await conn.fetch(
+                "SELECT event_id FROM events.current_state"
+                " WHERE room_id = $1 AND type = $2 AND state_key = $3",
+                room_id,
+                event_type,
+                state_key,
+            )
+        ids.extend(row["event_id"] for row in rows)
+    return list(dict.fromkeys(ids))
+
+
+async def joined_servers(conn: asyncpg.Connection, room_id: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT DISTINCT server FROM events.current_state"
+        " WHERE room_id = $1 AND membership = 'join' ORDER BY server",
+        room_id,
+    )
+    return [row["server"] for row in rows]
+
+
+async def server_has_joined_member(conn: asyncpg.Connection, room_id: str, server: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM events.current_state"
+            " WHERE room_id = $1 AND membership = 'join' AND server = $2 LIMIT 1",
+            room_id,
+            server,
+        )
+    )
+
+
+async def depth_range(conn: asyncpg.Connection, room_id: str) -> tuple[int, int]:
+    row = await conn.fetchrow(
+        "SELECT COALESCE(min(depth), 0) AS lo, COALESCE(max(depth), 0) AS hi"
+        " FROM events.events WHERE room_id = $1 AND status <> 4",
+        room_id,
+    )
+    return row["lo"], row["hi"]
+
+
+# ---------------------------------------------------------------- timeline
+
+
+async def timeline_page(
+    conn: asyncpg.Connection,
+    room_id: str,
+    after: tuple[int, int] | None,
+    backwards: bool,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Accepted events in (depth, nid) order after/before a position."""
+    columns = (
+        "e.nid, e.depth, e.event_id, e.room_id, r.room_version, e.pdu_json, e.status,"
+        " e.stream_position, e.redacted, e.rejection_reason, e.type"
+    )
+    base = (
+        f"SELECT {columns} FROM events.events e JOIN events.rooms r USING (room_id)"
+        " WHERE e.room_id = $1 AND e.status = 1"
+    )
+    if backwards:
+        if after is None:
+            return await conn.fetch(
+                f"{base} ORDER BY e.depth DESC, e.nid DESC LIMIT $2", room_id, limit
+            )
+        return await conn.fetch(
+            f"{base} AND (e.depth, e.nid) < ($2, $3) ORDER BY e.depth DESC, e.nid DESC LIMIT $4",
+            room_id,
+            after[0],
+            after[1],
+            limit,
+        )
+    if after is None:
+        return await conn.fetch(f"{base} ORDER BY e.depth, e.nid LIMIT $2", room_id, limit)
+    return await conn.fetch(
+        f"{base} AND (e.depth, e.nid) > ($2, $3) ORDER BY e.depth, e.nid LIMIT $4",
+        room_id,
+        after[0],
+        after[1],
+        limit,
+    )
+
+
+# ---------------------------------------------------------------- transactions
+
+
+async def stored_transaction_response(
+    conn: asyncpg.Connection, origin: str, txn_id: str
+) -> str | None:
+    return await conn.fetchval(
+        "SELECT response_json FROM events.transactions WHERE origin = $1 AND txn_id = $2",
+        origin,
+        txn_id,
+    )
+
+
+async def store_transaction_response(
+    conn: asyncpg.Connection, origin: str, txn_id: str, response_json: str, now_ms: int
+) -> str:
+    """Store the response unless one is stored already; return the stored one."""
+    stored = await conn.fetchval(
+        "INSERT INTO events.transactions (origin, txn_id, response_json, received_ts)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING RETURNING response_json",
+        origin,
+        txn_id,
+        response_json,
+        now_ms,
+    )
+    if stored is not None:
+        return stored
+    existing = await stored_transaction_response(conn, origin, txn_id)
+    return existing if existing is not None else response_json
+
+
+# ---------------------------------------------------------------- streams
+
+
+async def stream_events_after(
+    conn: asyncpg.Connection, after: int, limit: int, room_id: str | None
+) -> list[asyncpg.Record]:
+    columns = (
+        "e.stream_position, e.event_id, e.room_id, r.room_version, e.pdu_json, e.status,"
+        " e.redacted, e.rejection_reason, e.sender, e.servers_before"
+    )
+    if room_id:
+        return await conn.fetch(
+            f"SELECT {columns} FROM events.events e JOIN events.rooms r USING (room_id)"
+            " WHERE e.stream_position > $1 AND e.room_id = $3"
+            " ORDER BY e.stream_position LIMIT $2",
+            after,
+            limit,
+            room_id,
+        )
+    return await conn.fetch(
+        f"SELECT {columns} FROM events.events e JOIN events.rooms r USING (room_id)"
+        " WHERE e.stream_position > $1 ORDER BY e.stream_position LIMIT $2",
+        after,
+        limit,
+    )
+
+
+async def stream_ephemeral_after(
+    conn: asyncpg.Connection, after: int, limit: int, room_id: str | None
+) -> list[asyncpg.Record]:
+    if room_id:
+        return await conn.fetch(
+            "SELECT * FROM events.ephemeral WHERE stream_position > $1 AND room_id = $3"
+            " ORDER BY stream_position LIMIT $2",
+            after,
+            limit,
+            room_id,
+        )
+    return await conn.fetch(
+        "SELECT * FROM events.ephemeral WHERE stream_position > $1"
+        " ORDER BY stream_position LIMIT $2",
+        after,
+        limit,
+    )
+
+
+async def max_stream_position(conn: asyncpg.Connection) -> int:
+    value = await conn.fetchval(
+        "SELECT GREATEST((SELECT max(stream_position) FROM events.events),"
+        " (SELECT max(stream_position) FROM events.ephemeral))"
+    )
+    return int(value or 0)
+
+
+# ---------------------------------------------------------------- aliases, local txns
+
+
+async def create_alias(
+    conn: asyncpg.Connection, alias: str, room_id: str, creator: str, servers: Sequence[str]
+) -> bool:
+    status = await conn.execute(
+        "INSERT INTO events.aliases (alias, room_id, creator, servers) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (alias) DO NOTHING",
+        alias,
+        room_id,
+        creator,
+        list(servers),
+    )
+    return status.endswith(" 1")
+
+
+async def delete_alias(conn: asyncpg.Connection, alias: str) -> bool:
+    status = await conn.execute("DELETE FROM events.aliases WHERE alias = $1", alias)
+    return status.endswith(" 1")
+
+
+async def get_alias(conn: asyncpg.Connection, alias: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT room_id, servers FROM events.aliases WHERE alias = $1", alias
+    )
+
+
+async def local_transaction(
+    conn: asyncpg.Connection, sender: str, txn_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT event_id, stream_position FROM events.local_transactions"
+        " WHERE sender = $1 AND txn_id = $2",
+        sender,
+        txn_id,
+    )
+
+
+async def store_local_transaction(
+    conn: asyncpg.Connection, sender: str, txn_id: str, event_id: str, position: int
+) -> None:
+    await conn.execute(
+        "INSERT INTO events.local_transactions (sender, txn_id, event_id, stream_position)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        sender,
+        txn_id,
+        event_id,
+        position,
+    )

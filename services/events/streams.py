@@ -1,0 +1,212 @@
+"""StreamEvents: replay from a durable position, then follow live writes of every replica.
+
+Positions come from one sequence, taken under a global lock held to commit
+(see :func:`storage.assign_stream_positions`), so rows become visible in
+position order and "everything after N" is a plain range read. Each replica
+runs one :class:`StreamHub`: it LISTENs on a dedicated connection, reads the
+new rows once per wake-up (or once a second, in case a notification was
+missed) and fans them out to its subscribers' bounded queues. A subscriber
+whose queue is full is marked lagging and stops receiving; it drains what it
+has, then goes back to reading the database from its own position before
+re-attaching — so it falls behind but never loses an item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from services.events import metrics, storage
+from services.events.reads import EventView
+
+log = logging.getLogger(__name__)
+
+PAGE = 500
+QUEUE_SIZE = 2000
+
+
+@dataclass
+class StreamEntry:
+    position: int
+    event: EventView | None = None
+    servers_before: list[str] = field(default_factory=list)
+    sender: str = ""
+    ephemeral: dict[str, Any] | None = None
+
+    @property
+    def room_id(self) -> str:
+        if self.event is not None:
+            return self.event.room_id
+        assert self.ephemeral is not None
+        return self.ephemeral["room_id"]
+
+
+@dataclass
+class StreamFilter:
+    room_id: str = ""
+    local_senders_only: bool = False
+    include_ephemeral: bool = False
+
+    def matches(self, entry: StreamEntry, server_name: str) -> bool:
+        if self.room_id and entry.room_id != self.room_id:
+            return False
+        if entry.ephemeral is not None:
+            if not self.include_ephemeral:
+                return False
+            sender = entry.ephemeral["user_id"]
+        else:
+            sender = entry.sender
+        return not self.local_senders_only or sender.split(":", 1)[-1] == server_name
+
+
+class Subscription:
+    def __init__(self, stream_filter: StreamFilter) -> None:
+        self.filter = stream_filter
+        self.queue: asyncio.Queue[StreamEntry] = asyncio.Queue(QUEUE_SIZE)
+        self.lagging = False
+
+    def offer(self, entry: StreamEntry) -> None:
+        if self.lagging:
+            return
+        try:
+            self.queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self.lagging = True
+            metrics.STREAM_SUBSCRIBERS_LAGGING.inc()
+
+    def attach(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.lagging = False
+
+
+def _event_entry(row: asyncpg.Record) -> StreamEntry:
+    view = EventView.from_row(row)
+    return StreamEntry(
+        row["stream_position"], view, list(row["servers_before"]), sender=row["sender"]
+    )
+
+
+async def read_entries(
+    conn: asyncpg.Connection, after: int, room_id: str, include_ephemeral: bool, limit: int = PAGE
+) -> tuple[list[StreamEntry], bool]:
+    """Entries after ``after`` in position order; True when there may be more."""
+    rows = await storage.stream_events_after(conn, after, limit, room_id or None)
+    entries = [_event_entry(row) for row in rows]
+    full = [rows[-1]["stream_position"]] if len(rows) == limit else []
+    if include_ephemeral:
+        ephemeral = await storage.stream_ephemeral_after(conn, after, limit, room_id or None)
+        entries.extend(StreamEntry(r["stream_position"], ephemeral=dict(r)) for r in ephemeral)
+        if len(ephemeral) == limit:
+            full.append(ephemeral[-1]["stream_position"])
+        entries.sort(key=lambda entry: entry.position)
+    if full:
+        cut = min(full)
+        entries = [entry for entry in entries if entry.position <= cut]
+    return entries, bool(full)
+
+
+class StreamHub:
+    def __init__(self, pool: asyncpg.Pool, server_name: str, poll_interval: float = 1.0) -> None:
+        self.pool = pool
+        self.server_name = server_name
+        self.poll_interval = poll_interval
+        self.position = 0
+        self._subscribers: set[Subscription] = set()
+        self._wake = asyncio.Event()
+        self._listen_conn: asyncpg.Connection | None = None
+
+    async def run(self) -> None:
+        """Follow the stream until cancelled."""
+        async with self.pool.acquire() as conn:
+            self.position = await storage.max_stream_position(conn)
+        try:
+            while True:
+                await self._ensure_listening()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                self._wake.clear()
+                try:
+                    await self._deliver_new()
+                except (asyncpg.PostgresError, OSError):
+                    log.warning("stream hub read failed", exc_info=True)
+        finally:
+            if self._listen_conn is not None:
+                with contextlib.suppress(Exception):
+                    await self._listen_conn.remove_listener(storage.NOTIFY_CHANNEL, self._notified)
+                await self.pool.release(self._listen_conn)
+                self._listen_conn = None
+
+    async def _ensure_listening(self) -> None:
+        if self._listen_conn is not None and not self._listen_conn.is_closed():
+            return
+        try:
+            self._listen_conn = await self.pool.acquire()
+            await self._listen_conn.add_listener(storage.NOTIFY_CHANNEL, self._notified)
+        except (asyncpg.PostgresError, OSError):
+            log.warning("stream hub cannot LISTEN; polling", exc_info=True)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _deliver_new(self) -> None:
+        if not self._subscribers:
+            async with self.pool.acquire() as conn:
+                self.position = await storage.max_stream_position(conn)
+            return
+        more = True
+        while more:
+            async with self.pool.acquire() as conn:
+                entries, more = await read_entries(conn, self.position, "", True)
+            for entry in entries:
+                for subscription in list(self._subscribers):
+                    if subscription.filter.matches(entry, self.server_name):
+                        subscription.offer(entry)
+                self.position = entry.position
+
+    async def subscribe(
+        self, stream_filter: StreamFilter, after_position: int
+    ) -> AsyncIterator[StreamEntry]:
+        subscription = Subscription(stream_filter)
+        self._subscribers.add(subscription)
+        try:
+            position = after_position
+            if position < 0:
+                async with self.pool.acquire() as conn:
+                    position = await storage.max_stream_position(conn)
+            attached = False
+            while True:
+                if not attached:
+                    subscription.attach()
+                    attached = True
+                    async for entry in self._replay(stream_filter, position):
+                        position = entry.position
+                        yield entry
+                if subscription.lagging and subscription.queue.empty():
+                    attached = False
+                    continue
+                entry = await subscription.queue.get()
+                if entry.position <= position:
+                    continue
+                position = entry.position
+                yield entry
+        finally:
+            self._subscribers.discard(subscription)
+
+    async def _replay(self, stream_filter: StreamFilter, after: int) -> AsyncIterator[StreamEntry]:
+        more = True
+        while more:
+            async with self.pool.acquire() as conn:
+                entries, more = await read_entries(
+                    conn, after, stream_filter.room_id, stream_filter.include_ephemeral
+                )
+            for entry in entries:
+                after = entry.position
+                if stream_filter.matches(entry, self.server_name):
+                    yield entry
