@@ -2,4 +2,74 @@
 
 Shards on: destination server name. Replicas split the destinations between
 them through leases in PostgreSQL and rebalance when one dies or joins.
+
+The originating server must deliver each of its PDUs to every server in the
+room (spec/behaviours.md §1.1), one transaction in flight per destination,
+the same txn id retried until it gets a 200 (spec/edus.md §1). This package
+does that for every replica count, surviving crashes without losing or
+duplicating anything.
+
+**Ingest** (``ingest.py``). One replica at a time — the holder of a
+PostgreSQL advisory lock — follows the events service's durable stream of
+events sent by local users (``StreamEvents(local_senders_only)``), from a
+cursor stored in ``sender.ingest_cursor``. Each stream item carries
+``servers_before``: the servers with joined members in the state before the
+event (so the server of a user being kicked still gets the kick). For each
+batch, in one database transaction on the lock-holding connection, it stores
+each event's JSON once (``pdus``), one small row per destination
+(``pdu_queue``, our own server left out), and the advanced cursor. A crash
+replays from the stored cursor; inserts are ``ON CONFLICT DO NOTHING``; so
+nothing is lost or queued twice. A NOTIFY on commit wakes the replicas.
+
+**EDUs** (``queues.py``) come in through ``PerformSendEdus``: typing and read
+receipts go to the servers in the room (``QueryServersInRoom``), device list
+and signing key updates to the servers given or those of the rooms given,
+to-device messages split per target server (one ``m.direct_to_device`` EDU
+per server). Typing and receipts are *volatile* (dropped on long outages; a
+newer typing state replaces an unsent older one), the others *durable*.
+Presence is off.
+
+**Transactions** (``delivery.py``, ``storage.py``). A worker task per active
+destination asks storage for the next transaction: the pending one if there
+is one, else the oldest ≤ 50 PDUs and ≤ 100 EDUs in queue order, tagged with a
+new txn id ``<ms>-<n>`` (``n`` a persisted per-destination counter). The
+txn id and its ``origin_server_ts`` are recorded *before* the request goes
+out, and the contents are the tagged rows, which never change — so a retry
+after a failure, a restart or a takeover by another replica resends the same
+txn id with the same contents, which the receiver deduplicates. On 200 the
+tagged rows are deleted and the destination's last success recorded. A 4xx
+other than 401/429 means the remote refused *this* transaction for good (a
+retry with the same id would be refused forever and block the queue), so its
+contents are logged and dropped. Workers bound concurrent requests with one
+semaphore but wait only for their own destination: a dead destination never
+delays another.
+
+**Leases** (``leases.py``). Replicas heartbeat into ``sender.replicas``; a
+destination's preferred replica is the rendezvous-hash winner over the live
+list (each takes ~1/N; a joining or leaving replica moves only its share).
+That is advice; exclusivity comes from the destination's lease row, taken
+only when free or expired (``FOR UPDATE SKIP LOCKED``), renewed with each
+heartbeat, expiring ~12 s after its holder dies, and checked under the row
+lock in the same database transaction that starts each transaction. A
+replica gives a destination up (finishing its current request first) when the
+list says it belongs elsewhere, or when its queue stays empty for a while.
+
+**Backoff** (``backoff.py``). Connection errors, timeouts, 5xx, 401 and 429
+are failures: the destination waits ``sender_min_retry_interval``, then
+about twice as long each time with jitter, up to
+``sender_max_retry_interval``; a 429's ``Retry-After`` is honoured.
+``PerformServerUp`` (the gateway calls it when that server authenticates a
+request to us) resets the backoff and wakes the queue at once.
+
+**Catch-up**. A destination that was down gets what it missed, in order,
+when it returns — its rows simply waited. To bound a long outage, a
+backed-off destination with more than 500 unsent PDUs, or backed off for an
+hour or more, keeps only the newest 10 unsent PDUs of each room (and drops
+its volatile EDUs): small outages lose nothing, and a long one costs the
+remote one ``get_missing_events`` per room to fill the gap from the events
+it does get, whose ``prev_events`` lead back into what it missed.
+
+**Observability** (``metrics.py``): ``mxfed_sender_*`` Prometheus metrics
+(totals and the top few queues; per-destination detail only through the
+``QueryDestinations`` RPC and ``mxfed destinations``).
 """

@@ -2,8 +2,149 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import asyncpg
+
+from mxfed.config import Config
+from mxfed.federation_client import OutboundOptions
 from mxfed.service_runtime import ServiceContext
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from mxfed_api.sender.v1 import sender_pb2_grpc
+from services.sender import metrics
+from services.sender.backoff import BackoffPolicy
+from services.sender.delivery import DeliveryManager, DeliveryOptions, FederationTransport
+from services.sender.ingest import Ingester
+from services.sender.leases import Membership
+from services.sender.queues import EduQueuer
+from services.sender.servicer import SenderServicer
+from services.sender.storage import WAKE_CHANNEL, SenderStorage
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL = 15.0
+TOP_DESTINATIONS = 10
+
+
+def outbound_options(config: Config) -> OutboundOptions:
+    """The federation client settings; retries within a request are few because
+    the per-destination backoff (and PerformServerUp) does the waiting."""
+    return OutboundOptions(
+        verify_tls=config.federation_verify_tls,
+        ca_file=str(config.federation_ca_file) if config.federation_ca_file else None,
+        client_cert=(
+            (str(config.tls_certificate), str(config.tls_private_key))
+            if config.federation_client_certificate
+            else None
+        ),
+        blocked_ip_ranges=list(config.federation_blocked_ip_ranges),
+        allowed_ip_ranges=list(config.federation_allowed_ip_ranges),
+        request_timeout=config.federation_request_timeout,
+        connect_timeout=config.federation_connect_timeout,
+        max_retries=1,
+        max_connections_per_host=2,
+    )
+
+
+def backoff_policy(config: Config) -> BackoffPolicy:
+    return BackoffPolicy(
+        min_interval_ms=int(config.sender_min_retry_interval * 1000),
+        max_interval_ms=int(config.sender_max_retry_interval * 1000),
+    )
+
+
+async def listen_for_wakes(database_url: str, manager: DeliveryManager) -> None:
+    """Follow NOTIFYs of queued work (from any replica) and wake the right workers."""
+
+    def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        manager.wake(None if payload == "*" else payload.split("\n"))
+
+    while True:
+        connection: asyncpg.Connection | None = None
+        try:
+            connection = await asyncpg.connect(database_url)
+            await connection.add_listener(WAKE_CHANNEL, on_notify)
+            manager.wake(None)  # anything queued while we were not listening
+            while not connection.is_closed():
+                await asyncio.sleep(5)
+                await connection.fetchval("SELECT 1")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("wake listener failed; reconnecting", extra={"error": str(exc)})
+        finally:
+            if connection is not None:
+                connection.terminate()
+        await asyncio.sleep(1)
+
+
+async def refresh_stats(storage: SenderStorage) -> None:
+    shown: set[str] = set()
+    while True:
+        try:
+            stats = await storage.stats(TOP_DESTINATIONS)
+            metrics.QUEUED_PDUS.set(stats.pending_pdus)
+            metrics.QUEUED_EDUS.set(stats.pending_edus)
+            metrics.DESTINATIONS_PENDING.set(stats.destinations_pending)
+            metrics.DESTINATIONS_BACKED_OFF.set(stats.destinations_backed_off)
+            top = dict(stats.top)
+            for destination in shown - set(top):
+                metrics.TOP_QUEUE_DEPTH.remove(destination)
+            for destination, depth in top.items():
+                metrics.TOP_QUEUE_DEPTH.labels(destination).set(depth)
+            shown = set(top)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("queue statistics failed")
+        await asyncio.sleep(STATS_INTERVAL)
+
+
+def servers_in_room_via(events: events_pb2_grpc.EventsStub):  # type: ignore[no-untyped-def]
+    async def servers_in_room(room_id: str) -> Sequence[str]:
+        reply = await events.QueryServersInRoom(
+            events_pb2.QueryServersInRoomRequest(room_id=room_id), timeout=30
+        )
+        return list(reply.servers)
+
+    return servers_in_room
 
 
 async def setup(context: ServiceContext) -> None:
-    """Register the sender servicers on ``context.server``."""
+    """Register the sender servicer and start ingest, delivery and housekeeping."""
+    config = context.config
+    assert config.database_url is not None
+    storage = SenderStorage(context.pool)
+    events = events_pb2_grpc.EventsStub(context.channel("events"))
+    transport = FederationTransport(
+        config.server_name,
+        context.signing_key,
+        outbound_options(config),
+        signing_key_path=config.signing_key,
+    )
+    membership = Membership(storage, context.instance_id)
+    manager = DeliveryManager(
+        storage, membership, transport, backoff_policy(config), DeliveryOptions()
+    )
+    ingester = Ingester(config.database_url, events, config.server_name, manager.wake)
+    queuer = EduQueuer(storage, config.server_name, servers_in_room_via(events))
+    sender_pb2_grpc.add_SenderServicer_to_server(
+        SenderServicer(storage, queuer, manager.wake), context.server
+    )
+
+    await membership.beat()
+    context.spawn(membership.run(manager.on_heartbeat), "sender:heartbeat")
+    context.spawn(manager.run(), "sender:claims")
+    context.spawn(manager.maintenance(), "sender:maintenance")
+    context.spawn(listen_for_wakes(config.database_url, manager), "sender:wakes")
+    context.spawn(ingester.run(), "sender:ingest")
+    context.spawn(refresh_stats(storage), "sender:stats")
+
+    async def stop() -> None:
+        await manager.close()
+        await membership.leave()
+        await transport.close()
+
+    context.on_stop(stop)

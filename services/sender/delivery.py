@@ -1,0 +1,405 @@
+"""Delivering the queues: one worker per active destination, one transaction in flight.
+
+``PUT /_matrix/federation/v1/send/{txnId}`` (spec/edus.md §1, endpoints.md §2).
+A :class:`DestinationWorker` runs for each destination whose lease this
+replica holds and which has something queued (or is waiting out its
+backoff). It takes the next transaction from storage — recorded there before
+it is sent, so a retry, after a failure or a restart on any replica, resends
+the same txn id with the same contents — sends it, and on 200 deletes what
+was delivered. Workers share a semaphore that bounds concurrent requests, and
+each waits for its own destination only, so a dead destination never holds up
+the others. The :class:`DeliveryManager` starts workers when destinations get
+work (NOTIFY from ingest or EDU queueing, or a periodic scan), claims their
+leases, and stops workers whose destination moved to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from matrix_protocol.canonical_json import decode_json
+from mxfed.federation_client import FederationClient, OutboundOptions, federation_path
+from mxfed.identity_files import ServerSigningKey, current_signing_key
+from services.sender import metrics
+from services.sender.backoff import BackoffPolicy, counts_as_failure, retry_after_ms
+from services.sender.leases import Membership
+from services.sender.storage import (
+    Backoff,
+    LeaseLost,
+    SenderStorage,
+    Transaction,
+    now_ms,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeliveryOptions:
+    max_pdus: int = 50  # per transaction (spec limit)
+    max_edus: int = 100  # per transaction (spec limit)
+    max_concurrent_requests: int = 200
+    # A worker with an empty queue waits this long for more before giving up its lease.
+    idle_linger: float = 5.0
+    # Look for destinations with work this often even without notifications.
+    scan_interval: float = 5.0
+    maintenance_interval: float = 30.0
+    # Catch-up: a backed-off destination with more unsent PDUs than this, or
+    # backed off for at least long_outage_ms, keeps only the newest
+    # catch_up_per_room PDUs of each room and no volatile EDUs.
+    catch_up_backlog: int = 500
+    catch_up_per_room: int = 10
+    long_outage_ms: int = 3600 * 1000
+    typing_max_age_ms: int = 60 * 1000
+
+
+class Transport(Protocol):
+    async def send(self, txn: Transaction) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+def transaction_body(origin: str, txn: Transaction) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "origin": origin,
+        "origin_server_ts": txn.origin_server_ts,
+        "pdus": [decode_json(pdu) for pdu in txn.pdus],
+    }
+    if txn.edus:
+        body["edus"] = [
+            {"edu_type": edu_type, "content": decode_json(content)}
+            for edu_type, content in txn.edus
+        ]
+    return body
+
+
+class FederationTransport:
+    """Sends transactions with the shared outbound federation client.
+
+    Requests are signed with the current key of the signing key file: after a
+    rotation (``mxfed keys rotate``) a new client is built, since remote
+    servers accept requests signed with current keys only.
+    """
+
+    def __init__(
+        self,
+        server_name: str,
+        signing_key: ServerSigningKey,
+        options: OutboundOptions,
+        *,
+        signing_key_path: Path | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        self.server_name = server_name
+        self.options = options
+        self.signing_key_path = signing_key_path
+        self.client_kwargs = client_kwargs
+        self._key = signing_key
+        self._client = self._new_client(signing_key)
+        self._retired: list[FederationClient] = []
+
+    def _new_client(self, key: ServerSigningKey) -> FederationClient:
+        return FederationClient(
+            self.server_name, key.signing_key, key.key_id, self.options, **self.client_kwargs
+        )
+
+    def _current_client(self) -> FederationClient:
+        if self.signing_key_path is not None:
+            key = current_signing_key(self.signing_key_path)
+            if key.key_id != self._key.key_id:
+                log.info("signing with the rotated key", extra={"key_id": key.key_id})
+                self._retired.append(self._client)
+                self._key, self._client = key, self._new_client(key)
+        return self._client
+
+    async def send(self, txn: Transaction) -> Any:
+        path = federation_path("_matrix", "federation", "v1", "send", txn.txn_id)
+        return await self._current_client().put_json(
+            txn.destination, path, transaction_body(self.server_name, txn), idempotent=True
+        )
+
+    async def close(self) -> None:
+        for client in [*self._retired, self._client]:
+            await client.close()
+
+
+class DestinationWorker:
+    """Delivers one destination's queue, one transaction at a time, in queue order."""
+
+    def __init__(self, manager: DeliveryManager, destination: str) -> None:
+        self.manager = manager
+        self.destination = destination
+        self.woken = False
+        self.stopping = False
+        self.lease_lost = False
+        self._event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        self.woken = True
+        self._event.set()
+
+    def stop(self, *, lease_lost: bool = False) -> None:
+        """Stop before the next transaction (the one in flight finishes)."""
+        self.stopping = True
+        self.lease_lost = self.lease_lost or lease_lost
+        self._event.set()
+
+    async def _wait(self, seconds: float) -> None:
+        if seconds > 0 and not self._event.is_set():
+            try:
+                await asyncio.wait_for(self._event.wait(), seconds)
+            except TimeoutError:
+                pass
+
+    async def run(self) -> None:
+        m = self.manager
+        try:
+            while not self.stopping:
+                self.woken = False
+                self._event.clear()
+                try:
+                    txn = await m.storage.next_transaction(
+                        self.destination,
+                        m.membership.instance_id,
+                        max_pdus=m.options.max_pdus,
+                        max_edus=m.options.max_edus,
+                    )
+                except LeaseLost:
+                    self.lease_lost = True
+                    metrics.TRANSACTIONS.labels("lease_lost").inc()
+                    log.info("lease lost", extra={"destination": self.destination})
+                    return
+                if isinstance(txn, Backoff):
+                    await self._wait((txn.retry_until_ts - now_ms()) / 1000)
+                elif txn is None:
+                    if not self.woken:
+                        await self._wait(m.options.idle_linger)
+                        if not self.woken:
+                            return
+                else:
+                    await self._send(txn)
+        finally:
+            if not self.lease_lost:
+                try:
+                    await m.membership.release(self.destination)
+                except Exception:
+                    log.exception("lease release failed", extra={"destination": self.destination})
+            m.worker_done(self)
+
+    async def _send(self, txn: Transaction) -> None:
+        m = self.manager
+        error: Exception | None = None
+        async with m.semaphore:
+            started = time.monotonic()
+            try:
+                await m.transport.send(txn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = exc
+            metrics.TRANSACTION_SECONDS.observe(time.monotonic() - started)
+        if error is None:
+            await m.storage.complete_transaction(self.destination, txn.txn_id)
+            metrics.TRANSACTIONS.labels("sent").inc()
+            metrics.PDUS_SENT.inc(len(txn.pdus))
+            metrics.EDUS_SENT.inc(len(txn.edus))
+            log.debug(
+                "transaction sent",
+                extra={
+                    "destination": self.destination,
+                    "txn_id": txn.txn_id,
+                    "pdus": len(txn.pdus),
+                    "edus": len(txn.edus),
+                },
+            )
+        elif counts_as_failure(error):
+            await self._failed(txn, error)
+        else:
+            # NOTSPEC-adjacent choice: a 4xx other than 401/429 is the remote
+            # explicitly refusing this transaction (malformed, too large...).
+            # Resending the same txn id would be refused forever and block the
+            # queue, so its contents are dropped after logging.
+            log.warning(
+                "destination refused a transaction; dropping its contents",
+                extra={
+                    "destination": self.destination,
+                    "txn_id": txn.txn_id,
+                    "pdus": len(txn.pdus),
+                    "edus": len(txn.edus),
+                    "error": str(error),
+                },
+            )
+            await m.storage.drop_transaction(self.destination, txn.txn_id, str(error))
+            metrics.TRANSACTIONS.labels("refused").inc()
+            metrics.PDUS_DROPPED.labels("refused").inc(len(txn.pdus))
+            metrics.EDUS_DROPPED.labels("refused").inc(len(txn.edus))
+
+    async def _failed(self, txn: Transaction, error: Exception) -> None:
+        m = self.manager
+        _, current = await m.storage.backoff_state(self.destination)
+        interval = m.policy.next_interval(current)
+        wait = interval
+        asked = retry_after_ms(error)
+        if asked is not None:
+            # The remote said when: honour it (within our bounds), and do not
+            # escalate the interval for a server that is up but busy.
+            wait = min(max(asked, 0), m.policy.max_interval_ms)
+            interval = current or m.policy.min_interval_ms
+        await m.storage.record_failure(self.destination, now_ms() + wait, interval, str(error))
+        metrics.TRANSACTIONS.labels("failed").inc()
+        log.info(
+            "transaction failed; backing off",
+            extra={
+                "destination": self.destination,
+                "txn_id": txn.txn_id,
+                "retry_in_ms": wait,
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
+        if interval >= m.options.long_outage_ms or (
+            await m.storage.backlog(self.destination, m.options.catch_up_backlog)
+            > m.options.catch_up_backlog
+        ):
+            await m.catch_up_prune(self.destination)
+
+
+class DeliveryManager:
+    def __init__(
+        self,
+        storage: SenderStorage,
+        membership: Membership,
+        transport: Transport,
+        policy: BackoffPolicy,
+        options: DeliveryOptions | None = None,
+    ) -> None:
+        self.storage = storage
+        self.membership = membership
+        self.transport = transport
+        self.policy = policy
+        self.options = options or DeliveryOptions()
+        self.semaphore = asyncio.Semaphore(self.options.max_concurrent_requests)
+        self.workers: dict[str, DestinationWorker] = {}
+        self._to_claim: set[str] = set()
+        self._rescan = True
+        self._claim_event = asyncio.Event()
+        self._replicas: list[str] = []
+
+    # -- waking ---------------------------------------------------------------
+
+    def wake(self, destinations: Iterable[str] | None = None) -> None:
+        """Something was queued for ``destinations`` (``None``: look at all)."""
+        if destinations is None:
+            self._rescan = True
+            self._claim_event.set()
+            return
+        for destination in destinations:
+            worker = self.workers.get(destination)
+            if worker is not None and not worker.stopping:
+                worker.wake()
+            elif self.membership.is_mine(destination):
+                self._to_claim.add(destination)
+                self._claim_event.set()
+
+    def worker_done(self, worker: DestinationWorker) -> None:
+        if self.workers.get(worker.destination) is worker:
+            del self.workers[worker.destination]
+        metrics.ACTIVE_DESTINATIONS.set(len(self.workers))
+        if worker.woken and not worker.lease_lost:
+            # Woken while giving up its lease: look again.
+            self.wake([worker.destination])
+
+    # -- main loops -----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and start workers for destinations that have work."""
+        while True:
+            try:
+                await asyncio.wait_for(self._claim_event.wait(), self.options.scan_interval)
+            except TimeoutError:
+                self._rescan = True
+            self._claim_event.clear()
+            try:
+                await self._claim_and_start()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claiming destinations failed")
+                await asyncio.sleep(1)
+
+    async def _claim_and_start(self) -> None:
+        wanted = set(self._to_claim)
+        self._to_claim.clear()
+        if self._rescan:
+            self._rescan = False
+            wanted.update(await self.storage.destinations_with_work())
+        wanted = {d for d in wanted if d not in self.workers and self.membership.is_mine(d)}
+        if not wanted:
+            return
+        for destination in await self.membership.claim(sorted(wanted)):
+            if destination not in self.workers:
+                self._start(destination)
+
+    def _start(self, destination: str) -> None:
+        worker = DestinationWorker(self, destination)
+        self.workers[destination] = worker
+        worker.task = asyncio.create_task(worker.run(), name=f"sender:{destination}")
+        metrics.ACTIVE_DESTINATIONS.set(len(self.workers))
+
+    async def on_heartbeat(self) -> None:
+        """After each heartbeat: stop workers that lost their lease or moved away."""
+        held = self.membership.held
+        for destination, worker in list(self.workers.items()):
+            if destination not in held:
+                worker.stop(lease_lost=True)
+            elif not self.membership.is_mine(destination):
+                worker.stop()
+        if self.membership.replicas != self._replicas:
+            self._replicas = list(self.membership.replicas)
+            self.wake(None)
+
+    async def maintenance(self) -> None:
+        """Periodic: catch-up pruning of long outages, stale typing, unused events."""
+        while True:
+            await asyncio.sleep(self.options.maintenance_interval)
+            try:
+                await self.maintain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sender maintenance failed")
+
+    async def maintain_once(self) -> None:
+        for destination in await self.storage.backed_off_over(
+            self.options.catch_up_backlog, self.options.long_outage_ms
+        ):
+            await self.catch_up_prune(destination)
+        expired = await self.storage.expire_typing(self.options.typing_max_age_ms)
+        metrics.EDUS_DROPPED.labels("expired").inc(expired)
+        await self.storage.collect_garbage()
+
+    async def catch_up_prune(self, destination: str) -> None:
+        pdus, edus = await self.storage.prune_for_catch_up(
+            destination, self.options.catch_up_per_room
+        )
+        if pdus or edus:
+            metrics.PDUS_DROPPED.labels("catch_up").inc(pdus)
+            metrics.EDUS_DROPPED.labels("catch_up").inc(edus)
+            log.info(
+                "long outage: kept only the newest events per room",
+                extra={"destination": destination, "pdus_dropped": pdus, "edus_dropped": edus},
+            )
+
+    async def close(self) -> None:
+        workers = list(self.workers.values())
+        for worker in workers:
+            worker.stop()
+            if worker.task is not None:
+                worker.task.cancel()
+        await asyncio.gather(*(w.task for w in workers if w.task), return_exceptions=True)

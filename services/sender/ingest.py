@@ -1,0 +1,157 @@
+"""Ingest: the events service's stream of local events → per-destination queues.
+
+Exactly one replica ingests at a time: the one holding the PostgreSQL
+advisory lock ``hashtext('mxfed.sender.ingest')`` on its ingest connection.
+The lock belongs to that connection's session, so when the holder dies its
+connection closes and another replica (polling with ``pg_try_advisory_lock``)
+takes over within a couple of seconds. Every batch is written on the
+lock-holding connection in one transaction — events, queue rows and the
+advanced cursor together — so a batch written by a replica that has lost the
+lock cannot commit, and a crash replays from the stored cursor and never
+queues an event twice (the inserts are ON CONFLICT DO NOTHING as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterable
+
+import asyncpg
+import grpc
+
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from services.sender import metrics
+from services.sender.storage import IngestItem, SenderStorage
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "mxfed.sender.ingest"
+MAX_BATCH = 1000
+# Soft-failed and rejected local events are not sent; outliers have no place in the DAG.
+_NOT_SENT = frozenset({events_pb2.SOFT_FAILED, events_pb2.REJECTED, events_pb2.OUTLIER})
+
+
+def ingest_item(item: events_pb2.StreamItem, server_name: str) -> IngestItem | None:
+    """What to queue for one stream item (``None``: nothing to send)."""
+    if item.WhichOneof("item") != "event":
+        return None
+    event = item.event
+    if event.status in _NOT_SENT:
+        return None
+    destinations = sorted(set(item.servers_before) - {server_name, ""})
+    return IngestItem(
+        stream_position=item.position,
+        event_id=event.event_id,
+        room_id=event.room_id,
+        pdu_json=event.pdu_json,
+        destinations=destinations,
+    )
+
+
+class Ingester:
+    def __init__(
+        self,
+        database_url: str,
+        events: events_pb2_grpc.EventsStub,
+        server_name: str,
+        on_queued: Callable[[Iterable[str]], None],
+        *,
+        lock_poll_interval: float = 2.0,
+    ) -> None:
+        self.database_url = database_url
+        self.events = events
+        self.server_name = server_name
+        self.on_queued = on_queued
+        self.lock_poll_interval = lock_poll_interval
+        self.position = 0
+
+    async def run(self) -> None:
+        """Forever: wait for the ingest lock, then follow the stream while holding it."""
+        delay = 0.5
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self.database_url)
+                await self._take_lock(connection)
+                metrics.INGEST_LEADER.set(1)
+                log.info("holding the ingest lock")
+                await self._follow(connection)
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "events stream failed; reconnecting",
+                    extra={"code": exc.code().name, "details": exc.details()},
+                )
+            except Exception:
+                log.exception("ingest failed; restarting")
+            finally:
+                metrics.INGEST_LEADER.set(0)
+                if connection is not None:
+                    connection.terminate()  # drops the lock with the session
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _take_lock(self, connection: asyncpg.Connection) -> None:
+        """Return once this connection holds the ingest lock (polling for it)."""
+        while True:
+            if await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_NAME):
+                return
+            await asyncio.sleep(self.lock_poll_interval * random.uniform(0.75, 1.25))
+
+    async def _follow(self, connection: asyncpg.Connection) -> None:
+        self.position = await SenderStorage.read_cursor(connection)
+        metrics.INGEST_POSITION.set(self.position)
+        call = self.events.StreamEvents(
+            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True)
+        )
+        items: asyncio.Queue[events_pb2.StreamItem | None] = asyncio.Queue(maxsize=10 * MAX_BATCH)
+
+        async def read() -> None:
+            try:
+                async for item in call:
+                    await items.put(item)
+            finally:
+                await items.put(None)
+
+        reader = asyncio.create_task(read(), name="sender:ingest-read")
+        try:
+            ended = False
+            while not ended:
+                first = await items.get()
+                batch = [] if first is None else [first]
+                ended = first is None
+                while not ended and len(batch) < MAX_BATCH and not items.empty():
+                    item = items.get_nowait()
+                    if item is None:
+                        ended = True
+                    else:
+                        batch.append(item)
+                if batch:
+                    await self._store(connection, batch)
+            await reader  # re-raises the stream's error, if any
+            log.info("events stream ended; reconnecting")
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _store(
+        self, connection: asyncpg.Connection, batch: list[events_pb2.StreamItem]
+    ) -> None:
+        queued = [
+            converted
+            for converted in (ingest_item(item, self.server_name) for item in batch)
+            if converted is not None
+        ]
+        cursor = max(item.position for item in batch)
+        added = await SenderStorage.ingest_batch(connection, queued, cursor)
+        self.position = max(self.position, cursor)
+        metrics.INGEST_POSITION.set(self.position)
+        metrics.EVENTS_INGESTED.inc(len(queued))
+        metrics.QUEUE_ROWS_INGESTED.inc(added)
+        destinations = {d for item in queued for d in item.destinations}
+        if destinations:
+            self.on_queued(destinations)

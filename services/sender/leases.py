@@ -1,0 +1,103 @@
+"""Which sender replica delivers to which destination.
+
+Two layers, both in PostgreSQL:
+
+* **Membership** — every replica upserts a heartbeat row in ``sender.replicas``
+  every ``heartbeat_interval``; the live ones (heartbeat within
+  ``lease_seconds``) form a list every replica can read. A destination's
+  *preferred* replica is chosen by rendezvous hashing over that list (highest
+  ``sha256(replica, destination)``), so each replica takes about 1/N of the
+  destinations, and adding or removing a replica moves only the destinations
+  that hash to it.
+* **Leases** — preference is only advice: replicas can briefly disagree on the
+  list. A replica delivers to a destination only while it holds the
+  destination's lease (``destinations.lease_owner`` / ``lease_expires_at``,
+  database clock). A lease is taken only when free or expired, with
+  ``FOR UPDATE SKIP LOCKED``, and the heartbeat renews every lease its replica
+  holds in one statement; a replica that dies stops renewing and its leases
+  expire after ``lease_seconds``. Each new transaction is built under the
+  destination row's lock after checking the lease in the same database
+  transaction, so two replicas never start transactions for one destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from services.sender.storage import SenderStorage
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 12.0
+HEARTBEAT_INTERVAL = 3.0
+
+
+def preferred_replica(destination: str, replicas: list[str]) -> str | None:
+    """Rendezvous (highest random weight) choice of ``destination``'s replica."""
+    if not replicas:
+        return None
+    return max(
+        replicas,
+        key=lambda replica: hashlib.sha256(f"{replica}\0{destination}".encode()).digest(),
+    )
+
+
+class Membership:
+    """This replica's view of the live replicas and of the leases it holds."""
+
+    def __init__(
+        self,
+        storage: SenderStorage,
+        instance_id: str,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    ) -> None:
+        self.storage = storage
+        self.instance_id = instance_id
+        self.lease_seconds = lease_seconds
+        self.heartbeat_interval = heartbeat_interval
+        self.replicas: list[str] = [instance_id]
+        self.held: set[str] = set()
+
+    def is_mine(self, destination: str) -> bool:
+        return preferred_replica(destination, self.replicas) == self.instance_id
+
+    async def beat(self) -> tuple[list[str], set[str]]:
+        """One heartbeat: refresh the replica list and renew our leases."""
+        replicas = await self.storage.heartbeat(self.instance_id, self.lease_seconds)
+        if self.instance_id not in replicas:
+            replicas = sorted([*replicas, self.instance_id])
+        if replicas != self.replicas:
+            log.info("sender replicas changed", extra={"replicas": replicas})
+        self.replicas = replicas
+        self.held = await self.storage.renew(self.instance_id, self.lease_seconds)
+        return replicas, self.held
+
+    async def run(self, on_beat: Callable[[], Awaitable[None]]) -> None:
+        """Heartbeat forever; ``on_beat`` runs after each one (rebalancing)."""
+        while True:
+            try:
+                await self.beat()
+                await on_beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sender heartbeat failed")
+            await asyncio.sleep(self.heartbeat_interval)
+
+    async def claim(self, destinations: list[str]) -> list[str]:
+        claimed = await self.storage.claim(self.instance_id, destinations, self.lease_seconds)
+        self.held.update(claimed)
+        return claimed
+
+    async def release(self, destination: str) -> None:
+        self.held.discard(destination)
+        await self.storage.release(self.instance_id, destination)
+
+    async def leave(self) -> None:
+        self.held.clear()
+        await self.storage.leave(self.instance_id)

@@ -1,0 +1,591 @@
+"""The sender service's tables (schema ``sender``, see ``migrations/``).
+
+* ``ingest_cursor``: how far ingest has read the events service's stream;
+* ``pdus``: each outbound event's JSON, once;
+* ``pdu_queue`` / ``edu_queue``: what each destination still has to get; rows
+  tagged with a ``txn_id`` make up the transaction in flight;
+* ``destinations``: backoff, lease and the pending transaction per destination;
+* ``replicas``: live sender replicas (heartbeats).
+
+Leases and backoff use the database clock (``now()``) for expiry checks, so
+replicas on machines with skewed clocks still agree on who holds what.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+WAKE_CHANNEL = "mxfed_sender_wake"
+# NOTIFY payloads must stay below 8000 bytes; beyond this "*" means "rescan".
+_MAX_NOTIFY_PAYLOAD = 7000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One local event from the events stream and where it must go."""
+
+    stream_position: int
+    event_id: str
+    room_id: str
+    pdu_json: bytes
+    destinations: Sequence[str]
+
+
+@dataclass(frozen=True)
+class QueuedEdu:
+    destination: str
+    edu_type: str
+    content_json: bytes
+    volatile: bool
+    edu_key: str | None = None
+
+
+@dataclass
+class Transaction:
+    """The transaction in flight to one destination, exactly as it is (re)sent."""
+
+    destination: str
+    txn_id: str
+    origin_server_ts: int
+    pdus: list[bytes] = field(default_factory=list)
+    edus: list[tuple[str, bytes]] = field(default_factory=list)  # (edu_type, content_json)
+    resumed: bool = False  # recorded earlier (a retry, possibly by another replica)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """The destination is backed off until ``retry_until_ts`` (ms)."""
+
+    retry_until_ts: int
+
+
+class LeaseLost(Exception):
+    """This replica no longer holds the destination's lease."""
+
+
+@dataclass(frozen=True)
+class DestinationRow:
+    destination: str
+    pending_pdus: int
+    pending_edus: int
+    oldest_pending_ts: int
+    last_success_ts: int
+    retry_until_ts: int
+    retry_interval_ms: int
+    lease_owner: str | None
+    pending_txn_id: str | None
+    failures: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending_pdus: int
+    pending_edus: int
+    destinations_pending: int
+    destinations_backed_off: int
+    top: list[tuple[str, int]]  # (destination, pending rows), largest first
+
+
+def wake_payloads(destinations: Iterable[str]) -> list[str]:
+    """NOTIFY payloads naming ``destinations``; ``["*"]`` when they do not fit."""
+    joined = "\n".join(sorted(set(destinations)))
+    if not joined:
+        return []
+    return [joined] if len(joined) <= _MAX_NOTIFY_PAYLOAD else ["*"]
+
+
+class SenderStorage:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # -- ingest ---------------------------------------------------------------
+
+    @staticmethod
+    async def read_cursor(connection: asyncpg.Connection) -> int:
+        return int(await connection.fetchval("SELECT stream_position FROM sender.ingest_cursor"))
+
+    @staticmethod
+    async def ingest_batch(
+        connection: asyncpg.Connection, items: Sequence[IngestItem], cursor: int
+    ) -> int:
+        """Store a batch of events and their queue rows and advance the cursor, atomically.
+
+        Runs on the connection that holds the ingest lock. Replaying a batch
+        after a crash inserts nothing twice (every insert is ON CONFLICT DO
+        NOTHING and the cursor only moves forward). Returns queue rows added.
+        """
+        positions, event_ids, room_ids, pdu_jsons = [], [], [], []
+        queue_destinations: list[str] = []
+        queue_positions: list[int] = []
+        for item in items:
+            if not item.destinations:
+                continue
+            positions.append(item.stream_position)
+            event_ids.append(item.event_id)
+            room_ids.append(item.room_id)
+            pdu_jsons.append(item.pdu_json)
+            for destination in item.destinations:
+                queue_destinations.append(destination)
+                queue_positions.append(item.stream_position)
+        async with connection.transaction():
+            added = 0
+            if positions:
+                await connection.execute(
+                    "INSERT INTO sender.pdus (stream_position, event_id, room_id, pdu_json,"
+                    " queued_ts) SELECT p, e, r, j, $5 FROM unnest($1::bigint[], $2::text[],"
+                    " $3::text[], $4::bytea[]) AS t(p, e, r, j) ON CONFLICT DO NOTHING",
+                    positions,
+                    event_ids,
+                    room_ids,
+                    pdu_jsons,
+                    now_ms(),
+                )
+                await connection.execute(
+                    "INSERT INTO sender.destinations (destination)"
+                    " SELECT DISTINCT d FROM unnest($1::text[]) AS t(d) ORDER BY d"
+                    " ON CONFLICT DO NOTHING",
+                    queue_destinations,
+                )
+                status = await connection.execute(
+                    "INSERT INTO sender.pdu_queue (destination, stream_position)"
+                    " SELECT d, p FROM unnest($1::text[], $2::bigint[]) AS t(d, p)"
+                    " ON CONFLICT DO NOTHING",
+                    queue_destinations,
+                    queue_positions,
+                )
+                added = int(status.rsplit(" ", 1)[1])
+                for payload in wake_payloads(queue_destinations):
+                    await connection.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, payload)
+            await connection.execute(
+                "UPDATE sender.ingest_cursor SET stream_position = GREATEST(stream_position, $1)",
+                cursor,
+            )
+        return added
+
+    # -- EDUs -------------------------------------------------------------------
+
+    async def queue_edus(self, edus: Sequence[QueuedEdu]) -> int:
+        if not edus:
+            return 0
+        now = now_ms()
+        async with self.pool.acquire() as connection, connection.transaction():
+            keyed = [(e.destination, e.edu_key) for e in edus if e.edu_key]
+            if keyed:
+                # A newer keyed EDU replaces the unsent older one (not one in flight).
+                await connection.execute(
+                    "DELETE FROM sender.edu_queue q USING unnest($1::text[], $2::text[])"
+                    " AS t(d, k) WHERE q.destination = t.d AND q.edu_key = t.k"
+                    " AND q.txn_id IS NULL",
+                    [d for d, _ in keyed],
+                    [k for _, k in keyed],
+                )
+            await connection.execute(
+                "INSERT INTO sender.destinations (destination)"
+                " SELECT DISTINCT d FROM unnest($1::text[]) AS t(d) ORDER BY d"
+                " ON CONFLICT DO NOTHING",
+                [e.destination for e in edus],
+            )
+            await connection.executemany(
+                "INSERT INTO sender.edu_queue (destination, edu_type, content_json, volatile,"
+                " edu_key, queued_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+                [
+                    (e.destination, e.edu_type, e.content_json, e.volatile, e.edu_key, now)
+                    for e in edus
+                ],
+            )
+            for payload in wake_payloads(e.destination for e in edus):
+                await connection.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, payload)
+        return len(edus)
+
+    # -- replicas and leases --------------------------------------------------
+
+    async def heartbeat(self, instance_id: str, live_within: float) -> list[str]:
+        """Record that this replica is alive; return the live replicas, sorted."""
+        async with self.pool.acquire() as connection:
+            await connection.execute(
+                "INSERT INTO sender.replicas (instance_id, heartbeat_at) VALUES ($1, now())"
+                " ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now()",
+                instance_id,
+            )
+            rows = await connection.fetch(
+                "SELECT instance_id FROM sender.replicas"
+                " WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY instance_id",
+                live_within,
+            )
+            await connection.execute(
+                "DELETE FROM sender.replicas WHERE heartbeat_at < now() - interval '10 minutes'"
+            )
+        return [row["instance_id"] for row in rows]
+
+    async def leave(self, instance_id: str) -> None:
+        """A clean stop: give every lease back and leave the replica list."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "UPDATE sender.destinations SET lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE lease_owner = $1",
+                instance_id,
+            )
+            await connection.execute(
+                "DELETE FROM sender.replicas WHERE instance_id = $1", instance_id
+            )
+
+    async def claim(
+        self, instance_id: str, destinations: Sequence[str], lease_seconds: float
+    ) -> list[str]:
+        """Take the leases of those ``destinations`` that are free or expired.
+
+        Rows locked by another claimer right now are skipped, not waited for.
+        """
+        rows = await self.pool.fetch(
+            "WITH free AS ("
+            "  SELECT destination FROM sender.destinations"
+            "  WHERE destination = ANY($1::text[])"
+            "    AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at < now())"
+            "  ORDER BY destination FOR UPDATE SKIP LOCKED)"
+            " UPDATE sender.destinations d SET lease_owner = $2,"
+            "  lease_expires_at = now() + make_interval(secs => $3)"
+            " FROM free WHERE d.destination = free.destination RETURNING d.destination",
+            list(destinations),
+            instance_id,
+            lease_seconds,
+        )
+        return [row["destination"] for row in rows]
+
+    async def renew(self, instance_id: str, lease_seconds: float) -> set[str]:
+        """Extend every lease this replica still holds; return those destinations."""
+        rows = await self.pool.fetch(
+            "UPDATE sender.destinations SET lease_expires_at = now() + make_interval(secs => $2)"
+            " WHERE lease_owner = $1 AND lease_expires_at > now() RETURNING destination",
+            instance_id,
+            lease_seconds,
+        )
+        return {row["destination"] for row in rows}
+
+    async def release(self, instance_id: str, destination: str) -> None:
+        await self.pool.execute(
+            "UPDATE sender.destinations SET lease_owner = NULL, lease_expires_at = NULL"
+            " WHERE destination = $1 AND lease_owner = $2",
+            destination,
+            instance_id,
+        )
+
+    async def destinations_with_work(self) -> list[str]:
+        """Destinations with queued PDUs or EDUs (whatever their backoff)."""
+        rows = await self.pool.fetch(
+            "SELECT destination FROM sender.destinations d WHERE"
+            " EXISTS (SELECT 1 FROM sender.pdu_queue q WHERE q.destination = d.destination)"
+            " OR EXISTS (SELECT 1 FROM sender.edu_queue e WHERE e.destination = d.destination)"
+        )
+        return [row["destination"] for row in rows]
+
+    # -- transactions ---------------------------------------------------------
+
+    async def next_transaction(
+        self,
+        destination: str,
+        instance_id: str,
+        *,
+        max_pdus: int,
+        max_edus: int,
+    ) -> Transaction | Backoff | None:
+        """The transaction to send to ``destination`` now, recorded before it is sent.
+
+        The pending one if there is one (same id, same contents), else a new
+        one made of the oldest queued rows. ``Backoff`` while backed off,
+        ``None`` when nothing is queued. The lease is checked under the row
+        lock in the same database transaction, so a replica that lost the
+        lease cannot start a transaction: :class:`LeaseLost`.
+        """
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "SELECT pending_txn_id, pending_txn_ts, txn_counter, retry_until_ts"
+                " FROM sender.destinations WHERE destination = $1 AND lease_owner = $2"
+                " AND lease_expires_at > now() FOR UPDATE",
+                destination,
+                instance_id,
+            )
+            if row is None:
+                raise LeaseLost(destination)
+            now = now_ms()
+            if row["retry_until_ts"] > now:
+                return Backoff(row["retry_until_ts"])
+            txn_id = row["pending_txn_id"]
+            resumed = txn_id is not None
+            if txn_id is None:
+                counter = row["txn_counter"] + 1
+                txn_id = f"{now}-{counter}"
+                tagged_pdus = await connection.execute(
+                    "UPDATE sender.pdu_queue SET txn_id = $2 WHERE destination = $1"
+                    " AND stream_position IN (SELECT stream_position FROM sender.pdu_queue"
+                    "  WHERE destination = $1 AND txn_id IS NULL"
+                    "  ORDER BY stream_position LIMIT $3)",
+                    destination,
+                    txn_id,
+                    max_pdus,
+                )
+                tagged_edus = await connection.execute(
+                    "UPDATE sender.edu_queue SET txn_id = $2 WHERE id IN ("
+                    "  SELECT id FROM sender.edu_queue WHERE destination = $1 AND txn_id IS NULL"
+                    "  ORDER BY id LIMIT $3)",
+                    destination,
+                    txn_id,
+                    max_edus,
+                )
+                if tagged_pdus == "UPDATE 0" and tagged_edus == "UPDATE 0":
+                    return None
+                await connection.execute(
+                    "UPDATE sender.destinations SET pending_txn_id = $2, pending_txn_ts = $3,"
+                    " txn_counter = $4 WHERE destination = $1",
+                    destination,
+                    txn_id,
+                    now,
+                    counter,
+                )
+                txn_ts = now
+            else:
+                txn_ts = row["pending_txn_ts"]
+            pdus = await connection.fetch(
+                "SELECT p.pdu_json FROM sender.pdu_queue q JOIN sender.pdus p"
+                " USING (stream_position) WHERE q.destination = $1 AND q.txn_id = $2"
+                " ORDER BY q.stream_position",
+                destination,
+                txn_id,
+            )
+            edus = await connection.fetch(
+                "SELECT edu_type, content_json FROM sender.edu_queue"
+                " WHERE destination = $1 AND txn_id = $2 ORDER BY id",
+                destination,
+                txn_id,
+            )
+        return Transaction(
+            destination=destination,
+            txn_id=txn_id,
+            origin_server_ts=txn_ts,
+            pdus=[r["pdu_json"] for r in pdus],
+            edus=[(r["edu_type"], r["content_json"]) for r in edus],
+            resumed=resumed,
+        )
+
+    async def complete_transaction(self, destination: str, txn_id: str) -> None:
+        """The destination answered 200: forget what it got, reset its backoff."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await self._forget_transaction(connection, destination, txn_id)
+            await connection.execute(
+                "UPDATE sender.destinations SET retry_until_ts = 0, retry_interval_ms = 0,"
+                " failures = 0, last_error = NULL, last_success_ts = $2 WHERE destination = $1",
+                destination,
+                now_ms(),
+            )
+
+    async def drop_transaction(self, destination: str, txn_id: str, error: str) -> None:
+        """The destination refused the transaction outright: drop its contents."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await self._forget_transaction(connection, destination, txn_id)
+            await connection.execute(
+                "UPDATE sender.destinations SET last_error = $2 WHERE destination = $1",
+                destination,
+                error[:500],
+            )
+
+    @staticmethod
+    async def _forget_transaction(
+        connection: asyncpg.Connection, destination: str, txn_id: str
+    ) -> None:
+        await connection.execute(
+            "DELETE FROM sender.pdu_queue WHERE destination = $1 AND txn_id = $2",
+            destination,
+            txn_id,
+        )
+        await connection.execute(
+            "DELETE FROM sender.edu_queue WHERE destination = $1 AND txn_id = $2",
+            destination,
+            txn_id,
+        )
+        await connection.execute(
+            "UPDATE sender.destinations SET pending_txn_id = NULL, pending_txn_ts = NULL"
+            " WHERE destination = $1 AND pending_txn_id = $2",
+            destination,
+            txn_id,
+        )
+
+    async def record_failure(
+        self, destination: str, retry_until_ts: int, retry_interval_ms: int, error: str
+    ) -> None:
+        await self.pool.execute(
+            "UPDATE sender.destinations SET retry_until_ts = $2, retry_interval_ms = $3,"
+            " failures = failures + 1, last_error = $4 WHERE destination = $1",
+            destination,
+            retry_until_ts,
+            retry_interval_ms,
+            error[:500],
+        )
+
+    async def backoff_state(self, destination: str) -> tuple[int, int]:
+        """(retry_until_ts, retry_interval_ms) of ``destination``."""
+        row = await self.pool.fetchrow(
+            "SELECT retry_until_ts, retry_interval_ms FROM sender.destinations"
+            " WHERE destination = $1",
+            destination,
+        )
+        return (row["retry_until_ts"], row["retry_interval_ms"]) if row else (0, 0)
+
+    async def reset_backoff(self, destination: str) -> bool:
+        """Clear the destination's backoff and wake its queue; was it backed off?"""
+        async with self.pool.acquire() as connection, connection.transaction():
+            status = await connection.execute(
+                "UPDATE sender.destinations SET retry_until_ts = 0, retry_interval_ms = 0,"
+                " failures = 0 WHERE destination = $1"
+                " AND (retry_until_ts > 0 OR retry_interval_ms > 0)",
+                destination,
+            )
+            if status == "UPDATE 0":
+                return False
+            await connection.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, destination)
+        return True
+
+    # -- catch-up and housekeeping -------------------------------------------
+
+    async def backlog(self, destination: str, cap: int) -> int:
+        """Unsent PDUs queued for ``destination``, counted up to ``cap + 1``."""
+        return int(
+            await self.pool.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM sender.pdu_queue WHERE destination = $1"
+                " AND txn_id IS NULL LIMIT $2) AS t",
+                destination,
+                cap + 1,
+            )
+        )
+
+    async def prune_for_catch_up(self, destination: str, per_room: int) -> tuple[int, int]:
+        """Keep the newest ``per_room`` unsent PDUs per room; drop volatile EDUs.
+
+        Rows in the transaction in flight are kept (it must be resent as it
+        was). Returns (PDUs dropped, EDUs dropped).
+        """
+        async with self.pool.acquire() as connection, connection.transaction():
+            pdus = await connection.execute(
+                "DELETE FROM sender.pdu_queue q USING ("
+                "  SELECT q2.stream_position, row_number() OVER ("
+                "   PARTITION BY p.room_id ORDER BY q2.stream_position DESC) AS rank"
+                "  FROM sender.pdu_queue q2 JOIN sender.pdus p USING (stream_position)"
+                "  WHERE q2.destination = $1 AND q2.txn_id IS NULL) AS r"
+                " WHERE q.destination = $1 AND q.stream_position = r.stream_position"
+                " AND r.rank > $2",
+                destination,
+                per_room,
+            )
+            edus = await connection.execute(
+                "DELETE FROM sender.edu_queue WHERE destination = $1 AND volatile"
+                " AND txn_id IS NULL",
+                destination,
+            )
+        return int(pdus.rsplit(" ", 1)[1]), int(edus.rsplit(" ", 1)[1])
+
+    async def backed_off_over(self, cap: int, long_interval_ms: int) -> list[str]:
+        """Backed-off destinations whose outage calls for catch-up pruning."""
+        rows = await self.pool.fetch(
+            "SELECT d.destination FROM sender.destinations d WHERE d.retry_interval_ms > 0"
+            " AND (d.retry_interval_ms >= $2 OR (SELECT count(*) FROM (SELECT 1"
+            "  FROM sender.pdu_queue q WHERE q.destination = d.destination"
+            "  AND q.txn_id IS NULL LIMIT $1 + 1) AS t) > $1)",
+            cap,
+            long_interval_ms,
+        )
+        return [row["destination"] for row in rows]
+
+    async def expire_typing(self, max_age_ms: int) -> int:
+        """Unsent typing notifications older than a typing timeout are pointless."""
+        status = await self.pool.execute(
+            "DELETE FROM sender.edu_queue WHERE edu_type = 'm.typing' AND txn_id IS NULL"
+            " AND queued_ts < $1",
+            now_ms() - max_age_ms,
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+    async def collect_garbage(self) -> int:
+        """Drop stored events that no destination still needs."""
+        status = await self.pool.execute(
+            "DELETE FROM sender.pdus p WHERE NOT EXISTS ("
+            " SELECT 1 FROM sender.pdu_queue q WHERE q.stream_position = p.stream_position)"
+        )
+        return int(status.rsplit(" ", 1)[1])
+
+    # -- inspection -----------------------------------------------------------
+
+    async def query_destinations(
+        self, destinations: Sequence[str], include_idle: bool, limit: int
+    ) -> list[DestinationRow]:
+        rows = await self.pool.fetch(
+            "WITH pq AS (SELECT q.destination, count(*) AS n, min(p.queued_ts) AS oldest"
+            "   FROM sender.pdu_queue q JOIN sender.pdus p USING (stream_position)"
+            "   GROUP BY q.destination),"
+            " eq AS (SELECT destination, count(*) AS n, min(queued_ts) AS oldest"
+            "   FROM sender.edu_queue GROUP BY destination)"
+            " SELECT d.*, coalesce(pq.n, 0) AS pending_pdus, coalesce(eq.n, 0) AS pending_edus,"
+            "  least(pq.oldest, eq.oldest) AS oldest"
+            " FROM sender.destinations d LEFT JOIN pq USING (destination)"
+            " LEFT JOIN eq USING (destination)"
+            " WHERE (cardinality($1::text[]) = 0 OR d.destination = ANY($1::text[]))"
+            "  AND ($2 OR cardinality($1::text[]) > 0 OR pq.n > 0 OR eq.n > 0"
+            "   OR d.retry_until_ts > 0 OR d.lease_owner IS NOT NULL)"
+            " ORDER BY coalesce(pq.n, 0) + coalesce(eq.n, 0) DESC, d.destination LIMIT $3",
+            list(destinations),
+            include_idle,
+            limit,
+        )
+        return [
+            DestinationRow(
+                destination=r["destination"],
+                pending_pdus=r["pending_pdus"],
+                pending_edus=r["pending_edus"],
+                oldest_pending_ts=r["oldest"] or 0,
+                last_success_ts=r["last_success_ts"],
+                retry_until_ts=r["retry_until_ts"],
+                retry_interval_ms=r["retry_interval_ms"],
+                lease_owner=r["lease_owner"],
+                pending_txn_id=r["pending_txn_id"],
+                failures=r["failures"],
+                last_error=r["last_error"],
+            )
+            for r in rows
+        ]
+
+    async def live_replicas(self, live_within: float) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT instance_id FROM sender.replicas"
+            " WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY instance_id",
+            live_within,
+        )
+        return [row["instance_id"] for row in rows]
+
+    async def stats(self, top_n: int) -> QueueStats:
+        async with self.pool.acquire() as connection:
+            totals = await connection.fetchrow(
+                "SELECT (SELECT count(*) FROM sender.pdu_queue) AS pdus,"
+                " (SELECT count(*) FROM sender.edu_queue) AS edus,"
+                " (SELECT count(*) FROM sender.destinations WHERE retry_until_ts > $1)"
+                "  AS backed_off",
+                now_ms(),
+            )
+            top = await connection.fetch(
+                "SELECT destination, count(*) AS n FROM ("
+                " SELECT destination FROM sender.pdu_queue"
+                " UNION ALL SELECT destination FROM sender.edu_queue) AS t"
+                " GROUP BY destination ORDER BY n DESC, destination",
+            )
+        return QueueStats(
+            pending_pdus=totals["pdus"],
+            pending_edus=totals["edus"],
+            destinations_pending=len(top),
+            destinations_backed_off=totals["backed_off"],
+            top=[(r["destination"], r["n"]) for r in top[:top_n]],
+        )

@@ -1,0 +1,203 @@
+"""Fixtures for the sender service: its schema on the test database, receivers
+that check our signatures, and in-process sender replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pytest
+
+from matrix_protocol.canonical_json import encode_json
+from mxfed.database import apply_migrations, create_pool
+from mxfed.federation_client import OutboundOptions
+from mxfed.identity_files import ServerSigningKey, new_signing_key
+from mxfed.service_runtime import migrations_directory
+from services.sender.backoff import BackoffPolicy
+from services.sender.delivery import DeliveryManager, DeliveryOptions, FederationTransport
+from services.sender.leases import Membership
+from services.sender.server import listen_for_wakes
+from services.sender.storage import IngestItem, SenderStorage
+from tests.services.sender.receivers import Receiver
+
+OUR_SERVER = "sender-test.example"
+SENDER_TABLES = (
+    "sender.pdus, sender.pdu_queue, sender.edu_queue, sender.destinations, sender.replicas"
+)
+
+
+@pytest.fixture(scope="session")
+async def sender_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=10)
+    await apply_migrations(pool, "sender", migrations_directory("sender"))
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def sender_storage(sender_pool: asyncpg.Pool) -> SenderStorage:
+    await sender_pool.execute(f"TRUNCATE {SENDER_TABLES}")
+    await sender_pool.execute("UPDATE sender.ingest_cursor SET stream_position = 0")
+    return SenderStorage(sender_pool)
+
+
+@pytest.fixture(scope="session")
+def our_key() -> ServerSigningKey:
+    return new_signing_key()
+
+
+@pytest.fixture
+async def receiver_factory(
+    our_key: ServerSigningKey,
+) -> AsyncIterator[Callable[[], Awaitable[Receiver]]]:
+    started: list[Receiver] = []
+
+    async def start() -> Receiver:
+        receiver = await Receiver(OUR_SERVER, our_key.signing_key.verify_key).start()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        await receiver.stop()
+
+
+def test_options() -> OutboundOptions:
+    return OutboundOptions(
+        verify_tls=False,
+        allowed_ip_ranges=["127.0.0.0/8"],
+        request_timeout=5,
+        connect_timeout=2,
+        max_retries=0,
+    )
+
+
+@dataclass
+class Replica:
+    """A sender replica's delivery side, in this process."""
+
+    storage: SenderStorage
+    key: ServerSigningKey
+    instance_id: str
+    database_url: str
+    policy: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(300, 3000))
+    options: DeliveryOptions = field(
+        default_factory=lambda: DeliveryOptions(
+            idle_linger=0.5, scan_interval=0.5, maintenance_interval=3600
+        )
+    )
+    lease_seconds: float = 3.0
+    heartbeat_interval: float = 0.3
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def start(self) -> Replica:
+        self.transport = FederationTransport(OUR_SERVER, self.key, test_options())
+        self.membership = Membership(
+            self.storage,
+            self.instance_id,
+            lease_seconds=self.lease_seconds,
+            heartbeat_interval=self.heartbeat_interval,
+        )
+        self.manager = DeliveryManager(
+            self.storage, self.membership, self.transport, self.policy, self.options
+        )
+        await self.membership.beat()
+        self.tasks = [
+            asyncio.create_task(self.membership.run(self.manager.on_heartbeat)),
+            asyncio.create_task(self.manager.run()),
+            asyncio.create_task(listen_for_wakes(self.database_url, self.manager)),
+        ]
+        return self
+
+    async def crash(self) -> None:
+        """Stop without giving anything back (leases expire by themselves)."""
+        for task in self.tasks:
+            task.cancel()
+        for worker in list(self.manager.workers.values()):
+            worker.lease_lost = True  # do not release on the way out
+            if worker.task:
+                worker.task.cancel()
+        await asyncio.gather(
+            *self.tasks,
+            *(w.task for w in self.manager.workers.values() if w.task),
+            return_exceptions=True,
+        )
+        await self.transport.close()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.manager.close()
+        await self.membership.leave()
+        await self.transport.close()
+
+
+@pytest.fixture
+async def replica_factory(
+    sender_storage: SenderStorage, our_key: ServerSigningKey, database_url: str
+) -> AsyncIterator[Callable[..., Awaitable[Replica]]]:
+    started: list[Replica] = []
+    names = itertools.count(1)
+
+    async def start(**kwargs: Any) -> Replica:
+        replica = await Replica(
+            sender_storage, our_key, f"replica-{next(names)}", database_url, **kwargs
+        ).start()
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        await replica.stop()
+
+
+_positions = itertools.count(1)
+
+
+def test_pdu(pdu_id: str, room_id: str = "!room:sender-test.example") -> bytes:
+    return encode_json(
+        {
+            "room_id": room_id,
+            "sender": f"@alice:{OUR_SERVER}",
+            "type": "m.room.message",
+            "content": {"id": pdu_id, "body": f"message {pdu_id}"},
+            "origin_server_ts": int(time.time() * 1000),
+        }
+    )
+
+
+async def queue_pdus(
+    storage: SenderStorage,
+    destinations: Sequence[str],
+    count: int,
+    *,
+    prefix: str = "e",
+    room_id: str = "!room:sender-test.example",
+) -> list[str]:
+    """Ingest ``count`` events for ``destinations`` as the stream would; return their ids."""
+    items = []
+    for _ in range(count):
+        position = next(_positions)
+        pdu_id = f"{prefix}{position}"
+        items.append(
+            IngestItem(position, f"${pdu_id}", room_id, test_pdu(pdu_id, room_id), destinations)
+        )
+    async with storage.pool.acquire() as connection:
+        await SenderStorage.ingest_batch(connection, items, items[-1].stream_position)
+    return [f"{prefix}{item.stream_position}" for item in items]
+
+
+async def wait_until(
+    condition: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

@@ -1,0 +1,177 @@
+"""Delivery of queued PDUs to receivers that check our X-Matrix signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from services.sender.storage import SenderStorage
+from tests.services.sender.conftest import queue_pdus, wait_until
+
+
+async def test_events_arrive_in_order_in_transactions_of_at_most_50(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    ids = await queue_pdus(sender_storage, [receiver.server_name], 120)
+    await replica_factory()
+    await wait_until(lambda: len(receiver.pdu_ids()) == 120)
+    assert receiver.pdu_ids() == ids
+    sizes = [len(body["pdus"]) for body in receiver.delivered.values()]
+    assert max(sizes) <= 50
+    assert len(sizes) >= 3
+    assert receiver.bad_signatures == 0
+    assert len(set(receiver.delivered)) == len(sizes)  # a new txn id per transaction
+    for body in receiver.delivered.values():
+        assert body["origin"] == "sender-test.example"
+        assert isinstance(body["origin_server_ts"], int)
+    row = await sender_storage.pool.fetchrow(
+        "SELECT pending_txn_id, last_success_ts, failures FROM sender.destinations"
+    )
+    assert row["pending_txn_id"] is None and row["last_success_ts"] > 0
+    await wait_until(lambda: True)
+    assert await sender_storage.pool.fetchval("SELECT count(*) FROM sender.pdu_queue") == 0
+
+
+async def test_a_failed_transaction_is_retried_with_the_same_id_and_contents(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    receiver.fail_next = 2
+    ids = await queue_pdus(sender_storage, [receiver.server_name], 3)
+    await replica_factory()
+    await wait_until(lambda: receiver.pdu_ids() == ids)
+    assert [a.status for a in receiver.attempts] == [500, 500, 200]
+    assert len({a.txn_id for a in receiver.attempts}) == 1
+    assert all(a.body == receiver.attempts[0].body for a in receiver.attempts)
+
+
+async def test_more_events_queued_while_failing_wait_for_the_pending_transaction(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    receiver.fail_next = 1
+    first = await queue_pdus(sender_storage, [receiver.server_name], 2)
+    await replica_factory()
+    await wait_until(lambda: len(receiver.attempts) == 1)
+    later = await queue_pdus(sender_storage, [receiver.server_name], 2)
+    await wait_until(lambda: receiver.pdu_ids() == first + later)
+    assert receiver.attempts[0].txn_id == receiver.attempts[1].txn_id
+    assert receiver.attempts[1].body == receiver.attempts[0].body
+
+
+async def test_a_receiver_down_then_back_gets_everything_exactly_once(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    replica = await replica_factory()
+    ids = await queue_pdus(sender_storage, [receiver.server_name], 5)
+    await wait_until(lambda: receiver.pdu_ids() == ids)
+    # A response lost on the way back: the receiver got the transaction but
+    # we saw a failure, so the same transaction comes again.
+    receiver.delay = 3.0
+    ids += await queue_pdus(sender_storage, [receiver.server_name], 5)
+    await wait_until(lambda: len(receiver.attempts) == 2, timeout=3)
+    await receiver.go_down()
+    ids += await queue_pdus(sender_storage, [receiver.server_name], 60)
+    await asyncio.sleep(1.5)
+    receiver.delay = 0
+    await receiver.come_back()
+    await wait_until(lambda: sorted(set(receiver.pdu_ids())) == sorted(ids), timeout=30)
+    delivered = receiver.pdu_ids()
+    assert len(delivered) == len(set(delivered)), "an event arrived in two transactions"
+    assert delivered == ids  # in order
+    assert replica.manager.storage is sender_storage
+
+
+async def test_backoff_grows_and_resets_on_server_up(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    await receiver.go_down()
+    ids = await queue_pdus(sender_storage, [receiver.server_name], 2)
+    await replica_factory()
+    intervals: list[int] = []
+
+    async def interval_changes() -> None:
+        while len(intervals) < 3:
+            _, interval = await sender_storage.backoff_state(receiver.server_name)
+            if interval and (not intervals or interval != intervals[-1]):
+                intervals.append(interval)
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(interval_changes(), 15)
+    assert intervals[0] == 300
+    assert intervals[1] > intervals[0] and intervals[2] > intervals[1]
+    # Backed off at the maximum for a while: bring it back and say so.
+    await sender_storage.record_failure(
+        receiver.server_name, int(time.time() * 1000) + 60_000, 3000, "test"
+    )
+    await receiver.come_back()
+    await asyncio.sleep(0.5)
+    assert receiver.pdu_ids() == []
+    started = time.monotonic()
+    assert await sender_storage.reset_backoff(receiver.server_name)
+    await wait_until(lambda: receiver.pdu_ids() == ids, timeout=5)
+    assert time.monotonic() - started < 2
+    assert await sender_storage.backoff_state(receiver.server_name) == (0, 0)
+    assert not await sender_storage.reset_backoff(receiver.server_name)
+
+
+async def test_429_retry_after_is_honoured(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    receiver.fail_next = 1
+    receiver.fail_status = 429
+    receiver.fail_body = {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 1500}
+    ids = await queue_pdus(sender_storage, [receiver.server_name], 1)
+    await replica_factory()
+    await wait_until(lambda: len(receiver.attempts) == 1)
+    failed_at = time.monotonic()
+    await wait_until(lambda: receiver.pdu_ids() == ids)
+    assert time.monotonic() - failed_at >= 1.3
+
+
+async def test_a_refused_transaction_is_dropped_and_the_queue_moves_on(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    receiver.fail_next = 1
+    receiver.fail_status = 400
+    receiver.fail_body = {"errcode": "M_BAD_JSON", "error": "no"}
+    refused = await queue_pdus(sender_storage, [receiver.server_name], 1)
+    await replica_factory()
+    await wait_until(lambda: len(receiver.attempts) == 1)
+    later = await queue_pdus(sender_storage, [receiver.server_name], 2)
+    await wait_until(lambda: receiver.pdu_ids() == later)
+    assert [pdu["content"]["id"] for pdu in receiver.attempts[0].body["pdus"]] == refused
+    assert await sender_storage.backoff_state(receiver.server_name) == (0, 0)
+
+
+async def test_a_dead_destination_does_not_delay_a_healthy_one(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    healthy = await receiver_factory()
+    slow = await receiver_factory()
+    slow.delay = 4.0  # hangs far longer than a healthy answer takes
+    dead = await receiver_factory()
+    await dead.go_down()
+    await replica_factory()
+    for _ in range(3):
+        started = time.monotonic()
+        ids = await queue_pdus(
+            sender_storage, [dead.server_name, slow.server_name, healthy.server_name], 1
+        )
+        await wait_until(lambda ids=ids: healthy.pdu_ids()[-1:] == ids, timeout=3)
+        assert time.monotonic() - started < 1.0
+
+
+async def test_one_event_is_stored_once_for_many_destinations(
+    sender_storage: SenderStorage,
+) -> None:
+    destinations = [f"d{i}.example" for i in range(30)]
+    await queue_pdus(sender_storage, destinations, 2)
+    pool = sender_storage.pool
+    assert await pool.fetchval("SELECT count(*) FROM sender.pdus") == 2
+    assert await pool.fetchval("SELECT count(*) FROM sender.pdu_queue") == 60
