@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from gateway.server_up import ServerUpNotifier
 from mxfed.config import SERVICE_NAMES, Config
 from mxfed.service_runtime import GRPC_OPTIONS
 
@@ -17,6 +18,7 @@ class ServiceClients:
             name: grpc.aio.insecure_channel(config.service_address(name), options=GRPC_OPTIONS)
             for name in SERVICE_NAMES
         }
+        self.server_up = ServerUpNotifier(self.channels["sender"])
 
     def channel(self, service: str) -> grpc.aio.Channel:
         return self.channels[service]

@@ -154,5 +154,6 @@ async def require_origin(request: Request) -> str:
         log.info("x-matrix rejected", extra={"origin": origin, "error": reply.error})
         raise unauthorized(f"Invalid signature: {reply.error}")
     log.debug("x-matrix verified", extra={"origin": origin})
+    request.app.state.services.server_up.seen(origin)
     request.state.origin = origin
     return origin
