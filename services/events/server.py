@@ -6,6 +6,7 @@ from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import events_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events.cache import LruCache
+from services.events.history.servicer import add_history_servicer
 from services.events.input import InputPipeline
 from services.events.local_events import LocalEvents
 from services.events.reads import Reads
@@ -41,3 +42,4 @@ async def setup(context: ServiceContext) -> None:
     events_pb2_grpc.add_EventsServicer_to_server(
         EventsServicer(pipeline, local, reads, hub), context.server
     )
+    add_history_servicer(context.server, context.pool, reads)

@@ -16,6 +16,7 @@ import grpc
 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, history_pb2, history_pb2_grpc
 from services.events.history import walks
+from services.events.reads import Reads
 
 RecordsFn = Callable[[Sequence[str], str], Awaitable[list[events_pb2.EventRecord]]]
 
@@ -119,9 +120,33 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         return history_pb2.QueryServersByJoinAgeResponse(servers=servers)
 
 
-def add_history_servicer(
-    server: grpc.aio.Server, pool: asyncpg.Pool, channel: grpc.aio.Channel
-) -> None:
-    """Register History on ``server``; visibility through the events service on ``channel``."""
-    servicer = HistoryServicer(pool, records_through(events_pb2_grpc.EventsStub(channel)))
-    history_pb2_grpc.add_HistoryServicer_to_server(servicer, server)
+def records_from_reads(reads: Reads) -> RecordsFn:
+    """Event records in the given order, from the events service's own reads."""
+
+    async def records(event_ids: Sequence[str], as_server: str) -> list[events_pb2.EventRecord]:
+        if not event_ids:
+            return []
+        by_id = {view.event_id: view for view in await reads.events(event_ids, as_server)}
+        return [
+            events_pb2.EventRecord(
+                event_id=view.event_id,
+                room_id=view.room_id,
+                room_version=view.room_version,
+                pdu_json=view.pdu_json.encode(),
+                status=view.status,  # type: ignore[arg-type]
+                stream_position=view.stream_position,
+                redacted=view.redacted,
+                rejection_reason=view.rejection_reason,
+            )
+            for event_id in event_ids
+            if (view := by_id.get(event_id)) is not None
+        ]
+
+    return records
+
+
+def add_history_servicer(server: grpc.aio.Server, pool: asyncpg.Pool, reads: Reads) -> None:
+    """Register History on the events process's ``server`` (visibility from ``reads``)."""
+    history_pb2_grpc.add_HistoryServicer_to_server(
+        HistoryServicer(pool, records_from_reads(reads)), server
+    )
