@@ -1,0 +1,102 @@
+"""Events service fixtures: the service on a real gRPC port against the test
+database, a real keys service, and a "remote" homeserver (an HTTPS key server
+on loopback plus helpers that build PDUs signed with its key)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+
+from mxfed.config import Config
+from mxfed.database import apply_migrations, create_pool
+from mxfed.identity_files import new_signing_key
+from mxfed.service_runtime import ServiceContext, migrations_directory
+from mxfed_api.events.v1 import events_pb2_grpc
+from services.events.server import setup
+from tests.services.events.helpers import EventsService, RemoteServer
+from tests.services.keys.fixtures import (  # noqa: F401
+    federation_client,
+    key_server_factory,
+    keys_config,
+    keys_pool,
+    keys_service,
+    keys_storage,
+    make_keys,
+    tls_dir,
+)
+from tests.services.keys.key_servers import FakeKeyServer
+from tests.support.ports import free_port
+
+OUR_SERVER = "events-test.example"
+
+
+@pytest.fixture(scope="session")
+async def events_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=4)
+    await apply_migrations(pool, "events", migrations_directory("events"))
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def our_signing_key() -> Any:
+    return new_signing_key()
+
+
+@pytest.fixture
+async def events_factory(
+    database_url: str,
+    events_pool: asyncpg.Pool,
+    keys_service: Any,  # noqa: F811
+    tmp_path: Path,
+    our_signing_key: Any,
+) -> AsyncIterator[Callable[[], Awaitable[EventsService]]]:
+    """Starts events-service replicas (each with its own pool) on the test database."""
+    started: list[tuple[grpc.aio.Server, ServiceContext, grpc.aio.Channel]] = []
+
+    async def start() -> EventsService:
+        config = Config(
+            server_name=OUR_SERVER,
+            data_dir=tmp_path,
+            database_url=database_url,
+            keys_address=keys_service.address,
+        )
+        pool = await create_pool(database_url, max_size=12)
+        server = grpc.aio.server()
+        context = ServiceContext(
+            name="events", config=config, pool=pool, server=server, signing_key=our_signing_key
+        )
+        await setup(context)
+        port = free_port()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        started.append((server, context, channel))
+        return EventsService(
+            events_pb2_grpc.EventsStub(channel), OUR_SERVER, our_signing_key, server, pool
+        )
+
+    yield start
+    for server, context, channel in started:
+        await channel.close()
+        await server.stop(grace=None)
+        await context.close()
+        await context.pool.close()
+
+
+@pytest.fixture
+async def events(events_factory: Callable[[], Awaitable[EventsService]]) -> EventsService:
+    return await events_factory()
+
+
+@pytest.fixture
+async def remote(
+    key_server_factory: Callable[..., Awaitable[FakeKeyServer]],  # noqa: F811
+) -> RemoteServer:
+    key_server = await key_server_factory()
+    return RemoteServer(key_server)

@@ -1,0 +1,186 @@
+"""Receiving PDUs (rooms.md §6) and transactions (edus.md §1) through InputTransaction."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.hashes import content_hash_matches
+from mxfed_api.events.v1 import events_pb2
+from tests.services.events.helpers import EventsService, RemoteServer
+
+
+async def _public_room_with_remote_member(
+    events: EventsService, remote: RemoteServer, version: str = "10"
+) -> tuple[str, str]:
+    room_id = await events.create_room(version, preset="public_chat")
+    head = await events.head(room_id)
+    alice = remote.user("alice")
+    join, join_id = remote.pdu(head, "m.room.member", alice, {"membership": "join"}, alice)
+    response = await events.transaction(remote.name, [join])
+    assert response == {"pdus": {join_id: {}}}
+    return room_id, alice
+
+
+async def test_valid_pdu_is_stored_and_readable(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "hi"})
+    assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
+
+    record = await events.event(event_id)
+    assert record is not None
+    assert record.status == events_pb2.ACCEPTED and record.stream_position > 0
+    assert decode_json(record.pdu_json)["content"] == {"body": "hi"}
+    assert (await events.head(room_id)).extremities == [event_id]
+    servers = await events.stub.QueryServersInRoom(
+        events_pb2.QueryServersInRoomRequest(room_id=room_id)
+    )
+    assert sorted(servers.servers) == sorted([events.server_name, remote.name])
+
+
+async def test_unknown_room_is_ignored_without_entry(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    head.room_id = "!nowhere:" + remote.name
+    message, _ = remote.pdu(head, "m.room.message", alice, {"body": "hi"})
+    assert await events.transaction(remote.name, [message]) == {"pdus": {}}
+
+
+async def test_bad_signature_is_dropped(events: EventsService, remote: RemoteServer) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "hi"}, advance=False)
+    key_id = remote.key_server.key_id
+    signature = message["signatures"][remote.name][key_id]
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    message["signatures"][remote.name][key_id] = flipped
+    response = await events.transaction(remote.name, [message])
+    assert "signature" in response["pdus"][event_id]["error"]
+    assert await events.event(event_id) is None
+
+
+async def test_sender_must_belong_to_origin(events: EventsService, remote: RemoteServer) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "hi"})
+    response = await events.transaction("other.example", [message])
+    assert "origin" in response["pdus"][event_id]["error"]
+    assert await events.event(event_id) is None
+
+
+async def test_bad_content_hash_stores_redacted_copy(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "original"})
+    message["content"] = {"body": "tampered"}  # signatures cover the redacted form only
+    assert not content_hash_matches(message)
+    assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
+    record = await events.event(event_id)
+    assert record is not None and record.redacted
+    assert decode_json(record.pdu_json)["content"] == {}
+
+
+async def test_auth_failure_is_rejected_and_never_a_prev_event(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, _ = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    mallory = remote.user("mallory")  # never joined
+    message, event_id = remote.pdu(head, "m.room.message", mallory, {"body": "hi"}, advance=False)
+    response = await events.transaction(remote.name, [message])
+    assert "rejected" in response["pdus"][event_id]["error"]
+    record = await events.event(event_id)
+    assert record is not None and record.status == events_pb2.REJECTED
+    assert record.rejection_reason and record.stream_position == 0
+    after = await events.head(room_id)
+    assert event_id not in after.extremities
+    admin = f"@admin:{events.server_name}"
+    sent = await events.send(room_id, admin, "m.room.message", {"body": "x"})
+    ours = decode_json((await events.event(sent.event_id)).pdu_json)
+    assert event_id not in ours["prev_events"]
+
+
+async def test_missing_prev_events_get_an_error_entry(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "hi"}, prev=["$unknown"])
+    response = await events.transaction(remote.name, [message])
+    assert response["pdus"][event_id]["error"].startswith("missing prev_events")
+    assert await events.event(event_id) is None
+
+
+async def test_soft_fail_after_ban(events: EventsService, remote: RemoteServer) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    before_ban = await events.head(room_id)
+    admin = f"@admin:{events.server_name}"
+    ban = await events.stub.PerformSendEvent(
+        events_pb2.PerformSendEventRequest(
+            room_id=room_id,
+            sender=admin,
+            type="m.room.member",
+            state_key=alice,
+            content_json=b'{"membership":"ban"}',
+        )
+    )
+    # Alice's server had not seen the ban: her message builds on the old state.
+    message, event_id = remote.pdu(before_ban, "m.room.message", alice, {"body": "late"})
+    assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
+    record = await events.event(event_id)
+    assert record is not None and record.status == events_pb2.SOFT_FAILED
+    assert record.stream_position == 0
+    assert (await events.head(room_id)).extremities == [ban.event_id]
+
+
+async def test_duplicate_transaction_is_idempotent(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    pdus = [remote.pdu(head, "m.room.message", alice, {"body": str(i)})[0] for i in range(5)]
+    bad = remote.pdu(head, "m.room.message", remote.user("mallory"), {"body": "x"})[0]
+    txn_id = uuid.uuid4().hex
+
+    first, second = await asyncio.gather(
+        events.transaction(remote.name, [*pdus, bad], txn_id=txn_id),
+        events.transaction(remote.name, [*pdus, bad], txn_id=txn_id),
+    )
+    third = await events.transaction(remote.name, [*pdus, bad], txn_id=txn_id)
+    assert first == second == third
+    assert sum("error" in answer for answer in first["pdus"].values()) == 1
+    count = await events.pool.fetchval(
+        "SELECT count(*) FROM events.events WHERE room_id = $1", room_id
+    )
+    edges = await events.pool.fetchval(
+        "SELECT count(*) FROM events.event_auth a JOIN events.events e USING (event_id)"
+        " WHERE e.room_id = $1",
+        room_id,
+    )
+    # create, join, power levels, join rules, history visibility, guest access;
+    # alice's join, 5 messages, 1 rejected
+    assert count == 6 + 1 + 5 + 1
+    distinct = await events.pool.fetchval(
+        "SELECT count(*) FROM (SELECT DISTINCT a.event_id, a.auth_id FROM events.event_auth a"
+        " JOIN events.events e USING (event_id) WHERE e.room_id = $1) d",
+        room_id,
+    )
+    assert edges == distinct
+
+
+async def test_already_stored_events_answer_empty(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "once"})
+    assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
+    assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
