@@ -11,7 +11,7 @@ users could see it under ``m.room.history_visibility`` at that event
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -181,12 +181,28 @@ class Reads:
                 return None
             state = (await self.state_store.get(conn, row["state_group_before"])).state
             state_ids = list(state.values())
-            chain = await storage.auth_chain_ids(conn, state_ids) if include_auth_chain else []
+            chain = []
+            if include_auth_chain:
+                chain = await self._auth_chain(conn, room_id, state_ids)
             return state_ids, chain
 
-    async def auth_chain(self, event_ids: Iterable[str]) -> list[str]:
+    async def auth_chain(self, room_id: str, event_ids: Sequence[str]) -> list[str]:
         async with self.pool.acquire() as conn:
-            return await storage.auth_chain_ids(conn, event_ids)
+            return await self._auth_chain(conn, room_id, event_ids)
+
+    @staticmethod
+    async def _auth_chain(
+        conn: asyncpg.Connection, room_id: str, event_ids: Sequence[str]
+    ) -> list[str]:
+        """The auth chain; in v12 rooms with the implied create event (rooms.md §2.3)."""
+        chain = await storage.auth_chain_ids(conn, event_ids)
+        rooms = await storage.get_rooms(conn, [room_id])
+        room = rooms.get(room_id)
+        if room is not None and room_version(room.room_version).room_id_from_create_event:
+            create_id = "$" + room_id[1:]
+            if create_id not in chain and any(e != create_id for e in event_ids):
+                chain.append(create_id)
+        return chain
 
     async def current_state(
         self, room_id: str, filters: Sequence[tuple[str, str | None]]

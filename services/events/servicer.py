@@ -219,7 +219,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     @_handles_errors
     async def QueryAuthChain(self, request, context):  # noqa: N802, ANN001, ANN201
-        ids = await self.reads.auth_chain(list(request.event_ids))
+        ids = await self.reads.auth_chain(request.room_id, list(request.event_ids))
         response = events_pb2.QueryAuthChainResponse(event_ids=ids)
         if not request.ids_only:
             response.events.extend(_records(await self.reads.events(ids)))
