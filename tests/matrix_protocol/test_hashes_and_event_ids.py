@@ -263,6 +263,8 @@ def test_event_id_matches_synapse(
     synapse_events = pytest.importorskip("synapse.events")
     synapse_versions = pytest.importorskip("synapse.api.room_versions")
     pdu = MINIMAL_EVENT | extra | {"type": event_type, "content": content, "state_key": ""}
+    if version_id == "12" and event_type == "m.room.create":
+        del pdu["room_id"]  # v12 create events carry no room id
     theirs = synapse_events.make_event_from_dict(
         copy.deepcopy(pdu), synapse_versions.KNOWN_ROOM_VERSIONS[version_id]
     )
