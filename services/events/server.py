@@ -28,8 +28,8 @@ def build_core(context: ServiceContext) -> RoomsCore:
     )
 
 
-async def setup(context: ServiceContext) -> None:
-    """Register the events servicer on ``context.server`` and start its stream hub."""
+def build_servicer(context: ServiceContext) -> EventsServicer:
+    """The servicer and its background tasks (stream hub, typing expiry)."""
     core = build_core(context)
     keys = keys_pb2_grpc.KeysStub(context.channel("keys"))
     pipeline = InputPipeline(context.pool, core, keys)
@@ -39,7 +39,11 @@ async def setup(context: ServiceContext) -> None:
     context.spawn(hub.run(), name="events-stream-hub")
     context.spawn(pipeline.run_typing_expiry(), name="events-typing-expiry")
     context.on_stop(pipeline.guard.close)
-    events_pb2_grpc.add_EventsServicer_to_server(
-        EventsServicer(pipeline, local, reads, hub), context.server
-    )
-    add_history_servicer(context.server, context.pool, reads)
+    return EventsServicer(pipeline, local, reads, hub)
+
+
+async def setup(context: ServiceContext) -> None:
+    """Register the events servicer on ``context.server``."""
+    servicer = build_servicer(context)
+    events_pb2_grpc.add_EventsServicer_to_server(servicer, context.server)
+    add_history_servicer(context.server, context.pool, servicer.reads)
