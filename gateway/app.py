@@ -18,7 +18,7 @@ from gateway.metrics import install_metrics
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 
-ROUTE_MODULES = ["version", "keys", "well_known", "transactions", "events"]
+ROUTE_MODULES = ["version", "keys", "well_known", "transactions", "events", "history"]
 
 
 def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI:
