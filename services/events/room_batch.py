@@ -203,12 +203,15 @@ class RoomBatch:
         pdu: Mapping[str, object],
         *,
         redacted: bool,
-        soft_fail: bool,
+        live: bool,
         local: bool = False,
     ) -> Outcome:
         """Check ``event`` against the room and queue it for writing.
 
-        ``soft_fail`` runs the check against the current state (live events).
+        ``live``: a new event (soft-fail check against the current state, a
+        stream position). Otherwise history (backfill, missing events): no
+        soft-fail, no stream position, and it only becomes a forward
+        extremity if nothing stored builds on it yet.
         ``local``: an event built here; any failure refuses it (not stored).
         """
         event_id = event.event_id
@@ -230,7 +233,7 @@ class RoomBatch:
         if rejection is not None:
             status = Status.REJECTED
         elif (
-            soft_fail
+            live
             and self.current is not None
             and self.current.id != before.id
             and await self._check_against_state(event, self.current.state) is not None
@@ -261,10 +264,12 @@ class RoomBatch:
         self.pending[event_id] = stored
         self._writes[event_id] = EventWrite(stored, encode_json(pdu).decode(), event.membership)
         if status is Status.ACCEPTED:
-            await self._advance_head(event, after)
+            if live or not await self._has_successors(event_id):
+                await self._advance_head(event, after)
             if event.type == "m.room.redaction":
                 await self._apply_redaction(event, before)
-            self._to_stream.append(event_id)
+            if live:
+                self._to_stream.append(event_id)
         if event.type == CREATE and status is Status.ACCEPTED:
             self.create_event = event
         return Outcome(event_id, status, rejection or "")
@@ -330,6 +335,11 @@ class RoomBatch:
                 return group
         base = max(groups, key=lambda g: len(g.state))
         return self.core.state_store.derive(self.room_id, base, resolved, self._groups)
+
+    async def _has_successors(self, event_id: str) -> bool:
+        if any(event_id in p.event.prev_event_ids for p in self.pending.values()):
+            return True
+        return await storage.has_successors(self.conn, event_id)
 
     async def _advance_head(self, event: Event, after: StateGroup) -> None:
         for prev in event.prev_event_ids:

@@ -235,6 +235,25 @@ async def insert_events(
         await conn.copy_records_to_table(
             "event_auth", schema_name="events", columns=["event_id", "auth_id"], records=edges
         )
+    prev_edges = {
+        (prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids
+    }
+    if prev_edges:
+        await conn.copy_records_to_table(
+            "event_edges",
+            schema_name="events",
+            columns=["prev_event_id", "event_id"],
+            records=list(prev_edges),
+        )
+
+
+async def has_successors(conn: asyncpg.Connection, event_id: str) -> bool:
+    """Whether a stored event cites ``event_id`` in its prev_events."""
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM events.event_edges WHERE prev_event_id = $1 LIMIT 1", event_id
+        )
+    )
 
 
 async def redact_event(

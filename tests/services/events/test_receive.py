@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.hashes import content_hash_matches
 from mxfed_api.events.v1 import events_pb2
 from tests.services.events.helpers import EventsService, RemoteServer
@@ -184,3 +184,31 @@ async def test_already_stored_events_answer_empty(
     message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "once"})
     assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
     assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
+
+
+async def test_input_pdus_history_has_no_stream_position(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    pdus = [remote.pdu(head, "m.room.message", alice, {"body": str(i)}) for i in range(3)]
+    reply = await events.stub.InputPdus(
+        events_pb2.InputPdusRequest(
+            room_id=room_id,
+            room_version=head.version,
+            origin=remote.name,
+            kind=events_pb2.HISTORY,
+            pdus=[encode_json(p) for p, _ in pdus],
+        )
+    )
+    assert [(r.event_id, r.status, r.error) for r in reply.results] == [
+        (event_id, events_pb2.ACCEPTED, "") for _, event_id in pdus
+    ]
+    record = await events.event(pdus[-1][1])
+    assert record is not None and record.stream_position == 0
+    assert (await events.head(room_id)).extremities == [pdus[-1][1]]
+    edges = await events.pool.fetchval(
+        "SELECT count(*) FROM events.event_edges WHERE event_id = ANY($1::text[])",
+        [event_id for _, event_id in pdus],
+    )
+    assert edges == 3
