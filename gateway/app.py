@@ -18,7 +18,16 @@ from gateway.metrics import install_metrics
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 
-ROUTE_MODULES = ["version", "keys", "well_known", "transactions", "events", "history"]
+ROUTE_MODULES = [
+    "version",
+    "keys",
+    "well_known",
+    "transactions",
+    "events",
+    "history",
+    "membership",
+    "directory_query",
+]
 
 
 def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI:

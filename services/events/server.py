@@ -9,6 +9,7 @@ from services.events.cache import LruCache
 from services.events.history.servicer import add_history_servicer
 from services.events.input import InputPipeline
 from services.events.local_events import LocalEvents
+from services.events.membership.servicer import setup_membership
 from services.events.reads import Reads
 from services.events.room_batch import RoomsCore
 from services.events.servicer import EventsServicer
@@ -47,3 +48,4 @@ async def setup(context: ServiceContext) -> None:
     servicer = build_servicer(context)
     events_pb2_grpc.add_EventsServicer_to_server(servicer, context.server)
     add_history_servicer(context.server, context.pool, servicer.reads)
+    await setup_membership(context, servicer.local)

@@ -1,0 +1,160 @@
+"""What the membership modules share: dependencies, room heads, signatures, delivery.
+
+Built on the events service's own pieces (``RoomsCore``, ``LocalEvents``,
+``storage``, the state store) — never on its tables directly except through
+those functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.events import Event, StateKey
+from matrix_protocol.redaction import redact
+from matrix_protocol.room_versions import RoomVersion, room_version
+from matrix_protocol.signing import sign_json
+from mxfed.federation_client import FederationClient, FederationError, federation_path
+from mxfed.identity_files import ServerSigningKey
+from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from services.events import storage
+from services.events.local_events import LocalEvents
+from services.events.room_batch import RoomsCore
+from services.events.storage import RoomRow
+
+log = logging.getLogger(__name__)
+
+MEMBER = "m.room.member"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class MembershipDeps:
+    pool: asyncpg.Pool
+    core: RoomsCore
+    local: LocalEvents
+    keys: keys_pb2_grpc.KeysStub
+    client: FederationClient
+    signing_key: Callable[[], ServerSigningKey]
+    spawn: Callable[[Coroutine[Any, Any, Any], str], Any]
+
+    @property
+    def server_name(self) -> str:
+        return self.core.server_name
+
+
+@dataclass
+class RoomHead:
+    """A room we hold state for: its row, rules and current state map."""
+
+    room: RoomRow
+    version: RoomVersion
+    state: dict[StateKey, str]
+
+
+async def room_head(conn: asyncpg.Connection, core: RoomsCore, room_id: str) -> RoomHead | None:
+    rooms = await storage.get_rooms(conn, [room_id])
+    room = rooms.get(room_id)
+    if room is None or room.current_state_group is None:
+        return None
+    group = await core.state_store.get(conn, room.current_state_group)
+    return RoomHead(room, room_version(room.room_version), dict(group.state))
+
+
+async def state_events(
+    conn: asyncpg.Connection, state: Mapping[StateKey, str], keys: Iterable[StateKey]
+) -> dict[StateKey, Event]:
+    wanted = {key: state[key] for key in keys if key in state}
+    loaded = await storage.fetch_events(conn, wanted.values())
+    return {key: loaded[eid].event for key, eid in wanted.items() if eid in loaded}
+
+
+async def pdu_json_of(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, str]:
+    """The stored federation JSON of events (exactly what was signed)."""
+    rows = await storage.fetch_event_rows(conn, list(event_ids))
+    return {row["event_id"]: row["pdu_json"] for row in rows}
+
+
+def json_list(items: Iterable[str]) -> str:
+    return "[" + ",".join(items) + "]"
+
+
+def add_signature(
+    pdu: Mapping[str, Any], version: RoomVersion, key: ServerSigningKey, server_name: str
+) -> dict[str, Any]:
+    """``pdu`` with our signature (over its redacted form) added; nothing else changes."""
+    signed = sign_json(redact(pdu, version), key.signing_key, server_name, key.key_id)
+    result = dict(pdu)
+    result["signatures"] = signed["signatures"]
+    return result
+
+
+async def verify_event_signatures(
+    keys: keys_pb2_grpc.KeysStub, checks: Sequence[tuple[Event, Iterable[str]]]
+) -> list[str | None]:
+    """Check the named servers' signatures of each event in ONE call; an error per event."""
+    items: list[keys_pb2.JsonToVerify] = []
+    owners: list[int] = []
+    for index, (event, servers) in enumerate(checks):
+        redacted_json = encode_json(redact(event.pdu, event.room_version))
+        for server in sorted(set(servers)):
+            items.append(
+                keys_pb2.JsonToVerify(
+                    json=redacted_json,
+                    server_name=server,
+                    at_ts=event.origin_server_ts,
+                    enforce_key_validity=event.room_version.enforce_key_validity,
+                )
+            )
+            owners.append(index)
+    errors: list[str | None] = [None] * len(checks)
+    if not items:
+        return errors
+    reply = await keys.VerifyJsonSignatures(keys_pb2.VerifyJsonSignaturesRequest(items=items))
+    for owner, item, result in zip(owners, items, reply.results, strict=True):
+        if not result.ok and errors[owner] is None:
+            errors[owner] = f"signature of {item.server_name} does not verify: {result.error}"
+    return errors
+
+
+# ---------------------------------------------------------------- delivery of on-behalf events
+
+_txn_counter = itertools.count()
+
+
+async def deliver_pdu(
+    client: FederationClient, server_name: str, pdu_json: str, destinations: Iterable[str]
+) -> None:
+    """Push one PDU accepted on behalf of a remote server to the room's other servers.
+
+    The sender service follows ``StreamEvents(local_senders_only=True)``, which
+    leaves out events whose sender is remote — such as a join we accepted
+    through send_join. Until the stream can flag those, the resident delivers
+    them itself as one-PDU transactions (retried by the client; best effort).
+    """
+    pdu = decode_json(pdu_json)
+    body = {"origin": server_name, "origin_server_ts": now_ms(), "pdus": [pdu]}
+
+    async def one(destination: str) -> None:
+        txn_id = f"mxfed-m{now_ms()}-{next(_txn_counter)}"
+        path = federation_path("_matrix", "federation", "v1", "send", txn_id)
+        try:
+            await client.put_json(destination, path, body, idempotent=True)
+        except FederationError as error:
+            log.warning(
+                "could not deliver membership event",
+                extra={"destination": destination, "error": str(error)},
+            )
+
+    await asyncio.gather(*(one(d) for d in sorted(set(destinations))))

@@ -1,0 +1,336 @@
+"""We host the room: send_join / send_leave / send_knock, and invites we send.
+
+Spec: endpoints.md §4 (basic checks → 400 M_INVALID_PARAM; send_join response
+with ``state`` before the join, ``auth_chain``, ``event`` when countersigned,
+``members_omitted``/``servers_in_room``; send_knock's ``knock_room_state``;
+v2/v1 invite), behaviours.md §1.1 (the resident sends accepted events on to
+the room's other servers) and §5 (sending invites).
+
+Received membership events go through the events service's normal path: a
+:class:`RoomBatch` checks them against their auth events, the state before
+them and the current state, exactly like a PDU from /send; anything that is
+not accepted is refused (403) and not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from matrix_protocol.auth_rules import join_authorised_via_server
+from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.event_ids import compute_event_id
+from matrix_protocol.events import Event
+from matrix_protocol.hashes import content_hash_matches
+from matrix_protocol.membership import (
+    INVITE_STATE_TYPES,
+    JOIN_AUTHORISER,
+    MembershipError,
+    check_membership_event,
+    forbidden,
+    invalid,
+)
+from matrix_protocol.room_versions import EventFormat
+from matrix_protocol.server_names import is_valid_user_id, server_name_of
+from matrix_protocol.signing import signatures_required_for_event
+from mxfed.federation_client import (
+    DestinationUnreachableError,
+    FederationError,
+    HttpResponseError,
+    federation_path,
+)
+from services.events import storage
+from services.events.errors import EventsError
+from services.events.membership.common import (
+    MEMBER,
+    MembershipDeps,
+    RoomHead,
+    add_signature,
+    deliver_pdu,
+    json_list,
+    pdu_json_of,
+    room_head,
+    verify_event_signatures,
+)
+from services.events.membership.templates import (
+    auth_check_against_state,
+    check_acl,
+    check_join_allowed,
+    not_found,
+    resident_room,
+)
+from services.events.room_batch import RoomBatch
+from services.events.storage import Status
+
+log = logging.getLogger(__name__)
+
+HEROES = 5
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return decode_json(raw)
+    except ValueError:
+        raise MembershipError(400, "M_NOT_JSON", "Content not JSON") from None
+
+
+class Resident:
+    def __init__(self, deps: MembershipDeps) -> None:
+        self.deps = deps
+
+    @property
+    def server_name(self) -> str:
+        return self.deps.server_name
+
+    # ------------------------------------------------------------ send_*
+
+    async def _accept(
+        self, origin: str, room_id: str, event_id: str, raw: bytes, membership: str
+    ) -> tuple[RoomHead, Event, bool]:
+        """Check, countersign if ours to, and persist; (room, stored event, countersigned)."""
+        deps = self.deps
+        pdu = _decode(raw)
+        async with deps.pool.acquire() as conn:
+            head = await resident_room(conn, deps, room_id)
+            await check_acl(conn, head, origin)
+            version = head.version
+            event = check_membership_event(
+                pdu,
+                version,
+                origin=origin,
+                room_id=room_id,
+                event_id=event_id,
+                membership=membership,
+            )
+            pdu = {key: value for key, value in pdu.items() if key != "unsigned"}
+            event = Event(pdu, version, event_id)
+            if not content_hash_matches(pdu):
+                raise invalid("the event's content hash does not match")
+            servers = signatures_required_for_event(event)
+            countersign = False
+            if membership == "join" and join_authorised_via_server(event) == self.server_name:
+                authoriser = event.content.get(JOIN_AUTHORISER)
+                # The joining user must still qualify (restricted rooms).
+                extra = await check_join_allowed(conn, deps, head, event.state_key or "")
+                if extra and not (isinstance(authoriser, str) and is_valid_user_id(authoriser)):
+                    raise forbidden("invalid join_authorised_via_users_server")
+                servers.discard(self.server_name)
+                countersign = True
+        errors = await verify_event_signatures(deps.keys, [(event, servers)])
+        if errors[0] is not None:
+            raise invalid(errors[0])
+        if countersign:
+            pdu = add_signature(pdu, version, deps.signing_key(), self.server_name)
+            event = Event(pdu, version, event_id)
+        stored_new = await self._persist(room_id, event, pdu)
+        if stored_new:
+            await self._send_on(room_id, event_id, origin)
+        return head, event, countersign
+
+    async def _persist(self, room_id: str, event: Event, pdu: dict[str, Any]) -> bool:
+        """Through the normal checks; False when it was stored already (a retry)."""
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            batch = RoomBatch(self.deps.core, conn, room_id)
+            if not await batch.open(1):
+                raise not_found()
+            await batch.prefetch([event])
+            outcome = await batch.add(event, pdu, redacted=False, soft_fail=True)
+            if outcome.already_stored:
+                return False
+            if outcome.status is None:
+                raise invalid(f"cannot accept the event: {outcome.error}")
+            if outcome.status is not Status.ACCEPTED:
+                # Raising rolls the batch back: nothing is stored.
+                raise forbidden(f"the event is not allowed: {outcome.error or 'soft failed'}")
+            await batch.write()
+        batch.committed()
+        return True
+
+    async def _send_on(self, room_id: str, event_id: str, origin: str) -> None:
+        async with self.deps.pool.acquire() as conn:
+            rows = await storage.fetch_event_rows(conn, [event_id])
+        if not rows:
+            return
+        destinations = set(rows[0]["servers_before"]) - {self.server_name, origin, ""}
+        if destinations:
+            self.deps.spawn(
+                deliver_pdu(self.deps.client, self.server_name, rows[0]["pdu_json"], destinations),
+                f"membership-deliver-{event_id}",
+            )
+
+    async def send_join(
+        self, origin: str, room_id: str, event_id: str, raw: bytes, omit_members: bool
+    ) -> bytes:
+        head, event, countersigned = await self._accept(origin, room_id, event_id, raw, "join")
+        async with self.deps.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT state_group_before, servers_before FROM events.events WHERE event_id = $1",
+                event_id,
+            )
+            if row is None or row["state_group_before"] is None:
+                raise not_found("the join is not part of the room")
+            state = (await self.deps.core.state_store.get(conn, row["state_group_before"])).state
+            state_ids = list(state.values())
+            omitted = False
+            if omit_members:
+                keep_members: set[str] = set()
+                if ("m.room.name", "") not in state and ("m.room.canonical_alias", "") not in state:
+                    members = sorted(k for (t, k) in state if t == MEMBER)
+                    keep_members = set(members[:HEROES])
+                state_ids = [
+                    eid for (t, k), eid in state.items() if t != MEMBER or k in keep_members
+                ]
+                omitted = True
+            chain = await storage.auth_chain_ids(conn, [event_id, *state_ids])
+            if omitted:
+                kept = set(state_ids)
+                chain = [eid for eid in chain if eid not in kept]
+            pdus = await pdu_json_of(conn, [*state_ids, *chain, event_id])
+        parts = [
+            '"state":' + json_list(pdus[e] for e in state_ids if e in pdus),
+            '"auth_chain":' + json_list(pdus[e] for e in chain if e in pdus),
+        ]
+        if countersigned and event_id in pdus:
+            parts.append('"event":' + pdus[event_id])
+        if omitted:
+            parts.append('"members_omitted":true')
+            parts.append('"servers_in_room":' + encode_json(list(row["servers_before"])).decode())
+        return ("{" + ",".join(parts) + "}").encode()
+
+    async def send_leave(self, origin: str, room_id: str, event_id: str, raw: bytes) -> bytes:
+        await self._accept(origin, room_id, event_id, raw, "leave")
+        return b"{}"
+
+    async def send_knock(self, origin: str, room_id: str, event_id: str, raw: bytes) -> bytes:
+        head, _, _ = await self._accept(origin, room_id, event_id, raw, "knock")
+        async with self.deps.pool.acquire() as conn:
+            state_json = await self.room_state_pdus(conn, room_id)
+        return ('{"knock_room_state":' + json_list(state_json) + "}").encode()
+
+    async def room_state_pdus(self, conn: Any, room_id: str) -> list[str]:
+        """The invite/knock room state: full PDUs of the current state's summary events."""
+        head = await room_head(conn, self.deps.core, room_id)
+        if head is None:
+            return []
+        ids = [head.state[(t, "")] for t in INVITE_STATE_TYPES if (t, "") in head.state]
+        pdus = await pdu_json_of(conn, ids)
+        return [pdus[e] for e in ids if e in pdus]
+
+    # ------------------------------------------------------------ invites we send
+
+    async def perform_invite(self, room_id: str, sender: str, target: str, reason: str) -> str:
+        deps = self.deps
+        if not is_valid_user_id(target):
+            raise invalid(f"invalid user id {target!r}")
+        content: dict[str, Any] = {"membership": "invite"}
+        if reason:
+            content["reason"] = reason
+        if server_name_of(target) == self.server_name:
+            event_id, _ = await deps.local.send_event(room_id, sender, MEMBER, target, content)
+            return event_id
+        if not is_valid_user_id(sender) or server_name_of(sender) != self.server_name:
+            raise forbidden(f"{sender!r} is not a user of this server")
+        # 1. Build and check the invite on the room's head (nothing stored yet).
+        async with deps.pool.acquire() as conn, conn.transaction():
+            batch = RoomBatch(deps.core, conn, room_id)
+            if not await batch.open(1):
+                raise not_found()
+            event, pdu = deps.local.build(batch, room_id, MEMBER, sender, target, content)
+            head = await room_head(conn, deps.core, room_id)
+            if head is None:
+                raise not_found()
+            await auth_check_against_state(conn, head, event)
+            invite_state = await self.room_state_pdus(conn, room_id)
+        version = head.version
+        # 2. Ask the invitee's server to countersign.
+        returned = await self._send_invite(
+            server_name_of(target), room_id, event, pdu, invite_state
+        )
+        # 3. Check its answer: the same event, with a valid signature of its server.
+        if not isinstance(returned, dict):
+            raise MembershipError(
+                502, "M_UNKNOWN", "the invitee's server answered without an event"
+            )
+        try:
+            same = compute_event_id(returned, version) == event.event_id
+        except (ValueError, TypeError, KeyError):
+            same = False
+        ours = pdu["signatures"].get(self.server_name)
+        theirs = returned.get("signatures")
+        if not same or not isinstance(theirs, dict) or theirs.get(self.server_name) != ours:
+            raise MembershipError(502, "M_UNKNOWN", "the invitee's server changed the invite")
+        final = dict(pdu)
+        final["signatures"] = {**theirs, self.server_name: ours}
+        final_event = Event(final, version, event.event_id)
+        errors = await verify_event_signatures(deps.keys, [(final_event, [server_name_of(target)])])
+        if errors[0] is not None:
+            raise MembershipError(502, "M_UNKNOWN", f"invitee's countersignature: {errors[0]}")
+        # 4. Persist through the normal path; the sender service delivers it.
+        async with deps.pool.acquire() as conn, conn.transaction():
+            batch = RoomBatch(deps.core, conn, room_id)
+            if not await batch.open(1):
+                raise not_found()
+            await batch.prefetch([final_event])
+            outcome = await batch.add(
+                final_event, final, redacted=False, soft_fail=True, local=True
+            )
+            if outcome.status is not Status.ACCEPTED and not outcome.already_stored:
+                raise forbidden(outcome.error or "the invite is not allowed")
+            await batch.write()
+        batch.committed()
+        return event.event_id
+
+    async def _send_invite(
+        self,
+        destination: str,
+        room_id: str,
+        event: Event,
+        pdu: dict[str, Any],
+        invite_state: Sequence[str],
+    ) -> Any:
+        client = self.deps.client
+        version = event.room_version
+        states = [decode_json(s) for s in invite_state]
+        body = {"room_version": version.identifier, "event": pdu, "invite_room_state": states}
+        path = federation_path("_matrix", "federation", "v2", "invite", room_id, event.event_id)
+        try:
+            try:
+                answer = await client.put_json(destination, path, body)
+            except HttpResponseError as error:
+                legacy = version.event_format is EventFormat.V1 and error.status in (400, 404, 405)
+                if not legacy or error.errcode not in (None, "M_UNRECOGNIZED", "M_NOT_FOUND"):
+                    raise
+                v1_pdu = dict(pdu)
+                v1_pdu["unsigned"] = {"invite_room_state": states}
+                v1_path = federation_path(
+                    "_matrix", "federation", "v1", "invite", room_id, event.event_id
+                )
+                answer = await client.put_json(destination, v1_path, v1_pdu)
+                if isinstance(answer, list) and len(answer) == 2:
+                    answer = answer[1]
+        except HttpResponseError as error:
+            errcode = error.errcode or "M_UNKNOWN"
+            if error.status == 403 or errcode == "M_INCOMPATIBLE_ROOM_VERSION":
+                extra = {}
+                if isinstance(error.body, dict) and "room_version" in error.body:
+                    extra["room_version"] = str(error.body["room_version"])
+                raise MembershipError(
+                    error.status, errcode, error.error or "the invitee's server refused", **extra
+                ) from None
+            raise MembershipError(
+                502, "M_UNKNOWN", f"the invitee's server refused the invite: {error}"
+            ) from None
+        except DestinationUnreachableError as error:
+            raise MembershipError(
+                502, "M_UNKNOWN", f"cannot reach {destination}: {error}"
+            ) from None
+        except FederationError as error:
+            raise MembershipError(
+                502, "M_UNKNOWN", f"invite to {destination} failed: {error}"
+            ) from None
+        event_json = answer.get("event") if isinstance(answer, dict) else None
+        return event_json
+
+
+__all__ = ["EventsError", "Resident"]
