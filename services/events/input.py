@@ -211,7 +211,7 @@ class InputPipeline:
                 metrics.PDUS_RECEIVED.labels("dropped").inc()
         outcomes = await asyncio.gather(
             *(
-                self._input_room(room_id, [c for c in room if not c.error], live=True)
+                self._input_room(room_id, [c for c in room if not c.error], soft_fail=True)
                 for room_id, room in by_room.items()
             )
         )
@@ -293,7 +293,7 @@ class InputPipeline:
                         candidate.event,
                         candidate.pdu,
                         redacted=candidate.redacted,
-                        live=live,
+                        soft_fail=live,
                     )
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
@@ -338,7 +338,7 @@ class InputPipeline:
         outcomes.extend(Outcome(c.event.event_id, None, c.error) for c in candidates if c.error)
         outcomes.extend(
             await self._input_room(
-                room_id, [c for c in candidates if not c.error], live=kind == "new"
+                room_id, [c for c in candidates if not c.error], soft_fail=kind == "new"
             )
         )
         return outcomes

@@ -176,7 +176,7 @@ class LocalEvents:
         event, pdu = self.build(
             batch, batch.room_id, event_type, sender, state_key, content, redacts
         )
-        outcome = await batch.add(event, pdu, redacted=False, live=True, local=True)
+        outcome = await batch.add(event, pdu, redacted=False, soft_fail=True, local=True)
         if outcome.status is not Status.ACCEPTED:
             raise Forbidden(outcome.error or "not allowed")
         metrics.LOCAL_EVENTS.labels(event_type).inc()
@@ -265,7 +265,9 @@ class LocalEvents:
                 raise Conflict(f"alias {alias} is taken")
             batch = RoomBatch(self.core, conn, room_id)
             await batch.open(len(plan) + 1)
-            outcome = await batch.add(create, create_pdu, redacted=False, live=True, local=True)
+            outcome = await batch.add(
+                create, create_pdu, redacted=False, soft_fail=True, local=True
+            )
             if outcome.status is not Status.ACCEPTED:
                 raise Forbidden(outcome.error or "create event refused")
             for event_type, state_key, content in plan:

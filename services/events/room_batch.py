@@ -203,18 +203,19 @@ class RoomBatch:
         pdu: Mapping[str, object],
         *,
         redacted: bool,
-        live: bool,
+        soft_fail: bool,
         local: bool = False,
     ) -> Outcome:
         """Check ``event`` against the room and queue it for writing.
 
-        ``live``: a new event (soft-fail check against the current state, a
-        stream position). Otherwise history (backfill, missing events): no
-        soft-fail, no stream position, and it only becomes a forward
-        extremity if nothing stored builds on it yet.
+        ``soft_fail``: a live event (checked against the current state too,
+        given a stream position). Otherwise history (backfill, missing
+        events): no soft-fail check, no stream position, and it becomes a
+        forward extremity only if nothing stored builds on it yet.
         ``local``: an event built here; any failure refuses it (not stored).
         """
         event_id = event.event_id
+        live = soft_fail
         if event_id in self.pending or event_id in await self.events([event_id]):
             return Outcome(event_id, None, already_stored=True)
         deps = await self.events([*event.prev_event_ids, *event.auth_event_ids])
