@@ -6,6 +6,7 @@ from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import events_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events.cache import LruCache
+from services.events.directory.servicer import add_directory_servicer
 from services.events.history.servicer import add_history_servicer
 from services.events.input import InputPipeline
 from services.events.local_events import LocalEvents
@@ -48,4 +49,5 @@ async def setup(context: ServiceContext) -> None:
     servicer = build_servicer(context)
     events_pb2_grpc.add_EventsServicer_to_server(servicer, context.server)
     add_history_servicer(context.server, context.pool, servicer.reads)
+    add_directory_servicer(context)
     await setup_membership(context, servicer.local)
