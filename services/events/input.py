@@ -277,7 +277,7 @@ class InputPipeline:
                     candidate.redacted = True
 
     async def _input_room(
-        self, room_id: str, candidates: list[Candidate], *, live: bool
+        self, room_id: str, candidates: list[Candidate], *, soft_fail: bool
     ) -> list[Outcome]:
         if not candidates:
             return []
@@ -293,7 +293,7 @@ class InputPipeline:
                         candidate.event,
                         candidate.pdu,
                         redacted=candidate.redacted,
-                        soft_fail=live,
+                        soft_fail=soft_fail,
                     )
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
