@@ -312,8 +312,8 @@ class InputPipeline:
 
         ``kind`` is "new" (full checks), "history" (no soft-fail, no 20/10
         limits) or "outlier". The room is registered with ``version_id`` if new.
-        NOTSPEC: outliers are currently checked like history (they need their
-        prev_events); storing auth-chain-only events comes with the join work.
+        Outliers are put in auth order first and checked against their own
+        auth events only.
         """
         version = room_version(version_id)
         async with self.pool.acquire() as conn:
@@ -336,11 +336,28 @@ class InputPipeline:
         )
         await self._check_signatures_and_hashes(candidates)
         outcomes.extend(Outcome(c.event.event_id, None, c.error) for c in candidates if c.error)
-        outcomes.extend(
-            await self._input_room(
-                room_id, [c for c in candidates if not c.error], soft_fail=kind == "new"
-            )
-        )
+        valid = [c for c in candidates if not c.error]
+        if kind == "outlier":
+            outcomes.extend(await self._input_outliers(room_id, _auth_order(valid)))
+        else:
+            outcomes.extend(await self._input_room(room_id, valid, soft_fail=kind == "new"))
+        return outcomes
+
+    async def _input_outliers(self, room_id: str, candidates: list[Candidate]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            batch = RoomBatch(self.core, conn, room_id)
+            if not await batch.open(0):
+                return []
+            await batch.prefetch(c.event for c in candidates)
+            for candidate in candidates:
+                outcomes.append(
+                    await batch.add_outlier(
+                        candidate.event, candidate.pdu, redacted=candidate.redacted
+                    )
+                )
+            await batch.write()
+        batch.committed()
         return outcomes
 
     # ------------------------------------------------------------ EDUs
@@ -430,6 +447,28 @@ class InputPipeline:
                 await self.expire_typing()
             except (asyncpg.PostgresError, OSError):
                 log.warning("typing expiry failed", exc_info=True)
+
+
+def _auth_order(candidates: list[Candidate]) -> list[Candidate]:
+    """``candidates`` with every event after the batch's events it cites as auth events."""
+    by_id = {c.event.event_id: c for c in candidates}
+    ordered: list[Candidate] = []
+    placed: set[str] = set()
+
+    def place(candidate: Candidate, seen: set[str]) -> None:
+        event_id = candidate.event.event_id
+        if event_id in placed or event_id in seen:
+            return
+        seen.add(event_id)
+        for auth_id in candidate.event.auth_event_ids:
+            if auth_id in by_id:
+                place(by_id[auth_id], seen)
+        placed.add(event_id)
+        ordered.append(candidate)
+
+    for candidate in sorted(candidates, key=lambda c: c.event.depth):
+        place(candidate, set())
+    return ordered
 
 
 def _answer(outcome: Outcome) -> dict[str, str]:

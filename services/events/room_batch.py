@@ -137,10 +137,12 @@ class RoomBatch:
         removed = self._initial_extremities - set(self.extremities)
         added = set(self.extremities) - self._initial_extremities
         await storage.replace_forward_extremities(conn, self.room_id, removed, added)
+        create_id = self.create_event.event_id if self.create_event else None
         if self.current is not None and self.current is not self._initial_current:
             await self._write_current_state()
-            create_id = self.create_event.event_id if self.create_event else None
             await storage.update_room_head(conn, self.room_id, self.current.id, create_id)
+        elif create_id and not self.room.create_event_id:
+            await storage.set_create_event(conn, self.room_id, create_id)
         self.positions = await storage.assign_stream_positions(conn, self._to_stream)
         for event_id, position in self.positions.items():
             self.pending[event_id].stream_position = position
@@ -273,6 +275,31 @@ class RoomBatch:
                 self._to_stream.append(event_id)
         if event.type == CREATE and status is Status.ACCEPTED:
             self.create_event = event
+        return Outcome(event_id, status, rejection or "")
+
+    async def add_outlier(
+        self, event: Event, pdu: Mapping[str, object], *, redacted: bool
+    ) -> Outcome:
+        """Store ``event`` without a place in the DAG (auth chains, a join's state).
+
+        Only checked against its own auth events (rooms.md §6 step 4): no
+        state, no stream position, no effect on extremities or current state.
+        """
+        event_id = event.event_id
+        if event_id in self.pending or event_id in await self.events([event_id]):
+            return Outcome(event_id, None, already_stored=True)
+        auth = await self.events(event.auth_event_ids)
+        missing = [a for a in event.auth_event_ids if a not in auth]
+        if missing:
+            return Outcome(event_id, None, f"missing auth_events {', '.join(missing)}")
+        if event.type == CREATE and self.create_event is None:
+            self.create_event = event
+        rejection = self._check_own_auth_events(event, [auth[a] for a in event.auth_event_ids])
+        status = Status.OUTLIER if rejection is None else Status.REJECTED
+        stored = StoredEvent(event=event, status=status, rejection_reason=rejection or "")
+        stored.redacted = redacted
+        self.pending[event_id] = stored
+        self._writes[event_id] = EventWrite(stored, encode_json(pdu).decode(), event.membership)
         return Outcome(event_id, status, rejection or "")
 
     def _check_own_auth_events(self, event: Event, auth_events: list[StoredEvent]) -> str | None:

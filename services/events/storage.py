@@ -126,6 +126,15 @@ async def update_room_head(
     )
 
 
+async def set_create_event(conn: asyncpg.Connection, room_id: str, create_event_id: str) -> None:
+    await conn.execute(
+        "UPDATE events.rooms SET create_event_id = $2"
+        " WHERE room_id = $1 AND create_event_id IS NULL",
+        room_id,
+        create_event_id,
+    )
+
+
 # ---------------------------------------------------------------- events
 
 

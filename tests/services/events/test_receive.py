@@ -212,3 +212,27 @@ async def test_input_pdus_history_has_no_stream_position(
         [event_id for _, event_id in pdus],
     )
     assert edges == 3
+
+
+async def test_input_pdus_outliers(events: EventsService, remote: RemoteServer) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    bob = remote.user("bob")
+    join, join_id = remote.pdu(head, "m.room.member", bob, {"membership": "join"}, bob)
+    mallory = remote.user("mallory")
+    bad, bad_id = remote.pdu(head, "m.room.message", mallory, {"body": "x"}, advance=False)
+    reply = await events.stub.InputPdus(
+        events_pb2.InputPdusRequest(
+            room_id=room_id,
+            room_version=head.version,
+            origin=remote.name,
+            kind=events_pb2.OUTLIER_KIND,
+            pdus=[encode_json(bad), encode_json(join)],
+        )
+    )
+    results = {r.event_id: r.status for r in reply.results}
+    assert results == {join_id: events_pb2.OUTLIER, bad_id: events_pb2.REJECTED}
+    record = await events.event(join_id)
+    assert record is not None and record.status == events_pb2.OUTLIER
+    assert record.stream_position == 0
+    assert join_id not in (await events.head(room_id)).extremities
