@@ -1,0 +1,310 @@
+"""Fetching missing events and history from a remote server, against a whole running mxfed.
+
+The FakeHomeserver plays a server that holds more of the room than mxfed:
+it serves ``/get_missing_events``, ``/backfill``, ``/state_ids``, ``/state``
+and ``/event`` from the PDUs a test gives it, and records what it is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from aiohttp import web
+
+from matrix_protocol.events import Event
+from matrix_protocol.signing import generate_signing_key, sign_event
+from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
+from mxfed_api.events.v1 import events_pb2
+from tests.gateway.test_transactions import Room, Scene
+from tests.support.databases import create_database, drop_database
+from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.mxfed_process import MxfedProcess
+
+V1 = "/_matrix/federation/v1"
+
+
+@dataclass
+class HostedRoom:
+    """What the remote serves: PDUs by id, state before events, extra PDUs to slip in."""
+
+    pdus: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state_before: dict[str, list[str]] = field(default_factory=dict)
+    extra_missing_events: list[dict[str, Any]] = field(default_factory=list)
+    extra_backfill: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def walk(self, starts: list[str], stop: set[str], limit: int, include: bool) -> list[str]:
+        """Depth-ordered walk of prev_events (deepest first)."""
+        frontier = list(starts) if include else [p for s in starts for p in self._prevs(s)]
+        seen, out = set(frontier), []
+        while frontier and len(out) < limit:
+            frontier.sort(key=lambda e: self.pdus[e]["depth"] if e in self.pdus else -1)
+            event_id = frontier.pop()
+            if event_id not in self.pdus or event_id in stop:
+                continue
+            out.append(event_id)
+            for prev in self._prevs(event_id):
+                if prev not in seen:
+                    seen.add(prev)
+                    frontier.append(prev)
+        return out
+
+    def _prevs(self, event_id: str) -> list[str]:
+        return list(self.pdus[event_id]["prev_events"]) if event_id in self.pdus else []
+
+
+def add_history_routes(remote: FakeHomeserver, hosted: HostedRoom) -> None:
+    async def missing_events(request: web.Request) -> web.Response:
+        body = await request.json()
+        hosted.requests.append(("get_missing_events", request.match_info["room_id"], body))
+        ids = hosted.walk(
+            body["latest_events"], set(body["earliest_events"]), body.get("limit", 10), False
+        )
+        pdus = [hosted.pdus[e] for e in reversed(ids)] + hosted.extra_missing_events
+        return web.json_response({"events": pdus})
+
+    async def backfill(request: web.Request) -> web.Response:
+        query = request.rel_url.query
+        hosted.requests.append(("backfill", request.match_info["room_id"], dict(query)))
+        ids = hosted.walk(query.getall("v"), set(), int(query["limit"]), True)
+        pdus = [hosted.pdus[e] for e in ids] + hosted.extra_backfill
+        return web.json_response(
+            {"origin": remote.server_name, "origin_server_ts": 0, "pdus": pdus}
+        )
+
+    async def state_ids(request: web.Request) -> web.Response:
+        event_id = request.rel_url.query["event_id"]
+        hosted.requests.append(("state_ids", request.match_info["room_id"], event_id))
+        if event_id not in hosted.state_before:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no"}, status=404)
+        return web.json_response({"pdu_ids": hosted.state_before[event_id], "auth_chain_ids": []})
+
+    async def state(request: web.Request) -> web.Response:
+        event_id = request.rel_url.query["event_id"]
+        hosted.requests.append(("state", request.match_info["room_id"], event_id))
+        ids = hosted.state_before[event_id]
+        return web.json_response({"pdus": [hosted.pdus[e] for e in ids], "auth_chain": []})
+
+    async def event(request: web.Request) -> web.Response:
+        event_id = request.match_info["event_id"]
+        hosted.requests.append(("event", "", event_id))
+        if event_id not in hosted.pdus:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no"}, status=404)
+        return web.json_response(
+            {"origin": remote.server_name, "origin_server_ts": 0, "pdus": [hosted.pdus[event_id]]}
+        )
+
+    remote.route("POST", V1 + "/get_missing_events/{room_id}", missing_events)
+    remote.route("GET", V1 + "/backfill/{room_id}", backfill)
+    remote.route("GET", V1 + "/state_ids/{room_id}", state_ids)
+    remote.route("GET", V1 + "/state/{room_id}", state)
+    remote.route("GET", V1 + "/event/{event_id}", event)
+
+
+@dataclass
+class Stage:
+    scene: Scene
+    hosted: HostedRoom
+    backfill: backfill_pb2_grpc.BackfillStub
+    channel: grpc.aio.Channel
+
+
+@pytest.fixture(scope="module")
+async def stage(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stage]:
+    database_url = await create_database("mxfed_backfill_test")
+    hosted = HostedRoom()
+    remote = FakeHomeserver()
+    add_history_routes(remote, hosted)
+    await remote.start()
+    mxfed = MxfedProcess(tmp_path_factory.mktemp("backfill-fetching") / "mxfed", database_url)
+    try:
+        await asyncio.to_thread(mxfed.start)
+    except BaseException:
+        await remote.stop()
+        await drop_database(database_url)
+        raise
+    scene = Scene(mxfed, remote)
+    channel = grpc.aio.insecure_channel(mxfed.grpc_address("backfill"))
+    yield Stage(scene, hosted, backfill_pb2_grpc.BackfillStub(channel), channel)
+    await channel.close()
+    await scene.close()
+    await asyncio.to_thread(mxfed.stop)
+    await remote.stop()
+    await drop_database(database_url)
+
+
+async def branch(
+    stage: Stage, room: Room, count: int, *, state_event_at: int | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``count`` events by @bob built on mxfed's head that mxfed has not seen (hosted remotely)."""
+    scene = stage.scene
+    info = await scene.events.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+    )
+    state = await scene.current_state(room.room_id)
+    for event_id in state.values():
+        record = await scene.record(event_id)
+        stage.hosted.pdus[event_id] = orjson.loads(record.pdu_json)
+    prevs, depth = list(info.forward_extremities), info.max_depth
+    bob = scene.remote.user("bob")
+    built = []
+    for i in range(count):
+        depth += 1
+        if i == state_event_at:
+            content = {"membership": "join", "displayname": f"Bob {i}"}
+            event_id, pdu = await scene.build(
+                room,
+                bob,
+                "m.room.member",
+                content,
+                bob,
+                prev_events=prevs,
+                state=state,
+                depth=depth,
+            )
+            stage.hosted.state_before[event_id] = list(state.values())
+            state = {**state, ("m.room.member", bob): event_id}
+        else:
+            event_id, pdu = await scene.build(
+                room,
+                bob,
+                "m.room.message",
+                {"body": f"b{i}"},
+                prev_events=prevs,
+                state=state,
+                depth=depth,
+            )
+            stage.hosted.state_before[event_id] = list(state.values())
+        stage.hosted.pdus[event_id] = pdu
+        built.append((event_id, pdu))
+        prevs = [event_id]
+    return built
+
+
+def forge(remote: FakeHomeserver, pdu: dict[str, Any], room: Room) -> tuple[str, dict]:
+    """A copy with other content, signed with a key that is not the remote's."""
+    forged = {k: v for k, v in pdu.items() if k not in ("signatures", "hashes", "unsigned")}
+    forged["content"] = {"body": "forged"}
+    signed = sign_event(
+        forged, generate_signing_key(), remote.server_name, remote.key_id, room.version
+    )
+    return Event.from_pdu(signed, room.version).event_id, signed
+
+
+# get_missing_events ------------------------------------------------------------------------
+
+
+async def test_a_small_gap_is_filled_and_the_event_is_then_accepted(stage: Stage) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    room = await scene.joined_room()
+    info = await scene.events.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+    )
+    events = await branch(stage, room, 6)
+    gap, (pushed_id, pushed) = events[:5], events[5]
+    forged_id, forged = forge(scene.remote, gap[2][1], room)
+    hosted.extra_missing_events = [forged]
+    hosted.requests.clear()
+    try:
+        reply = await stage.backfill.PerformFetchMissingEvents(
+            backfill_pb2.PerformFetchMissingEventsRequest(
+                room_id=room.room_id,
+                origin=scene.remote.server_name,
+                event_json=orjson.dumps(pushed),
+            ),
+            timeout=60,
+        )
+    finally:
+        hosted.extra_missing_events = []
+    assert reply.events_fetched == 5
+    assert list(reply.still_missing) == []
+    ((kind, room_id, body),) = hosted.requests
+    assert (kind, room_id) == ("get_missing_events", room.room_id)
+    assert body["latest_events"] == [pushed_id]
+    assert set(info.forward_extremities) <= set(body["earliest_events"])
+    assert body["limit"] == 10
+    assert body["min_depth"] == info.min_depth
+    for event_id, _ in gap:
+        record = await scene.record(event_id)
+        assert record is not None and record.status == events_pb2.ACCEPTED
+    assert await scene.record(forged_id) is None  # bad signature: dropped
+
+    response = await scene.send([pushed])
+    assert response.json() == {"pdus": {pushed_id: {}}}
+
+
+async def test_nothing_is_fetched_when_the_prev_events_are_known(stage: Stage) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    room = await scene.joined_room()
+    ((event_id, pdu),) = await branch(stage, room, 1)
+    hosted.requests.clear()
+    reply = await stage.backfill.PerformFetchMissingEvents(
+        backfill_pb2.PerformFetchMissingEventsRequest(
+            room_id=room.room_id, origin=scene.remote.server_name, event_json=orjson.dumps(pdu)
+        ),
+        timeout=60,
+    )
+    assert reply.events_fetched == 0 and list(reply.still_missing) == []
+    assert hosted.requests == []
+
+
+async def test_when_a_gap_remains_the_state_at_the_missing_prev_is_fetched(stage: Stage) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    room = await scene.joined_room()
+    events = await branch(stage, room, 16, state_event_at=2)
+    (last_id, _), (_, pushed) = events[14], events[15]
+    hosted.requests.clear()
+    reply = await stage.backfill.PerformFetchMissingEvents(
+        backfill_pb2.PerformFetchMissingEventsRequest(
+            room_id=room.room_id, origin=scene.remote.server_name, event_json=orjson.dumps(pushed)
+        ),
+        timeout=60,
+    )
+    kinds = [kind for kind, _, _ in hosted.requests]
+    assert kinds[0] == "get_missing_events"
+    assert ("state_ids", room.room_id, last_id) in hosted.requests
+    # bob's new member event is missing: well over 10 % of the state, so one /state.
+    assert ("state", room.room_id, last_id) in hosted.requests
+    assert list(reply.still_missing) == [last_id]
+    (state_after,) = reply.state_after_missing_prevs
+    assert state_after.event_id == last_id
+    assert set(state_after.state_event_ids) == set(hosted.state_before[last_id])
+
+
+async def test_missing_events_for_an_unknown_room_is_not_found(stage: Stage) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stage.backfill.PerformFetchMissingEvents(
+            backfill_pb2.PerformFetchMissingEventsRequest(
+                room_id="!unknown:example.org", origin="example.org", event_json=b"{}"
+            ),
+            timeout=30,
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# backfill ----------------------------------------------------------------------------------
+
+
+async def test_backfill_of_a_room_with_no_holes_asks_nobody(stage: Stage) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    room = await scene.joined_room()
+    hosted.requests.clear()
+    reply = await stage.backfill.PerformBackfill(
+        backfill_pb2.PerformBackfillRequest(room_id=room.room_id, limit=50), timeout=60
+    )
+    assert reply.events_fetched == 0
+    assert hosted.requests == []
+
+
+async def test_backfill_of_an_unknown_room_is_not_found(stage: Stage) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stage.backfill.PerformBackfill(
+            backfill_pb2.PerformBackfillRequest(room_id="!unknown:example.org"), timeout=30
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
