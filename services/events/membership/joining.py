@@ -310,7 +310,7 @@ class Joining:
             extra["reason"] = reason
         async with self.deps.pool.acquire() as conn:
             head = await room_head(conn, self.deps.core, room_id)
-            in_room = head is not None and await storage.has_local_joined_member(
+            in_room = head is not None and await storage.server_has_joined_member(
                 conn, room_id, self.server_name
             )
             invite = await oob_storage.get(conn, user_id, room_id)
@@ -541,7 +541,7 @@ class Joining:
             content["reason"] = reason
         async with self.deps.pool.acquire() as conn:
             head = await room_head(conn, self.deps.core, room_id)
-            in_room = head is not None and await storage.has_local_joined_member(
+            in_room = head is not None and await storage.server_has_joined_member(
                 conn, room_id, self.server_name
             )
             current = None

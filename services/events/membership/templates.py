@@ -56,7 +56,7 @@ def not_found(message: str = "Unknown room") -> MembershipError:
 async def resident_room(conn: asyncpg.Connection, deps: MembershipDeps, room_id: str) -> RoomHead:
     """The room, if we hold its state and a local user is joined (else 404)."""
     head = await room_head(conn, deps.core, room_id)
-    if head is None or not await storage.has_local_joined_member(conn, room_id, deps.server_name):
+    if head is None or not await storage.server_has_joined_member(conn, room_id, deps.server_name):
         raise not_found("This server is not in that room")
     return head
 
@@ -74,7 +74,7 @@ async def _joined_to_any(
     known = False
     for room_id in room_ids:
         head = await room_head(conn, deps.core, room_id)
-        if head is None or not await storage.has_local_joined_member(
+        if head is None or not await storage.server_has_joined_member(
             conn, room_id, deps.server_name
         ):
             continue
