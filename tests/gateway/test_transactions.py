@@ -420,20 +420,22 @@ async def test_power_levels_without_power_are_rejected(scene: Scene, room: Room)
 async def test_a_message_from_a_banned_member_on_an_old_branch_is_soft_failed(
     scene: Scene, room: Room
 ) -> None:
-    bob = scene.remote.user("bob")
+    # Carol (on bob's server) joins; bob stays, so the server keeps a member.
+    carol = scene.remote.user("carol")
+    await scene.join(room, carol)
     before_ban = await scene.current_state(room.room_id)
     info = await scene.events.QueryRoomInfo(
         events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
     )
     old_extremities, old_depth = list(info.forward_extremities), info.max_depth
-    ban_id = await scene.send_local(room, "m.room.member", {"membership": "ban"}, bob)
+    ban_id = await scene.send_local(room, "m.room.member", {"membership": "ban"}, carol)
 
-    # Bob's server has not seen the ban: it builds on the state before it. The
+    # Carol's server has not seen the ban: it builds on the state before it. The
     # message passes auth against its own auth events and the state at its
     # prev events, but not against the current state.
     event_id, pdu = await scene.build(
         room,
-        bob,
+        carol,
         "m.room.message",
         {"body": "sent before I saw the ban"},
         prev_events=old_extremities,
@@ -446,7 +448,12 @@ async def test_a_message_from_a_banned_member_on_an_old_branch_is_soft_failed(
     record = await scene.record(event_id)
     assert record is not None
     assert record.status == events_pb2.SOFT_FAILED
-    assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == ban_id
+    assert (await scene.current_state(room.room_id))[("m.room.member", carol)] == ban_id
+    assert event_id not in await scene.timeline_ids(room.room_id)
+    # Soft-failed events are still served by /event (spec).
+    fetched = await scene.get(f"/_matrix/federation/v1/event/{quote(event_id, safe='')}")
+    assert fetched.status_code == 200
+    assert fetched.json()["pdus"][0]["content"]["body"] == "sent before I saw the ban"
 
 
 async def test_a_pdu_relayed_by_a_server_that_is_not_the_senders_is_refused(
