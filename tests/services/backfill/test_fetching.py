@@ -308,3 +308,46 @@ async def test_backfill_of_an_unknown_room_is_not_found(stage: Stage) -> None:
             backfill_pb2.PerformBackfillRequest(room_id="!unknown:example.org"), timeout=30
         )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_cli_prints_how_many_events_were_fetched(stage: Stage) -> None:
+    import subprocess
+    import sys
+
+    room = await stage.scene.joined_room()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "mxfed.cli",
+            "--config",
+            str(stage.scene.mxfed.config_path),
+            "backfill",
+            room.room_id,
+            "--limit",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "fetched 0 events"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "mxfed.cli",
+            "--config",
+            str(stage.scene.mxfed.config_path),
+            "backfill",
+            "!unknown:example.org",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("M_NOT_FOUND")
