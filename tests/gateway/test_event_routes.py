@@ -273,3 +273,25 @@ async def test_event_auth_for_a_server_without_members_is_forbidden(
     response = await scene.get(uri, server=outsider)
     assert response.status_code == 403
     assert response.json()["errcode"] == "M_FORBIDDEN"
+
+
+async def test_v3_event_ids_with_slashes_and_pluses(scene: Scene) -> None:
+    """Room v3 event IDs use standard base64: ``/`` arrives as ``%2F`` and must still route."""
+    room = await scene.create_room(room_version="3")
+    await scene.join(room, scene.remote.user("bob"))
+    awkward: list[str] = []
+    for n in range(40):
+        event_id = await scene.send_local(room, "m.room.message", {"body": f"n{n}"})
+        if "/" in event_id or "+" in event_id:
+            awkward.append(event_id)
+        if any("/" in e for e in awkward) and any("+" in e for e in awkward):
+            break
+    assert awkward
+    for event_id in awkward:
+        response = await scene.get(f"{V1}/event/{q(event_id)}")
+        assert response.status_code == 200, (event_id, response.text)
+        assert Event.from_pdu(response.json()["pdus"][0], room.version).event_id == event_id
+        response = await scene.get(f"{V1}/event_auth/{q(room.room_id)}/{q(event_id)}")
+        assert response.status_code == 200, (event_id, response.text)
+        query = f"{q(room.room_id)}?event_id={q(event_id)}"
+        assert (await scene.get(f"{V1}/state_ids/{query}")).status_code == 200
