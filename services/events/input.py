@@ -205,6 +205,13 @@ class InputPipeline:
         for candidate in candidates:
             if not candidate.error and candidate.event.sender_server != origin:
                 candidate.error = "the sender's server is not the transaction origin"
+        async with self.pool.acquire() as conn:
+            denied_rooms = {
+                room_id for room_id in by_room if not await self._acl_allows(conn, room_id, origin)
+            }
+        for candidate in candidates:
+            if not candidate.error and candidate.event.room_id in denied_rooms:
+                candidate.error = "the room's server ACL denies the origin server"
         for candidate in candidates:
             if candidate.error:
                 results[candidate.event.event_id] = {"error": candidate.error}
@@ -407,13 +414,18 @@ class InputPipeline:
         for room_id in room_ids:
             if not await storage.server_has_joined_member(conn, room_id, origin):
                 continue
-            acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
-            if acl_ids:
-                acl = (await storage.fetch_events(conn, acl_ids)).get(acl_ids[0])
-                if acl is not None and not server_allowed(origin, acl.event.content):
-                    continue
-            allowed.add(room_id)
+            if await self._acl_allows(conn, room_id, origin):
+                allowed.add(room_id)
         return allowed
+
+    @staticmethod
+    async def _acl_allows(conn: asyncpg.Connection, room_id: str, origin: str) -> bool:
+        """The room's current m.room.server_acl (behaviours.md §7) lets ``origin`` in."""
+        acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
+        if not acl_ids:
+            return True
+        acl = (await storage.fetch_events(conn, acl_ids)).get(acl_ids[0])
+        return acl is None or server_allowed(origin, acl.event.content)
 
     async def expire_typing(self) -> int:
         """Emit typing=false for typing notifications older than the 60 s timeout."""

@@ -236,3 +236,21 @@ async def test_input_pdus_outliers(events: EventsService, remote: RemoteServer) 
     assert record is not None and record.status == events_pb2.OUTLIER
     assert record.stream_position == 0
     assert join_id not in (await events.head(room_id)).extremities
+
+
+async def test_room_acl_denies_the_origin_per_pdu(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    await events.send(
+        room_id,
+        f"@admin:{events.server_name}",
+        "m.room.server_acl",
+        {"allow": ["*"], "deny": [remote.name.split(":")[0]], "allow_ip_literals": True},
+        state_key="",
+    )
+    head = await events.head(room_id)
+    message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "let me in"})
+    response = await events.transaction(remote.name, [message])
+    assert "ACL" in response["pdus"][event_id]["error"]
+    assert await events.event(event_id) is None
