@@ -175,7 +175,15 @@ def _summary(pdu: dict[str, Any]) -> str:
     state_key = pdu.get("state_key")
     if event_type == "m.room.member":
         return f"{state_key} {content.get('membership')}"
-    for key in ("name", "topic", "alias", "join_rule", "history_visibility"):
+    for key in (
+        "name",
+        "topic",
+        "alias",
+        "join_rule",
+        "history_visibility",
+        "guest_access",
+        "room_version",
+    ):
         if isinstance(content.get(key), str):
             return f"{key}={content[key]}"
     text = json.dumps(content, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
