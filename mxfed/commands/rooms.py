@@ -118,13 +118,25 @@ def _emit(args: argparse.Namespace, value: dict[str, Any], text: str) -> None:
         print(text, flush=True)
 
 
-async def _resolve_room(stub: events_pb2_grpc.EventsStub, room: str) -> str:
-    if not room.startswith("#"):
-        return room
-    reply = await stub.QueryAlias(events_pb2.QueryAliasRequest(alias=room), timeout=CALL_TIMEOUT)
-    if not reply.found:
-        raise CommandError(f"M_NOT_FOUND: no room has the alias {room}")
-    return reply.room_id
+async def _resolve_room(
+    stub: events_pb2_grpc.EventsStub, room: str, *, must_exist: bool = False
+) -> str:
+    """The room ID of an ID or alias; ``must_exist`` checks that we know the room."""
+    room_id = room
+    if room.startswith("#"):
+        reply = await stub.QueryAlias(
+            events_pb2.QueryAliasRequest(alias=room), timeout=CALL_TIMEOUT
+        )
+        if not reply.found:
+            raise CommandError(f"M_NOT_FOUND: no room has the alias {room}")
+        room_id = reply.room_id
+    if must_exist:
+        info = await stub.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=room_id), timeout=CALL_TIMEOUT
+        )
+        if not info.exists:
+            raise CommandError(f"M_NOT_FOUND: unknown room {room_id}")
+    return room_id
 
 
 _STATUS_NAMES = {
@@ -237,7 +249,7 @@ async def send_message(args: argparse.Namespace, stub: events_pb2_grpc.EventsStu
 async def show_history(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
     if args.limit < 1:
         raise CommandError("M_INVALID_PARAM: --limit must be at least 1")
-    room_id = await _resolve_room(stub, args.room)
+    room_id = await _resolve_room(stub, args.room, must_exist=True)
     records = await _latest_events(stub, room_id, args.limit)
     for record in records:
         _emit(args, event_json(record), event_line(record))
@@ -265,7 +277,7 @@ async def _latest_events(
 
 
 async def follow_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
-    room_id = await _resolve_room(stub, args.room)
+    room_id = await _resolve_room(stub, args.room, must_exist=True)
     # Start after the newest event we hold now, so that nothing sent after
     # this point can slip between "now" and the subscription.
     latest = await _latest_events(stub, room_id, 1)

@@ -137,6 +137,11 @@ async def test_service_errors_print_the_errcode_and_exit_non_zero(scene: Scene) 
     assert code != 0
     assert err.startswith("M_NOT_FOUND: ")
 
+    for command in ("history", "tail"):
+        code, out, err = await mxfed_cli(scene, command, "!nosuchroom:nowhere.example")
+        assert code == 1
+        assert err.startswith("M_NOT_FOUND: ")
+
 
 async def test_history_limit_must_be_positive(scene: Scene, lobby: dict) -> None:
     code, _, err = await mxfed_cli(scene, "history", lobby["room_id"], "--limit", "0")
