@@ -6,6 +6,7 @@ invites, query/directory: the happy paths and their error cases (never 500).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import quote
 import grpc
 import orjson
 import pytest
+from aiohttp import web
 
 from matrix_protocol.events import Event
 from matrix_protocol.membership import build_event_from_template
@@ -521,3 +523,36 @@ async def test_query_directory(scene: Scene) -> None:
 
 
 # helpers used above ---------------------------------------------------------------
+
+
+# on-behalf delivery ---------------------------------------------------------------
+
+
+async def test_a_join_accepted_via_send_join_reaches_the_other_servers(scene: Scene) -> None:
+    """The resident sends the join it accepted on to the room's other servers (/send)."""
+    received: list[dict[str, Any]] = []
+
+    async def on_send(request: web.Request) -> web.Response:
+        received.extend((await request.json()).get("pdus", []))
+        return web.json_response({"pdus": {}})
+
+    watcher = FakeHomeserver(key_version="watch1")
+    watcher.route("PUT", "/_matrix/federation/v1/send/{txn_id}", on_send)
+    await watcher.start()
+    try:
+        room = await scene.create_room()
+        await scene.join(room, watcher.user("wendy"), server=watcher)
+        joined = await remote_join(scene, room, user(scene))
+
+        async def delivered() -> bool:
+            return any(
+                Event.from_pdu(pdu, room.version).event_id == joined["event_id"] for pdu in received
+            )
+
+        for _ in range(100):
+            if await delivered():
+                break
+            await asyncio.sleep(0.2)
+        assert await delivered()
+    finally:
+        await watcher.stop()
