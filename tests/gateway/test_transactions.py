@@ -349,6 +349,43 @@ async def test_typing_edu_reaches_the_events_stream(scene: Scene, room: Room) ->
     assert (typing.room_id, typing.user_id, typing.typing) == (room.room_id, bob, True)
 
 
+async def test_receipt_edu_reaches_the_events_stream(scene: Scene, room: Room) -> None:
+    bob = scene.remote.user("bob")
+    message_id, message = await scene.build(room, bob, "m.room.message", {"body": "read me"})
+    assert (await scene.send([message])).json() == {"pdus": {message_id: {}}}
+    stream = scene.events.StreamEvents(
+        events_pb2.StreamEventsRequest(
+            room_id=room.room_id, after_position=-1, include_ephemeral=True
+        )
+    )
+
+    async def first_receipt() -> events_pb2.Receipt:
+        async for item in stream:
+            if item.WhichOneof("item") == "receipt":
+                return item.receipt
+        raise AssertionError("stream ended")
+
+    waiter = asyncio.create_task(first_receipt())
+    try:
+        receipt = {"event_ids": [message_id], "data": {"ts": int(time.time() * 1000)}}
+        edu = {"edu_type": "m.receipt", "content": {room.room_id: {"m.read": {bob: receipt}}}}
+        for _ in range(20):
+            assert (await scene.send([], [edu])).status_code == 200
+            done, _ = await asyncio.wait({waiter}, timeout=0.5)
+            if done:
+                break
+        got = await asyncio.wait_for(waiter, timeout=5)
+    finally:
+        stream.cancel()
+        waiter.cancel()
+    assert (got.room_id, got.user_id, got.receipt_type, got.event_id) == (
+        room.room_id,
+        bob,
+        "m.read",
+        message_id,
+    )
+
+
 # PDUs that fail checks ---------------------------------------------------------------
 
 
