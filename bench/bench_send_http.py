@@ -1,0 +1,227 @@
+"""Inbound PDUs/s through the whole federation path: HTTPS, X-Matrix, /send, services.
+
+Not a test. Starts a whole mxfed (`mxfed run`, every part as its own process)
+on a throw-away database and a remote homeserver on loopback whose user joins
+public rooms on mxfed; then the remote sends 50-PDU transactions of signed
+messages over HTTPS with X-Matrix, one transaction in flight (as the spec
+requires of a sender), first into one room and then spread over 5 rooms.
+
+Prints PDUs/s, the share of time per stage (gateway HTTP + X-Matrix, and the
+events service's receive stages read from its Prometheus metrics), and the
+ed25519 verifications/s this machine manages in the same run.
+
+    .venv/bin/python bench/bench_send_http.py [--transactions 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nacl.signing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from matrix_protocol.auth_events import select_auth_event_ids  # noqa: E402
+from matrix_protocol.canonical_json import decode_json  # noqa: E402
+from matrix_protocol.room_versions import room_version  # noqa: E402
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
+from tests.support.databases import create_database, drop_database  # noqa: E402
+from tests.support.fake_homeserver import FakeHomeserver  # noqa: E402
+from tests.support.mxfed_process import MxfedProcess  # noqa: E402
+
+PDUS_PER_TRANSACTION = 50
+
+
+def ed25519_verifications_per_second(seconds: float = 1.0) -> float:
+    key = nacl.signing.SigningKey.generate()
+    signed = key.sign(b"x" * 1024)
+    verify_key, count, started = key.verify_key, 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(200):
+            verify_key.verify(signed)
+        count += 200
+    return count / (time.perf_counter() - started)
+
+
+class Room:
+    """A room on mxfed that the remote user has joined, with the remote's view of its head."""
+
+    def __init__(self, room_id: str, version: str, state: dict, extremities: list, depth: int):
+        self.room_id = room_id
+        self.version = room_version(version)
+        self.state = state
+        self.extremities = extremities
+        self.depth = depth
+
+    def next_pdu(
+        self,
+        remote: FakeHomeserver,
+        sender: str,
+        event_type: str,
+        content: dict,
+        state_key: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        auth = select_auth_event_ids(
+            event_type, sender, state_key, content, self.version, self.state
+        )
+        self.depth += 1
+        event_id, pdu = remote.build_pdu(
+            self.version,
+            room_id=self.room_id,
+            sender=sender,
+            event_type=event_type,
+            content=content,
+            prev_events=self.extremities,
+            auth_events=auth,
+            depth=self.depth,
+            state_key=state_key,
+        )
+        self.extremities = [event_id]
+        if state_key is not None:
+            self.state[(event_type, state_key)] = event_id
+        return event_id, pdu
+
+
+async def join_public_room(
+    stub: events_pb2_grpc.EventsStub, mxfed: MxfedProcess, remote: FakeHomeserver, user: str
+) -> Room:
+    created = await stub.PerformCreateRoom(
+        events_pb2.PerformCreateRoomRequest(
+            creator=f"@admin:{mxfed.server_name}", preset="public_chat"
+        )
+    )
+    info = await stub.QueryRoomInfo(events_pb2.QueryRoomInfoRequest(room_id=created.room_id))
+    current = await stub.QueryCurrentState(
+        events_pb2.QueryCurrentStateRequest(room_id=created.room_id)
+    )
+    state = {}
+    for record in current.events:
+        pdu = decode_json(record.pdu_json)
+        state[(pdu["type"], pdu["state_key"])] = record.event_id
+    room = Room(
+        created.room_id, info.room_version, state, list(info.forward_extremities), info.max_depth
+    )
+    join_id, join = room.next_pdu(remote, user, "m.room.member", {"membership": "join"}, user)
+    response = await send(remote, mxfed, [join])
+    assert response == {"pdus": {join_id: {}}}, response
+    return room
+
+
+async def send(remote: FakeHomeserver, mxfed: MxfedProcess, pdus: list[dict]) -> dict:
+    body = {"origin": remote.server_name, "origin_server_ts": remote.next_ts(), "pdus": pdus}
+    uri = f"/_matrix/federation/v1/send/{uuid.uuid4().hex}"
+    reply = await remote.federation_request(
+        mxfed.federation_url, mxfed.server_name, "PUT", uri, body
+    )
+    reply.raise_for_status()
+    return reply.json()
+
+
+def stage_seconds(mxfed: MxfedProcess) -> dict[str, float]:
+    """Cumulative seconds per stage from the events and gateway metrics."""
+    stages: dict[str, float] = {}
+    events = _metrics(mxfed, "events")
+    for stage, value in re.findall(
+        r'mxfed_events_input_stage_seconds_sum\{stage="([^"]+)"\} ([0-9.e+-]+)', events
+    ):
+        stages[stage] = float(value)
+    gateway = _metrics(mxfed, "gateway")
+    for value in re.findall(
+        r'mxfed_gateway_request_seconds_sum\{method="PUT",route="/_matrix/federation/v1/send/'
+        r'\{txnId\}"\} ([0-9.e+-]+)',
+        gateway,
+    ):
+        stages["gateway total"] = float(value)
+    return stages
+
+
+def _metrics(mxfed: MxfedProcess, part: str) -> str:
+    url = f"http://127.0.0.1:{mxfed.metrics_ports[part]}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+async def run_scenario(
+    name: str,
+    rooms: list[Room],
+    remote: FakeHomeserver,
+    mxfed: MxfedProcess,
+    user: str,
+    transactions: int,
+) -> None:
+    batches = []
+    for t in range(transactions):
+        pdus = []
+        for i in range(PDUS_PER_TRANSACTION):
+            room = rooms[i % len(rooms)]
+            _, pdu = room.next_pdu(remote, user, "m.room.message", {"body": f"{name} {t}/{i}"})
+            pdus.append(pdu)
+        batches.append(pdus)
+    before = stage_seconds(mxfed)
+    started = time.perf_counter()
+    for pdus in batches:
+        response = await send(remote, mxfed, pdus)
+        errors = [v for v in response["pdus"].values() if v]
+        assert not errors, errors[:3]
+    elapsed = time.perf_counter() - started
+    after = stage_seconds(mxfed)
+    total = transactions * PDUS_PER_TRANSACTION
+    print(f"\n{name}: {total} PDUs in {elapsed:.2f} s = {total / elapsed:,.0f} PDUs/s")
+    spent = {stage: after.get(stage, 0) - before.get(stage, 0) for stage in after}
+    gateway_total = spent.pop("gateway total", elapsed)
+    per_transaction = 1000 * gateway_total / transactions
+    print(f"  gateway, per transaction (HTTP in to response out): {per_transaction:.1f} ms")
+    print("  events service stages, ms per transaction (rooms run in parallel, so they can add up")
+    print("  to more than the gateway time):")
+    for stage, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"    {stage:24s} {1000 * seconds / transactions:7.1f} ms")
+    inside = sum(spent.values())
+    if len(rooms) == 1:
+        outside = gateway_total - inside
+        label = "(outside: HTTP, X-Matrix, gRPC hops)"
+        print(f"    {label:24s} {1000 * outside / transactions:7.1f} ms")
+
+
+async def main(transactions: int) -> None:
+    ceiling = ed25519_verifications_per_second()
+    print(f"ed25519 verifications/s on this machine (one core): {ceiling:,.0f}")
+    database_url = await create_database("mxfed_bench")
+    remote = FakeHomeserver()
+    await remote.start()
+    with tempfile.TemporaryDirectory() as scratch:
+        mxfed = MxfedProcess(
+            Path(scratch) / "data", database_url, extra_config={"log_level": "WARNING"}
+        )
+        mxfed.start()
+        try:
+            async with grpc.aio.insecure_channel(mxfed.grpc_address("events")) as channel:
+                stub = events_pb2_grpc.EventsStub(channel)
+                user = remote.user("bench")
+                one = [await join_public_room(stub, mxfed, remote, user)]
+                five = [await join_public_room(stub, mxfed, remote, user) for _ in range(5)]
+                await run_scenario("warm-up", one, remote, mxfed, user, 2)
+                await run_scenario("one room", one, remote, mxfed, user, transactions)
+                await run_scenario("five rooms", five, remote, mxfed, user, transactions)
+        finally:
+            mxfed.stop()
+            await remote.stop()
+            await drop_database(database_url)
+    print(
+        f"\n(targets: one room >= 800 PDUs/s; five rooms >= 700 PDUs/s; ceiling {ceiling:,.0f}/s)"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=20)
+    asyncio.run(main(parser.parse_args().transactions))
