@@ -99,10 +99,9 @@ def _depth_of(pdu: dict[str, Any]) -> int:
     return depth if isinstance(depth, int) and not isinstance(depth, bool) else 0
 
 
-def _oldest_first(pdus: Iterable[Any], room_id: str) -> list[dict[str, Any]]:
-    """The PDUs of ``room_id`` (dicts), shallowest first, duplicates dropped."""
-    seen: set[bytes] = set()
-    kept = []
+def _oldest_first(pdus: Iterable[Any], room_id: str) -> list[bytes]:
+    """The PDUs of ``room_id`` as JSON, shallowest first, duplicates dropped."""
+    kept: dict[bytes, tuple[int, int]] = {}
     for pdu in pdus:
         if not isinstance(pdu, dict):
             continue
@@ -110,15 +109,12 @@ def _oldest_first(pdus: Iterable[Any], room_id: str) -> list[dict[str, Any]]:
         if pdu.get("room_id", room_id) != room_id:
             continue
         try:
-            key = encode_json(pdu)
+            encoded = encode_json(pdu)
         except (TypeError, ValueError):
             continue
-        if key in seen:
-            continue
-        seen.add(key)
-        kept.append(pdu)
-    kept.sort(key=lambda p: (_depth_of(p), p.get("origin_server_ts", 0) or 0))
-    return kept
+        ts = pdu.get("origin_server_ts")
+        kept.setdefault(encoded, (_depth_of(pdu), ts if isinstance(ts, int) else 0))
+    return [encoded for encoded, _ in sorted(kept.items(), key=lambda item: item[1])]
 
 
 class Fetcher:
@@ -178,11 +174,11 @@ class Fetcher:
         room_id: str,
         version: str,
         origin: str,
-        pdus: Sequence[dict[str, Any]],
+        pdus: Sequence[bytes],
         kind: int,
         operation: str,
     ) -> InputCount:
-        """One InputPdus call for ``pdus`` (already ordered)."""
+        """One InputPdus call for ``pdus`` (encoded, already ordered)."""
         count = InputCount()
         if not pdus:
             return count
@@ -192,7 +188,7 @@ class Fetcher:
                 room_version=version,
                 origin=origin,
                 kind=kind,  # type: ignore[arg-type]
-                pdus=[encode_json(pdu) for pdu in pdus],
+                pdus=list(pdus),
             ),
             timeout=RPC_TIMEOUT,
         )
