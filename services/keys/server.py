@@ -9,6 +9,7 @@ from mxfed.federation_client import FederationClient
 from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import keys_pb2_grpc
+from services.keys.accounts.servicer import add_accounts_servicer
 from services.keys.keyring import Keyring, Notary
 from services.keys.own_keys import OwnKeys
 from services.keys.servicer import KeysServicer
@@ -46,3 +47,4 @@ async def setup(context: ServiceContext) -> None:
     context.on_stop(client.close)
     keyring, own_keys = build_keyring(config, storage, client)
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keyring, own_keys), context.server)
+    add_accounts_servicer(context)

@@ -1,0 +1,216 @@
+"""gRPC layer of Accounts (``mxfed.keys.v1.Accounts``)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import orjson
+
+from matrix_protocol.canonical_json import decode_json
+from mxfed.federation_client.from_config import federation_client_from_config
+from mxfed.service_runtime import ServiceContext
+from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from services.keys.accounts.errors import AccountsError, BadRequest
+from services.keys.accounts.local import LocalAccounts
+from services.keys.accounts.notify import GrpcEduNotifier
+from services.keys.accounts.remote import RemoteDeviceLists
+from services.keys.accounts.validation import user_server
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _handles_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except AccountsError as error:
+            await context.abort(error.status, error.details)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _json(data: bytes, what: str, default: Any) -> Any:
+    if not data:
+        return default
+    try:
+        value = decode_json(data)
+    except ValueError as error:
+        raise BadRequest(f"{what} is not valid JSON: {error}", "M_BAD_JSON") from None
+    if type(value) is not type(default):
+        raise BadRequest(f"{what} must be a JSON {type(default).__name__}", "M_BAD_JSON")
+    return value
+
+
+def _device_query(data: bytes) -> dict[str, list[str]]:
+    wanted = _json(data, "device_keys", {})
+    for user_id, devices in wanted.items():
+        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+            raise BadRequest(f"device_keys[{user_id}] must be a list of device ids", "M_BAD_JSON")
+    return wanted
+
+
+class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
+    def __init__(self, local: LocalAccounts, remote: RemoteDeviceLists) -> None:
+        self.local = local
+        self.remote = remote
+
+    # ------------------------------------------------------------ profiles
+
+    @_handles_errors
+    async def PerformSetProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
+        fields = _json(request.fields_json, "fields_json", {})
+        profile = await self.local.set_profile(request.user_id, fields, request.replace)
+        return accounts_pb2.PerformSetProfileResponse(profile_json=orjson.dumps(profile))
+
+    @_handles_errors
+    async def QueryProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
+        profile = await self.local.profile(request.user_id, request.field)
+        if profile is None:
+            return accounts_pb2.QueryProfileResponse(found=False)
+        return accounts_pb2.QueryProfileResponse(found=True, profile_json=orjson.dumps(profile))
+
+    # ------------------------------------------------------------ devices and keys
+
+    @_handles_errors
+    async def PerformUploadKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
+        device_keys = _json(request.device_keys_json, "device_keys_json", {}) or None
+        counts, stream_id = await self.local.upload_keys(
+            request.user_id,
+            request.device_id,
+            display_name=request.display_name if request.HasField("display_name") else None,
+            device_keys=device_keys,
+            one_time_keys=_json(request.one_time_keys_json, "one_time_keys_json", {}),
+            fallback_keys=_json(request.fallback_keys_json, "fallback_keys_json", {}),
+        )
+        return accounts_pb2.PerformUploadKeysResponse(
+            one_time_key_counts=counts, stream_id=stream_id
+        )
+
+    @_handles_errors
+    async def PerformUploadCrossSigningKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
+        keys = {}
+        for usage, data in (
+            ("master", request.master_key_json),
+            ("self_signing", request.self_signing_key_json),
+            ("user_signing", request.user_signing_key_json),
+        ):
+            if data:
+                keys[usage] = _json(data, f"{usage}_key_json", {})
+        await self.local.upload_cross_signing_keys(request.user_id, keys)
+        return accounts_pb2.PerformUploadCrossSigningKeysResponse()
+
+    @_handles_errors
+    async def PerformDeleteDevice(self, request: Any, context: Any) -> Any:  # noqa: N802
+        deleted, stream_id = await self.local.delete_device(request.user_id, request.device_id)
+        return accounts_pb2.PerformDeleteDeviceResponse(deleted=deleted, stream_id=stream_id)
+
+    @_handles_errors
+    async def QueryUserDevices(self, request: Any, context: Any) -> Any:  # noqa: N802
+        body = await self.local.user_devices(request.user_id)
+        return accounts_pb2.QueryUserDevicesResponse(response_json=orjson.dumps(body))
+
+    @_handles_errors
+    async def QueryKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
+        wanted = _device_query(request.device_keys_json)
+        local = {u: d for u, d in wanted.items() if user_server(u) == self.local.server_name}
+        others = {u: d for u, d in wanted.items() if u not in local}
+        if request.local_only:
+            body = await self.local.query_keys(wanted)  # refuses users of other servers
+        else:
+            for user_id in others:
+                if user_server(user_id) is None:
+                    raise BadRequest(f"{user_id!r} is not a valid user id")
+            body = await self.local.query_keys(local)
+            remote = await self.remote.query_keys(others)
+            for field in ("device_keys", "master_keys", "self_signing_keys"):
+                body[field].update(remote[field])
+            body["failures"] = remote["failures"]
+        return accounts_pb2.QueryKeysResponse(response_json=orjson.dumps(body))
+
+    @_handles_errors
+    async def PerformClaimKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
+        wanted = _json(request.one_time_keys_json, "one_time_keys", {})
+        for user_id, devices in wanted.items():
+            if not isinstance(devices, dict) or not all(
+                isinstance(a, str) and a for a in devices.values()
+            ):
+                raise BadRequest(
+                    f"one_time_keys[{user_id}] must map device ids to algorithms", "M_BAD_JSON"
+                )
+        body = await self.local.claim_keys(wanted)
+        return accounts_pb2.PerformClaimKeysResponse(response_json=orjson.dumps(body))
+
+    # ------------------------------------------------------------ OpenID
+
+    @_handles_errors
+    async def PerformMintOpenIdToken(self, request: Any, context: Any) -> Any:  # noqa: N802
+        token, ttl = await self.local.mint_openid_token(request.user_id, request.ttl_ms)
+        return accounts_pb2.PerformMintOpenIdTokenResponse(access_token=token, expires_in_ms=ttl)
+
+    @_handles_errors
+    async def QueryOpenIdToken(self, request: Any, context: Any) -> Any:  # noqa: N802
+        user_id = await self.local.openid_user(request.access_token)
+        return accounts_pb2.QueryOpenIdTokenResponse(
+            found=user_id is not None, user_id=user_id or ""
+        )
+
+    # ------------------------------------------------------------ remote device lists
+
+    @_handles_errors
+    async def QueryRemoteDevices(self, request: Any, context: Any) -> Any:  # noqa: N802
+        body, from_cache = await self.remote.devices(request.user_id, request.force_resync)
+        return accounts_pb2.QueryRemoteDevicesResponse(
+            response_json=orjson.dumps(body), from_cache=from_cache
+        )
+
+    async def _input(self, request: Any, *, device_lists: bool) -> Any:
+        if not request.origin:
+            raise BadRequest("origin is required", "M_MISSING_PARAM")
+        device_updates = []
+        if device_lists:
+            for data in request.device_list_updates:
+                try:
+                    device_updates.append(decode_json(data))
+                except ValueError:
+                    device_updates.append(None)
+        signing_updates = []
+        for data in request.signing_key_updates:
+            try:
+                signing_updates.append(decode_json(data))
+            except ValueError:
+                signing_updates.append(None)
+        applied, resyncs, ignored = await self.remote.input_edus(
+            request.origin, device_updates, signing_updates
+        )
+        return accounts_pb2.InputDeviceListUpdatesResponse(
+            applied=applied, resyncs=resyncs, ignored=ignored
+        )
+
+    @_handles_errors
+    async def InputDeviceListUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._input(request, device_lists=True)
+
+    @_handles_errors
+    async def InputSigningKeyUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await self._input(request, device_lists=False)
+
+
+def add_accounts_servicer(context: ServiceContext) -> AccountsServicer:
+    """Register Accounts on the keys server, with its federation client and EDU notifier."""
+    client = federation_client_from_config(context.config)
+    notifier = GrpcEduNotifier(context.channel("events"), context.channel("sender"))
+    local = LocalAccounts(context.pool, context.config.server_name, notifier)
+    remote = RemoteDeviceLists(context.pool, context.config.server_name, client)
+    context.on_stop(client.close)
+    context.on_stop(remote.close)
+    servicer = AccountsServicer(local, remote)
+    accounts_pb2_grpc.add_AccountsServicer_to_server(servicer, context.server)
+    return servicer
