@@ -43,6 +43,7 @@ class FakeHomeserver:
         self._app = web.Application()
         self._app.router.add_get("/_matrix/key/v2/server", self._serve_keys)
         self._runner: web.AppRunner | None = None
+        self._client: httpx.AsyncClient | None = None
         self._clock = 0
 
     # Serving -----------------------------------------------------------------
@@ -75,6 +76,8 @@ class FakeHomeserver:
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
 
     async def stop(self) -> None:
+        if self._client:
+            await self._client.aclose()
         if self._runner:
             await self._runner.cleanup()
         self._directory.cleanup()
@@ -146,5 +149,7 @@ class FakeHomeserver:
         if content is not None:
             headers["Content-Type"] = "application/json"
             body = encode_json(content)
-        async with httpx.AsyncClient(verify=False, timeout=30) as client:
-            return await client.request(method, base_url + uri, headers=headers, content=body)
+        # One client, so connections (and TLS sessions) are reused like a real server's.
+        if self._client is None:
+            self._client = httpx.AsyncClient(verify=False, timeout=30)
+        return await self._client.request(method, base_url + uri, headers=headers, content=body)
