@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -556,3 +557,33 @@ async def test_a_join_accepted_via_send_join_reaches_the_other_servers(scene: Sc
         assert await delivered()
     finally:
         await watcher.stop()
+
+
+# the mxfed CLI ---------------------------------------------------------------------
+
+
+async def _cli(scene: Scene, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mxfed.cli", "--config", str(scene.mxfed.config_path), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_invite_join_leave_and_invites(scene: Scene) -> None:
+    room = await scene.create_room(preset="private_chat")
+    mia = f"@mia:{scene.mxfed.server_name}"
+    code, out, err = await _cli(scene, "invite", room.room_id, mia, "--sender", room.creator)
+    assert code == 0, err
+    assert "invited" in out
+    code, out, err = await _cli(scene, "join", room.room_id, "--user", mia, "--json")
+    assert code == 0, err
+    assert orjson.loads(out)["remote"] is False
+    code, out, err = await _cli(scene, "leave", room.room_id, "--user", mia)
+    assert code == 0, err
+    assert (await scene.current_state(room.room_id))[("m.room.member", mia)]
+    code, out, err = await _cli(scene, "join", "!nowhere:elsewhere.invalid", "--user", mia)
+    assert code == 1 and err.startswith("M_")
+    code, out, err = await _cli(scene, "invites", "--json")
+    assert code == 0, err
