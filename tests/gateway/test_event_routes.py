@@ -223,10 +223,6 @@ async def test_a_server_denied_by_the_acl_is_forbidden(scene: Scene) -> None:
         assert response.json()["errcode"] == "M_FORBIDDEN"
 
 
-@pytest.mark.xfail(
-    reason="events service gap: InputTransaction does not apply the room's server ACL per PDU",
-    strict=False,
-)
 async def test_send_applies_the_acl_per_pdu(scene: Scene) -> None:
     room, _ = await _acl_denied_room(scene)
     bob = scene.remote.user("bob")
