@@ -587,3 +587,46 @@ async def test_cli_invite_join_leave_and_invites(scene: Scene) -> None:
     assert code == 1 and err.startswith("M_")
     code, out, err = await _cli(scene, "invites", "--json")
     assert code == 0, err
+
+
+# restricted rooms ------------------------------------------------------------------
+
+
+async def test_restricted_join_is_authorised_and_countersigned(scene: Scene) -> None:
+    space = await scene.create_room(room_version="10")
+    restricted = await scene.create_room(room_version="10")
+    await scene.send_local(
+        restricted,
+        "m.room.join_rules",
+        {
+            "join_rule": "restricted",
+            "allow": [{"type": "m.room_membership", "room_id": space.room_id}],
+        },
+        "",
+    )
+    outsider = user(scene)
+    response = await make(scene, "join", restricted.room_id, outsider, ALL_VERSIONS)
+    assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
+    unknown = await scene.create_room(room_version="10")
+    await scene.send_local(
+        unknown,
+        "m.room.join_rules",
+        {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": "!x:y.z"}]},
+        "",
+    )
+    response = await make(scene, "join", unknown.room_id, outsider, ALL_VERSIONS)
+    assert response.json()["errcode"] == "M_UNABLE_TO_AUTHORISE_JOIN"
+
+    member = user(scene)
+    await remote_join(scene, space, member)
+    response = await make(scene, "join", restricted.room_id, member, ALL_VERSIONS)
+    assert response.status_code == 200, response.text
+    template = response.json()["event"]
+    assert template["content"]["join_authorised_via_users_server"] == restricted.creator
+    event_id, pdu = sign_template(scene, response.json())
+    response = await put(scene, f"{V2}/send_join/{q(restricted.room_id)}/{q(event_id)}", pdu)
+    assert response.status_code == 200, response.text
+    returned = response.json()["event"]
+    assert scene.mxfed.server_name in returned["signatures"]
+    assert Event.from_pdu(returned, restricted.version).event_id == event_id
+    assert (await scene.current_state(restricted.room_id))[("m.room.member", member)] == event_id
