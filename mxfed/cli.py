@@ -14,7 +14,7 @@ import sys
 
 from mxfed.config import ConfigError, load_config
 
-COMMAND_MODULES = ["run", "health", "rooms", "keys", "backfill", "membership"]
+COMMAND_MODULES = ["run", "health", "rooms", "keys", "destinations", "backfill", "membership"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,12 +20,10 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from matrix_protocol.canonical_json import decode_json
-from mxfed.federation_client import FederationClient, OutboundOptions, federation_path
-from mxfed.identity_files import ServerSigningKey, current_signing_key
+from mxfed.federation_client import FederationClient, federation_path
 from services.sender import metrics
 from services.sender.backoff import BackoffPolicy, counts_as_failure, retry_after_ms
 from services.sender.leases import Membership
@@ -80,53 +78,20 @@ def transaction_body(origin: str, txn: Transaction) -> dict[str, Any]:
 
 
 class FederationTransport:
-    """Sends transactions with the shared outbound federation client.
+    """Sends transactions with the shared outbound federation client."""
 
-    Requests are signed with the current key of the signing key file: after a
-    rotation (``mxfed keys rotate``) a new client is built, since remote
-    servers accept requests signed with current keys only.
-    """
-
-    def __init__(
-        self,
-        server_name: str,
-        signing_key: ServerSigningKey,
-        options: OutboundOptions,
-        *,
-        signing_key_path: Path | None = None,
-        **client_kwargs: Any,
-    ) -> None:
+    def __init__(self, server_name: str, client: FederationClient) -> None:
         self.server_name = server_name
-        self.options = options
-        self.signing_key_path = signing_key_path
-        self.client_kwargs = client_kwargs
-        self._key = signing_key
-        self._client = self._new_client(signing_key)
-        self._retired: list[FederationClient] = []
-
-    def _new_client(self, key: ServerSigningKey) -> FederationClient:
-        return FederationClient(
-            self.server_name, key.signing_key, key.key_id, self.options, **self.client_kwargs
-        )
-
-    def _current_client(self) -> FederationClient:
-        if self.signing_key_path is not None:
-            key = current_signing_key(self.signing_key_path)
-            if key.key_id != self._key.key_id:
-                log.info("signing with the rotated key", extra={"key_id": key.key_id})
-                self._retired.append(self._client)
-                self._key, self._client = key, self._new_client(key)
-        return self._client
+        self.client = client
 
     async def send(self, txn: Transaction) -> Any:
         path = federation_path("_matrix", "federation", "v1", "send", txn.txn_id)
-        return await self._current_client().put_json(
+        return await self.client.put_json(
             txn.destination, path, transaction_body(self.server_name, txn), idempotent=True
         )
 
     async def close(self) -> None:
-        for client in [*self._retired, self._client]:
-            await client.close()
+        await self.client.close()
 
 
 class DestinationWorker:

@@ -140,7 +140,7 @@ class EduQueuer:
             raise InvalidEdu("M_INVALID_PARAM", "m.typing for a user of another server")
         destinations = await self._destinations(edu.destinations, edu.room_ids or [room_id])
         data = encode_json({"room_id": room_id, "user_id": user_id, "typing": typing})
-        key = f"typing\0{room_id}\0{user_id}"
+        key = f"typing {room_id} {user_id}"
         return [QueuedEdu(d, "m.typing", data, True, key) for d in destinations]
 
     async def _receipts(self, edu: EduRequest, content: dict[str, Any]) -> list[QueuedEdu]:
@@ -168,7 +168,7 @@ class EduQueuer:
                     )
             destinations = await self._destinations(edu.destinations, edu.room_ids or [room_id])
             data = encode_json({room_id: {"m.read": receipts}})
-            key = f"receipt\0{room_id}\0{next(iter(receipts))}" if len(receipts) == 1 else None
+            key = f"receipt {room_id} {next(iter(receipts))}" if len(receipts) == 1 else None
             rows.extend(QueuedEdu(d, "m.receipt", data, True, key) for d in destinations)
         return rows
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 
 import asyncpg
+import nacl.signing
 
 from mxfed.config import Config
-from mxfed.federation_client import OutboundOptions
+from mxfed.federation_client import FederationClient
+from mxfed.federation_client.from_config import outbound_options
+from mxfed.identity_files import current_signing_key
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2_grpc
@@ -28,23 +32,23 @@ STATS_INTERVAL = 15.0
 TOP_DESTINATIONS = 10
 
 
-def outbound_options(config: Config) -> OutboundOptions:
-    """The federation client settings; retries within a request are few because
-    the per-destination backoff (and PerformServerUp) does the waiting."""
-    return OutboundOptions(
-        verify_tls=config.federation_verify_tls,
-        ca_file=str(config.federation_ca_file) if config.federation_ca_file else None,
-        client_cert=(
-            (str(config.tls_certificate), str(config.tls_private_key))
-            if config.federation_client_certificate
-            else None
-        ),
-        blocked_ip_ranges=list(config.federation_blocked_ip_ranges),
-        allowed_ip_ranges=list(config.federation_allowed_ip_ranges),
-        request_timeout=config.federation_request_timeout,
-        connect_timeout=config.federation_connect_timeout,
-        max_retries=1,
-        max_connections_per_host=2,
+def federation_client(config: Config) -> FederationClient:
+    """The outbound client, signing with the current key (re-read after a rotation).
+
+    Retries within one request are few: the per-destination backoff (and
+    PerformServerUp) does the waiting, without holding a request slot.
+    """
+
+    def current_key() -> tuple[nacl.signing.SigningKey, str]:
+        key = current_signing_key(config.signing_key)
+        return key.signing_key, key.key_id
+
+    signing_key, key_id = current_key()
+    options = dataclasses.replace(
+        outbound_options(config), max_retries=1, max_connections_per_host=2
+    )
+    return FederationClient(
+        config.server_name, signing_key, key_id, options, key_provider=current_key
     )
 
 
@@ -118,12 +122,7 @@ async def setup(context: ServiceContext) -> None:
     assert config.database_url is not None
     storage = SenderStorage(context.pool)
     events = events_pb2_grpc.EventsStub(context.channel("events"))
-    transport = FederationTransport(
-        config.server_name,
-        context.signing_key,
-        outbound_options(config),
-        signing_key_path=config.signing_key,
-    )
+    transport = FederationTransport(config.server_name, federation_client(config))
     membership = Membership(storage, context.instance_id)
     manager = DeliveryManager(
         storage, membership, transport, backoff_policy(config), DeliveryOptions()

@@ -15,7 +15,7 @@ import pytest
 
 from matrix_protocol.canonical_json import encode_json
 from mxfed.database import apply_migrations, create_pool
-from mxfed.federation_client import OutboundOptions
+from mxfed.federation_client import FederationClient, OutboundOptions
 from mxfed.identity_files import ServerSigningKey, new_signing_key
 from mxfed.service_runtime import migrations_directory
 from services.sender.backoff import BackoffPolicy
@@ -67,11 +67,11 @@ async def receiver_factory(
         await receiver.stop()
 
 
-def test_options() -> OutboundOptions:
+def test_options(request_timeout: float = 5.0) -> OutboundOptions:
     return OutboundOptions(
         verify_tls=False,
         allowed_ip_ranges=["127.0.0.0/8"],
-        request_timeout=5,
+        request_timeout=request_timeout,
         connect_timeout=2,
         max_retries=0,
     )
@@ -92,11 +92,18 @@ class Replica:
         )
     )
     lease_seconds: float = 3.0
+    request_timeout: float = 5.0
     heartbeat_interval: float = 0.3
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> Replica:
-        self.transport = FederationTransport(OUR_SERVER, self.key, test_options())
+        client = FederationClient(
+            OUR_SERVER,
+            self.key.signing_key,
+            self.key.key_id,
+            test_options(self.request_timeout),
+        )
+        self.transport = FederationTransport(OUR_SERVER, client)
         self.membership = Membership(
             self.storage,
             self.instance_id,
@@ -201,3 +208,12 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def fake_events() -> AsyncIterator[Any]:
+    from tests.services.sender.fake_events import FakeEvents
+
+    events = await FakeEvents().start()
+    yield events
+    await events.stop()

@@ -1,0 +1,84 @@
+"""A stand-in for the events service's gRPC API, as much as the sender uses.
+
+``StreamEvents`` replays the stored items after ``after_position`` and then
+follows new ones; ``QueryServersInRoom`` answers from a dict. Tests append
+local events with :meth:`FakeEvents.add_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from tests.services.sender.conftest import test_pdu
+from tests.support.ports import free_port
+
+
+class FakeEvents(events_pb2_grpc.EventsServicer):
+    def __init__(self) -> None:
+        self.items: list[events_pb2.StreamItem] = []
+        self.servers: dict[str, list[str]] = {}
+        self.stream_calls = 0
+        self._changed = asyncio.Condition()
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> FakeEvents:
+        self._server = grpc.aio.server()
+        events_pb2_grpc.add_EventsServicer_to_server(self, self._server)
+        self._server.add_insecure_port(self.address)
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=0)
+
+    async def add_event(
+        self,
+        pdu_id: str,
+        servers_before: Sequence[str],
+        *,
+        room_id: str = "!room:sender-test.example",
+        status: int = events_pb2.ACCEPTED,
+    ) -> int:
+        position = len(self.items) + 1
+        self.items.append(
+            events_pb2.StreamItem(
+                position=position,
+                event=events_pb2.EventRecord(
+                    event_id=f"${pdu_id}",
+                    room_id=room_id,
+                    room_version="12",
+                    pdu_json=test_pdu(pdu_id, room_id),
+                    status=status,
+                    stream_position=position,
+                ),
+                servers_before=list(servers_before),
+            )
+        )
+        async with self._changed:
+            self._changed.notify_all()
+        return position
+
+    async def StreamEvents(
+        self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[events_pb2.StreamItem]:
+        assert request.local_senders_only
+        self.stream_calls += 1
+        sent = request.after_position
+        while True:
+            while sent < len(self.items):
+                sent += 1
+                yield self.items[sent - 1]
+            async with self._changed:
+                await self._changed.wait_for(lambda sent=sent: len(self.items) > sent)
+
+    async def QueryServersInRoom(
+        self, request: events_pb2.QueryServersInRoomRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.QueryServersInRoomResponse:
+        return events_pb2.QueryServersInRoomResponse(servers=self.servers.get(request.room_id, []))

@@ -1,0 +1,116 @@
+"""Ingest: the events stream into per-destination queues, once, by one replica."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from services.sender.ingest import Ingester
+from services.sender.storage import SenderStorage
+from tests.services.sender.conftest import OUR_SERVER, wait_until
+
+
+def ingester(database_url: str, address: str, woken: list[str]) -> Ingester:
+    channel = grpc.aio.insecure_channel(address)
+    return Ingester(
+        database_url,
+        events_pb2_grpc.EventsStub(channel),
+        OUR_SERVER,
+        woken.extend,
+        lock_poll_interval=0.2,
+    )
+
+
+async def queue_rows(storage: SenderStorage) -> list[tuple[str, int]]:
+    rows = await storage.pool.fetch(
+        "SELECT destination, stream_position FROM sender.pdu_queue"
+        " ORDER BY stream_position, destination"
+    )
+    return [(r["destination"], r["stream_position"]) for r in rows]
+
+
+async def test_events_are_queued_once_per_destination_without_ourselves(
+    sender_storage: SenderStorage, fake_events, database_url: str
+) -> None:
+    await fake_events.add_event("a", ["x.example", OUR_SERVER, "y.example"])
+    await fake_events.add_event("soft", ["x.example"], status=events_pb2.SOFT_FAILED)
+    await fake_events.add_event("b", ["y.example"])
+    await fake_events.add_event("alone", [OUR_SERVER])
+    woken: list[str] = []
+    task = asyncio.create_task(ingester(database_url, fake_events.address, woken).run())
+    try:
+        await wait_until(lambda: "y.example" in woken)
+        await asyncio.sleep(0.3)
+        assert await queue_rows(sender_storage) == [
+            ("x.example", 1),
+            ("y.example", 1),
+            ("y.example", 3),
+        ]
+        assert (
+            await sender_storage.pool.fetchval("SELECT stream_position FROM sender.ingest_cursor")
+            == 4
+        )
+        assert await sender_storage.pool.fetchval("SELECT count(*) FROM sender.pdus") == 2
+        # Live events follow.
+        await fake_events.add_event("c", ["z.example"])
+        await wait_until(lambda: "z.example" in woken)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_restarted_ingester_resumes_from_the_cursor_and_duplicates_nothing(
+    sender_storage: SenderStorage, fake_events, database_url: str
+) -> None:
+    for i in range(5):
+        await fake_events.add_event(f"e{i}", ["x.example"])
+    woken: list[str] = []
+    first = asyncio.create_task(ingester(database_url, fake_events.address, woken).run())
+    await wait_until(lambda: bool(woken))
+    await asyncio.sleep(0.2)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    # Delivered meanwhile: the queue is empty again.
+    await sender_storage.pool.execute("DELETE FROM sender.pdu_queue")
+    for i in range(5, 8):
+        await fake_events.add_event(f"e{i}", ["x.example"])
+    second = asyncio.create_task(ingester(database_url, fake_events.address, woken).run())
+    try:
+        await asyncio.sleep(1.0)
+        assert await queue_rows(sender_storage) == [("x.example", p) for p in (6, 7, 8)]
+    finally:
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+
+
+async def test_only_one_replica_ingests_and_another_takes_over_when_it_dies(
+    sender_storage: SenderStorage, fake_events, database_url: str
+) -> None:
+    await fake_events.add_event("a", ["x.example"])
+    woken_1: list[str] = []
+    woken_2: list[str] = []
+    one = ingester(database_url, fake_events.address, woken_1)
+    two = ingester(database_url, fake_events.address, woken_2)
+    task_1 = asyncio.create_task(one.run())
+    await wait_until(lambda: bool(woken_1))
+    task_2 = asyncio.create_task(two.run())
+    try:
+        await fake_events.add_event("b", ["y.example"])
+        await wait_until(lambda: "y.example" in woken_1)
+        await asyncio.sleep(0.5)
+        assert woken_2 == []
+        assert fake_events.stream_calls == 1
+        task_1.cancel()  # its connection closes: the lock goes with it
+        await asyncio.gather(task_1, return_exceptions=True)
+        await fake_events.add_event("c", ["z.example"])
+        await wait_until(lambda: "z.example" in woken_2, timeout=5)
+        assert await queue_rows(sender_storage) == [
+            ("x.example", 1),
+            ("y.example", 2),
+            ("z.example", 3),
+        ]
+    finally:
+        task_2.cancel()
+        await asyncio.gather(task_2, return_exceptions=True)
