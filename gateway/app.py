@@ -27,6 +27,10 @@ ROUTE_MODULES = [
     "history",
     "membership",
     "directory_query",
+    "directory",
+    "queries",  # after directory_query: it answers every other /query/{queryType}
+    "devices",
+    "openid",
 ]
 
 
