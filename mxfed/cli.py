@@ -14,7 +14,16 @@ import sys
 
 from mxfed.config import ConfigError, load_config
 
-COMMAND_MODULES = ["run", "health", "rooms", "keys", "destinations", "backfill", "membership"]
+COMMAND_MODULES = [
+    "run",
+    "health",
+    "rooms",
+    "keys",
+    "destinations",
+    "backfill",
+    "membership",
+    "directory",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

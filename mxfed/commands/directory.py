@@ -1,0 +1,352 @@
+"""The room directory, profiles and devices from the command line, over gRPC.
+
+``mxfed publish ROOM``        list a room in our public room directory
+``mxfed unpublish ROOM``      take it out again
+``mxfed directory``           our public rooms, or ``--server NAME``'s read over federation
+``mxfed profile set USER``    set ``--displayname``/``--avatar-url``/``--field k=JSON``
+``mxfed profile get USER``    print a local user's profile
+``mxfed devices upload USER DEVICE``  create a device with fresh E2E keys (tests, demos)
+``mxfed devices list USER``   a user's device list (ours, or another server's through the cache)
+
+These are top-level commands because ``mxfed room`` belongs to the rooms
+commands. A room may be given by ID or alias. Output is human lines, or one
+JSON object per line with ``--json``. Service errors print
+``M_ERRCODE: message`` on stderr and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import nacl.public
+import nacl.signing
+
+from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.encoding import encode_base64
+from matrix_protocol.signing import sign_json
+from mxfed.config import Config
+from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
+from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+
+CALL_TIMEOUT = 60.0
+
+
+class CommandError(Exception):
+    """Printed as-is on stderr; the command exits 1."""
+
+
+Command = Callable[[argparse.Namespace, "Services"], Awaitable[None]]
+
+
+class Services:
+    """Channels opened on first use: events (Directory, Events) and keys (Accounts)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, service: str) -> grpc.aio.Channel:
+        if service not in self._channels:
+            address = self.config.service_address(service).replace("0.0.0.0", "127.0.0.1")
+            self._channels[service] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        return self._channels[service]
+
+    @property
+    def directory(self) -> directory_pb2_grpc.DirectoryStub:
+        return directory_pb2_grpc.DirectoryStub(self._channel("events"))
+
+    @property
+    def events(self) -> events_pb2_grpc.EventsStub:
+        return events_pb2_grpc.EventsStub(self._channel("events"))
+
+    @property
+    def accounts(self) -> accounts_pb2_grpc.AccountsStub:
+        return accounts_pb2_grpc.AccountsStub(self._channel("keys"))
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    publish = subparsers.add_parser("publish", help="list a room in our public room directory")
+    publish.add_argument("room", help="room id or alias")
+    publish.add_argument("--network", default="", help="appservice network id (default: ours)")
+    _add_json_flag(publish)
+    publish.set_defaults(handler=_run(publish_room))
+
+    unpublish = subparsers.add_parser("unpublish", help="remove a room from our directory")
+    unpublish.add_argument("room", help="room id or alias")
+    _add_json_flag(unpublish)
+    unpublish.set_defaults(handler=_run(unpublish_room))
+
+    directory = subparsers.add_parser("directory", help="list public rooms")
+    directory.add_argument("--server", default="", help="another server's directory")
+    directory.add_argument("--limit", type=int, default=0)
+    directory.add_argument("--since", default="", help="next_batch/prev_batch token")
+    directory.add_argument("--search", default="", help="generic search term")
+    _add_json_flag(directory)
+    directory.set_defaults(handler=_run(list_directory))
+
+    profile = subparsers.add_parser("profile", help="local users' profiles")
+    profile_commands = profile.add_subparsers(dest="profile_command", required=True)
+    set_profile = profile_commands.add_parser("set", help="set profile fields")
+    set_profile.add_argument("user", help="local user id")
+    set_profile.add_argument("--displayname")
+    set_profile.add_argument("--avatar-url", help="mxc:// URI")
+    set_profile.add_argument(
+        "--field", action="append", default=[], help="KEY=JSON (null removes; repeatable)"
+    )
+    set_profile.add_argument("--replace", action="store_true", help="drop fields not given")
+    _add_json_flag(set_profile)
+    set_profile.set_defaults(handler=_run(set_user_profile))
+    get_profile = profile_commands.add_parser("get", help="print a profile")
+    get_profile.add_argument("user", help="local user id")
+    get_profile.add_argument("--field", default="")
+    _add_json_flag(get_profile)
+    get_profile.set_defaults(handler=_run(get_user_profile))
+
+    devices = subparsers.add_parser("devices", help="users' devices and E2E keys")
+    device_commands = devices.add_subparsers(dest="devices_command", required=True)
+    upload = device_commands.add_parser("upload", help="create a device with fresh E2E keys")
+    upload.add_argument("user", help="local user id")
+    upload.add_argument("device", help="device id")
+    upload.add_argument("--display-name")
+    upload.add_argument("--one-time-keys", type=int, default=5, help="signed_curve25519 keys")
+    upload.add_argument("--fallback-key", action="store_true")
+    _add_json_flag(upload)
+    upload.set_defaults(handler=_run(upload_device))
+    list_devices = device_commands.add_parser("list", help="a user's device list")
+    list_devices.add_argument("user", help="user id (ours or another server's)")
+    list_devices.add_argument("--resync", action="store_true", help="refetch a remote list")
+    _add_json_flag(list_devices)
+    list_devices.set_defaults(handler=_run(show_devices))
+
+
+def _add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
+
+
+def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
+    async def handler(args: argparse.Namespace, config: Config) -> int:
+        services = Services(config)
+        try:
+            await command(args, services)
+        except CommandError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        except grpc.aio.AioRpcError as exc:
+            print(_describe_rpc_error(exc), file=sys.stderr)
+            return 1
+        finally:
+            await services.close()
+        return 0
+
+    return handler
+
+
+def _describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:
+    details = exc.details() or ""
+    code, sep, message = details.partition(": ")
+    if sep and code.startswith("M_") and code.isupper():
+        return f"{code}: {message}"
+    return f"{exc.code().name}: {details}"
+
+
+def _emit(args: argparse.Namespace, value: Any, text: str) -> None:
+    print(json.dumps(value, ensure_ascii=False) if args.json else text, flush=True)
+
+
+async def _room_id(services: Services, room: str) -> str:
+    if not room.startswith("#"):
+        return room
+    reply = await services.events.QueryAlias(
+        events_pb2.QueryAliasRequest(alias=room), timeout=CALL_TIMEOUT
+    )
+    if not reply.found:
+        raise CommandError(f"M_NOT_FOUND: no room has the alias {room}")
+    return reply.room_id
+
+
+# Directory ------------------------------------------------------------------------
+
+
+async def publish_room(args: argparse.Namespace, services: Services) -> None:
+    room_id = await _room_id(services, args.room)
+    reply = await services.directory.PerformPublishRoom(
+        directory_pb2.PerformPublishRoomRequest(room_id=room_id, network_id=args.network),
+        timeout=CALL_TIMEOUT,
+    )
+    note = " (already published)" if reply.was_published else ""
+    _emit(args, {"room_id": room_id, "published": True}, f"published {room_id}{note}")
+
+
+async def unpublish_room(args: argparse.Namespace, services: Services) -> None:
+    room_id = await _room_id(services, args.room)
+    reply = await services.directory.PerformUnpublishRoom(
+        directory_pb2.PerformUnpublishRoomRequest(room_id=room_id), timeout=CALL_TIMEOUT
+    )
+    note = "" if reply.was_published else " (was not published)"
+    _emit(args, {"room_id": room_id, "published": False}, f"unpublished {room_id}{note}")
+
+
+async def list_directory(args: argparse.Namespace, services: Services) -> None:
+    reply = await services.directory.QueryPublicRooms(
+        directory_pb2.QueryPublicRoomsRequest(
+            server=args.server,
+            limit=args.limit,
+            since=args.since,
+            generic_search_term=args.search,
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    if args.json:
+        print(bytes(reply.response_json).decode(), flush=True)
+        return
+    for room in reply.chunk:
+        label = room.canonical_alias or room.name or ""
+        topic = f" - {room.topic}" if room.topic else ""
+        print(f"{room.room_id}\t{room.num_joined_members}\t{label}{topic}", flush=True)
+    print(f"{len(reply.chunk)} of ~{reply.total_room_count_estimate} rooms", flush=True)
+    if reply.next_batch:
+        print(f"next: --since {reply.next_batch}", flush=True)
+
+
+# Profiles -------------------------------------------------------------------------
+
+
+async def set_user_profile(args: argparse.Namespace, services: Services) -> None:
+    fields: dict[str, Any] = {}
+    if args.displayname is not None:
+        fields["displayname"] = args.displayname
+    if args.avatar_url is not None:
+        fields["avatar_url"] = args.avatar_url
+    for item in args.field:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--field takes KEY=JSON, not {item!r}")
+        try:
+            fields[key] = decode_json(raw.encode())
+        except ValueError:
+            fields[key] = raw  # a bare string
+    reply = await services.accounts.PerformSetProfile(
+        accounts_pb2.PerformSetProfileRequest(
+            user_id=args.user, fields_json=encode_json(fields), replace=args.replace
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    profile = decode_json(reply.profile_json)
+    _emit(args, profile, _profile_text(args.user, profile))
+
+
+async def get_user_profile(args: argparse.Namespace, services: Services) -> None:
+    reply = await services.accounts.QueryProfile(
+        accounts_pb2.QueryProfileRequest(user_id=args.user, field=args.field),
+        timeout=CALL_TIMEOUT,
+    )
+    if not reply.found:
+        raise CommandError(
+            f"M_NOT_FOUND: no profile{' field' if args.field else ''} for {args.user}"
+        )
+    profile = decode_json(reply.profile_json)
+    _emit(args, profile, _profile_text(args.user, profile))
+
+
+def _profile_text(user: str, profile: dict[str, Any]) -> str:
+    lines = [user]
+    lines += [f"  {key}: {json.dumps(value, ensure_ascii=False)}" for key, value in profile.items()]
+    return "\n".join(lines)
+
+
+# Devices --------------------------------------------------------------------------
+
+
+def _unpadded(raw: bytes) -> str:
+    return encode_base64(raw)
+
+
+def new_device_keys(
+    user_id: str, device_id: str, one_time_keys: int, fallback: bool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Device keys signed by a fresh ed25519 key, and signed curve25519 one-time keys."""
+    signing = nacl.signing.SigningKey.generate()
+    key_id = f"ed25519:{device_id}"
+    identity = nacl.public.PrivateKey.generate()
+    device_keys = {
+        "user_id": user_id,
+        "device_id": device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            f"curve25519:{device_id}": _unpadded(bytes(identity.public_key)),
+            key_id: _unpadded(bytes(signing.verify_key)),
+        },
+    }
+    device_keys = sign_json(device_keys, signing, user_id, key_id)
+
+    def signed_curve_key(extra: dict[str, Any]) -> dict[str, Any]:
+        key = {"key": _unpadded(bytes(nacl.public.PrivateKey.generate().public_key)), **extra}
+        return sign_json(key, signing, user_id, key_id)
+
+    otks = {
+        f"signed_curve25519:{secrets.token_hex(4)}": signed_curve_key({})
+        for _ in range(one_time_keys)
+    }
+    fallbacks = (
+        {f"signed_curve25519:{secrets.token_hex(4)}": signed_curve_key({"fallback": True})}
+        if fallback
+        else {}
+    )
+    return device_keys, otks, fallbacks
+
+
+async def upload_device(args: argparse.Namespace, services: Services) -> None:
+    if args.one_time_keys < 0:
+        raise CommandError("--one-time-keys must not be negative")
+    device_keys, otks, fallbacks = new_device_keys(
+        args.user, args.device, args.one_time_keys, args.fallback_key
+    )
+    request = accounts_pb2.PerformUploadKeysRequest(
+        user_id=args.user,
+        device_id=args.device,
+        device_keys_json=encode_json(device_keys),
+        one_time_keys_json=encode_json(otks),
+        fallback_keys_json=encode_json(fallbacks),
+    )
+    if args.display_name is not None:
+        request.display_name = args.display_name
+    reply = await services.accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT)
+    counts = dict(reply.one_time_key_counts)
+    _emit(
+        args,
+        {"device_keys": device_keys, "one_time_key_counts": counts, "stream_id": reply.stream_id},
+        f"uploaded keys of {args.user} {args.device}: {counts} one-time keys,"
+        f" stream_id {reply.stream_id}",
+    )
+
+
+async def show_devices(args: argparse.Namespace, services: Services) -> None:
+    server = args.user.partition(":")[2]
+    if server == services.config.server_name:
+        reply = await services.accounts.QueryUserDevices(
+            accounts_pb2.QueryUserDevicesRequest(user_id=args.user), timeout=CALL_TIMEOUT
+        )
+        body = decode_json(reply.response_json)
+    else:
+        remote = await services.accounts.QueryRemoteDevices(
+            accounts_pb2.QueryRemoteDevicesRequest(user_id=args.user, force_resync=args.resync),
+            timeout=CALL_TIMEOUT,
+        )
+        body = decode_json(remote.response_json)
+    lines = [f"{body['user_id']} stream_id {body['stream_id']}"]
+    for device in body["devices"]:
+        name = device.get("device_display_name", "")
+        keys = ", ".join(sorted(device.get("keys", {}).get("keys", {}))) or "no keys"
+        lines.append(f"  {device['device_id']}\t{name}\t{keys}")
+    _emit(args, body, "\n".join(lines))
