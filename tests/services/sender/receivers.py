@@ -40,6 +40,7 @@ class Receiver:
     fake: FakeHomeserver = field(default_factory=FakeHomeserver)
     attempts: list[Attempt] = field(default_factory=list)
     delivered: dict[str, dict[str, Any]] = field(default_factory=dict)  # txn id -> body
+    arrived: list[str] = field(default_factory=list)  # txn ids, when a request comes in
     # Behaviour switches for tests.
     fail_next: int = 0
     fail_status: int = 500
@@ -94,6 +95,7 @@ class Receiver:
         except (XMatrixParseError, SignatureError) as exc:
             self.bad_signatures += 1
             return web.json_response({"errcode": "M_UNAUTHORIZED", "error": str(exc)}, status=401)
+        self.arrived.append(txn_id)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_next > 0:

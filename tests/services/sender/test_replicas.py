@@ -1,0 +1,109 @@
+"""Several sender replicas: destinations split by leases, moved when one dies or joins."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.sender.leases import preferred_replica
+from services.sender.storage import LeaseLost, SenderStorage
+from tests.services.sender.conftest import queue_pdus, wait_until
+
+
+async def lease_owners(storage: SenderStorage) -> dict[str, str | None]:
+    rows = await storage.pool.fetch("SELECT destination, lease_owner FROM sender.destinations")
+    return {r["destination"]: r["lease_owner"] for r in rows}
+
+
+def test_rendezvous_hashing_moves_only_the_share_of_a_new_replica() -> None:
+    destinations = [f"d{i}.example" for i in range(2000)]
+    two = {d: preferred_replica(d, ["a", "b"]) for d in destinations}
+    three = {d: preferred_replica(d, ["a", "b", "c"]) for d in destinations}
+    moved = [d for d in destinations if two[d] != three[d]]
+    assert all(three[d] == "c" for d in moved)
+    assert 500 < len(moved) < 830  # about a third
+    assert 850 < sum(1 for d in destinations if two[d] == "a") < 1150
+
+
+async def test_a_dead_replicas_destinations_move_to_another(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receivers = [await receiver_factory() for _ in range(8)]
+    for receiver in receivers:
+        await receiver.go_down()
+    names = [r.server_name for r in receivers]
+    ids = await queue_pdus(sender_storage, names, 3)
+    one = await replica_factory()
+    two = await replica_factory()
+    await wait_until(lambda: set(one.membership.replicas) == {one.instance_id, two.instance_id})
+
+    async def both_hold_leases() -> bool:
+        owners = await lease_owners(sender_storage)
+        return set(owners.values()) == {one.instance_id, two.instance_id}
+
+    held = False
+    for _ in range(100):
+        if held := await both_hold_leases():
+            break
+        await asyncio.sleep(0.1)
+    assert held, await lease_owners(sender_storage)
+    owners = await lease_owners(sender_storage)
+    assert all(owners[d] == preferred_replica(d, sorted(owners.values())) for d in names)
+
+    await one.crash()
+    for receiver in receivers:
+        await receiver.come_back()
+    for receiver in receivers:
+        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=20)
+        assert len(receiver.pdu_ids()) == len(set(receiver.pdu_ids()))
+    owners = await lease_owners(sender_storage)
+    assert one.instance_id not in owners.values()
+
+
+async def test_a_new_replica_takes_its_share(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receivers = [await receiver_factory() for _ in range(8)]
+    for receiver in receivers:
+        await receiver.go_down()
+    await queue_pdus(sender_storage, [r.server_name for r in receivers], 1)
+    one = await replica_factory()
+    await wait_until(lambda: len(one.manager.workers) == 8)
+    two = await replica_factory()
+    for _ in range(100):
+        owners = await lease_owners(sender_storage)
+        if set(owners.values()) == {one.instance_id, two.instance_id}:
+            break
+        await asyncio.sleep(0.1)
+    expected = {d: preferred_replica(d, sorted([one.instance_id, two.instance_id])) for d in owners}
+    assert owners == expected
+    assert set(one.manager.workers) | set(two.manager.workers) == set(owners)
+    assert not set(one.manager.workers) & set(two.manager.workers)
+
+
+async def test_a_replica_without_the_lease_cannot_start_a_transaction(
+    sender_storage: SenderStorage,
+) -> None:
+    await queue_pdus(sender_storage, ["x.example"], 2)
+    assert await sender_storage.claim("a", ["x.example"], 30) == ["x.example"]
+    assert await sender_storage.claim("b", ["x.example"], 30) == []
+    try:
+        await sender_storage.next_transaction("x.example", "b", max_pdus=50, max_edus=100)
+    except LeaseLost:
+        pass
+    else:
+        raise AssertionError("b started a transaction without the lease")
+    txn = await sender_storage.next_transaction("x.example", "a", max_pdus=50, max_edus=100)
+    assert txn is not None and len(txn.pdus) == 2
+    # An expired lease can be taken over, and the new holder resends the same transaction.
+    await sender_storage.pool.execute(
+        "UPDATE sender.destinations SET lease_expires_at = now() - interval '1 second'"
+    )
+    assert await sender_storage.claim("b", ["x.example"], 30) == ["x.example"]
+    again = await sender_storage.next_transaction("x.example", "b", max_pdus=50, max_edus=100)
+    assert again.txn_id == txn.txn_id and again.pdus == txn.pdus and again.resumed
+    try:
+        await sender_storage.next_transaction("x.example", "a", max_pdus=50, max_edus=100)
+    except LeaseLost:
+        pass
+    else:
+        raise AssertionError("a kept sending after losing the lease")
