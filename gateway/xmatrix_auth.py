@@ -32,7 +32,6 @@ import ipaddress
 import logging
 from typing import Any
 
-from cryptography import x509
 from fastapi import Request
 
 from gateway.errors import MatrixError
@@ -76,6 +75,8 @@ def raw_request_target(scope: dict[str, Any]) -> str:
 
 def client_certificate_matches(scope: dict[str, Any], origin: str) -> bool:
     """Whether the TLS client certificate (ASGI TLS extension) is for ``origin``'s host."""
+    from cryptography import x509  # only with require_tls_client_certificate_match
+
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
     if not chain:

@@ -22,10 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
 _VERSION_ALPHABET = string.ascii_letters + string.digits + "_"
@@ -143,6 +139,12 @@ def ensure_tls_pair(certificate: Path, private_key: Path, server_name: str) -> b
     """Write a self-signed pair for the server's hostname when absent; True if created."""
     if certificate.exists() and private_key.exists():
         return False
+    # Imported here: only the first run needs it, and it costs every process ~14 MiB.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     host = server_name.rsplit(":", 1)[0] if not server_name.endswith("]") else server_name
     host = host.strip("[]")
     key = ec.generate_private_key(ec.SECP256R1())

@@ -1,11 +1,11 @@
 """``mxfed run``: every part of mxfed on this machine, as supervised processes.
 
-The supervisor prepares what the parts share (TLS pair, signing key, the
-database: found or embedded), starts each part as its own process, restarts
-a part that exits unexpectedly (with a growing delay, logged), reports when
-the federation API answers, and on SIGTERM/SIGINT stops every child and
-waits for it. Children get PR_SET_PDEATHSIG so that they stop even if the
-supervisor itself is killed.
+The supervisor prepares what the parts share (the signing key and the
+database, found or embedded; the gateway makes its own TLS pair), starts
+each part as its own process, restarts a part that exits unexpectedly (with
+a growing delay, logged), reports when the federation API answers, and on
+SIGTERM/SIGINT stops every child and waits for it. Children get
+PR_SET_PDEATHSIG so that they stop even if the supervisor itself is killed.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import signal
 import ssl
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
 from mxfed.config import Config
 from mxfed.database import EmbeddedDatabase, resolve_database_url
-from mxfed.identity_files import ensure_tls_pair, load_or_create_signing_key
+from mxfed.identity_files import load_or_create_signing_key
 from mxfed.logs import setup_logging
 
 log = logging.getLogger("mxfed.supervisor")
@@ -64,8 +63,6 @@ class Supervisor:
     async def prepare(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        if "gateway" in config.run:
-            ensure_tls_pair(config.tls_certificate, config.tls_private_key, config.server_name)
         signing_key = load_or_create_signing_key(config.signing_key)
         url, self.embedded = await resolve_database_url(config.database_url, config.data_dir)
         self.environment = {
@@ -134,13 +131,18 @@ class Supervisor:
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
-        async with aiohttp.ClientSession() as session:
-            while not self.stopping.is_set():
-                try:
-                    async with session.get(url, ssl=insecure, timeout=aiohttp.ClientTimeout(2)):
-                        break
-                except (TimeoutError, aiohttp.ClientError, OSError):
-                    await asyncio.sleep(0.3)
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(url, context=insecure, timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        # urllib in a thread rather than an HTTP client library: the supervisor
+        # stays small (it is one of six resident processes).
+        while not self.stopping.is_set() and not await asyncio.to_thread(answers):  # noqa: ASYNC110
+            await asyncio.sleep(0.3)
         if not self.stopping.is_set():
             print(
                 f"mxfed ready: server_name={self.config.server_name} "

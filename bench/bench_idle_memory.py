@@ -1,0 +1,52 @@
+"""Resident memory of a whole idle mxfed (supervisor, four services, gateway). Not a test.
+
+Measured twice: on the first start (which also generates the TLS pair, so the
+gateway has the crypto library loaded) and after a restart on the same data
+directory (the steady state of a running server).
+
+    .venv/bin/python bench/bench_idle_memory.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.databases import create_database, drop_database  # noqa: E402
+from tests.support.mxfed_process import MxfedProcess  # noqa: E402
+
+
+def main() -> None:
+    database_url = asyncio.run(create_database("mxfed_bench"))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            mxfed = MxfedProcess(Path(scratch) / "data", database_url)
+            for label in ("first start", "after a restart"):
+                mxfed.start()
+                try:
+                    time.sleep(5)  # settle: background tasks started, caches warm
+                    assert mxfed.process is not None
+                    supervisor = psutil.Process(mxfed.process.pid)
+                    total = 0
+                    print(f"{label}:")
+                    for process in [supervisor, *supervisor.children(recursive=True)]:
+                        rss = process.memory_info().rss
+                        total += rss
+                        name = " ".join(process.cmdline()[-2:])
+                        print(f"  {name:32s} {rss / 2**20:7.1f} MiB")
+                    print(f"  whole stack idle: {total / 2**20:.0f} MiB RSS (target <= 400 MiB)")
+                finally:
+                    mxfed.stop()
+    finally:
+        asyncio.run(drop_database(database_url))
+
+
+if __name__ == "__main__":
+    main()
