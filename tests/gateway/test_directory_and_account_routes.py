@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.edu_routing import device_edu_request, forward_device_edus
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from tests.gateway.test_transactions import Scene
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
@@ -38,6 +39,7 @@ class World:
     mxfed: MxfedProcess
     remote: FakeHomeserver
     remote_lists: dict[str, Any]
+    received_edus: list[Any]
     events: events_pb2_grpc.EventsStub
     directory: directory_pb2_grpc.DirectoryStub
     accounts: accounts_pb2_grpc.AccountsStub
@@ -92,6 +94,14 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         return web.json_response(lists[user_id])
 
     remote.route("GET", "/_matrix/federation/v1/user/devices/{user_id}", devices)
+    received: list[Any] = []
+
+    async def send(request: web.Request) -> web.Response:
+        body = await request.json()
+        received.extend(body.get("edus", []))
+        return web.json_response({"pdus": {}})
+
+    remote.route("PUT", "/_matrix/federation/v1/send/{txn_id}", send)
     await remote.start()
     mxfed = MxfedProcess(tmp_path_factory.mktemp("account-routes") / "mxfed", database_url)
     try:
@@ -106,6 +116,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         mxfed,
         remote,
         lists,
+        received,
         events_pb2_grpc.EventsStub(events_channel),
         directory_pb2_grpc.DirectoryStub(events_channel),
         accounts_pb2_grpc.AccountsStub(keys_channel),
@@ -454,3 +465,57 @@ async def test_forwarded_device_edus_update_the_remote_cache(world: World) -> No
     )
     body = orjson.loads(reply.response_json)
     assert reply.from_cache and [d["device_id"] for d in body["devices"]] == ["B1", "B2"]
+
+
+async def test_local_device_changes_reach_servers_sharing_a_room(world: World) -> None:
+    scene = Scene(world.mxfed, world.remote)
+    try:
+        await scene.joined_room()  # @alice (local) and the remote's @bob
+        alice = scene.creator
+
+        def mine(edu_type: str) -> list[dict[str, Any]]:
+            return [
+                edu["content"]
+                for edu in world.received_edus
+                if edu.get("edu_type") == edu_type and edu["content"].get("user_id") == alice
+            ]
+
+        async def arrived(edu_type: str) -> bool:
+            for _ in range(50):
+                if mine(edu_type):
+                    return True
+                await asyncio.sleep(0.1)
+            return False
+
+        # Each change sends one EDU; the sender may still be connecting to the
+        # events service just after start, so a change is repeated until one
+        # arrives (the device list is what it is either way).
+        for attempt in range(10):
+            await world.accounts.PerformUploadKeys(
+                accounts_pb2.PerformUploadKeysRequest(
+                    user_id=alice,
+                    device_id="ALICEDEV",
+                    display_name=f"attempt {attempt}",
+                    device_keys_json=orjson.dumps(device_keys(alice, "ALICEDEV")),
+                ),
+                timeout=10,
+            )
+            if await arrived("m.device_list_update"):
+                break
+        update = mine("m.device_list_update")[-1]
+        assert update["device_id"] == "ALICEDEV"
+        assert update["prev_id"] == ([update["stream_id"] - 1] if update["stream_id"] > 1 else [])
+        assert update["keys"] == device_keys(alice, "ALICEDEV")
+        assert update["device_display_name"].startswith("attempt ")
+
+        master = {"user_id": alice, "usage": ["master"], "keys": {"ed25519:M": "M"}}
+        await world.accounts.PerformUploadCrossSigningKeys(
+            accounts_pb2.PerformUploadCrossSigningKeysRequest(
+                user_id=alice, master_key_json=orjson.dumps(master)
+            ),
+            timeout=10,
+        )
+        assert await arrived("m.signing_key_update")
+        assert mine("m.signing_key_update") == [{"user_id": alice, "master_key": master}]
+    finally:
+        await scene.close()

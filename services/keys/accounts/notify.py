@@ -33,7 +33,9 @@ class GrpcEduNotifier:
     async def send(self, user_id: str, edu_type: str, content: dict[str, Any]) -> int:
         try:
             rooms = await self.directory.QueryRoomsOfUser(
-                directory_pb2.QueryRoomsOfUserRequest(user_id=user_id), timeout=CALL_TIMEOUT
+                directory_pb2.QueryRoomsOfUserRequest(user_id=user_id),
+                timeout=CALL_TIMEOUT,
+                wait_for_ready=True,
             )
             if not rooms.room_ids:
                 return 0
@@ -48,6 +50,7 @@ class GrpcEduNotifier:
                     ]
                 ),
                 timeout=CALL_TIMEOUT,
+                wait_for_ready=True,
             )
             return reply.queued
         except grpc.aio.AioRpcError as error:
