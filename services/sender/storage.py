@@ -303,88 +303,50 @@ class SenderStorage:
         one made of the oldest queued rows. ``Backoff`` while backed off,
         ``None`` when nothing is queued. The lease is checked under the row
         lock in the same database transaction, so a replica that lost the
-        lease cannot start a transaction: :class:`LeaseLost`.
+        lease cannot start a transaction: :class:`LeaseLost`. All of it is
+        one call of ``sender.next_transaction`` (``migrations/002``): one
+        round trip, since every destination does this for every transaction.
         """
-        async with self.pool.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(
-                "SELECT pending_txn_id, pending_txn_ts, txn_counter, retry_until_ts"
-                " FROM sender.destinations WHERE destination = $1 AND lease_owner = $2"
-                " AND lease_expires_at > now() FOR UPDATE",
-                destination,
-                instance_id,
-            )
-            if row is None:
-                raise LeaseLost(destination)
-            now = now_ms()
-            if row["retry_until_ts"] > now:
-                return Backoff(row["retry_until_ts"])
-            txn_id = row["pending_txn_id"]
-            resumed = txn_id is not None
-            if txn_id is None:
-                counter = row["txn_counter"] + 1
-                txn_id = f"{now}-{counter}"
-                tagged_pdus = await connection.execute(
-                    "UPDATE sender.pdu_queue SET txn_id = $2 WHERE destination = $1"
-                    " AND stream_position IN (SELECT stream_position FROM sender.pdu_queue"
-                    "  WHERE destination = $1 AND txn_id IS NULL"
-                    "  ORDER BY stream_position LIMIT $3)",
-                    destination,
-                    txn_id,
-                    max_pdus,
-                )
-                tagged_edus = await connection.execute(
-                    "UPDATE sender.edu_queue SET txn_id = $2 WHERE id IN ("
-                    "  SELECT id FROM sender.edu_queue WHERE destination = $1 AND txn_id IS NULL"
-                    "  ORDER BY id LIMIT $3)",
-                    destination,
-                    txn_id,
-                    max_edus,
-                )
-                if tagged_pdus == "UPDATE 0" and tagged_edus == "UPDATE 0":
-                    return None
-                await connection.execute(
-                    "UPDATE sender.destinations SET pending_txn_id = $2, pending_txn_ts = $3,"
-                    " txn_counter = $4 WHERE destination = $1",
-                    destination,
-                    txn_id,
-                    now,
-                    counter,
-                )
-                txn_ts = now
-            else:
-                txn_ts = row["pending_txn_ts"]
-            pdus = await connection.fetch(
-                "SELECT p.pdu_json FROM sender.pdu_queue q JOIN sender.pdus p"
-                " USING (stream_position) WHERE q.destination = $1 AND q.txn_id = $2"
-                " ORDER BY q.stream_position",
-                destination,
-                txn_id,
-            )
-            edus = await connection.fetch(
-                "SELECT edu_type, content_json FROM sender.edu_queue"
-                " WHERE destination = $1 AND txn_id = $2 ORDER BY id",
-                destination,
-                txn_id,
-            )
+        row = await self.pool.fetchrow(
+            "SELECT * FROM sender.next_transaction($1, $2, $3, $4, $5)",
+            destination,
+            instance_id,
+            max_pdus,
+            max_edus,
+            now_ms(),
+        )
+        result = row["result"]
+        if result == "lease_lost":
+            raise LeaseLost(destination)
+        if result == "backoff":
+            return Backoff(row["retry_until"])
+        if result == "empty":
+            return None
         return Transaction(
             destination=destination,
-            txn_id=txn_id,
-            origin_server_ts=txn_ts,
-            pdus=[r["pdu_json"] for r in pdus],
-            edus=[(r["edu_type"], r["content_json"]) for r in edus],
-            resumed=resumed,
+            txn_id=row["txn"],
+            origin_server_ts=row["txn_ts"],
+            pdus=list(row["pdu_jsons"]),
+            edus=list(zip(row["edu_types"], row["edu_contents"], strict=True)),
+            resumed=row["resumed"],
         )
 
     async def complete_transaction(self, destination: str, txn_id: str) -> None:
-        """The destination answered 200: forget what it got, reset its backoff."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            await self._forget_transaction(connection, destination, txn_id)
-            await connection.execute(
-                "UPDATE sender.destinations SET retry_until_ts = 0, retry_interval_ms = 0,"
-                " failures = 0, last_error = NULL, last_success_ts = $2 WHERE destination = $1",
-                destination,
-                now_ms(),
-            )
+        """The destination answered 200: forget what it got, reset its backoff.
+
+        One statement (data-modifying CTEs), so one round trip and atomic.
+        """
+        await self.pool.execute(
+            "WITH sent_pdus AS (DELETE FROM sender.pdu_queue"
+            "  WHERE destination = $1 AND txn_id = $2),"
+            " sent_edus AS (DELETE FROM sender.edu_queue WHERE destination = $1 AND txn_id = $2)"
+            " UPDATE sender.destinations SET pending_txn_id = NULL, pending_txn_ts = NULL,"
+            " retry_until_ts = 0, retry_interval_ms = 0, failures = 0, last_error = NULL,"
+            " last_success_ts = $3 WHERE destination = $1",
+            destination,
+            txn_id,
+            now_ms(),
+        )
 
     async def drop_transaction(self, destination: str, txn_id: str, error: str) -> None:
         """The destination refused the transaction outright: drop its contents."""
