@@ -29,8 +29,9 @@ class Attempt:
 
 
 def pdu_ids(body: dict[str, Any]) -> list[str]:
-    """Test PDUs carry their id in ``content.id``."""
-    return [pdu["content"]["id"] for pdu in body.get("pdus", [])]
+    """Test PDUs carry their id in ``content.id`` (others are not counted)."""
+    ids = (pdu.get("content", {}).get("id") for pdu in body.get("pdus", []))
+    return [pdu_id for pdu_id in ids if isinstance(pdu_id, str)]
 
 
 @dataclass
@@ -116,6 +117,9 @@ class Receiver:
     def pdu_ids(self) -> list[str]:
         """Every PDU id delivered, in arrival order, counting each transaction once."""
         return [pdu_id for body in self.delivered.values() for pdu_id in pdu_ids(body)]
+
+    def pdus(self) -> list[dict[str, Any]]:
+        return [pdu for body in self.delivered.values() for pdu in body.get("pdus", [])]
 
     def edus(self) -> list[dict[str, Any]]:
         return [edu for body in self.delivered.values() for edu in body.get("edus", [])]
