@@ -21,6 +21,7 @@ class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NEW: _ClassVar[InputKind]
     HISTORY: _ClassVar[InputKind]
     OUTLIER_KIND: _ClassVar[InputKind]
+    BACKFILL: _ClassVar[InputKind]
 EVENT_STATUS_UNSPECIFIED: EventStatus
 ACCEPTED: EventStatus
 SOFT_FAILED: EventStatus
@@ -30,6 +31,7 @@ INPUT_KIND_UNSPECIFIED: InputKind
 NEW: InputKind
 HISTORY: InputKind
 OUTLIER_KIND: InputKind
+BACKFILL: InputKind
 
 class EventRecord(_message.Message):
     __slots__ = ("event_id", "room_id", "room_version", "pdu_json", "status", "stream_position", "redacted", "rejection_reason")
@@ -69,19 +71,29 @@ class InputTransactionResponse(_message.Message):
     response_json: bytes
     def __init__(self, response_json: _Optional[bytes] = ...) -> None: ...
 
+class StateBefore(_message.Message):
+    __slots__ = ("event_id", "state_event_ids")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    state_event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_id: _Optional[str] = ..., state_event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class InputPdusRequest(_message.Message):
-    __slots__ = ("room_id", "room_version", "origin", "kind", "pdus")
+    __slots__ = ("room_id", "room_version", "origin", "kind", "pdus", "state_before")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     ROOM_VERSION_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PDUS_FIELD_NUMBER: _ClassVar[int]
+    STATE_BEFORE_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     room_version: str
     origin: str
     kind: InputKind
     pdus: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, room_id: _Optional[str] = ..., room_version: _Optional[str] = ..., origin: _Optional[str] = ..., kind: _Optional[_Union[InputKind, str]] = ..., pdus: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    state_before: _containers.RepeatedCompositeFieldContainer[StateBefore]
+    def __init__(self, room_id: _Optional[str] = ..., room_version: _Optional[str] = ..., origin: _Optional[str] = ..., kind: _Optional[_Union[InputKind, str]] = ..., pdus: _Optional[_Iterable[bytes]] = ..., state_before: _Optional[_Iterable[_Union[StateBefore, _Mapping]]] = ...) -> None: ...
 
 class PduResult(_message.Message):
     __slots__ = ("event_id", "status", "error")
@@ -280,14 +292,16 @@ class QueryTimelineRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ..., from_token: _Optional[str] = ..., backwards: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class QueryTimelineResponse(_message.Message):
-    __slots__ = ("events", "next_token", "reached_room_start")
+    __slots__ = ("events", "next_token", "reached_room_start", "resume_token")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REACHED_ROOM_START_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[EventRecord]
     next_token: str
     reached_room_start: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ..., next_token: _Optional[str] = ..., reached_room_start: _Optional[bool] = ...) -> None: ...
+    resume_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ..., next_token: _Optional[str] = ..., reached_room_start: _Optional[bool] = ..., resume_token: _Optional[str] = ...) -> None: ...
 
 class QueryRoomInfoRequest(_message.Message):
     __slots__ = ("room_id",)
