@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from gateway.edu_routing import forward_device_edus
 from gateway.errors import MatrixError, bad_json
 from gateway.room_access import events_stub
 from gateway.xmatrix_auth import require_origin
@@ -32,9 +33,9 @@ router = APIRouter()
 MAX_PDUS = 50
 MAX_EDUS = 100
 
-# EDUs the events service owns. Device list updates, to-device messages,
-# signing-key updates and presence belong to later work (the E2EE/devices
-# issue); until then they are accepted and ignored, as a receiver may do.
+# EDUs the events service owns. Device-list and signing-key updates go to the
+# keys process (gateway.edu_routing); to-device messages and presence have no
+# local consumer yet and are ignored, as a receiver may do with any EDU.
 EVENTS_SERVICE_EDU_TYPES = frozenset({"m.typing", "m.receipt"})
 
 # Processing a transaction may fetch missing events and state from the
@@ -155,12 +156,29 @@ async def _input_transaction(
     return bytes(reply.response_json)
 
 
+async def _input_transaction_and_device_edus(
+    request: Request,
+    origin: str,
+    txn_id: str,
+    pdus: list[bytes],
+    edus: list[bytes],
+    body: dict[str, Any],
+) -> bytes:
+    """PDUs and room EDUs to the events service, device EDUs to the keys process, at once."""
+    response, _ = await asyncio.gather(
+        _input_transaction(request, origin, txn_id, pdus, edus),
+        forward_device_edus(request, origin, body.get("edus") or []),
+    )
+    return response
+
+
 @router.put("/_matrix/federation/v1/send/{txn_id}")
 async def send_transaction(
     txn_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
     # The X-Matrix origin is the sender; the body's "origin" is not trusted.
-    pdus, edus = parse_transaction(await _json_body(request))
+    body = await _json_body(request)
+    pdus, edus = parse_transaction(body)
 
     in_flight = _in_flight(request)
     running = in_flight.get(origin)
@@ -174,7 +192,9 @@ async def send_transaction(
                 headers={"Retry-After": "1"},
             )
     else:
-        task = asyncio.create_task(_input_transaction(request, origin, txn_id, pdus, edus))
+        task = asyncio.create_task(
+            _input_transaction_and_device_edus(request, origin, txn_id, pdus, edus, body)
+        )
         in_flight.start(origin, txn_id, task)
     # Shielded: a sender that hangs up does not cancel the processing, and
     # its retry of the same txnId joins it. gRPC errors are mapped to Matrix

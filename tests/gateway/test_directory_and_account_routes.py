@@ -9,7 +9,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.edu_routing import device_edu_request, forward_device_edus
+from gateway.edu_routing import device_edu_request
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.gateway.test_transactions import Scene
@@ -452,14 +451,25 @@ async def test_forwarded_device_edus_update_the_remote_cache(world: World) -> No
         accounts_pb2.QueryRemoteDevicesRequest(user_id=bob), timeout=30
     )
     assert not first.from_cache
-    app = SimpleNamespace(
-        state=SimpleNamespace(services=SimpleNamespace(channel=lambda _: world.channels[1]))
-    )
     update = {
         "edu_type": "m.device_list_update",
         "content": {"user_id": bob, "device_id": "B2", "stream_id": 4, "prev_id": [3]},
     }
-    await forward_device_edus(SimpleNamespace(app=app), world.remote.server_name, [update])
+    # Through the real /send route: the gateway hands device EDUs to the keys process.
+    transaction = {
+        "origin": world.remote.server_name,
+        "origin_server_ts": world.remote.next_ts(),
+        "pdus": [],
+        "edus": [update],
+    }
+    sent = await world.remote.federation_request(
+        world.mxfed.federation_url,
+        world.mxfed.server_name,
+        "PUT",
+        f"/_matrix/federation/v1/send/{uuid.uuid4().hex}",
+        transaction,
+    )
+    assert sent.status_code == 200, sent.text
     reply = await world.accounts.QueryRemoteDevices(
         accounts_pb2.QueryRemoteDevicesRequest(user_id=bob), timeout=30
     )
