@@ -6,7 +6,10 @@ Spec: rooms.md §6 (checks in order), edus.md §1 (transactions: idempotency on
 Per transaction: parse; PDUs of rooms we do not know are ignored with no
 entry (as Synapse does); 1. format → drop; 2. signatures, all PDUs in ONE
 ``VerifyJsonSignatures`` call → drop; 3. content hash mismatch → continue with
-the redacted copy; the sender's server must be the origin (/send only). Then
+the redacted copy; the sender's server must be the origin (/send only). Then,
+per room and before its lock, the deepest PDU whose prev_events are neither
+stored nor in the transaction has its gap filled by the backfill service
+(behaviours.md §2; a PDU whose prevs stay unknown is refused). Then
 the rooms run in parallel, each in its own :class:`RoomBatch` (one database
 transaction, PDUs in the order given) for steps 4–6.
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import grpc
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.event_ids import compute_event_id
@@ -36,6 +40,7 @@ from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, UnsupportedRoomVersion, room_version
 from matrix_protocol.server_acl import server_allowed
 from matrix_protocol.signing import signatures_required_for_event
+from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.events import metrics, storage
 from services.events.room_batch import Outcome, RoomBatch, RoomsCore
@@ -46,6 +51,8 @@ log = logging.getLogger(__name__)
 TYPING_TIMEOUT_MS = 60_000
 MAX_PDUS = 50
 MAX_EDUS = 100
+# Seconds a /send transaction waits for the missing events of one room.
+GAP_FILL_TIMEOUT = 60.0
 
 
 class InvalidTransaction(ValueError):
@@ -145,10 +152,13 @@ class InputPipeline:
         core: RoomsCore,
         keys: keys_pb2_grpc.KeysStub,
         clock: StageClock | None = None,
+        backfill: backfill_pb2_grpc.BackfillStub | None = None,
     ) -> None:
         self.pool = pool
         self.core = core
         self.keys = keys
+        # Gap filling for /send (PerformFetchMissingEvents); None: no gap filling.
+        self.backfill = backfill
         self.clock = clock or StageClock()
         self.guard = TransactionGuard(pool)
 
@@ -216,6 +226,13 @@ class InputPipeline:
             if candidate.error:
                 results[candidate.event.event_id] = {"error": candidate.error}
                 metrics.PDUS_RECEIVED.labels("dropped").inc()
+        async with self.clock.stage("missing_events"):
+            await asyncio.gather(
+                *(
+                    self._fill_gap(room_id, origin, [c for c in room if not c.error])
+                    for room_id, room in by_room.items()
+                )
+            )
         outcomes = await asyncio.gather(
             *(
                 self._input_room(room_id, [c for c in room if not c.error], soft_fail=True)
@@ -226,6 +243,57 @@ class InputPipeline:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)
         return results
+
+    async def _fill_gap(self, room_id: str, origin: str, candidates: list[Candidate]) -> None:
+        """behaviours.md §2: fetch what precedes the room's deepest PDU with unknown prevs.
+
+        Runs before the room's lock is taken, so other PDUs of the room (other
+        transactions) and other rooms do not wait; bounded by
+        :data:`GAP_FILL_TIMEOUT`. Failures are logged and ignored: the PDU is
+        then refused for its missing prev_events.
+        """
+        if self.backfill is None or not candidates:
+            return
+        in_transaction = {c.event.event_id for c in candidates}
+        prevs = {p for c in candidates for p in c.event.prev_event_ids if p not in in_transaction}
+        if not prevs:
+            return
+        async with self.pool.acquire() as conn:
+            stored = await storage.fetch_events(conn, prevs)
+        in_dag = {e for e, s in stored.items() if s.status is not Status.OUTLIER}
+        gapped = [
+            c
+            for c in candidates
+            if any(p not in in_transaction and p not in in_dag for p in c.event.prev_event_ids)
+        ]
+        if not gapped:
+            return
+        deepest = max(gapped, key=lambda c: c.event.depth)
+        try:
+            reply = await self.backfill.PerformFetchMissingEvents(
+                backfill_pb2.PerformFetchMissingEventsRequest(
+                    room_id=room_id,
+                    origin=origin,
+                    event_json=encode_json(deepest.pdu),
+                    timeout_seconds=GAP_FILL_TIMEOUT,
+                ),
+                timeout=GAP_FILL_TIMEOUT + 5,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "fetching missing events failed",
+                extra={"room_id": room_id, "origin": origin, "error": error.details()},
+            )
+            return
+        log.info(
+            "fetched missing events",
+            extra={
+                "room_id": room_id,
+                "event_id": deepest.event.event_id,
+                "events_fetched": reply.events_fetched,
+                "still_missing": list(reply.still_missing),
+            },
+        )
 
     def _check_format(
         self, pdu: dict[str, Any], version: RoomVersion, results: dict[str, dict[str, str]]
@@ -284,7 +352,13 @@ class InputPipeline:
                     candidate.redacted = True
 
     async def _input_room(
-        self, room_id: str, candidates: list[Candidate], *, soft_fail: bool
+        self,
+        room_id: str,
+        candidates: list[Candidate],
+        *,
+        soft_fail: bool,
+        backfill: bool = False,
+        state_before: Mapping[str, Sequence[str]] | None = None,
     ) -> list[Outcome]:
         if not candidates:
             return []
@@ -301,6 +375,8 @@ class InputPipeline:
                         candidate.pdu,
                         redacted=candidate.redacted,
                         soft_fail=soft_fail,
+                        backfill=backfill,
+                        state_before=(state_before or {}).get(candidate.event.event_id),
                     )
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
@@ -313,14 +389,23 @@ class InputPipeline:
     # ------------------------------------------------------------ fetched batches
 
     async def input_pdus(
-        self, room_id: str, version_id: str, kind: str, raw_pdus: Sequence[bytes]
+        self,
+        room_id: str,
+        version_id: str,
+        kind: str,
+        raw_pdus: Sequence[bytes],
+        state_before: Mapping[str, Sequence[str]] | None = None,
     ) -> list[Outcome]:
         """PDUs we fetched ourselves (backfill, missing events, a join's state).
 
         ``kind`` is "new" (full checks), "history" (no soft-fail, no 20/10
-        limits) or "outlier". The room is registered with ``version_id`` if new.
+        limits), "backfill" (history older than what we hold: oldest first,
+        no stream positions, no effect on extremities or current state) or
+        "outlier". The room is registered with ``version_id`` if new.
         Outliers are put in auth order first and checked against their own
-        auth events only.
+        auth events only. ``state_before`` (history and backfill): event id →
+        stored state event ids, the state before events whose prevs are
+        missing.
         """
         version = room_version(version_id)
         async with self.pool.acquire() as conn:
@@ -346,8 +431,22 @@ class InputPipeline:
         valid = [c for c in candidates if not c.error]
         if kind == "outlier":
             outcomes.extend(await self._input_outliers(room_id, _auth_order(valid)))
+        elif kind == "backfill":
+            valid.sort(key=lambda c: c.event.depth)
+            outcomes.extend(
+                await self._input_room(
+                    room_id, valid, soft_fail=False, backfill=True, state_before=state_before
+                )
+            )
         else:
-            outcomes.extend(await self._input_room(room_id, valid, soft_fail=kind == "new"))
+            outcomes.extend(
+                await self._input_room(
+                    room_id,
+                    valid,
+                    soft_fail=kind == "new",
+                    state_before=state_before if kind == "history" else None,
+                )
+            )
         return outcomes
 
     async def _input_outliers(self, room_id: str, candidates: list[Candidate]) -> list[Outcome]:

@@ -72,6 +72,7 @@ class TimelinePage:
     events: list[EventView]
     next_token: str
     reached_room_start: bool
+    resume_token: str = ""
 
 
 def _encode_token(depth: int, nid: int) -> str:
@@ -223,10 +224,12 @@ class Reads:
             rows = await storage.timeline_page(conn, room_id, after, backwards, limit)
         events = [EventView.from_row(row) for row in rows]
         reached_start = any(row["type"] == "m.room.create" for row in rows)
-        next_token = ""
+        next_token = resume_token = ""
+        if rows:
+            resume_token = _encode_token(rows[-1]["depth"], rows[-1]["nid"])
         if len(rows) == limit and not (backwards and reached_start):
-            next_token = _encode_token(rows[-1]["depth"], rows[-1]["nid"])
-        return TimelinePage(events, next_token, reached_start)
+            next_token = resume_token
+        return TimelinePage(events, next_token, reached_start, resume_token)
 
     async def room_info(self, room_id: str) -> RoomInfo:
         async with self.pool.acquire() as conn:

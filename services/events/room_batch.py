@@ -16,7 +16,7 @@ happen before, in :mod:`services.events.input`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -59,12 +59,20 @@ class RoomsCore:
     event_cache: LruCache[str, StoredEvent]
 
 
+NOT_DIVULGING = "Your server isn't divulging details about prev_events referenced in this event."
+
+
+def _missing_auth(event: Event, known: Mapping[str, StoredEvent]) -> bool:
+    return any(a not in known for a in event.auth_event_ids)
+
+
 def missing_dependencies(event: Event, known: Mapping[str, StoredEvent]) -> str | None:
     """Why ``event`` cannot be checked yet, or None.
 
-    The single place deciding what to do about unknown prev/auth events. A
-    later backfill service hooks in here to fetch them (get_missing_events,
-    /event_auth) before giving up.
+    The single place deciding what to do about unknown prev/auth events.
+    Missing prevs are fetched before the batch (get_missing_events, by the
+    backfill service); when they stay missing the caller may give the state
+    before the event instead (``RoomBatch.add(state_before=...)``).
     """
     missing_prev = [p for p in event.prev_event_ids if p not in known]
     if missing_prev:
@@ -207,29 +215,61 @@ class RoomBatch:
         redacted: bool,
         soft_fail: bool,
         local: bool = False,
+        backfill: bool = False,
+        state_before: Sequence[str] | None = None,
     ) -> Outcome:
         """Check ``event`` against the room and queue it for writing.
 
         ``soft_fail``: a live event (checked against the current state too,
-        given a stream position). Otherwise history (backfill, missing
-        events): no soft-fail check, no stream position, and it becomes a
-        forward extremity only if nothing stored builds on it yet.
+        given a stream position). Otherwise history (missing events): no
+        soft-fail check, no stream position, and it becomes a forward
+        extremity only if nothing stored builds on it yet. ``backfill``:
+        history older than what we hold; never a forward extremity, never
+        current state. ``state_before``: ids of stored events making the
+        state before ``event``, used when its prev_events are missing from
+        the DAG (they become backward extremities).
         ``local``: an event built here; any failure refuses it (not stored).
+        An event stored as an outlier is promoted to a DAG event.
         """
         event_id = event.event_id
-        live = soft_fail
-        if event_id in self.pending or event_id in await self.events([event_id]):
+        live = soft_fail and not backfill
+        if event_id in self.pending:
             return Outcome(event_id, None, already_stored=True)
+        promote = False
+        existing = (await self.events([event_id])).get(event_id)
+        if existing is not None and existing.status is Status.OUTLIER:
+            # Another replica may have promoted it since it was cached.
+            existing = (await self._reload([event_id])).get(event_id)
+        if existing is not None:
+            if existing.status is not Status.OUTLIER:
+                return Outcome(event_id, None, already_stored=True)
+            promote = True
+            event, redacted = existing.event, existing.redacted
         deps = await self.events([*event.prev_event_ids, *event.auth_event_ids])
+        stateless = [
+            p for p in event.prev_event_ids if p in deps and deps[p].state_group_after is None
+        ]
+        if stateless:
+            deps.update(await self._reload(stateless))
         problem = missing_dependencies(event, deps)
+        before: StateGroup | None = None
+        if problem is not None and state_before is not None and not _missing_auth(event, deps):
+            try:
+                before = await self._given_state(state_before)
+            except MissingEventError as error:
+                return Outcome(event_id, None, f"state before the event: {error}")
+            problem = None
         if problem is not None:
+            if live and not local and problem.startswith("missing prev_events"):
+                problem += f" ({NOT_DIVULGING})"
             return Outcome(event_id, None, problem)
 
         rejection = self._check_own_auth_events(event, [deps[a] for a in event.auth_event_ids])
-        try:
-            before = await self._state_before(event, [deps[p] for p in event.prev_event_ids])
-        except MissingEventError as error:
-            return Outcome(event_id, None, f"missing events for state resolution: {error}")
+        if before is None:
+            try:
+                before = await self._state_before(event, [deps[p] for p in event.prev_event_ids])
+            except MissingEventError as error:
+                return Outcome(event_id, None, f"missing events for state resolution: {error}")
         if rejection is None:
             rejection = await self._check_against_state(event, before.state)
         status = Status.ACCEPTED
@@ -265,9 +305,11 @@ class RoomBatch:
             servers_before=list(servers_before),
         )
         self.pending[event_id] = stored
-        self._writes[event_id] = EventWrite(stored, encode_json(pdu).decode(), event.membership)
+        self._writes[event_id] = EventWrite(
+            stored, encode_json(pdu).decode(), event.membership, promote=promote
+        )
         if status is Status.ACCEPTED:
-            if live or not await self._has_successors(event_id):
+            if not backfill and (live or not await self._has_successors(event_id)):
                 await self._advance_head(event, after)
             if event.type == "m.room.redaction":
                 await self._apply_redaction(event, before)
@@ -276,6 +318,29 @@ class RoomBatch:
         if event.type == CREATE and status is Status.ACCEPTED:
             self.create_event = event
         return Outcome(event_id, status, rejection or "")
+
+    async def _reload(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
+        """``event_ids`` from the database, past the cache (outliers may have been promoted)."""
+        loaded = await storage.fetch_events(self.conn, event_ids)
+        for event_id, stored in loaded.items():
+            self.core.event_cache.put(event_id, stored)
+        return loaded
+
+    async def _given_state(self, state_ids: Sequence[str]) -> StateGroup:
+        """A state group from a caller's list of stored state events (rejected ones left out)."""
+        loaded = await self.events(state_ids)
+        unknown = [e for e in state_ids if e not in loaded]
+        if unknown:
+            raise MissingEventError(f"unknown state events {', '.join(unknown[:5])}")
+        state: dict[StateKey, str] = {}
+        for event_id in state_ids:
+            stored = loaded[event_id]
+            if stored.event.room_id != self.room_id and stored.event.type != CREATE:
+                raise MissingEventError(f"state event {event_id} is of another room")
+            if not stored.event.is_state or stored.status is Status.REJECTED:
+                continue
+            state[stored.event.state_tuple] = event_id
+        return self.core.state_store.derive(self.room_id, None, state, self._groups)
 
     async def add_outlier(
         self, event: Event, pdu: Mapping[str, object], *, redacted: bool
@@ -403,7 +468,7 @@ class RoomBatch:
                 return
         redacted_json = encode_json(redact(target.event.pdu, self.version)).decode()
         write = self._writes.get(target_id)
-        if write is not None:
+        if write is not None and not write.promote:
             write.pdu_json = redacted_json
             write.stored.redacted = True
         else:

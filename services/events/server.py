@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mxfed.service_runtime import ServiceContext
+from mxfed_api.backfill.v1 import backfill_pb2_grpc
 from mxfed_api.events.v1 import events_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events.cache import LruCache
@@ -34,7 +35,8 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     """The servicer and its background tasks (stream hub, typing expiry)."""
     core = build_core(context)
     keys = keys_pb2_grpc.KeysStub(context.channel("keys"))
-    pipeline = InputPipeline(context.pool, core, keys)
+    backfill = backfill_pb2_grpc.BackfillStub(context.channel("backfill"))
+    pipeline = InputPipeline(context.pool, core, keys, backfill=backfill)
     local = LocalEvents(context.pool, core, lambda: context.signing_key)
     reads = Reads(context.pool, core.state_store, core.server_name)
     hub = StreamHub(context.pool, core.server_name)

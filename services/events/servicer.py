@@ -25,6 +25,7 @@ _KINDS = {
     events_pb2.NEW: "new",
     events_pb2.HISTORY: "history",
     events_pb2.OUTLIER_KIND: "outlier",
+    events_pb2.BACKFILL: "backfill",
 }
 
 
@@ -124,7 +125,11 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         kind = _KINDS.get(request.kind, "new")
         try:
             outcomes = await self.pipeline.input_pdus(
-                request.room_id, request.room_version, kind, list(request.pdus)
+                request.room_id,
+                request.room_version,
+                kind,
+                list(request.pdus),
+                {s.event_id: list(s.state_event_ids) for s in request.state_before},
             )
         except ValueError as error:
             raise BadRequest(str(error), "M_UNSUPPORTED_ROOM_VERSION") from None
@@ -247,6 +252,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             events=_records(page.events),
             next_token=page.next_token,
             reached_room_start=page.reached_room_start,
+            resume_token=page.resume_token,
         )
 
     @_handles_errors

@@ -189,11 +189,17 @@ class EventWrite:
     stored: StoredEvent
     pdu_json: str
     membership: str | None
+    # The event is stored already as an outlier: give it its place in the DAG.
+    promote: bool = False
 
 
 async def insert_events(
     conn: asyncpg.Connection, room_id: str, writes: Sequence[EventWrite]
 ) -> None:
+    promoted = [w for w in writes if w.promote]
+    if promoted:
+        await _promote_outliers(conn, room_id, promoted)
+    writes = [w for w in writes if not w.promote]
     if not writes:
         return
     await conn.copy_records_to_table(
@@ -256,11 +262,36 @@ async def insert_events(
         )
 
 
+async def _promote_outliers(
+    conn: asyncpg.Connection, room_id: str, writes: Sequence[EventWrite]
+) -> None:
+    """Outliers that now have state: status, state groups and servers (edges are stored)."""
+    await conn.executemany(
+        "UPDATE events.events SET status = $3, rejection_reason = $4,"
+        " state_group_before = $5, state_group_after = $6, servers_before = $7"
+        " WHERE event_id = $1 AND room_id = $2 AND status = 4",
+        [
+            (
+                w.stored.event_id,
+                room_id,
+                int(w.stored.status),
+                w.stored.rejection_reason,
+                w.stored.state_group_before,
+                w.stored.state_group_after,
+                w.stored.servers_before,
+            )
+            for w in writes
+        ],
+    )
+
+
 async def has_successors(conn: asyncpg.Connection, event_id: str) -> bool:
-    """Whether a stored event cites ``event_id`` in its prev_events."""
+    """Whether a stored DAG event (not an outlier) cites ``event_id`` in its prev_events."""
     return bool(
         await conn.fetchval(
-            "SELECT 1 FROM events.event_edges WHERE prev_event_id = $1 LIMIT 1", event_id
+            "SELECT 1 FROM events.event_edges g JOIN events.events e USING (event_id)"
+            " WHERE g.prev_event_id = $1 AND e.status <> 4 LIMIT 1",
+            event_id,
         )
     )
 
