@@ -31,6 +31,7 @@ ROUTE_MODULES = [
     "queries",  # after directory_query: it answers every other /query/{queryType}
     "devices",
     "openid",
+    "third_party",
 ]
 
 

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "backfill",
     "membership",
     "directory",
+    "third_party",
 ]
 
 

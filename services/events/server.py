@@ -18,6 +18,7 @@ from services.events.servicer import EventsServicer
 from services.events.state import StateResolver
 from services.events.state_storage import StateStore
 from services.events.streams import StreamHub
+from services.events.third_party.servicer import setup_third_party
 
 EVENT_CACHE_SIZE = 50_000
 
@@ -53,3 +54,4 @@ async def setup(context: ServiceContext) -> None:
     add_history_servicer(context.server, context.pool, servicer.reads)
     add_directory_servicer(context)
     await setup_membership(context, servicer.local)
+    await setup_third_party(context, servicer.local)

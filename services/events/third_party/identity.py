@@ -1,0 +1,203 @@
+"""Talking to identity servers: register for an access token, store-invite,
+and the key validity check of a third-party invite's public key.
+
+Identity Service API v2: every call needs an access token, obtained from
+``POST /_matrix/identity/v2/account/register`` with an OpenID token of the
+inviting user (minted by the keys process; the identity server checks it with
+our ``/_matrix/federation/v1/openid/userinfo``). A caller may pass an access
+token it already has instead. When the server does not know the v2 API
+(404/405/M_UNRECOGNIZED) ``store-invite`` falls back to the v1 path
+``/_matrix/identity/api/v1/store-invite``, which older servers served without
+authentication.
+
+``id_server`` is ``host[:port]`` (HTTPS, as homeservers always use) or a
+full base URL (``http://127.0.0.1:8090``) for tests and local setups.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from matrix_protocol.membership import MembershipError
+
+TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+MAX_RESPONSE = 1 << 20
+
+
+def base_url(id_server: str) -> str:
+    id_server = id_server.strip().rstrip("/")
+    if not id_server:
+        raise MembershipError(400, "M_MISSING_PARAM", "id_server is required")
+    if id_server.startswith(("http://", "https://")):
+        return id_server
+    if "/" in id_server or "@" in id_server:
+        raise MembershipError(400, "M_INVALID_PARAM", f"invalid id_server {id_server!r}")
+    return "https://" + id_server
+
+
+@dataclass
+class StoredInvite:
+    token: str
+    display_name: str
+    public_keys: list[dict[str, str]]
+
+    def event_content(self) -> dict[str, Any]:
+        """The ``m.room.third_party_invite`` content."""
+        first = self.public_keys[0]
+        content: dict[str, Any] = {
+            "display_name": self.display_name,
+            "public_key": first["public_key"],
+            "public_keys": self.public_keys,
+        }
+        if first.get("key_validity_url"):
+            content["key_validity_url"] = first["key_validity_url"]
+        return content
+
+
+class IdentityServerError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        errcode = body.get("errcode") if isinstance(body, Mapping) else None
+        error = body.get("error") if isinstance(body, Mapping) else None
+        super().__init__(f"{status} {errcode or ''} {error or ''}".strip())
+        self.status = status
+        self.errcode = errcode if isinstance(errcode, str) else None
+        self.error = error if isinstance(error, str) else ""
+
+    @property
+    def unrecognised(self) -> bool:
+        return self.status in (404, 405) and self.errcode in (None, "M_UNRECOGNIZED", "M_NOT_FOUND")
+
+
+def _unavailable(message: str) -> MembershipError:
+    return MembershipError(502, "M_UNKNOWN", message)
+
+
+class IdentityClient:
+    def __init__(self, *, verify_tls: bool = True, ca_file: str | None = None) -> None:
+        if verify_tls:
+            self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file)
+        else:
+            self._ssl = False
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        access_token: str = "",
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
+        try:
+            async with self._client().request(
+                method, url, json=body, headers=headers, ssl=self._ssl
+            ) as response:
+                raw = await response.content.read(MAX_RESPONSE + 1)
+                if len(raw) > MAX_RESPONSE:
+                    raise _unavailable(f"{url}: response too large")
+                try:
+                    parsed = orjson.loads(raw)
+                except ValueError:
+                    parsed = None
+                if response.status != 200:
+                    raise IdentityServerError(response.status, parsed)
+                if not isinstance(parsed, dict):
+                    raise _unavailable(f"{url}: the answer is not a JSON object")
+                return parsed
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise _unavailable(f"cannot reach the identity server: {error}") from None
+
+    async def register(self, id_server: str, openid: Mapping[str, Any]) -> str:
+        """An identity server access token for the OpenID token ``openid``."""
+        url = base_url(id_server) + "/_matrix/identity/v2/account/register"
+        try:
+            answer = await self.request("POST", url, dict(openid))
+        except IdentityServerError as error:
+            raise _identity_refusal("account/register", error) from None
+        token = answer.get("token") or answer.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise _unavailable("account/register answered without a token")
+        return token
+
+    async def store_invite(
+        self, id_server: str, access_token: str, request: Mapping[str, Any]
+    ) -> StoredInvite:
+        base = base_url(id_server)
+        try:
+            answer = await self.request(
+                "POST",
+                base + "/_matrix/identity/v2/store-invite",
+                dict(request),
+                access_token=access_token,
+            )
+        except IdentityServerError as error:
+            if not error.unrecognised:
+                raise _identity_refusal("store-invite", error) from None
+            try:
+                answer = await self.request(
+                    "POST", base + "/_matrix/identity/api/v1/store-invite", dict(request)
+                )
+            except IdentityServerError as v1_error:
+                raise _identity_refusal("store-invite (v1)", v1_error) from None
+        return parse_stored_invite(answer)
+
+    async def key_is_valid(self, url: str, public_key: str) -> bool:
+        """GET ``key_validity_url?public_key=...`` → its ``valid`` flag."""
+        separator = "&" if "?" in url else "?"
+        try:
+            answer = await self.request(
+                "GET", f"{url}{separator}public_key={quote(public_key, safe='')}"
+            )
+        except IdentityServerError as error:
+            raise _unavailable(f"the key validity check failed: {error}") from None
+        return answer.get("valid") is True
+
+
+def _identity_refusal(call: str, error: IdentityServerError) -> MembershipError:
+    if error.status in (400, 401, 403):
+        return MembershipError(
+            403 if error.status != 400 else 400,
+            error.errcode or "M_FORBIDDEN",
+            f"the identity server refused {call}: {error.error or error.status}",
+        )
+    return _unavailable(f"the identity server failed {call}: {error}")
+
+
+def parse_stored_invite(answer: Mapping[str, Any]) -> StoredInvite:
+    token = answer.get("token")
+    if not isinstance(token, str) or not token:
+        raise _unavailable("store-invite answered without a token")
+    keys: list[dict[str, str]] = []
+    raw_keys = answer.get("public_keys")
+    if isinstance(raw_keys, list):
+        for entry in raw_keys:
+            if isinstance(entry, Mapping) and isinstance(entry.get("public_key"), str):
+                key = {"public_key": entry["public_key"]}
+                if isinstance(entry.get("key_validity_url"), str):
+                    key["key_validity_url"] = entry["key_validity_url"]
+                keys.append(key)
+    if not keys and isinstance(answer.get("public_key"), str):
+        keys.append({"public_key": answer["public_key"]})
+    if not keys:
+        raise _unavailable("store-invite answered without public keys")
+    display_name = answer.get("display_name")
+    if not isinstance(display_name, str):
+        display_name = ""
+    return StoredInvite(token, display_name, keys)
