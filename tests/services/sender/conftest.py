@@ -31,6 +31,10 @@ SENDER_TABLES = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "interop: runs against a real Synapse homeserver")
+
+
 @pytest.fixture(scope="session")
 async def sender_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(database_url, max_size=10)

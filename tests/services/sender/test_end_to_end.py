@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
+import orjson
 import pytest
 
 from mxfed.identity_files import parse_signing_key
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from tests.gateway.test_transactions import Scene, event_id_of
 from tests.services.sender.conftest import wait_until
 from tests.services.sender.receivers import Receiver
@@ -57,12 +63,68 @@ async def test_local_messages_reach_a_joined_remote_server_once_in_order(
         await drop_database(database_url)
 
 
-@pytest.mark.skip(reason="needs make_join/send_join (membership issue)")
-async def test_a_message_reaches_a_synapse_user_in_an_mxfed_room() -> None:
-    """An mxfed user's message in an mxfed room that a Synapse user joined reaches Synapse.
+@pytest.fixture(scope="module")
+def synapse_server() -> Iterator[Any]:
+    from tests.interop.synapse_harness import SynapseServer  # starts nothing on import
 
-    Steps once Synapse can join mxfed rooms: create a public room on mxfed
-    (PerformCreateRoom), have a Synapse user join it by id with
-    ``server_name=<mxfed>``, send a message with PerformSendEvent, and wait
-    for it in the Synapse user's /sync or /messages.
-    """
+    server = SynapseServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.interop
+async def test_messages_reach_a_synapse_user_in_an_mxfed_room_in_order(
+    tmp_path: Path, synapse_server: Any
+) -> None:
+    """An mxfed user's messages in an mxfed room that a Synapse user joined reach
+    Synapse, more than one transaction's worth, in order."""
+    database_url = await create_database("mxfed_sender_interop")
+    mxfed = MxfedProcess(tmp_path / "mxfed", database_url)
+    channel: grpc.aio.Channel | None = None
+    try:
+        await asyncio.to_thread(mxfed.start)
+        channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
+        events = events_pb2_grpc.EventsStub(channel)
+        alice = f"@alice:{mxfed.server_name}"
+        room_id = (
+            await events.PerformCreateRoom(
+                events_pb2.PerformCreateRoomRequest(creator=alice, preset="public_chat"),
+                timeout=30,
+            )
+        ).room_id
+        async with synapse_server.client() as client:
+            bob, token = await client.register(f"bob_{secrets.token_hex(4)}")
+            assert await client.join(token, room_id, via=[mxfed.server_name]) == room_id
+            bodies = [f"fan-out {i}" for i in range(60)]
+            for body in bodies:
+                await events.PerformSendEvent(
+                    events_pb2.PerformSendEventRequest(
+                        room_id=room_id,
+                        sender=alice,
+                        type="m.room.message",
+                        content_json=orjson.dumps({"msgtype": "m.text", "body": body}),
+                    ),
+                    timeout=30,
+                )
+            await client.wait_for_event(
+                token, room_id, lambda ev: ev.get("content", {}).get("body") == bodies[-1], 60
+            )
+            page = await client.messages(token, room_id, dir="b", limit=100)
+            seen = [
+                ev["content"]["body"]
+                for ev in reversed(page["chunk"])
+                if ev.get("type") == "m.room.message"
+            ]
+            assert seen == bodies
+
+    except BaseException:
+        print(mxfed.log_tail(120))
+        raise
+    finally:
+        if channel is not None:
+            await channel.close()
+        await asyncio.to_thread(mxfed.stop)
+        await drop_database(database_url)
