@@ -1,0 +1,265 @@
+"""History input (InputPdus): outliers without prevs, promotion, BACKFILL, state_before.
+
+A remote server's room is "joined" the way a real join leaves it: the state
+as outliers, then the latest event with the state before it (``state_before``)
+and its prev missing. Backfill then fills in older history oldest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from matrix_protocol.canonical_json import encode_json
+from mxfed_api.events.v1 import events_pb2
+from services.events.history import walks
+from tests.services.events.helpers import EventsService, RemoteServer, RoomHead
+
+
+class RemoteRoom:
+    """A v10 room that lives on ``remote``: create, bob's join, power levels, join rules."""
+
+    def __init__(self, remote: RemoteServer) -> None:
+        self.remote = remote
+        self.bob = remote.user("bob")
+        self.head = RoomHead(f"!history{id(self)}:{remote.name}", "10", [], 0, {})
+        self.pdus: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []
+        self.add("m.room.create", {"creator": self.bob, "room_version": "10"}, "")
+        self.add("m.room.member", {"membership": "join"}, self.bob)
+        self.add("m.room.power_levels", {"users": {self.bob: 100}}, "")
+        self.add("m.room.join_rules", {"join_rule": "public"}, "")
+
+    def add(self, event_type: str, content: dict[str, Any], state_key: str | None = None) -> str:
+        pdu, event_id = self.remote.pdu(self.head, event_type, self.bob, content, state_key)
+        self.pdus[event_id] = pdu
+        self.order.append(event_id)
+        return event_id
+
+    def state_before(self, event_id: str) -> list[str]:
+        """Ids of the state before ``event_id`` (a linear room: every earlier state event)."""
+        state: dict[tuple[str, str], str] = {}
+        for earlier in self.order[: self.order.index(event_id)]:
+            pdu = self.pdus[earlier]
+            if "state_key" in pdu:
+                state[(pdu["type"], pdu["state_key"])] = earlier
+        return list(state.values())
+
+    def state_ids(self) -> list[str]:
+        return [e for e in self.order if "state_key" in self.pdus[e]]
+
+
+async def _input(
+    events: EventsService,
+    room: RemoteRoom,
+    kind: int,
+    event_ids: Sequence[str],
+    state_before: dict[str, list[str]] | None = None,
+) -> dict[str, tuple[int, str]]:
+    reply = await events.stub.InputPdus(
+        events_pb2.InputPdusRequest(
+            room_id=room.head.room_id,
+            room_version="10",
+            origin=room.remote.name,
+            kind=kind,  # type: ignore[arg-type]
+            pdus=[encode_json(room.pdus[e]) for e in event_ids],
+            state_before=[
+                events_pb2.StateBefore(event_id=e, state_event_ids=ids)
+                for e, ids in (state_before or {}).items()
+            ],
+        )
+    )
+    return {r.event_id: (r.status, r.error) for r in reply.results}
+
+
+async def _joined(events: EventsService, remote: RemoteServer, messages: int) -> RemoteRoom:
+    """A remote room with ``messages`` messages; mxfed holds its state and the latest only."""
+    room = RemoteRoom(remote)
+    for i in range(messages):
+        room.add("m.room.message", {"body": f"m{i}"})
+    outliers = await _input(events, room, events_pb2.OUTLIER_KIND, room.state_ids())
+    assert {s for s, _ in outliers.values()} == {events_pb2.OUTLIER}
+    latest = room.order[-1]
+    result = await _input(
+        events, room, events_pb2.HISTORY, [latest], {latest: room.state_before(latest)}
+    )
+    assert result == {latest: (events_pb2.ACCEPTED, "")}
+    return room
+
+
+async def _backward_extremities(events: EventsService, room_id: str) -> list[str]:
+    async with events.pool.acquire() as conn:
+        return [e.event_id for e in await walks.backward_extremities(conn, room_id)]
+
+
+async def _timeline(events: EventsService, room_id: str, limit: int) -> list[str]:
+    """Every event id paging backwards ``limit`` at a time (newest first)."""
+    found: list[str] = []
+    token = ""
+    while True:
+        page = await events.stub.QueryTimeline(
+            events_pb2.QueryTimelineRequest(
+                room_id=room_id, from_token=token, backwards=True, limit=limit
+            )
+        )
+        found.extend(r.event_id for r in page.events)
+        if not page.next_token:
+            return found
+        token = page.next_token
+
+
+async def test_outliers_are_stored_without_their_prev_events(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = RemoteRoom(remote)
+    room.add("m.room.message", {"body": "x"})
+    power_levels = room.order[2]
+    # Only the power levels, its auth events first: its prev (bob's join) is not input.
+    create, join = room.order[0], room.order[1]
+    result = await _input(events, room, events_pb2.OUTLIER_KIND, [create, power_levels])
+    assert result[create][0] == events_pb2.OUTLIER
+    assert result[power_levels] == (events_pb2.EVENT_STATUS_UNSPECIFIED, result[power_levels][1])
+    assert "missing auth_events" in result[power_levels][1]  # cites bob's join
+    result = await _input(events, room, events_pb2.OUTLIER_KIND, [power_levels, join])
+    assert result == {join: (events_pb2.OUTLIER, ""), power_levels: (events_pb2.OUTLIER, "")}
+    info = await events.stub.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.head.room_id)
+    )
+    assert list(info.forward_extremities) == []
+    record = await events.event(power_levels)
+    assert record is not None and record.stream_position == 0
+
+
+async def test_an_outlier_failing_its_own_auth_events_is_rejected(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = RemoteRoom(remote)
+    mallory = remote.user("mallory")
+    pdu, bad_id = remote.pdu(room.head, "m.room.topic", mallory, {"topic": "x"}, "")
+    room.pdus[bad_id] = pdu
+    result = await _input(events, room, events_pb2.OUTLIER_KIND, [*room.order[:4], bad_id])
+    assert result[bad_id][0] == events_pb2.REJECTED
+
+
+async def test_state_before_places_an_event_whose_prevs_are_missing(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = await _joined(events, remote, 5)
+    latest, prev = room.order[-1], room.order[-2]
+    record = await events.event(latest)
+    assert record is not None and record.status == events_pb2.ACCEPTED
+    info = await events.stub.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.head.room_id)
+    )
+    assert list(info.forward_extremities) == [latest]
+    head = await events.head(room.head.room_id)
+    assert set(head.state.values()) == set(room.state_ids())
+    at = await events.stub.QueryStateAtEvent(
+        events_pb2.QueryStateAtEventRequest(room_id=room.head.room_id, event_id=latest)
+    )
+    assert set(at.state_event_ids) == set(room.state_before(latest))
+    assert await _backward_extremities(events, room.head.room_id) == [prev]
+
+
+async def test_without_state_before_missing_prevs_are_refused(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = await _joined(events, remote, 5)
+    older = room.order[-3]
+    result = await _input(events, room, events_pb2.BACKFILL, [older])
+    assert result[older][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
+    assert result[older][1].startswith("missing prev_events")
+
+
+async def test_state_before_is_used_for_the_auth_checks(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = await _joined(events, remote, 3)
+    carol = remote.user("carol")
+    pdu, event_id = remote.pdu(
+        room.head, "m.room.message", carol, {"body": "no member"}, prev=[room.order[-2]]
+    )
+    room.pdus[event_id] = pdu
+    result = await _input(
+        events, room, events_pb2.BACKFILL, [event_id], {event_id: room.state_ids()}
+    )
+    assert result[event_id][0] == events_pb2.REJECTED  # carol is not joined in that state
+    unknown = await _input(
+        events, room, events_pb2.BACKFILL, [room.order[-2]], {room.order[-2]: ["$nowhere"]}
+    )
+    assert "unknown state events" in unknown[room.order[-2]][1]
+
+
+async def test_backfill_pages_down_to_the_room_start_and_promotes_outliers(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = await _joined(events, remote, 30)
+    room_id = room.head.room_id
+    before = await events.head(room_id)
+    # Two backfill responses, each deepest first as servers send them; the
+    # pipeline sorts them by depth. The first one's oldest event has its prev
+    # missing: it gets the state before it.
+    first = list(reversed(room.order[14:33]))
+    edge = room.order[14]
+    result = await _input(events, room, events_pb2.BACKFILL, first, {edge: room.state_before(edge)})
+    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}
+    assert await _backward_extremities(events, room_id) == [room.order[13]]
+    second = list(reversed(room.order[:14]))
+    result = await _input(events, room, events_pb2.BACKFILL, second)
+    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}  # outliers promoted
+    assert await _backward_extremities(events, room_id) == []
+
+    after = await events.head(room_id)
+    assert after.extremities == before.extremities == [room.order[-1]]
+    assert after.state == before.state
+    for event_id in room.order:
+        record = await events.event(event_id)
+        assert record is not None and record.status == events_pb2.ACCEPTED, event_id
+        if event_id != room.order[-1]:
+            assert record.stream_position == 0
+    promoted = await events.stub.QueryStateAtEvent(
+        events_pb2.QueryStateAtEventRequest(room_id=room_id, event_id=room.order[3])
+    )
+    assert set(promoted.state_event_ids) == set(room.order[:3])
+
+    assert await _timeline(events, room_id, 7) == list(reversed(room.order))
+    page = await events.stub.QueryTimeline(
+        events_pb2.QueryTimelineRequest(room_id=room_id, backwards=True, limit=100)
+    )
+    assert page.reached_room_start and not page.next_token and page.resume_token
+
+
+async def test_resume_token_continues_after_backfill(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = await _joined(events, remote, 6)
+    room_id = room.head.room_id
+    page = await events.stub.QueryTimeline(
+        events_pb2.QueryTimelineRequest(room_id=room_id, backwards=True, limit=10)
+    )
+    assert [r.event_id for r in page.events] == [room.order[-1]]
+    assert not page.next_token and not page.reached_room_start
+    await _input(events, room, events_pb2.BACKFILL, list(reversed(room.order[:-1])))
+    more = await events.stub.QueryTimeline(
+        events_pb2.QueryTimelineRequest(
+            room_id=room_id, from_token=page.resume_token, backwards=True, limit=10
+        )
+    )
+    assert [r.event_id for r in more.events] == list(reversed(room.order[:-1]))
+    assert more.reached_room_start
+
+
+async def test_history_with_state_before_fills_a_gap_and_moves_the_head(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room = await _joined(events, remote, 2)
+    room_id = room.head.room_id
+    newer = [room.add("m.room.message", {"body": f"n{i}"}) for i in range(4)]
+    # n0 is missing; n1 (prev n0) comes with the state before it, n2 and n3 on it.
+    result = await _input(
+        events, room, events_pb2.HISTORY, newer[1:], {newer[1]: room.state_before(newer[1])}
+    )
+    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}
+    head = await events.head(room_id)
+    assert set(head.extremities) == {room.order[5], newer[3]}
+    assert newer[0] in await _backward_extremities(events, room_id)
