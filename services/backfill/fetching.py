@@ -5,7 +5,13 @@ missing prevs via /state_ids then /state or /event, missing auth events via
 /event_auth), §3 (backfill: servers most likely to have the history, oldest
 members first, limit 100). Fetched PDUs are checked and stored by the events
 service (``InputPdus``: format, signatures in one batch, hashes, auth), one
-call per response, oldest first so each event's prevs come before it.
+call per response, oldest first so each event's prevs come before it. The
+events of a response whose prev_events are neither held nor in the response
+(its oldest ones) get the state before them from the same server
+(``/state_ids``, then ``/state`` or ``/event``), stored as outliers first and
+passed as ``state_before``; their missing prevs become backward extremities.
+Backfilled events are input as BACKFILL (no stream position, no effect on
+the room's head), missing events as HISTORY.
 
 Operations on one room run one at a time (an asyncio lock per room);
 different rooms never wait for each other. Every operation is bounded in
@@ -18,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +62,8 @@ class Settings:
     # /state when at least this share of the state + auth chain is missing.
     state_fetch_fraction: float = 0.1
     parallel_event_fetches: int = 10
+    # Events of one response whose state before them is fetched (its oldest edges).
+    max_state_fetches: int = 5
 
 
 @dataclass
@@ -177,6 +185,7 @@ class Fetcher:
         pdus: Sequence[bytes],
         kind: int,
         operation: str,
+        state_before: Mapping[str, Sequence[str]] | None = None,
     ) -> InputCount:
         """One InputPdus call for ``pdus`` (encoded, already ordered)."""
         count = InputCount()
@@ -189,6 +198,10 @@ class Fetcher:
                 origin=origin,
                 kind=kind,  # type: ignore[arg-type]
                 pdus=list(pdus),
+                state_before=[
+                    events_pb2.StateBefore(event_id=event_id, state_event_ids=list(ids))
+                    for event_id, ids in (state_before or {}).items()
+                ],
             ),
             timeout=RPC_TIMEOUT,
         )
@@ -209,6 +222,104 @@ class Fetcher:
         for outcome in ("stored", "refused", "known"):
             metrics.FETCHED_EVENTS.labels(operation, outcome).inc(getattr(count, outcome))
         return count
+
+    async def _input_with_state(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        origin: str,
+        pdus: Sequence[bytes],
+        kind: int,
+        operation: str,
+    ) -> tuple[InputCount, int]:
+        """Input ``pdus`` (oldest first) as ``kind``, with the state before their edges.
+
+        Edges are the events whose prev_events are neither in the DAG nor
+        among ``pdus`` (normally the oldest one or few). For each, the state
+        before it is fetched from ``origin`` (behaviours.md §2: ``/state_ids``,
+        then ``/state`` when at least 10 % is unknown, else ``/event`` each),
+        its events are stored as outliers in one call, and the edge is input
+        with that state (its missing prevs become backward extremities).
+        Returns the count of the input and the number of outliers stored.
+        """
+        events: list[Event] = []
+        for raw in pdus:
+            try:
+                events.append(Event.from_pdu(decode_json(raw), version))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # the pipeline refuses it
+        ids = {event.event_id for event in events}
+        outside = {p for event in events for p in event.prev_event_ids if p not in ids}
+        in_dag = await self._dag_events(sorted(outside))
+        edges = [
+            event
+            for event in events
+            if any(p not in ids and p not in in_dag for p in event.prev_event_ids)
+        ]
+        state_before: dict[str, list[str]] = {}
+        outlier_pdus: list[dict[str, Any]] = []
+        fetched_ids: set[str] = set()
+        for edge in edges[: self.settings.max_state_fetches]:
+            try:
+                state_ids, fetched = await self._state_before(
+                    room_id, version, origin, edge.event_id, fetched_ids
+                )
+            except (FederationError, ValueError, TimeoutError) as error:
+                metrics.FETCH_FAILURES.labels("state").inc()
+                log.info(
+                    "fetching the state before an event failed",
+                    extra={"origin": origin, "event_id": edge.event_id, "error": str(error)},
+                )
+                continue
+            state_before[edge.event_id] = state_ids
+            outlier_pdus.extend(fetched)
+        outliers = await self._input(
+            room_id,
+            version.identifier,
+            origin,
+            _oldest_first(outlier_pdus, room_id),
+            events_pb2.OUTLIER_KIND,
+            "state",
+        )
+        count = await self._input(
+            room_id, version.identifier, origin, pdus, kind, operation, state_before
+        )
+        return count, outliers.stored
+
+    async def _state_before(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        origin: str,
+        event_id: str,
+        fetched_ids: set[str],
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """The state before ``event_id`` per ``origin`` (ids) and the PDUs of it we lack."""
+        body = await self._get(
+            origin, federation_path(*V1, "state_ids", room_id), {"event_id": event_id}
+        )
+        if not isinstance(body, dict):
+            raise ValueError("state_ids: not an object")
+        state_ids, chain_ids = body.get("pdu_ids"), body.get("auth_chain_ids")
+        if not (_str_list(state_ids) and _str_list(chain_ids)):
+            raise ValueError("state_ids: pdu_ids and auth_chain_ids must be lists of ids")
+        wanted = list(dict.fromkeys([*chain_ids, *state_ids]))
+        held = await self._stored(wanted)
+        missing = [e for e in wanted if e not in held and e not in fetched_ids]
+        fetched: list[dict[str, Any]] = []
+        if missing and len(missing) >= self.settings.state_fetch_fraction * len(wanted):
+            state = await self._get(
+                origin, federation_path(*V1, "state", room_id), {"event_id": event_id}
+            )
+            if not isinstance(state, dict):
+                raise ValueError("state: not an object")
+            for key in ("auth_chain", "pdus"):
+                if isinstance(state.get(key), list):
+                    fetched.extend(p for p in state[key] if isinstance(p, dict))
+        elif missing:
+            fetched = await self._fetch_pdus(origin, missing)
+        fetched_ids.update(missing)
+        return list(state_ids), fetched
 
     async def _get(self, destination: str, path: str, query: Any = None) -> Any:
         return await self.client.get_json(
@@ -273,12 +384,12 @@ class Fetcher:
                     await self.store.record_server_failure(server, str(error))
                 continue
             await self.store.clear_server_failures(server)
-            count = await self._input(
+            count, _ = await self._input_with_state(
                 room_id,
-                info.room_version,
+                room_version(info.room_version),
                 server,
                 _oldest_first(pdus, room_id)[: limit * 2],
-                events_pb2.HISTORY,
+                events_pb2.BACKFILL,
                 "backfill",
             )
             result.events_refused += count.refused
@@ -374,15 +485,16 @@ class Fetcher:
                 pdus = body.get("events") if isinstance(body, dict) else None
                 if not isinstance(pdus, list):
                     raise ValueError("the response has no events list")
-                count = await self._input(
+                count, outliers = await self._input_with_state(
                     room_id,
-                    info.room_version,
+                    version,
                     origin,
                     _oldest_first(pdus, room_id)[: self.settings.missing_events_limit * 2],
                     events_pb2.HISTORY,
                     "missing_events",
                 )
                 result.events_fetched = count.stored
+                result.outliers_fetched += outliers
             except (FederationError, ValueError) as error:
                 metrics.FETCH_FAILURES.labels("missing_events").inc()
                 log.info("get_missing_events failed", extra={"origin": origin, "error": str(error)})
