@@ -8,6 +8,7 @@ and ``/event`` from the PDUs a test gives it, and records what it is asked.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,12 @@ import orjson
 import pytest
 from aiohttp import web
 
+from matrix_protocol.auth_events import select_auth_event_ids
 from matrix_protocol.events import Event
+from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import generate_signing_key, sign_event
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
-from mxfed_api.events.v1 import events_pb2
+from mxfed_api.events.v1 import events_pb2, history_pb2, history_pb2_grpc
 from tests.gateway.test_transactions import Room, Scene
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
@@ -38,6 +41,7 @@ class HostedRoom:
     extra_missing_events: list[dict[str, Any]] = field(default_factory=list)
     extra_backfill: list[dict[str, Any]] = field(default_factory=list)
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    serve_missing_events: bool = True
 
     def walk(self, starts: list[str], stop: set[str], limit: int, include: bool) -> list[str]:
         """Depth-ordered walk of prev_events (deepest first)."""
@@ -55,6 +59,16 @@ class HostedRoom:
                     frontier.append(prev)
         return out
 
+    def auth_chain(self, event_id: str) -> set[str]:
+        chain: set[str] = set()
+        todo = list(self.pdus[event_id]["auth_events"]) if event_id in self.pdus else []
+        while todo:
+            auth_id = todo.pop()
+            if auth_id not in chain and auth_id in self.pdus:
+                chain.add(auth_id)
+                todo.extend(self.pdus[auth_id]["auth_events"])
+        return chain
+
     def _prevs(self, event_id: str) -> list[str]:
         return list(self.pdus[event_id]["prev_events"]) if event_id in self.pdus else []
 
@@ -63,6 +77,8 @@ def add_history_routes(remote: FakeHomeserver, hosted: HostedRoom) -> None:
     async def missing_events(request: web.Request) -> web.Response:
         body = await request.json()
         hosted.requests.append(("get_missing_events", request.match_info["room_id"], body))
+        if not hosted.serve_missing_events:
+            return web.json_response({"events": []})
         ids = hosted.walk(
             body["latest_events"], set(body["earliest_events"]), body.get("limit", 10), False
         )
@@ -83,13 +99,21 @@ def add_history_routes(remote: FakeHomeserver, hosted: HostedRoom) -> None:
         hosted.requests.append(("state_ids", request.match_info["room_id"], event_id))
         if event_id not in hosted.state_before:
             return web.json_response({"errcode": "M_NOT_FOUND", "error": "no"}, status=404)
-        return web.json_response({"pdu_ids": hosted.state_before[event_id], "auth_chain_ids": []})
+        ids = hosted.state_before[event_id]
+        chain = {a for e in ids for a in hosted.auth_chain(e)} - set(ids)
+        return web.json_response({"pdu_ids": ids, "auth_chain_ids": sorted(chain)})
 
     async def state(request: web.Request) -> web.Response:
         event_id = request.rel_url.query["event_id"]
         hosted.requests.append(("state", request.match_info["room_id"], event_id))
         ids = hosted.state_before[event_id]
-        return web.json_response({"pdus": [hosted.pdus[e] for e in ids], "auth_chain": []})
+        chain = {a for e in ids for a in hosted.auth_chain(e)} - set(ids)
+        return web.json_response(
+            {
+                "pdus": [hosted.pdus[e] for e in ids],
+                "auth_chain": [hosted.pdus[e] for e in sorted(chain) if e in hosted.pdus],
+            }
+        )
 
     async def event(request: web.Request) -> web.Response:
         event_id = request.match_info["event_id"]
@@ -254,11 +278,14 @@ async def test_nothing_is_fetched_when_the_prev_events_are_known(stage: Stage) -
     assert hosted.requests == []
 
 
-async def test_when_a_gap_remains_the_state_at_the_missing_prev_is_fetched(stage: Stage) -> None:
+async def test_when_a_gap_remains_the_oldest_fetched_event_gets_the_state_before_it(
+    stage: Stage,
+) -> None:
     scene, hosted = stage.scene, stage.hosted
     room = await scene.joined_room()
     events = await branch(stage, room, 16, state_event_at=2)
-    (last_id, _), (_, pushed) = events[14], events[15]
+    (pushed_id, pushed) = events[15]
+    oldest_id = events[5][0]  # get_missing_events returns 10: events 5..14
     hosted.requests.clear()
     reply = await stage.backfill.PerformFetchMissingEvents(
         backfill_pb2.PerformFetchMissingEventsRequest(
@@ -268,13 +295,96 @@ async def test_when_a_gap_remains_the_state_at_the_missing_prev_is_fetched(stage
     )
     kinds = [kind for kind, _, _ in hosted.requests]
     assert kinds[0] == "get_missing_events"
-    assert ("state_ids", room.room_id, last_id) in hosted.requests
+    assert ("state_ids", room.room_id, oldest_id) in hosted.requests
     # bob's new member event is missing: well over 10 % of the state, so one /state.
-    assert ("state", room.room_id, last_id) in hosted.requests
+    assert ("state", room.room_id, oldest_id) in hosted.requests
+    assert reply.events_fetched == 10
+    assert reply.outliers_fetched >= 1
+    assert list(reply.still_missing) == []
+    for event_id, _ in events[5:15]:
+        record = await scene.record(event_id)
+        assert record is not None and record.status == events_pb2.ACCEPTED
+    history = history_pb2_grpc.HistoryStub(scene.channel)
+    extremities = await history.QueryBackwardExtremities(
+        history_pb2.QueryBackwardExtremitiesRequest(room_id=room.room_id), timeout=10
+    )
+    assert events[4][0] in [e.event_id for e in extremities.extremities]
+    response = await scene.send([pushed])
+    assert response.json() == {"pdus": {pushed_id: {}}}
+
+
+async def test_without_missing_events_the_state_after_the_missing_prev_is_reported(
+    stage: Stage,
+) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    room = await scene.joined_room()
+    events = await branch(stage, room, 3)
+    (last_id, _), (_, pushed) = events[1], events[2]
+    hosted.serve_missing_events = False
+    hosted.requests.clear()
+    try:
+        reply = await stage.backfill.PerformFetchMissingEvents(
+            backfill_pb2.PerformFetchMissingEventsRequest(
+                room_id=room.room_id,
+                origin=scene.remote.server_name,
+                event_json=orjson.dumps(pushed),
+            ),
+            timeout=60,
+        )
+    finally:
+        hosted.serve_missing_events = True
+    assert ("state_ids", room.room_id, last_id) in hosted.requests
     assert list(reply.still_missing) == [last_id]
     (state_after,) = reply.state_after_missing_prevs
     assert state_after.event_id == last_id
     assert set(state_after.state_event_ids) == set(hosted.state_before[last_id])
+
+
+# /send gap filling -------------------------------------------------------------------------
+
+
+async def test_send_fills_the_gap_before_the_pushed_event(stage: Stage) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    room = await scene.joined_room()
+    events = await branch(stage, room, 4)
+    pushed_id, pushed = events[3]
+    hosted.requests.clear()
+    response = await scene.send([pushed])
+    assert response.json() == {"pdus": {pushed_id: {}}}
+    assert [kind for kind, _, _ in hosted.requests] == ["get_missing_events"]
+    for event_id, _ in events:
+        record = await scene.record(event_id)
+        assert record is not None and record.status == events_pb2.ACCEPTED
+    assert (await scene.record(pushed_id)).stream_position > 0
+    info = await scene.events.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+    )
+    assert list(info.forward_extremities) == [pushed_id]
+
+
+async def test_send_refuses_an_event_whose_prevs_nobody_divulges(stage: Stage) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    room = await scene.joined_room()
+    bob = scene.remote.user("bob")
+    event_id, pdu = await scene.build(
+        room, bob, "m.room.message", {"body": "orphan"}, prev_events=["$nowhere"]
+    )
+    hosted.requests.clear()
+    response = await scene.send([pdu])
+    error = response.json()["pdus"][event_id]["error"]
+    assert error.startswith("missing prev_events") and "divulging" in error
+    assert [kind for kind, _, _ in hosted.requests][:1] == ["get_missing_events"]
+    assert await scene.record(event_id) is None
+
+
+async def test_send_fills_gaps_of_one_room_without_holding_up_another(stage: Stage) -> None:
+    scene = stage.scene
+    slow_room, other_room = await scene.joined_room(), await scene.joined_room()
+    gapped = await branch(stage, slow_room, 3)
+    bob = scene.remote.user("bob")
+    other_id, other = await scene.build(other_room, bob, "m.room.message", {"body": "other"})
+    response = await scene.send([gapped[2][1], other])
+    assert response.json() == {"pdus": {gapped[2][0]: {}, other_id: {}}}
 
 
 async def test_missing_events_for_an_unknown_room_is_not_found(stage: Stage) -> None:
@@ -300,6 +410,113 @@ async def test_backfill_of_a_room_with_no_holes_asks_nobody(stage: Stage) -> Non
     )
     assert reply.events_fetched == 0
     assert hosted.requests == []
+
+
+async def _remote_room_joined_at_its_latest_event(stage: Stage, messages: int) -> list[str]:
+    """A room that lives on the remote; mxfed holds its state (outliers) and latest event.
+
+    That is what a join leaves: the state before the latest event, which has
+    its prev missing (a backward extremity).
+    """
+    scene, hosted = stage.scene, stage.hosted
+    remote = scene.remote
+    version = room_version("10")
+    bob = remote.user("bob")
+    room_id = f"!bf{secrets.token_hex(4)}:{remote.server_name}"
+    order: list[str] = []
+    state: dict[tuple[str, str], str] = {}
+
+    def add(event_type: str, content: dict[str, Any], state_key: str | None = None) -> None:
+        auth = select_auth_event_ids(event_type, bob, state_key, content, version, state)
+        event_id, pdu = remote.build_pdu(
+            version,
+            room_id=room_id,
+            sender=bob,
+            event_type=event_type,
+            content=content,
+            prev_events=order[-1:],
+            auth_events=auth,
+            depth=len(order) + 1,
+            state_key=state_key,
+        )
+        hosted.pdus[event_id] = pdu
+        hosted.state_before[event_id] = list(state.values())
+        if state_key is not None:
+            state[(event_type, state_key)] = event_id
+        order.append(event_id)
+
+    add("m.room.create", {"creator": bob, "room_version": "10"}, "")
+    add("m.room.member", {"membership": "join"}, bob)
+    add("m.room.power_levels", {"users": {bob: 100}}, "")
+    add("m.room.join_rules", {"join_rule": "public"}, "")
+    add("m.room.history_visibility", {"history_visibility": "shared"}, "")
+    for i in range(messages):
+        add("m.room.message", {"body": f"m{i}"})
+    latest = order[-1]
+    for kind, ids, state_before in (
+        (events_pb2.OUTLIER_KIND, list(state.values()), []),
+        (
+            events_pb2.HISTORY,
+            [latest],
+            [events_pb2.StateBefore(event_id=latest, state_event_ids=list(state.values()))],
+        ),
+    ):
+        reply = await scene.events.InputPdus(
+            events_pb2.InputPdusRequest(
+                room_id=room_id,
+                room_version="10",
+                origin=remote.server_name,
+                kind=kind,  # type: ignore[arg-type]
+                pdus=[orjson.dumps(hosted.pdus[e]) for e in ids],
+                state_before=state_before,
+            ),
+            timeout=30,
+        )
+        assert all(r.status != events_pb2.EVENT_STATUS_UNSPECIFIED for r in reply.results)
+    return order
+
+
+async def test_backfill_below_a_join_reaches_the_room_start_and_drops_forged_events(
+    stage: Stage,
+) -> None:
+    scene, hosted = stage.scene, stage.hosted
+    order = await _remote_room_joined_at_its_latest_event(stage, 30)
+    room_id = hosted.pdus[order[0]]["room_id"]
+    version = room_version("10")
+    forged_id, forged = forge(scene.remote, hosted.pdus[order[-4]], Room(room_id, version, ""))
+    hosted.extra_backfill = [forged]
+    hosted.requests.clear()
+    try:
+        reply = await stage.backfill.PerformBackfill(
+            backfill_pb2.PerformBackfillRequest(room_id=room_id, limit=10), timeout=60
+        )
+    finally:
+        hosted.extra_backfill = []
+    assert reply.server == scene.remote.server_name
+    assert reply.events_fetched == 10 and reply.events_refused == 1
+    assert await scene.record(forged_id) is None
+    edge = order[-11]  # the oldest of the 10 (the latest excluded): its prev is missing
+    assert ("state_ids", room_id, edge) in hosted.requests
+    for event_id in order[-11:-1]:
+        record = await scene.record(event_id)
+        assert record is not None and record.status == events_pb2.ACCEPTED
+        assert record.stream_position == 0
+
+    for _ in range(10):
+        reply = await stage.backfill.PerformBackfill(
+            backfill_pb2.PerformBackfillRequest(room_id=room_id, limit=10), timeout=60
+        )
+        if reply.events_fetched == 0:
+            break
+    info = await scene.events.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room_id), timeout=10
+    )
+    assert list(info.forward_extremities) == [order[-1]]
+    page = await scene.events.QueryTimeline(
+        events_pb2.QueryTimelineRequest(room_id=room_id, backwards=True, limit=100), timeout=10
+    )
+    assert [r.event_id for r in page.events] == list(reversed(order))
+    assert page.reached_room_start
 
 
 async def test_backfill_of_an_unknown_room_is_not_found(stage: Stage) -> None:
