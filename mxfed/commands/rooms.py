@@ -2,7 +2,8 @@
 
 ``mxfed room create``  create a room (``--creator`` is a local user)
 ``mxfed send``         send an ``m.room.message`` (``m.text``)
-``mxfed history``      the latest events of a room, oldest first
+``mxfed history``      the latest events of a room, oldest first (``--backfill``:
+                       fetch older history from other servers when we hold too little)
 ``mxfed tail``         follow a room's new events until Ctrl-C
 
 Output is one line per event for people; ``--json`` prints one JSON object
@@ -17,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,9 +27,12 @@ import grpc
 from matrix_protocol.canonical_json import decode_json
 from mxfed.config import Config
 from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 
 CALL_TIMEOUT = 30.0
+BACKFILL_TIMEOUT = 180.0
+BACKFILL_BATCH = 100  # events asked of other servers per backfill
 PRESETS = ("public_chat", "private_chat", "trusted_private_chat")
 
 
@@ -62,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     history = subparsers.add_parser("history", help="print a room's latest events, oldest first")
     history.add_argument("room", help="room id or alias")
     history.add_argument("--limit", type=int, default=20)
+    history.add_argument(
+        "--backfill",
+        action="store_true",
+        help="when we hold fewer than --limit events, fetch older ones from other servers",
+    )
     _add_json_flag(history)
     history.set_defaults(handler=_run(show_history))
 
@@ -80,6 +89,7 @@ def _add_json_flag(parser: argparse.ArgumentParser) -> None:
 
 def _run(command: Any) -> Any:
     async def handler(args: argparse.Namespace, config: Config) -> int:
+        args.service_config = config
         try:
             async with _events(config) as stub:
                 await command(args, stub)
@@ -250,17 +260,42 @@ async def show_history(args: argparse.Namespace, stub: events_pb2_grpc.EventsStu
     if args.limit < 1:
         raise CommandError("M_INVALID_PARAM: --limit must be at least 1")
     room_id = await _resolve_room(stub, args.room, must_exist=True)
-    records = await _latest_events(stub, room_id, args.limit)
+    if getattr(args, "backfill", False):
+        config: Config = args.service_config
+        address = config.service_address("backfill").replace("0.0.0.0", "127.0.0.1")
+        async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+            backfill = backfill_pb2_grpc.BackfillStub(channel)
+
+            async def fetch_older(wanted: int) -> int:
+                reply = await backfill.PerformBackfill(
+                    backfill_pb2.PerformBackfillRequest(
+                        room_id=room_id, limit=min(BACKFILL_BATCH, max(wanted, 10))
+                    ),
+                    timeout=BACKFILL_TIMEOUT,
+                )
+                return reply.events_fetched
+
+            records = await _latest_events(stub, room_id, args.limit, fetch_older)
+    else:
+        records = await _latest_events(stub, room_id, args.limit)
     for record in records:
         _emit(args, event_json(record), event_line(record))
 
 
 async def _latest_events(
-    stub: events_pb2_grpc.EventsStub, room_id: str, limit: int
+    stub: events_pb2_grpc.EventsStub,
+    room_id: str,
+    limit: int,
+    fetch_older: Callable[[int], Awaitable[int]] | None = None,
 ) -> list[events_pb2.EventRecord]:
-    """The ``limit`` latest events, oldest first."""
+    """The ``limit`` latest events, oldest first.
+
+    With ``fetch_older``, reaching the oldest event we hold before the room's
+    start asks it for older history (it returns how many events it stored)
+    and paging goes on from there, until ``limit`` events or the room start.
+    """
     records: list[events_pb2.EventRecord] = []
-    token = ""
+    token = resume = ""
     while len(records) < limit:
         reply = await stub.QueryTimeline(
             events_pb2.QueryTimelineRequest(
@@ -269,9 +304,15 @@ async def _latest_events(
             timeout=CALL_TIMEOUT,
         )
         records.extend(reply.events)
-        token = reply.next_token
-        if not reply.events or not token or reply.reached_room_start:
+        resume = reply.resume_token or resume
+        if reply.reached_room_start or len(records) >= limit:
             break
+        if reply.next_token:
+            token = reply.next_token
+            continue
+        if fetch_older is None or await fetch_older(limit - len(records)) == 0:
+            break
+        token = resume
     # Backwards pagination yields newest first.
     return list(reversed(records[:limit]))
 

@@ -568,3 +568,36 @@ async def test_the_cli_prints_how_many_events_were_fetched(stage: Stage) -> None
     )
     assert done.returncode == 1
     assert done.stderr.startswith("M_NOT_FOUND")
+
+
+async def test_cli_history_backfills_until_the_limit_or_the_room_start(stage: Stage) -> None:
+    import subprocess
+    import sys
+
+    order = await _remote_room_joined_at_its_latest_event(stage, 25)
+    room_id = stage.hosted.pdus[order[0]]["room_id"]
+
+    async def history(*extra: str) -> list[str]:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "mxfed.cli",
+                "--config",
+                str(stage.scene.mxfed.config_path),
+                "history",
+                room_id,
+                "--json",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        return [orjson.loads(line)["event_id"] for line in done.stdout.splitlines()]
+
+    assert await history("--limit", "10") == order[-1:]
+    assert await history("--limit", "12", "--backfill") == order[-12:]
+    assert await history("--limit", "100", "--backfill") == order
