@@ -3,7 +3,9 @@
 Spec: endpoints.md §4 (both endpoints), rooms.md §5.2. The ThirdPartyInvites
 service in the events process does the work.
 
-* ``3pid/onbind`` has no X-Matrix (identity servers call it). The body must
+* ``3pid/onbind`` has no X-Matrix (identity servers call it). The spec says
+  PUT; Sydent sends POST (and Synapse serves only POST), so both are served.
+  The body must
   hold ``medium``, ``address``, ``mxid`` and ``invites``; each invite
   ``medium``, ``address``, ``mxid``, ``room_id``, ``sender`` and ``signed``
   (with ``mxid``, ``token``, ``signatures``): a missing key is 400
@@ -92,6 +94,7 @@ def check_onbind_body(body: Any) -> None:
 
 
 @router.put(_V1 + "/3pid/onbind")
+@router.post(_V1 + "/3pid/onbind")
 async def onbind(request: Request) -> JsonResponse:
     raw = await request.body()
     try:

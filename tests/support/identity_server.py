@@ -16,8 +16,9 @@ HTTPS (self-signed) or plain HTTP on 127.0.0.1. It serves:
 
 :meth:`IdentityServer.bind` is what Sydent does once a user has proven they
 own an address: for every pending invite it signs ``{mxid, token}`` with the
-server's ed25519 key and ``PUT``s ``/_matrix/federation/v1/3pid/onbind`` on
-the mxid's server. :meth:`revoke` makes ``isvalid`` answer false.
+server's ed25519 key and POSTs ``/_matrix/federation/v1/3pid/onbind`` on
+the mxid's server (as Sydent does; the spec says PUT, mxfed serves both).
+:meth:`revoke` makes ``isvalid`` answer false.
 """
 
 from __future__ import annotations
@@ -142,14 +143,25 @@ class IdentityServer:
         return {"medium": medium, "address": address, "mxid": mxid, "invites": invites}
 
     async def bind(
-        self, medium: str, address: str, mxid: str, *, homeserver_url: str = ""
+        self,
+        medium: str,
+        address: str,
+        mxid: str,
+        *,
+        homeserver_url: str = "",
+        method: str = "POST",
     ) -> httpx.Response:
-        """Bind the address and call ``3pid/onbind`` on the mxid's server."""
+        """Bind the address and call ``3pid/onbind`` on the mxid's server.
+
+        Sydent POSTs (and Synapse serves only POST); the spec says PUT.
+        """
         self.bindings[(medium, address)] = mxid
         body = self.onbind_body(medium, address, mxid)
         url = homeserver_url or f"https://{mxid.split(':', 1)[1]}"
         async with httpx.AsyncClient(verify=False, timeout=120) as client:
-            response = await client.put(url + "/_matrix/federation/v1/3pid/onbind", json=body)
+            response = await client.request(
+                method, url + "/_matrix/federation/v1/3pid/onbind", json=body
+            )
         self.onbind_responses.append(response)
         if response.status_code == 200:
             self.invites = [i for i in self.invites if (i.medium, i.address) != (medium, address)]
