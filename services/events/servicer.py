@@ -80,6 +80,7 @@ def _stream_item(entry: StreamEntry) -> events_pb2.StreamItem:
             position=entry.position,
             event=_record(entry.event),
             servers_before=entry.servers_before,
+            relayed_for=entry.relayed_for,
         )
     row = entry.ephemeral
     assert row is not None

@@ -564,7 +564,7 @@ async def stream_events_after(
 ) -> list[asyncpg.Record]:
     columns = (
         "e.stream_position, e.event_id, e.room_id, r.room_version, e.pdu_json, e.status,"
-        " e.redacted, e.rejection_reason, e.sender, e.servers_before"
+        " e.redacted, e.rejection_reason, e.sender, e.servers_before, e.relayed_for"
     )
     if room_id:
         return await conn.fetch(

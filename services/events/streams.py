@@ -38,6 +38,7 @@ class StreamEntry:
     servers_before: list[str] = field(default_factory=list)
     sender: str = ""
     ephemeral: dict[str, Any] | None = None
+    relayed_for: str = ""
 
     @property
     def room_id(self) -> str:
@@ -62,6 +63,8 @@ class StreamFilter:
             sender = entry.ephemeral["user_id"]
         else:
             sender = entry.sender
+            if entry.relayed_for:
+                return True  # ours to deliver, though its sender is remote
         return not self.local_senders_only or sender.split(":", 1)[-1] == server_name
 
 
@@ -89,7 +92,11 @@ class Subscription:
 def _event_entry(row: asyncpg.Record) -> StreamEntry:
     view = EventView.from_row(row)
     return StreamEntry(
-        row["stream_position"], view, list(row["servers_before"]), sender=row["sender"]
+        row["stream_position"],
+        view,
+        list(row["servers_before"]),
+        sender=row["sender"],
+        relayed_for=row["relayed_for"] or "",
     )
 
 

@@ -40,7 +40,8 @@ def ingest_item(item: events_pb2.StreamItem, server_name: str) -> IngestItem | N
     event = item.event
     if event.status in _NOT_SENT:
         return None
-    destinations = sorted(set(item.servers_before) - {server_name, ""})
+    # An event relayed for a remote server (its send_join, say) is not sent back to it.
+    destinations = sorted(set(item.servers_before) - {server_name, item.relayed_for, ""})
     return IngestItem(
         stream_position=item.position,
         event_id=event.event_id,

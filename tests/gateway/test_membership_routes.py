@@ -530,7 +530,7 @@ async def test_query_directory(scene: Scene) -> None:
 
 
 async def test_a_join_accepted_via_send_join_reaches_the_other_servers(scene: Scene) -> None:
-    """The resident sends the join it accepted on to the room's other servers (/send)."""
+    """A join accepted via send_join reaches the room's other servers through the sender."""
     received: list[dict[str, Any]] = []
 
     async def on_send(request: web.Request) -> web.Response:

@@ -7,8 +7,6 @@ those functions.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -17,12 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.canonical_json import encode_json
 from matrix_protocol.events import Event, StateKey
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, room_version
 from matrix_protocol.signing import sign_json
-from mxfed.federation_client import FederationClient, FederationError, federation_path
+from mxfed.federation_client import FederationClient
 from mxfed.identity_files import ServerSigningKey
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.events import storage
@@ -126,35 +124,3 @@ async def verify_event_signatures(
         if not result.ok and errors[owner] is None:
             errors[owner] = f"signature of {item.server_name} does not verify: {result.error}"
     return errors
-
-
-# ---------------------------------------------------------------- delivery of on-behalf events
-
-_txn_counter = itertools.count()
-
-
-async def deliver_pdu(
-    client: FederationClient, server_name: str, pdu_json: str, destinations: Iterable[str]
-) -> None:
-    """Push one PDU accepted on behalf of a remote server to the room's other servers.
-
-    The sender service follows ``StreamEvents(local_senders_only=True)``, which
-    leaves out events whose sender is remote — such as a join we accepted
-    through send_join. Until the stream can flag those, the resident delivers
-    them itself as one-PDU transactions (retried by the client; best effort).
-    """
-    pdu = decode_json(pdu_json)
-    body = {"origin": server_name, "origin_server_ts": now_ms(), "pdus": [pdu]}
-
-    async def one(destination: str) -> None:
-        txn_id = f"mxfed-m{now_ms()}-{next(_txn_counter)}"
-        path = federation_path("_matrix", "federation", "v1", "send", txn_id)
-        try:
-            await client.put_json(destination, path, body, idempotent=True)
-        except FederationError as error:
-            log.warning(
-                "could not deliver membership event",
-                extra={"destination": destination, "error": str(error)},
-            )
-
-    await asyncio.gather(*(one(d) for d in sorted(set(destinations))))

@@ -47,7 +47,6 @@ from services.events.membership.common import (
     MembershipDeps,
     RoomHead,
     add_signature,
-    deliver_pdu,
     json_list,
     pdu_json_of,
     room_head,
@@ -123,13 +122,15 @@ class Resident:
         if countersign:
             pdu = add_signature(pdu, version, deps.signing_key(), self.server_name)
             event = Event(pdu, version, event_id)
-        stored_new = await self._persist(room_id, event, pdu)
-        if stored_new:
-            await self._send_on(room_id, event_id, origin)
+        await self._persist(room_id, event, pdu, origin)
         return head, event, countersign
 
-    async def _persist(self, room_id: str, event: Event, pdu: dict[str, Any]) -> bool:
-        """Through the normal checks; False when it was stored already (a retry)."""
+    async def _persist(self, room_id: str, event: Event, pdu: dict[str, Any], origin: str) -> bool:
+        """Through the normal checks; False when it was stored already (a retry).
+
+        The event is marked as relayed for ``origin``: the sender service then
+        delivers it to the room's other servers like one of ours, durably.
+        """
         async with self.deps.pool.acquire() as conn, conn.transaction():
             batch = RoomBatch(self.deps.core, conn, room_id)
             if not await batch.open(1):
@@ -144,20 +145,13 @@ class Resident:
                 # Raising rolls the batch back: nothing is stored.
                 raise forbidden(f"the event is not allowed: {outcome.error or 'soft failed'}")
             await batch.write()
+            await conn.execute(
+                "UPDATE events.events SET relayed_for = $2 WHERE event_id = $1",
+                event.event_id,
+                origin,
+            )
         batch.committed()
         return True
-
-    async def _send_on(self, room_id: str, event_id: str, origin: str) -> None:
-        async with self.deps.pool.acquire() as conn:
-            rows = await storage.fetch_event_rows(conn, [event_id])
-        if not rows:
-            return
-        destinations = set(rows[0]["servers_before"]) - {self.server_name, origin, ""}
-        if destinations:
-            self.deps.spawn(
-                deliver_pdu(self.deps.client, self.server_name, rows[0]["pdu_json"], destinations),
-                f"membership-deliver-{event_id}",
-            )
 
     async def send_join(
         self, origin: str, room_id: str, event_id: str, raw: bytes, omit_members: bool
