@@ -153,7 +153,7 @@ async def test_backfill_tries_servers_oldest_member_first_and_stores_one_batch(
     assert result.server == good.server.server_name
     assert len(events.inputs) == 1
     (batch,) = events.inputs
-    assert batch.kind == events_pb2.HISTORY and batch.room_version == "10"
+    assert batch.kind == events_pb2.BACKFILL and batch.room_version == "10"
     assert batch.origin == good.server.server_name
     import orjson
 
