@@ -265,9 +265,8 @@ class ThirdParty:
             raise invalid(f"invalid sender {sender!r}")
         if self._ours(sender):
             async with self.deps.pool.acquire() as conn:
-                head = await room_head(conn, self.deps.core, room_id)
-                if head is None:
-                    raise not_found(f"{room_id} is not a room of this server")
+                # 404 unless we hold the room and a local user is still joined to it.
+                head = await resident_room(conn, self.deps, room_id)
                 invite_event = await self._third_party_invite(conn, head.state, sender, token)
             await self._check_key_validity(signed, invite_event)
             event_id = await self._invite_locally(room_id, sender, mxid, signed, token)
