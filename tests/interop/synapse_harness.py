@@ -419,6 +419,34 @@ class SynapseServer:
                     raise TimeoutError("Synapse startup timed out")
                 time.sleep(0.1)
 
+    def restart(self) -> None:
+        """Stop Synapse and start it again on the same directory, ports and database.
+
+        What it held only in memory (e.g. federation queues) is lost.
+        """
+        proc = self.proc
+        if proc is None:
+            raise RuntimeError("not started")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.stdout_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+                cwd=self._require_dir(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self._wait_ready(time.monotonic() + self.startup_timeout)
+
     def stop(self, keep_dir: bool | None = None) -> int | None:
         """SIGTERM our child by PID, SIGKILL after 10 s. Returns its exit code."""
         atexit.unregister(self.stop)
