@@ -15,6 +15,7 @@ from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from services.keys.accounts.errors import AccountsError, BadRequest
+from services.keys.accounts.joins import JoinDeviceLists
 from services.keys.accounts.local import LocalAccounts
 from services.keys.accounts.notify import GrpcEduNotifier
 from services.keys.accounts.remote import RemoteDeviceLists
@@ -204,7 +205,8 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
 
 
 def add_accounts_servicer(context: ServiceContext) -> AccountsServicer:
-    """Register Accounts on the keys server, with its federation client and EDU notifier."""
+    """Register Accounts on the keys server, with its federation client and EDU notifier,
+    and start following local joins for their device lists (``joins.py``)."""
     client = federation_client_from_config(context.config)
     notifier = GrpcEduNotifier(context.channel("events"), context.channel("sender"))
     local = LocalAccounts(context.pool, context.config.server_name, notifier)
@@ -213,4 +215,9 @@ def add_accounts_servicer(context: ServiceContext) -> AccountsServicer:
     context.on_stop(remote.close)
     servicer = AccountsServicer(local, remote)
     accounts_pb2_grpc.add_AccountsServicer_to_server(servicer, context.server)
+    if context.config.database_url:
+        joins = JoinDeviceLists(
+            context.config.database_url, local, context.channel("events"), context.channel("sender")
+        )
+        context.spawn(joins.run(), "keys:device-list-joins")
     return servicer

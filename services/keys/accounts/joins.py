@@ -1,0 +1,363 @@
+"""Device lists for the servers a local user's join brings in (edus.md §5).
+
+A sender MUST send ``m.device_list_update`` to every server sharing a room
+with the user whenever the list changes (``notify.py``) **and** when the user
+joins a room containing servers that were not yet receiving the user's
+updates. This module does the second part:
+
+* One keys replica at a time follows the events service's stream of local
+  events (``StreamEvents(local_senders_only=True)``): the one holding the
+  session advisory lock ``hashtext('mxfed.keys.device_list_joins')`` on its
+  own connection. Another replica polls for the lock and takes over when the
+  holder's connection closes.
+* For each accepted ``m.room.member`` event in which a local user's
+  membership *becomes* ``join`` (its previous membership, read from the
+  event's auth events, was not ``join``), the destinations are the servers
+  with joined members before the join (``servers_before``) minus the servers
+  already sharing another room with the user (``QueryRoomsOfUser`` +
+  ``QueryServersInRoom``) minus ourselves.
+* The cursor advances on the lock-holding connection in the same
+  transaction that records the join in ``keys.device_list_join_outbox``, so
+  a crash replays from the stored cursor and never loses or doubles a join
+  (the outbox is unique per event too).
+* The outbox is then handed to the sender (``PerformSendEdus`` with explicit
+  destinations): one ``m.device_list_update`` per device of the user, with
+  the user's current ``stream_id`` and an empty ``prev_id`` (the first of a
+  sequence for those servers: receivers populate or resync their cache from
+  ``/user/devices``), plus one ``m.signing_key_update`` when the user has
+  master/self-signing keys. A row is deleted only once the sender stored its
+  EDUs; failures are retried with backoff.
+
+A cursor never set (a fresh schema) starts the stream live rather than
+replaying every join the server ever saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+
+from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
+from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
+from services.keys.accounts.local import LocalAccounts, now_ms
+from services.keys.accounts.validation import user_server
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "mxfed.keys.device_list_joins"
+CALL_TIMEOUT = 10.0
+MAX_BATCH = 200
+ROOM_QUERY_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class Join:
+    """A local user's membership becoming join, as seen in the stream."""
+
+    user_id: str
+    room_id: str
+    event_id: str
+    auth_event_ids: tuple[str, ...]
+    servers_before: tuple[str, ...]
+
+
+def join_of(item: events_pb2.StreamItem, server_name: str) -> Join | None:
+    """The local user's join an item carries (``None``: not one)."""
+    if item.WhichOneof("item") != "event":
+        return None
+    event = item.event
+    if event.status != events_pb2.ACCEPTED:
+        return None
+    try:
+        pdu = decode_json(event.pdu_json)
+    except ValueError:
+        return None
+    if not isinstance(pdu, dict) or pdu.get("type") != "m.room.member":
+        return None
+    user_id = pdu.get("state_key")
+    content = pdu.get("content")
+    if (
+        not isinstance(user_id, str)
+        or user_server(user_id) != server_name
+        or not isinstance(content, dict)
+        or content.get("membership") != "join"
+    ):
+        return None
+    auth = pdu.get("auth_events") or []
+    auth_ids = tuple(
+        a if isinstance(a, str) else a[0]
+        for a in auth
+        if isinstance(a, str) or (isinstance(a, list) and a and isinstance(a[0], str))
+    )
+    return Join(
+        user_id=user_id,
+        room_id=event.room_id,
+        event_id=event.event_id,
+        auth_event_ids=auth_ids,
+        servers_before=tuple(item.servers_before),
+    )
+
+
+def device_list_edus(devices_body: dict[str, Any], destinations: list[str]) -> list[Any]:
+    """The sender EDUs handing a user's whole device list to ``destinations``."""
+    user_id = devices_body["user_id"]
+    stream_id = devices_body["stream_id"]
+    edus = []
+    for device in devices_body["devices"]:
+        content: dict[str, Any] = {
+            "user_id": user_id,
+            "device_id": device["device_id"],
+            "stream_id": stream_id,
+            "prev_id": [],
+            "deleted": False,
+        }
+        if "device_display_name" in device:
+            content["device_display_name"] = device["device_display_name"]
+        if "keys" in device:
+            content["keys"] = device["keys"]
+        edus.append(
+            sender_pb2.Edu(
+                edu_type="m.device_list_update",
+                content_json=encode_json(content),
+                destinations=destinations,
+            )
+        )
+    signing = {
+        field: devices_body[field]
+        for field in ("master_key", "self_signing_key")
+        if field in devices_body
+    }
+    if signing:
+        edus.append(
+            sender_pb2.Edu(
+                edu_type="m.signing_key_update",
+                content_json=encode_json({"user_id": user_id, **signing}),
+                destinations=destinations,
+            )
+        )
+    return edus
+
+
+class JoinDeviceLists:
+    def __init__(
+        self,
+        database_url: str,
+        local: LocalAccounts,
+        events_channel: grpc.aio.Channel,
+        sender_channel: grpc.aio.Channel,
+        *,
+        lock_poll_interval: float = 2.0,
+        retry_interval: float = 5.0,
+    ) -> None:
+        self.database_url = database_url
+        self.local = local
+        self.server_name = local.server_name
+        self.events = events_pb2_grpc.EventsStub(events_channel)
+        self.directory = directory_pb2_grpc.DirectoryStub(events_channel)
+        self.sender = sender_pb2_grpc.SenderStub(sender_channel)
+        self.lock_poll_interval = lock_poll_interval
+        self.retry_interval = retry_interval
+        self.position: int | None = None
+        self.leader = False
+        self._outbox_wake = asyncio.Event()
+        self._conn_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------ leader loop
+
+    async def run(self) -> None:
+        """Forever: wait for the lock, then follow the stream and drain the outbox."""
+        delay = 0.5
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(self.database_url)
+                await self._take_lock(connection)
+                self.leader = True
+                log.info("holding the device-list join lock")
+                await self._lead(connection)
+                delay = 0.5
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "device-list join follower: events stream failed; reconnecting",
+                    extra={"code": exc.code().name, "details": exc.details()},
+                )
+            except Exception:
+                log.exception("device-list join follower failed; restarting")
+            finally:
+                self.leader = False
+                if connection is not None:
+                    connection.terminate()  # drops the lock with the session
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _take_lock(self, connection: asyncpg.Connection) -> None:
+        while True:
+            if await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_NAME):
+                return
+            await asyncio.sleep(self.lock_poll_interval * random.uniform(0.75, 1.25))
+
+    async def _lead(self, connection: asyncpg.Connection) -> None:
+        drain = asyncio.create_task(self._drain_forever(connection), name="keys:join-outbox")
+        try:
+            await self._follow(connection)
+        finally:
+            drain.cancel()
+            await asyncio.gather(drain, return_exceptions=True)
+
+    async def _follow(self, connection: asyncpg.Connection) -> None:
+        async with self._conn_lock:
+            self.position = await connection.fetchval(
+                "SELECT stream_position FROM keys.device_list_join_cursor"
+            )
+        after = -1 if self.position is None else self.position
+        call = self.events.StreamEvents(
+            events_pb2.StreamEventsRequest(after_position=after, local_senders_only=True)
+        )
+        try:
+            async for item in call:
+                await self._handle(connection, item)
+            log.info("events stream ended; reconnecting")
+        finally:
+            call.cancel()
+
+    async def _handle(self, connection: asyncpg.Connection, item: events_pb2.StreamItem) -> None:
+        join = join_of(item, self.server_name)
+        destinations: list[str] = []
+        if join is not None and not await self._was_joined(join):
+            destinations = await self._new_servers(join)
+        # The lock connection is shared by the stream follower and the outbox
+        # drain; they take turns.
+        async with self._conn_lock, connection.transaction():
+            if destinations and join is not None:
+                await connection.execute(
+                    "INSERT INTO keys.device_list_join_outbox"
+                    " (user_id, room_id, event_id, destinations, created_ts)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+                    join.user_id,
+                    join.room_id,
+                    join.event_id,
+                    destinations,
+                    now_ms(),
+                )
+            await connection.execute(
+                "UPDATE keys.device_list_join_cursor SET stream_position = $1",
+                item.position,
+            )
+        self.position = item.position
+        if destinations:
+            self._outbox_wake.set()
+
+    # ------------------------------------------------------------ destinations
+
+    async def _was_joined(self, join: Join) -> bool:
+        """Was the user already joined before this event (a profile change)?
+
+        The auth events of a membership event include the target's previous
+        membership event, when there is one.
+        """
+        if not join.auth_event_ids:
+            return False
+        reply = await self.events.QueryEvents(
+            events_pb2.QueryEventsRequest(event_ids=list(join.auth_event_ids)),
+            timeout=CALL_TIMEOUT,
+            wait_for_ready=True,
+        )
+        for record in reply.events:
+            try:
+                pdu = decode_json(record.pdu_json)
+            except ValueError:
+                continue
+            if (
+                isinstance(pdu, dict)
+                and pdu.get("type") == "m.room.member"
+                and pdu.get("state_key") == join.user_id
+            ):
+                content = pdu.get("content")
+                return isinstance(content, dict) and content.get("membership") == "join"
+        return False
+
+    async def _new_servers(self, join: Join) -> list[str]:
+        room_servers = set(join.servers_before) - {self.server_name, ""}
+        if not room_servers:
+            return []
+        rooms = await self.directory.QueryRoomsOfUser(
+            directory_pb2.QueryRoomsOfUserRequest(user_id=join.user_id),
+            timeout=CALL_TIMEOUT,
+            wait_for_ready=True,
+        )
+        others = [r for r in rooms.room_ids if r != join.room_id]
+        limit = asyncio.Semaphore(ROOM_QUERY_CONCURRENCY)
+
+        async def servers_of(room_id: str) -> list[str]:
+            async with limit:
+                reply = await self.events.QueryServersInRoom(
+                    events_pb2.QueryServersInRoomRequest(room_id=room_id),
+                    timeout=CALL_TIMEOUT,
+                    wait_for_ready=True,
+                )
+                return list(reply.servers)
+
+        sharing: set[str] = set()
+        for servers in await asyncio.gather(*(servers_of(r) for r in others)):
+            sharing.update(servers)
+        return sorted(room_servers - sharing)
+
+    # ------------------------------------------------------------ outbox
+
+    async def _drain_forever(self, connection: asyncpg.Connection) -> None:
+        while True:
+            self._outbox_wake.clear()
+            try:
+                remaining = await self.drain(connection)
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "could not hand device lists to the sender; retrying",
+                    extra={"code": exc.code().name, "details": exc.details()},
+                )
+                remaining = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not hand device lists to the sender; retrying")
+                remaining = True
+            if remaining:
+                try:
+                    await asyncio.wait_for(self._outbox_wake.wait(), self.retry_interval)
+                except TimeoutError:
+                    pass
+            else:
+                await self._outbox_wake.wait()
+
+    async def drain(self, connection: asyncpg.Connection) -> bool:
+        """Hand every outbox row to the sender; True when some are left (a failure)."""
+        while True:
+            async with self._conn_lock:
+                rows = await connection.fetch(
+                    "SELECT seq, user_id, destinations FROM keys.device_list_join_outbox"
+                    " ORDER BY seq LIMIT $1",
+                    MAX_BATCH,
+                )
+            if not rows:
+                return False
+            for row in rows:
+                body = await self.local.user_devices(row["user_id"])
+                edus = device_list_edus(body, list(row["destinations"]))
+                if edus:
+                    await self.sender.PerformSendEdus(
+                        sender_pb2.PerformSendEdusRequest(edus=edus),
+                        timeout=CALL_TIMEOUT,
+                        wait_for_ready=True,
+                    )
+                async with self._conn_lock:
+                    await connection.execute(
+                        "DELETE FROM keys.device_list_join_outbox WHERE seq = $1", row["seq"]
+                    )

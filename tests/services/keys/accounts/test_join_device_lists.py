@@ -1,0 +1,385 @@
+"""Device lists sent when a local user's join brings in new servers (edus.md §5):
+the keys process follows the events stream from a durable cursor under an
+advisory lock, records joins in an outbox in the cursor's transaction, and
+hands one m.device_list_update per device (plus m.signing_key_update) to the
+sender for the servers that did not already share a room with the user."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import grpc
+import orjson
+import pytest
+
+from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
+from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
+from services.keys.accounts.joins import JoinDeviceLists
+from services.keys.accounts.local import LocalAccounts
+from services.keys.accounts.notify import RecordingNotifier
+from tests.support.ports import free_port
+
+OURS = "joins-test.example"
+
+
+class FakeBackends(
+    events_pb2_grpc.EventsServicer,
+    directory_pb2_grpc.DirectoryServicer,
+    sender_pb2_grpc.SenderServicer,
+):
+    """Events (stream, events, servers), Directory (rooms of a user) and Sender."""
+
+    def __init__(self) -> None:
+        self.items: list[events_pb2.StreamItem] = []
+        self.events: dict[str, bytes] = {}
+        self.room_servers: dict[str, list[str]] = {}
+        self.user_rooms: dict[str, list[str]] = {}
+        self.sent: list[sender_pb2.Edu] = []
+        self.sender_failures = 0
+        self.stream_requests: list[events_pb2.StreamEventsRequest] = []
+        self._changed = asyncio.Condition()
+        self.address = f"127.0.0.1:{free_port()}"
+        self.server = grpc.aio.server()
+
+    async def start(self) -> FakeBackends:
+        events_pb2_grpc.add_EventsServicer_to_server(self, self.server)
+        directory_pb2_grpc.add_DirectoryServicer_to_server(self, self.server)
+        sender_pb2_grpc.add_SenderServicer_to_server(self, self.server)
+        self.server.add_insecure_port(self.address)
+        await self.server.start()
+        return self
+
+    def member(self, room_id: str, user_id: str, membership: str, auth: list[str]) -> str:
+        event_id = f"${uuid.uuid4().hex}"
+        pdu = {
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": {"membership": membership},
+            "auth_events": auth,
+            "prev_events": [],
+            "depth": 3,
+            "origin_server_ts": 1,
+        }
+        self.events[event_id] = orjson.dumps(pdu)
+        return event_id
+
+    async def add(
+        self,
+        event_id: str,
+        room_id: str,
+        servers_before: list[str],
+        status: int = events_pb2.ACCEPTED,
+    ) -> int:
+        position = len(self.items) + 1
+        self.items.append(
+            events_pb2.StreamItem(
+                position=position,
+                event=events_pb2.EventRecord(
+                    event_id=event_id,
+                    room_id=room_id,
+                    room_version="10",
+                    pdu_json=self.events[event_id],
+                    status=status,
+                    stream_position=position,
+                ),
+                servers_before=servers_before,
+            )
+        )
+        async with self._changed:
+            self._changed.notify_all()
+        return position
+
+    async def StreamEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        assert request.local_senders_only
+        self.stream_requests.append(request)
+        sent = len(self.items) if request.after_position == -1 else request.after_position
+        while True:
+            while sent < len(self.items):
+                sent += 1
+                yield self.items[sent - 1]
+            async with self._changed:
+                await self._changed.wait_for(lambda sent=sent: len(self.items) > sent)
+
+    async def QueryEvents(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return events_pb2.QueryEventsResponse(
+            events=[
+                events_pb2.EventRecord(event_id=e, pdu_json=self.events[e])
+                for e in request.event_ids
+                if e in self.events
+            ]
+        )
+
+    async def QueryServersInRoom(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return events_pb2.QueryServersInRoomResponse(
+            servers=self.room_servers.get(request.room_id, [])
+        )
+
+    async def QueryRoomsOfUser(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return directory_pb2.QueryRoomsOfUserResponse(
+            room_ids=sorted(self.user_rooms.get(request.user_id, []))
+        )
+
+    async def PerformSendEdus(self, request: Any, context: Any) -> Any:  # noqa: N802
+        if self.sender_failures:
+            self.sender_failures -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "sender down")
+        self.sent.extend(request.edus)
+        return sender_pb2.PerformSendEdusResponse(queued=len(request.edus))
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[FakeBackends]:
+    fake = await FakeBackends().start()
+    yield fake
+    await fake.server.stop(grace=None)
+
+
+@pytest.fixture
+async def local(keys_pool: asyncpg.Pool) -> LocalAccounts:
+    await keys_pool.execute("TRUNCATE keys.device_list_join_outbox")
+    await keys_pool.execute("UPDATE keys.device_list_join_cursor SET stream_position = 0")
+    return LocalAccounts(keys_pool, OURS, RecordingNotifier())
+
+
+class Runner:
+    def __init__(self, database_url: str, local: LocalAccounts, backends: FakeBackends) -> None:
+        self.database_url = database_url
+        self.local = local
+        self.backends = backends
+        self.channels: list[grpc.aio.Channel] = []
+        self.tasks: dict[JoinDeviceLists, asyncio.Task[None]] = {}
+
+    def start(self) -> JoinDeviceLists:
+        channel = grpc.aio.insecure_channel(self.backends.address)
+        self.channels.append(channel)
+        follower = JoinDeviceLists(
+            self.database_url,
+            self.local,
+            channel,
+            channel,
+            lock_poll_interval=0.1,
+            retry_interval=0.1,
+        )
+        self.tasks[follower] = asyncio.create_task(follower.run())
+        return follower
+
+    async def stop(self, follower: JoinDeviceLists) -> None:
+        task = self.tasks.pop(follower)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def close(self) -> None:
+        for follower in list(self.tasks):
+            await self.stop(follower)
+        for channel in self.channels:
+            await channel.close()
+
+
+@pytest.fixture
+async def runner(
+    database_url: str, local: LocalAccounts, backends: FakeBackends
+) -> AsyncIterator[Runner]:
+    started = Runner(database_url, local, backends)
+    yield started
+    await started.close()
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+async def cursor(pool: asyncpg.Pool) -> int | None:
+    return await pool.fetchval("SELECT stream_position FROM keys.device_list_join_cursor")
+
+
+async def outbox_empty(pool: asyncpg.Pool) -> None:
+    for _ in range(100):
+        if not await pool.fetchval("SELECT count(*) FROM keys.device_list_join_outbox"):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the outbox was not drained")
+
+
+def device_keys(user_id: str, device_id: str) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "device_id": device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+        "keys": {f"curve25519:{device_id}": "c", f"ed25519:{device_id}": "e"},
+        "signatures": {user_id: {f"ed25519:{device_id}": "sig"}},
+    }
+
+
+async def user_with_devices(local: LocalAccounts) -> str:
+    user = f"@u{uuid.uuid4().hex[:8]}:{OURS}"
+    await local.upload_keys(
+        user,
+        "PHONE",
+        display_name="Phone",
+        device_keys=device_keys(user, "PHONE"),
+        one_time_keys=None,
+        fallback_keys=None,
+    )
+    await local.upload_keys(
+        user, "LAPTOP", display_name=None, device_keys=None, one_time_keys=None, fallback_keys=None
+    )
+    master = {"user_id": user, "usage": ["master"], "keys": {"ed25519:M": "M"}}
+    await local.upload_cross_signing_keys(user, {"master": master})
+    return user
+
+
+def edus_of(backends: FakeBackends, edu_type: str) -> list[tuple[dict[str, Any], list[str]]]:
+    return [
+        (orjson.loads(e.content_json), list(e.destinations))
+        for e in backends.sent
+        if e.edu_type == edu_type
+    ]
+
+
+async def test_join_sends_device_lists_to_new_servers_only(
+    keys_pool: asyncpg.Pool, local: LocalAccounts, backends: FakeBackends, runner: Runner
+) -> None:
+    user = await user_with_devices(local)
+    stream_id = (await local.user_devices(user))["stream_id"]
+    # The user already shares !old with a.example; !new brings in b.example too.
+    backends.user_rooms[user] = ["!old:x", "!new:x"]
+    backends.room_servers["!old:x"] = [OURS, "a.example"]
+    invite = backends.member("!new:x", user, "invite", [])
+    join = backends.member("!new:x", user, "join", [invite])
+    position = await backends.add(join, "!new:x", [OURS, "a.example", "b.example"])
+    runner.start()
+    await eventually(lambda: len(backends.sent) == 3)
+    devices = edus_of(backends, "m.device_list_update")
+    assert sorted(c["device_id"] for c, _ in devices) == ["LAPTOP", "PHONE"]
+    for content, destinations in devices:
+        assert destinations == ["b.example"]
+        assert content["user_id"] == user
+        assert content["stream_id"] == stream_id
+        assert content["prev_id"] == []
+    phone = next(c for c, _ in devices if c["device_id"] == "PHONE")
+    assert phone["keys"] == device_keys(user, "PHONE")
+    assert phone["device_display_name"] == "Phone"
+    laptop = next(c for c, _ in devices if c["device_id"] == "LAPTOP")
+    assert "keys" not in laptop and "device_display_name" not in laptop
+    [(signing, destinations)] = edus_of(backends, "m.signing_key_update")
+    assert destinations == ["b.example"]
+    assert signing["master_key"]["keys"] == {"ed25519:M": "M"}
+    assert await cursor(keys_pool) == position
+    await outbox_empty(keys_pool)
+
+
+async def test_not_sent_for_other_events_profile_changes_or_known_servers(
+    keys_pool: asyncpg.Pool, local: LocalAccounts, backends: FakeBackends, runner: Runner
+) -> None:
+    user = await user_with_devices(local)
+    remote_user = "@bob:b.example"
+    backends.user_rooms[user] = ["!old:x", "!new:x"]
+    backends.room_servers["!old:x"] = [OURS, "a.example", "b.example"]
+    # b.example already shares !old: nothing to send for !new.
+    join = backends.member("!new:x", user, "join", [])
+    await backends.add(join, "!new:x", [OURS, "b.example"])
+    # A display-name change (join → join) in a room with a new server.
+    first = backends.member("!third:x", user, "join", [])
+    again = backends.member("!third:x", user, "join", [first])
+    await backends.add(again, "!third:x", [OURS, "c.example"])
+    # Rejected joins, remote users' joins, leaves.
+    rejected = backends.member("!fourth:x", user, "join", [])
+    await backends.add(rejected, "!fourth:x", ["d.example"], status=events_pb2.REJECTED)
+    theirs = backends.member("!fourth:x", remote_user, "join", [])
+    await backends.add(theirs, "!fourth:x", ["d.example"])
+    leave = backends.member("!fourth:x", user, "leave", [])
+    last = await backends.add(leave, "!fourth:x", ["d.example"])
+    runner.start()
+    await eventually(lambda: backends.stream_requests != [])
+    for _ in range(100):
+        if await cursor(keys_pool) == last:
+            break
+        await asyncio.sleep(0.02)
+    assert await cursor(keys_pool) == last
+    await asyncio.sleep(0.2)
+    assert backends.sent == []
+
+
+async def test_cursor_is_durable_and_one_replica_consumes(
+    keys_pool: asyncpg.Pool, local: LocalAccounts, backends: FakeBackends, runner: Runner
+) -> None:
+    user = await user_with_devices(local)
+    backends.user_rooms[user] = []
+    first = runner.start()
+    second = runner.start()
+    await eventually(lambda: first.leader or second.leader)
+    await asyncio.sleep(0.3)
+    assert not (first.leader and second.leader)
+    assert len(backends.stream_requests) == 1
+    join = backends.member("!a:x", user, "join", [])
+    position = await backends.add(join, "!a:x", ["e.example"])
+    await eventually(lambda: len(backends.sent) == 3)
+    assert {tuple(e.destinations) for e in backends.sent} == {("e.example",)}
+    # The leader goes away: the other replica takes over from the stored cursor.
+    leader, other = (first, second) if first.leader else (second, first)
+    await runner.stop(leader)
+    await eventually(lambda: other.leader)
+    await eventually(lambda: len(backends.stream_requests) == 2)
+    assert backends.stream_requests[-1].after_position == position
+    join2 = backends.member("!b:x", user, "join", [])
+    await backends.add(join2, "!b:x", ["f.example"])
+    await eventually(lambda: len(backends.sent) == 6)
+    assert {tuple(e.destinations) for e in backends.sent[3:]} == {("f.example",)}
+
+
+async def test_fresh_cursor_follows_live(
+    keys_pool: asyncpg.Pool, local: LocalAccounts, backends: FakeBackends, runner: Runner
+) -> None:
+    await keys_pool.execute("UPDATE keys.device_list_join_cursor SET stream_position = NULL")
+    user = await user_with_devices(local)
+    backends.user_rooms[user] = []
+    old = backends.member("!old:x", user, "join", [])
+    await backends.add(old, "!old:x", ["old.example"])
+    runner.start()
+    await eventually(lambda: backends.stream_requests != [])
+    assert backends.stream_requests[0].after_position == -1
+    new = backends.member("!new:x", user, "join", [])
+    position = await backends.add(new, "!new:x", ["new.example"])
+    await eventually(lambda: len(backends.sent) == 3)
+    assert {tuple(e.destinations) for e in backends.sent} == {("new.example",)}
+    for _ in range(100):
+        if await cursor(keys_pool) == position:
+            break
+        await asyncio.sleep(0.02)
+    assert await cursor(keys_pool) == position
+
+
+async def test_sender_failure_is_retried_from_the_outbox(
+    keys_pool: asyncpg.Pool, local: LocalAccounts, backends: FakeBackends, runner: Runner
+) -> None:
+    user = await user_with_devices(local)
+    backends.user_rooms[user] = []
+    backends.sender_failures = 2
+    join = backends.member("!a:x", user, "join", [])
+    position = await backends.add(join, "!a:x", ["g.example"])
+    follower = runner.start()
+    await eventually(lambda: len(backends.sent) == 3)
+    assert backends.sender_failures == 0
+    assert follower.position == position
+    await outbox_empty(keys_pool)
+    # A row left in the outbox by a crash is handed over by the next leader.
+    await runner.stop(follower)
+    await keys_pool.execute(
+        "INSERT INTO keys.device_list_join_outbox"
+        " (user_id, room_id, event_id, destinations, created_ts)"
+        " VALUES ($1, '!c:x', '$crashed', ARRAY['h.example'], 0)",
+        user,
+    )
+    runner.start()
+    await eventually(lambda: len(backends.sent) == 6)
+    assert {tuple(e.destinations) for e in backends.sent[3:]} == {("h.example",)}
