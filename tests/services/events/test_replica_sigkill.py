@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
@@ -25,6 +26,7 @@ from matrix_protocol.auth_events import select_auth_event_ids
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.room_versions import room_version
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from services.events.storage import lock_key
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.ports import free_port
@@ -83,6 +85,18 @@ async def wait_serving(address: str) -> events_pb2_grpc.EventsStub:
     raise TimeoutError(f"no events replica at {address}")
 
 
+async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
+    """Until some session waits for an advisory lock (the victim, mid-batch)."""
+    for _ in range(300):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the replica never reached the room's lock")
+
+
 async def test_sigkilled_replica_loses_nothing(mxfed: MxfedProcess, remote: FakeHomeserver) -> None:
     survivor = await wait_serving(mxfed.grpc_address("events"))
     created = await survivor.PerformCreateRoom(
@@ -137,15 +151,22 @@ async def test_sigkilled_replica_loses_nothing(mxfed: MxfedProcess, remote: Fake
     )
 
     victim, address = start_second_replica(mxfed)
+    # Holding the room's processing lock parks the victim inside its batch's
+    # database transaction (after format and signature checks), so the kill
+    # lands mid-batch every time rather than by luck of timing.
+    blocker = await asyncpg.connect(mxfed.database_url)
     try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", lock_key("room:" + room_id))
         doomed = await wait_serving(address)
         call = asyncio.ensure_future(doomed.InputTransaction(request, timeout=30))
-        await asyncio.sleep(0.05)  # let it get into the batch
+        await wait_for_lock_waiter(blocker)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         with pytest.raises(grpc.aio.AioRpcError):
             await call
+        await blocker.execute("SELECT pg_advisory_unlock($1)", lock_key("room:" + room_id))
     finally:
+        await blocker.close()
         if victim.poll() is None:
             victim.kill()
             victim.wait()
