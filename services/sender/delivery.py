@@ -43,6 +43,10 @@ class DeliveryOptions:
     max_pdus: int = 50  # per transaction (spec limit)
     max_edus: int = 100  # per transaction (spec limit)
     max_concurrent_requests: int = 200
+    # Database bookkeeping of many workers is batched: at most this many
+    # destinations per call, at most batch_calls calls at a time.
+    max_batch: int = 1000
+    batch_calls: int = 2
     # A worker with an empty queue waits this long for more before giving up its lease.
     idle_linger: float = 5.0
     # Look for destinations with work this often even without notifications.
@@ -63,11 +67,23 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def transaction_body(origin: str, txn: Transaction) -> dict[str, Any]:
+def transaction_body(
+    origin: str, txn: Transaction, decoded: dict[bytes, Any] | None = None
+) -> dict[str, Any]:
+    """The /send body; ``decoded`` caches parsed PDUs shared by many transactions."""
+    if decoded is None:
+        pdus = [decode_json(pdu) for pdu in txn.pdus]
+    else:
+        pdus = []
+        for pdu in txn.pdus:
+            value = decoded.get(pdu)
+            if value is None:
+                value = decoded[pdu] = decode_json(pdu)
+            pdus.append(value)
     body: dict[str, Any] = {
         "origin": origin,
         "origin_server_ts": txn.origin_server_ts,
-        "pdus": [decode_json(pdu) for pdu in txn.pdus],
+        "pdus": pdus,
     }
     if txn.edus:
         body["edus"] = [
@@ -83,15 +99,141 @@ class FederationTransport:
     def __init__(self, server_name: str, client: FederationClient) -> None:
         self.server_name = server_name
         self.client = client
+        # One event goes to many destinations: parse its JSON once. The parsed
+        # values are only read (encoded into each request), never changed.
+        self._decoded: dict[bytes, Any] = {}
 
     async def send(self, txn: Transaction) -> Any:
         path = federation_path("_matrix", "federation", "v1", "send", txn.txn_id)
-        return await self.client.put_json(
-            txn.destination, path, transaction_body(self.server_name, txn), idempotent=True
-        )
+        if len(self._decoded) > 2000:
+            self._decoded.clear()
+        body = transaction_body(self.server_name, txn, self._decoded)
+        return await self.client.put_json(txn.destination, path, body, idempotent=True)
 
     async def close(self) -> None:
         await self.client.close()
+
+
+@dataclass
+class _Request:
+    destination: str
+    completed: str | None  # txn id answered with 200, to record first
+    want_next: bool
+    future: asyncio.Future[Transaction | Backoff | LeaseLost | None]
+
+
+class TransactionBatcher:
+    """Gathers the workers' database bookkeeping into few round trips.
+
+    Each worker, after its transaction got a 200, needs that recorded and its
+    next transaction taken; with a thousand destinations that was thousands
+    of round trips per round. Here requests wait while a call is running (at
+    most ``calls`` at a time) and then go together in one
+    :meth:`SenderStorage.next_transactions` call, which does per destination
+    exactly what the one-destination call did (lease checked under the row
+    lock, pending transaction unchanged, new one recorded before it is
+    returned). A lone request is not delayed: with no call running it goes at
+    once.
+    """
+
+    def __init__(
+        self,
+        storage: SenderStorage,
+        instance_id: str,
+        *,
+        max_pdus: int,
+        max_edus: int,
+        max_batch: int = 1000,
+        calls: int = 2,
+    ) -> None:
+        self.storage = storage
+        self.instance_id = instance_id
+        self.max_pdus = max_pdus
+        self.max_edus = max_edus
+        self.max_batch = max_batch
+        self.calls = calls
+        self._queue: list[_Request] = []
+        self._running = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def next(
+        self, destination: str, completed: str | None = None
+    ) -> Transaction | Backoff | None:
+        """Record ``completed`` (if any), then the destination's next transaction."""
+        result = await self._submit(destination, completed, want_next=True)
+        if isinstance(result, LeaseLost):
+            raise result
+        return result
+
+    async def complete(self, destination: str, txn_id: str) -> None:
+        await self._submit(destination, txn_id, want_next=False)
+
+    def _submit(
+        self, destination: str, completed: str | None, *, want_next: bool
+    ) -> asyncio.Future[Transaction | Backoff | LeaseLost | None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Transaction | Backoff | LeaseLost | None] = loop.create_future()
+        self._queue.append(_Request(destination, completed, want_next, future))
+        if not self._scheduled:
+            # After the callbacks already due (other workers woken together).
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._queue and self._running < self.calls:
+            batch: list[_Request] = []
+            rest: list[_Request] = []
+            seen: set[str] = set()
+            for request in self._queue:
+                # One request per destination per call (a completion must
+                # land before that destination's next transaction is taken).
+                if request.destination in seen or len(batch) >= self.max_batch:
+                    rest.append(request)
+                else:
+                    seen.add(request.destination)
+                    batch.append(request)
+            self._queue = rest
+            self._running += 1
+            task = asyncio.create_task(self._call(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, batch: list[_Request]) -> None:
+        try:
+            results = await self.storage.next_transactions(
+                [r.destination for r in batch if r.want_next],
+                [(r.destination, r.completed) for r in batch if r.completed is not None],
+                self.instance_id,
+                max_pdus=self.max_pdus,
+                max_edus=self.max_edus,
+            )
+        except BaseException as exc:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(
+                        exc if isinstance(exc, Exception) else asyncio.CancelledError()
+                    )
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_result(
+                        results.get(request.destination) if request.want_next else None
+                    )
+        finally:
+            self._running -= 1
+            if self._queue and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class DestinationWorker:
@@ -125,22 +267,29 @@ class DestinationWorker:
 
     async def run(self) -> None:
         m = self.manager
+        completed: str | None = None  # answered with 200, not yet recorded
         try:
             while not self.stopping:
                 self.woken = False
                 self._event.clear()
                 try:
-                    txn = await m.storage.next_transaction(
-                        self.destination,
-                        m.membership.instance_id,
-                        max_pdus=m.options.max_pdus,
-                        max_edus=m.options.max_edus,
-                    )
+                    txn = await m.batcher.next(self.destination, completed)
                 except LeaseLost:
+                    completed = None  # recorded: the completion goes before the lease check
                     self.lease_lost = True
                     metrics.TRANSACTIONS.labels("lease_lost").inc()
                     log.info("lease lost", extra={"destination": self.destination})
                     return
+                except Exception:
+                    # The database call failed (for the whole batch): try again
+                    # shortly; recording a completion twice is harmless.
+                    log.exception(
+                        "taking the next transaction failed",
+                        extra={"destination": self.destination},
+                    )
+                    await asyncio.sleep(1)
+                    continue
+                completed = None
                 if isinstance(txn, Backoff):
                     await self._wait((txn.retry_until_ts - now_ms()) / 1000)
                 elif txn is None:
@@ -148,9 +297,18 @@ class DestinationWorker:
                         await self._wait(m.options.idle_linger)
                         if not self.woken:
                             return
-                else:
-                    await self._send(txn)
+                elif await self._send(txn):
+                    completed = txn.txn_id
         finally:
+            if completed is not None:
+                try:
+                    await m.batcher.complete(self.destination, completed)
+                except Exception:
+                    # The same txn id is resent later and deduplicated by the receiver.
+                    log.exception(
+                        "recording a delivered transaction failed",
+                        extra={"destination": self.destination},
+                    )
             if not self.lease_lost:
                 try:
                     await m.membership.release(self.destination)
@@ -158,7 +316,8 @@ class DestinationWorker:
                     log.exception("lease release failed", extra={"destination": self.destination})
             m.worker_done(self)
 
-    async def _send(self, txn: Transaction) -> None:
+    async def _send(self, txn: Transaction) -> bool:
+        """Send ``txn``; True when it got a 200 (recorded with the next batch call)."""
         m = self.manager
         error: Exception | None = None
         async with m.semaphore:
@@ -171,7 +330,6 @@ class DestinationWorker:
                 error = exc
             metrics.TRANSACTION_SECONDS.observe(time.monotonic() - started)
         if error is None:
-            await m.storage.complete_transaction(self.destination, txn.txn_id)
             metrics.TRANSACTIONS.labels("sent").inc()
             metrics.PDUS_SENT.inc(len(txn.pdus))
             metrics.EDUS_SENT.inc(len(txn.edus))
@@ -184,7 +342,8 @@ class DestinationWorker:
                     "edus": len(txn.edus),
                 },
             )
-        elif counts_as_failure(error):
+            return True
+        if counts_as_failure(error):
             await self._failed(txn, error)
         else:
             # NOTSPEC-adjacent choice: a 4xx other than 401/429 is the remote
@@ -205,6 +364,7 @@ class DestinationWorker:
             metrics.TRANSACTIONS.labels("refused").inc()
             metrics.PDUS_DROPPED.labels("refused").inc(len(txn.pdus))
             metrics.EDUS_DROPPED.labels("refused").inc(len(txn.edus))
+        return False
 
     async def _failed(self, txn: Transaction, error: Exception) -> None:
         m = self.manager
@@ -250,6 +410,14 @@ class DeliveryManager:
         self.policy = policy
         self.options = options or DeliveryOptions()
         self.semaphore = asyncio.Semaphore(self.options.max_concurrent_requests)
+        self.batcher = TransactionBatcher(
+            storage,
+            membership.instance_id,
+            max_pdus=self.options.max_pdus,
+            max_edus=self.options.max_edus,
+            max_batch=self.options.max_batch,
+            calls=self.options.batch_calls,
+        )
         self.workers: dict[str, DestinationWorker] = {}
         self._to_claim: set[str] = set()
         self._rescan = True
@@ -368,3 +536,4 @@ class DeliveryManager:
             if worker.task is not None:
                 worker.task.cancel()
         await asyncio.gather(*(w.task for w in workers if w.task), return_exceptions=True)
+        await self.batcher.close()

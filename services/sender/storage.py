@@ -303,50 +303,75 @@ class SenderStorage:
         one made of the oldest queued rows. ``Backoff`` while backed off,
         ``None`` when nothing is queued. The lease is checked under the row
         lock in the same database transaction, so a replica that lost the
-        lease cannot start a transaction: :class:`LeaseLost`. All of it is
-        one call of ``sender.next_transaction`` (``migrations/002``): one
-        round trip, since every destination does this for every transaction.
+        lease cannot start a transaction: :class:`LeaseLost`. One destination's
+        share of :meth:`next_transactions`.
         """
-        row = await self.pool.fetchrow(
-            "SELECT * FROM sender.next_transaction($1, $2, $3, $4, $5)",
-            destination,
+        result = (
+            await self.next_transactions(
+                [destination], [], instance_id, max_pdus=max_pdus, max_edus=max_edus
+            )
+        )[destination]
+        if isinstance(result, LeaseLost):
+            raise result
+        return result
+
+    async def next_transactions(
+        self,
+        destinations: Sequence[str],
+        completed: Sequence[tuple[str, str]],
+        instance_id: str,
+        *,
+        max_pdus: int,
+        max_edus: int,
+    ) -> dict[str, Transaction | Backoff | LeaseLost | None]:
+        """Record many 200s and take the next transaction of many destinations.
+
+        ``completed``: (destination, txn id) pairs whose transaction was
+        answered with 200 — their rows are deleted and their backoff reset
+        (as :meth:`complete_transaction`), before the next transactions of
+        ``destinations`` are taken (as :meth:`next_transaction`; a lost
+        lease comes back as a :class:`LeaseLost` value). One round trip
+        (``sender.next_transactions``, ``migrations/003``) whatever the
+        number of destinations; each PDU's JSON travels once, shared by the
+        transactions that carry it.
+        """
+        wanted = list(dict.fromkeys(destinations))
+        rows = await self.pool.fetch(
+            "SELECT * FROM sender.next_transactions($1, $2, $3, $4, $5, $6, $7)",
+            wanted,
+            [d for d, _ in completed],
+            [t for _, t in completed],
             instance_id,
             max_pdus,
             max_edus,
             now_ms(),
         )
-        result = row["result"]
-        if result == "lease_lost":
-            raise LeaseLost(destination)
-        if result == "backoff":
-            return Backoff(row["retry_until"])
-        if result == "empty":
-            return None
-        return Transaction(
-            destination=destination,
-            txn_id=row["txn"],
-            origin_server_ts=row["txn_ts"],
-            pdus=list(row["pdu_jsons"]),
-            edus=list(zip(row["edu_types"], row["edu_contents"], strict=True)),
-            resumed=row["resumed"],
-        )
+        pdus = {row["r_position"]: row["r_pdu_json"] for row in rows if row["r_result"] == "pdu"}
+        results: dict[str, Transaction | Backoff | LeaseLost | None] = {}
+        for row in rows:
+            result, destination = row["r_result"], row["r_destination"]
+            if result == "pdu":
+                continue
+            if result == "lease_lost":
+                results[destination] = LeaseLost(destination)
+            elif result == "backoff":
+                results[destination] = Backoff(row["r_retry_until"])
+            elif result == "empty":
+                results[destination] = None
+            else:
+                results[destination] = Transaction(
+                    destination=destination,
+                    txn_id=row["r_txn"],
+                    origin_server_ts=row["r_txn_ts"],
+                    pdus=[pdus[p] for p in row["r_positions"]],
+                    edus=list(zip(row["r_edu_types"], row["r_edu_contents"], strict=True)),
+                    resumed=row["r_resumed"],
+                )
+        return results
 
     async def complete_transaction(self, destination: str, txn_id: str) -> None:
-        """The destination answered 200: forget what it got, reset its backoff.
-
-        One statement (data-modifying CTEs), so one round trip and atomic.
-        """
-        await self.pool.execute(
-            "WITH sent_pdus AS (DELETE FROM sender.pdu_queue"
-            "  WHERE destination = $1 AND txn_id = $2),"
-            " sent_edus AS (DELETE FROM sender.edu_queue WHERE destination = $1 AND txn_id = $2)"
-            " UPDATE sender.destinations SET pending_txn_id = NULL, pending_txn_ts = NULL,"
-            " retry_until_ts = 0, retry_interval_ms = 0, failures = 0, last_error = NULL,"
-            " last_success_ts = $3 WHERE destination = $1",
-            destination,
-            txn_id,
-            now_ms(),
-        )
+        """The destination answered 200: forget what it got, reset its backoff."""
+        await self.next_transactions([], [(destination, txn_id)], "", max_pdus=0, max_edus=0)
 
     async def drop_transaction(self, destination: str, txn_id: str, error: str) -> None:
         """The destination refused the transaction outright: drop its contents."""
