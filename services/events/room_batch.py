@@ -220,12 +220,12 @@ class RoomBatch:
     ) -> Outcome:
         """Check ``event`` against the room and queue it for writing.
 
-        ``soft_fail``: a live event (checked against the current state too,
-        given a stream position). Otherwise history (missing events): no
-        soft-fail check, no stream position, and it becomes a forward
-        extremity only if nothing stored builds on it yet. ``backfill``:
-        history older than what we hold; never a forward extremity, never
-        current state. ``state_before``: ids of stored events making the
+        ``soft_fail``: a live event (checked against the current state too).
+        Otherwise history (missing events): no soft-fail check, and it
+        becomes a forward extremity only if nothing stored builds on it yet.
+        Both are streamed: missing events are news to local consumers too.
+        ``backfill``: history older than what we hold; never a forward
+        extremity, never current state, never streamed. ``state_before``: ids of stored events making the
         state before ``event``, used when its prev_events are missing from
         the DAG (they become backward extremities).
         ``local``: an event built here; any failure refuses it (not stored).
@@ -313,7 +313,7 @@ class RoomBatch:
                 await self._advance_head(event, after)
             if event.type == "m.room.redaction":
                 await self._apply_redaction(event, before)
-            if live:
+            if not backfill:
                 self._to_stream.append(event_id)
         if event.type == CREATE and status is Status.ACCEPTED:
             self.create_event = event
