@@ -101,9 +101,10 @@ class BackfillServicer:
 
     def PerformFetchMissingEvents(self, request, context):
         """Fill the gap before `event_json` (a PDU whose prev_events we lack) from
-        `origin` with get_missing_events; when a gap remains, fetch the state at
-        the missing prev events and store it as outliers. Does not input the
-        event itself. Call it before taking the room's processing lock.
+        `origin` with get_missing_events. Fetched events whose own prev_events
+        are still unknown are input with the state before them (/state_ids, then
+        /state or /event, stored as outliers). Does not input the event itself.
+        Call it before taking the room's processing lock.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
