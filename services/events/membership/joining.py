@@ -16,6 +16,7 @@ through the normal receive pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,6 +76,11 @@ CREATE: StateKey = ("m.room.create", "")
 ALL_VERSIONS = list(KNOWN_ROOM_VERSIONS)
 KNOCK_VERSIONS = [v for v, rules in KNOWN_ROOM_VERSIONS.items() if rules.knock_join_rule]
 # make_* errors after which another resident may do better ([Synapse]).
+# Auth events missing from a send_join answer: how many we fetch at most,
+# how many requests at once, and how many /event_auth fallbacks per round.
+MAX_FETCHED_AUTH_EVENTS = 500
+FETCH_CONCURRENCY = 10
+AUTH_CHAIN_FETCHES = 5
 _TRY_NEXT_ERRCODES = frozenset(
     {"M_NOT_FOUND", "M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN"}
 )
@@ -329,7 +335,7 @@ class Joining:
                 version, template = await self._make(server, room_id, user_id, "join", ALL_VERSIONS)
                 event_id, pdu = self._sign(template, version, extra)
                 answer = await self._send(server, "join", room_id, event_id, pdu)
-                await self._complete_join(room_id, version, event_id, pdu, answer)
+                await self._complete_join(room_id, version, event_id, pdu, answer, server)
             except TryNext as failure:
                 log.info(
                     "join attempt failed; trying the next server",
@@ -378,6 +384,81 @@ class Joining:
                 checked.redacted = True
         return parsed
 
+    async def _fetch_missing_auth_events(
+        self,
+        server: str,
+        room_id: str,
+        version: RoomVersion,
+        checked: dict[str, Checked],
+        join: Event,
+    ) -> None:
+        """Auth events cited in the send_join answer but missing from it, fetched
+        from the resident (behaviours.md §4 step 6) and checked like the rest.
+
+        Each missing event is asked for with ``GET /event/{eventId}``; for those
+        the resident will not give that way, the auth chain of an event citing
+        them (``GET /event_auth/{roomId}/{eventId}``). Rounds repeat while the
+        fetched events cite more missing ones, up to MAX_FETCHED_AUTH_EVENTS.
+        Whatever stays missing leaves its dependants rejected, as before.
+        """
+        tried: set[str] = set()
+        limit = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def one_event(event_id: str) -> Any:
+            path = federation_path("_matrix", "federation", "v1", "event", event_id)
+            async with limit:
+                try:
+                    answer = await self.deps.client.get_json(server, path)
+                except FederationError as error:
+                    log.info(
+                        "could not fetch a missing auth event",
+                        extra={"event_id": event_id, "server": server, "error": str(error)},
+                    )
+                    return None
+            pdus = answer.get("pdus") if isinstance(answer, dict) else None
+            return pdus[0] if isinstance(pdus, list) and len(pdus) == 1 else None
+
+        async def auth_chain_of(event_id: str) -> list[Any]:
+            path = federation_path("_matrix", "federation", "v1", "event_auth", room_id, event_id)
+            async with limit:
+                try:
+                    answer = await self.deps.client.get_json(server, path)
+                except FederationError:
+                    return []
+            chain = answer.get("auth_chain") if isinstance(answer, dict) else None
+            return chain if isinstance(chain, list) else []
+
+        while len(tried) < MAX_FETCHED_AUTH_EVENTS:
+            citing: dict[str, str] = {}
+            for entry in [*checked.values(), Checked(join, join.pdu)]:
+                for auth_id in entry.event.auth_event_ids:
+                    if auth_id not in checked and auth_id not in tried:
+                        citing.setdefault(auth_id, entry.event.event_id)
+            if not citing:
+                return
+            missing = sorted(citing)[: MAX_FETCHED_AUTH_EVENTS - len(tried)]
+            tried.update(missing)
+            log.info(
+                "fetching auth events missing from a send_join answer",
+                extra={"room_id": room_id, "server": server, "count": len(missing)},
+            )
+            raw = await asyncio.gather(*(one_event(e) for e in missing))
+            fetched = await self._check_pdus([p for p in raw if p is not None], version, room_id)
+            found = {e: c for e, c in fetched.items() if e in citing}
+            still = [e for e in missing if e not in found]
+            if still:
+                # The chains of (a few of) the events citing what /event would not give.
+                sources = sorted({citing[e] for e in still})[:AUTH_CHAIN_FETCHES]
+                chains = await asyncio.gather(*(auth_chain_of(e) for e in sources))
+                more = await self._check_pdus(
+                    [p for chain in chains for p in chain], version, room_id
+                )
+                found.update({e: c for e, c in more.items() if e not in checked})
+            if not found:
+                return
+            for event_id, entry in found.items():
+                checked.setdefault(event_id, entry)
+
     async def _complete_join(
         self,
         room_id: str,
@@ -385,6 +466,7 @@ class Joining:
         event_id: str,
         our_pdu: dict[str, Any],
         answer: Any,
+        server: str = "",
     ) -> None:
         if not isinstance(answer, dict):
             raise TryNext(_unavailable("malformed send_join answer"))
@@ -407,6 +489,8 @@ class Joining:
             if errors[0] is not None:
                 raise TryNext(_unavailable(f"the resident's countersignature: {errors[0]}"))
         checked = await self._check_pdus([*state_raw, *chain_raw], version, room_id)
+        if server:
+            await self._fetch_missing_auth_events(server, room_id, version, checked, join)
         state_ids = set()
         for pdu in state_raw:
             if isinstance(pdu, dict):

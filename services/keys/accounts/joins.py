@@ -28,8 +28,7 @@ updates. This module does the second part:
   master/self-signing keys. A row is deleted only once the sender stored its
   EDUs; failures are retried with backoff.
 
-A cursor never set (a fresh schema) starts the stream live rather than
-replaying every join the server ever saw.
+The cursor starts at 0, the whole stream (see migration 101).
 """
 
 from __future__ import annotations
@@ -164,7 +163,7 @@ class JoinDeviceLists:
         self.sender = sender_pb2_grpc.SenderStub(sender_channel)
         self.lock_poll_interval = lock_poll_interval
         self.retry_interval = retry_interval
-        self.position: int | None = None
+        self.position = 0
         self.leader = False
         self._outbox_wake = asyncio.Event()
         self._conn_lock = asyncio.Lock()
@@ -218,9 +217,8 @@ class JoinDeviceLists:
             self.position = await connection.fetchval(
                 "SELECT stream_position FROM keys.device_list_join_cursor"
             )
-        after = -1 if self.position is None else self.position
         call = self.events.StreamEvents(
-            events_pb2.StreamEventsRequest(after_position=after, local_senders_only=True)
+            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True)
         )
         try:
             async for item in call:
