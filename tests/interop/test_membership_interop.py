@@ -10,6 +10,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import orjson
@@ -358,3 +359,77 @@ async def test_synapse_user_refused(
     with pytest.raises(SynapseClientError) as info:
         await synapse_client.join(leo_token, acl_room, via=[mx.server_name])
     assert (info.value.status, info.value.errcode) == (403, "M_FORBIDDEN")
+
+
+# (6) knocking both ways (room version 10, join rule "knock") ----------------------------
+
+
+async def _synapse_knock(client: SynapseClient, token: str, room_id: str, via: str) -> str:
+    resp = await client.request(
+        "POST",
+        f"/_matrix/client/v3/knock/{quote(room_id, safe='')}",
+        token,
+        json={"reason": "let me in"},
+        params=[("via", via), ("server_name", via)],
+    )
+    return resp["room_id"]
+
+
+async def test_mxfed_user_knocks_on_synapse_room_and_is_let_in(
+    mx: Mx, synapse_v10: SynapseServer, synapse_v10_client: SynapseClient
+) -> None:
+    client = synapse_v10_client
+    owner, owner_token = await _register(client, "owner")
+    room_id = await client.create_room(
+        owner_token,
+        preset="private_chat",
+        room_version="10",
+        initial_state=[
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ],
+    )
+    lena = mx.user("lena")
+    knock = await mx.membership.PerformKnock(
+        membership_pb2.PerformKnockRequest(
+            room_id_or_alias=room_id,
+            user_id=lena,
+            servers=[synapse_v10.server_name],
+            reason="let me in",
+        ),
+        timeout=60,
+    )
+    assert knock.room_id == room_id and knock.event_id
+    stripped = orjson.loads(knock.stripped_state_json)
+    assert any(s["type"] == "m.room.join_rules" for s in stripped)
+    seen = await client.wait_for_event(owner_token, room_id, _member(lena, "knock"), timeout=30)
+    assert seen["content"].get("reason") == "let me in"
+    # Synapse's user lets the knocker in; the invite reaches mxfed and is accepted.
+    await client.invite(owner_token, room_id, lena)
+
+    async def invited() -> bool:
+        reply = await mx.membership.QueryInvites(membership_pb2.QueryInvitesRequest(user_id=lena))
+        return any(m.room_id == room_id and m.membership == "invite" for m in reply.memberships)
+
+    await wait_until(invited, timeout=30)
+    reply = await mx.join(room_id, lena, [])
+    assert reply.remote and await mx.membership_of(room_id, lena) == "join"
+    await client.wait_for_event(owner_token, room_id, _member(lena, "join"), timeout=30)
+
+
+async def test_synapse_user_knocks_on_mxfed_room_and_is_let_in(
+    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient
+) -> None:
+    alice = mx.user("alice")
+    room_id = await mx.create_room(alice, preset="private_chat", version="10")
+    await mx.send_state(room_id, alice, "m.room.join_rules", {"join_rule": "knock"})
+    mona, mona_token = await _register(synapse_client, "mona")
+    assert await _synapse_knock(synapse_client, mona_token, room_id, mx.server_name) == room_id
+    assert await mx.membership_of(room_id, mona) == "knock"
+    await mx.membership.PerformInvite(
+        membership_pb2.PerformInviteRequest(room_id=room_id, sender=alice, target=mona),
+        timeout=60,
+    )
+    assert await mx.membership_of(room_id, mona) == "invite"
+    await synapse_client.wait_for_event(mona_token, room_id, _member(mona, "invite"), timeout=30)
+    assert await synapse_client.join(mona_token, room_id, via=[mx.server_name]) == room_id
+    assert await mx.membership_of(room_id, mona) == "join"
