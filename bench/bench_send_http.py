@@ -138,7 +138,7 @@ def stage_seconds(mxfed: MxfedProcess) -> dict[str, float]:
     gateway = _metrics(mxfed, "gateway")
     for value in re.findall(
         r'mxfed_gateway_request_seconds_sum\{method="PUT",route="/_matrix/federation/v1/send/'
-        r'\{txnId\}"\} ([0-9.e+-]+)',
+        r'\{txn_id\}"\} ([0-9.e+-]+)',
         gateway,
     ):
         stages["gateway total"] = float(value)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.body_limit import BodyLimitMiddleware
 from gateway.errors import install_error_handlers
 from gateway.metrics import install_metrics
 from gateway.service_clients import ServiceClients
@@ -56,6 +57,7 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
     app.state.services = service_clients
     install_error_handlers(app)
     install_metrics(app)
+    app.add_middleware(BodyLimitMiddleware)
     for name in ROUTE_MODULES:
         app.include_router(importlib.import_module(f"gateway.routes.{name}").router)
     return app
