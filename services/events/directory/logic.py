@@ -3,7 +3,10 @@ servers' directories, the federation client."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict
 from typing import Any
 
 import asyncpg
@@ -35,6 +38,53 @@ log = logging.getLogger(__name__)
 # Join rules under which any server may peek or join (no membership needed).
 _OPEN_JOIN_RULES = frozenset({"public", "knock"})
 
+# Children of a space we do not hold, asked of their `via` servers
+# (GET /hierarchy/{roomId}) for local callers: at most this many children per
+# call, this many via servers each, this many requests at once, each with
+# this deadline (seconds).
+REMOTE_CHILDREN_LIMIT = 50
+REMOTE_VIA_LIMIT = 3
+REMOTE_CONCURRENCY = 5
+REMOTE_HIERARCHY_TIMEOUT = 5.0
+# Remote answers are kept in memory (per events process) this long; a child
+# no via server could give is not asked again for NEGATIVE_TTL.
+HIERARCHY_CACHE_TTL = 300.0
+HIERARCHY_NEGATIVE_TTL = 30.0
+HIERARCHY_CACHE_SIZE = 2000
+
+
+class HierarchyCache:
+    """(room_id, suggested_only) → a remote /hierarchy room summary (None: nobody
+    had it), kept for a short while; least recently stored dropped first."""
+
+    def __init__(
+        self,
+        ttl: float = HIERARCHY_CACHE_TTL,
+        negative_ttl: float = HIERARCHY_NEGATIVE_TTL,
+        size: int = HIERARCHY_CACHE_SIZE,
+    ) -> None:
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.size = size
+        self._entries: OrderedDict[tuple[str, bool], tuple[float, JsonDict | None]] = OrderedDict()
+
+    def get(self, key: tuple[str, bool]) -> tuple[bool, JsonDict | None]:
+        """(found, summary)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        if entry[0] <= time.monotonic():
+            del self._entries[key]
+            return False, None
+        return True, entry[1]
+
+    def put(self, key: tuple[str, bool], summary: JsonDict | None) -> None:
+        ttl = self.ttl if summary is not None else self.negative_ttl
+        self._entries.pop(key, None)
+        self._entries[key] = (time.monotonic() + ttl, summary)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
 
 class RemoteUnavailable(EventsError):
     status = grpc.StatusCode.UNAVAILABLE
@@ -48,6 +98,7 @@ class Directory:
         self.pool = pool
         self.server_name = server_name
         self.client = client
+        self.hierarchy_cache = HierarchyCache()
 
     # ------------------------------------------------------------ publishing
 
@@ -165,6 +216,14 @@ class Directory:
         return False
 
     async def hierarchy(self, room_id: str, suggested_only: bool, as_server: str) -> JsonDict:
+        """The /hierarchy body of a room we hold.
+
+        Children we do not hold are asked of their ``via`` servers for local
+        callers (``as_server`` empty) and included when one answers; a remote
+        requester is left to ask them itself (it filters what it gets, and we
+        cannot judge its access to rooms we do not hold).
+        """
+        unknown: dict[str, list[str]] = {}
         async with self.pool.acquire() as conn:
             rooms = await storage.load_rooms(conn, [room_id], ("m.space.child",))
             room = rooms.get(room_id)
@@ -176,18 +235,81 @@ class Directory:
                 for child in summary["children_state"]
                 if child["state_key"] != room_id
             ]
+            via = {
+                child["state_key"]: child["content"]["via"] for child in summary["children_state"]
+            }
             known = await storage.load_rooms(conn, child_ids, ("m.space.child",))
-            children = []
+            found: dict[str, JsonDict] = {}
             inaccessible = []
             for child_id in child_ids:
                 child = known.get(child_id)
                 if child is None:
-                    continue  # not a room we know: the requester must ask elsewhere
-                if await self._accessible(conn, child, as_server):
-                    children.append(hierarchy_summary(child, suggested_only))
+                    unknown[child_id] = via[child_id]
+                elif await self._accessible(conn, child, as_server):
+                    found[child_id] = hierarchy_summary(child, suggested_only)
                 else:
                     inaccessible.append(child_id)
+        if unknown and not as_server and self.client is not None:
+            found.update(await self._remote_children(unknown, suggested_only))
+        children = [found[c] for c in child_ids if c in found]
         return {"room": summary, "children": children, "inaccessible_children": inaccessible}
+
+    async def _remote_children(
+        self, unknown: dict[str, list[str]], suggested_only: bool
+    ) -> dict[str, JsonDict]:
+        """Summaries of rooms we do not hold, from their via servers (cached)."""
+        results: dict[str, JsonDict] = {}
+        wanted = []
+        for child_id, via in list(unknown.items())[:REMOTE_CHILDREN_LIMIT]:
+            hit, cached = self.hierarchy_cache.get((child_id, suggested_only))
+            if not hit:
+                wanted.append((child_id, via))
+            elif cached is not None:
+                results[child_id] = cached
+        limit = asyncio.Semaphore(REMOTE_CONCURRENCY)
+
+        async def fetch(child_id: str, via: list[str]) -> None:
+            summary = None
+            servers = [s for s in dict.fromkeys(via) if s != self.server_name]
+            for server in servers[:REMOTE_VIA_LIMIT]:
+                async with limit:
+                    summary = await self._remote_summary(server, child_id, suggested_only)
+                if summary is not None:
+                    break
+            self.hierarchy_cache.put((child_id, suggested_only), summary)
+            if summary is not None:
+                results[child_id] = summary
+
+        await asyncio.gather(*(fetch(c, v) for c, v in wanted))
+        return results
+
+    async def _remote_summary(
+        self, server: str, room_id: str, suggested_only: bool
+    ) -> JsonDict | None:
+        assert self.client is not None
+        path = federation_path("_matrix", "federation", "v1", "hierarchy", room_id)
+        query = {"suggested_only": "true" if suggested_only else "false"}
+        try:
+            reply = await self.client.get_json(
+                server, path, query=query, timeout=REMOTE_HIERARCHY_TIMEOUT
+            )
+        except (FederationError, TimeoutError) as error:
+            log.info(
+                "remote hierarchy unavailable",
+                extra={"server": server, "room_id": room_id, "error": str(error)},
+            )
+            return None
+        room = reply.get("room") if isinstance(reply, dict) else None
+        if (
+            not isinstance(room, dict)
+            or room.get("room_id") != room_id
+            or not isinstance(room.get("num_joined_members"), int)
+        ):
+            log.info("invalid remote hierarchy", extra={"server": server, "room_id": room_id})
+            return None
+        if not isinstance(room.get("children_state"), list):
+            room["children_state"] = []
+        return room
 
     # ------------------------------------------------------------ users
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from mxfed.federation_client import FederationClient
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc
-from services.events.directory.logic import Directory
+from services.events.directory.logic import Directory, HierarchyCache
 from services.events.directory.servicer import DirectoryServicer
 from services.events.directory.summaries import decode_token, encode_token, paginate
 from tests.services.events.conftest import OUR_SERVER
@@ -411,3 +411,79 @@ async def test_unreachable_remote_directory_is_unavailable(directory) -> None:
             directory_pb2.QueryPublicRoomsRequest(server=f"127.0.0.1:{free_port()}")
         )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_hierarchy_asks_via_servers_for_children_we_do_not_hold(
+    events: EventsService, remote: RemoteServer, directory
+) -> None:
+    resident = FakeHomeserver(key_version="space1")
+    asked: list[tuple[str, str]] = []
+    remote_child = f"!far{uuid.uuid4().hex[:6]}:{resident.server_name}"
+    missing_child = f"!gone{uuid.uuid4().hex[:6]}:{resident.server_name}"
+
+    async def hierarchy_route(request: web.Request) -> web.Response:
+        room_id = request.match_info["room_id"]
+        asked.append((room_id, request.query.get("suggested_only", "")))
+        if room_id != remote_child:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "no"}, status=404)
+        summary = {
+            "room_id": remote_child,
+            "num_joined_members": 7,
+            "world_readable": False,
+            "guest_can_join": False,
+            "name": "Far away",
+            "join_rule": "public",
+            "room_version": "10",
+            "children_state": [],
+        }
+        return web.json_response({"room": summary, "children": [], "inaccessible_children": []})
+
+    resident.route("GET", "/_matrix/federation/v1/hierarchy/{room_id}", hierarchy_route)
+    await resident.start()
+    try:
+        dead = f"127.0.0.1:{free_port()}"
+        space = await _room(
+            events, name="Space", creation_content_json=orjson.dumps({"type": "m.space"})
+        )
+        local_child = await _room(events, name="Near")
+        await _state(events, space, "m.space.child", {"via": [OUR_SERVER]}, local_child)
+        await _state(
+            events, space, "m.space.child", {"via": [dead, resident.server_name]}, remote_child
+        )
+        await _state(events, space, "m.space.child", {"via": [resident.server_name]}, missing_child)
+
+        async def hierarchy(as_server: str = "") -> dict:
+            reply = await directory.QueryHierarchy(
+                directory_pb2.QueryHierarchyRequest(room_id=space, as_server=as_server)
+            )
+            return orjson.loads(reply.response_json)
+
+        body = await hierarchy()
+        by_id = {c["room_id"]: c for c in body["children"]}
+        assert set(by_id) == {local_child, remote_child}
+        assert by_id[remote_child]["name"] == "Far away"
+        assert by_id[remote_child]["num_joined_members"] == 7
+        assert body["inaccessible_children"] == []
+        assert sorted(asked) == sorted([(remote_child, "false"), (missing_child, "false")])
+        # Answers (and "nobody has it") are cached: no new requests.
+        again = await hierarchy()
+        assert {c["room_id"] for c in again["children"]} == {local_child, remote_child}
+        assert len(asked) == 2
+        # A remote requester is not answered with rooms we do not hold.
+        federated = await hierarchy(remote.name)
+        assert {c["room_id"] for c in federated["children"]} == {local_child}
+        assert len(asked) == 2
+    finally:
+        await resident.stop()
+
+
+def test_hierarchy_cache_expiry_and_size() -> None:
+    cache = HierarchyCache(ttl=60, negative_ttl=0, size=2)
+    cache.put(("!a", False), {"room_id": "!a"})
+    cache.put(("!b", False), None)
+    assert cache.get(("!a", False)) == (True, {"room_id": "!a"})
+    assert cache.get(("!b", False)) == (False, None)  # negative entry already expired
+    cache.put(("!c", False), {"room_id": "!c"})
+    cache.put(("!d", False), {"room_id": "!d"})
+    assert cache.get(("!a", False)) == (False, None)  # dropped for size
+    assert cache.get(("!d", True)) == (False, None)
