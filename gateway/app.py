@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.errors import install_error_handlers
 from gateway.metrics import install_metrics
+from gateway.origin_limits import OriginLimiter, OriginLimitMiddleware
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 
@@ -57,6 +58,8 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
     app.state.services = service_clients
     install_error_handlers(app)
     install_metrics(app)
+    app.state.origin_limiter = OriginLimiter()
+    app.add_middleware(OriginLimitMiddleware, limiter=app.state.origin_limiter)
     app.add_middleware(BodyLimitMiddleware)
     for name in ROUTE_MODULES:
         app.include_router(importlib.import_module(f"gateway.routes.{name}").router)

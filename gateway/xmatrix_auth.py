@@ -43,6 +43,7 @@ from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 log = logging.getLogger(__name__)
 
 _SCHEME = b"x-matrix"
+_SEND_PREFIX = "/_matrix/federation/v1/send/"
 
 
 def unauthorized(error: str) -> MatrixError:
@@ -156,5 +157,7 @@ async def require_origin(request: Request) -> str:
         raise unauthorized(f"Invalid signature: {reply.error}")
     log.debug("x-matrix verified", extra={"origin": origin})
     request.app.state.services.server_up.seen(origin)
+    if not request.url.path.startswith(_SEND_PREFIX):  # /send has its own one-at-a-time rule
+        request.app.state.origin_limiter.enter(request.scope, origin)
     request.state.origin = origin
     return origin

@@ -244,3 +244,44 @@ def test_raw_request_target() -> None:
     scope["raw_path"] = b"/a/b%20c?x=%40y"
     assert raw_request_target(scope) == "/a/b%20c?x=%40y"
     assert raw_request_target({"path": "/p", "raw_path": b"/p", "query_string": b""}) == "/p"
+
+
+slow_router = APIRouter()
+release = None
+
+
+@slow_router.get("/_matrix/federation/v1/slow")
+async def slow(origin: str = Depends(require_origin)) -> JsonResponse:
+    assert release is not None
+    await release.wait()
+    return JsonResponse({"origin": origin})
+
+
+async def test_concurrent_requests_per_origin_are_limited(keys_service, key_server_factory) -> None:
+    import asyncio
+
+    global release
+    release = asyncio.Event()
+    server = await key_server_factory()
+    opened, clients = await open_gateway(keys_service, slow_router)
+    opened.app.state.origin_limiter.limit = 2
+    uri = "/_matrix/federation/v1/slow"
+    try:
+        first = [
+            asyncio.create_task(_send(opened, "GET", uri, [_header(server, "GET", uri)]))
+            for _ in range(2)
+        ]
+        while sum(opened.app.state.origin_limiter.active.values()) < 2:
+            await asyncio.sleep(0.01)
+        refused = await _send(opened, "GET", uri, [_header(server, "GET", uri)])
+        assert refused.status_code == 429
+        assert refused.json()["errcode"] == "M_LIMIT_EXCEEDED"
+        assert refused.headers["Retry-After"] == "1"
+        release.set()
+        assert [r.status_code for r in await asyncio.gather(*first)] == [200, 200]
+        assert not opened.app.state.origin_limiter.active  # every slot given back
+        again = await _send(opened, "GET", uri, [_header(server, "GET", uri)])
+        assert again.status_code == 200
+    finally:
+        await opened.http.aclose()
+        await clients.close()
