@@ -22,11 +22,20 @@ class BackoffPolicy:
     max_interval_ms: int
 
     def next_interval(self, current_ms: int, rng: random.Random | None = None) -> int:
-        """The wait after one more failure, given the current interval (0: none yet)."""
+        """The wait after one more failure, given the current interval (0: none yet).
+
+        ``SenderStorage.record_transaction_failure`` applies the same rule in
+        the database (with a :meth:`growth` drawn here) to save a round trip.
+        """
         if current_ms <= 0:
             return self.min_interval_ms
-        factor = 2 * (rng or random).uniform(0.8, 1.4)
+        factor = self.growth(rng)
         return int(min(max(current_ms * factor, self.min_interval_ms), self.max_interval_ms))
+
+    @staticmethod
+    def growth(rng: random.Random | None = None) -> float:
+        """The factor an interval grows by after a further failure (jittered)."""
+        return 2 * (rng or random).uniform(0.8, 1.4)
 
 
 def counts_as_failure(error: Exception) -> bool:

@@ -368,16 +368,17 @@ class DestinationWorker:
 
     async def _failed(self, txn: Transaction, error: Exception) -> None:
         m = self.manager
-        _, current = await m.storage.backoff_state(self.destination)
-        interval = m.policy.next_interval(current)
-        wait = interval
-        asked = retry_after_ms(error)
-        if asked is not None:
-            # The remote said when: honour it (within our bounds), and do not
-            # escalate the interval for a server that is up but busy.
-            wait = min(max(asked, 0), m.policy.max_interval_ms)
-            interval = current or m.policy.min_interval_ms
-        await m.storage.record_failure(self.destination, now_ms() + wait, interval, str(error))
+        # When the remote said when (429), honour it (within our bounds) and
+        # do not escalate the interval for a server that is up but busy.
+        wait, interval, backlog = await m.storage.record_transaction_failure(
+            self.destination,
+            min_interval_ms=m.policy.min_interval_ms,
+            max_interval_ms=m.policy.max_interval_ms,
+            growth=m.policy.growth(),
+            asked_wait_ms=retry_after_ms(error),
+            error=str(error),
+            backlog_cap=m.options.catch_up_backlog,
+        )
         metrics.TRANSACTIONS.labels("failed").inc()
         log.info(
             "transaction failed; backing off",
@@ -388,10 +389,7 @@ class DestinationWorker:
                 "error": f"{type(error).__name__}: {error}",
             },
         )
-        if interval >= m.options.long_outage_ms or (
-            await m.storage.backlog(self.destination, m.options.catch_up_backlog)
-            > m.options.catch_up_backlog
-        ):
+        if interval >= m.options.long_outage_ms or backlog > m.options.catch_up_backlog:
             await m.catch_up_prune(self.destination)
 
 

@@ -416,6 +416,55 @@ class SenderStorage:
             error[:500],
         )
 
+    async def record_transaction_failure(
+        self,
+        destination: str,
+        *,
+        min_interval_ms: int,
+        max_interval_ms: int,
+        growth: float,
+        asked_wait_ms: int | None,
+        error: str,
+        backlog_cap: int,
+    ) -> tuple[int, int, int]:
+        """A transaction failed: back off; returns (wait ms, interval ms, unsent PDUs).
+
+        The next interval follows ``BackoffPolicy.next_interval`` (``min`` on the
+        first failure, else the current one times ``growth``, within bounds).
+        When the remote asked for a wait (429), that wait is honoured (up to
+        the maximum) and the interval is not escalated. Unsent PDUs are
+        counted up to ``backlog_cap + 1``. One round trip: every unreachable
+        destination comes through here after each retry.
+        """
+        row = await self.pool.fetchrow(
+            "WITH cur AS (SELECT destination, retry_interval_ms AS ms FROM sender.destinations"
+            "  WHERE destination = $1 FOR UPDATE),"
+            " new AS (SELECT destination, CASE"
+            "   WHEN $6::bigint IS NOT NULL THEN (CASE WHEN ms > 0 THEN ms ELSE $3 END)"
+            "   WHEN ms <= 0 THEN $3"
+            "   ELSE least(greatest((ms * $5::float8)::bigint, $3), $4) END AS interval"
+            "  FROM cur)"
+            " UPDATE sender.destinations d SET retry_interval_ms = new.interval,"
+            "  retry_until_ts = $2 + CASE WHEN $6::bigint IS NULL THEN new.interval"
+            "   ELSE least(greatest($6::bigint, 0), $4) END,"
+            "  failures = d.failures + 1, last_error = $7"
+            " FROM new WHERE d.destination = new.destination"
+            " RETURNING d.retry_until_ts - $2 AS wait, new.interval,"
+            "  (SELECT count(*) FROM (SELECT 1 FROM sender.pdu_queue q WHERE q.destination = $1"
+            "   AND q.txn_id IS NULL LIMIT $8 + 1) AS t) AS backlog",
+            destination,
+            now_ms(),
+            min_interval_ms,
+            max_interval_ms,
+            growth,
+            asked_wait_ms,
+            error[:500],
+            backlog_cap,
+        )
+        if row is None:
+            return 0, 0, 0
+        return int(row["wait"]), int(row["interval"]), int(row["backlog"])
+
     async def backoff_state(self, destination: str) -> tuple[int, int]:
         """(retry_until_ts, retry_interval_ms) of ``destination``."""
         row = await self.pool.fetchrow(
