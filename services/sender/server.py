@@ -108,8 +108,13 @@ async def refresh_stats(storage: SenderStorage) -> None:
 
 def servers_in_room_via(events: events_pb2_grpc.EventsStub):  # type: ignore[no-untyped-def]
     async def servers_in_room(room_id: str) -> Sequence[str]:
+        # wait_for_ready: just after start the channel to the events service
+        # is still connecting; wait for it (within the timeout) rather than
+        # failing at once with UNAVAILABLE.
         reply = await events.QueryServersInRoom(
-            events_pb2.QueryServersInRoomRequest(room_id=room_id), timeout=30
+            events_pb2.QueryServersInRoomRequest(room_id=room_id),
+            timeout=30,
+            wait_for_ready=True,
         )
         return list(reply.servers)
 

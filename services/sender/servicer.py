@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
+import asyncpg
 import grpc
 
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 from services.sender import metrics
 from services.sender.queues import EduQueuer, EduRequest, InvalidEdu, ToDeviceRequest
 from services.sender.storage import SenderStorage
+
+log = logging.getLogger(__name__)
+
+# What the events service answered that we pass on as it is; anything else
+# from it means it could not answer now.
+_PASSED_ON = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
+)
 
 DEFAULT_QUERY_LIMIT = 1000
 REPLICA_LIVE_WITHIN = 15.0
@@ -29,6 +39,8 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
     async def PerformSendEdus(
         self, request: sender_pb2.PerformSendEdusRequest, context: grpc.aio.ServicerContext
     ) -> sender_pb2.PerformSendEdusResponse:
+        code: grpc.StatusCode | None = None
+        message = ""
         try:
             rows = await self.queuer.queue(
                 [
@@ -41,7 +53,19 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
                 ],
             )
         except InvalidEdu as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except grpc.aio.AioRpcError as exc:
+            # Asking the events service for a room's servers failed.
+            code = exc.code() if exc.code() in _PASSED_ON else grpc.StatusCode.UNAVAILABLE
+            message = f"events service: {exc.code().name}: {exc.details()}"
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("queueing EDUs failed", extra={"error": repr(exc)})
+            code, message = grpc.StatusCode.UNAVAILABLE, f"database unavailable: {exc}"
+        except Exception as exc:
+            log.exception("queueing EDUs failed")
+            code, message = grpc.StatusCode.INTERNAL, f"queueing EDUs failed: {type(exc).__name__}"
+        if code is not None:
+            await context.abort(code, message)
         for row in rows:
             metrics.EDUS_QUEUED.labels(row.edu_type).inc()
         self.wake({row.destination for row in rows})

@@ -239,3 +239,84 @@ async def test_server_up_and_query_destinations(
         sender_pb2.QueryDestinationsRequest(destinations=["a.example"])
     )
     assert reply.destinations[0].backoff_until_ts == 0
+
+
+async def servicer_with_events_at(
+    sender_storage: SenderStorage, events_address: str
+) -> tuple[grpc.aio.Server, list[grpc.aio.Channel], sender_pb2_grpc.SenderStub, EduQueuer]:
+    events_channel = grpc.aio.insecure_channel(events_address)
+    queuer = EduQueuer(
+        sender_storage,
+        OUR_SERVER,
+        servers_in_room_via(events_pb2_grpc.EventsStub(events_channel)),
+    )
+    server = grpc.aio.server()
+    sender_pb2_grpc.add_SenderServicer_to_server(
+        SenderServicer(sender_storage, queuer, lambda _: None), server
+    )
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    await server.start()
+    channel = grpc.aio.insecure_channel(address)
+    return server, [channel, events_channel], sender_pb2_grpc.SenderStub(channel), queuer
+
+
+TYPING = sender_pb2.PerformSendEdusRequest(
+    edus=[edu("m.typing", {"room_id": ROOM, "user_id": ALICE, "typing": True})]
+)
+
+
+async def test_typing_sent_while_the_events_service_is_starting_waits_for_it(
+    sender_storage: SenderStorage,
+) -> None:
+    from tests.services.sender.fake_events import FakeEvents
+
+    events = FakeEvents()
+    events.servers[ROOM] = [OUR_SERVER, "other.example"]
+    server, channels, stub, _ = await servicer_with_events_at(sender_storage, events.address)
+    try:
+        call = stub.PerformSendEdus(TYPING, timeout=20)
+        await asyncio.sleep(1.0)  # the events service comes up a second later
+        await events.start()
+        assert (await call).queued == 1
+    finally:
+        for channel in channels:
+            await channel.close()
+        await server.stop(grace=0)
+        await events.stop()
+
+
+async def test_send_edus_failures_are_grpc_errors(
+    sender_storage: SenderStorage, fake_events
+) -> None:
+    server, channels, stub, queuer = await servicer_with_events_at(
+        sender_storage, fake_events.address
+    )
+
+    async def unavailable(room_id: str) -> list[str]:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+        )
+
+    async def not_found(room_id: str) -> list[str]:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "no room"
+        )
+
+    async def broken(room_id: str) -> list[str]:
+        raise RuntimeError("bug")
+
+    try:
+        for fake, code in (
+            (unavailable, grpc.StatusCode.UNAVAILABLE),
+            (not_found, grpc.StatusCode.NOT_FOUND),
+            (broken, grpc.StatusCode.INTERNAL),
+        ):
+            queuer.servers_in_room = fake
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.PerformSendEdus(TYPING)
+            assert raised.value.code() == code
+    finally:
+        for channel in channels:
+            await channel.close()
+        await server.stop(grace=0)
