@@ -107,6 +107,13 @@ class Config(BaseModel):
 
     sender_min_retry_interval: float = 10.0
     sender_max_retry_interval: float = 3600.0
+    # A sender replica's hold on a destination lasts this long unless renewed
+    # (every 3 s heartbeat); a dead replica's destinations move after it.
+    sender_lease_seconds: float = Field(default=12.0, ge=6.0)
+    # Catch-up after a long outage: past this many unsent PDUs (or an hour of
+    # backoff) a destination keeps only the newest events per room.
+    sender_catch_up_max_pdus: int = Field(default=500, ge=1)
+    sender_catch_up_events_per_room: int = Field(default=10, ge=1)
 
     @field_validator("run")
     @classmethod

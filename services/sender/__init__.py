@@ -42,14 +42,17 @@ other than 401/429 means the remote refused *this* transaction for good (a
 retry with the same id would be refused forever and block the queue), so its
 contents are logged and dropped. Workers bound concurrent requests with one
 semaphore but wait only for their own destination: a dead destination never
-delays another.
+delays another. The workers' database calls are gathered: one
+``sender.next_transactions`` call records the 200s of many destinations and
+takes the next transactions of many (each PDU's JSON returned once), so a
+fan-out to a thousand destinations costs a few round trips, not thousands.
 
 **Leases** (``leases.py``). Replicas heartbeat into ``sender.replicas``; a
 destination's preferred replica is the rendezvous-hash winner over the live
 list (each takes ~1/N; a joining or leaving replica moves only its share).
 That is advice; exclusivity comes from the destination's lease row, taken
 only when free or expired (``FOR UPDATE SKIP LOCKED``), renewed with each
-heartbeat, expiring ~12 s after its holder dies, and checked under the row
+heartbeat, expiring ``sender_lease_seconds`` (12 s) after its holder dies, and checked under the row
 lock in the same database transaction that starts each transaction. A
 replica gives a destination up (finishing its current request first) when the
 list says it belongs elsewhere, or when its queue stays empty for a while.
@@ -67,7 +70,8 @@ backed-off destination with more than 500 unsent PDUs, or backed off for an
 hour or more, keeps only the newest 10 unsent PDUs of each room (and drops
 its volatile EDUs): small outages lose nothing, and a long one costs the
 remote one ``get_missing_events`` per room to fill the gap from the events
-it does get, whose ``prev_events`` lead back into what it missed.
+it does get, whose ``prev_events`` lead back into what it missed. (500 and 10
+are ``sender_catch_up_max_pdus`` and ``sender_catch_up_events_per_room``.)
 
 **Observability** (``metrics.py``): ``mxfed_sender_*`` Prometheus metrics
 (totals and the top few queues; per-destination detail only through the

@@ -128,9 +128,16 @@ async def setup(context: ServiceContext) -> None:
     storage = SenderStorage(context.pool)
     events = events_pb2_grpc.EventsStub(context.channel("events"))
     transport = FederationTransport(config.server_name, federation_client(config))
-    membership = Membership(storage, context.instance_id)
+    membership = Membership(storage, context.instance_id, lease_seconds=config.sender_lease_seconds)
     manager = DeliveryManager(
-        storage, membership, transport, backoff_policy(config), DeliveryOptions()
+        storage,
+        membership,
+        transport,
+        backoff_policy(config),
+        DeliveryOptions(
+            catch_up_backlog=config.sender_catch_up_max_pdus,
+            catch_up_per_room=config.sender_catch_up_events_per_room,
+        ),
     )
     ingester = Ingester(config.database_url, events, config.server_name, manager.wake)
     queuer = EduQueuer(storage, config.server_name, servers_in_room_via(events))
