@@ -40,6 +40,7 @@ from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, UnsupportedRoomVersion, room_version
 from matrix_protocol.server_acl import server_allowed
 from matrix_protocol.signing import signatures_required_for_event
+from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.events import metrics, storage
@@ -55,8 +56,10 @@ MAX_EDUS = 100
 GAP_FILL_TIMEOUT = 60.0
 
 
-class InvalidTransaction(ValueError):
+class InvalidTransaction(BadRequest):
     """The transaction itself is malformed (too many PDUs/EDUs)."""
+
+    errcode = "M_BAD_JSON"
 
 
 @dataclass

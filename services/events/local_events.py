@@ -34,8 +34,8 @@ from matrix_protocol.room_versions import (
 from matrix_protocol.server_names import is_valid_user_id
 from matrix_protocol.signing import sign_event
 from mxfed.identity_files import ServerSigningKey
+from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound
 from services.events import metrics, storage
-from services.events.errors import BadRequest, Conflict, Forbidden, NotFound
 from services.events.room_batch import RoomBatch, RoomsCore
 from services.events.storage import Status
 

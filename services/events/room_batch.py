@@ -225,9 +225,10 @@ class RoomBatch:
         becomes a forward extremity only if nothing stored builds on it yet.
         Both are streamed: missing events are news to local consumers too.
         ``backfill``: history older than what we hold; never a forward
-        extremity, never current state, never streamed. ``state_before``: ids of stored events making the
-        state before ``event``, used when its prev_events are missing from
-        the DAG (they become backward extremities).
+        extremity, never current state, never streamed. ``state_before``:
+        ids of stored events making the state before ``event``, used when its
+        prev_events are missing from the DAG (they become backward
+        extremities).
         ``local``: an event built here; any failure refuses it (not stored).
         An event stored as an outlier is promoted to a DAG event.
         """

@@ -5,16 +5,14 @@ Errors become gRPC statuses with details "M_ERRCODE: message".
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
 
 import grpc
 
-from matrix_protocol.canonical_json import decode_json
+from mxfed.service_errors import BadRequest, json_field, reports_service_errors
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
-from services.events.errors import BadRequest, EventsError
-from services.events.input import InputPipeline, InvalidTransaction
+from services.events.input import InputPipeline
 from services.events.local_events import CreateRoomRequest, LocalEvents
 from services.events.reads import EventView, Reads
 from services.events.streams import StreamEntry, StreamFilter, StreamHub
@@ -27,34 +25,6 @@ _KINDS = {
     events_pb2.OUTLIER_KIND: "outlier",
     events_pb2.BACKFILL: "backfill",
 }
-
-
-def _handles_errors(
-    method: Callable[..., Awaitable[T]],
-) -> Callable[..., Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except EventsError as error:
-            await context.abort(error.status, error.details)
-        except InvalidTransaction as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"M_BAD_JSON: {error}")
-        raise AssertionError("unreachable")
-
-    return wrapper
-
-
-def _json(data: bytes, what: str, default: Any) -> Any:
-    if not data:
-        return default
-    try:
-        value = decode_json(data)
-    except ValueError as error:
-        raise BadRequest(f"{what} is not valid JSON: {error}", "M_BAD_JSON") from None
-    if type(value) is not type(default):
-        raise BadRequest(f"{what} must be a JSON {type(default).__name__}", "M_BAD_JSON")
-    return value
 
 
 def _record(view: EventView) -> events_pb2.EventRecord:
@@ -114,14 +84,14 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     # ------------------------------------------------------------ input
 
-    @_handles_errors
+    @reports_service_errors
     async def InputTransaction(self, request, context):  # noqa: N802, ANN001, ANN201
         response = await self.pipeline.input_transaction(
             request.origin, request.txn_id, list(request.pdus), list(request.edus)
         )
         return events_pb2.InputTransactionResponse(response_json=response)
 
-    @_handles_errors
+    @reports_service_errors
     async def InputPdus(self, request, context):  # noqa: N802, ANN001, ANN201
         kind = _KINDS.get(request.kind, "new")
         try:
@@ -147,7 +117,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     # ------------------------------------------------------------ local actors
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformCreateRoom(self, request, context):  # noqa: N802, ANN001, ANN201
         room_id, alias = await self.local.create_room(
             CreateRoomRequest(
@@ -158,9 +128,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
                 topic=request.topic,
                 alias_localpart=request.alias_localpart,
                 invite=list(request.invite),
-                creation_content=_json(request.creation_content_json, "creation_content", {}),
-                initial_state=_json(request.initial_state_json, "initial_state", []),
-                power_level_overrides=_json(
+                creation_content=json_field(request.creation_content_json, "creation_content", {}),
+                initial_state=json_field(request.initial_state_json, "initial_state", []),
+                power_level_overrides=json_field(
                     request.power_level_overrides_json, "power_level_overrides", {}
                 ),
                 additional_creators=list(request.additional_creators),
@@ -168,32 +138,32 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         )
         return events_pb2.PerformCreateRoomResponse(room_id=room_id, room_alias=alias)
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformSendEvent(self, request, context):  # noqa: N802, ANN001, ANN201
         event_id, position = await self.local.send_event(
             request.room_id,
             request.sender,
             request.type,
             request.state_key if request.HasField("state_key") else None,
-            _json(request.content_json, "content", {}),
+            json_field(request.content_json, "content", {}),
             request.redacts,
             request.txn_id,
         )
         return events_pb2.PerformSendEventResponse(event_id=event_id, stream_position=position)
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformCreateAlias(self, request, context):  # noqa: N802, ANN001, ANN201
         await self.local.create_alias(
             request.alias, request.room_id, request.creator, list(request.servers)
         )
         return events_pb2.PerformCreateAliasResponse()
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformDeleteAlias(self, request, context):  # noqa: N802, ANN001, ANN201
         await self.local.delete_alias(request.alias)
         return events_pb2.PerformDeleteAliasResponse()
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryAlias(self, request, context):  # noqa: N802, ANN001, ANN201
         found = await self.local.query_alias(request.alias)
         if found is None:
@@ -202,12 +172,12 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     # ------------------------------------------------------------ reads
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryEvents(self, request, context):  # noqa: N802, ANN001, ANN201
         views = await self.reads.events(list(request.event_ids), request.as_server)
         return events_pb2.QueryEventsResponse(events=_records(views))
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryStateAtEvent(self, request, context):  # noqa: N802, ANN001, ANN201
         wants_chain = request.include_auth_chain
         found = await self.reads.state_at_event(request.room_id, request.event_id, wants_chain)
@@ -223,7 +193,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
                 response.auth_chain.extend(_records(await self.reads.events(chain_ids)))
         return response
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryAuthChain(self, request, context):  # noqa: N802, ANN001, ANN201
         ids = await self.reads.auth_chain(request.room_id, list(request.event_ids))
         response = events_pb2.QueryAuthChainResponse(event_ids=ids)
@@ -231,7 +201,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             response.events.extend(_records(await self.reads.events(ids)))
         return response
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryCurrentState(self, request, context):  # noqa: N802, ANN001, ANN201
         filters = [
             (f.type, f.state_key if f.HasField("state_key") else None) for f in request.filter
@@ -241,7 +211,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             return events_pb2.QueryCurrentStateResponse(room_exists=False)
         return events_pb2.QueryCurrentStateResponse(room_exists=True, events=_records(views))
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryTimeline(self, request, context):  # noqa: N802, ANN001, ANN201
         try:
             page = await self.reads.timeline(
@@ -256,7 +226,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             resume_token=page.resume_token,
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryRoomInfo(self, request, context):  # noqa: N802, ANN001, ANN201
         info = await self.reads.room_info(request.room_id)
         return events_pb2.QueryRoomInfoResponse(
@@ -269,12 +239,12 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             create_event_id=info.create_event_id,
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryServersInRoom(self, request, context):  # noqa: N802, ANN001, ANN201
         servers = await self.reads.servers_in_room(request.room_id, request.at_event_id)
         return events_pb2.QueryServersInRoomResponse(servers=servers or [])
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryServerAllowed(self, request, context):  # noqa: N802, ANN001, ANN201
         access = await self.reads.server_access(
             request.room_id, request.server_name, request.check_acl, request.require_joined

@@ -18,6 +18,7 @@ from mxfed.federation_client import (
     HttpResponseError,
     federation_path,
 )
+from mxfed.service_errors import BadRequest, NotFound, ServiceError
 from services.events.directory import storage
 from services.events.directory.summaries import (
     InvalidToken,
@@ -31,7 +32,6 @@ from services.events.directory.summaries import (
     paginate,
     public_room_entry,
 )
-from services.events.errors import BadRequest, EventsError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class HierarchyCache:
             self._entries.popitem(last=False)
 
 
-class RemoteUnavailable(EventsError):
+class RemoteUnavailable(ServiceError):
     status = grpc.StatusCode.UNAVAILABLE
     errcode = "M_UNKNOWN"
 
@@ -187,7 +187,7 @@ class Directory:
                 reply = await self.client.get_json(server, path, query=params)
         except HttpResponseError as error:
             if error.errcode and error.status < 500:
-                raise EventsError(error.error or str(error), error.errcode) from None
+                raise ServiceError(error.error or str(error), error.errcode) from None
             raise RemoteUnavailable(f"{server} answered {error}") from None
         except FederationError as error:
             raise RemoteUnavailable(f"could not reach {server}: {error}") from None

@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import grpc
 import orjson
 
 from mxfed.federation_client.from_config import federation_client_from_config
+from mxfed.service_errors import BadRequest, reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc
 from services.events.directory.logic import Directory
 from services.events.directory.summaries import JsonDict, PublicRoomsQuery
-from services.events.errors import BadRequest, EventsError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def _handles_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except EventsError as error:
-            await context.abort(error.status, error.details)
-        raise AssertionError("unreachable")
-
-    return wrapper
 
 
 def _entry_message(entry: Any) -> directory_pb2.PublicRoom | None:
@@ -70,7 +55,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformPublishRoom(  # noqa: N802
         self, request: directory_pb2.PerformPublishRoomRequest, context: Any
     ) -> directory_pb2.PerformPublishRoomResponse:
@@ -80,7 +65,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
         log.info("room published", extra={"room_id": request.room_id})
         return directory_pb2.PerformPublishRoomResponse(was_published=was)
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformUnpublishRoom(  # noqa: N802
         self, request: directory_pb2.PerformUnpublishRoomRequest, context: Any
     ) -> directory_pb2.PerformUnpublishRoomResponse:
@@ -89,7 +74,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
         was = await self.directory.unpublish(request.room_id)
         return directory_pb2.PerformUnpublishRoomResponse(was_published=was)
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryPublicRooms(  # noqa: N802
         self, request: directory_pb2.QueryPublicRoomsRequest, context: Any
     ) -> directory_pb2.QueryPublicRoomsResponse:
@@ -113,7 +98,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
             )
         return public_rooms_reply(body)
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryHierarchy(  # noqa: N802
         self, request: directory_pb2.QueryHierarchyRequest, context: Any
     ) -> directory_pb2.QueryHierarchyResponse:
@@ -124,7 +109,7 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
         )
         return directory_pb2.QueryHierarchyResponse(response_json=orjson.dumps(body))
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryRoomsOfUser(  # noqa: N802
         self, request: directory_pb2.QueryRoomsOfUserRequest, context: Any
     ) -> directory_pb2.QueryRoomsOfUserResponse:

@@ -40,8 +40,8 @@ from mxfed.federation_client import (
     HttpResponseError,
     federation_path,
 )
+from mxfed.service_errors import ServiceError
 from services.events import storage
-from services.events.errors import EventsError
 from services.events.membership.common import (
     MEMBER,
     MembershipDeps,
@@ -327,4 +327,4 @@ class Resident:
         return event_json
 
 
-__all__ = ["EventsError", "Resident"]
+__all__ = ["ServiceError", "Resident"]

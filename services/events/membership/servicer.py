@@ -8,21 +8,17 @@ UNAVAILABLE); M_INCOMPATIBLE_ROOM_VERSION carries trailing metadata
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-import grpc
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.membership import MembershipError
 from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.identity_files import current_signing_key
+from mxfed.service_errors import reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import membership_pb2, membership_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
-from services.events.errors import EventsError
 from services.events.local_events import LocalEvents
 from services.events.membership import storage as oob_storage
 from services.events.membership.common import MembershipDeps
@@ -35,29 +31,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-}
-
-
-def _handles_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except MembershipError as error:
-            if "room_version" in error.extra:
-                context.set_trailing_metadata((("room_version", str(error.extra["room_version"])),))
-            code = _STATUS.get(error.status, grpc.StatusCode.UNAVAILABLE)
-            await context.abort(code, f"{error.errcode}: {error.message}")
-        except EventsError as error:
-            await context.abort(error.status, error.details)
-        raise AssertionError("unreachable")
-
-    return wrapper
-
 
 class MembershipServicer(membership_pb2_grpc.MembershipServicer):
     def __init__(self, deps: MembershipDeps) -> None:
@@ -65,7 +38,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
         self.resident = Resident(deps)
         self.joining = Joining(deps)
 
-    @_handles_errors
+    @reports_service_errors
     async def MakeMembership(self, request, context):  # noqa: N802, ANN001, ANN201
         version, template = await make_membership(
             self.deps,
@@ -79,7 +52,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
             room_version=version, event_json=encode_json(template)
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def SendJoin(self, request, context):  # noqa: N802, ANN001, ANN201
         body = await self.resident.send_join(
             request.origin,
@@ -90,21 +63,21 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
         )
         return membership_pb2.SendMembershipResponse(response_json=body)
 
-    @_handles_errors
+    @reports_service_errors
     async def SendLeave(self, request, context):  # noqa: N802, ANN001, ANN201
         body = await self.resident.send_leave(
             request.origin, request.room_id, request.event_id, request.pdu_json
         )
         return membership_pb2.SendMembershipResponse(response_json=body)
 
-    @_handles_errors
+    @reports_service_errors
     async def SendKnock(self, request, context):  # noqa: N802, ANN001, ANN201
         body = await self.resident.send_knock(
             request.origin, request.room_id, request.event_id, request.pdu_json
         )
         return membership_pb2.SendMembershipResponse(response_json=body)
 
-    @_handles_errors
+    @reports_service_errors
     async def ReceiveInvite(self, request, context):  # noqa: N802, ANN001, ANN201
         signed = await self.joining.receive_invite(
             request.origin,
@@ -116,14 +89,14 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
         )
         return membership_pb2.ReceiveInviteResponse(event_json=signed)
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformInvite(self, request, context):  # noqa: N802, ANN001, ANN201
         event_id = await self.resident.perform_invite(
             request.room_id, request.sender, request.target, request.reason
         )
         return membership_pb2.PerformInviteResponse(event_id=event_id)
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformJoin(self, request, context):  # noqa: N802, ANN001, ANN201
         content: Any = {}
         if request.content_json:
@@ -142,14 +115,14 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
         )
         return membership_pb2.PerformJoinResponse(room_id=room_id, event_id=event_id, remote=remote)
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformLeave(self, request, context):  # noqa: N802, ANN001, ANN201
         event_id = await self.joining.perform_leave(
             request.room_id, request.user_id, request.reason
         )
         return membership_pb2.PerformLeaveResponse(event_id=event_id)
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformKnock(self, request, context):  # noqa: N802, ANN001, ANN201
         room_id, event_id, stripped = await self.joining.perform_knock(
             request.room_id_or_alias, request.user_id, list(request.servers), request.reason
@@ -158,7 +131,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
             room_id=room_id, event_id=event_id, stripped_state_json=encode_json(stripped)
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryInvites(self, request, context):  # noqa: N802, ANN001, ANN201
         rows = await self.joining.query_invites(request.user_id)
         return membership_pb2.QueryInvitesResponse(

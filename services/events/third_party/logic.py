@@ -50,8 +50,8 @@ from mxfed.federation_client import (
     HttpResponseError,
     federation_path,
 )
+from mxfed.service_errors import ServiceError
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from services.events.errors import EventsError
 from services.events.membership.common import (
     MEMBER,
     MembershipDeps,
@@ -242,7 +242,7 @@ class ThirdParty:
                 outcome = OnBindOutcome(
                     room_id, token, result, error=f"{error.errcode}: {error.message}"
                 )
-            except EventsError as error:
+            except ServiceError as error:
                 outcome = OnBindOutcome(room_id, token, "refused", error=error.details)
             if outcome.result in ("refused", "failed"):
                 log.warning(

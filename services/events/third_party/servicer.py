@@ -7,20 +7,16 @@ UNAVAILABLE), as the Membership service does.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import grpc
+from typing import TypeVar
 
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.membership import MembershipError
 from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.identity_files import current_signing_key
+from mxfed.service_errors import reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import third_party_pb2, third_party_pb2_grpc
 from mxfed_api.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
-from services.events.errors import EventsError
 from services.events.local_events import LocalEvents
 from services.events.membership.common import MembershipDeps
 from services.events.third_party.identity import IdentityClient
@@ -28,33 +24,12 @@ from services.events.third_party.logic import ThirdParty
 
 T = TypeVar("T")
 
-_STATUS = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-}
-
-
-def _handles_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except MembershipError as error:
-            code = _STATUS.get(error.status, grpc.StatusCode.UNAVAILABLE)
-            await context.abort(code, f"{error.errcode}: {error.message}")
-        except EventsError as error:
-            await context.abort(error.status, error.details)
-        raise AssertionError("unreachable")
-
-    return wrapper
-
 
 class ThirdPartyInvitesServicer(third_party_pb2_grpc.ThirdPartyInvitesServicer):
     def __init__(self, logic: ThirdParty) -> None:
         self.logic = logic
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformThirdPartyInvite(self, request, context):  # noqa: N802, ANN001, ANN201
         event_id, token, display_name = await self.logic.perform_invite(
             request.room_id,
@@ -68,7 +43,7 @@ class ThirdPartyInvitesServicer(third_party_pb2_grpc.ThirdPartyInvitesServicer):
             event_id=event_id, token=token, display_name=display_name
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def ReceiveOnBind(self, request, context):  # noqa: N802, ANN001, ANN201
         try:
             body = decode_json(request.body_json)
@@ -90,7 +65,7 @@ class ThirdPartyInvitesServicer(third_party_pb2_grpc.ThirdPartyInvitesServicer):
             ]
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def ExchangeThirdPartyInvite(self, request, context):  # noqa: N802, ANN001, ANN201
         event_id = await self.logic.exchange(request.origin, request.room_id, request.event_json)
         return third_party_pb2.ExchangeThirdPartyInviteResponse(event_id=event_id)

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from matrix_protocol.canonical_json import decode_json, encode_json
-from services.keys.accounts.errors import BadRequest, NotFound
+from mxfed.service_errors import BadRequest, NotFound
 from services.keys.accounts.notify import EduNotifier
 from services.keys.accounts.validation import (
     JsonDict,

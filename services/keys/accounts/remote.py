@@ -18,7 +18,7 @@ import asyncpg
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.federation_client import FederationClient, FederationError, federation_path
-from services.keys.accounts.errors import BadRequest, Unavailable
+from mxfed.service_errors import BadRequest, Unavailable
 from services.keys.accounts.validation import (
     JsonDict,
     check_cross_signing_key,

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import grpc
 import orjson
 
 from matrix_protocol.canonical_json import decode_json
 from mxfed.federation_client.from_config import federation_client_from_config
+from mxfed.service_errors import BadRequest, json_field, reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from services.keys.accounts.errors import AccountsError, BadRequest
 from services.keys.accounts.joins import JoinDeviceLists
 from services.keys.accounts.local import LocalAccounts
 from services.keys.accounts.notify import GrpcEduNotifier
@@ -26,32 +23,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _handles_errors(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        try:
-            return await method(self, request, context)
-        except AccountsError as error:
-            await context.abort(error.status, error.details)
-        raise AssertionError("unreachable")
-
-    return wrapper
-
-
-def _json(data: bytes, what: str, default: Any) -> Any:
-    if not data:
-        return default
-    try:
-        value = decode_json(data)
-    except ValueError as error:
-        raise BadRequest(f"{what} is not valid JSON: {error}", "M_BAD_JSON") from None
-    if type(value) is not type(default):
-        raise BadRequest(f"{what} must be a JSON {type(default).__name__}", "M_BAD_JSON")
-    return value
-
-
 def _device_query(data: bytes) -> dict[str, list[str]]:
-    wanted = _json(data, "device_keys", {})
+    wanted = json_field(data, "device_keys", {})
     for user_id, devices in wanted.items():
         if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
             raise BadRequest(f"device_keys[{user_id}] must be a list of device ids", "M_BAD_JSON")
@@ -65,13 +38,13 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
 
     # ------------------------------------------------------------ profiles
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformSetProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
-        fields = _json(request.fields_json, "fields_json", {})
+        fields = json_field(request.fields_json, "fields_json", {})
         profile = await self.local.set_profile(request.user_id, fields, request.replace)
         return accounts_pb2.PerformSetProfileResponse(profile_json=orjson.dumps(profile))
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryProfile(self, request: Any, context: Any) -> Any:  # noqa: N802
         profile = await self.local.profile(request.user_id, request.field)
         if profile is None:
@@ -80,22 +53,22 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
 
     # ------------------------------------------------------------ devices and keys
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformUploadKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
-        device_keys = _json(request.device_keys_json, "device_keys_json", {}) or None
+        device_keys = json_field(request.device_keys_json, "device_keys_json", {}) or None
         counts, stream_id = await self.local.upload_keys(
             request.user_id,
             request.device_id,
             display_name=request.display_name if request.HasField("display_name") else None,
             device_keys=device_keys,
-            one_time_keys=_json(request.one_time_keys_json, "one_time_keys_json", {}),
-            fallback_keys=_json(request.fallback_keys_json, "fallback_keys_json", {}),
+            one_time_keys=json_field(request.one_time_keys_json, "one_time_keys_json", {}),
+            fallback_keys=json_field(request.fallback_keys_json, "fallback_keys_json", {}),
         )
         return accounts_pb2.PerformUploadKeysResponse(
             one_time_key_counts=counts, stream_id=stream_id
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformUploadCrossSigningKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
         keys = {}
         for usage, data in (
@@ -104,21 +77,21 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             ("user_signing", request.user_signing_key_json),
         ):
             if data:
-                keys[usage] = _json(data, f"{usage}_key_json", {})
+                keys[usage] = json_field(data, f"{usage}_key_json", {})
         await self.local.upload_cross_signing_keys(request.user_id, keys)
         return accounts_pb2.PerformUploadCrossSigningKeysResponse()
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformDeleteDevice(self, request: Any, context: Any) -> Any:  # noqa: N802
         deleted, stream_id = await self.local.delete_device(request.user_id, request.device_id)
         return accounts_pb2.PerformDeleteDeviceResponse(deleted=deleted, stream_id=stream_id)
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryUserDevices(self, request: Any, context: Any) -> Any:  # noqa: N802
         body = await self.local.user_devices(request.user_id)
         return accounts_pb2.QueryUserDevicesResponse(response_json=orjson.dumps(body))
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
         wanted = _device_query(request.device_keys_json)
         local = {u: d for u, d in wanted.items() if user_server(u) == self.local.server_name}
@@ -136,9 +109,9 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             body["failures"] = remote["failures"]
         return accounts_pb2.QueryKeysResponse(response_json=orjson.dumps(body))
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformClaimKeys(self, request: Any, context: Any) -> Any:  # noqa: N802
-        wanted = _json(request.one_time_keys_json, "one_time_keys", {})
+        wanted = json_field(request.one_time_keys_json, "one_time_keys", {})
         for user_id, devices in wanted.items():
             if not isinstance(devices, dict) or not all(
                 isinstance(a, str) and a for a in devices.values()
@@ -151,12 +124,12 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
 
     # ------------------------------------------------------------ OpenID
 
-    @_handles_errors
+    @reports_service_errors
     async def PerformMintOpenIdToken(self, request: Any, context: Any) -> Any:  # noqa: N802
         token, ttl = await self.local.mint_openid_token(request.user_id, request.ttl_ms)
         return accounts_pb2.PerformMintOpenIdTokenResponse(access_token=token, expires_in_ms=ttl)
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryOpenIdToken(self, request: Any, context: Any) -> Any:  # noqa: N802
         user_id = await self.local.openid_user(request.access_token)
         return accounts_pb2.QueryOpenIdTokenResponse(
@@ -165,7 +138,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
 
     # ------------------------------------------------------------ remote device lists
 
-    @_handles_errors
+    @reports_service_errors
     async def QueryRemoteDevices(self, request: Any, context: Any) -> Any:  # noqa: N802
         body, from_cache = await self.remote.devices(request.user_id, request.force_resync)
         return accounts_pb2.QueryRemoteDevicesResponse(
@@ -195,11 +168,11 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             applied=applied, resyncs=resyncs, ignored=ignored
         )
 
-    @_handles_errors
+    @reports_service_errors
     async def InputDeviceListUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
         return await self._input(request, device_lists=True)
 
-    @_handles_errors
+    @reports_service_errors
     async def InputSigningKeyUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
         return await self._input(request, device_lists=False)
 

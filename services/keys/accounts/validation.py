@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from matrix_protocol.server_names import is_valid_server_name
-from services.keys.accounts.errors import BadRequest
+from mxfed.service_errors import BadRequest
 
 JsonDict = dict[str, Any]
 
