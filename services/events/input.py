@@ -38,12 +38,12 @@ from matrix_protocol.hashes import content_hash_matches
 from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, UnsupportedRoomVersion, room_version
-from matrix_protocol.server_acl import server_allowed
 from matrix_protocol.signing import signatures_required_for_event
 from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.events import metrics, storage
+from services.events.reads import server_acl_allows
 from services.events.room_batch import Outcome, RoomBatch, RoomsCore
 from services.events.storage import Status
 
@@ -220,7 +220,7 @@ class InputPipeline:
                 candidate.error = "the sender's server is not the transaction origin"
         async with self.pool.acquire() as conn:
             denied_rooms = {
-                room_id for room_id in by_room if not await self._acl_allows(conn, room_id, origin)
+                room_id for room_id in by_room if not await server_acl_allows(conn, room_id, origin)
             }
         for candidate in candidates:
             if not candidate.error and candidate.event.room_id in denied_rooms:
@@ -516,18 +516,9 @@ class InputPipeline:
         for room_id in room_ids:
             if not await storage.server_has_joined_member(conn, room_id, origin):
                 continue
-            if await self._acl_allows(conn, room_id, origin):
+            if await server_acl_allows(conn, room_id, origin):
                 allowed.add(room_id)
         return allowed
-
-    @staticmethod
-    async def _acl_allows(conn: asyncpg.Connection, room_id: str, origin: str) -> bool:
-        """The room's current m.room.server_acl (behaviours.md §7) lets ``origin`` in."""
-        acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
-        if not acl_ids:
-            return True
-        acl = (await storage.fetch_events(conn, acl_ids)).get(acl_ids[0])
-        return acl is None or server_allowed(origin, acl.event.content)
 
     async def expire_typing(self) -> int:
         """Emit typing=false for typing notifications older than the 60 s timeout."""

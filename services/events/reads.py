@@ -24,6 +24,15 @@ from services.events import storage
 from services.events.state_storage import StateStore
 
 
+async def server_acl_allows(conn: asyncpg.Connection, room_id: str, server: str) -> bool:
+    """The room's current m.room.server_acl (behaviours.md §7) lets ``server`` in."""
+    acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
+    if not acl_ids:
+        return True
+    acl = (await storage.fetch_events(conn, acl_ids)).get(acl_ids[0])
+    return acl is None or server_allowed(server, acl.event.content)
+
+
 @dataclass
 class EventView:
     event_id: str
@@ -158,12 +167,8 @@ class Reads:
     ) -> ServerAccess:
         if not await storage.get_rooms(conn, [room_id]):
             return ServerAccess(False, False, "unknown room")
-        if check_acl:
-            acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
-            if acl_ids:
-                acl = (await storage.fetch_events(conn, acl_ids)).get(acl_ids[0])
-                if acl is not None and not server_allowed(server, acl.event.content):
-                    return ServerAccess(True, False, "denied by the room's server ACL")
+        if check_acl and not await server_acl_allows(conn, room_id, server):
+            return ServerAccess(True, False, "denied by the room's server ACL")
         if require_joined and not await storage.server_has_joined_member(conn, room_id, server):
             return ServerAccess(True, False, "the server has no joined member in the room")
         return ServerAccess(True, True)
