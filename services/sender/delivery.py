@@ -52,6 +52,7 @@ class DeliveryOptions:
     # Look for destinations with work this often even without notifications.
     scan_interval: float = 5.0
     maintenance_interval: float = 30.0
+    full_gc_every: int = 10  # maintenance runs
     # Catch-up: a backed-off destination with more unsent PDUs than this, or
     # backed off for at least long_outage_ms, keeps only the newest
     # catch_up_per_room PDUs of each room and no volatile EDUs.
@@ -421,6 +422,7 @@ class DeliveryManager:
         self._rescan = True
         self._claim_event = asyncio.Event()
         self._replicas: list[str] = []
+        self._maintenance_runs = 0
 
     # -- waking ---------------------------------------------------------------
 
@@ -513,7 +515,12 @@ class DeliveryManager:
             await self.catch_up_prune(destination)
         expired = await self.storage.expire_typing(self.options.typing_max_age_ms)
         metrics.EDUS_DROPPED.labels("expired").inc(expired)
-        await self.storage.collect_garbage()
+        # Unneeded stored events: the cheap range delete every time, the full
+        # check (a probe per stored event) every full_gc_every-th time.
+        self._maintenance_runs += 1
+        await self.storage.collect_garbage(
+            full=self._maintenance_runs % self.options.full_gc_every == 1
+        )
 
     async def catch_up_prune(self, destination: str) -> None:
         pdus, edus = await self.storage.prune_for_catch_up(

@@ -95,6 +95,30 @@ class QueueStats:
     top: list[tuple[str, int]]  # (destination, pending rows), largest first
 
 
+# Distinct destinations of both queues by skipping through their
+# (destination, ...) indexes: one index probe per destination.
+_DISTINCT_QUEUED_DESTINATIONS = """
+WITH RECURSIVE
+pq(d) AS (
+    (SELECT destination FROM sender.pdu_queue ORDER BY destination LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.destination FROM sender.pdu_queue q WHERE q.destination > pq.d
+            ORDER BY q.destination LIMIT 1)
+      FROM pq WHERE pq.d IS NOT NULL
+),
+eq(d) AS (
+    (SELECT destination FROM sender.edu_queue ORDER BY destination LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.destination FROM sender.edu_queue e WHERE e.destination > eq.d
+            ORDER BY e.destination LIMIT 1)
+      FROM eq WHERE eq.d IS NOT NULL
+)
+SELECT d FROM pq WHERE d IS NOT NULL
+UNION
+SELECT d FROM eq WHERE d IS NOT NULL
+"""
+
+
 def wake_payloads(destinations: Iterable[str]) -> list[str]:
     """NOTIFY payloads naming ``destinations``; ``["*"]`` when they do not fit."""
     joined = "\n".join(sorted(set(destinations)))
@@ -279,13 +303,14 @@ class SenderStorage:
         )
 
     async def destinations_with_work(self) -> list[str]:
-        """Destinations with queued PDUs or EDUs (whatever their backoff)."""
-        rows = await self.pool.fetch(
-            "SELECT destination FROM sender.destinations d WHERE"
-            " EXISTS (SELECT 1 FROM sender.pdu_queue q WHERE q.destination = d.destination)"
-            " OR EXISTS (SELECT 1 FROM sender.edu_queue e WHERE e.destination = d.destination)"
-        )
-        return [row["destination"] for row in rows]
+        """Destinations with queued PDUs or EDUs (whatever their backoff).
+
+        Runs every few seconds on every replica, so it reads one index entry
+        per such destination (a skip scan of the queues' destination-first
+        indexes), not every destination or every queued row.
+        """
+        rows = await self.pool.fetch(_DISTINCT_QUEUED_DESTINATIONS)
+        return [row["d"] for row in rows]
 
     # -- transactions ---------------------------------------------------------
 
@@ -547,13 +572,29 @@ class SenderStorage:
         )
         return int(status.rsplit(" ", 1)[1])
 
-    async def collect_garbage(self) -> int:
-        """Drop stored events that no destination still needs."""
-        status = await self.pool.execute(
-            "DELETE FROM sender.pdus p WHERE NOT EXISTS ("
-            " SELECT 1 FROM sender.pdu_queue q WHERE q.stream_position = p.stream_position)"
-        )
-        return int(status.rsplit(" ", 1)[1])
+    async def collect_garbage(self, *, full: bool = True) -> int:
+        """Drop stored events that no destination still needs.
+
+        Events older than the oldest queued row are unneeded: deleted by
+        primary-key range, cheap. ``full`` also checks the events after it one
+        by one (each an index probe of the queue), which a long-lived old row
+        (a destination down for long) makes a scan of most stored events.
+        """
+        async with self.pool.acquire() as connection:
+            status = await connection.execute(
+                "DELETE FROM sender.pdus p WHERE p.stream_position < coalesce("
+                " (SELECT min(q.stream_position) FROM sender.pdu_queue q),"
+                " (SELECT max(i.stream_position) + 1 FROM sender.ingest_cursor i))"
+            )
+            dropped = int(status.rsplit(" ", 1)[1])
+            if full:
+                status = await connection.execute(
+                    "DELETE FROM sender.pdus p WHERE NOT EXISTS ("
+                    " SELECT 1 FROM sender.pdu_queue q"
+                    " WHERE q.stream_position = p.stream_position)"
+                )
+                dropped += int(status.rsplit(" ", 1)[1])
+        return dropped
 
     # -- inspection -----------------------------------------------------------
 
@@ -603,25 +644,36 @@ class SenderStorage:
         )
         return [row["instance_id"] for row in rows]
 
-    async def stats(self, top_n: int) -> QueueStats:
+    async def stats(self, top_n: int, *, with_top: bool = True) -> QueueStats:
+        """Queue totals for the metrics.
+
+        Row totals are counts over the queues (a sequential scan each);
+        destinations pending come from the indexes
+        (:meth:`destinations_with_work`); the longest queues need a count per
+        destination, a grouping over every queued row, so only ``with_top``.
+        """
         async with self.pool.acquire() as connection:
             totals = await connection.fetchrow(
                 "SELECT (SELECT count(*) FROM sender.pdu_queue) AS pdus,"
                 " (SELECT count(*) FROM sender.edu_queue) AS edus,"
-                " (SELECT count(*) FROM sender.destinations WHERE retry_until_ts > $1)"
-                "  AS backed_off",
+                " (SELECT count(*) FROM sender.destinations WHERE retry_interval_ms > 0"
+                "   AND retry_until_ts > $1) AS backed_off",
                 now_ms(),
             )
-            top = await connection.fetch(
-                "SELECT destination, count(*) AS n FROM ("
-                " SELECT destination FROM sender.pdu_queue"
-                " UNION ALL SELECT destination FROM sender.edu_queue) AS t"
-                " GROUP BY destination ORDER BY n DESC, destination",
-            )
+            pending = await connection.fetch(_DISTINCT_QUEUED_DESTINATIONS)
+            top = []
+            if with_top:
+                top = await connection.fetch(
+                    "SELECT destination, count(*) AS n FROM ("
+                    " SELECT destination FROM sender.pdu_queue"
+                    " UNION ALL SELECT destination FROM sender.edu_queue) AS t"
+                    " GROUP BY destination ORDER BY n DESC, destination LIMIT $1",
+                    top_n,
+                )
         return QueueStats(
             pending_pdus=totals["pdus"],
             pending_edus=totals["edus"],
-            destinations_pending=len(top),
+            destinations_pending=len(pending),
             destinations_backed_off=totals["backed_off"],
-            top=[(r["destination"], r["n"]) for r in top[:top_n]],
+            top=[(r["destination"], r["n"]) for r in top],
         )

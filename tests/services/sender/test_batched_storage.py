@@ -1,0 +1,121 @@
+"""Batched transaction bookkeeping and the indexed periodic queries."""
+
+from __future__ import annotations
+
+from services.sender.storage import Backoff, LeaseLost, QueuedEdu, SenderStorage, Transaction
+from tests.services.sender.conftest import queue_pdus
+
+LIMITS = {"max_pdus": 50, "max_edus": 100}
+
+
+async def test_one_call_takes_and_completes_the_transactions_of_many_destinations(
+    sender_storage: SenderStorage,
+) -> None:
+    destinations = [f"d{i}.example" for i in range(30)]
+    ids = await queue_pdus(sender_storage, destinations, 3)
+    assert await sender_storage.claim("a", destinations, 30) == sorted(destinations)
+    first = await sender_storage.next_transactions(destinations, [], "a", **LIMITS)
+    assert set(first) == set(destinations)
+    for destination, txn in first.items():
+        assert isinstance(txn, Transaction) and not txn.resumed
+        assert txn.destination == destination and len(txn.pdus) == 3
+    # Asked again without a completion: the same transactions, resumed.
+    again = await sender_storage.next_transactions(destinations[:5], [], "a", **LIMITS)
+    for destination, txn in again.items():
+        assert isinstance(txn, Transaction) and txn.resumed
+        assert txn.txn_id == first[destination].txn_id
+        assert txn.pdus == first[destination].pdus
+    # Completions and next transactions in one call: nothing left.
+    done = [(d, t.txn_id) for d, t in first.items() if isinstance(t, Transaction)]
+    after = await sender_storage.next_transactions(destinations, done, "a", **LIMITS)
+    assert after == dict.fromkeys(destinations)
+    assert await sender_storage.pool.fetchval("SELECT count(*) FROM sender.pdu_queue") == 0
+    assert len(ids) == 3
+
+
+async def test_lease_and_backoff_are_per_destination_in_a_batch(
+    sender_storage: SenderStorage,
+) -> None:
+    await queue_pdus(sender_storage, ["mine.example", "theirs.example", "down.example"], 1)
+    await sender_storage.claim("a", ["mine.example", "down.example"], 30)
+    await sender_storage.claim("b", ["theirs.example"], 30)
+    await sender_storage.record_failure("down.example", 2**62, 1000, "x")
+    result = await sender_storage.next_transactions(
+        ["mine.example", "theirs.example", "down.example", "unknown.example"], [], "a", **LIMITS
+    )
+    assert isinstance(result["mine.example"], Transaction)
+    assert isinstance(result["theirs.example"], LeaseLost)
+    assert isinstance(result["unknown.example"], LeaseLost)
+    assert result["down.example"] == Backoff(2**62)
+
+
+async def test_a_late_completion_does_not_clear_a_newer_pending_transaction(
+    sender_storage: SenderStorage,
+) -> None:
+    await queue_pdus(sender_storage, ["x.example"], 60)
+    await sender_storage.claim("a", ["x.example"], 30)
+    first = await sender_storage.next_transaction("x.example", "a", **LIMITS)
+    assert isinstance(first, Transaction)
+    second = (
+        await sender_storage.next_transactions(
+            ["x.example"], [("x.example", first.txn_id)], "a", **LIMITS
+        )
+    )["x.example"]
+    assert isinstance(second, Transaction) and second.txn_id != first.txn_id
+    # The first one's 200 recorded again (by a replica that lost the race):
+    await sender_storage.complete_transaction("x.example", first.txn_id)
+    again = await sender_storage.next_transaction("x.example", "a", **LIMITS)
+    assert isinstance(again, Transaction)
+    assert again.txn_id == second.txn_id and again.pdus == second.pdus
+
+
+async def test_a_failure_backs_off_in_one_statement(sender_storage: SenderStorage) -> None:
+    await queue_pdus(sender_storage, ["x.example"], 3)
+    kwargs = {"min_interval_ms": 1000, "max_interval_ms": 5000, "error": "down"}
+    assert await sender_storage.record_transaction_failure(
+        "x.example", growth=2.0, asked_wait_ms=None, backlog_cap=2, **kwargs
+    ) == (1000, 1000, 3)
+    assert await sender_storage.record_transaction_failure(
+        "x.example", growth=2.0, asked_wait_ms=None, backlog_cap=10, **kwargs
+    ) == (2000, 2000, 3)
+    # 429 with a wait: honoured, the interval not escalated.
+    assert await sender_storage.record_transaction_failure(
+        "x.example", growth=2.0, asked_wait_ms=300, backlog_cap=10, **kwargs
+    ) == (300, 2000, 3)
+    wait, interval, _ = await sender_storage.record_transaction_failure(
+        "x.example", growth=4.0, asked_wait_ms=None, backlog_cap=10, **kwargs
+    )
+    assert wait == interval == 5000
+
+
+async def test_destinations_with_work_and_garbage_collection(
+    sender_storage: SenderStorage,
+) -> None:
+    await queue_pdus(sender_storage, ["p1.example", "p2.example"], 2)
+    await sender_storage.queue_edus(
+        [
+            QueuedEdu("e.example", "m.typing", b"{}", True),
+            QueuedEdu("p1.example", "x", b"{}", False),
+        ]
+    )
+    await sender_storage.pool.execute(
+        "INSERT INTO sender.destinations (destination) VALUES ('idle.example')"
+    )
+    assert sorted(await sender_storage.destinations_with_work()) == [
+        "e.example",
+        "p1.example",
+        "p2.example",
+    ]
+    stats = await sender_storage.stats(5)
+    assert (stats.pending_pdus, stats.pending_edus, stats.destinations_pending) == (4, 2, 3)
+    assert stats.top[0] == ("p1.example", 3)
+    # p2 got everything; p1 got the first event only.
+    await sender_storage.pool.execute(
+        "DELETE FROM sender.pdu_queue WHERE destination = 'p2.example'"
+        " OR (destination = 'p1.example' AND stream_position ="
+        " (SELECT min(stream_position) FROM sender.pdu_queue))"
+    )
+    assert await sender_storage.collect_garbage(full=False) == 1
+    assert await sender_storage.pool.fetchval("SELECT count(*) FROM sender.pdus") == 1
+    await sender_storage.pool.execute("DELETE FROM sender.pdu_queue")
+    assert await sender_storage.collect_garbage(full=False) == 1
