@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import uvicorn
 from prometheus_client import start_http_server
 
 from gateway.app import create_app
+from gateway.tls_client_certificates import client_certificate_options
 from mxfed.config import Config
 from mxfed.identity_files import ensure_tls_pair
 from mxfed.logs import setup_logging
@@ -22,6 +24,10 @@ async def run_gateway(config: Config) -> None:
     host, port = split_host_port(config.gateway_listen)
     metrics_host, metrics_port = split_host_port(config.gateway_metrics_listen)
     start_http_server(metrics_port, addr=metrics_host)
+    options: dict[str, Any] = {"http": "httptools"}
+    if config.require_tls_client_certificate_match:
+        ca_file = str(config.tls_client_ca_file) if config.tls_client_ca_file else None
+        options = client_certificate_options(ca_file)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),
@@ -32,9 +38,9 @@ async def run_gateway(config: Config) -> None:
             log_config=None,
             access_log=False,
             loop="none",
-            http="httptools",
             server_header=False,
             timeout_graceful_shutdown=5,
+            **options,
         )
     )
     log.info("gateway starting", extra={"listen": config.gateway_listen})

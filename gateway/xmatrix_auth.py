@@ -20,10 +20,9 @@ common gRPC error handler.
 TLS client certificates (``require_tls_client_certificate_match``): when on,
 the request must come with a client certificate valid for the origin's host
 (subjectAltName DNS name or IP address). The certificate is read from the
-ASGI TLS extension (``scope["extensions"]["tls"]["client_cert_chain"]``).
-uvicorn does not provide that extension (nor request client certificates),
-so with uvicorn in front every request is refused while the option is on;
-it only works behind an ASGI server that implements the extension.
+ASGI TLS extension (``scope["extensions"]["tls"]["client_cert_chain"]``),
+which the gateway's uvicorn protocol fills in when the option is on
+(``gateway.tls_client_certificates``).
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ class Config(BaseModel):
 
     well_known_server: str | None = None
     require_tls_client_certificate_match: bool = False
+    tls_client_ca_file: Path | None = None
 
     federation_verify_tls: bool = True
     federation_ca_file: Path | None = None

@@ -66,9 +66,17 @@ class FakeHomeserver:
     async def _serve_keys(self, _: web.Request) -> web.Response:
         return web.json_response(self.server_keys())
 
+    @property
+    def tls_certificate(self) -> Path:
+        return Path(self._directory.name) / "tls.crt"
+
+    @property
+    def tls_private_key(self) -> Path:
+        return Path(self._directory.name) / "tls.key"
+
     async def start(self) -> None:
         directory = Path(self._directory.name)
-        ensure_tls_pair(directory / "tls.crt", directory / "tls.key", "127.0.0.1")
+        ensure_tls_pair(self.tls_certificate, self.tls_private_key, "127.0.0.1")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
         self._runner = web.AppRunner(self._app)
@@ -142,13 +150,26 @@ class FakeHomeserver:
         method: str,
         uri: str,
         content: Any | None = None,
+        *,
+        client_certificate: bool = False,
     ) -> httpx.Response:
-        """Send a signed request to ``base_url`` (e.g. mxfed's gateway)."""
+        """Send a signed request to ``base_url`` (e.g. mxfed's gateway).
+
+        ``client_certificate``: present this server's TLS certificate, on a
+        connection of its own.
+        """
         headers = {"Authorization": self.authorization(method, destination, uri, content)}
         body = None
         if content is not None:
             headers["Content-Type"] = "application/json"
             body = encode_json(content)
+        if client_certificate:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.load_cert_chain(self.tls_certificate, self.tls_private_key)
+            async with httpx.AsyncClient(verify=context, timeout=30) as client:
+                return await client.request(method, base_url + uri, headers=headers, content=body)
         # One client, so connections (and TLS sessions) are reused like a real server's.
         if self._client is None:
             self._client = httpx.AsyncClient(verify=False, timeout=30)
