@@ -254,8 +254,10 @@ class SenderStorage:
         """A clean stop: give every lease back and leave the replica list."""
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.execute(
-                "UPDATE sender.destinations SET lease_owner = NULL, lease_expires_at = NULL"
-                " WHERE lease_owner = $1",
+                "WITH mine AS (SELECT destination FROM sender.destinations"
+                "  WHERE lease_owner = $1 ORDER BY destination FOR UPDATE)"
+                " UPDATE sender.destinations d SET lease_owner = NULL, lease_expires_at = NULL"
+                " FROM mine WHERE d.destination = mine.destination",
                 instance_id,
             )
             await connection.execute(
@@ -286,9 +288,15 @@ class SenderStorage:
 
     async def renew(self, instance_id: str, lease_seconds: float) -> set[str]:
         """Extend every lease this replica still holds; return those destinations."""
+        # Rows are locked in destination order, as next_transactions locks
+        # them, so a renewal and a batch of transactions never deadlock.
         rows = await self.pool.fetch(
-            "UPDATE sender.destinations SET lease_expires_at = now() + make_interval(secs => $2)"
-            " WHERE lease_owner = $1 AND lease_expires_at > now() RETURNING destination",
+            "WITH mine AS (SELECT destination FROM sender.destinations"
+            "  WHERE lease_owner = $1 AND lease_expires_at > now()"
+            "  ORDER BY destination FOR UPDATE)"
+            " UPDATE sender.destinations d"
+            " SET lease_expires_at = now() + make_interval(secs => $2)"
+            " FROM mine WHERE d.destination = mine.destination RETURNING d.destination",
             instance_id,
             lease_seconds,
         )
