@@ -277,7 +277,7 @@ async def run(args: argparse.Namespace) -> None:
             membership,
             FederationTransport(ORIGIN, client),
             BackoffPolicy(10_000, 3_600_000),
-            DeliveryOptions(max_concurrent_requests=args.concurrency, idle_linger=30),
+            DeliveryOptions(max_concurrent_requests=args.concurrency, idle_linger=args.idle_linger),
         )
         tasks = [
             asyncio.create_task(manager.run()),
@@ -367,6 +367,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument(
         "--pause", type=float, default=0.5, help="seconds between rounds (bookkeeping settles)"
+    )
+    parser.add_argument(
+        "--idle-linger",
+        type=float,
+        default=30,
+        help="seconds a worker with nothing queued keeps its lease (the service: 5); "
+        "below --pause every round claims its destinations afresh",
     )
     parser.add_argument(
         "--receivers-in-process",

@@ -62,6 +62,12 @@ class Membership:
         self.heartbeat_interval = heartbeat_interval
         self.replicas: list[str] = [instance_id]
         self.held: set[str] = set()
+        # Releases are gathered (a thousand idle destinations give their
+        # leases back in one statement); claims wait for a release in progress
+        # so that a destination claimed again is never released after it.
+        self._to_release: dict[str, list[asyncio.Future[None]]] = {}
+        self._releasing: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     def is_mine(self, destination: str) -> bool:
         return preferred_replica(destination, self.replicas) == self.instance_id
@@ -90,13 +96,44 @@ class Membership:
             await asyncio.sleep(self.heartbeat_interval)
 
     async def claim(self, destinations: list[str]) -> list[str]:
-        claimed = await self.storage.claim(self.instance_id, destinations, self.lease_seconds)
-        self.held.update(claimed)
+        async with self._lock:
+            claimed = await self.storage.claim(self.instance_id, destinations, self.lease_seconds)
+            self.held.update(claimed)
+            # Claimed again before its release went out: keep it.
+            for destination in claimed:
+                for future in self._to_release.pop(destination, []):
+                    if not future.done():
+                        future.set_result(None)
         return claimed
 
     async def release(self, destination: str) -> None:
+        """Give the lease back (gathered with other releases into one statement)."""
         self.held.discard(destination)
-        await self.storage.release(self.instance_id, destination)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_release.setdefault(destination, []).append(future)
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.create_task(self._release_pending())
+        await future
+
+    async def _release_pending(self) -> None:
+        await asyncio.sleep(0)  # let the other workers stopping now join in
+        while self._to_release:
+            async with self._lock:
+                batch, self._to_release = self._to_release, {}
+                names = [d for d in batch if d not in self.held]
+                try:
+                    if names:
+                        await self.storage.release_many(self.instance_id, names)
+                except Exception as exc:
+                    for futures in batch.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(None)
 
     async def leave(self) -> None:
         self.held.clear()

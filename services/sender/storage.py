@@ -310,6 +310,18 @@ class SenderStorage:
             instance_id,
         )
 
+    async def release_many(self, instance_id: str, destinations: Sequence[str]) -> None:
+        """Give back this replica's leases of ``destinations`` (rows locked in order)."""
+        await self.pool.execute(
+            "WITH mine AS (SELECT destination FROM sender.destinations"
+            "  WHERE destination = ANY($1::text[]) AND lease_owner = $2"
+            "  ORDER BY destination FOR UPDATE)"
+            " UPDATE sender.destinations d SET lease_owner = NULL, lease_expires_at = NULL"
+            " FROM mine WHERE d.destination = mine.destination",
+            list(destinations),
+            instance_id,
+        )
+
     async def destinations_with_work(self) -> list[str]:
         """Destinations with queued PDUs or EDUs (whatever their backoff).
 
