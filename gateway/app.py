@@ -17,6 +17,7 @@ from gateway.body_limit import BodyLimitMiddleware
 from gateway.errors import install_error_handlers
 from gateway.metrics import install_metrics
 from gateway.origin_limits import OriginLimiter, OriginLimitMiddleware
+from gateway.request_target import RefuseNulMiddleware
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 
@@ -53,6 +54,9 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
         redoc_url=None,
         openapi_url=None,
         lifespan=lifespan,
+        # A trailing-slash variant of a route is an unknown endpoint (404
+        # M_UNRECOGNIZED), not a 307 with an empty body.
+        redirect_slashes=False,
     )
     app.state.config = config
     app.state.services = service_clients
@@ -61,6 +65,7 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
     app.state.origin_limiter = OriginLimiter()
     app.add_middleware(OriginLimitMiddleware, limiter=app.state.origin_limiter)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(RefuseNulMiddleware)
     for name in ROUTE_MODULES:
         app.include_router(importlib.import_module(f"gateway.routes.{name}").router)
     return app

@@ -208,4 +208,9 @@ def decode_json(data: bytes | str) -> Any:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if _LONG_DIGIT_RUN.search(raw) is None:
         return orjson.loads(raw)
-    return json.loads(raw, parse_constant=_reject_constant)
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        # orjson refuses deep nesting with a JSONDecodeError; json hits the
+        # interpreter's recursion limit instead. Bad input either way.
+        raise ValueError("JSON is nested too deeply") from None

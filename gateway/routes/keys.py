@@ -19,6 +19,8 @@ from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 
 router = APIRouter()
 
+_MAX_INT64 = 2**63 - 1
+
 
 def _keys(request: Request) -> keys_pb2_grpc.KeysStub:
     return keys_pb2_grpc.KeysStub(request.app.state.services.channel("keys"))
@@ -46,7 +48,7 @@ async def own_server_keys(request: Request) -> Response:
 
 @router.get("/_matrix/key/v2/query/{server_name}")
 async def query_server_keys(
-    request: Request, server_name: str, minimum_valid_until_ts: int = Query(0, ge=0)
+    request: Request, server_name: str, minimum_valid_until_ts: int = Query(0, ge=0, le=_MAX_INT64)
 ) -> Response:
     return await _server_keys(
         request,
@@ -76,7 +78,11 @@ def _criteria(body: Any) -> list[keys_pb2.ServerKeyCriteria]:
             if not isinstance(wanted, dict):
                 raise bad_json(f"server_keys.{server_name}.{key_id} must be an object")
             minimum = wanted.get("minimum_valid_until_ts", 0)
-            if not isinstance(minimum, int) or isinstance(minimum, bool) or minimum < 0:
+            if (
+                not isinstance(minimum, int)
+                or isinstance(minimum, bool)
+                or not 0 <= minimum <= _MAX_INT64
+            ):
                 raise MatrixError(
                     400, "M_INVALID_PARAM", "minimum_valid_until_ts must be a non-negative integer"
                 )

@@ -50,6 +50,7 @@ from prometheus_client import Counter, Histogram
 
 from matrix_protocol.canonical_json import CanonicalJsonError, decode_json, encode_json
 from matrix_protocol.encoding import decode_base64
+from matrix_protocol.server_names import is_valid_server_name
 from matrix_protocol.signing import (
     SignatureError,
     decode_verify_key,
@@ -500,6 +501,8 @@ class Keyring:
         """
         wanted: dict[str, tuple[set[str], int]] = {}
         for server_name, key_ids, minimum in criteria:
+            if not is_valid_server_name(server_name):
+                continue  # no such server can have keys: absent, like an offline one
             ids, previous = wanted.get(server_name, (set(), 0))
             wanted[server_name] = (ids | set(key_ids), max(previous, minimum))
         result: list[bytes] = []
