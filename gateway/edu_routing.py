@@ -1,12 +1,15 @@
-"""Device-list and signing-key EDUs from ``/send`` to the Accounts service.
+"""The keys process's EDUs from ``/send``: device lists, signing keys, to-device, presence.
 
 ``forward_device_edus(request, origin, edus)`` takes a transaction's raw
 ``edus`` list and the verified X-Matrix origin, picks the
-``m.device_list_update`` and ``m.signing_key_update`` ones and hands them to
-the keys process in ONE ``InputDeviceListUpdates`` call (nothing is sent
-when there are none). It never raises: a transaction is answered 200
-whatever its EDUs do, and a lost device-list update is repaired by the next
-one's ``prev_id`` check (resync).
+``m.device_list_update``, ``m.signing_key_update``, ``m.direct_to_device``
+and (when ``presence_enabled``) ``m.presence`` ones and hands them to the
+keys process in ONE ``InputDeviceListUpdates`` call (nothing is sent when
+there are none). It never raises: a transaction is answered 200 whatever its
+EDUs do. A lost device-list update is repaired by the next one's ``prev_id``
+check (resync); a lost to-device message is not, but a retried transaction
+(same txnId) forwards its EDUs again and the keys process de-duplicates
+to-device messages on ``(origin, message_id)``.
 """
 
 from __future__ import annotations
@@ -23,33 +26,43 @@ from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-DEVICE_EDU_TYPES = frozenset({"m.device_list_update", "m.signing_key_update"})
+# edu_type → the request field its contents go in.
+KEYS_EDU_FIELDS = {
+    "m.device_list_update": "device_list_updates",
+    "m.signing_key_update": "signing_key_updates",
+    "m.direct_to_device": "to_device_messages",
+    "m.presence": "presence_updates",
+}
 FORWARD_TIMEOUT = 30.0
 
 
 def device_edu_request(
-    origin: str, edus: Sequence[Any]
+    origin: str, edus: Sequence[Any], *, presence_enabled: bool = False
 ) -> accounts_pb2.InputDeviceListUpdatesRequest | None:
-    """The Accounts request for the transaction's device EDUs, or None when there are none."""
+    """The Accounts request for the transaction's keys-process EDUs, or None when there are none.
+
+    ``m.presence`` is left out unless ``presence_enabled``."""
     request = accounts_pb2.InputDeviceListUpdatesRequest(origin=origin)
+    found = False
     for edu in edus:
         if not isinstance(edu, dict) or not isinstance(edu.get("content"), dict):
+            continue
+        edu_type = edu.get("edu_type")
+        field = KEYS_EDU_FIELDS.get(edu_type) if isinstance(edu_type, str) else None
+        if field is None or (field == "presence_updates" and not presence_enabled):
             continue
         try:
             content = encode_json(edu["content"])
         except (TypeError, ValueError):
             continue
-        if edu.get("edu_type") == "m.device_list_update":
-            request.device_list_updates.append(content)
-        elif edu.get("edu_type") == "m.signing_key_update":
-            request.signing_key_updates.append(content)
-    if not request.device_list_updates and not request.signing_key_updates:
-        return None
-    return request
+        getattr(request, field).append(content)
+        found = True
+    return request if found else None
 
 
 async def forward_device_edus(request: Request, origin: str, edus: Sequence[Any]) -> None:
-    message = device_edu_request(origin, edus)
+    presence_enabled = request.app.state.config.presence_enabled
+    message = device_edu_request(origin, edus, presence_enabled=presence_enabled)
     if message is None:
         return
     stub = accounts_pb2_grpc.AccountsStub(request.app.state.services.channel("keys"))
@@ -57,6 +70,6 @@ async def forward_device_edus(request: Request, origin: str, edus: Sequence[Any]
         await stub.InputDeviceListUpdates(message, timeout=FORWARD_TIMEOUT)
     except grpc.aio.AioRpcError as error:
         log.warning(
-            "device EDUs not processed",
+            "keys-process EDUs not processed",
             extra={"origin": origin, "code": str(error.code()), "details": error.details()},
         )

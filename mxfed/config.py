@@ -116,6 +116,10 @@ class Config(BaseModel):
     sender_catch_up_max_pdus: int = Field(default=500, ge=1)
     sender_catch_up_events_per_room: int = Field(default=10, ge=1)
 
+    # Presence (edus.md §3, optional in the spec): we send none; while this
+    # is off, m.presence EDUs received are ignored too.
+    presence_enabled: bool = False
+
     @field_validator("run")
     @classmethod
     def _known_parts(cls, parts: list[str]) -> list[str]:

@@ -33,9 +33,9 @@ router = APIRouter()
 MAX_PDUS = 50
 MAX_EDUS = 100
 
-# EDUs the events service owns. Device-list and signing-key updates go to the
-# keys process (gateway.edu_routing); to-device messages and presence have no
-# local consumer yet and are ignored, as a receiver may do with any EDU.
+# EDUs the events service owns. Device-list and signing-key updates,
+# to-device messages and presence (when presence_enabled) go to the keys
+# process (gateway.edu_routing); any other type is ignored.
 EVENTS_SERVICE_EDU_TYPES = frozenset({"m.typing", "m.receipt"})
 
 # Processing a transaction may fetch missing events and state from the
@@ -164,7 +164,8 @@ async def _input_transaction_and_device_edus(
     edus: list[bytes],
     body: dict[str, Any],
 ) -> bytes:
-    """PDUs and room EDUs to the events service, device EDUs to the keys process, at once."""
+    """PDUs and room EDUs to the events service, device, to-device and presence EDUs
+    to the keys process, at once."""
     response, _ = await asyncio.gather(
         _input_transaction(request, origin, txn_id, pdus, edus),
         forward_device_edus(request, origin, body.get("edus") or []),

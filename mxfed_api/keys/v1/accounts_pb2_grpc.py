@@ -99,6 +99,26 @@ class AccountsStub:
                 request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
                 response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
                 _registered_method=True)
+        self.QueryToDeviceMessages = channel.unary_unary(
+                '/mxfed.keys.v1.Accounts/QueryToDeviceMessages',
+                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.FromString,
+                _registered_method=True)
+        self.PerformAckToDeviceMessages = channel.unary_unary(
+                '/mxfed.keys.v1.Accounts/PerformAckToDeviceMessages',
+                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.FromString,
+                _registered_method=True)
+        self.StreamToDeviceMessages = channel.unary_stream(
+                '/mxfed.keys.v1.Accounts/StreamToDeviceMessages',
+                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.ToDeviceMessage.FromString,
+                _registered_method=True)
+        self.QueryPresence = channel.unary_unary(
+                '/mxfed.keys.v1.Accounts/QueryPresence',
+                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceResponse.FromString,
+                _registered_method=True)
 
 
 class AccountsServicer:
@@ -183,9 +203,12 @@ class AccountsServicer:
 
     def InputDeviceListUpdates(self, request, context):
         """EDUs received in a /send transaction from `origin`: m.device_list_update
-        and m.signing_key_update contents, applied to the remote cache. EDUs
-        about users of other servers than `origin` are ignored. One call per
-        transaction carries both kinds.
+        and m.signing_key_update contents, applied to the remote cache;
+        m.direct_to_device contents, stored in the inboxes of local devices;
+        m.presence contents, kept as the latest state per remote user (ignored
+        unless presence_enabled). EDUs about users of other servers than
+        `origin` are ignored. One call per transaction carries every kind; a
+        malformed EDU is counted as ignored, never an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +216,40 @@ class AccountsServicer:
 
     def InputSigningKeyUpdates(self, request, context):
         """Same request shape; only the signing key updates are looked at.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryToDeviceMessages(self, request, context):
+        """To-device messages received over federation for a local device, in
+        position order (positions are per device and only grow; a message
+        stays until acknowledged). Messages for a device that did not exist
+        when they arrived were dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PerformAckToDeviceMessages(self, request, context):
+        """Deletes the device's messages up to and including `up_to_position`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamToDeviceMessages(self, request, context):
+        """The stored messages after `after_position`, then each new one as it
+        arrives (on any keys replica), until the caller cancels. Never skips or
+        repeats a position.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryPresence(self, request, context):
+        """The latest m.presence state received for these users (users we have
+        nothing for are left out).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -265,6 +322,26 @@ def add_AccountsServicer_to_server(servicer, server):
                     servicer.InputSigningKeyUpdates,
                     request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.FromString,
                     response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.SerializeToString,
+            ),
+            'QueryToDeviceMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryToDeviceMessages,
+                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.FromString,
+                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.SerializeToString,
+            ),
+            'PerformAckToDeviceMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PerformAckToDeviceMessages,
+                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.FromString,
+                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.SerializeToString,
+            ),
+            'StreamToDeviceMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamToDeviceMessages,
+                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.FromString,
+                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.ToDeviceMessage.SerializeToString,
+            ),
+            'QueryPresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryPresence,
+                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceRequest.FromString,
+                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -618,6 +695,114 @@ class Accounts:
             '/mxfed.keys.v1.Accounts/InputSigningKeyUpdates',
             mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
             mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryToDeviceMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mxfed.keys.v1.Accounts/QueryToDeviceMessages',
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.SerializeToString,
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PerformAckToDeviceMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mxfed.keys.v1.Accounts/PerformAckToDeviceMessages',
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.SerializeToString,
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamToDeviceMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mxfed.keys.v1.Accounts/StreamToDeviceMessages',
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.SerializeToString,
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.ToDeviceMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryPresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mxfed.keys.v1.Accounts/QueryPresence',
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceRequest.SerializeToString,
+            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

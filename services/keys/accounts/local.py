@@ -263,7 +263,7 @@ class LocalAccounts:
             )
             if deleted is None:
                 return False, await self._stream_id(conn, user_id)
-            for table in ("one_time_keys", "fallback_keys"):
+            for table in ("one_time_keys", "fallback_keys", "to_device_inbox"):
                 await conn.execute(
                     f"DELETE FROM keys.{table} WHERE user_id = $1 AND device_id = $2",
                     user_id,

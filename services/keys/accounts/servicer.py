@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
+import grpc
 import orjson
 
 from matrix_protocol.canonical_json import decode_json
 from mxfed.federation_client.from_config import federation_client_from_config
-from mxfed.service_errors import BadRequest, json_field, reports_service_errors
+from mxfed.service_errors import BadRequest, ServiceError, json_field, reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from services.keys.accounts.joins import JoinDeviceLists
 from services.keys.accounts.local import LocalAccounts
 from services.keys.accounts.notify import GrpcEduNotifier
+from services.keys.accounts.presence import RemotePresence
 from services.keys.accounts.remote import RemoteDeviceLists
+from services.keys.accounts.to_device import StoredMessage, ToDeviceHub, ToDeviceInbox, now_ms
 from services.keys.accounts.validation import user_server
 
 log = logging.getLogger(__name__)
@@ -31,10 +35,43 @@ def _device_query(data: bytes) -> dict[str, list[str]]:
     return wanted
 
 
+def _decoded(items: Any) -> list[Any]:
+    """JSON bytes → values; None for one that is not JSON (counted as ignored)."""
+    values = []
+    for data in items:
+        try:
+            values.append(decode_json(data))
+        except ValueError:
+            values.append(None)
+    return values
+
+
+def _to_device_message(message: StoredMessage) -> accounts_pb2.ToDeviceMessage:
+    return accounts_pb2.ToDeviceMessage(
+        position=message.position,
+        sender=message.sender,
+        type=message.type,
+        content_json=message.content_json.encode(),
+        origin=message.origin,
+        message_id=message.message_id,
+        received_ts=message.received_ts,
+    )
+
+
 class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
-    def __init__(self, local: LocalAccounts, remote: RemoteDeviceLists) -> None:
+    def __init__(
+        self,
+        local: LocalAccounts,
+        remote: RemoteDeviceLists,
+        to_device: ToDeviceInbox | None = None,
+        to_device_hub: ToDeviceHub | None = None,
+        presence: RemotePresence | None = None,
+    ) -> None:
         self.local = local
         self.remote = remote
+        self.to_device = to_device or ToDeviceInbox(local.pool, local.server_name)
+        self.to_device_hub = to_device_hub or ToDeviceHub(local.pool)
+        self.presence = presence or RemotePresence(local.pool, local.server_name, enabled=False)
 
     # ------------------------------------------------------------ profiles
 
@@ -148,25 +185,27 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     async def _input(self, request: Any, *, device_lists: bool) -> Any:
         if not request.origin:
             raise BadRequest("origin is required", "M_MISSING_PARAM")
-        device_updates = []
-        if device_lists:
-            for data in request.device_list_updates:
-                try:
-                    device_updates.append(decode_json(data))
-                except ValueError:
-                    device_updates.append(None)
-        signing_updates = []
-        for data in request.signing_key_updates:
-            try:
-                signing_updates.append(decode_json(data))
-            except ValueError:
-                signing_updates.append(None)
-        applied, resyncs, ignored = await self.remote.input_edus(
-            request.origin, device_updates, signing_updates
-        )
-        return accounts_pb2.InputDeviceListUpdatesResponse(
-            applied=applied, resyncs=resyncs, ignored=ignored
-        )
+        device_updates = _decoded(request.device_list_updates) if device_lists else []
+        signing_updates = _decoded(request.signing_key_updates)
+        reply = accounts_pb2.InputDeviceListUpdatesResponse()
+        if device_updates or signing_updates:
+            reply.applied, reply.resyncs, reply.ignored = await self.remote.input_edus(
+                request.origin, device_updates, signing_updates
+            )
+        if not device_lists:
+            return reply
+        if request.to_device_messages:
+            outcome = await self.to_device.input_edus(
+                request.origin, _decoded(request.to_device_messages)
+            )
+            reply.to_device_stored = outcome.stored
+            reply.to_device_duplicates = outcome.duplicates
+            reply.to_device_ignored = outcome.ignored
+        if request.presence_updates:
+            reply.presence_stored, reply.presence_ignored = await self.presence.input_edus(
+                request.origin, _decoded(request.presence_updates)
+            )
+        return reply
 
     @reports_service_errors
     async def InputDeviceListUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -176,6 +215,57 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
     async def InputSigningKeyUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
         return await self._input(request, device_lists=False)
 
+    # ------------------------------------------------------------ to-device inbox
+
+    @reports_service_errors
+    async def QueryToDeviceMessages(self, request: Any, context: Any) -> Any:  # noqa: N802
+        messages, more = await self.to_device.query(
+            request.user_id, request.device_id, request.after_position, request.limit
+        )
+        return accounts_pb2.QueryToDeviceMessagesResponse(
+            messages=[_to_device_message(m) for m in messages],
+            more=more,
+            position=messages[-1].position if messages else request.after_position,
+        )
+
+    @reports_service_errors
+    async def PerformAckToDeviceMessages(self, request: Any, context: Any) -> Any:  # noqa: N802
+        deleted = await self.to_device.ack(
+            request.user_id, request.device_id, request.up_to_position
+        )
+        return accounts_pb2.PerformAckToDeviceMessagesResponse(deleted=deleted)
+
+    async def StreamToDeviceMessages(  # noqa: N802
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[accounts_pb2.ToDeviceMessage]:
+        try:
+            self.to_device.check_device(request.user_id, request.device_id)
+        except ServiceError as error:
+            await context.abort(error.status, error.details)
+        async for message in self.to_device_hub.follow(
+            request.user_id, request.device_id, request.after_position
+        ):
+            yield _to_device_message(message)
+
+    # ------------------------------------------------------------ presence
+
+    @reports_service_errors
+    async def QueryPresence(self, request: Any, context: Any) -> Any:  # noqa: N802
+        now = now_ms()
+        states = await self.presence.query(list(request.user_ids))
+        reply = accounts_pb2.QueryPresenceResponse()
+        for state in states:
+            entry = reply.presence.add(
+                user_id=state.user_id,
+                presence=state.presence,
+                last_active_ago=max(0, now - state.last_active_ts),
+                currently_active=state.currently_active,
+                received_ts=state.received_ts,
+            )
+            if state.status_msg is not None:
+                entry.status_msg = state.status_msg
+        return reply
+
 
 def add_accounts_servicer(context: ServiceContext) -> AccountsServicer:
     """Register Accounts on the keys server, with its federation client and EDU notifier,
@@ -184,9 +274,19 @@ def add_accounts_servicer(context: ServiceContext) -> AccountsServicer:
     notifier = GrpcEduNotifier(context.channel("events"), context.channel("sender"))
     local = LocalAccounts(context.pool, context.config.server_name, notifier)
     remote = RemoteDeviceLists(context.pool, context.config.server_name, client)
+    hub = ToDeviceHub(context.pool)
     context.on_stop(client.close)
     context.on_stop(remote.close)
-    servicer = AccountsServicer(local, remote)
+    context.on_stop(hub.close)
+    servicer = AccountsServicer(
+        local,
+        remote,
+        ToDeviceInbox(context.pool, context.config.server_name),
+        hub,
+        RemotePresence(
+            context.pool, context.config.server_name, enabled=context.config.presence_enabled
+        ),
+    )
     accounts_pb2_grpc.add_AccountsServicer_to_server(servicer, context.server)
     if context.config.database_url:
         joins = JoinDeviceLists(
