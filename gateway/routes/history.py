@@ -27,6 +27,8 @@ _PREFIX = "/_matrix/federation/v1"
 QUERY_TIMEOUT = 60.0
 MAX_BACKFILL = 100
 MAX_MISSING_EVENTS = 20
+# Timestamps and depths travel as int64 to the backfill service.
+_INT64 = range(-(2**63), 2**63)
 _MISSING = object()
 
 
@@ -43,9 +45,12 @@ def _int_param(request: Request, name: str) -> int:
     if value is None:
         raise _missing_param(name)
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise MatrixError(400, "M_INVALID_PARAM", f"'{name}' must be an integer") from None
+    if number not in _INT64:
+        raise MatrixError(400, "M_INVALID_PARAM", f"'{name}' is out of range")
+    return number
 
 
 def _json_response(body: bytes) -> Response:
@@ -101,6 +106,8 @@ def _parse_missing_events_body(body: Any) -> tuple[list[str], list[str], int, in
         raise bad_json("'limit' must be an integer")
     if not _is_int(min_depth):
         raise bad_json("'min_depth' must be an integer")
+    if min_depth not in _INT64:
+        raise MatrixError(400, "M_INVALID_PARAM", "'min_depth' is out of range")
     return lists[0], lists[1], limit, min_depth
 
 

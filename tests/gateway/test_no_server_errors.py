@@ -210,6 +210,11 @@ JSON_BODIES: list[Any] = [
     _nested(600),
     {"x": "y" * 200_000},
     {"limit": 10**40, "min_depth": -(10**40), "origin_server_ts": 10**40},
+    *(
+        {"earliest_events": [], "latest_events": ["$x"], "limit": limit, "min_depth": depth}
+        for limit, depth in ((10**30, 0), (-(10**30), 0), (5, 10**30), (5, -(10**30)), (-1, -1))
+    ),
+    *({"limit": limit} for limit in (10**30, -(10**30), -1, 2**63)),
     *({name: value for name in BODY_FIELDS} for value in WRONG_VALUES),
 ]
 
@@ -365,6 +370,20 @@ def _cases(sweep: Sweep, target: Target) -> Iterator[tuple[str, str, Any, str]]:
     for value in BAD_QUERY_VALUES:
         query = "&".join(f"{name}={value}" for name in QUERY_NAMES)
         yield target.method, f"{base}?{query}", default_body, "valid"
+    # One integer parameter bad at a time, the others plausible.
+    good = {
+        "limit": "10",
+        "v": valid["event_id"],
+        "ver": "10",
+        "event_id": valid["event_id"],
+        "ts": "1",
+        "dir": "b",
+        "minimum_valid_until_ts": "0",
+    }
+    for name in ("limit", "ts", "minimum_valid_until_ts"):
+        for value in ("99999999999999999999999", "-99999999999999999999999", "-1", "x"):
+            query = "&".join(f"{k}={value if k == name else v}" for k, v in good.items())
+            yield target.method, f"{base}?{query}", default_body, "valid"
     repeated = "&".join(f"{name}=1&{name}=2" for name in QUERY_NAMES)
     yield target.method, f"{base}?{repeated}", default_body, "valid"
     yield target.method, f"{base}?limit=10&v=&ver=&event_id=&ts=&dir=", default_body, "valid"
