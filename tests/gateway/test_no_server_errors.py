@@ -589,3 +589,51 @@ async def test_arbitrary_segments_and_bodies(sweep: Sweep) -> None:
 
     await asyncio.to_thread(check)
     assert not problems, f"{len(problems)} bad answers:\n" + "\n".join(problems[:40])
+
+
+# Spec size limits (rooms.md §2.4) on the PDU input paths --------------------------
+
+
+def _oversized(sweep: Sweep, what: str) -> tuple[str, dict[str, Any]]:
+    """A signed join of @carol that breaks one limit: the whole size or a 255-byte field."""
+    scene, room = sweep.scene, sweep.room
+    carol = scene.remote.user("carol")
+    content: dict[str, Any] = {"membership": "join"}
+    extra: dict[str, Any] = {}
+    if what == "size":
+        content["pad"] = "p" * 65_536
+    elif what == "type":
+        extra["event_type"] = "m." + "t" * 260
+    state_key = carol if what != "state_key" else "@" + "k" * 300 + ":" + scene.remote.server_name
+    return scene.remote.build_pdu(
+        room.version,
+        room_id=room.room_id,
+        sender=carol,
+        event_type=extra.get("event_type", "m.room.member"),
+        content=content,
+        prev_events=[sweep.event_id],
+        auth_events=[],
+        depth=10,
+        state_key=state_key,
+    )
+
+
+@pytest.mark.parametrize("what", ["size", "type", "state_key"])
+async def test_send_join_refuses_pdus_over_the_limits(sweep: Sweep, what: str) -> None:
+    event_id, pdu = _oversized(sweep, what)
+    room_id = quote(sweep.room.room_id, safe="")
+    uri = f"/_matrix/federation/v2/send_join/{room_id}/{quote(event_id, safe='')}"
+    response = await sweep.scene.remote.federation_request(
+        sweep.scene.mxfed.federation_url, sweep.scene.mxfed.server_name, "PUT", uri, pdu
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["errcode"] == "M_BAD_JSON"
+
+
+@pytest.mark.parametrize("what", ["size", "type", "state_key"])
+async def test_send_refuses_pdus_over_the_limits(sweep: Sweep, what: str) -> None:
+    event_id, pdu = _oversized(sweep, what)
+    response = await sweep.scene.send([pdu])
+    assert response.status_code == 200, response.text
+    assert "error" in response.json()["pdus"][event_id]
+    assert await sweep.scene.record(event_id) is None
