@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "membership",
     "directory",
     "third_party",
+    "to_device",
 ]
 
 

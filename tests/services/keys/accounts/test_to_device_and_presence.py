@@ -7,6 +7,8 @@ inputs, and presence (latest state per user, presence_enabled off)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -40,6 +42,7 @@ REMOTE = "remote.example"
 class Servers:
     def __init__(self) -> None:
         self.stubs: list[accounts_pb2_grpc.AccountsStub] = []
+        self.addresses: list[str] = []
         self.cleanup: list[Callable[[], Any]] = []
 
     @property
@@ -71,6 +74,7 @@ async def _start(
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     servers.stubs.append(accounts_pb2_grpc.AccountsStub(channel))
+    servers.addresses.append(f"127.0.0.1:{port}")
 
     async def stop() -> None:
         await channel.close()
@@ -513,3 +517,64 @@ async def test_presence_is_ignored_when_disabled(
     finally:
         for stop in servers.cleanup:
             await stop()
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+async def _cli(address: str, *args: str) -> asyncio.subprocess.Process:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MXFED_")}
+    env["MXFED_KEYS_ADDRESS"] = address
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mxfed.cli",
+        "to-device",
+        "receive",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_cli_prints_acks_and_follows(servers: Servers) -> None:
+    stub, address = servers.stub, servers.addresses[0]
+    user = new_user()
+    await add_device(stub, user, "D")
+    await send(stub, [to_device({user: {"D": {"n": n}}}) for n in range(2)])
+
+    process = await _cli(address, "--user", user, "--device", "D")
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines == [
+        f'1 @sender:{REMOTE} m.room_key_request {{"n":0}}',
+        f'2 @sender:{REMOTE} m.room_key_request {{"n":1}}',
+    ]
+
+    process = await _cli(address, "--user", user, "--device", "D", "--json", "--ack")
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    printed = [orjson.loads(line) for line in out.decode().splitlines()]
+    assert [(p["position"], p["content"], p["origin"]) for p in printed] == [
+        (1, {"n": 0}, REMOTE),
+        (2, {"n": 1}, REMOTE),
+    ]
+    assert await inbox(stub, user, "D") == []  # acknowledged
+
+    follower = await _cli(address, "--user", user, "--device", "D", "--follow", "--json")
+    try:
+        await asyncio.sleep(1.0)  # let it subscribe (it would replay anyway)
+        await send(servers.stubs[1], [to_device({user: {"*": {"live": True}}})])
+        assert follower.stdout is not None
+        line = await asyncio.wait_for(follower.stdout.readline(), 20)
+        followed = orjson.loads(line)
+        assert followed["position"] == 3 and followed["content"] == {"live": True}
+    finally:
+        follower.terminate()
+        await follower.wait()
+
+    process = await _cli(address, "--user", new_user(REMOTE), "--device", "D")
+    out, err = await process.communicate()
+    assert process.returncode == 1 and "INVALID_ARGUMENT" in err.decode()
