@@ -299,10 +299,15 @@ class InputPipeline:
         )
 
     def _check_format(
-        self, pdu: dict[str, Any], version: RoomVersion, results: dict[str, dict[str, str]]
+        self,
+        pdu: dict[str, Any],
+        version: RoomVersion,
+        results: dict[str, dict[str, str]],
+        *,
+        backfilled: bool = False,
     ) -> Candidate | None:
         try:
-            check_pdu_format(pdu, version)
+            check_pdu_format(pdu, version, backfilled=backfilled)
             event = Event.from_pdu(pdu, version)
         except (PduFormatError, ValueError) as error:
             metrics.PDUS_RECEIVED.labels("bad_format").inc()
@@ -423,7 +428,11 @@ class InputPipeline:
                 continue
             if not isinstance(pdu, dict):
                 continue
-            candidate = self._check_format(pdu, version, results)
+            # Fetched history may exceed the 20 prev / 10 auth events limits
+            # (endpoints.md §3 /backfill); size limits still apply.
+            candidate = self._check_format(
+                pdu, version, results, backfilled=kind in ("history", "backfill")
+            )
             if candidate is not None and candidate.event.room_id == room_id:
                 candidates.append(candidate)
         outcomes.extend(

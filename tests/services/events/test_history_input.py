@@ -263,3 +263,21 @@ async def test_history_with_state_before_fills_a_gap_and_moves_the_head(
     head = await events.head(room_id)
     assert set(head.extremities) == {room.order[5], newer[3]}
     assert newer[0] in await _backward_extremities(events, room_id)
+
+
+async def test_fetched_history_may_exceed_20_prev_events_but_not_the_size_limit(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    """endpoints.md §3: backfilled events are not refused for the 20/10 limits; rooms.md §2.4."""
+    room = await _joined(events, remote, 2)
+    latest = room.order[-1]
+    prevs = [latest] + [f"$missing{i}" for i in range(24)]
+    wide, wide_id = remote.pdu(room.head, "m.room.message", room.bob, {"body": "x"}, prev=prevs)
+    big, big_id = remote.pdu(room.head, "m.room.message", room.bob, {"body": "p" * 65_536})
+    room.pdus.update({wide_id: wide, big_id: big})
+    state = {wide_id: room.state_before(latest)}
+    result = await _input(events, room, events_pb2.HISTORY, [wide_id, big_id], state)
+    assert result[wide_id] == (events_pb2.ACCEPTED, ""), result
+    assert result[big_id][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
+    assert "larger than 65536 bytes" in result[big_id][1]
+    assert await events.event(big_id) is None
