@@ -106,8 +106,10 @@ class Ingester:
     async def _follow(self, connection: asyncpg.Connection) -> None:
         self.position = await SenderStorage.read_cursor(connection)
         metrics.INGEST_POSITION.set(self.position)
+        # wait_for_ready: at start the events channel may still be connecting.
         call = self.events.StreamEvents(
-            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True)
+            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True),
+            wait_for_ready=True,
         )
         items: asyncio.Queue[events_pb2.StreamItem | None] = asyncio.Queue(maxsize=10 * MAX_BATCH)
 
