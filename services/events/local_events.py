@@ -24,6 +24,7 @@ from matrix_protocol.encoding import encode_base64
 from matrix_protocol.event_ids import room_id_from_create_event
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import compute_reference_hash
+from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
 from matrix_protocol.room_versions import (
     DEFAULT_ROOM_VERSION,
     EventFormat,
@@ -155,6 +156,12 @@ class LocalEvents:
             pdu["auth_events"] = auth_ids
         key = self.signing_key()
         signed = sign_event(pdu, key.signing_key, self.server_name, key.key_id, version)
+        try:
+            # Our events obey the same limits as everyone's (size, canonical JSON, ids).
+            check_pdu_format(signed, version)
+        except PduFormatError as error:
+            errcode = "M_TOO_LARGE" if "larger than" in str(error) else "M_BAD_JSON"
+            raise BadRequest(f"the event is not valid: {error}", errcode) from None
         return Event.from_pdu(signed, version), signed
 
     def _v1_reference(

@@ -189,3 +189,23 @@ async def test_aliases(events: EventsService) -> None:
         )
     )
     assert code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_local_events_obey_the_pdu_limits(events: EventsService) -> None:
+    admin = f"@admin:{events.server_name}"
+    room_id = await events.create_room("10")
+    code, details = await _code(
+        events.send(room_id, admin, "m.room.message", {"body": "x" * 70_000})
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("M_TOO_LARGE")
+    code, details = await _code(events.send(room_id, admin, "m.room.message", {"n": 1.5}))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("M_BAD_JSON")
+    code, details = await _code(
+        events.send(room_id, admin, "m.room.topic", {"topic": "t"}, state_key="k" * 300)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("M_BAD_JSON")
+    stored = await events.pool.fetchval(
+        "SELECT count(*) FROM events.events WHERE room_id = $1 AND type = 'm.room.message'",
+        room_id,
+    )
+    assert stored == 0
