@@ -408,7 +408,9 @@ class SenderStorage:
                     destination=destination,
                     txn_id=row["r_txn"],
                     origin_server_ts=row["r_txn_ts"],
-                    pdus=[pdus[p] for p in row["r_positions"]],
+                    # (as a join would: a stored event that went missing is
+                    # not sent, rather than failing every destination's batch)
+                    pdus=[pdus[p] for p in row["r_positions"] if p in pdus],
                     edus=list(zip(row["r_edu_types"], row["r_edu_contents"], strict=True)),
                     resumed=row["r_resumed"],
                 )
