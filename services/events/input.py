@@ -35,9 +35,10 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.event_ids import compute_event_id
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import content_hash_matches
-from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
+from matrix_protocol.pdu_format import MAX_ID_BYTES, PduFormatError, check_pdu_format
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, UnsupportedRoomVersion, room_version
+from matrix_protocol.server_names import is_valid_user_id
 from matrix_protocol.signing import signatures_required_for_event
 from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
@@ -601,11 +602,20 @@ def _outcome_label(outcome: Outcome) -> str:
     return outcome.status.name.lower()
 
 
+def _is_origin_user(user_id: Any, origin: str) -> bool:
+    """A valid user id (≤ 255 bytes) on the server that sent the EDU."""
+    return (
+        isinstance(user_id, str)
+        and is_valid_user_id(user_id)
+        and user_id.split(":", 1)[1] == origin
+    )
+
+
 def _typing_items(origin: str, content: Mapping[str, Any]) -> list[dict[str, Any]]:
     room_id, user_id, typing = content.get("room_id"), content.get("user_id"), content.get("typing")
     if not (isinstance(room_id, str) and isinstance(user_id, str) and isinstance(typing, bool)):
         return []
-    if ":" not in user_id or user_id.split(":", 1)[1] != origin:
+    if not _is_origin_user(user_id, origin):
         return []
     return [
         {
@@ -624,7 +634,7 @@ def _receipt_items(origin: str, content: Mapping[str, Any]) -> list[dict[str, An
         if not isinstance(by_type, Mapping) or not isinstance(by_type.get("m.read"), Mapping):
             continue
         for user_id, receipt in by_type["m.read"].items():
-            if ":" not in user_id or user_id.split(":", 1)[1] != origin:
+            if not _is_origin_user(user_id, origin):
                 continue
             if not isinstance(receipt, Mapping):
                 continue
@@ -633,6 +643,7 @@ def _receipt_items(origin: str, content: Mapping[str, Any]) -> list[dict[str, An
                 isinstance(event_ids, list)
                 and len(event_ids) == 1
                 and isinstance(event_ids[0], str)
+                and len(event_ids[0].encode()) <= MAX_ID_BYTES
             ):
                 continue
             if not isinstance(data, Mapping):

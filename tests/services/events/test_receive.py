@@ -255,3 +255,35 @@ async def test_room_acl_denies_the_origin_per_pdu(
     response = await events.transaction(remote.name, [message])
     assert "ACL" in response["pdus"][event_id]["error"]
     assert await events.event(event_id) is None
+
+
+async def test_edus_with_oversized_or_invalid_ids_are_ignored(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    long_user = remote.user("x" * 300)
+    edus = [
+        {
+            "edu_type": "m.typing",
+            "content": {"room_id": room_id, "user_id": long_user, "typing": True},
+        },
+        {
+            "edu_type": "m.typing",
+            "content": {"room_id": room_id, "user_id": "no-sigil", "typing": True},
+        },
+        {
+            "edu_type": "m.receipt",
+            "content": {
+                room_id: {"m.read": {alice: {"event_ids": ["$" + "e" * 300], "data": {"ts": 1}}}}
+            },
+        },
+        {
+            "edu_type": "m.receipt",
+            "content": {room_id: {"m.read": {alice: {"event_ids": ["$ok"], "data": {"ts": 2}}}}},
+        },
+    ]
+    await events.transaction(remote.name, [], edus)
+    rows = await events.pool.fetch(
+        "SELECT kind, user_id, event_id FROM events.ephemeral WHERE room_id = $1", room_id
+    )
+    assert [(r["kind"], r["user_id"], r["event_id"]) for r in rows] == [("receipt", alice, "$ok")]
