@@ -88,7 +88,11 @@ class DirectoryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryHierarchy(self, request, context):
-        """The body of GET /hierarchy/{roomId} as seen by `as_server`.
+        """The body of GET /hierarchy/{roomId} as seen by `as_server`. For a local
+        caller (`as_server` empty), children we do not hold are asked of their
+        `via` servers (GET /hierarchy/{childId}, bounded fan-out, 5 s deadline)
+        and included when one answers; those answers are cached in memory by the
+        events process for 5 minutes (failures for 30 s).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
