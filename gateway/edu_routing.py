@@ -5,11 +5,12 @@
 ``m.device_list_update``, ``m.signing_key_update``, ``m.direct_to_device``
 and (when ``presence_enabled``) ``m.presence`` ones and hands them to the
 keys process in ONE ``InputDeviceListUpdates`` call (nothing is sent when
-there are none). It never raises: a transaction is answered 200 whatever its
-EDUs do. A lost device-list update is repaired by the next one's ``prev_id``
-check (resync); a lost to-device message is not, but a retried transaction
-(same txnId) forwards its EDUs again and the keys process de-duplicates
-to-device messages on ``(origin, message_id)``.
+there are none). Bad EDUs never fail a transaction. But when the keys
+process cannot be reached, the transaction is answered 503 so the sender
+retries it: a lost to-device message (a room key, say) would never be
+repaired. The retry is safe: the events service answers a known txnId from
+its stored response, to-device messages are de-duplicated on
+``(origin, message_id)`` and device-list updates replace by ``stream_id``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,20 @@ from typing import Any
 import grpc
 from fastapi import Request
 
+from gateway.errors import MatrixError
 from matrix_protocol.canonical_json import encode_json
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# The keys process is down or overloaded: worth a retry of the whole transaction.
+_RETRY_LATER = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 
 # edu_type → the request field its contents go in.
 KEYS_EDU_FIELDS = {
@@ -73,3 +84,10 @@ async def forward_device_edus(request: Request, origin: str, edus: Sequence[Any]
             "keys-process EDUs not processed",
             extra={"origin": origin, "code": str(error.code()), "details": error.details()},
         )
+        if error.code() in _RETRY_LATER:
+            raise MatrixError(
+                503,
+                "M_UNKNOWN",
+                "Device and to-device EDUs cannot be stored right now; retry the transaction",
+                headers={"Retry-After": "5"},
+            ) from None

@@ -166,10 +166,16 @@ async def _input_transaction_and_device_edus(
 ) -> bytes:
     """PDUs and room EDUs to the events service, device, to-device and presence EDUs
     to the keys process, at once."""
-    response, _ = await asyncio.gather(
+    # Both run to the end; then a failure of either decides the answer.
+    response, forwarded = await asyncio.gather(
         _input_transaction(request, origin, txn_id, pdus, edus),
         forward_device_edus(request, origin, body.get("edus") or []),
+        return_exceptions=True,
     )
+    for outcome in (response, forwarded):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(response, bytes)
     return response
 
 

@@ -29,6 +29,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.events import Event
 from matrix_protocol.room_versions import RoomVersion, room_version
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
@@ -652,6 +653,17 @@ class _RecordingEvents(events_pb2_grpc.EventsServicer):
         return events_pb2.InputTransactionResponse(response_json=b'{"pdus":{"$x":{}}}')
 
 
+class _RecordingAccounts(accounts_pb2_grpc.AccountsServicer):
+    def __init__(self) -> None:
+        self.calls: list[accounts_pb2.InputDeviceListUpdatesRequest] = []
+
+    async def InputDeviceListUpdates(  # noqa: N802 (gRPC method name)
+        self, request: accounts_pb2.InputDeviceListUpdatesRequest, context: Any
+    ) -> accounts_pb2.InputDeviceListUpdatesResponse:
+        self.calls.append(request)
+        return accounts_pb2.InputDeviceListUpdatesResponse()
+
+
 @pytest.fixture
 async def standin() -> AsyncIterator[tuple[httpx.AsyncClient, _RecordingEvents]]:
     from gateway.app import create_app
@@ -663,10 +675,13 @@ async def standin() -> AsyncIterator[tuple[httpx.AsyncClient, _RecordingEvents]]
     servicer = _RecordingEvents()
     server = grpc.aio.server()
     events_pb2_grpc.add_EventsServicer_to_server(servicer, server)
+    servicer.accounts = _RecordingAccounts()  # type: ignore[attr-defined]
+    accounts_pb2_grpc.add_AccountsServicer_to_server(servicer.accounts, server)  # type: ignore[attr-defined]
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    config = Config(server_name="us.example", events_address=f"127.0.0.1:{port}")
+    address = f"127.0.0.1:{port}"
+    config = Config(server_name="us.example", events_address=address, keys_address=address)
     clients = ServiceClients(config)
     app = create_app(config, clients)
 
@@ -711,6 +726,8 @@ async def test_one_input_call_per_transaction_with_only_the_events_services_edus
         {"edu_type": "m.typing", "content": {"typing": True}},
         {"edu_type": "m.receipt", "content": {}},
     ]
+    (keys_call,) = servicer.accounts.calls  # type: ignore[attr-defined]
+    assert keys_call.origin == "them.example"
 
 
 async def test_a_concurrent_different_transaction_is_429_and_a_retry_joins(

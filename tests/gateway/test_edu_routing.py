@@ -1,0 +1,45 @@
+"""Device and to-device EDUs from /send: a keys process that can't be reached means "retry"."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import grpc
+import pytest
+
+from gateway.edu_routing import forward_device_edus
+from gateway.errors import MatrixError
+from tests.support.ports import free_port
+
+TO_DEVICE = {
+    "edu_type": "m.direct_to_device",
+    "content": {
+        "sender": "@alice:remote.test",
+        "type": "m.room_key",
+        "message_id": "m1",
+        "messages": {"@bob:here.test": {"DEVICE": {"k": "v"}}},
+    },
+}
+
+
+def _request(channel: grpc.aio.Channel) -> SimpleNamespace:
+    state = SimpleNamespace(
+        config=SimpleNamespace(presence_enabled=False),
+        services=SimpleNamespace(channel=lambda _name: channel),
+    )
+    return SimpleNamespace(app=SimpleNamespace(state=state))
+
+
+async def test_unreachable_keys_process_asks_the_sender_to_retry() -> None:
+    # A real channel to a port nobody listens on: the call fails UNAVAILABLE.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
+        with pytest.raises(MatrixError) as refused:
+            await forward_device_edus(_request(channel), "remote.test", [TO_DEVICE])
+    assert refused.value.status == 503
+    assert refused.value.headers == {"Retry-After": "5"}
+
+
+async def test_transactions_without_keys_edus_make_no_call() -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
+        typing = {"edu_type": "m.typing", "content": {}}
+        await forward_device_edus(_request(channel), "remote.test", [typing, "junk"])
