@@ -33,9 +33,11 @@ from services.events import storage
 from services.events.cache import LruCache
 from services.events.state import StateResolver
 from services.events.state_storage import PendingGroups, StateGroup, StateStore
-from services.events.storage import EventWrite, RoomRow, Status, StoredEvent
+from services.events.storage import EventWrite, RoomRow, Status, StoredEvent, WaitingRedaction
 
 CREATE = "m.room.create"
+REDACTION = "m.room.redaction"
+POWER_LEVELS: StateKey = ("m.room.power_levels", "")
 
 
 @dataclass
@@ -57,6 +59,30 @@ class RoomsCore:
     resolver: StateResolver
     # Events as stored (immutable for our purposes: auth and state).
     event_cache: LruCache[str, StoredEvent]
+
+
+def redaction_origin(event: Event) -> str:
+    """The server an event counts as coming from for redactions (signing.md §6).
+
+    A redaction may redact events of its own server without the ``redact``
+    power level: the sender's server, or in v1/v2 rooms (auth rule 11) the
+    domain of the event id.
+    """
+    if event.room_version.redaction_auth_rule and ":" in event.event_id:
+        return event.event_id.split(":", 1)[1]
+    return event.sender_server
+
+
+def waiting_redaction_applies(waiting: Iterable[WaitingRedaction], target: Event) -> bool:
+    """Whether one of the redactions that waited for ``target`` may redact it."""
+    origin = redaction_origin(target)
+    return any(w.authorised or w.redactor_server == origin for w in waiting)
+
+
+def redacted_copy(event: Event) -> tuple[Event, str]:
+    """``event`` redacted, and its JSON as stored."""
+    pdu = redact(event.pdu, event.room_version)
+    return Event(pdu, event.room_version, event.event_id), encode_json(pdu).decode()
 
 
 NOT_DIVULGING = "Your server isn't divulging details about prev_events referenced in this event."
@@ -95,6 +121,11 @@ class RoomBatch:
         self._writes: dict[str, EventWrite] = {}
         self._groups = PendingGroups()
         self._redactions: dict[str, str] = {}
+        # Redactions of events not held yet: the room's (loaded at open), the
+        # batch's new ones, and targets that arrived (their rows are dropped).
+        self._waiting: dict[str, list[WaitingRedaction]] = {}
+        self._new_waiting: list[WaitingRedaction] = []
+        self._arrived_targets: set[str] = set()
         self._to_stream: list[str] = []
         self.room: RoomRow
         self.version: RoomVersion
@@ -115,6 +146,7 @@ class RoomBatch:
             return False
         self.room = rooms[self.room_id]
         self.version = room_version(self.room.room_version)
+        self._waiting = await storage.waiting_redactions(self.conn, self.room_id)
         self.extremities = await storage.forward_extremities(self.conn, self.room_id)
         self._initial_extremities = set(self.extremities)
         if self.room.current_state_group is not None:
@@ -142,6 +174,11 @@ class RoomBatch:
         await storage.insert_events(conn, self.room_id, list(self._writes.values()))
         for target, redacted_json in self._redactions.items():
             await storage.redact_event(conn, self.room_id, target, redacted_json)
+        if self._new_waiting or self._arrived_targets:
+            added = [w for w in self._new_waiting if w.target_id not in self._arrived_targets]
+            await storage.update_waiting_redactions(
+                conn, self.room_id, added, self._arrived_targets
+            )
         removed = self._initial_extremities - set(self.extremities)
         added = set(self.extremities) - self._initial_extremities
         await storage.replace_forward_extremities(conn, self.room_id, removed, added)
@@ -312,12 +349,13 @@ class RoomBatch:
         if status is Status.ACCEPTED:
             if not backfill and (live or not await self._has_successors(event_id)):
                 await self._advance_head(event, after)
-            if event.type == "m.room.redaction":
+            if event.type == REDACTION:
                 await self._apply_redaction(event, before)
             if not backfill:
                 self._to_stream.append(event_id)
         if event.type == CREATE and status is Status.ACCEPTED:
             self.create_event = event
+        self._redact_on_arrival(stored)
         return Outcome(event_id, status, rejection or "")
 
     async def _reload(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
@@ -366,6 +404,7 @@ class RoomBatch:
         stored.redacted = redacted
         self.pending[event_id] = stored
         self._writes[event_id] = EventWrite(stored, encode_json(pdu).decode(), event.membership)
+        self._redact_on_arrival(stored)
         return Outcome(event_id, status, rejection or "")
 
     def _check_own_auth_events(self, event: Event, auth_events: list[StoredEvent]) -> str | None:
@@ -452,26 +491,65 @@ class RoomBatch:
         self.current = groups[0] if len(groups) == 1 else await self._resolve_groups(groups)
 
     async def _apply_redaction(self, redaction: Event, before: StateGroup) -> None:
-        """Redact the target in storage when the redaction's sender may do so."""
+        """An accepted redaction: redact its target, or wait for it (signing.md §6).
+
+        Applied when the redactor's power level in the state before the
+        redaction reaches ``redact`` or the target comes from the redactor's
+        server; a redaction failing both is kept but never applied. When the
+        target is not held yet the decision waits for it
+        (:meth:`_redact_on_arrival`); the power-level half is decided now.
+        """
         target_id = redaction.redacts
         if target_id is None:
             return
         target = (await self.events([target_id])).get(target_id)
-        if target is None or target.event.room_id != self.room_id or target.redacted:
+        if target is None:
+            waiting = WaitingRedaction(
+                target_id,
+                redaction.event_id,
+                await self._may_redact_any(redaction, before),
+                redaction_origin(redaction),
+            )
+            self._waiting.setdefault(target_id, []).append(waiting)
+            self._new_waiting.append(waiting)
             return
-        if target.event.sender_server != redaction.sender_server:
-            power = await self.state_events(before.state, [("m.room.power_levels", "")])
-            pl_event = power.get(("m.room.power_levels", ""))
-            if self.create_event is None:
-                return
-            level = user_power_level(redaction.sender, pl_event, self.create_event)
-            if level < named_power_level("redact", pl_event):
-                return
-        redacted_json = encode_json(redact(target.event.pdu, self.version)).decode()
+        if target.event.room_id != self.room_id or target.redacted:
+            return
+        if redaction_origin(target.event) != redaction_origin(
+            redaction
+        ) and not await self._may_redact_any(redaction, before):
+            return
+        self._redact(target)
+
+    async def _may_redact_any(self, redaction: Event, before: StateGroup) -> bool:
+        """The redactor's power level in ``before`` reaches the room's ``redact`` level."""
+        if self.create_event is None:
+            return False
+        power = await self.state_events(before.state, [POWER_LEVELS])
+        pl_event = power.get(POWER_LEVELS)
+        level = user_power_level(redaction.sender, pl_event, self.create_event)
+        return level >= named_power_level("redact", pl_event)
+
+    def _redact_on_arrival(self, stored: StoredEvent) -> None:
+        """``stored`` was just added: apply the redactions that waited for it."""
+        waiting = self._waiting.pop(stored.event_id, None)
+        if not waiting:
+            return
+        self._arrived_targets.add(stored.event_id)
+        if stored.redacted or stored.event.room_id != self.room_id:
+            return
+        if waiting_redaction_applies(waiting, stored.event):
+            self._redact(stored)
+
+    def _redact(self, target: StoredEvent) -> None:
+        """Store ``target`` redacted: its row in this batch, or an update of the stored one."""
+        target_id = target.event_id
+        redacted_event, redacted_json = redacted_copy(target.event)
         write = self._writes.get(target_id)
         if write is not None and not write.promote:
             write.pdu_json = redacted_json
             write.stored.redacted = True
+            write.stored.event = redacted_event
         else:
             self._redactions[target_id] = redacted_json
 

@@ -308,6 +308,58 @@ async def redact_event(
     )
 
 
+@dataclass
+class WaitingRedaction:
+    """A stored redaction whose target we do not hold yet (``waiting_redactions``)."""
+
+    target_id: str
+    redaction_id: str
+    authorised: bool
+    redactor_server: str
+
+
+async def waiting_redactions(
+    conn: asyncpg.Connection, room_id: str
+) -> dict[str, list[WaitingRedaction]]:
+    """The room's waiting redactions by target id (usually none)."""
+    rows = await conn.fetch(
+        "SELECT target_id, redaction_id, authorised, redactor_server"
+        " FROM events.waiting_redactions WHERE room_id = $1",
+        room_id,
+    )
+    waiting: dict[str, list[WaitingRedaction]] = {}
+    for row in rows:
+        waiting.setdefault(row["target_id"], []).append(WaitingRedaction(**dict(row)))
+    return waiting
+
+
+async def update_waiting_redactions(
+    conn: asyncpg.Connection,
+    room_id: str,
+    added: Sequence[WaitingRedaction],
+    resolved_targets: Iterable[str],
+) -> None:
+    """Remember ``added``; forget the rows of targets that have arrived."""
+    resolved = list(resolved_targets)
+    if resolved:
+        await conn.execute(
+            "DELETE FROM events.waiting_redactions"
+            " WHERE room_id = $1 AND target_id = ANY($2::text[])",
+            room_id,
+            resolved,
+        )
+    if added:
+        await conn.executemany(
+            "INSERT INTO events.waiting_redactions"
+            " (room_id, target_id, redaction_id, authorised, redactor_server)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            [
+                (room_id, w.target_id, w.redaction_id, w.authorised, w.redactor_server)
+                for w in added
+            ],
+        )
+
+
 async def assign_stream_positions(
     conn: asyncpg.Connection, event_ids: Sequence[str], ephemeral: Sequence[dict[str, Any]] = ()
 ) -> dict[str, int]:
