@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from matrix_protocol.auth_events import auth_types_for_event
 from matrix_protocol.auth_rules import AuthError, check_auth_events_structure, check_auth_rules
 from matrix_protocol.canonical_json import decode_json, encode_json
@@ -67,6 +69,7 @@ from services.events.membership.common import (
     state_events,
     verify_event_signatures,
 )
+from services.events.room_batch import redacted_copy, waiting_redaction_applies
 from services.events.state_storage import PendingGroups, StateStore
 from services.events.storage import CurrentStateRow, EventWrite, Status, StoredEvent
 
@@ -592,6 +595,7 @@ class Joining:
                 servers_before=servers_before,
             )
             writes.append(EventWrite(join_stored, encode_json(join_pdu).decode(), "join"))
+            await _redact_waiting_targets(conn, room_id, writes)
             await StateStore.write(conn, pending)
             await storage.insert_events(conn, room_id, writes)
             extremities = await storage.forward_extremities(conn, room_id)
@@ -841,3 +845,25 @@ class Joining:
     async def query_invites(self, user_id: str) -> list[oob_storage.OutOfBand]:
         async with self.deps.pool.acquire() as conn:
             return await oob_storage.list_for(conn, user_id)
+
+
+async def _redact_waiting_targets(
+    conn: asyncpg.Connection, room_id: str, writes: Sequence[EventWrite]
+) -> None:
+    """Events of a rejoin that redactions stored earlier waited for (signing.md §6).
+
+    The join's state and auth chain are written here rather than through a
+    room batch, so the waiting redactions are applied here too.
+    """
+    waiting = await storage.waiting_redactions(conn, room_id)
+    arrived = [w for w in writes if w.stored.event_id in waiting]
+    for write in arrived:
+        stored = write.stored
+        applies = waiting_redaction_applies(waiting[stored.event_id], stored.event)
+        if applies and not stored.redacted:
+            stored.event, write.pdu_json = redacted_copy(stored.event)
+            stored.redacted = True
+    if arrived:
+        await storage.update_waiting_redactions(
+            conn, room_id, [], [w.stored.event_id for w in arrived]
+        )
