@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a fresh PostgreSQL database per test session."""
+"""Fixtures shared by the whole suite: a fresh PostgreSQL database per test session,
+and (per module that asks) a running mxfed scene and an outsider remote server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.support.databases import create_database, drop_database
+from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.scene import Scene, start_scene, stop_scene
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +17,23 @@ async def database_url() -> AsyncIterator[str]:
     url = await create_database()
     yield url
     await drop_database(url)
+
+
+@pytest.fixture(scope="module")
+async def scene(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Scene]:
+    """A running mxfed and a fake remote homeserver, one per test module that asks."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    started, scene_database_url = await start_scene(tmp_path_factory.mktemp(name))
+    yield started
+    await stop_scene(started, scene_database_url)
+
+
+@pytest.fixture(scope="module")
+async def outsider() -> AsyncIterator[FakeHomeserver]:
+    """A second remote server, with no member in any room."""
+    server = FakeHomeserver(key_version="outsider1")
+    await server.start()
+    yield server
+    await server.stop()

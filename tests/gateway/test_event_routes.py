@@ -7,7 +7,6 @@ second FakeHomeserver has no member anywhere.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -16,29 +15,14 @@ import pytest
 
 from matrix_protocol.events import Event
 from mxfed_api.events.v1 import events_pb2
-from tests.gateway.test_transactions import Room, Scene, start_scene, stop_scene
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.scene import Room, Scene
 
 V1 = "/_matrix/federation/v1"
 
 
 def q(value: str) -> str:
     return quote(value, safe="")
-
-
-@pytest.fixture(scope="module")
-async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
-    started, database_url = await start_scene(tmp_path_factory.mktemp("event-routes"))
-    yield started
-    await stop_scene(started, database_url)
-
-
-@pytest.fixture(scope="module")
-async def outsider() -> AsyncIterator[FakeHomeserver]:
-    server = FakeHomeserver(key_version="outsider1")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,36 +6,20 @@ messages after; a second FakeHomeserver has no member anywhere.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import pytest
 
-from tests.gateway.test_transactions import Room, Scene, start_scene, stop_scene
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.scene import Room, Scene
 
 V1 = "/_matrix/federation/v1"
 
 
 def q(value: str) -> str:
     return quote(value, safe="")
-
-
-@pytest.fixture(scope="module")
-async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
-    started, database_url = await start_scene(tmp_path_factory.mktemp("history-routes"))
-    yield started
-    await stop_scene(started, database_url)
-
-
-@pytest.fixture(scope="module")
-async def outsider() -> AsyncIterator[FakeHomeserver]:
-    server = FakeHomeserver(key_version="outsider1")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture(scope="module")

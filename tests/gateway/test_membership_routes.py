@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -22,8 +21,8 @@ from matrix_protocol.events import Event
 from matrix_protocol.membership import build_event_from_template
 from matrix_protocol.room_versions import room_version
 from mxfed_api.events.v1 import events_pb2, membership_pb2, membership_pb2_grpc
-from tests.gateway.test_transactions import Room, Scene, start_scene, stop_scene
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.scene import Room, Scene
 
 V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
@@ -32,13 +31,6 @@ ALL_VERSIONS = "&".join(f"ver={v}" for v in range(1, 13))
 
 def q(value: str) -> str:
     return quote(value, safe="")
-
-
-@pytest.fixture(scope="module")
-async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
-    started, database_url = await start_scene(tmp_path_factory.mktemp("membership"))
-    yield started
-    await stop_scene(started, database_url)
 
 
 @pytest.fixture(scope="module")

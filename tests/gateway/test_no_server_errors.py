@@ -40,7 +40,7 @@ from starlette.routing import Route
 from gateway.app import create_app
 from matrix_protocol.canonical_json import encode_json
 from mxfed.config import load_config
-from tests.gateway.test_transactions import Room, Scene, start_scene, stop_scene
+from tests.support.scene import Room, Scene, start_scene, stop_scene
 
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 

@@ -7,18 +7,10 @@ import json
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.gateway.test_transactions import Scene, start_scene, stop_scene
-
-
-@pytest.fixture(scope="module")
-async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
-    started, database_url = await start_scene(tmp_path_factory.mktemp("room-cli"))
-    yield started
-    await stop_scene(started, database_url)
+from tests.support.scene import Scene
 
 
 def _command(scene: Scene, *args: str) -> list[str]:

@@ -24,10 +24,10 @@ from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import generate_signing_key, sign_event
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.events.v1 import events_pb2, history_pb2, history_pb2_grpc
-from tests.gateway.test_transactions import Room, Scene
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
+from tests.support.scene import Room, Scene
 
 V1 = "/_matrix/federation/v1"
 
