@@ -28,7 +28,7 @@ from matrix_protocol.encoding import encode_base64
 from matrix_protocol.events import Event
 from matrix_protocol.power_levels import required_power_level, user_power_level
 from matrix_protocol.signing import sign_json
-from tests.matrix_protocol.room_builder import RoomBuilder
+from tests.support.room_builder import RoomBuilder
 
 CREATOR = "@creator:test"
 PLEB = "@pleb:test"

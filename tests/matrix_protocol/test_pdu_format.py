@@ -9,7 +9,7 @@ import pytest
 from matrix_protocol.canonical_json import encode_canonical_json
 from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
 from matrix_protocol.room_versions import KNOWN_ROOM_VERSIONS, room_version
-from tests.matrix_protocol.room_builder import RoomBuilder
+from tests.support.room_builder import RoomBuilder
 
 ALICE = "@alice:test"
 

@@ -16,7 +16,7 @@ from matrix_protocol.power_levels import (
     validate_power_levels_content,
 )
 from matrix_protocol.room_versions import room_version
-from tests.matrix_protocol.room_builder import RoomBuilder
+from tests.support.room_builder import RoomBuilder
 
 V1, V5, V6, V9, V10, V11, V12 = (room_version(v) for v in ("1", "5", "6", "9", "10", "11", "12"))
 

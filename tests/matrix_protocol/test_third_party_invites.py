@@ -11,7 +11,7 @@ from matrix_protocol.third_party_invites import (
     third_party_invite_public_keys,
     verify_third_party_invite_signed,
 )
-from tests.matrix_protocol.room_builder import RoomBuilder
+from tests.support.room_builder import RoomBuilder
 
 ALICE, BOB = "@alice:test", "@bob:elsewhere"
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from matrix_protocol.events import StateKey
-from tests.matrix_protocol.state_resolution.test_v2 import (
+from tests.support.state_dag import (
     ALICE,
     BAN,
     BOB,

@@ -9,7 +9,7 @@ import pytest
 from matrix_protocol.events import Event, StateKey
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.state_resolution import MissingEventError
-from tests.matrix_protocol.state_resolution.test_v2 import (
+from tests.support.state_dag import (
     ALICE,
     BAN,
     BOB,

@@ -16,7 +16,7 @@ import pytest
 from matrix_protocol.events import StateKey
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.state_resolution import auth_chain, resolve_state, v2
-from tests.matrix_protocol.state_resolution.test_v2 import (
+from tests.support.state_dag import (
     ALICE,
     BOB,
     CACHE_EDGES,
