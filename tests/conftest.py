@@ -11,6 +11,9 @@ from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.scene import Scene, start_scene, stop_scene
 
+# The keys service fixtures (and the gateway wired to it), for every test.
+pytest_plugins = ["tests.support.keys_service"]
+
 
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:

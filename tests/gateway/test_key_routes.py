@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from matrix_protocol.signing import decode_verify_key, verify_json_signature
-from tests.gateway.keys_gateway import KEYS_FIXTURES, OUR_SERVER, open_gateway
-from tests.services.keys.key_servers import HOUR_MS, now_ms
-
-globals().update(KEYS_FIXTURES)
+from tests.support.key_servers import HOUR_MS, now_ms
+from tests.support.keys_service import OUR_SERVER, open_gateway
 
 
 def _our_key(body: dict) -> tuple[str, object]:

@@ -18,9 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from gateway.responses import JsonResponse
 from gateway.xmatrix_auth import client_certificate_matches, raw_request_target, require_origin
 from matrix_protocol.xmatrix import sign_request
-from tests.gateway.keys_gateway import KEYS_FIXTURES, OUR_SERVER, Gateway, open_gateway
-
-globals().update(KEYS_FIXTURES)
+from tests.support.keys_service import OUR_SERVER, Gateway, open_gateway
 
 router = APIRouter()
 

@@ -45,13 +45,10 @@ from services.keys.keyring import KeyNeed
 from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
-from tests.gateway.keys_gateway import KEYS_FIXTURES
-from tests.services.keys.key_servers import now_ms
 from tests.support.databases import create_database, drop_database
+from tests.support.key_servers import now_ms
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.ports import free_port
-
-globals().update(KEYS_FIXTURES)
 
 pytestmark = pytest.mark.interop
 

@@ -1,7 +1,9 @@
 """Fixtures for the keys service: its schema on the test database, fake key
-servers, a keyring talking to them, and the servicer on a real gRPC port.
+servers, a keyring talking to them, the servicer on a real gRPC port, and a
+gateway app wired to it (driven over ASGI).
 
-Imported by ``conftest.py`` here and by the gateway tests that need a keys service.
+A pytest plugin: ``tests/conftest.py`` registers it, so every test can ask for
+these fixtures by name.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from typing import Any
 
 import asyncpg
 import grpc
+import httpx
 import pytest
+from fastapi import APIRouter, FastAPI
 
+from gateway.app import create_app
+from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 from mxfed.database import apply_migrations, create_pool
 from mxfed.federation_client import FederationClient, OutboundOptions
@@ -26,7 +32,7 @@ from services.keys.own_keys import OwnKeys
 from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
-from tests.services.keys.key_servers import FakeKeyServer
+from tests.support.key_servers import FakeKeyServer
 from tests.support.ports import free_port
 
 OUR_SERVER = "keys-test.example"
@@ -129,3 +135,34 @@ async def keys_service(make_keys: Callable[..., KeysUnderTest]) -> AsyncIterator
     yield KeysService(keys_pb2_grpc.KeysStub(channel), keys, f"127.0.0.1:{port}")
     await channel.close()
     await server.stop(grace=None)
+
+
+@dataclass
+class Gateway:
+    app: FastAPI
+    http: httpx.AsyncClient
+    config: Config
+    keys: KeysService
+
+
+async def open_gateway(
+    keys_service: KeysService, router: APIRouter | None = None, **options: object
+) -> tuple[Gateway, ServiceClients]:
+    config = Config(server_name=OUR_SERVER, keys_address=keys_service.address, **options)
+    clients = ServiceClients(config)
+    app = create_app(config, clients)
+    if router is not None:
+        app.include_router(router)
+    http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+        base_url="https://gateway.test",
+    )
+    return Gateway(app, http, config, keys_service), clients
+
+
+@pytest.fixture
+async def gateway(keys_service: KeysService) -> AsyncIterator[Gateway]:
+    opened, clients = await open_gateway(keys_service)
+    yield opened
+    await opened.http.aclose()
+    await clients.close()

@@ -19,17 +19,7 @@ from mxfed.service_runtime import ServiceContext, migrations_directory
 from mxfed_api.events.v1 import events_pb2_grpc
 from services.events.server import setup
 from tests.services.events.helpers import EventsService, RemoteServer
-from tests.services.keys.fixtures import (  # noqa: F401
-    federation_client,
-    key_server_factory,
-    keys_config,
-    keys_pool,
-    keys_service,
-    keys_storage,
-    make_keys,
-    tls_dir,
-)
-from tests.services.keys.key_servers import FakeKeyServer
+from tests.support.key_servers import FakeKeyServer
 from tests.support.ports import free_port
 
 OUR_SERVER = "events-test.example"

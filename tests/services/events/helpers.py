@@ -19,7 +19,7 @@ from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import sign_event
 from mxfed.identity_files import ServerSigningKey
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
-from tests.services.keys.key_servers import FakeKeyServer
+from tests.support.key_servers import FakeKeyServer
 
 _TS = itertools.count(int(time.time() * 1000))
 

@@ -9,7 +9,7 @@ from matrix_protocol.signing import encode_verify_key
 from mxfed.config import TrustedKeyServer
 from services.keys.keyring import KeyNeed
 from services.keys.storage import MAX_KEY_VALIDITY_MS
-from tests.services.keys.key_servers import HOUR_MS, now_ms
+from tests.support.key_servers import HOUR_MS, now_ms
 
 DAY_MS = 24 * HOUR_MS
 

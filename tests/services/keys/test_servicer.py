@@ -12,8 +12,8 @@ from matrix_protocol.signing import decode_verify_key, verify_json_signature
 from matrix_protocol.xmatrix import parse_xmatrix_header, sign_request
 from mxfed.identity_files import parse_signing_key
 from mxfed_api.keys.v1 import keys_pb2
-from tests.services.keys.fixtures import OUR_SERVER
-from tests.services.keys.key_servers import HOUR_MS, now_ms
+from tests.support.key_servers import HOUR_MS, now_ms
+from tests.support.keys_service import OUR_SERVER
 
 
 def _verify_self_signed(obj: dict, server_name: str) -> None:
