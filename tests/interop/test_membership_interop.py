@@ -252,11 +252,14 @@ async def test_mxfed_user_joins_synapse_room_by_alias(
 # (3) invites both ways ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", ["12", "10"])
 async def test_synapse_invites_mxfed_user_accept_and_reject(
-    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient
+    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient, version: str
 ) -> None:
     owner, owner_token = await _register(synapse_client, "owner")
-    room_id = await synapse_client.create_room(owner_token, preset="private_chat")
+    room_id = await synapse_client.create_room(
+        owner_token, preset="private_chat", room_version=version
+    )
     gina, hank = mx.user("gina"), mx.user("hank")
     await synapse_client.invite(owner_token, room_id, gina)
     await synapse_client.invite(owner_token, room_id, hank)
@@ -283,11 +286,14 @@ async def test_synapse_invites_mxfed_user_accept_and_reject(
     assert leave is not None
 
 
+@pytest.mark.parametrize("version", ["12", "10"])
 async def test_synapse_invite_rejected_out_of_room(
-    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient
+    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient, version: str
 ) -> None:
     owner, owner_token = await _register(synapse_client, "owner")
-    room_id = await synapse_client.create_room(owner_token, preset="private_chat")
+    room_id = await synapse_client.create_room(
+        owner_token, preset="private_chat", room_version=version
+    )
     ivan = mx.user("ivan")
     await synapse_client.invite(owner_token, room_id, ivan)
 
@@ -303,11 +309,12 @@ async def test_synapse_invite_rejected_out_of_room(
     await synapse_client.wait_for_event(owner_token, room_id, _member(ivan, "leave"), timeout=30)
 
 
+@pytest.mark.parametrize("version", ["12", "10"])
 async def test_mxfed_invites_synapse_user_accept_and_reject(
-    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient
+    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient, version: str
 ) -> None:
     alice = mx.user("alice")
-    room_id = await mx.create_room(alice, preset="private_chat")
+    room_id = await mx.create_room(alice, preset="private_chat", version=version)
     jill, jill_token = await _register(synapse_client, "jill")
     kate, kate_token = await _register(synapse_client, "kate")
     for target in (jill, kate):
@@ -327,17 +334,18 @@ async def test_mxfed_invites_synapse_user_accept_and_reject(
 # (5) refusals ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", ["12", "10"])
 async def test_synapse_user_refused(
-    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient
+    mx: Mx, synapse: SynapseServer, synapse_client: SynapseClient, version: str
 ) -> None:
     alice = mx.user("alice")
-    private = await mx.create_room(alice, preset="private_chat")
+    private = await mx.create_room(alice, preset="private_chat", version=version)
     leo, leo_token = await _register(synapse_client, "leo")
     with pytest.raises(SynapseClientError) as info:
         await synapse_client.join(leo_token, private, via=[mx.server_name])
     assert (info.value.status, info.value.errcode) == (403, "M_FORBIDDEN")
 
-    banned_room = await mx.create_room(alice)
+    banned_room = await mx.create_room(alice, version=version)
     await mx.events.PerformSendEvent(
         events_pb2.PerformSendEventRequest(
             room_id=banned_room,
@@ -352,7 +360,7 @@ async def test_synapse_user_refused(
         await synapse_client.join(leo_token, banned_room, via=[mx.server_name])
     assert (info.value.status, info.value.errcode) == (403, "M_FORBIDDEN")
 
-    acl_room = await mx.create_room(alice)
+    acl_room = await mx.create_room(alice, version=version)
     await mx.send_state(
         acl_room, alice, "m.room.server_acl", {"allow": ["*"], "deny": ["127.0.0.1"]}
     )
