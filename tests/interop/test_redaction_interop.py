@@ -19,8 +19,8 @@ import pytest
 from synapse_harness import SynapseClient, SynapseClientError, SynapseServer, wait_until
 
 from mxfed_api.events.v1 import events_pb2
-from tests.interop.test_membership_interop import Mx
 from tests.support.databases import create_database, drop_database
+from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop

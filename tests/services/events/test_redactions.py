@@ -24,8 +24,7 @@ from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import sign_event
 from mxfed_api.events.v1 import events_pb2
 from tests.services.events.helpers import EventsService, RemoteServer, RoomHead
-from tests.services.events.test_receive import _public_room_with_remote_member
-from tests.services.keys.key_servers import FakeKeyServer
+from tests.support.key_servers import FakeKeyServer
 
 _TS = itertools.count(int(time.time() * 1000))
 
@@ -66,6 +65,16 @@ def _redaction(
         head.extremities = [event_id]
         head.max_depth = pdu["depth"]
     return signed, event_id
+
+
+async def _public_room_with_remote_member(
+    events: EventsService, remote: RemoteServer, version: str
+) -> tuple[str, str]:
+    """A public room of ours (admin PL 100) that ``remote``'s alice (PL 0) has joined."""
+    room_id = await events.create_room(version, preset="public_chat")
+    alice = remote.user("alice")
+    await _join(events, remote, room_id, alice)
+    return room_id, alice
 
 
 async def _join(events: EventsService, remote: RemoteServer, room_id: str, user: str) -> None:
