@@ -18,11 +18,9 @@ from mxfed.identity_files import new_signing_key
 from mxfed.service_runtime import ServiceContext, migrations_directory
 from mxfed_api.events.v1 import events_pb2_grpc
 from services.events.server import setup
-from tests.services.events.helpers import EventsService, RemoteServer
+from tests.support.events_service import OUR_SERVER, EventsService, RemoteServer
 from tests.support.key_servers import FakeKeyServer
 from tests.support.ports import free_port
-
-OUR_SERVER = "events-test.example"
 
 
 @pytest.fixture(scope="session")

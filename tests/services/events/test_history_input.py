@@ -13,7 +13,7 @@ from typing import Any
 from matrix_protocol.canonical_json import encode_json
 from mxfed_api.events.v1 import events_pb2
 from services.events.history import walks
-from tests.services.events.helpers import EventsService, RemoteServer, RoomHead
+from tests.support.events_service import EventsService, RemoteServer, RoomHead
 
 
 class RemoteRoom:

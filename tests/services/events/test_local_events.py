@@ -15,7 +15,7 @@ from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import verify_json_signature
 from mxfed_api.events.v1 import events_pb2
-from tests.services.events.helpers import EventsService
+from tests.support.events_service import EventsService
 
 
 async def _timeline(events: EventsService, room_id: str) -> list[Event]:

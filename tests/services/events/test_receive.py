@@ -8,19 +8,11 @@ import uuid
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.hashes import content_hash_matches
 from mxfed_api.events.v1 import events_pb2
-from tests.services.events.helpers import EventsService, RemoteServer
-
-
-async def _public_room_with_remote_member(
-    events: EventsService, remote: RemoteServer, version: str = "10"
-) -> tuple[str, str]:
-    room_id = await events.create_room(version, preset="public_chat")
-    head = await events.head(room_id)
-    alice = remote.user("alice")
-    join, join_id = remote.pdu(head, "m.room.member", alice, {"membership": "join"}, alice)
-    response = await events.transaction(remote.name, [join])
-    assert response == {"pdus": {join_id: {}}}
-    return room_id, alice
+from tests.support.events_service import (
+    EventsService,
+    RemoteServer,
+    _public_room_with_remote_member,
+)
 
 
 async def test_valid_pdu_is_stored_and_readable(

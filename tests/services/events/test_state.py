@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from mxfed_api.events.v1 import events_pb2
-from tests.services.events.helpers import EventsService, RemoteServer
-from tests.services.events.test_receive import _public_room_with_remote_member
+from tests.support.events_service import (
+    EventsService,
+    RemoteServer,
+    _public_room_with_remote_member,
+)
 
 
 async def test_fork_is_resolved(events: EventsService, remote: RemoteServer) -> None:

@@ -8,8 +8,11 @@ from collections.abc import Awaitable, Callable
 
 from matrix_protocol.canonical_json import encode_json
 from mxfed_api.events.v1 import events_pb2
-from tests.services.events.helpers import EventsService, RemoteServer
-from tests.services.events.test_receive import _public_room_with_remote_member
+from tests.support.events_service import (
+    EventsService,
+    RemoteServer,
+    _public_room_with_remote_member,
+)
 
 
 async def _take(stream: object, count: int, timeout: float = 10.0) -> list[events_pb2.StreamItem]:

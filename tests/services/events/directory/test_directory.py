@@ -19,8 +19,7 @@ from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc
 from services.events.directory.logic import Directory, HierarchyCache
 from services.events.directory.servicer import DirectoryServicer
 from services.events.directory.summaries import decode_token, encode_token, paginate
-from tests.services.events.conftest import OUR_SERVER
-from tests.services.events.helpers import EventsService, RemoteServer
+from tests.support.events_service import OUR_SERVER, EventsService, RemoteServer
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.ports import free_port
 
