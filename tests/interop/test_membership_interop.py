@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
-import grpc
 import orjson
 import pytest
 from synapse_harness import SynapseClient, SynapseClientError, SynapseServer, wait_until
 
-from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, membership_pb2, membership_pb2_grpc
+from mxfed_api.events.v1 import events_pb2, membership_pb2
 from tests.support.databases import create_database, drop_database
+from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
@@ -34,92 +34,6 @@ def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
     finally:
         process.stop()
         asyncio.run(drop_database(database_url))
-
-
-class Mx:
-    """gRPC access to the running mxfed's events and membership services."""
-
-    def __init__(self, process: MxfedProcess) -> None:
-        self.process = process
-        self.server_name = process.server_name
-        self.channel = grpc.aio.insecure_channel(process.grpc_address("events"))
-        self.events = events_pb2_grpc.EventsStub(self.channel)
-        self.membership = membership_pb2_grpc.MembershipStub(self.channel)
-
-    def user(self, name: str) -> str:
-        return f"@{name}{secrets.token_hex(3)}:{self.server_name}"
-
-    async def create_room(
-        self, creator: str, preset: str = "public_chat", version: str = "", alias: str = ""
-    ) -> str:
-        reply = await self.events.PerformCreateRoom(
-            events_pb2.PerformCreateRoomRequest(
-                creator=creator, preset=preset, room_version=version, alias_localpart=alias
-            ),
-            timeout=30,
-        )
-        return reply.room_id
-
-    async def state(self, room_id: str) -> dict[tuple[str, str], dict[str, Any]]:
-        reply = await self.events.QueryCurrentState(
-            events_pb2.QueryCurrentStateRequest(room_id=room_id), timeout=10
-        )
-        state = {}
-        for record in reply.events:
-            pdu = orjson.loads(record.pdu_json)
-            state[(pdu["type"], pdu["state_key"])] = pdu
-        return state
-
-    async def membership_of(self, room_id: str, user_id: str) -> str | None:
-        member = (await self.state(room_id)).get(("m.room.member", user_id))
-        return member["content"]["membership"] if member else None
-
-    async def bodies(self, room_id: str) -> list[str]:
-        reply = await self.events.QueryTimeline(
-            events_pb2.QueryTimelineRequest(room_id=room_id, backwards=True, limit=100),
-            timeout=10,
-        )
-        found = []
-        for record in reply.events:
-            pdu = orjson.loads(record.pdu_json)
-            if pdu["type"] == "m.room.message":
-                found.append(pdu["content"].get("body"))
-        return found
-
-    async def send_text(self, room_id: str, sender: str, text: str) -> str:
-        reply = await self.events.PerformSendEvent(
-            events_pb2.PerformSendEventRequest(
-                room_id=room_id,
-                sender=sender,
-                type="m.room.message",
-                content_json=orjson.dumps({"msgtype": "m.text", "body": text}),
-            ),
-            timeout=30,
-        )
-        return reply.event_id
-
-    async def send_state(self, room_id: str, sender: str, event_type: str, content: dict) -> None:
-        await self.events.PerformSendEvent(
-            events_pb2.PerformSendEventRequest(
-                room_id=room_id,
-                sender=sender,
-                type=event_type,
-                state_key="",
-                content_json=orjson.dumps(content),
-            ),
-            timeout=30,
-        )
-
-    async def join(
-        self, room: str, user_id: str, via: list[str]
-    ) -> membership_pb2.PerformJoinResponse:
-        return await self.membership.PerformJoin(
-            membership_pb2.PerformJoinRequest(room_id_or_alias=room, user_id=user_id, servers=via),
-            timeout=120,
-        )
-
-    async def close(self) -> None:
-        await self.channel.close()
 
 
 @pytest.fixture
