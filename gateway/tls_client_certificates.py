@@ -23,7 +23,7 @@ class ClientCertificateHttpProtocol(HttpToolsProtocol):
         ssl_object = self.transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         chain = [ssl.DER_cert_to_PEM_cert(der)] if der else []
-        self.scope["extensions"] = {"tls": {"client_cert_chain": chain}}  # type: ignore[typeddict-unknown-key]
+        self.scope["extensions"] = {"tls": {"client_cert_chain": chain}}
 
 
 def client_certificate_options(ca_file: str | None) -> dict[str, object]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from mxfed.config import PART_NAMES, Config
+
+if TYPE_CHECKING:
+    from mxfed.database import EmbeddedDatabase
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +39,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-async def _with_database(config: Config):  # type: ignore[no-untyped-def]
+async def _with_database(config: Config) -> EmbeddedDatabase | None:
     """Resolve the database when a part runs alone (compose sets DATABASE_URL)."""
     from mxfed.database import resolve_database_url
 

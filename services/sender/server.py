@@ -22,7 +22,7 @@ from services.sender.backoff import BackoffPolicy
 from services.sender.delivery import DeliveryManager, DeliveryOptions, FederationTransport
 from services.sender.ingest import Ingester
 from services.sender.leases import Membership
-from services.sender.queues import EduQueuer
+from services.sender.queues import EduQueuer, ServersInRoom
 from services.sender.servicer import SenderServicer
 from services.sender.storage import WAKE_CHANNEL, SenderStorage
 
@@ -113,7 +113,7 @@ async def refresh_stats(storage: SenderStorage) -> None:
         await asyncio.sleep(STATS_INTERVAL)
 
 
-def servers_in_room_via(events: events_pb2_grpc.EventsStub):  # type: ignore[no-untyped-def]
+def servers_in_room_via(events: events_pb2_grpc.EventsStub) -> ServersInRoom:
     async def servers_in_room(room_id: str) -> Sequence[str]:
         # wait_for_ready: just after start the channel to the events service
         # is still connecting; wait for it (within the timeout) rather than
