@@ -291,6 +291,7 @@ def check_room_state_pdus(pdus: Any, room_version: RoomVersion, room_id: str) ->
         event = Event(pdu, room_version, event_id)
         if not event.is_state:
             raise invalid("room state entries must be state events")
+        entry_room: str | None
         if event.type == CREATE and room_version.room_id_from_create_event:
             entry_room = room_id_from_create_event(pdu, room_version)
         else:

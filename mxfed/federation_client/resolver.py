@@ -284,20 +284,28 @@ class StaticDnsResolver:
         return list(ips)
 
 
+class _Randomness(Protocol):
+    """What :func:`order_srv_records` draws from: a ``random.Random`` or the ``random`` module."""
+
+    def randrange(self, stop: int, /) -> int: ...
+
+    def uniform(self, a: float, b: float, /) -> float: ...
+
+
 def order_srv_records(
     records: list[SrvRecord], rng: random.Random | None = None
 ) -> list[SrvRecord]:
     """RFC 2782 order: ascending priority, weighted random within a priority."""
-    rng = rng or random
+    pick_from: _Randomness = rng or random
     out: list[SrvRecord] = []
     for prio in sorted({r.priority for r in records}):
         group = [r for r in records if r.priority == prio]
         while group:
             total = sum(r.weight for r in group)
             if total == 0:
-                pick = rng.randrange(len(group))
+                pick = pick_from.randrange(len(group))
             else:
-                point = rng.uniform(0, total)
+                point = pick_from.uniform(0, total)
                 acc = 0.0
                 pick = len(group) - 1
                 for i, r in enumerate(group):
