@@ -184,9 +184,10 @@ def parse_server_keys(
     for key_id, entry in verify_keys.items():
         if not is_valid_key_id(key_id) or not isinstance(entry, dict):
             continue
-        key = RemoteKey(
-            server_name, key_id, entry.get("key"), valid_until_ts, None, fetched_at, source
-        )
+        verify_key = entry.get("key")
+        if not isinstance(verify_key, str):  # what decoding it below would reject too
+            raise KeyResponseError(f"verify key {key_id} is not an ed25519 key")
+        key = RemoteKey(server_name, key_id, verify_key, valid_until_ts, None, fetched_at, source)
         try:
             key.nacl_key  # noqa: B018 - decodes (and caches) the key, or raises
         except SignatureError:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypedDict, Unpack
 
 from mxfed.config import Config
 from mxfed.federation_client import FederationClient
@@ -32,8 +34,21 @@ def notaries(config: Config) -> list[Notary]:
     return usable
 
 
+class KeyringOptions(TypedDict, total=False):
+    """The keyword-only tuning options of :class:`Keyring`."""
+
+    clock: Callable[[], int]
+    fetch_timeout: float
+    min_backoff: float
+    max_backoff: float
+    refetch_interval: float
+
+
 def build_keyring(
-    config: Config, storage: KeysStorage, client: FederationClient, **options: float
+    config: Config,
+    storage: KeysStorage,
+    client: FederationClient,
+    **options: Unpack[KeyringOptions],
 ) -> tuple[Keyring, OwnKeys]:
     own_keys = OwnKeys(config, storage)
     return Keyring(storage, own_keys, client, notaries(config), **options), own_keys

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import asyncpg
 
@@ -43,7 +43,7 @@ class PresenceState:
     received_ts: int
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -56,7 +56,8 @@ def parse_push(origin: str, entry: Any, received: int) -> PresenceState | None:
     status_msg = entry.get("status_msg")
     active = entry.get("currently_active", False)
     if (
-        user_server(user_id) != origin
+        not isinstance(user_id, str)
+        or user_server(user_id) != origin
         or presence not in PRESENCE_STATES
         or not _is_int(ago)
         or ago < 0
@@ -75,7 +76,7 @@ class RemotePresence:
 
     async def input_edus(self, origin: str, contents: Sequence[Any]) -> tuple[int, int]:
         """(stored, ignored) push entries of a transaction's m.presence contents."""
-        entries = []
+        entries: list[Any] = []
         for content in contents:
             push = content.get("push") if isinstance(content, dict) else None
             entries.extend(push if isinstance(push, list) else [None])

@@ -295,7 +295,8 @@ class RemoteDeviceLists:
         device_id = content.get("device_id")
         stream_id = content.get("stream_id")
         if (
-            user_server(user_id) != origin
+            not isinstance(user_id, str)
+            or user_server(user_id) != origin
             or origin == self.server_name
             or not isinstance(device_id, str)
             or not _int(stream_id)
@@ -357,7 +358,11 @@ class RemoteDeviceLists:
         if not isinstance(content, dict):
             return False
         user_id = content.get("user_id")
-        if user_server(user_id) != origin or origin == self.server_name:
+        if (
+            not isinstance(user_id, str)
+            or user_server(user_id) != origin
+            or origin == self.server_name
+        ):
             return False
         updates = {}
         for field, usage in (("master_key", "master"), ("self_signing_key", "self_signing")):

@@ -106,7 +106,8 @@ def parse_edu(origin: str, content: Any, server_name: str) -> tuple[_Edu | None,
     message_id = content.get("message_id")
     messages = content.get("messages")
     if (
-        user_server(sender) != origin
+        not isinstance(sender, str)
+        or user_server(sender) != origin
         or origin == server_name
         or not isinstance(edu_type, str)
         or not edu_type
@@ -204,7 +205,7 @@ class ToDeviceInbox:
         devices: dict[str, list[str]] = {}
         for row in device_rows:
             devices.setdefault(row["user_id"], []).append(row["device_id"])
-        rows = []
+        rows: list[tuple[str, str, _Edu, str, dict[str, Any]]] = []
         for edu in edus:
             for user_id, by_device in edu.messages.items():
                 existing = devices.get(user_id, [])
