@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
@@ -57,7 +58,7 @@ def _xmatrix_headers(request: Request) -> list[str]:
     return values
 
 
-def raw_request_target(scope: dict[str, Any]) -> str:
+def raw_request_target(scope: Mapping[str, Any]) -> str:
     """Path and ``?query`` exactly as on the request line.
 
     Some ASGI servers put the query into ``raw_path`` too (httpx's test
@@ -73,7 +74,7 @@ def raw_request_target(scope: dict[str, Any]) -> str:
         raise unauthorized("request target is not UTF-8") from None
 
 
-def client_certificate_matches(scope: dict[str, Any], origin: str) -> bool:
+def client_certificate_matches(scope: Mapping[str, Any], origin: str) -> bool:
     """Whether the TLS client certificate (ASGI TLS extension) is for ``origin``'s host."""
     from cryptography import x509  # only with require_tls_client_certificate_match
 
