@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.events import Event
@@ -196,6 +196,7 @@ class Fetcher:
                 room_id=room_id,
                 room_version=version,
                 origin=origin,
+                # protoc's .pyi leaves int out of enum fields; protobuf accepts the number
                 kind=kind,  # type: ignore[arg-type]
                 pdus=list(pdus),
                 state_before=[
@@ -651,5 +652,5 @@ class Fetcher:
             metrics.FETCH_SECONDS.labels("events").observe(time.perf_counter() - started)
 
 
-def _str_list(value: Any) -> bool:
+def _str_list(value: Any) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
