@@ -175,9 +175,11 @@ class RoomBatch:
         for target, redacted_json in self._redactions.items():
             await storage.redact_event(conn, self.room_id, target, redacted_json)
         if self._new_waiting or self._arrived_targets:
-            added = [w for w in self._new_waiting if w.target_id not in self._arrived_targets]
+            newly_waiting = [
+                w for w in self._new_waiting if w.target_id not in self._arrived_targets
+            ]
             await storage.update_waiting_redactions(
-                conn, self.room_id, added, self._arrived_targets
+                conn, self.room_id, newly_waiting, self._arrived_targets
             )
         removed = self._initial_extremities - set(self.extremities)
         added = set(self.extremities) - self._initial_extremities

@@ -33,7 +33,8 @@ def _record(view: EventView) -> events_pb2.EventRecord:
         room_id=view.room_id,
         room_version=view.room_version,
         pdu_json=view.pdu_json.encode(),
-        status=view.status,
+        # protoc's .pyi leaves int out of enum fields; protobuf accepts the number
+        status=view.status,  # type: ignore[arg-type]
         stream_position=view.stream_position,
         redacted=view.redacted,
         rejection_reason=view.rejection_reason,
@@ -108,7 +109,8 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             results=[
                 events_pb2.PduResult(
                     event_id=o.event_id,
-                    status=int(o.status) if o.status is not None else 0,
+                    # protoc's .pyi leaves int out of enum fields; protobuf accepts the number
+                    status=int(o.status) if o.status is not None else 0,  # type: ignore[arg-type]
                     error=o.error,
                 )
                 for o in outcomes

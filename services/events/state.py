@@ -30,7 +30,8 @@ MEMBER = "m.room.member"
 class EventSource(Protocol):
     """Where events come from: a batch's own unwritten events, then cache and database."""
 
-    pending: Mapping[str, StoredEvent]
+    @property
+    def pending(self) -> Mapping[str, StoredEvent]: ...
 
     async def events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]: ...
 

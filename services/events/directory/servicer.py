@@ -86,15 +86,19 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServicer):
         if request.HasField("room_types"):
             query.room_types = list(request.room_types.room_types)
             query.include_untyped = request.room_types.include_untyped
-        options = {
-            "include_all_networks": request.include_all_networks,
-            "third_party_instance_id": request.third_party_instance_id,
-        }
         if request.server and request.server != self.directory.server_name:
-            body = await self.directory.remote_public_rooms(request.server, query, **options)
+            body = await self.directory.remote_public_rooms(
+                request.server,
+                query,
+                include_all_networks=request.include_all_networks,
+                third_party_instance_id=request.third_party_instance_id,
+            )
         else:
             body = await self.directory.public_rooms(
-                query, for_federation=request.for_federation, **options
+                query,
+                include_all_networks=request.include_all_networks,
+                third_party_instance_id=request.third_party_instance_id,
+                for_federation=request.for_federation,
             )
         return public_rooms_reply(body)
 

@@ -133,6 +133,7 @@ def records_from_reads(reads: Reads) -> RecordsFn:
                 room_id=view.room_id,
                 room_version=view.room_version,
                 pdu_json=view.pdu_json.encode(),
+                # protoc's .pyi leaves int out of enum fields; protobuf accepts the number
                 status=view.status,  # type: ignore[arg-type]
                 stream_position=view.stream_position,
                 redacted=view.redacted,

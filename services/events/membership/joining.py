@@ -104,7 +104,7 @@ def _unavailable(message: str) -> MembershipError:
 @dataclass
 class Checked:
     event: Event
-    pdu: dict[str, Any]
+    pdu: Mapping[str, Any]
     redacted: bool = False
     status: Status = Status.OUTLIER
     reason: str = ""
