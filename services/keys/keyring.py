@@ -211,14 +211,15 @@ def parse_server_keys(
             expired_ts = entry.get("expired_ts")
             if not isinstance(expired_ts, int) or isinstance(expired_ts, bool):
                 continue
+            old_key = entry.get("key")
+            if not isinstance(old_key, str):  # what decoding it below would reject too
+                continue
             try:
-                decode_verify_key(entry.get("key"))  # type: ignore[arg-type]
+                decode_verify_key(old_key)
             except (SignatureError, ValueError):
                 continue
             keys.append(
-                RemoteKey(
-                    server_name, key_id, entry["key"], expired_ts, expired_ts, fetched_at, source
-                )
+                RemoteKey(server_name, key_id, old_key, expired_ts, expired_ts, fetched_at, source)
             )
     return keys, valid_until_ts
 
