@@ -81,6 +81,9 @@ def test_options(request_timeout: float = 5.0) -> OutboundOptions:
     )
 
 
+STOP_TIMEOUT = 30.0
+
+
 @dataclass
 class Replica:
     """A sender replica's delivery side, in this process."""
@@ -143,10 +146,18 @@ class Replica:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.manager.close()
-        await self.membership.leave()
-        await self.transport.close()
+        # Each step is bounded: a replica that cannot stop is a failure to
+        # report with its name, not a test run that hangs until its timeout.
+        for step, awaitable in (
+            ("tasks", asyncio.gather(*self.tasks, return_exceptions=True)),
+            ("delivery", self.manager.close()),
+            ("leases", self.membership.leave()),
+            ("transport", self.transport.close()),
+        ):
+            try:
+                await asyncio.wait_for(awaitable, STOP_TIMEOUT)
+            except TimeoutError:
+                pytest.fail(f"{self.instance_id} did not stop: {step} took over {STOP_TIMEOUT} s")
 
 
 @pytest.fixture
