@@ -69,13 +69,24 @@ async def test_a_new_replica_takes_its_share(
     one = await replica_factory()
     await wait_until(lambda: len(one.manager.workers) == 8)
     two = await replica_factory()
-    for _ in range(100):
+    replicas = sorted([one.instance_id, two.instance_id])
+
+    def settled(owners: dict[str, str]) -> bool:
+        # Rebalancing moves destinations one lease at a time: wait for all of them.
+        expected = {d: preferred_replica(d, replicas) for d in owners}
+        return (
+            owners == expected
+            and set(one.manager.workers) | set(two.manager.workers) == set(owners)
+            and not set(one.manager.workers) & set(two.manager.workers)
+        )
+
+    for _ in range(200):
         owners = await lease_owners(sender_storage)
-        if set(owners.values()) == {one.instance_id, two.instance_id}:
+        if settled(owners):
             break
         await asyncio.sleep(0.1)
-    expected = {d: preferred_replica(d, sorted([one.instance_id, two.instance_id])) for d in owners}
-    assert owners == expected
+    assert owners == {d: preferred_replica(d, replicas) for d in owners}
+    assert set(owners.values()) == set(replicas)
     assert set(one.manager.workers) | set(two.manager.workers) == set(owners)
     assert not set(one.manager.workers) & set(two.manager.workers)
 
