@@ -34,9 +34,9 @@ from mxfed.service_runtime import ServiceContext, migrations_directory  # noqa: 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
 from services.events.server import build_servicer  # noqa: E402
 from services.keys.server import setup as keys_setup  # noqa: E402
-from tests.services.events.helpers import EventsService, RemoteServer  # noqa: E402
-from tests.services.keys.key_servers import FakeKeyServer  # noqa: E402
 from tests.support.databases import create_database, drop_database  # noqa: E402
+from tests.support.events_service import EventsService, RemoteServer  # noqa: E402
+from tests.support.key_servers import FakeKeyServer  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 OUR_SERVER = "bench.example"

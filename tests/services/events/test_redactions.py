@@ -23,7 +23,7 @@ from matrix_protocol.events import Event
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import sign_event
 from mxfed_api.events.v1 import events_pb2
-from tests.services.events.helpers import EventsService, RemoteServer, RoomHead
+from tests.support.events_service import EventsService, RemoteServer, RoomHead
 from tests.support.key_servers import FakeKeyServer
 
 _TS = itertools.count(int(time.time() * 1000))
