@@ -117,14 +117,33 @@ async def send_join(
     omit_members: str | None = None,
     origin: str = Depends(require_origin),
 ) -> Response:
-    reply = await _call(
+    return await _send(
+        request,
         membership_stub(request).SendJoin,
+        origin,
+        room_id,
+        event_id,
+        omit_members=_flag(omit_members),
+    )
+
+
+async def _send(
+    request: Request,
+    rpc: Any,
+    origin: str,
+    room_id: str,
+    event_id: str,
+    omit_members: bool = False,
+) -> Response:
+    """send_join / send_leave / send_knock: the signed PDU to the resident's handler."""
+    reply = await _call(
+        rpc,
         membership_pb2.SendMembershipRequest(
             origin=origin,
             room_id=room_id,
             event_id=event_id,
             pdu_json=await _object_body(request),
-            omit_members=_flag(omit_members),
+            omit_members=omit_members,
         ),
     )
     return _json_response(bytes(reply.response_json))
@@ -144,13 +163,7 @@ async def make_leave(
 async def send_leave(
     room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
-    reply = await _call(
-        membership_stub(request).SendLeave,
-        membership_pb2.SendMembershipRequest(
-            origin=origin, room_id=room_id, event_id=event_id, pdu_json=await _object_body(request)
-        ),
-    )
-    return _json_response(bytes(reply.response_json))
+    return await _send(request, membership_stub(request).SendLeave, origin, room_id, event_id)
 
 
 # ---------------------------------------------------------------- knock
@@ -169,13 +182,7 @@ async def make_knock(
 async def send_knock(
     room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
-    reply = await _call(
-        membership_stub(request).SendKnock,
-        membership_pb2.SendMembershipRequest(
-            origin=origin, room_id=room_id, event_id=event_id, pdu_json=await _object_body(request)
-        ),
-    )
-    return _json_response(bytes(reply.response_json))
+    return await _send(request, membership_stub(request).SendKnock, origin, room_id, event_id)
 
 
 # ---------------------------------------------------------------- invites
