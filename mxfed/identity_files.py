@@ -175,3 +175,20 @@ def ensure_tls_pair(certificate: Path, private_key: Path, server_name: str) -> b
         certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return True
     return False
+
+
+def main(argv: list[str]) -> int:
+    """``python -m mxfed.identity_files CERT KEY SERVER_NAME``: make the TLS pair.
+
+    The supervisor runs this as a short-lived process so that no resident
+    process keeps the crypto library loaded just for a first start.
+    """
+    certificate, private_key, server_name = argv
+    ensure_tls_pair(Path(certificate), Path(private_key), server_name)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

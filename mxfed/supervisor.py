@@ -1,7 +1,8 @@
 """``mxfed run``: every part of mxfed on this machine, as supervised processes.
 
-The supervisor prepares what the parts share (the signing key and the
-database, found or embedded; the gateway makes its own TLS pair), starts
+The supervisor prepares what the parts share (the signing key, the
+database, found or embedded, and the TLS pair, made by a short-lived
+process so no resident one carries the crypto library for it), starts
 each part as its own process, restarts a part that exits unexpectedly (with
 a growing delay, logged), reports when the federation API answers, and on
 SIGTERM/SIGINT stops every child and waits for it. Children get
@@ -63,6 +64,10 @@ class Supervisor:
     async def prepare(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        if "gateway" in config.run and not (
+            config.tls_certificate.exists() and config.tls_private_key.exists()
+        ):
+            await self._make_tls_pair()
         signing_key = load_or_create_signing_key(config.signing_key)
         url, self.embedded = await resolve_database_url(config.database_url, config.data_dir)
         self.environment = {
@@ -79,6 +84,23 @@ class Supervisor:
                 "key_id": signing_key.key_id,
                 "database": "embedded" if self.embedded else "external",
             },
+        )
+
+    async def _make_tls_pair(self) -> None:
+        """A self-signed pair, made by a short-lived process (see identity_files.main)."""
+        config = self.config
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mxfed.identity_files",
+            str(config.tls_certificate),
+            str(config.tls_private_key),
+            config.server_name,
+        )
+        if await process.wait() != 0:
+            raise RuntimeError("could not generate the TLS certificate and key")
+        log.info(
+            "generated a self-signed TLS pair", extra={"certificate": str(config.tls_certificate)}
         )
 
     async def _spawn(self, child: Child) -> None:

@@ -49,6 +49,9 @@ def test_run_starts_every_part_and_serves_the_version_over_https(mxfed: MxfedPro
     mxfed.start()
     assert set(_children(mxfed)) == {*PARTS, "gateway"}
     assert _version(mxfed) == {"server": {"name": "mxfed", "version": "0.1.0"}}
+    # The TLS pair was made on this first start (by a short-lived helper process).
+    assert (mxfed.data_dir / "tls.crt").exists() and (mxfed.data_dir / "tls.key").exists()
+    assert "generated a self-signed TLS pair" in mxfed.log_tail(500)
     deadline = time.monotonic() + 10
     while "mxfed ready: server_name=127.0.0.1:" not in mxfed.log_tail(500):
         assert time.monotonic() < deadline, "the supervisor never announced readiness"
