@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 import pytest
 
-from matrix_protocol.canonical_json import encode_json
 from mxfed.database import apply_migrations, create_pool
 from mxfed.federation_client import FederationClient, OutboundOptions
 from mxfed.identity_files import ServerSigningKey, new_signing_key
@@ -22,10 +20,10 @@ from services.sender.backoff import BackoffPolicy
 from services.sender.delivery import DeliveryManager, DeliveryOptions, FederationTransport
 from services.sender.leases import Membership
 from services.sender.server import listen_for_wakes
-from services.sender.storage import IngestItem, SenderStorage
+from services.sender.storage import SenderStorage
 from tests.services.sender.receivers import Receiver
+from tests.support.sender_queues import OUR_SERVER
 
-OUR_SERVER = "sender-test.example"
 SENDER_TABLES = (
     "sender.pdus, sender.pdu_queue, sender.edu_queue, sender.destinations, sender.replicas"
 )
@@ -177,52 +175,6 @@ async def replica_factory(
     yield start
     for replica in started:
         await replica.stop()
-
-
-_positions = itertools.count(1)
-
-
-def test_pdu(pdu_id: str, room_id: str = "!room:sender-test.example") -> bytes:
-    return encode_json(
-        {
-            "room_id": room_id,
-            "sender": f"@alice:{OUR_SERVER}",
-            "type": "m.room.message",
-            "content": {"id": pdu_id, "body": f"message {pdu_id}"},
-            "origin_server_ts": int(time.time() * 1000),
-        }
-    )
-
-
-async def queue_pdus(
-    storage: SenderStorage,
-    destinations: Sequence[str],
-    count: int,
-    *,
-    prefix: str = "e",
-    room_id: str = "!room:sender-test.example",
-) -> list[str]:
-    """Ingest ``count`` events for ``destinations`` as the stream would; return their ids."""
-    items = []
-    for _ in range(count):
-        position = next(_positions)
-        pdu_id = f"{prefix}{position}"
-        items.append(
-            IngestItem(position, f"${pdu_id}", room_id, test_pdu(pdu_id, room_id), destinations)
-        )
-    async with storage.pool.acquire() as connection:
-        await SenderStorage.ingest_batch(connection, items, items[-1].stream_position)
-    return [f"{prefix}{item.stream_position}" for item in items]
-
-
-async def wait_until(
-    condition: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture

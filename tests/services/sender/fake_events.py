@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
-from tests.services.sender.conftest import test_pdu
 from tests.support.ports import free_port
+from tests.support.sender_queues import test_pdu
 
 
 class FakeEvents(events_pb2_grpc.EventsServicer):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.sender.storage import Backoff, LeaseLost, QueuedEdu, SenderStorage, Transaction
-from tests.services.sender.conftest import queue_pdus
+from tests.support.sender_queues import queue_pdus
 
 LIMITS = {"max_pdus": 50, "max_edus": 100}
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from services.sender.storage import SenderStorage
-from tests.services.sender.conftest import queue_pdus, wait_until
+from tests.support.sender_queues import queue_pdus, wait_until
 
 
 async def test_events_arrive_in_order_in_transactions_of_at_most_50(

@@ -9,7 +9,7 @@ import grpc
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender.ingest import Ingester
 from services.sender.storage import SenderStorage
-from tests.services.sender.conftest import OUR_SERVER, wait_until
+from tests.support.sender_queues import OUR_SERVER, wait_until
 
 
 def ingester(database_url: str, address: str, woken: list[str]) -> Ingester:

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mxfed.identity_files import ServerSigningKey, format_signing_key
 from services.sender.storage import SenderStorage
-from tests.services.sender.conftest import OUR_SERVER, wait_until
 from tests.support.ports import free_port
+from tests.support.sender_queues import OUR_SERVER, wait_until
 
 
 class SenderProcess:

@@ -6,7 +6,7 @@ import asyncio
 
 from services.sender.leases import preferred_replica
 from services.sender.storage import LeaseLost, SenderStorage
-from tests.services.sender.conftest import queue_pdus, wait_until
+from tests.support.sender_queues import queue_pdus, wait_until
 
 
 async def lease_owners(storage: SenderStorage) -> dict[str, str | None]:

@@ -20,8 +20,8 @@ from services.sender.queues import EduQueuer
 from services.sender.server import servers_in_room_via
 from services.sender.servicer import SenderServicer
 from services.sender.storage import SenderStorage
-from tests.services.sender.conftest import OUR_SERVER, queue_pdus, wait_until
 from tests.support.ports import free_port
+from tests.support.sender_queues import OUR_SERVER, queue_pdus, wait_until
 
 ROOM = "!room:sender-test.example"
 ALICE = f"@alice:{OUR_SERVER}"
