@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 WAKE_CHANNEL = "mxfed_sender_wake"
 LEAVE_LOCK_TIMEOUT = "5s"
+RELEASE_TIMEOUT_SECONDS = 5.0
 # NOTIFY payloads must stay below 8000 bytes; beyond this "*" means "rescan".
 _MAX_NOTIFY_PAYLOAD = 7000
 
@@ -325,7 +326,11 @@ class SenderStorage:
         )
 
     async def release_many(self, instance_id: str, destinations: Sequence[str]) -> None:
-        """Give back this replica's leases of ``destinations`` (rows locked in order)."""
+        """Give back this replica's leases of ``destinations`` (rows locked in order).
+
+        Bounded in time like :meth:`leave`: a lease that could not be given
+        back expires by itself, so a stopping worker never waits on a lock.
+        """
         await self.pool.execute(
             "WITH mine AS (SELECT destination FROM sender.destinations"
             "  WHERE destination = ANY($1::text[]) AND lease_owner = $2"
@@ -334,6 +339,7 @@ class SenderStorage:
             " FROM mine WHERE d.destination = mine.destination",
             list(destinations),
             instance_id,
+            timeout=RELEASE_TIMEOUT_SECONDS,
         )
 
     async def destinations_with_work(self) -> list[str]:
