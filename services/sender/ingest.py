@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Iterable
 
 import asyncpg
-import grpc
 
+from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender import metrics
 from services.sender.storage import IngestItem, SenderStorage
@@ -70,38 +69,13 @@ class Ingester:
 
     async def run(self) -> None:
         """Forever: wait for the ingest lock, then follow the stream while holding it."""
-        delay = 0.5
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                connection = await asyncpg.connect(self.database_url)
-                await self._take_lock(connection)
-                metrics.INGEST_LEADER.set(1)
-                log.info("holding the ingest lock")
-                await self._follow(connection)
-                delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "events stream failed; reconnecting",
-                    extra={"code": exc.code().name, "details": exc.details()},
-                )
-            except Exception:
-                log.exception("ingest failed; restarting")
-            finally:
-                metrics.INGEST_LEADER.set(0)
-                if connection is not None:
-                    connection.terminate()  # drops the lock with the session
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-    async def _take_lock(self, connection: asyncpg.Connection) -> None:
-        """Return once this connection holds the ingest lock (polling for it)."""
-        while True:
-            if await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_NAME):
-                return
-            await asyncio.sleep(self.lock_poll_interval * random.uniform(0.75, 1.25))
+        await lead_forever(
+            self.database_url,
+            LOCK_NAME,
+            self._follow,
+            poll_interval=self.lock_poll_interval,
+            on_leadership=lambda held: metrics.INGEST_LEADER.set(1 if held else 0),
+        )
 
     async def _follow(self, connection: asyncpg.Connection) -> None:
         self.position = await SenderStorage.read_cursor(connection)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +42,7 @@ import asyncpg
 import grpc
 
 from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 from services.keys.accounts.local import LocalAccounts, now_ms
@@ -172,37 +172,16 @@ class JoinDeviceLists:
 
     async def run(self) -> None:
         """Forever: wait for the lock, then follow the stream and drain the outbox."""
-        delay = 0.5
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                connection = await asyncpg.connect(self.database_url)
-                await self._take_lock(connection)
-                self.leader = True
-                log.info("holding the device-list join lock")
-                await self._lead(connection)
-                delay = 0.5
-            except asyncio.CancelledError:
-                raise
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "device-list join follower: events stream failed; reconnecting",
-                    extra={"code": exc.code().name, "details": exc.details()},
-                )
-            except Exception:
-                log.exception("device-list join follower failed; restarting")
-            finally:
-                self.leader = False
-                if connection is not None:
-                    connection.terminate()  # drops the lock with the session
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        await lead_forever(
+            self.database_url,
+            LOCK_NAME,
+            self._lead,
+            poll_interval=self.lock_poll_interval,
+            on_leadership=self._set_leader,
+        )
 
-    async def _take_lock(self, connection: asyncpg.Connection) -> None:
-        while True:
-            if await connection.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LOCK_NAME):
-                return
-            await asyncio.sleep(self.lock_poll_interval * random.uniform(0.75, 1.25))
+    def _set_leader(self, held: bool) -> None:
+        self.leader = held
 
     async def _lead(self, connection: asyncpg.Connection) -> None:
         drain = asyncio.create_task(self._drain_forever(connection), name="keys:join-outbox")
