@@ -39,7 +39,30 @@ async def test_unreachable_keys_process_asks_the_sender_to_retry() -> None:
     assert refused.value.headers == {"Retry-After": "5"}
 
 
+class _RecordingServer(grpc.GenericRpcHandler):
+    """Records the method of every call it receives (and answers UNIMPLEMENTED)."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> None:
+        self.methods.append(handler_call_details.method)
+        return None
+
+
 async def test_transactions_without_keys_edus_make_no_call() -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
-        typing = {"edu_type": "m.typing", "content": {}}
-        await forward_device_edus(_request(channel), "remote.test", [typing, "junk"])
+    recorder = _RecordingServer()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([recorder])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            typing = {"edu_type": "m.typing", "content": {}}
+            await forward_device_edus(_request(channel), "remote.test", [typing, "junk"])
+            assert recorder.methods == []
+            # The same channel does carry a transaction that has a keys-process EDU.
+            await forward_device_edus(_request(channel), "remote.test", [typing, TO_DEVICE])
+            assert recorder.methods == ["/mxfed.keys.v1.Accounts/InputDeviceListUpdates"]
+    finally:
+        await server.stop(None)

@@ -41,6 +41,8 @@ class FakeKeyServer:
         self.mode = "good"
         self.valid_until_ts: int | None = None
         self.delay = 0.0
+        # When set, /_matrix/key/v2/server answers only once every party has arrived.
+        self.barrier: asyncio.Barrier | None = None
         self.requests: Counter[str] = Counter()
         self.notary_cache: dict[str, dict[str, Any]] = {}
         self.notary_queries: list[Any] = []
@@ -75,6 +77,8 @@ class FakeKeyServer:
         self.requests["server"] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.barrier is not None:
+            await asyncio.wait_for(self.barrier.wait(), 10)
         if self.mode == "error":
             return web.json_response({"errcode": "M_UNKNOWN", "error": "down"}, status=500)
         return web.json_response(self.key_json())

@@ -429,10 +429,9 @@ async def test_429_retry_after_ms_honoured(pki, server, signing_key) -> None:
 async def test_retry_after_beyond_deadline_not_waited(pki, server, signing_key) -> None:
     server.responder = flaky([503], headers={"Retry-After": "30"})
     async with make_client(signing_key, make_options(pki)) as client:
-        start = time.monotonic()
+        # Waiting 30 s would end in a timeout error, not the 503 itself.
         with pytest.raises(HttpResponseError) as ei:
             await client.get_json(f"fed.test:{server.port}", "/x", timeout=2)
-        assert time.monotonic() - start < 1.5
     assert ei.value.status == 503 and ei.value.retry_after_ms == 30000
     assert len(server.requests) == 1
 
@@ -466,16 +465,17 @@ async def test_non_json_2xx_is_invalid(pki, server, signing_key) -> None:
 
 
 async def test_timeout(pki, server, signing_key) -> None:
+    never = asyncio.Event()
+
     async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(3)
+        await never.wait()
         return web.json_response({})
 
     server.responder = slow
     async with make_client(signing_key, make_options(pki)) as client:
-        start = time.monotonic()
         with pytest.raises(RequestTimeoutError):
             await client.get_json(f"fed.test:{server.port}", "/x", timeout=0.3)
-        assert time.monotonic() - start < 1.5
+    never.set()
 
 
 async def test_connection_refused_is_unreachable_after_retries(signing_key) -> None:

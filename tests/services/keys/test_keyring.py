@@ -103,13 +103,27 @@ async def test_failing_server_is_backed_off(key_server_factory, make_keys) -> No
 
 
 async def test_unreachable_server_is_backed_off(make_keys) -> None:
-    keys = make_keys(min_backoff=30)
-    lookup = KeyNeed("127.0.0.1:1", ("ed25519:x",), now_ms())
-    assert await keys.keyring.lookup(lookup) == []
-    assert keys.keyring.backoff_remaining("127.0.0.1:1") > 25
-    started = time.perf_counter()
-    assert await keys.keyring.lookup(lookup) == []
-    assert time.perf_counter() - started < 0.05
+    connections = 0
+
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    server_name = f"127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    try:
+        keys = make_keys(min_backoff=30)
+        lookup = KeyNeed(server_name, ("ed25519:x",), now_ms())
+        assert await keys.keyring.lookup(lookup) == []
+        assert connections >= 1
+        assert keys.keyring.backoff_remaining(server_name) > 25
+        tried = connections
+        assert await keys.keyring.lookup(lookup) == []
+        assert connections == tried  # backed off: not even a connection attempt
+    finally:
+        listener.close()
+        await listener.wait_closed()
 
 
 def _trusting(notary) -> dict:

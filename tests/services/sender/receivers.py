@@ -48,6 +48,8 @@ class Receiver:
     fail_body: dict[str, Any] = field(default_factory=dict)
     fail_headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # When set, every /send waits for this event before answering.
+    release: asyncio.Event | None = None
     bad_signatures: int = 0
     up: bool = False
 
@@ -99,6 +101,8 @@ class Receiver:
         self.arrived.append(txn_id)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.release is not None:
+            await self.release.wait()
         if self.fail_next > 0:
             self.fail_next -= 1
             self.attempts.append(Attempt(txn_id, body, self.fail_status))
