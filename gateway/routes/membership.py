@@ -2,8 +2,13 @@
 
 Spec: endpoints.md §4. The Membership service in the events process does the
 work (room lookup, ACL, join rules, signatures, persistence); these handlers
-verify X-Matrix, check parameters and pass the raw body through. The removed
-``v1/send_join`` and ``v1/send_leave`` (v1.18) are not served.
+verify X-Matrix, check parameters and pass the raw body through.
+
+The deprecated ``PUT /_matrix/federation/v1/send_join`` and ``/v1/send_leave``
+(removed from the spec in v1.18, still called by older servers) share the v2
+handlers; only the answer differs: the historic ``[200, {...}]`` array
+(https://spec.matrix.org/v1.17/server-server-api/#put_matrixfederationv1send_joinroomideventid).
+Errors are the usual Matrix error objects, as for v2.
 """
 
 from __future__ import annotations
@@ -127,6 +132,20 @@ async def send_join(
     )
 
 
+@router.put(_V1 + "/send_join/{room_id}/{event_id:path}")
+async def send_join_v1(
+    room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
+) -> Response:
+    """The deprecated v1 form: never omits members (v1 had no ``omit_members``)."""
+    answer = await _send_body(request, membership_stub(request).SendJoin, origin, room_id, event_id)
+    return _json_response(_v1_answer(answer))
+
+
+def _v1_answer(body: bytes) -> bytes:
+    """The v1 membership answers wrap the v2 body as ``[200, body]``."""
+    return b"[200," + body + b"]"
+
+
 async def _send(
     request: Request,
     rpc: Any,
@@ -135,6 +154,19 @@ async def _send(
     event_id: str,
     omit_members: bool = False,
 ) -> Response:
+    return _json_response(
+        await _send_body(request, rpc, origin, room_id, event_id, omit_members=omit_members)
+    )
+
+
+async def _send_body(
+    request: Request,
+    rpc: Any,
+    origin: str,
+    room_id: str,
+    event_id: str,
+    omit_members: bool = False,
+) -> bytes:
     """send_join / send_leave / send_knock: the signed PDU to the resident's handler."""
     reply = await _call(
         rpc,
@@ -146,7 +178,7 @@ async def _send(
             omit_members=omit_members,
         ),
     )
-    return _json_response(bytes(reply.response_json))
+    return bytes(reply.response_json)
 
 
 # ---------------------------------------------------------------- leave
@@ -164,6 +196,16 @@ async def send_leave(
     room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
     return await _send(request, membership_stub(request).SendLeave, origin, room_id, event_id)
+
+
+@router.put(_V1 + "/send_leave/{room_id}/{event_id:path}")
+async def send_leave_v1(
+    room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
+) -> Response:
+    answer = await _send_body(
+        request, membership_stub(request).SendLeave, origin, room_id, event_id
+    )
+    return _json_response(_v1_answer(answer))
 
 
 # ---------------------------------------------------------------- knock

@@ -262,6 +262,42 @@ async def test_send_join_into_invite_only_room_is_forbidden(scene: Scene) -> Non
     assert (await scene.current_state(public.room_id)).get(("m.room.member", bob)) is None
 
 
+async def test_deprecated_v1_send_join_answers_the_v1_array(scene: Scene) -> None:
+    """Older servers still call v1 send_join: same checks and storage, ``[200, {...}]`` back."""
+    room = await scene.create_room()
+    bob = user(scene)
+    event_id, pdu = await _signed_join(scene, room, bob)
+    response = await put(scene, f"{V1}/send_join/{q(room.room_id)}/{q(event_id)}", pdu)
+    assert response.status_code == 200, response.text
+    code, answer = response.json()
+    assert code == 200
+    state_types = {(p["type"], p["state_key"]) for p in answer["state"]}
+    assert ("m.room.create", "") in state_types and ("m.room.member", room.creator) in state_types
+    chain_ids = {Event.from_pdu(p, room.version).event_id for p in answer["auth_chain"]}
+    state_ids = {Event.from_pdu(p, room.version).event_id for p in answer["state"]}
+    for state_pdu in answer["state"]:
+        assert set(state_pdu["auth_events"]) <= state_ids | chain_ids
+    assert "members_omitted" not in answer  # v1 has no omit_members: always the full state
+    assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == event_id
+    record = await scene.record(event_id)
+    assert record is not None and record.status == events_pb2.ACCEPTED
+
+
+async def test_deprecated_v1_send_join_errors_are_matrix_errors(scene: Scene) -> None:
+    room = await scene.create_room()
+    bob = user(scene)
+    event_id, pdu = await _signed_join(scene, room, bob)
+    response = await put(scene, f"{V1}/send_join/{q(room.room_id)}/{q('$other')}", pdu)
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    response = await put(scene, f"{V1}/send_join/{q('!x:nowhere.test')}/{q(event_id)}", pdu)
+    assert (response.status_code, response.json()["errcode"]) == (404, "M_NOT_FOUND")
+    await scene.send_local(room, "m.room.server_acl", {"allow": ["*"], "deny": [
+        scene.remote.server_name.split(":")[0]]}, "")  # fmt: skip
+    response = await put(scene, f"{V1}/send_join/{q(room.room_id)}/{q(event_id)}", pdu)
+    assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
+    assert (await scene.current_state(room.room_id)).get(("m.room.member", bob)) is None
+
+
 # leave -----------------------------------------------------------------------------
 
 
@@ -277,6 +313,20 @@ async def test_make_and_send_leave(scene: Scene) -> None:
     assert response.status_code == 200, response.text
     assert response.json() == {}
     assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == event_id
+
+
+async def test_deprecated_v1_send_leave_answers_the_v1_array(scene: Scene) -> None:
+    room = await scene.create_room()
+    bob = user(scene)
+    await remote_join(scene, room, bob)
+    response = await make(scene, "leave", room.room_id, bob)
+    event_id, pdu = sign_template(scene, response.json())
+    response = await put(scene, f"{V1}/send_leave/{q(room.room_id)}/{q(event_id)}", pdu)
+    assert response.status_code == 200, response.text
+    assert response.json() == [200, {}]
+    assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == event_id
+    response = await put(scene, f"{V1}/send_leave/{q(room.room_id)}/{q('$other')}", pdu)
+    assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
 
 
 async def test_make_leave_when_not_in_room(scene: Scene) -> None:
