@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -135,7 +134,7 @@ async def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="mxfed-bench-backfill-"))
     mxfed = MxfedProcess(data_dir, database_url)
     await asyncio.to_thread(mxfed.start)
-    channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
+    channel = mxfed.channel("events")
     pool = await create_pool(database_url)
     options = OutboundOptions(verify_tls=False, allowed_ip_ranges=["127.0.0.0/8"], max_retries=0)
     client = FederationClient("bench.example", generate_signing_key(), "ed25519:b", options)

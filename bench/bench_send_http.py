@@ -26,7 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nacl.signing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -242,7 +241,7 @@ async def main(transactions: int) -> None:
         )
         mxfed.start()
         try:
-            async with grpc.aio.insecure_channel(mxfed.grpc_address("events")) as channel:
+            async with mxfed.channel("events") as channel:
                 stub = events_pb2_grpc.EventsStub(channel)
                 user = remote.user("bench")
                 one = [await join_public_room(stub, mxfed, remote, user)]

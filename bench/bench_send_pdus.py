@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nacl.signing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,6 +29,7 @@ from matrix_protocol.canonical_json import encode_json  # noqa: E402
 from mxfed.config import Config  # noqa: E402
 from mxfed.database import apply_migrations, create_pool  # noqa: E402
 from mxfed.identity_files import new_signing_key  # noqa: E402
+from mxfed.internal_plane import Caller, bind_port, new_server, open_channel  # noqa: E402
 from mxfed.service_runtime import ServiceContext, migrations_directory  # noqa: E402
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
 from services.events.server import build_servicer  # noqa: E402
@@ -73,7 +73,7 @@ async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
     for name, port in (("keys", keys_port), ("events", events_port)):
         pool = await create_pool(database_url, max_size=12)
         await apply_migrations(pool, name, migrations_directory(name))
-        server = grpc.aio.server()
+        server = new_server(config, name)
         context = ServiceContext(
             name=name, config=config, pool=pool, server=server, signing_key=signing_key
         )
@@ -82,11 +82,13 @@ async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
         else:
             servicer = build_servicer(context)
             events_pb2_grpc.add_EventsServicer_to_server(servicer, server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
+        bind_port(server, config, name, f"127.0.0.1:{port}")
         await server.start()
         contexts.append(context)
         servers.append(server)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{events_port}")
+    channel = open_channel(
+        config, "events", caller=Caller.part("gateway"), address=f"127.0.0.1:{events_port}"
+    )
     service = EventsService(
         events_pb2_grpc.EventsStub(channel), OUR_SERVER, signing_key, servers[1], contexts[1].pool
     )

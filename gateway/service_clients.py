@@ -6,7 +6,9 @@ import grpc
 
 from gateway.server_up import ServerUpNotifier
 from mxfed.config import SERVICE_NAMES, Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import Caller, open_channel
+
+GATEWAY = Caller.part("gateway")
 
 
 class ServiceClients:
@@ -15,8 +17,7 @@ class ServiceClients:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.channels: dict[str, grpc.aio.Channel] = {
-            name: grpc.aio.insecure_channel(config.service_address(name), options=GRPC_OPTIONS)
-            for name in SERVICE_NAMES
+            name: open_channel(config, name, caller=GATEWAY) for name in SERVICE_NAMES
         }
         self.server_up = ServerUpNotifier(self.channels["sender"])
 

@@ -31,17 +31,10 @@ from prometheus_client import start_http_server
 from mxfed.config import Config
 from mxfed.database import apply_migrations, create_pool
 from mxfed.identity_files import ServerSigningKey, load_or_create_signing_key
+from mxfed.internal_plane import Caller, bind_port, new_server, open_channel
 from mxfed.logs import setup_logging
 
 log = logging.getLogger(__name__)
-
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 30_000),
-    # With several replicas behind one DNS name, spread calls over all of them.
-    ("grpc.lb_policy_name", "round_robin"),
-]
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -69,8 +62,8 @@ class ServiceContext:
     def channel(self, service: str) -> grpc.aio.Channel:
         """A shared channel to another mxfed service (``keys``, ``events``...)."""
         if service not in self._channels:
-            self._channels[service] = grpc.aio.insecure_channel(
-                self.config.service_address(service), options=GRPC_OPTIONS
+            self._channels[service] = open_channel(
+                self.config, service, caller=Caller.part(self.name)
             )
         return self._channels[service]
 
@@ -119,7 +112,7 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
 
     pool = await create_pool(config.database_url, max_size=config.database_pool_size)
     applied = await apply_migrations(pool, name, migrations_directory(name))
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = new_server(config, name)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     context = ServiceContext(
@@ -133,7 +126,7 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
     await setup(context)
 
     listen = config.listen_address(name)
-    server.add_insecure_port(listen)
+    bind_port(server, config, name, listen)
     await server.start()
     metrics_host, metrics_port = split_host_port(config.metrics_address(name))
     start_http_server(metrics_port, addr=metrics_host)

@@ -13,7 +13,7 @@ import sys
 import grpc
 
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 
 CALL_TIMEOUT = 180.0
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 async def run_backfill(args: argparse.Namespace, config: Config) -> int:
     address = config.service_address("backfill").replace("0.0.0.0", "127.0.0.1")
-    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+    async with open_channel(config, "backfill", caller=OPERATOR) as channel:
         try:
             reply = await backfill_pb2_grpc.BackfillStub(channel).PerformBackfill(
                 backfill_pb2.PerformBackfillRequest(

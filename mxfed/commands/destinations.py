@@ -12,6 +12,7 @@ import time
 import grpc
 
 from mxfed.config import Config
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 
 COLUMNS = ("destination", "pdus", "edus", "oldest", "last success", "backoff", "lease", "error")
@@ -74,8 +75,8 @@ def format_table(reply: sender_pb2.QueryDestinationsResponse, now_ms: int) -> st
 
 
 async def show_destinations(args: argparse.Namespace, config: Config) -> int:
-    address = args.address or config.service_address("sender").replace("0.0.0.0", "127.0.0.1")
-    async with grpc.aio.insecure_channel(address) as channel:
+    address = args.address or config.service_address("sender")
+    async with open_channel(config, "sender", caller=OPERATOR, address=address) as channel:
         try:
             reply = await sender_pb2_grpc.SenderStub(channel).QueryDestinations(
                 sender_pb2.QueryDestinationsRequest(

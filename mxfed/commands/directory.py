@@ -31,7 +31,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.encoding import encode_base64
 from matrix_protocol.signing import sign_json
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 
@@ -54,8 +54,7 @@ class Services:
 
     def _channel(self, service: str) -> grpc.aio.Channel:
         if service not in self._channels:
-            address = self.config.service_address(service).replace("0.0.0.0", "127.0.0.1")
-            self._channels[service] = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+            self._channels[service] = open_channel(self.config, service, caller=OPERATOR)
         return self._channels[service]
 
     @property

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mxfed.config import SERVICE_NAMES, Config
+from mxfed.internal_plane import Caller, open_channel
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 async def check_health(args: argparse.Namespace, config: Config) -> int:
-    address = args.address or config.listen_address(args.service).replace("0.0.0.0", "127.0.0.1")
-    async with grpc.aio.insecure_channel(address) as channel:
+    address = args.address or config.listen_address(args.service)
+    async with open_channel(
+        config, args.service, caller=Caller.part(args.service), address=address
+    ) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=3

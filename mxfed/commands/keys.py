@@ -15,6 +15,7 @@ import grpc
 import orjson
 
 from mxfed.config import Config
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 
 
@@ -37,7 +38,7 @@ def _address(config: Config) -> str:
 
 
 async def show_keys(args: argparse.Namespace, config: Config) -> int:
-    async with grpc.aio.insecure_channel(_address(config)) as channel:
+    async with open_channel(config, "keys", caller=OPERATOR) as channel:
         try:
             reply = await keys_pb2_grpc.KeysStub(channel).QueryOwnServerKeys(
                 keys_pb2.QueryOwnServerKeysRequest(), timeout=10
@@ -60,7 +61,7 @@ async def show_keys(args: argparse.Namespace, config: Config) -> int:
 
 
 async def rotate_key(args: argparse.Namespace, config: Config) -> int:
-    async with grpc.aio.insecure_channel(_address(config)) as channel:
+    async with open_channel(config, "keys", caller=OPERATOR) as channel:
         try:
             reply = await keys_pb2_grpc.KeysStub(channel).PerformKeyRotation(
                 keys_pb2.PerformKeyRotationRequest(), timeout=30

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import membership_pb2, membership_pb2_grpc
 
 # Joining a big remote room fetches and checks its whole state.
@@ -82,7 +82,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[i
     async def handler(args: argparse.Namespace, config: Config) -> int:
         address = config.service_address("events").replace("0.0.0.0", "127.0.0.1")
         try:
-            async with _channel(address) as stub:
+            async with _channel(config) as stub:
                 await command(args, stub)
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
@@ -100,8 +100,8 @@ def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[i
 
 
 @asynccontextmanager
-async def _channel(address: str) -> AsyncIterator[membership_pb2_grpc.MembershipStub]:
-    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+async def _channel(config: Config) -> AsyncIterator[membership_pb2_grpc.MembershipStub]:
+    async with open_channel(config, "events", caller=OPERATOR) as channel:
         yield membership_pb2_grpc.MembershipStub(channel)
 
 

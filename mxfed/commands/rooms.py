@@ -26,7 +26,7 @@ import grpc
 
 from matrix_protocol.canonical_json import decode_json
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 
@@ -106,8 +106,7 @@ def _run(command: Any) -> Any:
 
 @asynccontextmanager
 async def _events(config: Config) -> AsyncIterator[events_pb2_grpc.EventsStub]:
-    address = config.service_address("events").replace("0.0.0.0", "127.0.0.1")
-    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+    async with open_channel(config, "events", caller=OPERATOR) as channel:
         yield events_pb2_grpc.EventsStub(channel)
 
 
@@ -262,8 +261,7 @@ async def show_history(args: argparse.Namespace, stub: events_pb2_grpc.EventsStu
     room_id = await _resolve_room(stub, args.room, must_exist=True)
     if getattr(args, "backfill", False):
         config: Config = args.service_config
-        address = config.service_address("backfill").replace("0.0.0.0", "127.0.0.1")
-        async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        async with open_channel(config, "backfill", caller=OPERATOR) as channel:
             backfill = backfill_pb2_grpc.BackfillStub(channel)
 
             async def fetch_older(wanted: int) -> int:

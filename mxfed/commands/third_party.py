@@ -18,7 +18,7 @@ import sys
 import grpc
 
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import third_party_pb2, third_party_pb2_grpc
 
 CALL_TIMEOUT = 120.0
@@ -51,7 +51,7 @@ async def _invite_3pid(args: argparse.Namespace, config: Config) -> int:
         id_access_token=args.id_access_token,
     )
     try:
-        async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        async with open_channel(config, "events", caller=OPERATOR) as channel:
             stub = third_party_pb2_grpc.ThirdPartyInvitesStub(channel)
             reply = await stub.PerformThirdPartyInvite(request, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:

@@ -26,7 +26,7 @@ import grpc
 import orjson
 
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 
 CALL_TIMEOUT = 60.0
@@ -111,8 +111,7 @@ async def _receive(stub: accounts_pb2_grpc.AccountsStub, args: argparse.Namespac
 
 
 async def receive_messages(args: argparse.Namespace, config: Config) -> int:
-    address = config.service_address("keys").replace("0.0.0.0", "127.0.0.1")
-    async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+    async with open_channel(config, "keys", caller=OPERATOR) as channel:
         try:
             await _receive(accounts_pb2_grpc.AccountsStub(channel), args)
         except grpc.aio.AioRpcError as error:

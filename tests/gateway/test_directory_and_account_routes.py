@@ -109,8 +109,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         await remote.stop()
         await drop_database(database_url)
         raise
-    events_channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
-    keys_channel = grpc.aio.insecure_channel(mxfed.grpc_address("keys"))
+    events_channel = mxfed.channel("events")
+    keys_channel = mxfed.channel("keys")
     yield World(
         mxfed,
         remote,

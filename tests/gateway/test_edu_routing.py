@@ -9,6 +9,7 @@ import pytest
 
 from gateway.edu_routing import forward_device_edus
 from gateway.errors import MatrixError
+from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
 from tests.support.ports import free_port
 
 TO_DEVICE = {
@@ -32,7 +33,7 @@ def _request(channel: grpc.aio.Channel) -> SimpleNamespace:
 
 async def test_unreachable_keys_process_asks_the_sender_to_retry() -> None:
     # A real channel to a port nobody listens on: the call fails UNAVAILABLE.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
+    async with channel_to(f"127.0.0.1:{free_port()}", "keys", GATEWAY) as channel:
         with pytest.raises(MatrixError) as refused:
             await forward_device_edus(_request(channel), "remote.test", [TO_DEVICE])
     assert refused.value.status == 503
@@ -52,12 +53,12 @@ class _RecordingServer(grpc.GenericRpcHandler):
 
 async def test_transactions_without_keys_edus_make_no_call() -> None:
     recorder = _RecordingServer()
-    server = grpc.aio.server()
+    server = make_server("keys")
     server.add_generic_rpc_handlers([recorder])
-    port = server.add_insecure_port("127.0.0.1:0")
+    address = bind_loopback(server, "keys")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with channel_to(address, "keys", GATEWAY) as channel:
             typing = {"edu_type": "m.typing", "content": {}}
             await forward_device_edus(_request(channel), "remote.test", [typing, "junk"])
             assert recorder.methods == []

@@ -15,7 +15,6 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import orjson
 import pytest
 from aiohttp import web
@@ -193,8 +192,8 @@ class Scene:
         self.mxfed = mxfed
         self.server = server
         self.rooms: dict[str, Resident] = {}
-        self.events_channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
-        self.keys_channel = grpc.aio.insecure_channel(mxfed.grpc_address("keys"))
+        self.events_channel = mxfed.channel("events")
+        self.keys_channel = mxfed.channel("keys")
         self.membership = membership_pb2_grpc.MembershipStub(self.events_channel)
         self.events = events_pb2_grpc.EventsStub(self.events_channel)
         self.accounts = accounts_pb2_grpc.AccountsStub(self.keys_channel)

@@ -134,7 +134,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         await identity.stop()
         await drop_database(database_url)
         raise
-    channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
+    channel = mxfed.channel("events")
     yield World(
         mxfed,
         remote,

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import orjson
 import pytest
 
@@ -66,7 +65,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         await remote.stop()
         await drop_database(database_url)
         raise
-    channel = grpc.aio.insecure_channel(mxfed.grpc_address("keys"))
+    channel = mxfed.channel("keys")
     yield World(mxfed, remote, accounts_pb2_grpc.AccountsStub(channel))
     await channel.close()
     await asyncio.to_thread(mxfed.stop)

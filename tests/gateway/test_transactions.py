@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import grpc
 import httpx
 import orjson
 import pytest
@@ -443,17 +442,15 @@ async def standin() -> AsyncIterator[tuple[httpx.AsyncClient, _RecordingEvents]]
     from gateway.service_clients import ServiceClients
     from gateway.xmatrix_auth import require_origin
     from mxfed.config import Config
-    from tests.support.ports import free_port
+    from tests.support.grpc_plane import bind_loopback, make_server
 
     servicer = _RecordingEvents()
-    server = grpc.aio.server()
+    server = make_server("events")
     events_pb2_grpc.add_EventsServicer_to_server(servicer, server)
     servicer.accounts = _RecordingAccounts()  # type: ignore[attr-defined]
     accounts_pb2_grpc.add_AccountsServicer_to_server(servicer.accounts, server)  # type: ignore[attr-defined]
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    address = bind_loopback(server, "events")
     await server.start()
-    address = f"127.0.0.1:{port}"
     config = Config(server_name="us.example", events_address=address, keys_address=address)
     clients = ServiceClients(config)
     app = create_app(config, clients)

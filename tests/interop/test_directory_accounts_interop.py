@@ -15,7 +15,6 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 import orjson
 import pytest
 from synapse_harness import SynapseClient, SynapseServer
@@ -46,8 +45,8 @@ class Mx:
     def __init__(self, process: MxfedProcess) -> None:
         self.process = process
         self.server_name = process.server_name
-        self.events_channel = grpc.aio.insecure_channel(process.grpc_address("events"))
-        self.keys_channel = grpc.aio.insecure_channel(process.grpc_address("keys"))
+        self.events_channel = process.channel("events")
+        self.keys_channel = process.channel("keys")
         self.events = events_pb2_grpc.EventsStub(self.events_channel)
         self.directory = directory_pb2_grpc.DirectoryStub(self.events_channel)
         self.accounts = accounts_pb2_grpc.AccountsStub(self.keys_channel)

@@ -30,7 +30,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import grpc
 import orjson
 import pytest
 from synapse_harness import SynapseClient, SynapseServer
@@ -57,8 +56,8 @@ def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
 
 @pytest.fixture
 async def channels(mxfed: MxfedProcess) -> AsyncIterator[tuple[Any, Any]]:
-    events_channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
-    sender_channel = grpc.aio.insecure_channel(mxfed.grpc_address("sender"))
+    events_channel = mxfed.channel("events")
+    sender_channel = mxfed.channel("sender")
     yield (
         events_pb2_grpc.EventsStub(events_channel),
         sender_pb2_grpc.SenderStub(sender_channel),

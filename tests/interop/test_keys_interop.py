@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 import uvicorn
@@ -46,6 +45,7 @@ from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
 from tests.support.databases import create_database, drop_database
+from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.key_servers import now_ms
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.ports import free_port
@@ -193,12 +193,10 @@ async def _serve_gateway(tmp: Path, keys_storage: KeysStorage) -> AsyncIterator[
     key = current_signing_key(config.signing_key)
     client = FederationClient(config.server_name, key.signing_key, key.key_id, LOOPBACK)
     keyring, own_keys = build_keyring(config, keys_storage, client)
-    grpc_server = grpc.aio.server()
+    grpc_server = make_server("keys")
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keyring, own_keys), grpc_server)
-    keys_port = free_port()
-    grpc_server.add_insecure_port(f"127.0.0.1:{keys_port}")
+    config.keys_address = bind_loopback(grpc_server, "keys")
     await grpc_server.start()
-    config.keys_address = f"127.0.0.1:{keys_port}"
     clients = ServiceClients(config)
     app = create_app(config, clients)
     app.include_router(profile_router)

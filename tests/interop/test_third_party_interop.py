@@ -83,7 +83,7 @@ async def client(synapse_3pid: SynapseServer) -> AsyncIterator[SynapseClient]:
 
 @pytest.fixture
 async def channel(mxfed: MxfedProcess) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(mxfed.grpc_address("events")) as events_channel:
+    async with mxfed.channel("events") as events_channel:
         yield events_channel
 
 

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
-import grpc
 import orjson
 import pytest
 from synapse_harness import SynapseClient, SynapseServer, wait_until
@@ -44,7 +43,7 @@ def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
 
 @pytest.fixture
 async def accounts(mxfed: MxfedProcess) -> AsyncIterator[accounts_pb2_grpc.AccountsStub]:
-    channel = grpc.aio.insecure_channel(mxfed.grpc_address("keys"))
+    channel = mxfed.channel("keys")
     yield accounts_pb2_grpc.AccountsStub(channel)
     await channel.close()
 

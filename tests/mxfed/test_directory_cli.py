@@ -8,7 +8,6 @@ import json
 import sys
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 import pytest
 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
@@ -39,7 +38,7 @@ async def cli(mxfed: MxfedProcess, *args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 async def room(mxfed: MxfedProcess) -> AsyncIterator[str]:
-    async with grpc.aio.insecure_channel(mxfed.grpc_address("events")) as channel:
+    async with mxfed.channel("events") as channel:
         reply = await events_pb2_grpc.EventsStub(channel).PerformCreateRoom(
             events_pb2.PerformCreateRoomRequest(
                 creator=f"@alice:{mxfed.server_name}",

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -21,7 +20,7 @@ def running_mxfed(tmp_path_factory: pytest.TempPathFactory, database_url: str):
 
 @pytest.mark.parametrize("service", PARTS)
 async def test_service_reports_serving(running_mxfed: MxfedProcess, service: str) -> None:
-    async with grpc.aio.insecure_channel(running_mxfed.grpc_address(service)) as channel:
+    async with running_mxfed.channel(service) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         overall = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         named = await stub.Check(

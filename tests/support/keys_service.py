@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import grpc
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI
@@ -32,8 +31,8 @@ from services.keys.own_keys import OwnKeys
 from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
+from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
 from tests.support.key_servers import FakeKeyServer
-from tests.support.ports import free_port
 
 OUR_SERVER = "keys-test.example"
 
@@ -126,13 +125,12 @@ class KeysService:
 @pytest.fixture
 async def keys_service(make_keys: Callable[..., KeysUnderTest]) -> AsyncIterator[KeysService]:
     keys = make_keys()
-    server = grpc.aio.server()
+    server = make_server("keys")
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys.keyring, keys.own_keys), server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    address = bind_loopback(server, "keys")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield KeysService(keys_pb2_grpc.KeysStub(channel), keys, f"127.0.0.1:{port}")
+    channel = channel_to(address, "keys", GATEWAY)
+    yield KeysService(keys_pb2_grpc.KeysStub(channel), keys, address)
     await channel.close()
     await server.stop(grace=None)
 

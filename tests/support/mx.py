@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-import grpc
 import orjson
 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, membership_pb2, membership_pb2_grpc
@@ -19,7 +18,7 @@ class Mx:
     def __init__(self, process: MxfedProcess) -> None:
         self.process = process
         self.server_name = process.server_name
-        self.channel = grpc.aio.insecure_channel(process.grpc_address("events"))
+        self.channel = process.channel("events")
         self.events = events_pb2_grpc.EventsStub(self.channel)
         self.membership = membership_pb2_grpc.MembershipStub(self.channel)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import signal
 import ssl
@@ -12,8 +14,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import yaml
 
+from mxfed.config import Config, load_config
+from mxfed.internal_plane import OPERATOR, Caller, open_channel
 from tests.support.ports import free_port
 
 PARTS = ("keys", "events", "sender", "backfill")
@@ -43,6 +48,18 @@ class MxfedProcess:
 
     def grpc_address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"
+
+    def config(self) -> Config:
+        """This mxfed's configuration, as its processes read it."""
+        return load_config(self.config_path, environ={})
+
+    def channel(
+        self, service: str, caller: Caller = OPERATOR, address: str | None = None
+    ) -> grpc.aio.Channel:
+        """A channel from ``caller`` to this mxfed's ``service`` (or its replica at ``address``)."""
+        return open_channel(
+            self.config(), service, caller=caller, address=address or self.grpc_address(service)
+        )
 
     def write_config(self) -> None:
         config = {
@@ -102,16 +119,20 @@ class MxfedProcess:
         raise TimeoutError(f"mxfed not ready in {timeout}s:\n{self.log_tail()}")
 
     def _services_ready(self) -> bool:
-        import grpc
+        # In a thread of its own: the caller may be running an event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, self._services_serving()).result()
+
+    async def _services_serving(self) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         for service in PARTS:
-            with grpc.insecure_channel(self.grpc_address(service)) as channel:
+            async with self.channel(service) as channel:
                 try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(
                         health_pb2.HealthCheckRequest(service=""), timeout=1
                     )
-                except grpc.RpcError:
+                except grpc.aio.AioRpcError:
                     return False
                 if reply.status != health_pb2.HealthCheckResponse.SERVING:
                     return False

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import grpc
 import httpx
 import orjson
 
@@ -45,7 +44,7 @@ class Scene:
     def __init__(self, mxfed: MxfedProcess, remote: FakeHomeserver) -> None:
         self.mxfed = mxfed
         self.remote = remote
-        self.channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
+        self.channel = mxfed.channel("events")
         self.events = events_pb2_grpc.EventsStub(self.channel)
         self.creator = f"@alice:{mxfed.server_name}"
 

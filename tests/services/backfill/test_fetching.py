@@ -154,7 +154,7 @@ async def stage(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stage
         await drop_database(database_url)
         raise
     scene = Scene(mxfed, remote)
-    channel = grpc.aio.insecure_channel(mxfed.grpc_address("backfill"))
+    channel = mxfed.channel("backfill")
     yield Stage(scene, hosted, backfill_pb2_grpc.BackfillStub(channel), channel)
     await channel.close()
     await scene.close()

@@ -19,8 +19,8 @@ from mxfed.service_runtime import ServiceContext, migrations_directory
 from mxfed_api.events.v1 import events_pb2_grpc
 from services.events.server import setup
 from tests.support.events_service import OUR_SERVER, EventsService, RemoteServer
+from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
 from tests.support.key_servers import FakeKeyServer
-from tests.support.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +55,14 @@ async def events_factory(
             keys_address=keys_service.address,
         )
         pool = await create_pool(database_url, max_size=12)
-        server = grpc.aio.server()
+        server = make_server("events")
         context = ServiceContext(
             name="events", config=config, pool=pool, server=server, signing_key=our_signing_key
         )
         await setup(context)
-        port = free_port()
-        server.add_insecure_port(f"127.0.0.1:{port}")
+        address = bind_loopback(server, "events")
         await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channel = channel_to(address, "events", GATEWAY)
         started.append((server, context, channel))
         return EventsService(
             events_pb2_grpc.EventsStub(channel), OUR_SERVER, our_signing_key, server, pool

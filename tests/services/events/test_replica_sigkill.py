@@ -73,8 +73,8 @@ def start_second_replica(mxfed: MxfedProcess) -> tuple[subprocess.Popen, str]:
     return process, f"127.0.0.1:{port}"
 
 
-async def wait_serving(address: str) -> events_pb2_grpc.EventsStub:
-    channel = grpc.aio.insecure_channel(address)
+async def wait_serving(mxfed: MxfedProcess, address: str) -> events_pb2_grpc.EventsStub:
+    channel = mxfed.channel("events", address=address)
     stub = events_pb2_grpc.EventsStub(channel)
     for _ in range(200):
         try:
@@ -98,7 +98,7 @@ async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
 
 
 async def test_sigkilled_replica_loses_nothing(mxfed: MxfedProcess, remote: FakeHomeserver) -> None:
-    survivor = await wait_serving(mxfed.grpc_address("events"))
+    survivor = await wait_serving(mxfed, mxfed.grpc_address("events"))
     created = await survivor.PerformCreateRoom(
         events_pb2.PerformCreateRoomRequest(
             creator=f"@admin:{mxfed.server_name}", preset="public_chat", room_version="10"
@@ -157,7 +157,7 @@ async def test_sigkilled_replica_loses_nothing(mxfed: MxfedProcess, remote: Fake
     blocker = await asyncpg.connect(mxfed.database_url)
     try:
         await blocker.execute("SELECT pg_advisory_lock($1)", lock_key("room:" + room_id))
-        doomed = await wait_serving(address)
+        doomed = await wait_serving(mxfed, address)
         call = asyncio.ensure_future(doomed.InputTransaction(request, timeout=30))
         await wait_for_lock_waiter(blocker)
         victim.send_signal(signal.SIGKILL)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
-from tests.support.ports import free_port
+from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.sender_queues import test_pdu
 
 
@@ -23,20 +23,17 @@ class FakeEvents(events_pb2_grpc.EventsServicer):
         self.servers: dict[str, list[str]] = {}
         self.stream_calls = 0
         self._changed = asyncio.Condition()
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.aio.Server = make_server("events")
+        events_pb2_grpc.add_EventsServicer_to_server(self, self._server)
+        # Bound now and held; it answers once started.
+        self.address = bind_loopback(self._server, "events")
 
     async def start(self) -> FakeEvents:
-        self._server = grpc.aio.server()
-        events_pb2_grpc.add_EventsServicer_to_server(self, self._server)
-        self._server.add_insecure_port(self.address)
         await self._server.start()
         return self
 
     async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(grace=0)
+        await self._server.stop(grace=0)
 
     async def add_event(
         self,

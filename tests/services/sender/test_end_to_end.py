@@ -86,7 +86,7 @@ async def test_messages_reach_a_synapse_user_in_an_mxfed_room_in_order(
     channel: grpc.aio.Channel | None = None
     try:
         await asyncio.to_thread(mxfed.start)
-        channel = grpc.aio.insecure_channel(mxfed.grpc_address("events"))
+        channel = mxfed.channel("events")
         events = events_pb2_grpc.EventsStub(channel)
         alice = f"@alice:{mxfed.server_name}"
         room_id = (

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
-
+from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender.ingest import Ingester
 from services.sender.storage import SenderStorage
+from tests.support.grpc_plane import channel_to
 from tests.support.sender_queues import OUR_SERVER, wait_until
 
 
 def ingester(database_url: str, address: str, woken: list[str]) -> Ingester:
-    channel = grpc.aio.insecure_channel(address)
+    channel = channel_to(address, "events", Caller.part("sender"))
     return Ingester(
         database_url,
         events_pb2_grpc.EventsStub(channel),

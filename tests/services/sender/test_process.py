@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mxfed.identity_files import ServerSigningKey, format_signing_key
 from services.sender.storage import SenderStorage
+from tests.support.grpc_plane import channel_to
 from tests.support.ports import free_port
 from tests.support.sender_queues import OUR_SERVER, wait_until
 
@@ -72,7 +73,7 @@ class SenderProcess:
 
     async def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+        async with channel_to(f"127.0.0.1:{self.port}", "sender") as channel:
             while time.monotonic() < deadline:
                 assert self.process and self.process.poll() is None, self.log.read_text()
                 try:

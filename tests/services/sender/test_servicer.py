@@ -14,13 +14,14 @@ import yaml
 
 from matrix_protocol.canonical_json import encode_json
 from mxfed.cli import main as cli_main
+from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 from services.sender.queues import EduQueuer
 from services.sender.server import servers_in_room_via
 from services.sender.servicer import SenderServicer
 from services.sender.storage import SenderStorage
-from tests.support.ports import free_port
+from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
 from tests.support.sender_queues import OUR_SERVER, queue_pdus, wait_until
 
 ROOM = "!room:sender-test.example"
@@ -32,20 +33,19 @@ async def sender_api(
     sender_storage: SenderStorage, fake_events
 ) -> AsyncIterator[tuple[sender_pb2_grpc.SenderStub, list[str]]]:
     woken: list[str] = []
-    events_channel = grpc.aio.insecure_channel(fake_events.address)
+    events_channel = channel_to(fake_events.address, "events", Caller.part("sender"))
     queuer = EduQueuer(
         sender_storage,
         OUR_SERVER,
         servers_in_room_via(events_pb2_grpc.EventsStub(events_channel)),
     )
-    server = grpc.aio.server()
+    server = make_server("sender")
     sender_pb2_grpc.add_SenderServicer_to_server(
         SenderServicer(sender_storage, queuer, woken.extend), server
     )
-    address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
+    address = bind_loopback(server, "sender")
     await server.start()
-    channel = grpc.aio.insecure_channel(address)
+    channel = channel_to(address, "sender")
     stub = sender_pb2_grpc.SenderStub(channel)
     stub.address = address  # type: ignore[attr-defined]
     yield stub, woken
@@ -244,20 +244,19 @@ async def test_server_up_and_query_destinations(
 async def servicer_with_events_at(
     sender_storage: SenderStorage, events_address: str
 ) -> tuple[grpc.aio.Server, list[grpc.aio.Channel], sender_pb2_grpc.SenderStub, EduQueuer]:
-    events_channel = grpc.aio.insecure_channel(events_address)
+    events_channel = channel_to(events_address, "events", Caller.part("sender"))
     queuer = EduQueuer(
         sender_storage,
         OUR_SERVER,
         servers_in_room_via(events_pb2_grpc.EventsStub(events_channel)),
     )
-    server = grpc.aio.server()
+    server = make_server("sender")
     sender_pb2_grpc.add_SenderServicer_to_server(
         SenderServicer(sender_storage, queuer, lambda _: None), server
     )
-    address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
+    address = bind_loopback(server, "sender")
     await server.start()
-    channel = grpc.aio.insecure_channel(address)
+    channel = channel_to(address, "sender", GATEWAY)
     return server, [channel, events_channel], sender_pb2_grpc.SenderStub(channel), queuer
 
 

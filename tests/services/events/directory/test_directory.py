@@ -21,6 +21,7 @@ from services.events.directory.servicer import DirectoryServicer
 from services.events.directory.summaries import decode_token, encode_token, paginate
 from tests.support.events_service import OUR_SERVER, EventsService, RemoteServer
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.grpc_plane import bind_loopback, channel_to, make_server
 from tests.support.ports import free_port
 
 ADMIN = f"@admin:{OUR_SERVER}"
@@ -32,13 +33,12 @@ async def directory(
 ) -> AsyncIterator[directory_pb2_grpc.DirectoryStub]:
     async with events.pool.acquire() as conn:
         await conn.execute("DELETE FROM events.published_rooms")
-    server = grpc.aio.server()
+    server = make_server("events")
     logic = Directory(events.pool, OUR_SERVER, federation_client)
     directory_pb2_grpc.add_DirectoryServicer_to_server(DirectoryServicer(logic), server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    address = bind_loopback(server, "events")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = channel_to(address, "events")
     yield directory_pb2_grpc.DirectoryStub(channel)
     await channel.close()
     await server.stop(grace=None)

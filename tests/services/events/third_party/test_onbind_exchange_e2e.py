@@ -88,7 +88,7 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
         for process in processes:
             await asyncio.to_thread(process.start)
             started.append(process)
-        channels = [grpc.aio.insecure_channel(p.grpc_address("events")) for p in processes]
+        channels = [p.channel("events") for p in processes]
         yield Pair(Server(processes[0], channels[0]), Server(processes[1], channels[1]), identity)
         for channel in channels:
             await channel.close()

@@ -23,6 +23,7 @@ from services.keys.accounts.notify import RecordingNotifier
 from services.keys.accounts.remote import RemoteDeviceLists
 from services.keys.accounts.servicer import AccountsServicer
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.grpc_plane import bind_loopback, channel_to, make_server
 from tests.support.ports import free_port
 
 OURS = "accounts-test.example"
@@ -41,12 +42,11 @@ async def accounts(
     notifier = RecordingNotifier()
     local = LocalAccounts(keys_pool, OURS, notifier)
     remote = RemoteDeviceLists(keys_pool, OURS, federation_client)
-    server = grpc.aio.server()
+    server = make_server("keys")
     accounts_pb2_grpc.add_AccountsServicer_to_server(AccountsServicer(local, remote), server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    address = bind_loopback(server, "keys")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = channel_to(address, "keys")
     yield Accounts(accounts_pb2_grpc.AccountsStub(channel), notifier)
     await channel.close()
     await server.stop(grace=None)

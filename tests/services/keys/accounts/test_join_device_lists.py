@@ -16,12 +16,13 @@ import grpc
 import orjson
 import pytest
 
+from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 from services.keys.accounts.joins import JoinDeviceLists
 from services.keys.accounts.local import LocalAccounts
 from services.keys.accounts.notify import RecordingNotifier
-from tests.support.ports import free_port
+from tests.support.grpc_plane import bind_loopback, channel_to, make_server
 
 OURS = "joins-test.example"
 
@@ -42,14 +43,13 @@ class FakeBackends(
         self.sender_failures = 0
         self.stream_requests: list[events_pb2.StreamEventsRequest] = []
         self._changed = asyncio.Condition()
-        self.address = f"127.0.0.1:{free_port()}"
-        self.server = grpc.aio.server()
+        self.server = make_server("events")
+        self.address = bind_loopback(self.server, "events")
 
     async def start(self) -> FakeBackends:
         events_pb2_grpc.add_EventsServicer_to_server(self, self.server)
         directory_pb2_grpc.add_DirectoryServicer_to_server(self, self.server)
         sender_pb2_grpc.add_SenderServicer_to_server(self, self.server)
-        self.server.add_insecure_port(self.address)
         await self.server.start()
         return self
 
@@ -156,7 +156,7 @@ class Runner:
         self.tasks: dict[JoinDeviceLists, asyncio.Task[None]] = {}
 
     def start(self) -> JoinDeviceLists:
-        channel = grpc.aio.insecure_channel(self.backends.address)
+        channel = channel_to(self.backends.address, "events", Caller.part("keys"))
         self.channels.append(channel)
         follower = JoinDeviceLists(
             self.database_url,

@@ -33,7 +33,7 @@ from services.keys.accounts.to_device import (
     now_ms,
     parse_edu,
 )
-from tests.support.ports import free_port
+from tests.support.grpc_plane import bind_loopback, channel_to, make_server
 
 OURS = "to-device-test.example"
 REMOTE = "remote.example"
@@ -67,14 +67,13 @@ async def _start(
         hub,
         RemotePresence(pool, OURS, enabled=presence_enabled),
     )
-    server = grpc.aio.server()
+    server = make_server("keys")
     accounts_pb2_grpc.add_AccountsServicer_to_server(servicer, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    address = bind_loopback(server, "keys")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = channel_to(address, "keys")
     servers.stubs.append(accounts_pb2_grpc.AccountsStub(channel))
-    servers.addresses.append(f"127.0.0.1:{port}")
+    servers.addresses.append(address)
 
     async def stop() -> None:
         await channel.close()
