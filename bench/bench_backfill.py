@@ -5,7 +5,7 @@ A whole mxfed (``mxfed run``, throw-away database on the local PostgreSQL at
 pre-signed chain (create, join, power levels, then messages). The backfill
 fetcher runs in this process against mxfed's events service: one
 ``GET /backfill?v=..&limit=100`` per batch over HTTPS, then one ``InputPdus``
-(kind HISTORY: format, signatures in one batch, hashes, auth, state,
+(kind GAP_FILL: format, signatures in one batch, hashes, auth, state,
 storage) per response.
 
 NOTSPEC/bench shape: today the events pipeline stores a history event only
@@ -146,7 +146,7 @@ async def main() -> None:
                 room_id=room_id,
                 room_version="10",
                 origin=remote.server_name,
-                kind=events_pb2.HISTORY,
+                kind=events_pb2.GAP_FILL,
                 pdus=[encode_json(chain[0][1])],
             ),
             timeout=60,

@@ -11,7 +11,10 @@ events of a response whose prev_events are neither held nor in the response
 (``/state_ids``, then ``/state`` or ``/event``), stored as outliers first and
 passed as ``state_before``; their missing prevs become backward extremities.
 Backfilled events are input as BACKFILL (no stream position, no effect on
-the room's head), missing events as HISTORY.
+the room's head, exempt from soft failure). Missing events are input as
+GAP_FILL: they connect a live event, so they are live too and soft-failed
+when the room's current state no longer allows them (spec: server-server
+API, "Soft failure"; only backfilled events and outliers are exempt).
 
 Operations on one room run one at a time (an asyncio lock per room);
 different rooms never wait for each other. Every operation is bounded in
@@ -491,7 +494,7 @@ class Fetcher:
                     version,
                     origin,
                     _oldest_first(pdus, room_id)[: self.settings.missing_events_limit * 2],
-                    events_pb2.HISTORY,
+                    events_pb2.GAP_FILL,
                     "missing_events",
                 )
                 result.events_fetched = count.stored

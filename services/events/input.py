@@ -367,6 +367,7 @@ class InputPipeline:
         *,
         soft_fail: bool,
         backfill: bool = False,
+        gap_fill: bool = False,
         state_before: Mapping[str, Sequence[str]] | None = None,
     ) -> list[Outcome]:
         if not candidates:
@@ -385,6 +386,7 @@ class InputPipeline:
                         redacted=candidate.redacted,
                         soft_fail=soft_fail,
                         backfill=backfill,
+                        gap_fill=gap_fill,
                         state_before=(state_before or {}).get(candidate.event.event_id),
                     )
                     outcomes.append(outcome)
@@ -407,14 +409,15 @@ class InputPipeline:
     ) -> list[Outcome]:
         """PDUs we fetched ourselves (backfill, missing events, a join's state).
 
-        ``kind`` is "new" (full checks), "history" (no soft-fail, no 20/10
+        ``kind`` is "new" (full checks), "gap_fill" (events pulled in to
+        connect a live event: full checks including soft-fail, no 20/10
         limits), "backfill" (history older than what we hold: oldest first,
-        no stream positions, no effect on extremities or current state) or
-        "outlier". The room is registered with ``version_id`` if new.
-        Outliers are put in auth order first and checked against their own
-        auth events only. ``state_before`` (history and backfill): event id →
-        stored state event ids, the state before events whose prevs are
-        missing.
+        no soft-fail, no stream positions, no effect on extremities or
+        current state) or "outlier". The room is registered with
+        ``version_id`` if new. Outliers are put in auth order first and
+        checked against their own auth events only. ``state_before``
+        (gap_fill and backfill): event id → stored state event ids, the state
+        before events whose prevs are missing.
         """
         version = room_version(version_id)
         async with self.pool.acquire() as conn:
@@ -432,7 +435,7 @@ class InputPipeline:
             # Fetched history may exceed the 20 prev / 10 auth events limits
             # (endpoints.md §3 /backfill); size limits still apply.
             candidate = self._check_format(
-                pdu, version, results, backfilled=kind in ("history", "backfill")
+                pdu, version, results, backfilled=kind in ("gap_fill", "backfill")
             )
             if candidate is not None and candidate.event.room_id == room_id:
                 candidates.append(candidate)
@@ -452,12 +455,14 @@ class InputPipeline:
                 )
             )
         else:
+            gap_fill = kind == "gap_fill"
             outcomes.extend(
                 await self._input_room(
                     room_id,
                     valid,
-                    soft_fail=kind == "new",
-                    state_before=state_before if kind == "history" else None,
+                    soft_fail=True,
+                    gap_fill=gap_fill,
+                    state_before=state_before if gap_fill else None,
                 )
             )
         return outcomes

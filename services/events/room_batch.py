@@ -255,16 +255,21 @@ class RoomBatch:
         soft_fail: bool,
         local: bool = False,
         backfill: bool = False,
+        gap_fill: bool = False,
         state_before: Sequence[str] | None = None,
     ) -> Outcome:
         """Check ``event`` against the room and queue it for writing.
 
-        ``soft_fail``: a live event (checked against the current state too).
-        Otherwise history (missing events): no soft-fail check, and it
-        becomes a forward extremity only if nothing stored builds on it yet.
-        Both are streamed: missing events are news to local consumers too.
-        ``backfill``: history older than what we hold; never a forward
-        extremity, never current state, never streamed. ``state_before``:
+        ``soft_fail``: a live event, checked against the current state too
+        (:meth:`_soft_fails`); a soft-failed event is stored with its state
+        (later events may build on it and cite it) but is never a forward
+        extremity and never streamed. ``gap_fill``: a live event pulled in to
+        connect another one (get_missing_events): it becomes a forward
+        extremity only if nothing stored builds on it yet. Accepted live
+        events are streamed: missing events are news to local consumers too.
+        ``backfill``: history older than what we hold, exempt from soft
+        failure; never a forward extremity, never current state, never
+        streamed. ``state_before``:
         ids of stored events making the state before ``event``, used when its
         prev_events are missing from the DAG (they become backward
         extremities).
@@ -293,12 +298,14 @@ class RoomBatch:
             deps.update(await self._reload(stateless))
         problem = missing_dependencies(event, deps)
         before: StateGroup | None = None
+        prevs_missing = False
         if problem is not None and state_before is not None and not _missing_auth(event, deps):
             try:
                 before = await self._given_state(state_before)
             except MissingEventError as error:
                 return Outcome(event_id, None, f"state before the event: {error}")
             problem = None
+            prevs_missing = True
         if problem is not None:
             if live and not local and problem.startswith("missing prev_events"):
                 problem += f" ({NOT_DIVULGING})"
@@ -315,12 +322,7 @@ class RoomBatch:
         status = Status.ACCEPTED
         if rejection is not None:
             status = Status.REJECTED
-        elif (
-            live
-            and self.current is not None
-            and self.current.id != before.id
-            and await self._check_against_state(event, self.current.state) is not None
-        ):
+        elif live and await self._soft_fails(event, before, prevs_missing):
             status = Status.SOFT_FAILED
         if local and status is not Status.ACCEPTED:
             return Outcome(event_id, status, rejection or "not allowed by the room's current state")
@@ -349,7 +351,9 @@ class RoomBatch:
             stored, encode_json(pdu).decode(), event.membership, promote=promote
         )
         if status is Status.ACCEPTED:
-            if not backfill and (live or not await self._has_successors(event_id)):
+            if not backfill and (
+                (live and not gap_fill) or not await self._has_successors(event_id)
+            ):
                 await self._advance_head(event, after)
             if event.type == REDACTION:
                 await self._apply_redaction(event, before)
@@ -359,6 +363,34 @@ class RoomBatch:
             self.create_event = event
         self._redact_on_arrival(stored)
         return Outcome(event_id, status, rejection or "")
+
+    async def _soft_fails(self, event: Event, before: StateGroup, prevs_missing: bool) -> bool:
+        """Whether the room's current state no longer allows ``event`` (soft failure).
+
+        Spec: server-server API, "Checks performed on receipt of a PDU" step
+        6 and "Soft failure": the current state is the state resolved across
+        the forward extremities (``self.current``). When the event's
+        prev_events are not in our DAG (a gap that stayed open, its state
+        given), what happened in the gap is unknown to that state, so it is
+        first resolved together with the state before the event, as Synapse
+        does: a change made on the event's side of the gap (a promotion, say)
+        then counts, and state resolution still lets a ban or a demotion made
+        on our side win. The same state as before the event: nothing new.
+        """
+        current = self.current
+        if current is None or current.id == before.id:
+            return False
+        state: Mapping[StateKey, str] = current.state
+        if prevs_missing and current.state != before.state:
+            create_id = self.create_event.event_id if self.create_event else None
+            try:
+                state = await self.core.resolver.resolve(
+                    self.conn, self.version, create_id, [current.state, before.state], self
+                )
+            except MissingEventError:
+                # An auth chain we cannot complete: judge by our own current state.
+                state = current.state
+        return await self._check_against_state(event, state) is not None
 
     async def _reload(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
         """``event_ids`` from the database, past the cache (outliers may have been promoted)."""

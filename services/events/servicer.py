@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 _KINDS = {
     events_pb2.NEW: "new",
-    events_pb2.HISTORY: "history",
+    events_pb2.GAP_FILL: "gap_fill",
     events_pb2.OUTLIER_KIND: "outlier",
     events_pb2.BACKFILL: "backfill",
 }

@@ -19,7 +19,7 @@ class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INPUT_KIND_UNSPECIFIED: _ClassVar[InputKind]
     NEW: _ClassVar[InputKind]
-    HISTORY: _ClassVar[InputKind]
+    GAP_FILL: _ClassVar[InputKind]
     OUTLIER_KIND: _ClassVar[InputKind]
     BACKFILL: _ClassVar[InputKind]
 EVENT_STATUS_UNSPECIFIED: EventStatus
@@ -29,7 +29,7 @@ REJECTED: EventStatus
 OUTLIER: EventStatus
 INPUT_KIND_UNSPECIFIED: InputKind
 NEW: InputKind
-HISTORY: InputKind
+GAP_FILL: InputKind
 OUTLIER_KIND: InputKind
 BACKFILL: InputKind
 

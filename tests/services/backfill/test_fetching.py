@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -398,6 +398,146 @@ async def test_missing_events_for_an_unknown_room_is_not_found(stage: Stage) -> 
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+# soft failure of what gap filling brings in --------------------------------------------------
+
+Step = tuple[str, str, dict[str, Any], str | None]  # sender, type, content, state_key
+
+
+async def hosted_branch(stage: Stage, room: Room, steps: list[Step]) -> list[tuple[str, dict]]:
+    """Events built one after another on mxfed's current head, held by the remote only."""
+    scene = stage.scene
+    info = await scene.events.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+    )
+    state = await scene.current_state(room.room_id)
+    for event_id in state.values():
+        record = await scene.record(event_id)
+        stage.hosted.pdus[event_id] = orjson.loads(record.pdu_json)
+    prevs, depth = list(info.forward_extremities), info.max_depth
+    built = []
+    for sender, event_type, content, state_key in steps:
+        depth += 1
+        event_id, pdu = await scene.build(
+            room, sender, event_type, content, state_key, prev_events=prevs, state=state,
+            depth=depth,
+        )  # fmt: skip
+        stage.hosted.pdus[event_id] = pdu
+        stage.hosted.state_before[event_id] = list(state.values())
+        if state_key is not None:
+            state = {**state, (event_type, state_key): event_id}
+        built.append((event_id, pdu))
+        prevs = [event_id]
+    return built
+
+
+async def levels_with(scene: Scene, room: Room, user: str, level: int) -> dict[str, Any]:
+    """The room's current power levels content with ``user`` at ``level``."""
+    state = await scene.current_state(room.room_id)
+    record = await scene.record(state[("m.room.power_levels", "")])
+    content = orjson.loads(record.pdu_json)["content"]
+    content["users"] = {**content.get("users", {}), user: level}
+    return content
+
+
+async def set_level(scene: Scene, room: Room, user: str, level: int) -> str:
+    """The room creator sets ``user``'s power level (a local event)."""
+    content = await levels_with(scene, room, user, level)
+    return await scene.send_local(room, "m.room.power_levels", content, "")
+
+
+async def status_of(scene: Scene, event_ids: list[str]) -> dict[str, int]:
+    return {event_id: (await scene.record(event_id)).status for event_id in event_ids}
+
+
+async def test_gap_filled_messages_of_a_user_banned_meanwhile_are_soft_failed(
+    stage: Stage,
+) -> None:
+    """get_missing_events brings live events: soft-failed like pushed ones, yet in the DAG."""
+    scene = stage.scene
+    room = await scene.joined_room()
+    carol = scene.remote.user("carol")
+    await scene.join(room, carol)
+    bob = scene.remote.user("bob")
+    steps: list[Step] = [(bob, "m.room.message", {"body": f"evading {i}"}, None) for i in range(3)]
+    steps.append((carol, "m.room.message", {"body": "carol, unaware"}, None))
+    *gap, (pushed_id, pushed) = await hosted_branch(stage, room, steps)
+    # mxfed's side of the split bans bob before the remote's branch reaches it.
+    ban_id = await scene.send_local(room, "m.room.member", {"membership": "ban"}, bob)
+    stage.hosted.requests.clear()
+    response = await scene.send([pushed])
+    assert response.json() == {"pdus": {pushed_id: {}}}
+    assert [kind for kind, _, _ in stage.hosted.requests] == ["get_missing_events"]
+    gap_ids = [event_id for event_id, _ in gap]
+    assert await status_of(scene, gap_ids) == dict.fromkeys(gap_ids, events_pb2.SOFT_FAILED)
+    for event_id in gap_ids:
+        assert (await scene.record(event_id)).stream_position == 0  # never streamed
+    # carol's message builds on them and is allowed: it is shown, they are not.
+    pushed_record = await scene.record(pushed_id)
+    assert pushed_record.status == events_pb2.ACCEPTED and pushed_record.stream_position > 0
+    timeline = await scene.timeline_ids(room.room_id)
+    assert pushed_id in timeline and not set(gap_ids) & set(timeline)
+    info = await scene.events.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+    )
+    assert set(info.forward_extremities) == {ban_id, pushed_id}
+    assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == ban_id
+
+
+async def test_an_edge_of_an_open_gap_is_soft_failed_after_a_ban(stage: Stage) -> None:
+    scene = stage.scene
+    room = await scene.joined_room()
+    rita = scene.remote.user("rita")
+    await scene.join(room, rita)
+    await set_level(scene, room, rita, 100)
+    bob = scene.remote.user("bob")
+    steps: list[Step] = [
+        (rita, "m.room.power_levels", await levels_with(scene, room, bob, 50), ""),
+        (bob, "m.room.topic", {"topic": "bob's topic"}, ""),
+        *((rita, "m.room.message", {"body": f"r{i}"}, None) for i in range(10)),
+    ]
+    events = await hosted_branch(stage, room, steps)
+    promotion_id, (topic_id, _), (pushed_id, pushed) = events[0][0], events[1], events[-1]
+    await scene.send_local(room, "m.room.member", {"membership": "ban"}, bob)
+    stage.hosted.requests.clear()
+    response = await scene.send([pushed])
+    assert response.json() == {"pdus": {pushed_id: {}}}
+    assert ("state_ids", room.room_id, topic_id) in stage.hosted.requests
+    assert (await scene.record(promotion_id)).status == events_pb2.OUTLIER
+    # Resolved with the state at the topic change (bob promoted there), the
+    # ban still wins: the topic change is soft-failed, rita's messages are not.
+    assert (await scene.record(topic_id)).status == events_pb2.SOFT_FAILED
+    later = [event_id for event_id, _ in events[2:]]
+    assert await status_of(scene, later) == dict.fromkeys(later, events_pb2.ACCEPTED)
+    state = await scene.current_state(room.room_id)
+    assert state.get(("m.room.topic", "")) != topic_id
+
+
+async def test_an_edge_of_an_open_gap_may_use_a_promotion_made_in_the_gap(stage: Stage) -> None:
+    """The current state resolved with the state at the event: a promotion on the
+    other side of the gap counts, so the promoted user's action is not soft-failed."""
+    scene = stage.scene
+    room = await scene.joined_room()
+    rita = scene.remote.user("rita")
+    await scene.join(room, rita)
+    await set_level(scene, room, rita, 100)
+    bob = scene.remote.user("bob")
+    steps: list[Step] = [
+        (rita, "m.room.power_levels", await levels_with(scene, room, bob, 50), ""),
+        (bob, "m.room.topic", {"topic": "bob's topic"}, ""),
+        *((rita, "m.room.message", {"body": f"r{i}"}, None) for i in range(10)),
+    ]
+    events = await hosted_branch(stage, room, steps)
+    (topic_id, _), (pushed_id, pushed) = events[1], events[-1]
+    # Something else happens on mxfed's side meanwhile, so its state differs.
+    await scene.send_local(room, "m.room.name", {"name": "our side"}, "")
+    response = await scene.send([pushed])
+    assert response.json() == {"pdus": {pushed_id: {}}}
+    assert (await scene.record(topic_id)).status == events_pb2.ACCEPTED
+    state = await scene.current_state(room.room_id)
+    assert state[("m.room.topic", "")] == topic_id
+    assert state[("m.room.power_levels", "")] == events[0][0]
+
+
 # backfill ----------------------------------------------------------------------------------
 
 
@@ -412,11 +552,14 @@ async def test_backfill_of_a_room_with_no_holes_asks_nobody(stage: Stage) -> Non
     assert hosted.requests == []
 
 
-async def _remote_room_joined_at_its_latest_event(stage: Stage, messages: int) -> list[str]:
+async def _remote_room_joined_at_its_latest_event(
+    stage: Stage, messages: int, extra: Sequence[Step] = ()
+) -> list[str]:
     """A room that lives on the remote; mxfed holds its state (outliers) and latest event.
 
     That is what a join leaves: the state before the latest event, which has
-    its prev missing (a backward extremity).
+    its prev missing (a backward extremity). ``extra`` events come after the
+    room's first five, before the ``messages``.
     """
     scene, hosted = stage.scene, stage.hosted
     remote = scene.remote
@@ -426,12 +569,14 @@ async def _remote_room_joined_at_its_latest_event(stage: Stage, messages: int) -
     order: list[str] = []
     state: dict[tuple[str, str], str] = {}
 
-    def add(event_type: str, content: dict[str, Any], state_key: str | None = None) -> None:
-        auth = select_auth_event_ids(event_type, bob, state_key, content, version, state)
+    def add(
+        event_type: str, content: dict[str, Any], state_key: str | None = None, sender: str = bob
+    ) -> None:
+        auth = select_auth_event_ids(event_type, sender, state_key, content, version, state)
         event_id, pdu = remote.build_pdu(
             version,
             room_id=room_id,
-            sender=bob,
+            sender=sender,
             event_type=event_type,
             content=content,
             prev_events=order[-1:],
@@ -450,13 +595,17 @@ async def _remote_room_joined_at_its_latest_event(stage: Stage, messages: int) -
     add("m.room.power_levels", {"users": {bob: 100}}, "")
     add("m.room.join_rules", {"join_rule": "public"}, "")
     add("m.room.history_visibility", {"history_visibility": "shared"}, "")
+    for sender, event_type, content, state_key in extra:
+        add(event_type, content, state_key, sender)
     for i in range(messages):
         add("m.room.message", {"body": f"m{i}"})
     latest = order[-1]
+    chain = {a for e in state.values() for a in hosted.auth_chain(e)}
+    outliers = [e for e in order if e in chain or e in state.values()]
     for kind, ids, state_before in (
-        (events_pb2.OUTLIER_KIND, list(state.values()), []),
+        (events_pb2.OUTLIER_KIND, outliers, []),
         (
-            events_pb2.HISTORY,
+            events_pb2.GAP_FILL,
             [latest],
             [events_pb2.StateBefore(event_id=latest, state_event_ids=list(state.values()))],
         ),
@@ -517,6 +666,29 @@ async def test_backfill_below_a_join_reaches_the_room_start_and_drops_forged_eve
     )
     assert [r.event_id for r in page.events] == list(reversed(order))
     assert page.reached_room_start
+
+
+async def test_backfilled_history_is_not_soft_failed(stage: Stage) -> None:
+    """Only backfill (and outliers) are exempt: messages from before a ban stay visible."""
+    scene, hosted = stage.scene, stage.hosted
+    eve = scene.remote.user("eve")
+    said = [(eve, "m.room.message", {"body": f"before the ban {i}"}, None) for i in range(3)]
+    order = await _remote_room_joined_at_its_latest_event(
+        stage,
+        3,
+        [
+            (eve, "m.room.member", {"membership": "join"}, eve),
+            *said,
+            (scene.remote.user("bob"), "m.room.member", {"membership": "ban"}, eve),
+        ],
+    )
+    room_id = hosted.pdus[order[0]]["room_id"]
+    reply = await stage.backfill.PerformBackfill(
+        backfill_pb2.PerformBackfillRequest(room_id=room_id, limit=20), timeout=60
+    )
+    assert reply.events_fetched > 0
+    eve_said = order[6:9]
+    assert await status_of(scene, eve_said) == dict.fromkeys(eve_said, events_pb2.ACCEPTED)
 
 
 async def test_backfill_of_an_unknown_room_is_not_found(stage: Stage) -> None:

@@ -81,7 +81,7 @@ async def _joined(events: EventsService, remote: RemoteServer, messages: int) ->
     assert {s for s, _ in outliers.values()} == {events_pb2.OUTLIER}
     latest = room.order[-1]
     result = await _input(
-        events, room, events_pb2.HISTORY, [latest], {latest: room.state_before(latest)}
+        events, room, events_pb2.GAP_FILL, [latest], {latest: room.state_before(latest)}
     )
     assert result == {latest: (events_pb2.ACCEPTED, "")}
     return room
@@ -257,7 +257,7 @@ async def test_history_with_state_before_fills_a_gap_and_moves_the_head(
     newer = [room.add("m.room.message", {"body": f"n{i}"}) for i in range(4)]
     # n0 is missing; n1 (prev n0) comes with the state before it, n2 and n3 on it.
     result = await _input(
-        events, room, events_pb2.HISTORY, newer[1:], {newer[1]: room.state_before(newer[1])}
+        events, room, events_pb2.GAP_FILL, newer[1:], {newer[1]: room.state_before(newer[1])}
     )
     assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}
     head = await events.head(room_id)
@@ -276,7 +276,7 @@ async def test_fetched_history_may_exceed_20_prev_events_but_not_the_size_limit(
     big, big_id = remote.pdu(room.head, "m.room.message", room.bob, {"body": "p" * 65_536})
     room.pdus.update({wide_id: wide, big_id: big})
     state = {wide_id: room.state_before(latest)}
-    result = await _input(events, room, events_pb2.HISTORY, [wide_id, big_id], state)
+    result = await _input(events, room, events_pb2.GAP_FILL, [wide_id, big_id], state)
     assert result[wide_id] == (events_pb2.ACCEPTED, ""), result
     assert result[big_id][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
     assert "larger than 65536 bytes" in result[big_id][1]

@@ -178,7 +178,7 @@ async def test_already_stored_events_answer_empty(
     assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
 
 
-async def test_input_pdus_history_is_streamed_like_new_events(
+async def test_input_pdus_gap_fill_is_streamed_like_new_events(
     events: EventsService, remote: RemoteServer
 ) -> None:
     room_id, alice = await _public_room_with_remote_member(events, remote)
@@ -189,7 +189,7 @@ async def test_input_pdus_history_is_streamed_like_new_events(
             room_id=room_id,
             room_version=head.version,
             origin=remote.name,
-            kind=events_pb2.HISTORY,
+            kind=events_pb2.GAP_FILL,
             pdus=[encode_json(p) for p, _ in pdus],
         )
     )

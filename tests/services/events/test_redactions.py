@@ -316,7 +316,7 @@ async def test_waiting_redactions_apply_to_outliers_history_and_backfill(
     assert {s for s, _ in result.values()} == {events_pb2.OUTLIER}
     first = redactions[0]
     before_first = {first: room.state_before(first)}
-    result = await room.input(events, events_pb2.HISTORY, [first], before_first)
+    result = await room.input(events, events_pb2.GAP_FILL, [first], before_first)
     assert result == {first: (events_pb2.ACCEPTED, "")}
     assert await _content(events, topic) == {}
     current = await events.stub.QueryCurrentState(
@@ -327,7 +327,7 @@ async def test_waiting_redactions_apply_to_outliers_history_and_backfill(
 
     # The other redactions arrive as history; their targets are not held.
     rest = redactions[1:]
-    result = await room.input(events, events_pb2.HISTORY, rest)
+    result = await room.input(events, events_pb2.GAP_FILL, rest)
     assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}
     assert sorted(await _waiting(events, room_id)) == sorted(messages[:3])
 
@@ -338,7 +338,7 @@ async def test_waiting_redactions_apply_to_outliers_history_and_backfill(
 
     # History (missing events) placed with the state before it.
     result = await room.input(
-        events, events_pb2.HISTORY, [by_history], {by_history: room.state_before(by_history)}
+        events, events_pb2.GAP_FILL, [by_history], {by_history: room.state_before(by_history)}
     )
     assert result == {by_history: (events_pb2.ACCEPTED, "")}
     assert await _content(events, by_history) == {}
