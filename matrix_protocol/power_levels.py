@@ -14,8 +14,9 @@ the rules"); the ``m.room.power_levels`` event of the Client-Server API.
 
 Lookups (:func:`user_power_level`, :func:`required_power_level`,
 :func:`named_power_level`) treat a value that does not parse like a missing
-key and fall back to the default: the auth rules never accept such a power
-levels event, so this only matters for state that came from elsewhere.
+key and fall back to the default. In v1–v9 the auth rules type-check only
+``users``, so a power levels event with, say, ``"ban": "1e1"`` is accepted
+there and its ``ban`` level is the default; from v10 every value is checked.
 """
 
 from __future__ import annotations
@@ -77,20 +78,25 @@ def parse_power_level(value: object, room_version: RoomVersion) -> int:
 
 
 def validate_power_levels_content(content: Mapping[str, Any], room_version: RoomVersion) -> None:
-    """Check the shape and value types of a power levels event's content.
+    """The type checks the auth rules make on a power levels event's content.
 
-    The named levels and the values of ``users``, ``events`` and (v6+)
-    ``notifications`` must parse under the room version; ``users`` keys must
-    be valid (historical) user IDs. Raises :class:`PowerLevelError`.
+    Every version: ``users``, when present, is an object whose keys are
+    valid (historical) user IDs and whose values parse under the room
+    version. v10+ also: the named levels are integers and ``events`` /
+    ``notifications`` are objects of integers. v1–v9 check nothing else
+    (rooms v1 and v3 rule 10.1, v8 rule 9.1: only ``users`` is
+    type-checked), so a named level or an ``events`` value that is not a
+    number is accepted there; the lookups then treat it as missing. Raises
+    :class:`PowerLevelError`.
     """
     from matrix_protocol.server_names import is_valid_user_id
 
-    for name in NAMED_LEVELS:
-        if name in content:
-            parse_power_level(content[name], room_version)
-    maps = ["users", "events"]
-    if room_version.limit_notifications_power_levels:
-        maps.append("notifications")
+    maps = ["users"]
+    if room_version.integer_only_power_levels:
+        for name in NAMED_LEVELS:
+            if name in content:
+                parse_power_level(content[name], room_version)
+        maps += ["events", "notifications"]
     for key in maps:
         if key not in content:
             continue

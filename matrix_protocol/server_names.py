@@ -1,8 +1,12 @@
 """Server names and the IDs built on them.
 
 Spec: appendices "Server Name" and "User Identifiers" incl. "Historical
-User IDs" (digest: auth.md §4, rooms.md). Server names compare
-case-sensitively, so nothing here lower-cases or otherwise normalises.
+User IDs" (https://spec.matrix.org/v1.19/appendices/#server-name). Server
+names compare case-sensitively, so nothing here lower-cases or otherwise
+normalises. The port is what the grammar says, ``1*5DIGIT``: ``99999`` and
+``0`` are valid in a server name (and so in user IDs inside events) even
+though nothing can be reached there; :func:`is_connectable_port` is for
+whoever wants to connect.
 """
 
 from __future__ import annotations
@@ -68,15 +72,18 @@ def parse_server_name(name: str) -> tuple[str, int | None]:
         if _PORT.fullmatch(port_text) is None:
             raise ValueError(f"invalid port in server name {name!r}")
         port = int(port_text)
-        if not 1 <= port <= 65535:
-            raise ValueError(f"port out of range in server name {name!r}")
     if not _is_valid_host(host):
         raise ValueError(f"invalid server name {name!r}")
     return host, port
 
 
+def is_connectable_port(port: int | None) -> bool:
+    """Whether a server name's port (None: the default one) is a TCP port one can connect to."""
+    return port is None or 1 <= port <= 65535
+
+
 def is_valid_server_name(name: str) -> bool:
-    """Whether ``name`` matches the server-name grammar (with a valid port)."""
+    """Whether ``name`` matches the server-name grammar."""
     try:
         parse_server_name(name)
     except ValueError:

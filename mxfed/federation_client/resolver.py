@@ -28,7 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from matrix_protocol.canonical_json import decode_json
-from matrix_protocol.server_names import is_valid_server_name, parse_server_name
+from matrix_protocol.server_names import (
+    is_connectable_port,
+    is_valid_server_name,
+    parse_server_name,
+)
 
 from .errors import DestinationUnreachableError, FederationDeniedError
 
@@ -376,6 +380,9 @@ def parse_well_known_body(body: bytes) -> str:
         raise ValueError("well-known has no m.server string")
     if not is_valid_server_name(server):
         raise ValueError(f"well-known m.server {server!r} is not a valid server name")
+    if not is_connectable_port(parse_server_name(server)[1]):
+        # Valid grammar, but a delegation nowhere: as useless as an invalid one.
+        raise ValueError(f"well-known m.server {server!r} names a port nothing can listen on")
     return server
 
 
@@ -489,6 +496,10 @@ class ServerResolver:
                 f"invalid server name {server_name!r}", destination=server_name
             )
         host, port = parse_server_name(server_name)
+        if not is_connectable_port(port):
+            raise FederationDeniedError(
+                f"{server_name!r} names a port nothing can listen on", destination=server_name
+            )
         bare = host.strip("[]")
         # 1. IP literal
         if is_ip_address(host):

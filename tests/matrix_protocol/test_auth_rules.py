@@ -26,7 +26,12 @@ from matrix_protocol.auth_rules import (
 )
 from matrix_protocol.encoding import encode_base64
 from matrix_protocol.events import Event
-from matrix_protocol.power_levels import required_power_level, user_power_level
+from matrix_protocol.power_levels import (
+    named_power_level,
+    required_power_level,
+    room_creators,
+    user_power_level,
+)
 from matrix_protocol.signing import sign_json
 from tests.support.room_builder import RoomBuilder
 
@@ -652,7 +657,42 @@ def test_v10_rejects_string_power_levels():
 def test_v1_float_power_levels():
     room = make_room("1")
     assert_allowed(room, _pl(room, CREATOR, {"users": {CREATOR: 100.0}, "ban": 5.5}))
-    assert_rejected(room, _pl(room, CREATOR, {"users": {CREATOR: 100}, "ban": "lots"}))
+    assert_rejected(room, _pl(room, CREATOR, {"users": {CREATOR: 100, PLEB: "lots"}}))
+
+
+@pytest.mark.parametrize("version", [str(v) for v in range(1, 10)])
+def test_v1_to_v9_type_check_only_users(version: str) -> None:
+    """Rule 10.1 (9.1 from v8) names only ``users``: other values need not be numbers."""
+    room = make_room(version, with_pl=False)
+    first = {"users": {CREATOR: 100}, "ban": "1e1", "events": {"m.room.name": "high"}}
+    assert_allowed(room, _pl(room, CREATOR, first))
+    room.power_levels(CREATOR, content=first)
+    # A value that is not a number counts as unset: changing it checks only the new value.
+    assert named_power_level("ban", room.state[("m.room.power_levels", "")]) == 50
+    assert_allowed(room, _pl(room, CREATOR, {**first, "ban": 60}))
+    assert_rejected(room, _pl(room, CREATOR, {**first, "ban": 101}), "10.6")
+
+
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+def test_v10_on_every_value_must_be_an_integer(version: str) -> None:
+    room = make_room(version, with_pl=False)
+    users = {} if version == "12" else {CREATOR: 100}
+    assert_rejected(room, _pl(room, CREATOR, {"users": users, "ban": "1e1"}), "10.1–10.3")
+
+
+@pytest.mark.parametrize("version", ["1", "9", "10", "12"])
+def test_user_ids_with_any_five_digit_port_are_valid_in_power_levels(version: str) -> None:
+    room = make_room(version, with_pl=False)
+    users = {} if version == "12" else {CREATOR: 100}
+    content = {"users": {**users, "@bob:a.org:99999": 50, "@carol:b.org:0": 1}}
+    assert_allowed(room, _pl(room, CREATOR, content))
+
+
+def test_v12_additional_creators_may_have_any_five_digit_port() -> None:
+    room = RoomBuilder("12")
+    create = room.create(CREATOR, additional_creators=["@bob:a.org:99999"])
+    check_auth_rules(create, {})
+    assert "@bob:a.org:99999" in room_creators(create)
 
 
 def test_power_levels_users_keys_must_be_user_ids():

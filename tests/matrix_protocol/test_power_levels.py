@@ -68,21 +68,25 @@ def test_non_numbers_rejected_everywhere(value):
 
 def test_validate_content():
     validate_power_levels_content({"users": {"@a:test": "50"}, "ban": " 20 "}, V9)
-    validate_power_levels_content({"notifications": {"room": "x"}}, V5)  # not checked pre-v6
-    for bad in (
-        {"users": {"not-a-user": 1}},
-        {"users": []},
-        {"events": {"m.room.name": "high"}},
-        {"kick": "lots"},
-    ):
+    # v1–v9 type-check only users (rule 10.1 / 9.1): the rest is accepted as it is.
+    for version in (V1, V5, V6, V9):
+        for content in (
+            {"notifications": {"room": "x"}},
+            {"events": {"m.room.name": "high"}},
+            {"kick": "lots"},
+            {"ban": "1e1", "events": [], "notifications": None},
+        ):
+            validate_power_levels_content(content, version)
+    for bad in ({"users": {"not-a-user": 1}}, {"users": []}, {"users": {"@a:test": "1e1"}}):
         with pytest.raises(PowerLevelError):
             validate_power_levels_content(bad, V9)
-    with pytest.raises(PowerLevelError):
-        validate_power_levels_content({"notifications": {"room": "x"}}, V6)
     for bad in (
         {"users_default": "42"},
         {"events": {"m.room.name": "42"}},
         {"users": {"@a:t": []}},
+        {"ban": "1e1"},
+        {"notifications": {"room": "x"}},
+        {"events": []},
     ):
         with pytest.raises(PowerLevelError):
             validate_power_levels_content(bad, V10)

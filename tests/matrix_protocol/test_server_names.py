@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from matrix_protocol.server_names import (
+    is_connectable_port,
     is_ip_literal,
     is_valid_server_name,
     is_valid_user_id,
@@ -30,6 +31,11 @@ from matrix_protocol.server_names import (
         ("[::ffff:1.2.3.4]:8448", ("[::ffff:1.2.3.4]", 8448)),
         ("example.org:08448", ("example.org", 8448)),
         ("1.2.3", ("1.2.3", None)),  # not four numbers, so a DNS name
+        # port = 1*5DIGIT: valid whether or not a TCP port of that number exists
+        ("a.org:99999", ("a.org", 99999)),
+        ("matrix.org:65536", ("matrix.org", 65536)),
+        ("matrix.org:0", ("matrix.org", 0)),
+        ("[::1]:00000", ("[::1]", 0)),
     ],
 )
 def test_valid_server_names(name: str, expected: tuple[str, int | None]) -> None:
@@ -43,8 +49,6 @@ def test_valid_server_names(name: str, expected: tuple[str, int | None]) -> None
         "",
         ":8448",
         "matrix.org:",
-        "matrix.org:0",
-        "matrix.org:65536",
         "matrix.org:123456",
         "matrix.org:-1",
         "matrix.org:８４４８",  # non-ASCII digits
@@ -81,7 +85,7 @@ def test_parse_server_name_non_string() -> None:
 
 @given(
     st.lists(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True), min_size=1, max_size=4),
-    st.none() | st.integers(1, 65535),
+    st.none() | st.integers(0, 99999),
 )
 def test_dns_names_round_trip(labels: list[str], port: int | None) -> None:
     host = ".".join(labels)
@@ -159,3 +163,17 @@ def test_server_name_of() -> None:
     assert server_name_of("$event:ev.example") == "ev.example"
     with pytest.raises(ValueError, match="no server name"):
         server_name_of("$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg")
+
+
+def test_user_ids_with_any_five_digit_port_are_valid() -> None:
+    assert is_valid_user_id("@bob:a.org:99999")
+    assert is_valid_user_id("@bob:[::1]:0")
+    assert not is_valid_user_id("@bob:a.org:100000")
+
+
+@pytest.mark.parametrize(
+    ("port", "connectable"),
+    [(None, True), (1, True), (8448, True), (65535, True), (0, False), (65536, False)],
+)
+def test_connectable_ports(port: int | None, connectable: bool) -> None:
+    assert is_connectable_port(port) is connectable
