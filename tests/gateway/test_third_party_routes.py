@@ -42,6 +42,8 @@ class World:
     mxfed: MxfedProcess
     remote: FakeHomeserver
     identity: IdentityServer
+    # Like Sydent with enable_v1_access = false: hands out v1 key validity URLs, which 404.
+    picky: IdentityServer
     invites_received: list[Any]
     events: events_pb2_grpc.EventsStub
     third_party: third_party_pb2_grpc.ThirdPartyInvitesStub
@@ -64,12 +66,14 @@ class World:
         )
         return reply.room_id
 
-    async def invite_email(self, room_id: str, address: str, sender: str = "") -> str:
+    async def invite_email(
+        self, room_id: str, address: str, sender: str = "", identity: IdentityServer | None = None
+    ) -> str:
         reply = await self.third_party.PerformThirdPartyInvite(
             third_party_pb2.PerformThirdPartyInviteRequest(
                 room_id=room_id,
                 sender=sender or self.alice,
-                id_server=self.identity.host,
+                id_server=(identity or self.identity).host,
                 medium="email",
                 address=address,
             ),
@@ -89,7 +93,14 @@ class World:
             return None
         return {**orjson.loads(reply.events[0].pdu_json), "event_id": reply.events[0].event_id}
 
-    def partial(self, room_id: str, target: str, token: str, sender: str = "") -> dict:
+    def partial(
+        self,
+        room_id: str,
+        target: str,
+        token: str,
+        sender: str = "",
+        identity: IdentityServer | None = None,
+    ) -> dict:
         return {
             "type": "m.room.member",
             "room_id": room_id,
@@ -99,7 +110,7 @@ class World:
                 "membership": "invite",
                 "third_party_invite": {
                     "display_name": "forged",
-                    "signed": self.identity.sign_for(target, token),
+                    "signed": (identity or self.identity).sign_for(target, token),
                 },
             },
         }
@@ -126,12 +137,15 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     await remote.start()
     identity = IdentityServer()
     await identity.start()
+    picky = IdentityServer(v1_disabled=True)
+    await picky.start()
     mxfed = MxfedProcess(tmp_path_factory.mktemp("third-party-routes") / "mxfed", database_url)
     try:
         await asyncio.to_thread(mxfed.start)
     except BaseException:
         await remote.stop()
         await identity.stop()
+        await picky.stop()
         await drop_database(database_url)
         raise
     channel = mxfed.channel("events")
@@ -139,6 +153,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         mxfed,
         remote,
         identity,
+        picky,
         received,
         events_pb2_grpc.EventsStub(channel),
         third_party_pb2_grpc.ThirdPartyInvitesStub(channel),
@@ -147,6 +162,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     await asyncio.to_thread(mxfed.stop)
     await remote.stop()
     await identity.stop()
+    await picky.stop()
     await drop_database(database_url)
 
 
@@ -176,7 +192,9 @@ async def test_third_party_invite_event_from_store_invite(world: World) -> None:
             "key_validity_url": f"{world.identity.base_url}/_matrix/identity/v2/pubkey/isvalid",
         }
     ]
-    assert content["key_validity_url"].endswith("/pubkey/isvalid")
+    assert content["key_validity_url"] == (
+        f"{world.identity.base_url}/_matrix/identity/v2/pubkey/isvalid"
+    )
     # The v2 API was used, with an access token obtained through account/register.
     assert ("POST", "/_matrix/identity/v2/account/register") in world.identity.requests
     stored = world.identity.invites[-1]
@@ -336,6 +354,36 @@ async def test_exchange_wrong_key(world: World, invited: tuple[str, str, str]) -
     response = await world.request("PUT", exchange_uri(room_id), partial)
     assert_error(response, 403, "M_FORBIDDEN")
     await assert_not_invited(world, room_id, target)
+    # The refusal is logged by the events service, with its cause.
+    logged = [
+        orjson.loads(line)
+        for line in world.mxfed.log_tail(400).splitlines()
+        if "exchange_third_party_invite refused" in line and room_id in line
+    ]
+    assert logged and logged[-1]["errcode"] == "M_FORBIDDEN"
+    assert "no signature in signed verifies" in logged[-1]["error"]
+
+
+async def test_exchange_with_an_identity_server_whose_v1_urls_404(world: World) -> None:
+    """Sydent with enable_v1_access = false hands out v1 key validity URLs that 404:
+    the invite's top-level URL is our own v2 one, and the exchange goes through."""
+    picky = world.picky
+    room_id = await world.create_room()
+    token = await world.invite_email(room_id, f"{uuid.uuid4().hex[:6]}@example.org", "", picky)
+    content = (await world.state(room_id, "m.room.third_party_invite", token))["content"]
+    assert content["public_key"] == picky.public_key
+    assert content["key_validity_url"] == f"{picky.base_url}/_matrix/identity/v2/pubkey/isvalid"
+    assert [key["key_validity_url"] for key in content["public_keys"]] == [
+        f"{picky.base_url}/_matrix/identity/api/v1/pubkey/isvalid",
+        f"{picky.base_url}/_matrix/identity/api/v1/pubkey/ephemeral/isvalid",
+    ]
+    target = world.remote.user(f"d{uuid.uuid4().hex[:6]}")
+    partial = world.partial(room_id, target, token, identity=picky)
+    response = await world.request("PUT", exchange_uri(room_id), partial)
+    assert response.status_code == 200, response.text
+    member = await world.state(room_id, "m.room.member", target)
+    assert member is not None and member["content"]["membership"] == "invite"
+    assert ("GET", "/_matrix/identity/v2/pubkey/isvalid") in picky.requests
 
 
 async def test_exchange_wrong_token(world: World, invited: tuple[str, str, str]) -> None:

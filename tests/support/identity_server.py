@@ -19,6 +19,11 @@ own an address: for every pending invite it signs ``{mxid, token}`` with the
 server's ed25519 key and POSTs ``/_matrix/federation/v1/3pid/onbind`` on
 the mxid's server (as Sydent does; the spec says PUT, mxfed serves both).
 :meth:`revoke` makes ``isvalid`` answer false.
+
+``v1_disabled=True`` answers like Sydent with ``enable_v1_access = false``:
+store-invite hands out a long-term and an ephemeral key whose
+``key_validity_url``s are under ``/_matrix/identity/api/v1/``, where nothing
+answers (this server serves no v1 path: 404).
 """
 
 from __future__ import annotations
@@ -54,8 +59,10 @@ class PendingInvite:
 @dataclass
 class IdentityServer:
     tls: bool = True
+    v1_disabled: bool = False
     port: int = field(default_factory=free_port)
     signing_key: Any = field(default_factory=generate_signing_key)
+    ephemeral_key: Any = field(default_factory=generate_signing_key)
     invites: list[PendingInvite] = field(default_factory=list)
     bindings: dict[tuple[str, str], str] = field(default_factory=dict)
     access_tokens: dict[str, str] = field(default_factory=dict)  # token -> mxid
@@ -72,7 +79,7 @@ class IdentityServer:
         app.router.add_post(v2 + "/account/register", self._register)
         app.router.add_post(v2 + "/store-invite", self._store_invite)
         app.router.add_get(v2 + "/pubkey/isvalid", self._isvalid)
-        app.router.add_get(v2 + "/pubkey/ephemeral/isvalid", self._isvalid)
+        app.router.add_get(v2 + "/pubkey/ephemeral/isvalid", self._ephemeral_isvalid)
         app.router.add_get(v2 + "/pubkey/{key_id}", self._pubkey)
         app.router.add_get(v2 + "/hash_details", self._hash_details)
         app.router.add_post(v2 + "/lookup", self._lookup)
@@ -96,6 +103,10 @@ class IdentityServer:
     @property
     def public_key(self) -> str:
         return encode_base64(bytes(self.signing_key.verify_key))
+
+    @property
+    def ephemeral_public_key(self) -> str:
+        return encode_base64(bytes(self.ephemeral_key.verify_key))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -225,14 +236,27 @@ class IdentityServer:
         address = body["address"]
         local, _, domain = address.partition("@")
         display_name = f"{local[:2]}...@{domain}" if domain else address[:3] + "..."
-        key_validity_url = f"{self.base_url}/_matrix/identity/v2/pubkey/isvalid"
+        public_keys = [
+            {
+                "public_key": self.public_key,
+                "key_validity_url": f"{self.base_url}/_matrix/identity/v2/pubkey/isvalid",
+            }
+        ]
+        if self.v1_disabled:
+            # What Sydent answers with enable_v1_access = false: v1 URLs, which 404.
+            v1 = f"{self.base_url}/_matrix/identity/api/v1/pubkey"
+            public_keys = [
+                {"public_key": self.public_key, "key_validity_url": f"{v1}/isvalid"},
+                {
+                    "public_key": self.ephemeral_public_key,
+                    "key_validity_url": f"{v1}/ephemeral/isvalid",
+                },
+            ]
         return web.json_response(
             {
                 "token": token,
                 "public_key": self.public_key,
-                "public_keys": [
-                    {"public_key": self.public_key, "key_validity_url": key_validity_url}
-                ],
+                "public_keys": public_keys,
                 "display_name": display_name,
             }
         )
@@ -240,6 +264,11 @@ class IdentityServer:
     async def _isvalid(self, request: web.Request) -> web.Response:
         key = request.query.get("public_key", "")
         return web.json_response({"valid": key == self.public_key and key not in self.revoked})
+
+    async def _ephemeral_isvalid(self, request: web.Request) -> web.Response:
+        key = request.query.get("public_key", "")
+        valid = key == self.ephemeral_public_key and key not in self.revoked
+        return web.json_response({"valid": valid})
 
     async def _pubkey(self, request: web.Request) -> web.Response:
         if request.match_info["key_id"] != KEY_ID:

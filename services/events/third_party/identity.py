@@ -12,6 +12,13 @@ authentication.
 
 ``id_server`` is ``host[:port]`` (HTTPS, as homeservers always use) or a
 full base URL (``http://127.0.0.1:8090``) for tests and local setups.
+
+The ``m.room.third_party_invite`` we write carries, at top level, the
+identity server's long-term key and a ``key_validity_url`` we build for the
+v2 API (``/_matrix/identity/v2/pubkey/isvalid``), whatever URLs the server
+handed out with its keys: Sydent with ``enable_v1_access = false`` still
+hands out ``/_matrix/identity/api/v1/`` URLs, which then answer 404. The keys
+and URLs the server gave stay in ``public_keys``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from matrix_protocol.membership import MembershipError
 
 TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 MAX_RESPONSE = 1 << 20
+KEY_VALIDITY_PATH = "/_matrix/identity/v2/pubkey/isvalid"
 
 
 def base_url(id_server: str) -> str:
@@ -42,23 +50,36 @@ def base_url(id_server: str) -> str:
     return "https://" + id_server
 
 
+def key_validity_url(id_server: str) -> str:
+    """The v2 ``pubkey/isvalid`` URL of ``id_server`` (for its long-term key)."""
+    return base_url(id_server) + KEY_VALIDITY_PATH
+
+
 @dataclass
 class StoredInvite:
     token: str
     display_name: str
     public_keys: list[dict[str, str]]
+    # The long-term key (the answer's top-level one, else its first) and our v2 URL for it.
+    public_key: str
+    key_validity_url: str
 
     def event_content(self) -> dict[str, Any]:
         """The ``m.room.third_party_invite`` content."""
-        first = self.public_keys[0]
-        content: dict[str, Any] = {
+        return {
             "display_name": self.display_name,
-            "public_key": first["public_key"],
+            "public_key": self.public_key,
+            "key_validity_url": self.key_validity_url,
             "public_keys": self.public_keys,
         }
-        if first.get("key_validity_url"):
-            content["key_validity_url"] = first["key_validity_url"]
-        return content
+
+
+class KeyCheckFailed(Exception):
+    """The identity server could not confirm a key: why, and whether it answered at all."""
+
+    def __init__(self, cause: str, *, answered: bool) -> None:
+        super().__init__(cause)
+        self.answered = answered
 
 
 class IdentityServerError(Exception):
@@ -156,18 +177,21 @@ class IdentityClient:
                 )
             except IdentityServerError as v1_error:
                 raise _identity_refusal("store-invite (v1)", v1_error) from None
-        return parse_stored_invite(answer)
+        return parse_stored_invite(answer, key_validity_url(id_server))
 
-    async def key_is_valid(self, url: str, public_key: str) -> bool:
-        """GET ``key_validity_url?public_key=...`` → its ``valid`` flag."""
+    async def check_key(self, url: str, public_key: str) -> None:
+        """GET ``url?public_key=...``; :class:`KeyCheckFailed` unless it answers ``valid: true``."""
         separator = "&" if "?" in url else "?"
         try:
             answer = await self.request(
                 "GET", f"{url}{separator}public_key={quote(public_key, safe='')}"
             )
         except IdentityServerError as error:
-            raise _unavailable(f"the key validity check failed: {error}") from None
-        return answer.get("valid") is True
+            raise KeyCheckFailed(f"{url} answered {error}", answered=True) from None
+        except MembershipError as error:  # unreachable, or not a JSON object
+            raise KeyCheckFailed(f"{url}: {error.message}", answered=False) from None
+        if answer.get("valid") is not True:
+            raise KeyCheckFailed(f"{url} says the key is not valid", answered=True)
 
 
 def _identity_refusal(call: str, error: IdentityServerError) -> MembershipError:
@@ -180,7 +204,8 @@ def _identity_refusal(call: str, error: IdentityServerError) -> MembershipError:
     return _unavailable(f"the identity server failed {call}: {error}")
 
 
-def parse_stored_invite(answer: Mapping[str, Any]) -> StoredInvite:
+def parse_stored_invite(answer: Mapping[str, Any], validity_url: str) -> StoredInvite:
+    """A store-invite answer; ``validity_url`` is our v2 URL for its long-term key."""
     token = answer.get("token")
     if not isinstance(token, str) or not token:
         raise _unavailable("store-invite answered without a token")
@@ -200,4 +225,6 @@ def parse_stored_invite(answer: Mapping[str, Any]) -> StoredInvite:
     display_name = answer.get("display_name")
     if not isinstance(display_name, str):
         display_name = ""
-    return StoredInvite(token, display_name, keys)
+    top = answer.get("public_key")
+    public_key = top if isinstance(top, str) and top else keys[0]["public_key"]
+    return StoredInvite(token, display_name, keys, public_key, validity_url)

@@ -68,7 +68,7 @@ from services.events.membership.templates import (
 )
 from services.events.room_batch import RoomBatch
 from services.events.storage import Status
-from services.events.third_party.identity import IdentityClient
+from services.events.third_party.identity import IdentityClient, KeyCheckFailed
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,55 @@ LIMIT 1
 async def token_consumed_by(conn: asyncpg.Connection, room_id: str, token: str) -> str | None:
     """The invitee of the accepted invite that already carries ``token``, if any."""
     return await conn.fetchval(_CONSUMED_SQL, room_id, token, int(Status.ACCEPTED))
+
+
+def invite_keys(content: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(public key, key validity URL or "") pairs of an m.room.third_party_invite, in the
+    order to try them: the top-level key (its URL written by the inviting server) first,
+    then each of ``public_keys``; repeats left out."""
+    pairs: list[tuple[str, str]] = []
+    entries = content.get("public_keys")
+    for entry in [content, *(entries if isinstance(entries, list) else [])]:
+        if isinstance(entry, Mapping) and isinstance(entry.get("public_key"), str):
+            url = entry.get("key_validity_url")
+            pairs.append((entry["public_key"], url if isinstance(url, str) else ""))
+    return list(dict.fromkeys(pairs))
+
+
+async def check_invite_keys(
+    identity: IdentityClient, signed: Mapping[str, Any], content: Mapping[str, Any]
+) -> None:
+    """Pass when one key of the invite verifies ``signed`` and is confirmed valid.
+
+    Each key is tried in turn (:func:`invite_keys`); for one that verifies
+    the signature and has a ``key_validity_url``, the identity server must
+    answer ``valid: true`` there. A check that fails (the key revoked, the
+    URL gone — a 404 of a retired API —, the server unreachable) is logged
+    with its cause and the next key is tried. None confirmed: 403 when an
+    identity server answered, 502 when none could be reached (worth a retry).
+    """
+    failures: list[KeyCheckFailed] = []
+    for public_key, url in invite_keys(content):
+        if not verify_third_party_invite_signed(signed, _KeyOnly(public_key)):  # type: ignore[arg-type]
+            continue
+        if not url:
+            return
+        try:
+            await identity.check_key(url, public_key)
+        except KeyCheckFailed as failure:
+            log.info(
+                "third-party invite key not confirmed; trying the next",
+                extra={"public_key": public_key, "error": str(failure)},
+            )
+            failures.append(failure)
+            continue
+        return
+    if not failures:
+        raise forbidden("no signature in signed verifies with the third-party invite's keys")
+    causes = "; ".join(str(f) for f in failures)
+    if any(f.answered for f in failures):
+        raise forbidden(f"the identity server did not confirm the invite's key: {causes}")
+    raise MembershipError(502, "M_UNKNOWN", f"cannot check the invite's key: {causes}")
 
 
 @dataclass
@@ -343,6 +392,22 @@ class ThirdParty:
     # ------------------------------------------------------------ exchange_third_party_invite
 
     async def exchange(self, origin: str, room_id: str, raw: bytes) -> str:
+        """``exchange_third_party_invite`` from ``origin``; a refusal is logged with its cause."""
+        try:
+            return await self._exchange(origin, room_id, raw)
+        except (MembershipError, ServiceError) as error:
+            log.warning(
+                "exchange_third_party_invite refused",
+                extra={
+                    "origin": origin,
+                    "room_id": room_id,
+                    "errcode": error.errcode,
+                    "error": error.message,
+                },
+            )
+            raise
+
+    async def _exchange(self, origin: str, room_id: str, raw: bytes) -> str:
         deps = self.deps
         try:
             partial = decode_json(raw)
@@ -400,24 +465,8 @@ class ThirdParty:
         return invite_event
 
     async def _check_key_validity(self, signed: Mapping[str, Any], invite_event: Event) -> None:
-        """403 unless a key of the invite verifies ``signed`` and is not revoked."""
-        content = invite_event.content
-        candidates: list[tuple[str, str]] = []
-        entries = content.get("public_keys")
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, Mapping) and isinstance(entry.get("public_key"), str):
-                url = entry.get("key_validity_url")
-                candidates.append((entry["public_key"], url if isinstance(url, str) else ""))
-        if isinstance(content.get("public_key"), str):
-            url = content.get("key_validity_url")
-            candidates.append((content["public_key"], url if isinstance(url, str) else ""))
-        for public_key, url in candidates:
-            if not verify_third_party_invite_signed(signed, _KeyOnly(public_key)):  # type: ignore[arg-type]
-                continue
-            if url and not await self.identity.key_is_valid(url, public_key):
-                raise forbidden("the identity server no longer vouches for the invite's key")
-            return
-        raise forbidden("no signature in signed verifies with the third-party invite's keys")
+        """403 unless a key of the invite verifies ``signed`` and is confirmed valid."""
+        await check_invite_keys(self.identity, signed, invite_event.content)
 
     async def _invite_remote(
         self, room_id: str, sender: str, target: str, content: dict[str, Any], token: str
