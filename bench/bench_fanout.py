@@ -62,7 +62,7 @@ from services.sender.delivery import (  # noqa: E402
 from services.sender.leases import Membership  # noqa: E402
 from services.sender.storage import IngestItem, SenderStorage  # noqa: E402
 from tests.support.databases import create_database, drop_database  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
+from tests.support.ports import HeldPort  # noqa: E402
 
 ORIGIN = "bench-origin.test"
 
@@ -139,12 +139,20 @@ class Receivers:
         context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
+        # The ports are held (bound) by the parent: bind beside it with SO_REUSEPORT.
         await web.TCPSite(
-            self.runner, "127.0.0.1", self.port, ssl_context=context, backlog=2048
+            self.runner,
+            "127.0.0.1",
+            self.port,
+            ssl_context=context,
+            backlog=2048,
+            reuse_port=True,
         ).start()
         self.control_runner = web.AppRunner(self.control, access_log=None)
         await self.control_runner.setup()
-        await web.TCPSite(self.control_runner, "127.0.0.1", self.control_port).start()
+        await web.TCPSite(
+            self.control_runner, "127.0.0.1", self.control_port, reuse_port=True
+        ).start()
 
     async def stop(self) -> None:
         await self.control_runner.cleanup()
@@ -168,8 +176,8 @@ class RemoteReceivers:
     """The receivers in a child process, driven through their control app."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.control_port = free_port()
+        self.held = (HeldPort(), HeldPort())
+        self.port, self.control_port = (held.port for held in self.held)
         self.process = multiprocessing.get_context("spawn").Process(
             target=receiver_process, args=(self.port, self.control_port), daemon=True
         )
@@ -206,7 +214,8 @@ class LocalReceivers:
     """The receivers in this process (sharing the sender's event loop)."""
 
     def __init__(self) -> None:
-        self.receivers = Receivers(free_port(), free_port())
+        self.held = (HeldPort(), HeldPort())
+        self.receivers = Receivers(*(held.port for held in self.held))
         self.port = self.receivers.port
 
     async def start(self) -> None:
@@ -247,7 +256,8 @@ async def run(args: argparse.Namespace) -> None:
         LocalReceivers() if args.receivers_in_process else RemoteReceivers()
     )
     await receivers.start()
-    closed_port = free_port()
+    closed = HeldPort()  # bound, never listening: connections are refused
+    closed_port = closed.port
     reachable = [f"r{i:04d}.bench.test:{receivers.port}" for i in range(args.destinations)]
     dead_count = args.destinations // 10
     dead = [f"d{i:04d}.bench.test:{closed_port}" for i in range(dead_count)]

@@ -37,7 +37,6 @@ from services.keys.server import setup as keys_setup  # noqa: E402
 from tests.support.databases import create_database, drop_database  # noqa: E402
 from tests.support.events_service import EventsService, RemoteServer  # noqa: E402
 from tests.support.key_servers import FakeKeyServer  # noqa: E402
-from tests.support.ports import free_port  # noqa: E402
 
 OUR_SERVER = "bench.example"
 
@@ -57,12 +56,10 @@ def ed25519_verifications_per_second(seconds: float = 1.0) -> float:
 
 
 async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
-    keys_port, events_port = free_port(), free_port()
     config = Config(
         server_name=OUR_SERVER,
         data_dir=data_dir,
         database_url=database_url,
-        keys_address=f"127.0.0.1:{keys_port}",
         federation_verify_tls=False,
         federation_allowed_ip_ranges=["127.0.0.0/8"],
     )
@@ -70,7 +67,8 @@ async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
     contexts = []
     servers = []
     servicer = None
-    for name, port in (("keys", keys_port), ("events", events_port)):
+    ports: dict[str, int] = {}
+    for name in ("keys", "events"):
         pool = await create_pool(database_url, max_size=12)
         await apply_migrations(pool, name, migrations_directory(name))
         server = new_server(config, name)
@@ -82,12 +80,14 @@ async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
         else:
             servicer = build_servicer(context)
             events_pb2_grpc.add_EventsServicer_to_server(servicer, server)
-        bind_port(server, config, name, f"127.0.0.1:{port}")
+        ports[name] = bind_port(server, config, name, "127.0.0.1:0")
+        if name == "keys":
+            config.keys_address = f"127.0.0.1:{ports[name]}"
         await server.start()
         contexts.append(context)
         servers.append(server)
     channel = open_channel(
-        config, "events", caller=Caller.part("gateway"), address=f"127.0.0.1:{events_port}"
+        config, "events", caller=Caller.part("gateway"), address=f"127.0.0.1:{ports['events']}"
     )
     service = EventsService(
         events_pb2_grpc.EventsStub(channel), OUR_SERVER, signing_key, servers[1], contexts[1].pool

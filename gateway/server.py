@@ -6,14 +6,13 @@ import logging
 from typing import Any
 
 import uvicorn
-from prometheus_client import start_http_server
 
 from gateway.app import create_app
 from gateway.tls_client_certificates import client_certificate_options
 from mxfed.config import Config
 from mxfed.identity_files import ensure_tls_pair
+from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
-from mxfed.service_runtime import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +20,8 @@ log = logging.getLogger(__name__)
 async def run_gateway(config: Config) -> None:
     setup_logging("gateway", config.log_level, config.log_format)
     ensure_tls_pair(config.tls_certificate, config.tls_private_key, config.server_name)
-    host, port = split_host_port(config.gateway_listen)
-    metrics_host, metrics_port = split_host_port(config.gateway_metrics_listen)
-    start_http_server(metrics_port, addr=metrics_host)
+    listener = bind_tcp(config.gateway_listen, reuse_port=config.listen_reuse_port)
+    start_metrics_server(config.gateway_metrics_listen, reuse_port=config.listen_reuse_port)
     options: dict[str, Any] = {"http": "httptools"}
     if config.require_tls_client_certificate_match:
         ca_file = str(config.tls_client_ca_file) if config.tls_client_ca_file else None
@@ -31,8 +29,6 @@ async def run_gateway(config: Config) -> None:
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),
-            host=host,
-            port=port,
             ssl_certfile=str(config.tls_certificate),
             ssl_keyfile=str(config.tls_private_key),
             log_config=None,
@@ -44,4 +40,4 @@ async def run_gateway(config: Config) -> None:
         )
     )
     log.info("gateway starting", extra={"listen": config.gateway_listen})
-    await server.serve()
+    await server.serve(sockets=[listener])

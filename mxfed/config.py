@@ -84,6 +84,10 @@ class Config(BaseModel):
     sender_address: str | None = None
     backfill_address: str | None = None
 
+    # SO_REUSEPORT on every listening socket: processes of one host may share a
+    # port. Off, a port in use is a start-up error.
+    listen_reuse_port: bool = False
+
     run: list[str] = Field(default_factory=lambda: list(PART_NAMES))
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

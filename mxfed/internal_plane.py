@@ -72,7 +72,9 @@ def open_channel(
 
 def new_server(config: Config, part: str) -> grpc.aio.Server:
     """The gRPC server of the part ``part``; bind it with :func:`bind_port`."""
-    return grpc.aio.server(options=GRPC_OPTIONS)
+    # gRPC binds with SO_REUSEPORT unless told not to: a port in use must fail the start.
+    options = [*GRPC_OPTIONS, ("grpc.so_reuseport", int(config.listen_reuse_port))]
+    return grpc.aio.server(options=options)
 
 
 def bind_port(server: grpc.aio.Server, config: Config, part: str, address: str) -> int:

@@ -26,20 +26,15 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from prometheus_client import start_http_server
 
 from mxfed.config import Config
 from mxfed.database import apply_migrations, create_pool
 from mxfed.identity_files import ServerSigningKey, load_or_create_signing_key
 from mxfed.internal_plane import Caller, bind_port, new_server, open_channel
+from mxfed.listening import start_metrics_server
 from mxfed.logs import setup_logging
 
 log = logging.getLogger(__name__)
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass
@@ -128,8 +123,7 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
     listen = config.listen_address(name)
     bind_port(server, config, name, listen)
     await server.start()
-    metrics_host, metrics_port = split_host_port(config.metrics_address(name))
-    start_http_server(metrics_port, addr=metrics_host)
+    start_metrics_server(config.metrics_address(name), reuse_port=config.listen_reuse_port)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(f"mxfed.{name}.v1", health_pb2.HealthCheckResponse.SERVING)
     log.info(

@@ -3,12 +3,13 @@ and (per module that asks) a running mxfed scene and an outsider remote server."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.ports import HeldPort
 from tests.support.scene import Scene, start_scene, stop_scene
 
 # The keys service fixtures (and the gateway wired to it), for every test.
@@ -40,3 +41,11 @@ async def outsider() -> AsyncIterator[FakeHomeserver]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port held by the test and not listening: connections to it are refused."""
+    held = HeldPort()
+    yield held.port
+    held.release()

@@ -10,7 +10,6 @@ import pytest
 from gateway.edu_routing import forward_device_edus
 from gateway.errors import MatrixError
 from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
-from tests.support.ports import free_port
 
 TO_DEVICE = {
     "edu_type": "m.direct_to_device",
@@ -31,9 +30,9 @@ def _request(channel: grpc.aio.Channel) -> SimpleNamespace:
     return SimpleNamespace(app=SimpleNamespace(state=state))
 
 
-async def test_unreachable_keys_process_asks_the_sender_to_retry() -> None:
+async def test_unreachable_keys_process_asks_the_sender_to_retry(refused_port: int) -> None:
     # A real channel to a port nobody listens on: the call fails UNAVAILABLE.
-    async with channel_to(f"127.0.0.1:{free_port()}", "keys", GATEWAY) as channel:
+    async with channel_to(f"127.0.0.1:{refused_port}", "keys", GATEWAY) as channel:
         with pytest.raises(MatrixError) as refused:
             await forward_device_edus(_request(channel), "remote.test", [TO_DEVICE])
     assert refused.value.status == 503

@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from signedjson.key import (
     write_signing_keys,
 )
 
+from tests.support.ports import ReservedPort
+
 JsonDict = dict[str, Any]
 
 #: Rate limiter settings that never bite in tests.
@@ -50,13 +51,6 @@ _UNLIMITED = {"per_second": 10_000, "burst_count": 100_000}
 
 #: Keep the temp dir (config, logs, sqlite db) after stop() when this env var is set.
 KEEP_DIR_ENV = "MXFED_KEEP_SYNAPSE_DIR"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind to :0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def make_self_signed_cert(cert_path: Path, key_path: Path, ip: str = "127.0.0.1") -> None:
@@ -140,6 +134,7 @@ class SynapseServer:
         self.dir: Path | None = None
         self.fed_port = 0
         self.client_port = 0
+        self._reserved_ports: list[ReservedPort] = []
         self.registration_shared_secret = secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
@@ -352,10 +347,9 @@ class SynapseServer:
         if self._base_dir is not None:
             os.makedirs(self._base_dir, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix="mxfed-synapse-", dir=self._base_dir))
-        self.fed_port = free_port()
-        self.client_port = free_port()
-        while self.client_port == self.fed_port:
-            self.client_port = free_port()
+        # Synapse binds its ports itself: reserve them for as long as it runs.
+        self._reserved_ports = [ReservedPort(), ReservedPort()]
+        self.fed_port, self.client_port = (reserved.port for reserved in self._reserved_ports)
         d = self.dir
         (d / "media_store").mkdir()
         make_self_signed_cert(d / "tls.crt", d / "tls.key")
@@ -461,6 +455,9 @@ class SynapseServer:
                     proc.kill()
                     proc.wait(timeout=10)
             rc = proc.returncode
+        for reserved in self._reserved_ports:
+            reserved.release()
+        self._reserved_ports = []
         keep = self.keep_dir if keep_dir is None else keep_dir
         if self.dir is not None and not keep:
             shutil.rmtree(self.dir, ignore_errors=True)

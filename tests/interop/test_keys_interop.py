@@ -48,7 +48,7 @@ from tests.support.databases import create_database, drop_database
 from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.key_servers import now_ms
 from tests.support.mxfed_process import MxfedProcess
-from tests.support.ports import free_port
+from tests.support.ports import HeldPort
 
 pytestmark = pytest.mark.interop
 
@@ -183,7 +183,8 @@ async def verified_profile(request: Request, origin: str = Depends(require_origi
 
 
 async def _serve_gateway(tmp: Path, keys_storage: KeysStorage) -> AsyncIterator[tuple[str, str]]:
-    port = free_port()
+    held = HeldPort()
+    port = held.port
     config = Config(
         server_name=f"127.0.0.1:{port}",
         data_dir=tmp,
@@ -206,8 +207,6 @@ async def _serve_gateway(tmp: Path, keys_storage: KeysStorage) -> AsyncIterator[
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host="127.0.0.1",
-            port=port,
             ssl_certfile=str(config.tls_certificate),
             ssl_keyfile=str(config.tls_private_key),
             log_config=None,
@@ -216,7 +215,7 @@ async def _serve_gateway(tmp: Path, keys_storage: KeysStorage) -> AsyncIterator[
             lifespan="off",
         )
     )
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[held.listening_socket()]))
     while not server.started:
         assert not task.done(), task
         await asyncio.sleep(0.05)
@@ -228,6 +227,7 @@ async def _serve_gateway(tmp: Path, keys_storage: KeysStorage) -> AsyncIterator[
         await clients.close()
         await client.close()
         await grpc_server.stop(grace=None)
+        held.release()
 
 
 @pytest.fixture

@@ -30,7 +30,9 @@ async def test_service_reports_serving(running_mxfed: MxfedProcess, service: str
     assert named.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_command_exit_codes(running_mxfed: MxfedProcess, tmp_path: Path) -> None:
+def test_health_command_exit_codes(
+    running_mxfed: MxfedProcess, tmp_path: Path, refused_port: int
+) -> None:
     def health(address: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [
@@ -50,9 +52,7 @@ def test_health_command_exit_codes(running_mxfed: MxfedProcess, tmp_path: Path) 
 
     ok = health(running_mxfed.grpc_address("keys"))
     assert ok.returncode == 0 and "SERVING" in ok.stdout
-    from tests.support.ports import free_port
-
-    down = health(f"127.0.0.1:{free_port()}")
+    down = health(f"127.0.0.1:{refused_port}")
     assert down.returncode == 1 and "UNAVAILABLE" in down.stdout
 
 

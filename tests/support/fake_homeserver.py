@@ -26,14 +26,15 @@ from matrix_protocol.room_versions import RoomVersion
 from matrix_protocol.signing import generate_signing_key, sign_event, sign_json
 from matrix_protocol.xmatrix import sign_request
 from mxfed.identity_files import ensure_tls_pair
-from tests.support.ports import free_port
+from tests.support.ports import HeldPort
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class FakeHomeserver:
     def __init__(self, *, key_version: str = "fake1") -> None:
-        self.port = free_port()
+        self._port = HeldPort()
+        self.port = self._port.port
         self.server_name = f"127.0.0.1:{self.port}"
         self.signing_key = generate_signing_key()
         self.key_id = f"ed25519:{key_version}"
@@ -81,13 +82,21 @@ class FakeHomeserver:
         context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
         self._runner = web.AppRunner(self._app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
+        site = web.SockSite(self._runner, self._port.listening_socket(), ssl_context=context)
+        await site.start()
+
+    async def go_down(self) -> None:
+        """Stop serving, keeping the port: connections are refused until ``start()``."""
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def stop(self) -> None:
         if self._client:
             await self._client.aclose()
         if self._runner:
             await self._runner.cleanup()
+        self._port.release()
         self._directory.cleanup()
 
     # Events ------------------------------------------------------------------

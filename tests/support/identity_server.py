@@ -41,7 +41,7 @@ from aiohttp import web
 from matrix_protocol.encoding import encode_base64
 from matrix_protocol.signing import generate_signing_key, sign_json
 from mxfed.identity_files import ensure_tls_pair
-from tests.support.ports import free_port
+from tests.support.ports import HeldPort
 
 KEY_ID = "ed25519:0"
 
@@ -60,7 +60,7 @@ class PendingInvite:
 class IdentityServer:
     tls: bool = True
     v1_disabled: bool = False
-    port: int = field(default_factory=free_port)
+    held_port: HeldPort = field(default_factory=HeldPort)
     signing_key: Any = field(default_factory=generate_signing_key)
     ephemeral_key: Any = field(default_factory=generate_signing_key)
     invites: list[PendingInvite] = field(default_factory=list)
@@ -86,6 +86,10 @@ class IdentityServer:
         self._app = app
 
     # ------------------------------------------------------------ addresses
+
+    @property
+    def port(self) -> int:
+        return self.held_port.port
 
     @property
     def host(self) -> str:
@@ -119,11 +123,13 @@ class IdentityServer:
             context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
         self._runner = web.AppRunner(self._app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
+        site = web.SockSite(self._runner, self.held_port.listening_socket(), ssl_context=context)
+        await site.start()
 
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+        self.held_port.release()
         self._directory.cleanup()
 
     async def __aenter__(self) -> IdentityServer:

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from matrix_protocol.signing import encode_verify_key, sign_json
 from mxfed.identity_files import ensure_tls_pair
-from tests.support.ports import free_port
+from tests.support.ports import HeldPort
 
 HOUR_MS = 3600 * 1000
 
@@ -33,7 +33,8 @@ def now_ms() -> int:
 
 class FakeKeyServer:
     def __init__(self, tls_dir: Path, key_version: str = "fake1") -> None:
-        self.port = free_port()
+        self._port = HeldPort()
+        self.port = self._port.port
         self.server_name = f"127.0.0.1:{self.port}"
         self.signing_key = nacl.signing.SigningKey.generate()
         self.key_id = f"ed25519:{key_version}"
@@ -104,10 +105,16 @@ class FakeKeyServer:
         app.router.add_post("/_matrix/key/v2/query", self._query)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=context).start()
+        site = web.SockSite(self._runner, self._port.listening_socket(), ssl_context=context)
+        await site.start()
         return self
 
     async def stop(self) -> None:
+        """Stop serving; the port stays held (connections are refused) until :meth:`close`."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def close(self) -> None:
+        await self.stop()
+        self._port.release()

@@ -71,7 +71,7 @@ async def key_server_factory(
 
     yield start
     for server in started:
-        await server.stop()
+        await server.close()
 
 
 @pytest.fixture

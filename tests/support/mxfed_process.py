@@ -19,7 +19,7 @@ import yaml
 
 from mxfed.config import Config, load_config
 from mxfed.internal_plane import OPERATOR, Caller, open_channel
-from tests.support.ports import free_port
+from tests.support.ports import HeldPort
 
 PARTS = ("keys", "events", "sender", "backfill")
 
@@ -34,8 +34,15 @@ class MxfedProcess:
     ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.ports = {name: free_port() for name in ("gateway", *PARTS)}
-        self.metrics_ports = {name: free_port() for name in ("gateway", *PARTS)}
+        # Held until release(): a restarted mxfed listens on the same ports, and
+        # nothing else can take them in between (its parts bind with SO_REUSEPORT).
+        self._held = {
+            (name, kind): HeldPort() for name in ("gateway", *PARTS) for kind in ("api", "metrics")
+        }
+        self.ports = {name: self._held[(name, "api")].port for name in ("gateway", *PARTS)}
+        self.metrics_ports = {
+            name: self._held[(name, "metrics")].port for name in ("gateway", *PARTS)
+        }
         self.server_name = self.server_name or f"127.0.0.1:{self.ports['gateway']}"
 
     @property
@@ -69,6 +76,7 @@ class MxfedProcess:
             "log_format": "json",
             "federation_verify_tls": False,
             "federation_allowed_ip_ranges": ["127.0.0.0/8", "::1/128"],
+            "listen_reuse_port": True,
             **{f"{name}_listen": f"127.0.0.1:{port}" for name, port in self.ports.items()},
             **{
                 f"{name}_metrics_listen": f"127.0.0.1:{port}"
@@ -144,7 +152,17 @@ class MxfedProcess:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = 20.0, *, keep_ports: bool = False) -> int | None:
+        """SIGTERM (SIGKILL to the group after ``timeout``); the ports are let go
+        unless ``keep_ports`` (for a restart on the same ports)."""
+        try:
+            return self._stop_process(timeout)
+        finally:
+            if not keep_ports:
+                for held in self._held.values():
+                    held.release()
+
+    def _stop_process(self, timeout: float) -> int | None:
         if not self.process or self.process.poll() is not None:
             return self.process.returncode if self.process else None
         self.process.send_signal(signal.SIGTERM)

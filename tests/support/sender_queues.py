@@ -49,7 +49,7 @@ async def queue_pdus(
 
 
 async def wait_until(
-    condition: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05
+    condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05
 ) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

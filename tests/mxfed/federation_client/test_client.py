@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 import time
 from typing import Any
@@ -78,12 +77,6 @@ def assert_signed(seen: Any, signing_key: nacl.signing.SigningKey, destination: 
     assert creds.destination == destination
     content = json.loads(seen.body) if seen.body else None
     verify_request(creds, seen.method, seen.raw_path, destination, content, signing_key.verify_key)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------
@@ -171,7 +164,7 @@ async def test_unsigned_request(pki, server, signing_key) -> None:
     assert "Authorization" not in server.requests[0].headers
 
 
-async def test_spec_vector_header_via_srv(pki, server) -> None:
+async def test_spec_vector_header_via_srv(pki, server, refused_port: int) -> None:
     """auth.md §2.4 GET vector, end to end: destination ``other.example`` (no
     port, no well-known) resolved through SRV to the test server."""
     seed = decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
@@ -179,7 +172,7 @@ async def test_spec_vector_header_via_srv(pki, server) -> None:
     dns = loopback_dns(
         "target.test", srv={"_matrix-fed._tcp.other.example": [(10, 1, server.port, "target.test")]}
     )
-    opts = make_options(pki, wk_port=free_port())  # nothing listens: well-known fails
+    opts = make_options(pki, wk_port=refused_port)  # nothing listens: well-known fails
     async with FederationClient("domain", key, "ed25519:1", opts, dns=dns) as client:
         await client.get_json(
             "other.example",
@@ -478,8 +471,10 @@ async def test_timeout(pki, server, signing_key) -> None:
     never.set()
 
 
-async def test_connection_refused_is_unreachable_after_retries(signing_key) -> None:
-    port = free_port()
+async def test_connection_refused_is_unreachable_after_retries(
+    signing_key, refused_port: int
+) -> None:
+    port = refused_port
     async with make_client(signing_key, make_options()) as client:
         with pytest.raises(DestinationUnreachableError) as ei:
             await client.get_json(f"fed.test:{port}", "/x")

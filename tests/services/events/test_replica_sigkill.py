@@ -29,7 +29,7 @@ from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.events.storage import lock_key
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
-from tests.support.ports import free_port
+from tests.support.ports import HeldPort
 
 
 @pytest.fixture
@@ -48,12 +48,11 @@ def mxfed(tmp_path: Path, database_url: str):
     process.stop()
 
 
-def start_second_replica(mxfed: MxfedProcess) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_second_replica(mxfed: MxfedProcess, port: HeldPort) -> tuple[subprocess.Popen, str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("MXFED_")},
-        "MXFED_EVENTS_LISTEN": f"127.0.0.1:{port}",
-        "MXFED_EVENTS_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        "MXFED_EVENTS_LISTEN": f"127.0.0.1:{port.port}",
+        "MXFED_EVENTS_METRICS_LISTEN": "127.0.0.1:0",
     }
     process = subprocess.Popen(
         [
@@ -70,7 +69,7 @@ def start_second_replica(mxfed: MxfedProcess) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return process, f"127.0.0.1:{port}"
+    return process, f"127.0.0.1:{port.port}"
 
 
 async def wait_serving(mxfed: MxfedProcess, address: str) -> events_pb2_grpc.EventsStub:
@@ -150,7 +149,8 @@ async def test_sigkilled_replica_loses_nothing(mxfed: MxfedProcess, remote: Fake
         pdus=[encode_json(pdu) for _, pdu in messages],
     )
 
-    victim, address = start_second_replica(mxfed)
+    victim_port = HeldPort()
+    victim, address = start_second_replica(mxfed, victim_port)
     # Holding the room's processing lock parks the victim inside its batch's
     # database transaction (after format and signature checks), so the kill
     # lands mid-batch every time rather than by luck of timing.
@@ -170,6 +170,7 @@ async def test_sigkilled_replica_loses_nothing(mxfed: MxfedProcess, remote: Fake
         if victim.poll() is None:
             victim.kill()
             victim.wait()
+        victim_port.release()
 
     # The remote retries the same transaction elsewhere.
     reply = await survivor.InputTransaction(request, timeout=60)

@@ -66,9 +66,7 @@ class Receiver:
         return self
 
     async def go_down(self) -> None:
-        if self.up and self.fake._runner is not None:
-            await self.fake._runner.cleanup()
-            self.fake._runner = None
+        await self.fake.go_down()
         self.up = False
 
     async def come_back(self) -> None:
@@ -76,8 +74,8 @@ class Receiver:
         self.up = True
 
     async def stop(self) -> None:
-        await self.go_down()
-        self.fake._directory.cleanup()
+        self.up = False
+        await self.fake.stop()
 
     async def _send(self, request: web.Request) -> web.Response:
         raw = await request.read()

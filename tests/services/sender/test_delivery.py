@@ -75,7 +75,7 @@ async def test_a_receiver_down_then_back_gets_everything_exactly_once(
     # after we gave up waiting, so the same transaction comes again.
     receiver.delay = 1.5
     ids += await queue_pdus(sender_storage, [receiver.server_name], 5)
-    await wait_until(lambda: len(receiver.attempts) == 2, timeout=5)
+    await wait_until(lambda: len(receiver.attempts) == 2, timeout=30)
     receiver.delay = 0
     await receiver.go_down()
     ids += await queue_pdus(sender_storage, [receiver.server_name], 60)

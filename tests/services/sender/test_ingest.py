@@ -105,7 +105,7 @@ async def test_only_one_replica_ingests_and_another_takes_over_when_it_dies(
         task_1.cancel()  # its connection closes: the lock goes with it
         await asyncio.gather(task_1, return_exceptions=True)
         await fake_events.add_event("c", ["z.example"])
-        await wait_until(lambda: "z.example" in woken_2, timeout=5)
+        await wait_until(lambda: "z.example" in woken_2, timeout=30)
         assert await queue_rows(sender_storage) == [
             ("x.example", 1),
             ("y.example", 2),

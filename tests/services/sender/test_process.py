@@ -19,14 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mxfed.identity_files import ServerSigningKey, format_signing_key
 from services.sender.storage import SenderStorage
 from tests.support.grpc_plane import channel_to
-from tests.support.ports import free_port
+from tests.support.ports import HeldPort
 from tests.support.sender_queues import OUR_SERVER, wait_until
 
 
 class SenderProcess:
     def __init__(self, directory: Path, database_url: str, events_address: str) -> None:
         self.directory = directory
-        self.port = free_port()
+        # Held for the whole test, so a restarted replica listens where it did before.
+        self.held_port = HeldPort()
+        self.port = self.held_port.port
         self.config = directory / f"sender-{self.port}.yaml"
         self.log = directory / f"sender-{self.port}.log"
         self.config.write_text(
@@ -37,7 +39,8 @@ class SenderProcess:
                     "database_url": database_url,
                     "signing_key_path": str(directory / "signing.key"),
                     "sender_listen": f"127.0.0.1:{self.port}",
-                    "sender_metrics_listen": f"127.0.0.1:{free_port()}",
+                    "sender_metrics_listen": "127.0.0.1:0",
+                    "listen_reuse_port": True,
                     "events_address": events_address,
                     "federation_verify_tls": False,
                     "federation_allowed_ip_ranges": ["127.0.0.0/8"],
@@ -122,6 +125,7 @@ def sender_processes(
     yield processes
     for process in processes.started:
         process.stop()
+        process.held_port.release()
 
 
 async def test_sigkill_mid_transaction_then_restart_loses_and_duplicates_nothing(
@@ -136,7 +140,7 @@ async def test_sigkill_mid_transaction_then_restart_loses_and_duplicates_nothing
         await fake_events.add_event(pdu_id, [OUR_SERVER, receiver.server_name])
     await wait_until(lambda: len(receiver.arrived) == 1, timeout=15)
     first.kill()  # while the receiver is still working on the transaction
-    await wait_until(lambda: len(receiver.delivered) == 1, timeout=5)
+    await wait_until(lambda: len(receiver.delivered) == 1, timeout=30)
     receiver.delay = 0
     in_flight = receiver.arrived[0]
 

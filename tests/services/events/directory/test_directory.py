@@ -22,7 +22,6 @@ from services.events.directory.summaries import decode_token, encode_token, pagi
 from tests.support.events_service import OUR_SERVER, EventsService, RemoteServer
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server
-from tests.support.ports import free_port
 
 ADMIN = f"@admin:{OUR_SERVER}"
 
@@ -404,16 +403,16 @@ async def test_remote_directory_over_federation(
     assert caught.value.details() == "M_FORBIDDEN: no"
 
 
-async def test_unreachable_remote_directory_is_unavailable(directory) -> None:
+async def test_unreachable_remote_directory_is_unavailable(directory, refused_port: int) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await directory.QueryPublicRooms(
-            directory_pb2.QueryPublicRoomsRequest(server=f"127.0.0.1:{free_port()}")
+            directory_pb2.QueryPublicRoomsRequest(server=f"127.0.0.1:{refused_port}")
         )
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_hierarchy_asks_via_servers_for_children_we_do_not_hold(
-    events: EventsService, remote: RemoteServer, directory
+    events: EventsService, remote: RemoteServer, directory, refused_port: int
 ) -> None:
     resident = FakeHomeserver(key_version="space1")
     asked: list[tuple[str, str]] = []
@@ -440,7 +439,7 @@ async def test_hierarchy_asks_via_servers_for_children_we_do_not_hold(
     resident.route("GET", "/_matrix/federation/v1/hierarchy/{room_id}", hierarchy_route)
     await resident.start()
     try:
-        dead = f"127.0.0.1:{free_port()}"
+        dead = f"127.0.0.1:{refused_port}"
         space = await _room(
             events, name="Space", creation_content_json=orjson.dumps({"type": "m.space"})
         )

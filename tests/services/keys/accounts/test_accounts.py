@@ -24,7 +24,6 @@ from services.keys.accounts.remote import RemoteDeviceLists
 from services.keys.accounts.servicer import AccountsServicer
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server
-from tests.support.ports import free_port
 
 OURS = "accounts-test.example"
 
@@ -548,7 +547,9 @@ async def test_remote_device_list_cache_and_edus(
     assert not cached and len(remote_lists.fetches) == 3
 
 
-async def test_remote_failures(accounts: Accounts, remote_lists: RemoteLists) -> None:
+async def test_remote_failures(
+    accounts: Accounts, remote_lists: RemoteLists, refused_port: int
+) -> None:
     origin = remote_lists.server.server_name
     unknown = new_user(origin)
     await expect_error(
@@ -561,7 +562,7 @@ async def test_remote_failures(accounts: Accounts, remote_lists: RemoteLists) ->
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    down = new_user(f"127.0.0.1:{free_port()}")
+    down = new_user(f"127.0.0.1:{refused_port}")
     keys = orjson.loads(
         (
             await accounts.stub.QueryKeys(

@@ -190,7 +190,7 @@ async def runner(
     await started.close()
 
 
-async def eventually(check: Any, timeout: float = 5.0) -> None:
+async def eventually(check: Any, timeout: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         if asyncio.get_running_loop().time() > deadline:
