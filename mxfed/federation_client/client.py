@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import enum
+import errno
 import inspect
 import logging
 import random
@@ -58,7 +60,10 @@ from .resolver import (
     IpFilter,
     ResolvedServer,
     ServerResolver,
+    WellKnownBodyError,
+    WellKnownFailure,
     WellKnownFetcher,
+    WellKnownHop,
     WellKnownResponse,
     cache_period_from_headers,
     is_ip_address,
@@ -294,13 +299,59 @@ def _is_cert_error(exc: BaseException) -> bool:
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
+class TransportFailure(enum.Enum):
+    """What kind of transport error stopped a request (for reports, not control flow)."""
+
+    CONNECTION_REFUSED = "connection_refused"
+    TIMEOUT = "timeout"
+    TLS_CERTIFICATE = "tls_certificate"
+    TLS = "tls"
+    DNS = "dns"
+    OTHER = "other"
+
+
+def classify_transport_error(exc: BaseException) -> TransportFailure:
+    """The kind of ``exc`` or of the first error in its cause chain that has one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_cert_error(current):
+            return TransportFailure.TLS_CERTIFICATE
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return TransportFailure.CONNECTION_REFUSED
+        if isinstance(current, TimeoutError | RequestTimeoutError | aiohttp.ServerTimeoutError):
+            return TransportFailure.TIMEOUT
+        if isinstance(current, ssl.SSLError | aiohttp.ClientSSLError):
+            return TransportFailure.TLS
+        if isinstance(current, DnsLookupError):
+            return TransportFailure.DNS
+        current = current.__cause__ or current.__context__
+    return TransportFailure.OTHER
+
+
+_WELL_KNOWN_TRANSPORT_FAILURES = {
+    TransportFailure.CONNECTION_REFUSED: WellKnownFailure.CONNECTION_REFUSED,
+    TransportFailure.TIMEOUT: WellKnownFailure.TIMEOUT,
+    TransportFailure.TLS_CERTIFICATE: WellKnownFailure.TLS,
+    TransportFailure.TLS: WellKnownFailure.TLS,
+    TransportFailure.DNS: WellKnownFailure.UNREACHABLE,
+    TransportFailure.OTHER: WellKnownFailure.UNREACHABLE,
+}
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
 class HttpWellKnownFetcher:
     """Fetches ``https://<host>/.well-known/matrix/server`` over the client's pool.
 
     Follows redirects itself (https only, loop detection, bounded), reads at
     most 50 KiB, parses the body as JSON whatever its content type, and
     applies the IP policy (through the client's connector, and directly for
-    IP-literal redirect targets).
+    IP-literal redirect targets). The response lists every request made and
+    says why a fetch failed.
     """
 
     def __init__(self, client: FederationClient) -> None:
@@ -317,14 +368,23 @@ class HttpWellKnownFetcher:
             encoded=True,
         )
         seen: set[str] = set()
+        hops: list[WellKnownHop] = []
+
+        def failed(
+            failure: WellKnownFailure, error: str, temporary: bool = False
+        ) -> WellKnownResponse:
+            return WellKnownResponse(
+                None, temporary=temporary, error=error, failure=failure, hops=tuple(hops)
+            )
+
         try:
             async with asyncio.timeout(opts.well_known_timeout):
                 session = client._get_session()
                 for _ in range(opts.well_known_max_redirects + 1):
                     if url.scheme != "https" or url.raw_host is None:
-                        return WellKnownResponse(None, error=f"refusing non-https URL {url}")
+                        return failed(WellKnownFailure.NOT_HTTPS, f"refusing non-https URL {url}")
                     if str(url) in seen:
-                        return WellKnownResponse(None, error=f"redirect loop at {url}")
+                        return failed(WellKnownFailure.REDIRECT_LOOP, f"redirect loop at {url}")
                     seen.add(str(url))
                     if is_ip_address(url.raw_host):
                         client.ip_filter.check(url.raw_host, destination=hostname)
@@ -336,27 +396,42 @@ class HttpWellKnownFetcher:
                         ),
                     ) as resp:
                         location = resp.headers.get("Location")
+                        hops.append(
+                            WellKnownHop(
+                                str(url), resp.status, location, resp.headers.get("Content-Type")
+                            )
+                        )
                         if resp.status in _REDIRECTS and location:
                             url = url.join(URL(location))
                             continue
                         if resp.status != 200:
-                            return WellKnownResponse(
-                                None,
+                            return failed(
+                                WellKnownFailure.HTTP_STATUS,
+                                f"well-known returned HTTP {resp.status}",
                                 temporary=resp.status >= 500,
-                                error=f"well-known returned HTTP {resp.status}",
                             )
                         try:
                             body = await _read_limited(resp, WELL_KNOWN_MAX_BODY)
-                            server = parse_well_known_body(body)
                         except ValueError as exc:
-                            return WellKnownResponse(None, error=str(exc))
+                            return failed(WellKnownFailure.TOO_LARGE, str(exc))
+                        try:
+                            server = parse_well_known_body(body)
+                        except WellKnownBodyError as exc:
+                            return failed(exc.failure, str(exc))
                         period = cache_period_from_headers(resp.headers, time.time())
-                        return WellKnownResponse(server, cache_period=period)
-                return WellKnownResponse(None, error="too many redirects")
+                        return WellKnownResponse(server, cache_period=period, hops=tuple(hops))
+                return failed(
+                    WellKnownFailure.TOO_MANY_REDIRECTS,
+                    f"more than {opts.well_known_max_redirects} redirects",
+                )
         except FederationDeniedError as exc:
-            return WellKnownResponse(None, error=str(exc))
+            return failed(WellKnownFailure.BLOCKED, str(exc))
         except (aiohttp.ClientError, OSError, TimeoutError, DestinationUnreachableError) as exc:
-            return WellKnownResponse(None, temporary=True, error=f"{type(exc).__name__}: {exc}")
+            return failed(
+                _WELL_KNOWN_TRANSPORT_FAILURES[classify_transport_error(exc)],
+                f"{type(exc).__name__}: {exc}",
+                temporary=True,
+            )
 
 
 # ---------------------------------------------------------------------------

@@ -10,13 +10,17 @@ Everything that does I/O is injectable:
   connection pool and IP policy); tests may pass any object with ``fetch``.
 
 :class:`ServerResolver` combines them, caches well-known results (success and
-failure) and SRV answers, and returns a :class:`ResolvedServer`.
+failure) and SRV answers, and returns a :class:`ResolvedServer`. Given a
+:class:`DiscoveryTrail`, it also records what it looked at and which row of the
+spec's discovery table chose the targets (``mxfed doctor`` explains that), and
+:meth:`IpFilter.explain` says which range blocks or allows an address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import enum
 import ipaddress
 import logging
 import random
@@ -89,6 +93,20 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@dataclass(frozen=True)
+class IpDecision:
+    """Why an address may or may not be connected to.
+
+    ``blocked_by`` is the first blocked range holding the address (or its
+    IPv4 form), ``allowed_by`` the first allowed range, which wins.
+    """
+
+    address: str
+    allowed: bool
+    blocked_by: str | None = None
+    allowed_by: str | None = None
+
+
 class IpFilter:
     """Decides whether an IP address may be connected to.
 
@@ -116,18 +134,33 @@ class IpFilter:
         return out
 
     @staticmethod
-    def _in(addr: _Address, nets: tuple[_Network, ...]) -> bool:
-        return any(addr.version == n.version and addr in n for n in nets)
+    def _first(variants: list[_Address], nets: tuple[_Network, ...]) -> _Network | None:
+        for net in nets:
+            if any(a.version == net.version and a in net for a in variants):
+                return net
+        return None
 
-    def is_allowed(self, ip: str) -> bool:
+    def explain(self, ip: str) -> IpDecision:
+        """Whether ``ip`` may be connected to, and the range that decided it.
+
+        Something that is not an IP address is never allowed.
+        """
         try:
             addr = ipaddress.ip_address(ip.strip("[]").split("%", 1)[0])
         except ValueError:
-            return False
+            return IpDecision(ip, False)
         variants = self._variants(addr)
-        if any(self._in(a, self.allowed) for a in variants):
-            return True
-        return not any(self._in(a, self.blocked) for a in variants)
+        blocked_by = self._first(variants, self.blocked)
+        allowed_by = self._first(variants, self.allowed)
+        return IpDecision(
+            ip,
+            allowed_by is not None or blocked_by is None,
+            str(blocked_by) if blocked_by is not None else None,
+            str(allowed_by) if allowed_by is not None else None,
+        )
+
+    def is_allowed(self, ip: str) -> bool:
+        return self.explain(ip).allowed
 
     def check(self, ip: str, *, destination: str | None = None) -> None:
         """Raise :class:`FederationDeniedError` if ``ip`` is blocked."""
@@ -171,6 +204,14 @@ class DnsResolver(Protocol):
         """A/AAAA addresses of ``host`` (CNAMEs followed) as IP strings.
 
         Raise :class:`DnsLookupError` if there are none.
+        """
+        ...
+
+    async def resolve_cname(self, name: str) -> str | None:
+        """The CNAME target of ``name``, or ``None`` when it has no CNAME record.
+
+        Only diagnostics ask (an SRV target must not be an alias, RFC 2782).
+        Raise :class:`DnsLookupError` for temporary failures.
         """
         ...
 
@@ -244,6 +285,21 @@ class AiodnsResolver:
             raise DnsLookupError(f"no addresses for {host}", not_found=True)
         return ips
 
+    async def resolve_cname(self, name: str) -> str | None:
+        import aiodns.error
+        import pycares
+
+        try:
+            result = await self._get().query_dns(name, "CNAME")
+        except aiodns.error.DNSError as exc:
+            if self._is_not_found(exc):
+                return None
+            raise DnsLookupError(f"CNAME lookup of {name} failed: {exc}") from exc
+        for rec in result.answer:
+            if rec.type == pycares.QUERY_TYPE_CNAME:
+                return str(rec.data.cname).rstrip(".")
+        return None
+
     async def close(self) -> None:
         resolver, self._resolver = self._resolver, None
         if resolver is not None:
@@ -257,21 +313,24 @@ class StaticDnsResolver:
 
     ``hosts`` maps a name to its addresses; ``srv`` maps an SRV query name
     (``_matrix-fed._tcp.example.org``) to records (``SrvRecord`` or
-    ``(priority, weight, port, target)`` tuples). Unknown names are NXDOMAIN;
-    IP literals resolve to themselves. Every query is appended to ``queries``
-    as ``(type, name)``.
+    ``(priority, weight, port, target)`` tuples); ``cnames`` maps an alias to
+    its canonical name (addresses are still looked up in ``hosts`` under the
+    alias). Unknown names are NXDOMAIN; IP literals resolve to themselves.
+    Every query is appended to ``queries`` as ``(type, name)``.
     """
 
     def __init__(
         self,
         hosts: Mapping[str, Iterable[str]] | None = None,
         srv: Mapping[str, Iterable[SrvRecord | tuple[int, int, int, str]]] | None = None,
+        cnames: Mapping[str, str] | None = None,
     ) -> None:
         self.hosts: dict[str, list[str]] = {k: list(v) for k, v in (hosts or {}).items()}
         self.srv: dict[str, list[SrvRecord]] = {
             k: [r if isinstance(r, SrvRecord) else SrvRecord(*r) for r in v]
             for k, v in (srv or {}).items()
         }
+        self.cnames: dict[str, str] = dict(cnames or {})
         self.queries: list[tuple[str, str]] = []
 
     async def resolve_srv(self, name: str) -> list[SrvRecord]:
@@ -286,6 +345,10 @@ class StaticDnsResolver:
         if not ips:
             raise DnsLookupError(f"no addresses for {host}", not_found=True)
         return list(ips)
+
+    async def resolve_cname(self, name: str) -> str | None:
+        self.queries.append(("CNAME", name))
+        return self.cnames.get(name)
 
 
 class _Randomness(Protocol):
@@ -341,48 +404,97 @@ WELL_KNOWN_GRACE = 2 * 3600.0
 WELL_KNOWN_REFRESH_SHARE = 0.2
 
 
+class WellKnownFailure(enum.Enum):
+    """Why a ``/.well-known/matrix/server`` fetch gave no delegation."""
+
+    #: A final answer other than 200 (``WellKnownHop.status`` of the last hop).
+    HTTP_STATUS = "http_status"
+    REDIRECT_LOOP = "redirect_loop"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    NOT_HTTPS = "not_https"
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    #: JSON, but not an object with a valid ``m.server`` server name.
+    INVALID = "invalid"
+    #: Every address of the host is in a blocked IP range.
+    BLOCKED = "blocked"
+    CONNECTION_REFUSED = "connection_refused"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    #: DNS failure or any other transport error.
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class WellKnownHop:
+    """One request of a well-known fetch: its URL and what came back."""
+
+    url: str
+    status: int
+    location: str | None = None
+    content_type: str | None = None
+
+
 @dataclass(frozen=True)
 class WellKnownResponse:
     """What a :class:`WellKnownFetcher` found.
 
     ``server`` is the validated ``m.server`` value, or ``None`` on any
-    failure. ``cache_period`` is the lifetime taken from ``Cache-Control``/
-    ``Expires`` (``None`` if absent). ``temporary`` marks failures that may go
-    away by themselves (connection errors, 5xx), during which a previously
-    valid result keeps being used.
+    failure, then ``failure`` says why. ``cache_period`` is the lifetime taken
+    from ``Cache-Control``/``Expires`` (``None`` if absent). ``temporary``
+    marks failures that may go away by themselves (connection errors, 5xx),
+    during which a previously valid result keeps being used. ``hops`` lists
+    the requests made, redirects included.
     """
 
     server: str | None
     cache_period: float | None = None
     temporary: bool = False
     error: str | None = None
+    failure: WellKnownFailure | None = None
+    hops: tuple[WellKnownHop, ...] = ()
 
 
 class WellKnownFetcher(Protocol):
     async def fetch(self, hostname: str) -> WellKnownResponse: ...
 
 
+class WellKnownBodyError(ValueError):
+    """A well-known body that holds no usable delegation; ``failure`` says why."""
+
+    def __init__(self, failure: WellKnownFailure, message: str) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
 def parse_well_known_body(body: bytes) -> str:
-    """Return the valid ``m.server`` of a well-known body or raise ValueError.
+    """Return the valid ``m.server`` of a well-known body or raise WellKnownBodyError.
 
     The body is parsed as JSON whatever its Content-Type.
     """
     if len(body) > WELL_KNOWN_MAX_BODY:
-        raise ValueError("well-known body too large")
+        raise WellKnownBodyError(WellKnownFailure.TOO_LARGE, "well-known body too large")
     try:
         doc = decode_json(body)
     except ValueError as exc:
-        raise ValueError(f"well-known body is not JSON: {exc}") from None
+        raise WellKnownBodyError(
+            WellKnownFailure.NOT_JSON, f"well-known body is not JSON: {exc}"
+        ) from None
     if not isinstance(doc, dict):
-        raise ValueError("well-known body is not a JSON object")
+        raise WellKnownBodyError(WellKnownFailure.INVALID, "well-known body is not a JSON object")
     server = doc.get("m.server")
     if not isinstance(server, str) or not server:
-        raise ValueError("well-known has no m.server string")
+        raise WellKnownBodyError(WellKnownFailure.INVALID, "well-known has no m.server string")
     if not is_valid_server_name(server):
-        raise ValueError(f"well-known m.server {server!r} is not a valid server name")
+        raise WellKnownBodyError(
+            WellKnownFailure.INVALID, f"well-known m.server {server!r} is not a valid server name"
+        )
     if not is_connectable_port(parse_server_name(server)[1]):
         # Valid grammar, but a delegation nowhere: as useless as an invalid one.
-        raise ValueError(f"well-known m.server {server!r} names a port nothing can listen on")
+        raise WellKnownBodyError(
+            WellKnownFailure.INVALID,
+            f"well-known m.server {server!r} names a port nothing can listen on",
+        )
     return server
 
 
@@ -420,6 +532,8 @@ class _WellKnownEntry:
     fetched_at: float
     expires_at: float
     refresh_at: float
+    #: What the fetch that made this entry got (for :class:`DiscoveryTrail`).
+    response: WellKnownResponse
     #: Last valid result and when it stops counting as "recent".
     last_valid: str | None = None
     last_valid_until: float = 0.0
@@ -459,6 +573,59 @@ class ResolvedServer:
         return self.targets[0][0]
 
 
+class DiscoveryRule(enum.Enum):
+    """The row of the spec's server discovery table that chose the targets.
+
+    Spec: https://spec.matrix.org/v1.19/server-server-api/#resolving-server-names
+    """
+
+    IP_LITERAL = "ip_literal"  # 1
+    EXPLICIT_PORT = "explicit_port"  # 2
+    DELEGATED_IP_LITERAL = "delegated_ip_literal"  # 3.1
+    DELEGATED_EXPLICIT_PORT = "delegated_explicit_port"  # 3.2
+    DELEGATED_SRV = "delegated_srv"  # 3.3, or 3.4 through the deprecated _matrix._tcp
+    DELEGATED_DEFAULT_PORT = "delegated_default_port"  # 3.5
+    SRV = "srv"  # 4, or 5 through the deprecated _matrix._tcp
+    DEFAULT_PORT = "default_port"  # 6
+
+
+DEPRECATED_SRV_PREFIX = "_matrix._tcp."
+
+
+@dataclass(frozen=True)
+class SrvLookup:
+    """One SRV query made while resolving, and its answer (empty: no records)."""
+
+    name: str
+    records: tuple[SrvRecord, ...] = ()
+    from_cache: bool = False
+    error: str | None = None
+
+    @property
+    def deprecated(self) -> bool:
+        """The query was for the deprecated ``_matrix._tcp`` service name."""
+        return self.name.startswith(DEPRECATED_SRV_PREFIX)
+
+
+@dataclass
+class DiscoveryTrail:
+    """What one :meth:`ServerResolver.resolve` call looked at and chose.
+
+    ``well_known`` is what the well-known fetch got (``None`` when the rules
+    did not ask for one: IP literal, explicit port, or no fetcher);
+    ``delegated`` the ``m.server`` the resolution went on with (it can differ
+    from ``well_known.server`` when a temporary failure kept a cached
+    delegation). ``srv_lookups`` lists the SRV queries in order; ``rule`` is
+    set once the targets are chosen.
+    """
+
+    well_known: WellKnownResponse | None = None
+    well_known_from_cache: bool = False
+    delegated: str | None = None
+    srv_lookups: list[SrvLookup] = field(default_factory=list)
+    rule: DiscoveryRule | None = None
+
+
 class ServerResolver:
     """Resolves server names per auth.md §5, with well-known and SRV caching.
 
@@ -486,15 +653,20 @@ class ServerResolver:
         self._srv_negative_ttl = srv_negative_ttl
         self._wk_cache: OrderedDict[str, _WellKnownEntry] = OrderedDict()
         self._wk_inflight: dict[str, asyncio.Future[str | None]] = {}
-        self._srv_cache: OrderedDict[str, tuple[float, list[SrvRecord]]] = OrderedDict()
+        # host -> (expires at, records, the SRV name that answered)
+        self._srv_cache: OrderedDict[str, tuple[float, list[SrvRecord], str]] = OrderedDict()
 
     # -- public -------------------------------------------------------------
 
-    async def resolve(self, server_name: str) -> ResolvedServer:
+    async def resolve(
+        self, server_name: str, *, trail: DiscoveryTrail | None = None
+    ) -> ResolvedServer:
+        """Where to reach ``server_name``; ``trail`` (if given) records how it was chosen."""
         if not is_valid_server_name(server_name):
             raise FederationDeniedError(
                 f"invalid server name {server_name!r}", destination=server_name
             )
+        record = trail if trail is not None else DiscoveryTrail()
         host, port = parse_server_name(server_name)
         if not is_connectable_port(port):
             raise FederationDeniedError(
@@ -503,50 +675,64 @@ class ServerResolver:
         bare = host.strip("[]")
         # 1. IP literal
         if is_ip_address(host):
+            record.rule = DiscoveryRule.IP_LITERAL
             return ResolvedServer(
                 server_name, server_name, None, [(bare, port or DEFAULT_FEDERATION_PORT)]
             )
         # 2. explicit port
         if port is not None:
+            record.rule = DiscoveryRule.EXPLICIT_PORT
             return ResolvedServer(server_name, server_name, host, [(host, port)])
         # 3. .well-known
         if self.well_known is not None:
-            delegated = await self.get_well_known(host)
+            delegated = await self.get_well_known(host, trail=trail)
+            record.delegated = delegated
             if delegated is not None:
                 dh, dp = parse_server_name(delegated)
                 dbare = dh.strip("[]")
                 if is_ip_address(dh):  # 3.1
+                    record.rule = DiscoveryRule.DELEGATED_IP_LITERAL
                     return ResolvedServer(
                         server_name, delegated, None, [(dbare, dp or DEFAULT_FEDERATION_PORT)]
                     )
                 if dp is not None:  # 3.2
+                    record.rule = DiscoveryRule.DELEGATED_EXPLICIT_PORT
                     return ResolvedServer(server_name, delegated, dh, [(dh, dp)])
-                srv = await self._srv_targets(dh, server_name)  # 3.3, 3.4
+                srv = await self._srv_targets(dh, server_name, record)  # 3.3, 3.4
                 if srv:
+                    record.rule = DiscoveryRule.DELEGATED_SRV
                     return ResolvedServer(server_name, dh, dh, srv, srv=True)
+                record.rule = DiscoveryRule.DELEGATED_DEFAULT_PORT
                 return ResolvedServer(  # 3.5
                     server_name, dh, dh, [(dh, DEFAULT_FEDERATION_PORT)]
                 )
         # 4., 5. SRV on the server name itself
-        srv = await self._srv_targets(host, server_name)
+        srv = await self._srv_targets(host, server_name, record)
         if srv:
+            record.rule = DiscoveryRule.SRV
             return ResolvedServer(server_name, host, host, srv, srv=True)
         # 6. A/AAAA, 8448
+        record.rule = DiscoveryRule.DEFAULT_PORT
         return ResolvedServer(server_name, host, host, [(host, DEFAULT_FEDERATION_PORT)])
 
-    async def get_well_known(self, hostname: str) -> str | None:
+    async def get_well_known(
+        self, hostname: str, *, trail: DiscoveryTrail | None = None
+    ) -> str | None:
         """The (cached) ``m.server`` delegation of ``hostname``, or ``None``."""
         now = self._clock()
         entry = self._wk_cache.get(hostname)
         if entry is not None and now < entry.refresh_at:
+            self._note_cached_well_known(hostname, trail)
             return entry.server
         inflight = self._wk_inflight.get(hostname)
         if inflight is not None:
-            return await asyncio.shield(inflight)
+            result = await asyncio.shield(inflight)
+            self._note_cached_well_known(hostname, trail)
+            return result
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._wk_inflight[hostname] = fut
         try:
-            result = await self._fetch_well_known(hostname, entry)
+            result = await self._fetch_well_known(hostname, entry, trail)
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -566,20 +752,35 @@ class ServerResolver:
 
     # -- internals ----------------------------------------------------------
 
+    def _note_cached_well_known(self, hostname: str, trail: DiscoveryTrail | None) -> None:
+        entry = self._wk_cache.get(hostname)
+        if trail is not None and entry is not None:
+            trail.well_known = entry.response
+            trail.well_known_from_cache = True
+
     def _store(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
         cache[key] = value
         cache.move_to_end(key)
         while len(cache) > self._max_entries:
             cache.popitem(last=False)
 
-    async def _fetch_well_known(self, hostname: str, prev: _WellKnownEntry | None) -> str | None:
+    async def _fetch_well_known(
+        self, hostname: str, prev: _WellKnownEntry | None, trail: DiscoveryTrail | None = None
+    ) -> str | None:
         assert self.well_known is not None
         try:
             resp = await self.well_known.fetch(hostname)
         except FederationDeniedError as exc:
-            resp = WellKnownResponse(None, error=str(exc))
+            resp = WellKnownResponse(None, error=str(exc), failure=WellKnownFailure.BLOCKED)
         except Exception as exc:  # any fetch failure is a well-known failure
-            resp = WellKnownResponse(None, temporary=True, error=f"{type(exc).__name__}: {exc}")
+            resp = WellKnownResponse(
+                None,
+                temporary=True,
+                error=f"{type(exc).__name__}: {exc}",
+                failure=WellKnownFailure.UNREACHABLE,
+            )
+        if trail is not None:
+            trail.well_known = resp
         now = self._clock()
         last_valid = prev.last_valid if prev else None
         last_valid_until = prev.last_valid_until if prev else 0.0
@@ -595,6 +796,7 @@ class ServerResolver:
                 fetched_at=now,
                 expires_at=now + ttl,
                 refresh_at=now + ttl * (1 - WELL_KNOWN_REFRESH_SHARE),
+                response=resp,
                 last_valid=resp.server,
                 last_valid_until=now + ttl + WELL_KNOWN_GRACE,
             )
@@ -624,6 +826,7 @@ class ServerResolver:
             fetched_at=now,
             expires_at=now + ttl,
             refresh_at=now + ttl,
+            response=resp,
             last_valid=last_valid,
             last_valid_until=last_valid_until,
             failures=failures,
@@ -631,19 +834,23 @@ class ServerResolver:
         self._store(self._wk_cache, hostname, entry)
         return None
 
-    async def _srv_targets(self, host: str, destination: str) -> list[tuple[str, int]]:
+    async def _srv_targets(
+        self, host: str, destination: str, trail: DiscoveryTrail
+    ) -> list[tuple[str, int]]:
         now = self._clock()
         cached = self._srv_cache.get(host)
         if cached is not None and now < cached[0]:
             records = cached[1]
+            trail.srv_lookups.append(SrvLookup(cached[2], tuple(records), from_cache=True))
         else:
             try:
-                records = await self._lookup_srv(host)
+                records, answered_by = await self._lookup_srv(host, trail)
             except DnsLookupError as exc:
-                if cached is not None:  # stale answer beats none on a temporary failure
-                    records = cached[1]
-                else:
+                if cached is None:
                     raise DestinationUnreachableError(str(exc), destination=destination) from exc
+                # A stale answer beats none on a temporary failure.
+                records = cached[1]
+                trail.srv_lookups.append(SrvLookup(cached[2], tuple(records), from_cache=True))
             else:
                 ttls = [r.ttl for r in records if r.ttl is not None]
                 if not records:
@@ -652,7 +859,7 @@ class ServerResolver:
                     ttl = min(max(min(ttls), 30.0), 3600.0)
                 else:
                     ttl = self._srv_default_ttl
-                self._store(self._srv_cache, host, (now + ttl, records))
+                self._store(self._srv_cache, host, (now + ttl, records, answered_by))
         if not records:
             return []
         if len(records) == 1 and records[0].target in ("", "."):
@@ -665,25 +872,40 @@ class ServerResolver:
             if r.target not in ("", ".")
         ]
 
-    async def _lookup_srv(self, host: str) -> list[SrvRecord]:
-        records = await self.dns.resolve_srv(f"_matrix-fed._tcp.{host}")
-        if records:
-            return records
-        return await self.dns.resolve_srv(f"_matrix._tcp.{host}")
+    async def _lookup_srv(self, host: str, trail: DiscoveryTrail) -> tuple[list[SrvRecord], str]:
+        """The records of ``_matrix-fed._tcp``, else the deprecated ``_matrix._tcp``."""
+        records: list[SrvRecord] = []
+        for name in (f"_matrix-fed._tcp.{host}", f"{DEPRECATED_SRV_PREFIX}{host}"):
+            try:
+                records = await self.dns.resolve_srv(name)
+            except DnsLookupError as exc:
+                trail.srv_lookups.append(SrvLookup(name, error=str(exc)))
+                raise
+            trail.srv_lookups.append(SrvLookup(name, tuple(records)))
+            if records:
+                break
+        return records, name
 
 
 __all__ = [
     "DEFAULT_BLOCKED_IP_RANGES",
     "DEFAULT_FEDERATION_PORT",
     "AiodnsResolver",
+    "DiscoveryRule",
+    "DiscoveryTrail",
     "DnsLookupError",
     "DnsResolver",
+    "IpDecision",
     "IpFilter",
     "ResolvedServer",
     "ServerResolver",
+    "SrvLookup",
     "SrvRecord",
     "StaticDnsResolver",
+    "WellKnownBodyError",
+    "WellKnownFailure",
     "WellKnownFetcher",
+    "WellKnownHop",
     "WellKnownResponse",
     "cache_period_from_headers",
     "is_ip_address",

@@ -25,7 +25,10 @@ from mxfed.federation_client import (
     RequestTimeoutError,
     StaticDnsResolver,
     TlsVerificationError,
+    TransportFailure,
+    WellKnownFailure,
     build_ssl_context,
+    classify_transport_error,
     encode_query,
     federation_path,
 )
@@ -288,6 +291,74 @@ async def test_well_known_redirect_loop_and_big_body_fail(pki, wk_server, signin
         assert await client.resolver.get_well_known("loop.test") is None
         assert await client.resolver.get_well_known("big.test") is None
     assert len(wk_server.requests) == 2
+
+
+async def test_well_known_failures_say_why_and_list_hops(pki, wk_server, signing_key) -> None:
+    async def wk(request: web.Request) -> web.StreamResponse:
+        host = request.host.split(":")[0]
+        if host == "loop.test":
+            raise web.HTTPFound("/.well-known/matrix/server")
+        if host == "redir.test":  # a fresh URL every time: never a loop, never an end
+            raise web.HTTPFound(f"/hop{len(wk_server.requests)}")
+        if host == "big.test":
+            return web.Response(text="<html>Welcome</html>", content_type="text/html")
+        if host == "wk.test":
+            return web.json_response({"m.server": "not a server name!"})
+        return web.json_response({"errcode": "M_NOT_FOUND"}, status=404)
+
+    wk_server.responder = wk
+    dns = loopback_dns("loop.test", "redir.test", "big.test", "wk.test", "fed.test")
+    async with make_client(signing_key, make_options(pki, wk_server.port), dns) as client:
+        fetcher = client.resolver.well_known
+        assert fetcher is not None
+        loop = await fetcher.fetch("loop.test")
+        endless = await fetcher.fetch("redir.test")
+        html = await fetcher.fetch("big.test")
+        invalid = await fetcher.fetch("wk.test")
+        missing = await fetcher.fetch("fed.test")
+    assert loop.failure is WellKnownFailure.REDIRECT_LOOP
+    assert [hop.status for hop in loop.hops] == [302]
+    assert endless.failure is WellKnownFailure.TOO_MANY_REDIRECTS
+    assert len(endless.hops) == 6 and all(hop.location for hop in endless.hops)
+    assert html.failure is WellKnownFailure.NOT_JSON
+    assert html.hops[-1].content_type == "text/html; charset=utf-8"
+    assert invalid.failure is WellKnownFailure.INVALID
+    assert missing.failure is WellKnownFailure.HTTP_STATUS and missing.hops[-1].status == 404
+
+
+async def test_well_known_refused_and_blocked_are_told_apart(pki, signing_key) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        dns = StaticDnsResolver(hosts={"fed.test": ["127.0.0.1"], "target.test": ["10.1.2.3"]})
+        async with make_client(signing_key, make_options(pki, port), dns) as client:
+            fetcher = client.resolver.well_known
+            assert fetcher is not None
+            refused = await fetcher.fetch("fed.test")
+            blocked = await fetcher.fetch("target.test")
+    assert refused.failure is WellKnownFailure.CONNECTION_REFUSED and refused.temporary
+    assert blocked.failure is WellKnownFailure.BLOCKED and not blocked.temporary
+
+
+def test_classify_transport_error_follows_the_cause_chain() -> None:
+    def chained(inner: BaseException) -> DestinationUnreachableError:
+        try:
+            raise inner
+        except BaseException as exc:
+            try:
+                raise DestinationUnreachableError("wrapped") from exc
+            except DestinationUnreachableError as outer:
+                return outer
+
+    assert classify_transport_error(chained(ConnectionRefusedError())) is (
+        TransportFailure.CONNECTION_REFUSED
+    )
+    assert classify_transport_error(chained(TimeoutError())) is TransportFailure.TIMEOUT
+    assert classify_transport_error(chained(ssl.SSLCertVerificationError())) is (
+        TransportFailure.TLS_CERTIFICATE
+    )
+    assert classify_transport_error(chained(ssl.SSLError())) is TransportFailure.TLS
+    assert classify_transport_error(RuntimeError()) is TransportFailure.OTHER
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from mxfed.federation_client import (
     DEFAULT_BLOCKED_IP_RANGES,
     AiodnsResolver,
     DestinationUnreachableError,
+    DiscoveryRule,
+    DiscoveryTrail,
     DnsLookupError,
     FederationDeniedError,
     IpFilter,
@@ -19,6 +21,7 @@ from mxfed.federation_client import (
     ServerResolver,
     SrvRecord,
     StaticDnsResolver,
+    WellKnownFailure,
     WellKnownResponse,
 )
 from mxfed.federation_client.resolver import (
@@ -394,3 +397,79 @@ async def test_aiodns_resolver_localhost() -> None:
     ips = await dns.resolve_host("localhost")
     assert set(ips) & {"127.0.0.1", "::1"}
     await dns.close()
+
+
+# ---------------------------------------------------------------------------
+# The discovery trail (what resolve() chose and why) and IP decisions
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("1.2.3.4", DiscoveryRule.IP_LITERAL),
+        ("a.org:8000", DiscoveryRule.EXPLICIT_PORT),
+        ("ip.org", DiscoveryRule.DELEGATED_IP_LITERAL),
+        ("port.org", DiscoveryRule.DELEGATED_EXPLICIT_PORT),
+        ("srv.org", DiscoveryRule.DELEGATED_SRV),
+        ("plain.org", DiscoveryRule.DELEGATED_DEFAULT_PORT),
+        ("own-srv.org", DiscoveryRule.SRV),
+        ("nothing.org", DiscoveryRule.DEFAULT_PORT),
+    ],
+)
+async def test_trail_names_the_rule(name: str, rule: DiscoveryRule) -> None:
+    r, *_ = make(
+        wk={
+            "ip.org": "5.6.7.8",
+            "port.org": "m.port.org:443",
+            "srv.org": "m.srv.org",
+            "plain.org": "m.plain.org",
+        },
+        srv={
+            "_matrix-fed._tcp.m.srv.org": [(1, 0, 8000, "t.srv.org")],
+            "_matrix-fed._tcp.own-srv.org": [(1, 0, 8001, "t.own-srv.org")],
+        },
+    )
+    trail = DiscoveryTrail()
+    await r.resolve(name, trail=trail)
+    assert trail.rule is rule
+
+
+async def test_trail_records_well_known_and_both_srv_queries() -> None:
+    r, *_ = make(
+        wk={"x.org": WellKnownResponse(None, error="not JSON", failure=WellKnownFailure.NOT_JSON)},
+        srv={"_matrix._tcp.x.org": [(1, 0, 9000, "t.x.org")]},
+    )
+    trail = DiscoveryTrail()
+    resolved = await r.resolve("x.org", trail=trail)
+    assert resolved.targets == [("t.x.org", 9000)]
+    assert trail.well_known is not None and trail.well_known.failure is WellKnownFailure.NOT_JSON
+    assert trail.delegated is None
+    assert [(q.name, len(q.records), q.deprecated) for q in trail.srv_lookups] == [
+        ("_matrix-fed._tcp.x.org", 0, False),
+        ("_matrix._tcp.x.org", 1, True),
+    ]
+    assert trail.rule is DiscoveryRule.SRV
+    # Resolved again from the caches: the trail says so and keeps the same facts.
+    again = DiscoveryTrail()
+    await r.resolve("x.org", trail=again)
+    assert again.well_known_from_cache
+    assert again.well_known is not None and again.well_known.failure is WellKnownFailure.NOT_JSON
+    assert [(q.name, q.from_cache) for q in again.srv_lookups] == [("_matrix._tcp.x.org", True)]
+
+
+def test_ip_filter_explains_which_range_decided() -> None:
+    f = IpFilter(DEFAULT_BLOCKED_IP_RANGES, ["127.0.0.1/32"])
+    blocked = f.explain("10.1.2.3")
+    assert (blocked.allowed, blocked.blocked_by, blocked.allowed_by) == (False, "10.0.0.0/8", None)
+    allowed = f.explain("127.0.0.1")
+    assert (allowed.allowed, allowed.blocked_by, allowed.allowed_by) == (
+        True,
+        "127.0.0.0/8",
+        "127.0.0.1/32",
+    )
+    mapped = f.explain("::ffff:192.168.1.1")
+    assert not mapped.allowed and mapped.blocked_by == "192.168.0.0/16"
+    public = f.explain("8.8.8.8")
+    assert public.allowed and public.blocked_by is None
+    assert not f.explain("not-an-ip").allowed
