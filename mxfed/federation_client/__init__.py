@@ -15,6 +15,7 @@ from .client import (
     TransportFailure,
     build_ssl_context,
     classify_transport_error,
+    describe_transport_error,
     encode_query,
     federation_path,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "WellKnownResponse",
     "build_ssl_context",
     "classify_transport_error",
+    "describe_transport_error",
     "encode_query",
     "federation_path",
 ]

@@ -25,7 +25,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -310,12 +310,18 @@ class TransportFailure(enum.Enum):
     OTHER = "other"
 
 
-def classify_transport_error(exc: BaseException) -> TransportFailure:
-    """The kind of ``exc`` or of the first error in its cause chain that has one."""
+def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def classify_transport_error(exc: BaseException) -> TransportFailure:
+    """The kind of ``exc`` or of the first error in its cause chain that has one."""
+    for current in _cause_chain(exc):
         if _is_cert_error(current):
             return TransportFailure.TLS_CERTIFICATE
         if isinstance(current, ConnectionRefusedError) or (
@@ -328,8 +334,18 @@ def classify_transport_error(exc: BaseException) -> TransportFailure:
             return TransportFailure.TLS
         if isinstance(current, DnsLookupError):
             return TransportFailure.DNS
-        current = current.__cause__ or current.__context__
     return TransportFailure.OTHER
+
+
+def describe_transport_error(exc: BaseException) -> str:
+    """One line about a transport error, naming a certificate problem plainly."""
+    for current in _cause_chain(exc):
+        # aiohttp wraps the ssl module's error without chaining it.
+        inner = getattr(current, "certificate_error", current)
+        message = getattr(inner, "verify_message", None)
+        if isinstance(inner, ssl.SSLCertVerificationError) and message:
+            return f"certificate verify failed: {message}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 _WELL_KNOWN_TRANSPORT_FAILURES = {
@@ -429,7 +445,7 @@ class HttpWellKnownFetcher:
         except (aiohttp.ClientError, OSError, TimeoutError, DestinationUnreachableError) as exc:
             return failed(
                 _WELL_KNOWN_TRANSPORT_FAILURES[classify_transport_error(exc)],
-                f"{type(exc).__name__}: {exc}",
+                describe_transport_error(exc),
                 temporary=True,
             )
 

@@ -600,6 +600,7 @@ class SrvLookup:
     records: tuple[SrvRecord, ...] = ()
     from_cache: bool = False
     error: str | None = None
+    seconds: float = 0.0
 
     @property
     def deprecated(self) -> bool:
@@ -616,11 +617,12 @@ class DiscoveryTrail:
     ``delegated`` the ``m.server`` the resolution went on with (it can differ
     from ``well_known.server`` when a temporary failure kept a cached
     delegation). ``srv_lookups`` lists the SRV queries in order; ``rule`` is
-    set once the targets are chosen.
+    set once the targets are chosen. Durations are in seconds.
     """
 
     well_known: WellKnownResponse | None = None
     well_known_from_cache: bool = False
+    well_known_seconds: float = 0.0
     delegated: str | None = None
     srv_lookups: list[SrvLookup] = field(default_factory=list)
     rule: DiscoveryRule | None = None
@@ -768,6 +770,7 @@ class ServerResolver:
         self, hostname: str, prev: _WellKnownEntry | None, trail: DiscoveryTrail | None = None
     ) -> str | None:
         assert self.well_known is not None
+        started = time.perf_counter()
         try:
             resp = await self.well_known.fetch(hostname)
         except FederationDeniedError as exc:
@@ -781,6 +784,7 @@ class ServerResolver:
             )
         if trail is not None:
             trail.well_known = resp
+            trail.well_known_seconds = time.perf_counter() - started
         now = self._clock()
         last_valid = prev.last_valid if prev else None
         last_valid_until = prev.last_valid_until if prev else 0.0
@@ -876,12 +880,15 @@ class ServerResolver:
         """The records of ``_matrix-fed._tcp``, else the deprecated ``_matrix._tcp``."""
         records: list[SrvRecord] = []
         for name in (f"_matrix-fed._tcp.{host}", f"{DEPRECATED_SRV_PREFIX}{host}"):
+            started = time.perf_counter()
             try:
                 records = await self.dns.resolve_srv(name)
             except DnsLookupError as exc:
-                trail.srv_lookups.append(SrvLookup(name, error=str(exc)))
+                seconds = time.perf_counter() - started
+                trail.srv_lookups.append(SrvLookup(name, error=str(exc), seconds=seconds))
                 raise
-            trail.srv_lookups.append(SrvLookup(name, tuple(records)))
+            seconds = time.perf_counter() - started
+            trail.srv_lookups.append(SrvLookup(name, tuple(records), seconds=seconds))
             if records:
                 break
         return records, name

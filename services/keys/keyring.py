@@ -224,6 +224,22 @@ def parse_server_keys(
     return keys, valid_until_ts
 
 
+def signed_by_notary(obj: dict[str, Any], notary: Notary) -> bool:
+    """True when ``obj`` carries a signature by a pinned key of ``notary`` and
+    every such signature verifies."""
+    checked = False
+    for key_id in verifiable_key_ids(obj, notary.server_name):
+        verify_key = notary.verify_keys.get(key_id)
+        if verify_key is None:
+            continue
+        try:
+            verify_json_signature(obj, notary.server_name, key_id, verify_key)
+        except SignatureError:
+            return False
+        checked = True
+    return checked
+
+
 def _only_signatures_of(obj: dict[str, Any], server_name: str) -> dict[str, Any]:
     signatures = obj.get("signatures")
     mine = signatures.get(server_name, {}) if isinstance(signatures, dict) else {}
@@ -447,7 +463,7 @@ class Keyring:
         for obj in answer["server_keys"]:
             if not isinstance(obj, dict) or obj.get("server_name") != server_name:
                 continue
-            if self._signed_by_notary(obj, notary):
+            if signed_by_notary(obj, notary):
                 accepted.append(_only_signatures_of(obj, server_name))
             else:
                 log.warning(
@@ -455,20 +471,6 @@ class Keyring:
                     extra={"server": server_name, "notary": notary.server_name},
                 )
         return accepted
-
-    @staticmethod
-    def _signed_by_notary(obj: dict[str, Any], notary: Notary) -> bool:
-        checked = False
-        for key_id in verifiable_key_ids(obj, notary.server_name):
-            verify_key = notary.verify_keys.get(key_id)
-            if verify_key is None:
-                continue
-            try:
-                verify_json_signature(obj, notary.server_name, key_id, verify_key)
-            except SignatureError:
-                return False
-            checked = True
-        return checked
 
     async def _store(self, server_name: str, obj: Any, source: str) -> bool:
         fetched_at = self.clock()

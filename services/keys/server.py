@@ -8,10 +8,13 @@ from typing import TypedDict, Unpack
 
 from mxfed.config import Config
 from mxfed.federation_client import FederationClient
-from mxfed.federation_client.from_config import federation_client_from_config
+from mxfed.federation_client.from_config import federation_client_from_config, outbound_options
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.keys.accounts.servicer import add_accounts_servicer
+from services.keys.doctor.diagnosis import FederationDoctor
+from services.keys.doctor.servicer import DoctorRpc
+from services.keys.doctor.sources import GrpcDeliveryStates, GrpcRoomAccessChecks
 from services.keys.keyring import Keyring, Notary
 from services.keys.own_keys import OwnKeys
 from services.keys.servicer import KeysServicer
@@ -54,6 +57,19 @@ def build_keyring(
     return Keyring(storage, own_keys, client, notaries(config), **options), own_keys
 
 
+def build_doctor(context: ServiceContext, own_keys: OwnKeys) -> FederationDoctor:
+    """``mxfed doctor``'s checks, asking the sender and events services over gRPC."""
+    config = context.config
+    return FederationDoctor(
+        config,
+        own_keys,
+        outbound_options(config),
+        GrpcDeliveryStates(context.channel("sender")),
+        GrpcRoomAccessChecks(context.channel("events")),
+        notaries(config),
+    )
+
+
 async def setup(context: ServiceContext) -> None:
     """Register the keys servicer on ``context.server``."""
     config = context.config
@@ -61,5 +77,8 @@ async def setup(context: ServiceContext) -> None:
     client = federation_client_from_config(config)
     context.on_stop(client.close)
     keyring, own_keys = build_keyring(config, storage, client)
-    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keyring, own_keys), context.server)
+    doctor = build_doctor(context, own_keys)
+    keys_pb2_grpc.add_KeysServicer_to_server(
+        KeysServicer(keyring, own_keys, DoctorRpc(doctor)), context.server
+    )
     add_accounts_servicer(context)

@@ -7,12 +7,14 @@ not verify is a result, not an error.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from services.keys.doctor.servicer import DoctorRpc
 from services.keys.keyring import JsonCheck, KeyNeed, Keyring
 from services.keys.own_keys import OwnKeys
 
@@ -28,9 +30,10 @@ async def _json_object(data: bytes, context: grpc.aio.ServicerContext) -> dict[s
 
 
 class KeysServicer(keys_pb2_grpc.KeysServicer):
-    def __init__(self, keyring: Keyring, own_keys: OwnKeys) -> None:
+    def __init__(self, keyring: Keyring, own_keys: OwnKeys, doctor: DoctorRpc) -> None:
         self.keyring = keyring
         self.own_keys = own_keys
+        self.doctor = doctor
 
     async def QueryOwnServerKeys(
         self, request: keys_pb2.QueryOwnServerKeysRequest, context: grpc.aio.ServicerContext
@@ -120,3 +123,11 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             old_key_id=rotation.old_key_id,
             expired_ts=rotation.expired_ts,
         )
+
+    async def QueryFederationReport(
+        self,
+        request: keys_pb2.QueryFederationReportRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[keys_pb2.QueryFederationReportResponse]:
+        async for item in self.doctor.query_federation_report(request, context):
+            yield item

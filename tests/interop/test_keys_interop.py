@@ -45,6 +45,7 @@ from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
 from tests.support.databases import create_database, drop_database
+from tests.support.federation_doctor import inert_doctor
 from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.key_servers import now_ms
 from tests.support.mxfed_process import MxfedProcess
@@ -195,7 +196,9 @@ async def _serve_gateway(tmp: Path, keys_storage: KeysStorage) -> AsyncIterator[
     client = FederationClient(config.server_name, key.signing_key, key.key_id, LOOPBACK)
     keyring, own_keys = build_keyring(config, keys_storage, client)
     grpc_server = make_server("keys")
-    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keyring, own_keys), grpc_server)
+    keys_pb2_grpc.add_KeysServicer_to_server(
+        KeysServicer(keyring, own_keys, inert_doctor(config, own_keys)), grpc_server
+    )
     config.keys_address = bind_loopback(grpc_server, "keys")
     await grpc_server.start()
     clients = ServiceClients(config)

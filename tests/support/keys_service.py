@@ -31,6 +31,7 @@ from services.keys.own_keys import OwnKeys
 from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
+from tests.support.federation_doctor import inert_doctor
 from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
 from tests.support.key_servers import FakeKeyServer
 
@@ -126,7 +127,9 @@ class KeysService:
 async def keys_service(make_keys: Callable[..., KeysUnderTest]) -> AsyncIterator[KeysService]:
     keys = make_keys()
     server = make_server("keys")
-    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys.keyring, keys.own_keys), server)
+    keys_pb2_grpc.add_KeysServicer_to_server(
+        KeysServicer(keys.keyring, keys.own_keys, inert_doctor(keys.config, keys.own_keys)), server
+    )
     address = bind_loopback(server, "keys")
     await server.start()
     channel = channel_to(address, "keys", GATEWAY)

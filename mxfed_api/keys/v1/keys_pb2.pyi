@@ -1,10 +1,148 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DiagnosisOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIAGNOSIS_OUTCOME_UNSPECIFIED: _ClassVar[DiagnosisOutcome]
+    DIAGNOSIS_OUTCOME_PASS: _ClassVar[DiagnosisOutcome]
+    DIAGNOSIS_OUTCOME_WARN: _ClassVar[DiagnosisOutcome]
+    DIAGNOSIS_OUTCOME_FAIL: _ClassVar[DiagnosisOutcome]
+    DIAGNOSIS_OUTCOME_SKIP: _ClassVar[DiagnosisOutcome]
+
+class DiagnosisStep(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIAGNOSIS_STEP_UNSPECIFIED: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_SERVER_NAME: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_WELL_KNOWN: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_SRV: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_DISCOVERY: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_ADDRESSES: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_TLS: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_VERSION: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_CLOCK: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_SERVER_KEYS: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_NOTARIES: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_REACHES_US: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_DELIVERY: _ClassVar[DiagnosisStep]
+    DIAGNOSIS_STEP_ROOM_ACL: _ClassVar[DiagnosisStep]
+
+class DiagnosisCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIAGNOSIS_CAUSE_NONE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_INVALID_SERVER_NAME: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_HTTP_STATUS: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_REDIRECT_LOOP: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_TOO_MANY_REDIRECTS: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_NOT_HTTPS: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_TOO_LARGE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_NOT_JSON: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_INVALID: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_BLOCKED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_TIMEOUT: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_TLS: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_WELL_KNOWN_UNREACHABLE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_SRV_LOOKUP_FAILED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_SRV_SERVICE_UNAVAILABLE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_SRV_DEPRECATED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_SRV_TARGET_CNAME: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_DNS_NO_ADDRESS: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_DNS_LOOKUP_FAILED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_IP_BLOCKED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CONNECTION_REFUSED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CONNECTION_TIMEOUT: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CONNECTION_FAILED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_TLS_HANDSHAKE_FAILED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CERTIFICATE_NAME_MISMATCH: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CERTIFICATE_EXPIRED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CERTIFICATE_NOT_YET_VALID: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CERTIFICATE_UNTRUSTED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_HTTP_ERROR: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_INVALID_RESPONSE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CLOCK_SKEW: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_KEY_INVALID: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_KEY_EXPIRED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_KEY_EXPIRES_SOON: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_KEY_NOT_CURRENT: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_NOTARY_UNREACHABLE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_NOTARY_ANSWER_INVALID: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_NOTARY_CANNOT_FETCH_OUR_KEYS: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_NOTARY_API_UNAVAILABLE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_CANNOT_REACH_US: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_STALE_KEY_FOR_US: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_BACKED_OFF: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_ACL_DENIED: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_ROOM_UNKNOWN: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_SERVICE_UNAVAILABLE: _ClassVar[DiagnosisCause]
+DIAGNOSIS_OUTCOME_UNSPECIFIED: DiagnosisOutcome
+DIAGNOSIS_OUTCOME_PASS: DiagnosisOutcome
+DIAGNOSIS_OUTCOME_WARN: DiagnosisOutcome
+DIAGNOSIS_OUTCOME_FAIL: DiagnosisOutcome
+DIAGNOSIS_OUTCOME_SKIP: DiagnosisOutcome
+DIAGNOSIS_STEP_UNSPECIFIED: DiagnosisStep
+DIAGNOSIS_STEP_SERVER_NAME: DiagnosisStep
+DIAGNOSIS_STEP_WELL_KNOWN: DiagnosisStep
+DIAGNOSIS_STEP_SRV: DiagnosisStep
+DIAGNOSIS_STEP_DISCOVERY: DiagnosisStep
+DIAGNOSIS_STEP_ADDRESSES: DiagnosisStep
+DIAGNOSIS_STEP_TLS: DiagnosisStep
+DIAGNOSIS_STEP_VERSION: DiagnosisStep
+DIAGNOSIS_STEP_CLOCK: DiagnosisStep
+DIAGNOSIS_STEP_SERVER_KEYS: DiagnosisStep
+DIAGNOSIS_STEP_NOTARIES: DiagnosisStep
+DIAGNOSIS_STEP_REACHES_US: DiagnosisStep
+DIAGNOSIS_STEP_DELIVERY: DiagnosisStep
+DIAGNOSIS_STEP_ROOM_ACL: DiagnosisStep
+DIAGNOSIS_CAUSE_NONE: DiagnosisCause
+DIAGNOSIS_CAUSE_INVALID_SERVER_NAME: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_HTTP_STATUS: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_REDIRECT_LOOP: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_TOO_MANY_REDIRECTS: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_NOT_HTTPS: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_TOO_LARGE: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_NOT_JSON: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_INVALID: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_BLOCKED: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_TIMEOUT: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_TLS: DiagnosisCause
+DIAGNOSIS_CAUSE_WELL_KNOWN_UNREACHABLE: DiagnosisCause
+DIAGNOSIS_CAUSE_SRV_LOOKUP_FAILED: DiagnosisCause
+DIAGNOSIS_CAUSE_SRV_SERVICE_UNAVAILABLE: DiagnosisCause
+DIAGNOSIS_CAUSE_SRV_DEPRECATED: DiagnosisCause
+DIAGNOSIS_CAUSE_SRV_TARGET_CNAME: DiagnosisCause
+DIAGNOSIS_CAUSE_DNS_NO_ADDRESS: DiagnosisCause
+DIAGNOSIS_CAUSE_DNS_LOOKUP_FAILED: DiagnosisCause
+DIAGNOSIS_CAUSE_IP_BLOCKED: DiagnosisCause
+DIAGNOSIS_CAUSE_CONNECTION_REFUSED: DiagnosisCause
+DIAGNOSIS_CAUSE_CONNECTION_TIMEOUT: DiagnosisCause
+DIAGNOSIS_CAUSE_CONNECTION_FAILED: DiagnosisCause
+DIAGNOSIS_CAUSE_TLS_HANDSHAKE_FAILED: DiagnosisCause
+DIAGNOSIS_CAUSE_CERTIFICATE_NAME_MISMATCH: DiagnosisCause
+DIAGNOSIS_CAUSE_CERTIFICATE_EXPIRED: DiagnosisCause
+DIAGNOSIS_CAUSE_CERTIFICATE_NOT_YET_VALID: DiagnosisCause
+DIAGNOSIS_CAUSE_CERTIFICATE_UNTRUSTED: DiagnosisCause
+DIAGNOSIS_CAUSE_HTTP_ERROR: DiagnosisCause
+DIAGNOSIS_CAUSE_INVALID_RESPONSE: DiagnosisCause
+DIAGNOSIS_CAUSE_CLOCK_SKEW: DiagnosisCause
+DIAGNOSIS_CAUSE_KEY_INVALID: DiagnosisCause
+DIAGNOSIS_CAUSE_KEY_EXPIRED: DiagnosisCause
+DIAGNOSIS_CAUSE_KEY_EXPIRES_SOON: DiagnosisCause
+DIAGNOSIS_CAUSE_KEY_NOT_CURRENT: DiagnosisCause
+DIAGNOSIS_CAUSE_NOTARY_UNREACHABLE: DiagnosisCause
+DIAGNOSIS_CAUSE_NOTARY_ANSWER_INVALID: DiagnosisCause
+DIAGNOSIS_CAUSE_NOTARY_CANNOT_FETCH_OUR_KEYS: DiagnosisCause
+DIAGNOSIS_CAUSE_NOTARY_API_UNAVAILABLE: DiagnosisCause
+DIAGNOSIS_CAUSE_CANNOT_REACH_US: DiagnosisCause
+DIAGNOSIS_CAUSE_STALE_KEY_FOR_US: DiagnosisCause
+DIAGNOSIS_CAUSE_BACKED_OFF: DiagnosisCause
+DIAGNOSIS_CAUSE_ACL_DENIED: DiagnosisCause
+DIAGNOSIS_CAUSE_ROOM_UNKNOWN: DiagnosisCause
+DIAGNOSIS_CAUSE_SERVICE_UNAVAILABLE: DiagnosisCause
 
 class QueryOwnServerKeysRequest(_message.Message):
     __slots__ = ()
@@ -169,3 +307,67 @@ class PerformKeyRotationResponse(_message.Message):
     old_key_id: str
     expired_ts: int
     def __init__(self, new_key_id: _Optional[str] = ..., old_key_id: _Optional[str] = ..., expired_ts: _Optional[int] = ...) -> None: ...
+
+class QueryFederationReportRequest(_message.Message):
+    __slots__ = ("server_name", "room_ids")
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROOM_IDS_FIELD_NUMBER: _ClassVar[int]
+    server_name: str
+    room_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, server_name: _Optional[str] = ..., room_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DiagnosisStepResult(_message.Message):
+    __slots__ = ("step", "outcome", "cause", "summary", "duration_us", "details_json")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_JSON_FIELD_NUMBER: _ClassVar[int]
+    step: DiagnosisStep
+    outcome: DiagnosisOutcome
+    cause: DiagnosisCause
+    summary: str
+    duration_us: int
+    details_json: bytes
+    def __init__(self, step: _Optional[_Union[DiagnosisStep, str]] = ..., outcome: _Optional[_Union[DiagnosisOutcome, str]] = ..., cause: _Optional[_Union[DiagnosisCause, str]] = ..., summary: _Optional[str] = ..., duration_us: _Optional[int] = ..., details_json: _Optional[bytes] = ...) -> None: ...
+
+class FederationVerdict(_message.Message):
+    __slots__ = ("outcome", "cause", "step", "summary", "other_causes")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    OTHER_CAUSES_FIELD_NUMBER: _ClassVar[int]
+    outcome: DiagnosisOutcome
+    cause: DiagnosisCause
+    step: DiagnosisStep
+    summary: str
+    other_causes: _containers.RepeatedScalarFieldContainer[DiagnosisCause]
+    def __init__(self, outcome: _Optional[_Union[DiagnosisOutcome, str]] = ..., cause: _Optional[_Union[DiagnosisCause, str]] = ..., step: _Optional[_Union[DiagnosisStep, str]] = ..., summary: _Optional[str] = ..., other_causes: _Optional[_Iterable[_Union[DiagnosisCause, str]]] = ...) -> None: ...
+
+class FederationReport(_message.Message):
+    __slots__ = ("server_name", "own_server", "checked_by", "started_ts", "duration_us", "steps", "verdict")
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    OWN_SERVER_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_BY_FIELD_NUMBER: _ClassVar[int]
+    STARTED_TS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    server_name: str
+    own_server: bool
+    checked_by: str
+    started_ts: int
+    duration_us: int
+    steps: _containers.RepeatedCompositeFieldContainer[DiagnosisStepResult]
+    verdict: FederationVerdict
+    def __init__(self, server_name: _Optional[str] = ..., own_server: _Optional[bool] = ..., checked_by: _Optional[str] = ..., started_ts: _Optional[int] = ..., duration_us: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[DiagnosisStepResult, _Mapping]]] = ..., verdict: _Optional[_Union[FederationVerdict, _Mapping]] = ...) -> None: ...
+
+class QueryFederationReportResponse(_message.Message):
+    __slots__ = ("step", "report")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    step: DiagnosisStepResult
+    report: FederationReport
+    def __init__(self, step: _Optional[_Union[DiagnosisStepResult, _Mapping]] = ..., report: _Optional[_Union[FederationReport, _Mapping]] = ...) -> None: ...

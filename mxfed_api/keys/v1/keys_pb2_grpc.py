@@ -69,6 +69,11 @@ class KeysStub:
                 request_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.PerformKeyRotationRequest.SerializeToString,
                 response_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.PerformKeyRotationResponse.FromString,
                 _registered_method=True)
+        self.QueryFederationReport = channel.unary_stream(
+                '/mxfed.keys.v1.Keys/QueryFederationReport',
+                request_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.QueryFederationReportRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.QueryFederationReportResponse.FromString,
+                _registered_method=True)
 
 
 class KeysServicer:
@@ -124,6 +129,17 @@ class KeysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryFederationReport(self, request, context):
+        """Why federation with a server does or does not work (`mxfed doctor`):
+        discovery, addresses, TLS, version, keys, clock, our delivery state and
+        whether it can reach us; for our own server, how the world finds us and
+        whether our notaries can fetch our key. Streams each step as it
+        finishes, then the whole report. Steps, causes and details: docs/doctor.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +177,11 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.PerformKeyRotation,
                     request_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.PerformKeyRotationRequest.FromString,
                     response_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.PerformKeyRotationResponse.SerializeToString,
+            ),
+            'QueryFederationReport': grpc.unary_stream_rpc_method_handler(
+                    servicer.QueryFederationReport,
+                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.QueryFederationReportRequest.FromString,
+                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.QueryFederationReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +373,33 @@ class Keys:
             '/mxfed.keys.v1.Keys/PerformKeyRotation',
             mxfed__api_dot_keys_dot_v1_dot_keys__pb2.PerformKeyRotationRequest.SerializeToString,
             mxfed__api_dot_keys_dot_v1_dot_keys__pb2.PerformKeyRotationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryFederationReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mxfed.keys.v1.Keys/QueryFederationReport',
+            mxfed__api_dot_keys_dot_v1_dot_keys__pb2.QueryFederationReportRequest.SerializeToString,
+            mxfed__api_dot_keys_dot_v1_dot_keys__pb2.QueryFederationReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,72 @@
+"""Fixtures for the doctor's tests: a CA, federation servers on loopback, a doctor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mxfed.config import Config
+from mxfed.federation_client import StaticDnsResolver
+from services.keys.storage import KeysStorage
+from tests.support.federation_doctor import (
+    US,
+    DoctorUnderTest,
+    FakeFederationServer,
+    KnownDeliveries,
+    KnownRooms,
+)
+from tests.support.pki import TestCa
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
+    return TestCa(tmp_path_factory.mktemp("doctor-pki"))
+
+
+@pytest.fixture
+async def federation_servers(
+    test_ca: TestCa,
+) -> AsyncIterator[Callable[..., Awaitable[FakeFederationServer]]]:
+    started: list[FakeFederationServer] = []
+
+    async def start(
+        *cert_names: str, server_name: str = "fed.test", port_in_name: bool = False, **issue: Any
+    ) -> FakeFederationServer:
+        """A server with a certificate for ``cert_names`` (default: its name's host).
+
+        With ``port_in_name`` its server name becomes ``server_name:<port>``.
+        """
+        server = FakeFederationServer(
+            test_ca.issue(*(cert_names or (server_name,)), **issue), server_name
+        )
+        started.append(await server.start())
+        if port_in_name:
+            server.server_name = f"{server_name}:{server.port}"
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+def doctor_under_test(
+    tmp_path: Path, test_ca: TestCa, keys_storage: KeysStorage
+) -> DoctorUnderTest:
+    config = Config(
+        server_name=US,
+        data_dir=tmp_path,
+        federation_ca_file=test_ca.ca_file,
+        federation_allowed_ip_ranges=["127.0.0.1/32"],
+        federation_connect_timeout=5.0,
+    )
+    return DoctorUnderTest(
+        config,
+        keys_storage,
+        StaticDnsResolver(hosts={"fed.test": ["127.0.0.1"]}),
+        KnownDeliveries(),
+        KnownRooms(),
+    )
