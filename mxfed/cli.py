@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "directory",
     "third_party",
     "to_device",
+    "doctor",
 ]
 
 

@@ -45,8 +45,8 @@ class FakeFederationServer:
     Serves the well-known (``well_known``: a handler, default 404), the
     version (``date`` overrides its Date header), its signed keys (valid for
     ``keys_valid_for_ms``, negative: expired; ``bad_key_signature``; or
-    ``published_keys`` as they are), and the notary query
-    ``GET /_matrix/key/v2/query/{server}`` from ``notary_keys``.
+    ``published_keys`` as they are), and notary queries
+    (``POST /_matrix/key/v2/query``) from ``notary_keys``.
     """
 
     def __init__(self, certificate: IssuedCertificate, server_name: str = "fed.test") -> None:
@@ -100,9 +100,9 @@ class FakeFederationServer:
         return web.json_response(signed)
 
     async def _query(self, request: web.Request) -> web.StreamResponse:
-        server = request.match_info["server"]
-        found = self.notary_keys.get(server)
-        return web.json_response({"server_keys": [self.sign(found)] if found else []})
+        wanted = (await request.json()).get("server_keys", {})
+        found = [self.sign(keys) for name, keys in self.notary_keys.items() if name in wanted]
+        return web.json_response({"server_keys": found})
 
     async def start(self) -> FakeFederationServer:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -112,7 +112,7 @@ class FakeFederationServer:
         app.router.add_route("*", "/.well-known/{tail:.*}", self._well_known)
         app.router.add_get("/_matrix/federation/v1/version", self._version)
         app.router.add_get("/_matrix/key/v2/server", self._server_keys)
-        app.router.add_get("/_matrix/key/v2/query/{server}", self._query)
+        app.router.add_post("/_matrix/key/v2/query", self._query)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)

@@ -28,7 +28,6 @@ import email.utils
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from matrix_protocol.server_names import is_valid_server_name, parse_server_name
@@ -40,35 +39,34 @@ from mxfed.federation_client import (
     DnsLookupError,
     DnsResolver,
     FederationClient,
-    FederationDeniedError,
     FederationError,
     FederationResponse,
-    HttpResponseError,
-    InvalidResponseError,
     IpDecision,
     OutboundOptions,
     ResolvedServer,
-    TlsVerificationError,
-    TransportFailure,
     WellKnownFailure,
-    WellKnownResponse,
     build_ssl_context,
-    classify_transport_error,
-    describe_transport_error,
     federation_path,
 )
 from mxfed.federation_client.resolver import is_ip_address
-from services.keys.doctor.certificates import (
-    CertificateFacts,
-    certificate_holds,
-    describe_certificate,
+from services.keys.doctor.judgements import (
+    ALLOWED_OPTION,
+    CERTIFICATE_CAUSES,
+    RULE_REASONS,
+    VERIFY_TLS_OPTION,
+    WELL_KNOWN_CAUSES,
+    certificate_file_facts,
+    clock_skew,
+    for_how_long,
+    host_port,
+    ip_reason,
+    iso_ms,
+    judge_probe,
+    means_no_delegation,
+    request_failure,
+    well_known_problem,
 )
 from services.keys.doctor.probes import (
-    X509_CERT_HAS_EXPIRED,
-    X509_CERT_NOT_YET_VALID,
-    X509_HOSTNAME_MISMATCH,
-    X509_IP_ADDRESS_MISMATCH,
-    AddressProbe,
     probe_address,
 )
 from services.keys.doctor.report import Cause, Outcome, StepId, StepResult
@@ -81,10 +79,6 @@ from services.keys.keyring import KeyResponseError, Notary, parse_server_keys, s
 from services.keys.own_keys import OwnKeys
 
 log = logging.getLogger(__name__)
-
-BLOCKED_OPTION = "federation_blocked_ip_ranges"
-ALLOWED_OPTION = "federation_allowed_ip_ranges"
-VERIFY_TLS_OPTION = "federation_verify_tls"
 
 #: At most this many targets and addresses are looked at (SRV can list many).
 MAX_TARGETS = 8
@@ -100,6 +94,7 @@ CLOCK_SKEW_FAILURE = 600.0
 #: Asking a server to fetch our keys waits for its own fetch from us.
 REACHES_US_TIMEOUT = 30.0
 KEY_SERVER_PATH = federation_path("_matrix", "key", "v2", "server")
+KEY_QUERY_PATH = federation_path("_matrix", "key", "v2", "query")
 VERSION_PATH = federation_path("_matrix", "federation", "v1", "version")
 
 OWN_STEPS = (
@@ -128,42 +123,6 @@ REMOTE_STEPS = (
     StepId.ROOM_ACL,
 )
 
-_WELL_KNOWN_CAUSES = {
-    WellKnownFailure.HTTP_STATUS: Cause.WELL_KNOWN_HTTP_STATUS,
-    WellKnownFailure.REDIRECT_LOOP: Cause.WELL_KNOWN_REDIRECT_LOOP,
-    WellKnownFailure.TOO_MANY_REDIRECTS: Cause.WELL_KNOWN_TOO_MANY_REDIRECTS,
-    WellKnownFailure.NOT_HTTPS: Cause.WELL_KNOWN_NOT_HTTPS,
-    WellKnownFailure.TOO_LARGE: Cause.WELL_KNOWN_TOO_LARGE,
-    WellKnownFailure.NOT_JSON: Cause.WELL_KNOWN_NOT_JSON,
-    WellKnownFailure.INVALID: Cause.WELL_KNOWN_INVALID,
-    WellKnownFailure.BLOCKED: Cause.WELL_KNOWN_BLOCKED,
-    WellKnownFailure.TIMEOUT: Cause.WELL_KNOWN_TIMEOUT,
-    WellKnownFailure.TLS: Cause.WELL_KNOWN_TLS,
-    WellKnownFailure.UNREACHABLE: Cause.WELL_KNOWN_UNREACHABLE,
-}
-
-_TRANSPORT_CAUSES = {
-    TransportFailure.CONNECTION_REFUSED: Cause.CONNECTION_REFUSED,
-    TransportFailure.TIMEOUT: Cause.CONNECTION_TIMEOUT,
-    TransportFailure.TLS_CERTIFICATE: Cause.CERTIFICATE_UNTRUSTED,
-    TransportFailure.TLS: Cause.TLS_HANDSHAKE_FAILED,
-    TransportFailure.DNS: Cause.DNS_LOOKUP_FAILED,
-    TransportFailure.OTHER: Cause.CONNECTION_FAILED,
-}
-
-_RULE_REASONS = {
-    DiscoveryRule.IP_LITERAL: "the server name is an IP address",
-    DiscoveryRule.EXPLICIT_PORT: "the server name has an explicit port",
-    DiscoveryRule.DELEGATED_IP_LITERAL: "well-known delegates to an IP address",
-    DiscoveryRule.DELEGATED_EXPLICIT_PORT: "well-known delegates to a name with a port",
-    DiscoveryRule.DELEGATED_SRV: "well-known delegates to a name with SRV records",
-    DiscoveryRule.DELEGATED_DEFAULT_PORT: (
-        "well-known delegates to a name without port or SRV records: port 8448"
-    ),
-    DiscoveryRule.SRV: "no delegation; the server name has SRV records",
-    DiscoveryRule.DEFAULT_PORT: "no delegation and no SRV records: port 8448",
-}
-
 
 def diagnosis_options(base: OutboundOptions) -> OutboundOptions:
     """The configured outbound options, without retries and with short deadlines.
@@ -179,63 +138,6 @@ def diagnosis_options(base: OutboundOptions) -> OutboundOptions:
         well_known_timeout=min(base.well_known_timeout, 15.0),
         max_connections_per_host=2,
     )
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-def _iso_ms(ts_ms: int) -> str:
-    return email.utils.formatdate(ts_ms / 1000, usegmt=True)
-
-
-def _for_how_long(ms: int) -> str:
-    seconds = round(abs(ms) / 1000)
-    if seconds < 120:
-        return f"{seconds} s"
-    if round(seconds / 60) < 120:
-        return f"{round(seconds / 60)} min"
-    if round(seconds / 3600) < 72:
-        return f"{round(seconds / 3600)} h"
-    return f"{round(seconds / 86400)} days"
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _ip_reason(decision: IpDecision) -> str:
-    return (
-        f"{decision.address} is in {decision.blocked_by} of {BLOCKED_OPTION}; "
-        f"{ALLOWED_OPTION} can allow it"
-    )
-
-
-def request_failure(exc: FederationError) -> tuple[Cause, str]:
-    """The cause of a failed request, and its text."""
-    if isinstance(exc, HttpResponseError):
-        return Cause.HTTP_ERROR, str(exc)
-    if isinstance(exc, InvalidResponseError):
-        return Cause.INVALID_RESPONSE, str(exc)
-    if isinstance(exc, FederationDeniedError):
-        return Cause.IP_BLOCKED, str(exc)
-    cause = _TRANSPORT_CAUSES[classify_transport_error(exc)]
-    if isinstance(exc, TlsVerificationError) or cause is Cause.CERTIFICATE_UNTRUSTED:
-        return Cause.CERTIFICATE_UNTRUSTED, describe_transport_error(exc)
-    return cause, str(exc)
-
-
-def clock_skew(remote_date: float, sent_at: float, received_at: float) -> float:
-    """Seconds the remote clock is ahead (negative: behind) of ours.
-
-    ``Date`` has a resolution of one second and was set between our sending
-    and our receiving: any value in that window means no measurable skew.
-    """
-    if remote_date + 1 < sent_at:
-        return remote_date + 1 - sent_at
-    if remote_date > received_at:
-        return remote_date - received_at
-    return 0.0
 
 
 class FederationDoctor:
@@ -416,7 +318,7 @@ class _Diagnosis:
             "certificate_file": str(config.tls_certificate),
         }
         try:
-            facts = _certificate_file_facts(config.tls_certificate)
+            facts = certificate_file_facts(config.tls_certificate)
         except (OSError, ValueError) as exc:
             details["certificate_error"] = str(exc)
             facts = None
@@ -444,7 +346,7 @@ class _Diagnosis:
         response = self.trail.well_known
         if response is None:
             reason = (
-                _RULE_REASONS[self.trail.rule]
+                RULE_REASONS[self.trail.rule]
                 if self.trail.rule in (DiscoveryRule.IP_LITERAL, DiscoveryRule.EXPLICIT_PORT)
                 else "no well-known lookup was made"
             )
@@ -466,7 +368,7 @@ class _Diagnosis:
                 details=details,
                 seconds=seconds,
             )
-        if _means_no_delegation(response):
+        if means_no_delegation(response):
             why = (
                 "nothing listens on port 443"
                 if response.failure is WellKnownFailure.CONNECTION_REFUSED
@@ -480,18 +382,18 @@ class _Diagnosis:
                 seconds=seconds,
             )
         assert response.failure is not None
-        summary = f"well-known of {host} is unusable: {_well_known_problem(response)}"
+        summary = f"well-known of {host} is unusable: {well_known_problem(response)}"
         if response.failure is WellKnownFailure.BLOCKED:
             decisions = await self._explain_host(host, details)
             blocked = [d for d in decisions if not d.allowed]
             if blocked:
-                summary = f"well-known of {host} not fetched: {_ip_reason(blocked[0])}"
+                summary = f"well-known of {host} not fetched: {ip_reason(blocked[0])}"
         summary += "; discovery goes on as if there were none"
         return StepResult(
             StepId.WELL_KNOWN,
             Outcome.WARN,
             summary,
-            _WELL_KNOWN_CAUSES[response.failure],
+            WELL_KNOWN_CAUSES[response.failure],
             details,
             seconds,
         )
@@ -511,7 +413,7 @@ class _Diagnosis:
         lookups = self.trail.srv_lookups
         if not lookups:
             reason = (
-                _RULE_REASONS[self.trail.rule]
+                RULE_REASONS[self.trail.rule]
                 if self.trail.rule is not None
                 else "discovery stopped before it"
             )
@@ -635,10 +537,10 @@ class _Diagnosis:
             )
         rule = self.trail.rule
         assert rule is not None
-        targets = ", ".join(_host_port(host, port) for host, port in resolved.targets)
+        targets = ", ".join(host_port(host, port) for host, port in resolved.targets)
         delegated = self.trail.delegated
         summary = (
-            f"{_RULE_REASONS[rule]}: connect to {targets}, Host: {resolved.host_header}, "
+            f"{RULE_REASONS[rule]}: connect to {targets}, Host: {resolved.host_header}, "
             f"certificate must hold {resolved.cert_host}"
         )
         if delegated is not None:
@@ -698,12 +600,12 @@ class _Diagnosis:
             return StepResult(
                 StepId.ADDRESSES,
                 outcome,
-                f"every address is blocked: {_ip_reason(blocked[0])}",
+                f"every address is blocked: {ip_reason(blocked[0])}",
                 Cause.IP_BLOCKED,
                 details,
             )
         listed = ", ".join(
-            _host_port(d.address, port)
+            host_port(d.address, port)
             + (f" (allowed by {d.allowed_by} of {ALLOWED_OPTION})" if d.blocked_by else "")
             for d, port in decisions
             if d.allowed
@@ -712,7 +614,7 @@ class _Diagnosis:
             return StepResult(
                 StepId.ADDRESSES,
                 Outcome.WARN,
-                f"{listed}; skipped: {_ip_reason(blocked[0])}",
+                f"{listed}; skipped: {ip_reason(blocked[0])}",
                 Cause.IP_BLOCKED,
                 details,
             )
@@ -739,7 +641,7 @@ class _Diagnosis:
         )
         # Our own certificate is judged by the world, which verifies it.
         refused_here = self.own or options.verify_tls
-        judged = [_judge_probe(probe, expected, self.doctor.clock()) for probe in probes]
+        judged = [judge_probe(probe, expected, self.doctor.clock()) for probe in probes]
         self.tls_usable = any(
             probe.handshake_done and (cause is None or not options.verify_tls)
             for probe, (_, cause, _) in zip(probes, judged, strict=True)
@@ -755,7 +657,7 @@ class _Diagnosis:
             summary = "; ".join(text for _, _, text in judged)
             return StepResult(StepId.TLS, Outcome.PASS, summary, details=details)
         cause, text = failing[0]
-        certificate_only = all(found in _CERTIFICATE_CAUSES for found, _ in failing) and all(
+        certificate_only = all(found in CERTIFICATE_CAUSES for found, _ in failing) and all(
             probe.handshake_done for probe in probes
         )
         if certificate_only and not refused_here:
@@ -824,7 +726,7 @@ class _Diagnosis:
         return StepResult(
             StepId.CLOCK,
             outcome,
-            f"its clock is {_for_how_long(int(skew * 1000))} {direction} ours (Date: {header})",
+            f"its clock is {for_how_long(int(skew * 1000))} {direction} ours (Date: {header})",
             Cause.CLOCK_SKEW,
             details,
         )
@@ -878,12 +780,12 @@ class _Diagnosis:
             return StepResult(
                 StepId.SERVER_KEYS,
                 Outcome.FAIL,
-                f"keys {ids} expired {_for_how_long(now - valid_until_ts)} ago "
-                f"(valid_until_ts {_iso_ms(valid_until_ts)})",
+                f"keys {ids} expired {for_how_long(now - valid_until_ts)} ago "
+                f"(valid_until_ts {iso_ms(valid_until_ts)})",
                 Cause.KEY_EXPIRED,
                 details,
             )
-        left = _for_how_long(valid_until_ts - now)
+        left = for_how_long(valid_until_ts - now)
         if valid_until_ts - now < KEY_VALIDITY_WARNING_MS:
             return StepResult(
                 StepId.SERVER_KEYS,
@@ -895,21 +797,29 @@ class _Diagnosis:
         return StepResult(
             StepId.SERVER_KEYS,
             Outcome.PASS,
-            f"{ids} self-signed, valid for {left} (until {_iso_ms(valid_until_ts)})",
+            f"{ids} self-signed, valid for {left} (until {iso_ms(valid_until_ts)})",
             details=details,
         )
 
     async def _query_our_keys(
         self, notary: str, request_timeout: float | None = None
     ) -> tuple[FederationResponse | None, Cause | None, str]:
+        """Ask ``notary`` for our current key, valid now.
+
+        NOTSPEC: the batch form (``POST /_matrix/key/v2/query``) naming our key
+        id, not ``GET /_matrix/key/v2/query/{us}``: Synapse answers the GET
+        (no key id given) from its cache only, and an empty cache would read
+        as "cannot reach us"; a named key it does not hold makes it fetch.
+        """
         now = int(self.doctor.clock() * 1000)
-        path = federation_path("_matrix", "key", "v2", "query", self.doctor.server_name)
+        key_id = self.doctor.own_keys.current().key_id
+        body = {"server_keys": {self.doctor.server_name: {key_id: {"minimum_valid_until_ts": now}}}}
         try:
             response = await self.client.request(
-                "GET",
+                "POST",
                 notary,
-                path,
-                query={"minimum_valid_until_ts": now},
+                KEY_QUERY_PATH,
+                json_body=body,
                 sign=False,
                 timeout=request_timeout,
             )
@@ -1072,7 +982,7 @@ class _Diagnosis:
         now = int(self.doctor.clock() * 1000)
         pending = f"{state.pending_pdus} PDUs and {state.pending_edus} EDUs pending"
         last = (
-            f"last success {_for_how_long(now - state.last_success_ts)} ago"
+            f"last success {for_how_long(now - state.last_success_ts)} ago"
             if state.last_success_ts
             else "never delivered"
         )
@@ -1080,7 +990,7 @@ class _Diagnosis:
             return StepResult(
                 StepId.DELIVERY,
                 Outcome.WARN,
-                f"backed off for {_for_how_long(state.backoff_until_ts - now)} after "
+                f"backed off for {for_how_long(state.backoff_until_ts - now)} after "
                 f"{state.failures} failure(s): {state.last_error or 'no error recorded'}; "
                 f"{pending}; {last}",
                 Cause.BACKED_OFF,
@@ -1138,125 +1048,3 @@ class _Diagnosis:
             f"allowed in {', '.join(self.room_ids)}",
             details=details,
         )
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-_NAME_CODES = (X509_HOSTNAME_MISMATCH, X509_IP_ADDRESS_MISMATCH)
-_CONNECT_CAUSES = {
-    TransportFailure.CONNECTION_REFUSED: Cause.CONNECTION_REFUSED,
-    TransportFailure.TIMEOUT: Cause.CONNECTION_TIMEOUT,
-}
-_CERTIFICATE_CAUSES = frozenset(
-    {
-        Cause.CERTIFICATE_NAME_MISMATCH,
-        Cause.CERTIFICATE_EXPIRED,
-        Cause.CERTIFICATE_NOT_YET_VALID,
-        Cause.CERTIFICATE_UNTRUSTED,
-    }
-)
-
-
-def _certificate_file_facts(path: Path) -> CertificateFacts:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    certificate = x509.load_pem_x509_certificate(path.read_bytes())
-    return describe_certificate(certificate.public_bytes(Encoding.DER))
-
-
-def _means_no_delegation(response: WellKnownResponse) -> bool:
-    """A 404 or nothing on port 443: the ordinary way of having no well-known."""
-    if response.failure is WellKnownFailure.CONNECTION_REFUSED:
-        return True
-    return (
-        response.failure is WellKnownFailure.HTTP_STATUS
-        and bool(response.hops)
-        and response.hops[-1].status == 404
-    )
-
-
-def _well_known_problem(response: WellKnownResponse) -> str:
-    failure = response.failure
-    last = response.hops[-1] if response.hops else None
-    if failure is WellKnownFailure.NOT_JSON and last is not None:
-        return f"the answer is not JSON (Content-Type: {last.content_type or 'none'})"
-    if failure is WellKnownFailure.HTTP_STATUS and last is not None:
-        return f"HTTP {last.status}"
-    if failure is WellKnownFailure.REDIRECT_LOOP:
-        return f"redirects in a loop ({len(response.hops)} requests)"
-    if failure is WellKnownFailure.TOO_MANY_REDIRECTS:
-        return f"redirects without end ({len(response.hops)} requests)"
-    return response.error or "no usable answer"
-
-
-def _judge_probe(
-    probe: AddressProbe, expected: str, now: float
-) -> tuple[dict[str, Any], Cause | None, str]:
-    """The facts of one probe, its first problem and a line about it."""
-    where = _host_port(probe.address, probe.port)
-    entry: dict[str, Any] = {
-        "address": probe.address,
-        "port": probe.port,
-        "connected": probe.connected,
-        "connect_ms": _ms(probe.connect_seconds),
-        "handshake_ms": _ms(probe.handshake_seconds),
-        "error": probe.error,
-        "protocol": probe.protocol,
-        "cipher": probe.cipher,
-        "certificates": [],
-        "problems": [],
-    }
-    if probe.connect_failure is not None:
-        cause = _CONNECT_CAUSES.get(probe.connect_failure, Cause.CONNECTION_FAILED)
-        entry["problems"] = [cause.value]
-        word = {
-            Cause.CONNECTION_REFUSED: "connection refused",
-            Cause.CONNECTION_TIMEOUT: "connection timed out",
-        }.get(cause, f"cannot connect ({probe.error})")
-        return entry, cause, f"{where}: {word}"
-    if not probe.handshake_done:
-        entry["problems"] = [Cause.TLS_HANDSHAKE_FAILED.value]
-        return entry, Cause.TLS_HANDSHAKE_FAILED, f"{where}: TLS handshake failed: {probe.error}"
-    chain: list[CertificateFacts] = []
-    for der in probe.chain:
-        try:
-            chain.append(describe_certificate(der))
-        except ValueError as exc:
-            entry["certificate_error"] = str(exc)
-            break
-    entry["certificates"] = [facts.as_json() for facts in chain]
-    if not chain:
-        entry["problems"] = [Cause.TLS_HANDSHAKE_FAILED.value]
-        return entry, Cause.TLS_HANDSHAKE_FAILED, f"{where}: no certificate could be read"
-    leaf = chain[0]
-    problems: list[tuple[Cause, str]] = []
-    verification = probe.verification
-    code = verification.verify_code if verification is not None else None
-    if not certificate_holds(leaf, expected) or code in _NAME_CODES:
-        names = ", ".join(leaf.names) or "no name"
-        problems.append(
-            (Cause.CERTIFICATE_NAME_MISMATCH, f"certificate for {names}, expected {expected}")
-        )
-    if leaf.not_after.timestamp() < now or code == X509_CERT_HAS_EXPIRED:
-        when = leaf.not_after.isoformat(timespec="seconds")
-        problems.append((Cause.CERTIFICATE_EXPIRED, f"certificate expired at {when}"))
-    if leaf.not_before.timestamp() > now or code == X509_CERT_NOT_YET_VALID:
-        when = leaf.not_before.isoformat(timespec="seconds")
-        problems.append((Cause.CERTIFICATE_NOT_YET_VALID, f"certificate valid only from {when}"))
-    named_codes = (*_NAME_CODES, X509_CERT_HAS_EXPIRED, X509_CERT_NOT_YET_VALID)
-    if verification is not None and not verification.trusted and code not in named_codes:
-        problems.append(
-            (Cause.CERTIFICATE_UNTRUSTED, f"certificate not trusted: {verification.message}")
-        )
-    entry["trusted"] = verification.trusted if verification is not None else None
-    entry["verify_error"] = verification.message if verification is not None else None
-    entry["problems"] = [cause.value for cause, _ in problems]
-    if problems:
-        return entry, problems[0][0], f"{where}: " + "; ".join(text for _, text in problems)
-    return (
-        entry,
-        None,
-        f"{where}: {probe.protocol}, certificate for {', '.join(leaf.names)} "
-        f"until {leaf.not_after.date().isoformat()}, trusted",
-    )

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from mxfed.config import Config
 from mxfed.federation_client import StaticDnsResolver
+from mxfed_api.keys.v1 import keys_pb2_grpc
+from services.keys.doctor.servicer import DoctorRpc
+from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
 from tests.support.federation_doctor import (
     US,
@@ -70,3 +75,29 @@ def doctor_under_test(
         KnownDeliveries(),
         KnownRooms(),
     )
+
+
+@dataclass
+class DoctorService:
+    address: str
+    rpc: DoctorRpc
+    under_test: DoctorUnderTest
+
+    def reload(self) -> None:
+        """Take changes made to ``under_test`` since the service started."""
+        self.rpc.doctor = self.under_test.doctor()
+
+
+@pytest.fixture
+async def doctor_service(
+    doctor_under_test: DoctorUnderTest, make_keys
+) -> AsyncIterator[DoctorService]:
+    """A keys service on a real gRPC port whose doctor is ``doctor_under_test``."""
+    keys = make_keys()
+    rpc = DoctorRpc(doctor_under_test.doctor())
+    server = grpc.aio.server()
+    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys.keyring, keys.own_keys, rpc), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield DoctorService(f"127.0.0.1:{port}", rpc, doctor_under_test)
+    await server.stop(grace=None)

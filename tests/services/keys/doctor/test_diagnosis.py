@@ -303,7 +303,7 @@ async def test_a_server_that_cannot_reach_us(doctor_under_test, federation_serve
     report = await doctor.run(server.server_name)
     reaches = report[StepId.REACHES_US]
     assert (reaches.outcome, reaches.cause) == (Outcome.FAIL, Cause.CANNOT_REACH_US)
-    assert f"/_matrix/key/v2/query/{US}" in server.paths
+    assert "/_matrix/key/v2/query" in server.paths
 
     stale = await doctor.our_signed_keys()
     stale["verify_keys"] = {"ed25519:old": {"key": "A" * 43}}

@@ -11,23 +11,12 @@ import pytest
 
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.keys.doctor.report import Cause, Outcome, StepId
-from services.keys.doctor.servicer import DoctorRpc
-from services.keys.servicer import KeysServicer
-from tests.support.federation_doctor import DoctorUnderTest
 
 
 @pytest.fixture
-async def doctor_stub(doctor_under_test: DoctorUnderTest, make_keys) -> AsyncIterator:
-    keys = make_keys()
-    server = grpc.aio.server()
-    keys_pb2_grpc.add_KeysServicer_to_server(
-        KeysServicer(keys.keyring, keys.own_keys, DoctorRpc(doctor_under_test.doctor())), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def doctor_stub(doctor_service) -> AsyncIterator[keys_pb2_grpc.KeysStub]:
+    async with grpc.aio.insecure_channel(doctor_service.address) as channel:
         yield keys_pb2_grpc.KeysStub(channel)
-    await server.stop(grace=None)
 
 
 @pytest.mark.parametrize(
