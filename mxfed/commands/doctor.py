@@ -23,7 +23,7 @@ import grpc
 import orjson
 
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, client_address, open_channel
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 
 #: A diagnosis waits for remote servers (well-known, TLS, a key fetch the
@@ -122,7 +122,7 @@ def format_verdict(report: keys_pb2.FederationReport) -> str:
 
 
 def _address(args: argparse.Namespace, config: Config) -> str:
-    return args.address or config.service_address("keys").replace("0.0.0.0", "127.0.0.1")
+    return client_address(args.address or config.service_address("keys"))
 
 
 async def doctor(args: argparse.Namespace, config: Config) -> int:
@@ -131,7 +131,8 @@ async def doctor(args: argparse.Namespace, config: Config) -> int:
     if not args.json:
         checked = args.server or f"{config.server_name} (our own server)"
         print(f"mxfed doctor: federation with {checked}", flush=True)
-    async with grpc.aio.insecure_channel(_address(args, config), options=GRPC_OPTIONS) as channel:
+    channel = open_channel(config, "keys", caller=OPERATOR, address=args.address)
+    async with channel:
         try:
             async for item in keys_pb2_grpc.KeysStub(channel).QueryFederationReport(
                 request, timeout=CALL_TIMEOUT

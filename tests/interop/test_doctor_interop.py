@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import jsonschema
 import orjson
 import pytest
@@ -209,7 +208,7 @@ def test_synapse_passes_then_its_acl_and_its_outage_are_named(stack: Stack) -> N
 
 async def create_room_with_acl(mxfed: MxfedProcess) -> str:
     acl = {"allow": ["*"], "deny": [], "allow_ip_literals": False}
-    async with grpc.aio.insecure_channel(mxfed.grpc_address("events")) as channel:
+    async with mxfed.channel("events") as channel:
         reply = await events_pb2_grpc.EventsStub(channel).PerformCreateRoom(
             events_pb2.PerformCreateRoomRequest(
                 creator=f"@doctor:{mxfed.server_name}",
@@ -224,7 +223,7 @@ async def create_room_with_acl(mxfed: MxfedProcess) -> str:
 
 
 async def queue_edu_and_wait_for_a_failure(mxfed: MxfedProcess, destination: str) -> None:
-    async with grpc.aio.insecure_channel(mxfed.grpc_address("sender")) as channel:
+    async with mxfed.channel("sender") as channel:
         sender = sender_pb2_grpc.SenderStub(channel)
         await sender.PerformSendEdus(
             sender_pb2.PerformSendEdusRequest(

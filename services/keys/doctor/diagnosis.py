@@ -30,7 +30,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from matrix_protocol.server_names import is_valid_server_name, parse_server_name
+from matrix_protocol.server_names import (
+    is_connectable_port,
+    is_valid_server_name,
+    parse_server_name,
+)
 from matrix_protocol.signing import encode_verify_key
 from mxfed.config import Config
 from mxfed.federation_client import (
@@ -194,6 +198,11 @@ class FederationDoctor:
                 yield step
 
 
+def _usable_server_name(name: str) -> bool:
+    """Valid grammar, and a port one can connect to."""
+    return is_valid_server_name(name) and is_connectable_port(parse_server_name(name)[1])
+
+
 class _Diagnosis:
     """One diagnosis: the steps share what earlier steps found."""
 
@@ -252,7 +261,7 @@ class _Diagnosis:
 
     def _cannot_run(self, step: StepId) -> str | None:
         """Why ``step`` cannot run after what the earlier steps found, if so."""
-        if step is not StepId.SERVER_NAME and not is_valid_server_name(self.target):
+        if step is not StepId.SERVER_NAME and not _usable_server_name(self.target):
             return "the server name is invalid"
         if step in (StepId.WELL_KNOWN, StepId.SRV, StepId.DISCOVERY):
             return None
@@ -296,18 +305,27 @@ class _Diagnosis:
                 {"server_name": self.target},
             )
         host, port = parse_server_name(self.target)
+        details: dict[str, Any] = {
+            "server_name": self.target,
+            "hostname": host,
+            "port": port,
+            "ip_literal": is_ip_address(host),
+        }
+        if not is_connectable_port(port):
+            return StepResult(
+                StepId.SERVER_NAME,
+                Outcome.FAIL,
+                f"{self.target} is a valid name, but nothing can listen on port {port}",
+                Cause.INVALID_SERVER_NAME,
+                details,
+            )
         kind = "an IP address" if is_ip_address(host) else "a DNS name"
         with_port = f" with port {port}" if port is not None else ""
         return StepResult(
             StepId.SERVER_NAME,
             Outcome.PASS,
             f"{self.target} is {kind}{with_port}",
-            details={
-                "server_name": self.target,
-                "hostname": host,
-                "port": port,
-                "ip_literal": is_ip_address(host),
-            },
+            details=details,
         )
 
     async def names_we_answer_to(self) -> StepResult:
@@ -324,7 +342,7 @@ class _Diagnosis:
             facts = None
         if facts is not None:
             details["certificate"] = facts.as_json()
-        if not is_valid_server_name(config.server_name):
+        if not _usable_server_name(config.server_name):
             return StepResult(
                 StepId.SERVER_NAME,
                 Outcome.FAIL,

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from mxfed.config import Config
@@ -23,6 +22,7 @@ from tests.support.federation_doctor import (
     KnownDeliveries,
     KnownRooms,
 )
+from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.pki import TestCa
 
 
@@ -95,9 +95,9 @@ async def doctor_service(
     """A keys service on a real gRPC port whose doctor is ``doctor_under_test``."""
     keys = make_keys()
     rpc = DoctorRpc(doctor_under_test.doctor())
-    server = grpc.aio.server()
+    server = make_server("keys")
     keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keys.keyring, keys.own_keys, rpc), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    address = bind_loopback(server, "keys")
     await server.start()
-    yield DoctorService(f"127.0.0.1:{port}", rpc, doctor_under_test)
+    yield DoctorService(address, rpc, doctor_under_test)
     await server.stop(grace=None)

@@ -346,9 +346,13 @@ async def test_delivery_state_and_room_acls(doctor_under_test, federation_server
 
 
 async def test_an_invalid_server_name_stops_at_the_first_step(doctor_under_test) -> None:
-    report = await doctor_under_test.run("not a server name")
-    assert report[StepId.SERVER_NAME].cause is Cause.INVALID_SERVER_NAME
-    assert {step.outcome for step in report.steps[1:]} == {Outcome.SKIP}
+    for name in ("not a server name", "fed.test:99999"):
+        report = await doctor_under_test.run(name)
+        assert report[StepId.SERVER_NAME].cause is Cause.INVALID_SERVER_NAME
+        assert {step.outcome for step in report.steps[1:]} == {Outcome.SKIP}
+    assert report[StepId.SERVER_NAME].summary == (
+        "fed.test:99999 is a valid name, but nothing can listen on port 99999"
+    )
 
 
 async def test_our_own_server_and_its_notaries(doctor_under_test, federation_servers) -> None:

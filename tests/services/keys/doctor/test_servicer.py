@@ -9,13 +9,15 @@ import grpc
 import orjson
 import pytest
 
+from mxfed.internal_plane import OPERATOR
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.keys.doctor.report import Cause, Outcome, StepId
+from tests.support.grpc_plane import channel_to
 
 
 @pytest.fixture
 async def doctor_stub(doctor_service) -> AsyncIterator[keys_pb2_grpc.KeysStub]:
-    async with grpc.aio.insecure_channel(doctor_service.address) as channel:
+    async with channel_to(doctor_service.address, "keys", OPERATOR) as channel:
         yield keys_pb2_grpc.KeysStub(channel)
 
 
