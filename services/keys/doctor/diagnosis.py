@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -70,9 +69,7 @@ from services.keys.doctor.judgements import (
     request_failure,
     well_known_problem,
 )
-from services.keys.doctor.probes import (
-    probe_address,
-)
+from services.keys.doctor.probes import probe_address
 from services.keys.doctor.report import Cause, Outcome, StepId, StepResult
 from services.keys.doctor.sources import (
     DeliveryStates,
@@ -81,8 +78,6 @@ from services.keys.doctor.sources import (
 )
 from services.keys.keyring import KeyResponseError, Notary, parse_server_keys, signed_by_notary
 from services.keys.own_keys import OwnKeys
-
-log = logging.getLogger(__name__)
 
 #: At most this many targets and addresses are looked at (SRV can list many).
 MAX_TARGETS = 8
