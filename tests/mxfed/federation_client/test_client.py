@@ -326,16 +326,15 @@ async def test_well_known_failures_say_why_and_list_hops(pki, wk_server, signing
     assert missing.failure is WellKnownFailure.HTTP_STATUS and missing.hops[-1].status == 404
 
 
-async def test_well_known_refused_and_blocked_are_told_apart(pki, signing_key) -> None:
-    with socket.socket() as closed:  # bound, never listening: connections are refused
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-        dns = StaticDnsResolver(hosts={"fed.test": ["127.0.0.1"], "target.test": ["10.1.2.3"]})
-        async with make_client(signing_key, make_options(pki, port), dns) as client:
-            fetcher = client.resolver.well_known
-            assert fetcher is not None
-            refused = await fetcher.fetch("fed.test")
-            blocked = await fetcher.fetch("target.test")
+async def test_well_known_refused_and_blocked_are_told_apart(
+    pki, signing_key, refused_port
+) -> None:
+    dns = StaticDnsResolver(hosts={"fed.test": ["127.0.0.1"], "target.test": ["10.1.2.3"]})
+    async with make_client(signing_key, make_options(pki, refused_port), dns) as client:
+        fetcher = client.resolver.well_known
+        assert fetcher is not None
+        refused = await fetcher.fetch("fed.test")
+        blocked = await fetcher.fetch("target.test")
     assert refused.failure is WellKnownFailure.CONNECTION_REFUSED and refused.temporary
     assert blocked.failure is WellKnownFailure.BLOCKED and not blocked.temporary
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import jsonschema
@@ -57,23 +56,21 @@ async def test_json_report_follows_the_schema(capsys, doctor_service, federation
 
 
 async def test_a_failure_is_printed_step_by_step(
-    capsys, doctor_service, federation_servers
+    capsys, doctor_service, federation_servers, refused_port
 ) -> None:
     server = await federation_servers("fed.test", "delegated.fed.test")
     doctor_service.under_test.well_known_port = server.port
     doctor_service.under_test.dns.hosts["delegated.fed.test"] = ["127.0.0.1"]
     doctor_service.reload()
     address = doctor_service.address
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = refused_port
 
-        async def delegate(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"m.server": f"delegated.fed.test:{port}"})
+    async def delegate(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"m.server": f"delegated.fed.test:{port}"})
 
-        server.well_known = delegate
-        status, out = await run_cli(capsys, "fed.test", "--address", address)
-        status_json, out_json = await run_cli(capsys, "fed.test", "--json", "--address", address)
+    server.well_known = delegate
+    status, out = await run_cli(capsys, "fed.test", "--address", address)
+    status_json, out_json = await run_cli(capsys, "fed.test", "--json", "--address", address)
 
     lines = out.splitlines()
     assert lines[0] == "mxfed doctor: federation with fed.test"
@@ -94,12 +91,10 @@ async def test_a_failure_is_printed_step_by_step(
     assert document["verdict"]["step"] == "tls"
 
 
-async def test_a_keys_service_that_does_not_answer(capsys) -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{closed.getsockname()[1]}"
-        args = build_parser(["doctor"]).parse_args(["doctor", "--address", address])
-        status = await doctor(args, Config(server_name=US))
+async def test_a_keys_service_that_does_not_answer(capsys, refused_port) -> None:
+    address = f"127.0.0.1:{refused_port}"
+    args = build_parser(["doctor"]).parse_args(["doctor", "--address", address])
+    status = await doctor(args, Config(server_name=US))
     assert status == 3
     assert "UNAVAILABLE" in capsys.readouterr().err
 

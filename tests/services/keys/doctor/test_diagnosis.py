@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import email.utils
-import socket
 import time
 
 from aiohttp import web
@@ -176,21 +175,19 @@ async def test_well_known_that_returns_html(doctor_under_test, federation_server
 
 
 async def test_well_known_delegating_to_a_closed_port(
-    doctor_under_test, federation_servers
+    doctor_under_test, federation_servers, refused_port
 ) -> None:
     doctor = doctor_under_test
     server = await federation_servers("fed.test", "delegated.fed.test")
     doctor.well_known_port = server.port
     doctor.dns.hosts["delegated.fed.test"] = ["127.0.0.1"]
-    with socket.socket() as closed:  # bound and never listening: connections are refused
-        closed.bind(("127.0.0.1", 0))
-        closed_port = closed.getsockname()[1]
+    closed_port = refused_port
 
-        async def delegate(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"m.server": f"delegated.fed.test:{closed_port}"})
+    async def delegate(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"m.server": f"delegated.fed.test:{closed_port}"})
 
-        server.well_known = delegate
-        report = await doctor.run("fed.test")
+    server.well_known = delegate
+    report = await doctor.run("fed.test")
 
     assert report[StepId.WELL_KNOWN].outcome is Outcome.PASS
     assert report[StepId.WELL_KNOWN].summary == (
