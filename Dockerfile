@@ -13,7 +13,8 @@ COPY services ./services
 COPY protos ./protos
 RUN pip install --no-cache-dir .
 
-RUN useradd --create-home --uid 1000 mxfed && mkdir -p /data && chown mxfed /data
+# /media: the media store (compose mounts one shared volume there for every media replica).
+RUN useradd --create-home --uid 1000 mxfed && mkdir -p /data /media && chown mxfed /data /media
 USER mxfed
 VOLUME ["/data"]
 ENV MXFED_DATA_DIR=/data

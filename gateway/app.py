@@ -18,6 +18,7 @@ from gateway.errors import install_error_handlers
 from gateway.metrics import install_metrics
 from gateway.origin_limits import OriginLimiter, OriginLimitMiddleware
 from gateway.request_target import RefuseNulMiddleware
+from gateway.routes.media import DownloadSlots
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 
@@ -35,6 +36,7 @@ ROUTE_MODULES = [
     "devices",
     "openid",
     "third_party",
+    "media",
 ]
 
 
@@ -63,6 +65,7 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
     install_error_handlers(app)
     install_metrics(app)
     app.state.origin_limiter = OriginLimiter()
+    app.state.media_download_slots = DownloadSlots(config.media_downloads_per_origin)
     app.add_middleware(OriginLimitMiddleware, limiter=app.state.origin_limiter)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RefuseNulMiddleware)

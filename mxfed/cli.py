@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "third_party",
     "to_device",
     "doctor",
+    "media",
 ]
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-SERVICE_NAMES = ("keys", "events", "sender", "backfill")
+SERVICE_NAMES = ("keys", "events", "sender", "backfill", "media")
 PART_NAMES = (*SERVICE_NAMES, "gateway")
 
 DEFAULT_BLOCKED_IP_RANGES = [
@@ -74,15 +74,18 @@ class Config(BaseModel):
     events_listen: str = "127.0.0.1:50052"
     sender_listen: str = "127.0.0.1:50053"
     backfill_listen: str = "127.0.0.1:50054"
+    media_listen: str = "127.0.0.1:50055"
     keys_metrics_listen: str = "127.0.0.1:9101"
     events_metrics_listen: str = "127.0.0.1:9102"
     sender_metrics_listen: str = "127.0.0.1:9103"
     backfill_metrics_listen: str = "127.0.0.1:9104"
+    media_metrics_listen: str = "127.0.0.1:9105"
     # Where other processes reach each service; defaults to its listen address.
     keys_address: str | None = None
     events_address: str | None = None
     sender_address: str | None = None
     backfill_address: str | None = None
+    media_address: str | None = None
 
     # SO_REUSEPORT on every listening socket: processes of one host may share a
     # port. Off, a port in use is a start-up error.
@@ -120,6 +123,21 @@ class Config(BaseModel):
     sender_catch_up_max_pdus: int = Field(default=500, ge=1)
     sender_catch_up_events_per_room: int = Field(default=10, ge=1)
 
+    # Media (services/media/): content-addressed files under media_store_path
+    # (default <data_dir>/media; replicas on several machines share it),
+    # metadata in PostgreSQL.
+    media_store_path: Path | None = None
+    # The largest upload we accept and remote file we fetch (Synapse's default).
+    media_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    # Cached remote media beyond this is evicted, least recently used first.
+    media_remote_cache_max_bytes: int = Field(default=10 * 1024**3, ge=0)
+    # Images with more pixels (per frame) are not decoded: decompression bombs.
+    media_thumbnail_max_pixels: int = Field(default=32_000_000, ge=1)
+    # A remote that sends no byte of a download for this long has failed it.
+    media_remote_idle_timeout: float = Field(default=30.0, gt=0)
+    # Concurrent federation media downloads per requesting server (gateway; 429 beyond).
+    media_downloads_per_origin: int = Field(default=8, ge=1)
+
     # Presence (edus.md §3, optional in the spec): we send none; while this
     # is off, m.presence EDUs received are ignored too.
     presence_enabled: bool = False
@@ -145,6 +163,10 @@ class Config(BaseModel):
     @property
     def signing_key(self) -> Path:
         return self.signing_key_path or self.data_dir / "signing.key"
+
+    @property
+    def media_store(self) -> Path:
+        return self.media_store_path or self.data_dir / "media"
 
     def listen_address(self, part: str) -> str:
         return str(getattr(self, f"{part}_listen"))

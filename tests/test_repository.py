@@ -31,7 +31,7 @@ def test_compose_file_scales_every_service() -> None:
         timeout=60,
     )
     services = set(result.stdout.split())
-    assert {"postgres", "keys", "events", "sender", "backfill", "gateway"} <= services
+    assert {"postgres", "keys", "events", "sender", "backfill", "media", "gateway"} <= services
 
 
 def test_committed_grpc_stubs_are_up_to_date() -> None:

@@ -16,6 +16,7 @@ is handed to aiohttp pre-encoded so nothing re-encodes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import enum
 import errno
@@ -25,7 +26,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -125,6 +126,47 @@ class FederationResponse:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+
+@dataclass
+class StreamedResponse:
+    """A response whose body the caller reads from ``content`` as it arrives.
+
+    See :meth:`FederationClient.stream`: the caller bounds what it reads and
+    how long it waits for each piece.
+    """
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    content: aiohttp.StreamReader
+    destination: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    async def error(self, limit: int = 64 * 1024) -> HttpResponseError:
+        """This (non-2xx) answer as an error, with the Matrix ``errcode`` when the body has one."""
+        body: Any = None
+        try:
+            raw = await self.content.read(limit)
+            body = decode_json(raw) if raw else None
+        except (ValueError, aiohttp.ClientError, OSError):
+            body = None
+        errcode = error = None
+        if isinstance(body, dict):
+            if isinstance(body.get("errcode"), str):
+                errcode = body["errcode"]
+            if isinstance(body.get("error"), str):
+                error = body["error"]
+        return HttpResponseError(
+            self.status,
+            errcode,
+            error,
+            body,
+            _retry_after_ms(self.headers, body),
+            destination=self.destination,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -571,39 +613,9 @@ class FederationClient:
         (default ``options.request_timeout``).
         """
         method = method.upper()
-        if not path.startswith("/") or "?" in path or "#" in path:
-            raise ValueError(f"path must be an encoded absolute path without query: {path!r}")
-        if not is_valid_server_name(destination):
-            raise FederationDeniedError(
-                f"invalid server name {destination!r}", destination=destination
-            )
-        if self._backoff_check is not None and not ignore_backoff:
-            retry_in = self._backoff_check(destination)
-            if inspect.isawaitable(retry_in):
-                retry_in = await retry_in
-            if retry_in is not None and retry_in > 0:
-                raise NotRetryingDestination(destination, float(retry_in))
-
-        query_string = encode_query(query)
-        target = path + ("?" + query_string if query_string else "")
-        send_headers: dict[str, str] = dict(headers or {})
-        body: bytes | None = None
-        if json_body is not None:
-            body = encode_json(json_body)
-            send_headers["Content-Type"] = "application/json"
-        if sign:
-            signing_key, key_id = (
-                self._key_provider() if self._key_provider else (self._signing_key, self._key_id)
-            )
-            send_headers["Authorization"] = sign_request(
-                method,
-                target,
-                self.server_name,
-                destination,
-                json_body,
-                signing_key,
-                key_id,
-            )
+        query_string, send_headers, body = await self._prepare(
+            method, destination, path, query, json_body, sign, ignore_backoff, headers
+        )
 
         loop = asyncio.get_running_loop()
         total = self.options.request_timeout if timeout is None else timeout
@@ -642,6 +654,159 @@ class FederationClient:
             await asyncio.sleep(delay)
             attempt += 1
 
+    async def _prepare(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        query: QueryArg,
+        json_body: Any,
+        sign: bool,
+        ignore_backoff: bool,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[str, dict[str, str], bytes | None]:
+        """Checks, backoff, and the encoded query, headers (X-Matrix) and body of a request."""
+        if not path.startswith("/") or "?" in path or "#" in path:
+            raise ValueError(f"path must be an encoded absolute path without query: {path!r}")
+        if not is_valid_server_name(destination):
+            raise FederationDeniedError(
+                f"invalid server name {destination!r}", destination=destination
+            )
+        if self._backoff_check is not None and not ignore_backoff:
+            retry_in = self._backoff_check(destination)
+            if inspect.isawaitable(retry_in):
+                retry_in = await retry_in
+            if retry_in is not None and retry_in > 0:
+                raise NotRetryingDestination(destination, float(retry_in))
+
+        query_string = encode_query(query)
+        target = path + ("?" + query_string if query_string else "")
+        send_headers: dict[str, str] = dict(headers or {})
+        body: bytes | None = None
+        if json_body is not None:
+            body = encode_json(json_body)
+            send_headers["Content-Type"] = "application/json"
+        if sign:
+            signing_key, key_id = (
+                self._key_provider() if self._key_provider else (self._signing_key, self._key_id)
+            )
+            send_headers["Authorization"] = sign_request(
+                method,
+                target,
+                self.server_name,
+                destination,
+                json_body,
+                signing_key,
+                key_id,
+            )
+        return query_string, send_headers, body
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        destination: str,
+        path: str,
+        *,
+        query: QueryArg = None,
+        sign: bool = True,
+        timeout: float | None = None,  # noqa: ASYNC109 - deadline for the response head
+        ignore_backoff: bool = False,
+    ) -> AsyncIterator[StreamedResponse]:
+        """GET, handing the response body over as a stream (for media: never read whole).
+
+        ``timeout`` (default ``options.request_timeout``) bounds getting the
+        status and headers, connection retries included; reading the body is
+        the caller's, with its own size and time limits. The response is
+        yielded whatever its status (:meth:`StreamedResponse.error` for a
+        non-2xx one) and released when the block ends.
+        """
+        query_string, send_headers, _ = await self._prepare(
+            "GET", destination, path, query, None, sign, ignore_backoff, None
+        )
+        loop = asyncio.get_running_loop()
+        total = self.options.request_timeout if timeout is None else timeout
+        deadline = loop.time() + total
+        attempt = 0
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await self._open(
+                        "GET", destination, path, query_string, None, send_headers
+                    )
+                break
+            except TimeoutError as exc:
+                raise RequestTimeoutError(
+                    f"GET {destination}{path} got no answer in {total}s", destination=destination
+                ) from exc
+            except (FederationDeniedError, TlsVerificationError):
+                raise
+            except DestinationUnreachableError:
+                delay = self._retry_delay(attempt, False)
+                if attempt >= self.options.max_retries or loop.time() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)
+            attempt += 1
+        try:
+            yield StreamedResponse(response.status, response.headers, response.content, destination)
+        finally:
+            response.release()
+
+    @contextlib.asynccontextmanager
+    async def stream_url(
+        self,
+        url: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - deadline for the response head
+        max_redirects: int = 5,
+    ) -> AsyncIterator[StreamedResponse]:
+        """GET an absolute ``https://`` URL unsigned (a media ``Location`` part), body streamed.
+
+        The IP policy applies to every address connected to, redirects
+        included (https only, at most ``max_redirects``).
+        """
+        total = self.options.request_timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + total
+        target = URL(url)
+        session = self._get_session()
+        for _ in range(max_redirects + 1):
+            host = target.raw_host
+            if target.scheme != "https" or not host:
+                raise FederationDeniedError(f"refusing to fetch {url!r}: only https URLs")
+            if is_ip_address(host):
+                self.ip_filter.check(host.strip("[]"), destination=host)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await session.get(
+                        target,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(
+                            total=None,
+                            connect=self.options.connect_timeout,
+                            sock_connect=self.options.connect_timeout,
+                        ),
+                    )
+            except TimeoutError as exc:
+                raise RequestTimeoutError(f"GET {url} got no answer in {total}s") from exc
+            except FederationError:
+                raise
+            except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
+                if _is_cert_error(exc):
+                    raise TlsVerificationError(f"TLS verification of {host} failed: {exc}") from exc
+                raise DestinationUnreachableError(
+                    f"GET {url}: {type(exc).__name__}: {exc}"
+                ) from exc
+            location = response.headers.get("Location")
+            if response.status in _REDIRECTS and location:
+                response.release()
+                target = target.join(URL(location))
+                continue
+            try:
+                yield StreamedResponse(response.status, response.headers, response.content, host)
+            finally:
+                response.release()
+            return
+        raise InvalidResponseError(f"more than {max_redirects} redirects from {url}", status=0)
+
     def _retry_delay(self, attempt: int, long_retries: bool) -> float:
         o = self.options
         if long_retries:
@@ -666,7 +831,7 @@ class FederationClient:
             encoded=True,
         )
 
-    async def _attempt(
+    async def _open(
         self,
         method: str,
         destination: str,
@@ -674,7 +839,8 @@ class FederationClient:
         query_string: str,
         body: bytes | None,
         headers: dict[str, str],
-    ) -> FederationResponse:
+    ) -> aiohttp.ClientResponse:
+        """Connect and send; the response with its body not read yet (release it)."""
         resolved = await self.resolver.resolve(destination)
         for host, _port in resolved.targets:
             if is_ip_address(host):
@@ -682,8 +848,8 @@ class FederationClient:
         url = self._url_for(resolved, path, query_string)
         headers = {**headers, "Host": resolved.host_header}
         session = self._get_session()
-        try:
-            async with session.request(
+        with self._transport_errors(method, destination):
+            return await session.request(
                 method,
                 url,
                 data=body,
@@ -694,14 +860,14 @@ class FederationClient:
                     connect=self.options.connect_timeout,
                     sock_connect=self.options.connect_timeout,
                 ),
-            ) as resp:
-                try:
-                    raw = await _read_limited(resp, self.options.max_response_size)
-                except ValueError as exc:
-                    raise InvalidResponseError(
-                        str(exc), status=resp.status, destination=destination
-                    ) from None
-                status, resp_headers = resp.status, resp.headers
+            )
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _transport_errors(self, method: str, destination: str) -> Iterator[None]:
+        """aiohttp and socket errors as this client's errors."""
+        try:
+            yield
         except FederationError as exc:
             exc.destination = exc.destination or destination
             raise
@@ -713,6 +879,28 @@ class FederationClient:
             raise DestinationUnreachableError(
                 f"{method} {destination}: {type(exc).__name__}: {exc}", destination=destination
             ) from exc
+
+    async def _attempt(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        query_string: str,
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> FederationResponse:
+        resp = await self._open(method, destination, path, query_string, body, headers)
+        try:
+            with self._transport_errors(method, destination):
+                try:
+                    raw = await _read_limited(resp, self.options.max_response_size)
+                except ValueError as exc:
+                    raise InvalidResponseError(
+                        str(exc), status=resp.status, destination=destination
+                    ) from None
+        finally:
+            resp.release()
+        status, resp_headers = resp.status, resp.headers
         parsed: Any = None
         if raw:
             try:

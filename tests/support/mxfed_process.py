@@ -21,7 +21,7 @@ from mxfed.config import Config, load_config
 from mxfed.internal_plane import OPERATOR, Caller, open_channel
 from tests.support.ports import HeldPort
 
-PARTS = ("keys", "events", "sender", "backfill")
+PARTS = ("keys", "events", "sender", "backfill", "media")
 
 
 @dataclass

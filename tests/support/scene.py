@@ -208,11 +208,13 @@ def event_id_of(pdu: dict[str, Any], version: RoomVersion) -> str:
     return Event.from_pdu(pdu, version).event_id
 
 
-async def start_scene(tmp_path: Path) -> tuple[Scene, str]:
+async def start_scene(
+    tmp_path: Path, extra_config: dict[str, Any] | None = None
+) -> tuple[Scene, str]:
     database_url = await create_database("mxfed_rooms_test")
     remote = FakeHomeserver()
     await remote.start()
-    mxfed = MxfedProcess(tmp_path / "mxfed", database_url)
+    mxfed = MxfedProcess(tmp_path / "mxfed", database_url, extra_config=extra_config or {})
     try:
         await asyncio.to_thread(mxfed.start)
     except BaseException:
