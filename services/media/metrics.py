@@ -33,3 +33,7 @@ THUMBNAILS_MADE = Counter(
 WAITING_FOR_UPLOAD = Gauge(
     "mxfed_media_waiting_for_upload", "Downloads waiting for reserved media's content"
 )
+REMOTE_FETCH_WAITERS = Gauge(
+    "mxfed_media_remote_fetch_waiters",
+    "Callers waiting for a remote fetch in progress (one request serves them all)",
+)

@@ -62,7 +62,12 @@ from services.media.errors import (
 )
 from services.media.files import FileStore, FileWriter, StoredFile, TooLarge
 from services.media.local import wait_ms
-from services.media.metrics import REMOTE_CACHE_BYTES, REMOTE_FETCH_SECONDS, REMOTE_FETCHES
+from services.media.metrics import (
+    REMOTE_CACHE_BYTES,
+    REMOTE_FETCH_SECONDS,
+    REMOTE_FETCH_WAITERS,
+    REMOTE_FETCHES,
+)
 from services.media.storage import MediaStorage, RemoteMediaRow, ThumbnailRow, now_ms
 from services.media.thumbnails import thumbnail_key
 
@@ -187,7 +192,11 @@ class RemoteMedia:
             task: asyncio.Future[Any] = asyncio.ensure_future(self._locked(key, cached, fetch))
             task.add_done_callback(lambda done: self._landed(key, done))
             self._flights[key] = flight = task
-        return cast(T, await asyncio.shield(flight))
+        REMOTE_FETCH_WAITERS.inc()
+        try:
+            return cast(T, await asyncio.shield(flight))
+        finally:
+            REMOTE_FETCH_WAITERS.dec()
 
     def _landed(self, key: tuple[object, ...], flight: asyncio.Future[Any]) -> None:
         self._flights.pop(key, None)
