@@ -136,8 +136,9 @@ async def _answer(request: Request, origin: str, call: Any, too_large_status: in
         slots.give_back(origin)
         call.cancel()
         raise
-    if first is grpc.aio.EOF or first.WhichOneof("part") != "head":
+    if first is grpc.aio.EOF or not first.HasField("head"):
         slots.give_back(origin)
+        call.cancel()
         raise MatrixError(502, "M_UNKNOWN", "The media service sent no content")
     head = first.head
     boundary = new_boundary()
@@ -148,11 +149,24 @@ async def _answer(request: Request, origin: str, call: Any, too_large_status: in
         extra_headers=[("Content-Length", str(head.size))],
     )
     closing = encode_tail(boundary)
+    media_type = multipart_content_type(boundary)
+    if len(first.data) == head.size:
+        # A small file came whole in the first message: one plain answer.
+        try:
+            end = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise _media_error(exc, too_large_status) from None
+        finally:
+            slots.give_back(origin)
+        if end is not grpc.aio.EOF:
+            call.cancel()
+            raise MatrixError(502, "M_UNKNOWN", "The media service sent more than it announced")
+        return Response(opening + first.data + closing, media_type=media_type)
 
     async def body() -> AsyncIterator[bytes]:
-        sent = 0
+        sent = len(first.data)
         try:
-            yield opening
+            yield opening + first.data
             while (message := await call.read()) is not grpc.aio.EOF:
                 sent += len(message.data)
                 if sent > head.size:
@@ -167,7 +181,7 @@ async def _answer(request: Request, origin: str, call: Any, too_large_status: in
 
     return StreamingResponse(
         body(),
-        media_type=multipart_content_type(boundary),
+        media_type=media_type,
         headers={"Content-Length": str(len(opening) + head.size + len(closing))},
     )
 

@@ -186,12 +186,13 @@ def _safe_file_name(disposition: str, fallback: str) -> str:
 
 async def _save(call: grpc.aio.UnaryStreamCall, output: str | None, fallback_name: str) -> None:
     first = await call.read()
-    if first is grpc.aio.EOF or first.WhichOneof("part") != "head":
+    if first is grpc.aio.EOF or not first.HasField("head"):
         raise CommandError("the media service sent no content")
     head = first.head
     name = output or _safe_file_name(head.content_disposition, fallback_name)
-    received = 0
+    received = len(first.data)
     with _output(name) as handle:
+        await asyncio.to_thread(handle.write, first.data)
         while (message := await call.read()) is not grpc.aio.EOF:
             received += len(message.data)
             await asyncio.to_thread(handle.write, message.data)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ DEFAULT_TIMEOUT_MS = 20_000
 MAX_TIMEOUT_MS = 60_000
 # How often a waiting download looks for an upload made through another replica.
 _POLL_SECONDS = 0.5
+# Uploaded media rows never change, so they are kept (the most recently used).
+ROW_CACHE_SIZE = 10_000
 
 
 def new_media_id() -> str:
@@ -92,6 +95,7 @@ class LocalMedia:
         # Downloads waiting for a reserved media id's content (event, number of
         # waiters), woken by an upload here. An entry lives while someone waits.
         self._waiting: dict[str, tuple[asyncio.Event, int]] = {}
+        self._rows: OrderedDict[str, LocalMediaRow] = OrderedDict()
 
     def _check_uploader(self, uploader: str) -> None:
         if uploader and not (
@@ -166,7 +170,15 @@ class LocalMedia:
             raise UploadForbidden("This media id was reserved by another user")
 
     async def info(self, media_id: str) -> LocalMediaRow | None:
-        return await self.storage.local_media(media_id) if is_valid_media_id(media_id) else None
+        if row := self._rows.get(media_id):
+            self._rows.move_to_end(media_id)
+            return row
+        row = await self.storage.local_media(media_id) if is_valid_media_id(media_id) else None
+        if row is not None and row.uploaded:
+            self._rows[media_id] = row
+            if len(self._rows) > ROW_CACHE_SIZE:
+                self._rows.popitem(last=False)
+        return row
 
     async def content(self, media_id: str, timeout_ms: int) -> LocalMediaRow:
         """The uploaded media, waiting up to ``timeout_ms`` for a reserved id's content."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -26,11 +26,14 @@ from matrix_protocol.media import (
 from mxfed.service_errors import BadRequest, ServiceError, reports_service_errors
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from services.media.errors import ContentTooLarge, MediaNotFound, StoredContentDamaged
-from services.media.files import FileStore
+from services.media.files import CHUNK_BYTES, FileStore
 from services.media.local import LocalMedia, UploadStart
 from services.media.metrics import SERVED, SERVED_BYTES
-from services.media.remote import RemoteMedia
+from services.media.storage import MediaStorage
 from services.media.thumbnails import Answer, Source, Thumbnails
+
+if TYPE_CHECKING:
+    from services.media.remote import RemoteMedia
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +68,26 @@ class MediaServicer(media_pb2_grpc.MediaServicer):
         self,
         server_name: str,
         files: FileStore,
+        storage: MediaStorage,
         local: LocalMedia,
-        remote: RemoteMedia,
+        remote: Callable[[], RemoteMedia],
         thumbnails: Thumbnails,
     ) -> None:
         self.server_name = server_name
         self.files = files
+        self.storage = storage
         self.local = local
-        self.remote = remote
+        # Built on the first remote request: most of the time a media process
+        # serves only local media and need not carry the HTTP client.
+        self._remote_factory = remote
+        self._remote: RemoteMedia | None = None
         self.thumbnails = thumbnails
+
+    @property
+    def remote(self) -> RemoteMedia:
+        if self._remote is None:
+            self._remote = self._remote_factory()
+        return self._remote
 
     def _is_local(self, server_name: str) -> bool:
         return not server_name or server_name == self.server_name
@@ -143,7 +157,7 @@ class MediaServicer(media_pb2_grpc.MediaServicer):
                 _describe(answer, row.content_type, row.head, row.upload_name)
                 answer.size, answer.sha256 = row.size or 0, row.content_sha256 or ""
             return answer
-        remote = await self.remote.storage.remote_media(request.server_name, request.media_id)
+        remote = await self.storage.remote_media(request.server_name, request.media_id)
         if remote is None:
             return media_pb2.QueryMediaResponse(found=False)
         answer = media_pb2.QueryMediaResponse(
@@ -225,8 +239,7 @@ class MediaServicer(media_pb2_grpc.MediaServicer):
             size=answer.size,
         )
         if answer.data is not None:
-            yield media_pb2.ContentChunk(head=head_message)
-            yield media_pb2.ContentChunk(data=answer.data)
+            yield media_pb2.ContentChunk(head=head_message, data=answer.data)
             SERVED_BYTES.inc(answer.size)
         else:
             async for chunk in self._stream(answer.sha256, head_message):
@@ -234,21 +247,32 @@ class MediaServicer(media_pb2_grpc.MediaServicer):
         SERVED.labels("thumbnail", origin).inc()
 
     async def _stream(self, sha256: str, head: media_pb2.ContentHead) -> Chunks:
-        """The head, then the stored file's bytes (the file is opened before the head goes)."""
+        """The head with the first bytes (a small file whole), then the rest of the file."""
         try:
-            reader = await self.files.open(sha256)
+            if head.size <= CHUNK_BYTES:
+                data = await self.files.read_small(sha256, CHUNK_BYTES)
+                reader = None
+            else:
+                reader = await self.files.open(sha256)
         except FileNotFoundError:
             log.error("stored content is missing", extra={"sha256": sha256})
             raise MediaNotFound("Media content is missing from the store") from None
-        sent = 0
-        try:
-            yield media_pb2.ContentChunk(head=head)
-            async for data in reader.chunks():
-                sent += len(data)
-                yield media_pb2.ContentChunk(data=data)
-        finally:
-            await reader.close()
-            SERVED_BYTES.inc(sent)
+        if reader is None:
+            sent = len(data)
+            yield media_pb2.ContentChunk(head=head, data=data)
+        else:
+            sent = 0
+            try:
+                chunks = reader.chunks()
+                first = await anext(chunks, b"")
+                sent += len(first)
+                yield media_pb2.ContentChunk(head=head, data=first)
+                async for data in chunks:
+                    sent += len(data)
+                    yield media_pb2.ContentChunk(data=data)
+            finally:
+                await reader.close()
+        SERVED_BYTES.inc(sent)
         if sent != head.size:
             log.error("stored content changed size", extra={"sha256": sha256, "sent": sent})
             raise StoredContentDamaged("Stored content does not have the expected size")

@@ -41,10 +41,10 @@ async def read_stream(call: object) -> tuple[media_pb2.ContentHead, bytes]:
     head = None
     data = bytearray()
     async for message in call:  # type: ignore[attr-defined]
-        if message.WhichOneof("part") == "head":
+        if message.HasField("head"):
+            assert head is None, "one head per stream"
             head = message.head
-        else:
-            data += message.data
+        data += message.data
     assert head is not None
     return head, bytes(data)
 

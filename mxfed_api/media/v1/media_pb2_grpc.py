@@ -89,7 +89,7 @@ class MediaServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamContent(self, request, context):
-        """The content: one `head`, then `data` in order. Local content reserved but
+        """The content: the first message has the `head`, then `data` in order. Local content reserved but
         not yet uploaded is waited for up to `timeout_ms`. Remote media (another
         server's name) is fetched over federation once and cached, when
         `allow_remote`.
