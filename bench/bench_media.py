@@ -33,7 +33,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
-import grpc
 import httpx
 import psutil
 
@@ -68,7 +67,7 @@ async def upload_to_mxfed(mxfed: MxfedProcess, data: bytes) -> str:
         for start in range(0, len(data), 256 * 1024):
             yield media_pb2.UploadRequest(data=data[start : start + 256 * 1024])
 
-    async with grpc.aio.insecure_channel(mxfed.grpc_address("media")) as channel:
+    async with mxfed.channel("media") as channel:
         reply = await media_pb2_grpc.MediaStub(channel).PerformUpload(requests(), timeout=300)
     return reply.media_id
 

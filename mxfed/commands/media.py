@@ -29,7 +29,7 @@ import grpc
 
 from matrix_protocol.media import filename_from_disposition, is_valid_upload_name, parse_mxc_uri
 from mxfed.config import Config
-from mxfed.service_runtime import GRPC_OPTIONS
+from mxfed.internal_plane import OPERATOR, client_address, open_channel
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 
 CHUNK_BYTES = 256 * 1024
@@ -85,8 +85,8 @@ Command = Callable[[argparse.Namespace, Config, media_pb2_grpc.MediaStub], Await
 
 def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
     async def handler(args: argparse.Namespace, config: Config) -> int:
-        address = config.service_address("media").replace("0.0.0.0", "127.0.0.1")
-        async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as channel:
+        address = client_address(config.service_address("media"))
+        async with open_channel(config, "media", caller=OPERATOR) as channel:
             try:
                 await command(args, config, media_pb2_grpc.MediaStub(channel))
             except grpc.aio.AioRpcError as exc:

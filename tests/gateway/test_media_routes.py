@@ -52,7 +52,7 @@ async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene
 
 @pytest.fixture(scope="module")
 async def media(scene: Scene) -> AsyncIterator[media_pb2_grpc.MediaStub]:
-    async with grpc.aio.insecure_channel(scene.mxfed.grpc_address("media")) as channel:
+    async with scene.mxfed.channel("media") as channel:
         yield media_pb2_grpc.MediaStub(channel)
 
 

@@ -91,6 +91,11 @@ QUERY_NAMES = [
     "include_all_networks",
     "since",
     "third_party_instance_id",
+    "timeout_ms",
+    "width",
+    "height",
+    "method",
+    "animated",
 ]
 
 BAD_QUERY_VALUES = [

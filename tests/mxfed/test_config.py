@@ -8,10 +8,12 @@ from mxfed.config import ConfigError, load_config
 def test_defaults_without_file_or_environment() -> None:
     config = load_config(environ={})
     assert config.server_name == "localhost:8448"
-    assert config.run == ["keys", "events", "sender", "backfill", "gateway"]
+    assert config.run == ["keys", "events", "sender", "backfill", "media", "gateway"]
     assert config.signing_key == Path("data") / "signing.key"
     assert config.service_address("events") == config.events_listen
     assert "127.0.0.0/8" in config.federation_blocked_ip_ranges
+    assert config.media_store == Path("data") / "media"
+    assert config.media_max_bytes == 50 * 1024 * 1024
 
 
 def test_file_then_environment_override(tmp_path: Path) -> None:

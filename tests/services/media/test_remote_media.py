@@ -36,6 +36,7 @@ from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from services.media.server import setup as setup_media
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.media import png, read_stream
 from tests.support.mxfed_process import MxfedProcess
 
@@ -187,7 +188,7 @@ def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
 
 @pytest.fixture(scope="module")
 async def media(mxfed: MxfedProcess) -> AsyncIterator[media_pb2_grpc.MediaStub]:
-    async with grpc.aio.insecure_channel(mxfed.grpc_address("media")) as channel:
+    async with mxfed.channel("media") as channel:
         yield media_pb2_grpc.MediaStub(channel)
 
 
@@ -314,10 +315,10 @@ async def test_replicas_share_one_fetch(
     replicas get the media from one outbound request."""
     config = load_config(mxfed.config_path, environ={})
     pool = await create_pool(mxfed.database_url, max_size=5)
-    server = grpc.aio.server()
+    server = make_server("media")
     context = ServiceContext("media", config, pool, server, current_signing_key(config.signing_key))
     await setup_media(context)
-    port = server.add_insecure_port("127.0.0.1:0")
+    address = bind_loopback(server, "media")
     await server.start()
     media_id, data = new_id(), os.urandom(30_000)
     release = asyncio.Event()
@@ -329,7 +330,7 @@ async def test_replicas_share_one_fetch(
 
     remote.downloads[media_id] = held
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with mxfed.channel("media", address=address) as channel:
             second = media_pb2_grpc.MediaStub(channel)
             calls = [
                 asyncio.create_task(fetch(stub, remote, media_id)) for stub in [media, second] * 3
