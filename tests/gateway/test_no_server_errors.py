@@ -255,6 +255,7 @@ class Sweep:
             "txn_id": uuid.uuid4().hex,
             "server_name": quote(remote.server_name, safe=""),
             "query_type": "profile",
+            "media_id": "sweepMediaId",
         }
 
 
