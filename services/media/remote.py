@@ -51,7 +51,7 @@ from mxfed.federation_client import (
     StreamedResponse,
     federation_path,
 )
-from mxfed.service_errors import BadRequest
+from mxfed.service_errors import BadRequest, ServiceError
 from services.media.errors import (
     CannotThumbnail,
     ContentTooLarge,
@@ -221,7 +221,14 @@ class RemoteMedia:
                         return row
                     if taken:
                         started = time.monotonic()
-                        result = await fetch()
+                        try:
+                            result = await fetch()
+                        except ServiceError as error:
+                            log.info(
+                                "remote media fetch failed",
+                                extra={"media": list(map(str, key)), "error": error.details},
+                            )
+                            raise
                         REMOTE_FETCH_SECONDS.labels(str(key[0])).observe(time.monotonic() - started)
                         await self._evict()
                         return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from matrix_protocol.multipart import (
@@ -56,6 +56,9 @@ def test_any_chunking_reads_the_same_content(content: bytes, cuts: list[int]) ->
     boundary = "b0undary"
     # Content that contains the boundary text (without the CRLF-- before it) must survive.
     content = content + b"--b0undary" + content[:10] + b"\r\n--b0undar"
+    # (The whole delimiter inside the content would end the part: writers pick boundaries
+    # that cannot occur, like our 128 random bits.)
+    assume(b"\r\n--b0undary" not in content)
     assert _read(_answer(boundary, content), boundary, cuts)[0] == content
 
 
