@@ -85,6 +85,10 @@ def redacted_copy(event: Event) -> tuple[Event, str]:
     return Event(pdu, event.room_version, event.event_id), encode_json(pdu).decode()
 
 
+# Soft-failed or rejected events followed back when an event built on them
+# supersedes forward extremities (RoomBatch._drop_extremities_behind).
+MAX_SUPERSEDED_WALK = 1000
+
 NOT_DIVULGING = "Your server isn't divulging details about prev_events referenced in this event."
 
 
@@ -511,6 +515,8 @@ class RoomBatch:
     async def _advance_head(self, event: Event, after: StateGroup) -> None:
         for prev in event.prev_event_ids:
             self.extremities.pop(prev, None)
+        if self.extremities:
+            await self._drop_extremities_behind(event.prev_event_ids)
         self.extremities[event.event_id] = event.depth
         if len(self.extremities) == 1:
             self.current = after
@@ -523,6 +529,28 @@ class RoomBatch:
         )
         groups = [await self.core.state_store.get(self.conn, g) for g in group_ids]
         self.current = groups[0] if len(groups) == 1 else await self._resolve_groups(groups)
+
+    async def _drop_extremities_behind(self, prev_ids: Sequence[str]) -> None:
+        """Forward extremities reached from ``prev_ids`` through soft-failed or rejected events.
+
+        Those never become extremities themselves, so an event built on them
+        would otherwise leave their accepted ancestors as extremities that a
+        descendant already supersedes (after a netsplit: the other side's
+        first accepted event, then the soft-failed ones, then the event that
+        connects them). The walk follows only events that are not accepted,
+        at most :data:`MAX_SUPERSEDED_WALK` of them.
+        """
+        seen: set[str] = set()
+        todo = list(prev_ids)
+        while todo and len(seen) < MAX_SUPERSEDED_WALK:
+            known = await self.events(e for e in todo if e not in seen)
+            seen.update(todo)
+            todo = []
+            for stored in known.values():
+                if stored.status in (Status.SOFT_FAILED, Status.REJECTED):
+                    for prev in stored.event.prev_event_ids:
+                        self.extremities.pop(prev, None)
+                        todo.append(prev)
 
     async def _apply_redaction(self, redaction: Event, before: StateGroup) -> None:
         """An accepted redaction: redact its target, or wait for it (signing.md §6).

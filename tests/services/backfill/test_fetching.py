@@ -458,9 +458,10 @@ async def test_gap_filled_messages_of_a_user_banned_meanwhile_are_soft_failed(
     carol = scene.remote.user("carol")
     await scene.join(room, carol)
     bob = scene.remote.user("bob")
-    steps: list[Step] = [(bob, "m.room.message", {"body": f"evading {i}"}, None) for i in range(3)]
+    steps: list[Step] = [(carol, "m.room.message", {"body": "carol first"}, None)]
+    steps += [(bob, "m.room.message", {"body": f"evading {i}"}, None) for i in range(3)]
     steps.append((carol, "m.room.message", {"body": "carol, unaware"}, None))
-    *gap, (pushed_id, pushed) = await hosted_branch(stage, room, steps)
+    (first_id, _), *gap, (pushed_id, pushed) = await hosted_branch(stage, room, steps)
     # mxfed's side of the split bans bob before the remote's branch reaches it.
     ban_id = await scene.send_local(room, "m.room.member", {"membership": "ban"}, bob)
     stage.hosted.requests.clear()
@@ -476,6 +477,9 @@ async def test_gap_filled_messages_of_a_user_banned_meanwhile_are_soft_failed(
     assert pushed_record.status == events_pb2.ACCEPTED and pushed_record.stream_position > 0
     timeline = await scene.timeline_ids(room.room_id)
     assert pushed_id in timeline and not set(gap_ids) & set(timeline)
+    assert (await scene.record(first_id)).status == events_pb2.ACCEPTED
+    # The forward extremities: the ban and carol's last message, which supersedes
+    # her first one even though the soft-failed messages lie between them.
     info = await scene.events.QueryRoomInfo(
         events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
     )
