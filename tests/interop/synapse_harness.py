@@ -5,7 +5,8 @@
 allowed for outbound federation), runs ``python -m synapse.app.homeserver`` as a child
 process in its own process group, and waits until both listeners answer.
 
-``SynapseClient`` is a small async client-server API helper (httpx) for driving it.
+``start_all`` starts several at once (each on SQLite). ``SynapseClient`` is a small
+async client-server API helper (httpx) for driving one.
 
 Plain Python: no pytest imports, so benchmarks can use it too.
 """
@@ -109,7 +110,9 @@ class SynapseServer:
 
     ``server_name`` is ``127.0.0.1:<fed_port>``; federation (and /_matrix/key) is served
     over TLS on fed_port, the client API (and /_synapse/admin) over plain HTTP on
-    client_port.
+    client_port. With ``public_port`` the server is named ``127.0.0.1:<public_port>``
+    instead: whatever listens there (a gate that can cut it off, say) passes the
+    federation traffic on to fed_port.
     """
 
     def __init__(
@@ -122,8 +125,10 @@ class SynapseServer:
         startup_timeout: float = 60.0,
         base_dir: str | os.PathLike[str] | None = None,
         keep_dir: bool | None = None,
+        public_port: int | None = None,
     ) -> None:
         self.default_room_version = default_room_version
+        self.public_port = public_port
         self.extra_config = extra_config or {}
         self.log_level = log_level
         self.python = python or sys.executable
@@ -144,7 +149,7 @@ class SynapseServer:
 
     @property
     def server_name(self) -> str:
-        return f"127.0.0.1:{self.fed_port}"
+        return f"127.0.0.1:{self.public_port or self.fed_port}"
 
     @property
     def federation_url(self) -> str:
@@ -364,6 +369,13 @@ class SynapseServer:
     # ---- lifecycle ------------------------------------------------------------------
 
     def start(self) -> SynapseServer:
+        return self.wait_started(self.launch())
+
+    def launch(self) -> float:
+        """Write the config and start the process; returns when (monotonic) it started.
+
+        :meth:`wait_started` then waits for it; :meth:`start` does both.
+        """
         if self.proc is not None:
             raise RuntimeError("already started")
         t0 = time.monotonic()
@@ -382,6 +394,10 @@ class SynapseServer:
                 start_new_session=True,  # own session / process group
             )
         atexit.register(self.stop)
+        return t0
+
+    def wait_started(self, t0: float) -> SynapseServer:
+        d = self._require_dir()
         try:
             self._wait_ready(t0 + self.startup_timeout)
         except (SynapseStartError, TimeoutError, OSError, httpx.HTTPError) as exc:
@@ -504,6 +520,27 @@ class SynapseServer:
             server_name=self.server_name,
             **kwargs,
         )
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def start_all(servers: Iterable[SynapseServer]) -> None:
+    """Start several Synapses at once: all processes first, then wait for each.
+
+    A start is mostly the interpreter importing Synapse (5–10 s), so two
+    together take little longer than one. Each keeps SQLite, as ``start`` does.
+    """
+    launched: list[tuple[SynapseServer, float]] = []
+    try:
+        for server in servers:
+            launched.append((server, server.launch()))
+        for server, t0 in launched:
+            server.wait_started(t0)
+    except BaseException:
+        for server, _ in launched:
+            server.stop()
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -671,6 +708,32 @@ class SynapseClient:
         body = {"reason": reason} if reason else {}
         await self.request("POST", f"/_matrix/client/v3/rooms/{_q(room_id)}/leave", token,
                            json=body)  # fmt: skip
+
+    async def ban(self, token: str, room_id: str, user_id: str) -> None:
+        await self.request(
+            "POST",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/ban",
+            token,
+            json={"user_id": user_id},
+        )
+
+    async def reset_connection(self, admin_token: str, destination: str) -> bool:
+        """Admin API: end the backoff of ``destination`` and wake its queue.
+
+        False when there was nothing to reset (the destination is up, or unknown).
+        """
+        try:
+            await self.request(
+                "POST",
+                f"/_synapse/admin/v1/federation/destinations/{_q(destination)}/reset_connection",
+                admin_token,
+                json={},
+            )
+        except SynapseClientError as error:
+            if error.status in (400, 404):
+                return False
+            raise
+        return True
 
     async def invite(self, token: str, room_id: str, user_id: str) -> None:
         await self.request(

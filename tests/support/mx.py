@@ -74,17 +74,35 @@ class Mx:
         )
         return reply.event_id
 
-    async def send_state(self, room_id: str, sender: str, event_type: str, content: dict) -> None:
-        await self.events.PerformSendEvent(
+    async def send_state(
+        self, room_id: str, sender: str, event_type: str, content: dict, state_key: str = ""
+    ) -> str:
+        reply = await self.events.PerformSendEvent(
             events_pb2.PerformSendEventRequest(
                 room_id=room_id,
                 sender=sender,
                 type=event_type,
-                state_key="",
+                state_key=state_key,
                 content_json=orjson.dumps(content),
             ),
             timeout=30,
         )
+        return reply.event_id
+
+    async def status_of(self, event_id: str) -> int | None:
+        """The stored status (``events_pb2.ACCEPTED``, ``SOFT_FAILED``...) or None if unknown."""
+        reply = await self.events.QueryEvents(
+            events_pb2.QueryEventsRequest(event_ids=[event_id]), timeout=10
+        )
+        return next((r.status for r in reply.events if r.event_id == event_id), None)
+
+    async def timeline_ids(self, room_id: str, limit: int = 500) -> list[str]:
+        """The room's timeline as local readers see it, newest first."""
+        reply = await self.events.QueryTimeline(
+            events_pb2.QueryTimelineRequest(room_id=room_id, backwards=True, limit=limit),
+            timeout=10,
+        )
+        return [record.event_id for record in reply.events]
 
     async def join(
         self, room: str, user_id: str, via: list[str]
