@@ -10,12 +10,11 @@ off and retries later. Requests that name no origin (``/_matrix/key/v2/server``,
 ``/version``) always pass.
 
 Plain Python and aiohttp, no pytest: the gates run on the test's event loop.
-Each gate binds its port once and keeps it.
+Each gate holds its port (:class:`~tests.support.ports.HeldPort`) until it stops.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
 import tempfile
 from collections.abc import Iterable
@@ -28,6 +27,7 @@ from yarl import URL
 
 from matrix_protocol.xmatrix import XMatrixParseError, parse_xmatrix_header
 from mxfed.identity_files import ensure_tls_pair
+from tests.support.ports import HeldPort
 
 # Headers a federation request or answer needs; hop-by-hop ones are left out.
 _REQUEST_HEADERS = ("authorization", "content-type", "accept", "user-agent")
@@ -66,11 +66,8 @@ class FederationGate:
 
     def __init__(self, partition: Partition) -> None:
         self.partition = partition
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.listen(128)
-        self.port: int = self._socket.getsockname()[1]
+        self._held = HeldPort()
+        self.port: int = self._held.port
         self.backend = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -95,14 +92,15 @@ class FederationGate:
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.SockSite(self._runner, self._socket, ssl_context=context).start()
+        site = web.SockSite(self._runner, self._held.listening_socket(), ssl_context=context)
+        await site.start()
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
-        self._socket.close()
+        self._held.release()
         self._directory.cleanup()
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,6 @@ block and is confirmed valid; every failed check is logged with its cause.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -84,15 +83,12 @@ async def test_no_confirmed_key_is_refused_with_every_cause(
 
 
 async def test_an_unreachable_identity_server_is_a_502(
-    picky: IdentityServer, identity: IdentityClient
+    picky: IdentityServer, identity: IdentityClient, refused_port: int
 ) -> None:
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-        port = closed.getsockname()[1]
-        unreachable = f"https://127.0.0.1:{port}/_matrix/identity/v2/pubkey/isvalid"
-        content = {"public_key": picky.public_key, "key_validity_url": unreachable}
-        with pytest.raises(MembershipError) as failed:
-            await check_invite_keys(identity, _signed(picky), content)
+    unreachable = f"https://127.0.0.1:{refused_port}/_matrix/identity/v2/pubkey/isvalid"
+    content = {"public_key": picky.public_key, "key_validity_url": unreachable}
+    with pytest.raises(MembershipError) as failed:
+        await check_invite_keys(identity, _signed(picky), content)
     assert failed.value.status == 502
 
 
