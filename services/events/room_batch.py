@@ -531,14 +531,14 @@ class RoomBatch:
         self.current = groups[0] if len(groups) == 1 else await self._resolve_groups(groups)
 
     async def _drop_extremities_behind(self, prev_ids: Sequence[str]) -> None:
-        """Forward extremities reached from ``prev_ids`` through soft-failed or rejected events.
+        """Drop the forward extremities reached from ``prev_ids`` through events not accepted.
 
-        Those never become extremities themselves, so an event built on them
-        would otherwise leave their accepted ancestors as extremities that a
-        descendant already supersedes (after a netsplit: the other side's
-        first accepted event, then the soft-failed ones, then the event that
-        connects them). The walk follows only events that are not accepted,
-        at most :data:`MAX_SUPERSEDED_WALK` of them.
+        Soft-failed and rejected events never become extremities, so an
+        event built on them would otherwise leave their accepted ancestors as
+        extremities that a descendant already supersedes (after a netsplit:
+        the other side's first accepted event, then the soft-failed ones,
+        then the event that connects them). The walk follows only events that
+        are not accepted, at most :data:`MAX_SUPERSEDED_WALK` of them.
         """
         seen: set[str] = set()
         todo = list(prev_ids)
