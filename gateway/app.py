@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.access_log import install_access_log
 from gateway.body_limit import BodyLimitMiddleware
 from gateway.errors import install_error_handlers
 from gateway.metrics import install_metrics
@@ -23,6 +24,7 @@ from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 
 ROUTE_MODULES = [
+    "health",
     "version",
     "keys",
     "well_known",
@@ -69,6 +71,7 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
     app.add_middleware(OriginLimitMiddleware, limiter=app.state.origin_limiter)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RefuseNulMiddleware)
+    install_access_log(app, config.access_log_level)  # last added: outermost
     for name in ROUTE_MODULES:
         app.include_router(importlib.import_module(f"gateway.routes.{name}").router)
     return app

@@ -2,7 +2,8 @@
 
 Each area of commands lives in ``mxfed/commands/<area>.py`` and provides
 ``register(subparsers)``; the parser is assembled from that list so that
-adding an area touches one line here.
+adding an area touches one line here. ``--config FILE`` may come before or
+after the command (``mxfed --config F run`` or ``mxfed run --config F``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 
 from mxfed.config import ConfigError, load_config
+from mxfed.startup import EXIT_FATAL
 
 COMMAND_MODULES = [
     "run",
     "health",
+    "config",
     "rooms",
     "keys",
     "destinations",
@@ -32,15 +36,39 @@ COMMAND_MODULES = [
 
 # Commands that resident processes run: only their own module is imported, so
 # the six long-lived processes don't carry every command's gRPC stubs.
-LIGHTWEIGHT_COMMANDS = ("run", "health")
+LIGHTWEIGHT_COMMANDS = ("run", "health", "config")
+
+# What a process killed by SIGPIPE exits with: `mxfed history | head -1`.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a sub-command's own --config must not reset one given before it.
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="YAML config file (also MXFED_CONFIG)",
+    )
+
+
+def _every_parser(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found.extend(_every_parser(sub))
+    return found
 
 
 def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mxfed", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", "-c", help="YAML config file (also MXFED_CONFIG)")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in modules or COMMAND_MODULES:
         importlib.import_module(f"mxfed.commands.{name}").register(subparsers)
+    for each in _every_parser(parser):
+        _add_config_option(each)
     return parser
 
 
@@ -54,20 +82,32 @@ def _command_word(argv: list[str]) -> str | None:
     return None
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader went away: say nothing, and don't let the exit flush complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = _command_word(argv)
     parser = build_parser([command] if command in LIGHTWEIGHT_COMMANDS else None)
     args = parser.parse_args(argv)
+    args.config = getattr(args, "config", None)
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"mxfed: configuration error: {exc}", file=sys.stderr)
-        return 2
-    try:
+        if getattr(args, "without_config", False):
+            return int(asyncio.run(args.handler(args)) or 0)
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"mxfed: configuration error: {exc}", file=sys.stderr)
+            return EXIT_FATAL
         return int(asyncio.run(args.handler(args, config)) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """PostgreSQL: finding the database, connection pools and per-service migrations.
 
-Where the data lives, in order: ``database_url`` (``DATABASE_URL``); a
-PostgreSQL answering on 127.0.0.1:5432 (database ``mxfed`` created on first
-use); an embedded PostgreSQL from the optional ``pgserver`` package kept in
-the data dir. Each service owns one schema and applies its own numbered
+Where the data lives, in order: ``database_url`` (``DATABASE_URL``; the
+value ``embedded`` picks the embedded one); a PostgreSQL answering on
+127.0.0.1:5432 (database ``mxfed`` created on first use); an embedded
+PostgreSQL from the optional ``pgserver`` package kept in the data dir. Each
+service owns one schema and applies its own numbered
 ``migrations/NNN_name.sql`` files at start, under an advisory lock so that
-replicas starting together apply each migration exactly once.
+replicas starting together apply each migration exactly once; tables at a
+migration newer than the code knows stop the start (a newer mxfed wrote them).
 """
 
 from __future__ import annotations
@@ -16,19 +18,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
+
+from mxfed.startup import StartupError
 
 log = logging.getLogger(__name__)
 
 LOCAL_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+EMBEDDED = "embedded"
 DEFAULT_DATABASE_NAME = "mxfed"
 _MIGRATION_FILE = re.compile(r"^(\d+)_[a-z0-9_]+\.sql$")
-
-
-class DatabaseUnavailable(RuntimeError):
-    pass
 
 
 @dataclass
@@ -72,16 +73,41 @@ def with_database_name(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for its user (a password file's content)."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def describe(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, user + host, parts.path, "", ""))
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/") or (urlsplit(url).username or "")
+
+
 def start_embedded_database(data_dir: Path) -> EmbeddedDatabase:
     try:
         import pgserver
-    except ImportError as exc:
-        raise DatabaseUnavailable(
-            "no DATABASE_URL, nothing on 127.0.0.1:5432, and the embedded database is not "
-            "installed (pip install 'mxfed[embedded]')"
-        ) from exc
+    except ImportError:
+        raise StartupError(
+            "no database: DATABASE_URL is unset or 'embedded', and the embedded PostgreSQL "
+            "(pgserver) is not installed",
+            "install it (pip install 'mxfed[embedded]'; ./bootstrap run does) or set "
+            "DATABASE_URL to a PostgreSQL server",
+        ) from None
     path = data_dir / "postgres"
     path.mkdir(parents=True, exist_ok=True)
+    # pgserver logs every initdb and pg_ctl line at INFO; they are not ours to show.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     server = pgserver.get_server(path, cleanup_mode="stop")
     return EmbeddedDatabase(url=server.get_uri(), server=server)
 
@@ -90,13 +116,69 @@ async def resolve_database_url(
     configured_url: str | None, data_dir: Path
 ) -> tuple[str, EmbeddedDatabase | None]:
     """The database to use, and the embedded server to keep alive if one was started."""
-    if configured_url:
+    if configured_url and configured_url != EMBEDDED:
         return configured_url, None
-    if await _answers(LOCAL_SERVER_URL):
+    if configured_url is None and await _answers(LOCAL_SERVER_URL):
         return await ensure_database(LOCAL_SERVER_URL, DEFAULT_DATABASE_NAME), None
     embedded = await asyncio.to_thread(start_embedded_database, data_dir)
     url = await ensure_database(embedded.url, DEFAULT_DATABASE_NAME)
     return url, embedded
+
+
+# Errors that waiting does not cure.
+_REFUSALS = (
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+
+
+def _refusal(url: str, exc: asyncpg.PostgresError) -> StartupError:
+    parts = urlsplit(url)
+    server = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+    name = database_name(url)
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return StartupError(
+            f'database "{name}" does not exist on the PostgreSQL at {server} (database_url)',
+            f"create it (createdb -h {parts.hostname or 'localhost'} -p {parts.port or 5432} "
+            f"{name}) or set DATABASE_URL to an existing database",
+        )
+    return StartupError(
+        f'the PostgreSQL at {server} refused user "{parts.username or ""}": {exc}',
+        "fix the user or password in DATABASE_URL (or database_password_file)",
+    )
+
+
+async def wait_for_database(url: str, patience: float) -> None:
+    """Return once the database answers; a :class:`StartupError` when it cannot or did not.
+
+    A missing database or refused credentials fail at once; a server that
+    does not answer (not started yet, restarting) is retried for ``patience``
+    seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.2
+    while True:
+        try:
+            connection = await asyncpg.connect(url, timeout=min(5.0, patience))
+        except _REFUSALS as exc:
+            raise _refusal(url, exc) from None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            last = str(exc) or type(exc).__name__
+            if loop.time() >= deadline:
+                raise StartupError(
+                    f"the PostgreSQL at {describe(url)} did not answer within {patience:g} s "
+                    f"({last})",
+                    "start PostgreSQL or set DATABASE_URL to one that runs "
+                    "(database_start_timeout sets how long to wait)",
+                ) from None
+            log.info("waiting for the database", extra={"database": describe(url), "error": last})
+            await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
+            delay = min(delay * 2, 2.0)
+            continue
+        await connection.close()
+        return
 
 
 async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
@@ -145,7 +227,15 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
                     f'SELECT version FROM "{schema}".schema_migrations'
                 )
             }
-            for version, path in migration_files(directory):
+            files = migration_files(directory)
+            known = max((version for version, _ in files), default=0)
+            if done and max(done) > known:
+                raise StartupError(
+                    f"the {schema} tables are at migration {max(done)}, newer than this "
+                    f"mxfed knows ({known}): a newer mxfed has used this database",
+                    "run that newer mxfed (or restore the database from before it)",
+                )
+            for version, path in files:
                 if version in done:
                     continue
                 async with connection.transaction():

@@ -28,11 +28,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from mxfed.config import Config
-from mxfed.database import apply_migrations, create_pool
+from mxfed.database import (
+    apply_migrations,
+    create_pool,
+    describe,
+    wait_for_database,
+    with_password,
+)
+from mxfed.database_claim import claim_database
 from mxfed.identity_files import ServerSigningKey, load_or_create_signing_key
-from mxfed.internal_plane import Caller, bind_port, new_server, open_channel
-from mxfed.listening import start_metrics_server
+from mxfed.internal_plane import Caller, bind_port, client_address, new_server, open_channel
+from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
+from mxfed.startup import StartupError, listen_failure, report_ready
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +104,15 @@ def migrations_directory(service: str) -> Path:
 
 
 async def run_service(name: str, config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run one service until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run one service until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Start-up problems that a restart would not cure (the database missing or
+    another server's, a port taken, tables newer than the code) raise
+    :class:`~mxfed.startup.StartupError`. The ports are bound before the
+    service is built, and whatever the build started is stopped again if
+    the start fails, so a replica that never served leaves nothing behind
+    (no sender heartbeat, no lease).
+    """
     setup_logging(name, config.log_level, config.log_format)
     if not config.database_url:
         raise RuntimeError("database_url must be resolved before a service starts")
@@ -105,40 +121,94 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    pool = await create_pool(config.database_url, max_size=config.database_pool_size)
+    url = config.database_url
+    if config.database_password_file:
+        url = with_password(url, config.database_password_file.read_text().strip())
+        config.database_url = url
+    await wait_for_database(url, config.database_start_timeout)
+    pool = await create_pool(url, max_size=config.database_pool_size)
+    try:
+        await _serve(name, config, pool, stop)
+    finally:
+        await pool.close()
+
+
+async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
     applied = await apply_migrations(pool, name, migrations_directory(name))
+    signing_key = load_or_create_signing_key(config.signing_key)
+    await claim_database(pool, config.database_url or "", config.server_name, signing_key)
+
     server = new_server(config, name)
+    listen = config.listen_address(name)
+    port = _bind_grpc(server, config, name, listen)
+    try:
+        metrics = start_metrics_server(
+            config.metrics_address(name), reuse_port=config.listen_reuse_port
+        )
+    except OSError as exc:
+        raise listen_failure(exc, config.metrics_address(name), f"{name}_metrics_listen") from None
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     context = ServiceContext(
-        name=name,
-        config=config,
-        pool=pool,
-        server=server,
-        signing_key=load_or_create_signing_key(config.signing_key),
+        name=name, config=config, pool=pool, server=server, signing_key=signing_key
     )
-    setup = importlib.import_module(f"services.{name}.server").setup
-    await setup(context)
-
-    listen = config.listen_address(name)
-    bind_port(server, config, name, listen)
-    await server.start()
-    start_metrics_server(config.metrics_address(name), reuse_port=config.listen_reuse_port)
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(f"mxfed.{name}.v1", health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "service started",
-        extra={
-            "listen": listen,
-            "metrics": config.metrics_address(name),
-            "migrations_applied": applied,
-            "instance": context.instance_id,
-        },
-    )
-    await stop.wait()
-    log.info("service stopping")
-    await health.enter_graceful_shutdown()
-    await server.stop(grace=5)
-    await context.close()
-    await pool.close()
+    try:
+        setup = importlib.import_module(f"services.{name}.server").setup
+        await setup(context)
+        await server.start()
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health.set(f"mxfed.{name}.v1", health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "service started",
+            extra={
+                "listen": listen,
+                "metrics": config.metrics_address(name),
+                "metrics_port": metrics,
+                "database": describe(config.database_url or ""),
+                "migrations_applied": applied,
+                "instance": context.instance_id,
+            },
+        )
+        readiness = asyncio.create_task(_report_when_serving(config, name, listen, port))
+        await stop.wait()
+        readiness.cancel()
+        log.info("service stopping")
+        await health.enter_graceful_shutdown()
+        await server.stop(grace=5)
+    finally:
+        await context.close()
     log.info("service stopped")
+
+
+def _bind_grpc(server: grpc.aio.Server, config: Config, name: str, listen: str) -> int:
+    """Bind the service's port; a port in use is a start-up error naming the option."""
+    option = f"{name}_listen"
+    try:
+        # Our own bind first, so the cause is known (gRPC only says "failed").
+        bind_tcp(listen, reuse_port=config.listen_reuse_port).close()
+    except OSError as exc:
+        raise listen_failure(exc, listen, option) from None
+    try:
+        return bind_port(server, config, name, listen)
+    except RuntimeError:
+        raise StartupError(f"cannot listen on {listen} ({option})", f"check {option}") from None
+
+
+async def _report_when_serving(config: Config, name: str, listen: str, port: int) -> None:
+    """Tell the supervisor we are ready once our own health check says SERVING, through
+    our socket and the internal plane like any caller."""
+    host = listen.rpartition(":")[0]
+    address = client_address(f"{host}:{port}")
+    async with open_channel(config, name, caller=Caller.part(name), address=address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5, wait_for_ready=True
+                )
+            except grpc.aio.AioRpcError:
+                reply = None
+            if reply is not None and reply.status == health_pb2.HealthCheckResponse.SERVING:
+                report_ready(name)
+                return
+            await asyncio.sleep(0.2)

@@ -1,12 +1,18 @@
 """``mxfed run``: every part of mxfed on this machine, as supervised processes.
 
 The supervisor prepares what the parts share (the signing key, the
-database, found or embedded, and the TLS pair, made by a short-lived
-process so no resident one carries the crypto library for it), starts
-each part as its own process, restarts a part that exits unexpectedly (with
-a growing delay, logged), reports when the federation API answers, and on
-SIGTERM/SIGINT stops every child and waits for it. Children get
-PR_SET_PDEATHSIG so that they stop even if the supervisor itself is killed.
+database, found or embedded, checked to answer and to belong to this
+server, and the TLS pair, made by a short-lived process so no resident one
+carries the crypto library for it), then starts each part as its own
+process. Each part reports on a pipe (see :mod:`mxfed.startup`) once it
+serves, checked through its own socket; the supervisor says ``mxfed ready``
+when every part it started has. A part that reports a fatal start-up error
+(its port taken, its database gone, ...) stops the whole run with one line
+and exit status :data:`~mxfed.startup.EXIT_FATAL`; so does a part that
+keeps crashing before it was ever ready. A part that crashes after it was
+ready is restarted with a growing delay (logged). SIGTERM/SIGINT stop every
+child and wait for it. Children get PR_SET_PDEATHSIG so that they stop even
+if the supervisor itself is killed.
 """
 
 from __future__ import annotations
@@ -16,17 +22,30 @@ import ctypes
 import logging
 import os
 import signal
-import ssl
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mxfed.config import Config
-from mxfed.database import EmbeddedDatabase, resolve_database_url
+from mxfed.database import (
+    EmbeddedDatabase,
+    create_pool,
+    describe,
+    resolve_database_url,
+    wait_for_database,
+    with_password,
+)
+from mxfed.database_claim import claim_database
 from mxfed.identity_files import load_or_create_signing_key
 from mxfed.logs import setup_logging
+from mxfed.startup import (
+    EXIT_FATAL,
+    SUPERVISOR_FD_ENV,
+    FatalReport,
+    StartupError,
+    parse_report,
+)
 
 log = logging.getLogger("mxfed.supervisor")
 
@@ -35,6 +54,9 @@ _MIN_RESTART_DELAY = 0.5
 _MAX_RESTART_DELAY = 30.0
 _STABLE_AFTER = 60.0
 _STOP_TIMEOUT = 10.0
+# A part that crashed this many times in a row without ever being ready is
+# not going to start: stop rather than loop.
+_CRASHES_BEFORE_GIVING_UP = 5
 
 
 def _die_with_parent() -> None:
@@ -49,6 +71,9 @@ class Child:
     started_at: float = 0.0
     restarts: int = 0
     delay: float = _MIN_RESTART_DELAY
+    ready: bool = False
+    ever_ready: bool = False
+    crashes_before_ready: int = 0
     pids: list[int] = field(default_factory=list)
 
 
@@ -60,16 +85,42 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.embedded: EmbeddedDatabase | None = None
         self.environment: dict[str, str] = {}
+        self.database = ""
+        self.fatal: FatalReport | None = None
+        self.announced = False
 
     async def prepare(self) -> None:
+        """What every part shares; a :class:`StartupError` when something is wrong with it."""
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot create the data directory {config.data_dir}: {exc.strerror}",
+                "set data_dir to a directory this user can write",
+            ) from None
         if "gateway" in config.run and not (
             config.tls_certificate.exists() and config.tls_private_key.exists()
         ):
             await self._make_tls_pair()
-        signing_key = load_or_create_signing_key(config.signing_key)
+        try:
+            signing_key = load_or_create_signing_key(config.signing_key)
+        except (OSError, ValueError) as exc:
+            raise StartupError(
+                f"cannot read the signing key {config.signing_key}: {exc}",
+                "fix or remove the file (signing_key_path); a new one is made when absent",
+            ) from None
         url, self.embedded = await resolve_database_url(config.database_url, config.data_dir)
+        connect_url = url
+        if config.database_password_file:
+            connect_url = with_password(url, config.database_password_file.read_text().strip())
+        self.database = describe(url)
+        await wait_for_database(connect_url, config.database_start_timeout)
+        pool = await create_pool(connect_url, max_size=1)
+        try:
+            await claim_database(pool, connect_url, config.server_name, signing_key)
+        finally:
+            await pool.close()
         self.environment = {
             **os.environ,
             "DATABASE_URL": url,
@@ -82,7 +133,8 @@ class Supervisor:
             extra={
                 "server_name": config.server_name,
                 "key_id": signing_key.key_id,
-                "database": "embedded" if self.embedded else "external",
+                "database": self.database,
+                "embedded_database": self.embedded is not None,
             },
         )
 
@@ -98,33 +150,113 @@ class Supervisor:
             config.server_name,
         )
         if await process.wait() != 0:
-            raise RuntimeError("could not generate the TLS certificate and key")
+            raise StartupError(
+                f"could not generate the TLS pair {config.tls_certificate}",
+                "check that the directory is writable, or set tls_certificate_path and "
+                "tls_private_key_path to an existing pair",
+            )
         log.info(
             "generated a self-signed TLS pair", extra={"certificate": str(config.tls_certificate)}
         )
 
-    async def _spawn(self, child: Child) -> None:
-        child.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mxfed.cli",
-            "run",
-            "--service",
-            child.part,
-            env=self.environment,
-            preexec_fn=_die_with_parent,
+    async def _spawn(self, child: Child) -> asyncio.StreamReader:
+        read_end, write_end = os.pipe()
+        os.set_inheritable(write_end, True)
+        try:
+            child.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mxfed.cli",
+                "run",
+                "--service",
+                child.part,
+                env={**self.environment, SUPERVISOR_FD_ENV: str(write_end)},
+                pass_fds=(write_end,),
+                preexec_fn=_die_with_parent,
+            )
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        reports = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reports), os.fdopen(read_end, "rb", 0)
         )
         child.started_at = time.monotonic()
         child.pids.append(child.process.pid)
         log.info("part started", extra={"child": child.part, "pid": child.process.pid})
+        return reports
+
+    async def _follow_reports(self, child: Child, reports: asyncio.StreamReader) -> None:
+        while line := await reports.readline():
+            report = parse_report(child.part, line)
+            if report is True:
+                self._on_ready(child)
+            elif isinstance(report, FatalReport):
+                self._on_fatal(report)
+
+    def _on_ready(self, child: Child) -> None:
+        child.ready = child.ever_ready = True
+        child.crashes_before_ready = 0
+        if self.announced:
+            log.info("part ready again", extra={"child": child.part})
+            return
+        if all(c.ready for c in self.children.values()):
+            self.announced = True
+            print(
+                f"mxfed ready: server_name={self.config.server_name}"
+                + (
+                    f" federation API at https://{self.config.gateway_listen}"
+                    if "gateway" in self.children
+                    else ""
+                )
+                + f" database {self.database}",
+                flush=True,
+            )
+            log.info("ready", extra={"parts": list(self.children)})
+
+    def _on_fatal(self, report: FatalReport) -> None:
+        if self.fatal is None:
+            self.fatal = report
+        self.stopping.set()
 
     async def _watch(self, child: Child) -> None:
         while not self.stopping.is_set():
-            await self._spawn(child)
+            reports = await self._spawn(child)
             assert child.process is not None
+            follower = asyncio.create_task(self._follow_reports(child, reports))
             code = await child.process.wait()
+            # The pipe ends with the process: every report is read.
+            try:
+                await asyncio.wait_for(follower, timeout=5)
+            except TimeoutError:
+                follower.cancel()
+            child.ready = False
             if self.stopping.is_set():
                 return
+            if code == EXIT_FATAL:
+                self._on_fatal(
+                    FatalReport(
+                        child.part,
+                        f"it stopped with a start-up error (exit status {code})",
+                        "see its log above",
+                    )
+                )
+                return
+            if not child.ever_ready:
+                child.crashes_before_ready += 1
+                if child.crashes_before_ready >= _CRASHES_BEFORE_GIVING_UP:
+                    self._on_fatal(
+                        FatalReport(
+                            child.part,
+                            f"it crashed {child.crashes_before_ready} times in a row before "
+                            f"it was ever ready (last exit status {code})",
+                            "see its log above",
+                        )
+                    )
+                    return
             if time.monotonic() - child.started_at > _STABLE_AFTER:
                 child.delay = _MIN_RESTART_DELAY
             child.restarts += 1
@@ -143,36 +275,6 @@ class Supervisor:
                 pass
             child.delay = min(child.delay * 2, _MAX_RESTART_DELAY)
 
-    async def _announce_when_ready(self) -> None:
-        if "gateway" not in self.config.run:
-            return
-        host, port = self.config.gateway_listen.rsplit(":", 1)
-        if host in ("0.0.0.0", "::", "[::]"):
-            host = "127.0.0.1"
-        url = f"https://{host}:{port}/_matrix/federation/v1/version"
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
-
-        def answers() -> bool:
-            try:
-                with urllib.request.urlopen(url, context=insecure, timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        # urllib in a thread rather than an HTTP client library: the supervisor
-        # stays small (it is one of six resident processes).
-        while not self.stopping.is_set() and not await asyncio.to_thread(answers):  # noqa: ASYNC110
-            await asyncio.sleep(0.3)
-        if not self.stopping.is_set():
-            print(
-                f"mxfed ready: server_name={self.config.server_name} "
-                f"federation API at https://{self.config.gateway_listen}",
-                flush=True,
-            )
-            log.info("ready", extra={"federation_api": url})
-
     async def stop_children(self) -> None:
         running = [
             c.process for c in self.children.values() if c.process and c.process.returncode is None
@@ -189,23 +291,35 @@ class Supervisor:
                     process.kill()
                     await process.wait()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        await self.prepare()
+        try:
+            await self.prepare()
+        except StartupError as exc:
+            print(exc.line(), file=sys.stderr, flush=True)
+            self._stop_embedded()
+            return EXIT_FATAL
         watchers = [asyncio.create_task(self._watch(c)) for c in self.children.values()]
-        announcer = asyncio.create_task(self._announce_when_ready())
         await self.stopping.wait()
         log.info("stopping all parts")
-        announcer.cancel()
         await self.stop_children()
-        await asyncio.gather(*watchers, announcer, return_exceptions=True)
+        await asyncio.gather(*watchers, return_exceptions=True)
+        self._stop_embedded()
+        if self.fatal is not None:
+            # The part logged the error in full; this is the line a person reads.
+            print(self.fatal.line(), file=sys.stderr, flush=True)
+            return EXIT_FATAL
+        log.info("stopped")
+        return 0
+
+    def _stop_embedded(self) -> None:
         if self.embedded:
             self.embedded.stop()
-        log.info("stopped")
+            self.embedded = None
 
 
-async def supervise(config: Config, config_path: str | None) -> None:
+async def supervise(config: Config, config_path: str | None) -> int:
     setup_logging("supervisor", config.log_level, config.log_format)
-    await Supervisor(config, config_path).run()
+    return await Supervisor(config, config_path).run()

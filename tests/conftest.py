@@ -18,7 +18,17 @@ pytest_plugins = ["tests.support.keys_service"]
 
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
+    """One database for the session's in-process services (not for a whole mxfed: a
+    database belongs to one server, so every MxfedProcess gets its own)."""
     url = await create_database()
+    yield url
+    await drop_database(url)
+
+
+@pytest.fixture
+async def own_database_url() -> AsyncIterator[str]:
+    """A database of this test's own, e.g. for the one mxfed it runs."""
+    url = await create_database("mxfed_own")
     yield url
     await drop_database(url)
 

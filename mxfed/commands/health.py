@@ -1,38 +1,70 @@
-"""``mxfed health --service NAME``: exit 0 when that service reports SERVING.
+"""``mxfed health --service NAME``: exit 0 when that part reports SERVING.
 
-Used by the compose healthchecks; it speaks the standard gRPC health protocol.
+A service is asked with the standard gRPC health protocol; the gateway with
+``GET /health`` over HTTPS on its federation port. ``--service all`` asks
+every part in ``run``. Exit status 0 when every part asked is serving,
+1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import grpc
+import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mxfed.config import SERVICE_NAMES, Config
-from mxfed.internal_plane import Caller, open_channel
+from mxfed.config import PART_NAMES, SERVICE_NAMES, Config
+from mxfed.internal_plane import OPERATOR, client_address, open_channel
+from mxfed.probes import gateway_health
+
+TIMEOUT = 3.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("health", help="check a service's gRPC health")
-    parser.add_argument("--service", choices=SERVICE_NAMES, required=True)
-    parser.add_argument("--address", help="host:port (default: the service's listen address)")
+    parser = subparsers.add_parser("health", help="check whether a part is serving")
+    parser.add_argument("--service", choices=(*PART_NAMES, "all"), default="all")
+    parser.add_argument(
+        "--address", help="host:port to ask (default: the part's address from the config)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per part")
     parser.set_defaults(handler=check_health)
 
 
 async def check_health(args: argparse.Namespace, config: Config) -> int:
-    address = args.address or config.listen_address(args.service)
+    parts = list(config.run) if args.service == "all" else [args.service]
+    if args.address and len(parts) != 1:
+        print("mxfed health: --address needs --service NAME")
+        return 2
+    statuses = await asyncio.gather(*(_status(config, part, args.address) for part in parts))
+    for part, status in zip(parts, statuses, strict=True):
+        if args.json:
+            print(orjson.dumps({"part": part, "status": status}).decode())
+        else:
+            print(f"{part}: {status}")
+    return 0 if all(status == "SERVING" for status in statuses) else 1
+
+
+async def _status(config: Config, part: str, address: str | None) -> str:
+    if part in SERVICE_NAMES:
+        return await _service_status(config, part, address)
+    return await _gateway_status(config, address)
+
+
+async def _service_status(config: Config, service: str, address: str | None) -> str:
     async with open_channel(
-        config, args.service, caller=Caller.part(args.service), address=address
+        config, service, caller=OPERATOR, address=address or config.service_address(service)
     ) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=3
+                health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT
             )
         except grpc.aio.AioRpcError as exc:
-            print(f"{args.service}: {exc.code().name}")
-            return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{args.service}: {status}")
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def _gateway_status(config: Config, address: str | None) -> str:
+    host, _, port = client_address(address or config.gateway_listen).rpartition(":")
+    return await gateway_health(host, int(port), TIMEOUT)

@@ -1,14 +1,20 @@
-"""``mxfed run``: the whole server, or one part of it (``--service NAME``)."""
+"""``mxfed run``: the whole server, or one part of it (``--service NAME``).
+
+A part run alone reports a fatal start-up error as one line on stderr and
+exit status 78 (see :mod:`mxfed.startup`); an unexpected crash is logged
+as one JSON record (with its traceback inside) and exits 1.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import logging
 
 from mxfed.config import PART_NAMES, Config
+from mxfed.logs import setup_logging
+from mxfed.startup import EXIT_FATAL, StartupError, report_fatal
 
-if TYPE_CHECKING:
-    from mxfed.database import EmbeddedDatabase
+log = logging.getLogger("mxfed.run")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,28 +27,33 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     if args.service is None:
         from mxfed.supervisor import supervise
 
-        await supervise(config, args.config)
-        return 0
-    if args.service == "gateway":
-        from gateway.server import run_gateway
-
-        await run_gateway(config)
-        return 0
-    from mxfed.service_runtime import run_service
-
-    embedded = await _with_database(config)
+        return await supervise(config, args.config)
+    setup_logging(args.service, config.log_level, config.log_format)
     try:
-        await run_service(args.service, config)
-    finally:
-        if embedded:
-            embedded.stop()
+        await _run_part(args.service, config)
+    except StartupError as exc:
+        report_fatal(args.service, exc)
+        return EXIT_FATAL
+    except Exception:
+        log.critical("crashed", exc_info=True)
+        return 1
     return 0
 
 
-async def _with_database(config: Config) -> EmbeddedDatabase | None:
-    """Resolve the database when a part runs alone (compose sets DATABASE_URL)."""
-    from mxfed.database import resolve_database_url
+async def _run_part(part: str, config: Config) -> None:
+    if part == "gateway":
+        from gateway.server import run_gateway
 
+        await run_gateway(config)
+        return
+    from mxfed.database import resolve_database_url
+    from mxfed.service_runtime import run_service
+
+    # Compose and Kubernetes set DATABASE_URL; alone on a laptop it is found.
     url, embedded = await resolve_database_url(config.database_url, config.data_dir)
     config.database_url = url
-    return embedded
+    try:
+        await run_service(part, config)
+    finally:
+        if embedded:
+            embedded.stop()

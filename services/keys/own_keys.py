@@ -20,6 +20,7 @@ import orjson
 
 from matrix_protocol.signing import encode_verify_key, sign_json
 from mxfed.config import Config
+from mxfed.database_claim import record_signing_key
 from mxfed.identity_files import (
     ServerSigningKey,
     current_signing_key,
@@ -130,7 +131,9 @@ class OwnKeys:
         """Make a new current key; the old one is published as expired from now on.
 
         The old key goes into the database before the new file replaces the
-        old one, so a process that sees the new key also finds the old one.
+        old one, so a process that sees the new key also finds the old one;
+        the new key is recorded as this server's (``mxfed.database_claim``)
+        before it takes effect, so the next start accepts it.
         """
         async with self._lock:
             old = self.current(max_age=0)
@@ -139,6 +142,7 @@ class OwnKeys:
                 OwnOldKey(old.key_id, encode_verify_key(old.signing_key.verify_key), expired_ts)
             )
             new = new_signing_key()
+            await record_signing_key(self.storage.pool, new)
             write_signing_key(self.config.signing_key, new)
             self.current(max_age=0)
             self._signed = None

@@ -20,10 +20,10 @@ async def remote() -> AsyncIterator[FakeHomeserver]:
 
 
 @pytest.fixture
-def strict_mxfed(tmp_path: Path, database_url: str, remote: FakeHomeserver):
+def strict_mxfed(tmp_path: Path, own_database_url: str, remote: FakeHomeserver):
     process = MxfedProcess(
         tmp_path / "data",
-        database_url,
+        own_database_url,
         extra_config={
             "require_tls_client_certificate_match": True,
             "tls_client_ca_file": str(remote.tls_certificate),

@@ -4,6 +4,8 @@ import json
 import os
 import signal
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -39,8 +41,8 @@ def _version(process: MxfedProcess) -> dict:
 
 
 @pytest.fixture
-def mxfed(tmp_path: Path, database_url: str):
-    process = MxfedProcess(tmp_path / "data", database_url)
+def mxfed(tmp_path: Path, own_database_url: str):
+    process = MxfedProcess(tmp_path / "data", own_database_url)
     yield process
     process.stop()
 
@@ -67,6 +69,24 @@ def test_signing_key_id_survives_a_restart(mxfed: MxfedProcess) -> None:
     second = parse_signing_key(key_file.read_text())
     assert second.key_id == first.key_id
     assert bytes(second.signing_key) == bytes(first.signing_key)
+
+
+def test_a_rotated_key_is_still_this_servers_after_a_restart(mxfed: MxfedProcess) -> None:
+    mxfed.start()
+    key_file = mxfed.data_dir / "signing.key"
+    first = parse_signing_key(key_file.read_text())
+    rotated = subprocess.run(
+        [sys.executable, "-m", "mxfed.cli", "keys", "rotate", "--config", str(mxfed.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=mxfed.environment(),
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    second = parse_signing_key(key_file.read_text())
+    assert second.key_id != first.key_id
+    assert mxfed.stop(keep_ports=True) == 0
+    mxfed.start()  # refused unless the database knows the new key as this server's
 
 
 def test_a_killed_part_is_restarted_and_sigterm_leaves_no_orphans(mxfed: MxfedProcess) -> None:

@@ -87,16 +87,20 @@ class MxfedProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config))
 
+    def environment(self) -> dict[str, str]:
+        """This process's environment without mxfed settings: the config file decides."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MXFED_")}
+        env.pop("DATABASE_URL", None)
+        return env
+
     def start(self, timeout: float = 60.0) -> None:
         self.write_config()
         log = open(self.data_dir / "mxfed.log", "ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MXFED_")}
-        env.pop("DATABASE_URL", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mxfed.cli", "--config", str(self.config_path), "run"],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=self.environment(),
             start_new_session=True,
         )
         try:

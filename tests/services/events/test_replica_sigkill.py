@@ -41,8 +41,8 @@ async def remote() -> AsyncIterator[FakeHomeserver]:
 
 
 @pytest.fixture
-def mxfed(tmp_path: Path, database_url: str):
-    process = MxfedProcess(tmp_path / "data", database_url)
+def mxfed(tmp_path: Path, own_database_url: str):
+    process = MxfedProcess(tmp_path / "data", own_database_url)
     process.start()
     yield process
     process.stop()
