@@ -18,6 +18,8 @@ _STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict_
     "message",
     "asctime",
     "taskName",
+    # uvicorn's copy of the message with terminal colour codes.
+    "color_message",
 }
 
 
@@ -70,6 +72,8 @@ def setup_logging(part: str, level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Third-party chatter at INFO drowns the service's own records.
-    for noisy in ("uvicorn.access", "asyncio", "aiohttp.access"):
+    # Third-party chatter at INFO drowns the service's own records (uvicorn's
+    # start and stop lines; the gateway logs its own "gateway starting", "ready"
+    # and access records; pgserver's initdb and pg_ctl output).
+    for noisy in ("uvicorn.access", "uvicorn.error", "asyncio", "aiohttp.access", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

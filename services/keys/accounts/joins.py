@@ -196,8 +196,11 @@ class JoinDeviceLists:
             self.position = await connection.fetchval(
                 "SELECT stream_position FROM keys.device_list_join_cursor"
             )
+        # wait_for_ready: at start the events service may not be up yet; that
+        # is not worth a warning and a restart.
         call = self.events.StreamEvents(
-            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True)
+            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True),
+            wait_for_ready=True,
         )
         try:
             async for item in call:
