@@ -28,12 +28,12 @@ COPY protos ./protos
 RUN /opt/mxfed/bin/pip install --no-deps . && /opt/mxfed/bin/python -m compileall -q /opt/mxfed
 
 FROM python:3.11-slim-bookworm
-# curl: the gateway's healthcheck (GET /health over TLS).
+# curl: the gateway's healthcheck (GET /health over TLS). /media: the media store
+# (compose mounts one shared volume there for every media replica).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 1000 --user-group --home-dir /data --create-home mxfed \
-    # /media: the media store (compose mounts one shared volume there for every media replica).
     && mkdir /media && chown mxfed:mxfed /media
 COPY --from=probe /out/grpc-health-probe /usr/local/bin/grpc_health_probe
 COPY --from=build /opt/mxfed /opt/mxfed
