@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from matrix_protocol.canonical_json import encode_json  # noqa: E402
 from mxfed.config import Config  # noqa: E402
 from mxfed.database import apply_migrations, create_pool  # noqa: E402
-from mxfed.identity_files import new_signing_key  # noqa: E402
+from mxfed.identity_files import current_signing_key  # noqa: E402
 from mxfed.internal_plane import Caller, bind_port, new_server, open_channel  # noqa: E402
 from mxfed.service_runtime import ServiceContext, migrations_directory  # noqa: E402
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
@@ -36,6 +36,7 @@ from services.events.server import build_servicer  # noqa: E402
 from services.keys.server import setup as keys_setup  # noqa: E402
 from tests.support.databases import create_database, drop_database  # noqa: E402
 from tests.support.events_service import EventsService, RemoteServer  # noqa: E402
+from tests.support.grpc_plane import plane_settings  # noqa: E402
 from tests.support.key_servers import FakeKeyServer  # noqa: E402
 
 OUR_SERVER = "bench.example"
@@ -57,13 +58,14 @@ def ed25519_verifications_per_second(seconds: float = 1.0) -> float:
 
 async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
     config = Config(
+        **plane_settings(),
         server_name=OUR_SERVER,
         data_dir=data_dir,
         database_url=database_url,
         federation_verify_tls=False,
         federation_allowed_ip_ranges=["127.0.0.0/8"],
     )
-    signing_key = new_signing_key()
+    signing_key = current_signing_key(config.signing_key)
     contexts = []
     servers = []
     servicer = None
@@ -72,9 +74,7 @@ async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
         pool = await create_pool(database_url, max_size=12)
         await apply_migrations(pool, name, migrations_directory(name))
         server = new_server(config, name)
-        context = ServiceContext(
-            name=name, config=config, pool=pool, server=server, signing_key=signing_key
-        )
+        context = ServiceContext(name=name, config=config, pool=pool, server=server)
         if name == "keys":
             await keys_setup(context)
         else:

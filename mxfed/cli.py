@@ -15,6 +15,7 @@ import os
 import sys
 
 from mxfed.config import ConfigError, load_config
+from mxfed.identity_files import IdentityError
 from mxfed.startup import EXIT_FATAL
 
 COMMAND_MODULES = [
@@ -31,6 +32,8 @@ COMMAND_MODULES = [
     "to_device",
     "doctor",
     "media",
+    "init",
+    "actors",
 ]
 
 
@@ -104,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mxfed: configuration error: {exc}", file=sys.stderr)
             return EXIT_FATAL
         return int(asyncio.run(args.handler(args, config)) or 0)
+    except IdentityError as exc:
+        print(exc.line(), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

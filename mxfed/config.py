@@ -282,7 +282,8 @@ class Config(BaseSettings):
 
     signing_key_path: FilePath | None = None
     """The ed25519 signing key ('ed25519 <version> <base64 seed>'; default
-    <data_dir>/signing.key, generated on first run; its key id never changes)."""
+    <data_dir>/signing.key, generated on first run, mode 0600 from its first byte); its key
+    id changes only by `mxfed keys rotate`; read only by the parts that sign."""
 
     database_url: DatabaseUrl | None = Field(
         default=None,
@@ -458,6 +459,26 @@ class Config(BaseSettings):
     """Presence: we never send m.presence; when true, received m.presence EDUs are kept
     (Accounts.QueryPresence), when false they are ignored."""
 
+    internal_tls: bool = True
+    """Mutual TLS and per-RPC authorization on every internal gRPC connection (the internal
+    plane); false makes it plaintext and unauthenticated, for development only, and every
+    process logs a warning saying so."""
+
+    internal_tls_dir: Directory | None = None
+    """The internal CA and one directory per identity: part-<name>/, operator/,
+    actor-<name>/, each with tls.crt, tls.key and ca.crt (default <data_dir>/internal)."""
+
+    internal_ca_certificate_path: FilePath | None = None
+    """The CA that issues the internal certificates (default <internal_tls_dir>/ca.crt,
+    made on first run when absent; or the operator's own CA)."""
+
+    internal_ca_key_path: FilePath | None = None
+    """The internal CA's private key (default <internal_tls_dir>/ca.key); needed only where
+    certificates are issued (first run, mxfed init, mxfed actors add)."""
+
+    internal_call_timeout: float = Field(default=60.0, gt=0)
+    """Seconds an internal unary gRPC call may take when it sets no deadline itself."""
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -506,6 +527,18 @@ class Config(BaseSettings):
     @property
     def media_store(self) -> Path:
         return self.media_store_path or self.data_dir / "media"
+
+    @property
+    def internal_tls_directory(self) -> Path:
+        return self.internal_tls_dir or self.data_dir / "internal"
+
+    @property
+    def internal_ca_certificate(self) -> Path:
+        return self.internal_ca_certificate_path or self.internal_tls_directory / "ca.crt"
+
+    @property
+    def internal_ca_key(self) -> Path:
+        return self.internal_ca_key_path or self.internal_tls_directory / "ca.key"
 
     def listen_address(self, part: str) -> str:
         return str(getattr(self, f"{part}_listen"))

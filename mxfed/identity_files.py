@@ -24,7 +24,14 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from mxfed.startup import StartupError
+
 _VERSION_ALPHABET = string.ascii_letters + string.digits + "_"
+
+
+class IdentityError(StartupError):
+    """A file of this server's identity is missing or unusable: which (``cause``) and what
+    makes it right (``fix``); fatal at start-up, a restart would not cure it."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,11 @@ def new_signing_key() -> ServerSigningKey:
     return ServerSigningKey(f"ed25519:{version}", SigningKey.generate())
 
 
-def _create_exclusively(path: Path, content: bytes) -> bool:
+def write_private_file(path: Path, content: bytes) -> bool:
+    """Create ``path`` holding ``content``, mode 0600 from the first byte; False if it exists.
+
+    O_EXCL: of processes starting together, exactly one creates the file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -74,15 +85,27 @@ def _create_exclusively(path: Path, content: bytes) -> bool:
 
 def load_or_create_signing_key(path: Path) -> ServerSigningKey:
     if not path.exists():
-        _create_exclusively(path, format_signing_key(new_signing_key()).encode())
+        write_private_file(path, format_signing_key(new_signing_key()).encode())
     return parse_signing_key(path.read_text())
+
+
+def ensure_signing_key(path: Path) -> str:
+    """Create the signing key file when absent; returns its key id (the key is not kept)."""
+    if not path.exists():
+        write_private_file(path, format_signing_key(new_signing_key()).encode())
+    fields = path.read_text().split()
+    if len(fields) != 3 or fields[0] != "ed25519":
+        raise IdentityError(
+            f"{path} must hold 'ed25519 <version> <base64 seed>'",
+            "point signing_key_path at this server's signing key file",
+        )
+    return f"ed25519:{fields[1]}"
 
 
 def write_signing_key(path: Path, key: ServerSigningKey) -> None:
     """Replace the key file atomically (used by key rotation)."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(format_signing_key(key))
-    os.chmod(temporary, 0o600)
+    temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    write_private_file(temporary, format_signing_key(key).encode())
     os.replace(temporary, path)
 
 
@@ -170,7 +193,7 @@ def ensure_tls_pair(certificate: Path, private_key: Path, server_name: str) -> b
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    if _create_exclusively(private_key, key_pem):
+    if write_private_file(private_key, key_pem):
         certificate.parent.mkdir(parents=True, exist_ok=True)
         certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return True

@@ -3,19 +3,60 @@
 Every internal channel is opened by :func:`open_channel`, every gRPC server is
 made by :func:`new_server` and every server port is bound by
 :func:`bind_port`, so that transport security, caller authorization and call
-options apply to all of them in one place. A caller is named by a
-:class:`Caller`: one of mxfed's parts, the operator (the ``mxfed`` CLI) or a
-local actor (a bot or bridge).
+options apply to all of them in one place:
+
+- **Mutual TLS** with certificates from the deployment's private CA
+  (``mxfed/internal_pki.py`` issues them; ``mxfed/internal_identity.py``
+  says where they live). A server accepts only clients with a certificate
+  from that CA: a client without one, or with another CA's, fails at the TLS
+  handshake and never reaches a handler. Clients check the server's
+  certificate against the fixed name ``<service>.mxfed.internal``, so
+  certificates do not depend on addresses.
+- **Authorization per RPC** by the caller's identity (the SAN URI of its
+  certificate), from the table in ``mxfed/internal_access.py``; a caller
+  that may not call a method gets PERMISSION_DENIED.
+- **A deadline on every unary call**: a call that sets no timeout gets
+  ``internal_call_timeout``.
+
+``internal_tls: false`` makes the plane plaintext and unauthenticated, for
+development only; every process says so loudly in its log.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
 from mxfed.config import Config
+from mxfed.identity_files import IdentityError
+from mxfed.internal_access import access_for
+from mxfed.internal_identity import (
+    CA_CERTIFICATE_FILE,
+    CERTIFICATE_FILE,
+    OPERATOR,
+    PRIVATE_KEY_FILE,
+    Caller,
+    CallerKind,
+    identity_directory,
+    server_name_of,
+)
+
+__all__ = [
+    "GRPC_OPTIONS",
+    "OPERATOR",
+    "Caller",
+    "CallerKind",
+    "InternalPlaneError",
+    "bind_port",
+    "new_server",
+    "open_channel",
+]
+
+log = logging.getLogger(__name__)
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
@@ -26,29 +67,8 @@ GRPC_OPTIONS = [
 ]
 
 
-class CallerKind(enum.Enum):
-    PART = "part"
-    OPERATOR = "operator"
-    ACTOR = "actor"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is on the calling end of an internal channel."""
-
-    kind: CallerKind
-    name: str = ""
-
-    @classmethod
-    def part(cls, name: str) -> Caller:
-        return cls(CallerKind.PART, name)
-
-    @classmethod
-    def actor(cls, name: str) -> Caller:
-        return cls(CallerKind.ACTOR, name)
-
-
-OPERATOR = Caller(CallerKind.OPERATOR)
+class InternalPlaneError(IdentityError):
+    """This process lacks what it needs to join the internal plane (said in one line)."""
 
 
 def client_address(address: str) -> str:
@@ -59,6 +79,36 @@ def client_address(address: str) -> str:
     return address
 
 
+_plaintext_announced = False
+
+
+def _announce_plaintext() -> None:
+    global _plaintext_announced
+    if not _plaintext_announced:
+        _plaintext_announced = True
+        log.warning(
+            "internal_tls is false: internal gRPC is PLAINTEXT and UNAUTHENTICATED; anyone who "
+            "can reach the service ports can act as this server. Development only."
+        )
+
+
+def identity_files(config: Config, caller: Caller) -> tuple[bytes, bytes, bytes]:
+    """``caller``'s (CA certificate, private key, certificate), PEM."""
+    directory = identity_directory(config.internal_tls_directory, caller)
+    try:
+        return (
+            (directory / CA_CERTIFICATE_FILE).read_bytes(),
+            (directory / PRIVATE_KEY_FILE).read_bytes(),
+            (directory / CERTIFICATE_FILE).read_bytes(),
+        )
+    except OSError as exc:
+        raise InternalPlaneError(
+            f"no internal TLS certificate for {caller} ({exc.strerror}: {exc.filename})",
+            "`mxfed init` or a first `mxfed run` makes them, `mxfed actors add NAME` "
+            "makes an actor's (or set internal_tls: false for development)",
+        ) from exc
+
+
 def open_channel(
     config: Config, service: str, *, caller: Caller, address: str | None = None
 ) -> grpc.aio.Channel:
@@ -67,19 +117,179 @@ def open_channel(
     ``address`` defaults to the service's configured address.
     """
     target = client_address(address or config.service_address(service))
-    return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+    if config.internal_tls:
+        ca, key, certificate = identity_files(config, caller)
+        channel = grpc.aio.secure_channel(
+            target,
+            grpc.ssl_channel_credentials(ca, key, certificate),
+            options=[*GRPC_OPTIONS, ("grpc.ssl_target_name_override", server_name_of(service))],
+        )
+    else:
+        _announce_plaintext()
+        channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+    return DeadlineChannel(channel, config.internal_call_timeout)
 
 
 def new_server(config: Config, part: str) -> grpc.aio.Server:
     """The gRPC server of the part ``part``; bind it with :func:`bind_port`."""
     # gRPC binds with SO_REUSEPORT unless told not to: a port in use must fail the start.
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", int(config.listen_reuse_port))]
-    return grpc.aio.server(options=options)
+    if not config.internal_tls:
+        _announce_plaintext()
+        return grpc.aio.server(options=options)
+    return grpc.aio.server(options=options, interceptors=[_Authorizer()])
 
 
 def bind_port(server: grpc.aio.Server, config: Config, part: str, address: str) -> int:
     """Bind ``address`` (port 0 picks a free one) on ``part``'s server; returns the bound port."""
-    port = server.add_insecure_port(address)
+    if config.internal_tls:
+        ca, key, certificate = identity_files(config, Caller.part(part))
+        credentials = grpc.ssl_server_credentials(
+            [(key, certificate)], root_certificates=ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if not port:
-        raise RuntimeError(f"cannot listen on {address}")
+        raise InternalPlaneError(f"cannot listen on {address}", f"check {part}_listen")
     return port
+
+
+# Authorization --------------------------------------------------------------
+
+# grpc puts the URI SANs of the verified peer certificate under this property.
+_URI_PROPERTY = "peer_uri"
+
+
+def caller_of(context: grpc.aio.ServicerContext) -> Caller | None:
+    """The caller its verified client certificate names (None when it names none)."""
+    for uri in context.auth_context().get(_URI_PROPERTY, ()):
+        try:
+            return Caller.parse(uri.decode())
+        except ValueError:
+            continue
+    return None
+
+
+async def _refuse(context: grpc.aio.ServicerContext, method: str) -> None:
+    caller = caller_of(context)
+    if caller is None:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED, "the client certificate names no mxfed caller"
+        )
+    elif not access_for(method).admits(caller):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{caller} may not call {method}")
+
+
+def _authorized(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` behind the authorization check for ``method``."""
+    if handler.unary_unary is not None:
+        inner_unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await _refuse(context, method)
+            return await inner_unary(request, context)
+
+        return handler._replace(unary_unary=unary_unary)
+    kind = next(
+        name
+        for name in ("unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, name) is not None
+    )
+    return handler._replace(**{kind: _checked_behaviour(getattr(handler, kind), method)})
+
+
+def _checked_behaviour(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(inner):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await _refuse(context, method)
+            async for item in inner(request, context):
+                yield item
+
+        return streaming
+
+    async def writing(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _refuse(context, method)
+        return await inner(request, context)
+
+    return writing
+
+
+class _Authorizer(grpc.aio.ServerInterceptor):
+    """Puts every method handler behind the authorization check.
+
+    grpc.aio interceptors do not see the peer's auth context, so the check
+    runs inside the handler it returns; handlers are wrapped once per method.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = _authorized(handler, method)
+        return wrapped
+
+
+# Deadlines ------------------------------------------------------------------
+
+
+class _DeadlineMultiCallable:
+    """A unary-unary callable that gives a call without a timeout the default one."""
+
+    def __init__(self, inner: Any, timeout: float) -> None:
+        self._inner = inner
+        self._timeout = timeout
+
+    def __call__(self, request: Any, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._inner(request, timeout=self._timeout if timeout is None else timeout, **kwargs)
+
+
+class DeadlineChannel(grpc.aio.Channel):
+    """A channel whose unary calls always have a deadline (the default when none is given)."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._channel = channel
+        self._timeout = timeout
+
+    async def __aenter__(self) -> DeadlineChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._channel.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _DeadlineMultiCallable(
+            self._channel.unary_unary(method, *args, **kwargs), self._timeout
+        )
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(method, *args, **kwargs)

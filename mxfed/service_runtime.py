@@ -36,7 +36,7 @@ from mxfed.database import (
     with_password,
 )
 from mxfed.database_claim import claim_database
-from mxfed.identity_files import ServerSigningKey, load_or_create_signing_key
+from mxfed.identity_files import ServerSigningKey, current_signing_key
 from mxfed.internal_plane import Caller, bind_port, client_address, new_server, open_channel
 from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
@@ -53,7 +53,6 @@ class ServiceContext:
     config: Config
     pool: asyncpg.Pool
     server: grpc.aio.Server
-    signing_key: ServerSigningKey
     # Identifies this replica in leases and logs.
     instance_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -61,6 +60,11 @@ class ServiceContext:
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def signing_key(self) -> ServerSigningKey:
+        """The server's current signing key: after ``mxfed keys rotate``, the new one within
+        a second. Read only by the parts that sign (never the gateway), when they sign."""
+        return current_signing_key(self.config.signing_key)
 
     def channel(self, service: str) -> grpc.aio.Channel:
         """A shared channel to another mxfed service (``keys``, ``events``...)."""
@@ -135,7 +139,7 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
 
 async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
     applied = await apply_migrations(pool, name, migrations_directory(name))
-    signing_key = load_or_create_signing_key(config.signing_key)
+    signing_key = current_signing_key(config.signing_key)
     await claim_database(pool, config.database_url or "", config.server_name, signing_key)
 
     server = new_server(config, name)
@@ -150,7 +154,10 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     context = ServiceContext(
-        name=name, config=config, pool=pool, server=server, signing_key=signing_key
+        name=name,
+        config=config,
+        pool=pool,
+        server=server,
     )
     try:
         setup = importlib.import_module(f"services.{name}.server").setup

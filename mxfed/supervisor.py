@@ -24,8 +24,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mxfed.config import Config
 from mxfed.database import (
@@ -38,6 +40,8 @@ from mxfed.database import (
 )
 from mxfed.database_claim import claim_database
 from mxfed.identity_files import load_or_create_signing_key
+from mxfed.internal_identity import OPERATOR, Caller
+from mxfed.internal_pki import ensure_in_subprocess
 from mxfed.logs import setup_logging
 from mxfed.startup import (
     EXIT_FATAL,
@@ -99,10 +103,15 @@ class Supervisor:
                 f"cannot create the data directory {config.data_dir}: {exc.strerror}",
                 "set data_dir to a directory this user can write",
             ) from None
+        # First run: the TLS pair and the internal certificates, each by a short-lived process.
+        first_run: list[Coroutine[Any, Any, object]] = []
         if "gateway" in config.run and not (
             config.tls_certificate.exists() and config.tls_private_key.exists()
         ):
-            await self._make_tls_pair()
+            first_run.append(self._make_tls_pair())
+        if config.internal_tls:
+            first_run.append(self._make_internal_certificates())
+        await asyncio.gather(*first_run)
         try:
             signing_key = load_or_create_signing_key(config.signing_key)
         except (OSError, ValueError) as exc:
@@ -158,6 +167,19 @@ class Supervisor:
         log.info(
             "generated a self-signed TLS pair", extra={"certificate": str(config.tls_certificate)}
         )
+
+    async def _make_internal_certificates(self) -> None:
+        """The internal CA (when there is none), the parts' and the operator's certificates."""
+        callers = [Caller.part(part) for part in self.config.run] + [OPERATOR]
+        issued = await ensure_in_subprocess(self.config, callers)
+        if issued:
+            log.info(
+                "issued internal TLS certificates",
+                extra={
+                    "identities": [str(caller) for caller in issued],
+                    "directory": str(self.config.internal_tls_directory),
+                },
+            )
 
     async def _spawn(self, child: Child) -> asyncio.StreamReader:
         read_end, write_end = os.pipe()

@@ -16,7 +16,8 @@ import orjson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mxfed.config import PART_NAMES, SERVICE_NAMES, Config
-from mxfed.internal_plane import OPERATOR, client_address, open_channel
+from mxfed.internal_identity import CERTIFICATE_FILE, identity_directory
+from mxfed.internal_plane import OPERATOR, Caller, client_address, open_channel
 from mxfed.probes import gateway_health
 
 TIMEOUT = 3.0
@@ -52,9 +53,19 @@ async def _status(config: Config, part: str, address: str | None) -> str:
     return await _gateway_status(config, address)
 
 
+def _caller(config: Config, service: str) -> Caller:
+    """The operator where its certificate is (a workstation, compose's init container);
+    in a part's own container, which holds only that part's certificate, the part."""
+    operator = identity_directory(config.internal_tls_directory, OPERATOR)
+    return OPERATOR if (operator / CERTIFICATE_FILE).exists() else Caller.part(service)
+
+
 async def _service_status(config: Config, service: str, address: str | None) -> str:
     async with open_channel(
-        config, service, caller=OPERATOR, address=address or config.service_address(service)
+        config,
+        service,
+        caller=_caller(config, service),
+        address=address or config.service_address(service),
     ) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(

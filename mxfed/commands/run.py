@@ -40,7 +40,22 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _ensure_certificate(config: Config, part: str) -> None:
+    """Issue this part's certificate if it is missing and the CA key is here.
+
+    Without the CA key (compose and Kubernetes give a part only its own
+    certificate), a missing certificate is reported when the part binds.
+    """
+    from mxfed.internal_identity import Caller
+    from mxfed.internal_pki import ensure_in_subprocess
+
+    if config.internal_ca_key.exists():
+        await ensure_in_subprocess(config, [Caller.part(part)])
+
+
 async def _run_part(part: str, config: Config) -> None:
+    if config.internal_tls:
+        await _ensure_certificate(config, part)
     if part == "gateway":
         from gateway.server import run_gateway
 

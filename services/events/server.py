@@ -38,7 +38,7 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     keys = keys_pb2_grpc.KeysStub(context.channel("keys"))
     backfill = backfill_pb2_grpc.BackfillStub(context.channel("backfill"))
     pipeline = InputPipeline(context.pool, core, keys, backfill=backfill)
-    local = LocalEvents(context.pool, core, lambda: context.signing_key)
+    local = LocalEvents(context.pool, core, context.signing_key)
     reads = Reads(context.pool, core.state_store, core.server_name)
     hub = StreamHub(context.pool, core.server_name)
     context.spawn(hub.run(), name="events-stream-hub")

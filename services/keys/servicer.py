@@ -12,21 +12,11 @@ from typing import Any
 
 import grpc
 
-from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.canonical_json import decode_json
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.keys.doctor.servicer import DoctorRpc
 from services.keys.keyring import JsonCheck, KeyNeed, Keyring
 from services.keys.own_keys import OwnKeys
-
-
-async def _json_object(data: bytes, context: grpc.aio.ServicerContext) -> dict[str, Any]:
-    try:
-        obj = decode_json(data)
-    except ValueError:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "M_NOT_JSON: not valid JSON")
-    if not isinstance(obj, dict):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "M_BAD_JSON: not a JSON object")
-    return obj
 
 
 class KeysServicer(keys_pb2_grpc.KeysServicer):
@@ -105,14 +95,6 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             [(signature.key_id, signature.sig) for signature in request.signatures],
         )
         return keys_pb2.VerifyRequestResponse(ok=error is None, error=error or "")
-
-    async def SignJson(
-        self, request: keys_pb2.SignJsonRequest, context: grpc.aio.ServicerContext
-    ) -> keys_pb2.SignJsonResponse:
-        obj = await _json_object(request.json, context)
-        key = self.own_keys.current()
-        signed = self.own_keys.sign(obj)
-        return keys_pb2.SignJsonResponse(signed_json=encode_json(signed), key_id=key.key_id)
 
     async def PerformKeyRotation(
         self, request: keys_pb2.PerformKeyRotationRequest, context: grpc.aio.ServicerContext

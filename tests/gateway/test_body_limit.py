@@ -12,6 +12,7 @@ from gateway.body_limit import MAX_BODY_BYTES
 from gateway.responses import JsonResponse
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
+from tests.support.grpc_plane import plane_settings
 
 echo = APIRouter()
 
@@ -22,7 +23,7 @@ async def echo_size(request: Request) -> JsonResponse:
 
 
 def _client() -> httpx.AsyncClient:
-    config = Config(server_name="limits.test")
+    config = Config(server_name="limits.test", **plane_settings())
     app = create_app(config, ServiceClients(config))
     app.include_router(echo)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")

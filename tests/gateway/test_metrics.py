@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 from gateway.app import create_app
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
+from tests.support.grpc_plane import plane_settings
 
 
 def _count(route: str, status: str) -> float:
@@ -18,7 +19,7 @@ def _count(route: str, status: str) -> float:
 
 
 async def test_requests_are_counted_by_route_template_and_status() -> None:
-    config = Config(server_name="metrics.test")
+    config = Config(server_name="metrics.test", **plane_settings())
     app = create_app(config, ServiceClients(config))
     version = "/_matrix/federation/v1/version"
     before = (_count(version, "200"), _count("unmatched", "404"))

@@ -442,16 +442,23 @@ async def standin() -> AsyncIterator[tuple[httpx.AsyncClient, _RecordingEvents]]
     from gateway.service_clients import ServiceClients
     from gateway.xmatrix_auth import require_origin
     from mxfed.config import Config
-    from tests.support.grpc_plane import bind_loopback, make_server
+    from tests.support.grpc_plane import bind_loopback, make_server, plane_settings
 
     servicer = _RecordingEvents()
     server = make_server("events")
     events_pb2_grpc.add_EventsServicer_to_server(servicer, server)
     servicer.accounts = _RecordingAccounts()  # type: ignore[attr-defined]
     accounts_pb2_grpc.add_AccountsServicer_to_server(servicer.accounts, server)  # type: ignore[attr-defined]
-    address = bind_loopback(server, "events")
+    # One server standing in for both, on a port per part (each its own certificate).
+    events_address = bind_loopback(server, "events")
+    keys_address = bind_loopback(server, "keys")
     await server.start()
-    config = Config(server_name="us.example", events_address=address, keys_address=address)
+    config = Config(
+        server_name="us.example",
+        events_address=events_address,
+        keys_address=keys_address,
+        **plane_settings(),
+    )
     clients = ServiceClients(config)
     app = create_app(config, clients)
 

@@ -46,7 +46,7 @@ from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
 from tests.support.databases import create_database, drop_database
 from tests.support.federation_doctor import inert_doctor
-from tests.support.grpc_plane import bind_loopback, make_server
+from tests.support.grpc_plane import bind_loopback, make_server, plane_settings
 from tests.support.key_servers import now_ms
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.ports import HeldPort
@@ -187,6 +187,7 @@ async def _serve_gateway(tmp: Path, keys_storage: KeysStorage) -> AsyncIterator[
     held = HeldPort()
     port = held.port
     config = Config(
+        **plane_settings(),
         server_name=f"127.0.0.1:{port}",
         data_dir=tmp,
         federation_verify_tls=False,

@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mxfed.internal_identity import Caller
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import PARTS, MxfedProcess
 
@@ -49,9 +53,12 @@ def test_health_command_exit_codes(
             env=running_mxfed.environment(),
         )
 
-    ok = health("--service", "keys", "--address", running_mxfed.grpc_address("keys"))
+    # The certificates are where the config says (as in a part's container, where the
+    # environment says); the health check is made over the internal plane too.
+    config = ("--config", str(running_mxfed.config_path))
+    ok = health(*config, "--service", "keys", "--address", running_mxfed.grpc_address("keys"))
     assert ok.returncode == 0 and ok.stdout == "keys: SERVING\n"
-    down = health("--service", "keys", "--address", f"127.0.0.1:{refused_port}")
+    down = health(*config, "--service", "keys", "--address", f"127.0.0.1:{refused_port}")
     assert down.returncode == 1 and down.stdout == "keys: UNAVAILABLE\n"
 
     gateway = health("--service", "gateway", "--config", str(running_mxfed.config_path))
@@ -73,3 +80,54 @@ def test_metrics_are_served(running_mxfed: MxfedProcess) -> None:
         port = running_mxfed.metrics_ports[part]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             assert b"python_info" in response.read()
+
+
+def _cli(running_mxfed: MxfedProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mxfed.cli", "--config", str(running_mxfed.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_works_out_of_the_box(running_mxfed: MxfedProcess) -> None:
+    # The first `mxfed run` made the operator's certificate; the CLI finds it, no flags.
+    shown = _cli(running_mxfed, "keys", "show")
+    assert shown.returncode == 0, shown.stderr + shown.stdout
+    assert shown.stdout.startswith(f"server {running_mxfed.server_name}, published until ")
+    destinations = _cli(running_mxfed, "destinations")
+    assert destinations.returncode == 0, destinations.stderr + destinations.stdout
+
+
+async def test_an_actor_certificate_from_actors_add_reaches_the_bot_surface_only(
+    running_mxfed: MxfedProcess,
+) -> None:
+    added = _cli(running_mxfed, "actors", "add", "echo-bot")
+    assert added.returncode == 0, added.stderr + added.stdout
+    directory = running_mxfed.data_dir / "internal" / "actor-echo-bot"
+    assert f"issued mxfed:actor/echo-bot: {directory}/" in added.stdout
+    assert sorted(path.name for path in directory.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    again = _cli(running_mxfed, "actors", "add", "echo-bot")
+    assert again.returncode == 1 and "already has a certificate" in again.stdout
+    assert "mxfed:actor/echo-bot" in _cli(running_mxfed, "actors", "list").stdout
+
+    bot = Caller.actor("echo-bot")
+    async with running_mxfed.channel("events", caller=bot) as channel:
+        events = events_pb2_grpc.EventsStub(channel)
+        created = await events.PerformCreateRoom(
+            events_pb2.PerformCreateRoomRequest(creator=f"@bot:{running_mxfed.server_name}"),
+            timeout=30,
+        )
+        assert created.room_id.startswith("!")
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await events.InputTransaction(
+                events_pb2.InputTransactionRequest(origin="evil.example"), timeout=10
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with running_mxfed.channel("keys", caller=bot) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await keys_pb2_grpc.KeysStub(channel).PerformKeyRotation(
+                keys_pb2.PerformKeyRotationRequest(), timeout=10
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED

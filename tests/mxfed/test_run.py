@@ -12,9 +12,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from mxfed.identity_files import parse_signing_key
+from tests.support.grpc_plane import plane_settings
 from tests.support.mxfed_process import PARTS, MxfedProcess
+from tests.support.ports import HeldPort
 
 
 def _children(process: MxfedProcess) -> dict[str, psutil.Process]:
@@ -54,6 +57,12 @@ def test_run_starts_every_part_and_serves_the_version_over_https(mxfed: MxfedPro
     # The TLS pair was made on this first start (by a short-lived helper process).
     assert (mxfed.data_dir / "tls.crt").exists() and (mxfed.data_dir / "tls.key").exists()
     assert "generated a self-signed TLS pair" in mxfed.log_tail(500)
+    # So were the internal CA and the certificates of every part and of the operator.
+    internal = mxfed.data_dir / "internal"
+    assert sorted(path.name for path in internal.iterdir()) == sorted(
+        ["ca.crt", "ca.key", "operator", *(f"part-{part}" for part in (*PARTS, "gateway"))]
+    )
+    assert "issued internal TLS certificates" in mxfed.log_tail(500)
     deadline = time.monotonic() + 10
     while "mxfed ready: server_name=127.0.0.1:" not in mxfed.log_tail(500):
         assert time.monotonic() < deadline, "the supervisor never announced readiness"
@@ -109,3 +118,56 @@ def test_a_killed_part_is_restarted_and_sigterm_leaves_no_orphans(mxfed: MxfedPr
     assert mxfed.stop() == 0
     for child in everyone:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_gateway_never_reads_the_signing_key(tmp_path: Path) -> None:
+    """The internet-facing part runs with no signing key: it never opens or creates one."""
+    held = HeldPort()
+    port = held.port
+    unreachable = tmp_path / "not-here" / "signing.key"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server_name": f"127.0.0.1:{port}",
+                "data_dir": str(tmp_path / "data"),
+                "signing_key_path": str(unreachable),
+                "gateway_listen": f"127.0.0.1:{port}",
+                "gateway_metrics_listen": "127.0.0.1:0",
+                "listen_reuse_port": True,
+                **{key: str(value) for key, value in plane_settings().items()},
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MXFED_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mxfed.cli", "--config", str(config), "run", "--service", "gateway"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        url = f"https://127.0.0.1:{port}/_matrix/federation/v1/version"
+        for _ in range(300):
+            assert process.poll() is None, "the gateway exited"
+            try:
+                with urllib.request.urlopen(url, context=context, timeout=2) as response:
+                    assert json.loads(response.read())["server"]["name"] == "mxfed"
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the gateway never answered")
+        key_files = [
+            f.path for f in psutil.Process(process.pid).open_files() if "signing" in f.path
+        ]
+        assert key_files == []
+    finally:
+        process.terminate()
+        process.wait(20)
+        held.release()
+    # Any part that loads the key creates the file when it is missing; the gateway did not.
+    assert not unreachable.exists()

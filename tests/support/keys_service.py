@@ -32,7 +32,12 @@ from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
 from tests.support.federation_doctor import inert_doctor
-from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
+from tests.support.grpc_plane import (
+    bind_loopback,
+    channel_to,
+    make_server,
+    plane_settings,
+)
 from tests.support.key_servers import FakeKeyServer
 
 OUR_SERVER = "keys-test.example"
@@ -77,7 +82,9 @@ async def key_server_factory(
 
 @pytest.fixture
 def keys_config(tmp_path: Path) -> Config:
-    return Config(server_name=OUR_SERVER, data_dir=tmp_path, key_valid_for_ms=3600 * 1000)
+    return Config(
+        server_name=OUR_SERVER, data_dir=tmp_path, key_valid_for_ms=3600 * 1000, **plane_settings()
+    )
 
 
 @pytest.fixture
@@ -132,7 +139,7 @@ async def keys_service(make_keys: Callable[..., KeysUnderTest]) -> AsyncIterator
     )
     address = bind_loopback(server, "keys")
     await server.start()
-    channel = channel_to(address, "keys", GATEWAY)
+    channel = channel_to(address, "keys")
     yield KeysService(keys_pb2_grpc.KeysStub(channel), keys, address)
     await channel.close()
     await server.stop(grace=None)
@@ -149,7 +156,9 @@ class Gateway:
 async def open_gateway(
     keys_service: KeysService, router: APIRouter | None = None, **options: object
 ) -> tuple[Gateway, ServiceClients]:
-    config = Config(server_name=OUR_SERVER, keys_address=keys_service.address, **options)
+    config = Config(
+        server_name=OUR_SERVER, keys_address=keys_service.address, **plane_settings(), **options
+    )
     clients = ServiceClients(config)
     app = create_app(config, clients)
     if router is not None:

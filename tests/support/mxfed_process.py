@@ -18,7 +18,8 @@ import grpc
 import yaml
 
 from mxfed.config import Config, load_config
-from mxfed.internal_plane import OPERATOR, Caller, open_channel
+from mxfed.internal_plane import Caller, open_channel
+from tests.support.grpc_plane import AdmittedCallerChannel
 from tests.support.ports import HeldPort
 
 PARTS = ("keys", "events", "sender", "backfill", "media")
@@ -61,12 +62,17 @@ class MxfedProcess:
         return load_config(self.config_path, environ={})
 
     def channel(
-        self, service: str, caller: Caller = OPERATOR, address: str | None = None
+        self, service: str, caller: Caller | None = None, address: str | None = None
     ) -> grpc.aio.Channel:
-        """A channel from ``caller`` to this mxfed's ``service`` (or its replica at ``address``)."""
-        return open_channel(
-            self.config(), service, caller=caller, address=address or self.grpc_address(service)
-        )
+        """A channel from ``caller`` to this mxfed's ``service`` (or its replica at ``address``).
+
+        Without a ``caller``, each call goes as a caller admitted to its method
+        (``tests.support.grpc_plane.AdmittedCallerChannel``).
+        """
+        address = address or self.grpc_address(service)
+        if caller is None:
+            return AdmittedCallerChannel(self.config(), service, address)
+        return open_channel(self.config(), service, caller=caller, address=address)
 
     def write_config(self) -> None:
         config = {

@@ -280,20 +280,6 @@ class VerifyRequestResponse(_message.Message):
     error: str
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
-class SignJsonRequest(_message.Message):
-    __slots__ = ("json",)
-    JSON_FIELD_NUMBER: _ClassVar[int]
-    json: bytes
-    def __init__(self, json: _Optional[bytes] = ...) -> None: ...
-
-class SignJsonResponse(_message.Message):
-    __slots__ = ("signed_json", "key_id")
-    SIGNED_JSON_FIELD_NUMBER: _ClassVar[int]
-    KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    signed_json: bytes
-    key_id: str
-    def __init__(self, signed_json: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
-
 class PerformKeyRotationRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -59,11 +59,6 @@ class KeysStub:
                 request_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.VerifyRequestRequest.SerializeToString,
                 response_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.VerifyRequestResponse.FromString,
                 _registered_method=True)
-        self.SignJson = channel.unary_unary(
-                '/mxfed.keys.v1.Keys/SignJson',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.SignJsonRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.SignJsonResponse.FromString,
-                _registered_method=True)
         self.PerformKeyRotation = channel.unary_unary(
                 '/mxfed.keys.v1.Keys/PerformKeyRotation',
                 request_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.PerformKeyRotationRequest.SerializeToString,
@@ -115,13 +110,6 @@ class KeysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SignJson(self, request, context):
-        """Sign arbitrary JSON with our current key.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def PerformKeyRotation(self, request, context):
         """Replace our signing key; the old one is published in old_verify_keys.
         """
@@ -167,11 +155,6 @@ def add_KeysServicer_to_server(servicer, server):
                     servicer.VerifyRequest,
                     request_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.VerifyRequestRequest.FromString,
                     response_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.VerifyRequestResponse.SerializeToString,
-            ),
-            'SignJson': grpc.unary_unary_rpc_method_handler(
-                    servicer.SignJson,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.SignJsonRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_keys__pb2.SignJsonResponse.SerializeToString,
             ),
             'PerformKeyRotation': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformKeyRotation,
@@ -319,33 +302,6 @@ class Keys:
             '/mxfed.keys.v1.Keys/VerifyRequest',
             mxfed__api_dot_keys_dot_v1_dot_keys__pb2.VerifyRequestRequest.SerializeToString,
             mxfed__api_dot_keys_dot_v1_dot_keys__pb2.VerifyRequestResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def SignJson(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mxfed.keys.v1.Keys/SignJson',
-            mxfed__api_dot_keys_dot_v1_dot_keys__pb2.SignJsonRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_keys__pb2.SignJsonResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.membership import MembershipError
 from mxfed.federation_client.from_config import federation_client_from_config
-from mxfed.identity_files import current_signing_key
 from mxfed.service_errors import reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import membership_pb2, membership_pb2_grpc
@@ -159,14 +158,13 @@ async def setup_membership(context: ServiceContext, local: LocalEvents) -> None:
     await oob_storage.create_tables(context.pool)
     client = federation_client_from_config(context.config)
     context.on_stop(client.close)
-    config = context.config
     deps = MembershipDeps(
         pool=context.pool,
         core=core,
         local=local,
         keys=keys_pb2_grpc.KeysStub(context.channel("keys")),
         client=client,
-        signing_key=lambda: current_signing_key(config.signing_key),
+        signing_key=context.signing_key,
         spawn=context.spawn,
     )
     membership_pb2_grpc.add_MembershipServicer_to_server(MembershipServicer(deps), context.server)

@@ -12,7 +12,6 @@ from typing import TypeVar
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.membership import MembershipError
 from mxfed.federation_client.from_config import federation_client_from_config
-from mxfed.identity_files import current_signing_key
 from mxfed.service_errors import reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import third_party_pb2, third_party_pb2_grpc
@@ -87,7 +86,7 @@ async def setup_third_party(context: ServiceContext, local: LocalEvents) -> None
         local=local,
         keys=keys_pb2_grpc.KeysStub(context.channel("keys")),
         client=client,
-        signing_key=lambda: current_signing_key(config.signing_key),
+        signing_key=context.signing_key,
         spawn=context.spawn,
     )
     accounts = accounts_pb2_grpc.AccountsStub(context.channel("keys"))

@@ -14,12 +14,16 @@ import pytest
 
 from mxfed.config import Config
 from mxfed.database import apply_migrations, create_pool
-from mxfed.identity_files import new_signing_key
 from mxfed.service_runtime import ServiceContext, migrations_directory
 from mxfed_api.events.v1 import events_pb2_grpc
 from services.events.server import setup
 from tests.support.events_service import OUR_SERVER, EventsService, RemoteServer
-from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
+from tests.support.grpc_plane import (
+    bind_loopback,
+    channel_to,
+    make_server,
+    plane_settings,
+)
 from tests.support.key_servers import FakeKeyServer
 
 
@@ -31,18 +35,12 @@ async def events_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-@pytest.fixture(scope="session")
-def our_signing_key() -> Any:
-    return new_signing_key()
-
-
 @pytest.fixture
 async def events_factory(
     database_url: str,
     events_pool: asyncpg.Pool,
     keys_service: Any,  # noqa: F811
     tmp_path: Path,
-    our_signing_key: Any,
 ) -> AsyncIterator[Callable[[], Awaitable[EventsService]]]:
     """Starts events-service replicas (each with its own pool) on the test database."""
     started: list[tuple[grpc.aio.Server, ServiceContext, grpc.aio.Channel]] = []
@@ -53,19 +51,23 @@ async def events_factory(
             data_dir=tmp_path,
             database_url=database_url,
             keys_address=keys_service.address,
+            **plane_settings(),
         )
         pool = await create_pool(database_url, max_size=12)
         server = make_server("events")
-        context = ServiceContext(
-            name="events", config=config, pool=pool, server=server, signing_key=our_signing_key
-        )
+        context = ServiceContext(name="events", config=config, pool=pool, server=server)
         await setup(context)
         address = bind_loopback(server, "events")
         await server.start()
-        channel = channel_to(address, "events", GATEWAY)
+        channel = channel_to(address, "events")
         started.append((server, context, channel))
         return EventsService(
-            events_pb2_grpc.EventsStub(channel), OUR_SERVER, our_signing_key, server, pool
+            # The key file the keys service publishes (the same data_dir).
+            events_pb2_grpc.EventsStub(channel),
+            OUR_SERVER,
+            context.signing_key(),
+            server,
+            pool,
         )
 
     yield start

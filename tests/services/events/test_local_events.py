@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -14,7 +15,9 @@ from matrix_protocol.hashes import content_hash_matches
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import verify_json_signature
+from mxfed.identity_files import current_signing_key
 from mxfed_api.events.v1 import events_pb2
+from mxfed_api.keys.v1 import keys_pb2
 from tests.support.events_service import EventsService
 
 
@@ -209,3 +212,37 @@ async def test_local_events_obey_the_pdu_limits(events: EventsService) -> None:
         room_id,
     )
     assert stored == 0
+
+
+async def test_every_replica_signs_with_the_rotated_key_without_a_restart(
+    events_factory, keys_service
+) -> None:
+    """``mxfed keys rotate`` replaces the key file; each replica signs with the new key soon
+    after (it looks at the file at most once a second)."""
+    replicas = [await events_factory(), await events_factory()]
+    admin = f"@admin:{replicas[0].server_name}"
+    room_id = await replicas[0].create_room("12", admin)
+    old_key_id = replicas[0].signing_key.key_id
+    rotation = await keys_service.stub.PerformKeyRotation(keys_pb2.PerformKeyRotationRequest())
+    assert rotation.old_key_id == old_key_id != rotation.new_key_id
+
+    for replica in replicas:
+        for _ in range(100):  # up to ~10 s on a loaded machine; a second normally
+            sent = await replica.send(room_id, admin, "m.room.message", {"body": "after"})
+            record = await replica.event(sent.event_id)
+            assert record is not None
+            signatures = decode_json(record.pdu_json)["signatures"][replica.server_name]
+            if list(signatures) == [rotation.new_key_id]:
+                break
+            assert list(signatures) == [old_key_id]
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"still signing with {old_key_id}")
+        new_key = current_signing_key(keys_service.keys.config.signing_key, max_age=0)
+        assert new_key.key_id == rotation.new_key_id
+        verify_json_signature(
+            redact(decode_json(record.pdu_json), room_version("12")),
+            replica.server_name,
+            new_key.key_id,
+            new_key.signing_key.verify_key,
+        )

@@ -8,10 +8,13 @@ import sys
 
 import orjson
 
+from tests.support.grpc_plane import session_tls_dir
+
 
 async def _mxfed(keys_service, *args: str) -> tuple[int, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MXFED_")}
     env["MXFED_KEYS_ADDRESS"] = keys_service.address
+    env["MXFED_INTERNAL_TLS_DIR"] = str(session_tls_dir())
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

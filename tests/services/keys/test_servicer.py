@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
 import orjson
-import pytest
 
+from matrix_protocol.canonical_json import encode_json
 from matrix_protocol.signing import decode_verify_key, verify_json_signature
 from matrix_protocol.xmatrix import parse_xmatrix_header, sign_request
 from mxfed.identity_files import parse_signing_key
@@ -116,22 +115,6 @@ async def test_verify_batch_rate(keys_service, key_server_factory) -> None:
         assert all(result.ok for result in reply.results)
     elapsed = time.perf_counter() - started
     print(f"\n50-signature batches: {rounds * 50 / elapsed:,.0f} signatures/s through the RPC")
-
-
-async def test_sign_json_round_trip(keys_service) -> None:
-    reply = await keys_service.stub.SignJson(keys_pb2.SignJsonRequest(json=b'{"a": 1}'))
-    signed = orjson.loads(reply.signed_json)
-    assert reply.key_id in signed["signatures"][OUR_SERVER]
-    verified = await keys_service.stub.VerifyJsonSignatures(
-        keys_pb2.VerifyJsonSignaturesRequest(
-            items=[keys_pb2.JsonToVerify(json=reply.signed_json, server_name=OUR_SERVER)]
-        )
-    )
-    assert verified.results[0].ok, verified.results[0].error
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await keys_service.stub.SignJson(keys_pb2.SignJsonRequest(json=b"[1]"))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details().startswith("M_BAD_JSON")
 
 
 def _request(origin, uri: str, content, *, destination: str = OUR_SERVER, key=None):
@@ -257,7 +240,9 @@ async def test_key_rotation(keys_service) -> None:
     config = keys_service.keys.config
     before = await _own_keys(stub)
     (old_key_id,) = before["verify_keys"]
-    signed_before = await stub.SignJson(keys_pb2.SignJsonRequest(json=b'{"n": 1}'))
+    # What the keys process signs with (no RPC signs on request).
+    own_keys = keys_service.keys.own_keys
+    signed_before = encode_json(own_keys.sign({"n": 1}))
 
     rotation = await stub.PerformKeyRotation(keys_pb2.PerformKeyRotationRequest())
     assert rotation.old_key_id == old_key_id != rotation.new_key_id
@@ -272,21 +257,21 @@ async def test_key_rotation(keys_service) -> None:
         }
     }
     _verify_self_signed(after, OUR_SERVER)
-    signed_after = await stub.SignJson(keys_pb2.SignJsonRequest(json=b'{"n": 1}'))
-    assert signed_after.key_id == rotation.new_key_id
+    signed_after = own_keys.sign({"n": 1})
+    assert list(signed_after["signatures"][OUR_SERVER]) == [rotation.new_key_id]
 
     # Something we signed before the rotation still verifies as of then (events) ...
     reply = await stub.VerifyJsonSignatures(
         keys_pb2.VerifyJsonSignaturesRequest(
             items=[
                 keys_pb2.JsonToVerify(
-                    json=signed_before.signed_json,
+                    json=signed_before,
                     server_name=OUR_SERVER,
                     at_ts=rotation.expired_ts - 1,
                     enforce_key_validity=True,
                 ),
                 keys_pb2.JsonToVerify(
-                    json=signed_before.signed_json,
+                    json=signed_before,
                     server_name=OUR_SERVER,
                     at_ts=rotation.expired_ts + 1,
                     enforce_key_validity=True,

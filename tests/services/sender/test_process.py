@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mxfed.identity_files import ServerSigningKey, format_signing_key
 from services.sender.storage import SenderStorage
-from tests.support.grpc_plane import channel_to
+from tests.support.grpc_plane import channel_to, session_tls_dir
 from tests.support.ports import HeldPort
 from tests.support.sender_queues import OUR_SERVER, wait_until
 
@@ -48,6 +48,7 @@ class SenderProcess:
                     "sender_min_retry_interval": 0.3,
                     "sender_max_retry_interval": 2,
                     "log_format": "text",
+                    "internal_tls_dir": str(session_tls_dir()),
                 }
             )
         )

@@ -21,7 +21,7 @@ from services.sender.queues import EduQueuer
 from services.sender.server import servers_in_room_via
 from services.sender.servicer import SenderServicer
 from services.sender.storage import SenderStorage
-from tests.support.grpc_plane import GATEWAY, bind_loopback, channel_to, make_server
+from tests.support.grpc_plane import bind_loopback, channel_to, make_server, session_tls_dir
 from tests.support.sender_queues import OUR_SERVER, queue_pdus, wait_until
 
 ROOM = "!room:sender-test.example"
@@ -224,7 +224,9 @@ async def test_server_up_and_query_destinations(
     assert by_name["b.example"].backoff_until_ts == 0
 
     config = tmp_path / "mxfed.yaml"
-    config.write_text(yaml.safe_dump({"server_name": OUR_SERVER}))
+    config.write_text(
+        yaml.safe_dump({"server_name": OUR_SERVER, "internal_tls_dir": str(session_tls_dir())})
+    )
     address = stub.address
     code = await asyncio.to_thread(
         cli_main, ["--config", str(config), "destinations", "--address", address]
@@ -256,7 +258,7 @@ async def servicer_with_events_at(
     )
     address = bind_loopback(server, "sender")
     await server.start()
-    channel = channel_to(address, "sender", GATEWAY)
+    channel = channel_to(address, "sender")
     return server, [channel, events_channel], sender_pb2_grpc.SenderStub(channel), queuer
 
 

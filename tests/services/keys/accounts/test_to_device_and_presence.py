@@ -33,7 +33,7 @@ from services.keys.accounts.to_device import (
     now_ms,
     parse_edu,
 )
-from tests.support.grpc_plane import bind_loopback, channel_to, make_server
+from tests.support.grpc_plane import bind_loopback, channel_to, make_server, session_tls_dir
 
 OURS = "to-device-test.example"
 REMOTE = "remote.example"
@@ -524,6 +524,7 @@ async def test_presence_is_ignored_when_disabled(
 async def _cli(address: str, *args: str) -> asyncio.subprocess.Process:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MXFED_")}
     env["MXFED_KEYS_ADDRESS"] = address
+    env["MXFED_INTERNAL_TLS_DIR"] = str(session_tls_dir())
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
