@@ -91,12 +91,12 @@ _RULES: dict[str, dict[str, Access]] = {
         "QueryEvents": parts("gateway", "backfill", "keys", "sender") | ACTORS,
         "QueryStateAtEvent": parts("gateway") | ACTORS,
         "QueryAuthChain": parts("gateway") | ACTORS,
-        "QueryCurrentState": ACTORS,
+        "QueryCurrentState": parts("keys") | ACTORS,
         "QueryTimeline": ACTORS,
         "QueryRoomInfo": parts("backfill") | ACTORS,
         "QueryServersInRoom": parts("sender", "keys", "backfill") | ACTORS,
         "QueryAlias": parts("gateway") | ACTORS,
-        "QueryServerAllowed": parts("gateway", "backfill") | ACTORS,
+        "QueryServerAllowed": parts("gateway", "backfill", "keys") | ACTORS,
         "StreamEvents": parts("sender", "keys") | ACTORS,
     },
     "mxfed.events.v1.Membership": {
@@ -150,7 +150,8 @@ _RULES: dict[str, dict[str, Access]] = {
     "mxfed.sender.v1.Sender": {
         "PerformSendEdus": parts("keys") | ACTORS,
         "PerformServerUp": parts("gateway"),
-        "QueryDestinations": OPERATOR,
+        # The keys part asks for mxfed doctor's delivery step.
+        "QueryDestinations": parts("keys") | OPERATOR,
     },
 }
 

@@ -258,6 +258,44 @@ def test_every_rpc_has_a_decision_and_no_actor_signs_or_feeds_input() -> None:
     assert not access_for("/mxfed.keys.v1.Keys/SignJson").admits(OPERATOR)
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+PART_SOURCES = {
+    "gateway": ["gateway"],
+    "keys": ["services/keys"],
+    "events": ["services/events"],
+    "sender": ["services/sender"],
+    "backfill": ["services/backfill"],
+}
+
+
+def test_each_part_may_call_what_its_code_calls() -> None:
+    """Every RPC name a part's code calls on a stub is admitted for that part (for at least
+    one service with a method of that name), and the CLI's for the operator."""
+    import re
+
+    methods = _proto_methods()
+    by_name: dict[str, list[str]] = {}
+    for method in methods:
+        by_name.setdefault(method.rsplit("/", 1)[1], []).append(method)
+    # stub.Method(...), or stub.Method passed on to be called later.
+    call = re.compile(r"\w\)?\.(" + "|".join(sorted(by_name)) + r")(?=\s*[(,)\n])")
+    sources = {**PART_SOURCES, "operator": ["mxfed/commands"]}
+    refused = []
+    calls = 0
+    for who, directories in sources.items():
+        caller = OPERATOR if who == "operator" else Caller.part(who)
+        for directory in directories:
+            for path in (REPOSITORY / directory).rglob("*.py"):
+                if path.name.endswith(("servicer.py", "_pb2.py", "_pb2_grpc.py")):
+                    continue  # a servicer defines the methods it serves
+                for name in set(call.findall(path.read_text())):
+                    calls += 1
+                    if not any(access_for(m).admits(caller) for m in by_name[name]):
+                        refused.append(f"{caller} calls {name} in {path.relative_to(REPOSITORY)}")
+    assert refused == []
+    assert calls > 60  # the scan sees the calls it checks
+
+
 # Deadlines, plaintext, files -----------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from mxfed.commands.doctor import doctor
 from mxfed.config import Config
 from services.keys.doctor.report import Cause, Outcome, StepId
 from tests.support.federation_doctor import US
+from tests.support.grpc_plane import plane_settings
 
 DOCS = Path(__file__).resolve().parents[4] / "docs"
 SCHEMA = json.loads((DOCS / "doctor-report.schema.json").read_text())
@@ -29,7 +30,7 @@ def validate(document: dict) -> None:
 
 async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     args = build_parser(["doctor"]).parse_args(["doctor", *argv])
-    status = await doctor(args, Config(server_name=US))
+    status = await doctor(args, Config(server_name=US, **plane_settings()))
     return status, capsys.readouterr().out
 
 
@@ -94,7 +95,7 @@ async def test_a_failure_is_printed_step_by_step(
 async def test_a_keys_service_that_does_not_answer(capsys, refused_port) -> None:
     address = f"127.0.0.1:{refused_port}"
     args = build_parser(["doctor"]).parse_args(["doctor", "--address", address])
-    status = await doctor(args, Config(server_name=US))
+    status = await doctor(args, Config(server_name=US, **plane_settings()))
     assert status == 3
     assert "UNAVAILABLE" in capsys.readouterr().err
 
