@@ -31,12 +31,12 @@ from matrix_protocol.xmatrix import parse_xmatrix_header, verify_request
 from mxfed.config import load_config
 from mxfed.database import create_pool
 from mxfed.identity_files import current_signing_key
+from mxfed.internal_plane import bind_port, new_server
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from services.media.server import setup as setup_media
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
-from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.media import png, read_stream
 from tests.support.mxfed_process import MxfedProcess
 
@@ -315,10 +315,11 @@ async def test_replicas_share_one_fetch(
     replicas get the media from one outbound request."""
     config = load_config(mxfed.config_path, environ={})
     pool = await create_pool(mxfed.database_url, max_size=5)
-    server = make_server("media")
-    context = ServiceContext("media", config, pool, server, current_signing_key(config.signing_key))
+    # On this mxfed's internal plane (its CA), as its own replicas are.
+    server = new_server(config, "media")
+    context = ServiceContext("media", config, pool, server)
     await setup_media(context)
-    address = bind_loopback(server, "media")
+    address = f"127.0.0.1:{bind_port(server, config, 'media', '127.0.0.1:0')}"
     await server.start()
     media_id, data = new_id(), os.urandom(30_000)
     release = asyncio.Event()
