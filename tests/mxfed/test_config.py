@@ -112,6 +112,11 @@ BAD_VALUES: dict[str, str] = {
     "media_remote_idle_timeout": "0",
     "media_downloads_per_origin": "0",
     "presence_enabled": "yes please",
+    "internal_tls": "encrypted",
+    "internal_tls_dir": "{file}",
+    "internal_ca_certificate_path": "{directory}",
+    "internal_ca_key_path": "{directory}",
+    "internal_call_timeout": "0",
 }
 
 

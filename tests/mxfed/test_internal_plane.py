@@ -335,8 +335,9 @@ def test_a_missing_certificate_is_one_clear_error(tmp_path: Path) -> None:
     config = Config(data_dir=tmp_path)
     with pytest.raises(InternalPlaneError) as missing:
         open_channel(config, "keys", caller=OPERATOR)
-    assert "no internal TLS certificate for mxfed:operator" in str(missing.value)
-    assert "mxfed init" in str(missing.value)
+    assert "no internal TLS certificate for mxfed:operator" in missing.value.cause
+    assert "mxfed init" in missing.value.fix
+    assert missing.value.line().startswith("mxfed: cannot start: no internal TLS certificate")
 
 
 def test_issued_identities_and_their_private_keys(tmp_path: Path) -> None:
