@@ -262,7 +262,7 @@ async def main(seconds: float, clients: int) -> None:
                     + ("" if slow else f"; {speed:.0f} MB/s in all")
                 )
         except BaseException:
-            print(mxfed.log_tail(40), file=sys.stderr)
+            print(mxfed.log_tail(400), file=sys.stderr)
             raise
         finally:
             await asyncio.to_thread(synapse.stop)
