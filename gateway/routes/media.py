@@ -22,12 +22,13 @@ cuts the connection, so a peer never mistakes a truncated file for a whole one.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from gateway.errors import MatrixError, from_grpc_error
 from gateway.xmatrix_auth import require_origin
@@ -108,7 +109,7 @@ def _check_media_id(media_id: str) -> None:
         raise MatrixError(404, "M_NOT_FOUND", "Media not found")
 
 
-def _media_error(exc: grpc.aio.AioRpcError, too_large_status: int) -> MatrixError:
+def media_error(exc: grpc.aio.AioRpcError, too_large_status: int) -> MatrixError:
     error = from_grpc_error(exc)
     status = {
         "M_NOT_YET_UPLOADED": 504,
@@ -131,7 +132,7 @@ async def _answer(request: Request, origin: str, call: Any, too_large_status: in
         first = await call.read()
     except grpc.aio.AioRpcError as exc:
         slots.give_back(origin)
-        raise _media_error(exc, too_large_status) from None
+        raise media_error(exc, too_large_status) from None
     except BaseException:
         slots.give_back(origin)
         call.cancel()
@@ -155,7 +156,7 @@ async def _answer(request: Request, origin: str, call: Any, too_large_status: in
         try:
             end = await call.read()
         except grpc.aio.AioRpcError as exc:
-            raise _media_error(exc, too_large_status) from None
+            raise media_error(exc, too_large_status) from None
         finally:
             slots.give_back(origin)
         if end is not grpc.aio.EOF:
@@ -165,25 +166,43 @@ async def _answer(request: Request, origin: str, call: Any, too_large_status: in
 
     async def body() -> AsyncIterator[bytes]:
         sent = len(first.data)
-        try:
-            yield opening + first.data
-            while (message := await call.read()) is not grpc.aio.EOF:
-                sent += len(message.data)
-                if sent > head.size:
-                    raise RuntimeError("the media service sent more than it announced")
-                yield message.data
-            if sent != head.size:
-                raise RuntimeError("the media service sent less than it announced")
-            yield closing
-        finally:
-            call.cancel()
-            slots.give_back(origin)
+        yield opening + first.data
+        while (message := await call.read()) is not grpc.aio.EOF:
+            sent += len(message.data)
+            if sent > head.size:
+                raise RuntimeError("the media service sent more than it announced")
+            yield message.data
+        if sent != head.size:
+            raise RuntimeError("the media service sent less than it announced")
+        yield closing
 
-    return StreamingResponse(
+    def finished() -> None:
+        call.cancel()
+        slots.give_back(origin)
+
+    return _StreamedAnswer(
         body(),
+        finished,
         media_type=media_type,
         headers={"Content-Length": str(len(opening) + head.size + len(closing))},
     )
+
+
+class _StreamedAnswer(StreamingResponse):
+    """A streamed answer that calls ``finished`` once it is over, however it ends (even
+    when the peer went away before the first byte, so the body never started)."""
+
+    def __init__(
+        self, body: AsyncIterator[bytes], finished: Callable[[], None], **options: Any
+    ) -> None:
+        super().__init__(body, **options)
+        self._finished = finished
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._finished()
 
 
 # :path, so an id with an encoded slash is "no such media", not "no such endpoint".

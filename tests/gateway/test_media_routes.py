@@ -18,6 +18,7 @@ import grpc
 import httpx
 import pytest
 
+from gateway.routes.media import media_error
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from tests.support.media import (
     animated_gif,
@@ -229,6 +230,53 @@ async def test_concurrent_downloads_per_server_are_limited(
     for response in await asyncio.gather(*held):
         assert parse_media_answer(response).content == b"now here"
     assert (await download(scene, created.media_id)).status_code == 200  # slots given back
+
+
+async def test_slots_come_back_when_peers_hang_up_mid_download(
+    scene: Scene, media: media_pb2_grpc.MediaStub
+) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    uploaded = await upload(media, data, "application/octet-stream")
+    uri = f"{V1}/download/{uploaded.media_id}"
+    # More hang-ups than there are slots: one slot lost per hang-up would lock us out.
+    for _ in range(DOWNLOADS_PER_ORIGIN + 1):
+        headers = {"Authorization": scene.remote.authorization("GET", scene.mxfed.server_name, uri)}
+        async with (
+            httpx.AsyncClient(verify=False, timeout=30) as client,
+            client.stream("GET", scene.mxfed.federation_url + uri, headers=headers) as response,
+        ):
+            assert response.status_code == 200
+            async for _ in response.aiter_raw():
+                break  # a first piece, then the connection goes away
+    for _ in range(400):  # the gateway notices each hang-up soon after it happens
+        response = await download(scene, uploaded.media_id)
+        if response.status_code != 429:
+            break
+        await asyncio.sleep(0.05)
+    assert parse_media_answer(response).content == data
+
+
+def test_service_errors_become_the_spec_statuses() -> None:
+    def error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+    cases = [
+        (grpc.StatusCode.NOT_FOUND, "M_NOT_YET_UPLOADED: later", 502, (504, "M_NOT_YET_UPLOADED")),
+        (grpc.StatusCode.NOT_FOUND, "M_NOT_FOUND: no", 502, (404, "M_NOT_FOUND")),
+        (grpc.StatusCode.FAILED_PRECONDITION, "M_TOO_LARGE: big", 502, (502, "M_TOO_LARGE")),
+        (grpc.StatusCode.FAILED_PRECONDITION, "M_TOO_LARGE: big", 413, (413, "M_TOO_LARGE")),
+        (grpc.StatusCode.FAILED_PRECONDITION, "M_UNKNOWN: cannot", 413, (400, "M_UNKNOWN")),
+        (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "M_LIMIT_EXCEEDED: slow",
+            413,
+            (429, "M_LIMIT_EXCEEDED"),
+        ),
+        (grpc.StatusCode.UNAVAILABLE, "connection refused", 502, (502, "M_UNKNOWN")),
+    ]
+    for code, details, too_large, expected in cases:
+        matrix_error = media_error(error(code, details), too_large)
+        assert (matrix_error.status, matrix_error.errcode) == expected, details
 
 
 async def test_query_parameters_are_checked(scene: Scene, media: media_pb2_grpc.MediaStub) -> None:
