@@ -59,6 +59,8 @@ def _open(path: Path, max_pixels: int) -> tuple[Image, ImageInfo]:
 
     try:
         image = Image.open(path)
+    except Image.DecompressionBombError as error:  # Pillow's own limit, if ours is higher
+        raise ImageTooLarge(str(error)) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise NotAnImage(str(error)) from None
     width, height = image.size
