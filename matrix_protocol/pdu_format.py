@@ -32,6 +32,10 @@ class PduFormatError(ValueError):
     """The PDU is not valid for its room version."""
 
 
+class PduTooLarge(PduFormatError):
+    """The PDU's canonical JSON is larger than :data:`MAX_PDU_BYTES`."""
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -146,4 +150,4 @@ def check_pdu_format(
     except (ValueError, TypeError) as error:
         raise PduFormatError(f"cannot encode as canonical JSON: {error}") from None
     if len(encoded) > MAX_PDU_BYTES:
-        raise PduFormatError(f"PDU is larger than {MAX_PDU_BYTES} bytes")
+        raise PduTooLarge(f"PDU is larger than {MAX_PDU_BYTES} bytes")

@@ -4,22 +4,24 @@ Spec: rooms.md §6 (checks in order), edus.md §1 (transactions: idempotency on
 (origin, txn_id), always a per-PDU answer), §2 (m.typing), §4 (m.receipt).
 
 Per transaction: parse; PDUs of rooms we do not know are ignored with no
-entry (as Synapse does); 1. format → drop; 2. signatures, all PDUs in ONE
-``VerifyJsonSignatures`` call → drop; 3. content hash mismatch → continue with
-the redacted copy; the sender's server must be the origin (/send only). Then,
-per room and before its lock, the deepest PDU whose prev_events are neither
-stored nor in the transaction has its gap filled by the backfill service
-(behaviours.md §2; a PDU whose prevs stay unknown is refused). Then
+entry (as Synapse does); steps 1–3 (:mod:`services.events.pdu_checks`:
+format → drop; signatures, all PDUs in ONE ``VerifyJsonSignatures`` call →
+drop; content hash mismatch → continue with the redacted copy); the sender's
+server must be the origin and the room's server ACL must allow it (/send
+only). Then, per room and before its lock, the deepest PDU whose prev_events
+are neither stored nor in the transaction has its gap filled by the backfill
+service (behaviours.md §2; a PDU whose prevs stay unknown is refused). Then
 the rooms run in parallel, each in its own :class:`RoomBatch` (one database
 transaction, PDUs in the order given) for steps 4–6.
 
-NOTSPEC: ``unsigned`` is stripped from received PDUs before storing (Synapse
-keeps only ``age``); it is covered by neither hashes nor signatures.
+Fetched batches (``InputPdus``) go through the same checks and into the
+room's batch as their :class:`InputKind` says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import defaultdict
@@ -32,20 +34,22 @@ import asyncpg
 import grpc
 
 from matrix_protocol.canonical_json import decode_json, encode_json
-from matrix_protocol.event_ids import compute_event_id
-from matrix_protocol.events import Event
-from matrix_protocol.hashes import content_hash_matches
-from matrix_protocol.pdu_format import MAX_ID_BYTES, PduFormatError, check_pdu_format
-from matrix_protocol.redaction import redact
-from matrix_protocol.room_versions import RoomVersion, UnsupportedRoomVersion, room_version
+from matrix_protocol.pdu_format import MAX_ID_BYTES
+from matrix_protocol.room_versions import UnsupportedRoomVersion, room_version
 from matrix_protocol.server_names import is_valid_user_id
-from matrix_protocol.signing import signatures_required_for_event
 from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
-from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events import metrics, storage
+from services.events.outcomes import Outcome, Reason
+from services.events.pdu_checks import (
+    CheckedPdu,
+    check_content_hashes,
+    check_format,
+    check_signatures,
+)
 from services.events.reads import server_acl_allows
-from services.events.room_batch import Outcome, RoomBatch, RoomsCore
+from services.events.room_batch import RoomBatch, RoomsCore, auth_order
 from services.events.storage import Status
 
 log = logging.getLogger(__name__)
@@ -63,14 +67,32 @@ class InvalidTransaction(BadRequest):
     errcode = "M_BAD_JSON"
 
 
-@dataclass
-class Candidate:
-    """A PDU that passed the format check, on its way through the checks."""
+class UnsupportedInputVersion(BadRequest):
+    """PDUs given for a room version this server does not implement."""
 
-    event: Event
-    pdu: dict[str, Any]
-    redacted: bool = False
-    error: str = ""
+    errcode = "M_UNSUPPORTED_ROOM_VERSION"
+
+
+class InputKind(enum.Enum):
+    """How fetched PDUs enter their room (``InputPdus``; /send is always NEW)."""
+
+    # Live events: full checks including soft failure.
+    NEW = "new"
+    # Events pulled in to connect a live event (get_missing_events): live too
+    # (soft-fail checked, streamed), no 20/10 prev/auth limits, a forward
+    # extremity only if nothing stored builds on it; the state before those
+    # whose prevs stay missing may be given.
+    GAP_FILL = "gap_fill"
+    # History older than what we hold: oldest first, no soft failure, no
+    # stream positions, no effect on extremities or current state.
+    BACKFILL = "backfill"
+    # Auth chains and state: checked against their own auth events only.
+    OUTLIER = "outlier"
+
+    @property
+    def is_history(self) -> bool:
+        """Fetched history, exempt from the 20 prev / 10 auth events limits."""
+        return self in (InputKind.GAP_FILL, InputKind.BACKFILL)
 
 
 @dataclass
@@ -92,12 +114,6 @@ class StageClock:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _without_unsigned(pdu: dict[str, Any]) -> dict[str, Any]:
-    if "unsigned" not in pdu:
-        return pdu
-    return {key: value for key, value in pdu.items() if key != "unsigned"}
 
 
 class TransactionGuard:
@@ -205,50 +221,55 @@ class InputPipeline:
                     parsed.append((pdu["room_id"], pdu))
             async with self.pool.acquire() as conn:
                 rooms = await storage.get_rooms(conn, {room_id for room_id, _ in parsed})
-            by_room: dict[str, list[Candidate]] = defaultdict(list)
+            by_room: dict[str, list[CheckedPdu]] = defaultdict(list)
             for room_id, pdu in parsed:
                 room = rooms.get(room_id)
                 if room is None:
                     metrics.PDUS_RECEIVED.labels("unknown_room").inc()
                     continue
-                candidate = self._check_format(pdu, room_version(room.room_version), results)
-                if candidate is not None:
-                    by_room[room_id].append(candidate)
+                checked = check_format(pdu, room_version(room.room_version))
+                if isinstance(checked, Outcome):
+                    metrics.PDUS_RECEIVED.labels("bad_format").inc()
+                    if checked.event_id:
+                        results[checked.event_id] = {"error": checked.error}
+                    continue
+                by_room[room_id].append(checked)
         candidates = [c for room in by_room.values() for c in room]
         await self._check_signatures_and_hashes(candidates)
         for candidate in candidates:
-            if not candidate.error and candidate.event.sender_server != origin:
-                candidate.error = "the sender's server is not the transaction origin"
+            if candidate.event.sender_server != origin:
+                candidate.refuse(
+                    Reason.NOT_FROM_ORIGIN, "the sender's server is not the transaction origin"
+                )
         async with self.pool.acquire() as conn:
             denied_rooms = {
                 room_id for room_id in by_room if not await server_acl_allows(conn, room_id, origin)
             }
         for candidate in candidates:
-            if not candidate.error and candidate.event.room_id in denied_rooms:
-                candidate.error = "the room's server ACL denies the origin server"
+            if candidate.event.room_id in denied_rooms:
+                candidate.refuse(
+                    Reason.DENIED_BY_SERVER_ACL, "the room's server ACL denies the origin server"
+                )
         for candidate in candidates:
-            if candidate.error:
+            if candidate.refusal is not None:
                 results[candidate.event.event_id] = {"error": candidate.error}
                 metrics.PDUS_RECEIVED.labels("dropped").inc()
+        valid = {
+            room_id: [c for c in room if c.refusal is None] for room_id, room in by_room.items()
+        }
         async with self.clock.stage("missing_events"):
             await asyncio.gather(
-                *(
-                    self._fill_gap(room_id, origin, [c for c in room if not c.error])
-                    for room_id, room in by_room.items()
-                )
+                *(self._fill_gap(room_id, origin, room) for room_id, room in valid.items())
             )
         outcomes = await asyncio.gather(
-            *(
-                self._input_room(room_id, [c for c in room if not c.error], soft_fail=True)
-                for room_id, room in by_room.items()
-            )
+            *(self._input_room(room_id, room, InputKind.NEW) for room_id, room in valid.items())
         )
         for room_outcomes in outcomes:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)
         return results
 
-    async def _fill_gap(self, room_id: str, origin: str, candidates: list[Candidate]) -> None:
+    async def _fill_gap(self, room_id: str, origin: str, candidates: list[CheckedPdu]) -> None:
         """behaviours.md §2: fetch what precedes the room's deepest PDU with unknown prevs.
 
         Runs before the room's lock is taken, so other PDUs of the room (other
@@ -299,102 +320,47 @@ class InputPipeline:
             },
         )
 
-    def _check_format(
-        self,
-        pdu: dict[str, Any],
-        version: RoomVersion,
-        results: dict[str, dict[str, str]],
-        *,
-        backfilled: bool = False,
-    ) -> Candidate | None:
-        try:
-            check_pdu_format(pdu, version, backfilled=backfilled)
-            event = Event.from_pdu(pdu, version)
-        except (PduFormatError, ValueError) as error:
-            metrics.PDUS_RECEIVED.labels("bad_format").inc()
-            try:
-                results[compute_event_id(pdu, version)] = {"error": f"invalid PDU: {error}"}
-            except (ValueError, TypeError, KeyError, AttributeError):
-                pass
-            return None
-        return Candidate(event, _without_unsigned(pdu))
-
-    async def _check_signatures_and_hashes(self, candidates: list[Candidate]) -> None:
-        """Steps 2 and 3: one VerifyJsonSignatures call for all; redact on hash mismatch."""
+    async def _check_signatures_and_hashes(self, candidates: list[CheckedPdu]) -> None:
+        """Steps 2 and 3, timed: one VerifyJsonSignatures call for all; redact on hash mismatch."""
         async with self.clock.stage("signatures"):
-            items: list[keys_pb2.JsonToVerify] = []
-            owners: list[Candidate] = []
-            for candidate in candidates:
-                event = candidate.event
-                try:
-                    servers = signatures_required_for_event(event)
-                except ValueError as error:
-                    candidate.error = f"invalid PDU: {error}"
-                    continue
-                redacted_json = encode_json(redact(candidate.pdu, event.room_version))
-                for server in sorted(servers):
-                    items.append(
-                        keys_pb2.JsonToVerify(
-                            json=redacted_json,
-                            server_name=server,
-                            at_ts=event.origin_server_ts,
-                            enforce_key_validity=event.room_version.enforce_key_validity,
-                        )
-                    )
-                    owners.append(candidate)
-            if items:
-                reply = await self.keys.VerifyJsonSignatures(
-                    keys_pb2.VerifyJsonSignaturesRequest(items=items)
-                )
-                for owner, item, result in zip(owners, items, reply.results, strict=True):
-                    if not result.ok and not owner.error:
-                        owner.error = (
-                            f"signature of {item.server_name} does not verify: {result.error}"
-                        )
+            await check_signatures(self.keys, candidates)
         async with self.clock.stage("hashes"):
-            for candidate in candidates:
-                if not candidate.error and not content_hash_matches(candidate.pdu):
-                    candidate.pdu = redact(candidate.pdu, candidate.event.room_version)
-                    candidate.event = Event(
-                        candidate.pdu, candidate.event.room_version, candidate.event.event_id
-                    )
-                    candidate.redacted = True
+            check_content_hashes(candidates)
 
     async def _input_room(
         self,
         room_id: str,
-        candidates: list[Candidate],
-        *,
-        soft_fail: bool,
-        backfill: bool = False,
-        gap_fill: bool = False,
+        candidates: list[CheckedPdu],
+        kind: InputKind,
         state_before: Mapping[str, Sequence[str]] | None = None,
     ) -> list[Outcome]:
+        """Steps 4–6 for one room's PDUs (in the order given), in one :class:`RoomBatch`."""
         if not candidates:
             return []
+        state_before = state_before or {}
         outcomes: list[Outcome] = []
         async with self.pool.acquire() as conn, conn.transaction():
             batch = RoomBatch(self.core, conn, room_id)
-            if not await batch.open(len(candidates)):
+            if not await batch.open(0 if kind is InputKind.OUTLIER else len(candidates)):
                 return []
             await batch.prefetch(c.event for c in candidates)
             async with self.clock.stage("checks_and_state"):
                 for candidate in candidates:
-                    outcome = await batch.add(
-                        candidate.event,
-                        candidate.pdu,
-                        redacted=candidate.redacted,
-                        soft_fail=soft_fail,
-                        backfill=backfill,
-                        gap_fill=gap_fill,
-                        state_before=(state_before or {}).get(candidate.event.event_id),
-                    )
+                    given = state_before.get(candidate.event.event_id)
+                    if kind is InputKind.NEW:
+                        outcome = await batch.add_live(candidate)
+                    elif kind is InputKind.GAP_FILL:
+                        outcome = await batch.add_gap_fill(candidate, given)
+                    elif kind is InputKind.BACKFILL:
+                        outcome = await batch.add_backfill(candidate, given)
+                    else:
+                        outcome = await batch.add_outlier(candidate)
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
                 await batch.write()
         batch.committed()
         for outcome in outcomes:
-            metrics.PDUS_RECEIVED.labels(_outcome_label(outcome)).inc()
+            metrics.PDUS_RECEIVED.labels(outcome.label).inc()
         return outcomes
 
     # ------------------------------------------------------------ fetched batches
@@ -403,27 +369,24 @@ class InputPipeline:
         self,
         room_id: str,
         version_id: str,
-        kind: str,
+        kind: InputKind,
         raw_pdus: Sequence[bytes],
         state_before: Mapping[str, Sequence[str]] | None = None,
     ) -> list[Outcome]:
-        """PDUs we fetched ourselves (backfill, missing events, a join's state).
+        """PDUs we fetched ourselves (backfill, missing events, a room's state), as ``kind``.
 
-        ``kind`` is "new" (full checks), "gap_fill" (events pulled in to
-        connect a live event: full checks including soft-fail, no 20/10
-        limits), "backfill" (history older than what we hold: oldest first,
-        no soft-fail, no stream positions, no effect on extremities or
-        current state) or "outlier". The room is registered with
-        ``version_id`` if new. Outliers are put in auth order first and
-        checked against their own auth events only. ``state_before``
-        (gap_fill and backfill): event id → stored state event ids, the state
-        before events whose prevs are missing.
+        The room is registered with ``version_id`` if new. Backfilled PDUs
+        are processed oldest first (by depth); outliers are put in auth order
+        first. ``state_before`` (GAP_FILL and BACKFILL): event id → stored
+        state event ids, the state before events whose prevs are missing.
         """
-        version = room_version(version_id)
+        try:
+            version = room_version(version_id)
+        except UnsupportedRoomVersion as error:
+            raise UnsupportedInputVersion(str(error)) from None
         async with self.pool.acquire() as conn:
             await storage.insert_room(conn, room_id, version.identifier)
-        results: dict[str, dict[str, str]] = {}
-        candidates: list[Candidate] = []
+        candidates: list[CheckedPdu] = []
         outcomes: list[Outcome] = []
         for raw in raw_pdus:
             try:
@@ -432,56 +395,21 @@ class InputPipeline:
                 continue
             if not isinstance(pdu, dict):
                 continue
-            # Fetched history may exceed the 20 prev / 10 auth events limits
-            # (endpoints.md §3 /backfill); size limits still apply.
-            candidate = self._check_format(
-                pdu, version, results, backfilled=kind in ("gap_fill", "backfill")
-            )
-            if candidate is not None and candidate.event.room_id == room_id:
-                candidates.append(candidate)
-        outcomes.extend(
-            Outcome(event_id, None, answer["error"]) for event_id, answer in results.items()
-        )
+            checked = check_format(pdu, version, history=kind.is_history)
+            if isinstance(checked, Outcome):
+                metrics.PDUS_RECEIVED.labels("bad_format").inc()
+                if checked.event_id:
+                    outcomes.append(checked)
+            elif checked.event.room_id == room_id:
+                candidates.append(checked)
         await self._check_signatures_and_hashes(candidates)
-        outcomes.extend(Outcome(c.event.event_id, None, c.error) for c in candidates if c.error)
-        valid = [c for c in candidates if not c.error]
-        if kind == "outlier":
-            outcomes.extend(await self._input_outliers(room_id, _auth_order(valid)))
-        elif kind == "backfill":
+        outcomes.extend(c.outcome() for c in candidates if c.refusal is not None)
+        valid = [c for c in candidates if c.refusal is None]
+        if kind is InputKind.OUTLIER:
+            valid = auth_order(valid)
+        elif kind is InputKind.BACKFILL:
             valid.sort(key=lambda c: c.event.depth)
-            outcomes.extend(
-                await self._input_room(
-                    room_id, valid, soft_fail=False, backfill=True, state_before=state_before
-                )
-            )
-        else:
-            gap_fill = kind == "gap_fill"
-            outcomes.extend(
-                await self._input_room(
-                    room_id,
-                    valid,
-                    soft_fail=True,
-                    gap_fill=gap_fill,
-                    state_before=state_before if gap_fill else None,
-                )
-            )
-        return outcomes
-
-    async def _input_outliers(self, room_id: str, candidates: list[Candidate]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            batch = RoomBatch(self.core, conn, room_id)
-            if not await batch.open(0):
-                return []
-            await batch.prefetch(c.event for c in candidates)
-            for candidate in candidates:
-                outcomes.append(
-                    await batch.add_outlier(
-                        candidate.event, candidate.pdu, redacted=candidate.redacted
-                    )
-                )
-            await batch.write()
-        batch.committed()
+        outcomes.extend(await self._input_room(room_id, valid, kind, state_before))
         return outcomes
 
     # ------------------------------------------------------------ EDUs
@@ -569,42 +497,13 @@ class InputPipeline:
                 log.warning("typing expiry failed", exc_info=True)
 
 
-def _auth_order(candidates: list[Candidate]) -> list[Candidate]:
-    """``candidates`` with every event after the batch's events it cites as auth events."""
-    by_id = {c.event.event_id: c for c in candidates}
-    ordered: list[Candidate] = []
-    placed: set[str] = set()
-
-    def place(candidate: Candidate, seen: set[str]) -> None:
-        event_id = candidate.event.event_id
-        if event_id in placed or event_id in seen:
-            return
-        seen.add(event_id)
-        for auth_id in candidate.event.auth_event_ids:
-            if auth_id in by_id:
-                place(by_id[auth_id], seen)
-        placed.add(event_id)
-        ordered.append(candidate)
-
-    for candidate in sorted(candidates, key=lambda c: c.event.depth):
-        place(candidate, set())
-    return ordered
-
-
 def _answer(outcome: Outcome) -> dict[str, str]:
+    """The /send answer for one PDU: empty when stored (even soft-failed) or known."""
     if outcome.status is Status.REJECTED:
         return {"error": f"rejected: {outcome.error}"}
     if outcome.status is None and not outcome.already_stored:
         return {"error": outcome.error}
     return {}
-
-
-def _outcome_label(outcome: Outcome) -> str:
-    if outcome.already_stored:
-        return "duplicate"
-    if outcome.status is None:
-        return "error"
-    return outcome.status.name.lower()
 
 
 def _is_origin_user(user_id: Any, origin: str) -> bool:

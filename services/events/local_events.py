@@ -24,7 +24,7 @@ from matrix_protocol.encoding import encode_base64
 from matrix_protocol.event_ids import room_id_from_create_event
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import compute_reference_hash
-from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
+from matrix_protocol.pdu_format import PduFormatError, PduTooLarge, check_pdu_format
 from matrix_protocol.room_versions import (
     DEFAULT_ROOM_VERSION,
     EventFormat,
@@ -159,9 +159,10 @@ class LocalEvents:
         try:
             # Our events obey the same limits as everyone's (size, canonical JSON, ids).
             check_pdu_format(signed, version)
+        except PduTooLarge as error:
+            raise BadRequest(f"the event is not valid: {error}", "M_TOO_LARGE") from None
         except PduFormatError as error:
-            errcode = "M_TOO_LARGE" if "larger than" in str(error) else "M_BAD_JSON"
-            raise BadRequest(f"the event is not valid: {error}", errcode) from None
+            raise BadRequest(f"the event is not valid: {error}", "M_BAD_JSON") from None
         return Event.from_pdu(signed, version), signed
 
     def _v1_reference(
@@ -183,7 +184,7 @@ class LocalEvents:
         event, pdu = self.build(
             batch, batch.room_id, event_type, sender, state_key, content, redacts
         )
-        outcome = await batch.add(event, pdu, redacted=False, soft_fail=True, local=True)
+        outcome = await batch.add_local(event, pdu)
         if outcome.status is not Status.ACCEPTED:
             raise Forbidden(outcome.error or "not allowed")
         metrics.LOCAL_EVENTS.labels(event_type).inc()
@@ -272,9 +273,7 @@ class LocalEvents:
                 raise Conflict(f"alias {alias} is taken")
             batch = RoomBatch(self.core, conn, room_id)
             await batch.open(len(plan) + 1)
-            outcome = await batch.add(
-                create, create_pdu, redacted=False, soft_fail=True, local=True
-            )
+            outcome = await batch.add_local(create, create_pdu)
             if outcome.status is not Status.ACCEPTED:
                 raise Forbidden(outcome.error or "create event refused")
             for event_type, state_key, content in plan:

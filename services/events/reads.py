@@ -20,6 +20,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.server_acl import server_allowed
+from mxfed.service_errors import BadRequest
 from services.events import storage
 from services.events.state_storage import StateStore
 
@@ -88,13 +89,17 @@ def _encode_token(depth: int, nid: int) -> str:
     return base64.urlsafe_b64encode(f"{depth}:{nid}".encode()).decode().rstrip("=")
 
 
+class InvalidPaginationToken(BadRequest):
+    """A timeline token this service did not hand out."""
+
+
 def _decode_token(token: str) -> tuple[int, int]:
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         depth, nid = text.split(":")
         return int(depth), int(nid)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"invalid pagination token {token!r}") from error
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidPaginationToken(f"invalid pagination token {token!r}") from None
 
 
 class Reads:

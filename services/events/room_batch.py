@@ -1,23 +1,47 @@
 """The one persistence path for events of a room, received or built here.
 
-Spec: rooms.md §6 steps 4–6 (auth against the event's own auth events →
-reject; against the state before it → reject; against the current state →
-soft fail) and "Rejected vs soft-failed"; state-resolution.md §1.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
+steps 4–6 (auth against the event's own auth events → reject; against the
+state before it → reject; against the current state → soft fail) and
+"Rejection" / "Soft failure"; the state before an event is resolved from its
+prev_events (https://spec.matrix.org/v1.19/rooms/v2/#state-resolution).
 
 A :class:`RoomBatch` is one room inside one database transaction: it takes
 the room's advisory lock (so one replica works on a room at a time), keeps
 the room's head (forward extremities, current state) in memory while events
 are added one after another in the given order, and writes everything —
 events, auth edges, state groups, extremities, current state, stream
-positions — when :meth:`RoomBatch.write` runs at the end. A replica that dies
-before commit leaves nothing behind. Steps 1–3 (format, signatures, hashes)
-happen before, in :mod:`services.events.input`.
+positions, redactions (applied or waiting for their target) — when
+:meth:`RoomBatch.write` runs at the end. A replica that dies before commit
+leaves nothing behind. Nothing else writes events of a room. Steps 1–3
+(format, signatures, hashes) happen before, in :mod:`services.events.pdu_checks`.
+
+Each way an event enters the room is a named case, one method each:
+
+===================  ==========  ====================  ===============  ========
+method               soft fail   state before          forward extrem.  streamed
+===================  ==========  ====================  ===============  ========
+``add_live``         yes         from prev_events      advances         yes
+``add_gap_fill``     yes         prevs, else given     if latest        yes
+``add_backfill``     no          prevs, else given     never            no
+``add_local``        refused     from prev_events      advances         yes
+``add_join``         no          given (the resident)  the only one     yes
+``add_outlier``      —           none                  never            no
+===================  ==========  ====================  ===============  ========
+
+Only accepted events move the head and are streamed; soft-failed ones are
+stored with their state (later events may cite them) but do neither. Events
+built here (``add_local``) and our join (``add_join``) are stored only when
+accepted: anything else refuses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -31,6 +55,8 @@ from matrix_protocol.room_versions import RoomVersion, room_version
 from matrix_protocol.state_resolution import MissingEventError
 from services.events import storage
 from services.events.cache import LruCache
+from services.events.outcomes import Outcome, Reason
+from services.events.pdu_checks import CheckedPdu
 from services.events.state import StateResolver
 from services.events.state_storage import PendingGroups, StateGroup, StateStore
 from services.events.storage import EventWrite, RoomRow, Status, StoredEvent, WaitingRedaction
@@ -38,16 +64,6 @@ from services.events.storage import EventWrite, RoomRow, Status, StoredEvent, Wa
 CREATE = "m.room.create"
 REDACTION = "m.room.redaction"
 POWER_LEVELS: StateKey = ("m.room.power_levels", "")
-
-
-@dataclass
-class Outcome:
-    """What happened to one event. ``status`` None: not stored (see ``error``)."""
-
-    event_id: str
-    status: Status | None
-    error: str = ""
-    already_stored: bool = False
 
 
 @dataclass
@@ -92,28 +108,117 @@ MAX_SUPERSEDED_WALK = 1000
 NOT_DIVULGING = "Your server isn't divulging details about prev_events referenced in this event."
 
 
-def _missing_auth(event: Event, known: Mapping[str, StoredEvent]) -> bool:
-    return any(a not in known for a in event.auth_event_ids)
-
-
-def missing_dependencies(event: Event, known: Mapping[str, StoredEvent]) -> str | None:
-    """Why ``event`` cannot be checked yet, or None.
+def missing_dependencies(event: Event, known: Mapping[str, StoredEvent]) -> Outcome | None:
+    """Why ``event`` cannot be checked yet (not stored), or None.
 
     The single place deciding what to do about unknown prev/auth events.
     Missing prevs are fetched before the batch (get_missing_events, by the
     backfill service); when they stay missing the caller may give the state
-    before the event instead (``RoomBatch.add(state_before=...)``).
+    before the event instead (``add_gap_fill`` / ``add_backfill``).
     """
     missing_prev = [p for p in event.prev_event_ids if p not in known]
     if missing_prev:
-        return f"missing prev_events {', '.join(missing_prev)}"
-    missing_auth = [a for a in event.auth_event_ids if a not in known]
-    if missing_auth:
-        return f"missing auth_events {', '.join(missing_auth)}"
+        return Outcome.refused(
+            event.event_id,
+            Reason.MISSING_PREV_EVENTS,
+            f"missing prev_events {', '.join(missing_prev)}",
+        )
+    missing_auth = _missing_auth(event, known)
+    if missing_auth is not None:
+        return missing_auth
     stateless = [p for p in event.prev_event_ids if known[p].state_group_after is None]
     if stateless:
-        return f"no state known at prev_events {', '.join(stateless)}"
+        return Outcome.refused(
+            event.event_id,
+            Reason.NO_STATE_AT_PREV_EVENTS,
+            f"no state known at prev_events {', '.join(stateless)}",
+        )
     return None
+
+
+def _missing_auth(event: Event, known: Mapping[str, StoredEvent]) -> Outcome | None:
+    missing = [a for a in event.auth_event_ids if a not in known]
+    if not missing:
+        return None
+    return Outcome.refused(
+        event.event_id, Reason.MISSING_AUTH_EVENTS, f"missing auth_events {', '.join(missing)}"
+    )
+
+
+def auth_order(pdus: Iterable[CheckedPdu]) -> list[CheckedPdu]:
+    """``pdus`` with each after those of them it cites as auth events (ties: depth, then id).
+
+    The order :meth:`RoomBatch.add_outlier` needs. Iterative: auth chains of
+    big rooms are deeper than Python's recursion limit. A cycle (only a
+    forged chain has one) is cut where it is met.
+    """
+    by_id = {p.event.event_id: p for p in pdus}
+    ordered: list[CheckedPdu] = []
+    entered: set[str] = set()
+    for start in sorted(by_id, key=lambda e: (by_id[e].event.depth, e)):
+        stack: list[tuple[str, bool]] = [(start, False)]
+        while stack:
+            event_id, expanded = stack.pop()
+            if expanded:
+                ordered.append(by_id[event_id])
+                continue
+            if event_id in entered:
+                continue
+            entered.add(event_id)
+            stack.append((event_id, True))
+            for auth_id in by_id[event_id].event.auth_event_ids:
+                if auth_id in by_id and auth_id not in entered:
+                    stack.append((auth_id, False))
+    return ordered
+
+
+class _StateBefore(enum.Enum):
+    """Where the state before an event comes from."""
+
+    PREV_EVENTS = enum.auto()  # resolved from its prev_events, which must be in the DAG
+    PREV_EVENTS_ELSE_GIVEN = enum.auto()  # the caller's state when its prevs are missing
+    GIVEN = enum.auto()  # always the caller's state
+
+
+class _Head(enum.Enum):
+    """What an accepted event does to the room's forward extremities and current state."""
+
+    ADVANCE = enum.auto()  # replaces its prev_events among the forward extremities
+    ADVANCE_IF_LATEST = enum.auto()  # the same, unless a stored event builds on it already
+    KEEP = enum.auto()  # history: never a forward extremity, never current state
+    REPLACE = enum.auto()  # the only forward extremity; its state after is the current state
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One way into the DAG (see the module docstring's table)."""
+
+    state_before: _StateBefore
+    soft_fail: bool  # step 6: checked against the room's current state
+    head: _Head
+    streamed: bool
+    stored_only_if_accepted: bool
+    # Received events whose prev_events stay unknown get the spec's hint.
+    hint_undivulged_prevs: bool
+
+
+_LIVE = _Case(_StateBefore.PREV_EVENTS, True, _Head.ADVANCE, True, False, True)
+_GAP_FILL = _Case(
+    _StateBefore.PREV_EVENTS_ELSE_GIVEN, True, _Head.ADVANCE_IF_LATEST, True, False, True
+)
+_BACKFILL = _Case(_StateBefore.PREV_EVENTS_ELSE_GIVEN, False, _Head.KEEP, False, False, False)
+_LOCAL = _Case(_StateBefore.PREV_EVENTS, True, _Head.ADVANCE, True, True, False)
+_JOIN = _Case(_StateBefore.GIVEN, False, _Head.REPLACE, True, True, False)
+
+
+@dataclass
+class _Placement:
+    """Where an event sits: the state before it and the events it cites."""
+
+    before: StateGroup
+    cited: dict[str, StoredEvent]
+    # The state before is the caller's (its prevs are missing, or ours to replace).
+    state_given: bool
 
 
 class RoomBatch:
@@ -122,6 +227,8 @@ class RoomBatch:
         self.conn = conn
         self.room_id = room_id
         self.pending: dict[str, StoredEvent] = {}
+        # Ids :meth:`prefetch` found nowhere: not looked up again one by one.
+        self._absent: set[str] = set()
         self._writes: dict[str, EventWrite] = {}
         self._groups = PendingGroups()
         self._redactions: dict[str, str] = {}
@@ -163,13 +270,19 @@ class RoomBatch:
         return True
 
     async def prefetch(self, events: Iterable[Event]) -> None:
-        """Load in one query what the batch's events cite or are."""
+        """Load in one query what the batch's events cite or are.
+
+        What is found nowhere is remembered as absent, so adding the events
+        one by one asks the database nothing more about them (the room's
+        lock keeps other replicas from storing events of this room meanwhile).
+        """
         ids: set[str] = set()
         for event in events:
             ids.add(event.event_id)
             ids.update(event.prev_event_ids)
             ids.update(event.auth_event_ids)
-        await self.events(ids)
+        found = await self.events(ids)
+        self._absent.update(ids - found.keys())
 
     async def write(self) -> None:
         """Write everything the batch did (inside the caller's transaction)."""
@@ -230,7 +343,7 @@ class RoomBatch:
             stored = self.pending.get(event_id) or self.core.event_cache.get(event_id)
             if stored is not None:
                 found[event_id] = stored
-            else:
+            elif event_id not in self._absent:
                 unknown.append(event_id)
         if unknown:
             loaded = await storage.fetch_events(self.conn, unknown)
@@ -250,87 +363,174 @@ class RoomBatch:
 
     # ------------------------------------------------------------ adding events
 
-    async def add(
-        self,
-        event: Event,
-        pdu: Mapping[str, object],
-        *,
-        redacted: bool,
-        soft_fail: bool,
-        local: bool = False,
-        backfill: bool = False,
-        gap_fill: bool = False,
-        state_before: Sequence[str] | None = None,
-    ) -> Outcome:
-        """Check ``event`` against the room and queue it for writing.
+    async def add_live(self, checked: CheckedPdu) -> Outcome:
+        """A live event from another server: /send, ``InputPdus`` NEW, send_join/leave/knock.
 
-        ``soft_fail``: a live event, checked against the current state too
-        (:meth:`_soft_fails`); a soft-failed event is stored with its state
-        (later events may build on it and cite it) but is never a forward
-        extremity and never streamed. ``gap_fill``: a live event pulled in to
-        connect another one (get_missing_events): it becomes a forward
-        extremity only if nothing stored builds on it yet. Accepted live
-        events are streamed: missing events are news to local consumers too.
-        ``backfill``: history older than what we hold, exempt from soft
-        failure; never a forward extremity, never current state, never
-        streamed. ``state_before``:
-        ids of stored events making the state before ``event``, used when its
-        prev_events are missing from the DAG (they become backward
-        extremities).
-        ``local``: an event built here; any failure refuses it (not stored).
+        Its prev_events must be in the DAG (gap filling runs before the batch).
+        """
+        return await self._add(checked, _LIVE)
+
+    async def add_gap_fill(
+        self, checked: CheckedPdu, state_before: Sequence[str] | None = None
+    ) -> Outcome:
+        """A live event pulled in to connect another one (get_missing_events).
+
+        Checked like :meth:`add_live`; it becomes a forward extremity only if
+        nothing stored builds on it yet. ``state_before``: ids of stored
+        events making the state before it, used when its prev_events are
+        missing from the DAG (they become backward extremities).
+        """
+        return await self._add(checked, _GAP_FILL, state_before)
+
+    async def add_backfill(
+        self, checked: CheckedPdu, state_before: Sequence[str] | None = None
+    ) -> Outcome:
+        """History older than what we hold (/backfill), added oldest first.
+
+        Exempt from soft failure; never a forward extremity, never current
+        state, never streamed. ``state_before`` as for :meth:`add_gap_fill`.
+        """
+        return await self._add(checked, _BACKFILL, state_before)
+
+    async def add_local(self, event: Event, pdu: Mapping[str, Any]) -> Outcome:
+        """An event built and signed here: stored only when accepted (else refused)."""
+        return await self._add(CheckedPdu.built_here(event, dict(pdu)), _LOCAL)
+
+    async def add_join(self, join: CheckedPdu, state_before: Sequence[str]) -> Outcome:
+        """Our join to a room another server hosts, with the state before it as that server gave it.
+
+        ``state_before``: ids of stored events (the send_join answer's state,
+        added with :meth:`add_outlier` earlier in this batch or stored
+        before; rejected ones are left out) making the state before the join.
+        The join is checked against its own auth events and that state (its
+        prev_events are the resident's and need not be held). Accepted, it
+        becomes the room's only forward extremity and the state after it
+        the room's current state, whatever we held of the room before (a
+        rejoin), and it is streamed; otherwise it is refused, not stored.
+        The checks read only the state keys the auth rules name, so a state
+        without most members (a partial-state join) can be given the same way.
+        """
+        return await self._add(join, _JOIN, state_before)
+
+    async def _add(
+        self, checked: CheckedPdu, case: _Case, state_before: Sequence[str] | None = None
+    ) -> Outcome:
+        """Check ``checked`` against the room as ``case`` says, and queue it for writing.
+
         An event stored as an outlier is promoted to a DAG event.
         """
+        event, redacted = checked.event, checked.redacted
         event_id = event.event_id
-        live = soft_fail and not backfill
         if event_id in self.pending:
-            return Outcome(event_id, None, already_stored=True)
-        promote = False
+            return Outcome.duplicate(event_id)
+        existing = await self._stored_as(event_id)
+        if existing is not None and existing.status is not Status.OUTLIER:
+            return Outcome.duplicate(event_id)
+        promote = existing is not None
+        if existing is not None:
+            event, redacted = existing.event, existing.redacted
+        placement = await self._place(event, case, state_before)
+        if isinstance(placement, Outcome):
+            return placement
+        status, reason, error = await self._judge(event, placement, case)
+        if case.stored_only_if_accepted and status is not Status.ACCEPTED:
+            assert reason is not None
+            return Outcome.refused(event_id, reason, error)
+        stored, after = await self._record(
+            event, checked.pdu, redacted, status, error, placement.before, promote
+        )
+        if status is Status.ACCEPTED:
+            await self._take_effect(event, placement.before, after, case)
+        self._redact_on_arrival(stored)
+        return Outcome(event_id, status, reason, error)
+
+    async def _stored_as(self, event_id: str) -> StoredEvent | None:
         existing = (await self.events([event_id])).get(event_id)
         if existing is not None and existing.status is Status.OUTLIER:
             # Another replica may have promoted it since it was cached.
             existing = (await self._reload([event_id])).get(event_id)
-        if existing is not None:
-            if existing.status is not Status.OUTLIER:
-                return Outcome(event_id, None, already_stored=True)
-            promote = True
-            event, redacted = existing.event, existing.redacted
-        deps = await self.events([*event.prev_event_ids, *event.auth_event_ids])
+        return existing
+
+    async def _place(
+        self, event: Event, case: _Case, state_before: Sequence[str] | None
+    ) -> _Placement | Outcome:
+        """The state before ``event`` and the events it cites, or why it cannot be checked yet."""
+        cited = await self.events([*event.prev_event_ids, *event.auth_event_ids])
         stateless = [
-            p for p in event.prev_event_ids if p in deps and deps[p].state_group_after is None
+            p for p in event.prev_event_ids if p in cited and cited[p].state_group_after is None
         ]
         if stateless:
-            deps.update(await self._reload(stateless))
-        problem = missing_dependencies(event, deps)
-        before: StateGroup | None = None
-        prevs_missing = False
-        if problem is not None and state_before is not None and not _missing_auth(event, deps):
-            try:
-                before = await self._given_state(state_before)
-            except MissingEventError as error:
-                return Outcome(event_id, None, f"state before the event: {error}")
-            problem = None
-            prevs_missing = True
+            cited.update(await self._reload(stateless))
+        missing_auth = _missing_auth(event, cited)
+        if case.state_before is _StateBefore.GIVEN:
+            assert state_before is not None
+            return missing_auth or await self._given_placement(event, cited, state_before)
+        problem = missing_dependencies(event, cited)
+        if (
+            problem is not None
+            and missing_auth is None
+            and state_before is not None
+            and case.state_before is _StateBefore.PREV_EVENTS_ELSE_GIVEN
+        ):
+            return await self._given_placement(event, cited, state_before)
         if problem is not None:
-            if live and not local and problem.startswith("missing prev_events"):
-                problem += f" ({NOT_DIVULGING})"
-            return Outcome(event_id, None, problem)
+            if case.hint_undivulged_prevs and problem.reason is Reason.MISSING_PREV_EVENTS:
+                return dataclasses.replace(problem, error=f"{problem.error} ({NOT_DIVULGING})")
+            return problem
+        try:
+            before = await self._state_before(event, [cited[p] for p in event.prev_event_ids])
+        except MissingEventError as error:
+            return Outcome.refused(
+                event.event_id,
+                Reason.STATE_RESOLUTION_INCOMPLETE,
+                f"missing events for state resolution: {error}",
+            )
+        return _Placement(before, cited, state_given=False)
 
-        rejection = self._check_own_auth_events(event, [deps[a] for a in event.auth_event_ids])
-        if before is None:
-            try:
-                before = await self._state_before(event, [deps[p] for p in event.prev_event_ids])
-            except MissingEventError as error:
-                return Outcome(event_id, None, f"missing events for state resolution: {error}")
-        if rejection is None:
-            rejection = await self._check_against_state(event, before.state)
-        status = Status.ACCEPTED
-        if rejection is not None:
-            status = Status.REJECTED
-        elif live and await self._soft_fails(event, before, prevs_missing):
-            status = Status.SOFT_FAILED
-        if local and status is not Status.ACCEPTED:
-            return Outcome(event_id, status, rejection or "not allowed by the room's current state")
+    async def _given_placement(
+        self, event: Event, cited: dict[str, StoredEvent], state_ids: Sequence[str]
+    ) -> _Placement | Outcome:
+        try:
+            before = await self._given_state(state_ids)
+        except MissingEventError as error:
+            return Outcome.refused(
+                event.event_id, Reason.UNUSABLE_STATE_BEFORE, f"state before the event: {error}"
+            )
+        return _Placement(before, cited, state_given=True)
 
+    async def _judge(
+        self, event: Event, placement: _Placement, case: _Case
+    ) -> tuple[Status, Reason | None, str]:
+        """Steps 4–6: accepted, rejected or soft-failed, and why."""
+        auth_events = [placement.cited[a] for a in event.auth_event_ids]
+        failure = self._check_own_auth_events(event, auth_events)
+        if failure is not None:
+            return Status.REJECTED, Reason.AUTH_EVENTS_DISALLOW, str(failure)
+        failure = await self._check_against_state(event, placement.before.state)
+        if failure is not None:
+            return Status.REJECTED, Reason.STATE_BEFORE_DISALLOWS, str(failure)
+        if case.soft_fail:
+            failure = await self._soft_failure(event, placement.before, placement.state_given)
+            if failure is not None:
+                return (
+                    Status.SOFT_FAILED,
+                    Reason.CURRENT_STATE_DISALLOWS,
+                    f"not allowed by the room's current state: {failure}",
+                )
+        return Status.ACCEPTED, None, ""
+
+    async def _record(
+        self,
+        event: Event,
+        pdu: Mapping[str, Any],
+        redacted: bool,
+        status: Status,
+        error: str,
+        before: StateGroup,
+        promote: bool,
+    ) -> tuple[StoredEvent, StateGroup]:
+        """Queue the row of ``event`` with its state groups; the state after it."""
+        event_id = event.event_id
         after = before
         if status is not Status.REJECTED and event.is_state:
             key = event.state_tuple
@@ -344,7 +544,7 @@ class RoomBatch:
         stored = StoredEvent(
             event=event,
             status=status,
-            rejection_reason=rejection or "",
+            rejection_reason=error if status is Status.REJECTED else "",
             redacted=redacted,
             state_group_before=before.id,
             state_group_after=after.id,
@@ -354,22 +554,30 @@ class RoomBatch:
         self._writes[event_id] = EventWrite(
             stored, encode_json(pdu).decode(), event.membership, promote=promote
         )
-        if status is Status.ACCEPTED:
-            if not backfill and (
-                (live and not gap_fill) or not await self._has_successors(event_id)
-            ):
-                await self._advance_head(event, after)
-            if event.type == REDACTION:
-                await self._apply_redaction(event, before)
-            if not backfill:
-                self._to_stream.append(event_id)
-        if event.type == CREATE and status is Status.ACCEPTED:
-            self.create_event = event
-        self._redact_on_arrival(stored)
-        return Outcome(event_id, status, rejection or "")
+        return stored, after
 
-    async def _soft_fails(self, event: Event, before: StateGroup, prevs_missing: bool) -> bool:
-        """Whether the room's current state no longer allows ``event`` (soft failure).
+    async def _take_effect(
+        self, event: Event, before: StateGroup, after: StateGroup, case: _Case
+    ) -> None:
+        """What an accepted event changes: the head, a redaction, the stream."""
+        if case.head is _Head.ADVANCE or (
+            case.head is _Head.ADVANCE_IF_LATEST and not await self._has_successors(event.event_id)
+        ):
+            await self._advance_head(event, after)
+        elif case.head is _Head.REPLACE:
+            self.extremities = {event.event_id: event.depth}
+            self.current = after
+        if event.type == REDACTION:
+            await self._apply_redaction(event, before)
+        if case.streamed:
+            self._to_stream.append(event.event_id)
+        if event.type == CREATE:
+            self.create_event = event
+
+    async def _soft_failure(
+        self, event: Event, before: StateGroup, prevs_missing: bool
+    ) -> AuthError | None:
+        """Why the room's current state no longer allows ``event`` (soft failure), or None.
 
         Spec: server-server API, "Checks performed on receipt of a PDU" step
         6 and "Soft failure": the current state is the state resolved across
@@ -383,7 +591,7 @@ class RoomBatch:
         """
         current = self.current
         if current is None or current.id == before.id:
-            return False
+            return None
         state: Mapping[StateKey, str] = current.state
         if prevs_missing and current.state != before.state:
             create_id = self.create_event.event_id if self.create_event else None
@@ -394,7 +602,7 @@ class RoomBatch:
             except MissingEventError:
                 # An auth chain we cannot complete: judge by our own current state.
                 state = current.state
-        return await self._check_against_state(event, state) is not None
+        return await self._check_against_state(event, state)
 
     async def _reload(self, event_ids: Sequence[str]) -> dict[str, StoredEvent]:
         """``event_ids`` from the database, past the cache (outliers may have been promoted)."""
@@ -419,34 +627,46 @@ class RoomBatch:
             state[stored.event.state_tuple] = event_id
         return self.core.state_store.derive(self.room_id, None, state, self._groups)
 
-    async def add_outlier(
-        self, event: Event, pdu: Mapping[str, object], *, redacted: bool
-    ) -> Outcome:
-        """Store ``event`` without a place in the DAG (auth chains, a join's state).
+    async def add_outlier(self, checked: CheckedPdu) -> Outcome:
+        """Store an event without a place in the DAG (auth chains, a join's state).
 
-        Only checked against its own auth events (rooms.md §6 step 4): no
-        state, no stream position, no effect on extremities or current state.
+        Only checked against its own auth events (step 4), which must be held:
+        no state, no stream position, no effect on extremities or current state.
         """
+        event = checked.event
         event_id = event.event_id
         if event_id in self.pending or event_id in await self.events([event_id]):
-            return Outcome(event_id, None, already_stored=True)
+            return Outcome.duplicate(event_id)
         auth = await self.events(event.auth_event_ids)
-        missing = [a for a in event.auth_event_ids if a not in auth]
-        if missing:
-            return Outcome(event_id, None, f"missing auth_events {', '.join(missing)}")
-        if event.type == CREATE and self.create_event is None:
+        missing = _missing_auth(event, auth)
+        if missing is not None:
+            return missing
+        if event.type == CREATE and self.create_event is None and self._is_own_create(event):
             self.create_event = event
-        rejection = self._check_own_auth_events(event, [auth[a] for a in event.auth_event_ids])
-        status = Status.OUTLIER if rejection is None else Status.REJECTED
-        stored = StoredEvent(event=event, status=status, rejection_reason=rejection or "")
-        stored.redacted = redacted
+        failure = self._check_own_auth_events(event, [auth[a] for a in event.auth_event_ids])
+        if failure is None:
+            status, reason, error = Status.OUTLIER, None, ""
+        else:
+            status, reason, error = Status.REJECTED, Reason.AUTH_EVENTS_DISALLOW, str(failure)
+        stored = StoredEvent(event=event, status=status, rejection_reason=error)
+        stored.redacted = checked.redacted
         self.pending[event_id] = stored
-        self._writes[event_id] = EventWrite(stored, encode_json(pdu).decode(), event.membership)
+        self._writes[event_id] = EventWrite(
+            stored, encode_json(checked.pdu).decode(), event.membership
+        )
         self._redact_on_arrival(stored)
-        return Outcome(event_id, status, rejection or "")
+        return Outcome(event_id, status, reason, error)
 
-    def _check_own_auth_events(self, event: Event, auth_events: list[StoredEvent]) -> str | None:
-        """rooms.md §6 step 4 (rule 3 and its 3.3 "rejected auth event" part included)."""
+    def _is_own_create(self, event: Event) -> bool:
+        """Whether a create event can be this room's (from v12 the room id names it)."""
+        if self.version.room_id_from_create_event:
+            return self.room_id == "!" + event.event_id[1:]
+        return event.room_id == self.room_id
+
+    def _check_own_auth_events(
+        self, event: Event, auth_events: list[StoredEvent]
+    ) -> AuthError | None:
+        """Step 4 (auth rule 3 and its 3.3 "rejected auth event" part included)."""
         try:
             check_auth_events_structure(event, [a.event for a in auth_events])
             for auth_event in auth_events:
@@ -459,10 +679,12 @@ class RoomBatch:
                 auth_state[(CREATE, "")] = self.create_event
             check_auth_rules(event, auth_state)
         except AuthError as error:
-            return str(error)
+            return error
         return None
 
-    async def _check_against_state(self, event: Event, state: Mapping[StateKey, str]) -> str | None:
+    async def _check_against_state(
+        self, event: Event, state: Mapping[StateKey, str]
+    ) -> AuthError | None:
         """Auth rules against a state map (steps 5 and 6)."""
         keys = auth_types_for_event(
             event.type, event.sender, event.state_key, event.content, self.version
@@ -475,7 +697,7 @@ class RoomBatch:
         try:
             check_auth_rules(event, auth_state)
         except AuthError as error:
-            return str(error)
+            return error
         return None
 
     def _cites_exactly(self, event: Event, cited: Mapping[StateKey, str]) -> bool:

@@ -1,6 +1,9 @@
 """gRPC layer of the events service: decode requests, call the logic, encode replies.
 
-Errors become gRPC statuses with details "M_ERRCODE: message".
+Errors become gRPC statuses with details "M_ERRCODE: message": the logic
+raises typed :class:`~mxfed.service_errors.ServiceError` subclasses (an
+unsupported room version, an unset input kind, a malformed token...);
+anything else is a bug and reaches the caller as UNKNOWN.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import grpc
 
 from mxfed.service_errors import BadRequest, json_field, reports_service_errors
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
-from services.events.input import InputPipeline
+from services.events.input import InputKind, InputPipeline
 from services.events.local_events import CreateRoomRequest, LocalEvents
 from services.events.reads import EventView, Reads
 from services.events.streams import StreamEntry, StreamFilter, StreamHub
@@ -20,11 +23,18 @@ from services.events.streams import StreamEntry, StreamFilter, StreamHub
 T = TypeVar("T")
 
 _KINDS = {
-    events_pb2.NEW: "new",
-    events_pb2.GAP_FILL: "gap_fill",
-    events_pb2.OUTLIER_KIND: "outlier",
-    events_pb2.BACKFILL: "backfill",
+    events_pb2.NEW: InputKind.NEW,
+    events_pb2.GAP_FILL: InputKind.GAP_FILL,
+    events_pb2.OUTLIER_KIND: InputKind.OUTLIER,
+    events_pb2.BACKFILL: InputKind.BACKFILL,
 }
+
+
+def _input_kind(value: int) -> InputKind:
+    kind = _KINDS.get(value)  # type: ignore[call-overload]
+    if kind is None:
+        raise BadRequest(f"kind must be one of NEW, GAP_FILL, OUTLIER_KIND, BACKFILL (got {value})")
+    return kind
 
 
 def _record(view: EventView) -> events_pb2.EventRecord:
@@ -94,17 +104,13 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     @reports_service_errors
     async def InputPdus(self, request, context):  # noqa: N802, ANN001, ANN201
-        kind = _KINDS.get(request.kind, "new")
-        try:
-            outcomes = await self.pipeline.input_pdus(
-                request.room_id,
-                request.room_version,
-                kind,
-                list(request.pdus),
-                {s.event_id: list(s.state_event_ids) for s in request.state_before},
-            )
-        except ValueError as error:
-            raise BadRequest(str(error), "M_UNSUPPORTED_ROOM_VERSION") from None
+        outcomes = await self.pipeline.input_pdus(
+            request.room_id,
+            request.room_version,
+            _input_kind(request.kind),
+            list(request.pdus),
+            {s.event_id: list(s.state_event_ids) for s in request.state_before},
+        )
         return events_pb2.InputPdusResponse(
             results=[
                 events_pb2.PduResult(
@@ -215,12 +221,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     @reports_service_errors
     async def QueryTimeline(self, request, context):  # noqa: N802, ANN001, ANN201
-        try:
-            page = await self.reads.timeline(
-                request.room_id, request.from_token, request.backwards, request.limit
-            )
-        except ValueError as error:
-            raise BadRequest(str(error)) from None
+        page = await self.reads.timeline(
+            request.room_id, request.from_token, request.backwards, request.limit
+        )
         return events_pb2.QueryTimelineResponse(
             events=_records(page.events),
             next_token=page.next_token,

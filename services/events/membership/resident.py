@@ -50,7 +50,6 @@ from services.events.membership.common import (
     json_list,
     pdu_json_of,
     room_head,
-    verify_event_signatures,
 )
 from services.events.membership.templates import (
     auth_check_against_state,
@@ -59,6 +58,7 @@ from services.events.membership.templates import (
     not_found,
     resident_room,
 )
+from services.events.pdu_checks import CheckedPdu, verify_signatures
 from services.events.room_batch import RoomBatch
 from services.events.storage import Status
 
@@ -116,7 +116,7 @@ class Resident:
                     raise forbidden("invalid join_authorised_via_users_server")
                 servers.discard(self.server_name)
                 countersign = True
-        errors = await verify_event_signatures(deps.keys, [(event, servers)])
+        errors = await verify_signatures(deps.keys, [(event, servers)])
         if errors[0] is not None:
             raise invalid(errors[0])
         if countersign:
@@ -136,7 +136,7 @@ class Resident:
             if not await batch.open(1):
                 raise not_found()
             await batch.prefetch([event])
-            outcome = await batch.add(event, pdu, redacted=False, soft_fail=True)
+            outcome = await batch.add_live(CheckedPdu(event, pdu))
             if outcome.already_stored:
                 return False
             if outcome.status is None:
@@ -257,7 +257,7 @@ class Resident:
         final = dict(pdu)
         final["signatures"] = {**theirs, self.server_name: ours}
         final_event = Event(final, version, event.event_id)
-        errors = await verify_event_signatures(deps.keys, [(final_event, [server_name_of(target)])])
+        errors = await verify_signatures(deps.keys, [(final_event, [server_name_of(target)])])
         if errors[0] is not None:
             raise MembershipError(502, "M_UNKNOWN", f"invitee's countersignature: {errors[0]}")
         # 4. Persist through the normal path; the sender service delivers it.
@@ -266,9 +266,7 @@ class Resident:
             if not await batch.open(1):
                 raise not_found()
             await batch.prefetch([final_event])
-            outcome = await batch.add(
-                final_event, final, redacted=False, soft_fail=True, local=True
-            )
+            outcome = await batch.add_local(final_event, final)
             if outcome.status is not Status.ACCEPTED and not outcome.already_stored:
                 raise forbidden(outcome.error or "the invite is not allowed")
             await batch.write()

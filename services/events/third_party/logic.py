@@ -57,7 +57,6 @@ from services.events.membership.common import (
     MembershipDeps,
     room_head,
     state_events,
-    verify_event_signatures,
 )
 from services.events.membership.resident import Resident
 from services.events.membership.templates import (
@@ -66,6 +65,7 @@ from services.events.membership.templates import (
     not_found,
     resident_room,
 )
+from services.events.pdu_checks import verify_signatures
 from services.events.room_batch import RoomBatch
 from services.events.storage import Status
 from services.events.third_party.identity import IdentityClient, KeyCheckFailed
@@ -353,7 +353,7 @@ class ThirdParty:
             display_name = invite_event.content.get("display_name")
             content = invite_content(display_name if isinstance(display_name, str) else "", signed)
             event, pdu = deps.local.build(batch, room_id, MEMBER, sender, mxid, content)
-            outcome = await batch.add(event, pdu, redacted=False, soft_fail=True, local=True)
+            outcome = await batch.add_local(event, pdu)
             if outcome.status is not Status.ACCEPTED:
                 raise forbidden(f"the invite is not allowed: {outcome.error or 'soft failed'}")
             await batch.write()
@@ -502,7 +502,7 @@ class ThirdParty:
         final = dict(pdu)
         final["signatures"] = {**theirs, self.server_name: ours}
         final_event = Event(final, version, event.event_id)
-        errors = await verify_event_signatures(deps.keys, [(final_event, [server_name_of(target)])])
+        errors = await verify_signatures(deps.keys, [(final_event, [server_name_of(target)])])
         if errors[0] is not None:
             raise MembershipError(502, "M_UNKNOWN", f"invitee's countersignature: {errors[0]}")
         async with deps.pool.acquire() as conn, conn.transaction():
@@ -512,9 +512,7 @@ class ThirdParty:
             if await token_consumed_by(conn, room_id, token) is not None:
                 raise forbidden("the third-party invite token was already used")
             await batch.prefetch([final_event])
-            outcome = await batch.add(
-                final_event, final, redacted=False, soft_fail=True, local=True
-            )
+            outcome = await batch.add_local(final_event, final)
             if outcome.status is not Status.ACCEPTED:
                 raise forbidden(f"the invite is not allowed: {outcome.error or 'soft failed'}")
             await batch.write()

@@ -1,0 +1,188 @@
+"""Steps 1–3 of the checks on receipt of a PDU, shared by every input path.
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
+1. a valid PDU (format, size, limits) → else dropped; 2. valid signatures →
+else dropped; 3. the content hash → else the event continues redacted.
+
+Used by /send transactions and fetched batches (:mod:`services.events.input`),
+the state and auth chain of a send_join answer, membership events and
+invites other servers send us, and countersignatures (:mod:`.membership`,
+:mod:`.third_party`). Signatures are always checked in ONE
+``VerifyJsonSignatures`` call per batch (the keys service verifies them in
+bulk). Steps 4–6 (auth, soft failure) belong to
+:class:`~services.events.room_batch.RoomBatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from matrix_protocol.canonical_json import encode_json
+from matrix_protocol.event_ids import compute_event_id
+from matrix_protocol.events import Event
+from matrix_protocol.hashes import content_hash_matches
+from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
+from matrix_protocol.redaction import redact
+from matrix_protocol.room_versions import RoomVersion
+from matrix_protocol.signing import signatures_required_for_event
+from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from services.events.outcomes import Outcome, Reason
+
+
+@dataclass
+class CheckedPdu:
+    """A PDU past the format check, on its way through steps 2 and 3 and into a room batch.
+
+    ``pdu`` is what gets stored: without ``unsigned`` (covered by neither
+    hashes nor signatures), redacted when its content hash does not match
+    (``redacted``). ``refusal`` is set once a check drops it.
+    """
+
+    event: Event
+    pdu: dict[str, Any]
+    redacted: bool = False
+    refusal: Reason | None = None
+    error: str = ""
+
+    def refuse(self, reason: Reason, error: str) -> None:
+        """Drop it for ``reason`` (the first reason found is kept)."""
+        if self.refusal is None:
+            self.refusal, self.error = reason, error
+
+    def outcome(self) -> Outcome:
+        """The outcome of a refused PDU."""
+        assert self.refusal is not None
+        return Outcome.refused(self.event.event_id, self.refusal, self.error)
+
+    @classmethod
+    def built_here(cls, event: Event, pdu: dict[str, Any]) -> CheckedPdu:
+        """An event this server built and signed: nothing to check."""
+        return cls(event, pdu)
+
+
+def without_unsigned(pdu: Mapping[str, Any]) -> dict[str, Any]:
+    """NOTSPEC: ``unsigned`` is not stored (Synapse keeps only ``age``)."""
+    return {key: value for key, value in pdu.items() if key != "unsigned"}
+
+
+def check_format(pdu: Any, version: RoomVersion, *, history: bool = False) -> CheckedPdu | Outcome:
+    """Step 1: the PDU, or why it is dropped (``event_id`` "" when none can be computed).
+
+    ``history``: fetched history (backfill, gap filling) may exceed the 20
+    prev / 10 auth events limits; size limits still apply.
+    """
+    try:
+        check_pdu_format(pdu, version, backfilled=history)
+        stored = without_unsigned(pdu)
+        event = Event.from_pdu(stored, version)
+    except (PduFormatError, ValueError) as error:
+        try:
+            event_id = compute_event_id(pdu, version)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            event_id = ""
+        return Outcome.refused(event_id, Reason.INVALID_FORMAT, f"invalid PDU: {error}")
+    return CheckedPdu(event, stored)
+
+
+async def verify_signatures(
+    keys: keys_pb2_grpc.KeysStub, checks: Sequence[tuple[Event, Iterable[str]]]
+) -> list[str | None]:
+    """The named servers' signatures of each event, in ONE call: an error (or None) per event."""
+    items: list[keys_pb2.JsonToVerify] = []
+    owners: list[int] = []
+    for index, (event, servers) in enumerate(checks):
+        redacted_json = encode_json(redact(event.pdu, event.room_version))
+        for server in sorted(set(servers)):
+            items.append(
+                keys_pb2.JsonToVerify(
+                    json=redacted_json,
+                    server_name=server,
+                    at_ts=event.origin_server_ts,
+                    enforce_key_validity=event.room_version.enforce_key_validity,
+                )
+            )
+            owners.append(index)
+    errors: list[str | None] = [None] * len(checks)
+    if not items:
+        return errors
+    reply = await keys.VerifyJsonSignatures(keys_pb2.VerifyJsonSignaturesRequest(items=items))
+    for owner, item, result in zip(owners, items, reply.results, strict=True):
+        if not result.ok and errors[owner] is None:
+            errors[owner] = f"signature of {item.server_name} does not verify: {result.error}"
+    return errors
+
+
+async def check_signatures(keys: keys_pb2_grpc.KeysStub, pdus: Sequence[CheckedPdu]) -> None:
+    """Step 2 for the PDUs not refused yet, in one call; failures are refused."""
+    checks: list[tuple[Event, Iterable[str]]] = []
+    owners: list[CheckedPdu] = []
+    for checked in pdus:
+        if checked.refusal is not None:
+            continue
+        try:
+            servers = signatures_required_for_event(checked.event)
+        except ValueError as error:
+            checked.refuse(Reason.INVALID_FORMAT, f"invalid PDU: {error}")
+            continue
+        checks.append((checked.event, servers))
+        owners.append(checked)
+    failures = await verify_signatures(keys, checks)
+    for owner, failure in zip(owners, failures, strict=True):
+        if failure is not None:
+            owner.refuse(Reason.INVALID_SIGNATURE, failure)
+
+
+def check_content_hashes(pdus: Iterable[CheckedPdu]) -> None:
+    """Step 3: a PDU whose content hash does not match continues redacted."""
+    for checked in pdus:
+        if checked.refusal is None and not content_hash_matches(checked.pdu):
+            version = checked.event.room_version
+            checked.pdu = redact(checked.pdu, version)
+            checked.event = Event(checked.pdu, version, checked.event.event_id)
+            checked.redacted = True
+
+
+@dataclass
+class CheckedBatch:
+    """PDUs of one room after steps 1–3: those to store (in the order given), and the
+    outcomes the checks settled (dropped PDUs, copies of one given before)."""
+
+    valid: list[CheckedPdu]
+    settled: list[Outcome]
+
+
+async def check_fetched(
+    keys: keys_pb2_grpc.KeysStub,
+    pdus: Iterable[Any],
+    version: RoomVersion,
+    room_id: str,
+    *,
+    history: bool = False,
+) -> CheckedBatch:
+    """Steps 1–3 for PDUs we fetched ourselves for ``room_id``.
+
+    PDUs of other rooms are left out without an outcome; a PDU given twice
+    is checked once (the copy is answered as a duplicate).
+    """
+    valid: list[CheckedPdu] = []
+    settled: list[Outcome] = []
+    seen: set[str] = set()
+    for pdu in pdus:
+        checked = check_format(pdu, version, history=history)
+        if isinstance(checked, Outcome):
+            if checked.event_id:
+                settled.append(checked)
+            continue
+        if checked.event.room_id != room_id:
+            continue
+        if checked.event.event_id in seen:
+            settled.append(Outcome.duplicate(checked.event.event_id))
+            continue
+        seen.add(checked.event.event_id)
+        valid.append(checked)
+    await check_signatures(keys, valid)
+    check_content_hashes(valid)
+    settled.extend(c.outcome() for c in valid if c.refusal is not None)
+    return CheckedBatch([c for c in valid if c.refusal is None], settled)
