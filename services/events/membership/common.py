@@ -1,4 +1,4 @@
-"""What the membership modules share: dependencies, room heads, signatures, delivery.
+"""What the membership modules share: dependencies, room heads, stored JSON, our signature.
 
 Built on the events service's own pieces (``RoomsCore``, ``LocalEvents``,
 ``storage``, the state store) — never on its tables directly except through
@@ -15,14 +15,13 @@ from typing import Any
 
 import asyncpg
 
-from matrix_protocol.canonical_json import encode_json
 from matrix_protocol.events import Event, StateKey
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, room_version
 from matrix_protocol.signing import sign_json
 from mxfed.federation_client import FederationClient
 from mxfed.identity_files import ServerSigningKey
-from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events import storage
 from services.events.local_events import LocalEvents
 from services.events.room_batch import RoomsCore
@@ -96,31 +95,3 @@ def add_signature(
     result = dict(pdu)
     result["signatures"] = signed["signatures"]
     return result
-
-
-async def verify_event_signatures(
-    keys: keys_pb2_grpc.KeysStub, checks: Sequence[tuple[Event, Iterable[str]]]
-) -> list[str | None]:
-    """Check the named servers' signatures of each event in ONE call; an error per event."""
-    items: list[keys_pb2.JsonToVerify] = []
-    owners: list[int] = []
-    for index, (event, servers) in enumerate(checks):
-        redacted_json = encode_json(redact(event.pdu, event.room_version))
-        for server in sorted(set(servers)):
-            items.append(
-                keys_pb2.JsonToVerify(
-                    json=redacted_json,
-                    server_name=server,
-                    at_ts=event.origin_server_ts,
-                    enforce_key_validity=event.room_version.enforce_key_validity,
-                )
-            )
-            owners.append(index)
-    errors: list[str | None] = [None] * len(checks)
-    if not items:
-        return errors
-    reply = await keys.VerifyJsonSignatures(keys_pb2.VerifyJsonSignaturesRequest(items=items))
-    for owner, item, result in zip(owners, items, reply.results, strict=True):
-        if not result.ok and errors[owner] is None:
-            errors[owner] = f"signature of {item.server_name} does not verify: {result.error}"
-    return errors

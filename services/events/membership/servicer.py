@@ -21,7 +21,10 @@ from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events.local_events import LocalEvents
 from services.events.membership import storage as oob_storage
 from services.events.membership.common import MembershipDeps
-from services.events.membership.joining import Joining
+from services.events.membership.join import Join
+from services.events.membership.knock import Knock
+from services.events.membership.leave import Leave
+from services.events.membership.received_invites import ReceivedInvites
 from services.events.membership.resident import Resident
 from services.events.membership.templates import make_membership
 from services.events.room_batch import RoomsCore
@@ -35,7 +38,10 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
     def __init__(self, deps: MembershipDeps) -> None:
         self.deps = deps
         self.resident = Resident(deps)
-        self.joining = Joining(deps)
+        self.join = Join(deps)
+        self.leave = Leave(deps)
+        self.knock = Knock(deps)
+        self.invites = ReceivedInvites(deps)
 
     @reports_service_errors
     async def MakeMembership(self, request, context):  # noqa: N802, ANN001, ANN201
@@ -78,7 +84,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def ReceiveInvite(self, request, context):  # noqa: N802, ANN001, ANN201
-        signed = await self.joining.receive_invite(
+        signed = await self.invites.receive_invite(
             request.origin,
             request.room_id,
             request.event_id,
@@ -105,7 +111,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
                 content = None
             if not isinstance(content, dict):
                 raise MembershipError(400, "M_BAD_JSON", "content_json must be a JSON object")
-        room_id, event_id, remote = await self.joining.perform_join(
+        room_id, event_id, remote = await self.join.perform_join(
             request.room_id_or_alias,
             request.user_id,
             list(request.servers),
@@ -116,14 +122,12 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def PerformLeave(self, request, context):  # noqa: N802, ANN001, ANN201
-        event_id = await self.joining.perform_leave(
-            request.room_id, request.user_id, request.reason
-        )
+        event_id = await self.leave.perform_leave(request.room_id, request.user_id, request.reason)
         return membership_pb2.PerformLeaveResponse(event_id=event_id)
 
     @reports_service_errors
     async def PerformKnock(self, request, context):  # noqa: N802, ANN001, ANN201
-        room_id, event_id, stripped = await self.joining.perform_knock(
+        room_id, event_id, stripped = await self.knock.perform_knock(
             request.room_id_or_alias, request.user_id, list(request.servers), request.reason
         )
         return membership_pb2.PerformKnockResponse(
@@ -132,7 +136,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def QueryInvites(self, request, context):  # noqa: N802, ANN001, ANN201
-        rows = await self.joining.query_invites(request.user_id)
+        rows = await self.invites.query_invites(request.user_id)
         return membership_pb2.QueryInvitesResponse(
             memberships=[
                 membership_pb2.OutOfBandMembership(

@@ -1,0 +1,219 @@
+"""A join's state and auth chain through the room batch: auth order, outlier checks, add_join.
+
+The send_join answer is stored by ``RoomBatch`` (``add_outlier`` in
+``auth_order``, then ``add_join``) like every other input path; these tests
+drive those pieces directly on the test database.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from matrix_protocol.events import Event
+from matrix_protocol.room_versions import room_version
+from matrix_protocol.signing import generate_signing_key, sign_event
+from services.events import storage
+from services.events.cache import LruCache
+from services.events.outcomes import Reason
+from services.events.pdu_checks import CheckedPdu
+from services.events.room_batch import RoomBatch, RoomsCore, auth_order
+from services.events.state import StateResolver
+from services.events.state_storage import StateStore
+from services.events.storage import Status
+
+KEY = generate_signing_key()
+V10 = room_version("10")
+SERVER = "res.test"
+ALICE = f"@alice:{SERVER}"
+BOB = f"@bob:{SERVER}"
+
+
+def _event(room_id: str, event_type: str, state_key: str, content: dict[str, Any],
+           auth: list[Event], prev: list[Event], depth: int,
+           sender: str = ALICE) -> Event:  # fmt: skip
+    pdu = {
+        "room_id": room_id, "sender": sender, "type": event_type, "state_key": state_key,
+        "content": content, "auth_events": [a.event_id for a in auth],
+        "prev_events": [p.event_id for p in prev], "depth": depth, "origin_server_ts": depth,
+    }  # fmt: skip
+    return Event.from_pdu(sign_event(pdu, KEY, SERVER, "ed25519:k", V10), V10)
+
+
+def _room(room_id: str) -> list[Event]:
+    create = _event(room_id, "m.room.create", "", {"creator": ALICE, "room_version": "10"}, [], [],
+                    1)  # fmt: skip
+    join = _event(room_id, "m.room.member", ALICE, {"membership": "join"}, [create], [create], 2)
+    power = _event(
+        room_id, "m.room.power_levels", "", {"users": {ALICE: 100}}, [create, join], [join], 3
+    )
+    rules = _event(
+        room_id, "m.room.join_rules", "", {"join_rule": "public"}, [create, join, power], [power], 4
+    )
+    return [create, join, power, rules]
+
+
+def _checked(events: list[Event]) -> list[CheckedPdu]:
+    return [CheckedPdu(e, dict(e.pdu)) for e in events]
+
+
+def _new_room_id() -> str:
+    return f"!{secrets.token_hex(8)}:{SERVER}"
+
+
+def test_auth_order_puts_auth_events_first() -> None:
+    events = _room(_new_room_id())
+    order = auth_order(_checked(list(reversed(events))))
+    assert [c.event.event_id for c in order] == [e.event_id for e in events]
+
+
+def test_auth_order_copes_with_deep_chains_and_forged_cycles() -> None:
+    room_id = _new_room_id()
+    create, join, power, _ = _room(room_id)
+    # Each topic cites the previous one: deeper than Python's recursion limit.
+    chain = [power]
+    for depth in range(5, 2005):
+        chain.append(
+            _event(
+                room_id,
+                "m.room.topic",
+                "",
+                {"topic": str(depth)},
+                [create, join, chain[-1]],
+                [chain[-1]],
+                depth,
+            )  # fmt: skip
+        )
+    order = auth_order(_checked(list(reversed([create, join, *chain]))))
+    position = {c.event.event_id: i for i, c in enumerate(order)}
+    assert len(order) == len(chain) + 2
+    for event in [join, *chain]:
+        assert all(position[a] < position[event.event_id] for a in event.auth_event_ids)
+    # Two events citing each other (only a forged chain can): both placed, once.
+    first = _event(room_id, "m.room.topic", "", {"topic": "a"}, [create], [create], 9)
+    second = _event(room_id, "m.room.topic", "", {"topic": "b"}, [create, first], [first], 9)
+    first.pdu["auth_events"].append(second.event_id)
+    order = auth_order(_checked([second, first]))
+    assert sorted(c.event.event_id for c in order) == sorted([first.event_id, second.event_id])
+
+
+@pytest.fixture
+async def core(events_pool: asyncpg.Pool) -> RoomsCore:
+    return RoomsCore(SERVER, StateStore(events_pool), StateResolver(), LruCache(1000))
+
+
+@pytest.fixture
+async def conn(events_pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    async with events_pool.acquire() as connection:
+        yield connection
+
+
+async def _batch(core: RoomsCore, conn: asyncpg.Connection, room_id: str) -> RoomBatch:
+    await storage.insert_room(conn, room_id, "10")
+    batch = RoomBatch(core, conn, room_id)
+    assert await batch.open(1)
+    return batch
+
+
+async def test_outliers_of_a_valid_room_are_stored(
+    core: RoomsCore, conn: asyncpg.Connection
+) -> None:
+    room_id = _new_room_id()
+    events = _room(room_id)
+    async with conn.transaction():
+        batch = await _batch(core, conn, room_id)
+        outcomes = [await batch.add_outlier(c) for c in auth_order(_checked(events))]
+        await batch.write()
+    assert [o.status for o in outcomes] == [Status.OUTLIER] * 4
+    stored = await storage.fetch_events(conn, [e.event_id for e in events])
+    assert {s.status for s in stored.values()} == {Status.OUTLIER}
+
+
+async def test_outliers_failing_their_auth_events_are_rejected_and_so_are_dependants(
+    core: RoomsCore, conn: asyncpg.Connection
+) -> None:
+    room_id = _new_room_id()
+    create, join, power, rules = _room(room_id)
+    mallory = f"@mallory:{SERVER}"
+    # mallory is not joined: her power levels change is rejected...
+    bad_power = _event(room_id, "m.room.power_levels", "", {"users": {mallory: 100}},
+                       [create, power], [rules], 5, sender=mallory)  # fmt: skip
+    # ...and an event citing it is rejected too; one citing a missing event is not stored.
+    name = _event(room_id, "m.room.name", "", {"name": "x"}, [create, join, bad_power],
+                  [bad_power], 6)  # fmt: skip
+    ghost = _event(room_id, "m.room.topic", "", {"topic": "t"}, [create, join, power], [rules], 7)
+    ghost.pdu["auth_events"].append("$missing")
+    events = [create, join, power, rules, bad_power, name, ghost]
+    async with conn.transaction():
+        batch = await _batch(core, conn, room_id)
+        outcomes = {
+            o.event_id: o
+            for o in [await batch.add_outlier(c) for c in auth_order(_checked(events))]
+        }
+        await batch.write()
+    assert outcomes[bad_power.event_id].status is Status.REJECTED
+    assert outcomes[bad_power.event_id].reason is Reason.AUTH_EVENTS_DISALLOW
+    assert outcomes[name.event_id].status is Status.REJECTED
+    assert outcomes[ghost.event_id].status is None
+    assert outcomes[ghost.event_id].reason is Reason.MISSING_AUTH_EVENTS
+    assert outcomes[rules.event_id].status is Status.OUTLIER
+    stored = await storage.fetch_events(conn, [e.event_id for e in events])
+    assert ghost.event_id not in stored
+    assert stored[name.event_id].status is Status.REJECTED
+
+
+async def test_add_join_makes_the_join_the_head_on_the_given_state(
+    core: RoomsCore, conn: asyncpg.Connection
+) -> None:
+    room_id = _new_room_id()
+    create, join, power, rules = _room(room_id)
+    unseen = _event(room_id, "m.room.topic", "", {"topic": "t"}, [create, join, power], [rules], 5)
+    bob_join = _event(room_id, "m.room.member", BOB, {"membership": "join"},
+                      [create, power, rules], [unseen], 6, sender=BOB)  # fmt: skip
+    state = [create, join, power, rules]
+    async with conn.transaction():
+        batch = await _batch(core, conn, room_id)
+        for checked in auth_order(_checked(state)):
+            await batch.add_outlier(checked)
+        outcome = await batch.add_join(
+            CheckedPdu(bob_join, dict(bob_join.pdu)), [e.event_id for e in state]
+        )
+        await batch.write()
+    batch.committed()
+    assert outcome.status is Status.ACCEPTED
+    assert await storage.forward_extremities(conn, room_id) == {bob_join.event_id: 6}
+    room = (await storage.get_rooms(conn, [room_id]))[room_id]
+    assert room.current_state_group is not None
+    current = (await core.state_store.get(conn, room.current_state_group)).state
+    assert current == {
+        **{e.state_tuple: e.event_id for e in state},
+        ("m.room.member", BOB): bob_join.event_id,
+    }
+    stored = (await storage.fetch_events(conn, [bob_join.event_id]))[bob_join.event_id]
+    assert stored.stream_position is not None and stored.servers_before == [SERVER]
+
+
+async def test_add_join_refuses_a_join_the_given_state_does_not_allow(
+    core: RoomsCore, conn: asyncpg.Connection
+) -> None:
+    room_id = _new_room_id()
+    create, join, power, _ = _room(room_id)
+    invite_only = _event(room_id, "m.room.join_rules", "", {"join_rule": "invite"},
+                         [create, join, power], [power], 4)  # fmt: skip
+    bob_join = _event(room_id, "m.room.member", BOB, {"membership": "join"},
+                      [create, power, invite_only], [invite_only], 5, sender=BOB)  # fmt: skip
+    state = [create, join, power, invite_only]
+    async with conn.transaction():
+        batch = await _batch(core, conn, room_id)
+        for checked in auth_order(_checked(state)):
+            await batch.add_outlier(checked)
+        outcome = await batch.add_join(
+            CheckedPdu(bob_join, dict(bob_join.pdu)), [e.event_id for e in state]
+        )
+    assert outcome.status is None
+    assert outcome.reason is Reason.AUTH_EVENTS_DISALLOW
+    assert bob_join.event_id not in batch.pending
