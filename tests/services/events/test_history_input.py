@@ -7,8 +7,11 @@ and its prev missing. Backfill then fills in older history oldest first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
+
+import grpc
+import pytest
 
 from matrix_protocol.canonical_json import encode_json
 from mxfed_api.events.v1 import events_pb2
@@ -281,3 +284,44 @@ async def test_fetched_history_may_exceed_20_prev_events_but_not_the_size_limit(
     assert result[big_id][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
     assert "larger than 65536 bytes" in result[big_id][1]
     assert await events.event(big_id) is None
+
+
+async def _refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code(), caught.value.details() or ""
+
+
+async def test_input_without_a_kind_or_with_an_unknown_version_is_refused(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    """An unset kind is an error (never taken as NEW); each refusal has its own errcode."""
+    room = RemoteRoom(remote)
+    create = encode_json(room.pdus[room.order[0]])
+    code, details = await _refusal(
+        events.stub.InputPdus(
+            events_pb2.InputPdusRequest(room_id=room.head.room_id, room_version="10", pdus=[create])
+        )
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("M_INVALID_PARAM") and "kind" in details
+    assert await events.event(room.order[0]) is None
+    code, details = await _refusal(
+        events.stub.InputPdus(
+            events_pb2.InputPdusRequest(
+                room_id=room.head.room_id,
+                room_version="99",
+                kind=events_pb2.OUTLIER_KIND,
+                pdus=[create],
+            )
+        )
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("M_UNSUPPORTED_ROOM_VERSION")
+    code, details = await _refusal(
+        events.stub.QueryTimeline(
+            events_pb2.QueryTimelineRequest(room_id=room.head.room_id, from_token="%%%")
+        )
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("M_INVALID_PARAM") and "pagination token" in details
