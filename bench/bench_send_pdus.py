@@ -29,14 +29,14 @@ from matrix_protocol.canonical_json import encode_json  # noqa: E402
 from mxfed.config import Config  # noqa: E402
 from mxfed.database import apply_migrations, create_pool  # noqa: E402
 from mxfed.identity_files import current_signing_key  # noqa: E402
-from mxfed.internal_plane import Caller, bind_port, new_server, open_channel  # noqa: E402
+from mxfed.internal_plane import bind_port, new_server  # noqa: E402
 from mxfed.service_runtime import ServiceContext, migrations_directory  # noqa: E402
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
 from services.events.server import build_servicer  # noqa: E402
 from services.keys.server import setup as keys_setup  # noqa: E402
 from tests.support.databases import create_database, drop_database  # noqa: E402
 from tests.support.events_service import EventsService, RemoteServer  # noqa: E402
-from tests.support.grpc_plane import plane_settings  # noqa: E402
+from tests.support.grpc_plane import channel_to, plane_settings  # noqa: E402
 from tests.support.key_servers import FakeKeyServer  # noqa: E402
 
 OUR_SERVER = "bench.example"
@@ -86,9 +86,8 @@ async def start_services(database_url: str, data_dir: Path) -> tuple[Any, ...]:
         await server.start()
         contexts.append(context)
         servers.append(server)
-    channel = open_channel(
-        config, "events", caller=Caller.part("gateway"), address=f"127.0.0.1:{ports['events']}"
-    )
+    # Each call as a caller admitted to it: room set-up as a local actor, /send as the gateway.
+    channel = channel_to(f"127.0.0.1:{ports['events']}", "events")
     service = EventsService(
         events_pb2_grpc.EventsStub(channel), OUR_SERVER, signing_key, servers[1], contexts[1].pool
     )
