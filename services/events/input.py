@@ -44,9 +44,9 @@ from services.events import metrics, storage
 from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import (
     CheckedPdu,
-    check_content_hashes,
+    check_fetched,
     check_format,
-    check_signatures,
+    check_signatures_and_hashes,
 )
 from services.events.reads import server_acl_allows
 from services.events.room_batch import RoomBatch, RoomsCore, auth_order
@@ -235,7 +235,7 @@ class InputPipeline:
                     continue
                 by_room[room_id].append(checked)
         candidates = [c for room in by_room.values() for c in room]
-        await self._check_signatures_and_hashes(candidates)
+        await check_signatures_and_hashes(self.keys, candidates, self.clock.stage)
         for candidate in candidates:
             if candidate.event.sender_server != origin:
                 candidate.refuse(
@@ -320,13 +320,6 @@ class InputPipeline:
             },
         )
 
-    async def _check_signatures_and_hashes(self, candidates: list[CheckedPdu]) -> None:
-        """Steps 2 and 3, timed: one VerifyJsonSignatures call for all; redact on hash mismatch."""
-        async with self.clock.stage("signatures"):
-            await check_signatures(self.keys, candidates)
-        async with self.clock.stage("hashes"):
-            check_content_hashes(candidates)
-
     async def _input_room(
         self,
         room_id: str,
@@ -386,25 +379,18 @@ class InputPipeline:
             raise UnsupportedInputVersion(str(error)) from None
         async with self.pool.acquire() as conn:
             await storage.insert_room(conn, room_id, version.identifier)
-        candidates: list[CheckedPdu] = []
-        outcomes: list[Outcome] = []
+        pdus: list[Any] = []
         for raw in raw_pdus:
             try:
-                pdu = decode_json(raw)
+                pdus.append(decode_json(raw))
             except ValueError:
                 continue
-            if not isinstance(pdu, dict):
-                continue
-            checked = check_format(pdu, version, history=kind.is_history)
-            if isinstance(checked, Outcome):
-                metrics.PDUS_RECEIVED.labels("bad_format").inc()
-                if checked.event_id:
-                    outcomes.append(checked)
-            elif checked.event.room_id == room_id:
-                candidates.append(checked)
-        await self._check_signatures_and_hashes(candidates)
-        outcomes.extend(c.outcome() for c in candidates if c.refusal is not None)
-        valid = [c for c in candidates if c.refusal is None]
+        checked = await check_fetched(
+            self.keys, pdus, version, room_id, history=kind.is_history, stage=self.clock.stage
+        )
+        metrics.PDUS_RECEIVED.labels("bad_format").inc(checked.malformed)
+        outcomes = checked.settled
+        valid = checked.valid
         if kind is InputKind.OUTLIER:
             valid = auth_order(valid)
         elif kind is InputKind.BACKFILL:

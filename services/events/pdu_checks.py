@@ -15,7 +15,8 @@ bulk). Steps 4–6 (auth, soft failure) belong to
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,14 @@ from matrix_protocol.room_versions import RoomVersion
 from matrix_protocol.signing import signatures_required_for_event
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.events.outcomes import Outcome, Reason
+
+# Times a named stage of the checks ("signatures", "hashes"), e.g. StageClock.stage.
+Stage = Callable[[str], AbstractAsyncContextManager[None]]
+
+
+@asynccontextmanager
+async def untimed(_: str) -> AsyncIterator[None]:
+    yield
 
 
 @dataclass
@@ -134,6 +143,16 @@ async def check_signatures(keys: keys_pb2_grpc.KeysStub, pdus: Sequence[CheckedP
             owner.refuse(Reason.INVALID_SIGNATURE, failure)
 
 
+async def check_signatures_and_hashes(
+    keys: keys_pb2_grpc.KeysStub, pdus: Sequence[CheckedPdu], stage: Stage = untimed
+) -> None:
+    """Steps 2 and 3: one VerifyJsonSignatures call for all, then the content hashes."""
+    async with stage("signatures"):
+        await check_signatures(keys, pdus)
+    async with stage("hashes"):
+        check_content_hashes(pdus)
+
+
 def check_content_hashes(pdus: Iterable[CheckedPdu]) -> None:
     """Step 3: a PDU whose content hash does not match continues redacted."""
     for checked in pdus:
@@ -151,6 +170,8 @@ class CheckedBatch:
 
     valid: list[CheckedPdu]
     settled: list[Outcome]
+    # PDUs dropped at step 1, with an event id (in ``settled``) or without.
+    malformed: int
 
 
 async def check_fetched(
@@ -160,6 +181,7 @@ async def check_fetched(
     room_id: str,
     *,
     history: bool = False,
+    stage: Stage = untimed,
 ) -> CheckedBatch:
     """Steps 1–3 for PDUs we fetched ourselves for ``room_id``.
 
@@ -169,9 +191,11 @@ async def check_fetched(
     valid: list[CheckedPdu] = []
     settled: list[Outcome] = []
     seen: set[str] = set()
+    malformed = 0
     for pdu in pdus:
         checked = check_format(pdu, version, history=history)
         if isinstance(checked, Outcome):
+            malformed += 1
             if checked.event_id:
                 settled.append(checked)
             continue
@@ -182,7 +206,6 @@ async def check_fetched(
             continue
         seen.add(checked.event.event_id)
         valid.append(checked)
-    await check_signatures(keys, valid)
-    check_content_hashes(valid)
+    await check_signatures_and_hashes(keys, valid, stage)
     settled.extend(c.outcome() for c in valid if c.refusal is not None)
-    return CheckedBatch([c for c in valid if c.refusal is None], settled)
+    return CheckedBatch([c for c in valid if c.refusal is None], settled, malformed)
