@@ -202,13 +202,34 @@ class _Case:
     hint_undivulged_prevs: bool
 
 
-_LIVE = _Case(_StateBefore.PREV_EVENTS, True, _Head.ADVANCE, True, False, True)
-_GAP_FILL = _Case(
-    _StateBefore.PREV_EVENTS_ELSE_GIVEN, True, _Head.ADVANCE_IF_LATEST, True, False, True
+_LIVE = _Case(
+    state_before=_StateBefore.PREV_EVENTS,
+    soft_fail=True,
+    head=_Head.ADVANCE,
+    streamed=True,
+    stored_only_if_accepted=False,
+    hint_undivulged_prevs=True,
 )
-_BACKFILL = _Case(_StateBefore.PREV_EVENTS_ELSE_GIVEN, False, _Head.KEEP, False, False, False)
-_LOCAL = _Case(_StateBefore.PREV_EVENTS, True, _Head.ADVANCE, True, True, False)
-_JOIN = _Case(_StateBefore.GIVEN, False, _Head.REPLACE, True, True, False)
+_GAP_FILL = dataclasses.replace(
+    _LIVE, state_before=_StateBefore.PREV_EVENTS_ELSE_GIVEN, head=_Head.ADVANCE_IF_LATEST
+)
+_BACKFILL = _Case(
+    state_before=_StateBefore.PREV_EVENTS_ELSE_GIVEN,
+    soft_fail=False,
+    head=_Head.KEEP,
+    streamed=False,
+    stored_only_if_accepted=False,
+    hint_undivulged_prevs=False,
+)
+_LOCAL = dataclasses.replace(_LIVE, stored_only_if_accepted=True, hint_undivulged_prevs=False)
+_JOIN = _Case(
+    state_before=_StateBefore.GIVEN,
+    soft_fail=False,
+    head=_Head.REPLACE,
+    streamed=True,
+    stored_only_if_accepted=True,
+    hint_undivulged_prevs=False,
+)
 
 
 @dataclass
@@ -363,12 +384,15 @@ class RoomBatch:
 
     # ------------------------------------------------------------ adding events
 
-    async def add_live(self, checked: CheckedPdu) -> Outcome:
+    async def add_live(self, checked: CheckedPdu, *, relayed_for: str | None = None) -> Outcome:
         """A live event from another server: /send, ``InputPdus`` NEW, send_join/leave/knock.
 
         Its prev_events must be in the DAG (gap filling runs before the batch).
+        ``relayed_for``: the server whose send_join/leave/knock we accept it
+        for; the sender service then delivers it to the room's other servers
+        like one of ours.
         """
-        return await self._add(checked, _LIVE)
+        return await self._add(checked, _LIVE, relayed_for=relayed_for)
 
     async def add_gap_fill(
         self, checked: CheckedPdu, state_before: Sequence[str] | None = None
@@ -413,7 +437,12 @@ class RoomBatch:
         return await self._add(join, _JOIN, state_before)
 
     async def _add(
-        self, checked: CheckedPdu, case: _Case, state_before: Sequence[str] | None = None
+        self,
+        checked: CheckedPdu,
+        case: _Case,
+        state_before: Sequence[str] | None = None,
+        *,
+        relayed_for: str | None = None,
     ) -> Outcome:
         """Check ``checked`` against the room as ``case`` says, and queue it for writing.
 
@@ -437,7 +466,7 @@ class RoomBatch:
             assert reason is not None
             return Outcome.refused(event_id, reason, error)
         stored, after = await self._record(
-            event, checked.pdu, redacted, status, error, placement.before, promote
+            event, checked.pdu, redacted, status, error, placement.before, promote, relayed_for
         )
         if status is Status.ACCEPTED:
             await self._take_effect(event, placement.before, after, case)
@@ -528,6 +557,7 @@ class RoomBatch:
         error: str,
         before: StateGroup,
         promote: bool,
+        relayed_for: str | None,
     ) -> tuple[StoredEvent, StateGroup]:
         """Queue the row of ``event`` with its state groups; the state after it."""
         event_id = event.event_id
@@ -552,7 +582,7 @@ class RoomBatch:
         )
         self.pending[event_id] = stored
         self._writes[event_id] = EventWrite(
-            stored, encode_json(pdu).decode(), event.membership, promote=promote
+            stored, encode_json(pdu).decode(), event.membership, promote, relayed_for
         )
         return stored, after
 

@@ -191,6 +191,8 @@ class EventWrite:
     membership: str | None
     # The event is stored already as an outlier: give it its place in the DAG.
     promote: bool = False
+    # The remote server we accepted it for (send_join/leave/knock we host).
+    relayed_for: str | None = None
 
 
 async def insert_events(
@@ -221,6 +223,7 @@ async def insert_events(
             "state_group_before",
             "state_group_after",
             "servers_before",
+            "relayed_for",
         ],
         records=[
             (
@@ -239,6 +242,7 @@ async def insert_events(
                 w.stored.state_group_before,
                 w.stored.state_group_after,
                 w.stored.servers_before,
+                w.relayed_for,
             )
             for w in writes
         ],
@@ -268,7 +272,8 @@ async def _promote_outliers(
     """Outliers that now have state: status, state groups and servers (edges are stored)."""
     await conn.executemany(
         "UPDATE events.events SET status = $3, rejection_reason = $4,"
-        " state_group_before = $5, state_group_after = $6, servers_before = $7"
+        " state_group_before = $5, state_group_after = $6, servers_before = $7,"
+        " relayed_for = $8"
         " WHERE event_id = $1 AND room_id = $2 AND status = 4",
         [
             (
@@ -279,6 +284,7 @@ async def _promote_outliers(
                 w.stored.state_group_before,
                 w.stored.state_group_after,
                 w.stored.servers_before,
+                w.relayed_for,
             )
             for w in writes
         ],

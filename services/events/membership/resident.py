@@ -136,7 +136,7 @@ class Resident:
             if not await batch.open(1):
                 raise not_found()
             await batch.prefetch([event])
-            outcome = await batch.add_live(CheckedPdu(event, pdu))
+            outcome = await batch.add_live(CheckedPdu(event, pdu), relayed_for=origin)
             if outcome.already_stored:
                 return False
             if outcome.status is None:
@@ -145,11 +145,6 @@ class Resident:
                 # Raising rolls the batch back: nothing is stored.
                 raise forbidden(f"the event is not allowed: {outcome.error or 'soft failed'}")
             await batch.write()
-            await conn.execute(
-                "UPDATE events.events SET relayed_for = $2 WHERE event_id = $1",
-                event.event_id,
-                origin,
-            )
         batch.committed()
         return True
 
