@@ -95,8 +95,20 @@ class Thumbnails:
 
     async def _pregenerate(self, source: Source) -> None:
         path = self.files.path_of(source.sha256)
-        specs = list(STANDARD_THUMBNAILS)
         try:
+            info = await self._in_thread(lambda: imaging.probe(path, self.max_pixels))
+            # Sizes the original fits in are answered with the original itself: making
+            # them would only let a stored copy win over it (see answer()).
+            original_serves = (
+                not info.animated and sniff_content_type(source.head) in THUMBNAIL_CONTENT_TYPES
+            )
+            specs = [
+                spec
+                for spec in STANDARD_THUMBNAILS
+                if not (original_serves and source_fits(info.size, spec))
+            ]
+            if not specs:
+                return
             rendered = await self._in_thread(
                 lambda: imaging.render(path, specs, animated=False, max_pixels=self.max_pixels)
             )
