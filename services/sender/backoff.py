@@ -1,11 +1,20 @@
-"""Per-destination backoff: which failures count, and how long to wait after one.
+"""Per-destination backoff: which answers drop a transaction, and how long to wait otherwise.
 
-Behaviour (spec/behaviours.md §1.3, after Synapse): connection errors,
-timeouts, 5xx, 401 and 429 count as failures; the first failure waits
+A transaction is dropped only when the remote homeserver definitively
+refused *that transaction*: 400 ``M_BAD_JSON`` / ``M_NOT_JSON`` or 413
+``M_TOO_LARGE`` (a Matrix error body saying the request itself is wrong).
+Resending the same txn id with the same contents would be refused forever
+and hold up the destination's queue. Every other outcome — no connection,
+timeouts, TLS failures, 5xx, 401, 403, 404 (a reverse proxy in front of a
+server being restarted or moved answers 404 for a while, as Synapse also
+assumes), 429, any answer without a Matrix error body — means "not now":
+the transaction stays queued, unchanged, and is retried with backoff.
+
+Backoff (https://spec.matrix.org/v1.19/server-server-api/#transactions
+leaves it to the sender; after Synapse): the first failure waits
 ``min_interval``, each further one ``interval × 2 × U(0.8, 1.4)``, never
 below ``min_interval`` nor above ``max_interval``. A 429 waits what the
-remote asked for (``Retry-After`` / ``retry_after_ms``) when it said. Any
-other 4xx is not a failure of the destination: it refused that transaction.
+remote asked for (``Retry-After`` / ``retry_after_ms``) when it said.
 """
 
 from __future__ import annotations
@@ -38,13 +47,19 @@ class BackoffPolicy:
         return 2 * (rng or random).uniform(0.8, 1.4)
 
 
-def counts_as_failure(error: Exception) -> bool:
-    """Does ``error`` say the destination is down (back off) rather than "no"?"""
-    if isinstance(error, HttpResponseError):
-        return error.status >= 500 or error.status in (401, 429)
-    # Unreachable, timeouts, TLS failures, garbage answers, a blocked address:
-    # anything but an explicit answer means "try again later", with backoff.
-    return True
+# (status, errcode) pairs with which a homeserver refuses a request for what it holds.
+TRANSACTION_REFUSALS = frozenset(
+    {(400, "M_BAD_JSON"), (400, "M_NOT_JSON"), (413, "M_TOO_LARGE"), (400, "M_TOO_LARGE")}
+)
+
+
+def refuses_the_transaction(error: Exception) -> bool:
+    """Did the destination definitively refuse this transaction (drop it), rather than
+    fail for now (back off and retry the same transaction)?"""
+    return (
+        isinstance(error, HttpResponseError)
+        and (error.status, error.errcode) in TRANSACTION_REFUSALS
+    )
 
 
 def retry_after_ms(error: Exception) -> int | None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from matrix_protocol.canonical_json import decode_json
 from mxfed.federation_client import FederationClient, federation_path
 from services.sender import metrics
-from services.sender.backoff import BackoffPolicy, counts_as_failure, retry_after_ms
+from services.sender.backoff import BackoffPolicy, refuses_the_transaction, retry_after_ms
 from services.sender.leases import Membership
 from services.sender.storage import (
     Backoff,
@@ -344,13 +344,12 @@ class DestinationWorker:
                 },
             )
             return True
-        if counts_as_failure(error):
+        if not refuses_the_transaction(error):
             await self._failed(txn, error)
         else:
-            # NOTSPEC-adjacent choice: a 4xx other than 401/429 is the remote
-            # explicitly refusing this transaction (malformed, too large...).
-            # Resending the same txn id would be refused forever and block the
-            # queue, so its contents are dropped after logging.
+            # The remote refused this transaction itself (malformed, too
+            # large): resending the same txn id would be refused forever and
+            # block the queue, so its contents are dropped after logging.
             log.warning(
                 "destination refused a transaction; dropping its contents",
                 extra={

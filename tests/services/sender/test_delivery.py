@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from services.sender.storage import SenderStorage
 from tests.support.sender_queues import queue_pdus, wait_until
 
@@ -150,6 +152,58 @@ async def test_a_refused_transaction_is_dropped_and_the_queue_moves_on(
     later = await queue_pdus(sender_storage, [receiver.server_name], 2)
     await wait_until(lambda: receiver.pdu_ids() == later)
     assert [pdu["content"]["id"] for pdu in receiver.attempts[0].body["pdus"]] == refused
+    assert await sender_storage.backoff_state(receiver.server_name) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (404, {}, {}),  # a reverse proxy while the server behind it is away
+        (404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}, {}),
+        (500, {"errcode": "M_UNKNOWN", "error": "Internal server error"}, {}),
+        (429, {"errcode": "M_LIMIT_EXCEEDED"}, {"Retry-After": "1"}),
+        (403, {"errcode": "M_FORBIDDEN", "error": "Federation denied with us"}, {}),
+        (400, {}, {}),  # no Matrix error: not the homeserver refusing the transaction
+    ],
+)
+async def test_answers_that_are_not_a_refusal_of_the_transaction_lose_nothing(
+    sender_storage: SenderStorage,
+    receiver_factory,
+    replica_factory,
+    status: int,
+    body: dict,
+    headers: dict,
+) -> None:
+    """The remote answers ``status`` for a while, then 200: every event arrives, in order,
+    once, and the failing transaction is retried unchanged (same txn id, same contents)."""
+    receiver = await receiver_factory()
+    receiver.fail_next = 3
+    receiver.fail_status, receiver.fail_body, receiver.fail_headers = status, body, headers
+    ids = await queue_pdus(sender_storage, [receiver.server_name], 3)
+    await replica_factory()
+    await wait_until(lambda: len(receiver.attempts) >= 1)
+    ids += await queue_pdus(sender_storage, [receiver.server_name], 60)  # queued meanwhile
+    await wait_until(lambda: len(receiver.pdu_ids()) >= len(ids), timeout=60)
+    assert receiver.pdu_ids() == ids  # in order, each once
+    statuses = [attempt.status for attempt in receiver.attempts]
+    assert statuses[:4] == [status, status, status, 200]
+    assert len({attempt.txn_id for attempt in receiver.attempts[:4]}) == 1
+    assert all(attempt.body == receiver.attempts[0].body for attempt in receiver.attempts[:4])
+    assert await sender_storage.pool.fetchval("SELECT count(*) FROM sender.pdu_queue") == 0
+
+
+async def test_a_transaction_too_large_for_the_remote_is_dropped(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    receiver.fail_next = 1
+    receiver.fail_status = 413
+    receiver.fail_body = {"errcode": "M_TOO_LARGE", "error": "too big"}
+    await queue_pdus(sender_storage, [receiver.server_name], 1)
+    await replica_factory()
+    await wait_until(lambda: len(receiver.attempts) == 1)
+    later = await queue_pdus(sender_storage, [receiver.server_name], 1)
+    await wait_until(lambda: receiver.pdu_ids() == later)
     assert await sender_storage.backoff_state(receiver.server_name) == (0, 0)
 
 
