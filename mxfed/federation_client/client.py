@@ -914,6 +914,77 @@ class FederationClient:
                     ) from exc
         return FederationResponse(status, resp_headers, parsed, raw)
 
+    async def fetch_url(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        allow_http: bool = False,
+        max_size: int | None = None,
+    ) -> FederationResponse:
+        """An unsigned request to ``url`` (not a Matrix server name) through this client's
+        connector: every address it resolves to must pass the IP block list, a redirect is
+        never followed (:class:`FederationDeniedError`), and ``http://`` is refused unless
+        ``allow_http``. For identity servers and other URLs that remote input names."""
+        target = URL(url)
+        if target.scheme != "https" and not (allow_http and target.scheme == "http"):
+            raise FederationDeniedError(f"refusing {target.scheme or 'a relative'} URL {url}")
+        host = target.raw_host or ""
+        if not host:
+            raise FederationDeniedError(f"no host in URL {url}")
+        if is_ip_address(host):
+            self.ip_filter.check(host.strip("[]"), destination=host)
+        session = self._get_session()
+        limit = max_size or self.options.max_response_size
+        try:
+            async with asyncio.timeout(self.options.request_timeout):
+                async with session.request(
+                    method,
+                    target,
+                    data=None if json_body is None else encode_json(json_body),
+                    headers={
+                        **({"Content-Type": "application/json"} if json_body is not None else {}),
+                        **(headers or {}),
+                    },
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None,
+                        connect=self.options.connect_timeout,
+                        sock_connect=self.options.connect_timeout,
+                    ),
+                ) as resp:
+                    if 300 <= resp.status < 400:
+                        raise FederationDeniedError(
+                            f"{url} answered {resp.status}: redirects are not followed",
+                            destination=host,
+                        )
+                    try:
+                        raw = await _read_limited(resp, limit)
+                    except ValueError as exc:
+                        raise InvalidResponseError(
+                            str(exc), status=resp.status, destination=host
+                        ) from None
+                    status, resp_headers = resp.status, resp.headers
+        except FederationError:
+            raise
+        except TimeoutError as exc:
+            raise RequestTimeoutError(f"{method} {url} timed out", destination=host) from exc
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
+            if _is_cert_error(exc):
+                raise TlsVerificationError(
+                    f"TLS verification of {host} failed: {exc}", destination=host
+                ) from exc
+            raise DestinationUnreachableError(
+                f"{method} {url}: {type(exc).__name__}: {exc}", destination=host
+            ) from exc
+        try:
+            parsed = decode_json(raw) if raw else None
+        except ValueError:
+            parsed = None
+        return FederationResponse(status, resp_headers, parsed, raw)
+
     async def _json(self, method: str, destination: str, path: str, **kwargs: Any) -> Any:
         resp = await self.request(method, destination, path, **kwargs)
         if resp.ok:

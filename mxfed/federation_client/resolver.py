@@ -37,6 +37,7 @@ from matrix_protocol.server_names import (
     is_valid_server_name,
     parse_server_name,
 )
+from mxfed.blocked_ranges import DEFAULT_BLOCKED_IP_RANGES
 
 from .errors import DestinationUnreachableError, FederationDeniedError
 
@@ -47,36 +48,6 @@ DEFAULT_FEDERATION_PORT = 8448
 # ---------------------------------------------------------------------------
 # IP range policy
 # ---------------------------------------------------------------------------
-
-#: Ranges we never connect to unless allow-listed (Synapse's default
-#: ``ip_range_blacklist`` plus "this network", broadcast and reserved space).
-DEFAULT_BLOCKED_IP_RANGES: tuple[str, ...] = (
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.0.0.0/24",
-    "192.0.2.0/24",
-    "192.88.99.0/24",
-    "192.168.0.0/16",
-    "198.18.0.0/15",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
-    "255.255.255.255/32",
-    "::/128",
-    "::1/128",
-    "64:ff9b:1::/48",
-    "100::/64",
-    "2001:db8::/32",
-    "fc00::/7",
-    "fe80::/10",
-    "fec0::/10",
-    "ff00::/8",
-)
 
 
 def is_ip_address(host: str) -> bool:

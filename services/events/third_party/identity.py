@@ -23,18 +23,14 @@ and URLs the server gave stay in ``public_keys``.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-import orjson
-
 from matrix_protocol.membership import MembershipError
+from mxfed.federation_client import FederationClient, FederationError
 
-TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 MAX_RESPONSE = 1 << 20
 KEY_VALIDITY_PATH = "/_matrix/identity/v2/pubkey/isvalid"
 
@@ -101,21 +97,17 @@ def _unavailable(message: str) -> MembershipError:
 
 
 class IdentityClient:
-    def __init__(self, *, verify_tls: bool = True, ca_file: str | None = None) -> None:
-        if verify_tls:
-            self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file)
-        else:
-            self._ssl = False
-        self._session: aiohttp.ClientSession | None = None
+    """Requests to identity servers, through the federation client's connector.
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
-        return self._session
+    An identity server is named by a local actor, and a ``key_validity_url``
+    by a remote server's event: every address must pass the outbound IP block
+    list, a redirect is never followed, and ``http://`` is refused unless the
+    operator allows it (``identity_server_allow_http``).
+    """
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+    def __init__(self, client: FederationClient, *, allow_http: bool = False) -> None:
+        self._client = client
+        self._allow_http = allow_http
 
     async def request(
         self,
@@ -127,23 +119,21 @@ class IdentityClient:
     ) -> Any:
         headers = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         try:
-            async with self._client().request(
-                method, url, json=body, headers=headers, ssl=self._ssl
-            ) as response:
-                raw = await response.content.read(MAX_RESPONSE + 1)
-                if len(raw) > MAX_RESPONSE:
-                    raise _unavailable(f"{url}: response too large")
-                try:
-                    parsed = orjson.loads(raw)
-                except ValueError:
-                    parsed = None
-                if response.status != 200:
-                    raise IdentityServerError(response.status, parsed)
-                if not isinstance(parsed, dict):
-                    raise _unavailable(f"{url}: the answer is not a JSON object")
-                return parsed
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            response = await self._client.fetch_url(
+                method,
+                url,
+                json_body=body,
+                headers=headers,
+                allow_http=self._allow_http,
+                max_size=MAX_RESPONSE,
+            )
+        except FederationError as error:
             raise _unavailable(f"cannot reach the identity server: {error}") from None
+        if response.status != 200:
+            raise IdentityServerError(response.status, response.body)
+        if not isinstance(response.body, dict):
+            raise _unavailable(f"{url}: the answer is not a JSON object")
+        return response.body
 
     async def register(self, id_server: str, openid: Mapping[str, Any]) -> str:
         """An identity server access token for the OpenID token ``openid``."""

@@ -75,11 +75,7 @@ async def setup_third_party(context: ServiceContext, local: LocalEvents) -> None
     config = context.config
     client = federation_client_from_config(config)
     context.on_stop(client.close)
-    identity = IdentityClient(
-        verify_tls=config.federation_verify_tls,
-        ca_file=str(config.federation_ca_file) if config.federation_ca_file else None,
-    )
-    context.on_stop(identity.close)
+    identity = IdentityClient(client, allow_http=config.identity_server_allow_http)
     deps = MembershipDeps(
         pool=context.pool,
         core=local.core,

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from matrix_protocol.membership import MembershipError
+from matrix_protocol.signing import generate_signing_key
+from mxfed.federation_client import FederationClient, OutboundOptions
 from services.events.third_party.identity import IdentityClient, key_validity_url
 from services.events.third_party.logic import check_invite_keys
 from tests.support.identity_server import IdentityServer
@@ -27,8 +29,13 @@ async def picky() -> AsyncIterator[IdentityServer]:
 
 @pytest.fixture
 async def identity() -> AsyncIterator[IdentityClient]:
-    client = IdentityClient(verify_tls=False)
-    yield client
+    client = FederationClient(
+        "remote.example",
+        generate_signing_key(),
+        "ed25519:a",
+        OutboundOptions(verify_tls=False, allowed_ip_ranges=["127.0.0.0/8"]),
+    )
+    yield IdentityClient(client)
     await client.close()
 
 
