@@ -48,35 +48,12 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from matrix_protocol.server_names import parse_server_name
+from mxfed.blocked_ranges import DEFAULT_BLOCKED_IP_RANGES
 
 SERVICE_NAMES = ("keys", "events", "sender", "backfill", "media")
 PART_NAMES = (*SERVICE_NAMES, "gateway")
 ENV_PREFIX = "MXFED_"
 
-DEFAULT_BLOCKED_IP_RANGES = [
-    "127.0.0.0/8",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "192.0.0.0/24",
-    "169.254.0.0/16",
-    "192.88.99.0/24",
-    "198.18.0.0/15",
-    "192.0.2.0/24",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "224.0.0.0/4",
-    "0.0.0.0/8",
-    "255.255.255.255/32",
-    "::1/128",
-    "fe80::/10",
-    "fc00::/7",
-    "2001:db8::/32",
-    "ff00::/8",
-    "fec0::/10",
-    "::/128",
-]
 
 # ``database_url`` value that always picks the embedded PostgreSQL (pgserver).
 EMBEDDED_DATABASE = "embedded"
@@ -395,11 +372,16 @@ class Config(BaseSettings):
     federation_blocked_ip_ranges: CidrList = Field(
         default_factory=lambda: list(DEFAULT_BLOCKED_IP_RANGES)
     )
-    """Addresses outbound federation never connects to (default: private, loopback,
-    link-local, CGNAT, multicast and documentation ranges)."""
+    """Addresses no outbound request (federation, key fetches, identity servers) connects to
+    (default: private, loopback, link-local, CGNAT, multicast, documentation and reserved
+    ranges; one list, mxfed/blocked_ranges.py)."""
 
     federation_allowed_ip_ranges: CidrList = Field(default_factory=list)
     """Exceptions to the block list (e.g. 127.0.0.0/8 for a Synapse on this machine)."""
+
+    identity_server_allow_http: bool = False
+    """Identity servers (third-party invites) are reached through the federation client's
+    connector (block list, no redirects), over https only unless this allows http."""
 
     federation_request_timeout: float = Field(default=60.0, gt=0)
     """Seconds an outbound federation request may take."""
@@ -414,6 +396,17 @@ class Config(BaseSettings):
 
     key_valid_for_ms: int = Field(default=24 * 3600 * 1000, ge=60_000)
     """The valid_until_ts we publish for our keys is now + this (milliseconds)."""
+
+    keys_max_cached_servers: int = Field(default=10_000, ge=1)
+    """Servers whose keys and fetch state a keys replica keeps in memory (least recently
+    used dropped first; the database keeps every key): remote input chooses the names."""
+
+    keys_fetch_rate: float = Field(default=10.0, gt=0)
+    """Fetches per second, per keys replica, of the keys of servers it knows nothing of;
+    requests claiming unknown origins beyond this fail like an unreachable server."""
+
+    keys_fetch_burst: int = Field(default=50, ge=1)
+    """How many such fetches may go at once before keys_fetch_rate applies."""
 
     sender_min_retry_interval: float = Field(default=10.0, gt=0)
     """Seconds before the first retry of an unreachable destination."""

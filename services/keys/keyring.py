@@ -24,6 +24,14 @@ every source failed is not asked again until its backoff (doubling, capped)
 expires, and a server fetched successfully is not fetched again within
 ``refetch_interval`` seconds.
 
+Server names come from remote input (any request can claim any origin), so
+what is kept per server in memory is bounded (``max_servers``, least
+recently used first; the database keeps every key), and servers of which
+we know no key are fetched at most ``fetch_rate`` times per second (bursts
+of ``fetch_burst``): ten thousand forged origins cost neither memory nor a
+flood of outbound requests. A lookup refused by the rate limit fails like a
+server that cannot be reached; the real server's next request tries again.
+
 When a key is usable (auth.md §3):
 
 * requests: a key from ``verify_keys`` whose validity covers now;
@@ -60,6 +68,7 @@ from matrix_protocol.signing import (
     verify_json_signature,
 )
 from matrix_protocol.xmatrix import XMatrixCredentials, verify_request
+from mxfed.bounded import BoundedDict, TokenBucket
 from mxfed.config import TrustedKeyServer
 from services.keys.own_keys import OwnKeys, now_ms
 from services.keys.storage import KeysStorage, RemoteKey, StoredResponse
@@ -79,7 +88,8 @@ FETCHES = Counter(
 FETCH_SECONDS = Histogram("mxfed_keys_fetch_seconds", "Duration of one remote key fetch")
 FETCHES_SKIPPED = Counter(
     "mxfed_keys_fetches_skipped_total",
-    "Fetches not made because the server is backed off or was just fetched",
+    "Fetches not made: the server is backed off (backoff), was just fetched (recent), or "
+    "is unknown while unknown servers are being fetched at the limit (rate)",
     ["reason"],
 )
 VERIFICATIONS = Counter(
@@ -290,6 +300,10 @@ class Keyring:
         min_backoff: float = 5.0,
         max_backoff: float = 600.0,
         refetch_interval: float = 10.0,
+        max_servers: int = 10_000,
+        fetch_rate: float = 10.0,
+        fetch_burst: int = 50,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.own_keys = own_keys
@@ -300,11 +314,17 @@ class Keyring:
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
         self.refetch_interval = refetch_interval
-        self._keys: dict[str, dict[str, RemoteKey]] = {}
+        self._monotonic = monotonic
+        # Keyed by server names remote input chooses: bounded.
+        self._keys: BoundedDict[str, dict[str, RemoteKey]] = BoundedDict(
+            "keys_server_keys", max_servers
+        )
+        self._backoff: BoundedDict[str, _Backoff] = BoundedDict("keys_fetch_backoff", max_servers)
+        # Monotonic time of the last good fetch.
+        self._fetched_at: BoundedDict[str, float] = BoundedDict("keys_fetched_at", max_servers)
+        self._unknown_fetches = TokenBucket(fetch_rate, fetch_burst, monotonic)
         self._own: dict[str, RemoteKey] = {}
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._backoff: dict[str, _Backoff] = {}
-        self._fetched_at: dict[str, float] = {}  # monotonic time of the last good fetch
+        self._inflight: dict[str, asyncio.Task[None]] = {}  # bounded by the requests in flight
 
     @property
     def server_name(self) -> str:
@@ -369,7 +389,7 @@ class Keyring:
         backoff = self._backoff.get(server_name)
         if backoff is None:
             return 0.0
-        return max(0.0, backoff.retry_at - time.monotonic())
+        return max(0.0, backoff.retry_at - self._monotonic())
 
     async def _fetch(self, server_name: str, needs: list[KeyNeed], force: bool = False) -> None:
         task = self._inflight.get(server_name)
@@ -378,8 +398,12 @@ class Keyring:
                 FETCHES_SKIPPED.labels("backoff").inc()
                 return
             last = self._fetched_at.get(server_name)
-            if not force and last is not None and time.monotonic() - last < self.refetch_interval:
+            if not force and last is not None and self._monotonic() - last < self.refetch_interval:
                 FETCHES_SKIPPED.labels("recent").inc()
+                return
+            if not self._keys.get(server_name) and not self._unknown_fetches.take():
+                # No key of this server known (_load looked in the database first).
+                FETCHES_SKIPPED.labels("rate").inc()
                 return
             task = asyncio.create_task(self._fetch_now(server_name, needs))
             self._inflight[server_name] = task
@@ -434,12 +458,12 @@ class Keyring:
                 break
         if got_any:
             self._backoff.pop(server_name, None)
-            self._fetched_at[server_name] = time.monotonic()
+            self._fetched_at[server_name] = self._monotonic()
         else:
             previous = self._backoff.get(server_name)
             failures = previous.failures + 1 if previous else 1
             delay = min(self.min_backoff * 2 ** (failures - 1), self.max_backoff)
-            self._backoff[server_name] = _Backoff(failures, time.monotonic() + delay)
+            self._backoff[server_name] = _Backoff(failures, self._monotonic() + delay)
             log.info(
                 "no keys for server, backing off",
                 extra={"server": server_name, "failures": failures, "retry_in": delay},

@@ -45,6 +45,10 @@ class KeyringOptions(TypedDict, total=False):
     min_backoff: float
     max_backoff: float
     refetch_interval: float
+    max_servers: int
+    fetch_rate: float
+    fetch_burst: int
+    monotonic: Callable[[], float]
 
 
 def build_keyring(
@@ -54,6 +58,9 @@ def build_keyring(
     **options: Unpack[KeyringOptions],
 ) -> tuple[Keyring, OwnKeys]:
     own_keys = OwnKeys(config, storage)
+    options.setdefault("max_servers", config.keys_max_cached_servers)
+    options.setdefault("fetch_rate", config.keys_fetch_rate)
+    options.setdefault("fetch_burst", config.keys_fetch_burst)
     return Keyring(storage, own_keys, client, notaries(config), **options), own_keys
 
 
