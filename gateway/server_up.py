@@ -14,6 +14,7 @@ import time
 
 import grpc
 
+from mxfed.bounded import BoundedDict
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,10 @@ class ServerUpNotifier:
     def __init__(self, channel: grpc.aio.Channel, interval: float = NOTIFY_INTERVAL) -> None:
         self._stub = sender_pb2_grpc.SenderStub(channel)
         self._interval = interval
-        self._last_notified: dict[str, float] = {}
+        # One entry per origin that authenticated lately: bounded all the same.
+        self._last_notified: BoundedDict[str, float] = BoundedDict(
+            "gateway_server_up_notified", 10_000
+        )
         self._pending: set[asyncio.Task[None]] = set()
 
     def seen(self, origin: str) -> None:

@@ -20,7 +20,8 @@ from prometheus_client import Counter, Gauge
 K = TypeVar("K")
 V = TypeVar("V")
 
-ENTRIES = Gauge("mxfed_bounded_cache_entries", "Entries held by a bounded cache", ["cache"])
+# Summed over the instances of one name in a process (each client has its own caches).
+ENTRIES = Gauge("mxfed_bounded_cache_entries", "Entries held by bounded caches", ["cache"])
 EVICTIONS = Counter(
     "mxfed_bounded_cache_evictions_total",
     "Entries a bounded cache dropped (least recently used) to stay within its size",
@@ -46,16 +47,19 @@ class BoundedDict(MutableMapping[K, V]):
         return value
 
     def __setitem__(self, key: K, value: V) -> None:
+        if key in self._items:
+            self._items.move_to_end(key)
+        else:
+            self._entries.inc()
         self._items[key] = value
-        self._items.move_to_end(key)
         while len(self._items) > self.max_size:
             self._items.popitem(last=False)
             self._evictions.inc()
-        self._entries.set(len(self._items))
+            self._entries.dec()
 
     def __delitem__(self, key: K) -> None:
         del self._items[key]
-        self._entries.set(len(self._items))
+        self._entries.dec()
 
     def __iter__(self) -> Iterator[K]:
         return iter(self._items)

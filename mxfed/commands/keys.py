@@ -3,7 +3,8 @@
 ``rotate`` asks the keys service for a new signing key: the new key replaces
 the signing key file (every process that signs picks it up within a second)
 and the old one keeps being published in ``old_verify_keys`` with an
-``expired_ts`` of now, so events signed with it still verify elsewhere.
+``expired_ts`` two seconds from now (covering that second), so events signed
+with it still verify elsewhere.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="print the published server keys")
     show.add_argument("--json", action="store_true", help="print the signed key object")
     show.set_defaults(handler=show_keys)
-    rotate = actions.add_parser("rotate", help="replace the signing key (the old one expires now)")
+    rotate = actions.add_parser(
+        "rotate", help="replace the signing key (the old one expires in two seconds)"
+    )
     rotate.set_defaults(handler=rotate_key)
 
 

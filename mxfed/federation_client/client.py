@@ -40,6 +40,7 @@ from yarl import URL
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.server_names import is_valid_server_name
 from matrix_protocol.xmatrix import sign_request
+from mxfed.bounded import BoundedDict
 
 from .errors import (
     DestinationUnreachableError,
@@ -234,7 +235,9 @@ class _TargetResolver(AbstractResolver):
     def __init__(self, dns: DnsResolver, ip_filter: IpFilter) -> None:
         self.dns = dns
         self.ip_filter = ip_filter
-        self.routes: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        self.routes: BoundedDict[tuple[str, int], list[tuple[str, int]]] = BoundedDict(
+            "federation_srv_routes", 10_000
+        )
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET

@@ -26,7 +26,6 @@ import logging
 import random
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +37,7 @@ from matrix_protocol.server_names import (
     parse_server_name,
 )
 from mxfed.blocked_ranges import DEFAULT_BLOCKED_IP_RANGES
+from mxfed.bounded import BoundedDict
 
 from .errors import DestinationUnreachableError, FederationDeniedError
 
@@ -621,13 +621,16 @@ class ServerResolver:
         self.well_known = well_known
         self._clock = clock
         self._rng = rng or random.Random()
-        self._max_entries = max_cache_entries
         self._srv_default_ttl = srv_default_ttl
         self._srv_negative_ttl = srv_negative_ttl
-        self._wk_cache: OrderedDict[str, _WellKnownEntry] = OrderedDict()
+        self._wk_cache: BoundedDict[str, _WellKnownEntry] = BoundedDict(
+            "federation_well_known", max_cache_entries
+        )
         self._wk_inflight: dict[str, asyncio.Future[str | None]] = {}
         # host -> (expires at, records, the SRV name that answered)
-        self._srv_cache: OrderedDict[str, tuple[float, list[SrvRecord], str]] = OrderedDict()
+        self._srv_cache: BoundedDict[str, tuple[float, list[SrvRecord], str]] = BoundedDict(
+            "federation_srv", max_cache_entries
+        )
 
     # -- public -------------------------------------------------------------
 
@@ -731,11 +734,8 @@ class ServerResolver:
             trail.well_known = entry.response
             trail.well_known_from_cache = True
 
-    def _store(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    def _store(self, cache: BoundedDict[str, Any], key: str, value: Any) -> None:
         cache[key] = value
-        cache.move_to_end(key)
-        while len(cache) > self._max_entries:
-            cache.popitem(last=False)
 
     async def _fetch_well_known(
         self, hostname: str, prev: _WellKnownEntry | None, trail: DiscoveryTrail | None = None

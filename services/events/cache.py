@@ -1,30 +1,29 @@
-"""A small bounded LRU map for immutable things (state groups, parsed events)."""
+"""A small bounded LRU map for immutable things (state groups, parsed events).
+
+Backed by :class:`mxfed.bounded.BoundedDict`: its size and evictions are
+exported as metrics under the cache's name.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Generic, TypeVar
+
+from mxfed.bounded import BoundedDict
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class LruCache(Generic[K, V]):
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, name: str, max_size: int) -> None:
         self.max_size = max_size
-        self._items: OrderedDict[K, V] = OrderedDict()
+        self._items: BoundedDict[K, V] = BoundedDict(name, max_size)
 
     def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        return self._items.get(key)
 
     def put(self, key: K, value: V) -> None:
         self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_size:
-            self._items.popitem(last=False)
 
     def pop(self, key: K) -> None:
         self._items.pop(key, None)

@@ -28,7 +28,7 @@ def build_core(context: ServiceContext) -> RoomsCore:
         server_name=context.config.server_name,
         state_store=StateStore(context.pool),
         resolver=StateResolver(),
-        event_cache=LruCache(EVENT_CACHE_SIZE),
+        event_cache=LruCache("events_events", EVENT_CACHE_SIZE),
     )
 
 

@@ -44,7 +44,9 @@ def _conflicted(maps: Sequence[StateMap]) -> bool:
 class StateResolver:
     def __init__(self, cache_size: int = 2048) -> None:
         # group id → (joined user ids, their servers, sorted)
-        self._joined: LruCache[int, tuple[frozenset[str], tuple[str, ...]]] = LruCache(cache_size)
+        self._joined: LruCache[int, tuple[frozenset[str], tuple[str, ...]]] = LruCache(
+            "events_joined_members", cache_size
+        )
 
     async def resolve(
         self,

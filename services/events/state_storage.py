@@ -42,7 +42,7 @@ class PendingGroups:
 class StateStore:
     def __init__(self, pool: asyncpg.Pool, cache_size: int = 512) -> None:
         self.pool = pool
-        self._cache: LruCache[int, StateGroup] = LruCache(cache_size)
+        self._cache: LruCache[int, StateGroup] = LruCache("events_state_groups", cache_size)
 
     @staticmethod
     async def reserve_ids(conn: asyncpg.Connection, pending: PendingGroups, count: int) -> None:

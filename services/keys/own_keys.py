@@ -6,6 +6,12 @@ database with their ``expired_ts`` and are published in ``old_verify_keys``.
 The signed ``/_matrix/key/v2/server`` object says ``valid_until_ts = now +
 key_valid_for_ms``; it is cached and signed again once half of that time has
 passed, or as soon as the current key changes.
+
+On rotation the old key's ``expired_ts`` is the rotation time plus
+:data:`ROTATION_GRACE_MS`: every process that signs switches to the new key
+file within ``SIGNING_KEY_CHECK_INTERVAL`` (a second), and what one signed
+with the old key in that second must still verify elsewhere (room versions
+5+ check the key's validity at the event's ``origin_server_ts``).
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from matrix_protocol.signing import encode_verify_key, sign_json
 from mxfed.config import Config
 from mxfed.database_claim import record_signing_key
 from mxfed.identity_files import (
+    SIGNING_KEY_CHECK_INTERVAL,
     ServerSigningKey,
     current_signing_key,
     new_signing_key,
     write_signing_key,
 )
 from services.keys.storage import KeysStorage, OwnOldKey, RemoteKey
+
+ROTATION_GRACE_MS = int(2 * SIGNING_KEY_CHECK_INTERVAL * 1000)
 
 # Our own current key never needs fetching; treat it as valid far ahead.
 _OWN_KEY_VALID_UNTIL = 2**62
@@ -137,7 +146,7 @@ class OwnKeys:
         """
         async with self._lock:
             old = self.current(max_age=0)
-            expired_ts = self.clock()
+            expired_ts = self.clock() + ROTATION_GRACE_MS
             await self.storage.add_own_old_key(
                 OwnOldKey(old.key_id, encode_verify_key(old.signing_key.verify_key), expired_ts)
             )

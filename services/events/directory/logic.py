@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 import asyncpg
 import grpc
 
+from mxfed.bounded import BoundedDict
 from mxfed.federation_client import (
     FederationClient,
     FederationError,
@@ -66,7 +66,9 @@ class HierarchyCache:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.size = size
-        self._entries: OrderedDict[tuple[str, bool], tuple[float, JsonDict | None]] = OrderedDict()
+        self._entries: BoundedDict[tuple[str, bool], tuple[float, JsonDict | None]] = BoundedDict(
+            "events_hierarchy_summaries", size
+        )
 
     def get(self, key: tuple[str, bool]) -> tuple[bool, JsonDict | None]:
         """(found, summary)."""
@@ -80,10 +82,7 @@ class HierarchyCache:
 
     def put(self, key: tuple[str, bool], summary: JsonDict | None) -> None:
         ttl = self.ttl if summary is not None else self.negative_ttl
-        self._entries.pop(key, None)
         self._entries[key] = (time.monotonic() + ttl, summary)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
 
 
 class RemoteUnavailable(ServiceError):
