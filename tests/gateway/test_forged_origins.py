@@ -29,6 +29,7 @@ from services.keys.keyring import Keyring
 from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
+from tests.support.federation_doctor import inert_doctor
 from tests.support.grpc_plane import bind_loopback, make_server
 from tests.support.keys_service import OUR_SERVER, Gateway, KeysService, KeysUnderTest, open_gateway
 
@@ -79,7 +80,9 @@ async def attacked(keys_config, keys_storage: KeysStorage) -> AsyncIterator[Atta
         monotonic=lambda: clock[0],  # type: ignore[arg-type]
     )
     server = make_server("keys")
-    keys_pb2_grpc.add_KeysServicer_to_server(KeysServicer(keyring, own_keys), server)
+    keys_pb2_grpc.add_KeysServicer_to_server(
+        KeysServicer(keyring, own_keys, inert_doctor(config, own_keys)), server
+    )
     address = bind_loopback(server, "keys")
     await server.start()
     service = KeysService(None, KeysUnderTest(config, keyring, own_keys, keys_storage), address)  # type: ignore[arg-type]
