@@ -103,7 +103,9 @@ def test_auth_order_copes_with_deep_chains_and_forged_cycles() -> None:
 
 @pytest.fixture
 async def core(events_pool: asyncpg.Pool) -> RoomsCore:
-    return RoomsCore(SERVER, StateStore(events_pool), StateResolver(), LruCache(1000))
+    return RoomsCore(
+        SERVER, StateStore(events_pool), StateResolver(), LruCache("events_events", 1000)
+    )
 
 
 @pytest.fixture
