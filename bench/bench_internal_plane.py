@@ -1,15 +1,17 @@
 """What mutual TLS on the internal plane costs on the hot path (not a test).
 
-Runs the keys service as its own process (``mxfed run --service keys``, as in
-production) on a throw-away database, once with ``internal_tls: true`` and
-once with ``internal_tls: false``, and calls it from this process the way the
-gateway does for every inbound federation request: ``Keys.VerifyRequest``
-with a real X-Matrix signature of a remote server whose key is cached after
-the first call. Also a bare health check, for the transport alone. Prints
-calls/s one at a time (latency-bound) and with 32 in flight (throughput-bound),
-and the ratio TLS / plaintext.
+Runs two keys services as their own processes (``mxfed run --service keys``,
+as in production) on a throw-away database, one with ``internal_tls: true``
+and one with ``internal_tls: false``, and calls them from this process the
+way the gateway does for every inbound federation request:
+``Keys.VerifyRequest`` with a real X-Matrix signature of a remote server whose
+key is cached after the first call; also a bare health check, for the
+transport alone. One call at a time (latency-bound) and 32 in flight
+(throughput-bound), the two servers measured alternately for several rounds.
+Prints median calls/s, the ratio mTLS / plaintext, and the CPU time per call
+on each side (steadier than rates on a shared machine).
 
-    .venv/bin/python bench/bench_internal_plane.py [--seconds 5]
+    .venv/bin/python bench/bench_internal_plane.py [--seconds 3] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -17,14 +19,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+import orjson
+import psutil
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -73,7 +80,16 @@ def start_keys(directory: Path, database_url: str, port: int, tls: bool) -> subp
     )
 
 
-async def rate(call: Callable[[], Awaitable[Any]], seconds: float, concurrency: int) -> float:
+@dataclass
+class Sample:
+    calls_per_second: float
+    server_cpu_us: float  # the keys process's CPU time per call
+    client_cpu_us: float  # this process's CPU time per call (the caller's side)
+
+
+async def sample(
+    call: Callable[[], Awaitable[Any]], server: psutil.Process, seconds: float, concurrency: int
+) -> Sample:
     count = 0
     deadline = time.perf_counter() + seconds
 
@@ -83,61 +99,49 @@ async def rate(call: Callable[[], Awaitable[Any]], seconds: float, concurrency: 
             await call()
             count += 1
 
+    server_before = sum(server.cpu_times()[:2])
+    client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return count / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    server_cpu = sum(server.cpu_times()[:2]) - server_before
+    client_cpu = time.process_time() - client_before
+    return Sample(count / elapsed, 1e6 * server_cpu / count, 1e6 * client_cpu / count)
 
 
-async def measure(config: Config, address: str, origin: FakeKeyServer, seconds: float) -> dict:
+def verify_request(origin: FakeKeyServer) -> keys_pb2.VerifyRequestRequest:
     uri = "/_matrix/federation/v1/send/bench"
-    body = b'{"origin":"x","pdus":[]}'
+    content = {"origin": origin.server_name, "pdus": []}
     header = sign_request(
-        "PUT", uri, origin.server_name, OUR_SERVER, {"origin": "x", "pdus": []},
-        origin.signing_key, origin.key_id,
-    )  # fmt: skip
+        "PUT", uri, origin.server_name, OUR_SERVER, content, origin.signing_key, origin.key_id
+    )
     credentials = parse_xmatrix_header(header)
-    request = keys_pb2.VerifyRequestRequest(
+    return keys_pb2.VerifyRequestRequest(
         method="PUT",
         uri=uri,
         origin=origin.server_name,
         destination=OUR_SERVER,
-        content=body,
+        content=orjson.dumps(content),
         signatures=[keys_pb2.RequestSignature(key_id=credentials.key, sig=credentials.sig)],
     )
-    results = {}
-    async with (
-        open_channel(config, "keys", caller=GATEWAY, address=address) as gateway,
-        open_channel(config, "keys", caller=OPERATOR, address=address) as operator,
-    ):
-        keys = keys_pb2_grpc.KeysStub(gateway)
-        health = health_pb2_grpc.HealthStub(operator)
-        for _ in range(300):  # until it serves
-            try:
-                await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
-        reply = await keys.VerifyRequest(request)  # fetches the origin's key once
-        assert reply.ok, reply.error
 
-        async def verify() -> None:
-            await keys.VerifyRequest(request)
 
-        async def check() -> None:
-            await health.Check(health_pb2.HealthCheckRequest())
-
-        await rate(verify, 1.0, CONCURRENCY)  # warm-up
-        for name, call in (("VerifyRequest", verify), ("health Check", check)):
-            for concurrency in (1, CONCURRENCY):
-                results[(name, concurrency)] = await rate(call, seconds, concurrency)
-    return results
+@dataclass
+class Target:
+    tls: bool
+    address: str
+    process: subprocess.Popen
+    gateway: grpc.aio.Channel | None = None
+    operator: grpc.aio.Channel | None = None
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="mTLS and plaintext alternately")
     args = parser.parse_args()
     database_url = await create_database("mxfed_bench_plane")
+    results: dict[tuple[str, int, bool], list[Sample]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         internal = directory / "internal"
@@ -149,31 +153,88 @@ async def main() -> None:
             "bench CA",
         )
         origin = await FakeKeyServer(directory).start()
-        results = {}
+        held = [HeldPort(), HeldPort()]
+        # Both keys processes up at once; measured alternately, so load from
+        # elsewhere on the machine falls on both alike.
+        targets = [
+            Target(
+                tls, f"127.0.0.1:{port.port}", start_keys(directory, database_url, port.port, tls)
+            )
+            for tls, port in zip((True, False), held, strict=True)
+        ]
         try:
-            for tls in (True, False):
-                held = HeldPort()
-                process = start_keys(directory, database_url, held.port, tls)
-                try:
-                    config = Config(internal_tls=tls, internal_tls_dir=internal)
-                    address = f"127.0.0.1:{held.port}"
-                    results[tls] = await measure(config, address, origin, args.seconds)
-                finally:
-                    process.terminate()
-                    process.wait(20)
-                    held.release()
+            request = verify_request(origin)
+            for target in targets:
+                config = Config(internal_tls=target.tls, internal_tls_dir=internal)
+                target.gateway = open_channel(
+                    config, "keys", caller=GATEWAY, address=target.address
+                )
+                target.operator = open_channel(
+                    config, "keys", caller=OPERATOR, address=target.address
+                )
+                health = health_pb2_grpc.HealthStub(target.operator)
+                for _ in range(300):  # until it serves
+                    try:
+                        await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        break
+                    except grpc.aio.AioRpcError:
+                        await asyncio.sleep(0.1)
+                reply = await keys_pb2_grpc.KeysStub(target.gateway).VerifyRequest(request)
+                assert reply.ok, reply.error  # fetched the origin's key; cached from now on
+            for _ in range(args.rounds):
+                for target in targets:
+                    server = psutil.Process(target.process.pid)
+                    keys = keys_pb2_grpc.KeysStub(target.gateway)
+                    health = health_pb2_grpc.HealthStub(target.operator)
+
+                    async def verify(keys: Any = keys) -> None:
+                        await keys.VerifyRequest(request)
+
+                    async def check(health: Any = health) -> None:
+                        await health.Check(health_pb2.HealthCheckRequest())
+
+                    for name, call in (("VerifyRequest", verify), ("health Check", check)):
+                        for concurrency in (1, CONCURRENCY):
+                            results.setdefault((name, concurrency, target.tls), []).append(
+                                await sample(call, server, args.seconds, concurrency)
+                            )
         finally:
+            for target in targets:
+                for channel in (target.gateway, target.operator):
+                    if channel is not None:
+                        await channel.close()
+                target.process.terminate()
+                target.process.wait(20)
+            for port in held:
+                port.release()
             await origin.stop()
             await drop_database(database_url)
-    print(f"gRPC calls/s to the keys service (its own process), {args.seconds:.0f} s each:")
-    print(f"  {'call':16s} {'in flight':>9s} {'mTLS':>9s} {'plaintext':>9s} {'mTLS/plain':>10s}")
-    for name, concurrency in results[True]:
-        tls_rate = results[True][(name, concurrency)]
-        plain_rate = results[False][(name, concurrency)]
-        print(
-            f"  {name:16s} {concurrency:9d} {tls_rate:9,.0f} {plain_rate:9,.0f} "
-            f"{tls_rate / plain_rate:10.2f}"
-        )
+    print(
+        f"gRPC calls to the keys service (its own process), median of {args.rounds} rounds "
+        f"of {args.seconds:.0f} s, mTLS and plaintext alternately; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"  {'call':14s} {'in flight':>9s} | {'calls/s mTLS':>12s} {'plain':>7s} "
+        f"{'ratio':>5s} | {'server CPU µs/call mTLS':>23s} {'plain':>6s} | "
+        f"{'client CPU µs mTLS':>18s} {'plain':>6s}"
+    )
+    for name in ("VerifyRequest", "health Check"):
+        for concurrency in (1, CONCURRENCY):
+            tls = results[(name, concurrency, True)]
+            plain = results[(name, concurrency, False)]
+
+            def median(samples: list[Sample], field: str) -> float:
+                return statistics.median(getattr(sample, field) for sample in samples)
+
+            rate_tls = median(tls, "calls_per_second")
+            rate_plain = median(plain, "calls_per_second")
+            print(
+                f"  {name:14s} {concurrency:9d} | {rate_tls:12,.0f} {rate_plain:7,.0f} "
+                f"{rate_tls / rate_plain:5.2f} | {median(tls, 'server_cpu_us'):23.0f} "
+                f"{median(plain, 'server_cpu_us'):6.0f} | {median(tls, 'client_cpu_us'):18.0f} "
+                f"{median(plain, 'client_cpu_us'):6.0f}"
+            )
 
 
 if __name__ == "__main__":
