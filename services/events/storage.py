@@ -512,6 +512,17 @@ async def current_state_ids(
     return list(dict.fromkeys(ids))
 
 
+async def member_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """Member events' ``state_key``, ``membership`` and ``stream_position`` (no JSON)."""
+    return await conn.fetch(
+        """
+        SELECT event_id, state_key, membership, stream_position FROM events.events
+        WHERE event_id = ANY($1::text[]) AND type = 'm.room.member'
+        """,
+        list(event_ids),
+    )
+
+
 async def joined_servers(conn: asyncpg.Connection, room_id: str) -> list[str]:
     rows = await conn.fetch(
         "SELECT DISTINCT server FROM events.current_state"

@@ -199,6 +199,19 @@ async def test_send_join_omit_members(scene: Scene) -> None:
     assert not [p for p in answer["state"] if p["type"] == "m.room.member"]
 
 
+async def test_send_join_omit_members_keeps_the_heroes_of_an_unnamed_room(scene: Scene) -> None:
+    room = await scene.create_room()
+    first, second = user(scene), user(scene)
+    await remote_join(scene, room, first)
+    await remote_join(scene, room, second)
+    joined = await remote_join(scene, room, user(scene), omit=True)
+    answer = joined["answer"]
+    assert answer["members_omitted"] is True
+    members = {p["state_key"] for p in answer["state"] if p["type"] == "m.room.member"}
+    # Joined members in stream order (the creator first), never the joining user.
+    assert members == {room.creator, first, second}
+
+
 async def _signed_join(scene: Scene, room: Room, user_id: str) -> tuple[str, dict[str, Any]]:
     response = await make(scene, "join", room.room_id, user_id, ALL_VERSIONS)
     return sign_template(scene, response.json())

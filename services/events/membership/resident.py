@@ -15,13 +15,13 @@ not accepted is refused (403) and not stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matrix_protocol.auth_rules import join_authorised_via_server
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.event_ids import compute_event_id
-from matrix_protocol.events import Event
+from matrix_protocol.events import Event, StateKey
 from matrix_protocol.hashes import content_hash_matches
 from matrix_protocol.membership import (
     INVITE_STATE_TYPES,
@@ -31,6 +31,7 @@ from matrix_protocol.membership import (
     forbidden,
     invalid,
 )
+from matrix_protocol.room_summary import Member, heroes, room_is_named
 from matrix_protocol.room_versions import EventFormat
 from matrix_protocol.server_names import is_valid_user_id, server_name_of
 from matrix_protocol.signing import signatures_required_for_event
@@ -64,7 +65,8 @@ from services.events.storage import Status
 
 log = logging.getLogger(__name__)
 
-HEROES = 5
+NAME: StateKey = ("m.room.name", "")
+CANONICAL_ALIAS: StateKey = ("m.room.canonical_alias", "")
 
 
 def _decode(raw: bytes) -> Any:
@@ -163,10 +165,7 @@ class Resident:
             state_ids = list(state.values())
             omitted = False
             if omit_members:
-                keep_members: set[str] = set()
-                if ("m.room.name", "") not in state and ("m.room.canonical_alias", "") not in state:
-                    members = sorted(k for (t, k) in state if t == MEMBER)
-                    keep_members = set(members[:HEROES])
+                keep_members = await self._heroes(conn, state, event.state_key or "")
                 state_ids = [
                     eid for (t, k), eid in state.items() if t != MEMBER or k in keep_members
                 ]
@@ -186,6 +185,28 @@ class Resident:
             parts.append('"members_omitted":true')
             parts.append('"servers_in_room":' + encode_json(list(row["servers_before"])).decode())
         return ("{" + ",".join(parts) + "}").encode()
+
+    @staticmethod
+    async def _heroes(conn: Any, state: Mapping[StateKey, str], joiner: str) -> set[str]:
+        """Members whose events an ``omit_members`` answer keeps: the heroes, if unnamed.
+
+        Spec: https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_joinroomideventid
+        (``omit_members``) and the client-server ``RoomSummary`` (``m.heroes``),
+        computed for the joining user (:mod:`matrix_protocol.room_summary`).
+        """
+        named_ids = [state[k] for k in (NAME, CANONICAL_ALIAS) if k in state]
+        named = {
+            stored.event.type: stored.event.content
+            for stored in (await storage.fetch_events(conn, named_ids)).values()
+        }
+        if room_is_named(named.get(NAME[0]), named.get(CANONICAL_ALIAS[0])):
+            return set()
+        rows = await storage.member_events(conn, [e for (t, _), e in state.items() if t == MEMBER])
+        members = [
+            Member(row["state_key"], row["membership"] or "", row["stream_position"])
+            for row in rows
+        ]
+        return set(heroes(members, joiner))
 
     async def send_leave(self, origin: str, room_id: str, event_id: str, raw: bytes) -> bytes:
         await self._accept(origin, room_id, event_id, raw, "leave")
