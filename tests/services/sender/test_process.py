@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +16,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mxfed.database_claim import record_signing_key
 from mxfed.identity_files import ServerSigningKey, format_signing_key
 from services.sender.storage import SenderStorage
 from tests.support.grpc_plane import channel_to, session_tls_dir
@@ -118,10 +119,18 @@ class SenderProcesses:
 
 
 @pytest.fixture
-def sender_processes(
-    tmp_path: Path, database_url: str, our_key: ServerSigningKey, fake_events
-) -> Iterator[SenderProcesses]:
+async def sender_processes(
+    tmp_path: Path,
+    database_url: str,
+    sender_storage: SenderStorage,
+    our_key: ServerSigningKey,
+    fake_events,
+) -> AsyncIterator[SenderProcesses]:
     (tmp_path / "signing.key").write_text(format_signing_key(our_key))
+    # The session database is shared with in-process parts of the same server name that
+    # were given other keys; recording this key (as a rotation would) lets the processes
+    # start against it instead of being refused as another server.
+    await record_signing_key(sender_storage.pool, our_key)
     processes = SenderProcesses(tmp_path, database_url, fake_events.address)
     yield processes
     for process in processes.started:
