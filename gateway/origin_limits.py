@@ -1,7 +1,8 @@
 """Per-origin concurrency limit for authenticated federation requests.
 
-behaviours.md §9: servers SHOULD rate-limit, refusing with 429
-``M_LIMIT_EXCEEDED`` and a ``Retry-After`` header. Only requests whose
+Spec: https://spec.matrix.org/v1.19/client-server-api/#rate-limiting
+(servers SHOULD rate-limit, refusing with 429
+``M_LIMIT_EXCEEDED`` and a ``Retry-After`` header). Only requests whose
 X-Matrix signature verified are counted against their origin, so nobody can
 spend another server's allowance by forging its name. ``/send`` is held to
 one transaction in flight per origin by its own route.

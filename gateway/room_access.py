@@ -1,10 +1,11 @@
 """May the requesting server read this room? A dependency shared by room routes.
 
-Spec: endpoints.md "Conventions" (server ACLs MUST be enforced with 403
-``M_FORBIDDEN`` on ``/state``, ``/state_ids``, ``/event_auth``, ``/backfill``,
-``/get_missing_events``, the membership handshakes...) and behaviours.md §7–8
-(ACL algorithm; [Synapse] also requires the requester to have a joined
-member). The events service owns the room state, so the decision is one
+Spec: https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lists-acls
+(ACLs MUST be enforced with 403 ``M_FORBIDDEN`` on ``/state``, ``/state_ids``,
+``/event_auth``, ``/backfill``, ``/get_missing_events``, the membership
+handshakes...; [Synapse] also requires the requester to have a joined member,
+see https://spec.matrix.org/v1.19/client-server-api/#room-history-visibility).
+The events service owns the room state, so the decision is one
 ``QueryServerAllowed`` call.
 
 Use it on a route whose path names the room ``{room_id}``::

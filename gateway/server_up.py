@@ -1,7 +1,8 @@
 """Tells the sender that a server is up when it authenticates a request to us.
 
-behaviours.md §1.3: a server that reaches us with a valid request is
-evidently reachable, so its outbound backoff is reset and its queue woken.
+NOTSPEC: the spec leaves backoff to the implementation; like Synapse, a server
+that reaches us with a valid request is evidently reachable, so its outbound
+backoff is reset and its queue woken.
 The call is fire-and-forget and made at most once per interval per origin,
 so a busy peer costs one RPC per interval, not one per request.
 """

@@ -1,7 +1,8 @@
 """Hands the TLS client certificate to the app, for the optional origin check.
 
 The spec lets a receiving server check that a client certificate presented
-by the caller belongs to the X-Matrix origin (auth.md §1). uvicorn neither
+by the caller belongs to the X-Matrix origin
+(https://spec.matrix.org/v1.19/server-server-api/#client-tls-certificates). uvicorn neither
 asks for client certificates nor exposes them, so with
 ``require_tls_client_certificate_match`` on, the gateway asks for one
 (CERT_OPTIONAL, verified against ``tls_client_ca_file`` or the system's

@@ -1,6 +1,6 @@
 """X-Matrix request authentication, as a FastAPI dependency.
 
-Spec: server-server API "Request Authentication" (digest: auth.md §2.3).
+Spec: https://spec.matrix.org/v1.19/server-server-api/#request-authentication
 Every endpoint that needs a signed request declares
 ``origin: str = Depends(require_origin)``; the handler then gets the verified
 origin server name, and the parsed JSON body (``None`` without a body) on

@@ -1,7 +1,8 @@
 """Which state events an event must cite as its ``auth_events``.
 
-Spec: rooms.md §3 "Auth events selection" (server-server API, "Auth events
-selection"). The create event cites nothing; from room v12 on the create
+Spec: https://spec.matrix.org/v1.19/server-server-api/#auth-events-selection
+
+The create event cites nothing; from room v12 on the create
 event is never cited (it is implied by the room ID).
 """
 

@@ -1,10 +1,12 @@
 """The authorization rules of room versions 1–12.
 
-Spec: rooms.md §5 (the complete v12 rules) and §5.1 (how v1–v11 differ);
-the "Authorization rules" section of each room version (rooms/v1.md …
-rooms/v12.md). Rule numbers in :class:`AuthError` messages follow the v12
-rendering on spec.matrix.org; rules that only older versions have are named
-("v1–v5 aliases rule", "v1/v2 redaction rule").
+Spec: https://spec.matrix.org/v1.19/rooms/v12/#authorisation-rules (the complete v12
+rules) and the "Authorisation rules" section of each older room version
+(https://spec.matrix.org/v1.19/rooms/v1/#authorisation-rules …
+https://spec.matrix.org/v1.19/rooms/v11/#authorisation-rules).
+Rule numbers in :class:`AuthError` messages follow the v12 rendering on
+spec.matrix.org; rules that only older versions have are named ("v1–v5 aliases
+rule", "v1/v2 redaction rule").
 
 The rules are split in three pure functions:
 
@@ -17,8 +19,8 @@ The rules are split in three pure functions:
   signature the caller must check (signature checks need keys, so they are
   not done here).
 
-The federation service calls :func:`check_auth_rules` three times for a
-received PDU (rooms.md §6):
+The events service (its ``RoomBatch``) calls :func:`check_auth_rules` three
+times for a received PDU (https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu):
 
 1. against the event's own ``auth_events`` (as a ``(type, state_key)`` map;
    for v12 the caller adds the create event, which is implied by the room ID

@@ -1,6 +1,7 @@
 """Canonical JSON encoding plus the plain JSON helpers used on the wire.
 
-Spec: appendices "Canonical JSON" (digest: signing.md §2). Canonical JSON is
+Spec: https://spec.matrix.org/v1.19/appendices/#canonical-json
+Canonical JSON is
 the spec's reference encoding
 ``json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)``
 as UTF-8, restricted to integers in ±(2**53-1) and no floats.

@@ -1,7 +1,10 @@
 """Event IDs per room version and v12 room IDs.
 
-Spec: "Event IDs" of rooms/v1.md … v12.md and "Room IDs" of rooms/v12.md
-(digest: signing.md §5). v1/v2 IDs are chosen by the sender and travel in the
+Spec: "Event IDs" of each room version (https://spec.matrix.org/v1.19/rooms/v1/#event-ids,
+https://spec.matrix.org/v1.19/rooms/v3/#event-ids,
+https://spec.matrix.org/v1.19/rooms/v4/#event-ids …) and https://spec.matrix.org/v1.19/appendices/#room-ids
+
+v1/v2 IDs are chosen by the sender and travel in the
 PDU; from v3 on they are the event's reference hash and never travel.
 """
 

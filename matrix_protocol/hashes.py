@@ -1,7 +1,7 @@
 """Content hashes and reference hashes of events.
 
-Spec: server-server API "Calculating the content hash for an event" and
-"Calculating the reference hash for an event" (digest: signing.md §5).
+Spec: https://spec.matrix.org/v1.19/server-server-api/#calculating-the-content-hash-for-an-event
+and https://spec.matrix.org/v1.19/server-server-api/#calculating-the-reference-hash-for-an-event
 Both are computed leniently (``strict=False``) because v1–v5 rooms contain
 floats and big integers that still hash; strict format checks for v6+ belong
 to the caller's validation of received events.

@@ -1,8 +1,8 @@
 """Membership handshakes: make_*/send_* templates and events, invites, stripped state.
 
-Spec: endpoints.md §4 (make_join/send_join, make_leave/send_leave,
-make_knock/send_knock, v1/v2 invite), behaviours.md §4 (remote join flow)
-and §5 (invites), rooms.md §2 (PDU format) and §3 (auth events selection).
+Spec: https://spec.matrix.org/v1.19/server-server-api/#joining-rooms,
+#knocking-rooms, #inviting-to-a-room and #leaving-rooms-rejecting-invites
+(make_*/send_* and v1/v2 invite), #pdus and #auth-events-selection of that page.
 
 Pure: no I/O. Errors carry the Matrix errcode a remote server should get
 (:class:`MembershipError`), so the services and the gateway map them without
@@ -34,7 +34,7 @@ JOIN_AUTHORISER = "join_authorised_via_users_server"
 # caller sets (origin, origin_server_ts, hashes, signatures, v1/v2 event_id).
 _TEMPLATE_DROPPED = ("signatures", "hashes", "unsigned", "event_id")
 
-# [Synapse] default room state sent with invites and knocks (behaviours.md §5).
+# [Synapse] default room state sent with invites and knocks.
 INVITE_STATE_TYPES: tuple[str, ...] = (
     "m.room.create",
     "m.room.join_rules",
@@ -141,7 +141,9 @@ def supported_room_version_requested(room_version: str, ver: Iterable[str]) -> N
 def validate_template(
     template: Any, *, room_id: str, user_id: str, membership: str
 ) -> dict[str, Any]:
-    """Check a ``make_*`` answer's event before signing it (endpoints.md §4).
+    """Check a ``make_*`` answer's event before signing it.
+
+    Spec: https://spec.matrix.org/v1.19/server-server-api/#get_matrixfederationv1make_joinroomiduserid
 
     Returns a copy; raises :class:`MembershipError` (``M_BAD_JSON``) when
     the template is malformed, so the caller can try another server.
@@ -271,7 +273,9 @@ def check_user_on_server(user_id: str, server_name: str) -> None:
 
 
 def check_room_state_pdus(pdus: Any, room_version: RoomVersion, room_id: str) -> list[Event]:
-    """Check ``invite_room_state``/``knock_room_state`` entries (endpoints.md §4).
+    """Check ``invite_room_state``/``knock_room_state`` entries.
+
+    Spec: https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid
 
     Every entry must be a PDU of the room version, of the room, and the
     room's ``m.room.create`` must be there (for v12 the room ID is computed

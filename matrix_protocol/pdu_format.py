@@ -1,7 +1,9 @@
 """The format check of a received PDU (first of the receive-time checks).
 
-Spec: rooms.md §2 "PDU format" (v1/v2, v3–v11, v12) and §2.4 "Size limits",
-§6 step 1; signing.md §2 (canonical JSON, enforced strictly from room v6 on).
+Spec: https://spec.matrix.org/v1.19/server-server-api/#pdus, the "Event format" of each room version
+(v1/v2, v3–v11, https://spec.matrix.org/v1.19/rooms/v12/#event-format), https://spec.matrix.org/v1.19/client-server-api/#size-limits,
+step 1 of https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu, and
+https://spec.matrix.org/v1.19/rooms/v6/#canonical-json (enforced strictly from room v6 on).
 A PDU failing these checks is dropped, not stored.
 
 Not checked here: unknown top-level keys (kept byte-for-byte, they are

@@ -1,7 +1,9 @@
 """Power levels: parsing values per room version and looking levels up.
 
-Spec: rooms.md §1 ("Power-level value formats") and §4 ("Definitions used by
-the rules"); the ``m.room.power_levels`` event of the Client-Server API.
+Spec: the power-level value formats of each room version ("Event format" of
+https://spec.matrix.org/v1.19/rooms/v10/ on: integers only),
+https://spec.matrix.org/v1.19/server-server-api/#definitions and
+https://spec.matrix.org/v1.19/client-server-api/#mroompower_levels
 
 * v1–v5 accept integers, integer strings (base 10, optional sign, leading
   zeros and surrounding whitespace) and floats (truncated towards zero;

@@ -1,7 +1,9 @@
 """The redaction algorithm of every room version.
 
-Spec: "Redactions" of rooms/v1.md … v12.md (digest: signing.md §6). The
-redacted form is what event signatures and reference hashes (event IDs) are
+Spec: "Redactions" of each room version (https://spec.matrix.org/v1.19/rooms/v1/#redactions …
+https://spec.matrix.org/v1.19/rooms/v11/#redactions) and https://spec.matrix.org/v1.19/client-server-api/#redactions
+
+The redacted form is what event signatures and reference hashes (event IDs) are
 computed over, so it must match other servers byte for byte.
 """
 
@@ -46,7 +48,7 @@ _POWER_LEVEL_KEYS_V1 = (
 
 _R = RedactionRules
 
-# Content keys kept per event type, by redaction rules (signing.md §6 table).
+# Content keys kept per event type, by redaction rules ("Redactions" of each room version).
 # m.room.create under v11 keeps everything and m.room.member's
 # third_party_invite is reduced rather than kept; both are handled in code.
 _CONTENT_KEYS: dict[RedactionRules, dict[str, tuple[str, ...]]] = {

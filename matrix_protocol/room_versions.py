@@ -1,6 +1,6 @@
 """Room versions 1–12 and the rule switches that distinguish them.
 
-Spec: "Room Versions" (rooms/v1.md … rooms/v12.md). Every other module of the
+Spec: https://spec.matrix.org/v1.19/rooms/ (and each version's page). Every other module of the
 protocol core asks a :class:`RoomVersion` what to do instead of comparing
 version strings, so adding a version means adding one entry here.
 """
@@ -26,7 +26,7 @@ class StateResolution(Enum):
 
 
 class RedactionRules(Enum):
-    """Which redaction algorithm a version uses (see signing.md §6)."""
+    """Which redaction algorithm a version uses ("Redactions" of each room version)."""
 
     V1 = 1  # v1–v5: aliases kept
     V6 = 6  # v6, v7: aliases dropped

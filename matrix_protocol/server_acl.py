@@ -1,6 +1,6 @@
 """Server ACLs: whether a server may take part in a room.
 
-Spec: behaviours.md §7 (server-server API "Server Access Control Lists"),
+Spec: https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lists-acls
 evaluated against the ``content`` of the current ``m.room.server_acl``:
 
 1. an IP literal is denied when ``allow_ip_literals`` is ``false``

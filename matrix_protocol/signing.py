@@ -1,8 +1,8 @@
 """Signing and verifying JSON objects and events with ed25519 keys.
 
-Spec: appendices "Signing JSON" and "Checking for a signature"; server-server
-API "Signing Events" and "Validating hashes and signatures on received
-events" (digest: signing.md §3–§5).
+Spec: https://spec.matrix.org/v1.19/appendices/#signing-json,
+https://spec.matrix.org/v1.19/appendices/#checking-for-a-signature, https://spec.matrix.org/v1.19/server-server-api/#signing-events
+and https://spec.matrix.org/v1.19/server-server-api/#validating-hashes-and-signatures-on-received-events
 """
 
 from __future__ import annotations
@@ -164,7 +164,9 @@ def sign_event(
 
 
 def signatures_required_for_event(event: Event) -> set[str]:
-    """The servers whose signatures a received event needs (signing.md §5).
+    """The servers whose signatures a received event needs.
+
+    Spec: https://spec.matrix.org/v1.19/server-server-api/#validating-hashes-and-signatures-on-received-events
 
     * the sender's server, except for an invite carrying
       ``third_party_invite``: any server may send those on behalf of the

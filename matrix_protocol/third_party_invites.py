@@ -1,6 +1,7 @@
 """Verifying the ``signed`` block of a third-party invite.
 
-Spec: rooms.md §5 rule 5.4.1.7 and §5.2 "Third-party invite verification".
+Spec: https://spec.matrix.org/v1.19/rooms/v12/#authorisation-rules (``m.room.member``, invite with
+``third_party_invite``) and https://spec.matrix.org/v1.19/server-server-api/#verifying-the-invite
 An ``m.room.member`` invite carrying ``content.third_party_invite`` is allowed
 when any signature in ``third_party_invite.signed`` verifies (Signing JSON)
 with any public key of the room's ``m.room.third_party_invite`` event:

@@ -1,8 +1,8 @@
 """The ``Authorization: X-Matrix`` request signature.
 
-Spec: server-server API "Request Authentication" (digest: auth.md §2): the
-signed JSON object, the header grammar (RFC 9110 auth-params) and the
-compatibility rules for senders and receivers.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#request-authentication
+(the signed JSON object, the header grammar (RFC 9110 auth-params) and the
+compatibility rules for senders and receivers).
 """
 
 from __future__ import annotations

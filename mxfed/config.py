@@ -68,7 +68,7 @@ class ConfigError(ValueError):
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*\.?")
 _NUMERIC = re.compile(r"[0-9.]+")  # looks like an IPv4 address, so must be one
 _KEY_ID = re.compile(r"ed25519:[A-Za-z0-9_]+")
-# gRPC name-resolution schemes a service address may use (grpc/doc/naming.md).
+# gRPC name-resolution schemes a service address may use (https://grpc.github.io/grpc/core/md_doc_naming.html).
 _GRPC_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock")
 
 

@@ -1,7 +1,8 @@
-"""Checks on what the repository ships: compose file, generated stubs."""
+"""Checks on what the repository ships: compose file, generated stubs, self-contained text."""
 
 import filecmp
 import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -73,3 +74,45 @@ def test_committed_grpc_stubs_are_up_to_date() -> None:
             if not committed.exists() or not filecmp.cmp(path, committed, shallow=False):
                 stale.append(str(path.relative_to(scratch)))
         assert not stale, f"run `python -m mxfed.protogen`; stale stubs: {stale}"
+
+
+# Text the repository ships: code, tests, protos, migrations, docs, deployment files.
+_TEXT_SUFFIXES = {".py", ".pyi", ".md", ".proto", ".sql", ".yml", ".yaml", ".toml", ".sh", ".json"}
+_SKIPPED_DIRS = {".git", ".venv", "mxfed_api", "mxfed.egg-info", "node_modules", "__pycache__"}
+_URL = re.compile(r"https?://\S+")
+_MARKDOWN_NAME = re.compile(r"[\w./-]*\w\.md\b")
+# A numbered section sign cites a document by its numbering; only RFCs are cited that way.
+_SECTION = re.compile(r"(RFC \d+ )?§\s*\d")
+# (Character classes keep these patterns from matching themselves.)
+_OUTSIDE = re.compile(r"\.\./share[d]|/wor[k]/|shared/spe[c]|\bdesig[n]\.md\b")
+
+
+def _shipped_text_files() -> list[Path]:
+    found = []
+    for path in REPO_ROOT.rglob("*"):
+        if any(part in _SKIPPED_DIRS for part in path.relative_to(REPO_ROOT).parts):
+            continue
+        if path.is_file() and (path.suffix in _TEXT_SUFFIXES or path.name in {"Dockerfile", "run"}):
+            found.append(path)
+    return found
+
+
+def test_nothing_cites_a_document_outside_the_repository() -> None:
+    """The repository stands on its own: cite the published spec (a URL), not a file elsewhere."""
+    files = _shipped_text_files()
+    assert REPO_ROOT / "tests" / "test_repository.py" in files
+    markdown = {p.relative_to(REPO_ROOT).as_posix() for p in files if p.suffix == ".md"}
+    names = markdown | {name.rsplit("/", 1)[-1] for name in markdown}
+    problems = []
+    for path in files:
+        where = path.relative_to(REPO_ROOT)
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            text = _URL.sub("", line)
+            if _OUTSIDE.search(text):
+                problems.append(f"{where}:{number}: a path outside the repository: {line.strip()}")
+            if any(match.group(1) is None for match in _SECTION.finditer(text)):
+                problems.append(f"{where}:{number}: a numbered section: {line.strip()}")
+            for name in _MARKDOWN_NAME.findall(text):
+                if name.lstrip("./") not in names:
+                    problems.append(f"{where}:{number}: {name} is not in the repository")
+    assert not problems, "\n".join(problems)

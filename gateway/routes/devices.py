@@ -1,7 +1,9 @@
 """Devices and end-to-end keys of local users: ``/user/devices/{userId}``,
 ``/user/keys/query`` and ``/user/keys/claim``.
 
-Spec: endpoints.md §6. Every user asked about must be ours (400
+Spec: https://spec.matrix.org/v1.19/server-server-api/#device-management and
+https://spec.matrix.org/v1.19/server-server-api/#end-to-end-encryption
+Every user asked about must be ours (400
 ``M_INVALID_PARAM`` otherwise); the keys process's Accounts service answers
 with the response body.
 """

@@ -1,6 +1,8 @@
 """The room directory and spaces: ``/publicRooms`` (GET and POST) and ``/hierarchy``.
 
-Spec: endpoints.md §5. The events process's Directory service computes
+Spec: https://spec.matrix.org/v1.19/server-server-api/#published-room-directory and
+https://spec.matrix.org/v1.19/server-server-api/#spaces
+The events process's Directory service computes
 everything from the rooms' current state; these handlers check parameters,
 make one call and return its JSON.
 """

@@ -1,6 +1,7 @@
 """``GET /_matrix/federation/v1/query/directory?room_alias=#a:b``.
 
-Spec: endpoints.md §5. Only aliases on this server are answered; the events
+Spec: https://spec.matrix.org/v1.19/server-server-api/#querying-for-information
+Only aliases on this server are answered; the events
 service (``QueryAlias``) knows the room and its likely resident servers.
 """
 

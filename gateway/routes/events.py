@@ -1,6 +1,8 @@
 """Fetching events and state: ``/event``, ``/state``, ``/state_ids``, ``/event_auth``.
 
-Spec: endpoints.md §3; behaviours.md §7 (ACLs) and §8 (visibility). The
+Spec: https://spec.matrix.org/v1.19/server-server-api/#retrieving-events,
+https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lists-acls and
+https://spec.matrix.org/v1.19/client-server-api/#room-history-visibility. The
 events service does the work; these handlers check parameters, ask it once or
 twice, and splice the stored PDU JSON into the response without decoding it
 (the bytes are exactly what was signed, and large rooms' state is big).

@@ -1,10 +1,11 @@
 """History for other servers: ``/backfill``, ``/get_missing_events``, ``/timestamp_to_event``.
 
-Spec: endpoints.md §3; behaviours.md §7 (ACL: 403 ``M_FORBIDDEN``) and §8
-(the requester needs a joined member; events it may not see come back
-redacted). The backfill service checks access and asks the events process for
-the walk; these handlers check parameters and splice the stored PDU bytes into
-the response without decoding them.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#backfilling-and-retrieving-missing-events
+and https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lists-acls
+(403 ``M_FORBIDDEN``); [Synapse] the requester needs a joined member, and events
+it may not see come back redacted. The backfill service checks access and asks
+the events process for the walk; these handlers check parameters and splice the
+stored PDU bytes into the response without decoding them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Server keys and the notary (spec: "Retrieving server keys"; digest endpoints.md §1).
+"""Server keys and the notary .
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#retrieving-server-keys
+
 
 ``GET /_matrix/key/v2/server``, ``GET /_matrix/key/v2/query/{serverName}`` and
 ``POST /_matrix/key/v2/query``; none of them is authenticated. The key

@@ -1,6 +1,8 @@
 """Membership handshakes: make_*/send_* for join, leave and knock; v1/v2 invite.
 
-Spec: endpoints.md §4. The Membership service in the events process does the
+Spec: https://spec.matrix.org/v1.19/server-server-api/#joining-rooms, #knocking-rooms,
+#inviting-to-a-room and #leaving-rooms-rejecting-invites of that page.
+The Membership service in the events process does the
 work (room lookup, ACL, join rules, signatures, persistence); these handlers
 verify X-Matrix, check parameters and pass the raw body through.
 

@@ -1,6 +1,7 @@
 """``GET /_matrix/federation/v1/openid/userinfo?access_token=...`` (no X-Matrix).
 
-Spec: endpoints.md §5. Tokens are minted for local users by the keys
+Spec: https://spec.matrix.org/v1.19/server-server-api/#openid
+Tokens are minted for local users by the keys
 process's Accounts service (``PerformMintOpenIdToken``).
 """
 

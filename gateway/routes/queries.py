@@ -1,6 +1,7 @@
 """``GET /_matrix/federation/v1/query/profile`` and unknown query types.
 
-Spec: endpoints.md §5. Profiles of local users are kept by the keys
+Spec: https://spec.matrix.org/v1.19/server-server-api/#querying-for-information
+Profiles of local users are kept by the keys
 process's Accounts service. ``/query/directory`` is served by
 ``gateway.routes.directory_query``, which must come before this module in
 ``ROUTE_MODULES`` (this one answers every other ``/query/{queryType}``

@@ -1,7 +1,8 @@
 """Third-party invites: ``PUT /v1/3pid/onbind`` and ``PUT /v1/exchange_third_party_invite``.
 
-Spec: endpoints.md §4 (both endpoints), rooms.md §5.2. The ThirdPartyInvites
-service in the events process does the work.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#third-party-invites
+(both endpoints) and https://spec.matrix.org/v1.19/server-server-api/#verifying-the-invite
+The ThirdPartyInvites service in the events process does the work.
 
 * ``3pid/onbind`` has no X-Matrix (identity servers call it). The spec says
   PUT; Sydent sends POST (and Synapse serves only POST), so both are served.
@@ -66,7 +67,8 @@ def _require(body: Mapping[str, Any], fields: Sequence[str], where: str) -> None
 
 
 def check_onbind_body(body: Any) -> None:
-    """400 unless ``body`` has the shape endpoints.md gives for 3pid/onbind."""
+    """400 unless ``body`` has the shape the spec gives for 3pid/onbind
+    (https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv13pidonbind)."""
     if not isinstance(body, dict):
         raise bad_json("The request body must be a JSON object")
     _require(body, _ONBIND_FIELDS, "")

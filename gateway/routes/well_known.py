@@ -1,4 +1,7 @@
-"""``GET /.well-known/matrix/server`` (spec: "Server discovery"; digest endpoints.md §1).
+"""``GET /.well-known/matrix/server`` .
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#server-discovery
+
 
 Served only when ``well_known_server`` is configured (delegation to another
 host/port); otherwise the endpoint does not exist, so remote servers fall

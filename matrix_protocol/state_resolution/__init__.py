@@ -1,7 +1,8 @@
 """State resolution: merge the room states of several DAG branches into one.
 
-Spec: state-resolution.md (§1 when to resolve, §2–3 v2 for room v2–v11, §4
-v2.1 for room v12, §5 v1 for room v1). The algorithm is picked by
+Spec: https://spec.matrix.org/v1.19/server-server-api/#room-state-resolution (when to resolve),
+https://spec.matrix.org/v1.19/rooms/v2/#state-resolution (v2, room v2–v11), https://spec.matrix.org/v1.19/rooms/v12/#state-resolution
+(v2.1) and https://spec.matrix.org/v1.19/rooms/v1/#state-resolution (v1). The algorithm is picked by
 ``RoomVersion.state_resolution``. Pure: no I/O.
 
 The caller preloads ``events``. It must map the ID of:
@@ -20,7 +21,7 @@ so its order never matters.
 
 ``rejected`` holds the IDs of events this server rejected: they are never
 used as auth events in the auth checks (the events themselves are still
-resolved normally, as the digest's §3 "Rejected events" asks).
+resolved normally, as https://spec.matrix.org/v1.19/rooms/v2/#rejected-events asks).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """State resolution v1 (room version 1 only; known to cause state resets).
 
-Spec: state-resolution.md §5; spec v1.19 ``rooms/v1.md`` "State resolution".
+Spec: https://spec.matrix.org/v1.19/rooms/v1/#state-resolution
 
-Where the digest is silent this follows Synapse's ``synapse/state/v1.py`` so
+Where the spec is silent this follows Synapse's ``synapse/state/v1.py`` so
 that the result converges with the rest of the network:
 
 * only the unconflicted state and the already resolved keys count as "R";
@@ -34,7 +34,7 @@ def resolve(
     events: Mapping[str, Event],
     rejected: Collection[str],
 ) -> dict[StateKey, str]:
-    """§5: resolve power levels, join rules, members, then everything else."""
+    """Resolve power levels, join rules, members, then everything else."""
     state, conflicted = _partition(state_sets)
     if not conflicted:
         return state
@@ -56,7 +56,7 @@ def resolve(
 def _partition(
     state_sets: Sequence[StateMap],
 ) -> tuple[dict[StateKey, str], dict[StateKey, set[str]]]:
-    """§5: a conflict is one key with different event IDs; a missing key is not."""
+    """A conflict is one key with different event IDs; a missing key is not."""
     values: dict[StateKey, set[str]] = {}
     for state in state_sets:
         for key, event_id in state.items():
@@ -95,7 +95,7 @@ class _Resolver:
         return True
 
     def auth_key(self, key: StateKey, event_ids: set[str], state: StateMap) -> str:
-        """§5 step 2: oldest candidate first, then each next one while it passes
+        """Step 2: oldest candidate first, then each next one while it passes
         auth against R holding the previous winner."""
         ordered = self._newest_first(event_ids)
         ordered.reverse()
@@ -109,7 +109,7 @@ class _Resolver:
         return winner
 
     def other_key(self, event_ids: set[str], state: StateMap) -> str:
-        """§5 step 4: the newest candidate that passes auth against R."""
+        """Step 4: the newest candidate that passes auth against R."""
         ordered = self._newest_first(event_ids)
         for event in ordered:
             if self._passes(event, state):

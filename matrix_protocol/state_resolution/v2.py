@@ -1,12 +1,13 @@
 """State resolution v2 (room versions 2–11) and v2.1 (room version 12).
 
-Spec: state-resolution.md §2 (definitions), §3 (algorithm v2) and §4 (the
-three v2.1 changes: conflicted state subgraph, and an empty map at step 2);
-spec v1.19 ``rooms/fragments/v2-state-res.md`` and ``rooms/v12.md``.
+Spec: https://spec.matrix.org/v1.19/rooms/v2/#definitions,
+https://spec.matrix.org/v1.19/rooms/v2/#algorithm (v2) and
+https://spec.matrix.org/v1.19/rooms/v12/#state-resolution (the v2.1 changes:
+conflicted state subgraph, and an empty map at step 2).
 
 Pure: every event the algorithm touches is looked up in the caller's
 ``events`` mapping, and a missing one raises :class:`MissingEventError`.
-Where the digest marks a choice as **[Synapse]**, this module follows
+Where the spec leaves a choice open (marked **[Synapse]**), this module follows
 Synapse so that the result converges with the rest of the network:
 
 * ``m.room.create`` counts as a power event and power levels / join rules /
@@ -121,7 +122,7 @@ class EventGraph:
 def auth_chain(
     event_ids: Iterable[str], events: Mapping[str, Event], room_version: RoomVersion
 ) -> set[str]:
-    """The union of the auth chains of ``event_ids`` (state-resolution.md §2).
+    """The union of the auth chains of ``event_ids`` (v2 "Definitions").
 
     An event's auth chain is its ``auth_events``, their ``auth_events`` and so
     on; the starting events themselves are excluded unless one is in another's
@@ -143,7 +144,7 @@ def auth_chain(
 def partition(
     state_sets: Sequence[StateMap],
 ) -> tuple[dict[StateKey, str], dict[StateKey, set[str]]]:
-    """Split into the unconflicted state map and the conflicted state set (§2).
+    """Split into the unconflicted state map and the conflicted state set ("Definitions").
 
     A key missing from some state set is conflicted too.
     """
@@ -163,7 +164,7 @@ def partition(
 
 
 def is_power_event(event: Event) -> bool:
-    """§2 "power event" (with Synapse's create / empty-``state_key`` reading)."""
+    """Definitions, "power event" (with Synapse's create / empty-``state_key`` reading)."""
     if event.type == MEMBER:
         return event.membership in ("leave", "ban") and event.sender != event.state_key
     return event.is_state and event.state_tuple in _POWER_STATE_KEYS
@@ -177,7 +178,7 @@ def iterative_auth_checks(
     *,
     rejected: Collection[str] = (),
 ) -> dict[StateKey, str]:
-    """§2 "iterative auth checks": apply ``event_ids`` in order onto ``base_state``.
+    """Definitions, "iterative auth checks": apply ``event_ids`` in order onto ``base_state``.
 
     Each event is checked with :func:`check_auth_rules` against, for every key
     the rules need (``auth_types_for_event``), the event in the state built so
@@ -247,7 +248,7 @@ def resolve(
     events: Mapping[str, Event],
     rejected: Collection[str],
 ) -> dict[StateKey, str]:
-    """§3 (v2) / §4 (v2.1, when ``room_version.state_resolution`` is ``V2_1``)."""
+    """The v2 "Algorithm", or v2.1 when ``room_version.state_resolution`` is ``V2_1``."""
     unconflicted, conflicted = partition(state_sets)
     if not conflicted:
         return unconflicted
@@ -286,7 +287,7 @@ def resolve(
 def _auth_difference(
     graph: EventGraph, unconflicted: StateMap, chains: Sequence[set[str]]
 ) -> set[str]:
-    """§2 "auth difference", ∪Cᵢ − ∩Cᵢ with Cᵢ = U ∪ Xᵢ.
+    """Definitions, "auth difference", ∪Cᵢ − ∩Cᵢ with Cᵢ = U ∪ Xᵢ.
 
     U is the closure of the unconflicted map (common to every set) and Xᵢ the
     closure of set i's conflicted events, so the difference is
@@ -312,7 +313,7 @@ def _auth_difference(
 def _conflicted_subgraph(
     graph: EventGraph, conflicted_ids: set[str], ancestors: set[str]
 ) -> set[str]:
-    """§4 "conflicted state subgraph": events on an auth path between two
+    """v2.1 "conflicted state subgraph": events on an auth path between two
     conflicted events, endpoints included.
 
     ``ancestors`` is the conflicted events with their auth chains; an event of
@@ -361,8 +362,8 @@ def _sender_power_level(graph: EventGraph, event_id: str) -> int | float:
 def _reverse_topological_power_sort(
     graph: EventGraph, power_ids: Iterable[str], full_conflicted: set[str]
 ) -> list[str]:
-    """§3 step 1: the power events plus their auth ancestors inside the full
-    conflicted set, in reverse topological power ordering (§2).
+    """Algorithm step 1: the power events plus their auth ancestors inside the full
+    conflicted set, in reverse topological power ordering.
 
     Kahn's algorithm over the ``auth_events`` edges within the set; among the
     ready events the smallest ``(-sender power level, origin_server_ts,
@@ -411,11 +412,11 @@ def _power_order_key(graph: EventGraph, event_id: str) -> tuple[int | float, int
 def _mainline_sort(
     graph: EventGraph, event_ids: list[str], power_levels_id: str | None
 ) -> list[str]:
-    """§3 step 3: mainline ordering relative to ``power_levels_id``'s mainline.
+    """Algorithm step 3: mainline ordering relative to ``power_levels_id``'s mainline.
 
     Positions are numbered as Synapse does (oldest mainline PL 1, the resolved
     PL n, not found 0) so that a plain ascending sort on
-    ``(position, origin_server_ts, event_id)`` gives the §2 order. Positions
+    ``(position, origin_server_ts, event_id)`` gives the "mainline ordering". Positions
     of the PL events walked through are memoised.
     """
     if not event_ids:

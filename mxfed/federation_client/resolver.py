@@ -1,4 +1,6 @@
-"""Server discovery (auth.md §5) and the IP range policy for outbound traffic.
+"""Server discovery and the IP range policy for outbound traffic.
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#resolving-server-names
 
 Everything that does I/O is injectable:
 
@@ -520,7 +522,7 @@ class _WellKnownEntry:
 class ResolvedServer:
     """Where and how to reach a server name.
 
-    * ``host_header`` — value of the HTTP ``Host`` header (auth.md §5 table).
+    * ``host_header`` — value of the HTTP ``Host`` header (the spec's table).
     * ``tls_server_name`` — name the certificate is checked against and sent
       as SNI; ``None`` for IP literals (no SNI, certificate must hold the IP).
     * ``targets`` — ``(ip_or_host, port)`` pairs to try in order; host names
@@ -600,7 +602,9 @@ class DiscoveryTrail:
 
 
 class ServerResolver:
-    """Resolves server names per auth.md §5, with well-known and SRV caching.
+    """Resolves server names per
+    https://spec.matrix.org/v1.19/server-server-api/#resolving-server-names,
+    with well-known and SRV caching.
 
     ``well_known`` may be ``None`` to skip the well-known step entirely.
     One instance can be shared between clients so they share the caches.

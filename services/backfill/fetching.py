@@ -1,11 +1,12 @@
 """Fetching history and missing events from other servers.
 
-Spec: behaviours.md §2 (gap filling with get_missing_events, state at
-missing prevs via /state_ids then /state or /event, missing auth events via
-/event_auth), §3 (backfill: servers most likely to have the history, oldest
-members first, limit 100). Fetched PDUs are checked and stored by the events
-service (``InputPdus``: format, signatures in one batch, hashes, auth), one
-call per response, oldest first so each event's prevs come before it. The
+Spec: https://spec.matrix.org/v1.19/server-server-api/#backfilling-and-retrieving-missing-events
+(gap filling with get_missing_events, state at missing prevs via /state_ids
+then /state or /event, missing auth events via /event_auth; backfill from the
+servers most likely to have the history, oldest members first, limit 100).
+Fetched PDUs are checked and stored by the events service (``InputPdus``:
+format, signatures in one batch, hashes, auth), one call per response, oldest
+first so each event's prevs come before it. The
 events of a response whose prev_events are neither held nor in the response
 (its oldest ones) get the state before them from the same server
 (``/state_ids``, then ``/state`` or ``/event``), stored as outliers first and
@@ -240,7 +241,7 @@ class Fetcher:
 
         Edges are the events whose prev_events are neither in the DAG nor
         among ``pdus`` (normally the oldest one or few). For each, the state
-        before it is fetched from ``origin`` (behaviours.md §2: ``/state_ids``,
+        before it is fetched from ``origin`` (``/state_ids``,
         then ``/state`` when at least 10 % is unknown, else ``/event`` each),
         its events are stored as outliers in one call, and the edge is input
         with that state (its missing prevs become backward extremities).

@@ -1,6 +1,8 @@
 """Serving history to other servers: /backfill, /get_missing_events, /timestamp_to_event.
 
-Spec: endpoints.md §3; behaviours.md §7 (ACL) and §8 (visibility). The
+Spec: https://spec.matrix.org/v1.19/server-server-api/#backfilling-and-retrieving-missing-events,
+https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lists-acls (ACL) and
+https://spec.matrix.org/v1.19/client-server-api/#room-history-visibility (visibility). The
 requesting server must pass the room's ACL and have a joined member
 ([Synapse] does the same for backfill and get_missing_events; for
 timestamp_to_event it checks only the ACL — we also require a member, so a

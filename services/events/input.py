@@ -1,7 +1,9 @@
 """The receive pipeline: /send transactions and fetched PDU batches.
 
-Spec: rooms.md §6 (checks in order), edus.md §1 (transactions: idempotency on
-(origin, txn_id), always a per-PDU answer), §2 (m.typing), §4 (m.receipt).
+Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
+(in order), https://spec.matrix.org/v1.19/server-server-api/#transactions
+(idempotency on (origin, txn_id), always a per-PDU answer),
+#typing-notifications and #receipts of that page.
 
 Per transaction: parse; PDUs of rooms we do not know are ignored with no
 entry (as Synapse does); steps 1–3 (:mod:`services.events.pdu_checks`:
@@ -10,7 +12,8 @@ drop; content hash mismatch → continue with the redacted copy); the sender's
 server must be the origin and the room's server ACL must allow it (/send
 only). Then, per room and before its lock, the deepest PDU whose prev_events
 are neither stored nor in the transaction has its gap filled by the backfill
-service (behaviours.md §2; a PDU whose prevs stay unknown is refused). Then
+service (https://spec.matrix.org/v1.19/server-server-api/#backfilling-and-retrieving-missing-events;
+a PDU whose prevs stay unknown is refused). Then
 the rooms run in parallel, each in its own :class:`RoomBatch` (one database
 transaction, PDUs in the order given) for steps 4–6.
 
@@ -270,7 +273,7 @@ class InputPipeline:
         return results
 
     async def _fill_gap(self, room_id: str, origin: str, candidates: list[CheckedPdu]) -> None:
-        """behaviours.md §2: fetch what precedes the room's deepest PDU with unknown prevs.
+        """Fetch what precedes the room's deepest PDU with unknown prevs.
 
         Runs before the room's lock is taken, so other PDUs of the room (other
         transactions) and other rooms do not wait; bounded by

@@ -1,8 +1,9 @@
 """Events built here: room creation, events sent by local users, room aliases.
 
-Spec: behaviours.md §1.1 [Synapse] (up to 10 most recent forward extremities
-as ``prev_events``, depth = max prev depth + 1), rooms.md §3 (auth events
-selection), signing.md (hashes and signatures). Every event built here goes
+Spec: https://spec.matrix.org/v1.19/server-server-api/#auth-events-selection and
+https://spec.matrix.org/v1.19/server-server-api/#adding-hashes-and-signatures-to-outgoing-events;
+[Synapse] up to 10 most recent forward extremities as ``prev_events``, depth =
+max prev depth + 1. Every event built here goes
 through the same :class:`RoomBatch` path as received ones; anything that does
 not pass auth against the current state is refused with M_FORBIDDEN and not
 stored.

@@ -1,11 +1,13 @@
 """Reads: events (with history visibility per server), state, auth chains, rooms.
 
-Spec: behaviours.md §7 (server ACLs) and §8 (visibility of events served over
-federation [Synapse]): a server may read a room when it has a joined member
-and the ACL allows it; an event it may read is returned as is when any of its
-users could see it under ``m.room.history_visibility`` at that event
-(``world_readable``/``shared``: anyone; ``invited``: invited or joined;
-``joined``: joined; default ``shared``), otherwise redacted.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lists-acls and
+https://spec.matrix.org/v1.19/client-server-api/#room-history-visibility
+(visibility of events served over federation as Synapse does it): a server may
+read a room when it has a joined member and the ACL allows it; an event it may
+read is returned as is when any of its users could see it under
+``m.room.history_visibility`` at that event (``world_readable``/``shared``:
+anyone; ``invited``: invited or joined; ``joined``: joined; default ``shared``),
+otherwise redacted.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from services.events.state_storage import StateStore
 
 
 async def server_acl_allows(conn: asyncpg.Connection, room_id: str, server: str) -> bool:
-    """The room's current m.room.server_acl (behaviours.md §7) lets ``server`` in."""
+    """The room's current m.room.server_acl lets ``server`` in."""
     acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
     if not acl_ids:
         return True
@@ -205,7 +207,7 @@ class Reads:
     async def _auth_chain(
         conn: asyncpg.Connection, room_id: str, event_ids: Sequence[str]
     ) -> list[str]:
-        """The auth chain; in v12 rooms with the implied create event (rooms.md §2.3)."""
+        """The auth chain; in v12 rooms with the implied create event (room v12)."""
         chain = await storage.auth_chain_ids(conn, event_ids)
         rooms = await storage.get_rooms(conn, [room_id])
         room = rooms.get(room_id)

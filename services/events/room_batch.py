@@ -78,7 +78,9 @@ class RoomsCore:
 
 
 def redaction_origin(event: Event) -> str:
-    """The server an event counts as coming from for redactions (signing.md §6).
+    """The server an event counts as coming from for redactions.
+
+    Spec: https://spec.matrix.org/v1.19/rooms/v3/#handling-redactions
 
     A redaction may redact events of its own server without the ``redact``
     power level: the sender's server, or in v1/v2 rooms (auth rule 11) the
@@ -805,7 +807,9 @@ class RoomBatch:
                         todo.append(prev)
 
     async def _apply_redaction(self, redaction: Event, before: StateGroup) -> None:
-        """An accepted redaction: redact its target, or wait for it (signing.md §6).
+        """An accepted redaction: redact its target, or wait for it.
+
+        Spec: https://spec.matrix.org/v1.19/rooms/v3/#handling-redactions
 
         Applied when the redactor's power level in the state before the
         redaction reaches ``redact`` or the target comes from the redactor's

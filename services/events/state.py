@@ -1,6 +1,7 @@
 """State at events: the state before an event, resolution at merges, joined servers.
 
-Spec: state-resolution.md §1 — S(E) = resolve {S′(P) for P in prev_events};
+Spec: https://spec.matrix.org/v1.19/server-server-api/#room-state-resolution
+— S(E) = resolve {S′(P) for P in prev_events};
 with one distinct prev state that is just S′(P), so resolution (and its
 preloading) only runs at real merges. :func:`resolve_state` is pure and wants
 every event of the state sets and of their auth chains in memory: those come

@@ -4,8 +4,9 @@ A state group is ``prev_group``'s state plus its own entry rows (an entry with
 ``event_id`` NULL removes a key). Every :data:`SNAPSHOT_INTERVAL` deltas a
 group is written as a full snapshot instead, so reading any group touches at
 most that many groups (one recursive query). The state *before* each event
-and *after* each state event are groups (state-resolution.md §1); a non-state
-event shares its before-group with its prev's after-group. Groups are
+and *after* each state event are groups
+(https://spec.matrix.org/v1.19/server-server-api/#room-state-resolution);
+a non-state event shares its before-group with its prev's after-group. Groups are
 immutable, so full maps of recently used groups are kept in a bounded LRU.
 """
 

@@ -1,8 +1,10 @@
 """Remote server keys and signature verification.
 
-Spec: server-server API "Retrieving server keys" and "Validating hashes and
-signatures on received events", appendices "Checking for a signature"
-(digest: auth.md §2.3 and §3, signing.md §7, behaviours.md §6).
+Spec: https://spec.matrix.org/v1.19/server-server-api/#retrieving-server-keys,
+https://spec.matrix.org/v1.19/server-server-api/#validating-hashes-and-signatures-on-received-events,
+https://spec.matrix.org/v1.19/server-server-api/#request-authentication,
+https://spec.matrix.org/v1.19/appendices/#checking-for-a-signature and
+https://spec.matrix.org/v1.19/rooms/v5/#signing-key-validity-period.
 
 Finding a key of server S:
 
@@ -32,7 +34,7 @@ of ``fetch_burst``): ten thousand forged origins cost neither memory nor a
 flood of outbound requests. A lookup refused by the rate limit fails like a
 server that cannot be reached; the real server's next request tries again.
 
-When a key is usable (auth.md §3):
+When a key is usable:
 
 * requests: a key from ``verify_keys`` whose validity covers now;
 * events of room v5+ (``enforce_key_validity``): ``valid_until_ts`` capped at

@@ -1,4 +1,7 @@
-"""Our published signing keys (spec: "Publishing Keys", digest signing.md §7).
+"""Our published signing keys .
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#publishing-keys
+
 
 The current key is the one in the signing key file (shared by every process
 that signs, re-read when it is replaced); keys rotated out live in the

@@ -17,7 +17,8 @@ import nacl.signing
 
 from matrix_protocol.signing import decode_verify_key
 
-# Room v5+ (auth.md §3): a key counts as valid for at most 7 days after we
+# Room v5+ (https://spec.matrix.org/v1.19/rooms/v5/#signing-key-validity-period):
+# a key counts as valid for at most 7 days after we
 # learnt of it, whatever valid_until_ts it was published with.
 MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
 

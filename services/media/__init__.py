@@ -9,8 +9,8 @@ thumbnails. Content moves in chunks end to end: from the uploader into the
 store, from the store to the gateway's HTTP answer, from a remote into the
 store; no file is ever held whole in memory.
 
-Shards on: media id. Any replica serves any media (the store is shared);
-fetching one remote media is one request over every replica (an advisory lock
-per media), and a download waiting for a pending upload sees it whichever
-replica took it.
+Shards on: nothing. Calls reach the replicas round robin and any replica
+serves any media (the store is shared); fetching one remote media is one
+request over every replica (an advisory lock per media), and a download
+waiting for a pending upload sees it whichever replica took it.
 """

@@ -4,8 +4,8 @@ Shards on: destination server name. Replicas split the destinations between
 them through leases in PostgreSQL and rebalance when one dies or joins.
 
 The originating server must deliver each of its PDUs to every server in the
-room (spec/behaviours.md §1.1), one transaction in flight per destination,
-the same txn id retried until it gets a 200 (spec/edus.md §1). This package
+room, one transaction in flight per destination, the same txn id retried
+until it gets a 200 (https://spec.matrix.org/v1.19/server-server-api/#transactions). This package
 does that for every replica count, surviving crashes without losing or
 duplicating anything.
 

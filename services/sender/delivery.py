@@ -1,6 +1,7 @@
 """Delivering the queues: one worker per active destination, one transaction in flight.
 
-``PUT /_matrix/federation/v1/send/{txnId}`` (spec/edus.md §1, endpoints.md §2).
+``PUT /_matrix/federation/v1/send/{txnId}``
+(spec: https://spec.matrix.org/v1.19/server-server-api/#transactions).
 A :class:`DestinationWorker` runs for each destination whose lease this
 replica holds and which has something queued (or is waiting out its
 backoff). It takes the next transaction from storage — recorded there before

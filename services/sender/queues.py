@@ -1,6 +1,7 @@
 """Outbound EDUs: checking them and working out which destinations get each.
 
-EDU formats: spec/edus.md. Room-scoped EDUs (typing, receipts, and device or
+EDU formats: https://spec.matrix.org/v1.19/server-server-api/#edus and the sections
+of each EDU type. Room-scoped EDUs (typing, receipts, and device or
 signing-key updates given ``room_ids``) go to the servers with joined members
 in the room, asked of the events service, minus us. Typing and receipts are
 *volatile*: dropped when a destination is down for long (catch-up), and a

@@ -597,7 +597,7 @@ async def test_arbitrary_segments_and_bodies(sweep: Sweep) -> None:
     assert not problems, f"{len(problems)} bad answers:\n" + "\n".join(problems[:40])
 
 
-# Spec size limits (rooms.md §2.4) on the PDU input paths --------------------------
+# Spec size limits on the PDU input paths (https://spec.matrix.org/v1.19/client-server-api/#size-limits)
 
 
 def _oversized(sweep: Sweep, what: str) -> tuple[str, dict[str, Any]]:

@@ -5,7 +5,8 @@
   ``/event_auth/{roomId}/{eventId}``) instead of rejecting that state event.
 * After the join, the resident — a server that did not share a room with
   the joining user before — receives the user's device list
-  (``m.device_list_update`` per device, ``m.signing_key_update``) (edus.md §5).
+  (``m.device_list_update`` per device, ``m.signing_key_update``)
+  (https://spec.matrix.org/v1.19/server-server-api/#device-management).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Auth events selection (rooms.md §3)."""
+"""Auth events selection.
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#auth-events-selection
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Authorization rules v1–v12 (rooms.md §5, §5.1).
+"""Authorization rules v1–v12 (https://spec.matrix.org/v1.19/rooms/v12/#authorisation-rules and the
+same section of each older room version).
 
 The cases follow the areas Synapse's tests/test_event_auth.py covers (create
 event, auth event list, joins per join rule, invites, leaves/kicks/bans,

@@ -1,4 +1,7 @@
-"""Canonical JSON (signing.md §2) and the plain JSON helpers."""
+"""Canonical JSON and the plain JSON helpers.
+
+Spec: https://spec.matrix.org/v1.19/appendices/#canonical-json
+"""
 
 from __future__ import annotations
 
@@ -240,7 +243,7 @@ def test_decode_json_keeps_big_integers_exact() -> None:
     }
 
 
-# Base64 (signing.md §1) -----------------------------------------------------
+# Base64 (https://spec.matrix.org/v1.19/appendices/#unpadded-base64)
 
 BASE64_VECTORS = [
     (b"", ""),

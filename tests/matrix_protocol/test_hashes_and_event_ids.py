@@ -1,4 +1,7 @@
-"""Content hashes, reference hashes, event IDs and v12 room IDs (signing.md §4–§5)."""
+"""Content hashes, reference hashes, event IDs and v12 room IDs .
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#signing-events and https://spec.matrix.org/v1.19/appendices/#room-ids
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""PDU format checks (rooms.md §2, §2.4, §6 step 1)."""
+"""PDU format checks.
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#pdus,
+https://spec.matrix.org/v1.19/client-server-api/#size-limits and step 1 of
+https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Power level parsing and lookups (rooms.md §1, §4)."""
+"""Power level parsing and lookups .
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#definitions and the
+power-level formats of each room version.
+"""
 
 from __future__ import annotations
 

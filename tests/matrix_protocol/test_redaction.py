@@ -1,4 +1,7 @@
-"""The redaction algorithm per room version (signing.md §6)."""
+"""The redaction algorithm per room version .
+
+Spec: https://spec.matrix.org/v1.19/rooms/v11/#redactions and the same section of each room version.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Server ACL evaluation (behaviours.md §7)."""
+"""Server ACL evaluation.
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lists-acls
+"""
 
 from __future__ import annotations
 

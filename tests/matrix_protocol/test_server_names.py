@@ -1,4 +1,7 @@
-"""Server names and user IDs (auth.md §4, rooms.md)."""
+"""Server names and user IDs.
+
+Spec: https://spec.matrix.org/v1.19/appendices/#server-name and https://spec.matrix.org/v1.19/appendices/#user-identifiers
+"""
 
 from __future__ import annotations
 

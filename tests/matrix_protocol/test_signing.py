@@ -1,4 +1,8 @@
-"""JSON and event signing (signing.md §3–§5), incl. every spec test vector."""
+"""JSON and event signing, incl. every spec test vector.
+
+Spec: https://spec.matrix.org/v1.19/appendices/#signing-json, https://spec.matrix.org/v1.19/server-server-api/#signing-events
+and https://spec.matrix.org/v1.19/appendices/#cryptographic-test-vectors
+"""
 
 from __future__ import annotations
 
@@ -266,7 +270,7 @@ def test_verify_key_encoding() -> None:
             decode_verify_key(bad)
 
 
-# Servers that must have signed (signing.md §5) ------------------------------
+# Servers that must have signed (https://spec.matrix.org/v1.19/server-server-api/#validating-hashes-and-signatures-on-received-events)
 
 
 def _event(version: str, pdu: dict[str, Any], event_id: str = "$e:ev.example") -> Event:

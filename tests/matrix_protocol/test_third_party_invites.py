@@ -1,4 +1,7 @@
-"""Verification of a third-party invite's ``signed`` block (rooms.md §5.2)."""
+"""Verification of a third-party invite's ``signed`` block .
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#verifying-the-invite
+"""
 
 from __future__ import annotations
 

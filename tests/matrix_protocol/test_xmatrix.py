@@ -1,4 +1,7 @@
-"""The X-Matrix Authorization header and request signing (auth.md §2)."""
+"""The X-Matrix Authorization header and request signing .
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#request-authentication
+"""
 
 from __future__ import annotations
 

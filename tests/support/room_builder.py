@@ -8,7 +8,9 @@ it names). Event IDs are ``$<n>:<server>`` in v1/v2 and computed (reference
 hash) from v3 on; v12 room IDs are derived from the create event.
 
 ``auth`` / ``prev`` take events or event IDs; by default ``auth`` is selected
-from the current state (rooms.md §3) and ``prev`` is the forward extremities.
+from the current state
+(https://spec.matrix.org/v1.19/server-server-api/#auth-events-selection)
+and ``prev`` is the forward extremities.
 Timestamps come from a global counter so that identical calls in different
 builders still give distinct events.
 """

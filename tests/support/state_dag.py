@@ -5,7 +5,8 @@
 events; :class:`Graph` builds a Synapse-style scenario (nodes plus prev edges)
 on top of Synapse's starting room, computing the state before each merge with
 :func:`resolve_state` itself. The scenarios re-express the cases of Synapse's
-``tests/state/test_v2.py``; :func:`walkthrough` is state-resolution.md §6.
+``tests/state/test_v2.py``; :func:`walkthrough` is a worked example of our own, step
+by step.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class Dag:
     def add_on(
         self, state: Mapping[StateKey, str], node: Node, *, prev: Iterable[str], **kwargs: Any
     ) -> Event:
-        """Add ``node`` with auth events selected from ``state`` (rooms.md §3)."""
+        """Add ``node`` with auth events selected from ``state`` (spec:
+        https://spec.matrix.org/v1.19/server-server-api/#auth-events-selection)."""
         auth = select_auth_event_ids(
             node.type, node.sender, node.state_key, node.content, self.version, state
         )
@@ -348,7 +350,7 @@ CACHE_EDGES = [["PA", "START"], ["T1", "START"], ["T2", "START"]]
 CACHE_EDGES += [["INV1", "ZJ1", "START"], ["INV2", "ZJ2", "START"]]
 
 
-# Walk-through of state-resolution.md §6 -------------------------------------
+# A worked walk-through of v2 resolution, step by step ------------------------
 
 
 def walkthrough(version: str) -> tuple[RoomBuilder, dict[str, Event], list[dict[StateKey, str]]]:

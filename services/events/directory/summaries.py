@@ -1,6 +1,7 @@
 """Room summaries, public room filtering and pagination: pure functions.
 
-Spec: endpoints.md §5 (PublicRoomsChunk; the hierarchy's room summary adds
+Spec: https://spec.matrix.org/v1.19/server-server-api/#published-room-directory
+(PublicRoomsChunk; the hierarchy's room summary adds
 ``room_type``, ``allowed_room_ids``, ``encryption``, ``room_version`` and
 ``children_state``).
 """

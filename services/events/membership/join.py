@@ -1,8 +1,8 @@
 """Local users joining rooms other servers host.
 
-Spec: behaviours.md §4 (remote join flow: candidates, make_join with every
-supported version, template validation, send_join v2 with v1 fallback,
-processing the response); endpoints.md §4.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#joining-rooms (remote
+join flow: candidates, make_join with every supported version, template
+validation, send_join, processing the response).
 
 The send_join answer's ``state`` and ``auth_chain`` go through the checks
 every input path uses (:mod:`services.events.pdu_checks`: format, signatures
@@ -116,7 +116,7 @@ class Join(RemoteRooms):
         join: Event,
     ) -> None:
         """Auth events cited in the send_join answer but missing from it, fetched
-        from the resident (behaviours.md §4 step 6) and checked like the rest.
+        from the resident and checked like the rest.
 
         Each missing event is asked for with ``GET /event/{eventId}``; for those
         the resident will not give that way, the auth chain of an event citing

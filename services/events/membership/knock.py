@@ -1,7 +1,7 @@
 """Local users knocking on rooms other servers host.
 
-Spec: behaviours.md §4 (knocking: make_knock with the versions that allow
-it, send_knock) and endpoints.md §4 (``knock_room_state``). The knock is
+Spec: https://spec.matrix.org/v1.19/server-server-api/#knocking-rooms
+(make_knock with the versions that allow it, send_knock, ``knock_room_state``). The knock is
 recorded as an out-of-band membership with the room's stripped state.
 """
 

@@ -1,7 +1,7 @@
 """Local users leaving rooms other servers host: rejecting an invite, retracting a knock.
 
-Spec: behaviours.md §4 (leaving, rejecting and retracting through
-make_leave / send_leave) and §5; endpoints.md §4. A user in a room we are
+Spec: https://spec.matrix.org/v1.19/server-server-api/#leaving-rooms-rejecting-invites
+(leaving, rejecting and retracting through make_leave / send_leave). A user in a room we are
 in simply sends a leave event through the room's batch.
 """
 

@@ -1,6 +1,6 @@
 """Invites other servers send to local users (the ``Membership.ReceiveInvite`` side).
 
-Spec: behaviours.md §5 (receiving invites) and endpoints.md §4 (v2/v1
+Spec: https://spec.matrix.org/v1.19/server-server-api/#inviting-to-a-room (v2/v1
 invite: the event's checks, ``invite_room_state``, our countersignature).
 The invite is checked (format, content hash, the inviting server's
 signature), countersigned and recorded as an out-of-band membership of the

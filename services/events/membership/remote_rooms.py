@@ -1,8 +1,9 @@
 """Rooms other servers host: what joining, leaving, knocking and received invites share.
 
-Spec: behaviours.md §4 (remote membership flow: candidate servers, make_*
-with the supported versions, template validation, send_* with the v1
-fallback) and §5 (out-of-band memberships); endpoints.md §4.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#joining-rooms,
+#knocking-rooms, #inviting-to-a-room and #leaving-rooms-rejecting-invites
+(remote membership flow: candidate servers, make_* with the supported versions,
+template validation, send_*; out-of-band memberships).
 
 :class:`RemoteRooms` finds a room and the servers likely to be in it, runs
 the make_* / send_* handshake with one of them (:class:`TryNext` when
@@ -194,7 +195,7 @@ class RemoteRooms:
             if error.status >= 500:
                 raise TryNext(unavailable(f"{server}: {error}")) from None
             if errcode in ("M_INVALID_PARAM", "M_MISSING_PARAM"):
-                # endpoints.md §4: a 5xx for the local actor, not a pass-through.
+                # A 5xx for the local actor, not a pass-through.
                 raise unavailable(f"{server} refused our {kind}: {error}") from None
             raise MembershipError(error.status, errcode, error.error or str(error)) from None
         except FederationError as error:
@@ -242,7 +243,8 @@ class RemoteRooms:
         """invite/knock room state → stripped state; entries that fail checks are dropped.
 
         ``strict`` (room v12+ invites): a missing create event or a malformed
-        entry refuses the whole thing (endpoints.md §4).
+        entry refuses the whole thing
+        (https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2inviteroomideventid).
         """
         try:
             events = check_room_state_pdus(raw, version, room_id)

@@ -1,10 +1,11 @@
 """We host the room: send_join / send_leave / send_knock, and invites we send.
 
-Spec: endpoints.md §4 (basic checks → 400 M_INVALID_PARAM; send_join response
+Spec: https://spec.matrix.org/v1.19/server-server-api/#joining-rooms,
+#knocking-rooms and #inviting-to-a-room (basic checks → 400 M_INVALID_PARAM; send_join response
 with ``state`` before the join, ``auth_chain``, ``event`` when countersigned,
 ``members_omitted``/``servers_in_room``; send_knock's ``knock_room_state``;
-v2/v1 invite), behaviours.md §1.1 (the resident sends accepted events on to
-the room's other servers) and §5 (sending invites).
+v2/v1 invite); the resident sends accepted events on to the room's other
+servers.
 
 Received membership events go through the events service's normal path: a
 :class:`RoomBatch` checks them against their auth events, the state before

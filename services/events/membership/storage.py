@@ -3,7 +3,7 @@
 An out-of-band membership is one of a local user in a room we are not in:
 an invite a remote server sent us, a knock we made through a remote server,
 or the leave that rejected/retracted one of those. They never enter the
-room's DAG here (behaviours.md §5 [Synapse]); local consumers read them with
+room's DAG here ([Synapse]); local consumers read them with
 ``QueryInvites``.
 
 The table lives in the events schema and is created at service start (the

@@ -1,8 +1,9 @@
 """make_join / make_leave / make_knock: the resident's unsigned template events.
 
-Spec: endpoints.md §4 (errors and template fields), behaviours.md §4
-(restricted rooms, resident side), rooms.md §3 (auth events) and §5 (join,
-knock and leave rules). The template cites up to 10 of the room's forward
+Spec: https://spec.matrix.org/v1.19/server-server-api/#joining-rooms and
+#restricted-rooms (errors, template fields, restricted rooms on the resident's
+side), #auth-events-selection, and https://spec.matrix.org/v1.19/rooms/v12/#authorisation-rules
+(join, knock and leave rules). The template cites up to 10 of the room's forward
 extremities (depth = max + 1, [Synapse]) and the auth events the selection
 rules pick from the current state; it is auth-checked against the current
 state before it goes out, so a template we hand out is one we would accept.
@@ -118,7 +119,7 @@ async def restricted_join_authoriser(
     user_id: str,
     join_rules: Event,
 ) -> str:
-    """behaviours.md §4: the local user to name in ``join_authorised_via_users_server``."""
+    """The local user to name in ``join_authorised_via_users_server``."""
     known, joined = await _joined_to_any(
         conn, deps, user_id, restricted_allow_rooms(join_rules.content)
     )

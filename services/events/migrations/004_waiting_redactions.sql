@@ -1,5 +1,5 @@
--- Redactions whose target we did not hold when they were stored (signing.md
--- §6 "Redaction acceptance": a redaction is applied once we have both
+-- Redactions whose target we did not hold when they were stored
+-- (https://spec.matrix.org/v1.19/rooms/v3/#handling-redactions: a redaction is applied once we have both
 -- events). When the target arrives in the room — whatever the input kind —
 -- the room batch redacts it if any row allows it, then drops the rows: the
 -- decision is final, a redaction that may not redact it stays stored unapplied.

@@ -1,7 +1,9 @@
 """Third-party invites: the inviting side, 3pid/onbind and exchange_third_party_invite.
 
-Spec: endpoints.md (``PUT /v1/exchange_third_party_invite/{roomId}``,
-``PUT /v1/3pid/onbind``), rooms.md §5 rule 5.4.1 and §5.2, behaviours.md §5.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#third-party-invites
+(``PUT /v1/exchange_third_party_invite/{roomId}``, ``PUT /v1/3pid/onbind``,
+#verifying-the-invite) and https://spec.matrix.org/v1.19/rooms/v12/#authorisation-rules
+(the ``third_party_invite`` case of ``m.room.member``).
 
 * :meth:`ThirdParty.perform_invite` — a local user invites a 3PID: the
   identity server stores the invite (see :mod:`.identity`), then the

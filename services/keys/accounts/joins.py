@@ -1,4 +1,5 @@
-"""Device lists for the servers a local user's join brings in (edus.md §5).
+"""Device lists for the servers a local user's join brings in
+(https://spec.matrix.org/v1.19/server-server-api/#device-management).
 
 A sender MUST send ``m.device_list_update`` to every server sharing a room
 with the user whenever the list changes (``notify.py``) **and** when the user

@@ -1,5 +1,7 @@
-"""Inbound ``m.presence`` (edus.md §3), kept minimal: the latest state of each
-remote user, one row per user (``keys.remote_presence``).
+"""Inbound ``m.presence``, kept minimal: the latest state of each remote user,
+one row per user (``keys.remote_presence``).
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#presence
 
 A ``push`` entry is kept when its ``user_id`` is a user of the origin server,
 ``presence`` is ``online``, ``unavailable`` or ``offline`` and

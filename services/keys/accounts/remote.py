@@ -1,7 +1,9 @@
 """Other servers' device lists: a cache filled by ``GET /user/devices/{userId}``
 and kept current by m.device_list_update / m.signing_key_update EDUs.
 
-Spec: edus.md §5-6. An EDU replaces one device when every ``prev_id`` is
+Spec: https://spec.matrix.org/v1.19/server-server-api/#device-management
+and #end-to-end-encryption (``m.signing_key_update``).
+An EDU replaces one device when every ``prev_id`` is
 known (not above the last resync's stream_id, or an EDU we applied);
 otherwise, or when it has no ``prev_id`` at all ([Synapse]), the list is
 marked stale and resynced in the background.

@@ -1,4 +1,4 @@
-"""Inbound ``m.direct_to_device`` (edus.md §7): per-device inboxes of local devices.
+"""Inbound ``m.direct_to_device`` ("Send-to-device messaging"): per-device inboxes of local devices.
 
 An EDU is accepted when its ``sender`` is a user of the origin server, its
 ``type`` a non-empty string, its ``message_id`` a string of 1-32 code points

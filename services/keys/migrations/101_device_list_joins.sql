@@ -1,4 +1,5 @@
--- Device lists for servers a local user's join brings in (edus.md §5): the
+-- Device lists for servers a local user's join brings in 
+-- (https://spec.matrix.org/v1.19/server-server-api/#device-management): the
 -- keys process follows the events stream of local events (one replica at a
 -- time, under an advisory lock) from this durable cursor, and records the
 -- EDUs to send in the outbox in the same transaction as the cursor moves.

@@ -1,4 +1,5 @@
--- Inbound m.direct_to_device and m.presence EDUs (edus.md §3, §7).
+-- Inbound m.direct_to_device and m.presence EDUs 
+-- (https://spec.matrix.org/v1.19/server-server-api/#send-to-device-messaging, #presence).
 
 -- Per local device: the last position handed out in its to-device inbox.
 -- Bumped with a row lock held until commit, so a device's messages become

@@ -1,4 +1,5 @@
-"""Properties of state resolution (state-resolution.md §3–5): the result does
+"""Properties of state resolution (https://spec.matrix.org/v1.19/rooms/v2/#state-resolution
+and the same section of rooms v1 and v12): the result does
 not depend on the order of the state sets nor on the iteration order of the
 ``events`` mapping."""
 

@@ -1,4 +1,4 @@
-"""State resolution v1 (room version 1): state-resolution.md §5."""
+"""State resolution v1 (room version 1): https://spec.matrix.org/v1.19/rooms/v1/#state-resolution"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""State resolution v2 (room versions 2–11): state-resolution.md §2–3 and §6.
+"""State resolution v2 (room versions 2–11): https://spec.matrix.org/v1.19/rooms/v2/#state-resolution
+and the worked walk-through of :func:`tests.support.state_dag.walkthrough`.
 
 The scenarios re-express, in this project's own code, the cases of Synapse's
 ``tests/state/test_v2.py`` (ban vs power levels, join rule evasion, off-topic
@@ -80,7 +81,7 @@ def test_unconflicted_state_is_reapplied_even_if_resolution_disagrees() -> None:
     assert conflicting[zara] == graph.dag.id("ZJ2")
 
 
-# Walk-through of state-resolution.md §6 -------------------------------------
+# The worked walk-through (tests/support/state_dag.py) ----------------------
 
 
 @pytest.mark.parametrize("version", ["11", "2"])

@@ -1,4 +1,5 @@
-"""State resolution v2.1 (room version 12): state-resolution.md §4 and §6.
+"""State resolution v2.1 (room version 12): https://spec.matrix.org/v1.19/rooms/v12/#state-resolution
+and the worked walk-through of :func:`tests.support.state_dag.walkthrough`.
 
 MSC4297's "Problem A" (an empty starting map keeps a join rule change that
 v2 loses) and "Problem B" (the conflicted state subgraph keeps a power level

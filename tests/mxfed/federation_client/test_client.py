@@ -168,8 +168,9 @@ async def test_unsigned_request(pki, server, signing_key) -> None:
 
 
 async def test_spec_vector_header_via_srv(pki, server, refused_port: int) -> None:
-    """auth.md §2.4 GET vector, end to end: destination ``other.example`` (no
-    port, no well-known) resolved through SRV to the test server."""
+    """A request-signing GET vector of our own (pynacl, cross-checked with
+    signedjson), end to end: destination ``other.example`` (no port,
+    no well-known) resolved through SRV to the test server."""
     seed = decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
     key = nacl.signing.SigningKey(seed)
     dns = loopback_dns(

@@ -1,4 +1,5 @@
-"""Server discovery (auth.md §5), well-known caching, SRV handling and the IP policy."""
+"""Server discovery (https://spec.matrix.org/v1.19/server-server-api/#resolving-server-names),
+well-known caching, SRV handling and the IP policy."""
 
 from __future__ import annotations
 

@@ -271,7 +271,10 @@ async def test_history_with_state_before_fills_a_gap_and_moves_the_head(
 async def test_fetched_history_may_exceed_20_prev_events_but_not_the_size_limit(
     events: EventsService, remote: RemoteServer
 ) -> None:
-    """endpoints.md §3: backfilled events are not refused for the 20/10 limits; rooms.md §2.4."""
+    """Backfilled events are not refused for the 20/10 limits.
+
+    Spec: https://spec.matrix.org/v1.19/client-server-api/#size-limits
+    """
     room = await _joined(events, remote, 2)
     latest = room.order[-1]
     prevs = [latest] + [f"$missing{i}" for i in range(24)]

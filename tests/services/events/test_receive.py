@@ -1,4 +1,8 @@
-"""Receiving PDUs (rooms.md §6) and transactions (edus.md §1) through InputTransaction."""
+"""Receiving PDUs and transactions through InputTransaction.
+
+Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu and
+https://spec.matrix.org/v1.19/server-server-api/#transactions
+"""
 
 from __future__ import annotations
 

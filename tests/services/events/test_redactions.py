@@ -1,4 +1,5 @@
-"""Redactions in either order (signing.md §6 "Redaction acceptance").
+"""Redactions in either order
+(https://spec.matrix.org/v1.19/rooms/v3/#handling-redactions).
 
 A redaction is applied once both events are held and the redactor either had
 the ``redact`` power level in the state before the redaction or is of the

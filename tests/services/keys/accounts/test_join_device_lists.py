@@ -1,4 +1,5 @@
-"""Device lists sent when a local user's join brings in new servers (edus.md §5):
+"""Device lists sent when a local user's join brings in new servers
+(https://spec.matrix.org/v1.19/server-server-api/#device-management):
 the keys process follows the events stream from a durable cursor under an
 advisory lock, records joins in an outbox in the cursor's transaction, and
 hands one m.device_list_update per device (plus m.signing_key_update) to the
