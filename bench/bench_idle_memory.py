@@ -1,4 +1,8 @@
-"""Resident memory of a whole idle mxfed (supervisor, four services, gateway). Not a test.
+"""Resident memory and idle CPU of a whole idle mxfed (supervisor, every part). Not a test.
+
+Per part: RSS, and the CPU it spends idle over a 10 s window (background
+loops, heartbeats, leases). The Kubernetes resource requests in
+deploy/kubernetes/ are sized from these numbers.
 
 Measured twice: on the first start (which also generates the TLS pair, so the
 gateway has the crypto library loaded) and after a restart on the same data
@@ -22,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.databases import create_database, drop_database  # noqa: E402
 from tests.support.mxfed_process import MxfedProcess  # noqa: E402
 
+IDLE_WINDOW = 10.0  # seconds over which idle CPU is measured
+
 
 def main() -> None:
     database_url = asyncio.run(create_database("mxfed_bench"))
@@ -36,11 +42,18 @@ def main() -> None:
                     supervisor = psutil.Process(mxfed.process.pid)
                     total = 0
                     print(f"{label}:")
-                    for process in [supervisor, *supervisor.children(recursive=True)]:
+                    processes = [supervisor, *supervisor.children(recursive=True)]
+                    cpu_before = [sum(p.cpu_times()[:2]) for p in processes]
+                    time.sleep(IDLE_WINDOW)
+                    for process, before in zip(processes, cpu_before, strict=True):
                         rss = process.memory_info().rss
+                        idle_cpu = (sum(process.cpu_times()[:2]) - before) / IDLE_WINDOW
                         total += rss
                         name = " ".join(process.cmdline()[-2:])
-                        print(f"  {name:32s} {rss / 2**20:7.1f} MiB")
+                        print(
+                            f"  {name:32s} {rss / 2**20:7.1f} MiB"
+                            f"  idle CPU {idle_cpu * 1000:5.1f} millicores"
+                        )
                     print(f"  whole stack idle: {total / 2**20:.0f} MiB RSS (target <= 400 MiB)")
                 finally:
                     mxfed.stop()

@@ -315,6 +315,11 @@ class Config(BaseSettings):
     media_metrics_listen: ListenAddress = "127.0.0.1:9105"
     """The media service's Prometheus metrics."""
 
+    health_listen: ListenAddress | None = None
+    """A plaintext gRPC port that serves only the standard health protocol of a process
+    running one service (`mxfed run --service NAME`), for probes that cannot do mutual TLS:
+    Kubernetes gRPC probes, grpc_health_probe in compose. Unset: no such port."""
+
     keys_address: ServiceAddress | None = None
     """Where other processes reach the keys service (a gRPC target such as host:port or
     dns:///keys:50051; default: its listen address)."""

@@ -153,6 +153,7 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         raise listen_failure(exc, config.metrics_address(name), f"{name}_metrics_listen") from None
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    probe_server = _health_only_server(config, health)
     context = ServiceContext(
         name=name,
         config=config,
@@ -163,6 +164,8 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         setup = importlib.import_module(f"services.{name}.server").setup
         await setup(context)
         await server.start()
+        if probe_server is not None:
+            await probe_server.start()
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         await health.set(f"mxfed.{name}.v1", health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -183,8 +186,32 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         await health.enter_graceful_shutdown()
         await server.stop(grace=5)
     finally:
+        if probe_server is not None:
+            await probe_server.stop(grace=None)
         await context.close()
     log.info("service stopped")
+
+
+def _health_only_server(config: Config, health: HealthServicer) -> grpc.aio.Server | None:
+    """The plaintext health-only port (``health_listen``) for probes that cannot do mutual
+    TLS; it shares the service's health state and serves nothing else."""
+    if not config.health_listen:
+        return None
+    try:
+        bind_tcp(config.health_listen, reuse_port=config.listen_reuse_port).close()
+    except OSError as exc:
+        raise listen_failure(exc, config.health_listen, "health_listen") from None
+    probe_server = grpc.aio.server(options=[("grpc.so_reuseport", int(config.listen_reuse_port))])
+    health_pb2_grpc.add_HealthServicer_to_server(health, probe_server)
+    try:
+        bound = probe_server.add_insecure_port(config.health_listen)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise StartupError(
+            f"cannot listen on {config.health_listen} (health_listen)", "check health_listen"
+        )
+    return probe_server
 
 
 def _bind_grpc(server: grpc.aio.Server, config: Config, name: str, listen: str) -> int:

@@ -96,6 +96,13 @@ class Supervisor:
     async def prepare(self) -> None:
         """What every part shares; a :class:`StartupError` when something is wrong with it."""
         config = self.config
+        services = [part for part in config.run if part != "gateway"]
+        if config.health_listen and len(services) > 1:
+            raise StartupError(
+                f"health_listen ({config.health_listen}) serves one service, "
+                f"and this run starts {len(services)}",
+                "unset health_listen, or set it per part with `mxfed run --service NAME`",
+            )
         try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

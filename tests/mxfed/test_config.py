@@ -83,6 +83,7 @@ BAD_VALUES: dict[str, str] = {
     "sender_address": "sender",
     "backfill_address": "ipv4:1.2.3.4",
     "media_address": "unix:",
+    "health_listen": "health",
     "listen_reuse_port": "maybe",
     "run": "keys,nonsense",
     "log_level": "LOUD",
