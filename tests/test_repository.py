@@ -6,6 +6,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import compose
 
@@ -63,6 +64,73 @@ def test_compose_mounts_secrets_only_where_they_are_used() -> None:
         ] == [(f"/internal/part-{part}", f"part-{part}", True)]
         assert services[part]["environment"].get("MXFED_INTERNAL_TLS", "true") != "false"
     assert mounts("init")["/internal"]["source"] == "internal-tls"
+    # The federation TLS pair: only where TLS is served (the gateway and the proxy).
+    holders = {name for name in services if "/federation-tls" in mounts(name)}
+    assert holders == {"gateway", "federation", "init"}
+
+
+def _compose_json() -> dict:
+    binary = Path(compose.__file__).parent / "docker-compose"
+    result = subprocess.run(
+        [str(binary), "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+def test_compose_database_password_is_a_secret_given_only_to_database_users() -> None:
+    project = _compose_json()
+    services = project["services"]
+    assert project["secrets"]["postgres_password"]["file"].endswith("/secrets/postgres-password")
+    users = {name for name, service in services.items() if service.get("secrets")}
+    assert users == {"postgres", "keys", "events", "sender", "backfill", "media"}
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            assert "PASSWORD=" not in f"{key}={value}", (name, key)
+            if key == "DATABASE_URL":
+                assert urlsplit(value).password is None, (name, value)
+    for name in users - {"postgres"}:
+        environment = services[name]["environment"]
+        assert environment["MXFED_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == (
+        "/run/secrets/postgres_password"
+    )
+
+
+def test_compose_scales_gateways_behind_one_published_port() -> None:
+    services = _compose_json()["services"]
+    published = {
+        name: [port["published"] for port in service.get("ports", [])]
+        for name, service in services.items()
+        if service.get("ports")
+    }
+    # Only the proxy publishes a port, so `--scale gateway=N` never collides on 8448.
+    assert published == {"federation": ["8448"]}
+    proxy = services["federation"]
+    assert proxy["environment"]["GATEWAY_HOST"] == "gateway"
+    config_mount = next(v for v in proxy["volumes"] if v["target"].endswith("haproxy.cfg"))
+    assert Path(config_mount["source"]) == REPO_ROOT / "deploy" / "compose" / "haproxy.cfg"
+    haproxy = (REPO_ROOT / "deploy" / "compose" / "haproxy.cfg").read_text()
+    # Each origin to one replica: the per-origin limits live in each gateway's memory.
+    assert "balance hdr(X-Mxfed-Origin)" in haproxy
+    assert "server-template gateway 16" in haproxy
+
+
+def test_compose_healthchecks_are_cheap_for_every_part() -> None:
+    services = _compose_json()["services"]
+    for part in PART_NAMES:
+        test = services[part]["healthcheck"]["test"]
+        # A small binary per probe, never a Python start.
+        assert test[0] == "CMD" and test[1] in ("grpc_health_probe", "curl"), (part, test)
+        assert not any("python" in word or word == "mxfed" for word in test), (part, test)
+    for part in ("keys", "events", "sender", "backfill", "media"):
+        environment = services[part]["environment"]
+        assert (
+            f"-addr={environment['MXFED_HEALTH_LISTEN']}" in services[part]["healthcheck"]["test"]
+        )
 
 
 def test_committed_grpc_stubs_are_up_to_date() -> None:
