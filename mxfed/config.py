@@ -394,6 +394,10 @@ class Config(BaseSettings):
     federation_connect_timeout: float = Field(default=10.0, gt=0)
     """Seconds an outbound connection may take to open."""
 
+    policy_server_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a room's policy server may take to sign an event (``POST /_matrix/policy/v1/sign``);
+    past it the policy server counts as unavailable (README: policy servers)."""
+
     trusted_key_servers: Annotated[
         list[TrustedKeyServer], NoDecode, BeforeValidator(_yaml_value)
     ] = Field(default_factory=list)

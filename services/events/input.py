@@ -14,8 +14,10 @@ only). Then, per room and before its lock, the deepest PDU whose prev_events
 are neither stored nor in the transaction has its gap filled by the backfill
 service (https://spec.matrix.org/v1.19/server-server-api/#backfilling-and-retrieving-missing-events;
 a PDU whose prevs stay unknown is refused). Then
+in a room whose current state names a policy server, events without its
+valid signature get one asked for (:mod:`services.events.policy`). Then
 the rooms run in parallel, each in its own :class:`RoomBatch` (one database
-transaction, PDUs in the order given) for steps 4–6.
+transaction, PDUs in the order given) for steps 4–7.
 
 Fetched batches (``InputPdus``) go through the same checks and into the
 room's batch as their :class:`InputKind` says.
@@ -51,6 +53,7 @@ from services.events.pdu_checks import (
     check_format,
     check_signatures_and_hashes,
 )
+from services.events.policy import PolicyServers
 from services.events.reads import server_acl_allows
 from services.events.room_batch import RoomBatch, RoomsCore, auth_order
 from services.events.storage import Status
@@ -176,10 +179,14 @@ class InputPipeline:
         keys: keys_pb2_grpc.KeysStub,
         clock: StageClock | None = None,
         backfill: backfill_pb2_grpc.BackfillStub | None = None,
+        policy: PolicyServers | None = None,
     ) -> None:
         self.pool = pool
         self.core = core
         self.keys = keys
+        # Asks rooms' policy servers for the signatures received events lack;
+        # None: never asks (the batch still soft-fails unsigned events).
+        self.policy = policy
         # Gap filling for /send (PerformFetchMissingEvents); None: no gap filling.
         self.backfill = backfill
         self.clock = clock or StageClock()
@@ -264,6 +271,7 @@ class InputPipeline:
             await asyncio.gather(
                 *(self._fill_gap(room_id, origin, room) for room_id, room in valid.items())
             )
+        await self._sign_received(valid)
         outcomes = await asyncio.gather(
             *(self._input_room(room_id, room, InputKind.NEW) for room_id, room in valid.items())
         )
@@ -271,6 +279,16 @@ class InputPipeline:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)
         return results
+
+    async def _sign_received(self, by_room: Mapping[str, Sequence[CheckedPdu]]) -> None:
+        """Step 7's "ask for a new signature", before each room's lock (:mod:`.policy`)."""
+        if self.policy is None:
+            return
+        policy = self.policy
+        async with self.clock.stage("policy_server"):
+            await asyncio.gather(
+                *(policy.sign_received(room_id, room) for room_id, room in by_room.items())
+            )
 
     async def _fill_gap(self, room_id: str, origin: str, candidates: list[CheckedPdu]) -> None:
         """Fetch what precedes the room's deepest PDU with unknown prevs.
@@ -394,6 +412,8 @@ class InputPipeline:
         metrics.PDUS_RECEIVED.labels("bad_format").inc(checked.malformed)
         outcomes = checked.settled
         valid = checked.valid
+        if kind in (InputKind.NEW, InputKind.GAP_FILL):
+            await self._sign_received({room_id: valid})
         if kind is InputKind.OUTLIER:
             valid = auth_order(valid)
         elif kind is InputKind.BACKFILL:

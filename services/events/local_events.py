@@ -7,6 +7,14 @@ max prev depth + 1. Every event built here goes
 through the same :class:`RoomBatch` path as received ones; anything that does
 not pass auth against the current state is refused with M_FORBIDDEN and not
 stored.
+
+In a room that uses a policy server
+(https://spec.matrix.org/v1.19/server-server-api/#asking-for-a-policy-server-signature-on-an-event)
+an event is built on the room's head, then the room's lock is let go while
+the policy server is asked to sign it (:mod:`services.events.policy`), and
+the signed event is stored in a second transaction; a refusal or an
+unavailable policy server reaches the caller as a typed error and nothing is
+stored or sent.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from matrix_protocol.event_ids import room_id_from_create_event
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import compute_reference_hash
 from matrix_protocol.pdu_format import PduFormatError, PduTooLarge, check_pdu_format
+from matrix_protocol.policy_servers import PolicyServer, needs_policy_signature
 from matrix_protocol.room_versions import (
     DEFAULT_ROOM_VERSION,
     EventFormat,
@@ -38,6 +47,7 @@ from matrix_protocol.signing import sign_event
 from mxfed.identity_files import ServerSigningKey
 from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound
 from services.events import metrics, storage
+from services.events.policy import PolicyServers, PolicyServerUnavailable
 from services.events.room_batch import RoomBatch, RoomsCore
 from services.events.storage import Status
 
@@ -97,11 +107,13 @@ class LocalEvents:
         pool: asyncpg.Pool,
         core: RoomsCore,
         signing_key: Callable[[], ServerSigningKey],
+        policy: PolicyServers | None = None,
     ) -> None:
         self.pool = pool
         self.core = core
         self.server_name = core.server_name
         self.signing_key = signing_key
+        self.policy = policy
 
     def _require_local_user(self, user_id: str) -> None:
         if not is_valid_user_id(user_id) or user_id.split(":", 1)[1] != self.server_name:
@@ -185,11 +197,39 @@ class LocalEvents:
         event, pdu = self.build(
             batch, batch.room_id, event_type, sender, state_key, content, redacts
         )
-        outcome = await batch.add_local(event, pdu)
+        return await self._store(batch, event, pdu)
+
+    async def _store(
+        self,
+        batch: RoomBatch,
+        event: Event,
+        pdu: Mapping[str, Any],
+        policy_signed_by: PolicyServer | None = None,
+    ) -> Event:
+        outcome = await batch.add_local(event, pdu, policy_signed_by=policy_signed_by)
         if outcome.status is not Status.ACCEPTED:
             raise Forbidden(outcome.error or "not allowed")
-        metrics.LOCAL_EVENTS.labels(event_type).inc()
+        metrics.LOCAL_EVENTS.labels(event.type).inc()
         return event
+
+    # ------------------------------------------------------------ policy servers
+
+    async def policy_server_for(self, batch: RoomBatch, event: Event) -> PolicyServer | None:
+        """The policy server whose signature ``event`` needs before it is stored, if any."""
+        if not needs_policy_signature(event.type, event.state_key):
+            return None
+        return await batch.policy_server()
+
+    async def policy_sign(
+        self, policy: PolicyServer, event: Event, pdu: dict[str, Any]
+    ) -> tuple[Event, dict[str, Any]]:
+        """``event`` signed by the room's policy server (call without holding the room's lock).
+
+        Raises the policy server's refusal or unavailability as typed errors.
+        """
+        if self.policy is None:
+            raise PolicyServerUnavailable("this process cannot reach policy servers")
+        return await self.policy.sign(policy, event, pdu)
 
     # ------------------------------------------------------------ rooms
 
@@ -298,23 +338,45 @@ class LocalEvents:
             redacts = content.get("redacts", "") if isinstance(content.get("redacts"), str) else ""
             if not redacts:
                 raise BadRequest("a redaction needs 'redacts'")
-        async with self.pool.acquire() as conn, conn.transaction():
-            batch = RoomBatch(self.core, conn, room_id)
-            if not await batch.open(1):
-                raise NotFound(f"unknown room {room_id}")
-            if txn_id:
-                done = await storage.local_transaction(conn, sender, txn_id)
-                if done is not None:
-                    return done["event_id"], done["stream_position"]
-            event = await self._add(batch, event_type, sender, state_key, content, redacts or None)
-            await batch.write()
-            position = batch.positions.get(event.event_id, 0)
-            if txn_id:
-                await storage.store_local_transaction(
-                    conn, sender, txn_id, event.event_id, position
-                )
-        batch.committed()
-        return event.event_id, position
+        # Built on the room's head; in a room that uses a policy server the
+        # transaction ends without writing, the policy server signs (the
+        # room's lock let go meanwhile), and a second one stores the signed event.
+        signed: tuple[Event, dict[str, Any], PolicyServer] | None = None
+        while True:
+            to_sign: tuple[Event, dict[str, Any], PolicyServer] | None = None
+            async with self.pool.acquire() as conn, conn.transaction():
+                batch = RoomBatch(self.core, conn, room_id)
+                if not await batch.open(1):
+                    raise NotFound(f"unknown room {room_id}")
+                if txn_id:
+                    done = await storage.local_transaction(conn, sender, txn_id)
+                    if done is not None:
+                        return done["event_id"], done["stream_position"]
+                if signed is None:
+                    event, pdu = self.build(
+                        batch, room_id, event_type, sender, state_key, content, redacts or None
+                    )
+                    policy = await self.policy_server_for(batch, event)
+                    if policy is not None:
+                        to_sign = (event, pdu, policy)
+                    else:
+                        await self._store(batch, event, pdu)
+                else:
+                    event, pdu, policy = signed
+                    await self._store(batch, event, pdu, policy)
+                if to_sign is None:
+                    await batch.write()
+                    position = batch.positions.get(event.event_id, 0)
+                    if txn_id:
+                        await storage.store_local_transaction(
+                            conn, sender, txn_id, event.event_id, position
+                        )
+            if to_sign is None:
+                batch.committed()
+                return event.event_id, position
+            event, pdu, policy = to_sign
+            event, pdu = await self.policy_sign(policy, event, pdu)
+            signed = (event, pdu, policy)
 
     # ------------------------------------------------------------ aliases
 

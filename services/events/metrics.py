@@ -27,3 +27,8 @@ STREAM_SUBSCRIBERS_LAGGING = Counter(
     "mxfed_events_stream_subscribers_lagging_total",
     "Times a stream subscriber fell behind and went back to database replay",
 )
+POLICY_ASKS = Counter(
+    "mxfed_events_policy_server_asks_total",
+    "Signatures asked of rooms' policy servers (POST /_matrix/policy/v1/sign), by result",
+    ["result"],
+)

@@ -36,6 +36,10 @@ class Reason(enum.Enum):
     STATE_BEFORE_DISALLOWS = "state_before_disallows"
     # Soft failed (step 6): the room's current state no longer allows it.
     CURRENT_STATE_DISALLOWS = "current_state_disallows"
+    # Soft failed (step 7): the room uses a policy server and the event lacks
+    # its valid signature (ours: refused, never sent).
+    POLICY_SIGNATURE_MISSING = "policy_signature_missing"
+    POLICY_SIGNATURE_INVALID = "policy_signature_invalid"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from matrix_protocol.event_ids import compute_event_id
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import content_hash_matches
 from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
+from matrix_protocol.policy_servers import PolicyServer
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion
 from matrix_protocol.signing import signatures_required_for_event
@@ -54,6 +55,9 @@ class CheckedPdu:
     redacted: bool = False
     refusal: Reason | None = None
     error: str = ""
+    # The policy server whose valid signature it was found to carry (or got)
+    # before its batch: the batch need not verify it again.
+    policy_signed_by: PolicyServer | None = None
 
     def refuse(self, reason: Reason, error: str) -> None:
         """Drop it for ``reason`` (the first reason found is kept)."""

@@ -1,9 +1,11 @@
 """The one persistence path for events of a room, received or built here.
 
 Spec: https://spec.matrix.org/v1.19/server-server-api/#checks-performed-on-receipt-of-a-pdu
-steps 4–6 (auth against the event's own auth events → reject; against the
-state before it → reject; against the current state → soft fail) and
-"Rejection" / "Soft failure"; the state before an event is resolved from its
+steps 4–7 (auth against the event's own auth events → reject; against the
+state before it → reject; against the current state → soft fail; in a room
+whose current state names a policy server, its valid signature → else soft
+fail, https://spec.matrix.org/v1.19/server-server-api/#validating-policy-server-signatures)
+and "Rejection" / "Soft failure"; the state before an event is resolved from its
 prev_events (https://spec.matrix.org/v1.19/rooms/v2/#state-resolution).
 
 A :class:`RoomBatch` is one room inside one database transaction: it takes
@@ -20,6 +22,7 @@ Each way an event enters the room is a named case, one method each:
 
 ===================  ==========  ====================  ===============  ========
 method               soft fail   state before          forward extrem.  streamed
+                     (6 and 7)
 ===================  ==========  ====================  ===============  ========
 ``add_live``         yes         from prev_events      advances         yes
 ``add_gap_fill``     yes         prevs, else given     if latest        yes
@@ -49,6 +52,14 @@ from matrix_protocol.auth_events import auth_types_for_event
 from matrix_protocol.auth_rules import AuthError, check_auth_events_structure, check_auth_rules
 from matrix_protocol.canonical_json import encode_json
 from matrix_protocol.events import Event, StateKey
+from matrix_protocol.policy_servers import (
+    POLICY_SERVER_KEY_ID,
+    POLICY_STATE_KEY,
+    PolicyServer,
+    has_valid_policy_signature,
+    needs_policy_signature,
+    policy_server_from_content,
+)
 from matrix_protocol.power_levels import named_power_level, user_power_level
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, room_version
@@ -418,9 +429,21 @@ class RoomBatch:
         """
         return await self._add(checked, _BACKFILL, state_before)
 
-    async def add_local(self, event: Event, pdu: Mapping[str, Any]) -> Outcome:
-        """An event built and signed here: stored only when accepted (else refused)."""
-        return await self._add(CheckedPdu.built_here(event, dict(pdu)), _LOCAL)
+    async def add_local(
+        self,
+        event: Event,
+        pdu: Mapping[str, Any],
+        *,
+        policy_signed_by: PolicyServer | None = None,
+    ) -> Outcome:
+        """An event built and signed here: stored only when accepted (else refused).
+
+        In a room that uses a policy server it must carry its signature
+        (:meth:`policy_server`; ``policy_signed_by``: already verified).
+        """
+        checked = CheckedPdu.built_here(event, dict(pdu))
+        checked.policy_signed_by = policy_signed_by
+        return await self._add(checked, _LOCAL)
 
     async def add_join(self, join: CheckedPdu, state_before: Sequence[str]) -> Outcome:
         """Our join to a room another server hosts, with the state before it as that server gave it.
@@ -463,7 +486,7 @@ class RoomBatch:
         placement = await self._place(event, case, state_before)
         if isinstance(placement, Outcome):
             return placement
-        status, reason, error = await self._judge(event, placement, case)
+        status, reason, error = await self._judge(event, placement, case, checked)
         if case.stored_only_if_accepted and status is not Status.ACCEPTED:
             assert reason is not None
             return Outcome.refused(event_id, reason, error)
@@ -530,9 +553,9 @@ class RoomBatch:
         return _Placement(before, cited, state_given=True)
 
     async def _judge(
-        self, event: Event, placement: _Placement, case: _Case
+        self, event: Event, placement: _Placement, case: _Case, checked: CheckedPdu
     ) -> tuple[Status, Reason | None, str]:
-        """Steps 4–6: accepted, rejected or soft-failed, and why."""
+        """Steps 4–7: accepted, rejected or soft-failed, and why."""
         auth_events = [placement.cited[a] for a in event.auth_event_ids]
         failure = self._check_own_auth_events(event, auth_events)
         if failure is not None:
@@ -548,7 +571,54 @@ class RoomBatch:
                     Reason.CURRENT_STATE_DISALLOWS,
                     f"not allowed by the room's current state: {failure}",
                 )
+            unsigned = await self._policy_failure(checked)
+            if unsigned is not None:
+                return Status.SOFT_FAILED, unsigned[0], unsigned[1]
         return Status.ACCEPTED, None, ""
+
+    async def policy_server(self) -> PolicyServer | None:
+        """The policy server the room uses by its current state, if any.
+
+        Spec: "Determining if a Policy Server is enabled in a room": a valid
+        ``m.room.policy`` (empty state key) in the current state whose
+        ``via`` server has a joined member there. NOTSPEC: one naming this
+        server counts as none (we are not a policy server), as in Synapse.
+        """
+        if self.current is None:
+            return None
+        policy_id = self.current.state.get(POLICY_STATE_KEY)
+        if policy_id is None:
+            return None
+        stored = (await self.events([policy_id])).get(policy_id)
+        if stored is None:
+            return None
+        policy = policy_server_from_content(stored.event.content)
+        if policy is None or policy.via == self.core.server_name:
+            return None
+        _, servers = await self.core.resolver.joined(self.conn, self.current, self)
+        return policy if policy.via in servers else None
+
+    async def _policy_failure(self, checked: CheckedPdu) -> tuple[Reason, str] | None:
+        """Step 7: why the room's policy server has not recommended the event, or None."""
+        event = checked.event
+        if not needs_policy_signature(event.type, event.state_key):
+            return None
+        policy = await self.policy_server()
+        if policy is None or checked.policy_signed_by == policy:
+            return None
+        if has_valid_policy_signature(event, policy):
+            return None
+        signatures = event.pdu.get("signatures")
+        by_server = signatures.get(policy.via) if isinstance(signatures, Mapping) else None
+        if isinstance(by_server, Mapping) and POLICY_SERVER_KEY_ID in by_server:
+            return (
+                Reason.POLICY_SIGNATURE_INVALID,
+                f"the signature of the room's policy server {policy.via} does not verify",
+            )
+        return (
+            Reason.POLICY_SIGNATURE_MISSING,
+            f"not signed by the room's policy server {policy.via}",
+        )
 
     async def _record(
         self,

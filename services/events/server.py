@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.backfill.v1 import backfill_pb2_grpc
 from mxfed_api.events.v1 import events_pb2_grpc
@@ -12,6 +13,7 @@ from services.events.history.servicer import add_history_servicer
 from services.events.input import InputPipeline
 from services.events.local_events import LocalEvents
 from services.events.membership.servicer import setup_membership
+from services.events.policy import PolicyServers
 from services.events.reads import Reads
 from services.events.room_batch import RoomsCore
 from services.events.servicer import EventsServicer
@@ -37,8 +39,13 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     core = build_core(context)
     keys = keys_pb2_grpc.KeysStub(context.channel("keys"))
     backfill = backfill_pb2_grpc.BackfillStub(context.channel("backfill"))
-    pipeline = InputPipeline(context.pool, core, keys, backfill=backfill)
-    local = LocalEvents(context.pool, core, context.signing_key)
+    client = federation_client_from_config(context.config)
+    context.on_stop(client.close)
+    policy = PolicyServers(
+        context.pool, core.server_name, client, context.config.policy_server_timeout
+    )
+    pipeline = InputPipeline(context.pool, core, keys, backfill=backfill, policy=policy)
+    local = LocalEvents(context.pool, core, context.signing_key, policy)
     reads = Reads(context.pool, core.state_store, core.server_name)
     hub = StreamHub(context.pool, core.server_name)
     context.spawn(hub.run(), name="events-stream-hub")

@@ -96,3 +96,11 @@ async def test_well_known(keys_service, gateway) -> None:
     finally:
         await delegated.http.aclose()
         await clients.close()
+
+
+async def test_we_are_not_a_policy_server(gateway) -> None:
+    """Spec "Policy Servers": /_matrix/policy/v1/sign is optional; we answer as for any
+    unsupported endpoint, 404 M_UNRECOGNIZED."""
+    response = await gateway.http.post("/_matrix/policy/v1/sign", json={"type": "m.room.message"})
+    assert response.status_code == 404
+    assert response.json()["errcode"] == "M_UNRECOGNIZED"

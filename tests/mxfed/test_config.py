@@ -99,6 +99,7 @@ BAD_VALUES: dict[str, str] = {
     "federation_allowed_ip_ranges": "127.0.0.1/8",
     "federation_request_timeout": "0",
     "federation_connect_timeout": "soon",
+    "policy_server_timeout": "0",
     "trusted_key_servers": '[{"server_name": "matrix.org", "verify_keys": {"bad": "x"}}]',
     "key_valid_for_ms": "1000",
     "sender_min_retry_interval": "0",

@@ -95,3 +95,8 @@ def add_signature(
     result = dict(pdu)
     result["signatures"] = signed["signatures"]
     return result
+
+
+def with_our_signatures(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> dict[str, Any]:
+    """An invitee's countersigned signatures with ours (our server's, the policy server's) kept."""
+    return {**theirs, **ours}

@@ -32,6 +32,11 @@ from matrix_protocol.membership import (
     forbidden,
     invalid,
 )
+from matrix_protocol.policy_servers import (
+    PolicyServer,
+    has_valid_policy_signature,
+    needs_policy_signature,
+)
 from matrix_protocol.room_summary import Member, heroes, room_is_named
 from matrix_protocol.room_versions import EventFormat
 from matrix_protocol.server_names import is_valid_user_id, server_name_of
@@ -52,6 +57,7 @@ from services.events.membership.common import (
     json_list,
     pdu_json_of,
     room_head,
+    with_our_signatures,
 )
 from services.events.membership.templates import (
     auth_check_against_state,
@@ -125,10 +131,38 @@ class Resident:
         if countersign:
             pdu = add_signature(pdu, version, deps.signing_key(), self.server_name)
             event = Event(pdu, version, event_id)
-        await self._persist(room_id, event, pdu, origin)
+        event, pdu, policy = await self._policy_signature(room_id, event, pdu)
+        await self._persist(room_id, event, pdu, origin, policy)
         return head, event, countersign
 
-    async def _persist(self, room_id: str, event: Event, pdu: dict[str, Any], origin: str) -> bool:
+    async def _policy_signature(
+        self, room_id: str, event: Event, pdu: dict[str, Any]
+    ) -> tuple[Event, dict[str, Any], PolicyServer | None]:
+        """The event with the room's policy server's signature, asked for if it lacks one.
+
+        MSC4284 (https://github.com/matrix-org/matrix-spec-proposals/blob/main/proposals/4284-policy-servers.md):
+        the policy server may decline to sign a membership event given to
+        send_join/leave/knock, and the request then fails (its errcode, verbatim).
+        """
+        policy_servers = self.deps.local.policy
+        if policy_servers is None or not needs_policy_signature(event.type, event.state_key):
+            return event, pdu, None
+        async with self.deps.pool.acquire() as conn:
+            policy = await policy_servers.for_room(conn, room_id)
+        if policy is None:
+            return event, pdu, None
+        if not has_valid_policy_signature(event, policy):
+            event, pdu = await policy_servers.sign(policy, event, pdu)
+        return event, pdu, policy
+
+    async def _persist(
+        self,
+        room_id: str,
+        event: Event,
+        pdu: dict[str, Any],
+        origin: str,
+        policy: PolicyServer | None = None,
+    ) -> bool:
         """Through the normal checks; False when it was stored already (a retry).
 
         The event is marked as relayed for ``origin``: the sender service then
@@ -139,7 +173,8 @@ class Resident:
             if not await batch.open(1):
                 raise not_found()
             await batch.prefetch([event])
-            outcome = await batch.add_live(CheckedPdu(event, pdu), relayed_for=origin)
+            checked = CheckedPdu(event, pdu, policy_signed_by=policy)
+            outcome = await batch.add_live(checked, relayed_for=origin)
             if outcome.already_stored:
                 return False
             if outcome.status is None:
@@ -253,8 +288,12 @@ class Resident:
                 raise not_found()
             await auth_check_against_state(conn, head, event)
             invite_state = await self.room_state_pdus(conn, room_id)
+            policy = await deps.local.policy_server_for(batch, event)
         version = head.version
-        # 2. Ask the invitee's server to countersign.
+        # 2. The room's policy server signs first (a refused invite never leaves us),
+        # then the invitee's server countersigns.
+        if policy is not None:
+            event, pdu = await deps.local.policy_sign(policy, event, pdu)
         returned = await self._send_invite(
             server_name_of(target), room_id, event, pdu, invite_state
         )
@@ -272,7 +311,7 @@ class Resident:
         if not same or not isinstance(theirs, dict) or theirs.get(self.server_name) != ours:
             raise MembershipError(502, "M_UNKNOWN", "the invitee's server changed the invite")
         final = dict(pdu)
-        final["signatures"] = {**theirs, self.server_name: ours}
+        final["signatures"] = with_our_signatures(theirs, pdu["signatures"])
         final_event = Event(final, version, event.event_id)
         errors = await verify_signatures(deps.keys, [(final_event, [server_name_of(target)])])
         if errors[0] is not None:
@@ -283,7 +322,7 @@ class Resident:
             if not await batch.open(1):
                 raise not_found()
             await batch.prefetch([final_event])
-            outcome = await batch.add_local(final_event, final)
+            outcome = await batch.add_local(final_event, final, policy_signed_by=policy)
             if outcome.status is not Status.ACCEPTED and not outcome.already_stored:
                 raise forbidden(outcome.error or "the invite is not allowed")
             await batch.write()

@@ -44,6 +44,7 @@ from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.event_ids import compute_event_id
 from matrix_protocol.events import Event
 from matrix_protocol.membership import MembershipError, forbidden, invalid
+from matrix_protocol.policy_servers import PolicyServer
 from matrix_protocol.server_names import is_valid_user_id, server_name_of
 from matrix_protocol.third_party_invites import verify_third_party_invite_signed
 from mxfed.federation_client import (
@@ -59,6 +60,7 @@ from services.events.membership.common import (
     MembershipDeps,
     room_head,
     state_events,
+    with_our_signatures,
 )
 from services.events.membership.resident import Resident
 from services.events.membership.templates import (
@@ -341,26 +343,46 @@ class ThirdParty:
     ) -> str:
         """Build and accept the invite in a room we are in; "" when already done."""
         deps = self.deps
-        async with deps.pool.acquire() as conn, conn.transaction():
-            batch = RoomBatch(deps.core, conn, room_id)
-            if not await batch.open(1):
-                raise not_found()
-            used_by = await token_consumed_by(conn, room_id, token)
-            if used_by == mxid:
-                return ""
-            if used_by is not None:
-                raise forbidden("the third-party invite token was already used")
-            current = batch.current.state if batch.current else {}
-            invite_event = await self._third_party_invite(conn, current, sender, token)
-            display_name = invite_event.content.get("display_name")
-            content = invite_content(display_name if isinstance(display_name, str) else "", signed)
-            event, pdu = deps.local.build(batch, room_id, MEMBER, sender, mxid, content)
-            outcome = await batch.add_local(event, pdu)
-            if outcome.status is not Status.ACCEPTED:
-                raise forbidden(f"the invite is not allowed: {outcome.error or 'soft failed'}")
-            await batch.write()
-        batch.committed()
-        return event.event_id
+        # In a room that uses a policy server: built, then signed by it outside
+        # the room's lock, then stored in a second transaction.
+        signed_by_policy: tuple[Event, dict[str, Any], PolicyServer] | None = None
+        while True:
+            to_sign: tuple[Event, dict[str, Any], PolicyServer] | None = None
+            async with deps.pool.acquire() as conn, conn.transaction():
+                batch = RoomBatch(deps.core, conn, room_id)
+                if not await batch.open(1):
+                    raise not_found()
+                used_by = await token_consumed_by(conn, room_id, token)
+                if used_by == mxid:
+                    return ""
+                if used_by is not None:
+                    raise forbidden("the third-party invite token was already used")
+                current = batch.current.state if batch.current else {}
+                invite_event = await self._third_party_invite(conn, current, sender, token)
+                policy: PolicyServer | None
+                if signed_by_policy is None:
+                    display_name = invite_event.content.get("display_name")
+                    name = display_name if isinstance(display_name, str) else ""
+                    content = invite_content(name, signed)
+                    event, pdu = deps.local.build(batch, room_id, MEMBER, sender, mxid, content)
+                    policy = await deps.local.policy_server_for(batch, event)
+                    if policy is not None:
+                        to_sign = (event, pdu, policy)
+                else:
+                    event, pdu, policy = signed_by_policy
+                if to_sign is None:
+                    outcome = await batch.add_local(event, pdu, policy_signed_by=policy)
+                    if outcome.status is not Status.ACCEPTED:
+                        raise forbidden(
+                            f"the invite is not allowed: {outcome.error or 'soft failed'}"
+                        )
+                    await batch.write()
+            if to_sign is None:
+                batch.committed()
+                return event.event_id
+            event, pdu, policy = to_sign
+            event, pdu = await deps.local.policy_sign(policy, event, pdu)
+            signed_by_policy = (event, pdu, policy)
 
     async def _exchange_remotely(
         self, room_id: str, sender: str, partial: Mapping[str, Any]
@@ -485,7 +507,10 @@ class ThirdParty:
                 raise not_found()
             await auth_check_against_state(conn, head, event)
             invite_state = await self.resident.room_state_pdus(conn, room_id)
+            policy = await deps.local.policy_server_for(batch, event)
         version = head.version
+        if policy is not None:
+            event, pdu = await deps.local.policy_sign(policy, event, pdu)
         returned = await self.resident._send_invite(  # noqa: SLF001 - the one v2/v1 invite path
             server_name_of(target), room_id, event, pdu, invite_state
         )
@@ -502,7 +527,7 @@ class ThirdParty:
         if not same or not isinstance(theirs, dict) or theirs.get(self.server_name) != ours:
             raise MembershipError(502, "M_UNKNOWN", "the invitee's server changed the invite")
         final = dict(pdu)
-        final["signatures"] = {**theirs, self.server_name: ours}
+        final["signatures"] = with_our_signatures(theirs, pdu["signatures"])
         final_event = Event(final, version, event.event_id)
         errors = await verify_signatures(deps.keys, [(final_event, [server_name_of(target)])])
         if errors[0] is not None:
@@ -514,7 +539,7 @@ class ThirdParty:
             if await token_consumed_by(conn, room_id, token) is not None:
                 raise forbidden("the third-party invite token was already used")
             await batch.prefetch([final_event])
-            outcome = await batch.add_local(final_event, final)
+            outcome = await batch.add_local(final_event, final, policy_signed_by=policy)
             if outcome.status is not Status.ACCEPTED:
                 raise forbidden(f"the invite is not allowed: {outcome.error or 'soft failed'}")
             await batch.write()

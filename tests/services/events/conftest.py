@@ -41,17 +41,21 @@ async def events_factory(
     events_pool: asyncpg.Pool,
     keys_service: Any,  # noqa: F811
     tmp_path: Path,
-) -> AsyncIterator[Callable[[], Awaitable[EventsService]]]:
-    """Starts events-service replicas (each with its own pool) on the test database."""
+) -> AsyncIterator[Callable[..., Awaitable[EventsService]]]:
+    """Starts events-service replicas (each with its own pool) on the test database.
+
+    Keyword arguments are configuration settings of the replica.
+    """
     started: list[tuple[grpc.aio.Server, ServiceContext, grpc.aio.Channel]] = []
 
-    async def start() -> EventsService:
+    async def start(**settings: Any) -> EventsService:
         config = Config(
             server_name=OUR_SERVER,
             data_dir=tmp_path,
             database_url=database_url,
             keys_address=keys_service.address,
             **plane_settings(),
+            **settings,
         )
         pool = await create_pool(database_url, max_size=12)
         server = make_server("events")
