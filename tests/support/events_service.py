@@ -34,6 +34,8 @@ class EventsService:
     signing_key: ServerSigningKey
     server: grpc.aio.Server
     pool: asyncpg.Pool
+    # The channel ``stub`` uses (each call as a caller the plane admits to it).
+    channel: grpc.aio.Channel | None = None
 
     async def create_room(self, version: str, creator: str = "", **kwargs: Any) -> str:
         creator = creator or f"@admin:{self.server_name}"

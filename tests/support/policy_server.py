@@ -5,8 +5,8 @@ server key, so it can also have a member join rooms) with a second key, the
 policy key, that goes into rooms' ``m.room.policy`` and signs events under
 ``ed25519:policy_server`` (spec: "Validating Policy Server signatures").
 
-What it answers: a signature, unless the event's content has a ``body``
-containing "spam" (400 ``M_FORBIDDEN``); with ``stall`` set it never answers
+What it answers: a signature, unless the event's content mentions "spam"
+(400 ``M_FORBIDDEN``); with ``stall`` set it never answers
 (until the caller's deadline). ``requests`` keeps every PDU asked about,
 ``authorizations`` the X-Matrix header of each request.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from matrix_protocol.canonical_json import encode_json
 from matrix_protocol.events import Event
 from matrix_protocol.policy_servers import POLICY_SERVER_KEY_ID
 from matrix_protocol.redaction import redact
@@ -81,8 +82,7 @@ class PolicyServer:
         if self.stall:
             await self._released.wait()  # past the caller's deadline, until stop()
             return web.json_response({"errcode": "M_UNKNOWN"}, status=503)
-        body = pdu.get("content", {}).get("body", "")
-        if isinstance(body, str) and SPAM in body:
+        if SPAM in encode_json(pdu.get("content", {})).decode():
             return web.json_response(REFUSAL, status=400)
         return web.json_response(
             {self.server_name: {POLICY_SERVER_KEY_ID: self.signature(pdu, self.version)}}

@@ -72,6 +72,7 @@ async def events_factory(
             context.signing_key(),
             server,
             pool,
+            channel,
         )
 
     yield start

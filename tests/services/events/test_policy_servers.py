@@ -17,12 +17,12 @@ from typing import Any
 import grpc
 import pytest
 
-from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.events import Event
 from matrix_protocol.policy_servers import POLICY_SERVER_KEY_ID, has_valid_policy_signature
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import generate_signing_key, sign_json
-from mxfed_api.events.v1 import events_pb2
+from mxfed_api.events.v1 import events_pb2, membership_pb2, membership_pb2_grpc
 from tests.support.events_service import (
     EventsService,
     RemoteServer,
@@ -223,3 +223,35 @@ async def test_a_policy_server_that_does_not_answer(protected: Protected) -> Non
     status, pdu = await protected.stored_pdu(sent.event_id)
     assert status == events_pb2.ACCEPTED
     assert policy.server_name not in pdu["signatures"]
+
+
+async def test_send_join_we_host_needs_the_policy_servers_signature(protected: Protected) -> None:
+    """MSC4284: the policy server may decline a membership event given to send_join,
+    and the request then fails with its error; else the join is stored signed."""
+    events, remote = protected.events, protected.remote
+    assert events.channel is not None
+    membership = membership_pb2_grpc.MembershipStub(events.channel)
+
+    async def send_join(localpart: str, displayname: str) -> tuple[str, Any]:
+        user = remote.user(localpart)
+        head = await events.head(protected.room_id)
+        content = {"membership": "join", "displayname": displayname}
+        join, join_id = remote.pdu(head, "m.room.member", user, content, user, advance=False)
+        request = membership_pb2.SendMembershipRequest(
+            origin=remote.name,
+            room_id=protected.room_id,
+            event_id=join_id,
+            pdu_json=encode_json(join),
+        )
+        return join_id, membership.SendJoin(request)
+
+    spammer_id, call = await send_join("spammer", "spam king")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call
+    assert refused.value.details() == "M_FORBIDDEN: This looks like spam"
+    assert await events.event(spammer_id) is None
+
+    bob_id, call = await send_join("bob", "Bob")
+    await call
+    status, pdu = await protected.stored_pdu(bob_id)
+    assert status == events_pb2.ACCEPTED and protected.signed_by_policy(pdu, bob_id)
