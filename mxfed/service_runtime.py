@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client import Counter, Gauge
 
 from mxfed.config import Config
 from mxfed.database import (
@@ -36,6 +38,7 @@ from mxfed.database import (
     with_password,
 )
 from mxfed.database_claim import claim_database
+from mxfed.held_connection import Backoff, is_connection_error
 from mxfed.identity_files import ServerSigningKey, current_signing_key
 from mxfed.internal_plane import Caller, bind_port, client_address, new_server, open_channel
 from mxfed.listening import bind_tcp, start_metrics_server
@@ -43,6 +46,30 @@ from mxfed.logs import setup_logging
 from mxfed.startup import StartupError, listen_failure, report_ready
 
 log = logging.getLogger(__name__)
+
+TASK_RESTARTS = Counter(
+    "mxfed_background_task_restarts_total",
+    "Background tasks restarted after they failed, by task",
+    ["task"],
+)
+TASK_LAST_FAILURE = Gauge(
+    "mxfed_background_task_last_failure_timestamp_seconds",
+    "When a background task last failed (Unix time), by task",
+    ["task"],
+)
+TASK_UP = Gauge("mxfed_background_task_up", "1 while a background task runs, by task", ["task"])
+SERVING = Gauge("mxfed_serving", "1 while this part reports SERVING on gRPC health")
+
+# A failed background task is started again after 0.5 s, doubling to 30 s; a
+# task that ran this long before failing starts again from 0.5 s.
+_RESTART_FIRST = 0.5
+_RESTART_CAP = 30.0
+_STABLE_AFTER = 60.0
+# Seconds a restarted task must run before the part is SERVING again.
+HEALTHY_AFTER = 2.0
+# How often the part checks that its database answers, and how long it waits.
+DATABASE_CHECK_INTERVAL = 5.0
+DATABASE_CHECK_TIMEOUT = 3.0
 
 
 @dataclass
@@ -60,6 +87,9 @@ class ServiceContext:
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Told (True: serving) whenever the part's health changes.
+    on_health: Callable[[bool], None] | None = None
+    _failing: set[str] = field(default_factory=set)
 
     def signing_key(self) -> ServerSigningKey:
         """The server's current signing key: after ``mxfed keys rotate``, the new one within
@@ -74,11 +104,93 @@ class ServiceContext:
             )
         return self._channels[service]
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coroutine, name=name)
-        task.add_done_callback(_log_task_failure)
+    def spawn(
+        self,
+        work: Callable[[], Coroutine[Any, Any, Any]] | Coroutine[Any, Any, Any],
+        name: str,
+    ) -> asyncio.Task[Any]:
+        """Run background ``work`` under supervision until the part stops.
+
+        ``work`` is a coroutine function (called again for every restart) or,
+        for work that cannot be restarted, a coroutine. Work that fails is
+        logged, counted (``mxfed_background_task_restarts_total``,
+        ``mxfed_background_task_last_failure_timestamp_seconds``) and started
+        again after a backoff (0.5 s doubling to 30 s, reset once it has run a
+        minute); the part reports NOT_SERVING on gRPC health from the failure
+        until the restarted work has run for :data:`HEALTHY_AFTER` seconds. Work
+        that cannot be restarted leaves the part NOT_SERVING for good. Work that
+        returns is done.
+        """
+        task = asyncio.create_task(self._supervise(work, name), name=name)
         self._tasks.append(task)
         return task
+
+    async def _supervise(
+        self,
+        work: Callable[[], Coroutine[Any, Any, Any]] | Coroutine[Any, Any, Any],
+        name: str,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(_RESTART_FIRST, _RESTART_CAP)
+        TASK_UP.labels(name).set(1)
+        while True:
+            coroutine = work if asyncio.iscoroutine(work) else work()
+            attempt = asyncio.ensure_future(coroutine)
+            started = loop.time()
+            try:
+                if name in self._failing:
+                    done, _ = await asyncio.wait({attempt}, timeout=HEALTHY_AFTER)
+                    if not done:
+                        self.set_failing(name, False)
+                await attempt
+                TASK_UP.labels(name).set(0)
+                return
+            except asyncio.CancelledError:
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+                raise
+            except Exception as exc:
+                TASK_RESTARTS.labels(name).inc()
+                TASK_LAST_FAILURE.labels(name).set(time.time())
+                TASK_UP.labels(name).set(0)
+                self.set_failing(name, True)
+                if asyncio.iscoroutine(work):
+                    log.error(
+                        "background task failed; it cannot be restarted: NOT_SERVING",
+                        exc_info=exc,
+                        extra={"task": name},
+                    )
+                    return
+                if loop.time() - started > _STABLE_AFTER:
+                    backoff.reset()
+                delay = backoff.next_delay()
+                log.error(
+                    "background task failed; restarting",
+                    exc_info=exc,
+                    extra={"task": name, "restart_in": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+                TASK_UP.labels(name).set(1)
+
+    def set_failing(self, condition: str, failing: bool) -> None:
+        """Mark ``condition`` (a background task, the database) failing or fine again; the
+        part serves on gRPC health only while nothing is failing."""
+        before = bool(self._failing)
+        if failing:
+            self._failing.add(condition)
+        else:
+            self._failing.discard(condition)
+        if bool(self._failing) != before:
+            if self._failing:
+                log.warning("NOT_SERVING", extra={"failing": sorted(self._failing)})
+            else:
+                log.info("SERVING again")
+            if self.on_health is not None:
+                self.on_health(not self._failing)
+
+    @property
+    def serving(self) -> bool:
+        return not self._failing
 
     def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_stop.append(callback)
@@ -91,15 +203,6 @@ class ServiceContext:
             await callback()
         for channel in self._channels.values():
             await channel.close()
-
-
-def _log_task_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "background task failed",
-            exc_info=task.exception(),
-            extra={"task": task.get_name()},
-        )
 
 
 def migrations_directory(service: str) -> Path:
@@ -166,8 +269,16 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         await server.start()
         if probe_server is not None:
             await probe_server.start()
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health.set(f"mxfed.{name}.v1", health_pb2.HealthCheckResponse.SERVING)
+        await _set_health(health, name, context.serving)
+        health_updates: set[asyncio.Task[None]] = set()
+
+        def on_health(serving: bool) -> None:
+            update = asyncio.create_task(_set_health(health, name, serving))
+            health_updates.add(update)
+            update.add_done_callback(health_updates.discard)
+
+        context.on_health = on_health
+        context.spawn(lambda: watch_database(context), "database-check")
         log.info(
             "service started",
             extra={
@@ -183,6 +294,7 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         await stop.wait()
         readiness.cancel()
         log.info("service stopping")
+        context.on_health = None
         await health.enter_graceful_shutdown()
         await server.stop(grace=5)
     finally:
@@ -212,6 +324,39 @@ def _health_only_server(config: Config, health: HealthServicer) -> grpc.aio.Serv
             f"cannot listen on {config.health_listen} (health_listen)", "check health_listen"
         )
     return probe_server
+
+
+async def _set_health(health: HealthServicer, name: str, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    SERVING.set(1 if serving else 0)
+    await health.set("", status)
+    await health.set(f"mxfed.{name}.v1", status)
+
+
+async def watch_database(context: ServiceContext) -> None:
+    """Check every few seconds that the database answers; while it does not, the part
+    cannot do its work and says so (NOT_SERVING)."""
+    while True:
+        try:
+            async with asyncio.timeout(DATABASE_CHECK_TIMEOUT):
+                async with context.pool.acquire() as connection:
+                    await connection.fetchval("SELECT 1")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not (is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError)):
+                raise
+            if "database" not in context._failing:
+                log.warning("the database does not answer", extra={"error": str(exc) or repr(exc)})
+            context.set_failing("database", True)
+            await asyncio.sleep(1.0)
+            continue
+        context.set_failing("database", False)
+        await asyncio.sleep(DATABASE_CHECK_INTERVAL)
 
 
 def _bind_grpc(server: grpc.aio.Server, config: Config, name: str, listen: str) -> int:

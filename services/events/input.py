@@ -26,6 +26,7 @@ room's batch as their :class:`InputKind` says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -42,6 +43,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.pdu_format import MAX_ID_BYTES
 from matrix_protocol.room_versions import UnsupportedRoomVersion, room_version
 from matrix_protocol.server_names import is_valid_user_id
+from mxfed.held_connection import CONNECTION_ERRORS, HeldConnection, is_connection_error
 from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
@@ -127,21 +129,53 @@ class TransactionGuard:
 
     Same replica: an asyncio lock per key. Other replicas: a session advisory
     lock on one dedicated connection, polled with ``pg_try_advisory_lock`` so
-    that connection never blocks (a replica that dies drops its locks).
+    that connection never blocks (a replica that dies drops its locks). When
+    that connection is lost its locks go with the session; a new connection
+    takes back those still in use where no other replica has taken them
+    meanwhile, and a lock of a lost session is never "unlocked" on the new
+    one (:class:`~mxfed.held_connection.HeldConnection` generations).
     """
 
+    # Seconds a request waits for the guard's connection before failing
+    # (UNAVAILABLE: the database is away).
+    CONNECT_WAIT = 5.0
+
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
         self._local: dict[tuple[str, str], asyncio.Lock] = {}
         self._users: dict[tuple[str, str], int] = defaultdict(int)
-        self._conn: asyncpg.Connection | None = None
+        # Advisory lock key -> generation of the connection that holds it.
+        self._held: dict[int, int] = {}
+        self._conn = HeldConnection.from_pool(
+            pool, "events.transaction_guard", on_open=self._take_back
+        )
         self._conn_lock = asyncio.Lock()
+
+    async def _take_back(self, connection: asyncpg.Connection) -> None:
+        for key in list(self._held):
+            if await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                self._held[key] = self._conn.generation
+            else:
+                log.warning("a transaction's guard lock was taken by another replica meanwhile")
 
     async def _query(self, sql: str, key: int) -> Any:
         async with self._conn_lock:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = await self._pool.acquire()
-            return await self._conn.fetchval(sql, key)
+            for attempt in (1, 2):
+                try:
+                    async with asyncio.timeout(self.CONNECT_WAIT):
+                        await self._conn.connection()
+                    return await self._conn.fetchval(sql, key)
+                except Exception as exc:
+                    if attempt == 2 or not is_connection_error(exc):
+                        raise
+            raise AssertionError("unreachable")
+
+    async def _unlock(self, key: int) -> None:
+        generation = self._held.pop(key, None)
+        if generation != self._conn.generation or not self._conn.alive:
+            return  # held by a session that is gone: nothing to unlock
+        async with self._conn_lock:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self._conn.fetchval("SELECT pg_advisory_unlock($1)", key)
 
     @asynccontextmanager
     async def hold(self, origin: str, txn_id: str) -> AsyncIterator[None]:
@@ -155,10 +189,11 @@ class TransactionGuard:
                 # transaction; poll rather than block the shared connection.
                 while not await self._query("SELECT pg_try_advisory_lock($1)", key):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
+                self._held[key] = self._conn.generation
                 try:
                     yield
                 finally:
-                    await self._query("SELECT pg_advisory_unlock($1)", key)
+                    await self._unlock(key)
         finally:
             self._users[name] -= 1
             if not self._users[name]:
@@ -166,9 +201,7 @@ class TransactionGuard:
                 self._local.pop(name, None)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._pool.release(self._conn)
-            self._conn = None
+        await self._conn.close()
 
 
 class InputPipeline:

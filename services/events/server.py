@@ -48,8 +48,8 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     local = LocalEvents(context.pool, core, context.signing_key, policy)
     reads = Reads(context.pool, core.state_store, core.server_name)
     hub = StreamHub(context.pool, core.server_name)
-    context.spawn(hub.run(), name="events-stream-hub")
-    context.spawn(pipeline.run_typing_expiry(), name="events-typing-expiry")
+    context.spawn(hub.run, name="events-stream-hub")
+    context.spawn(pipeline.run_typing_expiry, name="events-typing-expiry")
     context.on_stop(pipeline.guard.close)
     return EventsServicer(pipeline, local, reads, hub)
 

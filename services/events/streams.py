@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from mxfed.held_connection import Backoff, HeldConnection, is_connection_error
 from services.events import metrics, storage
 from services.events.reads import EventView
 
@@ -120,44 +121,69 @@ async def read_entries(
 
 
 class StreamHub:
+    """This replica's follower of the stream: one LISTEN connection, fan-out to subscribers.
+
+    The LISTEN connection is a :class:`~mxfed.held_connection.HeldConnection`:
+    when it is lost the hub polls until it is back, and every new connection
+    wakes the hub to read from its own position, so notifications missed
+    meanwhile lose nothing. The position survives a restart of :meth:`run`.
+    """
+
     def __init__(self, pool: asyncpg.Pool, server_name: str, poll_interval: float = 1.0) -> None:
         self.pool = pool
         self.server_name = server_name
         self.poll_interval = poll_interval
         self.position = 0
+        self._started = False
         self._subscribers: set[Subscription] = set()
         self._wake = asyncio.Event()
-        self._listen_conn: asyncpg.Connection | None = None
+        self._listen = HeldConnection.from_pool(
+            pool, "events.stream_hub", on_open=self._listen_on, on_lost=self._wake.set
+        )
+        self._backoff = Backoff()
 
     async def run(self) -> None:
-        """Follow the stream until cancelled."""
-        async with self.pool.acquire() as conn:
-            self.position = await storage.max_stream_position(conn)
+        """Follow the stream until cancelled (restartable: the position is kept)."""
         try:
             while True:
-                await self._ensure_listening()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                self._wake.clear()
                 try:
+                    if not self._started:
+                        async with self.pool.acquire() as conn:
+                            self.position = await storage.max_stream_position(conn)
+                        self._started = True
+                    await self._ensure_listening()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    self._wake.clear()
                     await self._deliver_new()
-                except (asyncpg.PostgresError, OSError):
-                    log.warning("stream hub read failed", exc_info=True)
+                    self._backoff.reset()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not (is_connection_error(exc) or isinstance(exc, asyncpg.PostgresError)):
+                        raise
+                    log.warning(
+                        "stream hub read failed; retrying", extra={"error": str(exc) or repr(exc)}
+                    )
+                    await self._backoff.wait()
         finally:
-            if self._listen_conn is not None:
-                with contextlib.suppress(Exception):
-                    await self._listen_conn.remove_listener(storage.NOTIFY_CHANNEL, self._notified)
-                await self.pool.release(self._listen_conn)
-                self._listen_conn = None
+            await self._listen.close()
+            self._listen = HeldConnection.from_pool(
+                self.pool, "events.stream_hub", on_open=self._listen_on, on_lost=self._wake.set
+            )
+
+    async def _listen_on(self, connection: asyncpg.Connection) -> None:
+        await connection.add_listener(storage.NOTIFY_CHANNEL, self._notified)
+        self._wake.set()  # whatever was committed while we were not listening
 
     async def _ensure_listening(self) -> None:
-        if self._listen_conn is not None and not self._listen_conn.is_closed():
+        if self._listen.alive:
             return
         try:
-            self._listen_conn = await self.pool.acquire()
-            await self._listen_conn.add_listener(storage.NOTIFY_CHANNEL, self._notified)
-        except (asyncpg.PostgresError, OSError):
-            log.warning("stream hub cannot LISTEN; polling", exc_info=True)
+            async with asyncio.timeout(self.poll_interval):
+                await self._listen.connection()
+        except TimeoutError:
+            log.warning("stream hub cannot LISTEN; polling")
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

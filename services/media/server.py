@@ -56,7 +56,7 @@ async def setup(context: ServiceContext) -> None:
         MediaServicer(config.server_name, files, storage, local, remote, thumbnails),
         context.server,
     )
-    context.spawn(_sweep_reservations(storage), "media-reservation-sweep")
+    context.spawn(lambda: _sweep_reservations(storage), "media-reservation-sweep")
     log.info("media store", extra={"path": str(config.media_store)})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import nacl.signing
 from mxfed.config import Config
 from mxfed.federation_client import FederationClient
 from mxfed.federation_client.from_config import outbound_options
+from mxfed.held_connection import Backoff
 from mxfed.identity_files import current_signing_key
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
@@ -61,20 +63,32 @@ def backoff_policy(config: Config) -> BackoffPolicy:
 
 
 async def listen_for_wakes(database_url: str, manager: DeliveryManager) -> None:
-    """Follow NOTIFYs of queued work (from any replica) and wake the right workers."""
+    """Follow NOTIFYs of queued work (from any replica) and wake the right workers.
+
+    A lost connection is noticed at once (its termination listener) and
+    opened again with a capped backoff; every new connection wakes every
+    worker, for whatever was queued while nobody listened.
+    """
 
     def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
         manager.wake(None if payload == "*" else payload.split("\n"))
 
+    lost = asyncio.Event()
+    backoff = Backoff(0.2, 2.0)
     while True:
         connection: asyncpg.Connection | None = None
+        lost.clear()
         try:
-            connection = await asyncpg.connect(database_url)
+            connection = await asyncpg.connect(database_url, timeout=10)
+            connection.add_termination_listener(lambda _connection: lost.set())
             await connection.add_listener(WAKE_CHANNEL, on_notify)
             manager.wake(None)  # anything queued while we were not listening
+            backoff.reset()
             while not connection.is_closed():
-                await asyncio.sleep(5)
-                await connection.fetchval("SELECT 1")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), 5)
+                if not connection.is_closed():
+                    await connection.fetchval("SELECT 1")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -82,7 +96,7 @@ async def listen_for_wakes(database_url: str, manager: DeliveryManager) -> None:
         finally:
             if connection is not None:
                 connection.terminate()
-        await asyncio.sleep(1)
+        await backoff.wait()
 
 
 async def refresh_stats(storage: SenderStorage) -> None:
@@ -153,12 +167,13 @@ async def setup(context: ServiceContext) -> None:
     )
 
     await membership.beat()
-    context.spawn(membership.run(manager.on_heartbeat), "sender:heartbeat")
-    context.spawn(manager.run(), "sender:claims")
-    context.spawn(manager.maintenance(), "sender:maintenance")
-    context.spawn(listen_for_wakes(config.database_url, manager), "sender:wakes")
-    context.spawn(ingester.run(), "sender:ingest")
-    context.spawn(refresh_stats(storage), "sender:stats")
+    context.spawn(lambda: membership.run(manager.on_heartbeat), "sender:heartbeat")
+    context.spawn(manager.run, "sender:claims")
+    context.spawn(manager.maintenance, "sender:maintenance")
+    database_url = config.database_url
+    context.spawn(lambda: listen_for_wakes(database_url, manager), "sender:wakes")
+    context.spawn(ingester.run, "sender:ingest")
+    context.spawn(lambda: refresh_stats(storage), "sender:stats")
 
     async def stop() -> None:
         await manager.close()

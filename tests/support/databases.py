@@ -26,3 +26,37 @@ async def drop_database(url: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+async def backends(
+    url: str, *, query_like: str = "%", exclude: set[int] | None = None
+) -> list[int]:
+    """Server pids of the other sessions on ``url``'s database whose last statement is like
+    ``query_like`` (``'LISTEN %channel%'`` finds a channel's listeners)."""
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND query LIKE $1",
+            query_like,
+        )
+    finally:
+        await connection.close()
+    return [row["pid"] for row in rows if row["pid"] not in (exclude or set())]
+
+
+async def terminate_backends(url: str, pids: list[int] | None = None) -> int:
+    """``pg_terminate_backend`` the given sessions (every other session on ``url``'s
+    database if None), as a failover or a pooler would; returns how many were ended."""
+    if pids is None:
+        pids = await backends(url)
+    connection = await asyncpg.connect(url)
+    try:
+        ended = await connection.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+            " FROM unnest($1::int[]) AS pid",
+            pids,
+        )
+    finally:
+        await connection.close()
+    return int(ended)

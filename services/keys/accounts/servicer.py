@@ -292,5 +292,5 @@ def add_accounts_servicer(context: ServiceContext) -> AccountsServicer:
         joins = JoinDeviceLists(
             context.config.database_url, local, context.channel("events"), context.channel("sender")
         )
-        context.spawn(joins.run(), "keys:device-list-joins")
+        context.spawn(joins.run, "keys:device-list-joins")
     return servicer

@@ -38,6 +38,7 @@ from typing import Any
 import asyncpg
 
 from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed.held_connection import HeldConnection
 from mxfed.service_errors import BadRequest
 from services.keys.accounts.validation import require_user, user_server
 
@@ -354,25 +355,24 @@ class ToDeviceHub:
         self.pool = pool
         self.poll_interval = poll_interval
         self._followers: dict[str, set[asyncio.Event]] = {}
-        self._listen_conn: asyncpg.Connection | None = None
-        self._listen_lock = asyncio.Lock()
+        # Re-opened after a loss; every new connection wakes every follower to
+        # read from its own position (nothing missed while not listening).
+        self._listen = HeldConnection.from_pool(
+            pool, "keys.to_device_hub", on_open=self._listen_on, on_lost=self._wake_all
+        )
+
+    async def _listen_on(self, connection: asyncpg.Connection) -> None:
+        await connection.add_listener(NOTIFY_CHANNEL, self._notified)
+        self._wake_all()  # anything committed while we were not listening
 
     async def _ensure_listening(self) -> None:
-        async with self._listen_lock:
-            if self._listen_conn is not None and not self._listen_conn.is_closed():
-                return
-            if self._listen_conn is not None:
-                with contextlib.suppress(Exception):
-                    await self.pool.release(self._listen_conn)
-                self._listen_conn = None
-            try:
-                conn = await self.pool.acquire()
-                await conn.add_listener(NOTIFY_CHANNEL, self._notified)
-            except (asyncpg.PostgresError, OSError):
-                log.warning("to-device hub cannot LISTEN; polling", exc_info=True)
-                return
-            self._listen_conn = conn
-            self._wake_all()  # anything committed while we were not listening
+        if self._listen.alive:
+            return
+        try:
+            async with asyncio.timeout(self.poll_interval):
+                await self._listen.connection()
+        except TimeoutError:
+            log.warning("to-device hub cannot LISTEN; polling")
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, user_id: str) -> None:
         for event in self._followers.get(user_id, ()):
@@ -384,13 +384,7 @@ class ToDeviceHub:
                 event.set()
 
     async def close(self) -> None:
-        async with self._listen_lock:
-            conn, self._listen_conn = self._listen_conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.remove_listener(NOTIFY_CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await self.pool.release(conn)
+        await self._listen.close()
 
     async def follow(
         self, user_id: str, device_id: str, after_position: int

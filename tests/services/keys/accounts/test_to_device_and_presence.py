@@ -28,11 +28,13 @@ from services.keys.accounts.remote import RemoteDeviceLists
 from services.keys.accounts.servicer import AccountsServicer
 from services.keys.accounts.to_device import (
     DEDUPE_RETENTION_MS,
+    NOTIFY_CHANNEL,
     ToDeviceHub,
     ToDeviceInbox,
     now_ms,
     parse_edu,
 )
+from tests.support.databases import backends, terminate_backends
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server, session_tls_dir
 
 OURS = "to-device-test.example"
@@ -578,3 +580,35 @@ async def test_cli_prints_acks_and_follows(servers: Servers) -> None:
     process = await _cli(address, "--user", new_user(REMOTE), "--device", "D")
     out, err = await process.communicate()
     assert process.returncode == 1 and "INVALID_ARGUMENT" in err.decode()
+
+
+async def test_stream_goes_on_when_the_listen_connections_are_ended(
+    servers: Servers, database_url: str
+) -> None:
+    """The hubs' LISTEN connections ended (pg_terminate_backend): they listen again and
+    wake their followers, so a message written after the cut arrives without waiting for
+    the 30 s poll, and none is skipped."""
+    first, second = servers.stubs
+    user = new_user()
+    await add_device(first, user, "D")
+    received: list[accounts_pb2.ToDeviceMessage] = []
+    stream = first.StreamToDeviceMessages(
+        accounts_pb2.StreamToDeviceMessagesRequest(user_id=user, device_id="D")
+    )
+    task = asyncio.create_task(_collect(stream, received, 3))
+    await send(second, [to_device({user: {"D": {"n": 0}}})])
+    for _ in range(200):
+        if received:
+            break
+        await asyncio.sleep(0.02)
+    assert contents(received) == [{"n": 0}]
+
+    listening = await backends(database_url, query_like=f"LISTEN %{NOTIFY_CHANNEL}%")
+    assert listening  # the first replica's hub, which has a follower
+    assert await terminate_backends(database_url, listening) == len(listening)
+    await send(second, [to_device({user: {"D": {"n": 1}}})])
+    await send(second, [to_device({user: {"D": {"n": 2}}})])
+    await asyncio.wait_for(task, 10)
+    stream.cancel()
+    assert contents(received) == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [m.position for m in received] == [1, 2, 3]
