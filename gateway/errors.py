@@ -64,12 +64,27 @@ _GRPC_TO_MATRIX = {
 }
 
 
+# Seconds a remote is asked to wait when a part answers that its database (or
+# a service it needs) is away for the moment: about a PostgreSQL restart.
+RETRY_AFTER_SECONDS = 5
+
+
 def from_grpc_error(exc: grpc.aio.AioRpcError) -> MatrixError:
-    """Services put a Matrix errcode in the details as ``M_CODE: message`` when they know it."""
+    """Services put a Matrix errcode in the details as ``M_CODE: message`` when they know it.
+
+    UNAVAILABLE said by a service (its database or a service it needs is away:
+    ``mxfed.internal_plane.DATABASE_UNAVAILABLE``) is 503 with ``Retry-After``;
+    a service that could not be reached at all (after one retry on another
+    replica) is 502.
+    """
     status, errcode = _GRPC_TO_MATRIX.get(exc.code(), (502, "M_UNKNOWN"))
     details = exc.details() or ""
     code, sep, message = details.partition(": ")
     if sep and code.startswith("M_") and code.isupper():
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return MatrixError(
+                503, code, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            )
         return MatrixError(status, code, message)
     if status == 502:
         return MatrixError(502, "M_UNKNOWN", "an internal service is unavailable")
@@ -103,11 +118,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _service_error(_: Request, exc: grpc.aio.AioRpcError) -> JsonResponse:
         error = from_grpc_error(exc)
-        if error.status >= 500:
+        if error.status == 503:
+            log.warning(
+                "service unavailable for now",
+                extra={"code": str(exc.code()), "details": exc.details()},
+            )
+        elif error.status >= 500:
             log.error(
                 "service call failed", extra={"code": str(exc.code()), "details": exc.details()}
             )
-        return JsonResponse(error.body(), status_code=error.status)
+        return JsonResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JsonResponse:

@@ -60,6 +60,20 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS)
 
 
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached now (lost, refused, restarting),
+    as opposed to a query it refused."""
+    return isinstance(
+        exc,
+        (
+            asyncpg.InterfaceError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.OperatorInterventionError,
+            ConnectionError,
+        ),
+    )
+
+
 def _closed(connection: asyncpg.Connection) -> bool:
     try:
         return connection.is_closed()

@@ -166,3 +166,8 @@ def access_for(method: str) -> Access:
 
 def listed_methods() -> set[str]:
     return {f"/{service}/{name}" for service, rules in _RULES.items() for name in rules}
+
+
+def rpc_methods() -> list[tuple[str, str]]:
+    """Every listed RPC as (full service name, method name)."""
+    return [(service, name) for service, rules in _RULES.items() for name in rules]

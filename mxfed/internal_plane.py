@@ -25,6 +25,7 @@ development only; every process says so loudly in its log.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -32,8 +33,9 @@ from typing import Any
 import grpc
 
 from mxfed.config import Config
+from mxfed.held_connection import is_database_unavailable
 from mxfed.identity_files import IdentityError
-from mxfed.internal_access import access_for
+from mxfed.internal_access import access_for, rpc_methods
 from mxfed.internal_identity import (
     CA_CERTIFICATE_FILE,
     CERTIFICATE_FILE,
@@ -58,12 +60,40 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
+def _service_config() -> str:
+    """Retry an idempotent call once (on another replica: round robin) when it fails
+    with UNAVAILABLE: reads (Query*), checks (Verify*, health) and input that is
+    de-duplicated by its ids (Input*: a transaction by origin and txn id, PDUs by
+    event id, EDUs by message id). Nothing that creates (Perform*) is retried."""
+    names = [
+        {"service": service, "method": method}
+        for service, method in rpc_methods()
+        if method.startswith(("Query", "Verify", "Input", "Check"))
+    ]
+    policy = {
+        "maxAttempts": 2,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "0.5s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     # With several replicas behind one DNS name, spread calls over all of them.
     ("grpc.lb_policy_name", "round_robin"),
+    # A replica that comes back is dialled again within seconds (gRPC's own
+    # backoff grows to two minutes).
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", _service_config()),
 ]
 
 
@@ -136,8 +166,8 @@ def new_server(config: Config, part: str) -> grpc.aio.Server:
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", int(config.listen_reuse_port))]
     if not config.internal_tls:
         _announce_plaintext()
-        return grpc.aio.server(options=options)
-    return grpc.aio.server(options=options, interceptors=[_Authorizer()])
+        return grpc.aio.server(options=options, interceptors=[_Unavailable()])
+    return grpc.aio.server(options=options, interceptors=[_Authorizer(), _Unavailable()])
 
 
 def bind_port(server: grpc.aio.Server, config: Config, part: str, address: str) -> int:
@@ -238,6 +268,101 @@ class _Authorizer(grpc.aio.ServerInterceptor):
             if handler is None:
                 return None
             wrapped = self._wrapped[method] = _authorized(handler, method)
+        return wrapped
+
+
+# Unavailable dependencies ---------------------------------------------------
+
+# Details of the UNAVAILABLE a part answers while its database is away; the
+# gateway answers 503 with Retry-After (a retry a few seconds later works).
+DATABASE_UNAVAILABLE = "M_UNKNOWN: the database is unavailable; try again shortly"
+
+
+def _unavailable_details(exc: Exception) -> str | None:
+    """The UNAVAILABLE details for a failure that says a dependency is away, else None."""
+    if is_database_unavailable(exc):
+        return DATABASE_UNAVAILABLE
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        return "M_UNKNOWN: an internal service is unavailable; try again shortly"
+    return None
+
+
+async def _answer_unavailable(
+    exc: Exception, context: grpc.aio.ServicerContext, method: str
+) -> None:
+    details = _unavailable_details(exc)
+    if details is None:
+        raise exc
+    log.warning(
+        "dependency unavailable; answering UNAVAILABLE",
+        extra={"method": method, "error": str(exc) or type(exc).__name__},
+    )
+    await context.abort(grpc.StatusCode.UNAVAILABLE, details)
+
+
+def _unavailable_mapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """``handler`` answering UNAVAILABLE (not UNKNOWN with a traceback) when the database
+    or a service it calls is away."""
+    if handler.unary_unary is not None:
+        inner_unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await inner_unary(request, context)
+            except Exception as exc:
+                await _answer_unavailable(exc, context, method)
+                raise
+
+        return handler._replace(unary_unary=unary_unary)
+    kind = next(
+        name
+        for name in ("unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, name) is not None
+    )
+    inner = getattr(handler, kind)
+    if inspect.isasyncgenfunction(inner):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except Exception as exc:
+                await _answer_unavailable(exc, context, method)
+                raise
+
+        return handler._replace(**{kind: streaming})
+
+    async def writing(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except Exception as exc:
+            await _answer_unavailable(exc, context, method)
+            raise
+
+    return handler._replace(**{kind: writing})
+
+
+class _Unavailable(grpc.aio.ServerInterceptor):
+    """Every handler behind :func:`_unavailable_mapped` (wrapped once per method)."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = _unavailable_mapped(handler, method)
         return wrapped
 
 
