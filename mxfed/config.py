@@ -427,6 +427,12 @@ class Config(BaseSettings):
     """How long a sender replica's hold on a destination lasts unless renewed (every 3 s);
     a dead replica's destinations move to another after this (at least 6)."""
 
+    instance_name: str = ""
+    """This replica's name, stable across its restarts (the host or pod name; empty: the
+    host name and the part's gRPC port). A sender replica restarting under the same name
+    takes its destinations back at once instead of after ``sender_lease_seconds``; give
+    each replica of a part its own name."""
+
     sender_catch_up_max_pdus: int = Field(default=500, ge=1)
     """Catch-up after a long outage: past this many unsent PDUs (or an hour of backoff) a
     destination keeps only the newest events of each room."""

@@ -15,9 +15,13 @@ Two layers, both in PostgreSQL:
   database clock). A lease is taken only when free or expired, with
   ``FOR UPDATE SKIP LOCKED``, and the heartbeat renews every lease its replica
   holds in one statement; a replica that dies stops renewing and its leases
-  expire after ``lease_seconds``. Each new transaction is built under the
-  destination row's lock after checking the lease in the same database
-  transaction, so two replicas never start transactions for one destination.
+  expire after ``lease_seconds``. A replica that restarts under the same
+  name (``instance_name``: host or pod name) takes its previous run's leases
+  back when it starts, and a clean stop gives them back, so only a replica
+  gone for good leaves its destinations waiting for the expiry. Each new
+  transaction is built under the destination row's lock after checking the
+  lease in the same database transaction, so two replicas never start
+  transactions for one destination.
 """
 
 from __future__ import annotations
@@ -68,6 +72,17 @@ class Membership:
         self._to_release: dict[str, list[asyncio.Future[None]]] = {}
         self._releasing: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+
+    async def start(self, name: str) -> int:
+        """Join under ``name`` (stable across restarts), taking back at once the leases of
+        this name's earlier incarnations; returns how many were taken back."""
+        taken = await self.storage.take_over(self.instance_id, name)
+        if taken:
+            log.info(
+                "took back the leases of this replica's previous run",
+                extra={"name": name, "leases": taken},
+            )
+        return taken
 
     def is_mine(self, destination: str) -> bool:
         return preferred_replica(destination, self.replicas) == self.instance_id

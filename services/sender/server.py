@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 from collections.abc import Sequence
 
 import asyncpg
@@ -142,6 +143,18 @@ def servers_in_room_via(events: events_pb2_grpc.EventsStub) -> ServersInRoom:
     return servers_in_room
 
 
+def replica_name(config: Config, instance_id: str) -> str:
+    """``instance_name``, else the host name and the sender's gRPC port (what stays the
+    same when this replica restarts, and differs between replicas on one host); a
+    replica on a port picked at start has no name but its ``instance_id``."""
+    if config.instance_name:
+        return config.instance_name
+    port = config.listen_address("sender").rpartition(":")[2]
+    if port in ("", "0"):
+        return instance_id
+    return f"{socket.gethostname()}:{port}"
+
+
 async def setup(context: ServiceContext) -> None:
     """Register the sender servicer and start ingest, delivery and housekeeping."""
     config = context.config
@@ -166,6 +179,7 @@ async def setup(context: ServiceContext) -> None:
         SenderServicer(storage, queuer, manager.wake), context.server
     )
 
+    await membership.start(replica_name(config, context.instance_id))
     await membership.beat()
     context.spawn(lambda: membership.run(manager.on_heartbeat), "sender:heartbeat")
     context.spawn(manager.run, "sender:claims")

@@ -255,6 +255,47 @@ class SenderStorage:
             )
         return [row["instance_id"] for row in rows]
 
+    async def take_over(self, instance_id: str, name: str) -> int:
+        """This replica starts under ``name``: the leases of earlier replicas of that name
+        (a restart: the process before this one, which may have died without a clean
+        stop) are given back at once and their replica rows removed; returns how many.
+
+        The earlier process, should it still run, finds its leases lost at its next
+        transaction (the lease check is by ``instance_id``) and stops sending.
+        """
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(f"SET LOCAL lock_timeout = '{LEAVE_LOCK_TIMEOUT}'")
+            await connection.execute(
+                "INSERT INTO sender.replicas (instance_id, heartbeat_at, name)"
+                " VALUES ($1, now(), $2)"
+                " ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now(), name = $2",
+                instance_id,
+                name,
+            )
+            earlier = [
+                row["instance_id"]
+                for row in await connection.fetch(
+                    "SELECT instance_id FROM sender.replicas WHERE name = $1 AND instance_id <> $2",
+                    name,
+                    instance_id,
+                )
+            ]
+            if not earlier:
+                return 0
+            released = await connection.fetchval(
+                "WITH theirs AS (SELECT destination FROM sender.destinations"
+                "  WHERE lease_owner = ANY($1::text[]) ORDER BY destination FOR UPDATE),"
+                " freed AS (UPDATE sender.destinations d"
+                "  SET lease_owner = NULL, lease_expires_at = NULL"
+                "  FROM theirs WHERE d.destination = theirs.destination RETURNING 1)"
+                " SELECT count(*) FROM freed",
+                earlier,
+            )
+            await connection.execute(
+                "DELETE FROM sender.replicas WHERE instance_id = ANY($1::text[])", earlier
+            )
+        return int(released)
+
     async def leave(self, instance_id: str) -> None:
         """A clean stop: give every lease back and leave the replica list.
 

@@ -100,6 +100,8 @@ class Replica:
     lease_seconds: float = 3.0
     request_timeout: float = 5.0
     heartbeat_interval: float = 0.3
+    # Stable across restarts (instance_name); None: no name, leases expire only.
+    name: str | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def start(self) -> Replica:
@@ -119,6 +121,8 @@ class Replica:
         self.manager = DeliveryManager(
             self.storage, self.membership, self.transport, self.policy, self.options
         )
+        if self.name is not None:
+            await self.membership.start(self.name)
         await self.membership.beat()
         self.tasks = [
             asyncio.create_task(self.membership.run(self.manager.on_heartbeat)),

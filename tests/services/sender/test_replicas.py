@@ -117,3 +117,49 @@ async def test_a_replica_without_the_lease_cannot_start_a_transaction(
         pass
     else:
         raise AssertionError("a kept sending after losing the lease")
+
+
+async def test_a_restarted_replica_takes_its_leases_back_at_once(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    """Leases last an hour here: only the restart under the same name can hand them over."""
+    receivers = [await receiver_factory() for _ in range(4)]
+    for receiver in receivers:
+        await receiver.go_down()
+    names = [r.server_name for r in receivers]
+    ids = await queue_pdus(sender_storage, names, 2)
+    before = await replica_factory(name="sender-a", lease_seconds=3600)
+    await wait_until(lambda: len(before.manager.workers) == len(names))
+    await before.crash()  # SIGKILL: nothing given back
+    for receiver in receivers:
+        await receiver.come_back()
+
+    after = await replica_factory(name="sender-a", lease_seconds=3600)
+    for receiver in receivers:
+        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=20)
+    owners = await lease_owners(sender_storage)
+    assert before.instance_id not in owners.values()
+    assert set(owners.values()) <= {after.instance_id, None}
+    rows = await sender_storage.pool.fetch("SELECT instance_id FROM sender.replicas")
+    assert before.instance_id not in {row["instance_id"] for row in rows}
+
+
+async def test_a_clean_stop_hands_over_at_once(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    receivers = [await receiver_factory() for _ in range(4)]
+    for receiver in receivers:
+        await receiver.go_down()
+    names = [r.server_name for r in receivers]
+    ids = await queue_pdus(sender_storage, names, 2)
+    leaving = await replica_factory(lease_seconds=3600)
+    await wait_until(lambda: len(leaving.manager.workers) == len(names))
+    staying = await replica_factory(lease_seconds=3600)
+    await leaving.stop()
+    for receiver in receivers:
+        await receiver.come_back()
+    for receiver in receivers:
+        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=20)
+    owners = await lease_owners(sender_storage)
+    assert leaving.instance_id not in owners.values()
+    assert staying.instance_id in owners.values()
