@@ -427,7 +427,7 @@ class Config(BaseSettings):
     """How long a sender replica's hold on a destination lasts unless renewed (every 3 s);
     a dead replica's destinations move to another after this (at least 6)."""
 
-    instance_name: str = ""
+    instance_name: str = Field(default="", max_length=128, pattern=r"^[A-Za-z0-9._:/@-]*$")
     """This replica's name, stable across its restarts (the host or pod name; empty: the
     host name and the part's gRPC port). A sender replica restarting under the same name
     takes its destinations back at once instead of after ``sender_lease_seconds``; give

@@ -105,6 +105,7 @@ BAD_VALUES: dict[str, str] = {
     "sender_min_retry_interval": "0",
     "sender_max_retry_interval": "-5",
     "sender_lease_seconds": "4",
+    "instance_name": "has spaces",
     "sender_catch_up_max_pdus": "0",
     "sender_catch_up_events_per_room": "none",
     "media_store_path": "{file}",
