@@ -52,6 +52,8 @@ ANYONE = Access(parts=frozenset(PART_NAMES), actors=True)
 
 _RULES: dict[str, dict[str, Access]] = {
     "grpc.health.v1.Health": {"Check": ANYONE, "Watch": ANYONE},
+    # Server reflection (mxfed/reflection.py): generic gRPC tools list and describe methods.
+    "grpc.reflection.v1alpha.ServerReflection": {"ServerReflectionInfo": ANYONE},
     "mxfed.keys.v1.Keys": {
         "QueryOwnServerKeys": parts("gateway") | ACTORS,
         "QueryServerKeys": parts("gateway"),

@@ -43,6 +43,7 @@ from mxfed.identity_files import ServerSigningKey, current_signing_key
 from mxfed.internal_plane import Caller, bind_port, client_address, new_server, open_channel
 from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
+from mxfed.reflection import enable_reflection
 from mxfed.startup import StartupError, listen_failure, report_ready
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         raise listen_failure(exc, config.metrics_address(name), f"{name}_metrics_listen") from None
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    enable_reflection(server, name)
     probe_server = _health_only_server(config, health)
     context = ServiceContext(
         name=name,

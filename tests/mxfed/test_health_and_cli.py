@@ -131,3 +131,32 @@ async def test_an_actor_certificate_from_actors_add_reaches_the_bot_surface_only
                 keys_pb2.PerformKeyRotationRequest(), timeout=10
             )
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("service", PARTS)
+async def test_reflection_lists_every_service_of_every_part(
+    running_mxfed: MxfedProcess, service: str
+) -> None:
+    """grpcio-reflection on every part: what a generic tool (grpcurl) sees, as an actor."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from mxfed.reflection import api_services
+
+    added = _cli(running_mxfed, "actors", "add", "reflector")
+    assert added.returncode == 0 or "already has a certificate" in added.stdout
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=api_services(service)[0]),
+    ]
+    async with running_mxfed.channel(service, caller=Caller.actor("reflector")) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answers = [answer async for answer in stub.ServerReflectionInfo(iter(requests))]
+    listed = {s.name for s in answers[0].list_services_response.service}
+    assert listed == {
+        *api_services(service),
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert api_services(service), service
+    # The descriptors come along, so a tool can build requests.
+    assert answers[1].file_descriptor_response.file_descriptor_proto

@@ -246,6 +246,7 @@ def test_every_rpc_has_a_decision_and_no_actor_signs_or_feeds_input() -> None:
         - {
             "/grpc.health.v1.Health/Check",
             "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         }
         == set()
     )
