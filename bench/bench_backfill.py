@@ -146,7 +146,7 @@ async def main() -> None:
                 room_id=room_id,
                 room_version="10",
                 origin=remote.server_name,
-                kind=events_pb2.GAP_FILL,
+                kind=events_pb2.INPUT_KIND_GAP_FILL,
                 pdus=[encode_json(chain[0][1])],
             ),
             timeout=60,

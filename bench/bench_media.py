@@ -60,12 +60,12 @@ class Target:
 
 
 async def upload_to_mxfed(mxfed: MxfedProcess, data: bytes) -> str:
-    async def requests() -> AsyncIterator[media_pb2.UploadRequest]:
-        yield media_pb2.UploadRequest(
+    async def requests() -> AsyncIterator[media_pb2.PerformUploadRequest]:
+        yield media_pb2.PerformUploadRequest(
             start=media_pb2.UploadStart(content_type="application/octet-stream")
         )
         for start in range(0, len(data), 256 * 1024):
-            yield media_pb2.UploadRequest(data=data[start : start + 256 * 1024])
+            yield media_pb2.PerformUploadRequest(data=data[start : start + 256 * 1024])
 
     async with mxfed.channel("media") as channel:
         reply = await media_pb2_grpc.MediaStub(channel).PerformUpload(requests(), timeout=300)

@@ -77,7 +77,6 @@ _RULES: dict[str, dict[str, Access]] = {
         "QueryOpenIdToken": parts("gateway"),
         "QueryRemoteDevices": ACTORS,
         "InputDeviceListUpdates": parts("gateway"),
-        "InputSigningKeyUpdates": parts("gateway"),
         "QueryToDeviceMessages": ACTORS,
         "PerformAckToDeviceMessages": ACTORS,
         "StreamToDeviceMessages": ACTORS,

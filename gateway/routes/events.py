@@ -34,9 +34,9 @@ _PREFIX = "/_matrix/federation/v1"
 # Rejected events are not part of the room; soft-failed ones are served (spec).
 _SERVABLE = frozenset(
     {
-        events_pb2.ACCEPTED,
-        events_pb2.SOFT_FAILED,
-        events_pb2.OUTLIER,
+        events_pb2.EVENT_STATUS_ACCEPTED,
+        events_pb2.EVENT_STATUS_SOFT_FAILED,
+        events_pb2.EVENT_STATUS_OUTLIER,
         events_pb2.EVENT_STATUS_UNSPECIFIED,
     }
 )

@@ -127,6 +127,7 @@ async def send_join(
     return await _send(
         request,
         membership_stub(request).SendJoin,
+        membership_pb2.SendJoinRequest,
         origin,
         room_id,
         event_id,
@@ -139,7 +140,14 @@ async def send_join_v1(
     room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
     """The deprecated v1 form: never omits members (v1 had no ``omit_members``)."""
-    answer = await _send_body(request, membership_stub(request).SendJoin, origin, room_id, event_id)
+    answer = await _send_body(
+        request,
+        membership_stub(request).SendJoin,
+        membership_pb2.SendJoinRequest,
+        origin,
+        room_id,
+        event_id,
+    )
     return _json_response(_v1_answer(answer))
 
 
@@ -151,33 +159,38 @@ def _v1_answer(body: bytes) -> bytes:
 async def _send(
     request: Request,
     rpc: Any,
+    message: Any,
     origin: str,
     room_id: str,
     event_id: str,
-    omit_members: bool = False,
+    **fields: Any,
 ) -> Response:
     return _json_response(
-        await _send_body(request, rpc, origin, room_id, event_id, omit_members=omit_members)
+        await _send_body(request, rpc, message, origin, room_id, event_id, **fields)
     )
 
 
 async def _send_body(
     request: Request,
     rpc: Any,
+    message: Any,
     origin: str,
     room_id: str,
     event_id: str,
-    omit_members: bool = False,
+    **fields: Any,
 ) -> bytes:
-    """send_join / send_leave / send_knock: the signed PDU to the resident's handler."""
+    """send_join / send_leave / send_knock: the signed PDU to the resident's handler.
+
+    ``message`` is the RPC's request type; ``fields`` its fields beyond the common ones.
+    """
     reply = await _call(
         rpc,
-        membership_pb2.SendMembershipRequest(
+        message(
             origin=origin,
             room_id=room_id,
             event_id=event_id,
             pdu_json=await _object_body(request),
-            omit_members=omit_members,
+            **fields,
         ),
     )
     return bytes(reply.response_json)
@@ -197,7 +210,14 @@ async def make_leave(
 async def send_leave(
     room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
-    return await _send(request, membership_stub(request).SendLeave, origin, room_id, event_id)
+    return await _send(
+        request,
+        membership_stub(request).SendLeave,
+        membership_pb2.SendLeaveRequest,
+        origin,
+        room_id,
+        event_id,
+    )
 
 
 @router.put(_V1 + "/send_leave/{room_id}/{event_id:path}")
@@ -205,7 +225,12 @@ async def send_leave_v1(
     room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
     answer = await _send_body(
-        request, membership_stub(request).SendLeave, origin, room_id, event_id
+        request,
+        membership_stub(request).SendLeave,
+        membership_pb2.SendLeaveRequest,
+        origin,
+        room_id,
+        event_id,
     )
     return _json_response(_v1_answer(answer))
 
@@ -226,7 +251,14 @@ async def make_knock(
 async def send_knock(
     room_id: str, event_id: str, request: Request, origin: str = Depends(require_origin)
 ) -> Response:
-    return await _send(request, membership_stub(request).SendKnock, origin, room_id, event_id)
+    return await _send(
+        request,
+        membership_stub(request).SendKnock,
+        membership_pb2.SendKnockRequest,
+        origin,
+        room_id,
+        event_id,
+    )
 
 
 # ---------------------------------------------------------------- invites

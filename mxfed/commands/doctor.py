@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _enum_name(wrapper: Any, value: int, prefix: str) -> str | None:
     name: str = wrapper.Name(value).removeprefix(prefix)
-    return None if name in ("UNSPECIFIED", "NONE") else name.lower()
+    return None if name == "UNSPECIFIED" else name.lower()
 
 
 def outcome_name(value: int) -> str:

@@ -128,8 +128,8 @@ async def upload_file(
     handle = await asyncio.to_thread(open, args.file, "rb")
     try:
 
-        async def requests() -> AsyncIterator[media_pb2.UploadRequest]:
-            yield media_pb2.UploadRequest(
+        async def requests() -> AsyncIterator[media_pb2.PerformUploadRequest]:
+            yield media_pb2.PerformUploadRequest(
                 start=media_pb2.UploadStart(
                     uploader=args.user,
                     content_type=content_type,
@@ -138,7 +138,7 @@ async def upload_file(
                 )
             )
             async for chunk in _file_chunks(handle):
-                yield media_pb2.UploadRequest(data=chunk)
+                yield media_pb2.PerformUploadRequest(data=chunk)
 
         reply = await stub.PerformUpload(requests(), timeout=STREAM_TIMEOUT)
     finally:

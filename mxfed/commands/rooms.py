@@ -149,10 +149,10 @@ async def _resolve_room(
 
 
 _STATUS_NAMES = {
-    events_pb2.ACCEPTED: "accepted",
-    events_pb2.SOFT_FAILED: "soft_failed",
-    events_pb2.REJECTED: "rejected",
-    events_pb2.OUTLIER: "outlier",
+    events_pb2.EVENT_STATUS_ACCEPTED: "accepted",
+    events_pb2.EVENT_STATUS_SOFT_FAILED: "soft_failed",
+    events_pb2.EVENT_STATUS_REJECTED: "rejected",
+    events_pb2.EVENT_STATUS_OUTLIER: "outlier",
 }
 
 
@@ -178,7 +178,7 @@ def event_line(record: events_pb2.EventRecord) -> str:
         else "?"
     )
     parts = [when, str(pdu.get("sender", "?")), str(pdu.get("type", "?")), _summary(pdu)]
-    if record.status in (events_pb2.SOFT_FAILED, events_pb2.REJECTED):
+    if record.status in (events_pb2.EVENT_STATUS_SOFT_FAILED, events_pb2.EVENT_STATUS_REJECTED):
         parts.append(f"[{_STATUS_NAMES[record.status]}]")
     if record.redacted:
         parts.append("[redacted]")

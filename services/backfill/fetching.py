@@ -283,7 +283,7 @@ class Fetcher:
             version.identifier,
             origin,
             _oldest_first(outlier_pdus, room_id),
-            events_pb2.OUTLIER_KIND,
+            events_pb2.INPUT_KIND_OUTLIER,
             "state",
         )
         count = await self._input(
@@ -394,7 +394,7 @@ class Fetcher:
                 room_version(info.room_version),
                 server,
                 _oldest_first(pdus, room_id)[: limit * 2],
-                events_pb2.BACKFILL,
+                events_pb2.INPUT_KIND_BACKFILL,
                 "backfill",
             )
             result.events_refused += count.refused
@@ -495,7 +495,7 @@ class Fetcher:
                     version,
                     origin,
                     _oldest_first(pdus, room_id)[: self.settings.missing_events_limit * 2],
-                    events_pb2.GAP_FILL,
+                    events_pb2.INPUT_KIND_GAP_FILL,
                     "missing_events",
                 )
                 result.events_fetched = count.stored
@@ -519,7 +519,7 @@ class Fetcher:
     async def _dag_events(self, event_ids: Sequence[str]) -> set[str]:
         """The ones we hold as part of the DAG (not outliers)."""
         stored = await self._stored(event_ids)
-        return {e for e, status in stored.items() if status != events_pb2.OUTLIER}
+        return {e for e, status in stored.items() if status != events_pb2.EVENT_STATUS_OUTLIER}
 
     async def _state_after(
         self,
@@ -561,7 +561,7 @@ class Fetcher:
                 version.identifier,
                 origin,
                 _oldest_first(fetched, room_id),
-                events_pb2.OUTLIER_KIND,
+                events_pb2.INPUT_KIND_OUTLIER,
                 "state",
             )
             result.outliers_fetched += count.stored
@@ -643,7 +643,7 @@ class Fetcher:
                     info.room_version,
                     origin,
                     _oldest_first(pdus, room_id),
-                    events_pb2.OUTLIER_KIND,
+                    events_pb2.INPUT_KIND_OUTLIER,
                     "events",
                 )
                 held = await self._stored(event_ids)

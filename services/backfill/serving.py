@@ -23,7 +23,7 @@ MAX_BACKFILL = 100
 MAX_MISSING_EVENTS = 20
 
 # Rejected events are not part of the room.
-_SERVABLE = frozenset({events_pb2.ACCEPTED, events_pb2.SOFT_FAILED})
+_SERVABLE = frozenset({events_pb2.EVENT_STATUS_ACCEPTED, events_pb2.EVENT_STATUS_SOFT_FAILED})
 
 
 @dataclass

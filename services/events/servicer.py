@@ -23,17 +23,18 @@ from services.events.streams import StreamEntry, StreamFilter, StreamHub
 T = TypeVar("T")
 
 _KINDS = {
-    events_pb2.NEW: InputKind.NEW,
-    events_pb2.GAP_FILL: InputKind.GAP_FILL,
-    events_pb2.OUTLIER_KIND: InputKind.OUTLIER,
-    events_pb2.BACKFILL: InputKind.BACKFILL,
+    events_pb2.INPUT_KIND_NEW: InputKind.NEW,
+    events_pb2.INPUT_KIND_GAP_FILL: InputKind.GAP_FILL,
+    events_pb2.INPUT_KIND_OUTLIER: InputKind.OUTLIER,
+    events_pb2.INPUT_KIND_BACKFILL: InputKind.BACKFILL,
 }
 
 
 def _input_kind(value: int) -> InputKind:
     kind = _KINDS.get(value)  # type: ignore[call-overload]
     if kind is None:
-        raise BadRequest(f"kind must be one of NEW, GAP_FILL, OUTLIER_KIND, BACKFILL (got {value})")
+        names = ", ".join(events_pb2.InputKind.Name(number) for number in _KINDS)
+        raise BadRequest(f"kind must be one of {names} (got {value})")
     return kind
 
 
@@ -55,9 +56,9 @@ def _records(views: Sequence[EventView]) -> list[events_pb2.EventRecord]:
     return [_record(view) for view in views]
 
 
-def _stream_item(entry: StreamEntry) -> events_pb2.StreamItem:
+def _stream_item(entry: StreamEntry) -> events_pb2.StreamEventsResponse:
     if entry.event is not None:
-        return events_pb2.StreamItem(
+        return events_pb2.StreamEventsResponse(
             position=entry.position,
             event=_record(entry.event),
             servers_before=entry.servers_before,
@@ -66,13 +67,13 @@ def _stream_item(entry: StreamEntry) -> events_pb2.StreamItem:
     row = entry.ephemeral
     assert row is not None
     if row["kind"] == "typing":
-        return events_pb2.StreamItem(
+        return events_pb2.StreamEventsResponse(
             position=entry.position,
             typing=events_pb2.Typing(
                 room_id=row["room_id"], user_id=row["user_id"], typing=bool(row["typing"])
             ),
         )
-    return events_pb2.StreamItem(
+    return events_pb2.StreamEventsResponse(
         position=entry.position,
         receipt=events_pb2.Receipt(
             room_id=row["room_id"],
@@ -262,7 +263,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     async def StreamEvents(  # noqa: N802
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[events_pb2.StreamItem]:
+    ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
         stream_filter = StreamFilter(
             room_id=request.room_id,
             local_senders_only=request.local_senders_only,

@@ -97,7 +97,7 @@ class MediaServicer(media_pb2_grpc.MediaServicer):
     @reports_service_errors
     async def PerformUpload(  # noqa: N802 (gRPC method name)
         self,
-        request_iterator: AsyncIterator[media_pb2.UploadRequest],
+        request_iterator: AsyncIterator[media_pb2.PerformUploadRequest],
         context: grpc.aio.ServicerContext,
     ) -> media_pb2.PerformUploadResponse:
         messages = aiter(request_iterator)

@@ -29,10 +29,16 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "mxfed.sender.ingest"
 MAX_BATCH = 1000
 # Soft-failed and rejected local events are not sent; outliers have no place in the DAG.
-_NOT_SENT = frozenset({events_pb2.SOFT_FAILED, events_pb2.REJECTED, events_pb2.OUTLIER})
+_NOT_SENT = frozenset(
+    {
+        events_pb2.EVENT_STATUS_SOFT_FAILED,
+        events_pb2.EVENT_STATUS_REJECTED,
+        events_pb2.EVENT_STATUS_OUTLIER,
+    }
+)
 
 
-def ingest_item(item: events_pb2.StreamItem, server_name: str) -> IngestItem | None:
+def ingest_item(item: events_pb2.StreamEventsResponse, server_name: str) -> IngestItem | None:
     """What to queue for one stream item (``None``: nothing to send)."""
     if item.WhichOneof("item") != "event":
         return None
@@ -85,7 +91,9 @@ class Ingester:
             events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True),
             wait_for_ready=True,
         )
-        items: asyncio.Queue[events_pb2.StreamItem | None] = asyncio.Queue(maxsize=10 * MAX_BATCH)
+        items: asyncio.Queue[events_pb2.StreamEventsResponse | None] = asyncio.Queue(
+            maxsize=10 * MAX_BATCH
+        )
 
         async def read() -> None:
             try:
@@ -116,7 +124,7 @@ class Ingester:
             call.cancel()
 
     async def _store(
-        self, connection: asyncpg.Connection, batch: list[events_pb2.StreamItem]
+        self, connection: asyncpg.Connection, batch: list[events_pb2.StreamEventsResponse]
     ) -> None:
         queued = [
             converted

@@ -175,7 +175,7 @@ async def test_send_join_full_handshake(scene: Scene) -> None:
     current = await scene.current_state(room.room_id)
     assert current[("m.room.member", bob)] == joined["event_id"]
     record = await scene.record(joined["event_id"])
-    assert record is not None and record.status == events_pb2.ACCEPTED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
 
 
 async def test_send_join_is_idempotent(scene: Scene) -> None:
@@ -293,7 +293,7 @@ async def test_deprecated_v1_send_join_answers_the_v1_array(scene: Scene) -> Non
     assert "members_omitted" not in answer  # v1 has no omit_members: always the full state
     assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == event_id
     record = await scene.record(event_id)
-    assert record is not None and record.status == events_pb2.ACCEPTED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
 
 
 async def test_deprecated_v1_send_join_errors_are_matrix_errors(scene: Scene) -> None:

@@ -91,9 +91,9 @@ async def test_missing_auth_events_are_fetched_from_the_resident(
     user = local_user(scene)
     join_id = await scene.join(room, user)
     statuses = await scene.statuses([room.topic, room.pl1, join_id])
-    assert statuses[room.topic] != events_pb2.REJECTED
-    assert room.pl1 in statuses and statuses[room.pl1] != events_pb2.REJECTED
-    assert statuses[join_id] == events_pb2.ACCEPTED
+    assert statuses[room.topic] != events_pb2.EVENT_STATUS_REJECTED
+    assert room.pl1 in statuses and statuses[room.pl1] != events_pb2.EVENT_STATUS_REJECTED
+    assert statuses[join_id] == events_pb2.EVENT_STATUS_ACCEPTED
     assert room.pl1 in room.event_requests
     if not serve_event:
         assert room.event_auth_requests  # the chain of an event citing pl1

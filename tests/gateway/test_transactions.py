@@ -51,7 +51,7 @@ async def test_a_valid_message_is_stored_and_readable(scene: Scene, room: Room) 
 
     record = await scene.record(event_id)
     assert record is not None
-    assert record.status == events_pb2.ACCEPTED
+    assert record.status == events_pb2.EVENT_STATUS_ACCEPTED
     assert orjson.loads(record.pdu_json)["content"]["body"] == "hello mxfed"
     assert event_id in await scene.timeline_ids(room.room_id)
 
@@ -204,7 +204,7 @@ async def test_a_non_member_message_is_rejected(scene: Scene, room: Room) -> Non
     assert response.status_code == 200
     assert "error" in response.json()["pdus"][event_id]
     record = await scene.record(event_id)
-    assert record is None or record.status == events_pb2.REJECTED
+    assert record is None or record.status == events_pb2.EVENT_STATUS_REJECTED
     assert event_id not in await scene.timeline_ids(room.room_id)
     fetched = await scene.get(f"/_matrix/federation/v1/event/{quote(event_id, safe='')}")
     assert fetched.status_code == 404
@@ -257,7 +257,7 @@ async def test_a_message_from_a_banned_member_on_an_old_branch_is_soft_failed(
     assert event_id in response.json()["pdus"]
     record = await scene.record(event_id)
     assert record is not None
-    assert record.status == events_pb2.SOFT_FAILED
+    assert record.status == events_pb2.EVENT_STATUS_SOFT_FAILED
     assert (await scene.current_state(room.room_id))[("m.room.member", carol)] == ban_id
     assert event_id not in await scene.timeline_ids(room.room_id)
     # Soft-failed events are still served by /event (spec).
@@ -278,7 +278,7 @@ async def test_a_pdu_relayed_by_a_server_that_is_not_the_senders_is_refused(
     assert response.status_code == 200
     assert "error" in response.json()["pdus"][event_id]
     record = await scene.record(event_id)
-    assert record is None or record.status == events_pb2.REJECTED
+    assert record is None or record.status == events_pb2.EVENT_STATUS_REJECTED
     assert event_id not in await scene.timeline_ids(room.room_id)
 
 

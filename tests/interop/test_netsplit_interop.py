@@ -267,7 +267,7 @@ async def test_state_and_timelines_converge_after_a_netsplit(net: Net, version: 
     assert on_b == ours | hidden
     assert {sam_said, bob_said, *after} <= ours
     for event_id in hidden:
-        assert await mx.status_of(event_id) == events_pb2.SOFT_FAILED
+        assert await mx.status_of(event_id) == events_pb2.EVENT_STATUS_SOFT_FAILED
     # B's side reached mxfed through gap filling (get_missing_events), not pushed:
     # B's topic, dave's name, eve's messages and carol's join came in to connect
     # sam's last message.

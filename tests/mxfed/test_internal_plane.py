@@ -62,7 +62,7 @@ class RecordingEvents(events_pb2_grpc.EventsServicer):
 
     async def StreamEvents(self, request, context):  # noqa: N802
         self.calls.append("StreamEvents")
-        yield events_pb2.StreamItem(position=1)
+        yield events_pb2.StreamEventsResponse(position=1)
 
 
 async def _serve(config: Config, part: str, *servicers: object) -> tuple[grpc.aio.Server, str]:

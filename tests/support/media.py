@@ -24,14 +24,14 @@ async def upload(
     uploader: str = "",
     media_id: str = "",
 ) -> media_pb2.PerformUploadResponse:
-    async def requests() -> AsyncIterator[media_pb2.UploadRequest]:
-        yield media_pb2.UploadRequest(
+    async def requests() -> AsyncIterator[media_pb2.PerformUploadRequest]:
+        yield media_pb2.PerformUploadRequest(
             start=media_pb2.UploadStart(
                 uploader=uploader, content_type=content_type, upload_name=name, media_id=media_id
             )
         )
         for start in range(0, len(data), CHUNK):
-            yield media_pb2.UploadRequest(data=data[start : start + CHUNK])
+            yield media_pb2.PerformUploadRequest(data=data[start : start + CHUNK])
 
     return await stub.PerformUpload(requests(), timeout=60)
 

@@ -90,7 +90,7 @@ class Mx:
         return reply.event_id
 
     async def status_of(self, event_id: str) -> int | None:
-        """The stored status (``events_pb2.ACCEPTED``, ``SOFT_FAILED``...) or None if unknown."""
+        """The stored status (``events_pb2.EVENT_STATUS_ACCEPTED``...) or None if unknown."""
         reply = await self.events.QueryEvents(
             events_pb2.QueryEventsRequest(event_ids=[event_id]), timeout=10
         )

@@ -10,28 +10,28 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class EventStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EVENT_STATUS_UNSPECIFIED: _ClassVar[EventStatus]
-    ACCEPTED: _ClassVar[EventStatus]
-    SOFT_FAILED: _ClassVar[EventStatus]
-    REJECTED: _ClassVar[EventStatus]
-    OUTLIER: _ClassVar[EventStatus]
+    EVENT_STATUS_ACCEPTED: _ClassVar[EventStatus]
+    EVENT_STATUS_SOFT_FAILED: _ClassVar[EventStatus]
+    EVENT_STATUS_REJECTED: _ClassVar[EventStatus]
+    EVENT_STATUS_OUTLIER: _ClassVar[EventStatus]
 
 class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     INPUT_KIND_UNSPECIFIED: _ClassVar[InputKind]
-    NEW: _ClassVar[InputKind]
-    GAP_FILL: _ClassVar[InputKind]
-    OUTLIER_KIND: _ClassVar[InputKind]
-    BACKFILL: _ClassVar[InputKind]
+    INPUT_KIND_NEW: _ClassVar[InputKind]
+    INPUT_KIND_GAP_FILL: _ClassVar[InputKind]
+    INPUT_KIND_OUTLIER: _ClassVar[InputKind]
+    INPUT_KIND_BACKFILL: _ClassVar[InputKind]
 EVENT_STATUS_UNSPECIFIED: EventStatus
-ACCEPTED: EventStatus
-SOFT_FAILED: EventStatus
-REJECTED: EventStatus
-OUTLIER: EventStatus
+EVENT_STATUS_ACCEPTED: EventStatus
+EVENT_STATUS_SOFT_FAILED: EventStatus
+EVENT_STATUS_REJECTED: EventStatus
+EVENT_STATUS_OUTLIER: EventStatus
 INPUT_KIND_UNSPECIFIED: InputKind
-NEW: InputKind
-GAP_FILL: InputKind
-OUTLIER_KIND: InputKind
-BACKFILL: InputKind
+INPUT_KIND_NEW: InputKind
+INPUT_KIND_GAP_FILL: InputKind
+INPUT_KIND_OUTLIER: InputKind
+INPUT_KIND_BACKFILL: InputKind
 
 class EventRecord(_message.Message):
     __slots__ = ("event_id", "room_id", "room_version", "pdu_json", "status", "stream_position", "redacted", "rejection_reason")
@@ -415,7 +415,7 @@ class Receipt(_message.Message):
     data_json: bytes
     def __init__(self, room_id: _Optional[str] = ..., user_id: _Optional[str] = ..., receipt_type: _Optional[str] = ..., event_id: _Optional[str] = ..., data_json: _Optional[bytes] = ...) -> None: ...
 
-class StreamItem(_message.Message):
+class StreamEventsResponse(_message.Message):
     __slots__ = ("position", "event", "typing", "receipt", "servers_before", "relayed_for")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]

@@ -112,7 +112,7 @@ class EventsStub:
         self.StreamEvents = channel.unary_stream(
                 '/mxfed.events.v1.Events/StreamEvents',
                 request_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamItem.FromString,
+                response_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
 
 
@@ -307,7 +307,7 @@ def add_EventsServicer_to_server(servicer, server):
             'StreamEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEvents,
                     request_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsRequest.FromString,
-                    response_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamItem.SerializeToString,
+                    response_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -741,7 +741,7 @@ class Events:
             target,
             '/mxfed.events.v1.Events/StreamEvents',
             mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
-            mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamItem.FromString,
+            mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

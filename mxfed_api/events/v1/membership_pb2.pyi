@@ -28,7 +28,7 @@ class MakeMembershipResponse(_message.Message):
     event_json: bytes
     def __init__(self, room_version: _Optional[str] = ..., event_json: _Optional[bytes] = ...) -> None: ...
 
-class SendMembershipRequest(_message.Message):
+class SendJoinRequest(_message.Message):
     __slots__ = ("origin", "room_id", "event_id", "pdu_json", "omit_members")
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -42,7 +42,43 @@ class SendMembershipRequest(_message.Message):
     omit_members: bool
     def __init__(self, origin: _Optional[str] = ..., room_id: _Optional[str] = ..., event_id: _Optional[str] = ..., pdu_json: _Optional[bytes] = ..., omit_members: _Optional[bool] = ...) -> None: ...
 
-class SendMembershipResponse(_message.Message):
+class SendJoinResponse(_message.Message):
+    __slots__ = ("response_json",)
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    response_json: bytes
+    def __init__(self, response_json: _Optional[bytes] = ...) -> None: ...
+
+class SendLeaveRequest(_message.Message):
+    __slots__ = ("origin", "room_id", "event_id", "pdu_json")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PDU_JSON_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    room_id: str
+    event_id: str
+    pdu_json: bytes
+    def __init__(self, origin: _Optional[str] = ..., room_id: _Optional[str] = ..., event_id: _Optional[str] = ..., pdu_json: _Optional[bytes] = ...) -> None: ...
+
+class SendLeaveResponse(_message.Message):
+    __slots__ = ("response_json",)
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    response_json: bytes
+    def __init__(self, response_json: _Optional[bytes] = ...) -> None: ...
+
+class SendKnockRequest(_message.Message):
+    __slots__ = ("origin", "room_id", "event_id", "pdu_json")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    ROOM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PDU_JSON_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    room_id: str
+    event_id: str
+    pdu_json: bytes
+    def __init__(self, origin: _Optional[str] = ..., room_id: _Optional[str] = ..., event_id: _Optional[str] = ..., pdu_json: _Optional[bytes] = ...) -> None: ...
+
+class SendKnockResponse(_message.Message):
     __slots__ = ("response_json",)
     RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
     response_json: bytes

@@ -41,18 +41,18 @@ class MembershipStub:
                 _registered_method=True)
         self.SendJoin = channel.unary_unary(
                 '/mxfed.events.v1.Membership/SendJoin',
-                request_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.FromString,
+                request_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendJoinRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendJoinResponse.FromString,
                 _registered_method=True)
         self.SendLeave = channel.unary_unary(
                 '/mxfed.events.v1.Membership/SendLeave',
-                request_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.FromString,
+                request_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendLeaveRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendLeaveResponse.FromString,
                 _registered_method=True)
         self.SendKnock = channel.unary_unary(
                 '/mxfed.events.v1.Membership/SendKnock',
-                request_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.FromString,
+                request_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendKnockRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendKnockResponse.FromString,
                 _registered_method=True)
         self.ReceiveInvite = channel.unary_unary(
                 '/mxfed.events.v1.Membership/ReceiveInvite',
@@ -175,18 +175,18 @@ def add_MembershipServicer_to_server(servicer, server):
             ),
             'SendJoin': grpc.unary_unary_rpc_method_handler(
                     servicer.SendJoin,
-                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.FromString,
-                    response_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendJoinRequest.FromString,
+                    response_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendJoinResponse.SerializeToString,
             ),
             'SendLeave': grpc.unary_unary_rpc_method_handler(
                     servicer.SendLeave,
-                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.FromString,
-                    response_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendLeaveRequest.FromString,
+                    response_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendLeaveResponse.SerializeToString,
             ),
             'SendKnock': grpc.unary_unary_rpc_method_handler(
                     servicer.SendKnock,
-                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.FromString,
-                    response_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendKnockRequest.FromString,
+                    response_serializer=mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendKnockResponse.SerializeToString,
             ),
             'ReceiveInvite': grpc.unary_unary_rpc_method_handler(
                     servicer.ReceiveInvite,
@@ -271,8 +271,8 @@ class Membership:
             request,
             target,
             '/mxfed.events.v1.Membership/SendJoin',
-            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.SerializeToString,
-            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.FromString,
+            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendJoinRequest.SerializeToString,
+            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendJoinResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -298,8 +298,8 @@ class Membership:
             request,
             target,
             '/mxfed.events.v1.Membership/SendLeave',
-            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.SerializeToString,
-            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.FromString,
+            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendLeaveRequest.SerializeToString,
+            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendLeaveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -325,8 +325,8 @@ class Membership:
             request,
             target,
             '/mxfed.events.v1.Membership/SendKnock',
-            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipRequest.SerializeToString,
-            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendMembershipResponse.FromString,
+            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendKnockRequest.SerializeToString,
+            mxfed__api_dot_events_dot_v1_dot_membership__pb2.SendKnockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -94,11 +94,6 @@ class AccountsStub:
                 request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
                 response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
                 _registered_method=True)
-        self.InputSigningKeyUpdates = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/InputSigningKeyUpdates',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
-                _registered_method=True)
         self.QueryToDeviceMessages = channel.unary_unary(
                 '/mxfed.keys.v1.Accounts/QueryToDeviceMessages',
                 request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.SerializeToString,
@@ -214,13 +209,6 @@ class AccountsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def InputSigningKeyUpdates(self, request, context):
-        """Same request shape; only the signing key updates are looked at.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def QueryToDeviceMessages(self, request, context):
         """To-device messages received over federation for a local device, in
         position order (positions are per device and only grow; a message
@@ -241,7 +229,8 @@ class AccountsServicer:
     def StreamToDeviceMessages(self, request, context):
         """The stored messages after `after_position`, then each new one as it
         arrives (on any keys replica), until the caller cancels. Never skips or
-        repeats a position.
+        repeats a position. Each item is the record QueryToDeviceMessages lists.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -315,11 +304,6 @@ def add_AccountsServicer_to_server(servicer, server):
             ),
             'InputDeviceListUpdates': grpc.unary_unary_rpc_method_handler(
                     servicer.InputDeviceListUpdates,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.SerializeToString,
-            ),
-            'InputSigningKeyUpdates': grpc.unary_unary_rpc_method_handler(
-                    servicer.InputSigningKeyUpdates,
                     request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.FromString,
                     response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.SerializeToString,
             ),
@@ -666,33 +650,6 @@ class Accounts:
             request,
             target,
             '/mxfed.keys.v1.Accounts/InputDeviceListUpdates',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def InputSigningKeyUpdates(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mxfed.keys.v1.Accounts/InputSigningKeyUpdates',
             mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
             mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
             options,

@@ -34,7 +34,7 @@ class DiagnosisStep(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 
 class DiagnosisCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    DIAGNOSIS_CAUSE_NONE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_UNSPECIFIED: _ClassVar[DiagnosisCause]
     DIAGNOSIS_CAUSE_INVALID_SERVER_NAME: _ClassVar[DiagnosisCause]
     DIAGNOSIS_CAUSE_WELL_KNOWN_HTTP_STATUS: _ClassVar[DiagnosisCause]
     DIAGNOSIS_CAUSE_WELL_KNOWN_REDIRECT_LOOP: _ClassVar[DiagnosisCause]
@@ -98,7 +98,7 @@ DIAGNOSIS_STEP_NOTARIES: DiagnosisStep
 DIAGNOSIS_STEP_REACHES_US: DiagnosisStep
 DIAGNOSIS_STEP_DELIVERY: DiagnosisStep
 DIAGNOSIS_STEP_ROOM_ACL: DiagnosisStep
-DIAGNOSIS_CAUSE_NONE: DiagnosisCause
+DIAGNOSIS_CAUSE_UNSPECIFIED: DiagnosisCause
 DIAGNOSIS_CAUSE_INVALID_SERVER_NAME: DiagnosisCause
 DIAGNOSIS_CAUSE_WELL_KNOWN_HTTP_STATUS: DiagnosisCause
 DIAGNOSIS_CAUSE_WELL_KNOWN_REDIRECT_LOOP: DiagnosisCause

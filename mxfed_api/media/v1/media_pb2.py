@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emxfed_api/media/v1/media.proto\x12\x0emxfed.media.v1\"\\\n\x0bUploadStart\x12\x10\n\x08uploader\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x13\n\x0bupload_name\x18\x03 \x01(\t\x12\x10\n\x08media_id\x18\x04 \x01(\t\"U\n\rUploadRequest\x12,\n\x05start\x18\x01 \x01(\x0b\x32\x1b.mxfed.media.v1.UploadStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"n\n\x15PerformUploadResponse\x12\x0f\n\x07mxc_uri\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\"-\n\x19PerformCreateMediaRequest\x12\x10\n\x08uploader\x18\x01 \x01(\t\"Z\n\x1aPerformCreateMediaResponse\x12\x0f\n\x07mxc_uri\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\x19\n\x11unused_expires_at\x18\x03 \x01(\x03\":\n\x11QueryMediaRequest\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\"\xd1\x01\n\x12QueryMediaResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08uploaded\x18\x02 \x01(\x08\x12\x0e\n\x06remote\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x1b\n\x13\x63ontent_disposition\x18\x05 \x01(\t\x12\x13\n\x0bupload_name\x18\x06 \x01(\t\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x10\n\x08uploader\x18\t \x01(\t\x12\x12\n\ncreated_ts\x18\n \x01(\x03\"g\n\x14StreamContentRequest\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x03\x12\x14\n\x0c\x61llow_remote\x18\x04 \x01(\x08\"\xcb\x01\n\x16StreamThumbnailRequest\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12/\n\x06method\x18\x05 \x01(\x0e\x32\x1f.mxfed.media.v1.ThumbnailMethod\x12\x10\n\x08\x61nimated\x18\x06 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x03\x12\x14\n\x0c\x61llow_remote\x18\x08 \x01(\x08\"c\n\x0b\x43ontentHead\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x1b\n\x13\x63ontent_disposition\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x13\n\x0bupload_name\x18\x04 \x01(\t\"G\n\x0c\x43ontentChunk\x12)\n\x04head\x18\x01 \x01(\x0b\x32\x1b.mxfed.media.v1.ContentHead\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*j\n\x0fThumbnailMethod\x12 \n\x1cTHUMBNAIL_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16THUMBNAIL_METHOD_SCALE\x10\x01\x12\x19\n\x15THUMBNAIL_METHOD_CROP\x10\x02\x32\xd4\x03\n\x05Media\x12W\n\rPerformUpload\x12\x1d.mxfed.media.v1.UploadRequest\x1a%.mxfed.media.v1.PerformUploadResponse(\x01\x12k\n\x12PerformCreateMedia\x12).mxfed.media.v1.PerformCreateMediaRequest\x1a*.mxfed.media.v1.PerformCreateMediaResponse\x12S\n\nQueryMedia\x12!.mxfed.media.v1.QueryMediaRequest\x1a\".mxfed.media.v1.QueryMediaResponse\x12U\n\rStreamContent\x12$.mxfed.media.v1.StreamContentRequest\x1a\x1c.mxfed.media.v1.ContentChunk0\x01\x12Y\n\x0fStreamThumbnail\x12&.mxfed.media.v1.StreamThumbnailRequest\x1a\x1c.mxfed.media.v1.ContentChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emxfed_api/media/v1/media.proto\x12\x0emxfed.media.v1\"\\\n\x0bUploadStart\x12\x10\n\x08uploader\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x13\n\x0bupload_name\x18\x03 \x01(\t\x12\x10\n\x08media_id\x18\x04 \x01(\t\"\\\n\x14PerformUploadRequest\x12,\n\x05start\x18\x01 \x01(\x0b\x32\x1b.mxfed.media.v1.UploadStartH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"n\n\x15PerformUploadResponse\x12\x0f\n\x07mxc_uri\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\"-\n\x19PerformCreateMediaRequest\x12\x10\n\x08uploader\x18\x01 \x01(\t\"Z\n\x1aPerformCreateMediaResponse\x12\x0f\n\x07mxc_uri\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\x19\n\x11unused_expires_at\x18\x03 \x01(\x03\":\n\x11QueryMediaRequest\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\"\xd1\x01\n\x12QueryMediaResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08uploaded\x18\x02 \x01(\x08\x12\x0e\n\x06remote\x18\x03 \x01(\x08\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x1b\n\x13\x63ontent_disposition\x18\x05 \x01(\t\x12\x13\n\x0bupload_name\x18\x06 \x01(\t\x12\x0c\n\x04size\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x10\n\x08uploader\x18\t \x01(\t\x12\x12\n\ncreated_ts\x18\n \x01(\x03\"g\n\x14StreamContentRequest\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x03\x12\x14\n\x0c\x61llow_remote\x18\x04 \x01(\x08\"\xcb\x01\n\x16StreamThumbnailRequest\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x10\n\x08media_id\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12/\n\x06method\x18\x05 \x01(\x0e\x32\x1f.mxfed.media.v1.ThumbnailMethod\x12\x10\n\x08\x61nimated\x18\x06 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x07 \x01(\x03\x12\x14\n\x0c\x61llow_remote\x18\x08 \x01(\x08\"c\n\x0b\x43ontentHead\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x1b\n\x13\x63ontent_disposition\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x13\n\x0bupload_name\x18\x04 \x01(\t\"G\n\x0c\x43ontentChunk\x12)\n\x04head\x18\x01 \x01(\x0b\x32\x1b.mxfed.media.v1.ContentHead\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*j\n\x0fThumbnailMethod\x12 \n\x1cTHUMBNAIL_METHOD_UNSPECIFIED\x10\x00\x12\x1a\n\x16THUMBNAIL_METHOD_SCALE\x10\x01\x12\x19\n\x15THUMBNAIL_METHOD_CROP\x10\x02\x32\xdb\x03\n\x05Media\x12^\n\rPerformUpload\x12$.mxfed.media.v1.PerformUploadRequest\x1a%.mxfed.media.v1.PerformUploadResponse(\x01\x12k\n\x12PerformCreateMedia\x12).mxfed.media.v1.PerformCreateMediaRequest\x1a*.mxfed.media.v1.PerformCreateMediaResponse\x12S\n\nQueryMedia\x12!.mxfed.media.v1.QueryMediaRequest\x1a\".mxfed.media.v1.QueryMediaResponse\x12U\n\rStreamContent\x12$.mxfed.media.v1.StreamContentRequest\x1a\x1c.mxfed.media.v1.ContentChunk0\x01\x12Y\n\x0fStreamThumbnail\x12&.mxfed.media.v1.StreamThumbnailRequest\x1a\x1c.mxfed.media.v1.ContentChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mxfed_api.media.v1.media_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_THUMBNAILMETHOD']._serialized_start=1239
-  _globals['_THUMBNAILMETHOD']._serialized_end=1345
+  _globals['_THUMBNAILMETHOD']._serialized_start=1246
+  _globals['_THUMBNAILMETHOD']._serialized_end=1352
   _globals['_UPLOADSTART']._serialized_start=50
   _globals['_UPLOADSTART']._serialized_end=142
-  _globals['_UPLOADREQUEST']._serialized_start=144
-  _globals['_UPLOADREQUEST']._serialized_end=229
-  _globals['_PERFORMUPLOADRESPONSE']._serialized_start=231
-  _globals['_PERFORMUPLOADRESPONSE']._serialized_end=341
-  _globals['_PERFORMCREATEMEDIAREQUEST']._serialized_start=343
-  _globals['_PERFORMCREATEMEDIAREQUEST']._serialized_end=388
-  _globals['_PERFORMCREATEMEDIARESPONSE']._serialized_start=390
-  _globals['_PERFORMCREATEMEDIARESPONSE']._serialized_end=480
-  _globals['_QUERYMEDIAREQUEST']._serialized_start=482
-  _globals['_QUERYMEDIAREQUEST']._serialized_end=540
-  _globals['_QUERYMEDIARESPONSE']._serialized_start=543
-  _globals['_QUERYMEDIARESPONSE']._serialized_end=752
-  _globals['_STREAMCONTENTREQUEST']._serialized_start=754
-  _globals['_STREAMCONTENTREQUEST']._serialized_end=857
-  _globals['_STREAMTHUMBNAILREQUEST']._serialized_start=860
-  _globals['_STREAMTHUMBNAILREQUEST']._serialized_end=1063
-  _globals['_CONTENTHEAD']._serialized_start=1065
-  _globals['_CONTENTHEAD']._serialized_end=1164
-  _globals['_CONTENTCHUNK']._serialized_start=1166
-  _globals['_CONTENTCHUNK']._serialized_end=1237
-  _globals['_MEDIA']._serialized_start=1348
-  _globals['_MEDIA']._serialized_end=1816
+  _globals['_PERFORMUPLOADREQUEST']._serialized_start=144
+  _globals['_PERFORMUPLOADREQUEST']._serialized_end=236
+  _globals['_PERFORMUPLOADRESPONSE']._serialized_start=238
+  _globals['_PERFORMUPLOADRESPONSE']._serialized_end=348
+  _globals['_PERFORMCREATEMEDIAREQUEST']._serialized_start=350
+  _globals['_PERFORMCREATEMEDIAREQUEST']._serialized_end=395
+  _globals['_PERFORMCREATEMEDIARESPONSE']._serialized_start=397
+  _globals['_PERFORMCREATEMEDIARESPONSE']._serialized_end=487
+  _globals['_QUERYMEDIAREQUEST']._serialized_start=489
+  _globals['_QUERYMEDIAREQUEST']._serialized_end=547
+  _globals['_QUERYMEDIARESPONSE']._serialized_start=550
+  _globals['_QUERYMEDIARESPONSE']._serialized_end=759
+  _globals['_STREAMCONTENTREQUEST']._serialized_start=761
+  _globals['_STREAMCONTENTREQUEST']._serialized_end=864
+  _globals['_STREAMTHUMBNAILREQUEST']._serialized_start=867
+  _globals['_STREAMTHUMBNAILREQUEST']._serialized_end=1070
+  _globals['_CONTENTHEAD']._serialized_start=1072
+  _globals['_CONTENTHEAD']._serialized_end=1171
+  _globals['_CONTENTCHUNK']._serialized_start=1173
+  _globals['_CONTENTCHUNK']._serialized_end=1244
+  _globals['_MEDIA']._serialized_start=1355
+  _globals['_MEDIA']._serialized_end=1830
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,7 @@ class UploadStart(_message.Message):
     media_id: str
     def __init__(self, uploader: _Optional[str] = ..., content_type: _Optional[str] = ..., upload_name: _Optional[str] = ..., media_id: _Optional[str] = ...) -> None: ...
 
-class UploadRequest(_message.Message):
+class PerformUploadRequest(_message.Message):
     __slots__ = ("start", "data")
     START_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]

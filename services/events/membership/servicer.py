@@ -66,21 +66,21 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
             request.pdu_json,
             request.omit_members,
         )
-        return membership_pb2.SendMembershipResponse(response_json=body)
+        return membership_pb2.SendJoinResponse(response_json=body)
 
     @reports_service_errors
     async def SendLeave(self, request, context):  # noqa: N802, ANN001, ANN201
         body = await self.resident.send_leave(
             request.origin, request.room_id, request.event_id, request.pdu_json
         )
-        return membership_pb2.SendMembershipResponse(response_json=body)
+        return membership_pb2.SendLeaveResponse(response_json=body)
 
     @reports_service_errors
     async def SendKnock(self, request, context):  # noqa: N802, ANN001, ANN201
         body = await self.resident.send_knock(
             request.origin, request.room_id, request.event_id, request.pdu_json
         )
-        return membership_pb2.SendMembershipResponse(response_json=body)
+        return membership_pb2.SendKnockResponse(response_json=body)
 
     @reports_service_errors
     async def ReceiveInvite(self, request, context):  # noqa: N802, ANN001, ANN201

@@ -68,12 +68,12 @@ class Join:
     servers_before: tuple[str, ...]
 
 
-def join_of(item: events_pb2.StreamItem, server_name: str) -> Join | None:
+def join_of(item: events_pb2.StreamEventsResponse, server_name: str) -> Join | None:
     """The local user's join an item carries (``None``: not one)."""
     if item.WhichOneof("item") != "event":
         return None
     event = item.event
-    if event.status != events_pb2.ACCEPTED:
+    if event.status != events_pb2.EVENT_STATUS_ACCEPTED:
         return None
     try:
         pdu = decode_json(event.pdu_json)
@@ -210,7 +210,9 @@ class JoinDeviceLists:
         finally:
             call.cancel()
 
-    async def _handle(self, connection: asyncpg.Connection, item: events_pb2.StreamItem) -> None:
+    async def _handle(
+        self, connection: asyncpg.Connection, item: events_pb2.StreamEventsResponse
+    ) -> None:
         join = join_of(item, self.server_name)
         destinations: list[str] = []
         if join is not None and not await self._was_joined(join):

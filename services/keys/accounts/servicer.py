@@ -182,18 +182,17 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             response_json=orjson.dumps(body), from_cache=from_cache
         )
 
-    async def _input(self, request: Any, *, device_lists: bool) -> Any:
+    @reports_service_errors
+    async def InputDeviceListUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
         if not request.origin:
             raise BadRequest("origin is required", "M_MISSING_PARAM")
-        device_updates = _decoded(request.device_list_updates) if device_lists else []
+        device_updates = _decoded(request.device_list_updates)
         signing_updates = _decoded(request.signing_key_updates)
         reply = accounts_pb2.InputDeviceListUpdatesResponse()
         if device_updates or signing_updates:
             reply.applied, reply.resyncs, reply.ignored = await self.remote.input_edus(
                 request.origin, device_updates, signing_updates
             )
-        if not device_lists:
-            return reply
         if request.to_device_messages:
             outcome = await self.to_device.input_edus(
                 request.origin, _decoded(request.to_device_messages)
@@ -206,14 +205,6 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
                 request.origin, _decoded(request.presence_updates)
             )
         return reply
-
-    @reports_service_errors
-    async def InputDeviceListUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return await self._input(request, device_lists=True)
-
-    @reports_service_errors
-    async def InputSigningKeyUpdates(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return await self._input(request, device_lists=False)
 
     # ------------------------------------------------------------ to-device inbox
 

@@ -30,7 +30,7 @@ def step_pb(step: StepId | None) -> keys_pb2.DiagnosisStep:
 
 
 def cause_pb(cause: Cause | None) -> keys_pb2.DiagnosisCause:
-    name = cause.name if cause is not None else "NONE"
+    name = cause.name if cause is not None else "UNSPECIFIED"
     return keys_pb2.DiagnosisCause.Value(f"DIAGNOSIS_CAUSE_{name}")
 
 

@@ -51,7 +51,9 @@ class StandInEvents:
         self.inputs.append(request)
         return events_pb2.InputPdusResponse(
             results=[
-                events_pb2.PduResult(event_id=f"$stored{i}", status=events_pb2.ACCEPTED)
+                events_pb2.PduResult(
+                    event_id=f"$stored{i}", status=events_pb2.EVENT_STATUS_ACCEPTED
+                )
                 for i, _ in enumerate(request.pdus)
             ]
         )
@@ -153,7 +155,7 @@ async def test_backfill_tries_servers_oldest_member_first_and_stores_one_batch(
     assert result.server == good.server.server_name
     assert len(events.inputs) == 1
     (batch,) = events.inputs
-    assert batch.kind == events_pb2.BACKFILL and batch.room_version == "10"
+    assert batch.kind == events_pb2.INPUT_KIND_BACKFILL and batch.room_version == "10"
     assert batch.origin == good.server.server_name
     import orjson
 
@@ -199,7 +201,9 @@ async def test_failing_servers_are_skipped_and_backed_off(
     # Once the backoff is cleared the good server fills it, and the failure is forgotten.
     await store.clear_pull_failures(ROOM, ["$hole"])
     good.pdus = chain(good.server, 3)
-    events.records["$hole"] = events_pb2.EventRecord(event_id="$hole", status=events_pb2.ACCEPTED)
+    events.records["$hole"] = events_pb2.EventRecord(
+        event_id="$hole", status=events_pb2.EVENT_STATUS_ACCEPTED
+    )
     filled = await fetcher.backfill(ROOM)
     assert filled.events_fetched == 3
     assert filled.server == good.server.server_name

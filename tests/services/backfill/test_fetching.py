@@ -256,7 +256,7 @@ async def test_a_small_gap_is_filled_and_the_event_is_then_accepted(stage: Stage
     assert body["min_depth"] == info.min_depth
     for event_id, _ in gap:
         record = await scene.record(event_id)
-        assert record is not None and record.status == events_pb2.ACCEPTED
+        assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     assert await scene.record(forged_id) is None  # bad signature: dropped
 
     response = await scene.send([pushed])
@@ -303,7 +303,7 @@ async def test_when_a_gap_remains_the_oldest_fetched_event_gets_the_state_before
     assert list(reply.still_missing) == []
     for event_id, _ in events[5:15]:
         record = await scene.record(event_id)
-        assert record is not None and record.status == events_pb2.ACCEPTED
+        assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     history = history_pb2_grpc.HistoryStub(scene.channel)
     extremities = await history.QueryBackwardExtremities(
         history_pb2.QueryBackwardExtremitiesRequest(room_id=room.room_id), timeout=10
@@ -354,7 +354,7 @@ async def test_send_fills_the_gap_before_the_pushed_event(stage: Stage) -> None:
     assert [kind for kind, _, _ in hosted.requests] == ["get_missing_events"]
     for event_id, _ in events:
         record = await scene.record(event_id)
-        assert record is not None and record.status == events_pb2.ACCEPTED
+        assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     assert (await scene.record(pushed_id)).stream_position > 0
     info = await scene.events.QueryRoomInfo(
         events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
@@ -469,15 +469,20 @@ async def test_gap_filled_messages_of_a_user_banned_meanwhile_are_soft_failed(
     assert response.json() == {"pdus": {pushed_id: {}}}
     assert [kind for kind, _, _ in stage.hosted.requests] == ["get_missing_events"]
     gap_ids = [event_id for event_id, _ in gap]
-    assert await status_of(scene, gap_ids) == dict.fromkeys(gap_ids, events_pb2.SOFT_FAILED)
+    assert await status_of(scene, gap_ids) == dict.fromkeys(
+        gap_ids, events_pb2.EVENT_STATUS_SOFT_FAILED
+    )
     for event_id in gap_ids:
         assert (await scene.record(event_id)).stream_position == 0  # never streamed
     # carol's message builds on them and is allowed: it is shown, they are not.
     pushed_record = await scene.record(pushed_id)
-    assert pushed_record.status == events_pb2.ACCEPTED and pushed_record.stream_position > 0
+    assert (
+        pushed_record.status == events_pb2.EVENT_STATUS_ACCEPTED
+        and pushed_record.stream_position > 0
+    )
     timeline = await scene.timeline_ids(room.room_id)
     assert pushed_id in timeline and not set(gap_ids) & set(timeline)
-    assert (await scene.record(first_id)).status == events_pb2.ACCEPTED
+    assert (await scene.record(first_id)).status == events_pb2.EVENT_STATUS_ACCEPTED
     # The forward extremities: the ban and carol's last message, which supersedes
     # her first one even though the soft-failed messages lie between them.
     info = await scene.events.QueryRoomInfo(
@@ -506,12 +511,12 @@ async def test_an_edge_of_an_open_gap_is_soft_failed_after_a_ban(stage: Stage) -
     response = await scene.send([pushed])
     assert response.json() == {"pdus": {pushed_id: {}}}
     assert ("state_ids", room.room_id, topic_id) in stage.hosted.requests
-    assert (await scene.record(promotion_id)).status == events_pb2.OUTLIER
+    assert (await scene.record(promotion_id)).status == events_pb2.EVENT_STATUS_OUTLIER
     # Resolved with the state at the topic change (bob promoted there), the
     # ban still wins: the topic change is soft-failed, rita's messages are not.
-    assert (await scene.record(topic_id)).status == events_pb2.SOFT_FAILED
+    assert (await scene.record(topic_id)).status == events_pb2.EVENT_STATUS_SOFT_FAILED
     later = [event_id for event_id, _ in events[2:]]
-    assert await status_of(scene, later) == dict.fromkeys(later, events_pb2.ACCEPTED)
+    assert await status_of(scene, later) == dict.fromkeys(later, events_pb2.EVENT_STATUS_ACCEPTED)
     state = await scene.current_state(room.room_id)
     assert state.get(("m.room.topic", "")) != topic_id
 
@@ -536,7 +541,7 @@ async def test_an_edge_of_an_open_gap_may_use_a_promotion_made_in_the_gap(stage:
     await scene.send_local(room, "m.room.name", {"name": "our side"}, "")
     response = await scene.send([pushed])
     assert response.json() == {"pdus": {pushed_id: {}}}
-    assert (await scene.record(topic_id)).status == events_pb2.ACCEPTED
+    assert (await scene.record(topic_id)).status == events_pb2.EVENT_STATUS_ACCEPTED
     state = await scene.current_state(room.room_id)
     assert state[("m.room.topic", "")] == topic_id
     assert state[("m.room.power_levels", "")] == events[0][0]
@@ -607,9 +612,9 @@ async def _remote_room_joined_at_its_latest_event(
     chain = {a for e in state.values() for a in hosted.auth_chain(e)}
     outliers = [e for e in order if e in chain or e in state.values()]
     for kind, ids, state_before in (
-        (events_pb2.OUTLIER_KIND, outliers, []),
+        (events_pb2.INPUT_KIND_OUTLIER, outliers, []),
         (
-            events_pb2.GAP_FILL,
+            events_pb2.INPUT_KIND_GAP_FILL,
             [latest],
             [events_pb2.StateBefore(event_id=latest, state_event_ids=list(state.values()))],
         ),
@@ -652,7 +657,7 @@ async def test_backfill_below_a_join_reaches_the_room_start_and_drops_forged_eve
     assert ("state_ids", room_id, edge) in hosted.requests
     for event_id in order[-11:-1]:
         record = await scene.record(event_id)
-        assert record is not None and record.status == events_pb2.ACCEPTED
+        assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
         assert record.stream_position == 0
 
     for _ in range(10):
@@ -692,7 +697,9 @@ async def test_backfilled_history_is_not_soft_failed(stage: Stage) -> None:
     )
     assert reply.events_fetched > 0
     eve_said = order[6:9]
-    assert await status_of(scene, eve_said) == dict.fromkeys(eve_said, events_pb2.ACCEPTED)
+    assert await status_of(scene, eve_said) == dict.fromkeys(
+        eve_said, events_pb2.EVENT_STATUS_ACCEPTED
+    )
 
 
 async def test_backfill_of_an_unknown_room_is_not_found(stage: Stage) -> None:

@@ -80,13 +80,13 @@ async def _joined(events: EventsService, remote: RemoteServer, messages: int) ->
     room = RemoteRoom(remote)
     for i in range(messages):
         room.add("m.room.message", {"body": f"m{i}"})
-    outliers = await _input(events, room, events_pb2.OUTLIER_KIND, room.state_ids())
-    assert {s for s, _ in outliers.values()} == {events_pb2.OUTLIER}
+    outliers = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, room.state_ids())
+    assert {s for s, _ in outliers.values()} == {events_pb2.EVENT_STATUS_OUTLIER}
     latest = room.order[-1]
     result = await _input(
-        events, room, events_pb2.GAP_FILL, [latest], {latest: room.state_before(latest)}
+        events, room, events_pb2.INPUT_KIND_GAP_FILL, [latest], {latest: room.state_before(latest)}
     )
-    assert result == {latest: (events_pb2.ACCEPTED, "")}
+    assert result == {latest: (events_pb2.EVENT_STATUS_ACCEPTED, "")}
     return room
 
 
@@ -119,12 +119,15 @@ async def test_outliers_are_stored_without_their_prev_events(
     power_levels = room.order[2]
     # Only the power levels, its auth events first: its prev (bob's join) is not input.
     create, join = room.order[0], room.order[1]
-    result = await _input(events, room, events_pb2.OUTLIER_KIND, [create, power_levels])
-    assert result[create][0] == events_pb2.OUTLIER
+    result = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, [create, power_levels])
+    assert result[create][0] == events_pb2.EVENT_STATUS_OUTLIER
     assert result[power_levels] == (events_pb2.EVENT_STATUS_UNSPECIFIED, result[power_levels][1])
     assert "missing auth_events" in result[power_levels][1]  # cites bob's join
-    result = await _input(events, room, events_pb2.OUTLIER_KIND, [power_levels, join])
-    assert result == {join: (events_pb2.OUTLIER, ""), power_levels: (events_pb2.OUTLIER, "")}
+    result = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, [power_levels, join])
+    assert result == {
+        join: (events_pb2.EVENT_STATUS_OUTLIER, ""),
+        power_levels: (events_pb2.EVENT_STATUS_OUTLIER, ""),
+    }
     info = await events.stub.QueryRoomInfo(
         events_pb2.QueryRoomInfoRequest(room_id=room.head.room_id)
     )
@@ -140,8 +143,8 @@ async def test_an_outlier_failing_its_own_auth_events_is_rejected(
     mallory = remote.user("mallory")
     pdu, bad_id = remote.pdu(room.head, "m.room.topic", mallory, {"topic": "x"}, "")
     room.pdus[bad_id] = pdu
-    result = await _input(events, room, events_pb2.OUTLIER_KIND, [*room.order[:4], bad_id])
-    assert result[bad_id][0] == events_pb2.REJECTED
+    result = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, [*room.order[:4], bad_id])
+    assert result[bad_id][0] == events_pb2.EVENT_STATUS_REJECTED
 
 
 async def test_state_before_places_an_event_whose_prevs_are_missing(
@@ -150,7 +153,7 @@ async def test_state_before_places_an_event_whose_prevs_are_missing(
     room = await _joined(events, remote, 5)
     latest, prev = room.order[-1], room.order[-2]
     record = await events.event(latest)
-    assert record is not None and record.status == events_pb2.ACCEPTED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     info = await events.stub.QueryRoomInfo(
         events_pb2.QueryRoomInfoRequest(room_id=room.head.room_id)
     )
@@ -169,7 +172,7 @@ async def test_without_state_before_missing_prevs_are_refused(
 ) -> None:
     room = await _joined(events, remote, 5)
     older = room.order[-3]
-    result = await _input(events, room, events_pb2.BACKFILL, [older])
+    result = await _input(events, room, events_pb2.INPUT_KIND_BACKFILL, [older])
     assert result[older][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
     assert result[older][1].startswith("missing prev_events")
 
@@ -184,11 +187,17 @@ async def test_state_before_is_used_for_the_auth_checks(
     )
     room.pdus[event_id] = pdu
     result = await _input(
-        events, room, events_pb2.BACKFILL, [event_id], {event_id: room.state_ids()}
+        events, room, events_pb2.INPUT_KIND_BACKFILL, [event_id], {event_id: room.state_ids()}
     )
-    assert result[event_id][0] == events_pb2.REJECTED  # carol is not joined in that state
+    assert (
+        result[event_id][0] == events_pb2.EVENT_STATUS_REJECTED
+    )  # carol is not joined in that state
     unknown = await _input(
-        events, room, events_pb2.BACKFILL, [room.order[-2]], {room.order[-2]: ["$nowhere"]}
+        events,
+        room,
+        events_pb2.INPUT_KIND_BACKFILL,
+        [room.order[-2]],
+        {room.order[-2]: ["$nowhere"]},
     )
     assert "unknown state events" in unknown[room.order[-2]][1]
 
@@ -204,12 +213,16 @@ async def test_backfill_pages_down_to_the_room_start_and_promotes_outliers(
     # missing: it gets the state before it.
     first = list(reversed(room.order[14:33]))
     edge = room.order[14]
-    result = await _input(events, room, events_pb2.BACKFILL, first, {edge: room.state_before(edge)})
-    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}
+    result = await _input(
+        events, room, events_pb2.INPUT_KIND_BACKFILL, first, {edge: room.state_before(edge)}
+    )
+    assert {s for s, _ in result.values()} == {events_pb2.EVENT_STATUS_ACCEPTED}
     assert await _backward_extremities(events, room_id) == [room.order[13]]
     second = list(reversed(room.order[:14]))
-    result = await _input(events, room, events_pb2.BACKFILL, second)
-    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}  # outliers promoted
+    result = await _input(events, room, events_pb2.INPUT_KIND_BACKFILL, second)
+    assert {s for s, _ in result.values()} == {
+        events_pb2.EVENT_STATUS_ACCEPTED
+    }  # outliers promoted
     assert await _backward_extremities(events, room_id) == []
 
     after = await events.head(room_id)
@@ -217,7 +230,7 @@ async def test_backfill_pages_down_to_the_room_start_and_promotes_outliers(
     assert after.state == before.state
     for event_id in room.order:
         record = await events.event(event_id)
-        assert record is not None and record.status == events_pb2.ACCEPTED, event_id
+        assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED, event_id
         if event_id != room.order[-1]:
             assert record.stream_position == 0
     promoted = await events.stub.QueryStateAtEvent(
@@ -242,7 +255,7 @@ async def test_resume_token_continues_after_backfill(
     )
     assert [r.event_id for r in page.events] == [room.order[-1]]
     assert not page.next_token and not page.reached_room_start
-    await _input(events, room, events_pb2.BACKFILL, list(reversed(room.order[:-1])))
+    await _input(events, room, events_pb2.INPUT_KIND_BACKFILL, list(reversed(room.order[:-1])))
     more = await events.stub.QueryTimeline(
         events_pb2.QueryTimelineRequest(
             room_id=room_id, from_token=page.resume_token, backwards=True, limit=10
@@ -260,9 +273,13 @@ async def test_history_with_state_before_fills_a_gap_and_moves_the_head(
     newer = [room.add("m.room.message", {"body": f"n{i}"}) for i in range(4)]
     # n0 is missing; n1 (prev n0) comes with the state before it, n2 and n3 on it.
     result = await _input(
-        events, room, events_pb2.GAP_FILL, newer[1:], {newer[1]: room.state_before(newer[1])}
+        events,
+        room,
+        events_pb2.INPUT_KIND_GAP_FILL,
+        newer[1:],
+        {newer[1]: room.state_before(newer[1])},
     )
-    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}
+    assert {s for s, _ in result.values()} == {events_pb2.EVENT_STATUS_ACCEPTED}
     head = await events.head(room_id)
     assert set(head.extremities) == {room.order[5], newer[3]}
     assert newer[0] in await _backward_extremities(events, room_id)
@@ -282,8 +299,8 @@ async def test_fetched_history_may_exceed_20_prev_events_but_not_the_size_limit(
     big, big_id = remote.pdu(room.head, "m.room.message", room.bob, {"body": "p" * 65_536})
     room.pdus.update({wide_id: wide, big_id: big})
     state = {wide_id: room.state_before(latest)}
-    result = await _input(events, room, events_pb2.GAP_FILL, [wide_id, big_id], state)
-    assert result[wide_id] == (events_pb2.ACCEPTED, ""), result
+    result = await _input(events, room, events_pb2.INPUT_KIND_GAP_FILL, [wide_id, big_id], state)
+    assert result[wide_id] == (events_pb2.EVENT_STATUS_ACCEPTED, ""), result
     assert result[big_id][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
     assert "larger than 65536 bytes" in result[big_id][1]
     assert await events.event(big_id) is None
@@ -314,7 +331,7 @@ async def test_input_without_a_kind_or_with_an_unknown_version_is_refused(
             events_pb2.InputPdusRequest(
                 room_id=room.head.room_id,
                 room_version="99",
-                kind=events_pb2.OUTLIER_KIND,
+                kind=events_pb2.INPUT_KIND_OUTLIER,
                 pdus=[create],
             )
         )

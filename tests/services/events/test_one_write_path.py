@@ -209,11 +209,15 @@ async def test_every_input_path_stores_through_room_batch(
 
     async with audited.only_room_batches_write("InputPdus NEW"):
         message, _ = remote.pdu(head, "m.room.message", alice, {"body": "two"})
-        assert await _input(audited, head, events_pb2.NEW, [message]) == [events_pb2.ACCEPTED]
+        assert await _input(audited, head, events_pb2.INPUT_KIND_NEW, [message]) == [
+            events_pb2.EVENT_STATUS_ACCEPTED
+        ]
 
     async with audited.only_room_batches_write("InputPdus OUTLIER"):
         aside, _ = remote.pdu(head, "m.room.message", alice, {"body": "aside"}, advance=False)
-        assert await _input(audited, head, events_pb2.OUTLIER_KIND, [aside]) == [events_pb2.OUTLIER]
+        assert await _input(audited, head, events_pb2.INPUT_KIND_OUTLIER, [aside]) == [
+            events_pb2.EVENT_STATUS_OUTLIER
+        ]
 
     async with audited.only_room_batches_write("InputPdus GAP_FILL"):
         connected, _ = remote.pdu(head, "m.room.message", alice, {"body": "three"})
@@ -222,9 +226,13 @@ async def test_every_input_path_stores_through_room_batch(
             head, "m.room.message", alice, {"body": "across a gap"}, prev=["$gone:remote.test"]
         )
         statuses = await _input(
-            audited, head, events_pb2.GAP_FILL, [connected, across], {across_id: state_ids}
+            audited,
+            head,
+            events_pb2.INPUT_KIND_GAP_FILL,
+            [connected, across],
+            {across_id: state_ids},
         )
-        assert statuses == [events_pb2.ACCEPTED, events_pb2.ACCEPTED]
+        assert statuses == [events_pb2.EVENT_STATUS_ACCEPTED, events_pb2.EVENT_STATUS_ACCEPTED]
 
     async with audited.only_room_batches_write("InputPdus BACKFILL"):
         old, old_id = remote.pdu(
@@ -236,14 +244,16 @@ async def test_every_input_path_stores_through_room_batch(
             depth=2,
             advance=False,
         )
-        statuses = await _input(audited, head, events_pb2.BACKFILL, [old], {old_id: state_ids})
-        assert statuses == [events_pb2.ACCEPTED]
+        statuses = await _input(
+            audited, head, events_pb2.INPUT_KIND_BACKFILL, [old], {old_id: state_ids}
+        )
+        assert statuses == [events_pb2.EVENT_STATUS_ACCEPTED]
 
     async with audited.only_room_batches_write("send_join we host"):
         head = await events.head(room_id)
         bob_join, bob_join_id = remote.pdu(head, "m.room.member", bob, {"membership": "join"}, bob)
         await audited.membership.SendJoin(
-            membership_pb2.SendMembershipRequest(
+            membership_pb2.SendJoinRequest(
                 origin=remote.name,
                 room_id=room_id,
                 event_id=bob_join_id,

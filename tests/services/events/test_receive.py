@@ -29,7 +29,7 @@ async def test_valid_pdu_is_stored_and_readable(
 
     record = await events.event(event_id)
     assert record is not None
-    assert record.status == events_pb2.ACCEPTED and record.stream_position > 0
+    assert record.status == events_pb2.EVENT_STATUS_ACCEPTED and record.stream_position > 0
     assert decode_json(record.pdu_json)["content"] == {"body": "hi"}
     assert (await events.head(room_id)).extremities == [event_id]
     servers = await events.stub.QueryServersInRoom(
@@ -94,7 +94,7 @@ async def test_auth_failure_is_rejected_and_never_a_prev_event(
     response = await events.transaction(remote.name, [message])
     assert "rejected" in response["pdus"][event_id]["error"]
     record = await events.event(event_id)
-    assert record is not None and record.status == events_pb2.REJECTED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_REJECTED
     assert record.rejection_reason and record.stream_position == 0
     after = await events.head(room_id)
     assert event_id not in after.extremities
@@ -132,7 +132,7 @@ async def test_soft_fail_after_ban(events: EventsService, remote: RemoteServer) 
     message, event_id = remote.pdu(before_ban, "m.room.message", alice, {"body": "late"})
     assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
     record = await events.event(event_id)
-    assert record is not None and record.status == events_pb2.SOFT_FAILED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_SOFT_FAILED
     assert record.stream_position == 0
     assert (await events.head(room_id)).extremities == [ban.event_id]
 
@@ -193,12 +193,12 @@ async def test_input_pdus_gap_fill_is_streamed_like_new_events(
             room_id=room_id,
             room_version=head.version,
             origin=remote.name,
-            kind=events_pb2.GAP_FILL,
+            kind=events_pb2.INPUT_KIND_GAP_FILL,
             pdus=[encode_json(p) for p, _ in pdus],
         )
     )
     assert [(r.event_id, r.status, r.error) for r in reply.results] == [
-        (event_id, events_pb2.ACCEPTED, "") for _, event_id in pdus
+        (event_id, events_pb2.EVENT_STATUS_ACCEPTED, "") for _, event_id in pdus
     ]
     # Missing events filled in are news to local consumers: they are streamed, in order.
     positions = [(await events.event(event_id)).stream_position for _, event_id in pdus]
@@ -223,14 +223,17 @@ async def test_input_pdus_outliers(events: EventsService, remote: RemoteServer) 
             room_id=room_id,
             room_version=head.version,
             origin=remote.name,
-            kind=events_pb2.OUTLIER_KIND,
+            kind=events_pb2.INPUT_KIND_OUTLIER,
             pdus=[encode_json(bad), encode_json(join)],
         )
     )
     results = {r.event_id: r.status for r in reply.results}
-    assert results == {join_id: events_pb2.OUTLIER, bad_id: events_pb2.REJECTED}
+    assert results == {
+        join_id: events_pb2.EVENT_STATUS_OUTLIER,
+        bad_id: events_pb2.EVENT_STATUS_REJECTED,
+    }
     record = await events.event(join_id)
-    assert record is not None and record.status == events_pb2.OUTLIER
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_OUTLIER
     assert record.stream_position == 0
     assert join_id not in (await events.head(room_id)).extremities
 

@@ -100,13 +100,15 @@ async def _waiting(events: EventsService, room_id: str) -> list[str]:
     return [row["target_id"] for row in rows]
 
 
-async def _streamed(events: EventsService, room_id: str, event_id: str) -> events_pb2.StreamItem:
+async def _streamed(
+    events: EventsService, room_id: str, event_id: str
+) -> events_pb2.StreamEventsResponse:
     """The stream item of ``event_id`` (replayed from the room's start)."""
     stream = events.stub.StreamEvents(
         events_pb2.StreamEventsRequest(room_id=room_id, after_position=0)
     )
 
-    async def find() -> events_pb2.StreamItem:
+    async def find() -> events_pb2.StreamEventsResponse:
         async for item in stream:
             if item.event.event_id == event_id:
                 return item
@@ -160,12 +162,12 @@ async def test_redaction_before_target_with_the_redact_level(
     admin = f"@admin:{events.server_name}"
     redaction = await events.send(room_id, admin, "m.room.redaction", {}, redacts=message_id)
     record = await events.event(redaction.event_id)
-    assert record is not None and record.status == events_pb2.ACCEPTED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     assert await _waiting(events, room_id) == [message_id]
 
     assert await events.transaction(remote.name, [message]) == {"pdus": {message_id: {}}}
     record = await events.event(message_id)
-    assert record is not None and record.status == events_pb2.ACCEPTED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     assert await _content(events, message_id) == {}
     assert await _content(events, message_id, as_server=remote.name) == {}
     assert await _timeline_content(events, room_id, message_id) == {}
@@ -218,7 +220,7 @@ async def test_redaction_without_power_from_another_server_is_not_applied(
     redaction, redaction_id = _redaction(other, head, carol, held_id)
     assert await events.transaction(other.name, [redaction]) == {"pdus": {redaction_id: {}}}
     record = await events.event(redaction_id)
-    assert record is not None and record.status == events_pb2.ACCEPTED
+    assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     assert await _content(events, held_id) == {"body": "held"}
 
     # Before the target.
@@ -313,12 +315,12 @@ async def test_waiting_redactions_apply_to_outliers_history_and_backfill(
 
     # The state (the topic among it) as outliers, then the first redaction
     # with the state before it: the topic is held, so it is redacted at once.
-    result = await room.input(events, events_pb2.OUTLIER_KIND, state)
-    assert {s for s, _ in result.values()} == {events_pb2.OUTLIER}
+    result = await room.input(events, events_pb2.INPUT_KIND_OUTLIER, state)
+    assert {s for s, _ in result.values()} == {events_pb2.EVENT_STATUS_OUTLIER}
     first = redactions[0]
     before_first = {first: room.state_before(first)}
-    result = await room.input(events, events_pb2.GAP_FILL, [first], before_first)
-    assert result == {first: (events_pb2.ACCEPTED, "")}
+    result = await room.input(events, events_pb2.INPUT_KIND_GAP_FILL, [first], before_first)
+    assert result == {first: (events_pb2.EVENT_STATUS_ACCEPTED, "")}
     assert await _content(events, topic) == {}
     current = await events.stub.QueryCurrentState(
         events_pb2.QueryCurrentStateRequest(room_id=room_id)
@@ -328,32 +330,35 @@ async def test_waiting_redactions_apply_to_outliers_history_and_backfill(
 
     # The other redactions arrive as history; their targets are not held.
     rest = redactions[1:]
-    result = await room.input(events, events_pb2.GAP_FILL, rest)
-    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}
+    result = await room.input(events, events_pb2.INPUT_KIND_GAP_FILL, rest)
+    assert {s for s, _ in result.values()} == {events_pb2.EVENT_STATUS_ACCEPTED}
     assert sorted(await _waiting(events, room_id)) == sorted(messages[:3])
 
     # A target as an outlier (e.g. in some auth chain or fetched alone).
-    result = await room.input(events, events_pb2.OUTLIER_KIND, [by_outlier])
-    assert result == {by_outlier: (events_pb2.OUTLIER, "")}
+    result = await room.input(events, events_pb2.INPUT_KIND_OUTLIER, [by_outlier])
+    assert result == {by_outlier: (events_pb2.EVENT_STATUS_OUTLIER, "")}
     assert await _content(events, by_outlier) == {}
 
     # History (missing events) placed with the state before it.
     result = await room.input(
-        events, events_pb2.GAP_FILL, [by_history], {by_history: room.state_before(by_history)}
+        events,
+        events_pb2.INPUT_KIND_GAP_FILL,
+        [by_history],
+        {by_history: room.state_before(by_history)},
     )
-    assert result == {by_history: (events_pb2.ACCEPTED, "")}
+    assert result == {by_history: (events_pb2.EVENT_STATUS_ACCEPTED, "")}
     assert await _content(events, by_history) == {}
 
     # Backfill of the rest: the outlier is promoted and stays redacted.
     older = [e for e in room.order[: room.order.index(messages[-1]) + 1] if e not in state]
     older = [e for e in older if e != by_history]
     result = await room.input(
-        events, events_pb2.BACKFILL, older, {older[0]: room.state_before(older[0])}
+        events, events_pb2.INPUT_KIND_BACKFILL, older, {older[0]: room.state_before(older[0])}
     )
-    assert {s for s, _ in result.values()} == {events_pb2.ACCEPTED}, result
+    assert {s for s, _ in result.values()} == {events_pb2.EVENT_STATUS_ACCEPTED}, result
     for target in (by_outlier, by_backfill, by_history):
         assert await _content(events, target) == {}
         record = await events.event(target)
-        assert record is not None and record.status == events_pb2.ACCEPTED
+        assert record is not None and record.status == events_pb2.EVENT_STATUS_ACCEPTED
     assert await _content(events, messages[3]) == {"body": "m3"}
     assert await _waiting(events, room_id) == []

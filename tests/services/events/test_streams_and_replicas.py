@@ -15,7 +15,9 @@ from tests.support.events_service import (
 )
 
 
-async def _take(stream: object, count: int, timeout: float = 10.0) -> list[events_pb2.StreamItem]:
+async def _take(
+    stream: object, count: int, timeout: float = 10.0
+) -> list[events_pb2.StreamEventsResponse]:
     items = []
 
     async def collect() -> None:

@@ -19,7 +19,7 @@ from tests.support.sender_queues import test_pdu
 
 class FakeEvents(events_pb2_grpc.EventsServicer):
     def __init__(self) -> None:
-        self.items: list[events_pb2.StreamItem] = []
+        self.items: list[events_pb2.StreamEventsResponse] = []
         self.servers: dict[str, list[str]] = {}
         self.stream_calls = 0
         self._changed = asyncio.Condition()
@@ -41,11 +41,11 @@ class FakeEvents(events_pb2_grpc.EventsServicer):
         servers_before: Sequence[str],
         *,
         room_id: str = "!room:sender-test.example",
-        status: int = events_pb2.ACCEPTED,
+        status: int = events_pb2.EVENT_STATUS_ACCEPTED,
     ) -> int:
         position = len(self.items) + 1
         self.items.append(
-            events_pb2.StreamItem(
+            events_pb2.StreamEventsResponse(
                 position=position,
                 event=events_pb2.EventRecord(
                     event_id=f"${pdu_id}",
@@ -64,7 +64,7 @@ class FakeEvents(events_pb2_grpc.EventsServicer):
 
     async def StreamEvents(
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[events_pb2.StreamItem]:
+    ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
         assert request.local_senders_only
         self.stream_calls += 1
         sent = request.after_position

@@ -35,7 +35,7 @@ async def test_events_are_queued_once_per_destination_without_ourselves(
     sender_storage: SenderStorage, fake_events, database_url: str
 ) -> None:
     await fake_events.add_event("a", ["x.example", OUR_SERVER, "y.example"])
-    await fake_events.add_event("soft", ["x.example"], status=events_pb2.SOFT_FAILED)
+    await fake_events.add_event("soft", ["x.example"], status=events_pb2.EVENT_STATUS_SOFT_FAILED)
     await fake_events.add_event("b", ["y.example"])
     await fake_events.add_event("alone", [OUR_SERVER])
     woken: list[str] = []

@@ -36,7 +36,7 @@ class FakeBackends(
     """Events (stream, events, servers), Directory (rooms of a user) and Sender."""
 
     def __init__(self) -> None:
-        self.items: list[events_pb2.StreamItem] = []
+        self.items: list[events_pb2.StreamEventsResponse] = []
         self.events: dict[str, bytes] = {}
         self.room_servers: dict[str, list[str]] = {}
         self.user_rooms: dict[str, list[str]] = {}
@@ -75,11 +75,11 @@ class FakeBackends(
         event_id: str,
         room_id: str,
         servers_before: list[str],
-        status: int = events_pb2.ACCEPTED,
+        status: int = events_pb2.EVENT_STATUS_ACCEPTED,
     ) -> int:
         position = len(self.items) + 1
         self.items.append(
-            events_pb2.StreamItem(
+            events_pb2.StreamEventsResponse(
                 position=position,
                 event=events_pb2.EventRecord(
                     event_id=event_id,
@@ -295,7 +295,9 @@ async def test_not_sent_for_other_events_profile_changes_or_known_servers(
     await backends.add(again, "!third:x", [OURS, "c.example"])
     # Rejected joins, remote users' joins, leaves.
     rejected = backends.member("!fourth:x", user, "join", [])
-    await backends.add(rejected, "!fourth:x", ["d.example"], status=events_pb2.REJECTED)
+    await backends.add(
+        rejected, "!fourth:x", ["d.example"], status=events_pb2.EVENT_STATUS_REJECTED
+    )
     theirs = backends.member("!fourth:x", remote_user, "join", [])
     await backends.add(theirs, "!fourth:x", ["d.example"])
     leave = backends.member("!fourth:x", user, "leave", [])

@@ -26,7 +26,7 @@ async def doctor_stub(doctor_service) -> AsyncIterator[keys_pb2_grpc.KeysStub]:
     [
         (Outcome, keys_pb2.DiagnosisOutcome, "DIAGNOSIS_OUTCOME_", {"UNSPECIFIED"}),
         (StepId, keys_pb2.DiagnosisStep, "DIAGNOSIS_STEP_", {"UNSPECIFIED"}),
-        (Cause, keys_pb2.DiagnosisCause, "DIAGNOSIS_CAUSE_", {"NONE"}),
+        (Cause, keys_pb2.DiagnosisCause, "DIAGNOSIS_CAUSE_", {"UNSPECIFIED"}),
     ],
 )
 def test_the_wire_enums_are_the_report_names(python_enum, proto_enum, prefix, extra) -> None:
