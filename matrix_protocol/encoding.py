@@ -1,8 +1,8 @@
 """Unpadded Base64 as used for every binary value in Matrix.
 
 Spec: https://spec.matrix.org/v1.19/appendices/#unpadded-base64
- Encoders never
-pad; decoders accept both padded and unpadded input, and both the standard
+
+Encoders never pad; decoders accept both padded and unpadded input, and both the standard
 and the URL-safe alphabet (room v4+ event IDs use the URL-safe one).
 """
 

@@ -11,7 +11,6 @@ replaces the file atomically; every process that signs reads it through
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from matrix_protocol.encoding import decode_base64, encode_base64
 from mxfed.startup import StartupError
 
 _VERSION_ALPHABET = string.ascii_letters + string.digits + "_"
@@ -44,23 +44,15 @@ class ServerSigningKey:
         return self.key_id.split(":", 1)[1]
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text + "=" * (-len(text) % 4))
-
-
 def format_signing_key(key: ServerSigningKey) -> str:
-    return f"ed25519 {key.version} {_b64(bytes(key.signing_key))}\n"
+    return f"ed25519 {key.version} {encode_base64(bytes(key.signing_key))}\n"
 
 
 def parse_signing_key(text: str) -> ServerSigningKey:
     fields = text.split()
     if len(fields) != 3 or fields[0] != "ed25519":
         raise ValueError("signing key file must hold 'ed25519 <version> <base64 seed>'")
-    return ServerSigningKey(f"ed25519:{fields[1]}", SigningKey(_unb64(fields[2])))
+    return ServerSigningKey(f"ed25519:{fields[1]}", SigningKey(decode_base64(fields[2])))
 
 
 def new_signing_key() -> ServerSigningKey:

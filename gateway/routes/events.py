@@ -15,7 +15,6 @@ by ``require_origin``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import orjson
@@ -25,6 +24,7 @@ from starlette.responses import Response
 from gateway.errors import MatrixError, not_found
 from gateway.room_access import QUERY_TIMEOUT, events_stub, require_joined_room_access
 from gateway.xmatrix_auth import require_origin
+from mxfed.clock import now_ms
 from mxfed_api.events.v1 import events_pb2
 
 router = APIRouter()
@@ -80,7 +80,7 @@ async def get_event(
         b'{"origin":'
         + orjson.dumps(server_name)
         + b',"origin_server_ts":'
-        + str(int(time.time() * 1000)).encode()
+        + str(now_ms()).encode()
         + b',"pdus":['
         + bytes(record.pdu_json)
         + b"]}"

@@ -10,7 +10,6 @@ stored PDU bytes into the response without decoding them.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -20,6 +19,7 @@ from starlette.responses import Response
 from gateway.errors import MatrixError, bad_json, not_found
 from gateway.xmatrix_auth import require_origin
 from matrix_protocol.canonical_json import decode_json
+from mxfed.clock import now_ms
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 
 router = APIRouter()
@@ -83,7 +83,7 @@ async def get_backfill(
         b'{"origin":'
         + orjson.dumps(server_name)
         + b',"origin_server_ts":'
-        + str(int(time.time() * 1000)).encode()
+        + str(now_ms()).encode()
         + b',"pdus":['
         + b",".join(bytes(pdu) for pdu in reply.pdus)
         + b"]}"

@@ -27,12 +27,11 @@ from gateway.errors import MatrixError, bad_json
 from gateway.room_access import events_stub
 from gateway.xmatrix_auth import require_origin
 from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
 from mxfed_api.events.v1 import events_pb2
 
 router = APIRouter()
 
-MAX_PDUS = 50
-MAX_EDUS = 100
 
 # EDUs the events service owns. Device-list and signing-key updates,
 # to-device messages and presence (when presence_enabled) go to the keys

@@ -7,15 +7,12 @@ Tables are in schema ``backfill`` and always named with it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+from mxfed.clock import now_ms
 
 
 @dataclass

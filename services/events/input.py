@@ -43,6 +43,8 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.pdu_format import MAX_ID_BYTES
 from matrix_protocol.room_versions import UnsupportedRoomVersion, room_version
 from matrix_protocol.server_names import is_valid_user_id
+from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
+from mxfed.clock import now_ms
 from mxfed.held_connection import CONNECTION_ERRORS, HeldConnection, is_connection_error
 from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
@@ -63,8 +65,6 @@ from services.events.storage import Status
 log = logging.getLogger(__name__)
 
 TYPING_TIMEOUT_MS = 60_000
-MAX_PDUS = 50
-MAX_EDUS = 100
 # Seconds a /send transaction waits for the missing events of one room.
 GAP_FILL_TIMEOUT = 60.0
 
@@ -118,10 +118,6 @@ class StageClock:
             elapsed = time.perf_counter() - started
             self.seconds[name] += elapsed
             metrics.STAGE_SECONDS.labels(name).observe(elapsed)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class TransactionGuard:
@@ -244,7 +240,7 @@ class InputPipeline:
             response = encode_json({"pdus": results}).decode()
             async with self.pool.acquire() as conn:
                 stored = await storage.store_transaction_response(
-                    conn, origin, txn_id, response, _now_ms()
+                    conn, origin, txn_id, response, now_ms()
                 )
             metrics.TRANSACTIONS.labels("processed").inc()
             return stored.encode()
@@ -512,7 +508,7 @@ class InputPipeline:
                 "UPDATE events.ephemeral SET expires_ts = NULL"
                 " WHERE kind = 'typing' AND expires_ts IS NOT NULL AND expires_ts < $1"
                 " RETURNING room_id, user_id",
-                _now_ms(),
+                now_ms(),
             )
             if rows:
                 await storage.assign_stream_positions(
@@ -569,7 +565,7 @@ def _typing_items(origin: str, content: Mapping[str, Any]) -> list[dict[str, Any
             "kind": "typing",
             "user_id": user_id,
             "typing": typing,
-            "expires_ts": _now_ms() + TYPING_TIMEOUT_MS if typing else None,
+            "expires_ts": now_ms() + TYPING_TIMEOUT_MS if typing else None,
         }
     ]
 

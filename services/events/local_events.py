@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import secrets
 import string
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,7 @@ from matrix_protocol.room_versions import (
 )
 from matrix_protocol.server_names import is_valid_user_id
 from matrix_protocol.signing import sign_event
+from mxfed.clock import now_ms
 from mxfed.identity_files import ServerSigningKey
 from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound
 from services.events import metrics, storage
@@ -149,7 +149,7 @@ class LocalEvents:
             "sender": sender,
             "content": content,
             "depth": depth,
-            "origin_server_ts": int(time.time() * 1000),
+            "origin_server_ts": now_ms(),
         }
         if room_id is not None:
             pdu["room_id"] = room_id

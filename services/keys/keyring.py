@@ -71,8 +71,9 @@ from matrix_protocol.signing import (
 )
 from matrix_protocol.xmatrix import XMatrixCredentials, verify_request
 from mxfed.bounded import BoundedDict, TokenBucket
+from mxfed.clock import now_ms
 from mxfed.config import TrustedKeyServer
-from services.keys.own_keys import OwnKeys, now_ms
+from services.keys.own_keys import OwnKeys
 from services.keys.storage import KeysStorage, RemoteKey, StoredResponse
 
 log = logging.getLogger(__name__)

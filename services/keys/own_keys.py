@@ -20,7 +20,6 @@ with the old key in that second must still verify elsewhere (room versions
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import orjson
 
 from matrix_protocol.signing import encode_verify_key, sign_json
+from mxfed.clock import now_ms
 from mxfed.config import Config
 from mxfed.database_claim import record_signing_key
 from mxfed.identity_files import (
@@ -43,10 +43,6 @@ ROTATION_GRACE_MS = int(2 * SIGNING_KEY_CHECK_INTERVAL * 1000)
 
 # Our own current key never needs fetching; treat it as valid far ahead.
 _OWN_KEY_VALID_UNTIL = 2**62
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from matrix_protocol.media import (
     served_content_type,
 )
 from matrix_protocol.server_names import is_valid_user_id, server_name_of
+from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest
 from services.media.errors import (
     CannotOverwrite,
@@ -37,7 +38,7 @@ from services.media.errors import (
 )
 from services.media.files import FileStore, StoredFile, TooLarge
 from services.media.metrics import UPLOADED_BYTES, UPLOADS, WAITING_FOR_UPLOAD
-from services.media.storage import LocalMediaRow, MediaStorage, now_ms
+from services.media.storage import LocalMediaRow, MediaStorage
 from services.media.thumbnails import Source, Thumbnails
 
 log = logging.getLogger(__name__)

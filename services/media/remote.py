@@ -43,6 +43,7 @@ from matrix_protocol.multipart import (
     boundary_from_content_type,
 )
 from matrix_protocol.server_names import is_valid_server_name
+from mxfed.clock import now_ms
 from mxfed.federation_client import (
     FederationClient,
     FederationDeniedError,
@@ -68,7 +69,7 @@ from services.media.metrics import (
     REMOTE_FETCH_WAITERS,
     REMOTE_FETCHES,
 )
-from services.media.storage import MediaStorage, RemoteMediaRow, ThumbnailRow, now_ms
+from services.media.storage import MediaStorage, RemoteMediaRow, ThumbnailRow
 from services.media.thumbnails import thumbnail_key
 
 log = logging.getLogger(__name__)

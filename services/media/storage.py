@@ -7,16 +7,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+from mxfed.clock import now_ms
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
+from mxfed.clock import now_ms
 from mxfed.federation_client import FederationClient, federation_path
 from services.sender import metrics
 from services.sender.backoff import BackoffPolicy, refuses_the_transaction, retry_after_ms
@@ -33,7 +35,6 @@ from services.sender.storage import (
     LeaseLost,
     SenderStorage,
     Transaction,
-    now_ms,
 )
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DeliveryOptions:
-    max_pdus: int = 50  # per transaction (spec limit)
-    max_edus: int = 100  # per transaction (spec limit)
+    max_pdus: int = MAX_PDUS  # per transaction (spec limit)
+    max_edus: int = MAX_EDUS  # per transaction (spec limit)
     max_concurrent_requests: int = 200
     # Database bookkeeping of many workers is batched: at most this many
     # destinations per call, at most batch_calls calls at a time.

@@ -14,11 +14,12 @@ replicas on machines with skewed clocks still agree on who holds what.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+
+from mxfed.clock import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ LEAVE_LOCK_TIMEOUT = "5s"
 RELEASE_TIMEOUT_SECONDS = 5.0
 # NOTIFY payloads must stay below 8000 bytes; beyond this "*" means "rescan".
 _MAX_NOTIFY_PAYLOAD = 7000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

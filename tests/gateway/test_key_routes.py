@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from matrix_protocol.signing import decode_verify_key, verify_json_signature
-from tests.support.key_servers import HOUR_MS, now_ms
+from mxfed.clock import now_ms
+from tests.support.key_servers import HOUR_MS
 from tests.support.keys_service import OUR_SERVER, open_gateway
 
 

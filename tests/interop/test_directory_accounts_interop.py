@@ -13,7 +13,7 @@ import asyncio
 import json
 import secrets
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -23,22 +23,9 @@ from matrix_protocol.canonical_json import encode_json
 from mxfed.commands.directory import new_device_keys
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_directory_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("directory-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
 
 
 class Mx:

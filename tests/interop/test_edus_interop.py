@@ -24,10 +24,9 @@ filter) shows the typing user.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -36,22 +35,9 @@ from synapse_harness import SynapseClient, SynapseServer
 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
-from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_edus_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("edus-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
 
 
 @pytest.fixture

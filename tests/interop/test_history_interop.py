@@ -13,36 +13,16 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 from synapse_harness import SynapseClient, SynapseServer, wait_until
 
 from mxfed_api.events.v1 import events_pb2
-from tests.support.databases import create_database, drop_database
 from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_history_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("history-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
-
-
-@pytest.fixture
-async def mx(mxfed: MxfedProcess) -> AsyncIterator[Mx]:
-    client = Mx(mxfed)
-    yield client
-    await client.close()
 
 
 async def _page_back(client: SynapseClient, token: str, room_id: str) -> list[str]:

@@ -8,14 +8,12 @@ Runs its own mxfed: the rotation changes the server's identity for every later t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import ssl
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
@@ -25,30 +23,10 @@ from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import decode_verify_key, verify_json_signature
 from mxfed_api.events.v1 import events_pb2
-from tests.support.databases import create_database, drop_database
 from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_rotation_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("rotation-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
-
-
-@pytest.fixture
-async def mx(mxfed: MxfedProcess) -> AsyncIterator[Mx]:
-    client = Mx(mxfed)
-    yield client
-    await client.close()
 
 
 def _published_keys(mxfed: MxfedProcess) -> dict:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from gateway.responses import JsonResponse
 from gateway.service_clients import ServiceClients
 from gateway.xmatrix_auth import require_origin
 from matrix_protocol.signing import decode_verify_key, verify_json_signature
+from mxfed.clock import now_ms
 from mxfed.config import Config, TrustedKeyServer
 from mxfed.federation_client import FederationClient, OutboundOptions
 from mxfed.identity_files import current_signing_key, ensure_tls_pair
@@ -44,28 +45,14 @@ from services.keys.keyring import KeyNeed
 from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
-from tests.support.databases import create_database, drop_database
 from tests.support.federation_doctor import inert_doctor
 from tests.support.grpc_plane import bind_loopback, make_server, plane_settings
-from tests.support.key_servers import now_ms
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.ports import HeldPort
 
 pytestmark = pytest.mark.interop
 
 LOOPBACK = OutboundOptions(verify_tls=False, allowed_ip_ranges=["127.0.0.0/8"], max_retries=1)
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_keys_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("keys-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
 
 
 def _http() -> httpx.AsyncClient:

@@ -19,7 +19,6 @@ import secrets
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,23 +27,10 @@ import pytest
 from PIL import Image
 from synapse_harness import SynapseClient, SynapseServer
 
-from tests.support.databases import create_database, drop_database
 from tests.support.media import png
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_media_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("media-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
 
 
 def media_cli(mxfed: MxfedProcess, *args: str) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,7 @@ events and Membership gRPC services. Synapse users act through its client API.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -17,30 +15,9 @@ import pytest
 from synapse_harness import SynapseClient, SynapseClientError, SynapseServer, wait_until
 
 from mxfed_api.events.v1 import events_pb2, membership_pb2
-from tests.support.databases import create_database, drop_database
 from tests.support.mx import Mx
-from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_membership_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("membership-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
-
-
-@pytest.fixture
-async def mx(mxfed: MxfedProcess) -> AsyncIterator[Mx]:
-    client = Mx(mxfed)
-    yield client
-    await client.close()
 
 
 async def _register(client: SynapseClient, name: str) -> tuple[str, str]:

@@ -19,7 +19,6 @@ identity servers).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import quote
@@ -38,7 +37,6 @@ from mxfed_api.events.v1 import (
     third_party_pb2,
     third_party_pb2_grpc,
 )
-from tests.support.databases import create_database, drop_database
 from tests.support.identity_server import IdentityServer
 from tests.support.mxfed_process import MxfedProcess
 
@@ -55,18 +53,6 @@ def synapse_3pid() -> Iterator[SynapseServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_3pid_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("3pid-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
 
 
 @pytest.fixture

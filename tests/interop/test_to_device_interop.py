@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -23,22 +23,9 @@ import pytest
 from synapse_harness import SynapseClient, SynapseServer, wait_until
 
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop
-
-
-@pytest.fixture(scope="module")
-def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:
-    database_url = asyncio.run(create_database("mxfed_to_device_interop"))
-    process = MxfedProcess(tmp_path_factory.mktemp("to-device-interop") / "data", database_url)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        asyncio.run(drop_database(database_url))
 
 
 @pytest.fixture

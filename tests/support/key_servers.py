@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,11 @@ import nacl.signing
 from aiohttp import web
 
 from matrix_protocol.signing import encode_verify_key, sign_json
+from mxfed.clock import now_ms
 from mxfed.identity_files import ensure_tls_pair
 from tests.support.ports import HeldPort
 
 HOUR_MS = 3600 * 1000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class FakeKeyServer:

@@ -6,7 +6,6 @@ do not set a search_path.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import asyncpg
 
 from matrix_protocol.canonical_json import decode_json
+from mxfed.clock import now_ms
 
 # The state a room summary is computed from.
 SUMMARY_TYPES = (
@@ -61,7 +61,7 @@ async def publish(conn: asyncpg.Connection, room_id: str, network_id: str) -> bo
         " VALUES ($1, $2, $3) ON CONFLICT (room_id) DO UPDATE SET network_id = EXCLUDED.network_id",
         room_id,
         network_id,
-        int(time.time() * 1000),
+        now_ms(),
     )
     return previous is not None
 

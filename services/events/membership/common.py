@@ -8,7 +8,6 @@ those functions.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,10 +29,6 @@ from services.events.storage import RoomRow
 log = logging.getLogger(__name__)
 
 MEMBER = "m.room.member"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass

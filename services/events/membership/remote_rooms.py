@@ -34,10 +34,11 @@ from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
 from matrix_protocol.room_versions import RoomVersion, UnsupportedRoomVersion, room_version
 from matrix_protocol.server_names import is_valid_user_id, server_name_of
 from matrix_protocol.signing import signatures_required_for_event
+from mxfed.clock import now_ms
 from mxfed.federation_client import FederationError, HttpResponseError, federation_path
 from services.events import storage
 from services.events.membership import storage as oob_storage
-from services.events.membership.common import MembershipDeps, now_ms
+from services.events.membership.common import MembershipDeps
 from services.events.pdu_checks import verify_signatures
 
 # make_* errors after which another resident may do better ([Synapse]).

@@ -33,12 +33,12 @@ from matrix_protocol.membership import (
 )
 from matrix_protocol.power_levels import named_power_level, user_power_level
 from matrix_protocol.server_acl import server_allowed
+from mxfed.clock import now_ms
 from services.events import storage
 from services.events.membership.common import (
     MEMBER,
     MembershipDeps,
     RoomHead,
-    now_ms,
     room_head,
     state_events,
 )

@@ -43,10 +43,11 @@ import asyncpg
 import grpc
 
 from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed.clock import now_ms
 from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
-from services.keys.accounts.local import LocalAccounts, now_ms
+from services.keys.accounts.local import LocalAccounts
 from services.keys.accounts.validation import user_server
 
 log = logging.getLogger(__name__)

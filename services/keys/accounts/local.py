@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest, NotFound
 from services.keys.accounts.notify import EduNotifier
 from services.keys.accounts.validation import (
@@ -25,10 +25,6 @@ from services.keys.accounts.validation import (
 DEFAULT_OPENID_TTL_MS = 3600 * 1000
 MAX_OPENID_TTL_MS = 24 * 3600 * 1000
 MAX_DEVICE_ID_LENGTH = 255
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _loads(text: str | None) -> Any:

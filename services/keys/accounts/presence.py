@@ -15,13 +15,13 @@ it off inbound presence is ignored too.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import asyncpg
 
+from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest
 from services.keys.accounts.validation import user_server
 
@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 
 PRESENCE_STATES = frozenset({"online", "unavailable", "offline"})
 MAX_QUERY_USERS = 1000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 import asyncpg
 
 from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed.clock import now_ms
 from mxfed.federation_client import FederationClient, FederationError, federation_path
 from mxfed.service_errors import BadRequest, Unavailable
 from services.keys.accounts.validation import (
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 MAX_CACHED_DEVICES = 1000
 # A list nobody told us about for this long is fetched again.
 MAX_CACHE_AGE_MS = 24 * 3600 * 1000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _dumps(value: Any) -> str:

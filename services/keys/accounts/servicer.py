@@ -10,6 +10,7 @@ import grpc
 import orjson
 
 from matrix_protocol.canonical_json import decode_json
+from mxfed.clock import now_ms
 from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_errors import BadRequest, ServiceError, json_field, reports_service_errors
 from mxfed.service_runtime import ServiceContext
@@ -19,7 +20,7 @@ from services.keys.accounts.local import LocalAccounts
 from services.keys.accounts.notify import GrpcEduNotifier
 from services.keys.accounts.presence import RemotePresence
 from services.keys.accounts.remote import RemoteDeviceLists
-from services.keys.accounts.to_device import StoredMessage, ToDeviceHub, ToDeviceInbox, now_ms
+from services.keys.accounts.to_device import StoredMessage, ToDeviceHub, ToDeviceInbox
 from services.keys.accounts.validation import user_server
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import asyncpg
 
 from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed.clock import now_ms
 from mxfed.held_connection import HeldConnection
 from mxfed.service_errors import BadRequest
 from services.keys.accounts.validation import require_user, user_server
@@ -51,10 +51,6 @@ MAX_LIMIT = 1000
 DEDUPE_RETENTION_MS = 30 * 24 * 3600 * 1000
 PRUNE_EVERY = 100  # inputs between two prunes of old dedupe records
 WILDCARD = "*"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

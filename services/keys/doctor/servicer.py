@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import orjson
 
+from mxfed.clock import now_ms
 from mxfed_api.keys.v1 import keys_pb2
 from services.keys.doctor.diagnosis import FederationDoctor
 from services.keys.doctor.report import Cause, Outcome, StepId, StepResult, verdict_of
@@ -62,7 +63,7 @@ class DoctorRpc:
                 "M_INVALID_PARAM: room ACLs are checked for a remote server, not our own",
             )
         async with self._running:
-            started_ts = int(time.time() * 1000)
+            started_ts = now_ms()
             started = time.perf_counter()
             steps: list[StepResult] = []
             async for result in self.doctor.diagnose(target, list(request.room_ids)):

@@ -6,10 +6,11 @@ import asyncio
 import time
 
 from matrix_protocol.signing import encode_verify_key
+from mxfed.clock import now_ms
 from mxfed.config import TrustedKeyServer
 from services.keys.keyring import KeyNeed
 from services.keys.storage import MAX_KEY_VALIDITY_MS
-from tests.support.key_servers import HOUR_MS, now_ms
+from tests.support.key_servers import HOUR_MS
 
 DAY_MS = 24 * HOUR_MS
 

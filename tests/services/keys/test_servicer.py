@@ -10,9 +10,10 @@ import orjson
 from matrix_protocol.canonical_json import encode_json
 from matrix_protocol.signing import decode_verify_key, verify_json_signature
 from matrix_protocol.xmatrix import parse_xmatrix_header, sign_request
+from mxfed.clock import now_ms
 from mxfed.identity_files import parse_signing_key
 from mxfed_api.keys.v1 import keys_pb2
-from tests.support.key_servers import HOUR_MS, now_ms
+from tests.support.key_servers import HOUR_MS
 from tests.support.keys_service import OUR_SERVER
 
 

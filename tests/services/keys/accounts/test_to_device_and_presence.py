@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from gateway.edu_routing import device_edu_request
+from mxfed.clock import now_ms
 from mxfed.federation_client import FederationClient
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from services.keys.accounts.local import LocalAccounts
@@ -31,7 +32,6 @@ from services.keys.accounts.to_device import (
     NOTIFY_CHANNEL,
     ToDeviceHub,
     ToDeviceInbox,
-    now_ms,
     parse_edu,
 )
 from tests.support.databases import backends, terminate_backends
