@@ -7,10 +7,10 @@ destinations with something queued, a backoff or a lease.
 from __future__ import annotations
 
 import argparse
-import time
 
 import grpc
 
+from mxfed.clock import now_ms
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
@@ -87,5 +87,5 @@ async def show_destinations(args: argparse.Namespace, config: Config) -> int:
         except grpc.aio.AioRpcError as exc:
             print(f"sender: {exc.code().name}: {exc.details()}")
             return 1
-    print(format_table(reply, int(time.time() * 1000)))
+    print(format_table(reply, now_ms()))
     return 0

@@ -101,7 +101,7 @@ async def protected(
 async def test_our_events_carry_the_policy_servers_signature(protected: Protected) -> None:
     sent = await protected.send("hello")
     status, pdu = await protected.stored_pdu(sent.event_id)
-    assert status == events_pb2.ACCEPTED
+    assert status == events_pb2.EVENT_STATUS_ACCEPTED
     assert protected.signed_by_policy(pdu, sent.event_id)
     # Our own signature is still there, next to the policy server's.
     assert protected.events.server_name in pdu["signatures"]
@@ -140,7 +140,7 @@ async def test_state_and_membership_events_are_signed_too_but_not_m_room_policy(
     )
     assert len(protected.policy.requests) == asked
     status, pdu = await protected.stored_pdu(policy_event.event_id)
-    assert status == events_pb2.ACCEPTED
+    assert status == events_pb2.EVENT_STATUS_ACCEPTED
     assert POLICY_SERVER_KEY_ID not in pdu["signatures"].get(protected.policy.server_name, {})
 
 
@@ -160,7 +160,7 @@ async def test_received_events_are_checked_against_the_policy_server(
     fine, fine_id = remote.pdu(head, "m.room.message", alice, {"body": "hi"})
     assert await events.transaction(remote.name, [fine]) == {"pdus": {fine_id: {}}}
     status, pdu = await protected.stored_pdu(fine_id)
-    assert status == events_pb2.ACCEPTED and protected.signed_by_policy(pdu, fine_id)
+    assert status == events_pb2.EVENT_STATUS_ACCEPTED and protected.signed_by_policy(pdu, fine_id)
     assert policy.asked_about(fine_id)
 
     # Unsigned and refused when asked: soft-failed (stored, not part of the room's head).
@@ -168,7 +168,7 @@ async def test_received_events_are_checked_against_the_policy_server(
     spam, spam_id = remote.pdu(head, "m.room.message", alice, {"body": "spam"}, advance=False)
     assert await events.transaction(remote.name, [spam]) == {"pdus": {spam_id: {}}}
     status, _ = await protected.stored_pdu(spam_id)
-    assert status == events_pb2.SOFT_FAILED
+    assert status == events_pb2.EVENT_STATUS_SOFT_FAILED
     assert (await events.head(protected.room_id)).extremities == [fine_id]
 
     # Signed already: accepted without asking.
@@ -177,7 +177,7 @@ async def test_received_events_are_checked_against_the_policy_server(
     signed = policy.signed(signed, version)
     assert await events.transaction(remote.name, [signed]) == {"pdus": {signed_id: {}}}
     status, _ = await protected.stored_pdu(signed_id)
-    assert status == events_pb2.ACCEPTED
+    assert status == events_pb2.EVENT_STATUS_ACCEPTED
     assert len(policy.requests) == asked
 
     # A signature made with another key (not the room's) and refused when asked again.
@@ -186,7 +186,7 @@ async def test_received_events_are_checked_against_the_policy_server(
     forged = sign_json(forged, generate_signing_key(), policy.server_name, POLICY_SERVER_KEY_ID)
     assert await events.transaction(remote.name, [forged]) == {"pdus": {forged_id: {}}}
     status, _ = await protected.stored_pdu(forged_id)
-    assert status == events_pb2.SOFT_FAILED
+    assert status == events_pb2.EVENT_STATUS_SOFT_FAILED
     assert policy.asked_about(forged_id)
 
 
@@ -210,7 +210,7 @@ async def test_a_policy_server_that_does_not_answer(protected: Protected) -> Non
     )
     assert await events.transaction(protected.remote.name, [message]) == {"pdus": {message_id: {}}}
     status, _ = await protected.stored_pdu(message_id)
-    assert status == events_pb2.SOFT_FAILED
+    assert status == events_pb2.EVENT_STATUS_SOFT_FAILED
     with pytest.raises(grpc.aio.AioRpcError) as paused:
         await protected.send("still there?")
     assert paused.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -221,7 +221,7 @@ async def test_a_policy_server_that_does_not_answer(protected: Protected) -> Non
     await events.send(protected.room_id, protected.admin, "m.room.policy", {}, state_key="")
     sent = await protected.send("back to normal")
     status, pdu = await protected.stored_pdu(sent.event_id)
-    assert status == events_pb2.ACCEPTED
+    assert status == events_pb2.EVENT_STATUS_ACCEPTED
     assert policy.server_name not in pdu["signatures"]
 
 
@@ -237,7 +237,7 @@ async def test_send_join_we_host_needs_the_policy_servers_signature(protected: P
         head = await events.head(protected.room_id)
         content = {"membership": "join", "displayname": displayname}
         join, join_id = remote.pdu(head, "m.room.member", user, content, user, advance=False)
-        request = membership_pb2.SendMembershipRequest(
+        request = membership_pb2.SendJoinRequest(
             origin=remote.name,
             room_id=protected.room_id,
             event_id=join_id,
@@ -254,4 +254,4 @@ async def test_send_join_we_host_needs_the_policy_servers_signature(protected: P
     bob_id, call = await send_join("bob", "Bob")
     await call
     status, pdu = await protected.stored_pdu(bob_id)
-    assert status == events_pb2.ACCEPTED and protected.signed_by_policy(pdu, bob_id)
+    assert status == events_pb2.EVENT_STATUS_ACCEPTED and protected.signed_by_policy(pdu, bob_id)
