@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_json_flag(create)
     create.set_defaults(handler=_run(create_room))
 
+    info = room_commands.add_parser(
+        "info", help="a room's version, head, our membership and partial-state resync progress"
+    )
+    info.add_argument("room", help="room id or alias")
+    _add_json_flag(info)
+    info.set_defaults(handler=_run(room_info))
+
     send = subparsers.add_parser("send", help="send a text message to a room")
     send.add_argument("room", help="room id or alias")
     send.add_argument("text")
@@ -229,6 +236,48 @@ async def create_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub
     )
     text = reply.room_id + (f"  {reply.room_alias}" if reply.room_alias else "")
     _emit(args, {"room_id": reply.room_id, "room_alias": reply.room_alias or None}, text)
+
+
+_RESYNC_NAMES = {
+    events_pb2.FULL_STATE: "full_state",
+    events_pb2.RESYNC_PENDING: "pending",
+    events_pb2.RESYNC_FETCHING: "fetching",
+    events_pb2.RESYNC_STORING: "storing",
+    events_pb2.RESYNC_RETRYING: "retrying",
+}
+
+
+async def room_info(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+    """One room: ``mxfed room info ROOM`` (partial-state joins show their resync)."""
+    room_id = await _resolve_room(stub, args.room)
+    info = await stub.QueryRoomInfo(
+        events_pb2.QueryRoomInfoRequest(room_id=room_id), timeout=CALL_TIMEOUT
+    )
+    if not info.exists:
+        raise CommandError(f"M_NOT_FOUND: unknown room {room_id}")
+    resync = _RESYNC_NAMES.get(info.resync_state, "full_state")
+    value = {
+        "room_id": room_id,
+        "room_version": info.room_version,
+        "we_are_joined": info.we_are_joined,
+        "forward_extremities": list(info.forward_extremities),
+        "depth": [info.min_depth, info.max_depth],
+        "state": resync,
+        "members_known": info.members_known,
+        "members_expected": info.members_expected,
+        "resync_attempts": info.resync_attempts,
+        "resync_error": info.resync_error or None,
+    }
+    lines = [
+        f"room       {room_id} (version {info.room_version})",
+        f"joined     {'yes' if info.we_are_joined else 'no'}",
+        f"members    {info.members_known}"
+        + (f" of {info.members_expected} expected" if resync != "full_state" else ""),
+        f"state      {resync.replace('_', ' ')}",
+    ]
+    if info.resync_attempts:
+        lines.append(f"resync     {info.resync_attempts} failed attempts: {info.resync_error}")
+    _emit(args, value, "\n".join(lines))
 
 
 async def send_message(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:

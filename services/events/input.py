@@ -300,6 +300,9 @@ class InputPipeline:
             await asyncio.gather(
                 *(self._fill_gap(room_id, origin, room) for room_id, room in valid.items())
             )
+            await asyncio.gather(
+                *(self._fetch_auth(room_id, origin, room) for room_id, room in valid.items())
+            )
         await self._sign_received(valid)
         outcomes = await asyncio.gather(
             *(self._input_room(room_id, room, InputKind.NEW) for room_id, room in valid.items())
@@ -365,6 +368,50 @@ class InputPipeline:
             extra={
                 "room_id": room_id,
                 "event_id": deepest.event.event_id,
+                "events_fetched": reply.events_fetched,
+                "still_missing": list(reply.still_missing),
+            },
+        )
+
+    async def _fetch_auth(self, room_id: str, origin: str, candidates: list[CheckedPdu]) -> None:
+        """In a partial-state room, the auth events PDUs cite and we lack, from ``origin``.
+
+        A partial state lacks most member events, so nearly every event of a
+        member we were not told about cites an auth event (its sender's
+        membership) we do not hold. As Synapse does, those are fetched with
+        their auth chains from the sending server (``/event``, ``/event_auth``
+        by the backfill service, stored as outliers) before the checks.
+        Failures are logged: the PDU is then refused for its missing auth events.
+        """
+        if self.backfill is None or not candidates:
+            return
+        in_transaction = {c.event.event_id for c in candidates}
+        cited = {a for c in candidates for a in c.event.auth_event_ids} - in_transaction
+        if not cited:
+            return
+        async with self.pool.acquire() as conn:
+            if await storage.partial_state_room(conn, room_id) is None:
+                return
+            missing = sorted(set(cited) - await storage.held_event_ids(conn, sorted(cited)))
+        if not missing:
+            return
+        try:
+            reply = await self.backfill.PerformFetchEvents(
+                backfill_pb2.PerformFetchEventsRequest(
+                    room_id=room_id, origin=origin, event_ids=missing, with_auth_chain=True
+                ),
+                timeout=GAP_FILL_TIMEOUT + 5,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "fetching missing auth events failed",
+                extra={"room_id": room_id, "origin": origin, "error": error.details()},
+            )
+            return
+        log.info(
+            "fetched missing auth events of a partial-state room",
+            extra={
+                "room_id": room_id,
                 "events_fetched": reply.events_fetched,
                 "still_missing": list(reply.still_missing),
             },

@@ -70,6 +70,12 @@ class RoomInfo:
     max_depth: int = 0
     we_are_joined: bool = False
     create_event_id: str = ""
+    # Partial-state join: ResyncState values (1 = full state), progress.
+    resync_state: int = 1
+    members_known: int = 0
+    members_expected: int = 0
+    resync_attempts: int = 0
+    resync_error: str = ""
 
 
 @dataclass
@@ -252,7 +258,9 @@ class Reads:
             extremities = await storage.forward_extremities(conn, room_id)
             lo, hi = await storage.depth_range(conn, room_id)
             joined = await storage.server_has_joined_member(conn, room_id, self.server_name)
-            return RoomInfo(
+            partial = await storage.partial_state_room(conn, room_id)
+            members = await storage.count_current_members(conn, room_id)
+            info = RoomInfo(
                 True,
                 room.room_version,
                 sorted(extremities),
@@ -260,14 +268,28 @@ class Reads:
                 hi,
                 joined,
                 room.create_event_id or "",
+                members_known=members,
+                members_expected=members,
             )
+            if partial is not None:
+                info.resync_state = partial.resync_state
+                info.members_expected = partial.members_expected
+                info.resync_attempts = partial.resync_attempts
+                info.resync_error = partial.resync_error
+            return info
 
     async def servers_in_room(self, room_id: str, at_event_id: str) -> list[str] | None:
         async with self.pool.acquire() as conn:
             if not at_event_id:
                 if not await storage.get_rooms(conn, [room_id]):
                     return None
-                return await storage.joined_servers(conn, room_id)
+                joined = await storage.joined_servers(conn, room_id)
+                partial = await storage.partial_state_room(conn, room_id)
+                if partial is None:
+                    return joined
+                # Partial state: the servers the join's answer named count too.
+                known = {*joined, partial.joined_via, *partial.servers} - {self.server_name}
+                return sorted(known | ({self.server_name} & set(joined)))
             servers = await conn.fetchval(
                 "SELECT servers_before FROM events.events WHERE event_id = $1 AND room_id = $2",
                 at_event_id,

@@ -70,7 +70,15 @@ from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import CheckedPdu
 from services.events.state import StateResolver
 from services.events.state_storage import PendingGroups, StateGroup, StateStore
-from services.events.storage import EventWrite, RoomRow, Status, StoredEvent, WaitingRedaction
+from services.events.storage import (
+    EventWrite,
+    PartialStateRoom,
+    Replacement,
+    RoomRow,
+    Status,
+    StoredEvent,
+    WaitingRedaction,
+)
 
 CREATE = "m.room.create"
 REDACTION = "m.room.redaction"
@@ -280,6 +288,13 @@ class RoomBatch:
         self._initial_current: StateGroup | None = None
         self.create_event: Event | None = None
         self.positions: dict[str, int] = {}
+        # Partial state (a join with omit_members): the room's row, a new one
+        # to write, the events placed on it here, and the end of it.
+        self.partial: PartialStateRoom | None = None
+        self._new_partial: PartialStateRoom | None = None
+        self._partial_events: list[str] = []
+        self._replacements: list[Replacement] = []
+        self._ends_partial = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -292,6 +307,7 @@ class RoomBatch:
         self.room = rooms[self.room_id]
         self.version = room_version(self.room.room_version)
         self._waiting = await storage.waiting_redactions(self.conn, self.room_id)
+        self.partial = await storage.partial_state_room(self.conn, self.room_id)
         self.extremities = await storage.forward_extremities(self.conn, self.room_id)
         self._initial_extremities = set(self.extremities)
         if self.room.current_state_group is not None:
@@ -323,6 +339,13 @@ class RoomBatch:
         conn = self.conn
         await StateStore.write(conn, self._groups)
         await storage.insert_events(conn, self.room_id, list(self._writes.values()))
+        await storage.replace_event_placements(conn, self.room_id, self._replacements)
+        if self._ends_partial:
+            await storage.delete_partial_state(conn, self.room_id)
+        if self._new_partial is not None:
+            await storage.insert_partial_state_room(conn, self._new_partial)
+        if self.partial is not None:
+            await storage.add_partial_state_events(conn, self.room_id, self._partial_events)
         for target, redacted_json in self._redactions.items():
             await storage.redact_event(conn, self.room_id, target, redacted_json)
         if self._new_waiting or self._arrived_targets:
@@ -445,7 +468,13 @@ class RoomBatch:
         checked.policy_signed_by = policy_signed_by
         return await self._add(checked, _LOCAL)
 
-    async def add_join(self, join: CheckedPdu, state_before: Sequence[str]) -> Outcome:
+    async def add_join(
+        self,
+        join: CheckedPdu,
+        state_before: Sequence[str],
+        *,
+        partial: PartialStateRoom | None = None,
+    ) -> Outcome:
         """Our join to a room another server hosts, with the state before it as that server gave it.
 
         ``state_before``: ids of stored events (the send_join answer's state,
@@ -457,8 +486,15 @@ class RoomBatch:
         the room's current state, whatever we held of the room before (a
         rejoin), and it is streamed; otherwise it is refused, not stored.
         The checks read only the state keys the auth rules name, so a state
-        without most members (a partial-state join) can be given the same way.
+        without most members can be given the same way: ``partial`` (the
+        answer had ``members_omitted``) marks the room partial-state until
+        :meth:`end_partial_state`. A full join ends a partial state.
         """
+        if partial is not None:
+            self._new_partial = partial
+        elif self.partial is not None:
+            self._ends_partial = True
+        self.partial = partial
         return await self._add(join, _JOIN, state_before)
 
     async def _add(
@@ -560,10 +596,13 @@ class RoomBatch:
         failure = self._check_own_auth_events(event, auth_events)
         if failure is not None:
             return Status.REJECTED, Reason.AUTH_EVENTS_DISALLOW, str(failure)
-        failure = await self._check_against_state(event, placement.before.state)
+        state = placement.before.state
+        if self.partial is not None:
+            state = await self._partial_auth_state(event, state, auth_events)
+        failure = await self._check_against_state(event, state)
         if failure is not None:
             return Status.REJECTED, Reason.STATE_BEFORE_DISALLOWS, str(failure)
-        if case.soft_fail:
+        if case.soft_fail and self.partial is None:
             failure = await self._soft_failure(event, placement.before, placement.state_given)
             if failure is not None:
                 return (
@@ -642,7 +681,9 @@ class RoomBatch:
                 self.room_id, before, state, self._groups, delta={key: event_id}
             )
             self.core.resolver.derive_joined(after.id, before.id, event)
-        _, servers_before = await self.core.resolver.joined(self.conn, before, self)
+        servers_before = await self._servers_at(before)
+        if self.partial is not None:
+            self._partial_events.append(event_id)
         stored = StoredEvent(
             event=event,
             status=status,
@@ -650,13 +691,154 @@ class RoomBatch:
             redacted=redacted,
             state_group_before=before.id,
             state_group_after=after.id,
-            servers_before=list(servers_before),
+            servers_before=servers_before,
         )
         self.pending[event_id] = stored
         self._writes[event_id] = EventWrite(
             stored, encode_json(pdu).decode(), event.membership, promote, relayed_for
         )
         return stored, after
+
+    async def _servers_at(self, group: StateGroup) -> list[str]:
+        """Servers to send an event to: joined ones, plus a partial-state room's known ones."""
+        _, servers = await self.core.resolver.joined(self.conn, group, self)
+        if self.partial is None:
+            return list(servers)
+        return sorted({*servers, self.partial.joined_via, *self.partial.servers})
+
+    async def _partial_auth_state(
+        self, event: Event, before: Mapping[StateKey, str], auth_events: Sequence[StoredEvent]
+    ) -> Mapping[StateKey, str]:
+        """What step 5 checks an event against while the room's state is partial.
+
+        Our state before the event lacks members we were not told about, so
+        (as MSC3902 and Synapse do) the state keys the auth rules read are
+        resolved between that partial state and the event's own auth events:
+        a member we never saw counts as its auth events say, while a ban or a
+        demotion we hold still wins where state resolution says so. The
+        resync checks the event again on the full state.
+        """
+        keys = auth_types_for_event(
+            event.type, event.sender, event.state_key, event.content, self.version
+        )
+        keys.add((CREATE, ""))
+        ours = {key: before[key] for key in keys if key in before}
+        claimed = {
+            a.event.state_tuple: a.event_id
+            for a in auth_events
+            if a.status is not Status.REJECTED and a.event.state_tuple in keys
+        }
+        if all(ours.get(key) == event_id for key, event_id in claimed.items()):
+            return before
+        create_id = self.create_event.event_id if self.create_event else None
+        try:
+            resolved = await self.core.resolver.resolve(
+                self.conn, self.version, create_id, [ours, claimed], self
+            )
+        except MissingEventError:
+            resolved = {**claimed, **ours}
+        return {**before, **resolved}
+
+    async def end_partial_state(self, state_before_join: Sequence[str]) -> int:
+        """The full state at our join arrived: place every partial-state event again.
+
+        ``state_before_join``: ids of stored events (the resync's ``/state_ids``
+        answer, fetched and added as outliers first). Our join gets that state
+        before it; each event placed since on the partial state (in depth
+        order) gets the state resolved from its prev_events again and is
+        checked against it (step 5): an event the full state does not allow
+        is rejected now, as Synapse does (the room's view changes like a
+        state reset). Soft failures are not judged again. The current state
+        is then resolved across the forward extremities, and the room leaves
+        partial state. Returns how many events turned out rejected.
+        """
+        assert self.partial is not None
+        join_id = self.partial.join_event_id
+        store = self.core.state_store
+        ids = await storage.partial_state_event_ids(self.conn, self.room_id)
+        if join_id not in ids:
+            ids.insert(0, join_id)
+        stored = await self._reload(ids)
+        self.partial = None
+        self._ends_partial = True
+        placed: dict[str, StateGroup] = {}
+        rejected = 0
+        for event_id in ids:
+            old = stored.get(event_id)
+            if old is None or old.state_group_before is None:
+                continue
+            event = old.event
+            if event_id == join_id:
+                before = await self._given_state(state_before_join)
+            else:
+                before = await self._replaced_state_before(event, old, placed)
+            status, reason = old.status, old.rejection_reason
+            if status in (Status.ACCEPTED, Status.SOFT_FAILED):
+                failure = await self._check_against_state(event, before.state)
+                if failure is not None:
+                    status, reason = Status.REJECTED, str(failure)
+                    rejected += 1
+            after = before
+            if status is not Status.REJECTED and event.is_state:
+                state = dict(before.state)
+                state[event.state_tuple] = event_id
+                after = store.derive(
+                    self.room_id, before, state, self._groups, delta={event.state_tuple: event_id}
+                )
+            placed[event_id] = after
+            servers = await self._servers_at(before)
+            self._replacements.append(
+                Replacement(event_id, status, reason, before.id, after.id, servers)
+            )
+            self.pending[event_id] = dataclasses.replace(
+                old,
+                status=status,
+                rejection_reason=reason,
+                state_group_before=before.id,
+                state_group_after=after.id,
+                servers_before=servers,
+            )
+            if status is Status.REJECTED and event_id in self.extremities:
+                del self.extremities[event_id]
+        await self._current_from_extremities()
+        return rejected
+
+    async def _replaced_state_before(
+        self, event: Event, old: StoredEvent, placed: Mapping[str, StateGroup]
+    ) -> StateGroup:
+        store = self.core.state_store
+        groups: dict[int, StateGroup] = {}
+        for prev in event.prev_event_ids:
+            if prev in placed:
+                groups[placed[prev].id] = placed[prev]
+                continue
+            known = (await self.events([prev])).get(prev)
+            if known is not None and known.state_group_after is not None:
+                group = await store.get(self.conn, known.state_group_after)
+                groups[group.id] = group
+        if not groups:
+            # Its state was given (its prevs are missing): keep it.
+            assert old.state_group_before is not None
+            return await store.get(self.conn, old.state_group_before)
+        if len(groups) == 1:
+            return next(iter(groups.values()))
+        try:
+            return await self._resolve_groups(list(groups.values()))
+        except MissingEventError:
+            assert old.state_group_before is not None
+            return await store.get(self.conn, old.state_group_before)
+
+    async def _current_from_extremities(self) -> None:
+        heads = await self.events(self.extremities)
+        group_ids = list(
+            dict.fromkeys(
+                h.state_group_after for h in heads.values() if h.state_group_after is not None
+            )
+        )
+        if not group_ids:
+            return
+        groups = [await self.core.state_store.get(self.conn, g) for g in group_ids]
+        self.current = groups[0] if len(groups) == 1 else await self._resolve_groups(groups)
 
     async def _take_effect(
         self, event: Event, before: StateGroup, after: StateGroup, case: _Case

@@ -243,6 +243,11 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             max_depth=info.max_depth,
             we_are_joined=info.we_are_joined,
             create_event_id=info.create_event_id,
+            resync_state=info.resync_state,  # type: ignore[arg-type]
+            members_known=info.members_known,
+            members_expected=info.members_expected,
+            resync_attempts=info.resync_attempts,
+            resync_error=info.resync_error,
         )
 
     @reports_service_errors

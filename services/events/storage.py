@@ -729,3 +729,166 @@ async def store_local_transaction(
         event_id,
         position,
     )
+
+
+# ---------------------------------------------------------------- partial state
+
+
+@dataclass
+class PartialStateRoom:
+    """A room joined with a partial state (``events.partial_state_rooms``)."""
+
+    room_id: str
+    join_event_id: str
+    joined_via: str
+    servers: list[str]
+    members_expected: int = 0
+    resync_state: int = 2  # ResyncState.RESYNC_PENDING
+    resync_attempts: int = 0
+    resync_error: str = ""
+    joined_ts: int = 0
+
+
+@dataclass
+class Replacement:
+    """A stored event placed again: its state groups, status and servers."""
+
+    event_id: str
+    status: Status
+    rejection_reason: str
+    state_group_before: int
+    state_group_after: int
+    servers_before: list[str]
+
+
+async def partial_state_room(conn: asyncpg.Connection, room_id: str) -> PartialStateRoom | None:
+    row = await conn.fetchrow(
+        "SELECT room_id, join_event_id, joined_via, servers, members_expected, resync_state,"
+        " resync_attempts, resync_error, joined_ts"
+        " FROM events.partial_state_rooms WHERE room_id = $1",
+        room_id,
+    )
+    if row is None:
+        return None
+    fields = dict(row)
+    fields["servers"] = list(fields["servers"])
+    return PartialStateRoom(**fields)
+
+
+async def partial_state_room_ids(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch("SELECT room_id FROM events.partial_state_rooms ORDER BY joined_ts")
+    return [row["room_id"] for row in rows]
+
+
+async def insert_partial_state_room(conn: asyncpg.Connection, room: PartialStateRoom) -> None:
+    await conn.execute(
+        "INSERT INTO events.partial_state_rooms"
+        " (room_id, join_event_id, joined_via, servers, joined_ts) VALUES ($1, $2, $3, $4, $5)"
+        " ON CONFLICT (room_id) DO UPDATE SET join_event_id = $2, joined_via = $3,"
+        " servers = $4, joined_ts = $5, members_expected = 0, resync_state = 2,"
+        " resync_attempts = 0, resync_error = ''",
+        room.room_id,
+        room.join_event_id,
+        room.joined_via,
+        room.servers,
+        room.joined_ts,
+    )
+
+
+async def add_partial_state_events(
+    conn: asyncpg.Connection, room_id: str, event_ids: Sequence[str]
+) -> None:
+    if event_ids:
+        await conn.executemany(
+            "INSERT INTO events.partial_state_events (event_id, room_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING",
+            [(event_id, room_id) for event_id in event_ids],
+        )
+
+
+async def partial_state_event_ids(conn: asyncpg.Connection, room_id: str) -> list[str]:
+    """Events placed on a partial state, in the order they can be placed again (depth, nid)."""
+    rows = await conn.fetch(
+        "SELECT p.event_id FROM events.partial_state_events p"
+        " JOIN events.events e USING (event_id)"
+        " WHERE p.room_id = $1 ORDER BY e.depth, e.nid",
+        room_id,
+    )
+    return [row["event_id"] for row in rows]
+
+
+async def delete_partial_state(conn: asyncpg.Connection, room_id: str) -> None:
+    await conn.execute("DELETE FROM events.partial_state_events WHERE room_id = $1", room_id)
+    await conn.execute("DELETE FROM events.partial_state_rooms WHERE room_id = $1", room_id)
+
+
+async def replace_event_placements(
+    conn: asyncpg.Connection, room_id: str, rows: Sequence[Replacement]
+) -> None:
+    if rows:
+        await conn.executemany(
+            "UPDATE events.events SET status = $3, rejection_reason = $4,"
+            " state_group_before = $5, state_group_after = $6, servers_before = $7"
+            " WHERE event_id = $1 AND room_id = $2",
+            [
+                (
+                    r.event_id,
+                    room_id,
+                    int(r.status),
+                    r.rejection_reason,
+                    r.state_group_before,
+                    r.state_group_after,
+                    r.servers_before,
+                )
+                for r in rows
+            ],
+        )
+
+
+async def update_resync_progress(
+    conn: asyncpg.Connection,
+    room_id: str,
+    state: int,
+    *,
+    members_expected: int | None = None,
+    failed: str | None = None,
+) -> None:
+    """The resync's state; ``failed`` counts an attempt and keeps its reason."""
+    await conn.execute(
+        "UPDATE events.partial_state_rooms SET resync_state = $2,"
+        " members_expected = COALESCE($3, members_expected),"
+        " resync_attempts = resync_attempts + (CASE WHEN $4::text IS NULL THEN 0 ELSE 1 END),"
+        " resync_error = COALESCE($4, resync_error)"
+        " WHERE room_id = $1",
+        room_id,
+        state,
+        members_expected,
+        failed,
+    )
+
+
+async def count_current_members(conn: asyncpg.Connection, room_id: str) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM events.current_state"
+            " WHERE room_id = $1 AND type = 'm.room.member'",
+            room_id,
+        )
+    )
+
+
+async def held_event_ids(conn: asyncpg.Connection, event_ids: Sequence[str]) -> set[str]:
+    """Which of ``event_ids`` are stored (any status)."""
+    rows = await conn.fetch(
+        "SELECT event_id FROM events.events WHERE event_id = ANY($1::text[])", list(event_ids)
+    )
+    return {row["event_id"] for row in rows}
+
+
+async def try_session_lock(conn: asyncpg.Connection, text: str) -> bool:
+    """A session advisory lock (held until :func:`session_unlock` or the connection ends)."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(text)))
+
+
+async def session_unlock(conn: asyncpg.Connection, text: str) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", lock_key(text))

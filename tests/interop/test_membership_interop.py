@@ -95,6 +95,8 @@ async def _mxfed_joins_synapse_room(mx: Mx, client: SynapseClient, synapse: Syna
     erin = mx.user("erin")
     reply = await mx.join(room_id, erin, [synapse.server_name])
     assert reply.room_id == room_id and reply.remote
+    # Synapse serves omit_members: the join may be partial until its resync ends.
+    await wait_until(lambda: mx.has_full_state(room_id), timeout=60)
     state = await mx.state(room_id)
     assert ("m.room.create", "") in state
     assert state[("m.room.name", "")]["content"]["name"] == "Synapse room"

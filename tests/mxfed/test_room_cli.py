@@ -61,6 +61,19 @@ async def test_room_create_prints_the_room_and_its_alias(scene: Scene, lobby: di
     assert re.fullmatch(r"!\S+\n", out)
 
 
+async def test_room_info_shows_the_room_and_its_state(scene: Scene, lobby: dict) -> None:
+    code, out, err = await mxfed_cli(scene, "room", "info", lobby["room_alias"], "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["room_id"] == lobby["room_id"]
+    assert info["we_are_joined"] is True
+    assert info["state"] == "full_state"  # created here: never partial
+    assert info["members_known"] == info["members_expected"] == 1
+    code, out, err = await mxfed_cli(scene, "room", "info", lobby["room_id"])
+    assert code == 0, err
+    assert "members    1\n" in out and "state      full state" in out
+
+
 async def test_send_then_history_oldest_first(scene: Scene, lobby: dict) -> None:
     code, out, err = await mxfed_cli(
         scene, "send", lobby["room_id"], "hello from the cli", "--sender", scene.creator

@@ -46,6 +46,15 @@ class Mx:
             state[(pdu["type"], pdu["state_key"])] = pdu
         return state
 
+    async def room_info(self, room_id: str) -> events_pb2.QueryRoomInfoResponse:
+        return await self.events.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=room_id), timeout=10
+        )
+
+    async def has_full_state(self, room_id: str) -> bool:
+        """Not (or no longer) a partial-state room: its resync, if any, has finished."""
+        return (await self.room_info(room_id)).resync_state == events_pb2.FULL_STATE
+
     async def membership_of(self, room_id: str, user_id: str) -> str | None:
         member = (await self.state(room_id)).get(("m.room.member", user_id))
         return member["content"]["membership"] if member else None

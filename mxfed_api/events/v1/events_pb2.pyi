@@ -22,6 +22,15 @@ class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INPUT_KIND_GAP_FILL: _ClassVar[InputKind]
     INPUT_KIND_OUTLIER: _ClassVar[InputKind]
     INPUT_KIND_BACKFILL: _ClassVar[InputKind]
+
+class ResyncState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESYNC_STATE_UNSPECIFIED: _ClassVar[ResyncState]
+    FULL_STATE: _ClassVar[ResyncState]
+    RESYNC_PENDING: _ClassVar[ResyncState]
+    RESYNC_FETCHING: _ClassVar[ResyncState]
+    RESYNC_STORING: _ClassVar[ResyncState]
+    RESYNC_RETRYING: _ClassVar[ResyncState]
 EVENT_STATUS_UNSPECIFIED: EventStatus
 EVENT_STATUS_ACCEPTED: EventStatus
 EVENT_STATUS_SOFT_FAILED: EventStatus
@@ -32,6 +41,12 @@ INPUT_KIND_NEW: InputKind
 INPUT_KIND_GAP_FILL: InputKind
 INPUT_KIND_OUTLIER: InputKind
 INPUT_KIND_BACKFILL: InputKind
+RESYNC_STATE_UNSPECIFIED: ResyncState
+FULL_STATE: ResyncState
+RESYNC_PENDING: ResyncState
+RESYNC_FETCHING: ResyncState
+RESYNC_STORING: ResyncState
+RESYNC_RETRYING: ResyncState
 
 class EventRecord(_message.Message):
     __slots__ = ("event_id", "room_id", "room_version", "pdu_json", "status", "stream_position", "redacted", "rejection_reason")
@@ -310,7 +325,7 @@ class QueryRoomInfoRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ...) -> None: ...
 
 class QueryRoomInfoResponse(_message.Message):
-    __slots__ = ("exists", "room_version", "forward_extremities", "min_depth", "max_depth", "we_are_joined", "create_event_id")
+    __slots__ = ("exists", "room_version", "forward_extremities", "min_depth", "max_depth", "we_are_joined", "create_event_id", "resync_state", "members_known", "members_expected", "resync_attempts", "resync_error")
     EXISTS_FIELD_NUMBER: _ClassVar[int]
     ROOM_VERSION_FIELD_NUMBER: _ClassVar[int]
     FORWARD_EXTREMITIES_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +333,11 @@ class QueryRoomInfoResponse(_message.Message):
     MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     WE_ARE_JOINED_FIELD_NUMBER: _ClassVar[int]
     CREATE_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_STATE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_ERROR_FIELD_NUMBER: _ClassVar[int]
     exists: bool
     room_version: str
     forward_extremities: _containers.RepeatedScalarFieldContainer[str]
@@ -325,7 +345,12 @@ class QueryRoomInfoResponse(_message.Message):
     max_depth: int
     we_are_joined: bool
     create_event_id: str
-    def __init__(self, exists: _Optional[bool] = ..., room_version: _Optional[str] = ..., forward_extremities: _Optional[_Iterable[str]] = ..., min_depth: _Optional[int] = ..., max_depth: _Optional[int] = ..., we_are_joined: _Optional[bool] = ..., create_event_id: _Optional[str] = ...) -> None: ...
+    resync_state: ResyncState
+    members_known: int
+    members_expected: int
+    resync_attempts: int
+    resync_error: str
+    def __init__(self, exists: _Optional[bool] = ..., room_version: _Optional[str] = ..., forward_extremities: _Optional[_Iterable[str]] = ..., min_depth: _Optional[int] = ..., max_depth: _Optional[int] = ..., we_are_joined: _Optional[bool] = ..., create_event_id: _Optional[str] = ..., resync_state: _Optional[_Union[ResyncState, str]] = ..., members_known: _Optional[int] = ..., members_expected: _Optional[int] = ..., resync_attempts: _Optional[int] = ..., resync_error: _Optional[str] = ...) -> None: ...
 
 class QueryServersInRoomRequest(_message.Message):
     __slots__ = ("room_id", "at_event_id")

@@ -14,6 +14,15 @@ events) and adds the join with the resident's state as the state before it
 extremity, the state after it the room's current state. From then on the
 resident's /send transactions extend the DAG through the normal receive
 pipeline.
+
+Partial-state joins: send_join v2 is asked with ``omit_members=true``
+(https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_joinroomideventid).
+When the answer says ``members_omitted``, the state it gives (all but most
+member events) is checked and stored the same way, the room is marked
+partial-state with the answer's ``servers_in_room`` (events we send go to
+them and to the servers of the members we learn of since), and the join
+returns at once; :mod:`.resync` fetches the full state in the background.
+A resident that does not omit members gives a full join as before.
 """
 
 from __future__ import annotations
@@ -31,11 +40,13 @@ from matrix_protocol.signing import signatures_required_for_event
 from mxfed.federation_client import FederationError, federation_path
 from services.events import storage
 from services.events.membership import storage as oob_storage
-from services.events.membership.common import MEMBER, room_head
+from services.events.membership.common import MEMBER, MembershipDeps, now_ms, room_head
 from services.events.membership.remote_rooms import RemoteRooms, TryNext, unavailable
+from services.events.membership.resync import PartialStateResync
 from services.events.outcomes import Reason
 from services.events.pdu_checks import CheckedPdu, check_fetched, verify_signatures
 from services.events.room_batch import RoomBatch, auth_order
+from services.events.storage import PartialStateRoom
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,10 @@ AUTH_CHAIN_FETCHES = 5
 
 
 class Join(RemoteRooms):
+    def __init__(self, deps: MembershipDeps, resync: PartialStateResync | None = None) -> None:
+        super().__init__(deps)
+        self.resync = resync or PartialStateResync(deps)
+
     async def perform_join(
         self,
         room_id_or_alias: str,
@@ -81,8 +96,8 @@ class Join(RemoteRooms):
             try:
                 version, template = await self._make(server, room_id, user_id, "join", ALL_VERSIONS)
                 event_id, pdu = self._sign(template, version, extra)
-                answer = await self._send(server, "join", room_id, event_id, pdu)
-                await self._complete_join(room_id, version, event_id, pdu, answer, server)
+                answer = await self._send(server, "join", room_id, event_id, pdu, omit_members=True)
+                partial = await self._complete_join(room_id, version, event_id, pdu, answer, server)
             except TryNext as failure:
                 log.info(
                     "join attempt failed; trying the next server",
@@ -91,6 +106,8 @@ class Join(RemoteRooms):
                 last = failure.error
                 continue
             await self._forget_out_of_band(user_id, room_id)
+            if partial:
+                self.resync.start(room_id)
             return room_id, event_id, True
         raise last
 
@@ -190,7 +207,8 @@ class Join(RemoteRooms):
         our_pdu: dict[str, Any],
         answer: Any,
         server: str = "",
-    ) -> None:
+    ) -> bool:
+        """Check and store a send_join answer; True when it gave a partial state."""
         if not isinstance(answer, dict):
             raise TryNext(unavailable("malformed send_join answer"))
         state_raw, chain_raw = answer.get("state"), answer.get("auth_chain")
@@ -237,7 +255,23 @@ class Join(RemoteRooms):
             raise TryNext(unavailable("the create event's room version differs from make_join's"))
         if version.room_id_from_create_event and room_id != "!" + create.event_id[1:]:
             raise TryNext(unavailable("the create event is not this room's"))
-        await self._store_join(room_id, version, checked, list(state_ids), join, join_pdu)
+        partial = None
+        if answer.get("members_omitted") is True:
+            in_room = answer.get("servers_in_room")
+            servers = (
+                [s for s in in_room if isinstance(s, str)] if isinstance(in_room, list) else []
+            )
+            partial = PartialStateRoom(
+                room_id=room_id,
+                join_event_id=event_id,
+                joined_via=server,
+                servers=sorted(set(servers) - {self.server_name}),
+                joined_ts=now_ms(),
+            )
+        await self._store_join(
+            room_id, version, checked, list(state_ids), join, join_pdu, partial=partial
+        )
+        return partial is not None
 
     async def _store_join(
         self,
@@ -247,8 +281,12 @@ class Join(RemoteRooms):
         state_ids: Sequence[str],
         join: Event,
         join_pdu: dict[str, Any],
+        *,
+        partial: PartialStateRoom | None = None,
     ) -> None:
         """The state and auth chain as outliers, then the join on that state, in one batch.
+
+        ``partial``: the state lacks members; the room becomes partial-state.
 
         A join the resident's state does not allow is not stored (TryNext).
         """
@@ -266,7 +304,7 @@ class Join(RemoteRooms):
                 if outcome.status is not None or outcome.already_stored:
                     held.add(outcome.event_id)
             outcome = await batch.add_join(
-                CheckedPdu(join, join_pdu), [e for e in state_ids if e in held]
+                CheckedPdu(join, join_pdu), [e for e in state_ids if e in held], partial=partial
             )
             if outcome.status is None and not outcome.already_stored:
                 if outcome.reason in (Reason.AUTH_EVENTS_DISALLOW, Reason.STATE_BEFORE_DISALLOWS):

@@ -173,17 +173,29 @@ class RemoteRooms:
         )
 
     async def _send(
-        self, server: str, kind: str, room_id: str, event_id: str, pdu: dict[str, Any]
+        self,
+        server: str,
+        kind: str,
+        room_id: str,
+        event_id: str,
+        pdu: dict[str, Any],
+        *,
+        omit_members: bool = False,
     ) -> Any:
-        """PUT send_{kind} (v2 for join/leave, with the v1 fallback; v1 for knock)."""
+        """PUT send_{kind} (v2 for join/leave, with the v1 fallback; v1 for knock).
+
+        ``omit_members``: ask send_join v2 for a partial state (the v1
+        fallback cannot, so its answer is always the full state).
+        """
         client = self.deps.client
         v1 = federation_path("_matrix", "federation", "v1", f"send_{kind}", room_id, event_id)
         try:
             if kind == "knock":
                 return await client.put_json(server, v1, pdu)
             v2 = federation_path("_matrix", "federation", "v2", f"send_{kind}", room_id, event_id)
+            query = {"omit_members": "true"} if omit_members else None
             try:
-                return await client.put_json(server, v2, pdu)
+                return await client.put_json(server, v2, pdu, query=query)
             except HttpResponseError as error:
                 if error.status not in (404, 405) or error.errcode not in (None, "M_UNRECOGNIZED"):
                     raise

@@ -26,6 +26,7 @@ from services.events.membership.knock import Knock
 from services.events.membership.leave import Leave
 from services.events.membership.received_invites import ReceivedInvites
 from services.events.membership.resident import Resident
+from services.events.membership.resync import PartialStateResync
 from services.events.membership.templates import make_membership
 from services.events.room_batch import RoomsCore
 
@@ -38,7 +39,8 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
     def __init__(self, deps: MembershipDeps) -> None:
         self.deps = deps
         self.resident = Resident(deps)
-        self.join = Join(deps)
+        self.resync = PartialStateResync(deps)
+        self.join = Join(deps, self.resync)
         self.leave = Leave(deps)
         self.knock = Knock(deps)
         self.invites = ReceivedInvites(deps)
@@ -171,4 +173,7 @@ async def setup_membership(context: ServiceContext, local: LocalEvents) -> None:
         signing_key=context.signing_key,
         spawn=context.spawn,
     )
-    membership_pb2_grpc.add_MembershipServicer_to_server(MembershipServicer(deps), context.server)
+    servicer = MembershipServicer(deps)
+    membership_pb2_grpc.add_MembershipServicer_to_server(servicer, context.server)
+    # Rooms left partial by a stop or a crash: their resyncs go on.
+    await servicer.resync.resume_all()

@@ -249,6 +249,10 @@ async def make_membership(
     check_user_on_server(user_id, origin)
     async with deps.pool.acquire() as conn:
         head = await resident_room(conn, deps, room_id)
+        if membership in ("join", "knock") and await storage.partial_state_room(conn, room_id):
+            # Our state lacks members until the resync ends: a send_join answer
+            # would pass a partial state off as the room's (Synapse refuses too).
+            raise not_found("This server is not fully joined to that room yet")
         if membership in ("join", "knock"):
             supported_room_version_requested(head.version.identifier, supported_versions)
         await check_acl(conn, head, origin)

@@ -294,6 +294,10 @@ _ROOM_WRITERS = {
     "set_create_event",
     "redact_event",
     "update_waiting_redactions",
+    "replace_event_placements",
+    "insert_partial_state_room",
+    "add_partial_state_events",
+    "delete_partial_state",
 }
 
 

@@ -1,0 +1,256 @@
+"""Partial-state joins as the joiner: a whole running mxfed and a resident that omits members.
+
+The resident (:mod:`tests.support.partial_resident`) hosts a room of a few
+hundred members on two servers and answers send_join v2 with
+``omit_members``; its ``/state_ids`` can be held so the resync stays
+unfinished while a test looks at the partial-state window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import quote
+
+import orjson
+import pytest
+
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, membership_pb2, membership_pb2_grpc
+from tests.support.databases import create_database, drop_database
+from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.mxfed_process import MxfedProcess
+from tests.support.partial_resident import MEMBER, BigRoom, add_big_room_routes
+
+MEMBERS = 300
+WAIT = 60.0
+
+
+class Scene:
+    def __init__(self, mxfed: MxfedProcess, server: FakeHomeserver, other: FakeHomeserver) -> None:
+        self.mxfed = mxfed
+        self.server = server
+        self.other = other
+        self.rooms: dict[str, BigRoom] = {}
+        self.connect()
+
+    def connect(self) -> None:
+        self.channel = self.mxfed.channel("events")
+        self.membership = membership_pb2_grpc.MembershipStub(self.channel)
+        self.events = events_pb2_grpc.EventsStub(self.channel)
+
+    def room(self, *, omit: bool = True, members: int = MEMBERS) -> BigRoom:
+        room = BigRoom(self.server, self.other, members=members, omit=omit)
+        self.rooms[room.room_id] = room
+        return room
+
+    def user(self) -> str:
+        return f"@u{secrets.token_hex(4)}:{self.mxfed.server_name}"
+
+    async def join(self, room: BigRoom, user_id: str) -> str:
+        reply = await self.membership.PerformJoin(
+            membership_pb2.PerformJoinRequest(
+                room_id_or_alias=room.room_id, user_id=user_id, servers=[self.server.server_name]
+            ),
+            timeout=60,
+        )
+        assert reply.remote
+        return reply.event_id
+
+    async def info(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
+        return await self.events.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+        )
+
+    async def send(self, room: BigRoom, sender: str, body: str) -> str:
+        reply = await self.events.PerformSendEvent(
+            events_pb2.PerformSendEventRequest(
+                room_id=room.room_id,
+                sender=sender,
+                type="m.room.message",
+                content_json=orjson.dumps({"msgtype": "m.text", "body": body}),
+            ),
+            timeout=30,
+        )
+        return reply.event_id
+
+    async def current_state(self, room: BigRoom) -> dict[tuple[str, str], str]:
+        reply = await self.events.QueryCurrentState(
+            events_pb2.QueryCurrentStateRequest(room_id=room.room_id), timeout=30
+        )
+        state = {}
+        for record in reply.events:
+            pdu = orjson.loads(record.pdu_json)
+            state[(pdu["type"], pdu["state_key"])] = record.event_id
+        return state
+
+    async def statuses(self, event_ids: list[str]) -> dict[str, int]:
+        reply = await self.events.QueryEvents(
+            events_pb2.QueryEventsRequest(event_ids=event_ids), timeout=10
+        )
+        return {e.event_id: e.status for e in reply.events}
+
+    async def resynced(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
+        info = await until(
+            lambda: self.info(room), lambda i: i.resync_state == events_pb2.FULL_STATE
+        )
+        return info
+
+
+async def until(
+    get: Callable[[], Awaitable[object]], ok: Callable[..., bool], timeout: float = WAIT
+) -> object:
+    """Poll ``get`` until ``ok`` holds of its answer (a condition, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await get()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met; last value: {value!r}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
+    database_url = await create_database("mxfed_partial_join_test")
+    server = FakeHomeserver(key_version="big1")
+    other = FakeHomeserver(key_version="other1")
+    rooms: dict[str, BigRoom] = {}
+    add_big_room_routes(server, other, rooms)
+    await server.start()
+    await other.start()
+    mxfed = MxfedProcess(tmp_path_factory.mktemp("partial-join") / "mxfed", database_url)
+    try:
+        await asyncio.to_thread(mxfed.start)
+        started = Scene(mxfed, server, other)
+        started.rooms = rooms
+        yield started
+        await started.channel.close()
+    finally:
+        await asyncio.to_thread(mxfed.stop)
+        await server.stop()
+        await other.stop()
+        await drop_database(database_url)
+
+
+async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state(
+    scene: Scene,
+) -> None:
+    room = scene.room()
+    room.release.clear()  # the resync waits at /state_ids
+    user = scene.user()
+    join_id = await scene.join(room, user)
+    info = await scene.info(room)
+    # We asked for omit_members and got a partial state: only the resident's
+    # non-member state and our own membership are known.
+    assert info.resync_state != events_pb2.FULL_STATE
+    assert info.we_are_joined
+    assert info.members_known < 5
+    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    # A local message reaches the resident and the other server of
+    # servers_in_room while the resync is still held.
+    message_id = await scene.send(room, user, "hello while partial")
+    await until(
+        lambda: asyncio.sleep(0, [p["content"].get("body") for p in room.received]),
+        lambda bodies: "hello while partial" in bodies,
+    )
+    await until(
+        lambda: asyncio.sleep(0, [p["content"].get("body") for p in room.other_received]),
+        lambda bodies: "hello while partial" in bodies,
+    )
+    # An event from a member whose membership was omitted, sent during the
+    # window, is accepted on the partial state (checked with its auth events).
+    sender = room.members[7]
+    unseen_id = room.add(sender, "m.room.message", None, {"msgtype": "m.text", "body": "hi"})
+    answer = await room.push(scene.mxfed.federation_url, scene.mxfed.server_name, [unseen_id])
+    assert answer["pdus"][unseen_id] == {}
+    assert (await scene.statuses([unseen_id]))[unseen_id] == events_pb2.ACCEPTED
+    still = await scene.info(room)
+    assert still.resync_state == events_pb2.RESYNC_FETCHING
+    assert still.members_expected == 0  # /state_ids has not answered yet
+    # The operator sees it too.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mxfed.cli", "--config", str(scene.mxfed.config_path),
+        "room", "info", room.room_id, "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert orjson.loads(out)["state"] == "fetching"
+    # Nobody joins through us while our state lacks members.
+    uri = f"/_matrix/federation/v1/make_join/{quote(room.room_id)}/{quote(room.alice)}"
+    refused = await scene.server.federation_request(
+        scene.mxfed.federation_url, scene.mxfed.server_name, "GET", uri
+    )
+    assert (refused.status_code, refused.json()["errcode"]) == (404, "M_NOT_FOUND")
+    # Release the resync: the room leaves partial state with the resident's full state.
+    room.release.set()
+    info = await scene.resynced(room)
+    assert await scene.current_state(room) == room.state
+    assert info.members_known == info.members_expected == MEMBERS + 2
+    statuses = await scene.statuses([join_id, message_id, unseen_id])
+    assert statuses == {
+        join_id: events_pb2.ACCEPTED,
+        message_id: events_pb2.ACCEPTED,
+        unseen_id: events_pb2.ACCEPTED,
+    }
+    # The unseen member's message is visible in the room's timeline.
+    page = await scene.events.QueryTimeline(
+        events_pb2.QueryTimelineRequest(room_id=room.room_id, limit=10, backwards=True),
+        timeout=10,
+    )
+    assert unseen_id in [e.event_id for e in page.events]
+    assert room.state_requests == 1  # the missing members came in one /state call
+
+
+async def test_a_resident_that_does_not_omit_members_gives_a_full_join(scene: Scene) -> None:
+    room = scene.room(omit=False, members=40)
+    await scene.join(room, scene.user())
+    info = await scene.info(room)
+    assert info.resync_state == events_pb2.FULL_STATE
+    assert info.members_known == 40 + 2
+    assert room.state_ids_requests == 0
+    assert await scene.current_state(room) == room.state
+
+
+async def test_a_leave_during_the_resync_works(scene: Scene) -> None:
+    room = scene.room(members=60)
+    room.release.clear()
+    user = scene.user()
+    await scene.join(room, user)
+    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    reply = await scene.membership.PerformLeave(
+        membership_pb2.PerformLeaveRequest(room_id=room.room_id, user_id=user), timeout=30
+    )
+    await until(
+        lambda: asyncio.sleep(0, list(room.received)),
+        lambda pdus: any(p["content"].get("membership") == "leave" for p in pdus),
+    )
+    assert room.state[(MEMBER, user)] == reply.event_id
+    room.release.set()
+    await scene.resynced(room)
+    state = await scene.current_state(room)
+    assert state[(MEMBER, user)] == reply.event_id
+    assert state == room.state
+    assert not (await scene.info(room)).we_are_joined
+
+
+async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
+    room = scene.room(members=80)
+    room.release.clear()
+    await scene.join(room, scene.user())
+    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    asked = room.state_ids_requests
+    await scene.channel.close()
+    await asyncio.to_thread(scene.mxfed.stop, keep_ports=True)
+    await asyncio.to_thread(scene.mxfed.start)
+    scene.connect()
+    info = await scene.info(room)
+    assert info.resync_state != events_pb2.FULL_STATE
+    # The restarted events process asks again by itself.
+    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n > asked)
+    room.release.set()
+    await scene.resynced(room)
+    assert await scene.current_state(room) == room.state
