@@ -602,8 +602,11 @@ class RoomBatch:
         failure = await self._check_against_state(event, state)
         if failure is not None:
             return Status.REJECTED, Reason.STATE_BEFORE_DISALLOWS, str(failure)
-        if case.soft_fail and self.partial is None:
-            failure = await self._soft_failure(event, placement.before, placement.state_given)
+        if case.soft_fail:
+            # A partial current state cannot judge soft failure (MSC3902): skipped.
+            failure = None
+            if self.partial is None:
+                failure = await self._soft_failure(event, placement.before, placement.state_given)
             if failure is not None:
                 return (
                     Status.SOFT_FAILED,
