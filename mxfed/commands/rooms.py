@@ -239,11 +239,11 @@ async def create_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub
 
 
 _RESYNC_NAMES = {
-    events_pb2.FULL_STATE: "full_state",
-    events_pb2.RESYNC_PENDING: "pending",
-    events_pb2.RESYNC_FETCHING: "fetching",
-    events_pb2.RESYNC_STORING: "storing",
-    events_pb2.RESYNC_RETRYING: "retrying",
+    events_pb2.RESYNC_STATE_FULL_STATE: "full_state",
+    events_pb2.RESYNC_STATE_PENDING: "pending",
+    events_pb2.RESYNC_STATE_FETCHING: "fetching",
+    events_pb2.RESYNC_STATE_STORING: "storing",
+    events_pb2.RESYNC_STATE_RETRYING: "retrying",
 }
 
 

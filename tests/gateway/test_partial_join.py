@@ -94,7 +94,7 @@ class Scene:
 
     async def resynced(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
         info = await until(
-            lambda: self.info(room), lambda i: i.resync_state == events_pb2.FULL_STATE
+            lambda: self.info(room), lambda i: i.resync_state == events_pb2.RESYNC_STATE_FULL_STATE
         )
         return info
 
@@ -146,7 +146,7 @@ async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state
     info = await scene.info(room)
     # We asked for omit_members and got a partial state: only the resident's
     # non-member state and our own membership are known.
-    assert info.resync_state != events_pb2.FULL_STATE
+    assert info.resync_state != events_pb2.RESYNC_STATE_FULL_STATE
     assert info.we_are_joined
     assert info.members_known < 5
     await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
@@ -167,9 +167,9 @@ async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state
     unseen_id = room.add(sender, "m.room.message", None, {"msgtype": "m.text", "body": "hi"})
     answer = await room.push(scene.mxfed.federation_url, scene.mxfed.server_name, [unseen_id])
     assert answer["pdus"][unseen_id] == {}
-    assert (await scene.statuses([unseen_id]))[unseen_id] == events_pb2.ACCEPTED
+    assert (await scene.statuses([unseen_id]))[unseen_id] == events_pb2.EVENT_STATUS_ACCEPTED
     still = await scene.info(room)
-    assert still.resync_state == events_pb2.RESYNC_FETCHING
+    assert still.resync_state == events_pb2.RESYNC_STATE_FETCHING
     assert still.members_expected == 0  # /state_ids has not answered yet
     # The operator sees it too.
     process = await asyncio.create_subprocess_exec(
@@ -192,9 +192,9 @@ async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state
     assert info.members_known == info.members_expected == MEMBERS + 2
     statuses = await scene.statuses([join_id, message_id, unseen_id])
     assert statuses == {
-        join_id: events_pb2.ACCEPTED,
-        message_id: events_pb2.ACCEPTED,
-        unseen_id: events_pb2.ACCEPTED,
+        join_id: events_pb2.EVENT_STATUS_ACCEPTED,
+        message_id: events_pb2.EVENT_STATUS_ACCEPTED,
+        unseen_id: events_pb2.EVENT_STATUS_ACCEPTED,
     }
     # The unseen member's message is visible in the room's timeline.
     page = await scene.events.QueryTimeline(
@@ -209,7 +209,7 @@ async def test_a_resident_that_does_not_omit_members_gives_a_full_join(scene: Sc
     room = scene.room(omit=False, members=40)
     await scene.join(room, scene.user())
     info = await scene.info(room)
-    assert info.resync_state == events_pb2.FULL_STATE
+    assert info.resync_state == events_pb2.RESYNC_STATE_FULL_STATE
     assert info.members_known == 40 + 2
     assert room.state_ids_requests == 0
     assert await scene.current_state(room) == room.state
@@ -248,7 +248,7 @@ async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
     await asyncio.to_thread(scene.mxfed.start)
     scene.connect()
     info = await scene.info(room)
-    assert info.resync_state != events_pb2.FULL_STATE
+    assert info.resync_state != events_pb2.RESYNC_STATE_FULL_STATE
     # The restarted events process asks again by itself.
     await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n > asked)
     room.release.set()

@@ -53,7 +53,7 @@ class Mx:
 
     async def has_full_state(self, room_id: str) -> bool:
         """Not (or no longer) a partial-state room: its resync, if any, has finished."""
-        return (await self.room_info(room_id)).resync_state == events_pb2.FULL_STATE
+        return (await self.room_info(room_id)).resync_state == events_pb2.RESYNC_STATE_FULL_STATE
 
     async def membership_of(self, room_id: str, user_id: str) -> str | None:
         member = (await self.state(room_id)).get(("m.room.member", user_id))

@@ -26,11 +26,11 @@ class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class ResyncState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RESYNC_STATE_UNSPECIFIED: _ClassVar[ResyncState]
-    FULL_STATE: _ClassVar[ResyncState]
-    RESYNC_PENDING: _ClassVar[ResyncState]
-    RESYNC_FETCHING: _ClassVar[ResyncState]
-    RESYNC_STORING: _ClassVar[ResyncState]
-    RESYNC_RETRYING: _ClassVar[ResyncState]
+    RESYNC_STATE_FULL_STATE: _ClassVar[ResyncState]
+    RESYNC_STATE_PENDING: _ClassVar[ResyncState]
+    RESYNC_STATE_FETCHING: _ClassVar[ResyncState]
+    RESYNC_STATE_STORING: _ClassVar[ResyncState]
+    RESYNC_STATE_RETRYING: _ClassVar[ResyncState]
 EVENT_STATUS_UNSPECIFIED: EventStatus
 EVENT_STATUS_ACCEPTED: EventStatus
 EVENT_STATUS_SOFT_FAILED: EventStatus
@@ -42,11 +42,11 @@ INPUT_KIND_GAP_FILL: InputKind
 INPUT_KIND_OUTLIER: InputKind
 INPUT_KIND_BACKFILL: InputKind
 RESYNC_STATE_UNSPECIFIED: ResyncState
-FULL_STATE: ResyncState
-RESYNC_PENDING: ResyncState
-RESYNC_FETCHING: ResyncState
-RESYNC_STORING: ResyncState
-RESYNC_RETRYING: ResyncState
+RESYNC_STATE_FULL_STATE: ResyncState
+RESYNC_STATE_PENDING: ResyncState
+RESYNC_STATE_FETCHING: ResyncState
+RESYNC_STATE_STORING: ResyncState
+RESYNC_STATE_RETRYING: ResyncState
 
 class EventRecord(_message.Message):
     __slots__ = ("event_id", "room_id", "room_version", "pdu_json", "status", "stream_position", "redacted", "rejection_reason")

@@ -37,10 +37,11 @@ from matrix_protocol.events import Event
 from matrix_protocol.membership import MembershipError
 from matrix_protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from matrix_protocol.signing import signatures_required_for_event
+from mxfed.clock import now_ms
 from mxfed.federation_client import FederationError, federation_path
 from services.events import storage
 from services.events.membership import storage as oob_storage
-from services.events.membership.common import MEMBER, MembershipDeps, now_ms, room_head
+from services.events.membership.common import MEMBER, MembershipDeps, room_head
 from services.events.membership.remote_rooms import RemoteRooms, TryNext, unavailable
 from services.events.membership.resync import PartialStateResync
 from services.events.outcomes import Reason
