@@ -22,6 +22,7 @@ _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9-]{1,63}")
 _MAX_DNS_NAME = 255
 _MAX_USER_ID_BYTES = 255
+_MAX_ALIAS_BYTES = 255
 _USER_LOCALPART = re.compile(r"[a-z0-9._=\-/+]+")
 
 
@@ -118,6 +119,26 @@ def is_valid_user_id(user_id: str, *, historical: bool = True) -> bool:
     if historical:
         return "\x00" not in localpart
     return _USER_LOCALPART.fullmatch(localpart) is not None
+
+
+def is_valid_room_alias(alias: str) -> bool:
+    """Whether ``alias`` is ``#localpart:server_name`` and at most 255 UTF-8 bytes.
+
+    Spec: appendices, "Room Aliases"
+    (https://spec.matrix.org/v1.19/appendices/#room-aliases): the localpart may
+    hold any code point except ``:``, NUL and surrogates.
+    """
+    if not isinstance(alias, str) or not alias.startswith("#"):
+        return False
+    try:
+        if len(alias.encode("utf-8")) > _MAX_ALIAS_BYTES:
+            return False
+    except UnicodeEncodeError:  # lone surrogate
+        return False
+    localpart, colon, server_name = alias[1:].partition(":")
+    if not colon or not localpart or "\x00" in localpart:
+        return False
+    return is_valid_server_name(server_name)
 
 
 def server_name_of(id: str) -> str:

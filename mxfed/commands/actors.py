@@ -11,7 +11,9 @@ issues one into ``<internal_tls_dir>/actor-NAME/`` (``tls.crt``, ``tls.key``,
 from __future__ import annotations
 
 import argparse
+import sys
 
+from mxfed.commands.common import add_json_flag, emit
 from mxfed.config import Config
 from mxfed.internal_identity import (
     CERTIFICATE_FILE,
@@ -27,8 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="actors_action", required=True)
     add = actions.add_parser("add", help="issue a certificate for a new actor")
     add.add_argument("name", help="the actor's name (a-z 0-9 . _ -)")
+    add_json_flag(add)
     add.set_defaults(handler=add_actor)
     listing = actions.add_parser("list", help="the actors with a certificate here")
+    add_json_flag(listing)
     listing.set_defaults(handler=list_actors)
 
 
@@ -38,13 +42,19 @@ async def add_actor(args: argparse.Namespace, config: Config) -> int:
     try:
         caller = Caller.actor(args.name)
     except ValueError as exc:
-        print(f"mxfed actors add: {exc}")
+        print(f"mxfed actors add: {exc}", file=sys.stderr)
         return 2
     directory = identity_directory(config.internal_tls_directory, caller)
     if (directory / CERTIFICATE_FILE).exists():
-        print(f"mxfed actors add: {caller} already has a certificate in {directory}")
+        print(
+            f"mxfed actors add: {caller} already has a certificate in {directory}",
+            file=sys.stderr,
+        )
         return 1
     issue(directory, caller, config.internal_ca_certificate, config.internal_ca_key)
+    if args.json:
+        emit(args, {"actor": str(caller), "directory": str(directory)}, "")
+        return 0
     print(f"issued {caller}: {directory}/")
     print("  tls.crt, tls.key (keep secret) and ca.crt: hand this directory to the bot.")
     print(
@@ -67,7 +77,11 @@ async def list_actors(args: argparse.Namespace, config: Config) -> int:
         if (path / CERTIFICATE_FILE).exists()
     )
     for name in names:
-        print(f"{Caller.actor(name)}  {directory / (prefix + name)}/")
-    if not names:
+        emit(
+            args,
+            {"actor": str(Caller.actor(name)), "directory": str(directory / (prefix + name))},
+            f"{Caller.actor(name)}  {directory / (prefix + name)}/",
+        )
+    if not names and not args.json:
         print(f"no actor certificates in {directory}")
     return 0

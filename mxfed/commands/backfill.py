@@ -12,6 +12,7 @@ import sys
 
 import grpc
 
+from mxfed.commands.common import add_json_flag, emit, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--server", action="append", default=[], help="a server to ask first (repeatable)"
     )
+    add_json_flag(parser)
     parser.set_defaults(handler=run_backfill)
 
 
@@ -42,11 +44,17 @@ async def run_backfill(args: argparse.Namespace, config: Config) -> int:
                 timeout=CALL_TIMEOUT,
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                print(f"UNAVAILABLE: the backfill service at {address} is down", file=sys.stderr)
-            else:
-                print(exc.details() or exc.code().name, file=sys.stderr)
+            print(rpc_error_line(exc, config, "backfill", address), file=sys.stderr)
             return 1
+    if args.json:
+        value = {
+            "events_fetched": reply.events_fetched,
+            "server": reply.server or None,
+            "servers_failed": list(reply.servers_failed),
+            "events_refused": reply.events_refused,
+        }
+        emit(args, value, "")
+        return 0
     source = f" from {reply.server}" if reply.server else ""
     print(f"fetched {reply.events_fetched} events{source}")
     if reply.servers_failed:

@@ -7,10 +7,12 @@ destinations with something queued, a backoff or a lease.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import grpc
 
 from mxfed.clock import now_ms
+from mxfed.commands.common import add_json_flag, emit, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--all", action="store_true", help="include idle destinations")
     parser.add_argument("--limit", type=int, default=100, help="at most this many rows")
     parser.add_argument("--address", help="sender host:port (default: sender_address)")
+    add_json_flag(parser)
     parser.set_defaults(handler=show_destinations)
 
 
@@ -85,7 +88,22 @@ async def show_destinations(args: argparse.Namespace, config: Config) -> int:
                 timeout=10,
             )
         except grpc.aio.AioRpcError as exc:
-            print(f"sender: {exc.code().name}: {exc.details()}")
+            print(rpc_error_line(exc, config, "sender", address), file=sys.stderr)
             return 1
+    if args.json:
+        for d in reply.destinations:
+            value = {
+                "destination": d.destination,
+                "pending_pdus": d.pending_pdus,
+                "pending_edus": d.pending_edus,
+                "oldest_pending_ts": d.oldest_pending_ts or None,
+                "last_success_ts": d.last_success_ts or None,
+                "backoff_until_ts": d.backoff_until_ts or None,
+                "lease_owner": d.lease_owner or None,
+                "failures": d.failures,
+                "last_error": d.last_error or None,
+            }
+            emit(args, value, "")
+        return 0
     print(format_table(reply, now_ms()))
     return 0

@@ -3,7 +3,7 @@
 ``mxfed publish ROOM``        list a room in our public room directory
 ``mxfed unpublish ROOM``      take it out again
 ``mxfed directory``           our public rooms, or ``--server NAME``'s read over federation
-``mxfed profile set USER``    set ``--displayname``/``--avatar-url``/``--field k=JSON``
+``mxfed profile set USER``    set ``--display-name``/``--avatar-url``/``--field k=JSON``
 ``mxfed profile get USER``    print a local user's profile
 ``mxfed devices upload USER DEVICE``  create a device with fresh E2E keys (tests, demos)
 ``mxfed devices list USER``   a user's device list (ours, or another server's through the cache)
@@ -30,6 +30,7 @@ import nacl.signing
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.encoding import encode_base64
 from matrix_protocol.signing import sign_json
+from mxfed.commands.common import add_json_flag, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
@@ -78,12 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     publish = subparsers.add_parser("publish", help="list a room in our public room directory")
     publish.add_argument("room", help="room id or alias")
     publish.add_argument("--network", default="", help="appservice network id (default: ours)")
-    _add_json_flag(publish)
+    add_json_flag(publish)
     publish.set_defaults(handler=_run(publish_room))
 
     unpublish = subparsers.add_parser("unpublish", help="remove a room from our directory")
     unpublish.add_argument("room", help="room id or alias")
-    _add_json_flag(unpublish)
+    add_json_flag(unpublish)
     unpublish.set_defaults(handler=_run(unpublish_room))
 
     directory = subparsers.add_parser("directory", help="list public rooms")
@@ -91,25 +92,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     directory.add_argument("--limit", type=int, default=0)
     directory.add_argument("--since", default="", help="next_batch/prev_batch token")
     directory.add_argument("--search", default="", help="generic search term")
-    _add_json_flag(directory)
+    add_json_flag(directory)
     directory.set_defaults(handler=_run(list_directory))
 
     profile = subparsers.add_parser("profile", help="local users' profiles")
     profile_commands = profile.add_subparsers(dest="profile_command", required=True)
     set_profile = profile_commands.add_parser("set", help="set profile fields")
     set_profile.add_argument("user", help="local user id")
-    set_profile.add_argument("--displayname")
+    # --displayname: the old spelling, still accepted.
+    set_profile.add_argument("--display-name", "--displayname", dest="displayname")
     set_profile.add_argument("--avatar-url", help="mxc:// URI")
     set_profile.add_argument(
         "--field", action="append", default=[], help="KEY=JSON (null removes; repeatable)"
     )
     set_profile.add_argument("--replace", action="store_true", help="drop fields not given")
-    _add_json_flag(set_profile)
+    add_json_flag(set_profile)
     set_profile.set_defaults(handler=_run(set_user_profile))
     get_profile = profile_commands.add_parser("get", help="print a profile")
     get_profile.add_argument("user", help="local user id")
     get_profile.add_argument("--field", default="")
-    _add_json_flag(get_profile)
+    add_json_flag(get_profile)
     get_profile.set_defaults(handler=_run(get_user_profile))
 
     devices = subparsers.add_parser("devices", help="users' devices and E2E keys")
@@ -117,20 +119,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     upload = device_commands.add_parser("upload", help="create a device with fresh E2E keys")
     upload.add_argument("user", help="local user id")
     upload.add_argument("device", help="device id")
-    upload.add_argument("--display-name")
+    upload.add_argument("--display-name", "--displayname", dest="display_name")
     upload.add_argument("--one-time-keys", type=int, default=5, help="signed_curve25519 keys")
     upload.add_argument("--fallback-key", action="store_true")
-    _add_json_flag(upload)
+    add_json_flag(upload)
     upload.set_defaults(handler=_run(upload_device))
     list_devices = device_commands.add_parser("list", help="a user's device list")
     list_devices.add_argument("user", help="user id (ours or another server's)")
     list_devices.add_argument("--resync", action="store_true", help="refetch a remote list")
-    _add_json_flag(list_devices)
+    add_json_flag(list_devices)
     list_devices.set_defaults(handler=_run(show_devices))
-
-
-def _add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
 
 
 def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
@@ -142,21 +140,13 @@ def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[i
             print(exc, file=sys.stderr)
             return 1
         except grpc.aio.AioRpcError as exc:
-            print(_describe_rpc_error(exc), file=sys.stderr)
+            print(rpc_error_line(exc, config, None), file=sys.stderr)
             return 1
         finally:
             await services.close()
         return 0
 
     return handler
-
-
-def _describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:
-    details = exc.details() or ""
-    code, sep, message = details.partition(": ")
-    if sep and code.startswith("M_") and code.isupper():
-        return f"{code}: {message}"
-    return f"{exc.code().name}: {details}"
 
 
 def _emit(args: argparse.Namespace, value: Any, text: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import orjson
 
+from mxfed.commands.common import rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, client_address, open_channel
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
@@ -142,11 +143,8 @@ async def doctor(args: argparse.Namespace, config: Config) -> int:
                 elif not args.json:
                     print(format_step(item.step), flush=True)
         except grpc.aio.AioRpcError as exc:
-            print(
-                f"mxfed doctor: keys service at {_address(args, config)}: "
-                f"{exc.code().name}: {exc.details()}",
-                file=sys.stderr,
-            )
+            line = rpc_error_line(exc, config, "keys", _address(args, config))
+            print(f"mxfed doctor: {line}", file=sys.stderr)
             return EXIT_NOT_RUN
     if report is None:
         print("mxfed doctor: the keys service sent no report", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 import grpc
 import orjson
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 async def check_health(args: argparse.Namespace, config: Config) -> int:
     parts = list(config.run) if args.service == "all" else [args.service]
     if args.address and len(parts) != 1:
-        print("mxfed health: --address needs --service NAME")
+        print("mxfed health: --address needs --service NAME", file=sys.stderr)
         return 2
     statuses = await asyncio.gather(*(_status(config, part, args.address) for part in parts))
     for part, status in zip(parts, statuses, strict=True):

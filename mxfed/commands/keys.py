@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 
 import grpc
 import orjson
 
+from mxfed.commands.common import add_json_flag, emit, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
@@ -29,15 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rotate = actions.add_parser(
         "rotate", help="replace the signing key (the old one expires in two seconds)"
     )
+    add_json_flag(rotate)
     rotate.set_defaults(handler=rotate_key)
 
 
 def _time(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).isoformat(timespec="seconds")
-
-
-def _address(config: Config) -> str:
-    return config.service_address("keys").replace("0.0.0.0", "127.0.0.1")
 
 
 async def show_keys(args: argparse.Namespace, config: Config) -> int:
@@ -47,7 +46,7 @@ async def show_keys(args: argparse.Namespace, config: Config) -> int:
                 keys_pb2.QueryOwnServerKeysRequest(), timeout=10
             )
         except grpc.aio.AioRpcError as exc:
-            print(f"mxfed keys show: keys service at {_address(config)}: {exc.code().name}")
+            print(rpc_error_line(exc, config, "keys"), file=sys.stderr)
             return 1
     if args.json:
         print(
@@ -70,8 +69,16 @@ async def rotate_key(args: argparse.Namespace, config: Config) -> int:
                 keys_pb2.PerformKeyRotationRequest(), timeout=30
             )
         except grpc.aio.AioRpcError as exc:
-            print(f"mxfed keys rotate: keys service at {_address(config)}: {exc.code().name}")
+            print(rpc_error_line(exc, config, "keys"), file=sys.stderr)
             return 1
+    if args.json:
+        value = {
+            "new_key_id": reply.new_key_id,
+            "old_key_id": reply.old_key_id,
+            "old_key_expired_ts": reply.expired_ts,
+        }
+        emit(args, value, "")
+        return 0
     print(
         f"new signing key {reply.new_key_id}; {reply.old_key_id} published as expired "
         f"at {_time(reply.expired_ts)}"

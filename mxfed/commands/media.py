@@ -28,6 +28,7 @@ from typing import BinaryIO
 import grpc
 
 from matrix_protocol.media import filename_from_disposition, is_valid_upload_name, parse_mxc_uri
+from mxfed.commands.common import add_json_flag, emit, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, client_address, open_channel
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
@@ -53,16 +54,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     upload.add_argument("--content-type", default="", help="default: guessed from the name")
     upload.add_argument("--name", default=None, help="file name to serve (default: FILE's)")
     upload.add_argument("--media-id", default="", help="a media id reserved with `media create`")
+    add_json_flag(upload)
     upload.set_defaults(handler=_run(upload_file))
 
     create = commands.add_parser("create", help="reserve an mxc:// URI to upload to later")
     create.add_argument("--user", default="", help="the local user who will upload")
+    add_json_flag(create)
     create.set_defaults(handler=_run(create_media))
 
     download = commands.add_parser("download", help="download media (ours or a remote's)")
     download.add_argument("mxc", help="mxc://server/media_id")
     download.add_argument("-o", "--output", help="file to write; - for stdout (default: its name)")
     download.add_argument("--timeout-ms", type=int, default=0, help="wait for a pending upload")
+    add_json_flag(download)
     download.set_defaults(handler=_run(download_media))
 
     thumbnail = commands.add_parser("thumbnail", help="download a thumbnail of media")
@@ -72,11 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     thumbnail.add_argument("--method", choices=sorted(_METHODS), default="scale")
     thumbnail.add_argument("--animated", action="store_true", help="keep an animation")
     thumbnail.add_argument("-o", "--output", required=True, help="file to write; - for stdout")
+    add_json_flag(thumbnail)
     thumbnail.set_defaults(handler=_run(download_thumbnail))
 
     info = commands.add_parser("info", help="what we hold about some media")
     info.add_argument("mxc", help="mxc://server/media_id")
-    info.add_argument("--json", action="store_true", help="one JSON object")
+    add_json_flag(info)
     info.set_defaults(handler=_run(show_info))
 
 
@@ -90,10 +95,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[i
             try:
                 await command(args, config, media_pb2_grpc.MediaStub(channel))
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    print(f"UNAVAILABLE: the media service at {address} is down", file=sys.stderr)
-                else:
-                    print(exc.details() or exc.code().name, file=sys.stderr)
+                print(rpc_error_line(exc, config, "media", address), file=sys.stderr)
                 return 1
             except (CommandError, OSError) as exc:
                 print(str(exc), file=sys.stderr)
@@ -143,7 +145,7 @@ async def upload_file(
         reply = await stub.PerformUpload(requests(), timeout=STREAM_TIMEOUT)
     finally:
         await asyncio.to_thread(handle.close)
-    print(reply.mxc_uri)
+    emit(args, {"mxc_uri": reply.mxc_uri}, reply.mxc_uri)
 
 
 async def create_media(
@@ -152,8 +154,13 @@ async def create_media(
     reply = await stub.PerformCreateMedia(
         media_pb2.PerformCreateMediaRequest(uploader=args.user), timeout=CALL_TIMEOUT
     )
-    print(reply.mxc_uri)
-    print(f"upload before {reply.unused_expires_at} (ms since the epoch)", file=sys.stderr)
+    emit(
+        args,
+        {"mxc_uri": reply.mxc_uri, "unused_expires_at": reply.unused_expires_at},
+        reply.mxc_uri,
+    )
+    if not args.json:
+        print(f"upload before {reply.unused_expires_at} (ms since the epoch)", file=sys.stderr)
 
 
 # Download -------------------------------------------------------------------------------
@@ -184,7 +191,12 @@ def _safe_file_name(disposition: str, fallback: str) -> str:
     return fallback if not name or name.startswith(".") else name
 
 
-async def _save(call: grpc.aio.UnaryStreamCall, output: str | None, fallback_name: str) -> None:
+async def _save(
+    args: argparse.Namespace,
+    call: grpc.aio.UnaryStreamCall,
+    output: str | None,
+    fallback_name: str,
+) -> None:
     first = await call.read()
     if first is grpc.aio.EOF or not first.HasField("head"):
         raise CommandError("the media service sent no content")
@@ -198,7 +210,11 @@ async def _save(call: grpc.aio.UnaryStreamCall, output: str | None, fallback_nam
             await asyncio.to_thread(handle.write, message.data)
         if received != head.size:
             raise CommandError(f"download cut short: {received} of {head.size} bytes")
-    if name != "-":
+    if name == "-":
+        return
+    if args.json:
+        emit(args, {"file": name, "bytes": received, "content_type": head.content_type}, "")
+    else:
         print(f"{name}: {received} bytes, {head.content_type}", file=sys.stderr)
 
 
@@ -215,7 +231,7 @@ async def download_media(
         ),
         timeout=STREAM_TIMEOUT,
     )
-    await _save(call, args.output, media_id)
+    await _save(args, call, args.output, media_id)
 
 
 async def download_thumbnail(
@@ -234,7 +250,7 @@ async def download_thumbnail(
         ),
         timeout=STREAM_TIMEOUT,
     )
-    await _save(call, args.output, f"{media_id}-thumbnail")
+    await _save(args, call, args.output, f"{media_id}-thumbnail")
 
 
 async def show_info(

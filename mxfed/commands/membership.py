@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from mxfed.commands.common import add_json_flag, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import membership_pb2, membership_pb2_grpc
@@ -70,8 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     invites.set_defaults(handler=_run(_invites))
 
 
-def _json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON")
+_json_flag = add_json_flag
 
 
 def _emit(args: argparse.Namespace, value: dict[str, Any], text: str) -> None:
@@ -85,14 +85,7 @@ def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[i
             async with _channel(config) as stub:
                 await command(args, stub)
         except grpc.aio.AioRpcError as exc:
-            details = exc.details() or ""
-            code, sep, message = details.partition(": ")
-            if sep and code.startswith("M_") and code.isupper():
-                print(f"{code}: {message}", file=sys.stderr)
-            elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                print(f"UNAVAILABLE: the events service at {address} is down", file=sys.stderr)
-            else:
-                print(f"{exc.code().name}: {details}", file=sys.stderr)
+            print(rpc_error_line(exc, config, "events", address), file=sys.stderr)
             return 1
         return 0
 

@@ -9,7 +9,11 @@
 Output is one line per event for people; ``--json`` prints one JSON object
 per line instead. A room may be given by ID or by alias (``#name:server``).
 Errors the service reports print as ``M_ERRCODE: message`` on stderr and the
-command exits 1.
+command exits 1; a service that does not answer prints what to check.
+
+``room create --alias`` takes the alias as ``#name:our.server`` or just its
+localpart ``name``; another server's alias, or a malformed one, is refused
+before anything is created.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any
 import grpc
 
 from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.server_names import is_valid_room_alias
+from mxfed.commands.common import add_json_flag, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
@@ -49,9 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--preset", choices=PRESETS, default="private_chat")
     create.add_argument("--name", default="")
     create.add_argument("--topic", default="")
-    create.add_argument("--alias", default="", help="localpart of #LOCALPART:our.server")
+    create.add_argument(
+        "--alias", default="", help="#NAME:our.server, or just NAME (its localpart)"
+    )
     create.add_argument("--invite", action="append", default=[], help="user id (repeatable)")
-    _add_json_flag(create)
+    add_json_flag(create)
     create.set_defaults(handler=_run(create_room))
 
     info = room_commands.add_parser(
@@ -67,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     send.add_argument("--sender", required=True, help="local user id")
     send.add_argument("--notice", action="store_true", help="send m.notice instead of m.text")
     send.add_argument("--txn-id", default="", help="idempotency key (per sender)")
-    _add_json_flag(send)
+    add_json_flag(send)
     send.set_defaults(handler=_run(send_message))
 
     history = subparsers.add_parser("history", help="print a room's latest events, oldest first")
@@ -78,17 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="when we hold fewer than --limit events, fetch older ones from other servers",
     )
-    _add_json_flag(history)
+    add_json_flag(history)
     history.set_defaults(handler=_run(show_history))
 
     tail = subparsers.add_parser("tail", help="follow a room's new events (Ctrl-C to stop)")
     tail.add_argument("room", help="room id or alias")
-    _add_json_flag(tail)
+    add_json_flag(tail)
     tail.set_defaults(handler=_run(follow_room))
-
-
-def _add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
 
 
 # Plumbing ----------------------------------------------------------------------
@@ -104,27 +108,42 @@ def _run(command: Any) -> Any:
             print(exc, file=sys.stderr)
             return 1
         except grpc.aio.AioRpcError as exc:
-            print(_describe_rpc_error(exc, config), file=sys.stderr)
+            print(rpc_error_line(exc, config, "events"), file=sys.stderr)
             return 1
         return 0
 
     return handler
 
 
+def alias_localpart(value: str, server_name: str) -> str:
+    """The localpart of ``--alias``, given as ``#name:server_name`` or ``name``."""
+    if not value:
+        return ""
+    localpart, server = value, server_name
+    if value.startswith("#"):
+        localpart, colon, server = value[1:].partition(":")
+        server = server if colon else server_name
+    elif ":" in value:
+        raise CommandError(
+            f"M_INVALID_PARAM: --alias {value!r}: give #NAME:{server_name} or just NAME"
+        )
+    if server != server_name:
+        raise CommandError(
+            f"M_INVALID_PARAM: --alias {value!r} is on {server}; "
+            f"this server makes aliases on {server_name} only (#NAME:{server_name})"
+        )
+    if not is_valid_room_alias(f"#{localpart}:{server_name}"):
+        raise CommandError(
+            f"M_INVALID_PARAM: --alias {value!r} is not a valid alias "
+            f"(#NAME:{server_name}; NAME without ':', at most 255 bytes in all)"
+        )
+    return localpart
+
+
 @asynccontextmanager
 async def _events(config: Config) -> AsyncIterator[events_pb2_grpc.EventsStub]:
     async with open_channel(config, "events", caller=OPERATOR) as channel:
         yield events_pb2_grpc.EventsStub(channel)
-
-
-def _describe_rpc_error(exc: grpc.aio.AioRpcError, config: Config) -> str:
-    details = exc.details() or ""
-    code, sep, message = details.partition(": ")
-    if sep and code.startswith("M_") and code.isupper():
-        return f"{code}: {message}"
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return f"UNAVAILABLE: the events service at {config.service_address('events')} is down"
-    return f"{exc.code().name}: {details}"
 
 
 def _emit(args: argparse.Namespace, value: dict[str, Any], text: str) -> None:
@@ -139,6 +158,10 @@ async def _resolve_room(
 ) -> str:
     """The room ID of an ID or alias; ``must_exist`` checks that we know the room."""
     room_id = room
+    if not room.startswith(("!", "#")):
+        raise CommandError(
+            f"M_INVALID_PARAM: {room!r} is neither a room ID (!...) nor an alias (#name:server)"
+        )
     if room.startswith("#"):
         reply = await stub.QueryAlias(
             events_pb2.QueryAliasRequest(alias=room), timeout=CALL_TIMEOUT
@@ -222,6 +245,8 @@ def _summary(pdu: dict[str, Any]) -> str:
 
 
 async def create_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+    config: Config = args.service_config
+    localpart = alias_localpart(args.alias, config.server_name)
     reply = await stub.PerformCreateRoom(
         events_pb2.PerformCreateRoomRequest(
             creator=args.creator,
@@ -229,7 +254,7 @@ async def create_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub
             preset=args.preset,
             name=args.name,
             topic=args.topic,
-            alias_localpart=args.alias,
+            alias_localpart=localpart,
             invite=args.invite,
         ),
         timeout=CALL_TIMEOUT,

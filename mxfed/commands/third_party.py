@@ -17,6 +17,7 @@ import sys
 
 import grpc
 
+from mxfed.commands.common import rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import third_party_pb2, third_party_pb2_grpc
@@ -55,14 +56,7 @@ async def _invite_3pid(args: argparse.Namespace, config: Config) -> int:
             stub = third_party_pb2_grpc.ThirdPartyInvitesStub(channel)
             reply = await stub.PerformThirdPartyInvite(request, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
-        details = exc.details() or ""
-        code, sep, message = details.partition(": ")
-        if sep and code.startswith("M_") and code.isupper():
-            print(f"{code}: {message}", file=sys.stderr)
-        elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-            print(f"UNAVAILABLE: the events service at {address} is down", file=sys.stderr)
-        else:
-            print(f"{exc.code().name}: {details}", file=sys.stderr)
+        print(rpc_error_line(exc, config, "events", address), file=sys.stderr)
         return 1
     value = {
         "room_id": args.room,

@@ -25,6 +25,7 @@ import sys
 import grpc
 import orjson
 
+from mxfed.commands.common import rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
@@ -115,7 +116,6 @@ async def receive_messages(args: argparse.Namespace, config: Config) -> int:
         try:
             await _receive(accounts_pb2_grpc.AccountsStub(channel), args)
         except grpc.aio.AioRpcError as error:
-            details = error.details() or error.code().name
-            print(f"mxfed to-device: {details} ({error.code().name})", file=sys.stderr)
+            print(f"mxfed to-device: {rpc_error_line(error, config, 'keys')}", file=sys.stderr)
             return 1
     return 0

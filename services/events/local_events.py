@@ -41,7 +41,7 @@ from matrix_protocol.room_versions import (
     UnsupportedRoomVersion,
     room_version,
 )
-from matrix_protocol.server_names import is_valid_user_id
+from matrix_protocol.server_names import is_valid_room_alias, is_valid_user_id
 from matrix_protocol.signing import sign_event
 from mxfed.clock import now_ms
 from mxfed.identity_files import ServerSigningKey
@@ -265,6 +265,12 @@ class LocalEvents:
             )
 
         alias = f"#{request.alias_localpart}:{self.server_name}" if request.alias_localpart else ""
+        if alias and not is_valid_room_alias(alias):
+            raise BadRequest(
+                f"invalid alias localpart {request.alias_localpart!r}: give the part between "
+                "'#' and ':' (no ':', at most 255 bytes in all)",
+                "M_INVALID_PARAM",
+            )
         preset = request.preset or "private_chat"
         plan: list[tuple[str, str | None, Mapping[str, Any]]] = [
             ("m.room.member", creator, {"membership": "join"}),

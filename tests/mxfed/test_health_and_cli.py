@@ -109,7 +109,7 @@ async def test_an_actor_certificate_from_actors_add_reaches_the_bot_surface_only
     assert f"issued mxfed:actor/echo-bot: {directory}/" in added.stdout
     assert sorted(path.name for path in directory.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
     again = _cli(running_mxfed, "actors", "add", "echo-bot")
-    assert again.returncode == 1 and "already has a certificate" in again.stdout
+    assert again.returncode == 1 and "already has a certificate" in again.stderr
     assert "mxfed:actor/echo-bot" in _cli(running_mxfed, "actors", "list").stdout
 
     bot = Caller.actor("echo-bot")

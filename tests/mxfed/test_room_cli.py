@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sys
@@ -152,3 +153,51 @@ async def test_history_limit_must_be_positive(scene: Scene, lobby: dict) -> None
     code, _, err = await mxfed_cli(scene, "history", lobby["room_id"], "--limit", "0")
     assert code == 1
     assert err.startswith("M_INVALID_PARAM: ")
+
+
+async def test_an_alias_is_taken_whole_or_as_its_localpart(scene: Scene) -> None:
+    server = scene.mxfed.server_name
+    code, out, err = await mxfed_cli(
+        scene, "room", "create", "--creator", scene.creator, "--alias", f"#whole:{server}", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["room_alias"] == f"#whole:{server}"
+    code, out, err = await mxfed_cli(scene, "history", f"#whole:{server}", "--limit", "1")
+    assert code == 0, err
+
+    # Another server's alias, or a malformed one: refused before anything is made.
+    for alias, expected in (
+        ("#elsewhere:other.example", "is on other.example"),
+        ("bad:alias", f"give #NAME:{server} or just NAME"),
+        (f"#:{server}", "is not a valid alias"),
+    ):
+        code, out, err = await mxfed_cli(
+            scene, "room", "create", "--creator", scene.creator, "--alias", alias
+        )
+        assert (code, out) == (1, ""), err
+        assert err.startswith("M_INVALID_PARAM: ") and expected in err, err
+
+
+async def test_a_room_that_is_neither_id_nor_alias_is_refused_with_the_forms(
+    scene: Scene,
+) -> None:
+    code, _, err = await mxfed_cli(scene, "history", "lobby")
+    assert code == 1
+    assert "neither a room ID (!...) nor an alias (#name:server)" in err
+
+
+async def test_a_reader_that_goes_away_ends_the_output_quietly(scene: Scene, lobby: dict) -> None:
+    """``mxfed history --json | head -1``: no traceback, the usual status of SIGPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *_command(scene, "history", lobby["room_id"], "--json"),
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 128 + signal.SIGPIPE
+    assert stderr.decode() == ""

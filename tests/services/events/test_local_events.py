@@ -167,6 +167,11 @@ async def test_remote_sender_and_bad_requests(events: EventsService) -> None:
     admin = f"@admin:{events.server_name}"
     code, _ = await _code(events.send("!missing:x", admin, "m.room.message", {}))
     assert code is grpc.StatusCode.NOT_FOUND
+    # An alias localpart that is a whole alias, or none at all: refused, nothing created.
+    for localpart in (f"#full:{events.server_name}", "a:b", "nul\x00"):
+        code, details = await _code(events.create_room("10", alias_localpart=localpart))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT, localpart
+        assert details.startswith("M_INVALID_PARAM: invalid alias localpart"), details
 
 
 async def test_aliases(events: EventsService) -> None:

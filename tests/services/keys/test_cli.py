@@ -51,4 +51,5 @@ async def test_service_unreachable(keys_service) -> None:
     keys_service.address = "127.0.0.1:1"
     code, output = await _mxfed(keys_service, "show")
     assert code == 1
-    assert "UNAVAILABLE" in output
+    assert "UNAVAILABLE: the keys service at 127.0.0.1:1 does not answer" in output
+    assert "is `./bootstrap run` (or `mxfed run`) running" in output
