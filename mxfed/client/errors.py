@@ -35,6 +35,9 @@ class MatrixError(Exception):
         self.message = message
         self.status = status
         self.extra = extra or {}
+        # The failed call, when the error came from one (and which service it was).
+        self.rpc_error: grpc.aio.AioRpcError | None = None
+        self.service = ""
 
     @property
     def retryable(self) -> bool:
@@ -89,7 +92,10 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> MatrixErro
             grpc.StatusCode.INVALID_ARGUMENT: "M_INVALID_PARAM",
             grpc.StatusCode.RESOURCE_EXHAUSTED: "M_LIMIT_EXCEEDED",
         }.get(status, "M_UNKNOWN")
-    return _subclass(status, errcode)(errcode, message, status, extra)
+    matrix_error = _subclass(status, errcode)(errcode, message, status, extra)
+    matrix_error.rpc_error = error
+    matrix_error.service = service
+    return matrix_error
 
 
 __all__ = ["Forbidden", "MatrixError", "NotFound", "Unavailable", "from_rpc_error"]

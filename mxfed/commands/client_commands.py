@@ -1,19 +1,18 @@
-"""What the commands that talk to mxfed share: one :class:`mxfed.client.Client`.
+"""Commands that call mxfed do it through one :class:`mxfed.client.Client`.
 
-Every command that calls the services goes through ``mxfed.client`` (the
-library bots use), as the operator. Errors print as ``M_ERRCODE: message``
-on stderr and the command exits 1.
+The CLI is a client of mxfed like any bot: every command that calls the
+services goes through ``mxfed.client`` (as the operator). Errors print as
+one line on stderr (:mod:`mxfed.commands.common`) and the command exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from mxfed.client import Client, MatrixError
+from mxfed.commands.common import rpc_error_line
 from mxfed.config import Config
 
 ClientCommand = Callable[[argparse.Namespace, Client], Awaitable[None]]
@@ -23,11 +22,17 @@ class CommandError(Exception):
     """Printed as-is on stderr; the command exits 1."""
 
 
+def error_line(exc: MatrixError, config: Config) -> str:
+    """``M_ERRCODE: message``, or for a part that did not answer what to check."""
+    if exc.rpc_error is not None:
+        return rpc_error_line(exc.rpc_error, config, exc.service or None)
+    return f"{exc.errcode}: {exc.message}"
+
+
 def with_client(
     command: ClientCommand, *, extra_errors: tuple[type[BaseException], ...] = ()
 ) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
     """An argparse handler running ``command`` with a client of ``config``'s mxfed."""
-
     printed: tuple[type[BaseException], ...] = (CommandError, *extra_errors)
 
     async def handler(args: argparse.Namespace, config: Config) -> int:
@@ -35,7 +40,7 @@ def with_client(
             async with Client(config) as client:
                 await command(args, client)
         except MatrixError as exc:
-            print(f"{exc.errcode}: {exc.message}", file=sys.stderr)
+            print(error_line(exc, config), file=sys.stderr)
             return 1
         except printed as exc:
             print(exc, file=sys.stderr)
@@ -43,15 +48,3 @@ def with_client(
         return 0
 
     return handler
-
-
-def add_json_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON, one object per line")
-
-
-def emit(args: argparse.Namespace, value: dict[str, Any], text: str) -> None:
-    """One result: JSON with ``--json``, else the line for people."""
-    if getattr(args, "json", False):
-        print(json.dumps(value, ensure_ascii=False), flush=True)
-    else:
-        print(text, flush=True)

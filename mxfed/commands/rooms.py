@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "info", help="a room's version, head, our membership and partial-state resync progress"
     )
     info.add_argument("room", help="room id or alias")
-    _add_json_flag(info)
+    add_json_flag(info)
     info.set_defaults(handler=_run(room_info))
 
     send = subparsers.add_parser("send", help="send a text message to a room")
