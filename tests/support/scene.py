@@ -227,6 +227,8 @@ async def start_scene(
 
 async def stop_scene(scene: Scene, database_url: str) -> None:
     await scene.close()
-    await asyncio.to_thread(scene.mxfed.stop)
+    # The remote first: its client's keep-alive connections would hold the gateway's
+    # graceful shutdown open for its whole timeout.
     await scene.remote.stop()
+    await asyncio.to_thread(scene.mxfed.stop)
     await drop_database(database_url)
