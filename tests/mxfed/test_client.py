@@ -1,0 +1,161 @@
+"""``mxfed.client`` against a running mxfed: typed results, errors with errcodes, and a
+stream that resumes (after the consumer dies, and across an events service restart)
+without gaps or repeats."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mxfed.client import (
+    Client,
+    EventStatus,
+    FilePosition,
+    Forbidden,
+    MatrixError,
+    NotFound,
+    StreamItem,
+)
+from mxfed.internal_identity import Caller
+from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from tests.support.scene import Scene
+
+
+@pytest.fixture
+async def client(scene: Scene) -> AsyncIterator[Client]:
+    async with Client(scene.mxfed.config()) as opened:
+        yield opened
+
+
+async def test_rooms_messages_and_history(scene: Scene, client: Client) -> None:
+    alice = scene.creator
+    created = await client.create_room(alice, name="Client test", preset="public_chat")
+    assert created.room_id.startswith("!") and created.room_alias is None
+    first = await client.send_message(created.room_id, alice, "one", txn_id="t-one")
+    # The same transaction id again: the first event, not a second one.
+    again = await client.send_message(created.room_id, alice, "one", txn_id="t-one")
+    assert again.event_id == first.event_id
+    await client.send_message(created.room_id, alice, "two")
+    history = await client.history(created.room_id, 2)
+    assert [event.body for event in history] == ["one", "two"]
+    assert all(event.status is EventStatus.ACCEPTED for event in history)
+    assert history[0].sender == alice and history[0].type == "m.room.message"
+    assert alice in await client.joined_members(created.room_id)
+    profile = await client.set_profile(alice, {"displayname": "Alice"})
+    assert profile["displayname"] == "Alice"
+    assert (await client.profile(alice)) == profile
+
+
+async def test_errors_carry_the_errcode(scene: Scene, client: Client, tmp_path: Path) -> None:
+    with pytest.raises(NotFound) as unknown_alias:
+        await client.resolve_room(f"#nothing-here:{scene.mxfed.server_name}")
+    assert unknown_alias.value.errcode == "M_NOT_FOUND"
+    with pytest.raises(MatrixError) as unknown_room:
+        await client.send_message("!nowhere:nowhere.example", scene.creator, "hi")
+    assert unknown_room.value.errcode.startswith("M_")
+    with pytest.raises(Forbidden) as not_ours:
+        await client.send_message("!nowhere:nowhere.example", "@eve:elsewhere.example", "hi")
+    assert not_ours.value.errcode == "M_FORBIDDEN"
+    with pytest.raises(MatrixError) as bad_limit:
+        await client.history("!nowhere:nowhere.example", 0)
+    assert bad_limit.value.errcode == "M_INVALID_PARAM"
+    # An actor may not call what only the operator may.
+    added = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mxfed.cli", "--config", str(scene.mxfed.config_path),
+        "actors", "add", "client-test",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await added.wait()
+    async with Client(scene.mxfed.config(), Caller.actor("client-test")) as actor:
+        with pytest.raises(Forbidden) as denied, actor.guarded("keys"):
+            await actor.stub(keys_pb2_grpc.KeysStub).PerformKeyRotation(
+                keys_pb2.PerformKeyRotationRequest(), timeout=10
+            )
+        assert denied.value.errcode == "M_FORBIDDEN"
+        room = await actor.create_room(scene.creator)  # the bot surface is open
+        assert room.room_id.startswith("!")
+
+
+async def _messages(
+    stream: AsyncIterator[StreamItem], count: int
+) -> AsyncIterator[tuple[StreamItem, str]]:
+    async for item in stream:
+        if item.event is not None and item.event.body is not None:
+            yield item, item.event.body
+            count -= 1
+            if count == 0:
+                return
+
+
+async def test_the_stream_resumes_after_the_consumer_dies(
+    scene: Scene, client: Client, tmp_path: Path
+) -> None:
+    """Every message handled exactly once across a crash: the item in hand when the
+    consumer died comes again, none it had finished does."""
+    alice = scene.creator
+    room_id = (await client.create_room(alice)).room_id
+    position = FilePosition(
+        tmp_path / "bot.position", default=await client.latest_position(room_id)
+    )
+    bodies = [f"m{i}" for i in range(6)]
+    for body in bodies:
+        await client.send_message(room_id, alice, body)
+
+    handled: list[str] = []
+    stream = client.stream(room_id=room_id, position=position)
+    async for _item, body in _messages(stream, 6):
+        if body == "m3":
+            break  # dies while handling m3: m3 is not done
+        handled.append(body)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert handled == ["m0", "m1", "m2"]
+
+    # A restarted consumer: a new client, the same position file.
+    async with Client(scene.mxfed.config()) as restarted:
+        async for _, body in _messages(restarted.stream(room_id=room_id, position=position), 3):
+            handled.append(body)
+    assert handled == bodies
+
+
+def _events_part(scene: Scene) -> int | None:
+    assert scene.mxfed.process is not None
+    for child in psutil.Process(scene.mxfed.process.pid).children():
+        try:
+            cmdline = child.cmdline()
+        except psutil.Error:  # killed, not reaped yet
+            continue
+        if "--service" in cmdline and cmdline[cmdline.index("--service") + 1] == "events":
+            return child.pid
+    return None
+
+
+async def test_the_stream_resumes_across_an_events_service_restart(
+    scene: Scene, client: Client
+) -> None:
+    alice = scene.creator
+    room_id = (await client.create_room(alice)).room_id
+    after = await client.latest_position(room_id)
+    received: list[str] = []
+    stream = client.stream(room_id=room_id, after=after)
+    await client.send_message(room_id, alice, "before")
+    async for _, body in _messages(stream, 1):
+        received.append(body)
+
+    victim = _events_part(scene)
+    os.kill(victim, signal.SIGKILL)
+    while _events_part(scene) in (None, victim):  # until the supervisor restarted it
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(scene.mxfed.wait_ready)
+    # Sent after the restart (retried by the client while the part comes back).
+    for body in ("after-1", "after-2"):
+        await client.send_message(room_id, alice, body)
+    async for _, body in _messages(stream, 2):
+        received.append(body)
+    assert received == ["before", "after-1", "after-2"]
