@@ -10,6 +10,11 @@ one transaction in flight per origin by its own route.
 ``require_origin`` calls :meth:`OriginLimiter.enter` once the origin is
 known; :class:`OriginLimitMiddleware` gives the slot back when the response
 is done, whatever the handler did.
+
+The counts live in this process. With several gateway replicas the limit
+holds per origin because the federation proxy in front of them
+(``deploy/compose/haproxy.cfg``, compose and Kubernetes) sends every request
+of one X-Matrix origin to the same replica.
 """
 
 from __future__ import annotations

@@ -52,8 +52,10 @@ class _InFlight:
     ([Synapse] answers a concurrent different one with 429). A retry of the
     *same* transaction while it is still being processed (the sender timed
     out) joins the running call instead of starting a second one. With N
-    gateway replicas this is per replica; the service's idempotency on
-    ``(origin, txnId)`` is what guarantees nothing is stored twice.
+    gateway replicas the federation proxy in front of them sends every
+    request of one origin to the same replica (``deploy/compose/haproxy.cfg``),
+    so this holds across replicas; while replicas come and go, the service's
+    idempotency on ``(origin, txnId)`` is what guarantees nothing is stored twice.
     """
 
     def __init__(self) -> None:
