@@ -60,18 +60,35 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, CONNECTION_ERRORS)
 
 
+class DatabaseUnavailable(ConnectionError):
+    """The database could not be reached within the time a caller may wait."""
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be reached now (lost, refused, restarting),
-    as opposed to a query it refused."""
-    return isinstance(
+    """Whether ``exc`` says the database cannot be reached now (lost, refused, restarting,
+    its socket gone), as opposed to a query it refused."""
+    if isinstance(
         exc,
         (
             asyncpg.InterfaceError,
             asyncpg.PostgresConnectionError,
             asyncpg.OperatorInterventionError,
-            ConnectionError,
+            DatabaseUnavailable,
         ),
-    )
+    ):
+        return True
+    # A socket error or timeout raised inside asyncpg (connecting, reading).
+    return isinstance(exc, (OSError, TimeoutError)) and _raised_in_asyncpg(exc)
+
+
+def _raised_in_asyncpg(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if module == "asyncpg" or module.startswith("asyncpg."):
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def _closed(connection: asyncpg.Connection) -> bool:
@@ -84,7 +101,7 @@ def _closed(connection: asyncpg.Connection) -> bool:
 class Backoff:
     """Delays from ``first`` doubling to ``cap`` seconds, with jitter; ``reset`` on success."""
 
-    def __init__(self, first: float = 0.1, cap: float = 2.0) -> None:
+    def __init__(self, first: float = 0.1, cap: float = 1.0) -> None:
         self.first = first
         self.cap = cap
         self._next = first

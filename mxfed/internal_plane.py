@@ -24,6 +24,7 @@ development only; every process says so loudly in its log.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -303,18 +304,47 @@ async def _answer_unavailable(
     await context.abort(grpc.StatusCode.UNAVAILABLE, details)
 
 
+# How long a call that may run again waits for the database to come back (within its
+# own deadline), trying again every DATABASE_RETRY_INTERVAL seconds.
+DATABASE_WAIT = 15.0
+DATABASE_RETRY_INTERVAL = 0.5
+
+
+def _waits_for_the_database(method: str, request: Any) -> bool:
+    """Calls that may simply run again once the database is back: reads and checks, and a
+    local actor's call that carries its own idempotency key (``txn_id``). Federation
+    input (Input*) is answered UNAVAILABLE at once: the remote retries it later (503
+    with Retry-After), as it would any transaction."""
+    name = method.rpartition("/")[2]
+    if name.startswith(("Query", "Verify")):
+        return True
+    return name.startswith("Perform") and bool(getattr(request, "txn_id", ""))
+
+
 def _unavailable_mapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """``handler`` answering UNAVAILABLE (not UNKNOWN with a traceback) when the database
-    or a service it calls is away."""
+    or a service it calls is away; a call that may run again waits for the database (up
+    to :data:`DATABASE_WAIT` seconds, within its deadline) instead."""
     if handler.unary_unary is not None:
         inner_unary = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await inner_unary(request, context)
-            except Exception as exc:
-                await _answer_unavailable(exc, context, method)
-                raise
+            loop = asyncio.get_running_loop()
+            give_up: float | None = None
+            while True:
+                try:
+                    return await inner_unary(request, context)
+                except Exception as exc:
+                    if is_database_unavailable(exc) and _waits_for_the_database(method, request):
+                        if give_up is None:
+                            remaining = context.time_remaining()
+                            wait = DATABASE_WAIT if remaining is None else remaining - 1.0
+                            give_up = loop.time() + min(DATABASE_WAIT, wait)
+                        if loop.time() + DATABASE_RETRY_INTERVAL < give_up:
+                            await asyncio.sleep(DATABASE_RETRY_INTERVAL)
+                            continue
+                    await _answer_unavailable(exc, context, method)
+                    raise
 
         return handler._replace(unary_unary=unary_unary)
     kind = next(

@@ -39,9 +39,9 @@ async def lead_forever(
     like any other replica before running the job again (which reads its
     position from the database, never "now"). A gRPC failure (the stream a
     job follows went away) or a lost connection is logged briefly; anything
-    else with its traceback. Restarts back off from 0.2 s to 5 s.
+    else with its traceback. Restarts back off from 0.2 s to 2 s.
     """
-    backoff = Backoff(0.2, 5.0)
+    backoff = Backoff(0.2, 2.0)
     while True:
         connection: asyncpg.Connection | None = None
         leading = False

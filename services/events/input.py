@@ -45,7 +45,12 @@ from matrix_protocol.room_versions import UnsupportedRoomVersion, room_version
 from matrix_protocol.server_names import is_valid_user_id
 from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
 from mxfed.clock import now_ms
-from mxfed.held_connection import CONNECTION_ERRORS, HeldConnection, is_connection_error
+from mxfed.held_connection import (
+    CONNECTION_ERRORS,
+    DatabaseUnavailable,
+    HeldConnection,
+    is_connection_error,
+)
 from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
@@ -132,9 +137,9 @@ class TransactionGuard:
     one (:class:`~mxfed.held_connection.HeldConnection` generations).
     """
 
-    # Seconds a request waits for the guard's connection before failing
-    # (UNAVAILABLE: the database is away).
-    CONNECT_WAIT = 5.0
+    # Seconds a transaction waits for the guard's connection before failing
+    # (UNAVAILABLE: the database is away; the remote gets 503 and retries).
+    CONNECT_WAIT = 2.0
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._local: dict[tuple[str, str], asyncio.Lock] = {}
@@ -159,8 +164,12 @@ class TransactionGuard:
                 try:
                     async with asyncio.timeout(self.CONNECT_WAIT):
                         await self._conn.connection()
+                except TimeoutError:
+                    raise DatabaseUnavailable("no connection for the guard") from None
+                try:
                     return await self._conn.fetchval(sql, key)
                 except Exception as exc:
+                    # Lost in the middle: once more, on a new connection.
                     if attempt == 2 or not is_connection_error(exc):
                         raise
             raise AssertionError("unreachable")

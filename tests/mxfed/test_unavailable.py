@@ -27,6 +27,13 @@ async def _events_server(
         calls.append(name)
         return answer()
 
+    async def input_transaction(
+        request: events_pb2.InputTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.InputTransactionResponse:
+        calls.append(name)
+        answer()
+        return events_pb2.InputTransactionResponse()
+
     server = make_server("events")
     handler = grpc.method_handlers_generic_handler(
         "mxfed.events.v1.Events",
@@ -35,7 +42,12 @@ async def _events_server(
                 query_events,
                 request_deserializer=events_pb2.QueryEventsRequest.FromString,
                 response_serializer=events_pb2.QueryEventsResponse.SerializeToString,
-            )
+            ),
+            "InputTransaction": grpc.unary_unary_rpc_method_handler(
+                input_transaction,
+                request_deserializer=events_pb2.InputTransactionRequest.FromString,
+                response_serializer=events_pb2.InputTransactionResponse.SerializeToString,
+            ),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -54,8 +66,9 @@ async def test_database_loss_is_unavailable_and_a_503_with_retry_after() -> None
     channel = channel_to(address, "events")
     try:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await events_pb2_grpc.EventsStub(channel).QueryEvents(
-                events_pb2.QueryEventsRequest(event_ids=["$x"]), timeout=10
+            # Federation input is answered at once (the remote retries it later).
+            await events_pb2_grpc.EventsStub(channel).InputTransaction(
+                events_pb2.InputTransactionRequest(origin="o.example", txn_id="t"), timeout=10
             )
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert caught.value.details() == DATABASE_UNAVAILABLE
@@ -83,24 +96,23 @@ async def test_unreachable_service_is_still_a_502() -> None:
 async def test_an_idempotent_call_failing_unavailable_is_retried_on_the_other_replica() -> None:
     calls: list[str] = []
     broken, broken_address = await _events_server(_database_gone, calls, "broken")
-    working, working_address = await _events_server(
-        events_pb2.QueryEventsResponse, calls, "working"
-    )
+    working, working_address = await _events_server(lambda: None, calls, "working")
     port = working_address.rsplit(":", 1)[1]
     channel = channel_to(f"ipv4:{broken_address},127.0.0.1:{port}", "events")
     stub = events_pb2_grpc.EventsStub(channel)
+    transaction = events_pb2.InputTransactionRequest(origin="o.example", txn_id="t")
     try:
         # Until both replicas are connected (round robin picks among those ready).
         for _ in range(100):
             if "working" in calls:
                 break
             try:
-                await stub.QueryEvents(events_pb2.QueryEventsRequest(event_ids=["$x"]), timeout=10)
+                await stub.InputTransaction(transaction, timeout=10)
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.05)
         calls.clear()
         for _ in range(6):
-            await stub.QueryEvents(events_pb2.QueryEventsRequest(event_ids=["$x"]), timeout=10)
+            await stub.InputTransaction(transaction, timeout=10)
         # Every call answered; those that reached the broken replica first went on to the
         # working one.
         assert calls.count("working") == 6
@@ -112,3 +124,23 @@ async def test_an_idempotent_call_failing_unavailable_is_retried_on_the_other_re
         await channel.close()
         await broken.stop(grace=None)
         await working.stop(grace=None)
+
+
+async def test_a_read_waits_for_the_database_to_come_back_within_its_deadline() -> None:
+    calls: list[str] = []
+
+    def down_twice() -> Any:
+        if len(calls) <= 2:
+            _database_gone()
+        return events_pb2.QueryEventsResponse()
+
+    server, address = await _events_server(down_twice, calls, "only")
+    channel = channel_to(address, "events")
+    try:
+        await events_pb2_grpc.EventsStub(channel).QueryEvents(
+            events_pb2.QueryEventsRequest(event_ids=["$x"]), timeout=10
+        )
+        assert calls == ["only"] * 3  # ran again in the server until the database answered
+    finally:
+        await channel.close()
+        await server.stop(grace=None)

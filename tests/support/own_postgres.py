@@ -1,0 +1,57 @@
+"""A PostgreSQL of a test's own (pgserver, in a temporary directory), that can be restarted.
+
+For tests that stop or restart PostgreSQL: never the shared cluster on
+127.0.0.1:5432. pgserver runs the server as its own system user when we are
+root, and listens on a Unix socket only; ``restart`` stops it (fast
+shutdown: every session is ended, as in a failover), keeps it down for a
+while, and starts it again on the same socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mxfed.database import ensure_database
+
+
+class OwnPostgres:
+    def __init__(self, directory: Path) -> None:
+        import pgserver
+
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        self.directory = directory / "pgdata"
+        self.server: Any = pgserver.get_server(self.directory, cleanup_mode="delete")
+        self.server_url: str = self.server.get_uri()
+
+    async def database(self, name: str = "mxfed") -> str:
+        """The URL of database ``name`` on this server (created if missing)."""
+        return await ensure_database(self.server_url, name)
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pgserver._commands import pg_ctl
+
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        # pg_ctl start with the options the server ran with (postmaster.opts).
+        options = (self.directory / "postmaster.opts").read_text().split(None, 1)
+        arguments = options[1].strip() if len(options) > 1 else ""
+        self._pg_ctl("-w", "-o", arguments, "-l", str(self.directory / "restart.log"), "start")
+
+    async def restart(self, down_for: float) -> float:
+        """Stop, stay down ``down_for`` seconds, start; returns the seconds it was down."""
+        started = time.monotonic()
+        await asyncio.to_thread(self.stop)
+        await asyncio.sleep(down_for)
+        await asyncio.to_thread(self.start)
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        self.server.cleanup()
