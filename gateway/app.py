@@ -7,6 +7,7 @@ dependencies and handlers installed here, never copied into handlers.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from gateway.request_target import RefuseNulMiddleware
 from gateway.routes.media import DownloadSlots
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
+from mxfed.server_policy import SERVER_POLICY, follow_server_policy, grpc_policy_fetcher
 
 ROUTE_MODULES = [
     "health",
@@ -48,7 +50,19 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        follower = None
+        if owned_clients:
+            # The operator's server block list, read from the events process.
+            SERVER_POLICY.own_server_name = config.server_name
+            follower = asyncio.create_task(
+                follow_server_policy(
+                    grpc_policy_fetcher(service_clients.channel("events")),
+                    config.server_policy_refresh_interval,
+                )
+            )
         yield
+        if follower is not None:
+            follower.cancel()
         if owned_clients:
             await service_clients.close()
 

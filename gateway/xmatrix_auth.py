@@ -12,6 +12,9 @@ path), our own server name as ``destination``, and the body only when there
 is one. The signatures of all ``X-Matrix`` headers are checked by the keys
 service in one ``VerifyRequest`` call.
 
+A server the operator blocks (``mxfed servers block``) gets 403 ``M_FORBIDDEN``
+before its signature is checked.
+
 Errors follow Synapse: no header 401, an unparsable header 400, anything
 that does not verify 401, all ``M_UNAUTHORIZED``; a body that is not JSON is
 400 ``M_NOT_JSON``. A keys service that cannot be reached is a 502 from the
@@ -38,6 +41,7 @@ from gateway.errors import MatrixError
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.server_names import is_ip_literal, is_valid_server_name, parse_server_name
 from matrix_protocol.xmatrix import XMatrixCredentials, XMatrixParseError, parse_xmatrix_header
+from mxfed.server_policy import SERVER_POLICY
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -125,6 +129,10 @@ async def require_origin(request: Request) -> str:
         raise unauthorized("Request is not for this server")
     if not is_valid_server_name(origin):
         raise unauthorized("Origin is not a valid server name")
+    if SERVER_POLICY.blocks(origin):
+        # mxfed servers block: refused before its signature costs a key fetch.
+        log.info("request from a blocked server", extra={"origin": origin})
+        raise MatrixError(403, "M_FORBIDDEN", "Federation with this server is blocked")
     if config.require_tls_client_certificate_match and not client_certificate_matches(
         request.scope, origin
     ):

@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "media",
     "init",
     "actors",
+    "admin",
 ]
 
 

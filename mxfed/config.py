@@ -487,6 +487,10 @@ class Config(BaseSettings):
     internal_call_timeout: float = Field(default=60.0, gt=0)
     """Seconds an internal unary gRPC call may take when it sets no deadline itself."""
 
+    server_policy_refresh_interval: float = Field(default=2.0, gt=0, le=60)
+    """Seconds between checks for a changed server block list or blocked rooms (mxfed servers
+    block, mxfed room block): each part and replica applies a change within this time."""
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -117,6 +117,18 @@ _RULES: dict[str, dict[str, Access]] = {
         "ReceiveOnBind": parts("gateway"),
         "ExchangeThirdPartyInvite": parts("gateway"),
     },
+    # The operator's actions; every part reads the server block list.
+    "mxfed.events.v1.Admin": {
+        "PerformBlockServer": OPERATOR,
+        "PerformUnblockServer": OPERATOR,
+        "PerformSetAllowListMode": OPERATOR,
+        "QueryServerPolicy": parts("gateway", "keys", "sender", "backfill", "media") | OPERATOR,
+        "PerformShutdownRoom": OPERATOR,
+        "PerformBlockRoom": OPERATOR,
+        "QueryBlockedRooms": OPERATOR,
+        "PerformPurgeHistory": OPERATOR,
+        "QueryAuditLog": OPERATOR,
+    },
     "mxfed.events.v1.Directory": {
         "PerformPublishRoom": ACTORS,
         "PerformUnpublishRoom": ACTORS,

@@ -44,6 +44,7 @@ from mxfed.internal_plane import Caller, bind_port, client_address, new_server, 
 from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
 from mxfed.reflection import enable_reflection
+from mxfed.server_policy import SERVER_POLICY, follow_server_policy, grpc_policy_fetcher
 from mxfed.startup import StartupError, listen_failure, report_ready
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,15 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
     try:
         setup = importlib.import_module(f"services.{name}.server").setup
         await setup(context)
+        SERVER_POLICY.own_server_name = config.server_name
+        if name != "events":  # the events process holds the lists (services.events.admin)
+            context.spawn(
+                follow_server_policy(
+                    grpc_policy_fetcher(context.channel("events")),
+                    config.server_policy_refresh_interval,
+                ),
+                name="server-policy",
+            )
         await server.start()
         if probe_server is not None:
             await probe_server.start()

@@ -1,6 +1,8 @@
 """Rooms from the command line, over the events service's gRPC API.
 
 ``mxfed room create``  create a room (``--creator`` is a local user)
+``mxfed room shutdown|block|unblock|blocked|purge``  the operator's actions
+                       (:mod:`mxfed.commands.admin`)
 ``mxfed send``         send an ``m.room.message`` (``m.text``)
 ``mxfed history``      the latest events of a room, oldest first (``--backfill``:
                        fetch older history from other servers when we hold too little)
@@ -31,6 +33,7 @@ import grpc
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.server_names import is_valid_room_alias
 from mxfed.commands.common import add_json_flag, rpc_error_line
+from mxfed.commands.admin import register_room_actions
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
@@ -61,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--invite", action="append", default=[], help="user id (repeatable)")
     add_json_flag(create)
     create.set_defaults(handler=_run(create_room))
+    register_room_actions(room_commands)
 
     info = room_commands.add_parser(
         "info", help="a room's version, head, our membership and partial-state resync progress"

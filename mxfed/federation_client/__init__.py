@@ -21,6 +21,7 @@ from .client import (
     federation_path,
 )
 from .errors import (
+    DestinationBlockedError,
     DestinationUnreachableError,
     FederationDeniedError,
     FederationError,
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_BLOCKED_IP_RANGES",
     "DEFAULT_FEDERATION_PORT",
     "AiodnsResolver",
+    "DestinationBlockedError",
     "DestinationUnreachableError",
     "DiscoveryRule",
     "DiscoveryTrail",

@@ -41,8 +41,10 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.server_names import is_valid_server_name
 from matrix_protocol.xmatrix import sign_request
 from mxfed.bounded import BoundedDict
+from mxfed.server_policy import SERVER_POLICY, ServerPolicy
 
 from .errors import (
+    DestinationBlockedError,
     DestinationUnreachableError,
     FederationDeniedError,
     FederationError,
@@ -527,8 +529,11 @@ class FederationClient:
         backoff_check: BackoffCheck | None = None,
         rng: random.Random | None = None,
         key_provider: KeyProvider | None = None,
+        server_policy: ServerPolicy = SERVER_POLICY,
     ) -> None:
         self.server_name = server_name
+        # The operator's block/allow lists (mxfed servers block): checked before every request.
+        self.server_policy = server_policy
         self._signing_key = signing_key
         self._key_id = key_id
         # A rotated key (mxfed keys rotate) must be picked up without a restart.
@@ -674,6 +679,11 @@ class FederationClient:
         if not is_valid_server_name(destination):
             raise FederationDeniedError(
                 f"invalid server name {destination!r}", destination=destination
+            )
+        if self.server_policy.blocks(destination):
+            raise DestinationBlockedError(
+                f"federation with {destination} is blocked by this server's policy",
+                destination=destination,
             )
         if self._backoff_check is not None and not ignore_backoff:
             retry_in = self._backoff_check(destination)

@@ -4,6 +4,7 @@ Hierarchy::
 
     FederationError
     ├── FederationDeniedError        invalid server name, or every address is blocked
+    │   └── DestinationBlockedError  the operator blocks the server (mxfed servers block)
     ├── NotRetryingDestination       the caller's backoff says "not now" (no I/O done)
     ├── DestinationUnreachableError  DNS / connect / TLS / timeout failures
     │   ├── TlsVerificationError     the peer's certificate did not validate
@@ -30,6 +31,10 @@ class FederationDeniedError(FederationError):
 
     Raised before any connection is opened; never retried.
     """
+
+
+class DestinationBlockedError(FederationDeniedError):
+    """The operator's server policy refuses federation with this destination."""
 
 
 class NotRetryingDestination(FederationError):

@@ -55,6 +55,7 @@ from mxfed.service_errors import BadRequest
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events import metrics, storage
+from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import (
     CheckedPdu,
@@ -298,6 +299,8 @@ class InputPipeline:
                 candidate.refuse(
                     Reason.DENIED_BY_SERVER_ACL, "the room's server ACL denies the origin server"
                 )
+            elif BLOCKED_ROOMS.blocks(candidate.event.room_id):
+                candidate.refuse(Reason.ROOM_BLOCKED, "this room is blocked on this server")
         for candidate in candidates:
             if candidate.refusal is not None:
                 results[candidate.event.event_id] = {"error": candidate.error}

@@ -25,6 +25,8 @@ class Reason(enum.Enum):
     # the room's server ACL must allow the origin.
     NOT_FROM_ORIGIN = "not_from_origin"
     DENIED_BY_SERVER_ACL = "denied_by_server_acl"
+    # The operator blocked the room (mxfed room block / shutdown): dropped.
+    ROOM_BLOCKED = "room_blocked"
     # Not stored: the event cannot be checked yet.
     MISSING_PREV_EVENTS = "missing_prev_events"
     MISSING_AUTH_EVENTS = "missing_auth_events"
@@ -40,6 +42,8 @@ class Reason(enum.Enum):
     # its valid signature (ours: refused, never sent).
     POLICY_SIGNATURE_MISSING = "policy_signature_missing"
     POLICY_SIGNATURE_INVALID = "policy_signature_invalid"
+    # Soft failed: the operator blocks the sender's server (mxfed servers block).
+    SERVER_BLOCKED = "server_blocked"
 
 
 @dataclass(frozen=True)

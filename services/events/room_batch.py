@@ -65,6 +65,7 @@ from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, room_version
 from matrix_protocol.state_resolution import MissingEventError
 from services.events import storage
+from services.events.admin.blocks import sender_blocked
 from services.events.cache import LruCache
 from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import CheckedPdu
@@ -602,6 +603,12 @@ class RoomBatch:
         failure = await self._check_against_state(event, state)
         if failure is not None:
             return Status.REJECTED, Reason.STATE_BEFORE_DISALLOWS, str(failure)
+        if case.soft_fail and sender_blocked(event.sender):
+            return (
+                Status.SOFT_FAILED,
+                Reason.SERVER_BLOCKED,
+                "the sender's server is blocked on this server",
+            )
         if case.soft_fail:
             # A partial current state cannot judge soft failure (MSC3902): skipped.
             failure = None

@@ -7,6 +7,7 @@ from mxfed.service_runtime import ServiceContext
 from mxfed_api.backfill.v1 import backfill_pb2_grpc
 from mxfed_api.events.v1 import events_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
+from services.events.admin.servicer import setup_admin
 from services.events.cache import LruCache
 from services.events.directory.servicer import add_directory_servicer
 from services.events.history.servicer import add_history_servicer
@@ -62,3 +63,4 @@ async def setup(context: ServiceContext) -> None:
     add_directory_servicer(context)
     await setup_membership(context, servicer.local)
     await setup_third_party(context, servicer.local)
+    await setup_admin(context, servicer.local)

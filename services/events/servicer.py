@@ -15,6 +15,7 @@ import grpc
 
 from mxfed.service_errors import BadRequest, json_field, reports_service_errors
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.input import InputKind, InputPipeline
 from services.events.local_events import CreateRoomRequest, LocalEvents
 from services.events.reads import EventView, Reads
@@ -105,6 +106,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     @reports_service_errors
     async def InputPdus(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         outcomes = await self.pipeline.input_pdus(
             request.room_id,
             request.room_version,
@@ -149,6 +151,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     @reports_service_errors
     async def PerformSendEvent(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         event_id, position = await self.local.send_event(
             request.room_id,
             request.sender,

@@ -892,3 +892,87 @@ async def try_session_lock(conn: asyncpg.Connection, text: str) -> bool:
 
 async def session_unlock(conn: asyncpg.Connection, text: str) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", lock_key(text))
+
+
+# Purges (mxfed room purge / shutdown --purge): deletions under the room's lock ------
+
+
+async def _forget_events(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:
+    """Delete events and the rows that hang off them (not their state groups)."""
+    ids = list(event_ids)
+    await conn.execute("DELETE FROM events.event_auth WHERE event_id = ANY($1::text[])", ids)
+    await conn.execute("DELETE FROM events.event_edges WHERE event_id = ANY($1::text[])", ids)
+    await conn.execute(
+        "DELETE FROM events.waiting_redactions"
+        " WHERE redaction_id = ANY($1::text[]) OR target_id = ANY($1::text[])",
+        ids,
+    )
+    await conn.execute(
+        "DELETE FROM events.local_transactions WHERE event_id = ANY($1::text[])", ids
+    )
+    await conn.execute("DELETE FROM events.events WHERE event_id = ANY($1::text[])", ids)
+
+
+async def purge_history(
+    conn: asyncpg.Connection,
+    room_id: str,
+    *,
+    before_depth: int | None = None,
+    before_ts: int | None = None,
+) -> tuple[list[str], int]:
+    """Delete the room's non-state events before a depth or a timestamp; returns the ids
+    deleted and the number of older state events kept.
+
+    What later events need stays: every state event (auth events and the
+    entries of state groups are state events), the state groups, and the
+    forward extremities.
+    """
+    condition = "depth < $2" if before_depth is not None else "origin_server_ts < $2"
+    bound = before_depth if before_depth is not None else before_ts
+    async with conn.transaction():
+        await lock_room(conn, room_id)
+        rows = await conn.fetch(
+            "SELECT event_id FROM events.events e WHERE room_id = $1 AND state_key IS NULL"
+            f" AND {condition} AND NOT EXISTS (SELECT 1 FROM events.forward_extremities f"
+            " WHERE f.room_id = $1 AND f.event_id = e.event_id)",
+            room_id,
+            bound,
+        )
+        purged = [row["event_id"] for row in rows]
+        kept = await conn.fetchval(
+            "SELECT count(*) FROM events.events"
+            f" WHERE room_id = $1 AND state_key IS NOT NULL AND {condition}",
+            room_id,
+            bound,
+        )
+        if purged:
+            await _forget_events(conn, purged)
+    return purged, int(kept)
+
+
+async def purge_room(conn: asyncpg.Connection, room_id: str) -> list[str]:
+    """Delete everything held of a room; returns the event ids deleted."""
+    async with conn.transaction():
+        await lock_room(conn, room_id)
+        rows = await conn.fetch("SELECT event_id FROM events.events WHERE room_id = $1", room_id)
+        purged = [row["event_id"] for row in rows]
+        await _forget_events(conn, purged)
+        await conn.execute(
+            "DELETE FROM events.state_group_entries WHERE group_id IN"
+            " (SELECT id FROM events.state_groups WHERE room_id = $1)",
+            room_id,
+        )
+        for table in (
+            "state_groups",
+            "forward_extremities",
+            "current_state",
+            "ephemeral",
+            "aliases",
+            "published_rooms",
+            "membership_out_of_band",
+            "partial_state_events",
+            "partial_state_rooms",
+            "rooms",
+        ):
+            await conn.execute(f"DELETE FROM events.{table} WHERE room_id = $1", room_id)
+    return purged

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
 from mxfed.clock import now_ms
-from mxfed.federation_client import FederationClient, federation_path
+from mxfed.federation_client import DestinationBlockedError, FederationClient, federation_path
 from services.sender import metrics
 from services.sender.backoff import BackoffPolicy, refuses_the_transaction, retry_after_ms
 from services.sender.leases import Membership
@@ -346,7 +346,22 @@ class DestinationWorker:
                 },
             )
             return True
-        if not refuses_the_transaction(error):
+        if isinstance(error, DestinationBlockedError):
+            # mxfed servers block: nothing is sent to it; what was queued is dropped.
+            log.warning(
+                "destination is blocked; dropping its queued transaction",
+                extra={
+                    "destination": self.destination,
+                    "txn_id": txn.txn_id,
+                    "pdus": len(txn.pdus),
+                    "edus": len(txn.edus),
+                },
+            )
+            await m.storage.drop_transaction(self.destination, txn.txn_id, str(error))
+            metrics.TRANSACTIONS.labels("blocked").inc()
+            metrics.PDUS_DROPPED.labels("blocked").inc(len(txn.pdus))
+            metrics.EDUS_DROPPED.labels("blocked").inc(len(txn.edus))
+        elif not refuses_the_transaction(error):
             await self._failed(txn, error)
         else:
             # The remote refused this transaction itself (malformed, too

@@ -13,19 +13,19 @@ from prometheus_client import Counter, Gauge, Histogram
 
 TRANSACTIONS = Counter(
     "mxfed_sender_transactions_total",
-    "Transactions attempted, by outcome (sent, failed, refused, lease_lost)",
+    "Transactions attempted, by outcome (sent, failed, refused, blocked, lease_lost)",
     ["outcome"],
 )
 PDUS_SENT = Counter("mxfed_sender_pdus_sent_total", "PDUs delivered (200 received)")
 EDUS_SENT = Counter("mxfed_sender_edus_sent_total", "EDUs delivered (200 received)")
 PDUS_DROPPED = Counter(
     "mxfed_sender_pdus_dropped_total",
-    "Queued PDUs dropped, by reason (catch_up, refused)",
+    "Queued PDUs dropped, by reason (catch_up, refused, blocked)",
     ["reason"],
 )
 EDUS_DROPPED = Counter(
     "mxfed_sender_edus_dropped_total",
-    "Queued EDUs dropped, by reason (catch_up, refused, expired)",
+    "Queued EDUs dropped, by reason (catch_up, refused, blocked, expired)",
     ["reason"],
 )
 EVENTS_INGESTED = Counter(

@@ -124,6 +124,7 @@ BAD_VALUES: dict[str, str] = {
     "internal_ca_certificate_path": "{directory}",
     "internal_ca_key_path": "{directory}",
     "internal_call_timeout": "0",
+    "server_policy_refresh_interval": "0",
 }
 
 

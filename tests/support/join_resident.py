@@ -28,6 +28,7 @@ class Resident:
         self.serve_event = serve_event
         self.events: dict[str, dict[str, Any]] = {}
         self.edus: list[dict[str, Any]] = []
+        self.pdus: list[dict[str, Any]] = []  # received over /send
         self.event_requests: list[str] = []
         self.event_auth_requests: list[str] = []
         alice = server.user("alice")
@@ -170,6 +171,7 @@ def add_routes(server: FakeHomeserver, resident: dict[str, Resident]) -> None:
         body = await request.json()
         for room in resident.values():
             room.edus.extend(body.get("edus", []))
+            room.pdus.extend(p for p in body.get("pdus", []) if p.get("room_id") == room.room_id)
         return web.json_response({"pdus": {}})
 
     server.route("GET", v1 + "/event/{event_id}", event)

@@ -79,6 +79,7 @@ class DiagnosisCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIAGNOSIS_CAUSE_ACL_DENIED: _ClassVar[DiagnosisCause]
     DIAGNOSIS_CAUSE_ROOM_UNKNOWN: _ClassVar[DiagnosisCause]
     DIAGNOSIS_CAUSE_SERVICE_UNAVAILABLE: _ClassVar[DiagnosisCause]
+    DIAGNOSIS_CAUSE_SERVER_BLOCKED: _ClassVar[DiagnosisCause]
 DIAGNOSIS_OUTCOME_UNSPECIFIED: DiagnosisOutcome
 DIAGNOSIS_OUTCOME_PASS: DiagnosisOutcome
 DIAGNOSIS_OUTCOME_WARN: DiagnosisOutcome
@@ -143,6 +144,7 @@ DIAGNOSIS_CAUSE_BACKED_OFF: DiagnosisCause
 DIAGNOSIS_CAUSE_ACL_DENIED: DiagnosisCause
 DIAGNOSIS_CAUSE_ROOM_UNKNOWN: DiagnosisCause
 DIAGNOSIS_CAUSE_SERVICE_UNAVAILABLE: DiagnosisCause
+DIAGNOSIS_CAUSE_SERVER_BLOCKED: DiagnosisCause
 
 class QueryOwnServerKeysRequest(_message.Message):
     __slots__ = ()

@@ -40,6 +40,7 @@ from matrix_protocol.signing import signatures_required_for_event
 from mxfed.clock import now_ms
 from mxfed.federation_client import FederationError, federation_path
 from services.events import storage
+from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.membership import storage as oob_storage
 from services.events.membership.common import MEMBER, MembershipDeps, room_head
 from services.events.membership.remote_rooms import RemoteRooms, TryNext, unavailable
@@ -74,6 +75,7 @@ class Join(RemoteRooms):
     ) -> tuple[str, str, bool]:
         self._require_local_user(user_id)
         room_id, alias_servers = await self.resolve_room(room_id_or_alias)
+        BLOCKED_ROOMS.check(room_id)
         extra = dict(content)
         if reason:
             extra["reason"] = reason

@@ -13,6 +13,7 @@ from typing import Any
 from matrix_protocol.canonical_json import encode_json
 from matrix_protocol.membership import MembershipError, stripped_state
 from matrix_protocol.room_versions import KNOWN_ROOM_VERSIONS
+from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.membership.remote_rooms import RemoteRooms, TryNext, unavailable
 
 KNOCK_VERSIONS = [v for v, rules in KNOWN_ROOM_VERSIONS.items() if rules.knock_join_rule]
@@ -24,6 +25,7 @@ class Knock(RemoteRooms):
     ) -> tuple[str, str, list[dict[str, Any]]]:
         self._require_local_user(user_id)
         room_id, alias_servers = await self.resolve_room(room_id_or_alias)
+        BLOCKED_ROOMS.check(room_id)
         candidates = self._candidates(room_id, servers, alias_servers)
         if not candidates:
             raise MembershipError(404, "M_NOT_FOUND", "No known servers to knock through")

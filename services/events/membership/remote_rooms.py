@@ -35,7 +35,12 @@ from matrix_protocol.room_versions import RoomVersion, UnsupportedRoomVersion, r
 from matrix_protocol.server_names import is_valid_user_id, server_name_of
 from matrix_protocol.signing import signatures_required_for_event
 from mxfed.clock import now_ms
-from mxfed.federation_client import FederationError, HttpResponseError, federation_path
+from mxfed.federation_client import (
+    DestinationBlockedError,
+    FederationError,
+    HttpResponseError,
+    federation_path,
+)
 from services.events import storage
 from services.events.membership import storage as oob_storage
 from services.events.membership.common import MembershipDeps
@@ -138,6 +143,9 @@ class RemoteRooms:
             raise MembershipError(
                 error.status, errcode, error.error or str(error), **extra
             ) from None
+        except DestinationBlockedError:
+            blocked = forbidden(f"federation with {server} is blocked on this server")
+            raise TryNext(blocked) from None
         except FederationError as error:
             raise TryNext(unavailable(f"{server}: {error}")) from None
         if not isinstance(answer, dict):

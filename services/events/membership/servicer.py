@@ -18,6 +18,7 @@ from mxfed.service_errors import reports_service_errors
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import membership_pb2, membership_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
+from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.local_events import LocalEvents
 from services.events.membership import storage as oob_storage
 from services.events.membership.common import MembershipDeps
@@ -47,6 +48,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def MakeMembership(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         version, template = await make_membership(
             self.deps,
             request.origin,
@@ -61,6 +63,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def SendJoin(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         body = await self.resident.send_join(
             request.origin,
             request.room_id,
@@ -72,6 +75,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def SendLeave(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         body = await self.resident.send_leave(
             request.origin, request.room_id, request.event_id, request.pdu_json
         )
@@ -79,6 +83,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def SendKnock(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         body = await self.resident.send_knock(
             request.origin, request.room_id, request.event_id, request.pdu_json
         )
@@ -86,6 +91,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def ReceiveInvite(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         signed = await self.invites.receive_invite(
             request.origin,
             request.room_id,
@@ -98,6 +104,7 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
 
     @reports_service_errors
     async def PerformInvite(self, request, context):  # noqa: N802, ANN001, ANN201
+        BLOCKED_ROOMS.check(request.room_id)
         event_id = await self.resident.perform_invite(
             request.room_id, request.sender, request.target, request.reason
         )

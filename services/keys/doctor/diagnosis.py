@@ -52,6 +52,7 @@ from mxfed.federation_client import (
     federation_path,
 )
 from mxfed.federation_client.resolver import is_ip_address
+from mxfed.server_policy import SERVER_POLICY
 from services.keys.doctor.judgements import (
     ALLOWED_OPTION,
     CERTIFICATE_CAUSES,
@@ -312,6 +313,17 @@ class _Diagnosis:
                 Outcome.FAIL,
                 f"{self.target} is a valid name, but nothing can listen on port {port}",
                 Cause.INVALID_SERVER_NAME,
+                details,
+            )
+        if SERVER_POLICY.blocks(self.target):
+            # mxfed servers block: we refuse its requests and send it nothing.
+            details["blocked"] = True
+            return StepResult(
+                StepId.SERVER_NAME,
+                Outcome.FAIL,
+                f"{self.target} is blocked on this server (mxfed servers list; "
+                "mxfed servers unblock to federate again)",
+                Cause.SERVER_BLOCKED,
                 details,
             )
         kind = "an IP address" if is_ip_address(host) else "a DNS name"

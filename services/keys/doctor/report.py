@@ -44,6 +44,7 @@ class Cause(enum.Enum):
     """Why a step warned or failed."""
 
     INVALID_SERVER_NAME = "invalid_server_name"
+    SERVER_BLOCKED = "server_blocked"
     WELL_KNOWN_HTTP_STATUS = "well_known_http_status"
     WELL_KNOWN_REDIRECT_LOOP = "well_known_redirect_loop"
     WELL_KNOWN_TOO_MANY_REDIRECTS = "well_known_too_many_redirects"
