@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import orjson
 
+from mxfed.commands.common import add_json_flag, emit, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import admin_pb2, admin_pb2_grpc
@@ -44,27 +45,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     block = actions.add_parser("block", help="refuse all federation with a server (glob)")
     block.add_argument("pattern", help="server name or glob pattern (*.example.org)")
     block.add_argument("--reason", default="")
+    add_json_flag(block)
     block.set_defaults(handler=_run(block_server))
     unblock = actions.add_parser("unblock", help="remove a server pattern from the block list")
     unblock.add_argument("pattern")
+    add_json_flag(unblock)
     unblock.set_defaults(handler=_run(unblock_server))
     allow = actions.add_parser("allow", help="add a server pattern to the allow list")
     allow.add_argument("pattern")
     allow.add_argument("--reason", default="")
+    add_json_flag(allow)
     allow.set_defaults(handler=_run(allow_server))
     disallow = actions.add_parser("disallow", help="remove a pattern from the allow list")
     disallow.add_argument("pattern")
+    add_json_flag(disallow)
     disallow.set_defaults(handler=_run(disallow_server))
     mode = actions.add_parser("allow-list", help="federate only with allowed servers (on/off)")
-    mode.add_argument("state", choices=("on", "off"))
+    mode.add_argument("state", choices=("on", "off"), metavar="STATE", help="on or off")
+    add_json_flag(mode)
     mode.set_defaults(handler=_run(set_allow_list_mode))
     listing = actions.add_parser("list", help="the block and allow lists")
-    listing.add_argument("--json", action="store_true")
+    add_json_flag(listing)
     listing.set_defaults(handler=_run(list_servers))
 
     audit = subparsers.add_parser("audit", help="the latest administrative actions")
     audit.add_argument("--limit", type=int, default=50)
-    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_json_flag(audit)
     audit.set_defaults(handler=_run(show_audit))
 
 
@@ -76,15 +82,19 @@ def register_room_actions(room_commands: argparse._SubParsersAction) -> None:
     shutdown.add_argument("room_id")
     shutdown.add_argument("--reason", default="")
     shutdown.add_argument("--purge", action="store_true", help="also delete the room's data")
+    add_json_flag(shutdown)
     shutdown.set_defaults(handler=_run(shutdown_room))
     block = room_commands.add_parser("block", help="refuse a room (joins, invites, events)")
     block.add_argument("room_id")
     block.add_argument("--reason", default="")
+    add_json_flag(block)
     block.set_defaults(handler=_run(block_room))
     unblock = room_commands.add_parser("unblock", help="accept a blocked room again")
     unblock.add_argument("room_id")
+    add_json_flag(unblock)
     unblock.set_defaults(handler=_run(unblock_room))
     blocked = room_commands.add_parser("blocked", help="list the blocked rooms")
+    add_json_flag(blocked)
     blocked.set_defaults(handler=_run(list_blocked_rooms))
     purge = room_commands.add_parser(
         "purge", help="delete a room's history before a point (keeps what auth and state need)"
@@ -96,6 +106,7 @@ def register_room_actions(room_commands: argparse._SubParsersAction) -> None:
         metavar="TS|EVENT",
         help="milliseconds since the epoch, an ISO 8601 time, or an event id ($...)",
     )
+    add_json_flag(purge)
     purge.set_defaults(handler=_run(purge_history))
 
 
@@ -108,10 +119,7 @@ def _run(command: Command) -> Any:
             print(f"mxfed: {exc}", file=sys.stderr)
             return 2
         except grpc.aio.AioRpcError as exc:
-            details = exc.details() or ""
-            if exc.code() == grpc.StatusCode.UNAVAILABLE and not details.startswith("M_"):
-                details = f"the events service at {config.service_address('events')} is down"
-            print(f"{exc.code().name}: {details}", file=sys.stderr)
+            print(rpc_error_line(exc, config, "events"), file=sys.stderr)
             return 1
 
     return handler
@@ -122,7 +130,8 @@ async def block_server(args: argparse.Namespace, stub: admin_pb2_grpc.AdminStub)
         admin_pb2.PerformBlockServerRequest(pattern=args.pattern, reason=args.reason),
         timeout=CALL_TIMEOUT,
     )
-    print(f"blocked {args.pattern}" if reply.added else f"{args.pattern} was blocked already")
+    text = f"blocked {args.pattern}" if reply.added else f"{args.pattern} was blocked already"
+    emit(args, {"pattern": args.pattern, "added": reply.added}, text)
     return 0
 
 
@@ -130,7 +139,8 @@ async def unblock_server(args: argparse.Namespace, stub: admin_pb2_grpc.AdminStu
     reply = await stub.PerformUnblockServer(
         admin_pb2.PerformUnblockServerRequest(pattern=args.pattern), timeout=CALL_TIMEOUT
     )
-    print(f"unblocked {args.pattern}" if reply.removed else f"{args.pattern} was not blocked")
+    text = f"unblocked {args.pattern}" if reply.removed else f"{args.pattern} was not blocked"
+    emit(args, {"pattern": args.pattern, "removed": reply.removed}, text)
     return 0
 
 
@@ -139,7 +149,8 @@ async def allow_server(args: argparse.Namespace, stub: admin_pb2_grpc.AdminStub)
         admin_pb2.PerformBlockServerRequest(pattern=args.pattern, reason=args.reason, allow=True),
         timeout=CALL_TIMEOUT,
     )
-    print(f"allowed {args.pattern}" if reply.added else f"{args.pattern} was allowed already")
+    text = f"allowed {args.pattern}" if reply.added else f"{args.pattern} was allowed already"
+    emit(args, {"pattern": args.pattern, "added": reply.added}, text)
     return 0
 
 
@@ -148,11 +159,12 @@ async def disallow_server(args: argparse.Namespace, stub: admin_pb2_grpc.AdminSt
         admin_pb2.PerformUnblockServerRequest(pattern=args.pattern, allow=True),
         timeout=CALL_TIMEOUT,
     )
-    print(
+    text = (
         f"{args.pattern} removed from the allow list"
         if reply.removed
         else f"{args.pattern} was not on the allow list"
     )
+    emit(args, {"pattern": args.pattern, "removed": reply.removed}, text)
     return 0
 
 
@@ -161,11 +173,12 @@ async def set_allow_list_mode(args: argparse.Namespace, stub: admin_pb2_grpc.Adm
     await stub.PerformSetAllowListMode(
         admin_pb2.PerformSetAllowListModeRequest(enabled=enabled), timeout=CALL_TIMEOUT
     )
-    print(
+    text = (
         "allow-list mode on: only allowed servers federate"
         if enabled
         else "allow-list mode off: every server but the blocked ones federates"
     )
+    emit(args, {"allow_list_mode": enabled}, text)
     return 0
 
 
@@ -213,10 +226,16 @@ async def shutdown_room(args: argparse.Namespace, stub: admin_pb2_grpc.AdminStub
         ),
         timeout=CALL_TIMEOUT,
     )
-    print(f"{len(reply.left_users)} local member(s) left: {', '.join(reply.left_users) or '-'}")
+    text = f"{len(reply.left_users)} local member(s) left: {', '.join(reply.left_users) or '-'}"
     if args.purge:
-        print(f"purged {reply.purged_events} event(s)")
-    print(f"{args.room_id} is blocked")
+        text += f"\npurged {reply.purged_events} event(s)"
+    text += f"\n{args.room_id} is blocked"
+    value = {
+        "room_id": args.room_id,
+        "left_users": list(reply.left_users),
+        "purged_events": reply.purged_events,
+    }
+    emit(args, value, text)
     return 0
 
 
@@ -225,7 +244,8 @@ async def block_room(args: argparse.Namespace, stub: admin_pb2_grpc.AdminStub) -
         admin_pb2.PerformBlockRoomRequest(room_id=args.room_id, reason=args.reason),
         timeout=CALL_TIMEOUT,
     )
-    print(f"blocked {args.room_id}" if reply.changed else f"{args.room_id} was blocked already")
+    text = f"blocked {args.room_id}" if reply.changed else f"{args.room_id} was blocked already"
+    emit(args, {"room_id": args.room_id, "changed": reply.changed}, text)
     return 0
 
 
@@ -234,7 +254,8 @@ async def unblock_room(args: argparse.Namespace, stub: admin_pb2_grpc.AdminStub)
         admin_pb2.PerformBlockRoomRequest(room_id=args.room_id, unblock=True),
         timeout=CALL_TIMEOUT,
     )
-    print(f"unblocked {args.room_id}" if reply.changed else f"{args.room_id} was not blocked")
+    text = f"unblocked {args.room_id}" if reply.changed else f"{args.room_id} was not blocked"
+    emit(args, {"room_id": args.room_id, "changed": reply.changed}, text)
     return 0
 
 
@@ -242,8 +263,16 @@ async def list_blocked_rooms(args: argparse.Namespace, stub: admin_pb2_grpc.Admi
     reply = await stub.QueryBlockedRooms(admin_pb2.QueryBlockedRoomsRequest(), timeout=30)
     for room in reply.rooms:
         reason = f"  ({room.reason})" if room.reason else ""
-        print(f"{room.room_id}  by {room.created_by} at {_when(room.created_ts)}{reason}")
-    if not reply.rooms:
+        value = {
+            "room_id": room.room_id,
+            "reason": room.reason,
+            "created_by": room.created_by,
+            "created_ts": room.created_ts,
+        }
+        emit(
+            args, value, f"{room.room_id}  by {room.created_by} at {_when(room.created_ts)}{reason}"
+        )
+    if not reply.rooms and not args.json:
         print("no room is blocked")
     return 0
 
@@ -269,10 +298,16 @@ async def purge_history(args: argparse.Namespace, stub: admin_pb2_grpc.AdminStub
     request = purge_point(args.before)
     request.room_id = args.room_id
     reply = await stub.PerformPurgeHistory(request, timeout=CALL_TIMEOUT)
-    print(
+    text = (
         f"purged {reply.purged_events} event(s); kept {reply.kept_events} older state event(s) "
         "that auth and state need"
     )
+    value = {
+        "room_id": args.room_id,
+        "purged_events": reply.purged_events,
+        "kept_events": reply.kept_events,
+    }
+    emit(args, value, text)
     return 0
 
 

@@ -32,8 +32,8 @@ import grpc
 
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.server_names import is_valid_room_alias
-from mxfed.commands.common import add_json_flag, rpc_error_line
 from mxfed.commands.admin import register_room_actions
+from mxfed.commands.common import add_json_flag, rpc_error_line
 from mxfed.config import Config
 from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc

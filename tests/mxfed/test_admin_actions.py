@@ -200,11 +200,11 @@ async def test_blocking_a_server_refuses_it_everywhere_and_unblocking_restores_i
             room_id=room.room_id,
             room_version="10",
             origin=scene.server.server_name,
-            kind=events_pb2.GAP_FILL,
+            kind=events_pb2.INPUT_KIND_GAP_FILL,
             pdus=[orjson.dumps(relayed)],
         )
     )
-    assert (await scene.statuses([relayed_id]))[relayed_id] == events_pb2.SOFT_FAILED
+    assert (await scene.statuses([relayed_id]))[relayed_id] == events_pb2.EVENT_STATUS_SOFT_FAILED
 
     # A join through it fails.
     with pytest.raises(grpc.aio.AioRpcError) as refused_join:
@@ -292,7 +292,7 @@ async def test_purging_history_keeps_what_later_events_need(scene: Scene) -> Non
         await scene.statuses([e.event_id for e in state.events])
     )
     later = await scene.say(room_id, creator, "after the purge")
-    assert (await scene.statuses([later]))[later] == events_pb2.ACCEPTED
+    assert (await scene.statuses([later]))[later] == events_pb2.EVENT_STATUS_ACCEPTED
     audit = await scene.admin.QueryAuditLog(admin_pb2.QueryAuditLogRequest(limit=5))
     [record] = [r for r in audit.records if r.target == room_id]
     assert record.action == "purge_history"
