@@ -7,8 +7,10 @@ messages over HTTPS with X-Matrix, one transaction in flight (as the spec
 requires of a sender), first into one room and then spread over 5 rooms.
 
 Prints PDUs/s, the share of time per stage (gateway HTTP + X-Matrix, and the
-events service's receive stages read from its Prometheus metrics), and the
-ed25519 verifications/s this machine manages in the same run.
+events service's receive stages read from its Prometheus metrics), the CPU
+(in cores) and RSS of each part during each scenario (what the Kubernetes
+resource requests in deploy/kubernetes/ are sized from), and the ed25519
+verifications/s this machine manages in the same run.
 
     .venv/bin/python bench/bench_send_http.py [--transactions 20]
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import nacl.signing
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -150,6 +153,19 @@ def _metrics(mxfed: MxfedProcess, part: str) -> str:
         return response.read().decode()
 
 
+def part_usage(mxfed: MxfedProcess) -> dict[str, tuple[float, int]]:
+    """CPU seconds so far and RSS of each part (``--service NAME``) of the running mxfed."""
+    assert mxfed.process is not None
+    usage = {}
+    for child in psutil.Process(mxfed.process.pid).children(recursive=True):
+        command = child.cmdline()
+        if "--service" in command:
+            times = child.cpu_times()
+            part = command[command.index("--service") + 1]
+            usage[part] = (times.user + times.system, child.memory_info().rss)
+    return usage
+
+
 async def run_scenario(
     name: str,
     rooms: list[Room],
@@ -167,12 +183,14 @@ async def run_scenario(
             pdus.append(pdu)
         batches.append(pdus)
     before = stage_seconds(mxfed)
+    usage_before = part_usage(mxfed)
     started = time.perf_counter()
     for pdus in batches:
         response = await send(remote, mxfed, pdus)
         errors = [v for v in response["pdus"].values() if v]
         assert not errors, errors[:3]
     elapsed = time.perf_counter() - started
+    usage_after = part_usage(mxfed)
     after = stage_seconds(mxfed)
     total = transactions * PDUS_PER_TRANSACTION
     print(f"\n{name}: {total} PDUs in {elapsed:.2f} s = {total / elapsed:,.0f} PDUs/s")
@@ -189,6 +207,13 @@ async def run_scenario(
         outside = gateway_total - inside
         label = "(outside: HTTP, X-Matrix, gRPC hops)"
         print(f"    {label:24s} {1000 * outside / transactions:7.1f} ms")
+    print("  each part meanwhile: CPU in cores and per PDU, RSS at the end")
+    for part, (cpu_after, rss) in sorted(usage_after.items()):
+        cpu = cpu_after - usage_before.get(part, (cpu_after, 0))[0]
+        print(
+            f"    {part:10s} {cpu / elapsed:5.2f} cores  {1e6 * cpu / total:6.0f} µs/PDU"
+            f"  {rss / 2**20:6.1f} MiB"
+        )
 
 
 async def measure_visibility_latency(
