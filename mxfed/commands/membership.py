@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     invite = subparsers.add_parser("invite", help="invite a user into a room")
     invite.add_argument("room", help="room id")
     invite.add_argument("target", help="user id to invite (any server)")
-    invite.add_argument("--sender", required=True, help="local user id joined to the room")
+    invite.add_argument(
+        "--sender", "--user", dest="sender", required=True, help="local user id joined to the room"
+    )
     invite.add_argument("--reason", default="")
     _json_flag(invite)
     invite.set_defaults(handler=_run(_invite))

@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     room = subparsers.add_parser("room", help="manage rooms")
     room_commands = room.add_subparsers(dest="room_command", required=True)
     create = room_commands.add_parser("create", help="create a room")
-    create.add_argument("--creator", required=True, help="local user id, @user:our.server")
+    create.add_argument(
+        "--creator", "--user", dest="creator", required=True, help="local user id, @user:our.server"
+    )
     create.add_argument("--version", dest="room_version", default="", help="room version")
     create.add_argument("--preset", choices=PRESETS, default="private_chat")
     create.add_argument("--name", default="")
@@ -76,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     send = subparsers.add_parser("send", help="send a text message to a room")
     send.add_argument("room", help="room id or alias")
     send.add_argument("text")
-    send.add_argument("--sender", required=True, help="local user id")
+    send.add_argument("--sender", "--user", dest="sender", required=True, help="local user id")
     send.add_argument("--notice", action="store_true", help="send m.notice instead of m.text")
     send.add_argument("--txn-id", default="", help="idempotency key (per sender)")
     add_json_flag(send)

@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     invite.add_argument("--medium", default="email", help="3PID medium (default: email)")
     invite.add_argument("--address", required=True, help="the 3PID address")
     invite.add_argument("--id-server", required=True, help="identity server host[:port] or URL")
-    invite.add_argument("--sender", required=True, help="local user id joined to the room")
+    invite.add_argument(
+        "--sender", "--user", dest="sender", required=True, help="local user id joined to the room"
+    )
     invite.add_argument(
         "--id-access-token", default="", help="identity server access token (skips registering)"
     )

@@ -57,6 +57,11 @@ def test_flags_have_one_spelling() -> None:
             primary = options[0]
             # Lower-case words joined by hyphens; an older spelling may follow as an alias.
             assert primary == primary.lower() and "_" not in primary, (name, primary)
+    # Every command that acts as a local user takes --user (some also a more exact name).
+    for name, parser in _leaf_commands(build_parser()).items():
+        acting = [o for o in _long_options(parser) if {"--sender", "--creator"} & set(o)]
+        for options in acting:
+            assert "--user" in options, (name, options)
     upload = _leaf_commands(build_parser())["devices upload"]
     profile = _leaf_commands(build_parser())["profile set"]
     for parser in (upload, profile):
