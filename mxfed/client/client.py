@@ -81,6 +81,15 @@ _SERVICE_OF_STUB: dict[type, str] = {
 }
 
 
+_RESYNC_STATES = {
+    events_pb2.RESYNC_STATE_FULL_STATE: "full_state",
+    events_pb2.RESYNC_STATE_PENDING: "pending",
+    events_pb2.RESYNC_STATE_FETCHING: "fetching",
+    events_pb2.RESYNC_STATE_STORING: "storing",
+    events_pb2.RESYNC_STATE_RETRYING: "retrying",
+}
+
+
 def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
@@ -244,6 +253,11 @@ class Client:
             tuple(reply.forward_extremities),
             reply.min_depth,
             reply.max_depth,
+            resync_state=_RESYNC_STATES.get(reply.resync_state, "full_state"),
+            members_known=reply.members_known,
+            members_expected=reply.members_expected,
+            resync_attempts=reply.resync_attempts,
+            resync_error=reply.resync_error,
         )
 
     async def current_state(

@@ -169,6 +169,13 @@ class RoomInfo:
     forward_extremities: tuple[str, ...]
     min_depth: int
     max_depth: int
+    # Partial-state joins: "full_state", or the resync's "pending", "fetching",
+    # "storing", "retrying"; members known and expected; failed attempts.
+    resync_state: str = "full_state"
+    members_known: int = 0
+    members_expected: int = 0
+    resync_attempts: int = 0
+    resync_error: str = ""
 
 
 @dataclass(frozen=True)

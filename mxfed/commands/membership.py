@@ -14,23 +14,11 @@ with the alias server's ``query/directory``). Errors print as
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
-import grpc
-
-from mxfed.commands.common import add_json_flag, rpc_error_line
-from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
-from mxfed_api.events.v1 import membership_pb2, membership_pb2_grpc
-
-# Joining a big remote room fetches and checks its whole state.
-CALL_TIMEOUT = 300.0
-
-Command = Callable[[argparse.Namespace, membership_pb2_grpc.MembershipStub], Awaitable[None]]
+from mxfed.client import Client
+from mxfed.commands.client_commands import with_client as _run
+from mxfed.commands.common import add_json_flag
+from mxfed.commands.common import emit as _emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,91 +64,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _json_flag = add_json_flag
 
 
-def _emit(args: argparse.Namespace, value: dict[str, Any], text: str) -> None:
-    print(json.dumps(value, ensure_ascii=False) if args.json else text, flush=True)
-
-
-def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
-    async def handler(args: argparse.Namespace, config: Config) -> int:
-        address = config.service_address("events").replace("0.0.0.0", "127.0.0.1")
-        try:
-            async with _channel(config) as stub:
-                await command(args, stub)
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, "events", address), file=sys.stderr)
-            return 1
-        return 0
-
-    return handler
-
-
-@asynccontextmanager
-async def _channel(config: Config) -> AsyncIterator[membership_pb2_grpc.MembershipStub]:
-    async with open_channel(config, "events", caller=OPERATOR) as channel:
-        yield membership_pb2_grpc.MembershipStub(channel)
-
-
-async def _join(args: argparse.Namespace, stub: membership_pb2_grpc.MembershipStub) -> None:
-    reply = await stub.PerformJoin(
-        membership_pb2.PerformJoinRequest(
-            room_id_or_alias=args.room, user_id=args.user, servers=args.via, reason=args.reason
-        ),
-        timeout=CALL_TIMEOUT,
-    )
-    how = "through a remote server" if reply.remote else "locally"
+async def _join(args: argparse.Namespace, client: Client) -> None:
+    joined = await client.join(args.user, args.room, servers=args.via, reason=args.reason)
+    how = "through a remote server" if joined.remote else "locally"
     _emit(
         args,
-        {"room_id": reply.room_id, "event_id": reply.event_id, "remote": reply.remote},
-        f"{args.user} joined {reply.room_id} {how} ({reply.event_id})",
+        {"room_id": joined.room_id, "event_id": joined.event_id, "remote": joined.remote},
+        f"{args.user} joined {joined.room_id} {how} ({joined.event_id})",
     )
 
 
-async def _leave(args: argparse.Namespace, stub: membership_pb2_grpc.MembershipStub) -> None:
-    reply = await stub.PerformLeave(
-        membership_pb2.PerformLeaveRequest(
-            room_id=args.room, user_id=args.user, reason=args.reason
-        ),
-        timeout=CALL_TIMEOUT,
-    )
-    detail = reply.event_id or "recorded locally; no server could be reached"
-    _emit(args, {"room_id": args.room, "event_id": reply.event_id}, f"{args.user} left ({detail})")
+async def _leave(args: argparse.Namespace, client: Client) -> None:
+    event_id = await client.leave(args.user, args.room, reason=args.reason)
+    detail = event_id or "recorded locally; no server could be reached"
+    _emit(args, {"room_id": args.room, "event_id": event_id}, f"{args.user} left ({detail})")
 
 
-async def _invite(args: argparse.Namespace, stub: membership_pb2_grpc.MembershipStub) -> None:
-    reply = await stub.PerformInvite(
-        membership_pb2.PerformInviteRequest(
-            room_id=args.room, sender=args.sender, target=args.target, reason=args.reason
-        ),
-        timeout=CALL_TIMEOUT,
-    )
-    _emit(
-        args,
-        {"room_id": args.room, "event_id": reply.event_id},
-        f"invited {args.target} ({reply.event_id})",
-    )
+async def _invite(args: argparse.Namespace, client: Client) -> None:
+    event_id = await client.invite(args.sender, args.room, args.target, reason=args.reason)
+    _emit(args, {"room_id": args.room, "event_id": event_id}, f"invited {args.target} ({event_id})")
 
 
-async def _knock(args: argparse.Namespace, stub: membership_pb2_grpc.MembershipStub) -> None:
-    reply = await stub.PerformKnock(
-        membership_pb2.PerformKnockRequest(
-            room_id_or_alias=args.room, user_id=args.user, servers=args.via, reason=args.reason
-        ),
-        timeout=CALL_TIMEOUT,
-    )
-    state = json.loads(reply.stripped_state_json or b"[]")
+async def _knock(args: argparse.Namespace, client: Client) -> None:
+    knocked = await client.knock(args.user, args.room, servers=args.via, reason=args.reason)
+    state = knocked.stripped_state
     name = next((s["content"].get("name") for s in state if s.get("type") == "m.room.name"), None)
     _emit(
         args,
-        {"room_id": reply.room_id, "event_id": reply.event_id, "stripped_state": state},
-        f"knocked on {reply.room_id}{f' ({name})' if name else ''} ({reply.event_id})",
+        {"room_id": knocked.room_id, "event_id": knocked.event_id, "stripped_state": state},
+        f"knocked on {knocked.room_id}{f' ({name})' if name else ''} ({knocked.event_id})",
     )
 
 
-async def _invites(args: argparse.Namespace, stub: membership_pb2_grpc.MembershipStub) -> None:
-    reply = await stub.QueryInvites(
-        membership_pb2.QueryInvitesRequest(user_id=args.user), timeout=CALL_TIMEOUT
-    )
-    for item in reply.memberships:
+async def _invites(args: argparse.Namespace, client: Client) -> None:
+    for item in await client.invites(args.user):
         value = {
             "room_id": item.room_id,
             "user_id": item.user_id,
@@ -168,7 +105,7 @@ async def _invites(args: argparse.Namespace, stub: membership_pb2_grpc.Membershi
             "event_id": item.event_id,
             "sender": item.sender,
             "via_server": item.via_server,
-            "stripped_state": json.loads(item.stripped_state_json or b"[]"),
+            "stripped_state": item.stripped_state,
         }
         _emit(
             args,

@@ -24,29 +24,17 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
-import grpc
-
-from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.server_names import is_valid_room_alias
+from mxfed.client import Client, Event, EventStatus
 from mxfed.commands.admin import register_room_actions
-from mxfed.commands.common import add_json_flag, rpc_error_line
-from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
-from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
-from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from mxfed.commands.client_commands import CommandError, with_client
+from mxfed.commands.common import add_json_flag, emit
 
-CALL_TIMEOUT = 30.0
-BACKFILL_TIMEOUT = 180.0
-BACKFILL_BATCH = 100  # events asked of other servers per backfill
 PRESETS = ("public_chat", "private_chat", "trusted_private_chat")
 
-
-class CommandError(Exception):
-    """Printed as-is on stderr; the command exits 1."""
+__all__ = ["CommandError", "alias_localpart", "event_json", "event_line", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -105,20 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(command: Any) -> Any:
-    async def handler(args: argparse.Namespace, config: Config) -> int:
-        args.service_config = config
-        try:
-            async with _events(config) as stub:
-                await command(args, stub)
-        except CommandError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, "events"), file=sys.stderr)
-            return 1
-        return 0
-
-    return handler
+    return with_client(command)
 
 
 def alias_localpart(value: str, server_name: str) -> str:
@@ -146,67 +121,32 @@ def alias_localpart(value: str, server_name: str) -> str:
     return localpart
 
 
-@asynccontextmanager
-async def _events(config: Config) -> AsyncIterator[events_pb2_grpc.EventsStub]:
-    async with open_channel(config, "events", caller=OPERATOR) as channel:
-        yield events_pb2_grpc.EventsStub(channel)
-
-
-def _emit(args: argparse.Namespace, value: dict[str, Any], text: str) -> None:
-    if args.json:
-        print(json.dumps(value, ensure_ascii=False), flush=True)
-    else:
-        print(text, flush=True)
-
-
-async def _resolve_room(
-    stub: events_pb2_grpc.EventsStub, room: str, *, must_exist: bool = False
-) -> str:
+async def _resolve_room(client: Client, room: str, *, must_exist: bool = False) -> str:
     """The room ID of an ID or alias; ``must_exist`` checks that we know the room."""
-    room_id = room
     if not room.startswith(("!", "#")):
         raise CommandError(
             f"M_INVALID_PARAM: {room!r} is neither a room ID (!...) nor an alias (#name:server)"
         )
-    if room.startswith("#"):
-        reply = await stub.QueryAlias(
-            events_pb2.QueryAliasRequest(alias=room), timeout=CALL_TIMEOUT
-        )
-        if not reply.found:
-            raise CommandError(f"M_NOT_FOUND: no room has the alias {room}")
-        room_id = reply.room_id
-    if must_exist:
-        info = await stub.QueryRoomInfo(
-            events_pb2.QueryRoomInfoRequest(room_id=room_id), timeout=CALL_TIMEOUT
-        )
-        if not info.exists:
-            raise CommandError(f"M_NOT_FOUND: unknown room {room_id}")
+    room_id = await client.resolve_room(room)
+    if must_exist and not (await client.room_info(room_id)).exists:
+        raise CommandError(f"M_NOT_FOUND: unknown room {room_id}")
     return room_id
 
 
-_STATUS_NAMES = {
-    events_pb2.EVENT_STATUS_ACCEPTED: "accepted",
-    events_pb2.EVENT_STATUS_SOFT_FAILED: "soft_failed",
-    events_pb2.EVENT_STATUS_REJECTED: "rejected",
-    events_pb2.EVENT_STATUS_OUTLIER: "outlier",
-}
-
-
-def event_json(record: events_pb2.EventRecord) -> dict[str, Any]:
-    pdu = decode_json(record.pdu_json) if record.pdu_json else {}
+def event_json(event: Event) -> dict[str, Any]:
     return {
-        "event_id": record.event_id,
-        "room_id": record.room_id,
-        "status": _STATUS_NAMES.get(record.status, "unknown"),
-        "stream_position": record.stream_position,
-        "redacted": record.redacted,
-        "pdu": pdu,
+        "event_id": event.event_id,
+        "room_id": event.room_id,
+        "status": event.status.value,
+        "stream_position": event.stream_position,
+        "redacted": event.redacted,
+        "pdu": dict(event.pdu),
     }
 
 
-def event_line(record: events_pb2.EventRecord) -> str:
+def event_line(event: Event) -> str:
     """``time  sender  type  body`` for one event."""
-    pdu = decode_json(record.pdu_json) if record.pdu_json else {}
+    pdu = dict(event.pdu)
     ts = pdu.get("origin_server_ts")
     when = (
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts / 1000))
@@ -214,9 +154,9 @@ def event_line(record: events_pb2.EventRecord) -> str:
         else "?"
     )
     parts = [when, str(pdu.get("sender", "?")), str(pdu.get("type", "?")), _summary(pdu)]
-    if record.status in (events_pb2.EVENT_STATUS_SOFT_FAILED, events_pb2.EVENT_STATUS_REJECTED):
-        parts.append(f"[{_STATUS_NAMES[record.status]}]")
-    if record.redacted:
+    if event.status in (EventStatus.SOFT_FAILED, EventStatus.REJECTED):
+        parts.append(f"[{event.status.value}]")
+    if event.redacted:
         parts.append("[redacted]")
     return "  ".join(part for part in parts if part)
 
@@ -250,43 +190,28 @@ def _summary(pdu: dict[str, Any]) -> str:
 # Commands ----------------------------------------------------------------------
 
 
-async def create_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
-    config: Config = args.service_config
-    localpart = alias_localpart(args.alias, config.server_name)
-    reply = await stub.PerformCreateRoom(
-        events_pb2.PerformCreateRoomRequest(
-            creator=args.creator,
-            room_version=args.room_version,
-            preset=args.preset,
-            name=args.name,
-            topic=args.topic,
-            alias_localpart=localpart,
-            invite=args.invite,
-        ),
-        timeout=CALL_TIMEOUT,
+async def create_room(args: argparse.Namespace, client: Client) -> None:
+    localpart = alias_localpart(args.alias, client.server_name)
+    created = await client.create_room(
+        args.creator,
+        room_version=args.room_version,
+        preset=args.preset,
+        name=args.name,
+        topic=args.topic,
+        alias_localpart=localpart,
+        invite=args.invite,
     )
-    text = reply.room_id + (f"  {reply.room_alias}" if reply.room_alias else "")
-    _emit(args, {"room_id": reply.room_id, "room_alias": reply.room_alias or None}, text)
+    text = created.room_id + (f"  {created.room_alias}" if created.room_alias else "")
+    emit(args, {"room_id": created.room_id, "room_alias": created.room_alias}, text)
 
 
-_RESYNC_NAMES = {
-    events_pb2.RESYNC_STATE_FULL_STATE: "full_state",
-    events_pb2.RESYNC_STATE_PENDING: "pending",
-    events_pb2.RESYNC_STATE_FETCHING: "fetching",
-    events_pb2.RESYNC_STATE_STORING: "storing",
-    events_pb2.RESYNC_STATE_RETRYING: "retrying",
-}
-
-
-async def room_info(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+async def room_info(args: argparse.Namespace, client: Client) -> None:
     """One room: ``mxfed room info ROOM`` (partial-state joins show their resync)."""
-    room_id = await _resolve_room(stub, args.room)
-    info = await stub.QueryRoomInfo(
-        events_pb2.QueryRoomInfoRequest(room_id=room_id), timeout=CALL_TIMEOUT
-    )
+    room_id = await _resolve_room(client, args.room)
+    info = await client.room_info(room_id)
     if not info.exists:
         raise CommandError(f"M_NOT_FOUND: unknown room {room_id}")
-    resync = _RESYNC_NAMES.get(info.resync_state, "full_state")
+    resync = info.resync_state
     value = {
         "room_id": room_id,
         "room_version": info.room_version,
@@ -308,103 +233,39 @@ async def room_info(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) 
     ]
     if info.resync_attempts:
         lines.append(f"resync     {info.resync_attempts} failed attempts: {info.resync_error}")
-    _emit(args, value, "\n".join(lines))
+    emit(args, value, "\n".join(lines))
 
 
-async def send_message(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
-    room_id = await _resolve_room(stub, args.room)
-    content = {"msgtype": "m.notice" if args.notice else "m.text", "body": args.text}
-    reply = await stub.PerformSendEvent(
-        events_pb2.PerformSendEventRequest(
-            room_id=room_id,
-            sender=args.sender,
-            type="m.room.message",
-            content_json=json.dumps(content, ensure_ascii=False).encode(),
-            txn_id=args.txn_id,
-        ),
-        timeout=CALL_TIMEOUT,
+async def send_message(args: argparse.Namespace, client: Client) -> None:
+    room_id = await _resolve_room(client, args.room)
+    sent = await client.send_message(
+        room_id,
+        args.sender,
+        args.text,
+        msgtype="m.notice" if args.notice else "m.text",
+        txn_id=args.txn_id or None,
     )
-    _emit(
+    emit(
         args,
-        {
-            "event_id": reply.event_id,
-            "room_id": room_id,
-            "stream_position": reply.stream_position,
-        },
-        reply.event_id,
+        {"event_id": sent.event_id, "room_id": room_id, "stream_position": sent.stream_position},
+        sent.event_id,
     )
 
 
-async def show_history(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
+async def show_history(args: argparse.Namespace, client: Client) -> None:
     if args.limit < 1:
         raise CommandError("M_INVALID_PARAM: --limit must be at least 1")
-    room_id = await _resolve_room(stub, args.room, must_exist=True)
-    if getattr(args, "backfill", False):
-        config: Config = args.service_config
-        async with open_channel(config, "backfill", caller=OPERATOR) as channel:
-            backfill = backfill_pb2_grpc.BackfillStub(channel)
-
-            async def fetch_older(wanted: int) -> int:
-                reply = await backfill.PerformBackfill(
-                    backfill_pb2.PerformBackfillRequest(
-                        room_id=room_id, limit=min(BACKFILL_BATCH, max(wanted, 10))
-                    ),
-                    timeout=BACKFILL_TIMEOUT,
-                )
-                return reply.events_fetched
-
-            records = await _latest_events(stub, room_id, args.limit, fetch_older)
-    else:
-        records = await _latest_events(stub, room_id, args.limit)
-    for record in records:
-        _emit(args, event_json(record), event_line(record))
+    room_id = await _resolve_room(client, args.room, must_exist=True)
+    for event in await client.history(room_id, args.limit, backfill=args.backfill):
+        emit(args, event_json(event), event_line(event))
 
 
-async def _latest_events(
-    stub: events_pb2_grpc.EventsStub,
-    room_id: str,
-    limit: int,
-    fetch_older: Callable[[int], Awaitable[int]] | None = None,
-) -> list[events_pb2.EventRecord]:
-    """The ``limit`` latest events, oldest first.
-
-    With ``fetch_older``, reaching the oldest event we hold before the room's
-    start asks it for older history (it returns how many events it stored)
-    and paging goes on from there, until ``limit`` events or the room start.
-    """
-    records: list[events_pb2.EventRecord] = []
-    token = resume = ""
-    while len(records) < limit:
-        reply = await stub.QueryTimeline(
-            events_pb2.QueryTimelineRequest(
-                room_id=room_id, from_token=token, backwards=True, limit=limit - len(records)
-            ),
-            timeout=CALL_TIMEOUT,
-        )
-        records.extend(reply.events)
-        resume = reply.resume_token or resume
-        if reply.reached_room_start or len(records) >= limit:
-            break
-        if reply.next_token:
-            token = reply.next_token
-            continue
-        if fetch_older is None or await fetch_older(limit - len(records)) == 0:
-            break
-        token = resume
-    # Backwards pagination yields newest first.
-    return list(reversed(records[:limit]))
-
-
-async def follow_room(args: argparse.Namespace, stub: events_pb2_grpc.EventsStub) -> None:
-    room_id = await _resolve_room(stub, args.room, must_exist=True)
+async def follow_room(args: argparse.Namespace, client: Client) -> None:
+    room_id = await _resolve_room(client, args.room, must_exist=True)
     # Start after the newest event we hold now, so that nothing sent after
     # this point can slip between "now" and the subscription.
-    latest = await _latest_events(stub, room_id, 1)
-    after = max((record.stream_position for record in latest), default=0) or -1
-    stream = stub.StreamEvents(
-        events_pb2.StreamEventsRequest(room_id=room_id, after_position=after)
-    )
+    after = await client.latest_position(room_id) or -1
     print(f"following {room_id} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    async for item in stream:
-        if item.WhichOneof("item") == "event":
-            _emit(args, event_json(item.event), event_line(item.event))
+    async for item in client.stream(room_id=room_id, after=after):
+        if item.event is not None:
+            emit(args, event_json(item.event), event_line(item.event))
