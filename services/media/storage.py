@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from mxfed.clock import now_ms
+from mxfed.held_connection import CONNECTION_ERRORS
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,8 @@ class MediaStorage:
     @asynccontextmanager
     async def fetch_lock(self, key: Sequence[str]) -> AsyncIterator[bool]:
         """A session advisory lock on ``key`` (one remote fetch of a media at a time over
-        every replica); yields whether it was taken. A lost connection releases it."""
+        every replica); yields whether it was taken. A lost connection releases it (the
+        fetch under it goes on; there is nothing left to unlock)."""
         async with self.pool.acquire() as conn:
             lock = await conn.fetchval("SELECT hashtextextended($1, 0)", "\x1f".join(key))
             taken = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock)
@@ -364,4 +367,5 @@ class MediaStorage:
                 yield bool(taken)
             finally:
                 if taken:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", lock)
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        await conn.execute("SELECT pg_advisory_unlock($1)", lock)
