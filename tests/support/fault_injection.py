@@ -25,7 +25,10 @@ import asyncio
 import collections
 import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ from mxfed_api.events.v1 import events_pb2
 from tests.services.sender.receivers import Receiver
 from tests.support.mxfed_process import PARTS, MxfedProcess
 from tests.support.own_postgres import OwnPostgres
+from tests.support.ports import HeldPort
 from tests.support.scene import Room, Scene
 
 ALL_PARTS = (*PARTS, "gateway")
@@ -74,9 +78,14 @@ class Loads:
 class FaultStack:
     """mxfed + its own PostgreSQL + a joined remote, with the loads and the faults."""
 
-    def __init__(self, directory: Path, *, interval: float = 0.05) -> None:
+    def __init__(
+        self, directory: Path, *, interval: float = 0.05, second_events: bool = False
+    ) -> None:
         self.directory = directory
         self.interval = interval
+        # A second events replica (a process of its own) that every caller also uses.
+        self.second_events = second_events
+        self.second: subprocess.Popen[bytes] | None = None
         self.loads = Loads()
         self.results: list[FaultResult] = []
         self._stopping = False
@@ -96,7 +105,16 @@ class FaultStack:
                 "sender_lease_seconds": 6,
             },
         )
+        if self.second_events:
+            self._second_port = HeldPort()
+            self._second_metrics = HeldPort()
+            first = self.mxfed.ports["events"]
+            self.mxfed.extra_config["events_address"] = (
+                f"ipv4:127.0.0.1:{first},127.0.0.1:{self._second_port.port}"
+            )
         await asyncio.to_thread(self.mxfed.start, 90)
+        if self.second_events:
+            await self.start_second_events()
         key = parse_signing_key((self.directory / "mxfed" / "signing.key").read_text())
         self.receiver = await Receiver(self.mxfed.server_name, key.signing_key.verify_key).start()
         self.scene = Scene(self.mxfed, self.receiver.fake)
@@ -125,6 +143,10 @@ class FaultStack:
 
     async def close(self) -> None:
         self._stopping = True
+        self.kill_second_events()
+        if self.second_events:
+            self._second_port.release()
+            self._second_metrics.release()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -324,6 +346,99 @@ class FaultStack:
             ("pg_terminate_backend", self.terminate_connections),
             ("PostgreSQL restart", self.restart_postgres),
         ]
+
+    # A second events replica -------------------------------------------------------
+
+    async def start_second_events(self) -> None:
+        """Start the second events replica and wait until it serves."""
+        env = {
+            **self.mxfed.environment(),
+            "MXFED_EVENTS_LISTEN": f"127.0.0.1:{self._second_port.port}",
+            "MXFED_EVENTS_METRICS_LISTEN": f"127.0.0.1:{self._second_metrics.port}",
+        }
+        log = open(self.directory / "events-2.log", "ab")  # noqa: SIM115 (the child's)
+        self.second = subprocess.Popen(
+            [
+                sys.executable,
+                *("-m", "mxfed.cli", "--config", str(self.mxfed.config_path)),
+                *("run", "--service", "events"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        address = f"127.0.0.1:{self._second_port.port}"
+        for _ in range(600):
+            async with self.mxfed.channel("events", address=address) as channel:
+                try:
+                    reply = await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=1
+                    )
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+            await asyncio.sleep(0.1)
+        raise TimeoutError("the second events replica did not serve")
+
+    def kill_second_events(self) -> None:
+        if self.second is not None and self.second.poll() is None:
+            self.second.kill()
+            self.second.wait()
+
+    def second_events_transactions(self) -> float:
+        """Transactions the second replica processed (its Prometheus counter)."""
+        url = f"http://127.0.0.1:{self._second_metrics.port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("mxfed_events_transactions_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async def replica_comes_back(self, outage: float, timeout: float = 180.0) -> dict[str, float]:
+        """The second events replica SIGKILLed, away ``outage`` seconds, started again; once
+        the gateway sends it transactions again, the first replica is SIGKILLed. Returns
+        the seconds from the second replica serving to its first transaction, and the
+        /send answers other than 200 while the first was down."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.second_events_transactions() == 0:  # both replicas in use
+            if loop.time() > deadline:
+                raise AssertionError("the gateway never used the second events replica")
+            await asyncio.sleep(0.1)
+        self.kill_second_events()
+        await asyncio.sleep(outage)
+        await self.start_second_events()
+        serving = time.monotonic()
+        while self.second_events_transactions() == 0:
+            if loop.time() > deadline:
+                raise AssertionError("the second events replica was not used again")
+            await asyncio.sleep(0.05)
+        used_after = time.monotonic() - serving
+        before = collections.Counter(self.loads.inbound_statuses)
+        first_pid = self.part_pid("events")
+        since = time.monotonic()
+        os.kill(first_pid, signal.SIGKILL)
+        while True:
+            try:
+                if self.part_pid("events") != first_pid:
+                    break
+            except LookupError:
+                pass
+            await asyncio.sleep(0.05)
+        await self.recovered_after("SIGKILL the first events replica", since)
+        during = self.loads.inbound_statuses - before
+        return {
+            "used_again_after": used_after,
+            "not_200_while_first_down": float(sum(during.values()) - during["200"]),
+            "answered_200_while_first_down": float(during["200"]),
+        }
 
     # The end -------------------------------------------------------------------
 
