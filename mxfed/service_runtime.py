@@ -351,12 +351,22 @@ async def _set_health(health: HealthServicer, name: str, serving: bool) -> None:
 
 async def watch_database(context: ServiceContext) -> None:
     """Check every few seconds that the database answers; while it does not, the part
-    cannot do its work and says so (NOT_SERVING)."""
+    cannot do its work and says so (NOT_SERVING). A pool whose every connection is busy
+    is not a database that does not answer: that check is skipped."""
+    pool = context.pool
     while True:
         try:
-            async with asyncio.timeout(DATABASE_CHECK_TIMEOUT):
-                async with context.pool.acquire() as connection:
-                    await connection.fetchval("SELECT 1")
+            try:
+                connection = await pool.acquire(timeout=DATABASE_CHECK_TIMEOUT)
+            except TimeoutError:
+                if pool.get_size() > pool.get_idle_size():
+                    await asyncio.sleep(DATABASE_CHECK_INTERVAL)  # busy with work
+                    continue
+                raise
+            try:
+                await connection.fetchval("SELECT 1", timeout=DATABASE_CHECK_TIMEOUT)
+            finally:
+                await pool.release(connection)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -80,7 +80,7 @@ class Membership:
         if taken:
             log.info(
                 "took back the leases of this replica's previous run",
-                extra={"name": name, "leases": taken},
+                extra={"replica": name, "leases": taken},
             )
         return taken
 

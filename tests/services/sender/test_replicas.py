@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from services.sender.leases import preferred_replica
 from services.sender.storage import LeaseLost, SenderStorage
@@ -120,9 +121,10 @@ async def test_a_replica_without_the_lease_cannot_start_a_transaction(
 
 
 async def test_a_restarted_replica_takes_its_leases_back_at_once(
-    sender_storage: SenderStorage, receiver_factory, replica_factory
+    sender_storage: SenderStorage, receiver_factory, replica_factory, caplog
 ) -> None:
     """Leases last an hour here: only the restart under the same name can hand them over."""
+    caplog.set_level(logging.INFO, logger="services.sender.leases")
     receivers = [await receiver_factory() for _ in range(4)]
     for receiver in receivers:
         await receiver.go_down()
@@ -142,6 +144,8 @@ async def test_a_restarted_replica_takes_its_leases_back_at_once(
     assert set(owners.values()) <= {after.instance_id, None}
     rows = await sender_storage.pool.fetch("SELECT instance_id FROM sender.replicas")
     assert before.instance_id not in {row["instance_id"] for row in rows}
+    taken_back = [r for r in caplog.records if r.getMessage().startswith("took back")]
+    assert [r.leases for r in taken_back] == [len(names)]  # type: ignore[attr-defined]
 
 
 async def test_a_clean_stop_hands_over_at_once(
