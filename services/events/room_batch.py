@@ -70,7 +70,7 @@ from services.events.cache import LruCache
 from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import CheckedPdu
 from services.events.state import StateResolver
-from services.events.state_storage import PendingGroups, StateGroup, StateStore
+from services.events.state_storage import PendingGroups, StateGroup, StateStore, diff
 from services.events.storage import (
     EventWrite,
     PartialStateRoom,
@@ -380,8 +380,8 @@ class RoomBatch:
         assert self.current is not None
         old = self._initial_current.state if self._initial_current else {}
         new = self.current.state
-        removed = [key for key in old if key not in new]
-        changed_keys = [key for key, event_id in new.items() if old.get(key) != event_id]
+        changed, removed = diff(old, new)
+        changed_keys = list(changed)
         known = await self.events(new[key] for key in changed_keys)
         rows = []
         for key in changed_keys:
@@ -597,7 +597,7 @@ class RoomBatch:
         failure = self._check_own_auth_events(event, auth_events)
         if failure is not None:
             return Status.REJECTED, Reason.AUTH_EVENTS_DISALLOW, str(failure)
-        state = placement.before.state
+        state: Mapping[StateKey, str] = placement.before.state
         if self.partial is not None:
             state = await self._partial_auth_state(event, state, auth_events)
         failure = await self._check_against_state(event, state)
@@ -683,15 +683,10 @@ class RoomBatch:
         """Queue the row of ``event`` with its state groups; the state after it."""
         event_id = event.event_id
         after = before
-        if status is not Status.REJECTED and event.is_state:
-            key = event.state_tuple
-            state = dict(before.state)
-            state[key] = event_id
-            after = self.core.state_store.derive(
-                self.room_id, before, state, self._groups, delta={key: event_id}
-            )
-            self.core.resolver.derive_joined(after.id, before.id, event)
+        # Counted first, so the group after a member event is counted from it.
         servers_before = await self._servers_at(before)
+        if status is not Status.REJECTED and event.is_state:
+            after = await self._state_after(before, event)
         if self.partial is not None:
             self._partial_events.append(event_id)
         stored = StoredEvent(
@@ -708,6 +703,19 @@ class RoomBatch:
             stored, encode_json(pdu).decode(), event.membership, promote, relayed_for
         )
         return stored, after
+
+    async def _state_after(self, before: StateGroup, event: Event) -> StateGroup:
+        """The group after a state event: ``before`` plus the event (a one-row delta)."""
+        key = event.state_tuple
+        after = self.core.state_store.derive(
+            self.room_id, before, self._groups, delta={key: event.event_id}
+        )
+        if event.type == "m.room.member":
+            replaced = before.state.get(key)
+            previous = (await self.events([replaced])).get(replaced) if replaced else None
+            membership = previous.event.membership if previous is not None else None
+            self.core.resolver.derive_joined(after.id, before.id, event, membership)
+        return after
 
     async def _servers_at(self, group: StateGroup) -> list[str]:
         """Servers to send an event to: joined ones, plus a partial-state room's known ones."""
@@ -764,7 +772,6 @@ class RoomBatch:
         """
         assert self.partial is not None
         join_id = self.partial.join_event_id
-        store = self.core.state_store
         ids = await storage.partial_state_event_ids(self.conn, self.room_id)
         if join_id not in ids:
             ids.insert(0, join_id)
@@ -789,14 +796,10 @@ class RoomBatch:
                     status, reason = Status.REJECTED, str(failure)
                     rejected += 1
             after = before
-            if status is not Status.REJECTED and event.is_state:
-                state = dict(before.state)
-                state[event.state_tuple] = event_id
-                after = store.derive(
-                    self.room_id, before, state, self._groups, delta={event.state_tuple: event_id}
-                )
-            placed[event_id] = after
             servers = await self._servers_at(before)
+            if status is not Status.REJECTED and event.is_state:
+                after = await self._state_after(before, event)
+            placed[event_id] = after
             self._replacements.append(
                 Replacement(event_id, status, reason, before.id, after.id, servers)
             )
@@ -919,7 +922,7 @@ class RoomBatch:
             if not stored.event.is_state or stored.status is Status.REJECTED:
                 continue
             state[stored.event.state_tuple] = event_id
-        return self.core.state_store.derive(self.room_id, None, state, self._groups)
+        return self.core.state_store.derive(self.room_id, None, self._groups, state=state)
 
     async def add_outlier(self, checked: CheckedPdu) -> Outcome:
         """Store an event without a place in the DAG (auth chains, a join's state).
@@ -1006,7 +1009,7 @@ class RoomBatch:
             dict.fromkeys(p.state_group_after for p in prevs if p.state_group_after is not None)
         )
         if not group_ids:
-            return store.derive(self.room_id, None, {}, self._groups)
+            return store.derive(self.room_id, None, self._groups, state={})
         if len(group_ids) == 1:
             return await store.get(self.conn, group_ids[0])
         groups = [await store.get(self.conn, group_id) for group_id in group_ids]
@@ -1021,7 +1024,7 @@ class RoomBatch:
             if group.state == resolved:
                 return group
         base = max(groups, key=lambda g: len(g.state))
-        return self.core.state_store.derive(self.room_id, base, resolved, self._groups)
+        return self.core.state_store.derive(self.room_id, base, self._groups, state=resolved)
 
     async def _has_successors(self, event_id: str) -> bool:
         if any(event_id in p.event.prev_event_ids for p in self.pending.values()):

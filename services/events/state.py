@@ -44,8 +44,8 @@ def _conflicted(maps: Sequence[StateMap]) -> bool:
 
 class StateResolver:
     def __init__(self, cache_size: int = 2048) -> None:
-        # group id → (joined user ids, their servers, sorted)
-        self._joined: LruCache[int, tuple[frozenset[str], tuple[str, ...]]] = LruCache(
+        # group id → (joined members per server, those servers sorted)
+        self._joined: LruCache[int, tuple[Mapping[str, int], tuple[str, ...]]] = LruCache(
             "events_joined_members", cache_size
         )
 
@@ -92,43 +92,50 @@ class StateResolver:
 
     async def joined(
         self, conn: asyncpg.Connection, group: StateGroup, source: EventSource
-    ) -> tuple[frozenset[str], tuple[str, ...]]:
-        """The joined members of a group's state and their servers."""
+    ) -> tuple[Mapping[str, int], tuple[str, ...]]:
+        """Joined members per server in a group's state, and those servers (sorted).
+
+        Counted over the whole state once per group; a group made from a
+        counted one by one member event is counted from it
+        (:meth:`derive_joined`), at the cost of the servers, not the members.
+        """
         cached = self._joined.get(group.id)
         if cached is not None:
             return cached
-        member_ids = [e for (t, _), e in group.state.items() if t == MEMBER]
-        memberships = await self._memberships(conn, member_ids, source)
-        users = frozenset(
-            key
-            for (t, key), e in group.state.items()
-            if t == MEMBER and memberships.get(e) == "join"
-        )
-        return self._remember(group.id, users)
+        members = [(key, e) for (t, key), e in group.state.items() if t == MEMBER]
+        memberships = await self._memberships(conn, [e for _, e in members], source)
+        counts: dict[str, int] = {}
+        for user_id, event_id in members:
+            if memberships.get(event_id) == "join":
+                server = user_id.split(":", 1)[1]
+                counts[server] = counts.get(server, 0) + 1
+        return self._remember(group.id, counts)
 
-    def derive_joined(self, group_id: int, base_id: int, event: Event) -> None:
-        """Joined members of a group that is ``base`` plus one member event, if base is cached."""
+    def derive_joined(
+        self, group_id: int, base_id: int, event: Event, previous_membership: str | None
+    ) -> None:
+        """Joined servers of ``base`` plus one member event (whose key had
+        ``previous_membership`` in base), if base is counted."""
         base = self._joined.get(base_id)
         if base is None or event.type != MEMBER or event.state_key is None:
             return
-        users = set(base[0])
-        if event.membership == "join":
-            users.add(event.state_key)
-        else:
-            users.discard(event.state_key)
-        self._remember(group_id, frozenset(users))
-
-    def share_joined(self, group_id: int, same_as: int) -> None:
-        cached = self._joined.get(same_as)
-        if cached is not None:
-            self._joined.put(group_id, cached)
+        was, now = previous_membership == "join", event.membership == "join"
+        if was == now:
+            self._joined.put(group_id, base)
+            return
+        counts = dict(base[0])
+        server = event.state_key.split(":", 1)[1]
+        counts[server] = counts.get(server, 0) + (1 if now else -1)
+        if counts[server] <= 0:
+            del counts[server]
+        self._remember(group_id, counts)
 
     def _remember(
-        self, group_id: int, users: frozenset[str]
-    ) -> tuple[frozenset[str], tuple[str, ...]]:
-        servers = tuple(sorted({user.split(":", 1)[1] for user in users}))
-        self._joined.put(group_id, (users, servers))
-        return users, servers
+        self, group_id: int, counts: dict[str, int]
+    ) -> tuple[Mapping[str, int], tuple[str, ...]]:
+        entry = (counts, tuple(sorted(counts)))
+        self._joined.put(group_id, entry)
+        return entry
 
     @staticmethod
     async def _memberships(

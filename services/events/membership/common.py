@@ -61,7 +61,7 @@ async def room_head(conn: asyncpg.Connection, core: RoomsCore, room_id: str) -> 
     if room is None or room.current_state_group is None:
         return None
     group = await core.state_store.get(conn, room.current_state_group)
-    return RoomHead(room, room_version(room.room_version), dict(group.state))
+    return RoomHead(room, room_version(room.room_version), group.state.flat())
 
 
 async def state_events(
