@@ -21,6 +21,7 @@ Connection: the configuration the CLI uses (``--config``/``MXFED_CONFIG``,
 from mxfed.client.client import Client, parse_mxc
 from mxfed.client.errors import Forbidden, MatrixError, NotFound, Unavailable
 from mxfed.client.types import (
+    Backfilled,
     CreatedRoom,
     Event,
     EventStatus,
@@ -33,12 +34,14 @@ from mxfed.client.types import (
     RoomInfo,
     Sent,
     StreamItem,
+    ThirdPartyInvited,
     ToDeviceMessage,
     Typing,
     Uploaded,
 )
 
 __all__ = [
+    "Backfilled",
     "Client",
     "CreatedRoom",
     "Event",
@@ -55,6 +58,7 @@ __all__ = [
     "RoomInfo",
     "Sent",
     "StreamItem",
+    "ThirdPartyInvited",
     "ToDeviceMessage",
     "Typing",
     "Unavailable",

@@ -22,6 +22,7 @@ import grpc
 
 from mxfed.client.errors import MatrixError, NotFound, Unavailable, from_rpc_error
 from mxfed.client.types import (
+    Backfilled,
     CreatedRoom,
     Event,
     FilePosition,
@@ -33,6 +34,7 @@ from mxfed.client.types import (
     RoomInfo,
     Sent,
     StreamItem,
+    ThirdPartyInvited,
     ToDeviceMessage,
     Typing,
     Uploaded,
@@ -47,6 +49,7 @@ from mxfed_api.events.v1 import (
     events_pb2_grpc,
     membership_pb2,
     membership_pb2_grpc,
+    third_party_pb2,
     third_party_pb2_grpc,
 )
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc, keys_pb2_grpc
@@ -63,6 +66,7 @@ CALL_TIMEOUT = 30.0
 MEMBERSHIP_TIMEOUT = 300.0
 BACKFILL_TIMEOUT = 180.0
 BACKFILL_BATCH = 100
+THIRD_PARTY_TIMEOUT = 120.0
 SEND_ATTEMPTS = 4
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 CHUNK_BYTES = 256 * 1024
@@ -388,6 +392,34 @@ class Client:
             for item in reply.memberships
         ]
 
+    async def third_party_invite(
+        self,
+        sender: str,
+        room_id: str,
+        *,
+        medium: str,
+        address: str,
+        id_server: str,
+        id_access_token: str = "",
+    ) -> ThirdPartyInvited:
+        """Invite a 3PID (an email address...) through an identity server."""
+        stub = self.stub(third_party_pb2_grpc.ThirdPartyInvitesStub)
+        reply = await self._call(
+            "events",
+            stub.PerformThirdPartyInvite(
+                third_party_pb2.PerformThirdPartyInviteRequest(
+                    room_id=room_id,
+                    sender=sender,
+                    id_server=id_server,
+                    medium=medium,
+                    address=address,
+                    id_access_token=id_access_token,
+                ),
+                timeout=THIRD_PARTY_TIMEOUT,
+            ),
+        )
+        return ThirdPartyInvited(reply.event_id, reply.token, reply.display_name)
+
     # ------------------------------------------------------------ sending
 
     async def send_event(
@@ -483,17 +515,23 @@ class Client:
         )
         return [Event.from_record(record) for record in reply.events]
 
-    async def backfill(self, room_id: str, limit: int = BACKFILL_BATCH) -> int:
-        """Fetch older history of the room from other servers; how many events were stored."""
+    async def backfill(
+        self, room_id: str, limit: int = BACKFILL_BATCH, *, servers: Sequence[str] = ()
+    ) -> Backfilled:
+        """Fetch older history of the room from other servers (``servers`` asked first)."""
         stub = self.stub(backfill_pb2_grpc.BackfillStub)
         reply = await self._call(
             "backfill",
             stub.PerformBackfill(
-                backfill_pb2.PerformBackfillRequest(room_id=room_id, limit=limit),
+                backfill_pb2.PerformBackfillRequest(
+                    room_id=room_id, limit=limit, servers=list(servers)
+                ),
                 timeout=BACKFILL_TIMEOUT,
             ),
         )
-        return reply.events_fetched
+        return Backfilled(
+            reply.events_fetched, reply.server, tuple(reply.servers_failed), reply.events_refused
+        )
 
     async def history(
         self, room_id: str, limit: int = 20, *, backfill: bool = False
@@ -525,7 +563,7 @@ class Client:
                 token = reply.next_token
                 continue
             wanted = min(BACKFILL_BATCH, max(limit - len(events), 10))
-            if not backfill or await self.backfill(room_id, wanted) == 0:
+            if not backfill or (await self.backfill(room_id, wanted)).events_fetched == 0:
                 break
             token = resume
         # Backwards pagination yields newest first.

@@ -179,6 +179,23 @@ class RoomInfo:
 
 
 @dataclass(frozen=True)
+class Backfilled:
+    """What one backfill fetched: events stored, from which server, who failed."""
+
+    events_fetched: int
+    server: str
+    servers_failed: tuple[str, ...]
+    events_refused: int  # dropped (format, signature) or not stored
+
+
+@dataclass(frozen=True)
+class ThirdPartyInvited:
+    event_id: str  # of the m.room.third_party_invite state event
+    token: str  # its state key
+    display_name: str  # the redacted address the identity server chose
+
+
+@dataclass(frozen=True)
 class ToDeviceMessage:
     position: int
     sender: str
@@ -258,6 +275,7 @@ class FilePosition:
 
 
 __all__ = [
+    "Backfilled",
     "CreatedRoom",
     "Event",
     "EventStatus",
@@ -271,6 +289,7 @@ __all__ = [
     "RoomInfo",
     "Sent",
     "StreamItem",
+    "ThirdPartyInvited",
     "ToDeviceMessage",
     "Typing",
     "Uploaded",

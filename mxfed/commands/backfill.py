@@ -8,16 +8,10 @@ events were fetched and stored.
 from __future__ import annotations
 
 import argparse
-import sys
 
-import grpc
-
-from mxfed.commands.common import add_json_flag, emit, rpc_error_line
-from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
-from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
-
-CALL_TIMEOUT = 180.0
+from mxfed.client import Client
+from mxfed.commands.client_commands import with_client
+from mxfed.commands.common import add_json_flag, emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,35 +24,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--server", action="append", default=[], help="a server to ask first (repeatable)"
     )
     add_json_flag(parser)
-    parser.set_defaults(handler=run_backfill)
+    parser.set_defaults(handler=with_client(run_backfill))
 
 
-async def run_backfill(args: argparse.Namespace, config: Config) -> int:
-    address = config.service_address("backfill").replace("0.0.0.0", "127.0.0.1")
-    async with open_channel(config, "backfill", caller=OPERATOR) as channel:
-        try:
-            reply = await backfill_pb2_grpc.BackfillStub(channel).PerformBackfill(
-                backfill_pb2.PerformBackfillRequest(
-                    room_id=args.room_id, limit=args.limit, servers=args.server
-                ),
-                timeout=CALL_TIMEOUT,
-            )
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, "backfill", address), file=sys.stderr)
-            return 1
+async def run_backfill(args: argparse.Namespace, client: Client) -> None:
+    done = await client.backfill(args.room_id, args.limit, servers=args.server)
     if args.json:
         value = {
-            "events_fetched": reply.events_fetched,
-            "server": reply.server or None,
-            "servers_failed": list(reply.servers_failed),
-            "events_refused": reply.events_refused,
+            "events_fetched": done.events_fetched,
+            "server": done.server or None,
+            "servers_failed": list(done.servers_failed),
+            "events_refused": done.events_refused,
         }
         emit(args, value, "")
-        return 0
-    source = f" from {reply.server}" if reply.server else ""
-    print(f"fetched {reply.events_fetched} events{source}")
-    if reply.servers_failed:
-        print(f"servers that failed: {', '.join(reply.servers_failed)}")
-    if reply.events_refused:
-        print(f"events refused (bad format, signature or auth): {reply.events_refused}")
-    return 0
+        return
+    source = f" from {done.server}" if done.server else ""
+    print(f"fetched {done.events_fetched} events{source}")
+    if done.servers_failed:
+        print(f"servers that failed: {', '.join(done.servers_failed)}")
+    if done.events_refused:
+        print(f"events refused (bad format, signature or auth): {done.events_refused}")

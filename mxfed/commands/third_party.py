@@ -12,17 +12,10 @@ print as ``M_ERRCODE: message`` on stderr and the command exits 1.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-import grpc
-
-from mxfed.commands.common import rpc_error_line
-from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
-from mxfed_api.events.v1 import third_party_pb2, third_party_pb2_grpc
-
-CALL_TIMEOUT = 120.0
+from mxfed.client import Client
+from mxfed.commands.client_commands import with_client
+from mxfed.commands.common import emit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,32 +33,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--id-access-token", default="", help="identity server access token (skips registering)"
     )
     invite.add_argument("--json", action="store_true", help="print JSON")
-    invite.set_defaults(handler=_invite_3pid)
+    invite.set_defaults(handler=with_client(_invite_3pid))
 
 
-async def _invite_3pid(args: argparse.Namespace, config: Config) -> int:
-    address = config.service_address("events").replace("0.0.0.0", "127.0.0.1")
-    request = third_party_pb2.PerformThirdPartyInviteRequest(
-        room_id=args.room,
-        sender=args.sender,
-        id_server=args.id_server,
+async def _invite_3pid(args: argparse.Namespace, client: Client) -> None:
+    invited = await client.third_party_invite(
+        args.sender,
+        args.room,
         medium=args.medium,
         address=args.address,
+        id_server=args.id_server,
         id_access_token=args.id_access_token,
     )
-    try:
-        async with open_channel(config, "events", caller=OPERATOR) as channel:
-            stub = third_party_pb2_grpc.ThirdPartyInvitesStub(channel)
-            reply = await stub.PerformThirdPartyInvite(request, timeout=CALL_TIMEOUT)
-    except grpc.aio.AioRpcError as exc:
-        print(rpc_error_line(exc, config, "events", address), file=sys.stderr)
-        return 1
     value = {
         "room_id": args.room,
-        "event_id": reply.event_id,
-        "token": reply.token,
-        "display_name": reply.display_name,
+        "event_id": invited.event_id,
+        "token": invited.token,
+        "display_name": invited.display_name,
     }
-    text = f"invited {args.medium} {reply.display_name or args.address} ({reply.event_id})"
-    print(json.dumps(value, ensure_ascii=False) if args.json else text, flush=True)
-    return 0
+    text = f"invited {args.medium} {invited.display_name or args.address} ({invited.event_id})"
+    emit(args, value, text)

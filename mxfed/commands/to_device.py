@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import grpc
 import orjson
 
-from mxfed.commands.common import rpc_error_line
+from mxfed.client import Client, MatrixError, ToDeviceMessage
+from mxfed.commands.client_commands import error_line
 from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 
-CALL_TIMEOUT = 60.0
 PAGE = 500
 
 
@@ -49,8 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     receive.set_defaults(handler=receive_messages)
 
 
-def _line(message: accounts_pb2.ToDeviceMessage, as_json: bool) -> str:
-    content = orjson.loads(message.content_json)
+def _line(message: ToDeviceMessage, as_json: bool) -> str:
+    content = dict(message.content)
     if as_json:
         return orjson.dumps(
             {
@@ -66,56 +63,36 @@ def _line(message: accounts_pb2.ToDeviceMessage, as_json: bool) -> str:
     return f"{message.position} {message.sender} {message.type} {orjson.dumps(content).decode()}"
 
 
-def _print(message: accounts_pb2.ToDeviceMessage, as_json: bool) -> None:
+def _print(message: ToDeviceMessage, as_json: bool) -> None:
     print(_line(message, as_json), flush=True)
 
 
-async def _ack(stub: accounts_pb2_grpc.AccountsStub, args: argparse.Namespace, upto: int) -> None:
-    await stub.PerformAckToDeviceMessages(
-        accounts_pb2.PerformAckToDeviceMessagesRequest(
-            user_id=args.user, device_id=args.device, up_to_position=upto
-        ),
-        timeout=CALL_TIMEOUT,
-    )
-
-
-async def _receive(stub: accounts_pb2_grpc.AccountsStub, args: argparse.Namespace) -> None:
+async def _receive(client: Client, args: argparse.Namespace) -> None:
     if args.follow:
-        stream = stub.StreamToDeviceMessages(
-            accounts_pb2.StreamToDeviceMessagesRequest(
-                user_id=args.user, device_id=args.device, after_position=args.after
-            )
-        )
-        try:
-            async for message in stream:
-                _print(message, args.json)
-                if args.ack:
-                    await _ack(stub, args, message.position)
-        finally:
-            stream.cancel()
+        async for message in client.stream_to_device(args.user, args.device, after=args.after):
+            _print(message, args.json)
+            if args.ack:
+                await client.ack_to_device(args.user, args.device, message.position)
         return
     position = args.after
     while True:
-        reply = await stub.QueryToDeviceMessages(
-            accounts_pb2.QueryToDeviceMessagesRequest(
-                user_id=args.user, device_id=args.device, after_position=position, limit=PAGE
-            ),
-            timeout=CALL_TIMEOUT,
+        messages, more = await client.to_device_messages(
+            args.user, args.device, after=position, limit=PAGE
         )
-        for message in reply.messages:
+        for message in messages:
             _print(message, args.json)
-        position = reply.position
-        if not reply.more:
+        position = messages[-1].position if messages else position
+        if not more:
             break
     if args.ack and position > args.after:
-        await _ack(stub, args, position)
+        await client.ack_to_device(args.user, args.device, position)
 
 
 async def receive_messages(args: argparse.Namespace, config: Config) -> int:
-    async with open_channel(config, "keys", caller=OPERATOR) as channel:
+    async with Client(config) as client:
         try:
-            await _receive(accounts_pb2_grpc.AccountsStub(channel), args)
-        except grpc.aio.AioRpcError as error:
-            print(f"mxfed to-device: {rpc_error_line(error, config, 'keys')}", file=sys.stderr)
+            await _receive(client, args)
+        except MatrixError as error:
+            print(f"mxfed to-device: {error_line(error, config)}", file=sys.stderr)
             return 1
     return 0

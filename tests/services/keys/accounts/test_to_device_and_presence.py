@@ -579,7 +579,7 @@ async def test_cli_prints_acks_and_follows(servers: Servers) -> None:
 
     process = await _cli(address, "--user", new_user(REMOTE), "--device", "D")
     out, err = await process.communicate()
-    assert process.returncode == 1 and "INVALID_ARGUMENT" in err.decode()
+    assert process.returncode == 1 and "M_INVALID_PARAM: " in err.decode()
 
 
 async def test_stream_goes_on_when_the_listen_connections_are_ended(
