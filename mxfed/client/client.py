@@ -44,7 +44,6 @@ from mxfed.internal_identity import OPERATOR, Caller
 from mxfed.internal_plane import open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.events.v1 import (
-    directory_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     membership_pb2,
@@ -52,7 +51,7 @@ from mxfed_api.events.v1 import (
     third_party_pb2,
     third_party_pb2_grpc,
 )
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc, keys_pb2_grpc
+from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 
@@ -71,18 +70,13 @@ SEND_ATTEMPTS = 4
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
 CHUNK_BYTES = 256 * 1024
 
-# Which part serves which stub.
-_SERVICE_OF_STUB: dict[type, str] = {
-    events_pb2_grpc.EventsStub: "events",
-    membership_pb2_grpc.MembershipStub: "events",
-    directory_pb2_grpc.DirectoryStub: "events",
-    third_party_pb2_grpc.ThirdPartyInvitesStub: "events",
-    keys_pb2_grpc.KeysStub: "keys",
-    accounts_pb2_grpc.AccountsStub: "keys",
-    backfill_pb2_grpc.BackfillStub: "backfill",
-    media_pb2_grpc.MediaStub: "media",
-    sender_pb2_grpc.SenderStub: "sender",
-}
+
+def _service_of(stub_class: type) -> str:
+    """The part serving a stub: ``mxfed_api.<part>.v1.*_pb2_grpc`` → ``<part>``."""
+    parts = stub_class.__module__.split(".")
+    if len(parts) < 3 or parts[0] != "mxfed_api":
+        raise ValueError(f"{stub_class.__name__} is not a stub of mxfed's API")
+    return parts[1]
 
 
 _RESYNC_STATES = {
@@ -112,9 +106,17 @@ class Client:
     manager, or call :meth:`close`.
     """
 
-    def __init__(self, config: Config, caller: Caller = OPERATOR) -> None:
+    def __init__(
+        self,
+        config: Config,
+        caller: Caller = OPERATOR,
+        *,
+        addresses: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
         self.caller = caller
+        # Per service, an address other than the configured one (one replica, say).
+        self.addresses = dict(addresses or {})
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[type, Any] = {}
 
@@ -151,10 +153,12 @@ class Client:
         :meth:`guarded` so errors become :class:`MatrixError`)."""
         stub = self._stubs.get(stub_class)  # type: ignore[call-overload]
         if stub is None:
-            service = _SERVICE_OF_STUB[stub_class]  # type: ignore[index]
+            service = _service_of(stub_class)  # type: ignore[arg-type]
             channel = self._channels.get(service)
             if channel is None:
-                channel = open_channel(self.config, service, caller=self.caller)
+                channel = open_channel(
+                    self.config, service, caller=self.caller, address=self.addresses.get(service)
+                )
                 self._channels[service] = channel
             stub = stub_class(channel)
             self._stubs[stub_class] = stub  # type: ignore[index]

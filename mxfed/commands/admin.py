@@ -26,12 +26,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import orjson
 
-from mxfed.commands.common import add_json_flag, emit, rpc_error_line
+from mxfed.client import Client, MatrixError
+from mxfed.commands.client_commands import error_line
+from mxfed.commands.common import add_json_flag, emit
 from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import admin_pb2, admin_pb2_grpc
 
 CALL_TIMEOUT = 120.0
@@ -113,13 +113,14 @@ def register_room_actions(room_commands: argparse._SubParsersAction) -> None:
 def _run(command: Command) -> Any:
     async def handler(args: argparse.Namespace, config: Config) -> int:
         try:
-            async with open_channel(config, "events", caller=OPERATOR) as channel:
-                return await command(args, admin_pb2_grpc.AdminStub(channel))
+            async with Client(config) as client:
+                with client.guarded("events"):
+                    return await command(args, client.stub(admin_pb2_grpc.AdminStub))
         except ValueError as exc:
             print(f"mxfed: {exc}", file=sys.stderr)
             return 2
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, "events"), file=sys.stderr)
+        except MatrixError as exc:
+            print(error_line(exc, config), file=sys.stderr)
             return 1
 
     return handler

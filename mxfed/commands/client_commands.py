@@ -22,10 +22,10 @@ class CommandError(Exception):
     """Printed as-is on stderr; the command exits 1."""
 
 
-def error_line(exc: MatrixError, config: Config) -> str:
+def error_line(exc: MatrixError, config: Config, address: str | None = None) -> str:
     """``M_ERRCODE: message``, or for a part that did not answer what to check."""
     if exc.rpc_error is not None:
-        return rpc_error_line(exc.rpc_error, config, exc.service or None)
+        return rpc_error_line(exc.rpc_error, config, exc.service or None, address)
     return f"{exc.errcode}: {exc.message}"
 
 

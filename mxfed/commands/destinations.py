@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import grpc
-
+from mxfed.client import Client, MatrixError
 from mxfed.clock import now_ms
-from mxfed.commands.common import add_json_flag, emit, rpc_error_line
+from mxfed.commands.client_commands import error_line
+from mxfed.commands.common import add_json_flag, emit
 from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 
 COLUMNS = ("destination", "pdus", "edus", "oldest", "last success", "backoff", "lease", "error")
@@ -79,16 +78,17 @@ def format_table(reply: sender_pb2.QueryDestinationsResponse, now_ms: int) -> st
 
 async def show_destinations(args: argparse.Namespace, config: Config) -> int:
     address = args.address or config.service_address("sender")
-    async with open_channel(config, "sender", caller=OPERATOR, address=address) as channel:
+    async with Client(config, addresses={"sender": address}) as client:
         try:
-            reply = await sender_pb2_grpc.SenderStub(channel).QueryDestinations(
-                sender_pb2.QueryDestinationsRequest(
-                    destinations=args.names, include_idle=args.all, limit=args.limit
-                ),
-                timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, "sender", address), file=sys.stderr)
+            with client.guarded("sender"):
+                reply = await client.stub(sender_pb2_grpc.SenderStub).QueryDestinations(
+                    sender_pb2.QueryDestinationsRequest(
+                        destinations=args.names, include_idle=args.all, limit=args.limit
+                    ),
+                    timeout=10,
+                )
+        except MatrixError as exc:
+            print(error_line(exc, config, address), file=sys.stderr)
             return 1
     if args.json:
         for d in reply.destinations:

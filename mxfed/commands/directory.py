@@ -30,9 +30,9 @@ import nacl.signing
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.encoding import encode_base64
 from matrix_protocol.signing import sign_json
+from mxfed.client import Client
 from mxfed.commands.common import add_json_flag, rpc_error_line
 from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 
@@ -47,32 +47,26 @@ Command = Callable[[argparse.Namespace, "Services"], Awaitable[None]]
 
 
 class Services:
-    """Channels opened on first use: events (Directory, Events) and keys (Accounts)."""
+    """The stubs these commands call, on one :class:`mxfed.client.Client`'s channels."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._channels: dict[str, grpc.aio.Channel] = {}
-
-    def _channel(self, service: str) -> grpc.aio.Channel:
-        if service not in self._channels:
-            self._channels[service] = open_channel(self.config, service, caller=OPERATOR)
-        return self._channels[service]
+        self.client = Client(config)
 
     @property
     def directory(self) -> directory_pb2_grpc.DirectoryStub:
-        return directory_pb2_grpc.DirectoryStub(self._channel("events"))
+        return self.client.stub(directory_pb2_grpc.DirectoryStub)
 
     @property
     def events(self) -> events_pb2_grpc.EventsStub:
-        return events_pb2_grpc.EventsStub(self._channel("events"))
+        return self.client.stub(events_pb2_grpc.EventsStub)
 
     @property
     def accounts(self) -> accounts_pb2_grpc.AccountsStub:
-        return accounts_pb2_grpc.AccountsStub(self._channel("keys"))
+        return self.client.stub(accounts_pb2_grpc.AccountsStub)
 
     async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+        await self.client.close()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

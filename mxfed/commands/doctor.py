@@ -19,12 +19,12 @@ import datetime
 import sys
 from typing import Any
 
-import grpc
 import orjson
 
-from mxfed.commands.common import rpc_error_line
+from mxfed.client import Client, MatrixError
+from mxfed.commands.client_commands import error_line
 from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, client_address, open_channel
+from mxfed.internal_plane import client_address
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 
 #: A diagnosis waits for remote servers (well-known, TLS, a key fetch the
@@ -132,18 +132,19 @@ async def doctor(args: argparse.Namespace, config: Config) -> int:
     if not args.json:
         checked = args.server or f"{config.server_name} (our own server)"
         print(f"mxfed doctor: federation with {checked}", flush=True)
-    channel = open_channel(config, "keys", caller=OPERATOR, address=args.address)
-    async with channel:
+    addresses = {"keys": args.address} if args.address else {}
+    async with Client(config, addresses=addresses) as client:
         try:
-            async for item in keys_pb2_grpc.KeysStub(channel).QueryFederationReport(
-                request, timeout=CALL_TIMEOUT
-            ):
-                if item.WhichOneof("item") == "report":
-                    report = item.report
-                elif not args.json:
-                    print(format_step(item.step), flush=True)
-        except grpc.aio.AioRpcError as exc:
-            line = rpc_error_line(exc, config, "keys", _address(args, config))
+            with client.guarded("keys"):
+                async for item in client.stub(keys_pb2_grpc.KeysStub).QueryFederationReport(
+                    request, timeout=CALL_TIMEOUT
+                ):
+                    if item.WhichOneof("item") == "report":
+                        report = item.report
+                    elif not args.json:
+                        print(format_step(item.step), flush=True)
+        except MatrixError as exc:
+            line = error_line(exc, config, _address(args, config))
             print(f"mxfed doctor: {line}", file=sys.stderr)
             return EXIT_NOT_RUN
     if report is None:

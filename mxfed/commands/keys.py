@@ -13,12 +13,12 @@ import argparse
 import datetime
 import sys
 
-import grpc
 import orjson
 
-from mxfed.commands.common import add_json_flag, emit, rpc_error_line
+from mxfed.client import Client, MatrixError
+from mxfed.commands.client_commands import error_line
+from mxfed.commands.common import add_json_flag, emit
 from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, open_channel
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 
 
@@ -40,13 +40,14 @@ def _time(ms: int) -> str:
 
 
 async def show_keys(args: argparse.Namespace, config: Config) -> int:
-    async with open_channel(config, "keys", caller=OPERATOR) as channel:
+    async with Client(config) as client:
         try:
-            reply = await keys_pb2_grpc.KeysStub(channel).QueryOwnServerKeys(
-                keys_pb2.QueryOwnServerKeysRequest(), timeout=10
-            )
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, "keys"), file=sys.stderr)
+            with client.guarded("keys"):
+                reply = await client.stub(keys_pb2_grpc.KeysStub).QueryOwnServerKeys(
+                    keys_pb2.QueryOwnServerKeysRequest(), timeout=10
+                )
+        except MatrixError as exc:
+            print(error_line(exc, config), file=sys.stderr)
             return 1
     if args.json:
         print(
@@ -63,13 +64,14 @@ async def show_keys(args: argparse.Namespace, config: Config) -> int:
 
 
 async def rotate_key(args: argparse.Namespace, config: Config) -> int:
-    async with open_channel(config, "keys", caller=OPERATOR) as channel:
+    async with Client(config) as client:
         try:
-            reply = await keys_pb2_grpc.KeysStub(channel).PerformKeyRotation(
-                keys_pb2.PerformKeyRotationRequest(), timeout=30
-            )
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, "keys"), file=sys.stderr)
+            with client.guarded("keys"):
+                reply = await client.stub(keys_pb2_grpc.KeysStub).PerformKeyRotation(
+                    keys_pb2.PerformKeyRotationRequest(), timeout=30
+                )
+        except MatrixError as exc:
+            print(error_line(exc, config), file=sys.stderr)
             return 1
     if args.json:
         value = {

@@ -28,9 +28,10 @@ from typing import BinaryIO
 import grpc
 
 from matrix_protocol.media import filename_from_disposition, is_valid_upload_name, parse_mxc_uri
+from mxfed.client import Client
 from mxfed.commands.common import add_json_flag, emit, rpc_error_line
 from mxfed.config import Config
-from mxfed.internal_plane import OPERATOR, client_address, open_channel
+from mxfed.internal_plane import client_address
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 
 CHUNK_BYTES = 256 * 1024
@@ -91,9 +92,9 @@ Command = Callable[[argparse.Namespace, Config, media_pb2_grpc.MediaStub], Await
 def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
     async def handler(args: argparse.Namespace, config: Config) -> int:
         address = client_address(config.service_address("media"))
-        async with open_channel(config, "media", caller=OPERATOR) as channel:
+        async with Client(config) as client:
             try:
-                await command(args, config, media_pb2_grpc.MediaStub(channel))
+                await command(args, config, client.stub(media_pb2_grpc.MediaStub))
             except grpc.aio.AioRpcError as exc:
                 print(rpc_error_line(exc, config, "media", address), file=sys.stderr)
                 return 1
