@@ -184,3 +184,21 @@ def test_nothing_cites_a_document_outside_the_repository() -> None:
                 if name.lstrip("./") not in names:
                     problems.append(f"{where}:{number}: {name} is not in the repository")
     assert not problems, "\n".join(problems)
+
+
+def test_every_compose_environment_passes_the_config_checks(tmp_path: Path) -> None:
+    """What each container is given loads (paths pointed at files that exist here)."""
+    from mxfed.config import load_config
+
+    (tmp_path / "password").write_text("secret\n")
+    services = _compose_json()["services"]
+    for name in (*PART_NAMES, "init"):
+        environment = dict(services[name]["environment"])
+        for option, value in environment.items():
+            if option.endswith(("_DIR", "_PATH")) and value.startswith("/"):
+                environment[option] = str(tmp_path / value.strip("/").replace("/", "-"))
+        if "MXFED_DATABASE_PASSWORD_FILE" in environment:
+            environment["MXFED_DATABASE_PASSWORD_FILE"] = str(tmp_path / "password")
+        config = load_config(None, environ=environment)
+        assert config.health_listen == "127.0.0.1:8081", name
+        assert config.service_address("events") == "dns:///events:50052", name
