@@ -159,3 +159,32 @@ async def test_the_stream_resumes_across_an_events_service_restart(
     async for _, body in _messages(stream, 2):
         received.append(body)
     assert received == ["before", "after-1", "after-2"]
+
+
+async def test_media_devices_and_edus(scene: Scene, client: Client, tmp_path: Path) -> None:
+    import io
+
+    alice = scene.creator
+    data = b"hello media " * 5000
+    uploaded = await client.upload(io.BytesIO(data), content_type="text/plain", uploader=alice)
+    assert uploaded.mxc_uri.startswith(f"mxc://{scene.mxfed.server_name}/")
+    assert uploaded.size == len(data)
+    info = await client.media_info(uploaded.mxc_uri)
+    assert info.found and info.uploaded and info.size == len(data)
+    head, chunks = await client.download(uploaded.mxc_uri)
+    assert head.size == len(data)
+    assert b"".join([chunk async for chunk in chunks]) == data
+    with pytest.raises(MatrixError) as bad_uri:
+        await client.media_info("https://example.org/x")
+    assert bad_uri.value.errcode == "M_INVALID_PARAM"
+
+    await client.add_device(alice, "BOTDEVICE", "the bot")
+    devices = await client.devices(alice)
+    assert "BOTDEVICE" in {d["device_id"] for d in devices["devices"]}
+    assert await client.delete_device(alice, "BOTDEVICE")
+
+    room_id = (await client.create_room(alice)).room_id
+    sent = await client.send_message(room_id, alice, "read me")
+    # Nobody else is in the room: nothing to queue, but both calls are accepted.
+    await client.typing(room_id, alice, True)
+    await client.read_receipt(room_id, alice, sent.event_id)
