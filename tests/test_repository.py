@@ -54,6 +54,8 @@ def test_compose_mounts_secrets_only_where_they_are_used() -> None:
     # The signing key: only in the parts that sign, never in the internet-facing gateway.
     for part in ("keys", "events", "sender", "backfill", "media"):
         assert mounts(part)["/signing"]["source"] == "signing"
+        # Only the keys service writes it (rotation).
+        assert mounts(part)["/signing"].get("read_only", False) == (part != "keys"), part
     assert all(volume["source"] != "signing" for volume in mounts("gateway").values())
     # The internal plane: each part gets its own certificate directory, read-only; only the
     # init container (which makes them, and runs the operator's CLI) sees the CA key.
