@@ -98,8 +98,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True, timeout=GUARD
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    front.release()
-    health.release()
+    # The reservations stay held (a lock, not a socket) until haproxy is gone.
     process = subprocess.Popen(
         [HAPROXY, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -114,6 +113,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.shutdown()
         for port in held:
             port.release()
+        front.release()
+        health.release()
 
 
 def _await_every_replica_up(url: str) -> None:
