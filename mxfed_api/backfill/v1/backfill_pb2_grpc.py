@@ -80,13 +80,17 @@ class BackfillServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryMissingEvents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """POST get_missing_events for the verified X-Matrix origin: events between earliest_events
+        and latest_events the origin may see. Errors as QueryBackfill.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryEventAtTimestamp(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """GET timestamp_to_event for the verified X-Matrix origin: the event closest to a time, in
+        one direction. Errors as QueryBackfill.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
