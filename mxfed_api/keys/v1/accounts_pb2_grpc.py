@@ -120,13 +120,16 @@ class AccountsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def PerformSetProfile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Set (or remove) fields of a local user's profile; the whole profile after the change.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryProfile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A user's profile, or one field of it: ours from our store, a remote user's over federation
+        (query/profile).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -140,13 +143,17 @@ class AccountsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PerformUploadCrossSigningKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Store a local user's cross-signing keys; the master and self-signing keys go to the servers
+        sharing a room with the user (m.signing_key_update).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PerformDeleteDevice(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a local user's device (and its keys); the servers sharing a room with the user are
+        told (m.device_list_update).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -177,13 +184,15 @@ class AccountsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PerformMintOpenIdToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An OpenID access token for a local user (for identity servers and integrations).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryOpenIdToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Whose an OpenID access token is (GET /openid/userinfo over federation).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
