@@ -64,6 +64,8 @@ class Event:
     @property
     def content(self) -> Mapping[str, Any]:
         content = self.pdu.get("content")
+        if type(content) is dict:  # the usual case, without the ABC check's cost
+            return content
         return content if isinstance(content, Mapping) else {}
 
     @property

@@ -461,7 +461,9 @@ async def apply_current_state_delta(
             "DELETE FROM events.current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
             [(room_id, t, k) for t, k in removed],
         )
-    if changed:
+    if len(changed) > COPY_THRESHOLD:
+        await _copy_current_state(conn, room_id, changed)
+    elif changed:
         await conn.executemany(
             "INSERT INTO events.current_state"
             " (room_id, type, state_key, event_id, membership, server)"
@@ -482,6 +484,49 @@ async def apply_current_state_delta(
                 for row in changed
             ],
         )
+
+
+# More rows than this go through COPY into a temporary table (a join's whole state).
+COPY_THRESHOLD = 500
+
+
+def _member_server(event_type: str, state_key: str) -> str | None:
+    if event_type == "m.room.member" and ":" in state_key:
+        return state_key.split(":", 1)[1]
+    return None
+
+
+async def _copy_current_state(
+    conn: asyncpg.Connection, room_id: str, changed: Sequence[CurrentStateRow]
+) -> None:
+    """Many current-state rows at once: COPY, then one upsert from the copy."""
+    await conn.execute(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS current_state_in"
+        " (type text, state_key text, event_id text, membership text, server text)"
+        " ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_records_to_table(
+        "current_state_in",
+        records=[
+            (
+                row.type,
+                row.state_key,
+                row.event_id,
+                row.membership,
+                _member_server(row.type, row.state_key),
+            )
+            for row in changed
+        ],
+    )
+    await conn.execute(
+        "INSERT INTO events.current_state"
+        " (room_id, type, state_key, event_id, membership, server)"
+        " SELECT $1, type, state_key, event_id, membership, server FROM current_state_in"
+        " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = EXCLUDED.event_id,"
+        " membership = EXCLUDED.membership, server = EXCLUDED.server",
+        room_id,
+    )
+    await conn.execute("DELETE FROM current_state_in")
 
 
 async def current_state_ids(

@@ -33,9 +33,10 @@ class BigRoom:
         self.other = other
         self.omit = omit
         self.events: dict[str, dict[str, Any]] = {}
-        # State before and after each event, as (type, state_key) -> event id.
-        self.state_before: dict[str, dict[tuple[str, str], str]] = {}
+        # The current state, (type, state_key) -> event id; the state before
+        # an event is replayed from the order events were added in.
         self.state: dict[tuple[str, str], str] = {}
+        self.order: dict[str, int] = {}
         self.received: list[dict[str, Any]] = []
         self.other_received: list[dict[str, Any]] = []
         self.state_ids_requests = 0
@@ -89,10 +90,21 @@ class BigRoom:
 
     def accept(self, event_id: str, pdu: dict[str, Any]) -> None:
         self.events[event_id] = pdu
-        self.state_before[event_id] = dict(self.state)
+        self.order[event_id] = len(self.order)
         if "state_key" in pdu:
             self.state[(pdu["type"], pdu["state_key"])] = event_id
         self.last = event_id
+
+    def state_before(self, event_id: str) -> dict[tuple[str, str], str] | None:
+        """The state before ``event_id`` (a linear DAG: every event added before it)."""
+        if event_id not in self.order:
+            return None
+        state: dict[tuple[str, str], str] = {}
+        for earlier in list(self.order)[: self.order[event_id]]:
+            pdu = self.events[earlier]
+            if "state_key" in pdu:
+                state[(pdu["type"], pdu["state_key"])] = earlier
+        return state
 
     def auth_chain(self, event_ids: list[str]) -> list[str]:
         chain: dict[str, None] = {}
@@ -134,7 +146,8 @@ class BigRoom:
         event_id = Event.from_pdu(pdu, V10).event_id
         if event_id not in self.events:
             self.accept(event_id, pdu)
-        before = self.state_before[event_id]
+        before = self.state_before(event_id)
+        assert before is not None
         omit = self.omit and request.query.get("omit_members") == "true"
         state = [e for (t, _), e in before.items() if not (omit and t == MEMBER)]
         chain = self.auth_chain([*state, event_id])
@@ -153,18 +166,18 @@ class BigRoom:
     async def state_ids(self, request: web.Request) -> web.Response:
         self.state_ids_requests += 1
         await self.release.wait()
-        event_id = request.query["event_id"]
-        if event_id not in self.state_before:
+        before = self.state_before(request.query["event_id"])
+        if before is None:
             return web.json_response({"errcode": "M_NOT_FOUND", "error": "no"}, status=404)
-        state = list(self.state_before[event_id].values())
+        state = list(before.values())
         return web.json_response({"pdu_ids": state, "auth_chain_ids": self.auth_chain(state)})
 
     async def state_at(self, request: web.Request) -> web.Response:
         self.state_requests += 1
-        event_id = request.query["event_id"]
-        if event_id not in self.state_before:
+        before = self.state_before(request.query["event_id"])
+        if before is None:
             return web.json_response({"errcode": "M_NOT_FOUND", "error": "no"}, status=404)
-        state = list(self.state_before[event_id].values())
+        state = list(before.values())
         return web.json_response(
             {
                 "pdus": [self.events[e] for e in state],
