@@ -73,7 +73,8 @@ class DirectoryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PerformUnpublishRoom(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove a room from our public room directory.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

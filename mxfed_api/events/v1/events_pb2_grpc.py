@@ -144,19 +144,24 @@ class EventsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PerformSendEvent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Build, sign and store an event of a local user (message, state, redaction); delivered to
+        the room's other servers by the sender service. In a room that uses a policy server the
+        event is signed by it first, or refused with its errcode. Idempotent on (sender, txn_id).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PerformCreateAlias(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Point a local alias at a room.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PerformDeleteAlias(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove a local alias.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -169,43 +174,52 @@ class EventsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryStateAtEvent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The room's state before an event (ids or events), optionally with its auth chain.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryAuthChain(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The auth chain of events (ids or events).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryCurrentState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The room's current state events, all or filtered by type and state key.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryTimeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A page of the room's events in depth order, forwards or backwards, with a token to
+        continue.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryRoomInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A room's version, head, whether we are joined and, for partial-state joins, the resync's
+        progress.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryServersInRoom(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Servers with a joined member, in the current state or before an event.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QueryAlias(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The room a local alias points at, and servers to join it through.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -153,7 +153,9 @@ class MembershipServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PerformKnock(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Knock on a room: make_knock/send_knock through `servers` (and the alias's servers, the room
+        ID's domain); the room's stripped state comes back.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
