@@ -132,7 +132,8 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryBlockedRooms(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The rooms blocked (PerformBlockRoom, PerformShutdownRoom).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
