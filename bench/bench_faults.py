@@ -12,9 +12,14 @@ PostgreSQL restart. Prints, per fault, the seconds until inbound got a 200
 again, an event acknowledged after the fault reached the remote, and every
 part reported SERVING (the recovery time is the largest), the median and
 worst over the rounds, the answers the remote and the actor saw, and checks
-that nothing acknowledged was lost or delivered twice.
+that nothing acknowledged was lost or delivered twice. With
+``--replica-outage S`` (default 90) a second events replica runs behind
+every caller; at the end it is SIGKILLed, stays away S seconds, comes back,
+and the first is SIGKILLed: how soon it is used again, and whether /send
+kept answering 200.
 
     .venv/bin/python bench/bench_faults.py [--rounds 3] [--postgres-down 3]
+        [--remote-away 20] [--replica-outage 90]
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.fault_injection import FaultStack  # noqa: E402
 
 
-async def run(rounds: int, postgres_down: float, remote_away: float) -> None:
+async def run(rounds: int, postgres_down: float, remote_away: float, replica_outage: float) -> None:
     with tempfile.TemporaryDirectory(prefix="mxfed-bench-faults-") as directory:
-        stack = FaultStack(Path(directory), interval=0.05)
+        stack = FaultStack(Path(directory), interval=0.05, second_events=replica_outage > 0)
+        print(
+            "events replicas: " + ("2 (events_address lists both)" if replica_outage > 0 else "1")
+        )
         try:
             await stack.start()
             stack.start_loads()
@@ -64,6 +72,16 @@ async def run(rounds: int, postgres_down: float, remote_away: float) -> None:
                         f"{result.serving_seconds:.2f})",
                         flush=True,
                     )
+            if replica_outage > 0:
+                seen = await stack.replica_comes_back(replica_outage)
+                print(
+                    f"second events replica away {replica_outage:g} s, back: the gateway sent it "
+                    f"transactions {seen['used_again_after']:.2f} s after it served; then the "
+                    "first SIGKILLed: /send answered 200 "
+                    f"x{seen['answered_200_while_first_down']:g}, other "
+                    f"x{seen['not_200_while_first_down']:g} until it served again",
+                    flush=True,
+                )
             await stack.stop_loads()
             await stack.check_nothing_lost()
             print()
@@ -97,8 +115,22 @@ def main() -> None:
     parser.add_argument(
         "--remote-away", type=float, default=20.0, help="seconds the remote is away"
     )
+    parser.add_argument(
+        "--replica-outage",
+        type=float,
+        default=90.0,
+        help="seconds a second events replica stays away before it must take over (0: one "
+        "events replica, no such scenario)",
+    )
     arguments = parser.parse_args()
-    asyncio.run(run(arguments.rounds, arguments.postgres_down, arguments.remote_away))
+    asyncio.run(
+        run(
+            arguments.rounds,
+            arguments.postgres_down,
+            arguments.remote_away,
+            arguments.replica_outage,
+        )
+    )
 
 
 if __name__ == "__main__":
