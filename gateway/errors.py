@@ -118,7 +118,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _service_error(_: Request, exc: grpc.aio.AioRpcError) -> JsonResponse:
         error = from_grpc_error(exc)
-        if error.status == 503:
+        if error.status == 503 or exc.code() == grpc.StatusCode.UNAVAILABLE:
+            # A part restarting or its database away: expected, and answered 502/503.
             log.warning(
                 "service unavailable for now",
                 extra={"code": str(exc.code()), "details": exc.details()},

@@ -73,12 +73,25 @@ def is_database_unavailable(exc: BaseException) -> bool:
             asyncpg.InterfaceError,
             asyncpg.PostgresConnectionError,
             asyncpg.OperatorInterventionError,
+            asyncpg.InternalClientError,  # a connection torn down mid-operation
             DatabaseUnavailable,
         ),
     ):
         return True
     # A socket error or timeout raised inside asyncpg (connecting, reading).
     return isinstance(exc, (OSError, TimeoutError)) and _raised_in_asyncpg(exc)
+
+
+def log_failure(logger: logging.Logger, message: str, exc: BaseException, **extra: Any) -> None:
+    """Log a failed background step: a database that is away (expected during a restart or
+    a failover, and retried) as a one-line warning, anything else with its traceback."""
+    if is_database_unavailable(exc):
+        logger.warning(
+            f"{message}: the database is unavailable",
+            extra={**extra, "error": str(exc) or type(exc).__name__},
+        )
+    else:
+        logger.error(message, exc_info=exc, extra=extra)
 
 
 def _raised_in_asyncpg(exc: BaseException) -> bool:

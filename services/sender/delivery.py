@@ -27,6 +27,7 @@ from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
 from mxfed.clock import now_ms
 from mxfed.federation_client import DestinationBlockedError, FederationClient, federation_path
+from mxfed.held_connection import log_failure
 from services.sender import metrics
 from services.sender.backoff import BackoffPolicy, refuses_the_transaction, retry_after_ms
 from services.sender.leases import Membership
@@ -283,12 +284,11 @@ class DestinationWorker:
                     metrics.TRANSACTIONS.labels("lease_lost").inc()
                     log.info("lease lost", extra={"destination": self.destination})
                     return
-                except Exception:
+                except Exception as exc:
                     # The database call failed (for the whole batch): try again
                     # shortly; recording a completion twice is harmless.
-                    log.exception(
-                        "taking the next transaction failed",
-                        extra={"destination": self.destination},
+                    log_failure(
+                        log, "taking the next transaction failed", exc, destination=self.destination
                     )
                     await asyncio.sleep(1)
                     continue
@@ -306,17 +306,19 @@ class DestinationWorker:
             if completed is not None:
                 try:
                     await m.batcher.complete(self.destination, completed)
-                except Exception:
+                except Exception as exc:
                     # The same txn id is resent later and deduplicated by the receiver.
-                    log.exception(
+                    log_failure(
+                        log,
                         "recording a delivered transaction failed",
-                        extra={"destination": self.destination},
+                        exc,
+                        destination=self.destination,
                     )
             if not self.lease_lost:
                 try:
                     await m.membership.release(self.destination)
-                except Exception:
-                    log.exception("lease release failed", extra={"destination": self.destination})
+                except Exception as exc:
+                    log_failure(log, "lease release failed", exc, destination=self.destination)
             m.worker_done(self)
 
     async def _send(self, txn: Transaction) -> bool:
@@ -478,8 +480,8 @@ class DeliveryManager:
                 await self._claim_and_start()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("claiming destinations failed")
+            except Exception as exc:
+                log_failure(log, "claiming destinations failed", exc)
                 await asyncio.sleep(1)
 
     async def _claim_and_start(self) -> None:
@@ -521,8 +523,8 @@ class DeliveryManager:
                 await self.maintain_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("sender maintenance failed")
+            except Exception as exc:
+                log_failure(log, "sender maintenance failed", exc)
 
     async def maintain_once(self) -> None:
         for destination in await self.storage.backed_off_over(

@@ -31,6 +31,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from mxfed.held_connection import log_failure
 from services.sender.storage import SenderStorage
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ class Membership:
                 await on_beat()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("sender heartbeat failed")
+            except Exception as exc:
+                log_failure(log, "sender heartbeat failed", exc)
             await asyncio.sleep(self.heartbeat_interval)
 
     async def claim(self, destinations: list[str]) -> list[str]:

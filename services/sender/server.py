@@ -15,7 +15,7 @@ import nacl.signing
 from mxfed.config import Config
 from mxfed.federation_client import FederationClient
 from mxfed.federation_client.from_config import outbound_options
-from mxfed.held_connection import Backoff
+from mxfed.held_connection import Backoff, log_failure
 from mxfed.identity_files import current_signing_key
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
@@ -123,8 +123,8 @@ async def refresh_stats(storage: SenderStorage) -> None:
                 shown = set(top)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("queue statistics failed")
+        except Exception as exc:
+            log_failure(log, "queue statistics failed", exc)
         await asyncio.sleep(STATS_INTERVAL)
 
 
