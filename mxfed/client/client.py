@@ -27,9 +27,11 @@ from mxfed.client.types import (
     Event,
     FilePosition,
     Joined,
+    KeysUploaded,
     Knocked,
     MediaInfo,
     Membership,
+    PublicRooms,
     Receipt,
     RoomInfo,
     Sent,
@@ -44,6 +46,8 @@ from mxfed.internal_identity import OPERATOR, Caller
 from mxfed.internal_plane import open_channel
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.events.v1 import (
+    directory_pb2,
+    directory_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
     membership_pb2,
@@ -686,7 +690,80 @@ class Client:
         )
         return dict(_loads(reply.profile_json, {})) if reply.found else None
 
+    # ------------------------------------------------------------ the room directory
+
+    async def publish_room(self, room_id: str, network_id: str = "") -> bool:
+        """List a room in our public room directory; whether it was listed already."""
+        stub = self.stub(directory_pb2_grpc.DirectoryStub)
+        reply = await self._call(
+            "events",
+            stub.PerformPublishRoom(
+                directory_pb2.PerformPublishRoomRequest(room_id=room_id, network_id=network_id),
+                timeout=CALL_TIMEOUT,
+            ),
+        )
+        return reply.was_published
+
+    async def unpublish_room(self, room_id: str) -> bool:
+        """Take a room out of our public room directory; whether it was listed."""
+        stub = self.stub(directory_pb2_grpc.DirectoryStub)
+        reply = await self._call(
+            "events",
+            stub.PerformUnpublishRoom(
+                directory_pb2.PerformUnpublishRoomRequest(room_id=room_id), timeout=CALL_TIMEOUT
+            ),
+        )
+        return reply.was_published
+
+    async def public_rooms(
+        self, *, server: str = "", limit: int = 0, since: str = "", search: str = ""
+    ) -> PublicRooms:
+        """Our public room directory, or another server's (``server``) over federation."""
+        stub = self.stub(directory_pb2_grpc.DirectoryStub)
+        reply = await self._call(
+            "events",
+            stub.QueryPublicRooms(
+                directory_pb2.QueryPublicRoomsRequest(
+                    server=server, limit=limit, since=since, generic_search_term=search
+                ),
+                timeout=CALL_TIMEOUT * 2,
+            ),
+        )
+        body = dict(_loads(reply.response_json, {}))
+        return PublicRooms(
+            chunk=list(body.get("chunk", [])),
+            next_batch=reply.next_batch,
+            prev_batch=reply.prev_batch,
+            total_room_count_estimate=reply.total_room_count_estimate,
+            body=body,
+        )
+
     # ------------------------------------------------------------ devices and to-device
+
+    async def upload_keys(
+        self,
+        user_id: str,
+        device_id: str,
+        *,
+        device_keys: Mapping[str, Any] | None = None,
+        one_time_keys: Mapping[str, Any] | None = None,
+        fallback_keys: Mapping[str, Any] | None = None,
+        display_name: str | None = None,
+    ) -> KeysUploaded:
+        """Create a local user's device (or update it) with its end-to-end keys."""
+        request = accounts_pb2.PerformUploadKeysRequest(
+            user_id=user_id,
+            device_id=device_id,
+            device_keys_json=_json(dict(device_keys)) if device_keys else b"",
+            one_time_keys_json=_json(dict(one_time_keys)) if one_time_keys else b"",
+            fallback_keys_json=_json(dict(fallback_keys)) if fallback_keys else b"",
+        )
+        if display_name is not None:
+            request.display_name = display_name
+        reply = await self._call(
+            "keys", self._accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT)
+        )
+        return KeysUploaded(dict(reply.one_time_key_counts), reply.stream_id)
 
     async def add_device(
         self, user_id: str, device_id: str, display_name: str | None = None
@@ -697,8 +774,9 @@ class Client:
             request.display_name = display_name
         await self._call("keys", self._accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT))
 
-    async def devices(self, user_id: str) -> dict[str, Any]:
-        """A user's devices: ours from our store, a remote user's over federation."""
+    async def devices(self, user_id: str, *, force_resync: bool = False) -> dict[str, Any]:
+        """A user's devices: ours from our store, a remote user's over federation
+        (through the device-list cache; ``force_resync`` asks its server again)."""
         if user_id.partition(":")[2] == self.server_name:
             reply = await self._call(
                 "keys",
@@ -710,7 +788,9 @@ class Client:
             reply = await self._call(
                 "keys",
                 self._accounts.QueryRemoteDevices(
-                    accounts_pb2.QueryRemoteDevicesRequest(user_id=user_id),
+                    accounts_pb2.QueryRemoteDevicesRequest(
+                        user_id=user_id, force_resync=force_resync
+                    ),
                     timeout=CALL_TIMEOUT,
                 ),
             )

@@ -231,11 +231,20 @@ class Uploaded:
 
 @dataclass(frozen=True)
 class PublicRooms:
+    """A page of a public room directory, as the federation/client API writes it."""
+
     chunk: list[dict[str, Any]]
     next_batch: str = ""
     prev_batch: str = ""
     total_room_count_estimate: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The whole answer as JSON (``chunk`` and the tokens included).
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KeysUploaded:
+    one_time_key_counts: dict[str, int]  # unclaimed one-time keys per algorithm
+    stream_id: int  # the user's device-list stream id now
 
 
 class FilePosition:
@@ -281,6 +290,7 @@ __all__ = [
     "EventStatus",
     "FilePosition",
     "Joined",
+    "KeysUploaded",
     "Knocked",
     "MediaInfo",
     "Membership",

@@ -19,54 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import nacl.public
 import nacl.signing
 
-from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.encoding import encode_base64
 from matrix_protocol.signing import sign_json
 from mxfed.client import Client
-from mxfed.commands.common import add_json_flag, rpc_error_line
-from mxfed.config import Config
-from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-
-CALL_TIMEOUT = 60.0
+from mxfed.commands.client_commands import CommandError, with_client
+from mxfed.commands.common import add_json_flag
 
 
-class CommandError(Exception):
-    """Printed as-is on stderr; the command exits 1."""
-
-
-Command = Callable[[argparse.Namespace, "Services"], Awaitable[None]]
-
-
-class Services:
-    """The stubs these commands call, on one :class:`mxfed.client.Client`'s channels."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.client = Client(config)
-
-    @property
-    def directory(self) -> directory_pb2_grpc.DirectoryStub:
-        return self.client.stub(directory_pb2_grpc.DirectoryStub)
-
-    @property
-    def events(self) -> events_pb2_grpc.EventsStub:
-        return self.client.stub(events_pb2_grpc.EventsStub)
-
-    @property
-    def accounts(self) -> accounts_pb2_grpc.AccountsStub:
-        return self.client.stub(accounts_pb2_grpc.AccountsStub)
-
-    async def close(self) -> None:
-        await self.client.close()
+def _run(command: Any) -> Any:
+    return with_client(command)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,87 +92,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     list_devices.set_defaults(handler=_run(show_devices))
 
 
-def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
-    async def handler(args: argparse.Namespace, config: Config) -> int:
-        services = Services(config)
-        try:
-            await command(args, services)
-        except CommandError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        except grpc.aio.AioRpcError as exc:
-            print(rpc_error_line(exc, config, None), file=sys.stderr)
-            return 1
-        finally:
-            await services.close()
-        return 0
-
-    return handler
-
-
 def _emit(args: argparse.Namespace, value: Any, text: str) -> None:
     print(json.dumps(value, ensure_ascii=False) if args.json else text, flush=True)
 
 
-async def _room_id(services: Services, room: str) -> str:
-    if not room.startswith("#"):
-        return room
-    reply = await services.events.QueryAlias(
-        events_pb2.QueryAliasRequest(alias=room), timeout=CALL_TIMEOUT
-    )
-    if not reply.found:
-        raise CommandError(f"M_NOT_FOUND: no room has the alias {room}")
-    return reply.room_id
+async def _room_id(client: Client, room: str) -> str:
+    return await client.resolve_room(room)
 
 
 # Directory ------------------------------------------------------------------------
 
 
-async def publish_room(args: argparse.Namespace, services: Services) -> None:
-    room_id = await _room_id(services, args.room)
-    reply = await services.directory.PerformPublishRoom(
-        directory_pb2.PerformPublishRoomRequest(room_id=room_id, network_id=args.network),
-        timeout=CALL_TIMEOUT,
-    )
-    note = " (already published)" if reply.was_published else ""
+async def publish_room(args: argparse.Namespace, client: Client) -> None:
+    room_id = await _room_id(client, args.room)
+    was_published = await client.publish_room(room_id, args.network)
+    note = " (already published)" if was_published else ""
     _emit(args, {"room_id": room_id, "published": True}, f"published {room_id}{note}")
 
 
-async def unpublish_room(args: argparse.Namespace, services: Services) -> None:
-    room_id = await _room_id(services, args.room)
-    reply = await services.directory.PerformUnpublishRoom(
-        directory_pb2.PerformUnpublishRoomRequest(room_id=room_id), timeout=CALL_TIMEOUT
-    )
-    note = "" if reply.was_published else " (was not published)"
+async def unpublish_room(args: argparse.Namespace, client: Client) -> None:
+    room_id = await _room_id(client, args.room)
+    was_published = await client.unpublish_room(room_id)
+    note = "" if was_published else " (was not published)"
     _emit(args, {"room_id": room_id, "published": False}, f"unpublished {room_id}{note}")
 
 
-async def list_directory(args: argparse.Namespace, services: Services) -> None:
-    reply = await services.directory.QueryPublicRooms(
-        directory_pb2.QueryPublicRoomsRequest(
-            server=args.server,
-            limit=args.limit,
-            since=args.since,
-            generic_search_term=args.search,
-        ),
-        timeout=CALL_TIMEOUT,
+async def list_directory(args: argparse.Namespace, client: Client) -> None:
+    rooms = await client.public_rooms(
+        server=args.server, limit=args.limit, since=args.since, search=args.search
     )
     if args.json:
-        print(bytes(reply.response_json).decode(), flush=True)
+        print(json.dumps(rooms.body, ensure_ascii=False), flush=True)
         return
-    for room in reply.chunk:
-        label = room.canonical_alias or room.name or ""
-        topic = f" - {room.topic}" if room.topic else ""
-        print(f"{room.room_id}\t{room.num_joined_members}\t{label}{topic}", flush=True)
-    print(f"{len(reply.chunk)} of ~{reply.total_room_count_estimate} rooms", flush=True)
-    if reply.next_batch:
-        print(f"next: --since {reply.next_batch}", flush=True)
+    for room in rooms.chunk:
+        label = room.get("canonical_alias") or room.get("name") or ""
+        topic = f" - {room['topic']}" if room.get("topic") else ""
+        members = room.get("num_joined_members", 0)
+        print(f"{room.get('room_id')}\t{members}\t{label}{topic}", flush=True)
+    print(f"{len(rooms.chunk)} of ~{rooms.total_room_count_estimate} rooms", flush=True)
+    if rooms.next_batch:
+        print(f"next: --since {rooms.next_batch}", flush=True)
 
 
 # Profiles -------------------------------------------------------------------------
 
 
-async def set_user_profile(args: argparse.Namespace, services: Services) -> None:
+async def set_user_profile(args: argparse.Namespace, client: Client) -> None:
     fields: dict[str, Any] = {}
     if args.displayname is not None:
         fields["displayname"] = args.displayname
@@ -219,26 +151,16 @@ async def set_user_profile(args: argparse.Namespace, services: Services) -> None
             fields[key] = decode_json(raw.encode())
         except ValueError:
             fields[key] = raw  # a bare string
-    reply = await services.accounts.PerformSetProfile(
-        accounts_pb2.PerformSetProfileRequest(
-            user_id=args.user, fields_json=encode_json(fields), replace=args.replace
-        ),
-        timeout=CALL_TIMEOUT,
-    )
-    profile = decode_json(reply.profile_json)
+    profile = await client.set_profile(args.user, fields, replace=args.replace)
     _emit(args, profile, _profile_text(args.user, profile))
 
 
-async def get_user_profile(args: argparse.Namespace, services: Services) -> None:
-    reply = await services.accounts.QueryProfile(
-        accounts_pb2.QueryProfileRequest(user_id=args.user, field=args.field),
-        timeout=CALL_TIMEOUT,
-    )
-    if not reply.found:
+async def get_user_profile(args: argparse.Namespace, client: Client) -> None:
+    profile = await client.profile(args.user, args.field)
+    if profile is None:
         raise CommandError(
             f"M_NOT_FOUND: no profile{' field' if args.field else ''} for {args.user}"
         )
-    profile = decode_json(reply.profile_json)
     _emit(args, profile, _profile_text(args.user, profile))
 
 
@@ -289,23 +211,21 @@ def new_device_keys(
     return device_keys, otks, fallbacks
 
 
-async def upload_device(args: argparse.Namespace, services: Services) -> None:
+async def upload_device(args: argparse.Namespace, client: Client) -> None:
     if args.one_time_keys < 0:
         raise CommandError("--one-time-keys must not be negative")
     device_keys, otks, fallbacks = new_device_keys(
         args.user, args.device, args.one_time_keys, args.fallback_key
     )
-    request = accounts_pb2.PerformUploadKeysRequest(
-        user_id=args.user,
-        device_id=args.device,
-        device_keys_json=encode_json(device_keys),
-        one_time_keys_json=encode_json(otks),
-        fallback_keys_json=encode_json(fallbacks),
+    reply = await client.upload_keys(
+        args.user,
+        args.device,
+        device_keys=device_keys,
+        one_time_keys=otks,
+        fallback_keys=fallbacks,
+        display_name=args.display_name,
     )
-    if args.display_name is not None:
-        request.display_name = args.display_name
-    reply = await services.accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT)
-    counts = dict(reply.one_time_key_counts)
+    counts = reply.one_time_key_counts
     _emit(
         args,
         {"device_keys": device_keys, "one_time_key_counts": counts, "stream_id": reply.stream_id},
@@ -314,19 +234,8 @@ async def upload_device(args: argparse.Namespace, services: Services) -> None:
     )
 
 
-async def show_devices(args: argparse.Namespace, services: Services) -> None:
-    server = args.user.partition(":")[2]
-    if server == services.config.server_name:
-        reply = await services.accounts.QueryUserDevices(
-            accounts_pb2.QueryUserDevicesRequest(user_id=args.user), timeout=CALL_TIMEOUT
-        )
-        body = decode_json(reply.response_json)
-    else:
-        remote = await services.accounts.QueryRemoteDevices(
-            accounts_pb2.QueryRemoteDevicesRequest(user_id=args.user, force_resync=args.resync),
-            timeout=CALL_TIMEOUT,
-        )
-        body = decode_json(remote.response_json)
+async def show_devices(args: argparse.Namespace, client: Client) -> None:
+    body = await client.devices(args.user, force_resync=args.resync)
     lines = [f"{body['user_id']} stream_id {body['stream_id']}"]
     for device in body["devices"]:
         name = device.get("device_display_name", "")

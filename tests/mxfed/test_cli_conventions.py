@@ -110,7 +110,7 @@ def test_a_wrong_alias_is_refused_saying_what_to_give(given: str, says: str) -> 
         (["destinations"], "sender"),
         (["backfill", "!room:localhost:8448"], "backfill"),
         (["media", "info", "mxc://localhost:8448/abc"], "media"),
-        (["profile", "get", "@a:localhost:8448"], None),
+        (["profile", "get", "@a:localhost:8448"], "keys"),
     ],
 )
 def test_a_service_that_does_not_answer_says_what_to_check(
