@@ -168,14 +168,18 @@ class Bench:
 
     def stage_seconds(self) -> dict[str, float]:
         """The events service's receive stages so far (mxfed_events_input_stage_seconds_sum)."""
+        return self.metric_sums("mxfed_events_input_stage_seconds_sum")
+
+    def metric_sums(self, name: str) -> dict[str, float]:
+        """A labelled histogram's sums from the events service's metrics, by its one label."""
         url = f"http://127.0.0.1:{self.mxfed.metrics_ports['events']}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
             text = response.read().decode()
         found: dict[str, float] = {}
         for line in text.splitlines():
-            if line.startswith("mxfed_events_input_stage_seconds_sum{"):
-                stage = line.split('stage="', 1)[1].split('"', 1)[0]
-                found[stage] = float(line.rsplit(" ", 1)[1])
+            if line.startswith(name + "{"):
+                label = line.split('="', 1)[1].split('"', 1)[0]
+                found[label] = float(line.rsplit(" ", 1)[1])
         return found
 
     async def arrivals(self, room: BigRoom, count: int) -> tuple[float, dict[str, float]]:
@@ -213,6 +217,8 @@ async def run(args: argparse.Namespace) -> None:
         print(f"\npartial-state join of a {n}-member room")
         for name, seconds in (await bench.partial_join(n)).items():
             print(f"  {name:<14} {seconds:7.2f} s")
+        stages = await asyncio.to_thread(bench.metric_sums, "mxfed_events_resync_seconds_sum")
+        print("  resync stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items())))
         print(f"\nfull join of a {n}-member room (the resident does not omit members)")
         big, seconds = await bench.full_join(n)
         print(f"  join returned  {seconds:7.2f} s")

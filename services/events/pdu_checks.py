@@ -9,12 +9,15 @@ the state and auth chain of a send_join answer, membership events and
 invites other servers send us, and countersignatures (:mod:`.membership`,
 :mod:`.third_party`). Signatures are always checked in ONE
 ``VerifyJsonSignatures`` call per batch (the keys service verifies them in
-bulk). Steps 4–6 (auth, soft failure) belong to
+bulk) — except fetched batches past :data:`VERIFY_CHUNK` PDUs (a room's
+state), whose chunks are verified by the keys service while the next chunk
+is format-checked here. Steps 4–6 (auth, soft failure) belong to
 :class:`~services.events.room_batch.RoomBatch`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +34,9 @@ from matrix_protocol.room_versions import RoomVersion
 from matrix_protocol.signing import signatures_required_for_event
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.events.outcomes import Outcome, Reason
+
+# Fetched batches bigger than this are verified in chunks of it, overlapping the format checks.
+VERIFY_CHUNK = 1000
 
 # Times a named stage of the checks ("signatures", "hashes"), e.g. StageClock.stage.
 Stage = Callable[[str], AbstractAsyncContextManager[None]]
@@ -196,7 +202,16 @@ async def check_fetched(
     settled: list[Outcome] = []
     seen: set[str] = set()
     malformed = 0
+    # Big batches (a room's state): the keys service verifies each chunk's
+    # signatures while the next chunk's format is checked here.
+    verifying: list[asyncio.Task[None]] = []
+    chunk_start = 0
     for pdu in pdus:
+        if len(valid) - chunk_start >= VERIFY_CHUNK:
+            chunk = valid[chunk_start:]
+            chunk_start = len(valid)
+            verifying.append(asyncio.create_task(check_signatures(keys, chunk)))
+            await asyncio.sleep(0)  # the call goes out now
         checked = check_format(pdu, version, history=history)
         if isinstance(checked, Outcome):
             malformed += 1
@@ -210,6 +225,13 @@ async def check_fetched(
             continue
         seen.add(checked.event.event_id)
         valid.append(checked)
-    await check_signatures_and_hashes(keys, valid, stage)
+    if not verifying:
+        await check_signatures_and_hashes(keys, valid, stage)
+    else:
+        async with stage("signatures"):
+            verifying.append(asyncio.create_task(check_signatures(keys, valid[chunk_start:])))
+            await asyncio.gather(*verifying)
+        async with stage("hashes"):
+            check_content_hashes(valid)
     settled.extend(c.outcome() for c in valid if c.refusal is not None)
     return CheckedBatch([c for c in valid if c.refusal is None], settled, malformed)
