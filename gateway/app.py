@@ -23,6 +23,7 @@ from gateway.request_target import RefuseNulMiddleware
 from gateway.routes.media import DownloadSlots
 from gateway.service_clients import ServiceClients
 from mxfed.config import Config
+from mxfed.process_metrics import measure_loop_lag
 from mxfed.server_policy import SERVER_POLICY, follow_server_policy, grpc_policy_fetcher
 
 ROUTE_MODULES = [
@@ -60,7 +61,10 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
                     config.server_policy_refresh_interval,
                 )
             )
+        lag = asyncio.create_task(measure_loop_lag()) if owned_clients else None
         yield
+        if lag is not None:
+            lag.cancel()
         if follower is not None:
             follower.cancel()
         if owned_clients:

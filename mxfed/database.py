@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from mxfed.process_metrics import TimedPool
 from mxfed.startup import StartupError
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,19 @@ async def wait_for_database(url: str, patience: float) -> None:
 
 
 async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=max_size, command_timeout=60)
-    assert pool is not None
+    """A pool that times the wait for each connection (``mxfed_db_pool_acquire_seconds``)."""
+    pool = TimedPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        command_timeout=60,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+    )
+    await pool
     return pool
 
 

@@ -17,6 +17,7 @@ options apply to all of them in one place:
   that may not call a method gets PERMISSION_DENIED.
 - **A deadline on every unary call**: a call that sets no timeout gets
   ``internal_call_timeout``.
+- **Metrics of every call at both ends** (``mxfed.process_metrics``).
 
 ``internal_tls: false`` makes the plane plaintext and unauthenticated, for
 development only; every process says so loudly in its log.
@@ -47,6 +48,7 @@ from mxfed.internal_identity import (
     identity_directory,
     server_name_of,
 )
+from mxfed.process_metrics import ServerMetrics, client_interceptors
 
 __all__ = [
     "GRPC_OPTIONS",
@@ -154,10 +156,13 @@ def open_channel(
             target,
             grpc.ssl_channel_credentials(ca, key, certificate),
             options=[*GRPC_OPTIONS, ("grpc.ssl_target_name_override", server_name_of(service))],
+            interceptors=client_interceptors(),
         )
     else:
         _announce_plaintext()
-        channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+        channel = grpc.aio.insecure_channel(
+            target, options=GRPC_OPTIONS, interceptors=client_interceptors()
+        )
     return DeadlineChannel(channel, config.internal_call_timeout)
 
 
@@ -167,8 +172,11 @@ def new_server(config: Config, part: str) -> grpc.aio.Server:
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", int(config.listen_reuse_port))]
     if not config.internal_tls:
         _announce_plaintext()
-        return grpc.aio.server(options=options, interceptors=[_Unavailable()])
-    return grpc.aio.server(options=options, interceptors=[_Authorizer(), _Unavailable()])
+        return grpc.aio.server(options=options, interceptors=[ServerMetrics(), _Unavailable()])
+    # Metrics outermost: refusals count (PERMISSION_DENIED) like any other answer.
+    return grpc.aio.server(
+        options=options, interceptors=[ServerMetrics(), _Authorizer(), _Unavailable()]
+    )
 
 
 def bind_port(server: grpc.aio.Server, config: Config, part: str, address: str) -> int:

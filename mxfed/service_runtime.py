@@ -43,6 +43,7 @@ from mxfed.identity_files import ServerSigningKey, current_signing_key
 from mxfed.internal_plane import Caller, bind_port, client_address, new_server, open_channel
 from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
+from mxfed.process_metrics import measure_loop_lag, watch_pool
 from mxfed.reflection import enable_reflection
 from mxfed.server_policy import SERVER_POLICY, follow_server_policy, grpc_policy_fetcher
 from mxfed.startup import StartupError, listen_failure, report_ready
@@ -236,6 +237,7 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
         config.database_url = url
     await wait_for_database(url, config.database_start_timeout)
     pool = await create_pool(url, max_size=config.database_pool_size)
+    watch_pool(pool)
     try:
         await _serve(name, config, pool, stop)
     finally:
@@ -270,6 +272,7 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         setup = importlib.import_module(f"services.{name}.server").setup
         await setup(context)
         SERVER_POLICY.own_server_name = config.server_name
+        context.spawn(measure_loop_lag(), name="event-loop-lag")
         if name != "events":  # the events process holds the lists (services.events.admin)
             context.spawn(
                 follow_server_policy(

@@ -308,17 +308,23 @@ class InputPipeline:
         valid = {
             room_id: [c for c in room if c.refusal is None] for room_id, room in by_room.items()
         }
-        async with self.clock.stage("missing_events"):
-            await asyncio.gather(
-                *(self._fill_gap(room_id, origin, room) for room_id, room in valid.items())
+        for room_id, pending in valid.items():
+            metrics.BACKLOG.add(room_id, len(pending))
+        try:
+            async with self.clock.stage("missing_events"):
+                await asyncio.gather(
+                    *(self._fill_gap(room_id, origin, room) for room_id, room in valid.items())
+                )
+                await asyncio.gather(
+                    *(self._fetch_auth(room_id, origin, room) for room_id, room in valid.items())
+                )
+            await self._sign_received(valid)
+            outcomes = await asyncio.gather(
+                *(self._input_room(room_id, room, InputKind.NEW) for room_id, room in valid.items())
             )
-            await asyncio.gather(
-                *(self._fetch_auth(room_id, origin, room) for room_id, room in valid.items())
-            )
-        await self._sign_received(valid)
-        outcomes = await asyncio.gather(
-            *(self._input_room(room_id, room, InputKind.NEW) for room_id, room in valid.items())
-        )
+        finally:
+            for room_id, pending in valid.items():
+                metrics.BACKLOG.done(room_id, len(pending))
         for room_outcomes in outcomes:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)

@@ -52,3 +52,50 @@ RESYNC_SECONDS = Histogram(
     "Time from a partial-state join to the room's full state, per resync stage",
     ["stage"],
 )
+
+# Inbound PDUs accepted into a transaction and not yet stored (waiting for a
+# gap fill, a room's lock or its batch). Rooms are labels only for the
+# BACKLOG_TOP busiest, refreshed as the backlog changes, so at most that many
+# series exist besides the total.
+BACKLOG_TOP = 5
+INBOUND_BACKLOG = Gauge(
+    "mxfed_events_inbound_backlog_pdus", "Inbound PDUs received and not yet stored, all rooms"
+)
+INBOUND_BACKLOG_TOP = Gauge(
+    "mxfed_events_inbound_backlog_top_pdus",
+    f"Inbound PDUs not yet stored, for the {BACKLOG_TOP} rooms with the most",
+    ["room_id"],
+)
+
+
+class InboundBacklog:
+    """Counts PDUs in flight per room; exports the total and the top rooms."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, int] = {}
+        self._shown: set[str] = set()
+
+    def add(self, room_id: str, count: int) -> None:
+        self.rooms[room_id] = self.rooms.get(room_id, 0) + count
+        self._export()
+
+    def done(self, room_id: str, count: int) -> None:
+        left = self.rooms.get(room_id, 0) - count
+        if left > 0:
+            self.rooms[room_id] = left
+        else:
+            self.rooms.pop(room_id, None)
+        self._export()
+
+    def _export(self) -> None:
+        INBOUND_BACKLOG.set(sum(self.rooms.values()))
+        top = sorted(self.rooms.items(), key=lambda item: -item[1])[:BACKLOG_TOP]
+        shown = {room_id for room_id, _ in top}
+        for room_id in self._shown - shown:
+            INBOUND_BACKLOG_TOP.remove(room_id)
+        for room_id, count in top:
+            INBOUND_BACKLOG_TOP.labels(room_id).set(count)
+        self._shown = shown
+
+
+BACKLOG = InboundBacklog()
