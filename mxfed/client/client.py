@@ -892,6 +892,16 @@ class Client:
         reply = await self._call("media", self._media.PerformUpload(requests(), timeout=600))
         return Uploaded(reply.mxc_uri, reply.media_id, reply.size, reply.sha256, reply.content_type)
 
+    async def create_media(self, uploader: str = "") -> tuple[str, int]:
+        """Reserve an ``mxc://`` URI to upload to later; (the URI, when the reservation lapses)."""
+        reply = await self._call(
+            "media",
+            self._media.PerformCreateMedia(
+                media_pb2.PerformCreateMediaRequest(uploader=uploader), timeout=CALL_TIMEOUT
+            ),
+        )
+        return reply.mxc_uri, reply.unused_expires_at
+
     async def media_info(self, mxc_uri: str) -> MediaInfo:
         server_name, media_id = parse_mxc(mxc_uri)
         reply = await self._call(
@@ -924,8 +934,13 @@ class Client:
         crop: bool = False,
         animated: bool = False,
         timeout_ms: int = 0,
+        deadline: float = 3600.0,
     ) -> tuple[media_pb2.ContentHead, AsyncIterator[bytes]]:
-        """Media (ours, or another server's fetched over federation) as (head, chunks)."""
+        """Media (ours, or another server's fetched over federation) as (head, chunks).
+
+        ``thumbnail``: (width, height) of a thumbnail instead (``crop`` to fill
+        exactly); ``timeout_ms``: wait that long for content not yet uploaded.
+        """
         server_name, media_id = parse_mxc(mxc_uri)
         call: Any
         if thumbnail is None:
@@ -935,7 +950,8 @@ class Client:
                     media_id=media_id,
                     timeout_ms=timeout_ms,
                     allow_remote=True,
-                )
+                ),
+                timeout=deadline,
             )
         else:
             call = self._media.StreamThumbnail(
@@ -950,11 +966,18 @@ class Client:
                     animated=animated,
                     timeout_ms=timeout_ms,
                     allow_remote=True,
-                )
+                ),
+                timeout=deadline,
             )
         iterator = call.__aiter__()
         with self.guarded("media"):
-            first = await iterator.__anext__()
+            try:
+                first = await iterator.__anext__()
+            except StopAsyncIteration:
+                raise MatrixError("M_UNKNOWN", "the media service sent no content") from None
+        if not first.HasField("head"):
+            call.cancel()
+            raise MatrixError("M_UNKNOWN", "the media service sent no content")
 
         async def chunks() -> AsyncIterator[bytes]:
             try:

@@ -25,24 +25,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import grpc
-
 from matrix_protocol.media import filename_from_disposition, is_valid_upload_name, parse_mxc_uri
 from mxfed.client import Client
-from mxfed.commands.common import add_json_flag, emit, rpc_error_line
+from mxfed.commands.client_commands import CommandError, with_client
+from mxfed.commands.common import add_json_flag, emit
 from mxfed.config import Config
-from mxfed.internal_plane import client_address
-from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
+from mxfed_api.media.v1 import media_pb2
 
 CHUNK_BYTES = 256 * 1024
 CALL_TIMEOUT = 30.0
 # Streams carry whole files (a slow remote may be fetched first): a long deadline.
 STREAM_TIMEOUT = 3600.0
-_METHODS = {"scale": media_pb2.THUMBNAIL_METHOD_SCALE, "crop": media_pb2.THUMBNAIL_METHOD_CROP}
-
-
-class CommandError(Exception):
-    """Printed as-is on stderr; the command exits 1."""
+_METHODS = ("crop", "scale")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     thumbnail.add_argument("mxc", help="mxc://server/media_id")
     thumbnail.add_argument("-W", "--width", type=int, required=True)
     thumbnail.add_argument("-H", "--height", type=int, required=True)
-    thumbnail.add_argument("--method", choices=sorted(_METHODS), default="scale")
+    thumbnail.add_argument("--method", choices=_METHODS, default="scale")
     thumbnail.add_argument("--animated", action="store_true", help="keep an animation")
     thumbnail.add_argument("-o", "--output", required=True, help="file to write; - for stdout")
     add_json_flag(thumbnail)
@@ -86,24 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=_run(show_info))
 
 
-Command = Callable[[argparse.Namespace, Config, media_pb2_grpc.MediaStub], Awaitable[None]]
+Command = Callable[[argparse.Namespace, Client], Awaitable[None]]
 
 
 def _run(command: Command) -> Callable[[argparse.Namespace, Config], Awaitable[int]]:
-    async def handler(args: argparse.Namespace, config: Config) -> int:
-        address = client_address(config.service_address("media"))
-        async with Client(config) as client:
-            try:
-                await command(args, config, client.stub(media_pb2_grpc.MediaStub))
-            except grpc.aio.AioRpcError as exc:
-                print(rpc_error_line(exc, config, "media", address), file=sys.stderr)
-                return 1
-            except (CommandError, OSError) as exc:
-                print(str(exc), file=sys.stderr)
-                return 1
-        return 0
-
-    return handler
+    return with_client(command, extra_errors=(OSError,))
 
 
 def _mxc(uri: str) -> tuple[str, str]:
@@ -116,52 +97,30 @@ def _mxc(uri: str) -> tuple[str, str]:
 # Upload ---------------------------------------------------------------------------------
 
 
-async def _file_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
-    while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
-        yield chunk
-
-
-async def upload_file(
-    args: argparse.Namespace, config: Config, stub: media_pb2_grpc.MediaStub
-) -> None:
+async def upload_file(args: argparse.Namespace, client: Client) -> None:
     name = args.file.name if args.name is None else args.name
     if name and not is_valid_upload_name(name):
         name = ""
     content_type = args.content_type or mimetypes.guess_type(args.file.name)[0] or ""
     handle = await asyncio.to_thread(open, args.file, "rb")
     try:
-
-        async def requests() -> AsyncIterator[media_pb2.PerformUploadRequest]:
-            yield media_pb2.PerformUploadRequest(
-                start=media_pb2.UploadStart(
-                    uploader=args.user,
-                    content_type=content_type,
-                    upload_name=name,
-                    media_id=args.media_id,
-                )
-            )
-            async for chunk in _file_chunks(handle):
-                yield media_pb2.PerformUploadRequest(data=chunk)
-
-        reply = await stub.PerformUpload(requests(), timeout=STREAM_TIMEOUT)
+        uploaded = await client.upload(
+            handle,
+            content_type=content_type,
+            upload_name=name,
+            uploader=args.user,
+            media_id=args.media_id,
+        )
     finally:
         await asyncio.to_thread(handle.close)
-    emit(args, {"mxc_uri": reply.mxc_uri}, reply.mxc_uri)
+    emit(args, {"mxc_uri": uploaded.mxc_uri}, uploaded.mxc_uri)
 
 
-async def create_media(
-    args: argparse.Namespace, config: Config, stub: media_pb2_grpc.MediaStub
-) -> None:
-    reply = await stub.PerformCreateMedia(
-        media_pb2.PerformCreateMediaRequest(uploader=args.user), timeout=CALL_TIMEOUT
-    )
-    emit(
-        args,
-        {"mxc_uri": reply.mxc_uri, "unused_expires_at": reply.unused_expires_at},
-        reply.mxc_uri,
-    )
+async def create_media(args: argparse.Namespace, client: Client) -> None:
+    mxc_uri, unused_expires_at = await client.create_media(args.user)
+    emit(args, {"mxc_uri": mxc_uri, "unused_expires_at": unused_expires_at}, mxc_uri)
     if not args.json:
-        print(f"upload before {reply.unused_expires_at} (ms since the epoch)", file=sys.stderr)
+        print(f"upload before {unused_expires_at} (ms since the epoch)", file=sys.stderr)
 
 
 # Download -------------------------------------------------------------------------------
@@ -194,21 +153,17 @@ def _safe_file_name(disposition: str, fallback: str) -> str:
 
 async def _save(
     args: argparse.Namespace,
-    call: grpc.aio.UnaryStreamCall,
+    head: media_pb2.ContentHead,
+    chunks: AsyncIterator[bytes],
     output: str | None,
     fallback_name: str,
 ) -> None:
-    first = await call.read()
-    if first is grpc.aio.EOF or not first.HasField("head"):
-        raise CommandError("the media service sent no content")
-    head = first.head
     name = output or _safe_file_name(head.content_disposition, fallback_name)
-    received = len(first.data)
+    received = 0
     with _output(name) as handle:
-        await asyncio.to_thread(handle.write, first.data)
-        while (message := await call.read()) is not grpc.aio.EOF:
-            received += len(message.data)
-            await asyncio.to_thread(handle.write, message.data)
+        async for data in chunks:
+            received += len(data)
+            await asyncio.to_thread(handle.write, data)
         if received != head.size:
             raise CommandError(f"download cut short: {received} of {head.size} bytes")
     if name == "-":
@@ -219,49 +174,29 @@ async def _save(
         print(f"{name}: {received} bytes, {head.content_type}", file=sys.stderr)
 
 
-async def download_media(
-    args: argparse.Namespace, config: Config, stub: media_pb2_grpc.MediaStub
-) -> None:
-    server_name, media_id = _mxc(args.mxc)
-    call = stub.StreamContent(
-        media_pb2.StreamContentRequest(
-            server_name=server_name,
-            media_id=media_id,
-            timeout_ms=args.timeout_ms,
-            allow_remote=True,
-        ),
-        timeout=STREAM_TIMEOUT,
+async def download_media(args: argparse.Namespace, client: Client) -> None:
+    _, media_id = _mxc(args.mxc)
+    head, chunks = await client.download(
+        args.mxc, timeout_ms=args.timeout_ms, deadline=STREAM_TIMEOUT
     )
-    await _save(args, call, args.output, media_id)
+    await _save(args, head, chunks, args.output, media_id)
 
 
-async def download_thumbnail(
-    args: argparse.Namespace, config: Config, stub: media_pb2_grpc.MediaStub
-) -> None:
-    server_name, media_id = _mxc(args.mxc)
-    call = stub.StreamThumbnail(
-        media_pb2.StreamThumbnailRequest(
-            server_name=server_name,
-            media_id=media_id,
-            width=args.width,
-            height=args.height,
-            method=_METHODS[args.method],
-            animated=args.animated,
-            allow_remote=True,
-        ),
-        timeout=STREAM_TIMEOUT,
+async def download_thumbnail(args: argparse.Namespace, client: Client) -> None:
+    _, media_id = _mxc(args.mxc)
+    head, chunks = await client.download(
+        args.mxc,
+        thumbnail=(args.width, args.height),
+        crop=args.method == "crop",
+        animated=args.animated,
+        deadline=STREAM_TIMEOUT,
     )
-    await _save(args, call, args.output, f"{media_id}-thumbnail")
+    await _save(args, head, chunks, args.output, f"{media_id}-thumbnail")
 
 
-async def show_info(
-    args: argparse.Namespace, config: Config, stub: media_pb2_grpc.MediaStub
-) -> None:
-    server_name, media_id = _mxc(args.mxc)
-    reply = await stub.QueryMedia(
-        media_pb2.QueryMediaRequest(server_name=server_name, media_id=media_id),
-        timeout=CALL_TIMEOUT,
-    )
+async def show_info(args: argparse.Namespace, client: Client) -> None:
+    _mxc(args.mxc)
+    reply = await client.media_info(args.mxc)
     if not reply.found:
         raise CommandError(f"M_NOT_FOUND: {args.mxc} is not known here")
     fields = {
