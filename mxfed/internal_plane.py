@@ -35,7 +35,6 @@ from typing import Any
 import grpc
 
 from mxfed.config import Config
-from mxfed.held_connection import is_database_unavailable
 from mxfed.identity_files import IdentityError
 from mxfed.internal_access import access_for, rpc_methods
 from mxfed.internal_identity import (
@@ -285,6 +284,14 @@ class _Authorizer(grpc.aio.ServerInterceptor):
 # Details of the UNAVAILABLE a part answers while its database is away; the
 # gateway answers 503 with Retry-After (a retry a few seconds later works).
 DATABASE_UNAVAILABLE = "M_UNKNOWN: the database is unavailable; try again shortly"
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """:func:`mxfed.held_connection.is_database_unavailable`, imported when first needed: the
+    gateway, which has no database, does not load the database driver for it."""
+    from mxfed.held_connection import is_database_unavailable as database_unavailable
+
+    return database_unavailable(exc)
 
 
 def _unavailable_details(exc: Exception) -> str | None:

@@ -20,6 +20,7 @@ import contextlib
 import email.utils
 import enum
 import errno
+import functools
 import inspect
 import logging
 import random
@@ -28,19 +29,16 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
 import nacl.signing
-from aiohttp.abc import AbstractResolver, ResolveResult
-from multidict import CIMultiDictProxy
-from yarl import URL
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.server_names import is_valid_server_name
 from matrix_protocol.xmatrix import sign_request
 from mxfed.bounded import BoundedDict
+from mxfed.lazy_import import lazy_module
 from mxfed.server_policy import SERVER_POLICY, ServerPolicy
 
 from .errors import (
@@ -73,6 +71,17 @@ from .resolver import (
     is_ip_address,
     parse_well_known_body,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
+    import yarl
+    from aiohttp.abc import AbstractResolver, ResolveResult
+    from multidict import CIMultiDictProxy
+else:
+    # Loaded by the first outbound request: a part that sends nothing at idle
+    # does not carry the HTTP client (several MiB per process).
+    aiohttp = lazy_module("aiohttp")
+    yarl = lazy_module("yarl")
 
 logger = logging.getLogger(__name__)
 
@@ -224,8 +233,9 @@ def _bracket(host: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-class _TargetResolver(AbstractResolver):
-    """aiohttp resolver: URL host → discovered targets → IPs, with the IP policy.
+class _TargetResolver:
+    """URL host → discovered targets → IPs, with the IP policy (aiohttp's resolver,
+    through :func:`_aiohttp_resolver_class`).
 
     ``routes[(url_host, url_port)]`` holds SRV targets (registered with URL
     port 0, which no server name can use, so SRV routes never collide with an
@@ -281,8 +291,25 @@ class _TargetResolver(AbstractResolver):
             raise last_error
         raise DnsLookupError(f"no addresses for {host}", not_found=True)
 
-    async def close(self) -> None:
-        return None
+
+@functools.cache
+def _aiohttp_resolver_class() -> Callable[[_TargetResolver], AbstractResolver]:
+    """The aiohttp resolver class, made when the first session is (aiohttp loads lazily)."""
+    from aiohttp.abc import AbstractResolver
+
+    class AiohttpResolver(AbstractResolver):
+        def __init__(self, targets: _TargetResolver) -> None:
+            self.targets = targets
+
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[ResolveResult]:
+            return await self.targets.resolve(host, port, family)
+
+        async def close(self) -> None:
+            return None
+
+    return AiohttpResolver
 
 
 def build_ssl_context(options: OutboundOptions) -> ssl.SSLContext:
@@ -423,7 +450,7 @@ class HttpWellKnownFetcher:
     async def fetch(self, hostname: str) -> WellKnownResponse:
         client = self._client
         opts = client.options
-        url = URL.build(
+        url = yarl.URL.build(
             scheme="https",
             host=_bracket(hostname),
             port=opts.well_known_port,
@@ -465,7 +492,7 @@ class HttpWellKnownFetcher:
                             )
                         )
                         if resp.status in _REDIRECTS and location:
-                            url = url.join(URL(location))
+                            url = url.join(yarl.URL(location))
                             continue
                         if resp.status != 200:
                             return failed(
@@ -564,7 +591,7 @@ class FederationClient:
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 ssl=self._ssl,
-                resolver=self._target_resolver,
+                resolver=_aiohttp_resolver_class()(self._target_resolver),
                 use_dns_cache=False,
                 limit=self.options.max_connections,
                 limit_per_host=self.options.max_connections_per_host,
@@ -779,7 +806,7 @@ class FederationClient:
         """
         total = self.options.request_timeout if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + total
-        target = URL(url)
+        target = yarl.URL(url)
         session = self._get_session()
         for _ in range(max_redirects + 1):
             host = target.raw_host
@@ -811,7 +838,7 @@ class FederationClient:
             location = response.headers.get("Location")
             if response.status in _REDIRECTS and location:
                 response.release()
-                target = target.join(URL(location))
+                target = target.join(yarl.URL(location))
                 continue
             try:
                 yield StreamedResponse(response.status, response.headers, response.content, host)
@@ -828,14 +855,14 @@ class FederationClient:
             base = min(o.retry_initial_delay * 2**attempt, o.retry_max_delay)
         return base * self._rng.uniform(0.8, 1.4)
 
-    def _url_for(self, resolved: ResolvedServer, path: str, query_string: str) -> URL:
+    def _url_for(self, resolved: ResolvedServer, path: str, query_string: str) -> yarl.URL:
         if resolved.srv:
             assert resolved.tls_server_name is not None
             host, port = resolved.tls_server_name, 0
             self._target_resolver.routes[(host, 0)] = list(resolved.targets)
         else:
             host, port = resolved.targets[0]
-        return URL.build(
+        return yarl.URL.build(
             scheme="https",
             host=_bracket(host),
             port=port,
@@ -941,7 +968,7 @@ class FederationClient:
         connector: every address it resolves to must pass the IP block list, a redirect is
         never followed (:class:`FederationDeniedError`), and ``http://`` is refused unless
         ``allow_http``. For identity servers and other URLs that remote input names."""
-        target = URL(url)
+        target = yarl.URL(url)
         if target.scheme != "https" and not (allow_http and target.scheme == "http"):
             raise FederationDeniedError(f"refusing {target.scheme or 'a relative'} URL {url}")
         host = target.raw_host or ""
