@@ -55,7 +55,7 @@ from mxfed_api.events.v1 import (
     third_party_pb2,
     third_party_pb2_grpc,
 )
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc, keys_pb2, keys_pb2_grpc
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 
@@ -199,6 +199,11 @@ class Client:
     @property
     def server_name(self) -> str:
         return self.config.server_name
+
+    @property
+    def operator(self) -> Operator:
+        """The operator's calls (keys, delivery queues, diagnosis)."""
+        return Operator(self)
 
     # ------------------------------------------------------------ rooms
 
@@ -990,6 +995,63 @@ class Client:
                 call.cancel()
 
         return first.head, chunks()
+
+
+class Operator:
+    """The operator's calls (``client.operator``): keys, delivery queues, diagnosis.
+
+    Only the operator's certificate is admitted to most of them. They answer
+    with the protobuf messages of docs/api.md.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def server_keys(self) -> dict[str, Any]:
+        """Our own signed ``/_matrix/key/v2/server`` object."""
+        stub = self.client.stub(keys_pb2_grpc.KeysStub)
+        reply = await self.client._call(  # noqa: SLF001 - the client's own helper
+            "keys", stub.QueryOwnServerKeys(keys_pb2.QueryOwnServerKeysRequest(), timeout=10)
+        )
+        return dict(_loads(reply.server_keys_json, {}))
+
+    async def rotate_key(self) -> keys_pb2.PerformKeyRotationResponse:
+        """Replace our signing key (the old one expires two seconds later)."""
+        stub = self.client.stub(keys_pb2_grpc.KeysStub)
+        return await self.client._call(  # noqa: SLF001
+            "keys", stub.PerformKeyRotation(keys_pb2.PerformKeyRotationRequest(), timeout=30)
+        )
+
+    async def destinations(
+        self, names: Sequence[str] = (), *, include_idle: bool = False, limit: int = 0
+    ) -> sender_pb2.QueryDestinationsResponse:
+        """The sender's per-destination queues (``mxfed destinations``)."""
+        stub = self.client.stub(sender_pb2_grpc.SenderStub)
+        return await self.client._call(  # noqa: SLF001
+            "sender",
+            stub.QueryDestinations(
+                sender_pb2.QueryDestinationsRequest(
+                    destinations=list(names), include_idle=include_idle, limit=limit
+                ),
+                timeout=10,
+            ),
+        )
+
+    async def federation_report(
+        self, server_name: str = "", room_ids: Sequence[str] = (), *, deadline: float = 120.0
+    ) -> AsyncIterator[keys_pb2.QueryFederationReportResponse]:
+        """``mxfed doctor``: each diagnosis step as it finishes, then the whole report."""
+        stub = self.client.stub(keys_pb2_grpc.KeysStub)
+        call = stub.QueryFederationReport(
+            keys_pb2.QueryFederationReportRequest(server_name=server_name, room_ids=list(room_ids)),
+            timeout=deadline,
+        )
+        try:
+            with self.client.guarded("keys"):
+                async for item in call:
+                    yield item
+        finally:
+            call.cancel()
 
 
 def parse_mxc(uri: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from mxfed.clock import now_ms
 from mxfed.commands.client_commands import error_line
 from mxfed.commands.common import add_json_flag, emit
 from mxfed.config import Config
-from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
+from mxfed_api.sender.v1 import sender_pb2
 
 COLUMNS = ("destination", "pdus", "edus", "oldest", "last success", "backoff", "lease", "error")
 
@@ -80,13 +80,9 @@ async def show_destinations(args: argparse.Namespace, config: Config) -> int:
     address = args.address or config.service_address("sender")
     async with Client(config, addresses={"sender": address}) as client:
         try:
-            with client.guarded("sender"):
-                reply = await client.stub(sender_pb2_grpc.SenderStub).QueryDestinations(
-                    sender_pb2.QueryDestinationsRequest(
-                        destinations=args.names, include_idle=args.all, limit=args.limit
-                    ),
-                    timeout=10,
-                )
+            reply = await client.operator.destinations(
+                args.names, include_idle=args.all, limit=args.limit
+            )
         except MatrixError as exc:
             print(error_line(exc, config, address), file=sys.stderr)
             return 1

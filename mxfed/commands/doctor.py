@@ -25,7 +25,7 @@ from mxfed.client import Client, MatrixError
 from mxfed.commands.client_commands import error_line
 from mxfed.config import Config
 from mxfed.internal_plane import client_address
-from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
+from mxfed_api.keys.v1 import keys_pb2
 
 #: A diagnosis waits for remote servers (well-known, TLS, a key fetch the
 #: remote makes from us): minutes at worst, never unbounded.
@@ -135,14 +135,13 @@ async def doctor(args: argparse.Namespace, config: Config) -> int:
     addresses = {"keys": args.address} if args.address else {}
     async with Client(config, addresses=addresses) as client:
         try:
-            with client.guarded("keys"):
-                async for item in client.stub(keys_pb2_grpc.KeysStub).QueryFederationReport(
-                    request, timeout=CALL_TIMEOUT
-                ):
-                    if item.WhichOneof("item") == "report":
-                        report = item.report
-                    elif not args.json:
-                        print(format_step(item.step), flush=True)
+            async for item in client.operator.federation_report(
+                request.server_name, request.room_ids, deadline=CALL_TIMEOUT
+            ):
+                if item.WhichOneof("item") == "report":
+                    report = item.report
+                elif not args.json:
+                    print(format_step(item.step), flush=True)
         except MatrixError as exc:
             line = error_line(exc, config, _address(args, config))
             print(f"mxfed doctor: {line}", file=sys.stderr)

@@ -19,7 +19,6 @@ from mxfed.client import Client, MatrixError
 from mxfed.commands.client_commands import error_line
 from mxfed.commands.common import add_json_flag, emit
 from mxfed.config import Config
-from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,19 +41,13 @@ def _time(ms: int) -> str:
 async def show_keys(args: argparse.Namespace, config: Config) -> int:
     async with Client(config) as client:
         try:
-            with client.guarded("keys"):
-                reply = await client.stub(keys_pb2_grpc.KeysStub).QueryOwnServerKeys(
-                    keys_pb2.QueryOwnServerKeysRequest(), timeout=10
-                )
+            keys = await client.operator.server_keys()
         except MatrixError as exc:
             print(error_line(exc, config), file=sys.stderr)
             return 1
     if args.json:
-        print(
-            orjson.dumps(orjson.loads(reply.server_keys_json), option=orjson.OPT_INDENT_2).decode()
-        )
+        print(orjson.dumps(keys, option=orjson.OPT_INDENT_2).decode())
         return 0
-    keys = orjson.loads(reply.server_keys_json)
     print(f"server {keys['server_name']}, published until {_time(keys['valid_until_ts'])}")
     for key_id, entry in keys["verify_keys"].items():
         print(f"current  {key_id}  {entry['key']}")
@@ -66,10 +59,7 @@ async def show_keys(args: argparse.Namespace, config: Config) -> int:
 async def rotate_key(args: argparse.Namespace, config: Config) -> int:
     async with Client(config) as client:
         try:
-            with client.guarded("keys"):
-                reply = await client.stub(keys_pb2_grpc.KeysStub).PerformKeyRotation(
-                    keys_pb2.PerformKeyRotationRequest(), timeout=30
-                )
+            reply = await client.operator.rotate_key()
         except MatrixError as exc:
             print(error_line(exc, config), file=sys.stderr)
             return 1
