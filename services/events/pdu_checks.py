@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from matrix_protocol.canonical_json import encode_json
@@ -182,6 +182,8 @@ class CheckedBatch:
     settled: list[Outcome]
     # PDUs dropped at step 1, with an event id (in ``settled``) or without.
     malformed: int
+    # The event id of each PDU given, in order ("" where none could be computed).
+    event_ids: list[str] = field(default_factory=list)
 
 
 async def check_fetched(
@@ -202,6 +204,7 @@ async def check_fetched(
     settled: list[Outcome] = []
     seen: set[str] = set()
     malformed = 0
+    event_ids: list[str] = []
     # Big batches (a room's state): the keys service verifies each chunk's
     # signatures while the next chunk's format is checked here.
     verifying: list[asyncio.Task[None]] = []
@@ -213,6 +216,9 @@ async def check_fetched(
             verifying.append(asyncio.create_task(check_signatures(keys, chunk)))
             await asyncio.sleep(0)  # the call goes out now
         checked = check_format(pdu, version, history=history)
+        event_ids.append(
+            checked.event_id if isinstance(checked, Outcome) else checked.event.event_id
+        )
         if isinstance(checked, Outcome):
             malformed += 1
             if checked.event_id:
@@ -234,4 +240,4 @@ async def check_fetched(
         async with stage("hashes"):
             check_content_hashes(valid)
     settled.extend(c.outcome() for c in valid if c.refusal is not None)
-    return CheckedBatch([c for c in valid if c.refusal is None], settled, malformed)
+    return CheckedBatch([c for c in valid if c.refusal is None], settled, malformed, event_ids)

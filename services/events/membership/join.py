@@ -118,6 +118,12 @@ class Join(RemoteRooms):
         self, raw: Iterable[Any], version: RoomVersion, room_id: str
     ) -> dict[str, CheckedPdu]:
         """Steps 1–3 for fetched PDUs of the room; the ones that fail are dropped."""
+        return (await self._check_pdus_with_ids(raw, version, room_id))[0]
+
+    async def _check_pdus_with_ids(
+        self, raw: Iterable[Any], version: RoomVersion, room_id: str
+    ) -> tuple[dict[str, CheckedPdu], list[str]]:
+        """:meth:`_check_pdus`, and the event id of each PDU given ("" if none), in order."""
         checked = await check_fetched(self.deps.keys, raw, version, room_id)
         for outcome in checked.settled:
             if outcome.reason is not None:
@@ -125,7 +131,7 @@ class Join(RemoteRooms):
                     "dropping join state event",
                     extra={"event_id": outcome.event_id, "error": outcome.error},
                 )
-        return {c.event.event_id: c for c in checked.valid}
+        return {c.event.event_id: c for c in checked.valid}, checked.event_ids
 
     async def _fetch_missing_auth_events(
         self,
@@ -232,16 +238,11 @@ class Join(RemoteRooms):
             errors = await verify_signatures(self.deps.keys, [(join, other)])
             if errors[0] is not None:
                 raise TryNext(unavailable(f"the resident's countersignature: {errors[0]}"))
-        checked = await self._check_pdus([*state_raw, *chain_raw], version, room_id)
+        checked, ids = await self._check_pdus_with_ids([*state_raw, *chain_raw], version, room_id)
         if server:
             await self._fetch_missing_auth_events(server, room_id, version, checked, join)
-        state_ids: dict[str, None] = {}
-        for pdu in state_raw:
-            if isinstance(pdu, dict):
-                try:
-                    state_ids[compute_event_id(pdu, version)] = None
-                except (ValueError, TypeError, KeyError):
-                    continue
+        # The state's event ids, as the checks computed them (once).
+        state_ids = dict.fromkeys(e for e in ids[: len(state_raw)] if e)
         create = next(
             (
                 checked[e].event
