@@ -188,3 +188,15 @@ async def test_media_devices_and_edus(scene: Scene, client: Client, tmp_path: Pa
     # Nobody else is in the room: nothing to queue, but both calls are accepted.
     await client.typing(room_id, alice, True)
     await client.read_receipt(room_id, alice, sent.event_id)
+
+
+def test_the_cli_has_one_client_path() -> None:
+    """Every command calls the services through mxfed.client (health checks aside:
+    they speak the standard health protocol to one part at a given address)."""
+    commands = Path(__file__).resolve().parents[2] / "mxfed" / "commands"
+    for path in sorted(commands.glob("*.py")):
+        if path.name == "health.py":
+            continue
+        text = path.read_text()
+        assert "open_channel(" not in text, path.name
+        assert "Stub(channel" not in text, path.name
