@@ -336,9 +336,7 @@ class InputPipeline:
             return
         policy = self.policy
         async with self.clock.stage("policy_server"):
-            await asyncio.gather(
-                *(policy.sign_received(room_id, room) for room_id, room in by_room.items())
-            )
+            await policy.sign_received_rooms(by_room)
 
     async def _fill_gap(self, room_id: str, origin: str, candidates: list[CheckedPdu]) -> None:
         """Fetch what precedes the room's deepest PDU with unknown prevs.

@@ -529,6 +529,20 @@ async def _copy_current_state(
     await conn.execute("DELETE FROM current_state_in")
 
 
+async def current_state_of_rooms(
+    conn: asyncpg.Connection, room_ids: Sequence[str], event_type: str, state_key: str
+) -> dict[str, str]:
+    """room id → the event id of (``event_type``, ``state_key``) in its current state, if any."""
+    rows = await conn.fetch(
+        "SELECT room_id, event_id FROM events.current_state"
+        " WHERE room_id = ANY($1::text[]) AND type = $2 AND state_key = $3",
+        list(room_ids),
+        event_type,
+        state_key,
+    )
+    return {row["room_id"]: row["event_id"] for row in rows}
+
+
 async def current_state_ids(
     conn: asyncpg.Connection, room_id: str, filters: Sequence[tuple[str, str | None]] = ()
 ) -> list[str]:
