@@ -1,8 +1,10 @@
 """Matrix error responses, produced in one place for the whole gateway.
 
-Spec: "API standards" — every error is ``{"errcode": ..., "error": ...}``
-with the right HTTP status; unknown endpoints answer 404 ``M_UNRECOGNIZED``
-and a known endpoint with the wrong method 405 ``M_UNRECOGNIZED``.
+Spec: https://spec.matrix.org/v1.19/server-server-api/#api-standards
+
+Every error is ``{"errcode": ..., "error": ...}`` with the right HTTP status;
+unknown endpoints answer 404 ``M_UNRECOGNIZED`` and a known endpoint with the
+wrong method 405 ``M_UNRECOGNIZED``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.responses import JsonResponse
+from mxfed.service_errors import error_info
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +73,29 @@ RETRY_AFTER_SECONDS = 5
 
 
 def from_grpc_error(exc: grpc.aio.AioRpcError) -> MatrixError:
-    """Services put a Matrix errcode in the details as ``M_CODE: message`` when they know it.
+    """The Matrix error for a failed service call: the one place the gateway maps them.
 
-    UNAVAILABLE said by a service (its database or a service it needs is away:
-    ``mxfed.internal_plane.DATABASE_UNAVAILABLE``) is 503 with ``Retry-After``;
-    a service that could not be reached at all (after one retry on another
-    replica) is 502.
+    A service that knows the Matrix error sends it typed
+    (:mod:`mxfed.service_errors`: the errcode in a ``google.rpc.ErrorInfo``, its
+    extra fields such as ``room_version`` in the ErrorInfo's metadata); the
+    HTTP status follows the gRPC code. UNAVAILABLE said by a service (its
+    database or a service it needs is away: ``mxfed.internal_plane``) is 503
+    with ``Retry-After``; a service that could not be reached at all (after one
+    retry on another replica) is 502. Errors without an errcode get the gRPC
+    code's default one.
     """
-    status, errcode = _GRPC_TO_MATRIX.get(exc.code(), (502, "M_UNKNOWN"))
-    details = exc.details() or ""
-    code, sep, message = details.partition(": ")
-    if sep and code.startswith("M_") and code.isupper():
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            return MatrixError(
-                503, code, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-            )
-        return MatrixError(status, code, message)
+    info = error_info(exc)
+    status, errcode = _GRPC_TO_MATRIX.get(info.code, (502, "M_UNKNOWN"))
+    if info.errcode is not None:
+        error = MatrixError(status, info.errcode, info.message)
+        if info.code == grpc.StatusCode.UNAVAILABLE:
+            error.status = 503
+            error.headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        error.extra.update(info.extra)
+        return error
     if status == 502:
         return MatrixError(502, "M_UNKNOWN", "an internal service is unavailable")
-    return MatrixError(status, errcode, details)
+    return MatrixError(status, errcode, info.message)
 
 
 def install_error_handlers(app: FastAPI) -> None:

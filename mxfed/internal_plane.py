@@ -48,6 +48,7 @@ from mxfed.internal_identity import (
     server_name_of,
 )
 from mxfed.process_metrics import ServerMetrics, client_interceptors
+from mxfed.service_errors import error_status
 
 __all__ = [
     "GRPC_OPTIONS",
@@ -283,7 +284,7 @@ class _Authorizer(grpc.aio.ServerInterceptor):
 
 # Details of the UNAVAILABLE a part answers while its database is away; the
 # gateway answers 503 with Retry-After (a retry a few seconds later works).
-DATABASE_UNAVAILABLE = "M_UNKNOWN: the database is unavailable; try again shortly"
+DATABASE_UNAVAILABLE = "the database is unavailable; try again shortly"
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
@@ -302,7 +303,7 @@ def _unavailable_details(exc: Exception) -> str | None:
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     ):
-        return "M_UNKNOWN: an internal service is unavailable; try again shortly"
+        return "an internal service is unavailable; try again shortly"
     return None
 
 
@@ -316,7 +317,8 @@ async def _answer_unavailable(
         "dependency unavailable; answering UNAVAILABLE",
         extra={"method": method, "error": str(exc) or type(exc).__name__},
     )
-    await context.abort(grpc.StatusCode.UNAVAILABLE, details)
+    status = error_status(grpc.StatusCode.UNAVAILABLE, "M_UNKNOWN", details)
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 # How long a call that may run again waits for the database to come back (within its

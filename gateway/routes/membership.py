@@ -47,12 +47,7 @@ async def _call(method: Any, message: Any) -> Any:
     try:
         return await method(message, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
-        error = from_grpc_error(exc)
-        if error.errcode == "M_INCOMPATIBLE_ROOM_VERSION":
-            for key, value in exc.trailing_metadata() or ():
-                if key == "room_version":
-                    error.extra["room_version"] = value
-        raise error from None
+        raise from_grpc_error(exc) from None
 
 
 def _versions(request: Request, *, required: bool) -> list[str]:

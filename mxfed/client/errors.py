@@ -1,9 +1,10 @@
 """Errors of :mod:`mxfed.client`: every failed call raises a :class:`MatrixError`.
 
-mxfed's services report errors as gRPC statuses whose details read
-``M_ERRCODE: message`` (``mxfed/service_errors.py``); the client turns them
-back into exceptions carrying the Matrix ``errcode``, so a bot decides on
-``error.errcode`` (or catches a subclass), never on message text.
+mxfed's services report errors as typed gRPC statuses (``mxfed/service_errors.py``:
+a ``google.rpc.Status`` whose ``ErrorInfo`` carries the Matrix errcode and the
+error's extra fields); the client turns them back into exceptions carrying the
+Matrix ``errcode``, so a bot decides on ``error.errcode`` (or catches a
+subclass), never on message text.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import grpc
 
-_MATRIX_DETAILS_MAX_CODE = 80
+from mxfed.service_errors import error_info
 
 
 class MatrixError(Exception):
@@ -74,16 +75,13 @@ def _subclass(status: grpc.StatusCode, errcode: str) -> type[MatrixError]:
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> MatrixError:
     """The :class:`MatrixError` a failed gRPC call stands for."""
     status = error.code()
-    details = error.details() or ""
-    code, sep, message = details.partition(": ")
-    extra: dict[str, Any] = {}
-    for key, value in error.trailing_metadata() or ():
-        if isinstance(value, str):
-            extra[key] = value
-    if sep and code.startswith("M_") and len(code) <= _MATRIX_DETAILS_MAX_CODE:
-        errcode = code
+    info = error_info(error)
+    extra: dict[str, Any] = dict(info.extra)
+    message = info.message
+    if info.errcode is not None:
+        errcode = info.errcode
     else:
-        message = details or status.name
+        message = message or status.name
         if status is grpc.StatusCode.UNAVAILABLE and service:
             message = f"the {service} service is unavailable: {message}"
         errcode = {

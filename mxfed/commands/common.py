@@ -16,6 +16,7 @@ import grpc
 
 from mxfed.config import Config
 from mxfed.internal_plane import client_address
+from mxfed.service_errors import error_info
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -53,11 +54,15 @@ def _reason(details: str) -> str:
 def rpc_error_line(
     exc: grpc.aio.AioRpcError, config: Config, service: str | None, address: str | None = None
 ) -> str:
-    """One line for a failed call: the Matrix error, or what to check."""
-    details = exc.details() or ""
-    code, sep, message = details.partition(": ")
-    if sep and code.startswith("M_") and code.isupper():
-        return f"{code}: {message}"
+    """One line for a failed call: the Matrix error, or what to check.
+
+    The one place the CLI maps a failed call: a typed error
+    (:mod:`mxfed.service_errors`) prints as ``M_ERRCODE: message``.
+    """
+    info = error_info(exc)
+    if info.errcode is not None:
+        return f"{info.errcode}: {info.message}"
+    details = info.message
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         reason = f" ({_reason(details)})" if details else ""
         return not_running_hint(config, service, address) + reason

@@ -1,8 +1,8 @@
 """``mxfed.backfill.v1.Backfill``: serving history to other servers, fetching it from them.
 
-Errors a remote server should see come back as gRPC status details
-``M_ERRCODE: message`` (NOT_FOUND / PERMISSION_DENIED), which the gateway
-turns into the Matrix error.
+Errors a remote server should see come back typed (:mod:`mxfed.service_errors`:
+NOT_FOUND / PERMISSION_DENIED with the Matrix errcode), which the gateway turns
+into the Matrix error.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 
 import grpc
 
+from mxfed.service_errors import BadRequest, Forbidden, NotFound, abort
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from services.backfill.fetching import Fetcher, RoomNotFound
 from services.backfill.serving import AccessDenied, Serving
@@ -20,12 +21,12 @@ log = logging.getLogger(__name__)
 
 async def _deny(context: grpc.aio.ServicerContext, denied: AccessDenied) -> None:
     if denied.not_found:
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"M_NOT_FOUND: {denied.message}")
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"M_FORBIDDEN: {denied.message}")
+        await abort(context, NotFound(denied.message))
+    await abort(context, Forbidden(denied.message))
 
 
 async def _unknown_room(context: grpc.aio.ServicerContext, room_id: str) -> None:
-    await context.abort(grpc.StatusCode.NOT_FOUND, f"M_NOT_FOUND: unknown room {room_id}")
+    await abort(context, NotFound(f"unknown room {room_id}"))
 
 
 class BackfillServicer(backfill_pb2_grpc.BackfillServicer):
@@ -114,7 +115,7 @@ class BackfillServicer(backfill_pb2_grpc.BackfillServicer):
             await _unknown_room(context, request.room_id)
             raise
         except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"M_BAD_JSON: {error}")
+            await abort(context, BadRequest(str(error), "M_BAD_JSON"))
             raise
         return backfill_pb2.PerformFetchMissingEventsResponse(
             events_fetched=result.events_fetched,

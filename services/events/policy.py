@@ -253,7 +253,7 @@ class PolicyServers:
                     "event_id": checked.event.event_id,
                     "room_id": checked.event.room_id,
                     "policy_server": policy.via,
-                    "error": error.details,
+                    "error": f"{error.errcode}: {error.message}",
                 },
             )
             return

@@ -1,6 +1,6 @@
 """gRPC layer of the events service: decode requests, call the logic, encode replies.
 
-Errors become gRPC statuses with details "M_ERRCODE: message": the logic
+Errors become typed gRPC statuses (:mod:`mxfed.service_errors`): the logic
 raises typed :class:`~mxfed.service_errors.ServiceError` subclasses (an
 unsupported room version, an unset input kind, a malformed token...);
 anything else is a bug and reaches the caller as UNKNOWN.

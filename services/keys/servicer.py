@@ -1,7 +1,7 @@
 """The gRPC face of the keys service (``mxfed.keys.v1.Keys``): translation only.
 
-Errors about a request itself are INVALID_ARGUMENT with ``M_CODE: message``
-details (the gateway turns those into Matrix errors); a signature that does
+Errors about a request itself are INVALID_ARGUMENT with the Matrix errcode
+(:mod:`mxfed.service_errors`; the gateway turns those into Matrix errors); a signature that does
 not verify is a result, not an error.
 """
 

@@ -1,4 +1,4 @@
-"""The errors the media service reports (gRPC status + "M_ERRCODE: message", see the proto)."""
+"""The errors the media service reports (typed gRPC statuses, see the proto)."""
 
 from __future__ import annotations
 

@@ -227,7 +227,10 @@ class RemoteMedia:
                         except ServiceError as error:
                             log.info(
                                 "remote media fetch failed",
-                                extra={"media": list(map(str, key)), "error": error.details},
+                                extra={
+                                    "media": list(map(str, key)),
+                                    "error": f"{error.errcode}: {error.message}",
+                                },
                             )
                             raise
                         REMOTE_FETCH_SECONDS.labels(str(key[0])).observe(time.monotonic() - started)

@@ -1,16 +1,15 @@
 """``mxfed.media.v1.Media``: uploads in, content and thumbnails out, all streamed in chunks.
 
-Errors are reported as in every mxfed service (``M_ERRCODE: message`` details,
+Errors are reported as in every mxfed service (:mod:`mxfed.service_errors`,
 see ``protos/mxfed_api/media/v1/media.proto``); a streamed answer reports them
 before its first message, so a caller knows the outcome before any byte.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -23,7 +22,11 @@ from matrix_protocol.media import (
     mxc_uri,
     served_content_type,
 )
-from mxfed.service_errors import BadRequest, ServiceError, reports_service_errors
+from mxfed.service_errors import (
+    BadRequest,
+    reports_service_errors,
+    reports_stream_errors,
+)
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from services.media.errors import ContentTooLarge, MediaNotFound, StoredContentDamaged
 from services.media.files import CHUNK_BYTES, FileStore
@@ -47,20 +50,6 @@ _METHODS = {
 }
 
 Chunks = AsyncIterator[media_pb2.ContentChunk]
-
-
-def reports_stream_errors(method: Callable[..., Chunks]) -> Callable[..., Chunks]:
-    """``reports_service_errors`` for a server-streaming method (an async generator)."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Chunks:
-        try:
-            async for message in method(self, request, context):
-                yield message
-        except ServiceError as error:
-            await context.abort(error.status, error.details)
-
-    return wrapper
 
 
 class MediaServicer(media_pb2_grpc.MediaServicer):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 import asyncpg
 import grpc
 
+from mxfed.service_errors import BadRequest, abort
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 from services.sender import metrics
 from services.sender.queues import EduQueuer, EduRequest, InvalidEdu, ToDeviceRequest
@@ -53,7 +54,7 @@ class SenderServicer(sender_pb2_grpc.SenderServicer):
                 ],
             )
         except InvalidEdu as exc:
-            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            await abort(context, BadRequest(str(exc)))
         except grpc.aio.AioRpcError as exc:
             # Asking the events service for a room's servers failed.
             code = exc.code() if exc.code() in _PASSED_ON else grpc.StatusCode.UNAVAILABLE

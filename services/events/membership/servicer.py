@@ -1,9 +1,9 @@
 """gRPC layer of the Membership service, and its ``setup`` inside the events process.
 
-Errors become gRPC statuses with details "M_ERRCODE: message" (400 →
+Errors become typed gRPC statuses (:mod:`mxfed.service_errors`; 400 →
 INVALID_ARGUMENT, 403 → PERMISSION_DENIED, 404 → NOT_FOUND, anything else →
-UNAVAILABLE); M_INCOMPATIBLE_ROOM_VERSION carries trailing metadata
-``room_version``.
+UNAVAILABLE); M_INCOMPATIBLE_ROOM_VERSION carries ``room_version`` in the
+ErrorInfo metadata.
 """
 
 from __future__ import annotations

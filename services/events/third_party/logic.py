@@ -296,7 +296,9 @@ class ThirdParty:
                     room_id, token, result, error=f"{error.errcode}: {error.message}"
                 )
             except ServiceError as error:
-                outcome = OnBindOutcome(room_id, token, "refused", error=error.details)
+                outcome = OnBindOutcome(
+                    room_id, token, "refused", error=f"{error.errcode}: {error.message}"
+                )
             if outcome.result in ("refused", "failed"):
                 log.warning(
                     "third-party invite not completed",

@@ -1,6 +1,6 @@
 """gRPC layer of the ThirdPartyInvites service, and its ``setup`` in the events process.
 
-Errors become gRPC statuses with details "M_ERRCODE: message" (400 →
+Errors become typed gRPC statuses (:mod:`mxfed.service_errors`; 400 →
 INVALID_ARGUMENT, 403 → PERMISSION_DENIED, 404 → NOT_FOUND, anything else →
 UNAVAILABLE), as the Membership service does.
 """

@@ -12,7 +12,13 @@ import orjson
 from matrix_protocol.canonical_json import decode_json
 from mxfed.clock import now_ms
 from mxfed.federation_client.from_config import federation_client_from_config
-from mxfed.service_errors import BadRequest, ServiceError, json_field, reports_service_errors
+from mxfed.service_errors import (
+    BadRequest,
+    ServiceError,
+    abort,
+    json_field,
+    reports_service_errors,
+)
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from services.keys.accounts.joins import JoinDeviceLists
@@ -233,7 +239,7 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
         try:
             self.to_device.check_device(request.user_id, request.device_id)
         except ServiceError as error:
-            await context.abort(error.status, error.details)
+            await abort(context, error)
         async for message in self.to_device_hub.follow(
             request.user_id, request.device_id, request.after_position
         ):

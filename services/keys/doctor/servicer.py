@@ -11,6 +11,7 @@ import grpc
 import orjson
 
 from mxfed.clock import now_ms
+from mxfed.service_errors import BadRequest, abort
 from mxfed_api.keys.v1 import keys_pb2
 from services.keys.doctor.diagnosis import FederationDoctor
 from services.keys.doctor.report import Cause, Outcome, StepId, StepResult, verdict_of
@@ -58,9 +59,8 @@ class DoctorRpc:
     ) -> AsyncIterator[keys_pb2.QueryFederationReportResponse]:
         target = request.server_name or self.doctor.server_name
         if target == self.doctor.server_name and request.room_ids:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "M_INVALID_PARAM: room ACLs are checked for a remote server, not our own",
+            await abort(
+                context, BadRequest("room ACLs are checked for a remote server, not our own")
             )
         async with self._running:
             started_ts = now_ms()

@@ -17,6 +17,7 @@ from matrix_protocol.canonical_json import encode_json
 from mxfed_api.events.v1 import events_pb2
 from services.events.history import walks
 from tests.support.events_service import EventsService, RemoteServer, RoomHead
+from tests.support.service_errors import described
 
 
 class RemoteRoom:
@@ -309,7 +310,7 @@ async def test_fetched_history_may_exceed_20_prev_events_but_not_the_size_limit(
 async def _refusal(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    return caught.value.code(), caught.value.details() or ""
+    return caught.value.code(), described(caught.value)
 
 
 async def test_input_without_a_kind_or_with_an_unknown_version_is_refused(

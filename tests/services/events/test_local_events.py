@@ -19,6 +19,7 @@ from mxfed.identity_files import current_signing_key
 from mxfed_api.events.v1 import events_pb2
 from mxfed_api.keys.v1 import keys_pb2
 from tests.support.events_service import EventsService
+from tests.support.service_errors import described
 
 
 async def _timeline(events: EventsService, room_id: str) -> list[Event]:
@@ -136,7 +137,7 @@ async def test_txn_id_is_idempotent_per_sender(events: EventsService) -> None:
 async def _code(call: Any) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await call
-    return error.value.code(), error.value.details()
+    return error.value.code(), described(error.value)
 
 
 async def test_unauthorised_local_event_is_refused(events: EventsService) -> None:

@@ -24,6 +24,7 @@ from services.keys.accounts.remote import RemoteDeviceLists
 from services.keys.accounts.servicer import AccountsServicer
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server
+from tests.support.service_errors import errcode as error_code
 
 OURS = "accounts-test.example"
 
@@ -85,7 +86,7 @@ async def expect_error(call, code: grpc.StatusCode, errcode: str = "") -> None:
         await call
     assert caught.value.code() == code, caught.value.details()
     if errcode:
-        assert caught.value.details().startswith(errcode + ": ")
+        assert error_code(caught.value) == errcode
 
 
 # ---------------------------------------------------------------- profiles
