@@ -24,7 +24,7 @@ from fastapi import Request
 
 from gateway.errors import MatrixError
 from matrix_protocol.canonical_json import encode_json
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -52,6 +52,8 @@ from mxfed.blocked_ranges import DEFAULT_BLOCKED_IP_RANGES
 
 SERVICE_NAMES = ("keys", "events", "sender", "backfill", "media")
 PART_NAMES = (*SERVICE_NAMES, "gateway")
+# API packages (mxfed_api/<package>/v1) served by another part's process: package → part.
+HOSTED_API_PACKAGES = {"accounts": "keys"}
 ENV_PREFIX = "MXFED_"
 
 

@@ -64,7 +64,7 @@ _RULES: dict[str, dict[str, Access]] = {
         # mxfed doctor: outbound probes of any server, an operator's diagnosis.
         "QueryFederationReport": OPERATOR,
     },
-    "mxfed.keys.v1.Accounts": {
+    "mxfed.accounts.v1.Accounts": {
         "PerformSetProfile": ACTORS,
         "QueryProfile": parts("gateway") | ACTORS,
         "PerformUploadKeys": ACTORS,

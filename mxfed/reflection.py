@@ -1,7 +1,8 @@
 """gRPC server reflection on every part, so generic gRPC tools can list and call methods.
 
 Each part serves ``grpc.reflection.v1alpha.ServerReflection`` (grpcio-reflection)
-naming the services of its own API package (``mxfed_api/<part>/v1``, as
+naming the services of its own API package (``mxfed_api/<part>/v1``, and those
+of the packages it hosts: ``HOSTED_API_PACKAGES`` in :mod:`mxfed.config`, as
 :mod:`mxfed.protogen` generates them from ``protos/``), the health service and
 reflection itself. Reflection is on the internal plane like everything else:
 a tool needs a certificate (an actor's from ``mxfed actors add``, or the
@@ -21,20 +22,24 @@ import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
+from mxfed.config import HOSTED_API_PACKAGES
+
 REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 
 def api_services(part: str) -> list[str]:
-    """Full names of the services the API package of ``part`` defines (none: no package)."""
-    try:
-        package = importlib.import_module(f"mxfed_api.{part}.v1")
-    except ModuleNotFoundError:
-        return []
+    """Full names of the services of the API packages ``part`` serves (none: no package)."""
     names: list[str] = []
-    for module_info in pkgutil.iter_modules(package.__path__):
-        if module_info.name.endswith("_pb2"):
-            module = importlib.import_module(f"{package.__name__}.{module_info.name}")
-            names.extend(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
+    hosted = [package for package, host in HOSTED_API_PACKAGES.items() if host == part]
+    for api in (part, *hosted):
+        try:
+            package = importlib.import_module(f"mxfed_api.{api}.v1")
+        except ModuleNotFoundError:
+            continue
+        for module_info in pkgutil.iter_modules(package.__path__):
+            if module_info.name.endswith("_pb2"):
+                module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+                names.extend(s.full_name for s in module.DESCRIPTOR.services_by_name.values())
     return sorted(names)
 
 

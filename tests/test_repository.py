@@ -160,7 +160,9 @@ _OUTSIDE = re.compile(r"\.\./share[d]|/wor[k]/|shared/spe[c]|\bdesig[n]\.md\b")
 def _shipped_text_files() -> list[Path]:
     found = []
     for path in REPO_ROOT.rglob("*"):
-        if any(part in _SKIPPED_DIRS for part in path.relative_to(REPO_ROOT).parts):
+        parts = path.relative_to(REPO_ROOT).parts
+        # Caches and tool directories (.venv, .mypy_cache...) are not shipped; .ci is.
+        if any(p in _SKIPPED_DIRS or (p.startswith(".") and p != ".ci") for p in parts[:-1]):
             continue
         if path.is_file() and (path.suffix in _TEXT_SUFFIXES or path.name in {"Dockerfile", "run"}):
             found.append(path)

@@ -20,7 +20,7 @@ from gateway.room_access import QUERY_TIMEOUT
 from gateway.routes.queries import accounts_stub, local_user
 from gateway.xmatrix_auth import require_origin
 from matrix_protocol.canonical_json import encode_json
-from mxfed_api.keys.v1 import accounts_pb2
+from mxfed_api.accounts.v1 import accounts_pb2
 
 router = APIRouter()
 

@@ -13,7 +13,7 @@ from gateway.errors import MatrixError
 from gateway.responses import JsonResponse
 from gateway.room_access import QUERY_TIMEOUT
 from gateway.routes.queries import accounts_stub
-from mxfed_api.keys.v1 import accounts_pb2
+from mxfed_api.accounts.v1 import accounts_pb2
 
 router = APIRouter()
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from gateway.errors import MatrixError, not_found
 from gateway.room_access import QUERY_TIMEOUT
 from gateway.xmatrix_auth import require_origin
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 router = APIRouter()
 

@@ -41,9 +41,10 @@ from mxfed.client.types import (
     Typing,
     Uploaded,
 )
-from mxfed.config import Config, load_config
+from mxfed.config import HOSTED_API_PACKAGES, Config, load_config
 from mxfed.internal_identity import OPERATOR, Caller
 from mxfed.internal_plane import open_channel
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.events.v1 import (
     directory_pb2,
@@ -55,7 +56,7 @@ from mxfed_api.events.v1 import (
     third_party_pb2,
     third_party_pb2_grpc,
 )
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc, keys_pb2, keys_pb2_grpc
+from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from mxfed_api.media.v1 import media_pb2, media_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 
@@ -76,11 +77,12 @@ CHUNK_BYTES = 256 * 1024
 
 
 def _service_of(stub_class: type) -> str:
-    """The part serving a stub: ``mxfed_api.<part>.v1.*_pb2_grpc`` → ``<part>``."""
+    """The part serving a stub: ``mxfed_api.<package>.v1.*_pb2_grpc`` → the package's
+    part (``accounts`` is hosted by ``keys``: ``HOSTED_API_PACKAGES``)."""
     parts = stub_class.__module__.split(".")
     if len(parts) < 3 or parts[0] != "mxfed_api":
         raise ValueError(f"{stub_class.__name__} is not a stub of mxfed's API")
-    return parts[1]
+    return HOSTED_API_PACKAGES.get(parts[1], parts[1])
 
 
 _RESYNC_STATES = {

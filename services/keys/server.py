@@ -11,7 +11,7 @@ from mxfed.federation_client import FederationClient
 from mxfed.federation_client.from_config import federation_client_from_config, outbound_options
 from mxfed.service_runtime import ServiceContext
 from mxfed_api.keys.v1 import keys_pb2_grpc
-from services.keys.accounts.servicer import add_accounts_servicer
+from services.accounts.server import setup as setup_accounts
 from services.keys.doctor.diagnosis import FederationDoctor
 from services.keys.doctor.servicer import DoctorRpc
 from services.keys.doctor.sources import GrpcDeliveryStates, GrpcRoomAccessChecks
@@ -78,7 +78,7 @@ def build_doctor(context: ServiceContext, own_keys: OwnKeys) -> FederationDoctor
 
 
 async def setup(context: ServiceContext) -> None:
-    """Register the keys servicer on ``context.server``."""
+    """Register the keys servicer (and Accounts, which this process hosts) on ``context.server``."""
     config = context.config
     storage = KeysStorage(context.pool)
     client = federation_client_from_config(config)
@@ -88,4 +88,5 @@ async def setup(context: ServiceContext) -> None:
     keys_pb2_grpc.add_KeysServicer_to_server(
         KeysServicer(keyring, own_keys, DoctorRpc(doctor)), context.server
     )
-    add_accounts_servicer(context)
+    # The keys process hosts the Accounts service (services/accounts/).
+    await setup_accounts(context)

@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 
 from gateway.edu_routing import device_edu_request
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess

@@ -63,6 +63,6 @@ async def test_transactions_without_keys_edus_make_no_call() -> None:
             assert recorder.methods == []
             # The same channel does carry a transaction that has a keys-process EDU.
             await forward_device_edus(_request(channel), "remote.test", [typing, TO_DEVICE])
-            assert recorder.methods == ["/mxfed.keys.v1.Accounts/InputDeviceListUpdates"]
+            assert recorder.methods == ["/mxfed.accounts.v1.Accounts/InputDeviceListUpdates"]
     finally:
         await server.stop(None)

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import pytest
 
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, membership_pb2, membership_pb2_grpc
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.join_resident import Resident, add_routes

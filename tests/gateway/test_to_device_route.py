@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess

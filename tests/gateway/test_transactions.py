@@ -22,8 +22,8 @@ import orjson
 import pytest
 
 from matrix_protocol.canonical_json import decode_json, encode_json
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.scene import Room, Scene, event_id_of
 

@@ -21,8 +21,8 @@ from synapse_harness import SynapseClient, SynapseServer
 
 from matrix_protocol.canonical_json import encode_json
 from mxfed.commands.directory import new_device_keys
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop

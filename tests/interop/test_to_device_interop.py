@@ -22,7 +22,7 @@ import orjson
 import pytest
 from synapse_harness import SynapseClient, SynapseServer, wait_until
 
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.mxfed_process import MxfedProcess
 
 pytestmark = pytest.mark.interop

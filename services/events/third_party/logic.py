@@ -54,7 +54,7 @@ from mxfed.federation_client import (
     federation_path,
 )
 from mxfed.service_errors import ServiceError
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from services.events.membership.common import (
     MEMBER,
     MembershipDeps,

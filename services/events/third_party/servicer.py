@@ -14,8 +14,9 @@ from matrix_protocol.membership import MembershipError
 from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_errors import reports_service_errors
 from mxfed.service_runtime import ServiceContext
+from mxfed_api.accounts.v1 import accounts_pb2_grpc
 from mxfed_api.events.v1 import third_party_pb2, third_party_pb2_grpc
-from mxfed_api.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
+from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events.local_events import LocalEvents
 from services.events.membership.common import MembershipDeps
 from services.events.third_party.identity import IdentityClient

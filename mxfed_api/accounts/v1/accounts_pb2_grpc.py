@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from mxfed_api.keys.v1 import accounts_pb2 as mxfed__api_dot_keys_dot_v1_dot_accounts__pb2
+from mxfed_api.accounts.v1 import accounts_pb2 as mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in mxfed_api/keys/v1/accounts_pb2_grpc.py depends on'
+        + ' but the generated code in mxfed_api/accounts/v1/accounts_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -35,84 +35,84 @@ class AccountsStub:
             channel: A grpc.Channel.
         """
         self.PerformSetProfile = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/PerformSetProfile',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformSetProfileRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformSetProfileResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/PerformSetProfile',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformSetProfileRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformSetProfileResponse.FromString,
                 _registered_method=True)
         self.QueryProfile = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/QueryProfile',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryProfileRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryProfileResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/QueryProfile',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryProfileRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryProfileResponse.FromString,
                 _registered_method=True)
         self.PerformUploadKeys = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/PerformUploadKeys',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadKeysRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadKeysResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/PerformUploadKeys',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadKeysRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadKeysResponse.FromString,
                 _registered_method=True)
         self.PerformUploadCrossSigningKeys = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/PerformUploadCrossSigningKeys',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/PerformUploadCrossSigningKeys',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysResponse.FromString,
                 _registered_method=True)
         self.PerformDeleteDevice = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/PerformDeleteDevice',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformDeleteDeviceRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformDeleteDeviceResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/PerformDeleteDevice',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformDeleteDeviceRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformDeleteDeviceResponse.FromString,
                 _registered_method=True)
         self.QueryUserDevices = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/QueryUserDevices',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryUserDevicesRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryUserDevicesResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/QueryUserDevices',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryUserDevicesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryUserDevicesResponse.FromString,
                 _registered_method=True)
         self.QueryKeys = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/QueryKeys',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryKeysRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryKeysResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/QueryKeys',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryKeysRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryKeysResponse.FromString,
                 _registered_method=True)
         self.PerformClaimKeys = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/PerformClaimKeys',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformClaimKeysRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformClaimKeysResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/PerformClaimKeys',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformClaimKeysRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformClaimKeysResponse.FromString,
                 _registered_method=True)
         self.PerformMintOpenIdToken = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/PerformMintOpenIdToken',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/PerformMintOpenIdToken',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenResponse.FromString,
                 _registered_method=True)
         self.QueryOpenIdToken = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/QueryOpenIdToken',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryOpenIdTokenRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryOpenIdTokenResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/QueryOpenIdToken',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryOpenIdTokenRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryOpenIdTokenResponse.FromString,
                 _registered_method=True)
         self.QueryRemoteDevices = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/QueryRemoteDevices',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryRemoteDevicesRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryRemoteDevicesResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/QueryRemoteDevices',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryRemoteDevicesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryRemoteDevicesResponse.FromString,
                 _registered_method=True)
         self.InputDeviceListUpdates = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/InputDeviceListUpdates',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/InputDeviceListUpdates',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
                 _registered_method=True)
         self.QueryToDeviceMessages = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/QueryToDeviceMessages',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/QueryToDeviceMessages',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.FromString,
                 _registered_method=True)
         self.PerformAckToDeviceMessages = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/PerformAckToDeviceMessages',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/PerformAckToDeviceMessages',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.FromString,
                 _registered_method=True)
         self.StreamToDeviceMessages = channel.unary_stream(
-                '/mxfed.keys.v1.Accounts/StreamToDeviceMessages',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.ToDeviceMessage.FromString,
+                '/mxfed.accounts.v1.Accounts/StreamToDeviceMessages',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.ToDeviceMessage.FromString,
                 _registered_method=True)
         self.QueryPresence = channel.unary_unary(
-                '/mxfed.keys.v1.Accounts/QueryPresence',
-                request_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceResponse.FromString,
+                '/mxfed.accounts.v1.Accounts/QueryPresence',
+                request_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryPresenceRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryPresenceResponse.FromString,
                 _registered_method=True)
 
 
@@ -258,89 +258,89 @@ def add_AccountsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'PerformSetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformSetProfile,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformSetProfileRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformSetProfileResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformSetProfileRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformSetProfileResponse.SerializeToString,
             ),
             'QueryProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryProfile,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryProfileRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryProfileResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryProfileRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryProfileResponse.SerializeToString,
             ),
             'PerformUploadKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformUploadKeys,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadKeysRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadKeysResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadKeysRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadKeysResponse.SerializeToString,
             ),
             'PerformUploadCrossSigningKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformUploadCrossSigningKeys,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysResponse.SerializeToString,
             ),
             'PerformDeleteDevice': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformDeleteDevice,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformDeleteDeviceRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformDeleteDeviceResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformDeleteDeviceRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformDeleteDeviceResponse.SerializeToString,
             ),
             'QueryUserDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryUserDevices,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryUserDevicesRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryUserDevicesResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryUserDevicesRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryUserDevicesResponse.SerializeToString,
             ),
             'QueryKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryKeys,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryKeysRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryKeysResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryKeysRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryKeysResponse.SerializeToString,
             ),
             'PerformClaimKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformClaimKeys,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformClaimKeysRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformClaimKeysResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformClaimKeysRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformClaimKeysResponse.SerializeToString,
             ),
             'PerformMintOpenIdToken': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformMintOpenIdToken,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenResponse.SerializeToString,
             ),
             'QueryOpenIdToken': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryOpenIdToken,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryOpenIdTokenRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryOpenIdTokenResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryOpenIdTokenRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryOpenIdTokenResponse.SerializeToString,
             ),
             'QueryRemoteDevices': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryRemoteDevices,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryRemoteDevicesRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryRemoteDevicesResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryRemoteDevicesRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryRemoteDevicesResponse.SerializeToString,
             ),
             'InputDeviceListUpdates': grpc.unary_unary_rpc_method_handler(
                     servicer.InputDeviceListUpdates,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.SerializeToString,
             ),
             'QueryToDeviceMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryToDeviceMessages,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.SerializeToString,
             ),
             'PerformAckToDeviceMessages': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformAckToDeviceMessages,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.SerializeToString,
             ),
             'StreamToDeviceMessages': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamToDeviceMessages,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.ToDeviceMessage.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.ToDeviceMessage.SerializeToString,
             ),
             'QueryPresence': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryPresence,
-                    request_deserializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceRequest.FromString,
-                    response_serializer=mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceResponse.SerializeToString,
+                    request_deserializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryPresenceRequest.FromString,
+                    response_serializer=mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryPresenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'mxfed.keys.v1.Accounts', rpc_method_handlers)
+            'mxfed.accounts.v1.Accounts', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('mxfed.keys.v1.Accounts', rpc_method_handlers)
+    server.add_registered_method_handlers('mxfed.accounts.v1.Accounts', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -361,9 +361,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/PerformSetProfile',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformSetProfileRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformSetProfileResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/PerformSetProfile',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformSetProfileRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformSetProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -388,9 +388,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/QueryProfile',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryProfileRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryProfileResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/QueryProfile',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryProfileRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -415,9 +415,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/PerformUploadKeys',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadKeysRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadKeysResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/PerformUploadKeys',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadKeysRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -442,9 +442,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/PerformUploadCrossSigningKeys',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/PerformUploadCrossSigningKeys',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformUploadCrossSigningKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -469,9 +469,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/PerformDeleteDevice',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformDeleteDeviceRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformDeleteDeviceResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/PerformDeleteDevice',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformDeleteDeviceRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformDeleteDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -496,9 +496,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/QueryUserDevices',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryUserDevicesRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryUserDevicesResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/QueryUserDevices',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryUserDevicesRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryUserDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -523,9 +523,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/QueryKeys',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryKeysRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryKeysResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/QueryKeys',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryKeysRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -550,9 +550,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/PerformClaimKeys',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformClaimKeysRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformClaimKeysResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/PerformClaimKeys',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformClaimKeysRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformClaimKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -577,9 +577,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/PerformMintOpenIdToken',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/PerformMintOpenIdToken',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformMintOpenIdTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -604,9 +604,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/QueryOpenIdToken',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryOpenIdTokenRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryOpenIdTokenResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/QueryOpenIdToken',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryOpenIdTokenRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryOpenIdTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -631,9 +631,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/QueryRemoteDevices',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryRemoteDevicesRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryRemoteDevicesResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/QueryRemoteDevices',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryRemoteDevicesRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryRemoteDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -658,9 +658,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/InputDeviceListUpdates',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/InputDeviceListUpdates',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.InputDeviceListUpdatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -685,9 +685,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/QueryToDeviceMessages',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/QueryToDeviceMessages',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryToDeviceMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -712,9 +712,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/PerformAckToDeviceMessages',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/PerformAckToDeviceMessages',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.PerformAckToDeviceMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -739,9 +739,9 @@ class Accounts:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/StreamToDeviceMessages',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.ToDeviceMessage.FromString,
+            '/mxfed.accounts.v1.Accounts/StreamToDeviceMessages',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.StreamToDeviceMessagesRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.ToDeviceMessage.FromString,
             options,
             channel_credentials,
             insecure,
@@ -766,9 +766,9 @@ class Accounts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mxfed.keys.v1.Accounts/QueryPresence',
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceRequest.SerializeToString,
-            mxfed__api_dot_keys_dot_v1_dot_accounts__pb2.QueryPresenceResponse.FromString,
+            '/mxfed.accounts.v1.Accounts/QueryPresence',
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryPresenceRequest.SerializeToString,
+            mxfed__api_dot_accounts_dot_v1_dot_accounts__pb2.QueryPresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,8 +47,8 @@ from mxfed.clock import now_ms
 from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
-from services.keys.accounts.local import LocalAccounts
-from services.keys.accounts.validation import user_server
+from services.accounts.local import LocalAccounts
+from services.accounts.validation import user_server
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import asyncpg
 
 from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest
-from services.keys.accounts.validation import user_server
+from services.accounts.validation import user_server
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import pytest
 from gateway.edu_routing import device_edu_request
 from mxfed.clock import now_ms
 from mxfed.federation_client import FederationClient
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from services.keys.accounts.local import LocalAccounts
-from services.keys.accounts.notify import RecordingNotifier
-from services.keys.accounts.presence import RemotePresence
-from services.keys.accounts.remote import RemoteDeviceLists
-from services.keys.accounts.servicer import AccountsServicer
-from services.keys.accounts.to_device import (
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
+from services.accounts.local import LocalAccounts
+from services.accounts.notify import RecordingNotifier
+from services.accounts.presence import RemotePresence
+from services.accounts.remote import RemoteDeviceLists
+from services.accounts.servicer import AccountsServicer
+from services.accounts.to_device import (
     DEDUPE_RETENTION_MS,
     NOTIFY_CHANNEL,
     ToDeviceHub,

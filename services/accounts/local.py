@@ -13,8 +13,8 @@ import asyncpg
 from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest, NotFound
-from services.keys.accounts.notify import EduNotifier
-from services.keys.accounts.validation import (
+from services.accounts.notify import EduNotifier
+from services.accounts.validation import (
     JsonDict,
     check_cross_signing_key,
     check_device_keys,

@@ -40,7 +40,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.held_connection import HeldConnection
 from mxfed.service_errors import BadRequest
-from services.keys.accounts.validation import require_user, user_server
+from services.accounts.validation import require_user, user_server
 
 log = logging.getLogger(__name__)
 

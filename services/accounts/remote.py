@@ -21,7 +21,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.federation_client import FederationClient, FederationError, federation_path
 from mxfed.service_errors import BadRequest, Unavailable
-from services.keys.accounts.validation import (
+from services.accounts.validation import (
     JsonDict,
     check_cross_signing_key,
     check_device_keys,

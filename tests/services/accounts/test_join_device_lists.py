@@ -20,9 +20,9 @@ import pytest
 from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
-from services.keys.accounts.joins import JoinDeviceLists
-from services.keys.accounts.local import LocalAccounts
-from services.keys.accounts.notify import RecordingNotifier
+from services.accounts.joins import JoinDeviceLists
+from services.accounts.local import LocalAccounts
+from services.accounts.notify import RecordingNotifier
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server
 
 OURS = "joins-test.example"

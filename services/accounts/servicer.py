@@ -1,4 +1,4 @@
-"""gRPC layer of Accounts (``mxfed.keys.v1.Accounts``)."""
+"""gRPC layer of Accounts (``mxfed.accounts.v1.Accounts``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import orjson
 
 from matrix_protocol.canonical_json import decode_json
 from mxfed.clock import now_ms
-from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_errors import (
     BadRequest,
     ServiceError,
@@ -19,15 +18,12 @@ from mxfed.service_errors import (
     json_field,
     reports_service_errors,
 )
-from mxfed.service_runtime import ServiceContext
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from services.keys.accounts.joins import JoinDeviceLists
-from services.keys.accounts.local import LocalAccounts
-from services.keys.accounts.notify import GrpcEduNotifier
-from services.keys.accounts.presence import RemotePresence
-from services.keys.accounts.remote import RemoteDeviceLists
-from services.keys.accounts.to_device import StoredMessage, ToDeviceHub, ToDeviceInbox
-from services.keys.accounts.validation import user_server
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
+from services.accounts.local import LocalAccounts
+from services.accounts.presence import RemotePresence
+from services.accounts.remote import RemoteDeviceLists
+from services.accounts.to_device import StoredMessage, ToDeviceHub, ToDeviceInbox
+from services.accounts.validation import user_server
 
 log = logging.getLogger(__name__)
 
@@ -263,32 +259,3 @@ class AccountsServicer(accounts_pb2_grpc.AccountsServicer):
             if state.status_msg is not None:
                 entry.status_msg = state.status_msg
         return reply
-
-
-def add_accounts_servicer(context: ServiceContext) -> AccountsServicer:
-    """Register Accounts on the keys server, with its federation client and EDU notifier,
-    and start following local joins for their device lists (``joins.py``)."""
-    client = federation_client_from_config(context.config)
-    notifier = GrpcEduNotifier(context.channel("events"), context.channel("sender"))
-    local = LocalAccounts(context.pool, context.config.server_name, notifier)
-    remote = RemoteDeviceLists(context.pool, context.config.server_name, client)
-    hub = ToDeviceHub(context.pool)
-    context.on_stop(client.close)
-    context.on_stop(remote.close)
-    context.on_stop(hub.close)
-    servicer = AccountsServicer(
-        local,
-        remote,
-        ToDeviceInbox(context.pool, context.config.server_name),
-        hub,
-        RemotePresence(
-            context.pool, context.config.server_name, enabled=context.config.presence_enabled
-        ),
-    )
-    accounts_pb2_grpc.add_AccountsServicer_to_server(servicer, context.server)
-    if context.config.database_url:
-        joins = JoinDeviceLists(
-            context.config.database_url, local, context.channel("events"), context.channel("sender")
-        )
-        context.spawn(joins.run, "keys:device-list-joins")
-    return servicer

@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 
 from mxfed.federation_client import FederationClient
-from mxfed_api.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from services.keys.accounts.local import LocalAccounts
-from services.keys.accounts.notify import RecordingNotifier
-from services.keys.accounts.remote import RemoteDeviceLists
-from services.keys.accounts.servicer import AccountsServicer
+from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
+from services.accounts.local import LocalAccounts
+from services.accounts.notify import RecordingNotifier
+from services.accounts.remote import RemoteDeviceLists
+from services.accounts.servicer import AccountsServicer
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server
 from tests.support.service_errors import errcode as error_code
