@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmxfed_api/events/v1/admin.proto\x12\x0fmxfed.events.v1\"K\n\x19PerformBlockServerRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x61llow\x18\x03 \x01(\x08\"+\n\x1aPerformBlockServerResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\"=\n\x1bPerformUnblockServerRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05\x61llow\x18\x02 \x01(\x08\"/\n\x1cPerformUnblockServerResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"1\n\x1ePerformSetAllowListModeRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"6\n\x1fPerformSetAllowListModeResponse\x12\x13\n\x0bwas_enabled\x18\x01 \x01(\x08\"1\n\x18QueryServerPolicyRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"d\n\nServerRule\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05\x61llow\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x12\n\ncreated_ts\x18\x05 \x01(\x03\"w\n\x0cServerPolicy\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\x17\n\x0f\x61llow_list_mode\x18\x03 \x01(\x08\x12*\n\x05rules\x18\x04 \x03(\x0b\x32\x1b.mxfed.events.v1.ServerRule\"L\n\x1aPerformShutdownRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05purge\x18\x03 \x01(\x08\"H\n\x1bPerformShutdownRoomResponse\x12\x12\n\nleft_users\x18\x01 \x03(\t\x12\x15\n\rpurged_events\x18\x02 \x01(\x03\"K\n\x17PerformBlockRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07unblock\x18\x03 \x01(\x08\"+\n\x18PerformBlockRoomResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"\x1a\n\x18QueryBlockedRoomsRequest\"V\n\x0b\x42lockedRoom\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x12\n\ncreated_ts\x18\x04 \x01(\x03\"H\n\x19QueryBlockedRoomsResponse\x12+\n\x05rooms\x18\x01 \x03(\x0b\x32\x1c.mxfed.events.v1.BlockedRoom\"g\n\x1aPerformPurgeHistoryRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x13\n\tbefore_ts\x18\x02 \x01(\x03H\x00\x12\x19\n\x0f\x62\x65\x66ore_event_id\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x62\x65\x66ore\"I\n\x1bPerformPurgeHistoryResponse\x12\x15\n\rpurged_events\x18\x01 \x01(\x03\x12\x13\n\x0bkept_events\x18\x02 \x01(\x03\"%\n\x14QueryAuditLogRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"k\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\x03\x12\n\n\x02ts\x18\x02 \x01(\x03\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x06 \x01(\x0c\"F\n\x15QueryAuditLogResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.mxfed.events.v1.AuditRecord2\xe1\x07\n\x05\x41\x64min\x12m\n\x12PerformBlockServer\x12*.mxfed.events.v1.PerformBlockServerRequest\x1a+.mxfed.events.v1.PerformBlockServerResponse\x12s\n\x14PerformUnblockServer\x12,.mxfed.events.v1.PerformUnblockServerRequest\x1a-.mxfed.events.v1.PerformUnblockServerResponse\x12|\n\x17PerformSetAllowListMode\x12/.mxfed.events.v1.PerformSetAllowListModeRequest\x1a\x30.mxfed.events.v1.PerformSetAllowListModeResponse\x12]\n\x11QueryServerPolicy\x12).mxfed.events.v1.QueryServerPolicyRequest\x1a\x1d.mxfed.events.v1.ServerPolicy\x12p\n\x13PerformShutdownRoom\x12+.mxfed.events.v1.PerformShutdownRoomRequest\x1a,.mxfed.events.v1.PerformShutdownRoomResponse\x12g\n\x10PerformBlockRoom\x12(.mxfed.events.v1.PerformBlockRoomRequest\x1a).mxfed.events.v1.PerformBlockRoomResponse\x12j\n\x11QueryBlockedRooms\x12).mxfed.events.v1.QueryBlockedRoomsRequest\x1a*.mxfed.events.v1.QueryBlockedRoomsResponse\x12p\n\x13PerformPurgeHistory\x12+.mxfed.events.v1.PerformPurgeHistoryRequest\x1a,.mxfed.events.v1.PerformPurgeHistoryResponse\x12^\n\rQueryAuditLog\x12%.mxfed.events.v1.QueryAuditLogRequest\x1a&.mxfed.events.v1.QueryAuditLogResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmxfed_api/events/v1/admin.proto\x12\x0fmxfed.events.v1\"K\n\x19PerformBlockServerRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05\x61llow\x18\x03 \x01(\x08\"+\n\x1aPerformBlockServerResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x08\"=\n\x1bPerformUnblockServerRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05\x61llow\x18\x02 \x01(\x08\"/\n\x1cPerformUnblockServerResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"1\n\x1ePerformSetAllowListModeRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"6\n\x1fPerformSetAllowListModeResponse\x12\x13\n\x0bwas_enabled\x18\x01 \x01(\x08\"1\n\x18QueryServerPolicyRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x03\"d\n\nServerRule\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05\x61llow\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x12\n\ncreated_ts\x18\x05 \x01(\x03\"\x84\x01\n\x19QueryServerPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\x17\n\x0f\x61llow_list_mode\x18\x03 \x01(\x08\x12*\n\x05rules\x18\x04 \x03(\x0b\x32\x1b.mxfed.events.v1.ServerRule\"L\n\x1aPerformShutdownRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05purge\x18\x03 \x01(\x08\"H\n\x1bPerformShutdownRoomResponse\x12\x12\n\nleft_users\x18\x01 \x03(\t\x12\x15\n\rpurged_events\x18\x02 \x01(\x03\"K\n\x17PerformBlockRoomRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07unblock\x18\x03 \x01(\x08\"+\n\x18PerformBlockRoomResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\"\x1a\n\x18QueryBlockedRoomsRequest\"V\n\x0b\x42lockedRoom\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x12\n\ncreated_ts\x18\x04 \x01(\x03\"H\n\x19QueryBlockedRoomsResponse\x12+\n\x05rooms\x18\x01 \x03(\x0b\x32\x1c.mxfed.events.v1.BlockedRoom\"g\n\x1aPerformPurgeHistoryRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x13\n\tbefore_ts\x18\x02 \x01(\x03H\x00\x12\x19\n\x0f\x62\x65\x66ore_event_id\x18\x03 \x01(\tH\x00\x42\x08\n\x06\x62\x65\x66ore\"I\n\x1bPerformPurgeHistoryResponse\x12\x15\n\rpurged_events\x18\x01 \x01(\x03\x12\x13\n\x0bkept_events\x18\x02 \x01(\x03\"%\n\x14QueryAuditLogRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"k\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\x03\x12\n\n\x02ts\x18\x02 \x01(\x03\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x06 \x01(\x0c\"F\n\x15QueryAuditLogResponse\x12-\n\x07records\x18\x01 \x03(\x0b\x32\x1c.mxfed.events.v1.AuditRecord2\xee\x07\n\x05\x41\x64min\x12m\n\x12PerformBlockServer\x12*.mxfed.events.v1.PerformBlockServerRequest\x1a+.mxfed.events.v1.PerformBlockServerResponse\x12s\n\x14PerformUnblockServer\x12,.mxfed.events.v1.PerformUnblockServerRequest\x1a-.mxfed.events.v1.PerformUnblockServerResponse\x12|\n\x17PerformSetAllowListMode\x12/.mxfed.events.v1.PerformSetAllowListModeRequest\x1a\x30.mxfed.events.v1.PerformSetAllowListModeResponse\x12j\n\x11QueryServerPolicy\x12).mxfed.events.v1.QueryServerPolicyRequest\x1a*.mxfed.events.v1.QueryServerPolicyResponse\x12p\n\x13PerformShutdownRoom\x12+.mxfed.events.v1.PerformShutdownRoomRequest\x1a,.mxfed.events.v1.PerformShutdownRoomResponse\x12g\n\x10PerformBlockRoom\x12(.mxfed.events.v1.PerformBlockRoomRequest\x1a).mxfed.events.v1.PerformBlockRoomResponse\x12j\n\x11QueryBlockedRooms\x12).mxfed.events.v1.QueryBlockedRoomsRequest\x1a*.mxfed.events.v1.QueryBlockedRoomsResponse\x12p\n\x13PerformPurgeHistory\x12+.mxfed.events.v1.PerformPurgeHistoryRequest\x1a,.mxfed.events.v1.PerformPurgeHistoryResponse\x12^\n\rQueryAuditLog\x12%.mxfed.events.v1.QueryAuditLogRequest\x1a&.mxfed.events.v1.QueryAuditLogResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,32 +47,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYSERVERPOLICYREQUEST']._serialized_end=442
   _globals['_SERVERRULE']._serialized_start=444
   _globals['_SERVERRULE']._serialized_end=544
-  _globals['_SERVERPOLICY']._serialized_start=546
-  _globals['_SERVERPOLICY']._serialized_end=665
-  _globals['_PERFORMSHUTDOWNROOMREQUEST']._serialized_start=667
-  _globals['_PERFORMSHUTDOWNROOMREQUEST']._serialized_end=743
-  _globals['_PERFORMSHUTDOWNROOMRESPONSE']._serialized_start=745
-  _globals['_PERFORMSHUTDOWNROOMRESPONSE']._serialized_end=817
-  _globals['_PERFORMBLOCKROOMREQUEST']._serialized_start=819
-  _globals['_PERFORMBLOCKROOMREQUEST']._serialized_end=894
-  _globals['_PERFORMBLOCKROOMRESPONSE']._serialized_start=896
-  _globals['_PERFORMBLOCKROOMRESPONSE']._serialized_end=939
-  _globals['_QUERYBLOCKEDROOMSREQUEST']._serialized_start=941
-  _globals['_QUERYBLOCKEDROOMSREQUEST']._serialized_end=967
-  _globals['_BLOCKEDROOM']._serialized_start=969
-  _globals['_BLOCKEDROOM']._serialized_end=1055
-  _globals['_QUERYBLOCKEDROOMSRESPONSE']._serialized_start=1057
-  _globals['_QUERYBLOCKEDROOMSRESPONSE']._serialized_end=1129
-  _globals['_PERFORMPURGEHISTORYREQUEST']._serialized_start=1131
-  _globals['_PERFORMPURGEHISTORYREQUEST']._serialized_end=1234
-  _globals['_PERFORMPURGEHISTORYRESPONSE']._serialized_start=1236
-  _globals['_PERFORMPURGEHISTORYRESPONSE']._serialized_end=1309
-  _globals['_QUERYAUDITLOGREQUEST']._serialized_start=1311
-  _globals['_QUERYAUDITLOGREQUEST']._serialized_end=1348
-  _globals['_AUDITRECORD']._serialized_start=1350
-  _globals['_AUDITRECORD']._serialized_end=1457
-  _globals['_QUERYAUDITLOGRESPONSE']._serialized_start=1459
-  _globals['_QUERYAUDITLOGRESPONSE']._serialized_end=1529
-  _globals['_ADMIN']._serialized_start=1532
-  _globals['_ADMIN']._serialized_end=2525
+  _globals['_QUERYSERVERPOLICYRESPONSE']._serialized_start=547
+  _globals['_QUERYSERVERPOLICYRESPONSE']._serialized_end=679
+  _globals['_PERFORMSHUTDOWNROOMREQUEST']._serialized_start=681
+  _globals['_PERFORMSHUTDOWNROOMREQUEST']._serialized_end=757
+  _globals['_PERFORMSHUTDOWNROOMRESPONSE']._serialized_start=759
+  _globals['_PERFORMSHUTDOWNROOMRESPONSE']._serialized_end=831
+  _globals['_PERFORMBLOCKROOMREQUEST']._serialized_start=833
+  _globals['_PERFORMBLOCKROOMREQUEST']._serialized_end=908
+  _globals['_PERFORMBLOCKROOMRESPONSE']._serialized_start=910
+  _globals['_PERFORMBLOCKROOMRESPONSE']._serialized_end=953
+  _globals['_QUERYBLOCKEDROOMSREQUEST']._serialized_start=955
+  _globals['_QUERYBLOCKEDROOMSREQUEST']._serialized_end=981
+  _globals['_BLOCKEDROOM']._serialized_start=983
+  _globals['_BLOCKEDROOM']._serialized_end=1069
+  _globals['_QUERYBLOCKEDROOMSRESPONSE']._serialized_start=1071
+  _globals['_QUERYBLOCKEDROOMSRESPONSE']._serialized_end=1143
+  _globals['_PERFORMPURGEHISTORYREQUEST']._serialized_start=1145
+  _globals['_PERFORMPURGEHISTORYREQUEST']._serialized_end=1248
+  _globals['_PERFORMPURGEHISTORYRESPONSE']._serialized_start=1250
+  _globals['_PERFORMPURGEHISTORYRESPONSE']._serialized_end=1323
+  _globals['_QUERYAUDITLOGREQUEST']._serialized_start=1325
+  _globals['_QUERYAUDITLOGREQUEST']._serialized_end=1362
+  _globals['_AUDITRECORD']._serialized_start=1364
+  _globals['_AUDITRECORD']._serialized_end=1471
+  _globals['_QUERYAUDITLOGRESPONSE']._serialized_start=1473
+  _globals['_QUERYAUDITLOGRESPONSE']._serialized_end=1543
+  _globals['_ADMIN']._serialized_start=1546
+  _globals['_ADMIN']._serialized_end=2552
 # @@protoc_insertion_point(module_scope)

@@ -68,7 +68,7 @@ class ServerRule(_message.Message):
     created_ts: int
     def __init__(self, pattern: _Optional[str] = ..., allow: _Optional[bool] = ..., reason: _Optional[str] = ..., created_by: _Optional[str] = ..., created_ts: _Optional[int] = ...) -> None: ...
 
-class ServerPolicy(_message.Message):
+class QueryServerPolicyResponse(_message.Message):
     __slots__ = ("version", "unchanged", "allow_list_mode", "rules")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]

@@ -52,7 +52,7 @@ class AdminStub:
         self.QueryServerPolicy = channel.unary_unary(
                 '/mxfed.events.v1.Admin/QueryServerPolicy',
                 request_serializer=mxfed__api_dot_events_dot_v1_dot_admin__pb2.QueryServerPolicyRequest.SerializeToString,
-                response_deserializer=mxfed__api_dot_events_dot_v1_dot_admin__pb2.ServerPolicy.FromString,
+                response_deserializer=mxfed__api_dot_events_dot_v1_dot_admin__pb2.QueryServerPolicyResponse.FromString,
                 _registered_method=True)
         self.PerformShutdownRoom = channel.unary_unary(
                 '/mxfed.events.v1.Admin/PerformShutdownRoom',
@@ -175,7 +175,7 @@ def add_AdminServicer_to_server(servicer, server):
             'QueryServerPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryServerPolicy,
                     request_deserializer=mxfed__api_dot_events_dot_v1_dot_admin__pb2.QueryServerPolicyRequest.FromString,
-                    response_serializer=mxfed__api_dot_events_dot_v1_dot_admin__pb2.ServerPolicy.SerializeToString,
+                    response_serializer=mxfed__api_dot_events_dot_v1_dot_admin__pb2.QueryServerPolicyResponse.SerializeToString,
             ),
             'PerformShutdownRoom': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformShutdownRoom,
@@ -310,7 +310,7 @@ class Admin:
             target,
             '/mxfed.events.v1.Admin/QueryServerPolicy',
             mxfed__api_dot_events_dot_v1_dot_admin__pb2.QueryServerPolicyRequest.SerializeToString,
-            mxfed__api_dot_events_dot_v1_dot_admin__pb2.ServerPolicy.FromString,
+            mxfed__api_dot_events_dot_v1_dot_admin__pb2.QueryServerPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

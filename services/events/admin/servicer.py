@@ -59,11 +59,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     @reports_service_errors
     async def QueryServerPolicy(  # noqa: N802
         self, request: admin_pb2.QueryServerPolicyRequest, context: Any
-    ) -> admin_pb2.ServerPolicy:
+    ) -> admin_pb2.QueryServerPolicyResponse:
         if request.known_version and request.known_version == await self.actions.policy_version():
-            return admin_pb2.ServerPolicy(version=request.known_version, unchanged=True)
+            return admin_pb2.QueryServerPolicyResponse(
+                version=request.known_version, unchanged=True
+            )
         rows = await self.actions.policy()
-        return admin_pb2.ServerPolicy(
+        return admin_pb2.QueryServerPolicyResponse(
             version=rows.version,
             allow_list_mode=rows.allow_list_mode,
             rules=[
