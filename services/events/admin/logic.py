@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
 
+from mxfed.clock import now_ms
 from mxfed.server_policy import valid_pattern
 from mxfed.service_errors import BadRequest, NotFound
 from services.events import storage as room_storage
@@ -46,10 +46,6 @@ class Action(enum.Enum):
     BLOCK_ROOM = "block_room"
     UNBLOCK_ROOM = "unblock_room"
     PURGE_HISTORY = "purge_history"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _room_id(room_id: str) -> str:
@@ -82,7 +78,7 @@ class AdminActions:
     async def _audit(
         self, conn: asyncpg.Connection, caller: str, action: Action, target: str, **details: Any
     ) -> None:
-        ts = _now_ms()
+        ts = now_ms()
         record_id = await storage.add_audit(
             conn, ts, caller, action.value, target, orjson.dumps(details).decode()
         )
@@ -107,7 +103,7 @@ class AdminActions:
             raise BadRequest("this server cannot block itself", "M_INVALID_PARAM")
         async with self.pool.acquire() as conn, conn.transaction():
             added = await storage.add_server_rule(
-                conn, storage.ServerRuleRow(pattern, allow, reason, caller, _now_ms())
+                conn, storage.ServerRuleRow(pattern, allow, reason, caller, now_ms())
             )
             if added:
                 action = Action.ALLOW_SERVER if allow else Action.BLOCK_SERVER
@@ -151,7 +147,7 @@ class AdminActions:
                 changed = await storage.unblock_room(conn, room_id)
             else:
                 changed = await storage.block_room(
-                    conn, storage.BlockedRoomRow(room_id, reason, caller, _now_ms())
+                    conn, storage.BlockedRoomRow(room_id, reason, caller, now_ms())
                 )
             if changed:
                 action = Action.UNBLOCK_ROOM if unblock else Action.BLOCK_ROOM
@@ -186,7 +182,7 @@ class AdminActions:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await storage.block_room(
-                    conn, storage.BlockedRoomRow(room_id, reason, caller, _now_ms())
+                    conn, storage.BlockedRoomRow(room_id, reason, caller, now_ms())
                 )
             await self.mirror.refresh()
             if purge:
