@@ -37,10 +37,11 @@ txn id and its ``origin_server_ts`` are recorded *before* the request goes
 out, and the contents are the tagged rows, which never change — so a retry
 after a failure, a restart or a takeover by another replica resends the same
 txn id with the same contents, which the receiver deduplicates. On 200 the
-tagged rows are deleted and the destination's last success recorded. A 4xx
-other than 401/429 means the remote refused *this* transaction for good (a
-retry with the same id would be refused forever and block the queue), so its
-contents are logged and dropped. Workers bound concurrent requests with one
+tagged rows are deleted and the destination's last success recorded. Only a
+definitive refusal of *this* transaction (400 ``M_BAD_JSON``/``M_NOT_JSON``,
+413 ``M_TOO_LARGE``: a retry with the same id would be refused forever and
+block the queue) gets its contents logged and dropped; every other failure
+backs off and retries (``backoff.py``). Workers bound concurrent requests with one
 semaphore but wait only for their own destination: a dead destination never
 delays another. The workers' database calls are gathered: one
 ``sender.next_transactions`` call records the 200s of many destinations and
