@@ -1,5 +1,8 @@
 """Resident memory and idle CPU of a whole idle mxfed (supervisor, every part). Not a test.
 
+Both ways to run it: supervised processes (``mxfed run``, target <= 400 MiB)
+and every part in one process (``mxfed run --single-process``, <= 150 MiB).
+
 Per part: RSS, and the CPU it spends idle over a 10 s window (background
 loops, heartbeats, leases). The Kubernetes resource requests in
 deploy/kubernetes/ are sized from these numbers.
@@ -30,11 +33,20 @@ IDLE_WINDOW = 10.0  # seconds over which idle CPU is measured
 
 
 def main() -> None:
+    for single_process in (False, True):
+        measure(single_process)
+
+
+def measure(single_process: bool) -> None:
+    mode = "mxfed run --single-process" if single_process else "mxfed run"
+    target = 150 if single_process else 400
     database_url = asyncio.run(create_database("mxfed_bench"))
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            mxfed = MxfedProcess(Path(scratch) / "data", database_url)
-            for label in ("first start", "after a restart"):
+            mxfed = MxfedProcess(
+                Path(scratch) / "data", database_url, single_process=single_process
+            )
+            for label in (f"{mode}, first start", f"{mode}, after a restart"):
                 mxfed.start()
                 try:
                     time.sleep(5)  # settle: background tasks started, caches warm
@@ -54,7 +66,9 @@ def main() -> None:
                             f"  {name:32s} {rss / 2**20:7.1f} MiB"
                             f"  idle CPU {idle_cpu * 1000:5.1f} millicores"
                         )
-                    print(f"  whole stack idle: {total / 2**20:.0f} MiB RSS (target <= 400 MiB)")
+                    print(
+                        f"  whole stack idle: {total / 2**20:.0f} MiB RSS (target <= {target} MiB)"
+                    )
                 finally:
                     mxfed.stop()
     finally:

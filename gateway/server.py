@@ -27,7 +27,8 @@ from mxfed.startup import StartupError, listen_failure, report_ready
 log = logging.getLogger(__name__)
 
 
-async def run_gateway(config: Config) -> None:
+async def run_gateway(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (uvicorn's own handlers) or ``stop`` is set."""
     setup_logging("gateway", config.log_level, config.log_format)
     try:
         ensure_tls_pair(config.tls_certificate, config.tls_private_key, config.server_name)
@@ -72,10 +73,18 @@ async def run_gateway(config: Config) -> None:
     log.info("gateway starting", extra={"listen": config.gateway_listen})
     port = listener.getsockname()[1]
     readiness = asyncio.create_task(_report_when_serving(server, config, port))
+    stopper = asyncio.create_task(_exit_on(stop, server)) if stop is not None else None
     try:
         await server.serve(sockets=[listener])
     finally:
         readiness.cancel()
+        if stopper is not None:
+            stopper.cancel()
+
+
+async def _exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
+    await stop.wait()
+    server.should_exit = True
 
 
 async def _report_when_serving(server: uvicorn.Server, config: Config, port: int) -> None:

@@ -22,7 +22,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
-from mxfed.process_metrics import TimedPool
 from mxfed.startup import StartupError
 
 log = logging.getLogger(__name__)
@@ -182,9 +181,16 @@ async def wait_for_database(url: str, patience: float) -> None:
         return
 
 
-async def create_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """A pool that times the wait for each connection (``mxfed_db_pool_acquire_seconds``)."""
-    pool = TimedPool(
+async def create_pool(url: str, *, max_size: int = 10, timed: bool = True) -> asyncpg.Pool:
+    """A pool that times the wait for each connection (``mxfed_db_pool_acquire_seconds``);
+    ``timed=False`` for a short-lived one (the supervisor's), which then does not load the
+    metrics and gRPC libraries into a process that serves neither."""
+    pool_class: type[asyncpg.Pool] = asyncpg.Pool
+    if timed:
+        from mxfed.process_metrics import TimedPool
+
+        pool_class = TimedPool
+    pool = pool_class(
         url,
         min_size=1,
         max_size=max_size,

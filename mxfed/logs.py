@@ -7,6 +7,7 @@ than formatted sentences.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -39,13 +40,20 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+# In a single-process run (``mxfed run --single-process``) every part's task sets its
+# name here, so each record names the part that wrote it whatever handler is installed.
+CURRENT_PART: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "mxfed_part", default=None
+)
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, part: str) -> None:
         super().__init__()
         self.part = part
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {"part": self.part, **_fields(record)}
+        fields = {"part": CURRENT_PART.get() or self.part, **_fields(record)}
         return orjson.dumps(fields, default=str).decode()
 
 
@@ -55,7 +63,7 @@ class KeyValueFormatter(logging.Formatter):
         self.part = part
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {"part": self.part, **_fields(record)}
+        fields = {"part": CURRENT_PART.get() or self.part, **_fields(record)}
         return " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -76,9 +77,15 @@ def _tell_supervisor(message: bytes) -> bool:
     return True
 
 
+# Told the part's name when a part in this process is ready (``mxfed run --single-process``).
+in_process_ready: Callable[[str], None] | None = None
+
+
 def report_ready(part: str) -> None:
     log.info("ready", extra={"supervised": _supervisor_pipe() is not None})
     _tell_supervisor(b"ready")
+    if in_process_ready is not None:
+        in_process_ready(part)
 
 
 def report_fatal(part: str, error: StartupError) -> None:

@@ -132,7 +132,7 @@ class Supervisor:
             connect_url = with_password(url, config.database_password_file.read_text().strip())
         self.database = describe(url)
         await wait_for_database(connect_url, config.database_start_timeout)
-        pool = await create_pool(connect_url, max_size=1)
+        pool = await create_pool(connect_url, max_size=1, timed=False)
         try:
             await claim_database(pool, connect_url, config.server_name, signing_key)
         finally:

@@ -37,9 +37,13 @@ async def own_database_url() -> AsyncIterator[str]:
 async def scene(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Scene]:
-    """A running mxfed and a fake remote homeserver, one per test module that asks."""
+    """A running mxfed and a fake remote homeserver, one per test module that asks
+    (``mxfed run --single-process`` for a module that sets ``SCENE_SINGLE_PROCESS = True``)."""
     name = request.module.__name__.rsplit(".", 1)[-1]
-    started, scene_database_url = await start_scene(tmp_path_factory.mktemp(name))
+    started, scene_database_url = await start_scene(
+        tmp_path_factory.mktemp(name),
+        single_process=getattr(request.module, "SCENE_SINGLE_PROCESS", False),
+    )
     yield started
     await stop_scene(started, scene_database_url)
 

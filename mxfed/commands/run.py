@@ -1,4 +1,5 @@
-"""``mxfed run``: the whole server, or one part of it (``--service NAME``).
+"""``mxfed run``: the whole server, or one part of it (``--service NAME``); with
+``--single-process`` every part in one process (:mod:`mxfed.single_process`).
 
 A part run alone reports a fatal start-up error as one line on stderr and
 exit status 78 (see :mod:`mxfed.startup`); an unexpected crash is logged
@@ -20,10 +21,19 @@ log = logging.getLogger("mxfed.run")
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run every part of mxfed, or one with --service")
     parser.add_argument("--service", choices=PART_NAMES, help="run only this part")
+    parser.add_argument(
+        "--single-process",
+        action="store_true",
+        help="run every part in this one process (small deployments; no per-part restarts)",
+    )
     parser.set_defaults(handler=run)
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
+    if args.service is None and args.single_process:
+        from mxfed.single_process import run_single_process
+
+        return await run_single_process(config, args.config)
     if args.service is None:
         from mxfed.supervisor import supervise
 

@@ -31,6 +31,8 @@ class MxfedProcess:
     database_url: str
     server_name: str = ""
     extra_config: dict = field(default_factory=dict)
+    # Every part in the one process (``mxfed run --single-process``).
+    single_process: bool = False
     process: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -103,7 +105,15 @@ class MxfedProcess:
         self.write_config()
         log = open(self.data_dir / "mxfed.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mxfed.cli", "--config", str(self.config_path), "run"],
+            [
+                sys.executable,
+                "-m",
+                "mxfed.cli",
+                "--config",
+                str(self.config_path),
+                "run",
+                *(["--single-process"] if self.single_process else []),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.environment(),

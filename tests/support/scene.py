@@ -209,12 +209,17 @@ def event_id_of(pdu: dict[str, Any], version: RoomVersion) -> str:
 
 
 async def start_scene(
-    tmp_path: Path, extra_config: dict[str, Any] | None = None
+    tmp_path: Path, extra_config: dict[str, Any] | None = None, *, single_process: bool = False
 ) -> tuple[Scene, str]:
     database_url = await create_database("mxfed_rooms_test")
     remote = FakeHomeserver()
     await remote.start()
-    mxfed = MxfedProcess(tmp_path / "mxfed", database_url, extra_config=extra_config or {})
+    mxfed = MxfedProcess(
+        tmp_path / "mxfed",
+        database_url,
+        extra_config=extra_config or {},
+        single_process=single_process,
+    )
     try:
         await asyncio.to_thread(mxfed.start)
     except BaseException:
