@@ -11,6 +11,7 @@ metrics, and a clean stop on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -59,6 +60,9 @@ TASK_LAST_FAILURE = Gauge(
     "mxfed_background_task_last_failure_timestamp_seconds",
     "When a background task last failed (Unix time), by task",
     ["task"],
+)
+ONE_SHOT_FAILURES = Counter(
+    "mxfed_one_shot_task_failures_total", "One-shot background tasks that failed"
 )
 TASK_UP = Gauge("mxfed_background_task_up", "1 while a background task runs, by task", ["task"])
 SERVING = Gauge("mxfed_serving", "1 while this part reports SERVING on gRPC health")
@@ -112,33 +116,50 @@ class ServiceContext:
         work: Callable[[], Coroutine[Any, Any, Any]] | Coroutine[Any, Any, Any],
         name: str,
     ) -> asyncio.Task[Any]:
-        """Run background ``work`` under supervision until the part stops.
+        """Run background ``work`` until the part stops.
 
-        ``work`` is a coroutine function (called again for every restart) or,
-        for work that cannot be restarted, a coroutine. Work that fails is
-        logged, counted (``mxfed_background_task_restarts_total``,
-        ``mxfed_background_task_last_failure_timestamp_seconds``) and started
-        again after a backoff (0.5 s doubling to 30 s, reset once it has run a
-        minute); the part reports NOT_SERVING on gRPC health from the failure
-        until the restarted work has run for :data:`HEALTHY_AFTER` seconds. Work
-        that cannot be restarted leaves the part NOT_SERVING for good. Work that
-        returns is done.
+        ``work`` is a coroutine function for long-running work (a loop, a
+        follower), supervised: when it fails it is logged with its traceback,
+        counted (``mxfed_background_task_restarts_total``,
+        ``mxfed_background_task_last_failure_timestamp_seconds``, by ``name``)
+        and started again after a backoff (0.5 s doubling to 30 s, reset once
+        it has run a minute), and the part reports NOT_SERVING on gRPC health
+        from the failure until the restarted work has run for
+        :data:`HEALTHY_AFTER` seconds. Work that returns is done.
+
+        ``work`` may also be a coroutine, for one-shot work (a room's resync):
+        it cannot be restarted, so a failure is logged and counted
+        (``mxfed_one_shot_task_failures_total``) and its owner decides what
+        follows; the part's health does not depend on it.
         """
-        task = asyncio.create_task(self._supervise(work, name), name=name)
+        if asyncio.iscoroutine(work):
+            task = asyncio.create_task(self._run_once(work, name), name=name)
+        else:
+            task = asyncio.create_task(self._supervise(work, name), name=name)
         self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
         return task
 
-    async def _supervise(
-        self,
-        work: Callable[[], Coroutine[Any, Any, Any]] | Coroutine[Any, Any, Any],
-        name: str,
-    ) -> None:
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _run_once(self, work: Coroutine[Any, Any, Any], name: str) -> Any:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            ONE_SHOT_FAILURES.inc()
+            log.error("background task failed", exc_info=exc, extra={"task": name})
+            raise
+
+    async def _supervise(self, work: Callable[[], Coroutine[Any, Any, Any]], name: str) -> None:
         loop = asyncio.get_running_loop()
         backoff = Backoff(_RESTART_FIRST, _RESTART_CAP)
         TASK_UP.labels(name).set(1)
         while True:
-            coroutine = work if asyncio.iscoroutine(work) else work()
-            attempt = asyncio.ensure_future(coroutine)
+            attempt = asyncio.ensure_future(work())
             started = loop.time()
             try:
                 if name in self._failing:
@@ -157,13 +178,6 @@ class ServiceContext:
                 TASK_LAST_FAILURE.labels(name).set(time.time())
                 TASK_UP.labels(name).set(0)
                 self.set_failing(name, True)
-                if asyncio.iscoroutine(work):
-                    log.error(
-                        "background task failed; it cannot be restarted: NOT_SERVING",
-                        exc_info=exc,
-                        extra={"task": name},
-                    )
-                    return
                 if loop.time() - started > _STABLE_AFTER:
                     backoff.reset()
                 delay = backoff.next_delay()
@@ -274,11 +288,9 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         SERVER_POLICY.own_server_name = config.server_name
         context.spawn(measure_loop_lag(), name="event-loop-lag")
         if name != "events":  # the events process holds the lists (services.events.admin)
+            fetcher = grpc_policy_fetcher(context.channel("events"))
             context.spawn(
-                follow_server_policy(
-                    grpc_policy_fetcher(context.channel("events")),
-                    config.server_policy_refresh_interval,
-                ),
+                lambda: follow_server_policy(fetcher, config.server_policy_refresh_interval),
                 name="server-policy",
             )
         await server.start()

@@ -63,17 +63,22 @@ async def test_failed_task_is_restarted_and_health_follows(
     await context.close()
 
 
-async def test_failed_coroutine_leaves_the_part_not_serving(tmp_path: Path) -> None:
+async def test_a_failed_one_shot_coroutine_is_counted_and_leaves_health_alone(
+    tmp_path: Path,
+) -> None:
     context = _context(tmp_path)
     health: list[bool] = []
     context.on_health = health.append
+    before = REGISTRY.get_sample_value("mxfed_one_shot_task_failures_total") or 0.0
 
     async def once() -> None:
         raise RuntimeError("boom")
 
-    task = context.spawn(once(), "test:once")
+    task = context.spawn(once(), "resync !room:example")
     await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
-    assert health == [False] and not context.serving
+    assert REGISTRY.get_sample_value("mxfed_one_shot_task_failures_total") == before + 1
+    assert health == [] and context.serving
+    assert task not in context._tasks  # finished tasks are not kept
     await context.close()
 
 

@@ -157,9 +157,8 @@ async def setup_admin(context: ServiceContext, local: LocalEvents) -> AdminActio
     """Register the Admin servicer; load the lists now and follow their changes."""
     mirror = PolicyMirror(context.pool)
     await mirror.refresh()
-    context.spawn(
-        mirror.run(context.config.server_policy_refresh_interval), name="events-admin-policy"
-    )
+    interval = context.config.server_policy_refresh_interval
+    context.spawn(lambda: mirror.run(interval), name="events-admin-policy")
     actions = AdminActions(
         context.pool, local, context.config.server_name, mirror, local.core.event_cache
     )
