@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -254,7 +256,35 @@ async def measure_visibility_latency(
     )
 
 
-async def main(transactions: int) -> None:
+def start_profilers(mxfed: MxfedProcess, directory: Path) -> list[subprocess.Popen]:
+    """py-spy on the parts of the inbound path (raw collapsed stacks, one file per part)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    assert mxfed.process is not None
+    profilers = []
+    for child in psutil.Process(mxfed.process.pid).children():
+        cmdline = child.cmdline()
+        part = cmdline[-1] if "--service" in cmdline else ""
+        if part in ("events", "keys", "gateway"):
+            profilers.append(
+                subprocess.Popen(
+                    ["py-spy", "record", "--nonblocking", "--rate", "250", "--format", "raw"]
+                    + ["--pid", str(child.pid), "--output", str(directory / f"{part}.txt")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+    time.sleep(1.0)  # attached
+    return profilers
+
+
+def stop_profilers(profilers: list[subprocess.Popen]) -> None:
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)
+    for profiler in profilers:
+        profiler.wait(60)
+
+
+async def main(transactions: int, profile: Path | None = None) -> None:
     ceiling = ed25519_verifications_per_second()
     print(f"ed25519 verifications/s on this machine (one core): {ceiling:,.0f}")
     database_url = await create_database("mxfed_bench")
@@ -272,7 +302,9 @@ async def main(transactions: int) -> None:
                 one = [await join_public_room(stub, mxfed, remote, user)]
                 five = [await join_public_room(stub, mxfed, remote, user) for _ in range(5)]
                 await run_scenario("warm-up", one, remote, mxfed, user, 2)
+                profilers = start_profilers(mxfed, profile) if profile else []
                 await run_scenario("one room", one, remote, mxfed, user, transactions)
+                stop_profilers(profilers)
                 await run_scenario("five rooms", five, remote, mxfed, user, transactions)
                 await measure_visibility_latency(stub, one[0], remote, mxfed, user)
         finally:
@@ -287,4 +319,11 @@ async def main(transactions: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=20)
-    asyncio.run(main(parser.parse_args().transactions))
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the events, keys and gateway processes during the one-room run; "
+        "collapsed stacks written to DIR/<part>.txt (py-spy from PyPI on PATH)",
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.transactions, arguments.profile))
