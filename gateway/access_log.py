@@ -3,8 +3,8 @@
 Fields: ``origin`` (the X-Matrix origin once verified, else null), ``client``
 (the peer address), ``method``, ``route`` (the path template, never the
 raw path with its ids), ``status``, ``duration_ms``, ``bytes_in`` and
-``bytes_out`` (bodies), and ``trace_id`` (null until tracing sets
-``request.state.trace_id``). Logged to ``mxfed.access`` at
+``bytes_out`` (bodies), and ``trace_id`` (the request's trace when tracing
+is on, ``tracing_otlp_endpoint``; else null). Logged to ``mxfed.access`` at
 ``access_log_level`` (``OFF``: not installed). A plain ASGI middleware, the
 outermost one, so refusals by the other middlewares are logged too.
 """
@@ -16,6 +16,8 @@ import time
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mxfed.logs import current_trace_id
 
 log = logging.getLogger("mxfed.access")
 
@@ -65,7 +67,7 @@ class AccessLogMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "bytes_in": bytes_in,
                     "bytes_out": bytes_out,
-                    "trace_id": state.get("trace_id"),
+                    "trace_id": current_trace_id(),
                 },
             )
 

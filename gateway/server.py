@@ -23,6 +23,7 @@ from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
 from mxfed.probes import gateway_health
 from mxfed.startup import StartupError, listen_failure, report_ready
+from mxfed.tracing import asgi_middleware, setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 async def run_gateway(config: Config, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (uvicorn's own handlers) or ``stop`` is set."""
     setup_logging("gateway", config.log_level, config.log_format)
+    setup_tracing("gateway", config)
     try:
         ensure_tls_pair(config.tls_certificate, config.tls_private_key, config.server_name)
     except OSError as exc:
@@ -51,7 +53,7 @@ async def run_gateway(config: Config, stop: asyncio.Event | None = None) -> None
         ca_file = str(config.tls_client_ca_file) if config.tls_client_ca_file else None
         options = client_certificate_options(ca_file)
     server_config = uvicorn.Config(
-        create_app(config),
+        asgi_middleware(create_app(config)),
         ssl_certfile=str(config.tls_certificate),
         ssl_keyfile=str(config.tls_private_key),
         log_config=None,

@@ -164,6 +164,13 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
 def _existing_file(path: Path) -> Path:
     if not path.is_file():
         raise ValueError(f"{str(path)!r} is not a readable file")
@@ -205,6 +212,7 @@ Cidr = Annotated[str, AfterValidator(_cidr)]
 CidrList = Annotated[list[Cidr], NoDecode, BeforeValidator(_comma_list)]
 ServerName = Annotated[str, AfterValidator(_server_name)]
 DatabaseUrl = Annotated[str, AfterValidator(_database_url)]
+HttpUrlText = Annotated[str, AfterValidator(_http_url)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 FilePath = Annotated[Path, AfterValidator(_not_a_directory)]
 Directory = Annotated[Path, AfterValidator(_directory)]
@@ -488,6 +496,14 @@ class Config(BaseSettings):
 
     internal_call_timeout: float = Field(default=60.0, gt=0)
     """Seconds an internal unary gRPC call may take when it sets no deadline itself."""
+
+    tracing_otlp_endpoint: HttpUrlText | None = None
+    """OpenTelemetry tracing: the OTLP/HTTP traces URL spans are exported to
+    (``http://collector:4318/v1/traces``); unset, tracing is off and costs nothing."""
+
+    tracing_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """The share of traces kept, decided where a trace starts (the gateway, or a part for a
+    local actor's call); the parts follow that decision."""
 
     server_policy_refresh_interval: float = Field(default=2.0, gt=0, le=60)
     """Seconds between checks for a changed server block list or blocked rooms (mxfed servers

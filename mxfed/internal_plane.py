@@ -17,7 +17,8 @@ options apply to all of them in one place:
   that may not call a method gets PERMISSION_DENIED.
 - **A deadline on every unary call**: a call that sets no timeout gets
   ``internal_call_timeout``.
-- **Metrics of every call at both ends** (``mxfed.process_metrics``).
+- **Metrics of every call at both ends** (``mxfed.process_metrics``), and when
+  tracing is on, W3C trace context in the metadata of every call (``mxfed.tracing``).
 
 ``internal_tls: false`` makes the plane plaintext and unauthenticated, for
 development only; every process says so loudly in its log.
@@ -34,6 +35,7 @@ from typing import Any
 
 import grpc
 
+from mxfed import tracing
 from mxfed.config import Config
 from mxfed.identity_files import IdentityError
 from mxfed.internal_access import access_for, rpc_methods
@@ -156,12 +158,14 @@ def open_channel(
             target,
             grpc.ssl_channel_credentials(ca, key, certificate),
             options=[*GRPC_OPTIONS, ("grpc.ssl_target_name_override", server_name_of(service))],
-            interceptors=client_interceptors(),
+            interceptors=[*tracing.client_interceptors(), *client_interceptors()],
         )
     else:
         _announce_plaintext()
         channel = grpc.aio.insecure_channel(
-            target, options=GRPC_OPTIONS, interceptors=client_interceptors()
+            target,
+            options=GRPC_OPTIONS,
+            interceptors=[*tracing.client_interceptors(), *client_interceptors()],
         )
     return DeadlineChannel(channel, config.internal_call_timeout)
 
@@ -172,10 +176,19 @@ def new_server(config: Config, part: str) -> grpc.aio.Server:
     options = [*GRPC_OPTIONS, ("grpc.so_reuseport", int(config.listen_reuse_port))]
     if not config.internal_tls:
         _announce_plaintext()
-        return grpc.aio.server(options=options, interceptors=[ServerMetrics(), _Unavailable()])
-    # Metrics outermost: refusals count (PERMISSION_DENIED) like any other answer.
+        return grpc.aio.server(
+            options=options,
+            interceptors=[*tracing.server_interceptors(), ServerMetrics(), _Unavailable()],
+        )
+    # Tracing (when on) and metrics outermost: refusals are answers like any other.
     return grpc.aio.server(
-        options=options, interceptors=[ServerMetrics(), _Authorizer(), _Unavailable()]
+        options=options,
+        interceptors=[
+            *tracing.server_interceptors(),
+            ServerMetrics(),
+            _Authorizer(),
+            _Unavailable(),
+        ],
     )
 
 

@@ -2,7 +2,8 @@
 
 Fields passed with ``extra={...}`` become fields of the record, so call
 sites log facts (``log.info("restarted", extra={"part": "events"})``) rather
-than formatted sentences.
+than formatted sentences. While a trace span is current (``mxfed.tracing``),
+every record also carries ``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from typing import Any
 
 import orjson
 
+try:  # tracing (mxfed.tracing): every record names the current trace and span
+    from opentelemetry.trace import get_current_span as _get_current_span
+except ImportError:  # pragma: no cover - the API comes with FastAPI
+    _get_current_span = None  # type: ignore[assignment]
+
 _STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()) | {
     "message",
     "asctime",
@@ -22,6 +28,21 @@ _STANDARD_ATTRIBUTES = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict_
     # uvicorn's copy of the message with terminal colour codes.
     "color_message",
 }
+
+
+def _span_ids() -> tuple[str, str] | None:
+    """(trace id, span id) of the current span, as hex; None without one."""
+    if _get_current_span is None:
+        return None
+    context = _get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"
+
+
+def current_trace_id() -> str | None:
+    ids = _span_ids()
+    return ids[0] if ids else None
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -35,6 +56,10 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     for key, value in record.__dict__.items():
         if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
             fields[key] = value
+    ids = _span_ids()
+    if ids is not None:
+        fields.setdefault("trace_id", ids[0])
+        fields.setdefault("span_id", ids[1])
     if record.exc_info:
         fields["exc"] = logging.Formatter().formatException(record.exc_info)
     return fields

@@ -48,6 +48,8 @@ from mxfed.process_metrics import measure_loop_lag, watch_pool
 from mxfed.reflection import enable_reflection
 from mxfed.server_policy import SERVER_POLICY, follow_server_policy, grpc_policy_fetcher
 from mxfed.startup import StartupError, listen_failure, report_ready
+from mxfed.tracing import flush as flush_traces
+from mxfed.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,7 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
     (no sender heartbeat, no lease).
     """
     setup_logging(name, config.log_level, config.log_format)
+    setup_tracing(name, config)
     if not config.database_url:
         raise RuntimeError("database_url must be resolved before a service starts")
     stop = stop or asyncio.Event()
@@ -256,6 +259,7 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
         await _serve(name, config, pool, stop)
     finally:
         await pool.close()
+        await asyncio.to_thread(flush_traces)
 
 
 async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Event) -> None:

@@ -125,6 +125,8 @@ BAD_VALUES: dict[str, str] = {
     "internal_ca_key_path": "{directory}",
     "internal_call_timeout": "0",
     "server_policy_refresh_interval": "0",
+    "tracing_otlp_endpoint": "collector:4318",
+    "tracing_sample_ratio": "2",
 }
 
 
