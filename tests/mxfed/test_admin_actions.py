@@ -37,7 +37,7 @@ from tests.support.join_resident import V10, Resident, add_routes
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.service_errors import errcode
 
-PATIENCE = 30.0
+PATIENCE = 60.0
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:

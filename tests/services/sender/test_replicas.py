@@ -42,7 +42,8 @@ async def test_a_dead_replicas_destinations_move_to_another(
         return set(owners.values()) == {one.instance_id, two.instance_id}
 
     held = False
-    for _ in range(100):
+    deadline = asyncio.get_running_loop().time() + 60
+    while asyncio.get_running_loop().time() < deadline:
         if held := await both_hold_leases():
             break
         await asyncio.sleep(0.1)
@@ -54,7 +55,7 @@ async def test_a_dead_replicas_destinations_move_to_another(
     for receiver in receivers:
         await receiver.come_back()
     for receiver in receivers:
-        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=20)
+        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=60)
         assert len(receiver.pdu_ids()) == len(set(receiver.pdu_ids()))
     owners = await lease_owners(sender_storage)
     assert one.instance_id not in owners.values()
@@ -81,9 +82,11 @@ async def test_a_new_replica_takes_its_share(
             and not set(one.manager.workers) & set(two.manager.workers)
         )
 
-    for _ in range(200):
+    # A generous bound: on a loaded machine rebalancing can take tens of seconds.
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
         owners = await lease_owners(sender_storage)
-        if settled(owners):
+        if settled(owners) or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.1)
     assert owners == {d: preferred_replica(d, replicas) for d in owners}
@@ -138,7 +141,7 @@ async def test_a_restarted_replica_takes_its_leases_back_at_once(
 
     after = await replica_factory(name="sender-a", lease_seconds=3600)
     for receiver in receivers:
-        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=20)
+        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=60)
     owners = await lease_owners(sender_storage)
     assert before.instance_id not in owners.values()
     assert set(owners.values()) <= {after.instance_id, None}
@@ -163,7 +166,7 @@ async def test_a_clean_stop_hands_over_at_once(
     for receiver in receivers:
         await receiver.come_back()
     for receiver in receivers:
-        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=20)
+        await wait_until(lambda r=receiver: r.pdu_ids() == ids, timeout=60)
     owners = await lease_owners(sender_storage)
     assert leaving.instance_id not in owners.values()
     assert staying.instance_id in owners.values()
