@@ -606,6 +606,8 @@ class Client:
         updated as items are handled (see :class:`FilePosition`). When the
         events service goes away the stream reconnects after the last item
         delivered (``reconnect``): nothing is skipped and nothing repeated.
+        (Started with -1 and cut before its first item, it resumes from "now"
+        again: give a position, e.g. :meth:`latest_position`, to be exact.)
         """
         last = after if after is not None else (position.load() if position else -1)
         delivered: int | None = None
