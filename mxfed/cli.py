@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "init",
     "actors",
     "admin",
+    "top",
 ]
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from tests.support.databases import create_database, drop_database
-from tests.support.mxfed_process import MxfedProcess
+from tests.support.mxfed_process import PARTS, MxfedProcess
 
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib"
 RULES = CONTRIB / "prometheus" / "alerts.yml"
@@ -112,3 +113,29 @@ async def test_every_metric_the_dashboard_and_rules_use_is_exported(
         exported |= names
     missing = used_metrics() - exported
     assert missing == set()
+
+
+async def test_top_shows_every_part_serving(running: MxfedProcess) -> None:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MXFED_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mxfed.cli",
+        "--config",
+        str(running.config_path),
+        "top",
+        "--once",
+        "--json",
+        "--interval",
+        "0.5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    view = json.loads(out)
+    assert {p["part"] for p in view["parts"]} == {"gateway", *PARTS}
+    assert {p["health"] for p in view["parts"]} == {"SERVING"}
+    assert all(p["db_size"] >= 1 for p in view["parts"] if p["part"] != "gateway")
+    assert view["inbound_backlog"] == 0
