@@ -53,6 +53,15 @@ async def _value(result: Awaitable[bool] | bool) -> bool:
     return await result if inspect.isawaitable(result) else result
 
 
+def part_has_policy(mxfed: MxfedProcess, part: str, blocked: int) -> bool:
+    """Whether ``part`` logged taking a server policy with ``blocked`` block patterns last."""
+    last = None
+    for line in (mxfed.data_dir / "mxfed.log").read_text().splitlines():
+        if '"server policy updated"' in line and f'"part":"{part}"' in line:
+            last = orjson.loads(line)
+    return last is not None and last["blocked"] == blocked
+
+
 def received(room: Resident, body: str) -> bool:
     return any(p["content"].get("body") == body for p in room.pdus)
 
@@ -175,6 +184,7 @@ async def test_blocking_a_server_refuses_it_everywhere_and_unblocking_restores_i
         return code == 403 and body["errcode"] == "M_FORBIDDEN"
 
     await eventually(refused, "the gateway refuses the blocked server's signed requests")
+    await eventually(lambda: part_has_policy(scene.mxfed, "sender", 1), "the sender has the block")
 
     # Nothing is sent to it: what was queued for it is dropped, and logged.
     await scene.say(room.room_id, alice, "during the block")
@@ -231,6 +241,7 @@ async def test_blocking_a_server_refuses_it_everywhere_and_unblocking_restores_i
     status, out = await scene.cli("servers", "unblock", "127.0.0.1:*")
     assert status == 0, out
     await eventually(lambda: _ok(scene), "the gateway accepts the server again")
+    await eventually(lambda: part_has_policy(scene.mxfed, "sender", 0), "the sender unblocked")
     await scene.say(room.room_id, alice, "after the block")
     await eventually(lambda: received(room, "after the block"), "it gets our events again")
     assert (await scene.join(scene.room(), scene.user())).remote
