@@ -120,6 +120,7 @@ async def run_tcp(bridge: Bridge, host: str, port: int) -> None:
             writer.write(b"nick?\n")
             nick = (await reader.readline()).decode().strip() or "anon"
             bridge.outputs.add(write)
+            await write(f"hello {nick}")  # from now on, this connection gets every line
             while raw := await reader.readline():
                 text = raw.decode(errors="replace").rstrip("\r\n")
                 if not text:
@@ -134,7 +135,8 @@ async def run_tcp(bridge: Bridge, host: str, port: int) -> None:
             writer.close()
 
     server = await asyncio.start_server(session, host, port)
-    print(f"bridge listening on {host}:{port}", flush=True)
+    bound = server.sockets[0].getsockname()[1]  # port 0: the one the system chose
+    print(f"bridge listening on {host}:{bound}", flush=True)
     async with server:
         await server.serve_forever()
 

@@ -200,3 +200,55 @@ def test_the_cli_has_one_client_path() -> None:
         text = path.read_text()
         assert "open_channel(" not in text, path.name
         assert "Stub(channel" not in text, path.name
+
+
+async def test_the_bridge_example_over_tcp(scene: Scene, client: Client) -> None:
+    """examples/bridge.py --tcp: chat lines reach the room from puppets, room messages
+    reach every chat connection, and connections see each other's lines."""
+    alice = scene.creator
+    room_id = (await client.create_room(alice, preset="public_chat")).room_id
+    bridge = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).resolve().parents[2] / "examples" / "bridge.py"),
+        room_id, "--tcp", "127.0.0.1:0", "--config", str(scene.mxfed.config_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=scene.mxfed.environment(),
+    )  # fmt: skip
+    try:
+        assert bridge.stdout is not None
+        line = (await asyncio.wait_for(bridge.stdout.readline(), 60)).decode()
+        assert line.startswith("bridge listening on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        dave = await asyncio.open_connection("127.0.0.1", port)
+        erin = await asyncio.open_connection("127.0.0.1", port)
+        for (reader, writer), nick in ((dave, "dave"), (erin, "erin")):
+            assert await asyncio.wait_for(reader.readline(), 30) == b"nick?\n"
+            writer.write(f"{nick}\n".encode())
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readline(), 30) == f"hello {nick}\n".encode()
+        dave[1].write(b"hi from tcp\n")
+        await dave[1].drain()
+        assert await asyncio.wait_for(erin[0].readline(), 30) == b"<dave> hi from tcp\n"
+
+        async def from_puppet() -> bool:
+            history = await client.history(room_id, 10)
+            return any(
+                e.body == "hi from tcp" and e.sender == f"@chat_dave:{client.server_name}"
+                for e in history
+            )
+
+        for _ in range(300):
+            if await from_puppet():
+                break
+            await asyncio.sleep(0.1)
+        assert await from_puppet()
+        await client.send_message(room_id, alice, "hello chat")
+        for reader, _ in (dave, erin):
+            line = (await asyncio.wait_for(reader.readline(), 30)).decode()
+            assert line == f"<{alice}> hello chat\n"
+        for _, writer in (dave, erin):
+            writer.close()
+    finally:
+        if bridge.returncode is None:
+            bridge.terminate()
+            await bridge.wait()
