@@ -242,10 +242,12 @@ async def test_the_bridge_example_over_tcp(scene: Scene, client: Client) -> None
                 break
             await asyncio.sleep(0.1)
         assert await from_puppet()
+        profile = await client.profile(alice) or {}
+        name = profile.get("displayname") or alice  # the sender's display name when set
         await client.send_message(room_id, alice, "hello chat")
         for reader, _ in (dave, erin):
             line = (await asyncio.wait_for(reader.readline(), 30)).decode()
-            assert line == f"<{alice}> hello chat\n"
+            assert line == f"<{name}> hello chat\n"
         for _, writer in (dave, erin):
             writer.close()
     finally:
