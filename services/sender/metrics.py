@@ -62,3 +62,7 @@ TOP_QUEUE_DEPTH = Gauge(
     "Queue rows of the destinations with the longest queues (top few only)",
     ["destination"],
 )
+OLDEST_QUEUED_AGE = Gauge(
+    "mxfed_sender_oldest_queued_age_seconds",
+    "Age of the oldest PDU or EDU still queued for any destination (0: nothing queued)",
+)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import asyncpg
 import nacl.signing
 
+from mxfed.clock import now_ms
 from mxfed.config import Config
 from mxfed.federation_client import FederationClient
 from mxfed.federation_client.from_config import outbound_options
@@ -114,6 +115,11 @@ async def refresh_stats(storage: SenderStorage) -> None:
             metrics.QUEUED_EDUS.set(stats.pending_edus)
             metrics.DESTINATIONS_PENDING.set(stats.destinations_pending)
             metrics.DESTINATIONS_BACKED_OFF.set(stats.destinations_backed_off)
+            metrics.OLDEST_QUEUED_AGE.set(
+                max(0.0, (now_ms() - stats.oldest_queued_ts) / 1000)
+                if stats.oldest_queued_ts
+                else 0
+            )
             if with_top:
                 top = dict(stats.top)
                 for destination in shown - set(top):

@@ -95,6 +95,7 @@ class QueueStats:
     destinations_pending: int
     destinations_backed_off: int
     top: list[tuple[str, int]]  # (destination, pending rows), largest first
+    oldest_queued_ts: int = 0  # when the oldest queued PDU or EDU was queued (ms); 0: none
 
 
 # Distinct destinations of both queues by skipping through their
@@ -736,6 +737,10 @@ class SenderStorage:
             totals = await connection.fetchrow(
                 "SELECT (SELECT count(*) FROM sender.pdu_queue) AS pdus,"
                 " (SELECT count(*) FROM sender.edu_queue) AS edus,"
+                # The oldest queued PDU is the lowest stream position (an index probe).
+                " (SELECT p.queued_ts FROM sender.pdus p WHERE p.stream_position ="
+                "   (SELECT min(stream_position) FROM sender.pdu_queue)) AS oldest_pdu,"
+                " (SELECT min(queued_ts) FROM sender.edu_queue) AS oldest_edu,"
                 " (SELECT count(*) FROM sender.destinations WHERE retry_interval_ms > 0"
                 "   AND retry_until_ts > $1) AS backed_off",
                 now_ms(),
@@ -756,4 +761,7 @@ class SenderStorage:
             destinations_pending=len(pending),
             destinations_backed_off=totals["backed_off"],
             top=[(r["destination"], r["n"]) for r in top],
+            oldest_queued_ts=min(
+                (ts for ts in (totals["oldest_pdu"], totals["oldest_edu"]) if ts), default=0
+            ),
         )

@@ -109,6 +109,11 @@ async def test_destinations_with_work_and_garbage_collection(
     stats = await sender_storage.stats(5)
     assert (stats.pending_pdus, stats.pending_edus, stats.destinations_pending) == (4, 2, 3)
     assert stats.top[0] == ("p1.example", 3)
+    oldest = await sender_storage.pool.fetchval(
+        "SELECT least((SELECT min(queued_ts) FROM sender.pdus),"
+        " (SELECT min(queued_ts) FROM sender.edu_queue))"
+    )
+    assert stats.oldest_queued_ts == oldest > 0
     # p2 got everything; p1 got the first event only.
     await sender_storage.pool.execute(
         "DELETE FROM sender.pdu_queue WHERE destination = 'p2.example'"
