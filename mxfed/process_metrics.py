@@ -188,11 +188,18 @@ class ClientUnaryMetrics(grpc.aio.UnaryUnaryClientInterceptor):
         error: BaseException | None = None
         try:
             await call
-        except BaseException as exc:  # the caller's own await raises it again
+        except asyncio.CancelledError:
+            self._record(method, started, "CANCELLED")
+            raise
+        except Exception as exc:  # the caller's own await raises it again
             error = exc
-        CLIENT_SECONDS.labels(method).observe(time.perf_counter() - started)
-        CLIENT_HANDLED.labels(method, _code_of(error)).inc()
+        self._record(method, started, _code_of(error))
         return call
+
+    @staticmethod
+    def _record(method: str, started: float, code: str) -> None:
+        CLIENT_SECONDS.labels(method).observe(time.perf_counter() - started)
+        CLIENT_HANDLED.labels(method, code).inc()
 
 
 class ClientStreamMetrics(grpc.aio.UnaryStreamClientInterceptor):
