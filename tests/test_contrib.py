@@ -28,7 +28,7 @@ DASHBOARD = CONTRIB / "grafana" / "mxfed.json"
 _PROMQL = {
     "sum", "rate", "increase", "changes", "deriv", "max", "min", "by", "and", "or", "unless",
     "histogram_quantile", "le", "instance", "job", "method", "code", "result", "task",
-    "outcome", "status", "destination", "room_id",
+    "outcome", "status", "destination", "room_id", "kind",
 }  # fmt: skip
 _NAME = re.compile(r"\b([a-z_][a-z0-9_]*)\b(?!\s*[=~!]|\s*\()")
 
