@@ -6,8 +6,8 @@ and OpenID tokens of local users (``local.py``), other servers' device lists
 Its own gRPC service with its own ``setup`` (``server.py``); the keys process
 hosts it (``services/keys/server.py`` calls that ``setup``), so callers reach
 it at the keys address and a small deployment runs one process for both. Its
-tables are still in the ``keys`` schema (keys migrations 100-199), written and
-read only by this package.
+tables are in its own ``accounts`` schema (``migrations/``, applied by its
+``setup``; keys migrations 100-102 created them before they moved there).
 
 Shards on: nothing. Calls reach the keys replicas round robin, all over the
 same tables; one replica at a time (an advisory lock) follows the events

@@ -18,7 +18,7 @@ updates. This module does the second part:
   already sharing another room with the user (``QueryRoomsOfUser`` +
   ``QueryServersInRoom``) minus ourselves.
 * The cursor advances on the lock-holding connection in the same
-  transaction that records the join in ``keys.device_list_join_outbox``, so
+  transaction that records the join in ``accounts.device_list_join_outbox``, so
   a crash replays from the stored cursor and never loses or doubles a join
   (the outbox is unique per event too).
 * The outbox is then handed to the sender (``PerformSendEdus`` with explicit
@@ -196,7 +196,7 @@ class JoinDeviceLists:
     async def _follow(self, connection: asyncpg.Connection) -> None:
         async with self._conn_lock:
             self.position = await connection.fetchval(
-                "SELECT stream_position FROM keys.device_list_join_cursor"
+                "SELECT stream_position FROM accounts.device_list_join_cursor"
             )
         # wait_for_ready: at start the events service may not be up yet; that
         # is not worth a warning and a restart.
@@ -223,7 +223,7 @@ class JoinDeviceLists:
         async with self._conn_lock, connection.transaction():
             if destinations and join is not None:
                 await connection.execute(
-                    "INSERT INTO keys.device_list_join_outbox"
+                    "INSERT INTO accounts.device_list_join_outbox"
                     " (user_id, room_id, event_id, destinations, created_ts)"
                     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
                     join.user_id,
@@ -233,7 +233,7 @@ class JoinDeviceLists:
                     now_ms(),
                 )
             await connection.execute(
-                "UPDATE keys.device_list_join_cursor SET stream_position = $1",
+                "UPDATE accounts.device_list_join_cursor SET stream_position = $1",
                 item.position,
             )
         self.position = item.position
@@ -326,7 +326,7 @@ class JoinDeviceLists:
         while True:
             async with self._conn_lock:
                 rows = await connection.fetch(
-                    "SELECT seq, user_id, destinations FROM keys.device_list_join_outbox"
+                    "SELECT seq, user_id, destinations FROM accounts.device_list_join_outbox"
                     " ORDER BY seq LIMIT $1",
                     MAX_BATCH,
                 )
@@ -343,5 +343,5 @@ class JoinDeviceLists:
                     )
                 async with self._conn_lock:
                     await connection.execute(
-                        "DELETE FROM keys.device_list_join_outbox WHERE seq = $1", row["seq"]
+                        "DELETE FROM accounts.device_list_join_outbox WHERE seq = $1", row["seq"]
                     )

@@ -64,7 +64,7 @@ class LocalAccounts:
                 raise BadRequest("avatar_url must be an mxc:// URI")
         async with self.pool.acquire() as conn, conn.transaction():
             current = await conn.fetchval(
-                "SELECT fields_json FROM keys.profiles WHERE user_id = $1 FOR UPDATE", user_id
+                "SELECT fields_json FROM accounts.profiles WHERE user_id = $1 FOR UPDATE", user_id
             )
             profile: JsonDict = {} if replace or current is None else decode_json(current)
             for name, value in fields.items():
@@ -73,7 +73,8 @@ class LocalAccounts:
                 else:
                     profile[name] = value
             await conn.execute(
-                "INSERT INTO keys.profiles (user_id, fields_json, updated_ts) VALUES ($1, $2, $3)"
+                "INSERT INTO accounts.profiles (user_id, fields_json, updated_ts)"
+                " VALUES ($1, $2, $3)"
                 " ON CONFLICT (user_id) DO UPDATE SET fields_json = EXCLUDED.fields_json,"
                 " updated_ts = EXCLUDED.updated_ts",
                 user_id,
@@ -87,7 +88,7 @@ class LocalAccounts:
         require_user(user_id)
         async with self.pool.acquire() as conn:
             text = await conn.fetchval(
-                "SELECT fields_json FROM keys.profiles WHERE user_id = $1", user_id
+                "SELECT fields_json FROM accounts.profiles WHERE user_id = $1", user_id
             )
         if text is None:
             return None
@@ -103,9 +104,9 @@ class LocalAccounts:
     @staticmethod
     async def _bump_stream(conn: asyncpg.Connection, user_id: str) -> int:
         return await conn.fetchval(
-            "INSERT INTO keys.device_list_streams (user_id, stream_id) VALUES ($1, 1)"
+            "INSERT INTO accounts.device_list_streams (user_id, stream_id) VALUES ($1, 1)"
             " ON CONFLICT (user_id) DO UPDATE"
-            " SET stream_id = keys.device_list_streams.stream_id + 1"
+            " SET stream_id = accounts.device_list_streams.stream_id + 1"
             " RETURNING stream_id",
             user_id,
         )
@@ -157,7 +158,7 @@ class LocalAccounts:
         changed = False
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT display_name, keys_json FROM keys.devices"
+                "SELECT display_name, keys_json FROM accounts.devices"
                 " WHERE user_id = $1 AND device_id = $2 FOR UPDATE",
                 user_id,
                 device_id,
@@ -171,7 +172,8 @@ class LocalAccounts:
             if device_keys is not None and device_keys != keys:
                 keys, changed = device_keys, True
             await conn.execute(
-                "INSERT INTO keys.devices (user_id, device_id, display_name, keys_json, created_ts)"
+                "INSERT INTO accounts.devices"
+                " (user_id, device_id, display_name, keys_json, created_ts)"
                 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, device_id) DO UPDATE"
                 " SET display_name = EXCLUDED.display_name, keys_json = EXCLUDED.keys_json",
                 user_id,
@@ -182,7 +184,7 @@ class LocalAccounts:
             )
             for algorithm, key_id, key in otks:
                 existing = await conn.fetchval(
-                    "SELECT key_json FROM keys.one_time_keys WHERE user_id = $1"
+                    "SELECT key_json FROM accounts.one_time_keys WHERE user_id = $1"
                     " AND device_id = $2 AND algorithm = $3 AND key_id = $4",
                     user_id,
                     device_id,
@@ -196,7 +198,7 @@ class LocalAccounts:
                         )
                     continue
                 await conn.execute(
-                    "INSERT INTO keys.one_time_keys"
+                    "INSERT INTO accounts.one_time_keys"
                     " (user_id, device_id, algorithm, key_id, key_json)"
                     " VALUES ($1, $2, $3, $4, $5)",
                     user_id,
@@ -207,13 +209,13 @@ class LocalAccounts:
                 )
             for algorithm, key_id, key in fallbacks:
                 await conn.execute(
-                    "INSERT INTO keys.fallback_keys"
+                    "INSERT INTO accounts.fallback_keys"
                     " (user_id, device_id, algorithm, key_id, key_json, used)"
                     " VALUES ($1, $2, $3, $4, $5, false)"
                     " ON CONFLICT (user_id, device_id, algorithm) DO UPDATE"
                     " SET key_id = EXCLUDED.key_id, key_json = EXCLUDED.key_json, used = false"
-                    " WHERE keys.fallback_keys.key_json <> EXCLUDED.key_json"
-                    " OR keys.fallback_keys.key_id <> EXCLUDED.key_id",
+                    " WHERE accounts.fallback_keys.key_json <> EXCLUDED.key_json"
+                    " OR accounts.fallback_keys.key_id <> EXCLUDED.key_id",
                     user_id,
                     device_id,
                     algorithm,
@@ -234,14 +236,14 @@ class LocalAccounts:
     @staticmethod
     async def _stream_id(conn: asyncpg.Connection, user_id: str) -> int:
         value = await conn.fetchval(
-            "SELECT stream_id FROM keys.device_list_streams WHERE user_id = $1", user_id
+            "SELECT stream_id FROM accounts.device_list_streams WHERE user_id = $1", user_id
         )
         return value or 0
 
     @staticmethod
     async def _otk_counts(conn: asyncpg.Connection, user_id: str, device_id: str) -> dict[str, int]:
         rows = await conn.fetch(
-            "SELECT algorithm, count(*) AS n FROM keys.one_time_keys"
+            "SELECT algorithm, count(*) AS n FROM accounts.one_time_keys"
             " WHERE user_id = $1 AND device_id = $2 AND claimed_ts IS NULL GROUP BY algorithm",
             user_id,
             device_id,
@@ -252,7 +254,7 @@ class LocalAccounts:
         self.require_local(user_id)
         async with self.pool.acquire() as conn, conn.transaction():
             deleted = await conn.fetchval(
-                "DELETE FROM keys.devices WHERE user_id = $1 AND device_id = $2"
+                "DELETE FROM accounts.devices WHERE user_id = $1 AND device_id = $2"
                 " RETURNING device_id",
                 user_id,
                 device_id,
@@ -261,7 +263,7 @@ class LocalAccounts:
                 return False, await self._stream_id(conn, user_id)
             for table in ("one_time_keys", "fallback_keys", "to_device_inbox"):
                 await conn.execute(
-                    f"DELETE FROM keys.{table} WHERE user_id = $1 AND device_id = $2",
+                    f"DELETE FROM accounts.{table} WHERE user_id = $1 AND device_id = $2",
                     user_id,
                     device_id,
                 )
@@ -280,7 +282,7 @@ class LocalAccounts:
         async with self.pool.acquire() as conn, conn.transaction():
             for usage, key in keys.items():
                 previous = await conn.fetchval(
-                    "SELECT key_json FROM keys.cross_signing_keys"
+                    "SELECT key_json FROM accounts.cross_signing_keys"
                     " WHERE user_id = $1 AND usage = $2 FOR UPDATE",
                     user_id,
                     usage,
@@ -288,7 +290,7 @@ class LocalAccounts:
                 if previous is not None and decode_json(previous) == key:
                     continue
                 await conn.execute(
-                    "INSERT INTO keys.cross_signing_keys (user_id, usage, key_json, updated_ts)"
+                    "INSERT INTO accounts.cross_signing_keys (user_id, usage, key_json, updated_ts)"
                     " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, usage) DO UPDATE"
                     " SET key_json = EXCLUDED.key_json, updated_ts = EXCLUDED.updated_ts",
                     user_id,
@@ -313,7 +315,7 @@ class LocalAccounts:
         async with self.pool.acquire() as conn:
             stream_id = await self._stream_id(conn, user_id)
             rows = await conn.fetch(
-                "SELECT device_id, display_name, keys_json FROM keys.devices"
+                "SELECT device_id, display_name, keys_json FROM accounts.devices"
                 " WHERE user_id = $1 ORDER BY device_id",
                 user_id,
             )
@@ -339,7 +341,7 @@ class LocalAccounts:
         conn: asyncpg.Connection, user_ids: Sequence[str], usages: Sequence[str]
     ) -> dict[str, dict[str, JsonDict]]:
         rows = await conn.fetch(
-            "SELECT user_id, usage, key_json FROM keys.cross_signing_keys"
+            "SELECT user_id, usage, key_json FROM accounts.cross_signing_keys"
             " WHERE user_id = ANY($1::text[]) AND usage = ANY($2::text[])",
             list(user_ids),
             list(usages),
@@ -357,7 +359,7 @@ class LocalAccounts:
         async with self.pool.acquire() as conn:
             for user_id, device_ids in wanted.items():
                 rows = await conn.fetch(
-                    "SELECT device_id, display_name, keys_json FROM keys.devices"
+                    "SELECT device_id, display_name, keys_json FROM accounts.devices"
                     " WHERE user_id = $1 AND keys_json IS NOT NULL"
                     " AND (cardinality($2::text[]) = 0 OR device_id = ANY($2::text[]))"
                     " ORDER BY device_id",
@@ -399,8 +401,8 @@ class LocalAccounts:
         conn: asyncpg.Connection, user_id: str, device_id: str, algorithm: str
     ) -> tuple[str, Any] | None:
         row = await conn.fetchrow(
-            "UPDATE keys.one_time_keys SET claimed_ts = $4 WHERE seq = ("
-            " SELECT seq FROM keys.one_time_keys WHERE user_id = $1 AND device_id = $2"
+            "UPDATE accounts.one_time_keys SET claimed_ts = $4 WHERE seq = ("
+            " SELECT seq FROM accounts.one_time_keys WHERE user_id = $1 AND device_id = $2"
             " AND algorithm = $3 AND claimed_ts IS NULL ORDER BY seq LIMIT 1"
             " FOR UPDATE SKIP LOCKED) AND claimed_ts IS NULL RETURNING key_id, key_json",
             user_id,
@@ -410,7 +412,7 @@ class LocalAccounts:
         )
         if row is None:
             row = await conn.fetchrow(
-                "UPDATE keys.fallback_keys SET used = true WHERE user_id = $1"
+                "UPDATE accounts.fallback_keys SET used = true WHERE user_id = $1"
                 " AND device_id = $2 AND algorithm = $3 RETURNING key_id, key_json",
                 user_id,
                 device_id,
@@ -429,9 +431,9 @@ class LocalAccounts:
         ttl = min(ttl_ms or DEFAULT_OPENID_TTL_MS, MAX_OPENID_TTL_MS)
         token = secrets.token_urlsafe(32)
         async with self.pool.acquire() as conn:
-            await conn.execute("DELETE FROM keys.openid_tokens WHERE expires_ts < $1", now_ms())
+            await conn.execute("DELETE FROM accounts.openid_tokens WHERE expires_ts < $1", now_ms())
             await conn.execute(
-                "INSERT INTO keys.openid_tokens (token_hash, user_id, expires_ts)"
+                "INSERT INTO accounts.openid_tokens (token_hash, user_id, expires_ts)"
                 " VALUES ($1, $2, $3)",
                 _token_hash(token),
                 user_id,
@@ -444,7 +446,8 @@ class LocalAccounts:
             return None
         async with self.pool.acquire() as conn:
             return await conn.fetchval(
-                "SELECT user_id FROM keys.openid_tokens WHERE token_hash = $1 AND expires_ts > $2",
+                "SELECT user_id FROM accounts.openid_tokens"
+                " WHERE token_hash = $1 AND expires_ts > $2",
                 _token_hash(token),
                 now_ms(),
             )
@@ -452,7 +455,7 @@ class LocalAccounts:
     async def require_device(self, user_id: str, device_id: str) -> None:
         async with self.pool.acquire() as conn:
             if not await conn.fetchval(
-                "SELECT 1 FROM keys.devices WHERE user_id = $1 AND device_id = $2",
+                "SELECT 1 FROM accounts.devices WHERE user_id = $1 AND device_id = $2",
                 user_id,
                 device_id,
             ):

@@ -1,5 +1,5 @@
 """Inbound ``m.presence``, kept minimal: the latest state of each remote user,
-one row per user (``keys.remote_presence``).
+one row per user (``accounts.remote_presence``).
 
 Spec: https://spec.matrix.org/v1.19/server-server-api/#presence
 
@@ -95,7 +95,7 @@ class RemotePresence:
                 for s in sorted(latest.values(), key=lambda s: s.user_id)
             ]
             await self.pool.executemany(
-                "INSERT INTO keys.remote_presence (user_id, presence, last_active_ts,"
+                "INSERT INTO accounts.remote_presence (user_id, presence, last_active_ts,"
                 " status_msg, currently_active, received_ts) VALUES ($1, $2, $3, $4, $5, $6)"
                 " ON CONFLICT (user_id) DO UPDATE SET presence = EXCLUDED.presence,"
                 " last_active_ts = EXCLUDED.last_active_ts, status_msg = EXCLUDED.status_msg,"
@@ -115,7 +115,7 @@ class RemotePresence:
             return []
         rows = await self.pool.fetch(
             "SELECT user_id, presence, last_active_ts, status_msg, currently_active, received_ts"
-            " FROM keys.remote_presence WHERE user_id = ANY($1::text[]) ORDER BY user_id",
+            " FROM accounts.remote_presence WHERE user_id = ANY($1::text[]) ORDER BY user_id",
             wanted,
         )
         return [PresenceState(**dict(row)) for row in rows]

@@ -88,7 +88,7 @@ class RemoteDeviceLists:
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT stream_id, stale, synced_ts, master_key_json, self_signing_key_json"
-                " FROM keys.remote_device_lists WHERE user_id = $1",
+                " FROM accounts.remote_device_lists WHERE user_id = $1",
                 user_id,
             )
             if row is None:
@@ -96,12 +96,12 @@ class RemoteDeviceLists:
             if fresh_only and (row["stale"] or row["synced_ts"] < now_ms() - MAX_CACHE_AGE_MS):
                 return None
             devices = await conn.fetch(
-                "SELECT device_id, display_name, keys_json FROM keys.remote_devices"
+                "SELECT device_id, display_name, keys_json FROM accounts.remote_devices"
                 " WHERE user_id = $1 ORDER BY device_id",
                 user_id,
             )
             applied = await conn.fetchval(
-                "SELECT max(stream_id) FROM keys.remote_device_stream_ids WHERE user_id = $1",
+                "SELECT max(stream_id) FROM accounts.remote_device_stream_ids WHERE user_id = $1",
                 user_id,
             )
         body: JsonDict = {
@@ -211,14 +211,15 @@ class RemoteDeviceLists:
     async def _store(self, body: JsonDict) -> None:
         user_id = body["user_id"]
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM keys.remote_devices WHERE user_id = $1", user_id)
+            await conn.execute("DELETE FROM accounts.remote_devices WHERE user_id = $1", user_id)
             await conn.execute(
-                "DELETE FROM keys.remote_device_stream_ids WHERE user_id = $1 AND stream_id <= $2",
+                "DELETE FROM accounts.remote_device_stream_ids"
+                " WHERE user_id = $1 AND stream_id <= $2",
                 user_id,
                 body["stream_id"],
             )
             await conn.executemany(
-                "INSERT INTO keys.remote_devices (user_id, device_id, display_name, keys_json)"
+                "INSERT INTO accounts.remote_devices (user_id, device_id, display_name, keys_json)"
                 " VALUES ($1, $2, $3, $4)",
                 [
                     (
@@ -233,7 +234,7 @@ class RemoteDeviceLists:
             master = body.get("master_key")
             self_signing = body.get("self_signing_key")
             await conn.execute(
-                "INSERT INTO keys.remote_device_lists (user_id, stream_id, stale, synced_ts,"
+                "INSERT INTO accounts.remote_device_lists (user_id, stream_id, stale, synced_ts,"
                 " master_key_json, self_signing_key_json) VALUES ($1, $2, false, $3, $4, $5)"
                 " ON CONFLICT (user_id) DO UPDATE SET stream_id = EXCLUDED.stream_id,"
                 " stale = false, synced_ts = EXCLUDED.synced_ts,"
@@ -305,7 +306,7 @@ class RemoteDeviceLists:
             prev_ids = None
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT stream_id FROM keys.remote_device_lists WHERE user_id = $1 FOR UPDATE",
+                "SELECT stream_id FROM accounts.remote_device_lists WHERE user_id = $1 FOR UPDATE",
                 user_id,
             )
             if row is None:
@@ -313,7 +314,7 @@ class RemoteDeviceLists:
             seen = {
                 r["stream_id"]
                 for r in await conn.fetch(
-                    "SELECT stream_id FROM keys.remote_device_stream_ids WHERE user_id = $1",
+                    "SELECT stream_id FROM accounts.remote_device_stream_ids WHERE user_id = $1",
                     user_id,
                 )
             }
@@ -321,12 +322,13 @@ class RemoteDeviceLists:
                 return "ignored"  # already have it
             if not prev_ids or any(p > row["stream_id"] and p not in seen for p in prev_ids):
                 await conn.execute(
-                    "UPDATE keys.remote_device_lists SET stale = true WHERE user_id = $1", user_id
+                    "UPDATE accounts.remote_device_lists SET stale = true WHERE user_id = $1",
+                    user_id,
                 )
                 return user_id
             if content.get("deleted") is True:
                 await conn.execute(
-                    "DELETE FROM keys.remote_devices WHERE user_id = $1 AND device_id = $2",
+                    "DELETE FROM accounts.remote_devices WHERE user_id = $1 AND device_id = $2",
                     user_id,
                     device_id,
                 )
@@ -336,7 +338,8 @@ class RemoteDeviceLists:
                     keys = None
                 name = content.get("device_display_name")
                 await conn.execute(
-                    "INSERT INTO keys.remote_devices (user_id, device_id, display_name, keys_json)"
+                    "INSERT INTO accounts.remote_devices"
+                    " (user_id, device_id, display_name, keys_json)"
                     " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id) DO UPDATE"
                     " SET display_name = EXCLUDED.display_name, keys_json = EXCLUDED.keys_json",
                     user_id,
@@ -345,7 +348,7 @@ class RemoteDeviceLists:
                     None if keys is None else _dumps(keys),
                 )
             await conn.execute(
-                "INSERT INTO keys.remote_device_stream_ids (user_id, stream_id) VALUES ($1, $2)"
+                "INSERT INTO accounts.remote_device_stream_ids (user_id, stream_id) VALUES ($1, $2)"
                 " ON CONFLICT DO NOTHING",
                 user_id,
                 stream_id,
@@ -375,7 +378,7 @@ class RemoteDeviceLists:
         async with self.pool.acquire() as conn:
             columns = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(updates))
             result = await conn.execute(
-                f"UPDATE keys.remote_device_lists SET {columns} WHERE user_id = $1",
+                f"UPDATE accounts.remote_device_lists SET {columns} WHERE user_id = $1",
                 user_id,
                 *updates.values(),
             )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from mxfed.database import apply_migrations
 from mxfed.federation_client.from_config import federation_client_from_config
-from mxfed.service_runtime import ServiceContext
+from mxfed.service_runtime import ServiceContext, migrations_directory
 from mxfed_api.accounts.v1 import accounts_pb2_grpc
 from services.accounts.joins import JoinDeviceLists
 from services.accounts.local import LocalAccounts
@@ -18,8 +19,11 @@ async def setup(context: ServiceContext) -> AccountsServicer:
     """Register Accounts on ``context.server``, with its federation client and EDU
     notifier, and start following local joins for their device lists (``joins.py``).
 
-    The keys process calls this from its own ``setup``: it hosts Accounts.
+    The keys process calls this from its own ``setup``: it hosts Accounts. The
+    ``accounts`` schema's migrations are applied first (the process has applied
+    its own already).
     """
+    await apply_migrations(context.pool, "accounts", migrations_directory("accounts"))
     client = federation_client_from_config(context.config)
     notifier = GrpcEduNotifier(context.channel("events"), context.channel("sender"))
     local = LocalAccounts(context.pool, context.config.server_name, notifier)

@@ -165,7 +165,7 @@ class ToDeviceInbox:
             seen: set[str] = set()
             for edu in edus:
                 new = edu.message_id not in seen and await conn.fetchval(
-                    "INSERT INTO keys.to_device_dedupe (origin, message_id, received_ts)"
+                    "INSERT INTO accounts.to_device_dedupe (origin, message_id, received_ts)"
                     " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
                     origin,
                     edu.message_id,
@@ -195,7 +195,7 @@ class ToDeviceInbox:
         if not users:
             return []
         device_rows = await conn.fetch(
-            "SELECT user_id, device_id FROM keys.devices WHERE user_id = ANY($1::text[])"
+            "SELECT user_id, device_id FROM accounts.devices WHERE user_id = ANY($1::text[])"
             " ORDER BY user_id, device_id FOR SHARE",
             users,
         )
@@ -238,9 +238,9 @@ class ToDeviceInbox:
         next_position: dict[tuple[str, str], int] = {}
         for key in sorted(counts):  # one lock order for every writer
             last = await conn.fetchval(
-                "INSERT INTO keys.to_device_streams (user_id, device_id, position)"
+                "INSERT INTO accounts.to_device_streams (user_id, device_id, position)"
                 " VALUES ($1, $2, $3) ON CONFLICT (user_id, device_id) DO UPDATE"
-                " SET position = keys.to_device_streams.position + EXCLUDED.position"
+                " SET position = accounts.to_device_streams.position + EXCLUDED.position"
                 " RETURNING position",
                 key[0],
                 key[1],
@@ -266,7 +266,7 @@ class ToDeviceInbox:
             next_position[key] += 1
         await conn.copy_records_to_table(
             "to_device_inbox",
-            schema_name="keys",
+            schema_name="accounts",
             records=records,
             columns=[
                 "user_id",
@@ -286,7 +286,7 @@ class ToDeviceInbox:
     async def _prune_dedupe(self, now: int) -> None:
         try:
             await self.pool.execute(
-                "DELETE FROM keys.to_device_dedupe WHERE received_ts < $1",
+                "DELETE FROM accounts.to_device_dedupe WHERE received_ts < $1",
                 now - DEDUPE_RETENTION_MS,
             )
         except (asyncpg.PostgresError, OSError):
@@ -314,7 +314,7 @@ class ToDeviceInbox:
     async def ack(self, user_id: str, device_id: str, up_to_position: int) -> int:
         self.check_device(user_id, device_id)
         result = await self.pool.execute(
-            "DELETE FROM keys.to_device_inbox WHERE user_id = $1 AND device_id = $2"
+            "DELETE FROM accounts.to_device_inbox WHERE user_id = $1 AND device_id = $2"
             " AND position <= $3",
             user_id,
             device_id,
@@ -328,7 +328,7 @@ async def read_after(
 ) -> list[StoredMessage]:
     rows = await conn.fetch(
         "SELECT position, sender, type, content_json, origin, message_id, received_ts"
-        " FROM keys.to_device_inbox WHERE user_id = $1 AND device_id = $2 AND position > $3"
+        " FROM accounts.to_device_inbox WHERE user_id = $1 AND device_id = $2 AND position > $3"
         " ORDER BY position LIMIT $4",
         user_id,
         device_id,
@@ -354,7 +354,7 @@ class ToDeviceHub:
         # Re-opened after a loss; every new connection wakes every follower to
         # read from its own position (nothing missed while not listening).
         self._listen = HeldConnection.from_pool(
-            pool, "keys.to_device_hub", on_open=self._listen_on, on_lost=self._wake_all
+            pool, "accounts.to_device_hub", on_open=self._listen_on, on_lost=self._wake_all
         )
 
     async def _listen_on(self, connection: asyncpg.Connection) -> None:

@@ -47,6 +47,7 @@ OUR_SERVER = "keys-test.example"
 async def keys_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(database_url, max_size=5)
     await apply_migrations(pool, "keys", migrations_directory("keys"))
+    await apply_migrations(pool, "accounts", migrations_directory("accounts"))
     yield pool
     await pool.close()
 

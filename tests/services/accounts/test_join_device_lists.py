@@ -143,8 +143,8 @@ async def backends() -> AsyncIterator[FakeBackends]:
 
 @pytest.fixture
 async def local(keys_pool: asyncpg.Pool) -> LocalAccounts:
-    await keys_pool.execute("TRUNCATE keys.device_list_join_outbox")
-    await keys_pool.execute("UPDATE keys.device_list_join_cursor SET stream_position = 0")
+    await keys_pool.execute("TRUNCATE accounts.device_list_join_outbox")
+    await keys_pool.execute("UPDATE accounts.device_list_join_cursor SET stream_position = 0")
     return LocalAccounts(keys_pool, OURS, RecordingNotifier())
 
 
@@ -200,12 +200,12 @@ async def eventually(check: Any, timeout: float = 30.0) -> None:
 
 
 async def cursor(pool: asyncpg.Pool) -> int:
-    return await pool.fetchval("SELECT stream_position FROM keys.device_list_join_cursor")
+    return await pool.fetchval("SELECT stream_position FROM accounts.device_list_join_cursor")
 
 
 async def outbox_empty(pool: asyncpg.Pool) -> None:
     for _ in range(100):
-        if not await pool.fetchval("SELECT count(*) FROM keys.device_list_join_outbox"):
+        if not await pool.fetchval("SELECT count(*) FROM accounts.device_list_join_outbox"):
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the outbox was not drained")
@@ -356,7 +356,7 @@ async def test_sender_failure_is_retried_from_the_outbox(
     # A row left in the outbox by a crash is handed over by the next leader.
     await runner.stop(follower)
     await keys_pool.execute(
-        "INSERT INTO keys.device_list_join_outbox"
+        "INSERT INTO accounts.device_list_join_outbox"
         " (user_id, room_id, event_id, destinations, created_ts)"
         " VALUES ($1, '!c:x', '$crashed', ARRAY['h.example'], 0)",
         user,

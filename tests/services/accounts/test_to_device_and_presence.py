@@ -326,7 +326,7 @@ async def test_dedupe_records_are_durable_and_pruned_when_old(
     edu = to_device({user: {"D": {}}})
     await send(servers.stub, [edu])
     stored = await keys_pool.fetchval(
-        "SELECT received_ts FROM keys.to_device_dedupe WHERE origin = $1 AND message_id = $2",
+        "SELECT received_ts FROM accounts.to_device_dedupe WHERE origin = $1 AND message_id = $2",
         REMOTE,
         edu["message_id"],
     )
@@ -335,14 +335,15 @@ async def test_dedupe_records_are_durable_and_pruned_when_old(
     fresh = ToDeviceInbox(keys_pool, OURS)
     assert (await fresh.input_edus(REMOTE, [edu])).duplicates == 1
     await keys_pool.execute(
-        "UPDATE keys.to_device_dedupe SET received_ts = $3 WHERE origin = $1 AND message_id = $2",
+        "UPDATE accounts.to_device_dedupe SET received_ts = $3"
+        " WHERE origin = $1 AND message_id = $2",
         REMOTE,
         edu["message_id"],
         now_ms() - DEDUPE_RETENTION_MS - 1000,
     )
     await ToDeviceInbox(keys_pool, OURS)._prune_dedupe(now_ms())
     assert not await keys_pool.fetchval(
-        "SELECT 1 FROM keys.to_device_dedupe WHERE origin = $1 AND message_id = $2",
+        "SELECT 1 FROM accounts.to_device_dedupe WHERE origin = $1 AND message_id = $2",
         REMOTE,
         edu["message_id"],
     )
