@@ -85,6 +85,9 @@ class MxfedProcess:
             "federation_verify_tls": False,
             "federation_allowed_ip_ranges": ["127.0.0.0/8", "::1/128"],
             "listen_reuse_port": True,
+            # Tests run two at a time against one PostgreSQL (max_connections 100 by
+            # default): a few connections per part are plenty for test loads.
+            "database_pool_size": 4,
             **{f"{name}_listen": f"127.0.0.1:{port}" for name, port in self.ports.items()},
             **{
                 f"{name}_metrics_listen": f"127.0.0.1:{port}"
