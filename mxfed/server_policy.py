@@ -99,6 +99,10 @@ class ServerPolicy:
         return False
 
 
+#: How long a part may wait for the events process at start before a failed refresh is
+#: logged as a warning.
+STARTUP_GRACE_SECONDS = 30.0
+
 #: This process's copy of the lists (every federation client consults it).
 SERVER_POLICY = ServerPolicy()
 
@@ -111,19 +115,28 @@ async def follow_server_policy(
     """Keep ``policy`` current: ``fetch(known_version)`` every ``interval`` seconds
     (None: unchanged). Failures are logged and retried; the last lists stay in force."""
     failing = False
+    fetched_once = False
+    started = asyncio.get_running_loop().time()
     while True:
         try:
             snapshot = await fetch(policy.version)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not failing:
+            # Parts start together: the events process may not serve yet. Only a failure
+            # after the first success, or one that outlasts start-up, is worth a warning.
+            in_startup = (
+                not fetched_once
+                and asyncio.get_running_loop().time() - started < STARTUP_GRACE_SECONDS
+            )
+            if not failing and not in_startup:
                 log.warning("server policy refresh failed", extra={"error": str(exc)})
-            failing = True
+                failing = True
         else:
             if failing:
                 log.info("server policy refresh works again")
             failing = False
+            fetched_once = True
             if snapshot is not None:
                 policy.update(snapshot)
         await asyncio.sleep(interval)
