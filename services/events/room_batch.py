@@ -194,6 +194,15 @@ def auth_order(pdus: Iterable[CheckedPdu]) -> list[CheckedPdu]:
     return ordered
 
 
+@dataclass
+class Rejudged:
+    """What :meth:`RoomBatch.end_partial_state` judged differently on the full state."""
+
+    rejected: int = 0  # accepted or soft-failed on the partial state, rejected now
+    accepted: int = 0  # rejected on the partial state, accepted now
+    soft_failed: int = 0  # rejected on the partial state, soft-failed now
+
+
 class _StateBefore(enum.Enum):
     """Where the state before an event comes from."""
 
@@ -757,18 +766,28 @@ class RoomBatch:
             resolved = {**claimed, **ours}
         return {**before, **resolved}
 
-    async def end_partial_state(self, state_before_join: Sequence[str]) -> int:
+    async def end_partial_state(self, state_before_join: Sequence[str]) -> Rejudged:
         """The full state at our join arrived: place every partial-state event again.
 
         ``state_before_join``: ids of stored events (the resync's ``/state_ids``
         answer, fetched and added as outliers first). Our join gets that state
         before it; each event placed since on the partial state (in depth
         order) gets the state resolved from its prev_events again and is
-        checked against it (step 5): an event the full state does not allow
-        is rejected now, as Synapse does (the room's view changes like a
-        state reset). Soft failures are not judged again. The current state
-        is then resolved across the forward extremities, and the room leaves
-        partial state. Returns how many events turned out rejected.
+        judged again on it, both ways, as Synapse re-checks the events of the
+        partial-state window once it has the full state:
+
+        - accepted or soft-failed: rejected now if the full state before it
+          does not allow it (step 5; the room's view changes like a state
+          reset); otherwise it keeps its status (an event shown stays shown).
+        - rejected: checked again against its own auth events (step 4, which
+          does not depend on our state) and the full state before it (step
+          5). Allowed now, it is judged for soft failure (step 6) against the
+          room's current state resolved from the full state; it becomes
+          soft-failed, or accepted — a forward extremity if nothing accepted
+          builds on it, and streamed, so local consumers see it.
+
+        The current state is then resolved across the forward extremities,
+        and the room leaves partial state.
         """
         assert self.partial is not None
         join_id = self.partial.join_event_id
@@ -779,7 +798,9 @@ class RoomBatch:
         self.partial = None
         self._ends_partial = True
         placed: dict[str, StateGroup] = {}
-        rejected = 0
+        decided: dict[str, tuple[Status, str, StateGroup, StateGroup, list[str]]] = {}
+        revived: list[str] = []
+        counts = Rejudged()
         for event_id in ids:
             old = stored.get(event_id)
             if old is None or old.state_group_before is None:
@@ -794,27 +815,77 @@ class RoomBatch:
                 failure = await self._check_against_state(event, before.state)
                 if failure is not None:
                     status, reason = Status.REJECTED, str(failure)
-                    rejected += 1
+                    counts.rejected += 1
+            elif (
+                status is Status.REJECTED
+                and event_id != join_id
+                and await self._allowed_again(event, before)
+            ):
+                # Soft failure is judged once the current state is known.
+                status, reason = Status.SOFT_FAILED, ""
+                revived.append(event_id)
             after = before
             servers = await self._servers_at(before)
             if status is not Status.REJECTED and event.is_state:
                 after = await self._state_after(before, event)
             placed[event_id] = after
-            self._replacements.append(
-                Replacement(event_id, status, reason, before.id, after.id, servers)
-            )
-            self.pending[event_id] = dataclasses.replace(
-                old,
-                status=status,
-                rejection_reason=reason,
-                state_group_before=before.id,
-                state_group_after=after.id,
-                servers_before=servers,
-            )
+            decided[event_id] = (status, reason, before, after, servers)
+            self._placed_again(stored[event_id], decided[event_id])
             if status is Status.REJECTED and event_id in self.extremities:
                 del self.extremities[event_id]
         await self._current_from_extremities()
-        return rejected
+        for event_id in revived:
+            event = stored[event_id].event
+            _, _, before, after, servers = decided[event_id]
+            if await self._soft_fails_again(event, before):
+                counts.soft_failed += 1
+                continue
+            decided[event_id] = (Status.ACCEPTED, "", before, after, servers)
+            self._placed_again(stored[event_id], decided[event_id])
+            counts.accepted += 1
+            if not await self._has_successors(event_id):
+                await self._advance_head(event, after)
+            if event.type == REDACTION:
+                await self._apply_redaction(event, before)
+            self._to_stream.append(event_id)
+        for event_id, (status, reason, before, after, servers) in decided.items():
+            self._replacements.append(
+                Replacement(event_id, status, reason, before.id, after.id, servers)
+            )
+        if revived:
+            await self._current_from_extremities()
+        return counts
+
+    def _placed_again(
+        self, old: StoredEvent, decided: tuple[Status, str, StateGroup, StateGroup, list[str]]
+    ) -> None:
+        status, reason, before, after, servers = decided
+        self.pending[old.event.event_id] = dataclasses.replace(
+            old,
+            status=status,
+            rejection_reason=reason,
+            state_group_before=before.id,
+            state_group_after=after.id,
+            servers_before=servers,
+        )
+
+    async def _allowed_again(self, event: Event, before: StateGroup) -> bool:
+        """Whether an event rejected on the partial state passes steps 4 and 5 on the full state."""
+        cited = await self.events(event.auth_event_ids)
+        if any(a not in cited for a in event.auth_event_ids):
+            return False
+        own = self._check_own_auth_events(event, [cited[a] for a in event.auth_event_ids])
+        if own is not None:
+            return False
+        return await self._check_against_state(event, before.state) is None
+
+    async def _soft_fails_again(self, event: Event, before: StateGroup) -> bool:
+        """Step 6 (and the server blocks, step 7) for an event allowed again at the resync."""
+        if sender_blocked(event.sender):
+            return True
+        if await self._soft_failure(event, before, prevs_missing=False) is not None:
+            return True
+        return await self._policy_failure(CheckedPdu(event, dict(event.pdu))) is not None
 
     async def _replaced_state_before(
         self, event: Event, old: StoredEvent, placed: Mapping[str, StateGroup]

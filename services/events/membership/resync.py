@@ -39,7 +39,7 @@ from mxfed.federation_client import FederationError, federation_path
 from services.events import metrics, storage
 from services.events.membership.common import MembershipDeps
 from services.events.pdu_checks import CheckedPdu, check_fetched
-from services.events.room_batch import RoomBatch, auth_order
+from services.events.room_batch import Rejudged, RoomBatch, auth_order
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ class PartialStateResync:
         metrics.RESYNC_SECONDS.labels("fetch").observe(time.monotonic() - fetched_at)
         await self._progress(room_id, ResyncState.STORING)
         stored_at = time.monotonic()
-        rejected = await self._store(room_id, version, row.join_event_id, state_ids, valid)
-        if rejected is None:
+        rejudged = await self._store(room_id, version, row.join_event_id, state_ids, valid)
+        if rejudged is None:
             return False
         metrics.RESYNC_SECONDS.labels("store").observe(time.monotonic() - stored_at)
         metrics.RESYNC_SECONDS.labels("total").observe(time.monotonic() - started)
@@ -204,7 +204,9 @@ class PartialStateResync:
                 "room_id": room_id,
                 "state_events": len(state_ids),
                 "fetched": len(valid),
-                "rejected_on_full_state": rejected,
+                "rejected_on_full_state": rejudged.rejected,
+                "accepted_on_full_state": rejudged.accepted,
+                "soft_failed_on_full_state": rejudged.soft_failed,
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
@@ -217,14 +219,14 @@ class PartialStateResync:
         join_event_id: str,
         state_ids: Sequence[str],
         valid: dict[str, CheckedPdu],
-    ) -> int | None:
+    ) -> Rejudged | None:
         """Outliers, then the partial state ended; None if the room changed under us."""
         deps = self.deps
         async with deps.pool.acquire() as conn, conn.transaction():
             batch = RoomBatch(deps.core, conn, room_id)
             await batch.open(len(valid))
             if batch.partial is None:
-                return 0  # finished meanwhile (a full rejoin)
+                return Rejudged()  # finished meanwhile (a full rejoin)
             if batch.partial.join_event_id != join_event_id:
                 return None  # joined again meanwhile: start over with that join
             await batch.prefetch(c.event for c in valid.values())
@@ -239,10 +241,10 @@ class PartialStateResync:
                     "state events at our join that could not be stored",
                     extra={"room_id": room_id, "count": len(state_ids) - len(usable)},
                 )
-            rejected = await batch.end_partial_state(usable)
+            rejudged = await batch.end_partial_state(usable)
             await batch.write()
         batch.committed()
-        return rejected
+        return rejudged
 
     async def _state_ids(
         self, room_id: str, event_id: str, servers: Sequence[str]

@@ -21,10 +21,10 @@ from services.events import storage
 from services.events.cache import LruCache
 from services.events.outcomes import Reason
 from services.events.pdu_checks import CheckedPdu
-from services.events.room_batch import RoomBatch, RoomsCore, auth_order
+from services.events.room_batch import Rejudged, RoomBatch, RoomsCore, auth_order
 from services.events.state import StateResolver
 from services.events.state_storage import StateStore
-from services.events.storage import Status
+from services.events.storage import PartialStateRoom, Status
 
 KEY = generate_signing_key()
 V10 = room_version("10")
@@ -219,3 +219,117 @@ async def test_add_join_refuses_a_join_the_given_state_does_not_allow(
     assert outcome.status is None
     assert outcome.reason is Reason.AUTH_EVENTS_DISALLOW
     assert bob_join.event_id not in batch.pending
+
+
+# ------------------------------------------------ the end of a partial state
+# Our join stored on a partial state, events of the window added live, then
+# end_partial_state with the full state, as the resync does. The partial
+# state here holds a ban of bob that the full state does not have (a view
+# the resident's full state corrects), so bob's message is rejected during
+# the window; the full state judges it again, both ways.
+
+CAROL = "@carol:us.test"
+
+
+def _message(room_id: str, auth: list[Event], prev: list[Event], depth: int) -> Event:
+    """bob's message."""
+    pdu = {
+        "room_id": room_id, "sender": BOB, "type": "m.room.message", "content": {"body": "hi"},
+        "auth_events": [a.event_id for a in auth], "prev_events": [p.event_id for p in prev],
+        "depth": depth, "origin_server_ts": depth,
+    }  # fmt: skip
+    return Event.from_pdu(sign_event(pdu, KEY, SERVER, "ed25519:k", V10), V10)
+
+
+MEMBER = "m.room.member"
+
+
+async def _partial_window(
+    core: RoomsCore, conn: asyncpg.Connection, *, kick_in_window: bool
+) -> tuple[str, str, list[str]]:
+    """Our join on a partial state, bob's message (and a kick of bob) in the window.
+
+    Returns (room id, the message's id, the full state's ids).
+    """
+    room_id = _new_room_id()
+    create, alice, power, rules = _room(room_id)
+    ban = _event(room_id, MEMBER, BOB, {"membership": "ban"}, [create, alice, power], [rules], 5)
+    bob = _event(room_id, MEMBER, BOB, {"membership": "join"}, [create, power, rules], [rules], 5,
+                 sender=BOB)  # fmt: skip
+    ours = _event(room_id, MEMBER, CAROL, {"membership": "join"}, [create, power, rules],
+                  [bob], 6, sender=CAROL)  # fmt: skip
+    partial = [create, alice, power, rules, ban]
+    full = [create, alice, power, rules, bob]
+    await storage.insert_room(conn, room_id, "10")
+    async with conn.transaction():
+        batch = RoomBatch(core, conn, room_id)
+        assert await batch.open(8)
+        for checked in auth_order(_checked([*partial, bob])):
+            await batch.add_outlier(checked)
+        joined = await batch.add_join(
+            CheckedPdu(ours, dict(ours.pdu)),
+            [e.event_id for e in partial],
+            partial=PartialStateRoom(room_id, ours.event_id, SERVER, [SERVER]),
+        )
+        await batch.write()
+    batch.committed()
+    assert joined.status is Status.ACCEPTED
+    window = []
+    if kick_in_window:
+        # alice kicks bob (on our side he is banned: allowed either way).
+        window.append(_event(room_id, MEMBER, BOB, {"membership": "leave"},
+                             [create, alice, power, ban], [ours], 7))  # fmt: skip
+    message = _message(room_id, [create, power, bob], [ours], 7)
+    window.append(message)
+    async with conn.transaction():
+        batch = RoomBatch(core, conn, room_id)
+        assert await batch.open(4)
+        outcomes = [await batch.add_live(c) for c in _checked(window)]
+        await batch.write()
+    batch.committed()
+    assert [o.status for o in outcomes][:-1] == [Status.ACCEPTED] * (len(window) - 1)
+    # On the partial state bob is banned: his message is rejected for now.
+    assert outcomes[-1].status is Status.REJECTED
+    assert outcomes[-1].reason is Reason.STATE_BEFORE_DISALLOWS
+    return room_id, message.event_id, [e.event_id for e in full]
+
+
+async def _resync(
+    core: RoomsCore, conn: asyncpg.Connection, room_id: str, full: list[str]
+) -> Rejudged:
+    async with conn.transaction():
+        batch = RoomBatch(core, conn, room_id)
+        assert await batch.open(4)
+        rejudged = await batch.end_partial_state(full)
+        await batch.write()
+    batch.committed()
+    return rejudged
+
+
+async def test_an_event_rejected_on_the_partial_state_is_accepted_and_streamed_after_the_resync(
+    core: RoomsCore,
+    conn: asyncpg.Connection,
+) -> None:
+    room_id, message_id, full = await _partial_window(core, conn, kick_in_window=False)
+    rejudged = await _resync(core, conn, room_id, full)
+    assert (rejudged.accepted, rejudged.soft_failed, rejudged.rejected) == (1, 0, 0)
+    stored = (await storage.fetch_events(conn, [message_id]))[message_id]
+    assert stored.status is Status.ACCEPTED
+    assert stored.rejection_reason == ""
+    assert stored.stream_position is not None  # local consumers see it
+    assert message_id in await storage.forward_extremities(conn, room_id)
+    assert await storage.partial_state_room(conn, room_id) is None
+
+
+async def test_an_event_rejected_on_the_partial_state_is_soft_failed_if_now_disallowed(
+    core: RoomsCore,
+    conn: asyncpg.Connection,
+) -> None:
+    room_id, message_id, full = await _partial_window(core, conn, kick_in_window=True)
+    rejudged = await _resync(core, conn, room_id, full)
+    # Allowed by the state before it (bob joined), but bob was kicked since.
+    assert (rejudged.accepted, rejudged.soft_failed, rejudged.rejected) == (0, 1, 0)
+    stored = (await storage.fetch_events(conn, [message_id]))[message_id]
+    assert stored.status is Status.SOFT_FAILED
+    assert stored.stream_position is None
+    assert message_id not in await storage.forward_extremities(conn, room_id)
