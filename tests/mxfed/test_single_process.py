@@ -44,3 +44,22 @@ def test_one_process_serves_every_part_and_stops_cleanly(
         assert again.key_id == key.key_id
     finally:
         mxfed.stop()
+
+
+def test_a_start_up_error_stops_the_process_with_one_line(
+    tmp_path: Path, own_database_url: str
+) -> None:
+    from tests.mxfed.test_run_failures import assert_stopped_with, run_to_the_end
+
+    mxfed = MxfedProcess(tmp_path / "data", own_database_url, single_process=True)
+    try:
+        # The harness holds every port (bound, not listening); without SO_REUSEPORT no
+        # part can bind its own.
+        mxfed.extra_config["listen_reuse_port"] = False
+        line = assert_stopped_with(
+            run_to_the_end(mxfed, "--single-process"), "is already in use", "listen_reuse_port"
+        )
+        part = line.removeprefix("mxfed: cannot start ").split(":", 1)[0]
+        assert part in (*PARTS, "gateway")
+    finally:
+        mxfed.stop()
