@@ -6,7 +6,11 @@ Spec: https://spec.matrix.org/v1.19/server-server-api/#server-access-control-lis
 handshakes...; [Synapse] also requires the requester to have a joined member,
 see https://spec.matrix.org/v1.19/client-server-api/#room-history-visibility).
 The events service owns the room state, so the decision is one
-``QueryServerAllowed`` call.
+``QueryServerAllowed`` call. A room still in partial state here (joined with
+``omit_members``, resyncing) is refused with 403
+``ORG.MATRIX.MSC3895_UNABLE_DUE_TO_PARTIAL_STATE`` (MSC3895, as Synapse does):
+its state lacks members, so answers would be incomplete; the asker tries
+another server of the room.
 
 Use it on a route whose path names the room ``{room_id}``::
 
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 from fastapi import Depends, Request
 
-from gateway.errors import forbidden, not_found
+from gateway.errors import MatrixError, forbidden, not_found
 from gateway.xmatrix_auth import require_origin
+from mxfed.service_errors import UNABLE_DUE_TO_PARTIAL_STATE
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 
 # Reads are cheap for the service; a slow answer means it is overloaded or down.
@@ -53,6 +58,12 @@ async def check_room_access(
     )
     if not reply.room_exists:
         raise not_found("Unknown room")
+    if reply.partial_state:
+        raise MatrixError(
+            403,
+            UNABLE_DUE_TO_PARTIAL_STATE,
+            "Unable to answer now: the room is partial-stated here",
+        )
     if not reply.allowed:
         raise forbidden(reply.reason or f"{server_name} may not access this room")
 

@@ -65,6 +65,11 @@ class Forbidden(ServiceError):
     errcode = "M_FORBIDDEN"
 
 
+UNABLE_DUE_TO_PARTIAL_STATE = "ORG.MATRIX.MSC3895_UNABLE_DUE_TO_PARTIAL_STATE"
+"""403 errcode for a request about a room whose state is partial here (MSC3895,
+not in the spec yet; the unstable identifier Synapse sends and acts on)."""
+
+
 class NotFound(ServiceError):
     status = grpc.StatusCode.NOT_FOUND
     errcode = "M_NOT_FOUND"

@@ -11,7 +11,13 @@ import logging
 
 import grpc
 
-from mxfed.service_errors import BadRequest, Forbidden, NotFound, abort
+from mxfed.service_errors import (
+    UNABLE_DUE_TO_PARTIAL_STATE,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    abort,
+)
 from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from services.backfill.fetching import Fetcher, RoomNotFound
 from services.backfill.serving import AccessDenied, Serving
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 async def _deny(context: grpc.aio.ServicerContext, denied: AccessDenied) -> None:
     if denied.not_found:
         await abort(context, NotFound(denied.message))
+    if denied.partial_state:
+        await abort(context, Forbidden(denied.message, UNABLE_DUE_TO_PARTIAL_STATE))
     await abort(context, Forbidden(denied.message))
 
 

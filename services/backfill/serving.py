@@ -32,6 +32,8 @@ class AccessDenied(Exception):
 
     not_found: bool
     message: str
+    # The room is partial-stated here (MSC3895): its own errcode.
+    partial_state: bool = False
 
 
 class Serving:
@@ -50,6 +52,8 @@ class Serving:
         )
         if not reply.room_exists:
             raise AccessDenied(True, "Unknown room")
+        if reply.partial_state:
+            raise AccessDenied(False, "the room is partial-stated here", partial_state=True)
         if not reply.allowed:
             raise AccessDenied(False, reply.reason or f"{origin} may not read this room")
 

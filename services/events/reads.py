@@ -83,6 +83,7 @@ class ServerAccess:
     room_exists: bool
     allowed: bool
     reason: str = ""
+    partial_state: bool = False
 
 
 @dataclass
@@ -182,6 +183,14 @@ class Reads:
             return ServerAccess(False, False, "unknown room")
         if check_acl and not await server_acl_allows(conn, room_id, server):
             return ServerAccess(True, False, "denied by the room's server ACL")
+        if require_joined and await storage.partial_state_room(conn, room_id) is not None:
+            # NOTSPEC (MSC3895, as Synapse does): a room still in partial
+            # state serves no state or history to other servers — its state
+            # lacks members, so it could neither tell whether the server is
+            # joined nor give complete answers. Refused until the resync ends.
+            return ServerAccess(
+                True, False, "the room's state is partial here (resyncing)", partial_state=True
+            )
         if require_joined and not await storage.server_has_joined_member(conn, room_id, server):
             return ServerAccess(True, False, "the server has no joined member in the room")
         return ServerAccess(True, True)

@@ -264,7 +264,10 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             request.room_id, request.server_name, request.check_acl, request.require_joined
         )
         return events_pb2.QueryServerAllowedResponse(
-            room_exists=access.room_exists, allowed=access.allowed, reason=access.reason
+            room_exists=access.room_exists,
+            allowed=access.allowed,
+            reason=access.reason,
+            partial_state=access.partial_state,
         )
 
     # ------------------------------------------------------------ streams

@@ -254,3 +254,40 @@ async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
     room.release.set()
     await scene.resynced(room)
     assert await scene.current_state(room) == room.state
+
+
+async def test_state_and_history_are_refused_while_the_state_is_partial(scene: Scene) -> None:
+    room = scene.room(members=30)
+    room.release.clear()
+    join_id = await scene.join(room, scene.user())
+    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    room_id, event_id = quote(room.room_id), quote(join_id)
+    # Asked by a server of the room: our state lacks its members, so no
+    # incomplete state or history is served as if it were complete.
+    requests = [
+        ("GET", f"/_matrix/federation/v1/state_ids/{room_id}?event_id={event_id}", None),
+        ("GET", f"/_matrix/federation/v1/state/{room_id}?event_id={event_id}", None),
+        ("GET", f"/_matrix/federation/v1/event_auth/{room_id}/{event_id}", None),
+        ("GET", f"/_matrix/federation/v1/backfill/{room_id}?v={event_id}&limit=10", None),
+        (
+            "POST",
+            f"/_matrix/federation/v1/get_missing_events/{room_id}",
+            {"earliest_events": [], "latest_events": [join_id], "limit": 10},
+        ),
+    ]
+
+    async def answers() -> list[tuple[int, str]]:
+        found = []
+        for method, uri, body in requests:
+            response = await scene.other.federation_request(
+                scene.mxfed.federation_url, scene.mxfed.server_name, method, uri, body
+            )
+            found.append((response.status_code, response.json().get("errcode", "")))
+        return found
+
+    partial = (403, "ORG.MATRIX.MSC3895_UNABLE_DUE_TO_PARTIAL_STATE")
+    assert await answers() == [partial] * len(requests)
+    # Once resynced, the same requests are answered.
+    room.release.set()
+    await scene.resynced(room)
+    assert [status for status, _ in await answers()] == [200] * len(requests)

@@ -395,14 +395,16 @@ class QueryServerAllowedRequest(_message.Message):
     def __init__(self, room_id: _Optional[str] = ..., server_name: _Optional[str] = ..., check_acl: _Optional[bool] = ..., require_joined: _Optional[bool] = ...) -> None: ...
 
 class QueryServerAllowedResponse(_message.Message):
-    __slots__ = ("room_exists", "allowed", "reason")
+    __slots__ = ("room_exists", "allowed", "reason", "partial_state")
     ROOM_EXISTS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_STATE_FIELD_NUMBER: _ClassVar[int]
     room_exists: bool
     allowed: bool
     reason: str
-    def __init__(self, room_exists: _Optional[bool] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    partial_state: bool
+    def __init__(self, room_exists: _Optional[bool] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ..., partial_state: _Optional[bool] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
     __slots__ = ("room_id", "after_position", "local_senders_only", "include_ephemeral")
