@@ -184,10 +184,10 @@ async def wait_for_database(url: str, patience: float) -> None:
 async def create_pool(url: str, *, max_size: int = 10, timed: bool = True) -> asyncpg.Pool:
     """A pool that times the wait for each connection (``mxfed_db_pool_acquire_seconds``);
     ``timed=False`` for a short-lived one (the supervisor's), which then does not load the
-    metrics and gRPC libraries into a process that serves neither."""
+    metrics library into a process that serves none."""
     pool_class: type[asyncpg.Pool] = asyncpg.Pool
     if timed:
-        from mxfed.process_metrics import TimedPool
+        from mxfed.pool_metrics import TimedPool
 
         pool_class = TimedPool
     pool = pool_class(

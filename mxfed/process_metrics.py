@@ -7,7 +7,8 @@
   full RPC name (a fixed set, ~100); ``code`` a gRPC status name.
 - The database pool: ``mxfed_db_pool_size``, ``mxfed_db_pool_in_use``,
   ``mxfed_db_pool_max`` and ``mxfed_db_pool_acquire_seconds`` (the wait for a
-  connection).
+  connection), in :mod:`mxfed.pool_metrics` (so the gateway, which has no
+  database, does not load the database driver).
 - Event-loop lag: ``mxfed_event_loop_lag_seconds`` (how late a timer fired,
   measured every half second; a blocked loop shows here first).
 
@@ -22,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -49,14 +49,6 @@ CLIENT_SECONDS = Histogram(
     "Time an internal unary RPC took, as its caller saw it",
     ["method"],
     buckets=_LATENCY_BUCKETS,
-)
-POOL_SIZE = Gauge("mxfed_db_pool_size", "Open database connections of this process's pool")
-POOL_IN_USE = Gauge("mxfed_db_pool_in_use", "Database connections handed out")
-POOL_MAX = Gauge("mxfed_db_pool_max", "The pool's maximum size (database_pool_size)")
-POOL_ACQUIRE_SECONDS = Histogram(
-    "mxfed_db_pool_acquire_seconds",
-    "Wait for a database connection from the pool",
-    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
 )
 LOOP_LAG = Gauge("mxfed_event_loop_lag_seconds", "How late the last event-loop timer fired")
 LOOP_LAG_SECONDS = Histogram(
@@ -224,27 +216,6 @@ class ClientStreamMetrics(grpc.aio.UnaryStreamClientInterceptor):
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return [ClientUnaryMetrics(), ClientStreamMetrics()]
-
-
-# The database pool ------------------------------------------------------------
-
-
-class TimedPool(asyncpg.Pool):
-    """An asyncpg pool that times the wait for each connection."""
-
-    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
-        started = time.perf_counter()
-        try:
-            return await super()._acquire(timeout)
-        finally:
-            POOL_ACQUIRE_SECONDS.observe(time.perf_counter() - started)
-
-
-def watch_pool(pool: asyncpg.Pool) -> None:
-    """Export ``pool``'s size and use (read when scraped)."""
-    POOL_SIZE.set_function(pool.get_size)
-    POOL_IN_USE.set_function(lambda: pool.get_size() - pool.get_idle_size())
-    POOL_MAX.set_function(pool.get_max_size)
 
 
 # The event loop ---------------------------------------------------------------

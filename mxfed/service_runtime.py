@@ -44,7 +44,8 @@ from mxfed.identity_files import ServerSigningKey, current_signing_key
 from mxfed.internal_plane import Caller, bind_port, client_address, new_server, open_channel
 from mxfed.listening import bind_tcp, start_metrics_server
 from mxfed.logs import setup_logging
-from mxfed.process_metrics import measure_loop_lag, watch_pool
+from mxfed.pool_metrics import watch_pool
+from mxfed.process_metrics import measure_loop_lag
 from mxfed.reflection import enable_reflection
 from mxfed.server_policy import SERVER_POLICY, follow_server_policy, grpc_policy_fetcher
 from mxfed.startup import StartupError, listen_failure, report_ready
