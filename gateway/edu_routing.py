@@ -76,7 +76,7 @@ async def forward_device_edus(request: Request, origin: str, edus: Sequence[Any]
     message = device_edu_request(origin, edus, presence_enabled=presence_enabled)
     if message is None:
         return
-    stub = accounts_pb2_grpc.AccountsStub(request.app.state.services.channel("keys"))
+    stub = accounts_pb2_grpc.AccountsStub(request.app.state.services.channel("accounts"))
     try:
         await stub.InputDeviceListUpdates(message, timeout=FORWARD_TIMEOUT)
     except grpc.aio.AioRpcError as error:

@@ -50,10 +50,8 @@ from pydantic_settings.sources.utils import parse_env_vars
 from matrix_protocol.server_names import parse_server_name
 from mxfed.blocked_ranges import DEFAULT_BLOCKED_IP_RANGES
 
-SERVICE_NAMES = ("keys", "events", "sender", "backfill", "media")
+SERVICE_NAMES = ("keys", "events", "sender", "backfill", "media", "accounts")
 PART_NAMES = (*SERVICE_NAMES, "gateway")
-# API packages (mxfed_api/<package>/v1) served by another part's process: package → part.
-HOSTED_API_PACKAGES = {"accounts": "keys"}
 ENV_PREFIX = "MXFED_"
 
 
@@ -307,6 +305,10 @@ class Config(BaseSettings):
     media_listen: ListenAddress = "127.0.0.1:50055"
     """The media service's gRPC listen address."""
 
+    accounts_listen: ListenAddress = "127.0.0.1:50056"
+    """The accounts service's gRPC listen address, when it runs as its own process
+    (accounts_in_keys off)."""
+
     gateway_metrics_listen: ListenAddress = "127.0.0.1:9100"
     """The gateway's Prometheus metrics (plain HTTP)."""
 
@@ -324,6 +326,9 @@ class Config(BaseSettings):
 
     media_metrics_listen: ListenAddress = "127.0.0.1:9105"
     """The media service's Prometheus metrics."""
+
+    accounts_metrics_listen: ListenAddress = "127.0.0.1:9106"
+    """The accounts service's Prometheus metrics, when it runs as its own process."""
 
     health_listen: ListenAddress | None = None
     """A plaintext gRPC port that serves only the standard health protocol of a process
@@ -346,14 +351,25 @@ class Config(BaseSettings):
     media_address: ServiceAddress | None = None
     """Where other processes reach the media service (default: its listen address)."""
 
+    accounts_address: ServiceAddress | None = None
+    """Where other processes reach the accounts service (default: the keys address while
+    accounts_in_keys is on, else the accounts listen address)."""
+
+    accounts_in_keys: bool = True
+    """The keys process also serves the accounts service (profiles, devices, E2E keys,
+    to-device, presence), saving a process (~75 MB) on a small server; `mxfed run` then
+    starts no accounts process. Off: accounts runs as its own part (`mxfed run --service
+    accounts`), scaled apart from keys, as the compose file and Kubernetes manifests run it."""
+
     listen_reuse_port: bool = False
     """Bind every listening socket with SO_REUSEPORT so processes of one host can share a
     port; off, a port already in use stops the part at start."""
 
     run: Annotated[list[str], NoDecode, BeforeValidator(_comma_list)] = Field(
-        default_factory=lambda: list(PART_NAMES)
+        default_factory=lambda: [part for part in PART_NAMES if part != "accounts"]
     )
-    """Which parts `mxfed run` starts."""
+    """Which parts `mxfed run` starts. The default has accounts only when accounts_in_keys
+    is off (it is added then); naming accounts while accounts_in_keys is on is an error."""
 
     log_level: LogLevel = "INFO"
     """DEBUG, INFO, WARNING or ERROR."""
@@ -535,6 +551,17 @@ class Config(BaseSettings):
         return parts
 
     @model_validator(mode="after")
+    def _accounts_where(self) -> Config:
+        if self.accounts_in_keys and "accounts" in self.run:
+            raise ValueError(
+                "run names accounts, but accounts_in_keys is on (the keys process serves "
+                "accounts); set accounts_in_keys: false to run accounts as its own part"
+            )
+        if not self.accounts_in_keys and "run" not in self.model_fields_set:
+            self.run = [*self.run[:-1], "accounts", self.run[-1]]  # before the gateway
+        return self
+
+    @model_validator(mode="after")
     def _retry_bounds(self) -> Config:
         if self.sender_min_retry_interval > self.sender_max_retry_interval:
             raise ValueError("sender_min_retry_interval must not exceed sender_max_retry_interval")
@@ -576,8 +603,18 @@ class Config(BaseSettings):
     def metrics_address(self, part: str) -> str:
         return str(getattr(self, f"{part}_metrics_listen"))
 
+    def host_part(self, service: str) -> str:
+        """The part whose process serves ``service``: ``keys`` for ``accounts`` while
+        accounts_in_keys is on, else the service itself."""
+        return "keys" if service == "accounts" and self.accounts_in_keys else service
+
+    def hosted_services(self, part: str) -> list[str]:
+        """The services ``part``'s process serves besides its own."""
+        return ["accounts"] if part == "keys" and self.accounts_in_keys else []
+
     def service_address(self, service: str) -> str:
-        return getattr(self, f"{service}_address") or self.listen_address(service)
+        explicit = getattr(self, f"{service}_address")
+        return explicit or self.listen_address(self.host_part(service))
 
 
 # Loading ---------------------------------------------------------------------------

@@ -49,6 +49,9 @@ def parts(*names: str) -> Access:
 ACTORS = Access(actors=True)
 OPERATOR = Access(operator=True)
 ANYONE = Access(parts=frozenset(PART_NAMES), actors=True)
+# Accounts calls as itself when it runs as its own part, and as the keys part while the
+# keys process hosts it (accounts_in_keys): its calls admit both.
+ACCOUNTS = parts("accounts", "keys")
 
 _RULES: dict[str, dict[str, Access]] = {
     "grpc.health.v1.Health": {"Check": ANYONE, "Watch": ANYONE},
@@ -89,16 +92,16 @@ _RULES: dict[str, dict[str, Access]] = {
         "PerformSendEvent": ACTORS,
         "PerformCreateAlias": ACTORS,
         "PerformDeleteAlias": ACTORS,
-        "QueryEvents": parts("gateway", "backfill", "keys", "sender") | ACTORS,
+        "QueryEvents": parts("gateway", "backfill", "sender") | ACCOUNTS | ACTORS,
         "QueryStateAtEvent": parts("gateway") | ACTORS,
         "QueryAuthChain": parts("gateway") | ACTORS,
         "QueryCurrentState": parts("keys") | ACTORS,
         "QueryTimeline": ACTORS,
         "QueryRoomInfo": parts("backfill") | ACTORS,
-        "QueryServersInRoom": parts("sender", "keys", "backfill") | ACTORS,
+        "QueryServersInRoom": parts("sender", "backfill") | ACCOUNTS | ACTORS,
         "QueryAlias": parts("gateway") | ACTORS,
         "QueryServerAllowed": parts("gateway", "backfill", "keys") | ACTORS,
-        "StreamEvents": parts("sender", "keys") | ACTORS,
+        "StreamEvents": parts("sender") | ACCOUNTS | ACTORS,
     },
     "mxfed.events.v1.Membership": {
         "MakeMembership": parts("gateway"),
@@ -122,7 +125,8 @@ _RULES: dict[str, dict[str, Access]] = {
         "PerformBlockServer": OPERATOR,
         "PerformUnblockServer": OPERATOR,
         "PerformSetAllowListMode": OPERATOR,
-        "QueryServerPolicy": parts("gateway", "keys", "sender", "backfill", "media") | OPERATOR,
+        "QueryServerPolicy": parts("gateway", "keys", "sender", "backfill", "media", "accounts")
+        | OPERATOR,
         "PerformShutdownRoom": OPERATOR,
         "PerformBlockRoom": OPERATOR,
         "QueryBlockedRooms": OPERATOR,
@@ -134,7 +138,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "PerformUnpublishRoom": ACTORS,
         "QueryPublicRooms": parts("gateway") | ACTORS,
         "QueryHierarchy": parts("gateway") | ACTORS,
-        "QueryRoomsOfUser": parts("keys") | ACTORS,
+        "QueryRoomsOfUser": ACCOUNTS | ACTORS,
     },
     # The events service's side of serving history; the backfill part serves it.
     "mxfed.events.v1.History": {
@@ -161,7 +165,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "StreamThumbnail": parts("gateway") | ACTORS,
     },
     "mxfed.sender.v1.Sender": {
-        "PerformSendEdus": parts("keys") | ACTORS,
+        "PerformSendEdus": ACCOUNTS | ACTORS,
         "PerformServerUp": parts("gateway"),
         # The keys part asks for mxfed doctor's delivery step.
         "QueryDestinations": parts("keys") | OPERATOR,

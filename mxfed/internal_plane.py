@@ -157,7 +157,10 @@ def open_channel(
         channel = grpc.aio.secure_channel(
             target,
             grpc.ssl_channel_credentials(ca, key, certificate),
-            options=[*GRPC_OPTIONS, ("grpc.ssl_target_name_override", server_name_of(service))],
+            options=[
+                *GRPC_OPTIONS,
+                ("grpc.ssl_target_name_override", server_name_of(config.host_part(service))),
+            ],
             interceptors=[*tracing.client_interceptors(), *client_interceptors()],
         )
     else:

@@ -2,7 +2,8 @@
 
 Each part serves ``grpc.reflection.v1alpha.ServerReflection`` (grpcio-reflection)
 naming the services of its own API package (``mxfed_api/<part>/v1``, and those
-of the packages it hosts: ``HOSTED_API_PACKAGES`` in :mod:`mxfed.config`, as
+of the services its process hosts: ``Config.hosted_services``, accounts in the
+keys process while ``accounts_in_keys`` is on, as
 :mod:`mxfed.protogen` generates them from ``protos/``), the health service and
 reflection itself. Reflection is on the internal plane like everything else:
 a tool needs a certificate (an actor's from ``mxfed actors add``, or the
@@ -17,20 +18,19 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
-from mxfed.config import HOSTED_API_PACKAGES
-
 REFLECTION_SERVICE = reflection.SERVICE_NAME
 
 
-def api_services(part: str) -> list[str]:
-    """Full names of the services of the API packages ``part`` serves (none: no package)."""
+def api_services(part: str, hosted: Sequence[str] = ()) -> list[str]:
+    """Full names of the services of the API packages ``part`` serves, with those of the
+    services its process ``hosted`` too (none: no package)."""
     names: list[str] = []
-    hosted = [package for package, host in HOSTED_API_PACKAGES.items() if host == part]
     for api in (part, *hosted):
         try:
             package = importlib.import_module(f"mxfed_api.{api}.v1")
@@ -43,10 +43,10 @@ def api_services(part: str) -> list[str]:
     return sorted(names)
 
 
-def served_services(part: str) -> list[str]:
+def served_services(part: str, hosted: Sequence[str] = ()) -> list[str]:
     """Every service a part's gRPC server serves, as reflection lists them."""
-    return [*api_services(part), health.SERVICE_NAME, REFLECTION_SERVICE]
+    return [*api_services(part, hosted), health.SERVICE_NAME, REFLECTION_SERVICE]
 
 
-def enable_reflection(server: grpc.aio.Server, part: str) -> None:
-    reflection.enable_server_reflection(served_services(part), server)
+def enable_reflection(server: grpc.aio.Server, part: str, hosted: Sequence[str] = ()) -> None:
+    reflection.enable_server_reflection(served_services(part, hosted), server)

@@ -107,7 +107,9 @@ class ServiceContext:
         return current_signing_key(self.config.signing_key)
 
     def channel(self, service: str) -> grpc.aio.Channel:
-        """A shared channel to another mxfed service (``keys``, ``events``...)."""
+        """A shared channel to another mxfed service (``keys``, ``events``...); one per
+        serving process (accounts shares the keys channel while keys hosts it)."""
+        service = self.config.host_part(service)
         if service not in self._channels:
             self._channels[service] = open_channel(
                 self.config, service, caller=Caller.part(self.name)
@@ -264,6 +266,9 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
 
 
 async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    server_module = importlib.import_module(f"services.{name}.server")
+    for schema in getattr(server_module, "MIGRATES_AFTER", ()):
+        await apply_migrations(pool, schema, migrations_directory(schema))
     applied = await apply_migrations(pool, name, migrations_directory(name))
     signing_key = current_signing_key(config.signing_key)
     await claim_database(pool, config.database_url or "", config.server_name, signing_key)
@@ -279,7 +284,7 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         raise listen_failure(exc, config.metrics_address(name), f"{name}_metrics_listen") from None
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    enable_reflection(server, name)
+    enable_reflection(server, name, config.hosted_services(name))
     probe_server = _health_only_server(config, health)
     context = ServiceContext(
         name=name,
@@ -288,7 +293,7 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         server=server,
     )
     try:
-        setup = importlib.import_module(f"services.{name}.server").setup
+        setup = server_module.setup
         await setup(context)
         SERVER_POLICY.own_server_name = config.server_name
         context.spawn(measure_loop_lag(), name="event-loop-lag")
@@ -301,11 +306,13 @@ async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Ev
         await server.start()
         if probe_server is not None:
             await probe_server.start()
-        await _set_health(health, name, context.serving)
+        await _set_health(health, name, context.serving, config.hosted_services(name))
         health_updates: set[asyncio.Task[None]] = set()
 
         def on_health(serving: bool) -> None:
-            update = asyncio.create_task(_set_health(health, name, serving))
+            update = asyncio.create_task(
+                _set_health(health, name, serving, config.hosted_services(name))
+            )
             health_updates.add(update)
             update.add_done_callback(health_updates.discard)
 
@@ -358,7 +365,9 @@ def _health_only_server(config: Config, health: HealthServicer) -> grpc.aio.Serv
     return probe_server
 
 
-async def _set_health(health: HealthServicer, name: str, serving: bool) -> None:
+async def _set_health(
+    health: HealthServicer, name: str, serving: bool, hosted_services: list[str]
+) -> None:
     status = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
@@ -367,6 +376,8 @@ async def _set_health(health: HealthServicer, name: str, serving: bool) -> None:
     SERVING.set(1 if serving else 0)
     await health.set("", status)
     await health.set(f"mxfed.{name}.v1", status)
+    for hosted in hosted_services:
+        await health.set(f"mxfed.{hosted}.v1", status)
 
 
 async def watch_database(context: ServiceContext) -> None:

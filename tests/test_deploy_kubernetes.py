@@ -23,7 +23,7 @@ MANIFESTS = REPO_ROOT / "deploy" / "kubernetes"
 # The oldest Kubernetes these manifests are for (native gRPC probes are GA since 1.27),
 # and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
-SIGNERS = {"keys", "events", "sender", "backfill", "media"}
+SIGNERS = {"keys", "events", "sender", "backfill", "media", "accounts"}
 COMPONENT = "app.kubernetes.io/component"
 
 

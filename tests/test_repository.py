@@ -35,7 +35,16 @@ def test_compose_file_scales_every_service() -> None:
         timeout=60,
     )
     services = set(result.stdout.split())
-    assert {"postgres", "keys", "events", "sender", "backfill", "media", "gateway"} <= services
+    assert {
+        "postgres",
+        "keys",
+        "events",
+        "sender",
+        "backfill",
+        "media",
+        "accounts",
+        "gateway",
+    } <= services
 
 
 def test_compose_mounts_secrets_only_where_they_are_used() -> None:
@@ -52,7 +61,7 @@ def test_compose_mounts_secrets_only_where_they_are_used() -> None:
         return {volume["target"]: volume for volume in services[name].get("volumes", [])}
 
     # The signing key: only in the parts that sign, never in the internet-facing gateway.
-    for part in ("keys", "events", "sender", "backfill", "media"):
+    for part in ("keys", "events", "sender", "backfill", "media", "accounts"):
         assert mounts(part)["/signing"]["source"] == "signing"
         # Only the keys service writes it (rotation).
         assert mounts(part)["/signing"].get("read_only", False) == (part != "keys"), part
@@ -88,7 +97,7 @@ def test_compose_database_password_is_a_secret_given_only_to_database_users() ->
     services = project["services"]
     assert project["secrets"]["postgres_password"]["file"].endswith("/secrets/postgres-password")
     users = {name for name, service in services.items() if service.get("secrets")}
-    assert users == {"postgres", "keys", "events", "sender", "backfill", "media"}
+    assert users == {"postgres", "keys", "events", "sender", "backfill", "media", "accounts"}
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
             assert "PASSWORD=" not in f"{key}={value}", (name, key)
@@ -128,7 +137,7 @@ def test_compose_healthchecks_are_cheap_for_every_part() -> None:
         # A small binary per probe, never a Python start.
         assert test[0] == "CMD" and test[1] in ("grpc_health_probe", "curl"), (part, test)
         assert not any("python" in word or word == "mxfed" for word in test), (part, test)
-    for part in ("keys", "events", "sender", "backfill", "media"):
+    for part in ("keys", "events", "sender", "backfill", "media", "accounts"):
         environment = services[part]["environment"]
         assert (
             f"-addr={environment['MXFED_HEALTH_LISTEN']}" in services[part]["healthcheck"]["test"]

@@ -24,7 +24,7 @@ _PREFIX = "/_matrix/federation/v1"
 
 
 def accounts_stub(request: Request) -> accounts_pb2_grpc.AccountsStub:
-    return accounts_pb2_grpc.AccountsStub(request.app.state.services.channel("keys"))
+    return accounts_pb2_grpc.AccountsStub(request.app.state.services.channel("accounts"))
 
 
 def local_user(request: Request, user_id: str | None, name: str = "user_id") -> str:

@@ -41,7 +41,7 @@ from mxfed.client.types import (
     Typing,
     Uploaded,
 )
-from mxfed.config import HOSTED_API_PACKAGES, Config, load_config
+from mxfed.config import Config, load_config
 from mxfed.internal_identity import OPERATOR, Caller
 from mxfed.internal_plane import open_channel
 from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
@@ -77,12 +77,11 @@ CHUNK_BYTES = 256 * 1024
 
 
 def _service_of(stub_class: type) -> str:
-    """The part serving a stub: ``mxfed_api.<package>.v1.*_pb2_grpc`` → the package's
-    part (``accounts`` is hosted by ``keys``: ``HOSTED_API_PACKAGES``)."""
+    """The service of a stub: ``mxfed_api.<package>.v1.*_pb2_grpc`` → the package."""
     parts = stub_class.__module__.split(".")
     if len(parts) < 3 or parts[0] != "mxfed_api":
         raise ValueError(f"{stub_class.__name__} is not a stub of mxfed's API")
-    return HOSTED_API_PACKAGES.get(parts[1], parts[1])
+    return parts[1]
 
 
 _RESYNC_STATES = {
@@ -159,7 +158,8 @@ class Client:
         :meth:`guarded` so errors become :class:`MatrixError`)."""
         stub = self._stubs.get(stub_class)  # type: ignore[call-overload]
         if stub is None:
-            service = _service_of(stub_class)  # type: ignore[arg-type]
+            # accounts is served by the keys process unless accounts_in_keys is off.
+            service = self.config.host_part(_service_of(stub_class))  # type: ignore[arg-type]
             channel = self._channels.get(service)
             if channel is None:
                 channel = open_channel(

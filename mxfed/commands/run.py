@@ -64,6 +64,12 @@ async def _ensure_certificate(config: Config, part: str) -> None:
 
 
 async def _run_part(part: str, config: Config) -> None:
+    if part == "accounts" and config.accounts_in_keys:
+        raise StartupError(
+            "accounts_in_keys is on: the keys process serves the accounts service",
+            "set accounts_in_keys: false (MXFED_ACCOUNTS_IN_KEYS=false) on every part "
+            "to run accounts as its own process",
+        )
     if config.internal_tls:
         await _ensure_certificate(config, part)
     if part == "gateway":

@@ -1,4 +1,6 @@
-"""Builds the Accounts service inside the common service runtime (today: the keys process)."""
+"""Builds the Accounts service inside the common service runtime: in its own process
+(``mxfed run --service accounts``, ``accounts_in_keys`` off), or in the keys process
+(``accounts_in_keys`` on, the default: one process fewer on a small server)."""
 
 from __future__ import annotations
 
@@ -14,16 +16,22 @@ from services.accounts.remote import RemoteDeviceLists
 from services.accounts.servicer import AccountsServicer
 from services.accounts.to_device import ToDeviceHub, ToDeviceInbox
 
+# Schemas whose migrations the runtime applies before this service's own: the first
+# accounts migration moves the tables keys migrations 100-102 made, so an accounts
+# process started on a fresh database before any keys process migrates them first.
+MIGRATES_AFTER = ("keys",)
+
 
 async def setup(context: ServiceContext) -> AccountsServicer:
     """Register Accounts on ``context.server``, with its federation client and EDU
     notifier, and start following local joins for their device lists (``joins.py``).
 
-    The keys process calls this from its own ``setup``: it hosts Accounts. The
-    ``accounts`` schema's migrations are applied first (the process has applied
-    its own already).
+    Run as its own part, the runtime has applied the ``accounts`` schema's migrations.
+    Hosted, the keys process calls this from its own ``setup`` (after applying its own
+    migrations) and the ``accounts`` ones are applied here first.
     """
-    await apply_migrations(context.pool, "accounts", migrations_directory("accounts"))
+    if context.name != "accounts":
+        await apply_migrations(context.pool, "accounts", migrations_directory("accounts"))
     client = federation_client_from_config(context.config)
     notifier = GrpcEduNotifier(context.channel("events"), context.channel("sender"))
     local = LocalAccounts(context.pool, context.config.server_name, notifier)
@@ -46,5 +54,5 @@ async def setup(context: ServiceContext) -> AccountsServicer:
         joins = JoinDeviceLists(
             context.config.database_url, local, context.channel("events"), context.channel("sender")
         )
-        context.spawn(joins.run, "keys:device-list-joins")
+        context.spawn(joins.run, f"{context.name}:device-list-joins")
     return servicer

@@ -78,7 +78,8 @@ def build_doctor(context: ServiceContext, own_keys: OwnKeys) -> FederationDoctor
 
 
 async def setup(context: ServiceContext) -> None:
-    """Register the keys servicer (and Accounts, which this process hosts) on ``context.server``."""
+    """Register the keys servicer on ``context.server``, and Accounts when this process
+    hosts it (``accounts_in_keys``)."""
     config = context.config
     storage = KeysStorage(context.pool)
     client = federation_client_from_config(config)
@@ -88,5 +89,6 @@ async def setup(context: ServiceContext) -> None:
     keys_pb2_grpc.add_KeysServicer_to_server(
         KeysServicer(keyring, own_keys, DoctorRpc(doctor)), context.server
     )
-    # The keys process hosts the Accounts service (services/accounts/).
-    await setup_accounts(context)
+    # Small deployments: the keys process hosts the Accounts service (services/accounts/).
+    if config.accounts_in_keys:
+        await setup_accounts(context)

@@ -262,7 +262,8 @@ def test_every_rpc_has_a_decision_and_no_actor_signs_or_feeds_input() -> None:
 REPOSITORY = Path(__file__).resolve().parents[2]
 PART_SOURCES = {
     "gateway": ["gateway"],
-    "keys": ["services/keys", "services/accounts"],  # accounts runs in the keys process
+    "keys": ["services/keys", "services/accounts"],  # accounts_in_keys: keys hosts accounts
+    "accounts": ["services/accounts"],
     "events": ["services/events"],
     "sender": ["services/sender"],
     "backfill": ["services/backfill"],

@@ -22,6 +22,7 @@ from mxfed.internal_plane import Caller, open_channel
 from tests.support.grpc_plane import AdmittedCallerChannel
 from tests.support.ports import HeldPort
 
+# The service processes of a default mxfed (accounts is served by keys: accounts_in_keys).
 PARTS = ("keys", "events", "sender", "backfill", "media")
 
 
@@ -39,13 +40,10 @@ class MxfedProcess:
     def __post_init__(self) -> None:
         # Held until release(): a restarted mxfed listens on the same ports, and
         # nothing else can take them in between (its parts bind with SO_REUSEPORT).
-        self._held = {
-            (name, kind): HeldPort() for name in ("gateway", *PARTS) for kind in ("api", "metrics")
-        }
-        self.ports = {name: self._held[(name, "api")].port for name in ("gateway", *PARTS)}
-        self.metrics_ports = {
-            name: self._held[(name, "metrics")].port for name in ("gateway", *PARTS)
-        }
+        names = ("gateway", *PARTS, "accounts")
+        self._held = {(name, kind): HeldPort() for name in names for kind in ("api", "metrics")}
+        self.ports = {name: self._held[(name, "api")].port for name in names}
+        self.metrics_ports = {name: self._held[(name, "metrics")].port for name in names}
         self.server_name = self.server_name or f"127.0.0.1:{self.ports['gateway']}"
 
     @property
@@ -56,7 +54,19 @@ class MxfedProcess:
     def federation_url(self) -> str:
         return f"https://127.0.0.1:{self.ports['gateway']}"
 
+    @property
+    def accounts_apart(self) -> bool:
+        """Accounts runs as its own process (``accounts_in_keys: false``)."""
+        return self.extra_config.get("accounts_in_keys") is False
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The service processes this mxfed runs."""
+        return (*PARTS, "accounts") if self.accounts_apart else PARTS
+
     def grpc_address(self, service: str) -> str:
+        if service == "accounts" and not self.accounts_apart:
+            service = "keys"  # the keys process serves accounts
         return f"127.0.0.1:{self.ports[service]}"
 
     def config(self) -> Config:
@@ -157,7 +167,7 @@ class MxfedProcess:
     async def _services_serving(self) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        for service in PARTS:
+        for service in self.parts:
             async with self.channel(service) as channel:
                 try:
                     reply = await health_pb2_grpc.HealthStub(channel).Check(

@@ -86,7 +86,7 @@ async def setup_third_party(context: ServiceContext, local: LocalEvents) -> None
         signing_key=context.signing_key,
         spawn=context.spawn,
     )
-    accounts = accounts_pb2_grpc.AccountsStub(context.channel("keys"))
+    accounts = accounts_pb2_grpc.AccountsStub(context.channel("accounts"))
     third_party_pb2_grpc.add_ThirdPartyInvitesServicer_to_server(
         ThirdPartyInvitesServicer(ThirdParty(deps, accounts, identity)), context.server
     )
