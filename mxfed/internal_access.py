@@ -97,7 +97,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "QueryAuthChain": parts("gateway") | ACTORS,
         "QueryCurrentState": parts("keys") | ACTORS,
         "QueryTimeline": ACTORS,
-        "QueryRoomInfo": parts("backfill") | ACTORS,
+        "QueryRoomInfo": parts("backfill") | ACCOUNTS | ACTORS,
         "QueryServersInRoom": parts("sender", "backfill") | ACCOUNTS | ACTORS,
         "QueryAlias": parts("gateway") | ACTORS,
         "QueryServerAllowed": parts("gateway", "backfill", "keys") | ACTORS,

@@ -29,6 +29,16 @@ updates. This module does the second part:
   master/self-signing keys. A row is deleted only once the sender stored its
   EDUs; failures are retried with backoff.
 
+* A join to a room whose state is still partial here (joined with
+  ``omit_members``; ``QueryRoomInfo`` says it resyncs) is remembered in
+  ``accounts.device_list_partial_joins`` with the servers it went to. Its
+  servers came from the join's answer (``servers_in_room``) and from the
+  members seen so far; servers of the room we learn of only from the full
+  state — ones that joined while the room was partial — did not get the
+  user's device list, nor the updates made meanwhile. When the resync has
+  ended (polled), those servers get the whole list through the same outbox,
+  as Synapse does when a room leaves partial state.
+
 The cursor starts at 0, the whole stream (see migration 101).
 """
 
@@ -55,6 +65,8 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "mxfed.keys.device_list_joins"
 CALL_TIMEOUT = 10.0
 MAX_BATCH = 200
+# The outbox is unique per event: the resync's row for a join gets this suffix.
+RESYNCED_SUFFIX = "#resynced"
 ROOM_QUERY_CONCURRENCY = 8
 
 
@@ -156,6 +168,7 @@ class JoinDeviceLists:
         *,
         lock_poll_interval: float = 2.0,
         retry_interval: float = 5.0,
+        resync_poll_interval: float = 5.0,
     ) -> None:
         self.database_url = database_url
         self.local = local
@@ -165,6 +178,7 @@ class JoinDeviceLists:
         self.sender = sender_pb2_grpc.SenderStub(sender_channel)
         self.lock_poll_interval = lock_poll_interval
         self.retry_interval = retry_interval
+        self.resync_poll_interval = resync_poll_interval
         self.position = 0
         self.leader = False
         self._outbox_wake = asyncio.Event()
@@ -187,11 +201,15 @@ class JoinDeviceLists:
 
     async def _lead(self, connection: asyncpg.Connection) -> None:
         drain = asyncio.create_task(self._drain_forever(connection), name="keys:join-outbox")
+        resynced = asyncio.create_task(
+            self._resynced_forever(connection), name="keys:join-resynced"
+        )
         try:
             await self._follow(connection)
         finally:
             drain.cancel()
-            await asyncio.gather(drain, return_exceptions=True)
+            resynced.cancel()
+            await asyncio.gather(drain, resynced, return_exceptions=True)
 
     async def _follow(self, connection: asyncpg.Connection) -> None:
         async with self._conn_lock:
@@ -216,11 +234,24 @@ class JoinDeviceLists:
     ) -> None:
         join = join_of(item, self.server_name)
         destinations: list[str] = []
+        partial = False
         if join is not None and not await self._was_joined(join):
             destinations = await self._new_servers(join)
+            partial = await self._partial(join.room_id)
         # The lock connection is shared by the stream follower and the outbox
         # drain; they take turns.
         async with self._conn_lock, connection.transaction():
+            if partial and join is not None:
+                await connection.execute(
+                    "INSERT INTO accounts.device_list_partial_joins"
+                    " (event_id, user_id, room_id, sent_to, created_ts)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+                    join.event_id,
+                    join.user_id,
+                    join.room_id,
+                    sorted({*join.servers_before, *destinations}),
+                    now_ms(),
+                )
             if destinations and join is not None:
                 await connection.execute(
                     "INSERT INTO accounts.device_list_join_outbox"
@@ -294,6 +325,87 @@ class JoinDeviceLists:
         for servers in await asyncio.gather(*(servers_of(r) for r in others)):
             sharing.update(servers)
         return sorted(room_servers - sharing)
+
+    async def _partial(self, room_id: str) -> bool:
+        """Is the room's state partial here (a join with omit_members, resyncing)?"""
+        info = await self.events.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=room_id),
+            timeout=CALL_TIMEOUT,
+            wait_for_ready=True,
+        )
+        return info.exists and info.resync_state not in (
+            events_pb2.RESYNC_STATE_UNSPECIFIED,
+            events_pb2.RESYNC_STATE_FULL_STATE,
+        )
+
+    # ------------------------------------------------------------ after a resync
+
+    async def _resynced_forever(self, connection: asyncpg.Connection) -> None:
+        while True:
+            try:
+                await self.resynced(connection)
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "could not check partial-state rooms for device lists; retrying",
+                    extra={"code": exc.code().name, "details": exc.details()},
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("could not check partial-state rooms for device lists; retrying")
+            await asyncio.sleep(self.resync_poll_interval)
+
+    async def resynced(self, connection: asyncpg.Connection) -> None:
+        """Joins to rooms whose resync has ended: their servers not sent to go to the outbox."""
+        async with self._conn_lock:
+            rows = await connection.fetch(
+                "SELECT event_id, user_id, room_id, sent_to"
+                " FROM accounts.device_list_partial_joins ORDER BY created_ts LIMIT $1",
+                MAX_BATCH,
+            )
+        woken = False
+        for row in rows:
+            room_id, user_id = row["room_id"], row["user_id"]
+            if await self._partial(room_id):
+                continue
+            rooms = await self.directory.QueryRoomsOfUser(
+                directory_pb2.QueryRoomsOfUserRequest(user_id=user_id),
+                timeout=CALL_TIMEOUT,
+                wait_for_ready=True,
+            )
+            destinations: list[str] = []
+            if room_id in rooms.room_ids:  # else: left meanwhile
+                reply = await self.events.QueryServersInRoom(
+                    events_pb2.QueryServersInRoomRequest(room_id=room_id),
+                    timeout=CALL_TIMEOUT,
+                    wait_for_ready=True,
+                )
+                known = {*row["sent_to"], self.server_name, ""}
+                destinations = sorted(set(reply.servers) - known)
+            async with self._conn_lock, connection.transaction():
+                if destinations:
+                    await connection.execute(
+                        "INSERT INTO accounts.device_list_join_outbox"
+                        " (user_id, room_id, event_id, destinations, created_ts)"
+                        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+                        user_id,
+                        room_id,
+                        row["event_id"] + RESYNCED_SUFFIX,
+                        destinations,
+                        now_ms(),
+                    )
+                await connection.execute(
+                    "DELETE FROM accounts.device_list_partial_joins WHERE event_id = $1",
+                    row["event_id"],
+                )
+            if destinations:
+                log.info(
+                    "device lists for the servers a resync revealed",
+                    extra={"user_id": user_id, "room_id": room_id, "servers": len(destinations)},
+                )
+                woken = True
+        if woken:
+            self._outbox_wake.set()
 
     # ------------------------------------------------------------ outbox
 

@@ -40,6 +40,8 @@ class FakeBackends(
         self.events: dict[str, bytes] = {}
         self.room_servers: dict[str, list[str]] = {}
         self.user_rooms: dict[str, list[str]] = {}
+        # Rooms whose state is partial here (a join with omit_members, resyncing).
+        self.resyncing: set[str] = set()
         self.sent: list[sender_pb2.Edu] = []
         self.sender_failures = 0
         self.stream_requests: list[events_pb2.StreamEventsRequest] = []
@@ -121,6 +123,15 @@ class FakeBackends(
             servers=self.room_servers.get(request.room_id, [])
         )
 
+    async def QueryRoomInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+        partial = request.room_id in self.resyncing
+        return events_pb2.QueryRoomInfoResponse(
+            exists=True,
+            resync_state=events_pb2.RESYNC_STATE_FETCHING
+            if partial
+            else events_pb2.RESYNC_STATE_FULL_STATE,
+        )
+
     async def QueryRoomsOfUser(self, request: Any, context: Any) -> Any:  # noqa: N802
         return directory_pb2.QueryRoomsOfUserResponse(
             room_ids=sorted(self.user_rooms.get(request.user_id, []))
@@ -144,6 +155,7 @@ async def backends() -> AsyncIterator[FakeBackends]:
 @pytest.fixture
 async def local(keys_pool: asyncpg.Pool) -> LocalAccounts:
     await keys_pool.execute("TRUNCATE accounts.device_list_join_outbox")
+    await keys_pool.execute("TRUNCATE accounts.device_list_partial_joins")
     await keys_pool.execute("UPDATE accounts.device_list_join_cursor SET stream_position = 0")
     return LocalAccounts(keys_pool, OURS, RecordingNotifier())
 
@@ -166,6 +178,7 @@ class Runner:
             channel,
             lock_poll_interval=0.1,
             retry_interval=0.1,
+            resync_poll_interval=0.1,
         )
         self.tasks[follower] = asyncio.create_task(follower.run())
         return follower
@@ -364,3 +377,41 @@ async def test_sender_failure_is_retried_from_the_outbox(
     runner.start()
     await eventually(lambda: len(backends.sent) == 6)
     assert {tuple(e.destinations) for e in backends.sent[3:]} == {("h.example",)}
+
+
+async def test_servers_a_resync_reveals_get_the_device_lists_once_it_has_ended(
+    keys_pool: asyncpg.Pool, local: LocalAccounts, backends: FakeBackends, runner: Runner
+) -> None:
+    user = await user_with_devices(local)
+    room = "!partial:x"
+    backends.user_rooms[user] = [room]
+    backends.resyncing.add(room)
+    # The join's answer named a.example (servers_in_room); the full state
+    # also has b.example and c.example (joined while the room was partial).
+    backends.room_servers[room] = [OURS, "a.example", "b.example", "c.example"]
+    join = backends.member(room, user, "join", [])
+    await backends.add(join, room, [OURS, "a.example"])
+    runner.start()
+    await eventually(lambda: len(backends.sent) == 3)
+    assert {tuple(d) for _, d in edus_of(backends, "m.device_list_update")} == {("a.example",)}
+    await outbox_empty(keys_pool)
+    pending = await keys_pool.fetchval("SELECT count(*) FROM accounts.device_list_partial_joins")
+    assert pending == 1
+    # The resync ends: the servers not sent to get the whole list, once.
+    backends.resyncing.discard(room)
+    await eventually(lambda: len(backends.sent) == 6)
+    later = [(c, d) for c, d in edus_of(backends, "m.device_list_update")[2:]]
+    assert sorted(c["device_id"] for c, _ in later) == ["LAPTOP", "PHONE"]
+    assert all(d == ["b.example", "c.example"] for _, d in later)
+    [_, (_, signing_to)] = edus_of(backends, "m.signing_key_update")
+    assert signing_to == ["b.example", "c.example"]
+    await outbox_empty(keys_pool)
+    for _ in range(100):
+        if not await keys_pool.fetchval("SELECT count(*) FROM accounts.device_list_partial_joins"):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the partial join was not forgotten")
+    # Forgotten in the transaction that queued it: nothing is sent again.
+    await outbox_empty(keys_pool)
+    assert len(backends.sent) == 6

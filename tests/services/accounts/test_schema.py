@@ -19,7 +19,8 @@ async def test_rows_made_in_the_keys_schema_move_to_the_accounts_schema() -> Non
             '{"displayname": "Alice"}',
             1,
         )
-        assert await apply_migrations(pool, "accounts", migrations_directory("accounts")) == [1]
+        applied = await apply_migrations(pool, "accounts", migrations_directory("accounts"))
+        assert applied[0] == 1
         assert (
             await pool.fetchval(
                 "SELECT fields_json FROM accounts.profiles WHERE user_id = $1", "@alice:example.org"
