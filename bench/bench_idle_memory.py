@@ -1,7 +1,9 @@
 """Resident memory and idle CPU of a whole idle mxfed (supervisor, every part). Not a test.
 
 Both ways to run it: supervised processes (``mxfed run``, target <= 400 MiB)
-and every part in one process (``mxfed run --single-process``, <= 150 MiB).
+and every part in one process (``mxfed run --single-process``, <= 150 MiB); the
+supervised run also with accounts as its own process (``accounts_in_keys: false``,
+as compose and Kubernetes run it), the price of one more process.
 
 Per part: RSS, and the CPU it spends idle over a 10 s window (background
 loops, heartbeats, leases). The Kubernetes resource requests in
@@ -33,18 +35,24 @@ IDLE_WINDOW = 10.0  # seconds over which idle CPU is measured
 
 
 def main() -> None:
-    for single_process in (False, True):
-        measure(single_process)
+    measure(single_process=False)
+    measure(single_process=False, accounts_apart=True)
+    measure(single_process=True)
 
 
-def measure(single_process: bool) -> None:
+def measure(single_process: bool, accounts_apart: bool = False) -> None:
     mode = "mxfed run --single-process" if single_process else "mxfed run"
+    if accounts_apart:
+        mode += " (accounts_in_keys: false)"
     target = 150 if single_process else 400
     database_url = asyncio.run(create_database("mxfed_bench"))
     try:
         with tempfile.TemporaryDirectory() as scratch:
             mxfed = MxfedProcess(
-                Path(scratch) / "data", database_url, single_process=single_process
+                Path(scratch) / "data",
+                database_url,
+                single_process=single_process,
+                extra_config={"accounts_in_keys": False} if accounts_apart else {},
             )
             for label in (f"{mode}, first start", f"{mode}, after a restart"):
                 mxfed.start()

@@ -1,12 +1,12 @@
-"""The keys process's EDUs from ``/send``: device lists, signing keys, to-device, presence.
+"""Accounts' EDUs from ``/send``: device lists, signing keys, to-device, presence.
 
 ``forward_device_edus(request, origin, edus)`` takes a transaction's raw
 ``edus`` list and the verified X-Matrix origin, picks the
 ``m.device_list_update``, ``m.signing_key_update``, ``m.direct_to_device``
 and (when ``presence_enabled``) ``m.presence`` ones and hands them to the
-keys process in ONE ``InputDeviceListUpdates`` call (nothing is sent when
-there are none). Bad EDUs never fail a transaction. But when the keys
-process cannot be reached, the transaction is answered 503 so the sender
+Accounts service in ONE ``InputDeviceListUpdates`` call (nothing is sent when
+there are none). Bad EDUs never fail a transaction. But when Accounts cannot
+be reached, the transaction is answered 503 so the sender
 retries it: a lost to-device message (a room key, say) would never be
 repaired. The retry is safe: the events service answers a known txnId from
 its stored response, to-device messages are de-duplicated on
@@ -28,7 +28,7 @@ from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# The keys process is down or overloaded: worth a retry of the whole transaction.
+# Accounts is down or overloaded: worth a retry of the whole transaction.
 _RETRY_LATER = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,

@@ -614,7 +614,12 @@ class Config(BaseSettings):
 
     def service_address(self, service: str) -> str:
         explicit = getattr(self, f"{service}_address")
-        return explicit or self.listen_address(self.host_part(service))
+        if explicit:
+            return str(explicit)
+        host = self.host_part(service)
+        if host != service:
+            return self.service_address(host)  # keys_address, when accounts_in_keys
+        return self.listen_address(service)
 
 
 # Loading ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 Spec: https://spec.matrix.org/v1.19/server-server-api/#device-management and
 https://spec.matrix.org/v1.19/server-server-api/#end-to-end-encryption
 Every user asked about must be ours (400
-``M_INVALID_PARAM`` otherwise); the keys process's Accounts service answers
+``M_INVALID_PARAM`` otherwise); the Accounts service answers
 with the response body.
 """
 

@@ -167,7 +167,7 @@ async def _input_transaction_and_device_edus(
     body: dict[str, Any],
 ) -> bytes:
     """PDUs and room EDUs to the events service, device, to-device and presence EDUs
-    to the keys process, at once."""
+    to the Accounts service, at once."""
     # Both run to the end; then a failure of either decides the answer.
     response, forwarded = await asyncio.gather(
         _input_transaction(request, origin, txn_id, pdus, edus),

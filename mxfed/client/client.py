@@ -678,7 +678,7 @@ class Client:
     ) -> dict[str, Any]:
         """Set (``None``: remove) profile fields of a local user; the whole profile after."""
         reply = await self._call(
-            "keys",
+            "accounts",
             self._accounts.PerformSetProfile(
                 accounts_pb2.PerformSetProfileRequest(
                     user_id=user_id, fields_json=_json(dict(fields)), replace=replace
@@ -691,7 +691,7 @@ class Client:
     async def profile(self, user_id: str, field: str = "") -> dict[str, Any] | None:
         """A user's profile (a remote user's over federation); None when unknown."""
         reply = await self._call(
-            "keys",
+            "accounts",
             self._accounts.QueryProfile(
                 accounts_pb2.QueryProfileRequest(user_id=user_id, field=field),
                 timeout=CALL_TIMEOUT,
@@ -770,7 +770,7 @@ class Client:
         if display_name is not None:
             request.display_name = display_name
         reply = await self._call(
-            "keys", self._accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT)
+            "accounts", self._accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT)
         )
         return KeysUploaded(dict(reply.one_time_key_counts), reply.stream_id)
 
@@ -781,21 +781,23 @@ class Client:
         request = accounts_pb2.PerformUploadKeysRequest(user_id=user_id, device_id=device_id)
         if display_name is not None:
             request.display_name = display_name
-        await self._call("keys", self._accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT))
+        await self._call(
+            "accounts", self._accounts.PerformUploadKeys(request, timeout=CALL_TIMEOUT)
+        )
 
     async def devices(self, user_id: str, *, force_resync: bool = False) -> dict[str, Any]:
         """A user's devices: ours from our store, a remote user's over federation
         (through the device-list cache; ``force_resync`` asks its server again)."""
         if user_id.partition(":")[2] == self.server_name:
             reply = await self._call(
-                "keys",
+                "accounts",
                 self._accounts.QueryUserDevices(
                     accounts_pb2.QueryUserDevicesRequest(user_id=user_id), timeout=CALL_TIMEOUT
                 ),
             )
         else:
             reply = await self._call(
-                "keys",
+                "accounts",
                 self._accounts.QueryRemoteDevices(
                     accounts_pb2.QueryRemoteDevicesRequest(
                         user_id=user_id, force_resync=force_resync
@@ -807,7 +809,7 @@ class Client:
 
     async def delete_device(self, user_id: str, device_id: str) -> bool:
         reply = await self._call(
-            "keys",
+            "accounts",
             self._accounts.PerformDeleteDevice(
                 accounts_pb2.PerformDeleteDeviceRequest(user_id=user_id, device_id=device_id),
                 timeout=CALL_TIMEOUT,
@@ -834,7 +836,7 @@ class Client:
     ) -> tuple[list[ToDeviceMessage], bool]:
         """A local device's inbox after ``after``; (messages, more after them)."""
         reply = await self._call(
-            "keys",
+            "accounts",
             self._accounts.QueryToDeviceMessages(
                 accounts_pb2.QueryToDeviceMessagesRequest(
                     user_id=user_id, device_id=device_id, after_position=after, limit=limit
@@ -847,7 +849,7 @@ class Client:
     async def ack_to_device(self, user_id: str, device_id: str, up_to: int) -> int:
         """Delete the inbox's messages up to ``up_to`` (handled)."""
         reply = await self._call(
-            "keys",
+            "accounts",
             self._accounts.PerformAckToDeviceMessages(
                 accounts_pb2.PerformAckToDeviceMessagesRequest(
                     user_id=user_id, device_id=device_id, up_to_position=up_to
@@ -867,7 +869,7 @@ class Client:
             )
         )
         try:
-            with self.guarded("keys"):
+            with self.guarded("accounts"):
                 async for message in call:
                     yield _to_device(message)
         finally:

@@ -7,6 +7,9 @@ certificate. The default (accounts in the keys process) is what every other test
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -103,6 +106,22 @@ async def test_accounts_is_served_by_its_own_process_not_by_keys(world: World) -
                 accounts_pb2.QueryProfileRequest(user_id=world.user()), timeout=10
             )
     assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_mxfed_health_lists_the_accounts_part(world: World) -> None:
+    health = subprocess.run(
+        [sys.executable, "-m", "mxfed.cli", "--config", str(world.mxfed.config_path)]
+        + ["health", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=world.mxfed.environment(),
+    )
+    assert health.returncode == 0, health.stderr
+    rows = [json.loads(row) for row in health.stdout.splitlines()]
+    statuses = {row["part"]: row["status"] for row in rows}
+    assert statuses == {part: "SERVING" for part in (*world.mxfed.parts, "gateway")}
+    assert "accounts" in statuses
 
 
 async def test_device_keys_and_devices_over_federation(world: World) -> None:

@@ -110,7 +110,8 @@ def test_a_wrong_alias_is_refused_saying_what_to_give(given: str, says: str) -> 
         (["destinations"], "sender"),
         (["backfill", "!room:localhost:8448"], "backfill"),
         (["media", "info", "mxc://localhost:8448/abc"], "media"),
-        (["profile", "get", "@a:localhost:8448"], "keys"),
+        # Accounts, at the keys address while the keys process serves it.
+        (["profile", "get", "@a:localhost:8448"], "accounts"),
     ],
 )
 def test_a_service_that_does_not_answer_says_what_to_check(

@@ -219,6 +219,20 @@ def test_service_addresses_take_grpc_targets(address: str) -> None:
     assert load_config(environ={"MXFED_KEYS_ADDRESS": address}).keys_address == address
 
 
+def test_accounts_is_reached_at_the_keys_address_while_keys_serves_it() -> None:
+    hosted = load_config(environ={"MXFED_KEYS_ADDRESS": "dns:///keys:50051"})
+    assert hosted.service_address("accounts") == "dns:///keys:50051"
+    assert hosted.host_part("accounts") == "keys" and hosted.hosted_services("keys") == ["accounts"]
+    assert "accounts" not in hosted.run
+    apart = load_config(environ={"MXFED_ACCOUNTS_IN_KEYS": "false"})
+    assert apart.service_address("accounts") == apart.accounts_listen == "127.0.0.1:50056"
+    assert apart.host_part("accounts") == "accounts" and apart.hosted_services("keys") == []
+    assert apart.run == ["keys", "events", "sender", "backfill", "media", "accounts", "gateway"]
+    # Naming accounts in run while keys serves it is a mistake said at load time.
+    with pytest.raises(ConfigError, match="accounts_in_keys"):
+        load_config(environ={"MXFED_RUN": "keys,accounts"})
+
+
 def test_embedded_database_is_a_valid_choice() -> None:
     assert load_config(environ={"DATABASE_URL": "embedded"}).database_url == "embedded"
 
