@@ -46,6 +46,13 @@ class BoundedDict(MutableMapping[K, V]):
         self._items.move_to_end(key)
         return value
 
+    def lookup(self, key: K) -> V | None:
+        """``get`` without a ``KeyError`` raised and caught per miss (hot caches miss often)."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
     def __setitem__(self, key: K, value: V) -> None:
         if key in self._items:
             self._items.move_to_end(key)

@@ -20,7 +20,7 @@ class LruCache(Generic[K, V]):
         self._items: BoundedDict[K, V] = BoundedDict(name, max_size)
 
     def get(self, key: K) -> V | None:
-        return self._items.get(key)
+        return self._items.lookup(key)
 
     def put(self, key: K, value: V) -> None:
         self._items[key] = value

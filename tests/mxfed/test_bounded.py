@@ -28,6 +28,15 @@ def test_least_recently_used_goes_first_and_metrics_follow() -> None:
     assert _evictions("test_lru") == 1
 
 
+def test_lookup_is_get_that_makes_the_entry_recent() -> None:
+    cache: BoundedDict[str, int] = BoundedDict("test_lookup", 2)
+    cache["a"], cache["b"] = 1, 2
+    assert cache.lookup("missing") is None
+    assert cache.lookup("a") == 1  # "a" is now the most recent
+    cache["c"] = 3
+    assert list(cache) == ["a", "c"]
+
+
 def test_instances_of_one_name_add_up() -> None:
     first: BoundedDict[int, int] = BoundedDict("test_shared", 2)
     second: BoundedDict[int, int] = BoundedDict("test_shared", 2)
