@@ -45,6 +45,7 @@ The cursor starts at 0, the whole stream (see migration 101).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -236,8 +237,12 @@ class JoinDeviceLists:
         destinations: list[str] = []
         partial = False
         if join is not None and not await self._was_joined(join):
-            destinations = await self._new_servers(join)
             partial = await self._partial(join.room_id)
+            if not partial:
+                # A resync may have ended since the item was read: the join's
+                # servers are then the full state's.
+                join = await self._fresh_servers(join)
+            destinations = await self._new_servers(join)
         # The lock connection is shared by the stream follower and the outbox
         # drain; they take turns.
         async with self._conn_lock, connection.transaction():
@@ -325,6 +330,17 @@ class JoinDeviceLists:
         for servers in await asyncio.gather(*(servers_of(r) for r in others)):
             sharing.update(servers)
         return sorted(room_servers - sharing)
+
+    async def _fresh_servers(self, join: Join) -> Join:
+        """``join`` with the servers before it as the events service holds them now."""
+        reply = await self.events.QueryServersInRoom(
+            events_pb2.QueryServersInRoomRequest(room_id=join.room_id, at_event_id=join.event_id),
+            timeout=CALL_TIMEOUT,
+            wait_for_ready=True,
+        )
+        if not reply.servers:
+            return join
+        return dataclasses.replace(join, servers_before=tuple(reply.servers))
 
     async def _partial(self, room_id: str) -> bool:
         """Is the room's state partial here (a join with omit_members, resyncing)?"""

@@ -42,6 +42,8 @@ class FakeBackends(
         self.user_rooms: dict[str, list[str]] = {}
         # Rooms whose state is partial here (a join with omit_members, resyncing).
         self.resyncing: set[str] = set()
+        # The servers before each event, as the events service holds them now.
+        self.servers_before: dict[str, list[str]] = {}
         self.sent: list[sender_pb2.Edu] = []
         self.sender_failures = 0
         self.stream_requests: list[events_pb2.StreamEventsRequest] = []
@@ -80,6 +82,7 @@ class FakeBackends(
         status: int = events_pb2.EVENT_STATUS_ACCEPTED,
     ) -> int:
         position = len(self.items) + 1
+        self.servers_before[event_id] = servers_before
         self.items.append(
             events_pb2.StreamEventsResponse(
                 position=position,
@@ -119,9 +122,11 @@ class FakeBackends(
         )
 
     async def QueryServersInRoom(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return events_pb2.QueryServersInRoomResponse(
-            servers=self.room_servers.get(request.room_id, [])
-        )
+        if request.at_event_id:
+            servers = self.servers_before.get(request.at_event_id, [])
+        else:
+            servers = self.room_servers.get(request.room_id, [])
+        return events_pb2.QueryServersInRoomResponse(servers=servers)
 
     async def QueryRoomInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
         partial = request.room_id in self.resyncing
@@ -415,3 +420,21 @@ async def test_servers_a_resync_reveals_get_the_device_lists_once_it_has_ended(
     # Forgotten in the transaction that queued it: nothing is sent again.
     await outbox_empty(keys_pool)
     assert len(backends.sent) == 6
+
+
+async def test_a_join_read_before_its_resync_ended_gets_the_full_states_servers(
+    keys_pool: asyncpg.Pool, local: LocalAccounts, backends: FakeBackends, runner: Runner
+) -> None:
+    user = await user_with_devices(local)
+    room = "!raced:x"
+    backends.user_rooms[user] = [room]
+    join = backends.member(room, user, "join", [])
+    # Streamed with the partial state's servers; by the time it is handled
+    # the resync has ended and placed the join on the full state.
+    await backends.add(join, room, [OURS, "a.example"])
+    backends.servers_before[join] = [OURS, "a.example", "b.example"]
+    runner.start()
+    await eventually(lambda: len(backends.sent) == 3)
+    assert {tuple(d) for _, d in edus_of(backends, "m.device_list_update")} == {
+        ("a.example", "b.example")
+    }
