@@ -42,7 +42,9 @@ _STOP_TIMEOUT = 15.0
 class SingleProcess(Supervisor):
     """The supervisor's preparation, then every part as a task of this process."""
 
-    async def _run_part(self, part: str, stop: asyncio.Event) -> None:
+    async def _run_part(
+        self, part: str, stop: asyncio.Event, services_ready: asyncio.Event
+    ) -> None:
         CURRENT_PART.set(part)
         config = self.config.model_copy(
             update={"database_url": self.environment.get("DATABASE_URL")}
@@ -50,7 +52,17 @@ class SingleProcess(Supervisor):
         if part == "gateway":
             from gateway.server import run_gateway
 
-            await run_gateway(config, stop)
+            # Once every service serves: the gateway's channels would otherwise try a
+            # service before it listens and answer "unavailable" until their reconnect
+            # backoff ends, although the server has said it is ready.
+            waits = [asyncio.create_task(services_ready.wait()), asyncio.create_task(stop.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if not stop.is_set():
+                await run_gateway(config, stop)
         else:
             from mxfed.service_runtime import run_service
 
@@ -66,9 +78,21 @@ class SingleProcess(Supervisor):
             print(exc.line(), file=sys.stderr, flush=True)
             self._stop_embedded()
             return EXIT_FATAL
-        startup.in_process_ready = lambda part: self._on_ready(self.children[part])
+        services_ready = asyncio.Event()
+        services = [part for part in self.children if part != "gateway"]
+
+        def on_ready(part: str) -> None:
+            self._on_ready(self.children[part])
+            if all(self.children[service].ready for service in services):
+                services_ready.set()
+
+        if not services:
+            services_ready.set()
+        startup.in_process_ready = on_ready
         parts = {
-            asyncio.create_task(self._run_part(part, self.stopping), name=part): part
+            asyncio.create_task(
+                self._run_part(part, self.stopping, services_ready), name=part
+            ): part
             for part in self.children
         }
         status = 0
