@@ -124,3 +124,79 @@ def flush() -> None:
     force_flush = getattr(provider, "force_flush", None)
     if force_flush is not None:
         force_flush(5000)
+
+
+# Carrying a trace across the event stream -------------------------------------
+#
+# A local event is delivered by the sender long after the call that built it,
+# from the event stream: the events part notes the building call's
+# traceparent by event id (:func:`note_event`), puts it on the stream item,
+# and the sender notes it by stream position; its delivery span continues the
+# first event's trace and links the others (:func:`delivery_span`). Both notes
+# are bounded and best effort (another replica's events carry none).
+
+_NOTES_SIZE = 10_000
+_event_notes: dict[str, str] = {}
+_position_notes: dict[int, str] = {}
+
+
+def _bounded_put(notes: dict[Any, str], key: Any, value: str) -> None:
+    notes[key] = value
+    if len(notes) > _NOTES_SIZE:
+        del notes[next(iter(notes))]
+
+
+def current_traceparent() -> str:
+    """The W3C traceparent of the current span ("" when tracing is off or none is current)."""
+    if not _enabled:
+        return ""
+    from opentelemetry.propagate import inject
+
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def note_event(event_id: str) -> None:
+    """Remember the current trace as the one that built ``event_id``."""
+    traceparent = current_traceparent()
+    if traceparent:
+        _bounded_put(_event_notes, event_id, traceparent)
+
+
+def traceparent_of_event(event_id: str) -> str:
+    return _event_notes.pop(event_id, "") if _enabled else ""
+
+
+def note_position(position: int, traceparent: str) -> None:
+    if _enabled and traceparent:
+        _bounded_put(_position_notes, position, traceparent)
+
+
+def delivery_span(name: str, positions: list[int]) -> Any:
+    """A span for delivering the events at ``positions``: a child of the first one's
+    trace, linked to the others'; a no-op context when tracing is off."""
+    import contextlib
+
+    if not _enabled:
+        return contextlib.nullcontext()
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+
+    contexts = []
+    for position in positions:
+        traceparent = _position_notes.pop(position, "")
+        if traceparent:
+            span_context = trace.get_current_span(
+                extract({"traceparent": traceparent})
+            ).get_span_context()
+            if span_context.is_valid:
+                contexts.append(span_context)
+    tracer = trace.get_tracer("mxfed.sender")
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
+    return tracer.start_as_current_span(
+        name,
+        context=parent,
+        links=[trace.Link(c) for c in contexts[1:]],
+        kind=trace.SpanKind.PRODUCER,
+    )

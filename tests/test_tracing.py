@@ -2,10 +2,9 @@
 
 One inbound /send is one trace with spans from the gateway, keys (the
 request's signature) and events (the transaction and its database work); a
-local send has spans from events and from the sender, including the outbound
-HTTP request. (The sender's delivery is a trace of its own: it reads events
-from the event stream and batches them per destination, so no one request's
-context reaches it.) Log records carry the trace id, and the access log names it.
+local send is one trace too, from events to the sender's delivery and its
+outbound HTTP request (the trace context crosses the event stream). Log
+records carry the trace id, and the access log names it.
 """
 
 from __future__ import annotations
@@ -244,13 +243,22 @@ async def test_a_local_send_has_spans_in_events_and_the_senders_outbound_request
         "the event at the remote",
     )
 
+    [send_trace] = {
+        s.trace_id for s in spans if s.service == "mxfed-events" and "PerformSendEvent" in s.name
+    }
+
     def outbound_send() -> bool:
         return any(
             s.service == "mxfed-sender"
+            and s.trace_id == send_trace
             and s.kind == 3  # CLIENT
             and s.name.startswith("PUT")
             and str(scene.server.port) in " ".join(s.attributes.values())
             for s in spans
         )
 
-    await scene.receiver.wait_for(outbound_send, "the sender's outbound PUT /send span")
+    await scene.receiver.wait_for(outbound_send, "the sender's outbound PUT in the send's trace")
+    assert any(
+        s.service == "mxfed-sender" and s.name == "send transaction" and s.trace_id == send_trace
+        for s in spans
+    )

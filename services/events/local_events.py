@@ -43,6 +43,7 @@ from matrix_protocol.room_versions import (
 )
 from matrix_protocol.server_names import is_valid_room_alias, is_valid_user_id
 from matrix_protocol.signing import sign_event
+from mxfed import tracing
 from mxfed.clock import now_ms
 from mxfed.identity_files import ServerSigningKey
 from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound
@@ -210,6 +211,7 @@ class LocalEvents:
         if outcome.status is not Status.ACCEPTED:
             raise Forbidden(outcome.error or "not allowed")
         metrics.LOCAL_EVENTS.labels(event.type).inc()
+        tracing.note_event(event.event_id)  # its delivery joins this trace (when tracing)
         return event
 
     # ------------------------------------------------------------ policy servers

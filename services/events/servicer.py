@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import grpc
 
+from mxfed import tracing
 from mxfed.service_errors import BadRequest, json_field, reports_service_errors
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.events.admin.blocks import BLOCKED_ROOMS
@@ -64,6 +65,7 @@ def _stream_item(entry: StreamEntry) -> events_pb2.StreamEventsResponse:
             event=_record(entry.event),
             servers_before=entry.servers_before,
             relayed_for=entry.relayed_for,
+            traceparent=tracing.traceparent_of_event(entry.event.event_id),
         )
     row = entry.ephemeral
     assert row is not None

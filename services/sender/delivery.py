@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
+from mxfed import tracing
 from mxfed.clock import now_ms
 from mxfed.federation_client import DestinationBlockedError, FederationClient, federation_path
 from mxfed.held_connection import log_failure
@@ -328,7 +329,8 @@ class DestinationWorker:
         async with m.semaphore:
             started = time.monotonic()
             try:
-                await m.transport.send(txn)
+                with tracing.delivery_span("send transaction", txn.positions):
+                    await m.transport.send(txn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 import asyncpg
 
+from mxfed import tracing
 from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender import metrics
@@ -47,6 +48,7 @@ def ingest_item(item: events_pb2.StreamEventsResponse, server_name: str) -> Inge
         return None
     # An event relayed for a remote server (its send_join, say) is not sent back to it.
     destinations = sorted(set(item.servers_before) - {server_name, item.relayed_for, ""})
+    tracing.note_position(item.position, item.traceparent)
     return IngestItem(
         stream_position=item.position,
         event_id=event.event_id,

@@ -60,6 +60,7 @@ class Transaction:
     pdus: list[bytes] = field(default_factory=list)
     edus: list[tuple[str, bytes]] = field(default_factory=list)  # (edu_type, content_json)
     resumed: bool = False  # recorded earlier (a retry, possibly by another replica)
+    positions: list[int] = field(default_factory=list)  # stream positions of the PDUs
 
 
 @dataclass(frozen=True)
@@ -470,6 +471,7 @@ class SenderStorage:
                     # (as a join would: a stored event that went missing is
                     # not sent, rather than failing every destination's batch)
                     pdus=[pdus[p] for p in row["r_positions"] if p in pdus],
+                    positions=[p for p in row["r_positions"] if p in pdus],
                     edus=list(zip(row["r_edu_types"], row["r_edu_contents"], strict=True)),
                     resumed=row["r_resumed"],
                 )

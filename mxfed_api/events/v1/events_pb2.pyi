@@ -443,17 +443,19 @@ class Receipt(_message.Message):
     def __init__(self, room_id: _Optional[str] = ..., user_id: _Optional[str] = ..., receipt_type: _Optional[str] = ..., event_id: _Optional[str] = ..., data_json: _Optional[bytes] = ...) -> None: ...
 
 class StreamEventsResponse(_message.Message):
-    __slots__ = ("position", "event", "typing", "receipt", "servers_before", "relayed_for")
+    __slots__ = ("position", "event", "typing", "receipt", "servers_before", "relayed_for", "traceparent")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     TYPING_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     SERVERS_BEFORE_FIELD_NUMBER: _ClassVar[int]
     RELAYED_FOR_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     position: int
     event: EventRecord
     typing: Typing
     receipt: Receipt
     servers_before: _containers.RepeatedScalarFieldContainer[str]
     relayed_for: str
-    def __init__(self, position: _Optional[int] = ..., event: _Optional[_Union[EventRecord, _Mapping]] = ..., typing: _Optional[_Union[Typing, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., servers_before: _Optional[_Iterable[str]] = ..., relayed_for: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, position: _Optional[int] = ..., event: _Optional[_Union[EventRecord, _Mapping]] = ..., typing: _Optional[_Union[Typing, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., servers_before: _Optional[_Iterable[str]] = ..., relayed_for: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
