@@ -165,7 +165,8 @@ def note_event(event_id: str) -> None:
 
 
 def traceparent_of_event(event_id: str) -> str:
-    return _event_notes.pop(event_id, "") if _enabled else ""
+    # Read, not taken: every subscriber of the stream (the sender, keys...) gets it.
+    return _event_notes.get(event_id, "") if _enabled else ""
 
 
 def note_position(position: int, traceparent: str) -> None:
