@@ -48,6 +48,8 @@ def setup_tracing(part: str, config: Config, exporter: Any = None) -> bool:
     global _enabled
     if not config.tracing_otlp_endpoint and exporter is None:
         return False
+    if _enabled:  # single-process mode: one provider for every part, named by the first
+        return True
     try:
         from opentelemetry import trace
         from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
