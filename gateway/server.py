@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -71,7 +72,7 @@ async def run_gateway(config: Config, stop: asyncio.Event | None = None) -> None
             f"cannot load the TLS pair {config.tls_certificate} / {config.tls_private_key}: {exc}",
             "fix tls_certificate_path and tls_private_key_path (PEM certificate and key)",
         ) from None
-    server = uvicorn.Server(server_config)
+    server = _Server(server_config)
     log.info("gateway starting", extra={"listen": config.gateway_listen})
     port = listener.getsockname()[1]
     readiness = asyncio.create_task(_report_when_serving(server, config, port))
@@ -96,3 +97,15 @@ async def _report_when_serving(server: uvicorn.Server, config: Config, port: int
     while not (server.started and await gateway_health(host, port) == "SERVING"):  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     report_ready("gateway")
+
+
+class _Server(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # An idle keep-alive TLS connection closes only once the peer answers our
+        # close_notify, which an idle client does when it next reads: uvicorn would wait out
+        # its whole graceful timeout for it. Abort those; requests in flight still finish.
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is None or cycle.response_complete:
+                connection.transport.abort()
+        await super().shutdown(sockets)

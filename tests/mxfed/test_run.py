@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -67,6 +68,23 @@ def test_run_starts_every_part_and_serves_the_version_over_https(mxfed: MxfedPro
     while "mxfed ready: server_name=127.0.0.1:" not in mxfed.log_tail(500):
         assert time.monotonic() < deadline, "the supervisor never announced readiness"
         time.sleep(0.1)
+
+
+def test_an_idle_keep_alive_connection_does_not_hold_the_stop(mxfed: MxfedProcess) -> None:
+    """A federation peer's idle TLS connection is closed at stop, not waited out (uvicorn
+    waits for the peer's close_notify, which an idle client never sends)."""
+    mxfed.start()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    port = int(mxfed.federation_url.rsplit(":", 1)[1])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with context.wrap_socket(raw) as connection:
+        connection.sendall(b"GET /_matrix/federation/v1/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert connection.recv(65536).startswith(b"HTTP/1.1 200")
+        # The connection stays open and idle while mxfed stops.
+        assert mxfed.stop() == 0
+    assert "timeout graceful shutdown exceeded" not in mxfed.log_tail(500)
 
 
 def test_signing_key_id_survives_a_restart(mxfed: MxfedProcess) -> None:
