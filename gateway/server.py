@@ -11,8 +11,10 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
+import grpc
 import uvicorn
 
 from gateway.app import create_app
@@ -53,8 +55,9 @@ async def run_gateway(config: Config, stop: asyncio.Event | None = None) -> None
     if config.require_tls_client_certificate_match:
         ca_file = str(config.tls_client_ca_file) if config.tls_client_ca_file else None
         options = client_certificate_options(ca_file)
+    app = create_app(config)
     server_config = uvicorn.Config(
-        asgi_middleware(create_app(config)),
+        asgi_middleware(app),
         ssl_certfile=str(config.tls_certificate),
         ssl_keyfile=str(config.tls_private_key),
         log_config=None,
@@ -75,7 +78,9 @@ async def run_gateway(config: Config, stop: asyncio.Event | None = None) -> None
     server = _Server(server_config)
     log.info("gateway starting", extra={"listen": config.gateway_listen})
     port = listener.getsockname()[1]
-    readiness = asyncio.create_task(_report_when_serving(server, config, port))
+    readiness = asyncio.create_task(
+        _report_when_serving(server, config, port, app.state.services.channels.values())
+    )
     stopper = asyncio.create_task(_exit_on(stop, server)) if stop is not None else None
     try:
         await server.serve(sockets=[listener])
@@ -90,12 +95,18 @@ async def _exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
     server.should_exit = True
 
 
-async def _report_when_serving(server: uvicorn.Server, config: Config, port: int) -> None:
+async def _report_when_serving(
+    server: uvicorn.Server, config: Config, port: int, channels: Iterable[grpc.aio.Channel]
+) -> None:
     listen_host = config.gateway_listen.rpartition(":")[0]
     host = client_address(f"{listen_host}:{port}").rpartition(":")[0]
     # Polls a socket: there is no event to wait for.
     while not (server.started and await gateway_health(host, port) == "SERVING"):  # noqa: ASYNC110
         await asyncio.sleep(0.1)
+    # Parts start together: a channel that tried a service before it listened waits out
+    # its reconnect backoff, and requests meanwhile would be answered "unavailable".
+    # Ready means requests can be served, so wait until every channel is connected.
+    await asyncio.gather(*(channel.channel_ready() for channel in channels))
     report_ready("gateway")
 
 
