@@ -36,6 +36,7 @@ class MxfedProcess:
     single_process: bool = False
     process: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    _log_start: int = field(default=0, repr=False)  # where this start's log begins
 
     def __post_init__(self) -> None:
         # Held until release(): a restarted mxfed listens on the same ports, and
@@ -117,6 +118,7 @@ class MxfedProcess:
     def start(self, timeout: float = 60.0) -> None:
         self.write_config()
         log = open(self.data_dir / "mxfed.log", "ab")
+        self._log_start = log.tell()
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -152,12 +154,19 @@ class MxfedProcess:
                     context=context,
                     timeout=2,
                 )
-                if self._services_ready():
+                # The supervisor's own announcement too: it waits for the gateway's
+                # channels to the services, which a test's first request needs.
+                if self._announced() and self._services_ready():
                     return
             except OSError:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"mxfed not ready in {timeout}s:\n{self.log_tail()}")
+
+    def _announced(self) -> bool:
+        with open(self.data_dir / "mxfed.log", "rb") as log:
+            log.seek(self._log_start)
+            return b"mxfed ready" in log.read()
 
     def _services_ready(self) -> bool:
         # In a thread of its own: the caller may be running an event loop.
