@@ -89,6 +89,7 @@ async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
     for _ in range(300):
         waiting = await conn.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
         if waiting:
             return

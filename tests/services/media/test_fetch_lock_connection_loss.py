@@ -3,6 +3,8 @@ mid-fetch: the fetch under it goes on, and another replica can take the lock."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from mxfed.database import apply_migrations, create_pool
@@ -25,10 +27,16 @@ async def test_fetch_lock_survives_the_loss_of_its_connection(database_url: str)
             holders = await other.fetch(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
                 " AND pid <> pg_backend_pid()"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
+            assert holders
             await terminate_backends(database_url, [row["pid"] for row in holders])
-        # Leaving did not fail; the lock went with the session: another replica has it now.
-        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", lock)
+        # Leaving did not fail; the lock went with the session (once the ended backend has
+        # exited): another replica can take it now.
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await other.fetchval("SELECT pg_try_advisory_lock($1)", lock):
+            assert asyncio.get_running_loop().time() < deadline, "the lock was never freed"
+            await asyncio.sleep(0.05)
         async with storage.fetch_lock(key) as taken_again:
             assert not taken_again
     finally:
