@@ -16,8 +16,10 @@ from tests.support.events_service import (
 
 
 async def _take(
-    stream: object, count: int, timeout: float = 10.0
+    stream: object, count: int, timeout: float = 45.0
 ) -> list[events_pb2.StreamEventsResponse]:
+    # Generous: the session's shared pool may hold connections an earlier test ended, and
+    # the hub backs off after each failed read before it reads again.
     items = []
 
     async def collect() -> None:
