@@ -191,8 +191,12 @@ class StreamHub:
     async def _deliver_new(self) -> None:
         if not self._subscribers:
             async with self.pool.acquire() as conn:
-                self.position = await storage.max_stream_position(conn)
-            return
+                latest = await storage.max_stream_position(conn)
+            if not self._subscribers:
+                self.position = latest
+                return
+            # Someone subscribed while we looked: its replay may have ended before entries
+            # up to ``latest`` were committed, so deliver them rather than skip past them.
         more = True
         while more:
             async with self.pool.acquire() as conn:
