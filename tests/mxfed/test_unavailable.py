@@ -102,14 +102,16 @@ async def test_an_idempotent_call_failing_unavailable_is_retried_on_the_other_re
     stub = events_pb2_grpc.EventsStub(channel)
     transaction = events_pb2.InputTransactionRequest(origin="o.example", txn_id="t")
     try:
-        # Until both replicas are connected (round robin picks among those ready).
-        for _ in range(100):
-            if "working" in calls:
-                break
+        # Until both replicas have been reached (round robin picks among those connected, and
+        # either may connect first).
+        deadline = asyncio.get_running_loop().time() + 30
+        while not {"broken", "working"} <= set(calls):
+            assert asyncio.get_running_loop().time() < deadline, calls
             try:
                 await stub.InputTransaction(transaction, timeout=10)
             except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.05)
+                pass
+            await asyncio.sleep(0.05)
         calls.clear()
         for _ in range(6):
             await stub.InputTransaction(transaction, timeout=10)
