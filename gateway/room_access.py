@@ -38,6 +38,13 @@ def events_stub(request: Request) -> events_pb2_grpc.EventsStub:
     return events_pb2_grpc.EventsStub(request.app.state.services.channel("events"))
 
 
+def partial_state_refusal() -> MatrixError:
+    """403 ``ORG.MATRIX.MSC3895_UNABLE_DUE_TO_PARTIAL_STATE``: the room is resyncing here."""
+    return MatrixError(
+        403, UNABLE_DUE_TO_PARTIAL_STATE, "Unable to answer now: the room is partial-stated here"
+    )
+
+
 async def check_room_access(
     request: Request,
     room_id: str,
@@ -59,11 +66,7 @@ async def check_room_access(
     if not reply.room_exists:
         raise not_found("Unknown room")
     if reply.partial_state:
-        raise MatrixError(
-            403,
-            UNABLE_DUE_TO_PARTIAL_STATE,
-            "Unable to answer now: the room is partial-stated here",
-        )
+        raise partial_state_refusal()
     if not reply.allowed:
         raise forbidden(reply.reason or f"{server_name} may not access this room")
 

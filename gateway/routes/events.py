@@ -22,7 +22,12 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from gateway.errors import MatrixError, not_found
-from gateway.room_access import QUERY_TIMEOUT, events_stub, require_joined_room_access
+from gateway.room_access import (
+    QUERY_TIMEOUT,
+    events_stub,
+    partial_state_refusal,
+    require_joined_room_access,
+)
 from gateway.xmatrix_auth import require_origin
 from mxfed.clock import now_ms
 from mxfed_api.events.v1 import events_pb2
@@ -73,6 +78,10 @@ async def get_event(
         timeout=QUERY_TIMEOUT,
     )
     record = next((r for r in reply.events if r.event_id == event_id), None)
+    if record is None and event_id in reply.partial_state_event_ids:
+        # NOTSPEC (MSC3895, as Synapse answers, and as /state and /backfill
+        # answer here): its room is still in partial state; ask another server.
+        raise partial_state_refusal()
     if record is None or record.status not in _SERVABLE or not record.pdu_json:
         raise not_found("Event not found")
     server_name = request.app.state.config.server_name

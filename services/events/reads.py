@@ -87,6 +87,15 @@ class ServerAccess:
 
 
 @dataclass
+class ServerEvents:
+    """Events as a server may have them (:meth:`Reads.events_for_server`)."""
+
+    views: list[EventView]
+    # Left out because their room is still in partial state here (MSC3895).
+    partial_state_event_ids: list[str]
+
+
+@dataclass
 class TimelinePage:
     events: list[EventView]
     next_token: str
@@ -118,28 +127,39 @@ class Reads:
         self.server_name = server_name
 
     async def events(self, event_ids: Sequence[str], as_server: str = "") -> list[EventView]:
+        if as_server:
+            return (await self.events_for_server(event_ids, as_server)).views
         async with self.pool.acquire() as conn:
             rows = await storage.fetch_event_rows(conn, event_ids)
-            if not as_server:
-                return [EventView.from_row(row) for row in rows]
-            room_allowed: dict[str, bool] = {}
-            views = []
+            return [EventView.from_row(row) for row in rows]
+
+    async def events_for_server(self, event_ids: Sequence[str], server: str) -> ServerEvents:
+        """The events ``server`` may have: rooms it may not read left out, others redacted
+        where history visibility hides them from it."""
+        found = ServerEvents([], [])
+        async with self.pool.acquire() as conn:
+            rows = await storage.fetch_event_rows(conn, event_ids)
+            access_by_room: dict[str, ServerAccess] = {}
             for row in rows:
                 room_id = row["room_id"]
-                if room_id not in room_allowed:
-                    access = await self._server_access(conn, room_id, as_server, True, True)
-                    room_allowed[room_id] = access.allowed
-                if not room_allowed[room_id]:
+                if room_id not in access_by_room:
+                    access_by_room[room_id] = await self._server_access(
+                        conn, room_id, server, True, True
+                    )
+                access = access_by_room[room_id]
+                if not access.allowed:
+                    if access.partial_state:
+                        found.partial_state_event_ids.append(row["event_id"])
                     continue
                 view = EventView.from_row(row)
-                if not view.redacted and not await self._visible(conn, row, as_server):
+                if not view.redacted and not await self._visible(conn, row, server):
                     version = room_version(view.room_version)
                     view.pdu_json = encode_json(
                         redact(decode_json(view.pdu_json), version)
                     ).decode()
                     view.redacted = True
-                views.append(view)
-            return views
+                found.views.append(view)
+        return found
 
     async def _visible(self, conn: asyncpg.Connection, row: asyncpg.Record, server: str) -> bool:
         if row["state_group_before"] is None:

@@ -188,8 +188,13 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
 
     @reports_service_errors
     async def QueryEvents(self, request, context):  # noqa: N802, ANN001, ANN201
-        views = await self.reads.events(list(request.event_ids), request.as_server)
-        return events_pb2.QueryEventsResponse(events=_records(views))
+        if not request.as_server:
+            views = await self.reads.events(list(request.event_ids))
+            return events_pb2.QueryEventsResponse(events=_records(views))
+        found = await self.reads.events_for_server(list(request.event_ids), request.as_server)
+        return events_pb2.QueryEventsResponse(
+            events=_records(found.views), partial_state_event_ids=found.partial_state_event_ids
+        )
 
     @reports_service_errors
     async def QueryStateAtEvent(self, request, context):  # noqa: N802, ANN001, ANN201

@@ -265,6 +265,7 @@ async def test_state_and_history_are_refused_while_the_state_is_partial(scene: S
     # Asked by a server of the room: our state lacks its members, so no
     # incomplete state or history is served as if it were complete.
     requests = [
+        ("GET", f"/_matrix/federation/v1/event/{event_id}", None),
         ("GET", f"/_matrix/federation/v1/state_ids/{room_id}?event_id={event_id}", None),
         ("GET", f"/_matrix/federation/v1/state/{room_id}?event_id={event_id}", None),
         ("GET", f"/_matrix/federation/v1/event_auth/{room_id}/{event_id}", None),

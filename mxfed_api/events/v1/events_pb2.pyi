@@ -221,10 +221,12 @@ class QueryEventsRequest(_message.Message):
     def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., as_server: _Optional[str] = ...) -> None: ...
 
 class QueryEventsResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "partial_state_event_ids")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_STATE_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[EventRecord]
-    def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ...) -> None: ...
+    partial_state_event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, events: _Optional[_Iterable[_Union[EventRecord, _Mapping]]] = ..., partial_state_event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QueryStateAtEventRequest(_message.Message):
     __slots__ = ("room_id", "event_id", "ids_only", "include_auth_chain")
