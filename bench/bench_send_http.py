@@ -394,19 +394,25 @@ async def measure_visibility_latency(
     )
 
 
-def start_profilers(mxfed: MxfedProcess, directory: Path) -> list[subprocess.Popen]:
-    """py-spy on the parts of the inbound path (raw collapsed stacks, one file per part)."""
+def start_profilers(
+    mxfed: MxfedProcess,
+    directory: Path,
+    parts: tuple[str, ...] = ("events", "keys", "gateway"),
+    prefix: str = "",
+) -> list[subprocess.Popen]:
+    """py-spy on ``parts`` (default: those of the inbound path), raw collapsed stacks in
+    ``directory/<prefix><part>.txt``."""
     directory.mkdir(parents=True, exist_ok=True)
     assert mxfed.process is not None
     profilers = []
     for child in psutil.Process(mxfed.process.pid).children():
         cmdline = child.cmdline()
         part = cmdline[-1] if "--service" in cmdline else ""
-        if part in ("events", "keys", "gateway"):
+        if part in parts:
             profilers.append(
                 subprocess.Popen(
                     ["py-spy", "record", "--nonblocking", "--rate", "250", "--format", "raw"]
-                    + ["--pid", str(child.pid), "--output", str(directory / f"{part}.txt")],
+                    + ["--pid", str(child.pid), "--output", str(directory / f"{prefix}{part}.txt")],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

@@ -9,11 +9,13 @@ import asyncpg
 from mxfed.database import LOCAL_SERVER_URL, with_database_name
 
 
-async def create_database(prefix: str = "mxfed_test") -> str:
+async def create_database(prefix: str = "mxfed_test", *, c_locale: bool = False) -> str:
+    """A fresh database; ``c_locale``: UTF-8 with the C collation, as Synapse requires."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    options = " TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'" if c_locale else ""
     connection = await asyncpg.connect(LOCAL_SERVER_URL)
     try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.execute(f'CREATE DATABASE "{name}"{options}')
     finally:
         await connection.close()
     return with_database_name(LOCAL_SERVER_URL, name)

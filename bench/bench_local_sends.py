@@ -1,0 +1,412 @@
+"""Local sends as a bridge makes them, and how soon a remote has each event.
+
+Not a test. Starts a whole mxfed (``mxfed run``, every part as its own process)
+on a throw-away database, and a remote homeserver on loopback (the test suite's
+``FakeHomeserver``) whose user joins every room; the remote's ``/send`` notes
+when each event arrives. Two scenarios, each against mxfed and then against a
+Synapse started fresh in the same run (the test extras' matrix-synapse on a
+fresh PostgreSQL database of its own on 127.0.0.1:5432, loopback; the remote
+joins its rooms with make_join/send_join), after it settled:
+
+* **bridges**: ``--senders`` local users (default 50), each sending
+  ``--events`` messages one after another, all at once, spread over
+  ``--rooms`` rooms (default 10): events/s accepted (first call → last
+  answer), p50/p90 per call, and for every event the delay from its
+  acceptance (the call's answer) to its arrival at the remote.
+  mxfed's senders call the events service's gRPC API (``PerformSendEvent``
+  through ``mxfed.client``, as bridges do); Synapse's call its client-server
+  API (``PUT /_matrix/client/v3/rooms/{roomId}/send/...``).
+* **outbound**: one local sender, ``--in-a-row`` messages (default 300) one
+  after another into one room: messages/s from the first send to the last PDU
+  received by the remote, and send returned → PDU received p50/p90.
+
+Each prints mxfed's figure, Synapse's and the ratio. ``--profile DIR`` records
+py-spy profiles of the events and sender processes during mxfed's scenarios
+(``DIR/<scenario>-<part>.txt``, raw collapsed stacks); ``--no-synapse`` skips
+Synapse. ``bench/bench_outbound.py`` runs the outbound scenario alone.
+
+    .venv/bin/python bench/bench_local_sends.py [--senders 50] [--rooms 10] [--events 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import psutil
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "interop"))
+
+from synapse_harness import SynapseServer  # noqa: E402
+
+from bench.bench_send_http import (  # noqa: E402
+    join_public_room,
+    join_synapse_room,
+    start_profilers,
+    stop_profilers,
+)
+from mxfed.client import Client  # noqa: E402
+from mxfed_api.events.v1 import events_pb2_grpc  # noqa: E402
+from tests.support.databases import create_database, drop_database  # noqa: E402
+from tests.support.fake_homeserver import FakeHomeserver  # noqa: E402
+from tests.support.mxfed_process import MxfedProcess  # noqa: E402
+
+SCENARIOS = ("bridges", "outbound")
+# Where the remote waits for the last event before calling the run failed.
+DELIVERY_TIMEOUT = 120.0
+
+
+class Remote:
+    """The remote homeserver's receiving side: when each bench event arrived."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self._waiting: tuple[set[str], asyncio.Event] | None = None
+
+    async def receive(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        now = time.perf_counter()
+        for pdu in body.get("pdus", []):
+            mark = pdu.get("content", {}).get("bench_id")
+            if isinstance(mark, str):
+                self.arrived.setdefault(mark, now)
+        if self._waiting is not None and self._waiting[0] <= self.arrived.keys():
+            self._waiting[1].set()
+        return web.json_response({"pdus": {}})
+
+    async def wait_for(self, marks: set[str]) -> None:
+        """Until every mark has arrived (TimeoutError, after :data:`DELIVERY_TIMEOUT`,
+        names how many did not)."""
+        done = asyncio.Event()
+        self._waiting = (marks, done)
+        if marks <= self.arrived.keys():
+            done.set()
+        try:
+            await asyncio.wait_for(done.wait(), DELIVERY_TIMEOUT)
+        except TimeoutError:
+            missing = len(marks - self.arrived.keys())
+            raise TimeoutError(
+                f"{missing} of {len(marks)} events never reached the remote"
+            ) from None
+        finally:
+            self._waiting = None
+
+
+@dataclass
+class Sends:
+    """Per event: when its call started and when it returned (perf_counter)."""
+
+    started: dict[str, float] = field(default_factory=dict)
+    returned: dict[str, float] = field(default_factory=dict)
+
+
+# One local send: (sender index, room index, bench mark) → awaited call.
+SendOne = Callable[[int, int, str], Awaitable[None]]
+
+
+async def run_senders(
+    send_one: SendOne, senders: int, rooms: int, per_sender: int, prefix: str
+) -> Sends:
+    """``senders`` tasks at once, each sending ``per_sender`` events one after another
+    into room ``sender % rooms``."""
+    sends = Sends()
+
+    async def sender(index: int) -> None:
+        for n in range(per_sender):
+            mark = f"{prefix}-{index}-{n}"
+            sends.started[mark] = time.perf_counter()
+            await send_one(index, index % rooms, mark)
+            sends.returned[mark] = time.perf_counter()
+
+    await asyncio.gather(*(sender(i) for i in range(senders)))
+    return sends
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+@dataclass
+class Figures:
+    rate: float  # events/s accepted (bridges) or first send → last received (outbound)
+    call_p50: float  # ms
+    call_p90: float
+    delivery_p50: float  # ms, call returned → received by the remote
+    delivery_p90: float
+    delivery_max: float
+    within_one_second: float  # share of events delivered within 1 s of acceptance
+    cpu: dict[str, float] = field(default_factory=dict)  # cores, per process
+
+    def lines(self, scenario: str) -> list[str]:
+        unit = "events/s accepted" if scenario == "bridges" else "msgs/s send → last received"
+        return [
+            f"  {self.rate:8,.0f} {unit}",
+            f"  per call: p50 {self.call_p50:.1f} ms, p90 {self.call_p90:.1f} ms",
+            f"  accepted → received by the remote: p50 {self.delivery_p50:.1f} ms,"
+            f" p90 {self.delivery_p90:.1f} ms, max {self.delivery_max:.0f} ms,"
+            f" {100 * self.within_one_second:.1f}% within 1 s",
+        ] + [f"  {part:10s} {cores:5.2f} cores" for part, cores in sorted(self.cpu.items())]
+
+
+def figures(scenario: str, sends: Sends, remote: Remote, cpu: dict[str, float]) -> Figures:
+    calls = [1000 * (sends.returned[m] - sends.started[m]) for m in sends.started]
+    delays = [1000 * (remote.arrived[m] - sends.returned[m]) for m in sends.returned]
+    first = min(sends.started.values())
+    last = max(sends.returned.values()) if scenario == "bridges" else max(remote.arrived.values())
+    return Figures(
+        rate=len(sends.started) / (last - first),
+        call_p50=percentile(calls, 0.5),
+        call_p90=percentile(calls, 0.9),
+        delivery_p50=percentile(delays, 0.5),
+        delivery_p90=percentile(delays, 0.9),
+        delivery_max=max(delays),
+        within_one_second=sum(d <= 1000 for d in delays) / len(delays),
+        cpu=cpu,
+    )
+
+
+class CpuMeter:
+    """CPU seconds of some processes between start() and cores()."""
+
+    def __init__(self, processes: dict[str, psutil.Process]) -> None:
+        self.processes = processes
+        self._before: dict[str, float] = {}
+        self._started = 0.0
+
+    def _times(self) -> dict[str, float]:
+        return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
+
+    def start(self) -> None:
+        self._before, self._started = self._times(), time.perf_counter()
+
+    def cores(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._started
+        return {name: (t - self._before[name]) / elapsed for name, t in self._times().items()}
+
+
+def mxfed_processes(mxfed: MxfedProcess) -> dict[str, psutil.Process]:
+    assert mxfed.process is not None
+    found = {}
+    for child in psutil.Process(mxfed.process.pid).children(recursive=True):
+        command = child.cmdline()
+        if "--service" in command:
+            part = command[command.index("--service") + 1]
+            if part in ("events", "sender", "keys"):
+                found[part] = child
+    found["bench"] = psutil.Process(os.getpid())
+    return found
+
+
+async def measure(
+    scenario: str,
+    send_one: SendOne,
+    remote: Remote,
+    meter: CpuMeter,
+    senders: int,
+    rooms: int,
+    per_sender: int,
+) -> Figures:
+    prefix = uuid.uuid4().hex[:8]
+    meter.start()
+    sends = await run_senders(send_one, senders, rooms, per_sender, prefix)
+    await remote.wait_for(set(sends.started))
+    return figures(scenario, sends, remote, meter.cores())
+
+
+@dataclass
+class Load:
+    senders: int
+    rooms: int
+    events: int  # per sender (bridges)
+    in_a_row: int  # outbound
+
+    def shape(self, scenario: str) -> tuple[int, int, int]:
+        """(senders, rooms, events per sender) of a scenario."""
+        if scenario == "bridges":
+            return self.senders, self.rooms, self.events
+        return 1, 1, self.in_a_row
+
+
+async def run_mxfed(
+    load: Load,
+    scenarios: tuple[str, ...],
+    remote: FakeHomeserver,
+    received: Remote,
+    profile: Path | None,
+) -> dict[str, Figures]:
+    database_url = await create_database("mxfed_bench")
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        # The default pool size (the test harness's is smaller): the bench runs one mxfed.
+        mxfed = MxfedProcess(
+            Path(scratch) / "data",
+            database_url,
+            extra_config={"log_level": "WARNING", "database_pool_size": 10},
+        )
+        await asyncio.to_thread(mxfed.start)
+        try:
+            user = remote.user("bench")
+            async with mxfed.channel("events") as channel:
+                stub = events_pb2_grpc.EventsStub(channel)
+                room_ids = [
+                    (await join_public_room(stub, mxfed, remote, user)).room_id
+                    for _ in range(load.rooms)
+                ]
+            async with Client(mxfed.config()) as client:
+                local = [f"@bridge{i}:{mxfed.server_name}" for i in range(load.senders)]
+                for index, sender in enumerate(local):
+                    await client.join(sender, room_ids[index % load.rooms])
+
+                async def send_one(sender: int, room: int, mark: str) -> None:
+                    await client.send_message(
+                        room_ids[room], local[sender], mark, extra={"bench_id": mark}
+                    )
+
+                meter = CpuMeter(mxfed_processes(mxfed))
+                # Warm: connections, caches, the remote's transactions.
+                await measure("warm-up", send_one, received, meter, load.senders, load.rooms, 2)
+                for scenario in scenarios:
+                    senders, rooms, per_sender = load.shape(scenario)
+                    profilers = (
+                        start_profilers(mxfed, profile, ("events", "sender"), f"{scenario}-")
+                        if profile
+                        else []
+                    )
+                    results[scenario] = await measure(
+                        scenario, send_one, received, meter, senders, rooms, per_sender
+                    )
+                    stop_profilers(profilers)
+                    print(f"\nmxfed, {scenario}:")
+                    print("\n".join(results[scenario].lines(scenario)))
+        finally:
+            await asyncio.to_thread(mxfed.stop)
+            await drop_database(database_url)
+    return results
+
+
+async def run_synapse(
+    load: Load, scenarios: tuple[str, ...], remote: FakeHomeserver, received: Remote
+) -> dict[str, Figures]:
+    database_url = await create_database("synapse_bench", c_locale=True)
+    synapse = SynapseServer(
+        extra_config=SynapseServer.postgres_config(database_url), log_level="WARNING"
+    )
+    results = {}
+    try:
+        await asyncio.to_thread(synapse.start)
+        user = remote.user("bench")
+        async with synapse.client() as client:
+            _, token = await client.register("bench")
+            room_ids = [
+                (await join_synapse_room(synapse, token, remote, user)).room_id
+                for _ in range(load.rooms)
+            ]
+            tokens = []
+            for index in range(load.senders):
+                _, sender_token = await client.register(f"bridge{index}")
+                await client.join(sender_token, room_ids[index % load.rooms])
+                tokens.append(sender_token)
+
+            async def send_one(sender: int, room: int, mark: str) -> None:
+                await client.send_event(
+                    tokens[sender],
+                    room_ids[room],
+                    "m.room.message",
+                    {"msgtype": "m.text", "body": mark, "bench_id": mark},
+                )
+
+            assert synapse.pid is not None
+            meter = CpuMeter({"synapse": psutil.Process(synapse.pid)})
+            await asyncio.sleep(5)  # settled: background updates after start and joins done
+            await measure("warm-up", send_one, received, meter, load.senders, load.rooms, 2)
+            for scenario in scenarios:
+                senders, rooms, per_sender = load.shape(scenario)
+                results[scenario] = await measure(
+                    scenario, send_one, received, meter, senders, rooms, per_sender
+                )
+                print(f"\nSynapse (PostgreSQL), {scenario}:")
+                print("\n".join(results[scenario].lines(scenario)))
+    finally:
+        await asyncio.to_thread(synapse.stop)
+        await drop_database(database_url)
+    return results
+
+
+def compare(scenario: str, ours: Figures, theirs: Figures) -> list[str]:
+    def row(label: str, mine: float, synapse: float, higher_is_better: bool) -> str:
+        ratio = mine / synapse if higher_is_better else synapse / mine
+        return f"  {label:38s} mxfed {mine:8,.1f}  Synapse {synapse:8,.1f}  ratio {ratio:5.2f}x"
+
+    rate = "events/s accepted" if scenario == "bridges" else "msgs/s first send → last received"
+    return [
+        f"{scenario} (ratio > 1: mxfed better):",
+        row(rate, ours.rate, theirs.rate, True),
+        row("per call p50, ms", ours.call_p50, theirs.call_p50, False),
+        row("accepted → received p50, ms", ours.delivery_p50, theirs.delivery_p50, False),
+        row("accepted → received max, ms", ours.delivery_max, theirs.delivery_max, False),
+    ]
+
+
+async def main(
+    load: Load, scenarios: tuple[str, ...], profile: Path | None, no_synapse: bool
+) -> None:
+    print(f"load average before: {os.getloadavg()[0]:.1f} (2-core machine, shared)")
+    received = Remote()
+    remote = FakeHomeserver()
+    remote.route("PUT", "/_matrix/federation/v1/send/{txn_id}", received.receive)
+    await remote.start()
+    try:
+        ours = await run_mxfed(load, scenarios, remote, received, profile)
+        theirs = {} if no_synapse else await run_synapse(load, scenarios, remote, received)
+    finally:
+        await remote.stop()
+    print(f"\nsame load, same run (load average now {os.getloadavg()[0]:.1f}):")
+    for scenario in scenarios:
+        if scenario in theirs:
+            print("\n".join(compare(scenario, ours[scenario], theirs[scenario])))
+    print(
+        "(targets, issue 18: bridges >= 2,000 events/s, call p50 <= 5 ms, every event at the"
+        " remote within 1 s; outbound >= 10x Synapse, accepted → received p50 <= 3 ms)"
+    )
+
+
+def arguments(default_scenarios: tuple[str, ...] = SCENARIOS) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--senders", type=int, default=50)
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--events", type=int, default=40, help="per sender (bridges)")
+    parser.add_argument("--in-a-row", type=int, default=300, help="messages (outbound)")
+    parser.add_argument(
+        "--scenario", choices=SCENARIOS, action="append", help="default: " + " ".join(SCENARIOS)
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the events and sender processes during mxfed's scenarios"
+        " (py-spy from PyPI on PATH)",
+    )
+    parser.add_argument("--no-synapse", action="store_true", help="mxfed alone")
+    parsed = parser.parse_args()
+    parsed.scenario = tuple(parsed.scenario or default_scenarios)
+    return parsed
+
+
+def run(parsed: argparse.Namespace) -> None:
+    load = Load(parsed.senders, parsed.rooms, parsed.events, parsed.in_a_row)
+    asyncio.run(main(load, parsed.scenario, parsed.profile, parsed.no_synapse))
+
+
+if __name__ == "__main__":
+    run(arguments())
