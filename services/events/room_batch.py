@@ -201,6 +201,7 @@ class Rejudged:
     rejected: int = 0  # accepted or soft-failed on the partial state, rejected now
     accepted: int = 0  # rejected on the partial state, accepted now
     soft_failed: int = 0  # rejected on the partial state, soft-failed now
+    soft_failed_after_acceptance: int = 0  # accepted on the partial state, soft-failed now
 
 
 class _StateBefore(enum.Enum):
@@ -773,33 +774,43 @@ class RoomBatch:
         answer, fetched and added as outliers first). Our join gets that state
         before it; each event placed since on the partial state (in depth
         order) gets the state resolved from its prev_events again and is
-        judged again on it, both ways, as Synapse re-checks the events of the
-        partial-state window once it has the full state:
+        judged again on it (steps 4 and 5), as Synapse re-checks the events of
+        the partial-state window once it has the full state:
 
         - accepted or soft-failed: rejected now if the full state before it
           does not allow it (step 5; the room's view changes like a state
-          reset); otherwise it keeps its status (an event shown stays shown).
-        - rejected: checked again against its own auth events (step 4, which
-          does not depend on our state) and the full state before it (step
-          5). Allowed now, it is judged for soft failure (step 6) against the
-          room's current state resolved from the full state; it becomes
-          soft-failed, or accepted — a forward extremity if nothing accepted
-          builds on it, and streamed, so local consumers see it.
+          reset).
+        - rejected: allowed now if its own auth events (step 4, which does
+          not depend on our state) and the full state before it (step 5)
+          allow it.
 
-        The current state is then resolved across the forward extremities,
-        and the room leaves partial state.
+        Then the window is replayed in the order its events arrived, on the
+        full state: the forward extremities and the current state evolve as
+        they would have on a server that had the full state all along, and
+        step 6 (soft failure), skipped while the state was partial, is judged
+        against the current state of the moment each event arrived. An event
+        accepted on the partial state that it disallows becomes soft-failed:
+        it was streamed already and stays so, but it is no longer a forward
+        extremity and its state is not current state (Synapse leaves such
+        events accepted). An event allowed again becomes soft-failed or
+        accepted — a forward extremity unless something that arrived before
+        it builds on it, and streamed, so local consumers see it. The
+        replay's forward extremities and current state are the room's, and
+        the room leaves partial state.
         """
         assert self.partial is not None
         join_id = self.partial.join_event_id
         ids = await storage.partial_state_event_ids(self.conn, self.room_id)
         if join_id not in ids:
             ids.insert(0, join_id)
+        arrival = await storage.partial_state_arrival_order(self.conn, self.room_id)
         stored = await self._reload(ids)
         self.partial = None
         self._ends_partial = True
         placed: dict[str, StateGroup] = {}
+        given: set[str] = set()
         decided: dict[str, tuple[Status, str, StateGroup, StateGroup, list[str]]] = {}
-        revived: list[str] = []
+        revived: set[str] = set()
         counts = Rejudged()
         for event_id in ids:
             old = stored.get(event_id)
@@ -809,7 +820,9 @@ class RoomBatch:
             if event_id == join_id:
                 before = await self._given_state(state_before_join)
             else:
-                before = await self._replaced_state_before(event, old, placed)
+                before, state_given = await self._replaced_state_before(event, old, placed)
+                if state_given:
+                    given.add(event_id)
             status, reason = old.status, old.rejection_reason
             if status in (Status.ACCEPTED, Status.SOFT_FAILED):
                 failure = await self._check_against_state(event, before.state)
@@ -821,9 +834,9 @@ class RoomBatch:
                 and event_id != join_id
                 and await self._allowed_again(event, before)
             ):
-                # Soft failure is judged once the current state is known.
+                # Accepted or soft-failed: judged in the replay below.
                 status, reason = Status.SOFT_FAILED, ""
-                revived.append(event_id)
+                revived.add(event_id)
             after = before
             servers = await self._servers_at(before)
             if status is not Status.REJECTED and event.is_state:
@@ -831,30 +844,70 @@ class RoomBatch:
             placed[event_id] = after
             decided[event_id] = (status, reason, before, after, servers)
             self._placed_again(stored[event_id], decided[event_id])
-            if status is Status.REJECTED and event_id in self.extremities:
-                del self.extremities[event_id]
-        await self._current_from_extremities()
-        for event_id in revived:
-            event = stored[event_id].event
-            _, _, before, after, servers = decided[event_id]
-            if await self._soft_fails_again(event, before):
-                counts.soft_failed += 1
-                continue
-            decided[event_id] = (Status.ACCEPTED, "", before, after, servers)
-            self._placed_again(stored[event_id], decided[event_id])
-            counts.accepted += 1
-            if not await self._has_successors(event_id):
-                await self._advance_head(event, after)
-            if event.type == REDACTION:
-                await self._apply_redaction(event, before)
-            self._to_stream.append(event_id)
+        assert join_id in decided, "our join has no state group"
+        await self._replay_arrivals(join_id, arrival, stored, decided, given, revived, counts)
         for event_id, (status, reason, before, after, servers) in decided.items():
             self._replacements.append(
                 Replacement(event_id, status, reason, before.id, after.id, servers)
             )
-        if revived:
-            await self._current_from_extremities()
         return counts
+
+    async def _replay_arrivals(
+        self,
+        join_id: str,
+        arrival: Sequence[str],
+        stored: Mapping[str, StoredEvent],
+        decided: dict[str, tuple[Status, str, StateGroup, StateGroup, list[str]]],
+        given: set[str],
+        revived: set[str],
+        counts: Rejudged,
+    ) -> None:
+        """The window again in arrival order: forward extremities, current state, step 6.
+
+        Our join replaced every forward extremity; each event accepted and
+        streamed since (backfilled history never moves the head) advances the
+        head as it did on arrival. Soft-failed and rejected events never do.
+        Events that arrived before our join (an earlier join, left since) are
+        not judged for soft failure: no current state of theirs is known.
+        """
+        if join_id not in arrival:
+            arrival = [join_id, *arrival]
+        self.extremities = {}
+        self.current = None
+        cited: set[str] = set()
+        for event_id in dict.fromkeys(arrival):
+            if event_id not in decided:
+                continue
+            if event_id == join_id:
+                join = stored[join_id].event
+                self.extremities = {join_id: join.depth}
+                self.current = decided[join_id][3]
+                cited = set(join.prev_event_ids)
+                continue
+            event = stored[event_id].event
+            status, reason, before, after, servers = decided[event_id]
+            advances = stored[event_id].stream_position is not None
+            if event_id in revived:
+                if await self._soft_fails_again(event, before, event_id in given):
+                    counts.soft_failed += 1
+                else:
+                    status, reason, advances = Status.ACCEPTED, "", True
+                    counts.accepted += 1
+                    if event.type == REDACTION:
+                        await self._apply_redaction(event, before)
+                    self._to_stream.append(event_id)
+            elif (
+                status is Status.ACCEPTED
+                and advances
+                and await self._soft_failure(event, before, event_id in given) is not None
+            ):
+                status = Status.SOFT_FAILED
+                counts.soft_failed_after_acceptance += 1
+            decided[event_id] = (status, reason, before, after, servers)
+            self._placed_again(stored[event_id], decided[event_id])
+            if status is Status.ACCEPTED and advances and event_id not in cited:
+                await self._advance_head(event, after)
+            cited.update(event.prev_event_ids)
 
     def _placed_again(
         self, old: StoredEvent, decided: tuple[Status, str, StateGroup, StateGroup, list[str]]
@@ -879,17 +932,20 @@ class RoomBatch:
             return False
         return await self._check_against_state(event, before.state) is None
 
-    async def _soft_fails_again(self, event: Event, before: StateGroup) -> bool:
+    async def _soft_fails_again(
+        self, event: Event, before: StateGroup, prevs_missing: bool
+    ) -> bool:
         """Step 6 (and the server blocks, step 7) for an event allowed again at the resync."""
         if sender_blocked(event.sender):
             return True
-        if await self._soft_failure(event, before, prevs_missing=False) is not None:
+        if await self._soft_failure(event, before, prevs_missing) is not None:
             return True
         return await self._policy_failure(CheckedPdu(event, dict(event.pdu))) is not None
 
     async def _replaced_state_before(
         self, event: Event, old: StoredEvent, placed: Mapping[str, StateGroup]
-    ) -> StateGroup:
+    ) -> tuple[StateGroup, bool]:
+        """The state before a window event on the full state, and whether it was given."""
         store = self.core.state_store
         groups: dict[int, StateGroup] = {}
         for prev in event.prev_event_ids:
@@ -903,26 +959,14 @@ class RoomBatch:
         if not groups:
             # Its state was given (its prevs are missing): keep it.
             assert old.state_group_before is not None
-            return await store.get(self.conn, old.state_group_before)
+            return await store.get(self.conn, old.state_group_before), True
         if len(groups) == 1:
-            return next(iter(groups.values()))
+            return next(iter(groups.values())), False
         try:
-            return await self._resolve_groups(list(groups.values()))
+            return await self._resolve_groups(list(groups.values())), False
         except MissingEventError:
             assert old.state_group_before is not None
-            return await store.get(self.conn, old.state_group_before)
-
-    async def _current_from_extremities(self) -> None:
-        heads = await self.events(self.extremities)
-        group_ids = list(
-            dict.fromkeys(
-                h.state_group_after for h in heads.values() if h.state_group_after is not None
-            )
-        )
-        if not group_ids:
-            return
-        groups = [await self.core.state_store.get(self.conn, g) for g in group_ids]
-        self.current = groups[0] if len(groups) == 1 else await self._resolve_groups(groups)
+            return await store.get(self.conn, old.state_group_before), False
 
     async def _take_effect(
         self, event: Event, before: StateGroup, after: StateGroup, case: _Case

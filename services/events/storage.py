@@ -876,6 +876,15 @@ async def partial_state_event_ids(conn: asyncpg.Connection, room_id: str) -> lis
     return [row["event_id"] for row in rows]
 
 
+async def partial_state_arrival_order(conn: asyncpg.Connection, room_id: str) -> list[str]:
+    """Events placed on a partial state, in the order they were placed (arrived)."""
+    rows = await conn.fetch(
+        "SELECT event_id FROM events.partial_state_events WHERE room_id = $1 ORDER BY placed",
+        room_id,
+    )
+    return [row["event_id"] for row in rows]
+
+
 async def delete_partial_state(conn: asyncpg.Connection, room_id: str) -> None:
     await conn.execute("DELETE FROM events.partial_state_events WHERE room_id = $1", room_id)
     await conn.execute("DELETE FROM events.partial_state_rooms WHERE room_id = $1", room_id)

@@ -207,6 +207,7 @@ class PartialStateResync:
                 "rejected_on_full_state": rejudged.rejected,
                 "accepted_on_full_state": rejudged.accepted,
                 "soft_failed_on_full_state": rejudged.soft_failed,
+                "soft_failed_after_acceptance": rejudged.soft_failed_after_acceptance,
                 "seconds": round(time.monotonic() - started, 3),
             },
         )

@@ -333,3 +333,123 @@ async def test_an_event_rejected_on_the_partial_state_is_soft_failed_if_now_disa
     assert stored.status is Status.SOFT_FAILED
     assert stored.stream_position is None
     assert message_id not in await storage.forward_extremities(conn, room_id)
+
+
+async def _join_partially(
+    core: RoomsCore, conn: asyncpg.Connection, known: list[Event], partial: list[Event], ours: Event
+) -> None:
+    """Our join ``ours`` on the ``partial`` state, with ``known`` events stored as outliers."""
+    room_id = ours.room_id
+    await storage.insert_room(conn, room_id, "10")
+    async with conn.transaction():
+        batch = RoomBatch(core, conn, room_id)
+        assert await batch.open(len(known) + 1)
+        for checked in auth_order(_checked(known)):
+            await batch.add_outlier(checked)
+        joined = await batch.add_join(
+            CheckedPdu(ours, dict(ours.pdu)),
+            [e.event_id for e in partial],
+            partial=PartialStateRoom(room_id, ours.event_id, SERVER, [SERVER]),
+        )
+        await batch.write()
+    batch.committed()
+    assert joined.status is Status.ACCEPTED
+
+
+async def _receive(core: RoomsCore, conn: asyncpg.Connection, events: list[Event]) -> list[Status]:
+    """``events`` received live, one transaction each (they arrive one by one)."""
+    statuses = []
+    for event in events:
+        async with conn.transaction():
+            batch = RoomBatch(core, conn, event.room_id)
+            assert await batch.open(1)
+            outcome = await batch.add_live(CheckedPdu(event, dict(event.pdu)))
+            await batch.write()
+        batch.committed()
+        statuses.append(outcome.status)
+    return statuses
+
+
+async def _current_member(conn: asyncpg.Connection, room_id: str, user_id: str) -> str | None:
+    found = await storage.current_state_of_rooms(conn, [room_id], MEMBER, user_id)
+    return found.get(room_id)
+
+
+async def _bob_in_the_full_state_only(
+    core: RoomsCore, conn: asyncpg.Connection
+) -> tuple[list[Event], Event, Event, list[str]]:
+    """bob joined before us: the partial state leaves him out, the full state has him.
+
+    Returns (create, alice, power, rules), bob's join, our join, the full state's ids.
+    """
+    room_id = _new_room_id()
+    create, alice, power, rules = _room(room_id)
+    bob = _event(room_id, MEMBER, BOB, {"membership": "join"}, [create, power, rules], [rules], 5,
+                 sender=BOB)  # fmt: skip
+    ours = _event(room_id, MEMBER, CAROL, {"membership": "join"}, [create, power, rules],
+                  [bob], 6, sender=CAROL)  # fmt: skip
+    partial = [create, alice, power, rules]
+    await _join_partially(core, conn, [*partial, bob], partial, ours)
+    return partial, bob, ours, [e.event_id for e in [*partial, bob]]
+
+
+@pytest.mark.parametrize("ban_first", [True, False])
+async def test_an_event_accepted_on_the_partial_state_is_soft_failed_as_on_arrival(
+    core: RoomsCore, conn: asyncpg.Connection, ban_first: bool
+) -> None:
+    (create, alice, power, _), bob, ours, full = await _bob_in_the_full_state_only(core, conn)
+    room_id = ours.room_id
+    # In the window alice bans bob, and bob (whom we did not know of) sends a
+    # message built on our join, concurrent with the ban.
+    ban = _event(
+        room_id, MEMBER, BOB, {"membership": "ban"}, [create, alice, power, bob], [ours], 7
+    )
+    message = _message(room_id, [create, power, bob], [ours], 7)
+    arrivals = [ban, message] if ban_first else [message, ban]
+    # The partial state cannot judge soft failure: both are accepted.
+    assert await _receive(core, conn, arrivals) == [Status.ACCEPTED, Status.ACCEPTED]
+    rejudged = await _resync(core, conn, room_id, full)
+    stored = (await storage.fetch_events(conn, [message.event_id]))[message.event_id]
+    extremities = set(await storage.forward_extremities(conn, room_id))
+    assert await _current_member(conn, room_id, BOB) == ban.event_id
+    assert await storage.partial_state_room(conn, room_id) is None
+    if ban_first:
+        # With the full state, bob was banned in the current state when his
+        # message arrived: soft-failed, as a server with the full state would
+        # have done. It was streamed already; it is no forward extremity.
+        assert rejudged.soft_failed_after_acceptance == 1
+        assert stored.status is Status.SOFT_FAILED
+        assert extremities == {ban.event_id}
+    else:
+        # It arrived before the ban: a server with the full state accepted it.
+        assert rejudged.soft_failed_after_acceptance == 0
+        assert stored.status is Status.ACCEPTED
+        assert extremities == {ban.event_id, message.event_id}
+    assert stored.stream_position is not None
+
+
+async def test_an_event_accepted_on_the_partial_state_then_rejected_leaves_the_head(
+    core: RoomsCore, conn: asyncpg.Connection
+) -> None:
+    room_id = _new_room_id()
+    create, alice, power, rules = _room(room_id)
+    bob = _event(room_id, MEMBER, BOB, {"membership": "join"}, [create, power, rules], [rules], 5,
+                 sender=BOB)  # fmt: skip
+    ban = _event(room_id, MEMBER, BOB, {"membership": "ban"}, [create, alice, power, bob], [bob], 6)
+    ours = _event(room_id, MEMBER, CAROL, {"membership": "join"}, [create, power, rules],
+                  [ban], 7, sender=CAROL)  # fmt: skip
+    partial = [create, alice, power, rules]
+    await _join_partially(core, conn, [*partial, bob, ban], partial, ours)
+    # bob, banned before we joined (the partial state does not say so), sends
+    # a message citing his join: accepted on the partial state.
+    message = _message(room_id, [create, power, bob], [ours], 8)
+    assert await _receive(core, conn, [message]) == [Status.ACCEPTED]
+    assert set(await storage.forward_extremities(conn, room_id)) == {message.event_id}
+    rejudged = await _resync(core, conn, room_id, [e.event_id for e in [*partial, ban]])
+    assert rejudged.rejected == 1
+    stored = (await storage.fetch_events(conn, [message.event_id]))[message.event_id]
+    assert stored.status is Status.REJECTED
+    # The head falls back to our join, and the current state is the full one.
+    assert set(await storage.forward_extremities(conn, room_id)) == {ours.event_id}
+    assert await _current_member(conn, room_id, BOB) == ban.event_id
+    assert await _current_member(conn, room_id, CAROL) == ours.event_id
