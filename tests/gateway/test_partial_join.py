@@ -205,6 +205,52 @@ async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state
     assert room.state_requests == 1  # the missing members came in one /state call
 
 
+async def test_an_event_accepted_while_partial_is_soft_failed_if_the_full_state_disallowed_it(
+    scene: Scene,
+) -> None:
+    room = scene.room(members=30)
+    room.release.clear()
+    user = scene.user()
+    join_id = await scene.join(room, user)
+    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    # A member whose membership was omitted is banned, and concurrently (its
+    # prev_events are our join, not the ban) sends a message; the ban reaches
+    # us first.
+    banned = room.members[4]
+    message = {"msgtype": "m.text", "body": "sent while being banned"}
+    message_id = room.add(banned, "m.room.message", None, message, prev_events=[join_id])
+    ban_id = room.add(room.alice, MEMBER, banned, {"membership": "ban"}, prev_events=[join_id])
+    url, name = scene.mxfed.federation_url, scene.mxfed.server_name
+    assert (await room.push(url, name, [ban_id]))["pdus"][ban_id] == {}
+    assert (await room.push(url, name, [message_id]))["pdus"][message_id] == {}
+    # The partial state cannot judge soft failure (it did not know the
+    # member): both are accepted for now.
+    statuses = await scene.statuses([ban_id, message_id])
+    assert statuses == {
+        ban_id: events_pb2.EVENT_STATUS_ACCEPTED,
+        message_id: events_pb2.EVENT_STATUS_ACCEPTED,
+    }
+    room.release.set()
+    await scene.resynced(room)
+    # With the full state the member was banned in the current state when the
+    # message arrived: soft-failed, as a server with the full state does.
+    statuses = await scene.statuses([ban_id, message_id])
+    assert statuses == {
+        ban_id: events_pb2.EVENT_STATUS_ACCEPTED,
+        message_id: events_pb2.EVENT_STATUS_SOFT_FAILED,
+    }
+    assert await scene.current_state(room) == room.state
+    # It is no forward extremity: our next event builds on the ban alone.
+    await scene.send(room, user, "after the resync")
+    sent = await until(
+        lambda: asyncio.sleep(0, [p for p in room.received if p["content"].get("body")]),
+        lambda pdus: any(p["content"]["body"] == "after the resync" for p in pdus),
+    )
+    assert isinstance(sent, list)
+    pdu = next(p for p in sent if p["content"]["body"] == "after the resync")
+    assert pdu["prev_events"] == [ban_id]
+
+
 async def test_a_resident_that_does_not_omit_members_gives_a_full_join(scene: Scene) -> None:
     room = scene.room(omit=False, members=40)
     await scene.join(room, scene.user())

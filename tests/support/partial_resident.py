@@ -71,8 +71,8 @@ class BigRoom:
         return list(dict.fromkeys(self.state[k] for k in keys if k in self.state))
 
     def add(self, sender: str, event_type: str, state_key: str | None,
-            content: dict[str, Any]) -> str:  # fmt: skip
-        """A new event of this room's own servers on top of the DAG."""
+            content: dict[str, Any], prev_events: list[str] | None = None) -> str:  # fmt: skip
+        """A new event of this room's own servers on top of the DAG (or on ``prev_events``)."""
         origin = self.other if sender.endswith(":" + self.other.server_name) else self.server
         event_id, pdu = origin.build_pdu(
             V10,
@@ -80,7 +80,7 @@ class BigRoom:
             sender=sender,
             event_type=event_type,
             content=content,
-            prev_events=[self.last] if self.last else [],
+            prev_events=prev_events or ([self.last] if self.last else []),
             auth_events=self._auth_events(sender, event_type, state_key, content),
             depth=len(self.events) + 1,
             state_key=state_key,
