@@ -905,7 +905,13 @@ class RoomBatch:
                 counts.soft_failed_after_acceptance += 1
             decided[event_id] = (status, reason, before, after, servers)
             self._placed_again(stored[event_id], decided[event_id])
-            if status is Status.ACCEPTED and advances and event_id not in cited:
+            if (
+                status is Status.ACCEPTED
+                and advances
+                and event_id not in cited
+                # Revived history (backfilled, say) that events build on stays behind.
+                and not (event_id in revived and await self._has_successors(event_id))
+            ):
                 await self._advance_head(event, after)
             cited.update(event.prev_event_ids)
 
