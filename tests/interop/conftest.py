@@ -18,6 +18,7 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"synapse", "synapse_v10"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.interop)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # A failed interop test shows what Synapse logged: its directory is gone after the run.
+    report = yield
+    if report.failed:
+        for name in ("synapse", "synapse_v10"):
+            server = getattr(item, "funcargs", {}).get(name)
+            if isinstance(server, SynapseServer):
+                report.sections.append((f"{name} log", server.read_log_tail(200)))
+    return report
 
 
 def _serve(server: SynapseServer) -> Iterator[SynapseServer]:

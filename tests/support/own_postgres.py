@@ -79,4 +79,8 @@ class OwnPostgres:
         return time.monotonic() - started
 
     def close(self) -> None:
+        # pgserver stops only the postmaster it started; after a restart that one is gone and
+        # it would delete the data directory under the running one, leaving it behind.
+        if self._running():
+            self.stop()
         self.server.cleanup()
