@@ -335,6 +335,30 @@ async def test_an_event_rejected_on_the_partial_state_is_soft_failed_if_now_disa
     assert message_id not in await storage.forward_extremities(conn, room_id)
 
 
+async def test_an_event_rejected_on_the_partial_state_is_judged_as_on_its_arrival(
+    core: RoomsCore,
+    conn: asyncpg.Connection,
+) -> None:
+    room_id, message_id, full = await _partial_window(core, conn, kick_in_window=False)
+    # bob is kicked only after his message arrived (the events are
+    # deterministic: the same as the window's).
+    create, alice, power, rules = _room(room_id)
+    ban = _event(room_id, MEMBER, BOB, {"membership": "ban"}, [create, alice, power], [rules], 5)
+    ours_id = (await storage.partial_state_room(conn, room_id)).join_event_id  # type: ignore[union-attr]
+    ours = (await storage.fetch_events(conn, [ours_id]))[ours_id].event
+    kick = _event(room_id, MEMBER, BOB, {"membership": "leave"}, [create, alice, power, ban],
+                  [ours], 7)  # fmt: skip
+    assert await _receive(core, conn, [kick]) == [Status.ACCEPTED]
+    rejudged = await _resync(core, conn, room_id, full)
+    # A server with the full state accepted the message when it arrived (bob
+    # was a member then): accepted now, though bob has left since.
+    assert (rejudged.accepted, rejudged.soft_failed, rejudged.rejected) == (1, 0, 0)
+    stored = (await storage.fetch_events(conn, [message_id]))[message_id]
+    assert stored.status is Status.ACCEPTED
+    assert stored.stream_position is not None
+    assert set(await storage.forward_extremities(conn, room_id)) == {message_id, kick.event_id}
+
+
 async def _join_partially(
     core: RoomsCore, conn: asyncpg.Connection, known: list[Event], partial: list[Event], ours: Event
 ) -> None:
