@@ -464,7 +464,8 @@ class InputPipeline:
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
                 await batch.write()
-        batch.committed()
+        async with self.clock.stage("stream_positions"):
+            await batch.committed()
         for outcome in outcomes:
             metrics.PDUS_RECEIVED.labels(outcome.label).inc()
         return outcomes
@@ -550,7 +551,8 @@ class InputPipeline:
                         " AND user_id = $2 AND kind = 'typing' AND expires_ts IS NOT NULL",
                         typing_users,
                     )
-                await storage.assign_stream_positions(conn, [], accepted)
+                await storage.insert_ephemeral(conn, accepted)
+        await self.core.stream_positions.assign()
 
     async def _edu_rooms_allowed(
         self, conn: asyncpg.Connection, origin: str, room_ids: set[str]
@@ -574,9 +576,8 @@ class InputPipeline:
                 now_ms(),
             )
             if rows:
-                await storage.assign_stream_positions(
+                await storage.insert_ephemeral(
                     conn,
-                    [],
                     [
                         {
                             "room_id": r["room_id"],
@@ -587,6 +588,8 @@ class InputPipeline:
                         for r in rows
                     ],
                 )
+        if rows:
+            await self.core.stream_positions.assign()
         return len(rows)
 
     async def run_typing_expiry(self, interval: float = 5.0) -> None:

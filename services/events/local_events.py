@@ -328,7 +328,7 @@ class LocalEvents:
             for event_type, state_key, content in plan:
                 await self._add(batch, event_type, creator, state_key, content)
             await batch.write()
-        batch.committed()
+        await batch.committed()
         return room_id, alias
 
     async def send_event(
@@ -356,35 +356,41 @@ class LocalEvents:
                 batch = RoomBatch(self.core, conn, room_id)
                 if not await batch.open(1):
                     raise NotFound(f"unknown room {room_id}")
-                if txn_id:
-                    done = await storage.local_transaction(conn, sender, txn_id)
-                    if done is not None:
-                        return done["event_id"], done["stream_position"]
-                if signed is None:
-                    event, pdu = self.build(
-                        batch, room_id, event_type, sender, state_key, content, redacts or None
-                    )
-                    policy = await self.policy_server_for(batch, event)
-                    if policy is not None:
-                        to_sign = (event, pdu, policy)
-                    else:
-                        await self._store(batch, event, pdu)
-                else:
-                    event, pdu, policy = signed
-                    await self._store(batch, event, pdu, policy)
-                if to_sign is None:
-                    await batch.write()
-                    position = batch.positions.get(event.event_id, 0)
-                    if txn_id:
-                        await storage.store_local_transaction(
-                            conn, sender, txn_id, event.event_id, position
+                done = await storage.local_transaction(conn, sender, txn_id) if txn_id else None
+                if done is None:
+                    if signed is None:
+                        event, pdu = self.build(
+                            batch, room_id, event_type, sender, state_key, content, redacts or None
                         )
+                        policy = await self.policy_server_for(batch, event)
+                        if policy is not None:
+                            to_sign = (event, pdu, policy)
+                        else:
+                            await self._store(batch, event, pdu)
+                    else:
+                        event, pdu, policy = signed
+                        await self._store(batch, event, pdu, policy)
+                    if to_sign is None:
+                        await batch.write()
+                        if txn_id:
+                            await storage.store_local_transaction(
+                                conn, sender, txn_id, event.event_id
+                            )
+            if done is not None:
+                return await self._repeated(done["event_id"], done["stream_position"])
             if to_sign is None:
-                batch.committed()
-                return event.event_id, position
+                await batch.committed()
+                return event.event_id, batch.positions.get(event.event_id, 0)
             event, pdu, policy = to_sign
             event, pdu = await self.policy_sign(policy, event, pdu)
             signed = (event, pdu, policy)
+
+    async def _repeated(self, event_id: str, position: int | None) -> tuple[str, int]:
+        """A transaction id's event again, with its position (its round may not have run:
+        the first call still waits for it, or its replica died after the commit)."""
+        if position is None:
+            position = (await self.core.stream_positions.assign([event_id])).get(event_id, 0)
+        return event_id, position
 
     # ------------------------------------------------------------ aliases
 

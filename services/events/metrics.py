@@ -22,6 +22,10 @@ STAGE_SECONDS = Histogram(
     "Time spent per receive stage for one transaction or batch",
     ["stage"],
 )
+STREAM_ROUND_SECONDS = Histogram(
+    "mxfed_events_stream_round_seconds",
+    "One round giving committed rows their stream positions (under the stream lock)",
+)
 LOCAL_EVENTS = Counter("mxfed_events_local_events_total", "Events built and stored here", ["type"])
 STREAM_SUBSCRIBERS_LAGGING = Counter(
     "mxfed_events_stream_subscribers_lagging_total",

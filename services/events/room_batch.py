@@ -12,11 +12,13 @@ A :class:`RoomBatch` is one room inside one database transaction: it takes
 the room's advisory lock (so one replica works on a room at a time), keeps
 the room's head (forward extremities, current state) in memory while events
 are added one after another in the given order, and writes everything —
-events, auth edges, state groups, extremities, current state, stream
-positions, redactions (applied or waiting for their target) — when
-:meth:`RoomBatch.write` runs at the end. A replica that dies before commit
-leaves nothing behind. Nothing else writes events of a room. Steps 1–3
-(format, signatures, hashes) happen before, in :mod:`services.events.pdu_checks`.
+events, auth edges, state groups, extremities, current state, the streamed
+events' place in the stream queue, redactions (applied or waiting for their
+target) — when :meth:`RoomBatch.write` runs at the end. A replica that dies
+before commit leaves nothing behind. Stream positions are given right after
+the commit (:meth:`RoomBatch.committed`), so rooms do not commit one at a
+time. Nothing else writes events of a room. Steps 1–3 (format, signatures,
+hashes) happen before, in :mod:`services.events.pdu_checks`.
 
 Each way an event enters the room is a named case, one method each:
 
@@ -80,6 +82,7 @@ from services.events.storage import (
     StoredEvent,
     WaitingRedaction,
 )
+from services.events.streams import StreamPositions
 
 CREATE = "m.room.create"
 REDACTION = "m.room.redaction"
@@ -95,6 +98,7 @@ class RoomsCore:
     resolver: StateResolver
     # Events as stored (immutable for our purposes: auth and state).
     event_cache: LruCache[str, StoredEvent]
+    stream_positions: StreamPositions
 
 
 def redaction_origin(event: Event) -> str:
@@ -375,16 +379,20 @@ class RoomBatch:
             await storage.update_room_head(conn, self.room_id, self.current.id, create_id)
         elif create_id and not self.room.create_event_id:
             await storage.set_create_event(conn, self.room_id, create_id)
-        self.positions = await storage.assign_stream_positions(conn, self._to_stream)
-        for event_id, position in self.positions.items():
-            self.pending[event_id].stream_position = position
+        await storage.mark_stream_pending(conn, self._to_stream)
 
-    def committed(self) -> None:
-        """Call after commit: what was written may now be served from the cache."""
+    async def committed(self) -> None:
+        """Call after commit, the connection given back: what was written may now be
+        served from the cache, and the streamed events get their positions
+        (:attr:`positions`) before this returns."""
         for event_id, stored in self.pending.items():
             self.core.event_cache.put(event_id, stored)
         for target in self._redactions:
             self.core.event_cache.pop(target)
+        if self._to_stream:
+            self.positions = await self.core.stream_positions.assign(self._to_stream)
+            for event_id, position in self.positions.items():
+                self.pending[event_id].stream_position = position
 
     async def _write_current_state(self) -> None:
         assert self.current is not None

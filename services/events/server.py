@@ -20,7 +20,7 @@ from services.events.room_batch import RoomsCore
 from services.events.servicer import EventsServicer
 from services.events.state import StateResolver
 from services.events.state_storage import StateStore
-from services.events.streams import StreamHub
+from services.events.streams import StreamHub, StreamPositions
 from services.events.third_party.servicer import setup_third_party
 
 EVENT_CACHE_SIZE = 50_000
@@ -32,11 +32,13 @@ def build_core(context: ServiceContext) -> RoomsCore:
         state_store=StateStore(context.pool),
         resolver=StateResolver(),
         event_cache=LruCache("events_events", EVENT_CACHE_SIZE),
+        stream_positions=StreamPositions(context.pool),
     )
 
 
 def build_servicer(context: ServiceContext) -> EventsServicer:
-    """The servicer and its background tasks (stream hub, typing expiry)."""
+    """The servicer and its background tasks (stream hub, stream-position sweep, typing
+    expiry)."""
     core = build_core(context)
     keys = keys_pb2_grpc.KeysStub(context.channel("keys"))
     backfill = backfill_pb2_grpc.BackfillStub(context.channel("backfill"))
@@ -50,6 +52,7 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     reads = Reads(context.pool, core.state_store, core.server_name)
     hub = StreamHub(context.pool, core.server_name)
     context.spawn(hub.run, name="events-stream-hub")
+    context.spawn(core.stream_positions.run_sweeper, name="events-stream-positions-sweep")
     context.spawn(pipeline.run_typing_expiry, name="events-typing-expiry")
     context.on_stop(pipeline.guard.close)
     return EventsServicer(pipeline, local, reads, hub)

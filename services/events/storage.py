@@ -20,10 +20,8 @@ from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.events import Event
 from matrix_protocol.room_versions import room_version
 
+# Notified by events.assign_stream_positions() (migration 012) when positions are given.
 NOTIFY_CHANNEL = "mxfed_events_stream"
-# Held (transaction-scoped) while stream positions are taken and until commit,
-# so positions become visible in increasing order on every replica.
-_STREAM_LOCK = 0x6D78666564_01  # "mxfed" + 1
 
 
 class Status(IntEnum):
@@ -366,48 +364,66 @@ async def update_waiting_redactions(
         )
 
 
-async def assign_stream_positions(
-    conn: asyncpg.Connection, event_ids: Sequence[str], ephemeral: Sequence[dict[str, Any]] = ()
-) -> dict[str, int]:
-    """Give ``event_ids`` (in order) and ``ephemeral`` rows stream positions.
+async def mark_stream_pending(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:
+    """Queue ``event_ids`` (in order) for stream positions (inside the room's transaction).
 
-    Takes the global stream lock until this transaction ends and notifies the
-    stream channel (delivered at commit).
+    They get positions after the commit, from :func:`assign_stream_positions`,
+    in this order and after whatever the room queued before (migration 012).
     """
-    if not event_ids and not ephemeral:
-        return {}
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _STREAM_LOCK)
-    positions: dict[str, int] = {}
-    if event_ids:
-        rows = await conn.fetch(
-            "UPDATE events.events e SET stream_position = p.position"
-            " FROM (SELECT id, nextval('events.stream_positions') AS position"
-            "       FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)) p"
-            " WHERE e.event_id = p.id RETURNING e.event_id, e.stream_position",
-            list(event_ids),
-        )
-        positions = {row["event_id"]: row["stream_position"] for row in rows}
-    if ephemeral:
-        await conn.executemany(
-            "INSERT INTO events.ephemeral (stream_position, room_id, kind, user_id, typing,"
-            " expires_ts, receipt_type, event_id, data_json)"
-            " VALUES (nextval('events.stream_positions'), $1, $2, $3, $4, $5, $6, $7, $8)",
-            [
-                (
-                    item["room_id"],
-                    item["kind"],
-                    item["user_id"],
-                    item.get("typing"),
-                    item.get("expires_ts"),
-                    item.get("receipt_type"),
-                    item.get("event_id"),
-                    item.get("data_json"),
-                )
-                for item in ephemeral
-            ],
-        )
-    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-    return positions
+    if not event_ids:
+        return
+    await conn.execute(
+        "UPDATE events.events e SET stream_pending = p.o"
+        " FROM (SELECT s.id, nextval('events.stream_pending_order') AS o"
+        "       FROM (SELECT id, n FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)"
+        "             ORDER BY n) s) p"
+        " WHERE e.event_id = p.id",
+        list(event_ids),
+    )
+
+
+async def insert_ephemeral(conn: asyncpg.Connection, items: Sequence[dict[str, Any]]) -> None:
+    """Typing and receipt rows, in order, queued for stream positions like events."""
+    await conn.executemany(
+        "INSERT INTO events.ephemeral (stream_pending, room_id, kind, user_id, typing,"
+        " expires_ts, receipt_type, event_id, data_json)"
+        " VALUES (nextval('events.stream_pending_order'), $1, $2, $3, $4, $5, $6, $7, $8)",
+        [
+            (
+                item["room_id"],
+                item["kind"],
+                item["user_id"],
+                item.get("typing"),
+                item.get("expires_ts"),
+                item.get("receipt_type"),
+                item.get("event_id"),
+                item.get("data_json"),
+            )
+            for item in items
+        ],
+    )
+
+
+async def assign_stream_positions(conn: asyncpg.Connection) -> dict[str, int]:
+    """Give every committed pending row its stream position; the events' ids → positions.
+
+    Run on its own, not inside a transaction: the stream lock it takes is held
+    only until this statement commits, and the stream channel is notified then.
+    """
+    rows = await conn.fetch(
+        "SELECT assigned_event_id, assigned_position FROM events.assign_stream_positions()"
+    )
+    return {row["assigned_event_id"]: row["assigned_position"] for row in rows}
+
+
+async def stream_positions_of(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, int]:
+    """The positions ``event_ids`` have (those still pending, or never streamed, left out)."""
+    rows = await conn.fetch(
+        "SELECT event_id, stream_position FROM events.events"
+        " WHERE event_id = ANY($1::text[]) AND stream_position IS NOT NULL",
+        list(event_ids),
+    )
+    return {row["event_id"]: row["stream_position"] for row in rows}
 
 
 # ---------------------------------------------------------------- extremities, current state
@@ -711,19 +727,25 @@ async def stream_events_after(
     )
 
 
+_EPHEMERAL_COLUMNS = (
+    "stream_position, room_id, kind, user_id, typing, expires_ts, receipt_type, event_id, data_json"
+)
+
+
 async def stream_ephemeral_after(
     conn: asyncpg.Connection, after: int, limit: int, room_id: str | None
 ) -> list[asyncpg.Record]:
     if room_id:
         return await conn.fetch(
-            "SELECT * FROM events.ephemeral WHERE stream_position > $1 AND room_id = $3"
+            f"SELECT {_EPHEMERAL_COLUMNS} FROM events.ephemeral"
+            " WHERE stream_position > $1 AND room_id = $3"
             " ORDER BY stream_position LIMIT $2",
             after,
             limit,
             room_id,
         )
     return await conn.fetch(
-        "SELECT * FROM events.ephemeral WHERE stream_position > $1"
+        f"SELECT {_EPHEMERAL_COLUMNS} FROM events.ephemeral WHERE stream_position > $1"
         " ORDER BY stream_position LIMIT $2",
         after,
         limit,
@@ -769,24 +791,24 @@ async def get_alias(conn: asyncpg.Connection, alias: str) -> asyncpg.Record | No
 async def local_transaction(
     conn: asyncpg.Connection, sender: str, txn_id: str
 ) -> asyncpg.Record | None:
+    """The event a local sender's transaction id made, with its position (NULL: pending)."""
     return await conn.fetchrow(
-        "SELECT event_id, stream_position FROM events.local_transactions"
-        " WHERE sender = $1 AND txn_id = $2",
+        "SELECT t.event_id, e.stream_position FROM events.local_transactions t"
+        " LEFT JOIN events.events e USING (event_id) WHERE t.sender = $1 AND t.txn_id = $2",
         sender,
         txn_id,
     )
 
 
 async def store_local_transaction(
-    conn: asyncpg.Connection, sender: str, txn_id: str, event_id: str, position: int
+    conn: asyncpg.Connection, sender: str, txn_id: str, event_id: str
 ) -> None:
     await conn.execute(
-        "INSERT INTO events.local_transactions (sender, txn_id, event_id, stream_position)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO events.local_transactions (sender, txn_id, event_id)"
+        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         sender,
         txn_id,
         event_id,
-        position,
     )
 
 

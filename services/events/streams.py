@@ -1,8 +1,10 @@
 """StreamEvents: replay from a durable position, then follow live writes of every replica.
 
-Positions come from one sequence, taken under a global lock held to commit
-(see :func:`storage.assign_stream_positions`), so rows become visible in
-position order and "everything after N" is a plain range read. Each replica
+Rows are committed without a position; right after, a short statement of its
+own gives every committed pending row, whichever room or replica wrote it, a
+position under the stream lock held to its commit (:class:`StreamPositions`,
+migration 012). So rows become visible in position order and "everything after
+N" is a plain range read, while rooms commit in parallel. Each replica
 runs one :class:`StreamHub`: it LISTENs on a dedicated connection, reads the
 new rows once per wake-up (or once a second, in case a notification was
 missed) and fans them out to its subscribers' bounded queues. A subscriber
@@ -16,13 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from mxfed.held_connection import Backoff, HeldConnection, is_connection_error
+from mxfed.held_connection import (
+    CONNECTION_ERRORS,
+    Backoff,
+    HeldConnection,
+    is_connection_error,
+)
 from services.events import metrics, storage
 from services.events.reads import EventView
 
@@ -90,6 +97,66 @@ class Subscription:
         self.lagging = False
 
 
+class StreamPositions:
+    """This replica's way to give committed rows their stream positions: group commit.
+
+    A caller whose rows are committed (its connection given back: a round
+    needs one from the pool) waits for a round that starts after it asked;
+    callers that ask while a round runs share the next one. A round gives
+    every pending row its position, so a replica that died between its commit
+    and its round loses nothing: the next round of any replica, or
+    :meth:`run_sweeper`, covers its rows.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._next: asyncio.Future[dict[str, int]] | None = None
+        self._rounds: asyncio.Task[None] | None = None
+
+    async def assign(self, event_ids: Sequence[str] = ()) -> dict[str, int]:
+        """After a round that began after this call: the positions of ``event_ids``."""
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        round_done = self._next
+        if self._rounds is None:
+            self._rounds = asyncio.create_task(self._run_rounds(), name="events-stream-positions")
+        assigned = await asyncio.shield(round_done)
+        positions = {e: assigned[e] for e in event_ids if e in assigned}
+        missing = [e for e in event_ids if e not in assigned]
+        if missing:  # given by another replica's round
+            async with self.pool.acquire() as conn:
+                positions.update(await storage.stream_positions_of(conn, missing))
+        return positions
+
+    async def _run_rounds(self) -> None:
+        try:
+            while self._next is not None:
+                round_done, self._next = self._next, None
+                try:
+                    with metrics.STREAM_ROUND_SECONDS.time():
+                        async with self.pool.acquire() as conn:
+                            assigned = await storage.assign_stream_positions(conn)
+                except Exception as exc:  # every waiter of this round gets it
+                    round_done.set_exception(exc)
+                    round_done.exception()  # retrieved: no "never retrieved" warning
+                else:
+                    round_done.set_result(assigned)
+                finally:
+                    if not round_done.done():  # cancelled (shutdown): waiters must not hang
+                        round_done.cancel()
+        finally:
+            self._rounds = None
+
+    async def run_sweeper(self, interval: float = 5.0) -> None:
+        """Give rows left pending (a replica died after its commit) their positions."""
+        while True:
+            try:
+                await self.assign()
+            except (asyncpg.PostgresError, *CONNECTION_ERRORS):
+                log.warning("stream position sweep failed", exc_info=True)
+            await asyncio.sleep(interval)
+
+
 def _event_entry(row: asyncpg.Record) -> StreamEntry:
     view = EventView.from_row(row)
     return StreamEntry(
@@ -105,15 +172,20 @@ async def read_entries(
     conn: asyncpg.Connection, after: int, room_id: str, include_ephemeral: bool, limit: int = PAGE
 ) -> tuple[list[StreamEntry], bool]:
     """Entries after ``after`` in position order; True when there may be more."""
-    rows = await storage.stream_events_after(conn, after, limit, room_id or None)
+    if not include_ephemeral:
+        rows = await storage.stream_events_after(conn, after, limit, room_id or None)
+        return [_event_entry(row) for row in rows], len(rows) == limit
+    # Both tables in one snapshot: read one after the other, a round committed in
+    # between would show its ephemeral rows but not its events at lower positions.
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await storage.stream_events_after(conn, after, limit, room_id or None)
+        ephemeral = await storage.stream_ephemeral_after(conn, after, limit, room_id or None)
     entries = [_event_entry(row) for row in rows]
     full = [rows[-1]["stream_position"]] if len(rows) == limit else []
-    if include_ephemeral:
-        ephemeral = await storage.stream_ephemeral_after(conn, after, limit, room_id or None)
-        entries.extend(StreamEntry(r["stream_position"], ephemeral=dict(r)) for r in ephemeral)
-        if len(ephemeral) == limit:
-            full.append(ephemeral[-1]["stream_position"])
-        entries.sort(key=lambda entry: entry.position)
+    entries.extend(StreamEntry(r["stream_position"], ephemeral=dict(r)) for r in ephemeral)
+    if len(ephemeral) == limit:
+        full.append(ephemeral[-1]["stream_position"])
+    entries.sort(key=lambda entry: entry.position)
     if full:
         cut = min(full)
         entries = [entry for entry in entries if entry.position <= cut]

@@ -318,4 +318,4 @@ class Join(RemoteRooms):
                 # Raising rolls the batch back: nothing of this answer is stored.
                 raise TryNext(unavailable(problem))
             await batch.write()
-        batch.committed()
+        await batch.committed()

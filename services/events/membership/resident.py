@@ -183,7 +183,7 @@ class Resident:
                 # Raising rolls the batch back: nothing is stored.
                 raise forbidden(f"the event is not allowed: {outcome.error or 'soft failed'}")
             await batch.write()
-        batch.committed()
+        await batch.committed()
         return True
 
     async def send_join(
@@ -326,7 +326,7 @@ class Resident:
             if outcome.status is not Status.ACCEPTED and not outcome.already_stored:
                 raise forbidden(outcome.error or "the invite is not allowed")
             await batch.write()
-        batch.committed()
+        await batch.committed()
         return event.event_id
 
     async def _send_invite(

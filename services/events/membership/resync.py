@@ -244,7 +244,7 @@ class PartialStateResync:
                 )
             rejudged = await batch.end_partial_state(usable)
             await batch.write()
-        batch.committed()
+        await batch.committed()
         return rejudged
 
     async def _state_ids(

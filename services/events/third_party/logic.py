@@ -380,7 +380,7 @@ class ThirdParty:
                         )
                     await batch.write()
             if to_sign is None:
-                batch.committed()
+                await batch.committed()
                 return event.event_id
             event, pdu, policy = to_sign
             event, pdu = await deps.local.policy_sign(policy, event, pdu)
@@ -545,5 +545,5 @@ class ThirdParty:
             if outcome.status is not Status.ACCEPTED:
                 raise forbidden(f"the invite is not allowed: {outcome.error or 'soft failed'}")
             await batch.write()
-        batch.committed()
+        await batch.committed()
         return event.event_id

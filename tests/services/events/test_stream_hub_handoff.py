@@ -42,10 +42,11 @@ class _GatedPool:
 
 
 async def _typing(pool: asyncpg.Pool, room_id: str, user_id: str) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await storage.assign_stream_positions(
-            conn, [], [{"room_id": room_id, "kind": "typing", "user_id": user_id, "typing": True}]
+    async with pool.acquire() as conn:
+        await storage.insert_ephemeral(
+            conn, [{"room_id": room_id, "kind": "typing", "user_id": user_id, "typing": True}]
         )
+        await storage.assign_stream_positions(conn)
 
 
 async def test_entries_committed_while_the_hub_looks_up_the_latest_reach_a_new_subscriber(

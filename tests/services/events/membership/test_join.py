@@ -25,6 +25,7 @@ from services.events.room_batch import Rejudged, RoomBatch, RoomsCore, auth_orde
 from services.events.state import StateResolver
 from services.events.state_storage import StateStore
 from services.events.storage import PartialStateRoom, Status
+from services.events.streams import StreamPositions
 
 KEY = generate_signing_key()
 V10 = room_version("10")
@@ -104,7 +105,11 @@ def test_auth_order_copes_with_deep_chains_and_forged_cycles() -> None:
 @pytest.fixture
 async def core(events_pool: asyncpg.Pool) -> RoomsCore:
     return RoomsCore(
-        SERVER, StateStore(events_pool), StateResolver(), LruCache("events_events", 1000)
+        SERVER,
+        StateStore(events_pool),
+        StateResolver(),
+        LruCache("events_events", 1000),
+        StreamPositions(events_pool),
     )
 
 
@@ -185,7 +190,7 @@ async def test_add_join_makes_the_join_the_head_on_the_given_state(
             CheckedPdu(bob_join, dict(bob_join.pdu)), [e.event_id for e in state]
         )
         await batch.write()
-    batch.committed()
+    await batch.committed()
     assert outcome.status is Status.ACCEPTED
     assert await storage.forward_extremities(conn, room_id) == {bob_join.event_id: 6}
     room = (await storage.get_rooms(conn, [room_id]))[room_id]
@@ -272,7 +277,7 @@ async def _partial_window(
             partial=PartialStateRoom(room_id, ours.event_id, SERVER, [SERVER]),
         )
         await batch.write()
-    batch.committed()
+    await batch.committed()
     assert joined.status is Status.ACCEPTED
     window = []
     if kick_in_window:
@@ -286,7 +291,7 @@ async def _partial_window(
         assert await batch.open(4)
         outcomes = [await batch.add_live(c) for c in _checked(window)]
         await batch.write()
-    batch.committed()
+    await batch.committed()
     assert [o.status for o in outcomes][:-1] == [Status.ACCEPTED] * (len(window) - 1)
     # On the partial state bob is banned: his message is rejected for now.
     assert outcomes[-1].status is Status.REJECTED
@@ -302,7 +307,7 @@ async def _resync(
         assert await batch.open(4)
         rejudged = await batch.end_partial_state(full)
         await batch.write()
-    batch.committed()
+    await batch.committed()
     return rejudged
 
 
@@ -376,7 +381,7 @@ async def _join_partially(
             partial=PartialStateRoom(room_id, ours.event_id, SERVER, [SERVER]),
         )
         await batch.write()
-    batch.committed()
+    await batch.committed()
     assert joined.status is Status.ACCEPTED
 
 
@@ -389,7 +394,7 @@ async def _receive(core: RoomsCore, conn: asyncpg.Connection, events: list[Event
             assert await batch.open(1)
             outcome = await batch.add_live(CheckedPdu(event, dict(event.pdu)))
             await batch.write()
-        batch.committed()
+        await batch.committed()
         statuses.append(outcome.status)
     return statuses
 

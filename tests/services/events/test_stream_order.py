@@ -1,0 +1,293 @@
+"""Stream positions are given after rooms commit (migration 012): one room's open
+transaction does not hold up another room's commit, and a reader that has read up to a
+position never sees a row at or before it appear later."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mxfed.identity_files import new_signing_key
+from services.events import storage
+from services.events.cache import LruCache
+from services.events.local_events import CreateRoomRequest, LocalEvents
+from services.events.room_batch import RoomBatch, RoomsCore
+from services.events.state import StateResolver
+from services.events.state_storage import StateStore
+from services.events.storage import Status
+from services.events.streams import (
+    StreamEntry,
+    StreamFilter,
+    StreamHub,
+    StreamPositions,
+    read_entries,
+)
+
+SERVER = "order.test"
+ALICE = f"@alice:{SERVER}"
+
+
+@pytest.fixture
+async def core(events_pool: asyncpg.Pool) -> RoomsCore:
+    return RoomsCore(
+        SERVER,
+        StateStore(events_pool),
+        StateResolver(),
+        LruCache("events_events", 1000),
+        StreamPositions(events_pool),
+    )
+
+
+@pytest.fixture
+async def local(events_pool: asyncpg.Pool, core: RoomsCore) -> LocalEvents:
+    key = new_signing_key()
+    return LocalEvents(events_pool, core, lambda: key)
+
+
+async def _room(local: LocalEvents) -> str:
+    room_id, _ = await local.create_room(CreateRoomRequest(creator=ALICE, preset="public_chat"))
+    return room_id
+
+
+async def _write(
+    conn: asyncpg.Connection, core: RoomsCore, local: LocalEvents, room_id: str, body: str
+) -> tuple[RoomBatch, str]:
+    """A message written in the caller's open transaction (queued for the stream)."""
+    batch = RoomBatch(core, conn, room_id)
+    assert await batch.open(1)
+    event, pdu = local.build(batch, room_id, "m.room.message", ALICE, None, {"body": body})
+    assert (await batch.add_local(event, pdu)).status is Status.ACCEPTED
+    await batch.write()
+    return batch, event.event_id
+
+
+class _Reader:
+    """Reads the stream after its own position, as the hub and every replay do."""
+
+    def __init__(self, pool: asyncpg.Pool, rooms: set[str], after: int) -> None:
+        self.pool = pool
+        self.rooms = rooms
+        self.position = after
+        self.seen: list[str] = []
+
+    async def read(self, conn: Any = None) -> None:
+        if conn is None:
+            async with self.pool.acquire() as acquired:
+                return await self.read(acquired)
+        entries, _ = await read_entries(conn, self.position, "", True)
+        for entry in entries:
+            assert entry.position > self.position
+            self.position = entry.position
+            if entry.room_id in self.rooms:
+                self.seen.append(_name(entry))
+        return None
+
+
+def _name(entry: StreamEntry) -> str:
+    if entry.event is not None:
+        return entry.event.event_id
+    assert entry.ephemeral is not None
+    return f"{entry.ephemeral['kind']} {entry.ephemeral['user_id']}"
+
+
+async def _latest(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        return await storage.max_stream_position(conn)
+
+
+async def test_a_room_streams_while_another_is_mid_commit_and_no_reader_skips_the_other(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    first, second = await _room(local), await _room(local)
+    reader = _Reader(events_pool, {first, second}, await _latest(events_pool))
+    hub = StreamHub(events_pool, SERVER, poll_interval=0.05)
+    following = asyncio.create_task(hub.run())
+    live: list[str] = []
+
+    async def follow() -> None:
+        async for entry in hub.subscribe(StreamFilter(room_id=first), reader.position):
+            live.append(_name(entry))
+
+    subscriber = asyncio.create_task(follow())
+    try:
+        async with events_pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            # The first room's event is queued for the stream before the second room's...
+            batch, first_id = await _write(conn, core, local, first, "first")
+            # ...whose send commits and is streamed while the first is still open: rooms
+            # do not wait for each other's commits (a lock held to commit would hang here).
+            second_id, second_position = await asyncio.wait_for(
+                local.send_event(second, ALICE, "m.room.message", None, {"body": "second"}), 30
+            )
+            await reader.read()
+            assert reader.seen == [second_id]
+            await transaction.commit()
+        await batch.committed()
+        # Committed after the reader passed the second room's position: it comes after it.
+        assert batch.positions[first_id] > second_position
+        await reader.read()
+        assert reader.seen == [second_id, first_id]
+        while first_id not in live:  # noqa: ASYNC110 (the hub's subscriber, awaited)
+            await asyncio.sleep(0.01)
+        assert live == [first_id]
+    finally:
+        subscriber.cancel()
+        following.cancel()
+        await asyncio.gather(subscriber, following, return_exceptions=True)
+
+
+async def test_rows_a_crash_left_pending_get_positions_in_the_rooms_order(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id, other = await _room(local), await _room(local)
+    reader = _Reader(events_pool, {room_id, other}, await _latest(events_pool))
+    pending = []
+    for body in ("one", "two"):
+        # Committed; the replica dies before its round (committed() never runs).
+        async with events_pool.acquire() as conn, conn.transaction():
+            _, event_id = await _write(conn, core, local, room_id, body)
+        pending.append(event_id)
+    async with events_pool.acquire() as conn:
+        assert await storage.stream_positions_of(conn, pending) == {}
+    await reader.read()
+    assert reader.seen == []
+    # Another replica's next round covers them too, in the order the room wrote them.
+    later_id, later_position = await local.send_event(
+        other, ALICE, "m.room.message", None, {"body": "later"}
+    )
+    async with events_pool.acquire() as conn:
+        positions = await storage.stream_positions_of(conn, pending)
+    assert positions[pending[0]] < positions[pending[1]] < later_position
+    await reader.read()
+    assert reader.seen == [*pending, later_id]
+
+
+async def test_the_sweep_gives_positions_to_what_a_dead_replica_left_pending(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    async with events_pool.acquire() as conn, conn.transaction():
+        _, event_id = await _write(conn, core, local, room_id, "orphan")
+        await storage.insert_ephemeral(
+            conn, [{"room_id": room_id, "kind": "typing", "user_id": ALICE, "typing": True}]
+        )
+    sweeping = asyncio.create_task(StreamPositions(events_pool).run_sweeper(interval=0.05))
+    try:
+        async with events_pool.acquire() as conn:
+            while not await storage.stream_positions_of(conn, [event_id]):
+                await asyncio.sleep(0.01)
+            typing = await conn.fetchval(
+                "SELECT stream_position FROM events.ephemeral WHERE room_id = $1", room_id
+            )
+            position = (await storage.stream_positions_of(conn, [event_id]))[event_id]
+        assert typing == position + 1
+    finally:
+        sweeping.cancel()
+        await asyncio.gather(sweeping, return_exceptions=True)
+
+
+async def test_a_repeated_local_send_waits_for_the_position_its_first_call_never_got(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    txn_id = secrets.token_hex(8)
+    async with events_pool.acquire() as conn, conn.transaction():
+        _, event_id = await _write(conn, core, local, room_id, "once")
+        await storage.store_local_transaction(conn, ALICE, txn_id, event_id)
+    # The first call's replica died after its commit, before its round.
+    repeated = await local.send_event(
+        room_id, ALICE, "m.room.message", None, {"body": "once"}, txn_id=txn_id
+    )
+    async with events_pool.acquire() as conn:
+        assert repeated == (
+            event_id,
+            (await storage.stream_positions_of(conn, [event_id]))[event_id],
+        )
+    again = await local.send_event(
+        room_id, ALICE, "m.room.message", None, {"body": "once"}, txn_id=txn_id
+    )
+    assert again == repeated
+
+
+class _CommitsBetweenQueries:
+    """The reader's connection; after its first query, ``between`` commits on another."""
+
+    def __init__(self, conn: asyncpg.Connection, between: Callable[[], Awaitable[None]]) -> None:
+        self.conn = conn
+        self.between: Callable[[], Awaitable[None]] | None = between
+
+    def transaction(self, **options: Any) -> Any:
+        return self.conn.transaction(**options)
+
+    async def fetch(self, *args: Any) -> list[asyncpg.Record]:
+        rows = await self.conn.fetch(*args)
+        if self.between is not None:
+            between, self.between = self.between, None
+            await between()
+        return rows
+
+
+async def test_a_read_of_events_and_ephemeral_rows_skips_no_event_committed_in_between(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
+    sent: list[str] = []
+
+    async def event_then_typing() -> None:
+        event_id, _ = await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "x"})
+        sent.append(event_id)
+        async with events_pool.acquire() as other:
+            await storage.insert_ephemeral(
+                other, [{"room_id": room_id, "kind": "typing", "user_id": ALICE, "typing": True}]
+            )
+            await storage.assign_stream_positions(other)
+
+    async with events_pool.acquire() as conn:
+        # Between reading the events and reading the ephemeral rows, an event and then a
+        # typing row (a later position) are committed: both or neither may be read.
+        await reader.read(_CommitsBetweenQueries(conn, event_then_typing))
+        await reader.read(conn)
+    assert reader.seen == [sent[0], f"typing {ALICE}"]
+
+
+async def _someone_waits_for_an_advisory_lock(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        while not await conn.fetchval(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+            " WHERE l.locktype = 'advisory' AND NOT l.granted"
+            " AND a.datname = current_database()"
+        ):
+            await asyncio.sleep(0.01)
+
+
+async def test_a_round_waits_for_a_round_not_yet_committed_so_positions_appear_in_order(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    first, second = await _room(local), await _room(local)
+    reader = _Reader(events_pool, {first, second}, await _latest(events_pool))
+    async with events_pool.acquire() as conn, conn.transaction():
+        _, first_id = await _write(conn, core, local, first, "first")
+    async with events_pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        # A round (another replica's) has given the first room's event its position
+        # and not committed yet.
+        assert list(await storage.assign_stream_positions(conn)) == [first_id]
+        # The second room's send commits; its round must wait for that one.
+        sending = asyncio.create_task(
+            local.send_event(second, ALICE, "m.room.message", None, {"body": "second"})
+        )
+        await asyncio.wait_for(_someone_waits_for_an_advisory_lock(events_pool), 30)
+        await reader.read()
+        assert reader.seen == []
+        await transaction.commit()
+    second_id, _ = await asyncio.wait_for(sending, 30)
+    await reader.read()
+    assert reader.seen == [first_id, second_id]
