@@ -181,10 +181,42 @@ async def wait_for_database(url: str, patience: float) -> None:
         return
 
 
+class PooledConnection(asyncpg.Connection):
+    """A connection of a pool made by :func:`create_pool`.
+
+    asyncpg resets every released connection with a query (advisory locks, cursors,
+    LISTENs, session settings) that the releasing task waits for: a round trip after
+    every pooled use. Pooled connections here keep no session state, except where
+    :func:`keep_session_state` says so; only those get that reset. An open
+    transaction is rolled back at release either way.
+    """
+
+    _reset_at_release = False
+
+    def reset_at_release(self) -> None:
+        self._reset_at_release = True
+
+
+def keep_session_state(connection: asyncpg.Connection) -> None:
+    """Call before keeping session state (a session advisory lock, say) on a pooled
+    connection: it is then reset when released, so a lock that its holder did not get
+    to unlock (cancelled, say) is not kept by the pool."""
+    mark = getattr(connection, "reset_at_release", None)  # through the pool's proxy
+    if mark is not None:
+        mark()
+
+
+async def _reset_kept_session_state(connection: asyncpg.Connection) -> None:
+    if isinstance(connection, PooledConnection) and connection._reset_at_release:
+        connection._reset_at_release = False
+        await connection.execute(connection.get_reset_query())
+
+
 async def create_pool(url: str, *, max_size: int = 10, timed: bool = True) -> asyncpg.Pool:
     """A pool that times the wait for each connection (``mxfed_db_pool_acquire_seconds``);
     ``timed=False`` for a short-lived one (the supervisor's), which then does not load the
-    metrics library into a process that serves none."""
+    metrics library into a process that serves none. Releasing a connection costs no
+    round trip (:class:`PooledConnection`)."""
     pool_class: type[asyncpg.Pool] = asyncpg.Pool
     if timed:
         from mxfed.pool_metrics import TimedPool
@@ -198,8 +230,9 @@ async def create_pool(url: str, *, max_size: int = 10, timed: bool = True) -> as
         max_queries=50_000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
-        connection_class=asyncpg.Connection,
+        connection_class=PooledConnection,
         record_class=asyncpg.Record,
+        reset=_reset_kept_session_state,
     )
     await pool
     return pool
@@ -230,6 +263,7 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
     applied_now: list[int] = []
     async with pool.acquire() as connection:
         lock_key = await connection.fetchval("SELECT hashtext($1)", f"mxfed.migrations.{schema}")
+        keep_session_state(connection)
         await connection.execute("SELECT pg_advisory_lock($1)", lock_key)
         try:
             await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')

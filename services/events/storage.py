@@ -19,6 +19,7 @@ import asyncpg
 from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.events import Event
 from matrix_protocol.room_versions import room_version
+from mxfed.database import keep_session_state
 
 # Notified by events.assign_stream_positions() (migration 012) when positions are given.
 NOTIFY_CHANNEL = "mxfed_events_stream"
@@ -977,6 +978,7 @@ async def held_event_ids(conn: asyncpg.Connection, event_ids: Sequence[str]) -> 
 
 async def try_session_lock(conn: asyncpg.Connection, text: str) -> bool:
     """A session advisory lock (held until :func:`session_unlock` or the connection ends)."""
+    keep_session_state(conn)
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(text)))
 
 

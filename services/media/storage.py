@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from mxfed.clock import now_ms
+from mxfed.database import keep_session_state
 from mxfed.held_connection import CONNECTION_ERRORS
 
 
@@ -362,6 +363,7 @@ class MediaStorage:
         fetch under it goes on; there is nothing left to unlock)."""
         async with self.pool.acquire() as conn:
             lock = await conn.fetchval("SELECT hashtextextended($1, 0)", "\x1f".join(key))
+            keep_session_state(conn)
             taken = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock)
             try:
                 yield bool(taken)

@@ -164,40 +164,36 @@ class SenderStorage:
             for destination in item.destinations:
                 queue_destinations.append(destination)
                 queue_positions.append(item.stream_position)
-        async with connection.transaction():
-            added = 0
-            if positions:
-                await connection.execute(
-                    "INSERT INTO sender.pdus (stream_position, event_id, room_id, pdu_json,"
-                    " queued_ts) SELECT p, e, r, j, $5 FROM unnest($1::bigint[], $2::text[],"
-                    " $3::text[], $4::bytea[]) AS t(p, e, r, j) ON CONFLICT DO NOTHING",
-                    positions,
-                    event_ids,
-                    room_ids,
-                    pdu_jsons,
-                    now_ms(),
-                )
-                await connection.execute(
-                    "INSERT INTO sender.destinations (destination)"
-                    " SELECT DISTINCT d FROM unnest($1::text[]) AS t(d) ORDER BY d"
-                    " ON CONFLICT DO NOTHING",
-                    queue_destinations,
-                )
-                status = await connection.execute(
-                    "INSERT INTO sender.pdu_queue (destination, stream_position)"
-                    " SELECT d, p FROM unnest($1::text[], $2::bigint[]) AS t(d, p)"
-                    " ON CONFLICT DO NOTHING",
-                    queue_destinations,
-                    queue_positions,
-                )
-                added = int(status.rsplit(" ", 1)[1])
-                for payload in wake_payloads(queue_destinations):
-                    await connection.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, payload)
-            await connection.execute(
-                "UPDATE sender.ingest_cursor SET stream_position = GREATEST(stream_position, $1)",
-                cursor,
-            )
-        return added
+        # One statement (so one round trip, atomic without BEGIN/COMMIT): an event's
+        # path to the wire waits for it. Every part runs whatever it finds; the
+        # notifications go out at commit.
+        row = await connection.fetchrow(
+            "WITH stored AS (INSERT INTO sender.pdus (stream_position, event_id, room_id,"
+            " pdu_json, queued_ts) SELECT p, e, r, j, $5 FROM unnest($1::bigint[], $2::text[],"
+            " $3::text[], $4::bytea[]) AS t(p, e, r, j) ON CONFLICT DO NOTHING),"
+            " known AS (INSERT INTO sender.destinations (destination)"
+            " SELECT DISTINCT d FROM unnest($6::text[]) AS t(d) ORDER BY d"
+            " ON CONFLICT DO NOTHING),"
+            " queued AS (INSERT INTO sender.pdu_queue (destination, stream_position)"
+            " SELECT d, p FROM unnest($6::text[], $7::bigint[]) AS t(d, p)"
+            " ON CONFLICT DO NOTHING RETURNING 1),"
+            " advanced AS (UPDATE sender.ingest_cursor"
+            " SET stream_position = GREATEST(stream_position, $8)),"
+            " woken AS (SELECT pg_notify($9, w) FROM unnest($10::text[]) AS t(w))"
+            " SELECT (SELECT count(*) FROM queued) AS added, (SELECT count(*) FROM woken)",
+            positions,
+            event_ids,
+            room_ids,
+            pdu_jsons,
+            now_ms(),
+            queue_destinations,
+            queue_positions,
+            cursor,
+            WAKE_CHANNEL,
+            wake_payloads(queue_destinations),
+        )
+        assert row is not None
+        return int(row["added"])
 
     # -- EDUs -------------------------------------------------------------------
 

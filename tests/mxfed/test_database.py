@@ -3,7 +3,12 @@ from pathlib import Path
 
 import asyncpg
 
-from mxfed.database import apply_migrations, create_pool, resolve_database_url
+from mxfed.database import (
+    apply_migrations,
+    create_pool,
+    keep_session_state,
+    resolve_database_url,
+)
 
 
 def _write_migrations(directory: Path) -> None:
@@ -71,3 +76,41 @@ async def test_embedded_database_when_nothing_answers(tmp_path: Path, monkeypatc
     finally:
         if embedded:
             embedded.stop()
+
+
+async def test_a_released_connection_is_not_reset_unless_it_kept_session_state(
+    database_url: str,
+) -> None:
+    # One connection, so every acquire gets the same one back.
+    pool = await create_pool(database_url, max_size=1)
+    try:
+        async with pool.acquire() as connection:
+            backend = await connection.fetchval("SELECT pg_backend_pid()")
+            await connection.execute("SET application_name = 'kept'")
+        async with pool.acquire() as connection:
+            assert await connection.fetchval("SELECT pg_backend_pid()") == backend
+            # No reset query ran at release (it would have said RESET ALL).
+            assert await connection.fetchval("SHOW application_name") == "kept"
+            tx = connection.transaction()
+            await tx.start()
+            await connection.execute("CREATE TEMP TABLE t (x int)")
+        async with pool.acquire() as connection:
+            # An open transaction is still rolled back.
+            assert await connection.fetchval("SELECT to_regclass('pg_temp.t')") is None
+            keep_session_state(connection)
+            assert await connection.fetchval("SELECT pg_try_advisory_lock(4242)")
+        async with pool.acquire() as connection:
+            assert await connection.fetchval("SELECT pg_backend_pid()") == backend
+            # Kept session state is reset: the lock (never unlocked) and the settings.
+            held = await connection.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
+                backend,
+            )
+            assert held == 0
+            assert await connection.fetchval("SHOW application_name") == ""
+            await connection.execute("SET application_name = 'again'")
+        async with pool.acquire() as connection:
+            # The mark lasted one release.
+            assert await connection.fetchval("SHOW application_name") == "again"
+    finally:
+        await pool.close()

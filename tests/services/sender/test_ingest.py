@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+
 from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender.ingest import Ingester
-from services.sender.storage import SenderStorage
+from services.sender.storage import WAKE_CHANNEL, IngestItem, SenderStorage
 from tests.support.grpc_plane import channel_to
 from tests.support.sender_queues import OUR_SERVER, wait_until
 
@@ -121,3 +123,43 @@ async def test_only_one_replica_ingests_and_another_takes_over_when_it_dies(
     finally:
         task_2.cancel()
         await asyncio.gather(task_2, return_exceptions=True)
+
+
+async def test_a_stored_batch_wakes_the_other_replicas_with_its_rows_readable(
+    sender_storage: SenderStorage, database_url: str
+) -> None:
+    # Another replica's workers are woken by a notification naming the destinations; by
+    # then the batch is committed, so the queue rows it names are there to take.
+    listener = await asyncpg.connect(database_url)
+    seen: asyncio.Queue[str] = asyncio.Queue()
+
+    def notified(_connection: object, _pid: int, _channel: str, payload: str) -> None:
+        seen.put_nowait(payload)
+
+    try:
+        await listener.add_listener(WAKE_CHANNEL, notified)
+        items = [
+            IngestItem(7, "$a", "!r:x", b"{}", ["x.example", "y.example"]),
+            IngestItem(8, "$b", "!r:x", b"{}", ["y.example"]),
+            IngestItem(9, "$c", "!r:x", b"{}", []),
+        ]
+        async with sender_storage.pool.acquire() as connection:
+            added = await SenderStorage.ingest_batch(connection, items, 9)
+        assert added == 3
+        payload = await asyncio.wait_for(seen.get(), 10)
+        assert payload.split("\n") == ["x.example", "y.example"]
+        assert await queue_rows(sender_storage) == [
+            ("x.example", 7),
+            ("y.example", 7),
+            ("y.example", 8),
+        ]
+        assert await sender_storage.pool.fetchval("SELECT count(*) FROM sender.pdus") == 2
+        assert (
+            await sender_storage.pool.fetchval("SELECT stream_position FROM sender.ingest_cursor")
+            == 9
+        )
+        async with sender_storage.pool.acquire() as connection:  # replayed: nothing twice
+            assert await SenderStorage.ingest_batch(connection, items, 9) == 0
+        assert len(await queue_rows(sender_storage)) == 3
+    finally:
+        await listener.close()
