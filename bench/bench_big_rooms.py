@@ -15,6 +15,10 @@ two servers, one-step auth chains: a lower bound for real rooms).
   members join one by one, each in its own /send transaction, timed until
   the last is in mxfed's current state — for the big room and for a
   100-member room, so the cost per member event can be compared;
+* the stages of each (``mxfed_events_resync_seconds``,
+  ``mxfed_events_remote_join_seconds``), and the CPU seconds each process
+  (and this one, the resident) used meanwhile: on a shared machine the wall
+  clock shows the load, the CPU seconds what the work costs;
 * the peak RSS (VmHWM) of every mxfed process at the end.
 
 Prints the machine's signature-verification ceiling measured in the same run.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -82,6 +87,33 @@ def peak_rss_mib(root_pid: int) -> dict[str, float]:
     return found
 
 
+def cpu_seconds(root_pid: int) -> dict[str, float]:
+    """User + system CPU seconds of ``root_pid``'s tree by part, and of this process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    todo = [root_pid]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        todo.extend(int(c) for c in children)
+        words = cmdline.split()
+        name = words[words.index("--service") + 1] if "--service" in words else "supervisor"
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    found["bench and resident"] = usage.ru_utime + usage.ru_stime
+    return found
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> str:
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in spent.items() if seconds >= 0.05)
+
+
 async def until(get: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool]) -> Any:
     deadline = time.monotonic() + 900
     while True:
@@ -132,8 +164,8 @@ class Bench:
             events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=60
         )
 
-    async def partial_join(self, members: int) -> dict[str, float]:
-        room = self.room(members, omit=True)
+    async def partial_join(self, room: BigRoom) -> dict[str, float]:
+        members = len(room.members)
         started = time.perf_counter()
         joined = await self.join(room)
         await self.events.PerformSendEvent(
@@ -158,13 +190,13 @@ class Bench:
         assert info.members_known == members + 2, info
         return {"join returned": joined, "usable": usable, "full state": resynced}
 
-    async def full_join(self, members: int) -> tuple[BigRoom, float]:
-        room = self.room(members, omit=False)
+    async def full_join(self, room: BigRoom) -> float:
+        members = len(room.members)
         seconds = await self.join(room)
         info = await self.info(room)
         assert info.resync_state == events_pb2.RESYNC_STATE_FULL_STATE
         assert info.members_known == members + 2, info
-        return room, seconds
+        return seconds
 
     def stage_seconds(self) -> dict[str, float]:
         """The events service's receive stages so far (mxfed_events_input_stage_seconds_sum)."""
@@ -214,16 +246,29 @@ async def run(args: argparse.Namespace) -> None:
         bench = Bench(mxfed, server, other)
         bench.rooms = rooms
         n = args.members
+        root = mxfed.process.pid if mxfed.process is not None else os.getpid()
         print(f"\npartial-state join of a {n}-member room")
-        for name, seconds in (await bench.partial_join(n)).items():
+        room = bench.room(n, omit=True)
+        cpu_before = cpu_seconds(root)
+        for name, seconds in (await bench.partial_join(room)).items():
             print(f"  {name:<14} {seconds:7.2f} s")
+        print(f"  CPU seconds: {cpu_used(cpu_before, cpu_seconds(root))}")
         stages = await asyncio.to_thread(bench.metric_sums, "mxfed_events_resync_seconds_sum")
         print("  resync stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items())))
+        joins = "mxfed_events_remote_join_seconds_sum"
+        join_stages = await asyncio.to_thread(bench.metric_sums, joins)
         print(f"\nfull join of a {n}-member room (the resident does not omit members)")
-        big, seconds = await bench.full_join(n)
+        big = bench.room(n, omit=False)
+        cpu_before = cpu_seconds(root)
+        seconds = await bench.full_join(big)
         print(f"  join returned  {seconds:7.2f} s")
+        print(f"  CPU seconds: {cpu_used(cpu_before, cpu_seconds(root))}")
+        after = await asyncio.to_thread(bench.metric_sums, joins)
+        spent = {k: v - join_stages.get(k, 0.0) for k, v in sorted(after.items())}
+        print("  join stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in spent.items()))
         if args.arrivals:
-            small, _ = await bench.full_join(100)
+            small = bench.room(100, omit=False)
+            await bench.full_join(small)
             print(f"\n{args.arrivals} members joining one by one (one /send each)")
             for label, room in ((f"{n}-member room", big), ("100-member room", small)):
                 per, stages = await bench.arrivals(room, args.arrivals)

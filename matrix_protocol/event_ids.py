@@ -18,15 +18,22 @@ from matrix_protocol.hashes import compute_reference_hash
 from matrix_protocol.room_versions import EventFormat, RoomVersion
 
 
-def compute_event_id(pdu: Mapping[str, Any], room_version: RoomVersion) -> str:
-    """The ID of ``pdu``; raises :class:`ValueError` for a v1/v2 PDU without ``event_id``."""
+def compute_event_id(
+    pdu: Mapping[str, Any], room_version: RoomVersion, *, validated: bool = False
+) -> str:
+    """The ID of ``pdu``; raises :class:`ValueError` for a v1/v2 PDU without ``event_id``.
+
+    ``validated``: ``pdu`` passed the strict canonical JSON check already
+    (see :func:`~matrix_protocol.hashes.compute_reference_hash`).
+    """
     if room_version.event_format is EventFormat.V1:
         event_id = pdu.get("event_id")
         if not isinstance(event_id, str):
             raise ValueError(f"room v{room_version.identifier} event has no string event_id")
         return event_id
     urlsafe = room_version.event_format is not EventFormat.V2
-    return "$" + encode_base64(compute_reference_hash(pdu, room_version), urlsafe=urlsafe)
+    reference_hash = compute_reference_hash(pdu, room_version, validated=validated)
+    return "$" + encode_base64(reference_hash, urlsafe=urlsafe)
 
 
 def room_id_from_create_event(create_pdu: Mapping[str, Any], room_version: RoomVersion) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from matrix_protocol.canonical_json import (
     CanonicalJsonError,
     encode_canonical_json,
+    encode_validated_canonical_json,
     validate_canonical_json,
 )
 from matrix_protocol.room_versions import EventFormat, RoomVersion
@@ -148,7 +149,10 @@ def check_pdu_format(
             raise PduFormatError("v12 auth_events must not list the create event")
 
     try:
-        encoded = encode_canonical_json(pdu, strict=room_version.strict_canonical_json)
+        if room_version.strict_canonical_json:
+            encoded = encode_validated_canonical_json(pdu)  # validated above
+        else:
+            encoded = encode_canonical_json(pdu, strict=False)
     except (ValueError, TypeError) as error:
         raise PduFormatError(f"cannot encode as canonical JSON: {error}") from None
     if len(encoded) > MAX_PDU_BYTES:

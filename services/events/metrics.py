@@ -53,7 +53,17 @@ RESYNCS = Counter(
 )
 RESYNC_SECONDS = Histogram(
     "mxfed_events_resync_seconds",
-    "Time from a partial-state join to the room's full state, per resync stage",
+    "Time from a partial-state join to the room's full state, per resync stage "
+    "(fetch: /state_ids, downloads and checks; checks: steps 1-3 of the fetched events; "
+    "store; total)",
+    ["stage"],
+)
+# Our joins through another server (full or partial), per stage of the attempt.
+JOIN_SECONDS = Histogram(
+    "mxfed_events_remote_join_seconds",
+    "Time of a join through another server, per stage (make_join; send_join: until its answer "
+    "is decoded; checks: steps 1-3 of the answer's events; auth_fetch: auth events it left out; "
+    "store: outliers, the join and the write)",
     ["stage"],
 )
 

@@ -10,9 +10,9 @@ invites other servers send us, and countersignatures (:mod:`.membership`,
 :mod:`.third_party`). Signatures are always checked in ONE
 ``VerifyJsonSignatures`` call per batch (the keys service verifies them in
 bulk) — except fetched batches past :data:`VERIFY_CHUNK` PDUs (a room's
-state), whose chunks are verified by the keys service while the next chunk
-is format-checked here. Steps 4–6 (auth, soft failure) belong to
-:class:`~services.events.room_batch.RoomBatch`.
+state), whose chunks are verified by the keys service while this process
+checks the chunk's content hashes and the next chunk's format. Steps 4–6
+(auth, soft failure) belong to :class:`~services.events.room_batch.RoomBatch`.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class CheckedPdu:
     # The policy server whose valid signature it was found to carry (or got)
     # before its batch: the batch need not verify it again.
     policy_signed_by: PolicyServer | None = None
+    # Step 1 validated it as canonical JSON (room v6+): step 3 need not again.
+    canonical: bool = False
 
     def refuse(self, reason: Reason, error: str) -> None:
         """Drop it for ``reason`` (the first reason found is kept)."""
@@ -92,23 +94,24 @@ def check_format(pdu: Any, version: RoomVersion, *, history: bool = False) -> Ch
     ``history``: fetched history (backfill, gap filling) may exceed the 20
     prev / 10 auth events limits; size limits still apply.
     """
+    canonical = version.strict_canonical_json
     try:
         check_pdu_format(pdu, version, backfilled=history)
         stored = without_unsigned(pdu)
-        event = Event.from_pdu(stored, version)
+        event = Event(stored, version, compute_event_id(stored, version, validated=canonical))
     except (PduFormatError, ValueError) as error:
         try:
             event_id = compute_event_id(pdu, version)
         except (ValueError, TypeError, KeyError, AttributeError):
             event_id = ""
         return Outcome.refused(event_id, Reason.INVALID_FORMAT, f"invalid PDU: {error}")
-    return CheckedPdu(event, stored)
+    return CheckedPdu(event, stored, canonical=canonical)
 
 
-async def verify_signatures(
-    keys: keys_pb2_grpc.KeysStub, checks: Sequence[tuple[Event, Iterable[str]]]
-) -> list[str | None]:
-    """The named servers' signatures of each event, in ONE call: an error (or None) per event."""
+def _signature_items(
+    checks: Sequence[tuple[Event, Iterable[str]]],
+) -> tuple[list[keys_pb2.JsonToVerify], list[int]]:
+    """The VerifyJsonSignatures items for ``checks``, and the index of the check each is for."""
     items: list[keys_pb2.JsonToVerify] = []
     owners: list[int] = []
     for index, (event, servers) in enumerate(checks):
@@ -123,7 +126,13 @@ async def verify_signatures(
                 )
             )
             owners.append(index)
-    errors: list[str | None] = [None] * len(checks)
+    return items, owners
+
+
+async def _verify_items(
+    keys: keys_pb2_grpc.KeysStub, count: int, items: list[keys_pb2.JsonToVerify], owners: list[int]
+) -> list[str | None]:
+    errors: list[str | None] = [None] * count
     if not items:
         return errors
     reply = await keys.VerifyJsonSignatures(keys_pb2.VerifyJsonSignaturesRequest(items=items))
@@ -133,10 +142,25 @@ async def verify_signatures(
     return errors
 
 
-async def check_signatures(keys: keys_pb2_grpc.KeysStub, pdus: Sequence[CheckedPdu]) -> None:
-    """Step 2 for the PDUs not refused yet, in one call; failures are refused."""
-    checks: list[tuple[Event, Iterable[str]]] = []
+async def verify_signatures(
+    keys: keys_pb2_grpc.KeysStub, checks: Sequence[tuple[Event, Iterable[str]]]
+) -> list[str | None]:
+    """The named servers' signatures of each event, in ONE call: an error (or None) per event."""
+    items, owners = _signature_items(checks)
+    return await _verify_items(keys, len(checks), items, owners)
+
+
+def _start_signature_check(
+    keys: keys_pb2_grpc.KeysStub, pdus: Sequence[CheckedPdu]
+) -> asyncio.Task[None]:
+    """Step 2 for the PDUs not refused yet, as a task; failures are refused when it ends.
+
+    The request is built before this returns, from the PDUs as they are now:
+    step 3 may then redact them while the keys service verifies (a redacted
+    copy has the same redacted form, which is what the signatures cover).
+    """
     owners: list[CheckedPdu] = []
+    checks: list[tuple[Event, Iterable[str]]] = []
     for checked in pdus:
         if checked.refusal is not None:
             continue
@@ -147,10 +171,20 @@ async def check_signatures(keys: keys_pb2_grpc.KeysStub, pdus: Sequence[CheckedP
             continue
         checks.append((checked.event, servers))
         owners.append(checked)
-    failures = await verify_signatures(keys, checks)
-    for owner, failure in zip(owners, failures, strict=True):
-        if failure is not None:
-            owner.refuse(Reason.INVALID_SIGNATURE, failure)
+    items, item_owners = _signature_items(checks)
+
+    async def verified() -> None:
+        failures = await _verify_items(keys, len(checks), items, item_owners)
+        for owner, failure in zip(owners, failures, strict=True):
+            if failure is not None:
+                owner.refuse(Reason.INVALID_SIGNATURE, failure)
+
+    return asyncio.create_task(verified())
+
+
+async def check_signatures(keys: keys_pb2_grpc.KeysStub, pdus: Sequence[CheckedPdu]) -> None:
+    """Step 2 for the PDUs not refused yet, in one call; failures are refused."""
+    await _start_signature_check(keys, pdus)
 
 
 async def check_signatures_and_hashes(
@@ -166,7 +200,9 @@ async def check_signatures_and_hashes(
 def check_content_hashes(pdus: Iterable[CheckedPdu]) -> None:
     """Step 3: a PDU whose content hash does not match continues redacted."""
     for checked in pdus:
-        if checked.refusal is None and not content_hash_matches(checked.pdu):
+        if checked.refusal is None and not content_hash_matches(
+            checked.pdu, validated=checked.canonical
+        ):
             version = checked.event.room_version
             checked.pdu = redact(checked.pdu, version)
             checked.event = Event(checked.pdu, version, checked.event.event_id)
@@ -206,15 +242,17 @@ async def check_fetched(
     malformed = 0
     event_ids: list[str] = []
     # Big batches (a room's state): the keys service verifies each chunk's
-    # signatures while the next chunk's format is checked here.
+    # signatures while the chunk's content hashes and the next chunk's
+    # format are checked here.
     verifying: list[asyncio.Task[None]] = []
     chunk_start = 0
     for pdu in pdus:
         if len(valid) - chunk_start >= VERIFY_CHUNK:
             chunk = valid[chunk_start:]
             chunk_start = len(valid)
-            verifying.append(asyncio.create_task(check_signatures(keys, chunk)))
+            verifying.append(_start_signature_check(keys, chunk))
             await asyncio.sleep(0)  # the call goes out now
+            check_content_hashes(chunk)
         checked = check_format(pdu, version, history=history)
         event_ids.append(
             checked.event_id if isinstance(checked, Outcome) else checked.event.event_id
@@ -234,10 +272,12 @@ async def check_fetched(
     if not verifying:
         await check_signatures_and_hashes(keys, valid, stage)
     else:
-        async with stage("signatures"):
-            verifying.append(asyncio.create_task(check_signatures(keys, valid[chunk_start:])))
-            await asyncio.gather(*verifying)
+        last = valid[chunk_start:]
+        verifying.append(_start_signature_check(keys, last))
+        await asyncio.sleep(0)
         async with stage("hashes"):
-            check_content_hashes(valid)
+            check_content_hashes(last)
+        async with stage("signatures"):
+            await asyncio.gather(*verifying)
     settled.extend(c.outcome() for c in valid if c.refusal is not None)
     return CheckedBatch([c for c in valid if c.refusal is None], settled, malformed, event_ids)

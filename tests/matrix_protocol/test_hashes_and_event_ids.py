@@ -252,6 +252,28 @@ def test_event_id_equals_id_of_redacted_copy(
     verify_json_signature(redacted, "domain", "ed25519:1", SIGNING_KEY.verify_key)
 
 
+@given(
+    st.sampled_from(sorted(KNOWN_ROOM_VERSIONS)),
+    event_types,
+    st.dictionaries(content_keys | st.text(max_size=5), content_values, max_size=6),
+    st.dictionaries(st.sampled_from(["redacts", "membership", "prev_state", "x"]), content_values),
+)
+def test_hashes_of_a_validated_pdu_skip_only_the_validation(
+    version_id: str, event_type: str, content: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    """``validated=True`` (the format check validated the PDU) gives the same hashes and id."""
+    version = room_version(version_id)
+    pdu = MINIMAL_EVENT | extra | {"type": event_type, "content": content, "state_key": ""}
+    if not version.event_ids_are_computed:
+        pdu["event_id"] = "$e:domain"
+    signed = sign_event(pdu, SIGNING_KEY, "domain", "ed25519:1", version)
+    assert compute_event_id(signed, version, validated=True) == compute_event_id(signed, version)
+    assert compute_content_hash(signed, validated=True) == compute_content_hash(signed)
+    assert content_hash_matches(signed, validated=True)
+    tampered = signed | {"content": {**content, "not generated": 1}}
+    assert not content_hash_matches(tampered, validated=True)
+
+
 # No deadline: the first example imports Synapse, which takes far longer
 # than one example on a busy machine.
 @settings(deadline=None)

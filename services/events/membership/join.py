@@ -37,9 +37,10 @@ from matrix_protocol.events import Event
 from matrix_protocol.membership import MembershipError
 from matrix_protocol.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from matrix_protocol.signing import signatures_required_for_event
+from mxfed.bulk_work import cyclic_gc_paused
 from mxfed.clock import now_ms
 from mxfed.federation_client import FederationError, federation_path
-from services.events import storage
+from services.events import metrics, storage
 from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.membership import storage as oob_storage
 from services.events.membership.common import MEMBER, MembershipDeps, room_head
@@ -97,10 +98,8 @@ class Join(RemoteRooms):
         last: MembershipError = unavailable("no server could be reached")
         for server in candidates:
             try:
-                version, template = await self._make(server, room_id, user_id, "join", ALL_VERSIONS)
-                event_id, pdu = self._sign(template, version, extra)
-                answer = await self._send(server, "join", room_id, event_id, pdu, omit_members=True)
-                partial = await self._complete_join(room_id, version, event_id, pdu, answer, server)
+                with cyclic_gc_paused():
+                    event_id, partial = await self._join_through(server, room_id, user_id, extra)
             except TryNext as failure:
                 log.info(
                     "join attempt failed; trying the next server",
@@ -113,6 +112,19 @@ class Join(RemoteRooms):
                 self.resync.start(room_id)
             return room_id, event_id, True
         raise last
+
+    async def _join_through(
+        self, server: str, room_id: str, user_id: str, extra: Mapping[str, Any]
+    ) -> tuple[str, bool]:
+        """make_join, send_join, and the answer checked and stored: our join's id, and
+        whether the state is partial."""
+        with metrics.JOIN_SECONDS.labels("make_join").time():
+            version, template = await self._make(server, room_id, user_id, "join", ALL_VERSIONS)
+        event_id, pdu = self._sign(template, version, extra)
+        with metrics.JOIN_SECONDS.labels("send_join").time():
+            answer = await self._send(server, "join", room_id, event_id, pdu, omit_members=True)
+        partial = await self._complete_join(room_id, version, event_id, pdu, answer, server)
+        return event_id, partial
 
     async def _check_pdus(
         self, raw: Iterable[Any], version: RoomVersion, room_id: str
@@ -234,13 +246,17 @@ class Join(RemoteRooms):
                 pass
         join = Event(join_pdu, version, event_id)
         other = signatures_required_for_event(join) - {self.server_name}
-        if other:
-            errors = await verify_signatures(self.deps.keys, [(join, other)])
-            if errors[0] is not None:
-                raise TryNext(unavailable(f"the resident's countersignature: {errors[0]}"))
-        checked, ids = await self._check_pdus_with_ids([*state_raw, *chain_raw], version, room_id)
+        with metrics.JOIN_SECONDS.labels("checks").time():
+            if other:
+                errors = await verify_signatures(self.deps.keys, [(join, other)])
+                if errors[0] is not None:
+                    raise TryNext(unavailable(f"the resident's countersignature: {errors[0]}"))
+            checked, ids = await self._check_pdus_with_ids(
+                [*state_raw, *chain_raw], version, room_id
+            )
         if server:
-            await self._fetch_missing_auth_events(server, room_id, version, checked, join)
+            with metrics.JOIN_SECONDS.labels("auth_fetch").time():
+                await self._fetch_missing_auth_events(server, room_id, version, checked, join)
         # The state's event ids, as the checks computed them (once).
         state_ids = dict.fromkeys(e for e in ids[: len(state_raw)] if e)
         create = next(
@@ -272,9 +288,10 @@ class Join(RemoteRooms):
                 servers=sorted(set(servers) - {self.server_name}),
                 joined_ts=now_ms(),
             )
-        await self._store_join(
-            room_id, version, checked, list(state_ids), join, join_pdu, partial=partial
-        )
+        with metrics.JOIN_SECONDS.labels("store").time():
+            await self._store_join(
+                room_id, version, checked, list(state_ids), join, join_pdu, partial=partial
+            )
         return partial is not None
 
     async def _store_join(

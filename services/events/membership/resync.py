@@ -35,6 +35,7 @@ from enum import IntEnum
 from typing import Any
 
 from matrix_protocol.room_versions import RoomVersion, room_version
+from mxfed.bulk_work import cyclic_gc_paused
 from mxfed.federation_client import FederationError, federation_path
 from services.events import metrics, storage
 from services.events.membership.common import MembershipDeps
@@ -145,7 +146,8 @@ class PartialStateResync:
             if not await storage.try_session_lock(lock_conn, _lock_name(room_id)):
                 return False
             try:
-                return await self._resync(room_id)
+                with cyclic_gc_paused():
+                    return await self._resync(room_id)
             finally:
                 await storage.session_unlock(lock_conn, _lock_name(room_id))
 
@@ -285,7 +287,8 @@ class PartialStateResync:
         valid: dict[str, CheckedPdu] = {}
 
         async def check(raw: Iterable[Any]) -> None:
-            checked = await check_fetched(self.deps.keys, raw, version, room_id)
+            with metrics.RESYNC_SECONDS.labels("checks").time():
+                checked = await check_fetched(self.deps.keys, raw, version, room_id)
             valid.update((c.event.event_id, c) for c in checked.valid if c.event.event_id in wanted)
 
         if len(missing) > STATE_FETCH_THRESHOLD:
