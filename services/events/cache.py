@@ -6,6 +6,7 @@ exported as metrics under the cache's name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from mxfed.bounded import BoundedDict
@@ -27,6 +28,17 @@ class LruCache(Generic[K, V]):
 
     def pop(self, key: K) -> None:
         self._items.pop(key, None)
+
+    def pop_where(self, stale: Callable[[V], bool]) -> int:
+        """Drop every entry whose value is ``stale``; how many. Walks the whole cache."""
+        dropped = 0
+        # Every key is looked up in the order held: the LRU order stays as it was.
+        for key in list(self._items):
+            value = self._items.lookup(key)
+            if value is not None and stale(value):
+                del self._items[key]
+                dropped += 1
+        return dropped
 
     def __contains__(self, key: object) -> bool:
         return key in self._items

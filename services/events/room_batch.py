@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -96,9 +96,13 @@ class RoomsCore:
     server_name: str
     state_store: StateStore
     resolver: StateResolver
-    # Events as stored (immutable for our purposes: auth and state).
+    # Events as stored (immutable for our purposes: auth and state), except
+    # that the end of a partial state places its window's events again.
     event_cache: LruCache[str, StoredEvent]
     stream_positions: StreamPositions
+    # Rooms this replica has seen in partial state: when one is seen out of
+    # it, what the cache holds of its events may predate their new placing.
+    partial_rooms: set[str] = field(default_factory=set)
 
 
 def redaction_origin(event: Event) -> str:
@@ -323,6 +327,13 @@ class RoomBatch:
         self.version = room_version(self.room.room_version)
         self._waiting = await storage.waiting_redactions(self.conn, self.room_id)
         self.partial = await storage.partial_state_room(self.conn, self.room_id)
+        if self.partial is not None:
+            self.core.partial_rooms.add(self.room_id)
+        elif self.room_id in self.core.partial_rooms:
+            # The room left partial state, maybe on another replica: the
+            # window's events have new statuses and state groups there.
+            self.core.partial_rooms.discard(self.room_id)
+            self.core.event_cache.pop_where(lambda stored: stored.event.room_id == self.room_id)
         self.extremities = await storage.forward_extremities(self.conn, self.room_id)
         self._initial_extremities = set(self.extremities)
         if self.room.current_state_group is not None:

@@ -482,3 +482,26 @@ async def test_an_event_accepted_on_the_partial_state_then_rejected_leaves_the_h
     assert set(await storage.forward_extremities(conn, room_id)) == {ours.event_id}
     assert await _current_member(conn, room_id, BOB) == ban.event_id
     assert await _current_member(conn, room_id, CAROL) == ours.event_id
+
+
+async def test_another_replica_judges_on_the_full_state_after_the_resync(
+    core: RoomsCore, conn: asyncpg.Connection, events_pool: asyncpg.Pool
+) -> None:
+    (create, _, power, _), bob, ours, full = await _bob_in_the_full_state_only(core, conn)
+    room_id = ours.room_id
+    # A second replica (its own caches) takes bob's message in the window;
+    # the first resyncs the room.
+    replica = RoomsCore(
+        SERVER,
+        StateStore(events_pool),
+        StateResolver(),
+        LruCache("events_events", 1000),
+        StreamPositions(events_pool),
+    )
+    message = _message(room_id, [create, power, bob], [ours], 7)
+    assert await _receive(replica, conn, [message]) == [Status.ACCEPTED]
+    await _resync(core, conn, room_id, full)
+    # bob's next message, on the second replica: the state before it is the
+    # full one (bob joined), not the partial one its cache held.
+    again = _message(room_id, [create, power, bob], [message], 8)
+    assert await _receive(replica, conn, [again]) == [Status.ACCEPTED]
