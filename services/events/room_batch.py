@@ -822,7 +822,7 @@ class RoomBatch:
         ids = await storage.partial_state_event_ids(self.conn, self.room_id)
         if join_id not in ids:
             ids.insert(0, join_id)
-        arrival = await storage.partial_state_arrival_order(self.conn, self.room_id)
+        arrival = dict(await storage.partial_state_arrival_order(self.conn, self.room_id))
         stored = await self._reload(ids)
         self.partial = None
         self._ends_partial = True
@@ -874,7 +874,7 @@ class RoomBatch:
     async def _replay_arrivals(
         self,
         join_id: str,
-        arrival: Sequence[str],
+        arrival: Mapping[str, bool],
         stored: Mapping[str, StoredEvent],
         decided: dict[str, tuple[Status, str, StateGroup, StateGroup, list[str]]],
         given: set[str],
@@ -890,11 +890,11 @@ class RoomBatch:
         not judged for soft failure: no current state of theirs is known.
         """
         if join_id not in arrival:
-            arrival = [join_id, *arrival]
+            arrival = {join_id: True, **arrival}
         self.extremities = {}
         self.current = None
         cited: set[str] = set()
-        for event_id in dict.fromkeys(arrival):
+        for event_id, streamed in arrival.items():
             if event_id not in decided:
                 continue
             if event_id == join_id:
@@ -905,7 +905,7 @@ class RoomBatch:
                 continue
             event = stored[event_id].event
             status, reason, before, after, servers = decided[event_id]
-            advances = stored[event_id].stream_position is not None
+            advances = streamed
             if event_id in revived:
                 if await self._soft_fails_again(event, before, event_id in given):
                     counts.soft_failed += 1

@@ -899,13 +899,19 @@ async def partial_state_event_ids(conn: asyncpg.Connection, room_id: str) -> lis
     return [row["event_id"] for row in rows]
 
 
-async def partial_state_arrival_order(conn: asyncpg.Connection, room_id: str) -> list[str]:
-    """Events placed on a partial state, in the order they were placed (arrived)."""
+async def partial_state_arrival_order(
+    conn: asyncpg.Connection, room_id: str
+) -> list[tuple[str, bool]]:
+    """Events placed on a partial state in the order they were placed (arrived),
+    each with whether it is streamed (has a stream position or waits for one)."""
     rows = await conn.fetch(
-        "SELECT event_id FROM events.partial_state_events WHERE room_id = $1 ORDER BY placed",
+        "SELECT p.event_id,"
+        " (e.stream_position IS NOT NULL OR e.stream_pending IS NOT NULL) AS streamed"
+        " FROM events.partial_state_events p JOIN events.events e USING (event_id)"
+        " WHERE p.room_id = $1 ORDER BY p.placed",
         room_id,
     )
-    return [row["event_id"] for row in rows]
+    return [(row["event_id"], row["streamed"]) for row in rows]
 
 
 async def delete_partial_state(conn: asyncpg.Connection, room_id: str) -> None:

@@ -457,6 +457,30 @@ async def test_an_event_accepted_on_the_partial_state_is_soft_failed_as_on_arriv
     assert stored.stream_position is not None
 
 
+async def test_an_event_whose_stream_position_is_still_pending_is_judged_too(
+    core: RoomsCore, conn: asyncpg.Connection
+) -> None:
+    (create, alice, power, _), bob, ours, full = await _bob_in_the_full_state_only(core, conn)
+    room_id = ours.room_id
+    ban = _event(
+        room_id, MEMBER, BOB, {"membership": "ban"}, [create, alice, power, bob], [ours], 7
+    )
+    message = _message(room_id, [create, power, bob], [ours], 7)
+    assert await _receive(core, conn, [ban, message]) == [Status.ACCEPTED, Status.ACCEPTED]
+    # As a crash between a commit and its stream round leaves it: streamed, no position yet.
+    await conn.execute(
+        "UPDATE events.events SET stream_position = NULL,"
+        " stream_pending = nextval('events.stream_pending_order') WHERE event_id = $1",
+        message.event_id,
+    )
+    core.event_cache.pop(message.event_id)
+    rejudged = await _resync(core, conn, room_id, full)
+    assert rejudged.soft_failed_after_acceptance == 1
+    stored = (await storage.fetch_events(conn, [message.event_id]))[message.event_id]
+    assert stored.status is Status.SOFT_FAILED
+    assert set(await storage.forward_extremities(conn, room_id)) == {ban.event_id}
+
+
 async def test_an_event_accepted_on_the_partial_state_then_rejected_leaves_the_head(
     core: RoomsCore, conn: asyncpg.Connection
 ) -> None:
