@@ -10,11 +10,12 @@ PDU; from v3 on they are the event's reference hash and never travel.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from matrix_protocol.encoding import encode_base64
-from matrix_protocol.hashes import compute_reference_hash
+from matrix_protocol.hashes import reference_json
 from matrix_protocol.room_versions import EventFormat, RoomVersion
 
 
@@ -31,9 +32,15 @@ def compute_event_id(
         if not isinstance(event_id, str):
             raise ValueError(f"room v{room_version.identifier} event has no string event_id")
         return event_id
+    return event_id_of_reference_json(
+        reference_json(pdu, room_version, validated=validated), room_version
+    )
+
+
+def event_id_of_reference_json(reference: bytes, room_version: RoomVersion) -> str:
+    """The v3+ ID of an event from its :func:`~matrix_protocol.hashes.reference_json`."""
     urlsafe = room_version.event_format is not EventFormat.V2
-    reference_hash = compute_reference_hash(pdu, room_version, validated=validated)
-    return "$" + encode_base64(reference_hash, urlsafe=urlsafe)
+    return "$" + encode_base64(hashlib.sha256(reference).digest(), urlsafe=urlsafe)
 
 
 def room_id_from_create_event(create_pdu: Mapping[str, Any], room_version: RoomVersion) -> str:

@@ -52,14 +52,24 @@ def content_hash_matches(pdu: Mapping[str, Any], *, validated: bool = False) -> 
     return expected == compute_content_hash(pdu, validated=validated)
 
 
-def compute_reference_hash(
+def reference_json(
     pdu: Mapping[str, Any], room_version: RoomVersion, *, validated: bool = False
 ) -> bytes:
-    """SHA-256 over the redacted event without ``signatures``.
+    """The canonical JSON of the redacted event without ``signatures``.
 
-    ``unsigned`` and a local top-level ``age_ts`` need no removal here:
-    redaction already dropped them, as neither is a kept top-level key.
+    What the reference hash covers, and also what the event's signatures
+    cover (they are checked on the redacted event, without ``signatures`` and
+    ``unsigned``). ``unsigned`` and a local top-level ``age_ts`` need no
+    removal here: redaction already dropped them, as neither is a kept
+    top-level key.
     """
     redacted = redact(pdu, room_version)
     redacted.pop("signatures", None)
-    return hashlib.sha256(_encode(redacted, validated)).digest()
+    return _encode(redacted, validated)
+
+
+def compute_reference_hash(
+    pdu: Mapping[str, Any], room_version: RoomVersion, *, validated: bool = False
+) -> bytes:
+    """SHA-256 over :func:`reference_json`."""
+    return hashlib.sha256(reference_json(pdu, room_version, validated=validated)).digest()

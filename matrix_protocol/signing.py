@@ -8,7 +8,7 @@ and https://spec.matrix.org/v1.19/server-server-api/#validating-hashes-and-signa
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import nacl.exceptions
@@ -134,6 +134,11 @@ def verifiable_key_ids(obj: Mapping[str, Any], server_name: str) -> list[str]:
     by_key = signatures.get(server_name) if isinstance(signatures, Mapping) else None
     if not isinstance(by_key, Mapping):
         return []
+    return verifiable_signature_key_ids(by_key)
+
+
+def verifiable_signature_key_ids(by_key: Iterable[Any]) -> list[str]:
+    """:func:`verifiable_key_ids` among one server's signatures (their key IDs)."""
     return [
         key_id for key_id in by_key if is_valid_key_id(key_id) and key_id != POLICY_SERVER_KEY_ID
     ]

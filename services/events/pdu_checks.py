@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from matrix_protocol.canonical_json import encode_json
-from matrix_protocol.event_ids import compute_event_id
+from matrix_protocol.event_ids import compute_event_id, event_id_of_reference_json
 from matrix_protocol.events import Event
-from matrix_protocol.hashes import content_hash_matches
+from matrix_protocol.hashes import content_hash_matches, reference_json
 from matrix_protocol.pdu_format import PduFormatError, check_pdu_format
 from matrix_protocol.policy_servers import PolicyServer
 from matrix_protocol.redaction import redact
-from matrix_protocol.room_versions import RoomVersion
+from matrix_protocol.room_versions import EventFormat, RoomVersion
 from matrix_protocol.signing import signatures_required_for_event
 from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.events.outcomes import Outcome, Reason
@@ -66,6 +66,9 @@ class CheckedPdu:
     policy_signed_by: PolicyServer | None = None
     # Step 1 validated it as canonical JSON (room v6+): step 3 need not again.
     canonical: bool = False
+    # What its signatures cover (its reference JSON), encoded at step 1 for
+    # the event id and handed to step 2 (then dropped).
+    signed_json: bytes | None = None
 
     def refuse(self, reason: Reason, error: str) -> None:
         """Drop it for ``reason`` (the first reason found is kept)."""
@@ -98,33 +101,47 @@ def check_format(pdu: Any, version: RoomVersion, *, history: bool = False) -> Ch
     try:
         check_pdu_format(pdu, version, backfilled=history)
         stored = without_unsigned(pdu)
-        event = Event(stored, version, compute_event_id(stored, version, validated=canonical))
+        signed_json = reference_json(stored, version, validated=canonical)
+        if version.event_format is EventFormat.V1:
+            event_id = compute_event_id(stored, version)  # carried in the PDU
+        else:
+            event_id = event_id_of_reference_json(signed_json, version)
+        event = Event(stored, version, event_id)
     except (PduFormatError, ValueError) as error:
         try:
             event_id = compute_event_id(pdu, version)
         except (ValueError, TypeError, KeyError, AttributeError):
             event_id = ""
         return Outcome.refused(event_id, Reason.INVALID_FORMAT, f"invalid PDU: {error}")
-    return CheckedPdu(event, stored, canonical=canonical)
+    return CheckedPdu(event, stored, canonical=canonical, signed_json=signed_json)
 
 
 def _signature_items(
-    checks: Sequence[tuple[Event, Iterable[str]]],
+    checks: Sequence[tuple[Event, Iterable[str]]], signed: Sequence[bytes | None] = ()
 ) -> tuple[list[keys_pb2.JsonToVerify], list[int]]:
-    """The VerifyJsonSignatures items for ``checks``, and the index of the check each is for."""
+    """The VerifyJsonSignatures items for ``checks``, and the index of the check each is for.
+
+    ``signed``: per check, the bytes its signatures cover when known (step 1
+    encoded them), sent instead of the redacted JSON.
+    """
     items: list[keys_pb2.JsonToVerify] = []
     owners: list[int] = []
     for index, (event, servers) in enumerate(checks):
-        redacted_json = encode_json(redact(event.pdu, event.room_version))
+        signed_json = signed[index] if index < len(signed) else None
+        redacted_json = b"" if signed_json else encode_json(redact(event.pdu, event.room_version))
         for server in sorted(set(servers)):
-            items.append(
-                keys_pb2.JsonToVerify(
-                    json=redacted_json,
-                    server_name=server,
-                    at_ts=event.origin_server_ts,
-                    enforce_key_validity=event.room_version.enforce_key_validity,
-                )
+            item = keys_pb2.JsonToVerify(
+                json=redacted_json,
+                server_name=server,
+                at_ts=event.origin_server_ts,
+                enforce_key_validity=event.room_version.enforce_key_validity,
             )
+            if signed_json:
+                item.signed_json = signed_json
+                by_key = event.pdu["signatures"].get(server)  # a map of maps (step 1)
+                if by_key:
+                    item.signatures.update(by_key)
+            items.append(item)
             owners.append(index)
     return items, owners
 
@@ -161,6 +178,7 @@ def _start_signature_check(
     """
     owners: list[CheckedPdu] = []
     checks: list[tuple[Event, Iterable[str]]] = []
+    signed: list[bytes | None] = []
     for checked in pdus:
         if checked.refusal is not None:
             continue
@@ -171,7 +189,9 @@ def _start_signature_check(
             continue
         checks.append((checked.event, servers))
         owners.append(checked)
-    items, item_owners = _signature_items(checks)
+        signed.append(checked.signed_json)
+        checked.signed_json = None
+    items, item_owners = _signature_items(checks, signed)
 
     async def verified() -> None:
         failures = await _verify_items(keys, len(checks), items, item_owners)

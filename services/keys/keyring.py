@@ -67,6 +67,7 @@ from matrix_protocol.signing import (
     is_valid_key_id,
     signing_payload,
     verifiable_key_ids,
+    verifiable_signature_key_ids,
     verify_json_signature,
 )
 from matrix_protocol.xmatrix import XMatrixCredentials, verify_request
@@ -147,12 +148,28 @@ class KeyNeed:
 
 @dataclass(frozen=True)
 class JsonCheck:
-    """One item of a batch verification."""
+    """One item of a batch verification.
+
+    ``signed_json`` (with ``signatures``, ``server_name``'s by key ID)
+    replaces ``json``: the bytes the signatures cover, encoded by the caller.
+    """
 
     json: bytes
     server_name: str
     at_ts: int
     enforce_validity: bool
+    signed_json: bytes | None = None
+    signatures: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """What one check verifies: the object (its payload made in a worker thread)
+    or the payload as given, and the server's signatures by key ID."""
+
+    obj: dict[str, Any] | None
+    payload: bytes | None
+    signatures: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -265,29 +282,32 @@ def _response_has_keys(key_json: bytes, key_ids: Iterable[str]) -> bool:
     return all(key_id in known for key_id in key_ids)
 
 
-def _verify_object(obj: dict[str, Any], need: KeyNeed, keys: list[RemoteKey]) -> str | None:
+def _verify_object(signed: _Signed, need: KeyNeed, keys: list[RemoteKey]) -> str | None:
     if not keys:
         return (
             f"M_UNAUTHORIZED: no usable key of {need.server_name} among {', '.join(need.key_ids)}"
         )
-    try:
-        payload = signing_payload(obj)
-    except CanonicalJsonError as exc:
-        return f"M_BAD_JSON: no canonical form: {exc}"
-    signatures = obj["signatures"][need.server_name]
-    for key in keys:
+    payload = signed.payload
+    if payload is None:
+        assert signed.obj is not None
         try:
-            key.nacl_key.verify(payload, decode_base64(signatures[key.key_id]))
+            payload = signing_payload(signed.obj)
+        except CanonicalJsonError as exc:
+            return f"M_BAD_JSON: no canonical form: {exc}"
+    for key in keys:
+        signature = signed.signatures[key.key_id]
+        try:
+            if not isinstance(signature, str):
+                raise ValueError("not a string")
+            key.nacl_key.verify(payload, decode_base64(signature))
         except (ValueError, nacl.exceptions.BadSignatureError):
             return f"M_UNAUTHORIZED: bad signature by {need.server_name} {key.key_id}"
     return None
 
 
-def _verify_objects(
-    work: list[tuple[dict[str, Any], KeyNeed, list[RemoteKey]]],
-) -> list[str | None]:
+def _verify_objects(work: list[tuple[_Signed, KeyNeed, list[RemoteKey]]]) -> list[str | None]:
     """Pure CPU work on objects nobody else touches: safe in a worker thread."""
-    return [_verify_object(obj, need, keys) for obj, need, keys in work]
+    return [_verify_object(signed, need, keys) for signed, need, keys in work]
 
 
 class Keyring:
@@ -364,23 +384,33 @@ class Keyring:
         Servers are looked up in the database in one query and fetched
         concurrently, each at most once.
         """
-        needs = list(needs)
+        await self.usable_keys_for(list(needs))
+
+    async def usable_keys_for(self, needs: Sequence[KeyNeed]) -> list[list[RemoteKey]]:
+        """:meth:`ensure_keys`, and then the usable keys of each need (in order)."""
         servers = {need.server_name for need in needs}
         unloaded = {name for name in servers if name == self.server_name or name not in self._keys}
         if unloaded:
             await self._load(unloaded)
+        usable = [self.usable_keys(need) for need in needs]
         missing: dict[str, list[KeyNeed]] = {}
-        for need in needs:
-            if self.usable_keys(need):
-                CACHE_LOOKUPS.labels("hit").inc()
-            else:
-                CACHE_LOOKUPS.labels("miss").inc()
+        misses: list[int] = []
+        for index, (need, keys) in enumerate(zip(needs, usable, strict=True)):
+            if not keys:
+                misses.append(index)
                 missing.setdefault(need.server_name, []).append(need)
+        if len(needs) > len(misses):
+            CACHE_LOOKUPS.labels("hit").inc(len(needs) - len(misses))
+        if misses:
+            CACHE_LOOKUPS.labels("miss").inc(len(misses))
         missing.pop(self.server_name, None)  # our own keys are all known
         if missing:
             await asyncio.gather(
                 *(self._fetch(server, server_needs) for server, server_needs in missing.items())
             )
+            for index in misses:
+                usable[index] = self.usable_keys(needs[index])
+        return usable
 
     async def lookup(self, need: KeyNeed) -> list[RemoteKey]:
         await self.ensure_keys([need])
@@ -591,24 +621,32 @@ class Keyring:
         item are fetched first, each server once, all servers concurrently.
         """
         errors: list[str | None] = [None] * len(checks)
-        parsed: list[tuple[int, dict[str, Any], KeyNeed]] = []
+        parsed: list[tuple[int, _Signed, KeyNeed]] = []
         for index, check in enumerate(checks):
-            try:
-                obj = decode_json(check.json)
-            except ValueError:
-                errors[index] = "M_NOT_JSON: not valid JSON"
-                continue
-            if not isinstance(obj, dict):
-                errors[index] = "M_BAD_JSON: not a JSON object"
-                continue
-            key_ids = tuple(verifiable_key_ids(obj, check.server_name))
+            if check.signed_json is not None:
+                signed = _Signed(None, check.signed_json, check.signatures or {})
+            else:
+                try:
+                    obj = decode_json(check.json)
+                except ValueError:
+                    errors[index] = "M_NOT_JSON: not valid JSON"
+                    continue
+                if not isinstance(obj, dict):
+                    errors[index] = "M_BAD_JSON: not a JSON object"
+                    continue
+                signatures = obj.get("signatures")
+                by_key = signatures.get(check.server_name) if isinstance(signatures, dict) else None
+                signed = _Signed(obj, None, by_key if isinstance(by_key, dict) else {})
+            key_ids = tuple(verifiable_signature_key_ids(signed.signatures))
             if not key_ids:
                 errors[index] = f"M_UNAUTHORIZED: not signed by {check.server_name}"
                 continue
             need = KeyNeed(check.server_name, key_ids, check.at_ts, check.enforce_validity)
-            parsed.append((index, obj, need))
-        await self.ensure_keys(need for _, _, need in parsed)
-        work = [(obj, need, self.usable_keys(need)) for _, obj, need in parsed]
+            parsed.append((index, signed, need))
+        usable = await self.usable_keys_for([need for _, _, need in parsed])
+        work = [
+            (signed, need, keys) for (_, signed, need), keys in zip(parsed, usable, strict=True)
+        ]
         if len(work) < VERIFY_IN_THREADS_FROM:
             results = _verify_objects(work)
         else:
@@ -622,8 +660,11 @@ class Keyring:
             results = [result for part in slices for result in part]
         for (index, _, _), result in zip(parsed, results, strict=True):
             errors[index] = result
-        for error in errors:
-            VERIFICATIONS.labels("json", "fail" if error else "ok").inc()
+        failed = sum(1 for error in errors if error)
+        if failed:
+            VERIFICATIONS.labels("json", "fail").inc(failed)
+        if len(errors) > failed:
+            VERIFICATIONS.labels("json", "ok").inc(len(errors) - failed)
         return errors
 
     async def verify_request(

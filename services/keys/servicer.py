@@ -69,7 +69,14 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     ) -> keys_pb2.VerifyJsonSignaturesResponse:
         errors = await self.keyring.verify_json_batch(
             [
-                JsonCheck(item.json, item.server_name, item.at_ts, item.enforce_key_validity)
+                JsonCheck(
+                    item.json,
+                    item.server_name,
+                    item.at_ts,
+                    item.enforce_key_validity,
+                    item.signed_json or None,
+                    dict(item.signatures) if item.signed_json else None,
+                )
                 for item in request.items
             ]
         )

@@ -219,16 +219,27 @@ class QueryVerifyKeysResponse(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[ResolvedVerifyKey, _Mapping]]] = ...) -> None: ...
 
 class JsonToVerify(_message.Message):
-    __slots__ = ("json", "server_name", "at_ts", "enforce_key_validity")
+    __slots__ = ("json", "server_name", "at_ts", "enforce_key_validity", "signed_json", "signatures")
+    class SignaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JSON_FIELD_NUMBER: _ClassVar[int]
     SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
     AT_TS_FIELD_NUMBER: _ClassVar[int]
     ENFORCE_KEY_VALIDITY_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     json: bytes
     server_name: str
     at_ts: int
     enforce_key_validity: bool
-    def __init__(self, json: _Optional[bytes] = ..., server_name: _Optional[str] = ..., at_ts: _Optional[int] = ..., enforce_key_validity: _Optional[bool] = ...) -> None: ...
+    signed_json: bytes
+    signatures: _containers.ScalarMap[str, str]
+    def __init__(self, json: _Optional[bytes] = ..., server_name: _Optional[str] = ..., at_ts: _Optional[int] = ..., enforce_key_validity: _Optional[bool] = ..., signed_json: _Optional[bytes] = ..., signatures: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class VerifyJsonSignaturesRequest(_message.Message):
     __slots__ = ("items",)

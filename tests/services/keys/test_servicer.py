@@ -8,7 +8,7 @@ import time
 import orjson
 
 from matrix_protocol.canonical_json import encode_json
-from matrix_protocol.signing import decode_verify_key, verify_json_signature
+from matrix_protocol.signing import decode_verify_key, signing_payload, verify_json_signature
 from matrix_protocol.xmatrix import parse_xmatrix_header, sign_request
 from mxfed.clock import now_ms
 from mxfed.identity_files import parse_signing_key
@@ -85,6 +85,41 @@ async def test_batch_verification_fetches_each_server_once(
     assert "bad signature" in reply.results[3].error
     assert reply.results[50].error.startswith("M_NOT_JSON")
     assert "not signed" in reply.results[51].error
+
+
+async def test_signed_json_given_as_the_bytes_the_signatures_cover(
+    keys_service, key_server_factory
+) -> None:
+    """``signed_json`` + ``signatures`` instead of ``json``: same outcomes, nothing parsed."""
+    origin = await key_server_factory()
+    items = []
+    for index in range(5):
+        event = origin.sign({"type": "m.room.message", "content": {"body": f"event {index}"}})
+        covered = signing_payload(event)
+        signatures = event["signatures"][origin.server_name]
+        if index == 1:
+            covered = covered.replace(b"event 1", b"event X")  # not what was signed
+        if index == 2:
+            signatures = {key_id: "AAAA" for key_id in signatures}  # a forged signature
+        if index == 3:
+            signatures = {}  # none by this server
+        if index == 4:
+            covered = encode_json({**event, "signatures": {}})  # not the canonical bytes
+        item = keys_pb2.JsonToVerify(
+            server_name=origin.server_name,
+            at_ts=now_ms(),
+            enforce_key_validity=True,
+            signed_json=covered,
+        )
+        item.signatures.update(signatures)
+        items.append(item)
+    reply = await keys_service.stub.VerifyJsonSignatures(
+        keys_pb2.VerifyJsonSignaturesRequest(items=items)
+    )
+    assert [result.ok for result in reply.results] == [True, False, False, False, False]
+    assert "bad signature" in reply.results[1].error
+    assert "bad signature" in reply.results[2].error
+    assert "not signed" in reply.results[3].error
 
 
 async def test_unknown_server_fails_its_items_only(keys_service, key_server_factory) -> None:
