@@ -6,7 +6,10 @@ https://spec.matrix.org/v1.19/client-server-api/#room-history-visibility (visibi
 requesting server must pass the room's ACL and have a joined member
 ([Synapse] does the same for backfill and get_missing_events; for
 timestamp_to_event it checks only the ACL — we also require a member, so a
-server outside a room learns nothing of its event ids). The DAG walks and the
+server outside a room learns nothing of its event ids). A room still in
+partial state here (resyncing) serves backfill and get_missing_events to the
+servers of its partial state's view, with only our own events in full, as
+Synapse does; timestamp_to_event is refused with MSC3895's errcode. The DAG walks and the
 per-event visibility (redacted when no user of the server may see the event)
 happen in the events process (``History``).
 """
@@ -43,10 +46,16 @@ class Serving:
         self.events = events
         self.history = history
 
-    async def check_access(self, room_id: str, origin: str) -> None:
+    async def check_access(
+        self, room_id: str, origin: str, *, allow_partial_state: bool = False
+    ) -> None:
         reply = await self.events.QueryServerAllowed(
             events_pb2.QueryServerAllowedRequest(
-                room_id=room_id, server_name=origin, check_acl=True, require_joined=True
+                room_id=room_id,
+                server_name=origin,
+                check_acl=True,
+                require_joined=True,
+                allow_partial_state=allow_partial_state,
             ),
             timeout=QUERY_TIMEOUT,
         )
@@ -60,7 +69,7 @@ class Serving:
     async def backfill(
         self, origin: str, room_id: str, event_ids: list[str], limit: int
     ) -> list[bytes]:
-        await self._checked(room_id, origin, "backfill")
+        await self._checked(room_id, origin, "backfill", allow_partial_state=True)
         limit = max(0, min(limit, MAX_BACKFILL))
         if limit == 0 or not event_ids:
             return []
@@ -81,7 +90,7 @@ class Serving:
         limit: int,
         min_depth: int,
     ) -> list[bytes]:
-        await self._checked(room_id, origin, "get_missing_events")
+        await self._checked(room_id, origin, "get_missing_events", allow_partial_state=True)
         limit = max(0, min(limit, MAX_MISSING_EVENTS))
         if limit == 0 or not latest:
             return []
@@ -109,9 +118,11 @@ class Serving:
         metrics.SERVED_EVENTS.labels("timestamp_to_event").inc(int(reply.found))
         return (reply.event_id, reply.origin_server_ts) if reply.found else None
 
-    async def _checked(self, room_id: str, origin: str, endpoint: str) -> None:
+    async def _checked(
+        self, room_id: str, origin: str, endpoint: str, *, allow_partial_state: bool = False
+    ) -> None:
         try:
-            await self.check_access(room_id, origin)
+            await self.check_access(room_id, origin, allow_partial_state=allow_partial_state)
         except AccessDenied as denied:
             outcome = "not_found" if denied.not_found else "forbidden"
             metrics.SERVED_REQUESTS.labels(endpoint, outcome).inc()

@@ -22,6 +22,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.server_acl import server_allowed
+from matrix_protocol.server_names import server_name_of
 from mxfed.service_errors import BadRequest
 from services.events import storage
 from services.events.state_storage import StateStore
@@ -84,6 +85,8 @@ class ServerAccess:
     allowed: bool
     reason: str = ""
     partial_state: bool = False
+    # Allowed on the partial state's view of the room (allow_partial_state).
+    partial_view: bool = False
 
 
 @dataclass
@@ -133,9 +136,18 @@ class Reads:
             rows = await storage.fetch_event_rows(conn, event_ids)
             return [EventView.from_row(row) for row in rows]
 
-    async def events_for_server(self, event_ids: Sequence[str], server: str) -> ServerEvents:
+    async def events_for_server(
+        self, event_ids: Sequence[str], server: str, partial_state_history: bool = False
+    ) -> ServerEvents:
         """The events ``server`` may have: rooms it may not read left out, others redacted
-        where history visibility hides them from it."""
+        where history visibility hides them from it.
+
+        ``partial_state_history``: a room still in partial state here is read
+        as :meth:`_server_access` allows with ``allow_partial_state``, and
+        other servers' events of it are redacted: which of them the server
+        may see cannot be told on a partial state (as Synapse serves history
+        during a partial join).
+        """
         found = ServerEvents([], [])
         async with self.pool.acquire() as conn:
             rows = await storage.fetch_event_rows(conn, event_ids)
@@ -144,7 +156,7 @@ class Reads:
                 room_id = row["room_id"]
                 if room_id not in access_by_room:
                     access_by_room[room_id] = await self._server_access(
-                        conn, room_id, server, True, True
+                        conn, room_id, server, True, True, partial_state_history
                     )
                 access = access_by_room[room_id]
                 if not access.allowed:
@@ -152,7 +164,8 @@ class Reads:
                         found.partial_state_event_ids.append(row["event_id"])
                     continue
                 view = EventView.from_row(row)
-                if not view.redacted and not await self._visible(conn, row, server):
+                foreign = access.partial_view and server_name_of(row["sender"]) != self.server_name
+                if not view.redacted and (foreign or not await self._visible(conn, row, server)):
                     version = room_version(view.room_version)
                     view.pdu_json = encode_json(
                         redact(decode_json(view.pdu_json), version)
@@ -186,10 +199,17 @@ class Reads:
         )
 
     async def server_access(
-        self, room_id: str, server: str, check_acl: bool, require_joined: bool
+        self,
+        room_id: str,
+        server: str,
+        check_acl: bool,
+        require_joined: bool,
+        allow_partial_state: bool = False,
     ) -> ServerAccess:
         async with self.pool.acquire() as conn:
-            return await self._server_access(conn, room_id, server, check_acl, require_joined)
+            return await self._server_access(
+                conn, room_id, server, check_acl, require_joined, allow_partial_state
+            )
 
     async def _server_access(
         self,
@@ -198,19 +218,31 @@ class Reads:
         server: str,
         check_acl: bool,
         require_joined: bool,
+        allow_partial_state: bool = False,
     ) -> ServerAccess:
         if not await storage.get_rooms(conn, [room_id]):
             return ServerAccess(False, False, "unknown room")
         if check_acl and not await server_acl_allows(conn, room_id, server):
             return ServerAccess(True, False, "denied by the room's server ACL")
-        if require_joined and await storage.partial_state_room(conn, room_id) is not None:
+        partial = await storage.partial_state_room(conn, room_id) if require_joined else None
+        if partial is not None and not allow_partial_state:
             # NOTSPEC (MSC3895, as Synapse does): a room still in partial
-            # state serves no state or history to other servers — its state
-            # lacks members, so it could neither tell whether the server is
-            # joined nor give complete answers. Refused until the resync ends.
+            # state serves no state to other servers — its state lacks
+            # members, so it could neither tell whether the server is joined
+            # nor give complete answers. Refused until the resync ends.
             return ServerAccess(
                 True, False, "the room's state is partial here (resyncing)", partial_state=True
             )
+        if partial is not None:
+            # NOTSPEC (as Synapse serves /backfill and /get_missing_events
+            # during a partial join): a server of the partial state's view —
+            # the join's servers_in_room, or one with a member known since —
+            # may read the history (of which only our own events in full).
+            if server in {partial.joined_via, *partial.servers}:
+                return ServerAccess(True, True, partial_view=True)
+            if await storage.server_has_joined_member(conn, room_id, server):
+                return ServerAccess(True, True, partial_view=True)
+            return ServerAccess(True, False, "the server is not in the room's partial state here")
         if require_joined and not await storage.server_has_joined_member(conn, room_id, server):
             return ServerAccess(True, False, "the server has no joined member in the room")
         return ServerAccess(True, True)

@@ -191,7 +191,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         if not request.as_server:
             views = await self.reads.events(list(request.event_ids))
             return events_pb2.QueryEventsResponse(events=_records(views))
-        found = await self.reads.events_for_server(list(request.event_ids), request.as_server)
+        found = await self.reads.events_for_server(
+            list(request.event_ids), request.as_server, request.partial_state_history
+        )
         return events_pb2.QueryEventsResponse(
             events=_records(found.views), partial_state_event_ids=found.partial_state_event_ids
         )
@@ -268,7 +270,11 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     @reports_service_errors
     async def QueryServerAllowed(self, request, context):  # noqa: N802, ANN001, ANN201
         access = await self.reads.server_access(
-            request.room_id, request.server_name, request.check_acl, request.require_joined
+            request.room_id,
+            request.server_name,
+            request.check_acl,
+            request.require_joined,
+            request.allow_partial_state,
         )
         return events_pb2.QueryServerAllowedResponse(
             room_exists=access.room_exists,

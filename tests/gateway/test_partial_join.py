@@ -13,6 +13,7 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -302,39 +303,67 @@ async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
     assert await scene.current_state(room) == room.state
 
 
-async def test_state_and_history_are_refused_while_the_state_is_partial(scene: Scene) -> None:
+async def test_state_is_refused_and_only_our_history_served_while_the_state_is_partial(
+    scene: Scene,
+) -> None:
     room = scene.room(members=30)
     room.release.clear()
-    join_id = await scene.join(room, scene.user())
+    user = scene.user()
+    join_id = await scene.join(room, user)
     await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    # History in the window: ours, the resident's, ours.
+    await scene.send(room, user, "ours before")
+    await until(lambda: asyncio.sleep(0, list(room.received)), lambda pdus: len(pdus) >= 1)
+    theirs_id = room.add(room.members[4], "m.room.message", None, {"body": "theirs"})
+    url, name = scene.mxfed.federation_url, scene.mxfed.server_name
+    assert (await room.push(url, name, [theirs_id]))["pdus"][theirs_id] == {}
+    last_id = await scene.send(room, user, "ours after")
     room_id, event_id = quote(room.room_id), quote(join_id)
     # Asked by a server of the room: our state lacks its members, so no
-    # incomplete state or history is served as if it were complete.
-    requests = [
-        ("GET", f"/_matrix/federation/v1/event/{event_id}", None),
-        ("GET", f"/_matrix/federation/v1/state_ids/{room_id}?event_id={event_id}", None),
-        ("GET", f"/_matrix/federation/v1/state/{room_id}?event_id={event_id}", None),
-        ("GET", f"/_matrix/federation/v1/event_auth/{room_id}/{event_id}", None),
-        ("GET", f"/_matrix/federation/v1/backfill/{room_id}?v={event_id}&limit=10", None),
-        (
-            "POST",
-            f"/_matrix/federation/v1/get_missing_events/{room_id}",
-            {"earliest_events": [], "latest_events": [join_id], "limit": 10},
-        ),
+    # incomplete state is served as if it were complete.
+    refused = [
+        f"/_matrix/federation/v1/event/{event_id}",
+        f"/_matrix/federation/v1/state_ids/{room_id}?event_id={event_id}",
+        f"/_matrix/federation/v1/state/{room_id}?event_id={event_id}",
+        f"/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+        f"/_matrix/federation/v1/timestamp_to_event/{room_id}?ts={2**53 - 1}&dir=b",
     ]
 
-    async def answers() -> list[tuple[int, str]]:
-        found = []
-        for method, uri, body in requests:
-            response = await scene.other.federation_request(
-                scene.mxfed.federation_url, scene.mxfed.server_name, method, uri, body
-            )
-            found.append((response.status_code, response.json().get("errcode", "")))
-        return found
+    async def ask(method: str, uri: str, body: object = None) -> tuple[int, dict[str, Any]]:
+        response = await scene.other.federation_request(url, name, method, uri, body)
+        return response.status_code, response.json()
 
     partial = (403, "ORG.MATRIX.MSC3895_UNABLE_DUE_TO_PARTIAL_STATE")
-    assert await answers() == [partial] * len(requests)
-    # Once resynced, the same requests are answered.
+    for uri in refused:
+        status, body = await ask("GET", uri)
+        assert (status, body.get("errcode")) == partial, uri
+
+    async def history() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        status, missing = await ask(
+            "POST",
+            f"/_matrix/federation/v1/get_missing_events/{room_id}",
+            {"earliest_events": [join_id], "latest_events": [last_id], "limit": 10},
+        )
+        assert status == 200
+        status, backfill = await ask(
+            "GET", f"/_matrix/federation/v1/backfill/{room_id}?v={quote(last_id)}&limit=3"
+        )
+        assert status == 200
+        return missing["events"], backfill["pdus"]
+
+    def bodies(pdus: list[dict[str, Any]]) -> list[str | None]:
+        return [p["content"].get("body") for p in pdus]
+
+    # History is served to the servers of the room as far as we know them
+    # (as Synapse does): our own events in full, the others' redacted.
+    missing, backfill = await history()
+    assert bodies(missing) == ["ours before", None]
+    assert sorted(bodies(backfill), key=str) == sorted(["ours after", None, "ours before"], key=str)
+    # Once resynced, everything is answered in full.
     room.release.set()
     await scene.resynced(room)
-    assert [status for status, _ in await answers()] == [200] * len(requests)
+    for uri in refused:
+        assert (await ask("GET", uri))[0] == 200, uri
+    missing, backfill = await history()
+    assert bodies(missing) == ["ours before", "theirs"]
+    assert sorted(bodies(backfill), key=str) == sorted(["ours after", "theirs", "ours before"])

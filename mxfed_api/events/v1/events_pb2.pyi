@@ -213,12 +213,14 @@ class PerformDeleteAliasResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class QueryEventsRequest(_message.Message):
-    __slots__ = ("event_ids", "as_server")
+    __slots__ = ("event_ids", "as_server", "partial_state_history")
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     AS_SERVER_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_STATE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     event_ids: _containers.RepeatedScalarFieldContainer[str]
     as_server: str
-    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., as_server: _Optional[str] = ...) -> None: ...
+    partial_state_history: bool
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., as_server: _Optional[str] = ..., partial_state_history: _Optional[bool] = ...) -> None: ...
 
 class QueryEventsResponse(_message.Message):
     __slots__ = ("events", "partial_state_event_ids")
@@ -385,16 +387,18 @@ class QueryAliasResponse(_message.Message):
     def __init__(self, found: _Optional[bool] = ..., room_id: _Optional[str] = ..., servers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QueryServerAllowedRequest(_message.Message):
-    __slots__ = ("room_id", "server_name", "check_acl", "require_joined")
+    __slots__ = ("room_id", "server_name", "check_acl", "require_joined", "allow_partial_state")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
     CHECK_ACL_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_JOINED_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PARTIAL_STATE_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     server_name: str
     check_acl: bool
     require_joined: bool
-    def __init__(self, room_id: _Optional[str] = ..., server_name: _Optional[str] = ..., check_acl: _Optional[bool] = ..., require_joined: _Optional[bool] = ...) -> None: ...
+    allow_partial_state: bool
+    def __init__(self, room_id: _Optional[str] = ..., server_name: _Optional[str] = ..., check_acl: _Optional[bool] = ..., require_joined: _Optional[bool] = ..., allow_partial_state: _Optional[bool] = ...) -> None: ...
 
 class QueryServerAllowedResponse(_message.Message):
     __slots__ = ("room_exists", "allowed", "reason", "partial_state")

@@ -3,8 +3,10 @@
 Hosted by the events process (the only one that reads the events tables).
 Which events a server may see is decided by the events service's own
 ``QueryEvents(as_server=...)`` — the same rule ``/event`` uses (redacted when
-no user of that server may see the event under history visibility) — so the
-walks here only pick event ids and their order.
+no user of that server may see the event under history visibility), except
+that a room still in partial state here is served too, with only our own
+events in full (``partial_state_history``) — so the walks here only pick
+event ids and their order.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def records_through(stub: events_pb2_grpc.EventsStub) -> RecordsFn:
         if not event_ids:
             return []
         reply = await stub.QueryEvents(
-            events_pb2.QueryEventsRequest(event_ids=list(event_ids), as_server=as_server),
+            events_pb2.QueryEventsRequest(
+                event_ids=list(event_ids), as_server=as_server, partial_state_history=True
+            ),
             timeout=QUERY_TIMEOUT,
         )
         by_id = {record.event_id: record for record in reply.events}
@@ -126,7 +130,12 @@ def records_from_reads(reads: Reads) -> RecordsFn:
     async def records(event_ids: Sequence[str], as_server: str) -> list[events_pb2.EventRecord]:
         if not event_ids:
             return []
-        by_id = {view.event_id: view for view in await reads.events(event_ids, as_server)}
+        if as_server:
+            found = await reads.events_for_server(event_ids, as_server, partial_state_history=True)
+            views = found.views
+        else:
+            views = await reads.events(event_ids)
+        by_id = {view.event_id: view for view in views}
         return [
             events_pb2.EventRecord(
                 event_id=view.event_id,
