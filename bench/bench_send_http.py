@@ -272,6 +272,10 @@ def stage_seconds(mxfed: MxfedProcess) -> dict[str, float]:
         r'mxfed_events_input_stage_seconds_sum\{stage="([^"]+)"\} ([0-9.e+-]+)', events
     ):
         stages[stage] = float(value)
+    for name, value in re.findall(
+        r"mxfed_events_stream_round_seconds_(sum|count) ([0-9.e+-]+)", events
+    ):
+        stages[f"stream rounds {name}"] = float(value)
     gateway = _metrics(mxfed, "gateway")
     for value in re.findall(
         r'mxfed_gateway_request_seconds_sum\{method="PUT",route="/_matrix/federation/v1/send/'
@@ -335,8 +339,15 @@ async def run_scenario(
     print(f"\n{name}: {total} PDUs in {elapsed:.2f} s = {total / elapsed:,.0f} PDUs/s")
     spent = {stage: after.get(stage, 0) - before.get(stage, 0) for stage in after}
     gateway_total = spent.pop("gateway total", elapsed)
+    rounds = spent.pop("stream rounds count", 0)
+    round_seconds = spent.pop("stream rounds sum", 0)
     per_transaction = 1000 * gateway_total / transactions
     print(f"  gateway, per transaction (HTTP in to response out): {per_transaction:.1f} ms")
+    if rounds:
+        print(
+            f"  stream-position rounds: {rounds / transactions:.1f} per transaction,"
+            f" {1000 * round_seconds / rounds:.1f} ms each (lock, positions, commit)"
+        )
     print("  events service stages, ms per transaction (rooms run in parallel, so they can add up")
     print("  to more than the gateway time):")
     for stage, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):

@@ -370,9 +370,14 @@ async def mark_stream_pending(conn: asyncpg.Connection, event_ids: Sequence[str]
 
     They get positions after the commit, from :func:`assign_stream_positions`,
     in this order and after whatever the room queued before (migration 012).
+    The caller answers only once that round has committed, so this transaction's
+    commit does not wait for its WAL flush: the round's commit flushes the WAL
+    past it (it saw this commit), one flush for both, and one for every room
+    committed before the round.
     """
     if not event_ids:
         return
+    await conn.execute("SET LOCAL synchronous_commit = off")
     await conn.execute(
         "UPDATE events.events e SET stream_pending = p.o"
         " FROM (SELECT s.id, nextval('events.stream_pending_order') AS o"
@@ -728,28 +733,29 @@ async def stream_events_after(
     )
 
 
-_EPHEMERAL_COLUMNS = (
-    "stream_position, room_id, kind, user_id, typing, expires_ts, receipt_type, event_id, data_json"
-)
-
-
-async def stream_ephemeral_after(
+async def stream_after_with_ephemeral(
     conn: asyncpg.Connection, after: int, limit: int, room_id: str | None
 ) -> list[asyncpg.Record]:
-    if room_id:
-        return await conn.fetch(
-            f"SELECT {_EPHEMERAL_COLUMNS} FROM events.ephemeral"
-            " WHERE stream_position > $1 AND room_id = $3"
-            " ORDER BY stream_position LIMIT $2",
-            after,
-            limit,
-            room_id,
-        )
+    """Events and ephemeral rows after ``after`` (at most ``limit`` of each), in one
+    statement: one snapshot, so no round commits between the two reads (its ephemeral
+    rows seen, its events at lower positions not). ``ephemeral`` tells them apart."""
+    room = " AND room_id = $3" if room_id else ""
+    events_room = " AND e.room_id = $3" if room_id else ""
     return await conn.fetch(
-        f"SELECT {_EPHEMERAL_COLUMNS} FROM events.ephemeral WHERE stream_position > $1"
-        " ORDER BY stream_position LIMIT $2",
+        "(SELECT e.stream_position, false AS ephemeral, e.event_id, e.room_id, r.room_version,"
+        " e.pdu_json, e.status, e.redacted, e.rejection_reason, e.sender, e.servers_before,"
+        " e.relayed_for, NULL AS kind, NULL AS user_id, NULL::boolean AS typing,"
+        " NULL AS receipt_type, NULL AS data_json"
+        " FROM events.events e JOIN events.rooms r USING (room_id)"
+        f" WHERE e.stream_position > $1{events_room} ORDER BY e.stream_position LIMIT $2)"
+        " UNION ALL"
+        " (SELECT stream_position, true, event_id, room_id, NULL, NULL, NULL, NULL, NULL, NULL,"
+        " NULL, NULL, kind, user_id, typing, receipt_type, data_json FROM events.ephemeral"
+        f" WHERE stream_position > $1{room} ORDER BY stream_position LIMIT $2)"
+        " ORDER BY stream_position",
         after,
         limit,
+        *([room_id] if room_id else []),
     )
 
 

@@ -101,7 +101,8 @@ class StreamPositions:
     """This replica's way to give committed rows their stream positions: group commit.
 
     A caller whose rows are committed (its connection given back: a round
-    needs one from the pool) waits for a round that starts after it asked;
+    needs one from the pool) waits for a round that starts after it asked
+    (whose synchronous commit also makes the caller's own commit durable);
     callers that ask while a round runs share the next one. A round gives
     every pending row its position, so a replica that died between its commit
     and its round loses nothing: the next round of any replica, or
@@ -133,14 +134,14 @@ class StreamPositions:
             while self._next is not None:
                 round_done, self._next = self._next, None
                 try:
-                    with metrics.STREAM_ROUND_SECONDS.time():
-                        async with self.pool.acquire() as conn:
+                    async with self.pool.acquire() as conn:
+                        with metrics.STREAM_ROUND_SECONDS.time():
                             assigned = await storage.assign_stream_positions(conn)
+                        round_done.set_result(assigned)  # not after the release
                 except Exception as exc:  # every waiter of this round gets it
-                    round_done.set_exception(exc)
-                    round_done.exception()  # retrieved: no "never retrieved" warning
-                else:
-                    round_done.set_result(assigned)
+                    if not round_done.done():
+                        round_done.set_exception(exc)
+                        round_done.exception()  # retrieved: no "never retrieved" warning
                 finally:
                     if not round_done.done():  # cancelled (shutdown): waiters must not hang
                         round_done.cancel()
@@ -175,21 +176,28 @@ async def read_entries(
     if not include_ephemeral:
         rows = await storage.stream_events_after(conn, after, limit, room_id or None)
         return [_event_entry(row) for row in rows], len(rows) == limit
-    # Both tables in one snapshot: read one after the other, a round committed in
-    # between would show its ephemeral rows but not its events at lower positions.
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        rows = await storage.stream_events_after(conn, after, limit, room_id or None)
-        ephemeral = await storage.stream_ephemeral_after(conn, after, limit, room_id or None)
-    entries = [_event_entry(row) for row in rows]
-    full = [rows[-1]["stream_position"]] if len(rows) == limit else []
-    entries.extend(StreamEntry(r["stream_position"], ephemeral=dict(r)) for r in ephemeral)
-    if len(ephemeral) == limit:
-        full.append(ephemeral[-1]["stream_position"])
-    entries.sort(key=lambda entry: entry.position)
+    rows = await storage.stream_after_with_ephemeral(conn, after, limit, room_id or None)
+    entries = [
+        StreamEntry(row["stream_position"], ephemeral=_ephemeral(row))
+        if row["ephemeral"]
+        else _event_entry(row)
+        for row in rows
+    ]
+    # A full page of one kind: the other's entries past its last are left for the next read.
+    events_read = [e.position for e in entries if e.ephemeral is None]
+    ephemeral_read = [e.position for e in entries if e.ephemeral is not None]
+    full = [read[-1] for read in (events_read, ephemeral_read) if len(read) == limit]
     if full:
         cut = min(full)
         entries = [entry for entry in entries if entry.position <= cut]
     return entries, bool(full)
+
+
+def _ephemeral(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        key: row[key]
+        for key in ("room_id", "kind", "user_id", "typing", "receipt_type", "event_id", "data_json")
+    }
 
 
 class StreamHub:

@@ -222,9 +222,6 @@ class _CommitsBetweenQueries:
         self.conn = conn
         self.between: Callable[[], Awaitable[None]] | None = between
 
-    def transaction(self, **options: Any) -> Any:
-        return self.conn.transaction(**options)
-
     async def fetch(self, *args: Any) -> list[asyncpg.Record]:
         rows = await self.conn.fetch(*args)
         if self.between is not None:
