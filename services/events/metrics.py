@@ -51,6 +51,13 @@ RESYNCS = Counter(
     "Resync attempts of partial-state rooms, by result",
     ["result"],
 )
+RESYNC_REJUDGED = Counter(
+    "mxfed_events_resync_rejudged_total",
+    "Events of partial-state windows judged differently once the full state was known "
+    "(to_rejected: accepted or soft-failed before; rejected_to_accepted; "
+    "rejected_to_soft_failed; accepted_to_soft_failed)",
+    ["change"],
+)
 RESYNC_SECONDS = Histogram(
     "mxfed_events_resync_seconds",
     "Time from a partial-state join to the room's full state, per resync stage "

@@ -12,6 +12,7 @@ import asyncio
 import secrets
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -92,6 +93,15 @@ class Scene:
             events_pb2.QueryEventsRequest(event_ids=event_ids), timeout=10
         )
         return {e.event_id: e.status for e in reply.events}
+
+    def metric(self, sample: str) -> float:
+        """A sample of the events process's metrics (0 when absent)."""
+        url = f"http://127.0.0.1:{self.mxfed.metrics_ports['events']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+            for line in response.read().decode().splitlines():
+                if line.startswith(sample + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     async def resynced(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
         info = await until(
@@ -241,6 +251,8 @@ async def test_an_event_accepted_while_partial_is_soft_failed_if_the_full_state_
         message_id: events_pb2.EVENT_STATUS_SOFT_FAILED,
     }
     assert await scene.current_state(room) == room.state
+    sample = 'mxfed_events_resync_rejudged_total{change="accepted_to_soft_failed"}'
+    assert await asyncio.to_thread(scene.metric, sample) >= 1
     # It is no forward extremity: our next event builds on the ban alone.
     await scene.send(room, user, "after the resync")
     sent = await until(

@@ -200,6 +200,12 @@ class PartialStateResync:
         metrics.RESYNC_SECONDS.labels("store").observe(time.monotonic() - stored_at)
         metrics.RESYNC_SECONDS.labels("total").observe(time.monotonic() - started)
         metrics.RESYNCS.labels("done").inc()
+        metrics.RESYNC_REJUDGED.labels("to_rejected").inc(rejudged.rejected)
+        metrics.RESYNC_REJUDGED.labels("rejected_to_accepted").inc(rejudged.accepted)
+        metrics.RESYNC_REJUDGED.labels("rejected_to_soft_failed").inc(rejudged.soft_failed)
+        metrics.RESYNC_REJUDGED.labels("accepted_to_soft_failed").inc(
+            rejudged.soft_failed_after_acceptance
+        )
         log.info(
             "partial-state room resynced",
             extra={
