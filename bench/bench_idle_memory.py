@@ -5,9 +5,16 @@ and every part in one process (``mxfed run --single-process``, <= 150 MiB); the
 supervised run also with accounts as its own process (``accounts_in_keys: false``,
 as compose and Kubernetes run it), the price of one more process.
 
-Per part: RSS, and the CPU it spends idle over a 10 s window (background
-loops, heartbeats, leases). The Kubernetes resource requests in
-deploy/kubernetes/ are sized from these numbers.
+Per part: RSS, PSS and USS, and the CPU it spends idle over a 10 s window
+(background loops, heartbeats, leases). The Kubernetes resource requests in
+deploy/kubernetes/ are sized from the RSS of parts run alone.
+
+The whole stack is summed twice. The RSS sum counts a page shared by several
+processes once in each: the shared libraries, and, since the supervised parts
+are forked from one process that imported what they all import
+(mxfed/part_starter.py), that memory too. The PSS sum divides each shared page
+among the processes that share it, so it is the memory the stack takes from
+the machine; the target is compared with it.
 
 Measured twice: on the first start (which also generates the TLS pair, so the
 gateway has the crypto library loaded) and after a restart on the same data
@@ -60,22 +67,25 @@ def measure(single_process: bool, accounts_apart: bool = False) -> None:
                     time.sleep(5)  # settle: background tasks started, caches warm
                     assert mxfed.process is not None
                     supervisor = psutil.Process(mxfed.process.pid)
-                    total = 0
+                    rss_total = pss_total = 0
                     print(f"{label}:")
                     processes = [supervisor, *supervisor.children(recursive=True)]
                     cpu_before = [sum(p.cpu_times()[:2]) for p in processes]
                     time.sleep(IDLE_WINDOW)
                     for process, before in zip(processes, cpu_before, strict=True):
-                        rss = process.memory_info().rss
+                        memory = process.memory_full_info()
                         idle_cpu = (sum(process.cpu_times()[:2]) - before) / IDLE_WINDOW
-                        total += rss
+                        rss_total += memory.rss
+                        pss_total += memory.pss
                         name = " ".join(process.cmdline()[-2:])
                         print(
-                            f"  {name:32s} {rss / 2**20:7.1f} MiB"
+                            f"  {name:32s} RSS {memory.rss / 2**20:5.1f}"
+                            f"  PSS {memory.pss / 2**20:5.1f}  USS {memory.uss / 2**20:5.1f} MiB"
                             f"  idle CPU {idle_cpu * 1000:5.1f} millicores"
                         )
                     print(
-                        f"  whole stack idle: {total / 2**20:.0f} MiB RSS (target <= {target} MiB)"
+                        f"  whole stack idle: {pss_total / 2**20:.0f} MiB PSS"
+                        f" (target <= {target} MiB), {rss_total / 2**20:.0f} MiB RSS summed"
                     )
                 finally:
                     mxfed.stop()

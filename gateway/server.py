@@ -63,6 +63,8 @@ async def run_gateway(config: Config, stop: asyncio.Event | None = None) -> None
         log_config=None,
         access_log=False,
         loop="none",
+        # The federation API has no WebSocket routes: no WebSocket library loaded.
+        ws="none",
         server_header=False,
         timeout_graceful_shutdown=5,
         **options,

@@ -4,21 +4,22 @@ The supervisor prepares what the parts share (the signing key, the
 database, found or embedded, checked to answer and to belong to this
 server, and the TLS pair, made by a short-lived process so no resident one
 carries the crypto library for it), then starts each part as its own
-process. Each part reports on a pipe (see :mod:`mxfed.startup`) once it
-serves, checked through its own socket; the supervisor says ``mxfed ready``
-when every part it started has. A part that reports a fatal start-up error
-(its port taken, its database gone, ...) stops the whole run with one line
-and exit status :data:`~mxfed.startup.EXIT_FATAL`; so does a part that
-keeps crashing before it was ever ready. A part that crashes after it was
-ready is restarted with a growing delay (logged). SIGTERM/SIGINT stop every
-child and wait for it. Children get PR_SET_PDEATHSIG so that they stop even
-if the supervisor itself is killed.
+process, forked from a process that has imported what every part imports so
+that the parts share that memory (:mod:`mxfed.part_starter`). Each part
+reports on a pipe (see :mod:`mxfed.startup`) once it serves, checked through
+its own socket; the supervisor says ``mxfed ready`` when every part it
+started has. A part that reports a fatal start-up error (its port taken,
+its database gone, ...) stops the whole run with one line and exit status
+:data:`~mxfed.startup.EXIT_FATAL`; so does a part that keeps crashing
+before it was ever ready. A part that crashes after it was ready is
+restarted with a growing delay (logged). SIGTERM/SIGINT stop every child and
+wait for it. Children get PR_SET_PDEATHSIG so that they stop even if the
+supervisor itself is killed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -43,9 +44,9 @@ from mxfed.identity_files import load_or_create_signing_key
 from mxfed.internal_identity import OPERATOR, Caller
 from mxfed.internal_pki import ensure_in_subprocess
 from mxfed.logs import setup_logging
+from mxfed.part_starter import ForkedPart, PartStarter, StarterGone, adopt_orphans
 from mxfed.startup import (
     EXIT_FATAL,
-    SUPERVISOR_FD_ENV,
     FatalReport,
     StartupError,
     parse_report,
@@ -53,7 +54,6 @@ from mxfed.startup import (
 
 log = logging.getLogger("mxfed.supervisor")
 
-_PR_SET_PDEATHSIG = 1
 _MIN_RESTART_DELAY = 0.5
 _MAX_RESTART_DELAY = 30.0
 _STABLE_AFTER = 60.0
@@ -63,15 +63,10 @@ _STOP_TIMEOUT = 10.0
 _CRASHES_BEFORE_GIVING_UP = 5
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass
 class Child:
     part: str
-    process: asyncio.subprocess.Process | None = None
+    process: ForkedPart | None = None
     started_at: float = 0.0
     restarts: int = 0
     delay: float = _MIN_RESTART_DELAY
@@ -92,6 +87,7 @@ class Supervisor:
         self.database = ""
         self.fatal: FatalReport | None = None
         self.announced = False
+        self.starter: PartStarter | None = None
 
     async def prepare(self) -> None:
         """What every part shares; a :class:`StartupError` when something is wrong with it."""
@@ -189,20 +185,10 @@ class Supervisor:
             )
 
     async def _spawn(self, child: Child) -> asyncio.StreamReader:
+        assert self.starter is not None
         read_end, write_end = os.pipe()
-        os.set_inheritable(write_end, True)
         try:
-            child.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "mxfed.cli",
-                "run",
-                "--service",
-                child.part,
-                env={**self.environment, SUPERVISOR_FD_ENV: str(write_end)},
-                pass_fds=(write_end,),
-                preexec_fn=_die_with_parent,
-            )
+            child.process = await self.starter.start_part(child.part, write_end)
         except BaseException:
             os.close(read_end)
             raise
@@ -223,6 +209,9 @@ class Supervisor:
             report = parse_report(child.part, line)
             if report is True:
                 self._on_ready(child)
+                if self.starter is not None and all(c.ready for c in self.children.values()):
+                    # Nothing to start until a part exits: its memory is better freed.
+                    await self.starter.stop()
             elif isinstance(report, FatalReport):
                 self._on_fatal(report)
 
@@ -253,16 +242,7 @@ class Supervisor:
 
     async def _watch(self, child: Child) -> None:
         while not self.stopping.is_set():
-            reports = await self._spawn(child)
-            assert child.process is not None
-            follower = asyncio.create_task(self._follow_reports(child, reports))
-            code = await child.process.wait()
-            # The pipe ends with the process: every report is read.
-            try:
-                await asyncio.wait_for(follower, timeout=5)
-            except TimeoutError:
-                follower.cancel()
-            child.ready = False
+            code = await self._run_once(child)
             if self.stopping.is_set():
                 return
             if code == EXIT_FATAL:
@@ -304,6 +284,24 @@ class Supervisor:
                 pass
             child.delay = min(child.delay * 2, _MAX_RESTART_DELAY)
 
+    async def _run_once(self, child: Child) -> int:
+        """Start ``child`` and follow it until it exits; its exit status."""
+        try:
+            reports = await self._spawn(child)
+        except StarterGone as exc:
+            log.error("could not start the part", extra={"child": child.part, "error": str(exc)})
+            return 1  # counted as a crash: restarted after the delay, or given up on
+        assert child.process is not None
+        follower = asyncio.create_task(self._follow_reports(child, reports))
+        code = await child.process.wait()
+        # The pipe ends with the process: every report is read.
+        try:
+            await asyncio.wait_for(follower, timeout=5)
+        except TimeoutError:
+            follower.cancel()
+        child.ready = False
+        return code
+
     async def stop_children(self) -> None:
         running = [
             c.process for c in self.children.values() if c.process and c.process.returncode is None
@@ -330,9 +328,12 @@ class Supervisor:
             print(exc.line(), file=sys.stderr, flush=True)
             self._stop_embedded()
             return EXIT_FATAL
+        adopt_orphans()
+        self.starter = PartStarter(self.environment)
         watchers = [asyncio.create_task(self._watch(c)) for c in self.children.values()]
         await self.stopping.wait()
         log.info("stopping all parts")
+        await self.starter.stop()
         await self.stop_children()
         await asyncio.gather(*watchers, return_exceptions=True)
         self._stop_embedded()

@@ -138,6 +138,48 @@ def test_a_killed_part_is_restarted_and_sigterm_leaves_no_orphans(mxfed: MxfedPr
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
 
 
+def _shared_anonymous_kib(pid: int) -> int:
+    """Written (anonymous) memory this process shares with another, in KiB (proc(5) smaps)."""
+    shared = 0
+    anonymous = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if not fields[0].endswith(":"):  # a mapping's header: anonymous has no path
+            anonymous = len(fields) < 6 or fields[5] in ("[heap]", "[stack]")
+        elif anonymous and fields[0] == "Shared_Dirty:":
+            shared += int(fields[1])
+    return shared
+
+
+def test_parts_share_the_memory_of_what_they_all_import(mxfed: MxfedProcess) -> None:
+    """Each part is forked from the part starter, which imported what they all import:
+    those pages are shared between the parts, not copied into each (an executed part
+    shares no written memory with anyone). The starter is gone once every part is ready."""
+    mxfed.start()
+    parts = _children(mxfed)
+    assert set(parts) == {*PARTS, "gateway"}
+    for name, part in parts.items():
+        assert part.cmdline() == ["mxfed", "run", "--service", name]
+        assert _shared_anonymous_kib(part.pid) > 4096, name
+    deadline = time.monotonic() + 30
+    while any(
+        "mxfed.part_starter" in child.cmdline()
+        for child in psutil.Process(mxfed.process.pid).children()
+    ):
+        assert time.monotonic() < deadline, "the part starter stayed after every part was ready"
+        time.sleep(0.1)
+
+
+def test_parts_stop_when_the_supervisor_is_killed(mxfed: MxfedProcess) -> None:
+    mxfed.start()
+    parts = list(_children(mxfed).values())
+    assert len(parts) == len(PARTS) + 1
+    assert mxfed.process is not None
+    os.kill(mxfed.process.pid, signal.SIGKILL)
+    _, still_running = psutil.wait_procs(parts, timeout=30)
+    assert still_running == []
+
+
 def test_the_gateway_never_reads_the_signing_key(tmp_path: Path) -> None:
     """The internet-facing part runs with no signing key: it never opens or creates one."""
     held = HeldPort()
