@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import tempfile
 import time
@@ -51,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "inter
 from synapse_harness import SynapseServer  # noqa: E402
 
 from bench.bench_send_http import (  # noqa: E402
+    _metrics,
     join_public_room,
     join_synapse_room,
     start_profilers,
@@ -209,6 +211,68 @@ def mxfed_processes(mxfed: MxfedProcess) -> dict[str, psutil.Process]:
     return found
 
 
+# What the parts say about where a local send's time goes: (part, metric, labels, label).
+STAGES = (
+    (
+        "events",
+        "mxfed_grpc_server_handling_seconds",
+        'method="/mxfed.events.v1.Events/PerformSendEvent"',
+        "events: PerformSendEvent served",
+    ),
+    ("events", "mxfed_events_stream_round_seconds", "", "events: stream position round"),
+    ("events", "mxfed_db_pool_acquire_seconds", "", "events: wait for a pooled connection"),
+    ("sender", "mxfed_sender_transaction_seconds", "", "sender: transaction PUT → 200"),
+    ("events", "mxfed_event_loop_lag_histogram_seconds", "", "events: event-loop lag"),
+    ("sender", "mxfed_event_loop_lag_histogram_seconds", "", "sender: event-loop lag"),
+)
+
+
+def _sample(text: str, name: str, labels: str) -> float:
+    selector = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
+    found = re.search(rf"^{selector} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def stage_totals(mxfed: MxfedProcess) -> dict[str, tuple[float, float]]:
+    """Per stage: (seconds, count) so far; and the local send groups and PDUs sent."""
+    texts = {part: _metrics(mxfed, part) for part in ("events", "sender")}
+    totals = {
+        label: (
+            _sample(texts[part], f"{name}_sum", labels),
+            _sample(texts[part], f"{name}_count", labels),
+        )
+        for part, name, labels, label in STAGES
+    }
+    totals["groups"] = (
+        _sample(texts["events"], "mxfed_events_local_send_group_size_sum", ""),
+        _sample(texts["events"], "mxfed_events_local_send_group_size_count", ""),
+    )
+    totals["transactions"] = (
+        _sample(texts["sender"], "mxfed_sender_pdus_sent_total", ""),
+        _sample(texts["sender"], 'mxfed_sender_transactions_total{outcome="sent"}', ""),
+    )
+    return totals
+
+
+def stage_lines(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> list[str]:
+    """The stages' means between two :func:`stage_totals`."""
+    lines = []
+    for label, (seconds, count) in after.items():
+        seconds -= before[label][0]
+        count -= before[label][1]
+        if not count:
+            continue
+        if label == "groups":
+            lines.append(f"    events: sends written together, mean {seconds / count:.1f}")
+        elif label == "transactions":
+            lines.append(f"    sender: {count:.0f} transactions, {seconds / count:.1f} PDUs each")
+        else:
+            lines.append(f"    {label:36s} mean {1000 * seconds / count:6.2f} ms ({count:.0f}×)")
+    return lines
+
+
 async def measure(
     scenario: str,
     send_one: SendOne,
@@ -284,12 +348,15 @@ async def run_mxfed(
                         if profile
                         else []
                     )
+                    before = stage_totals(mxfed)
                     results[scenario] = await measure(
                         scenario, send_one, received, meter, senders, rooms, per_sender
                     )
                     stop_profilers(profilers)
                     print(f"\nmxfed, {scenario}:")
                     print("\n".join(results[scenario].lines(scenario)))
+                    print("  stages:")
+                    print("\n".join(stage_lines(before, stage_totals(mxfed))))
         finally:
             await asyncio.to_thread(mxfed.stop)
             await drop_database(database_url)

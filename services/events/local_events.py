@@ -19,9 +19,11 @@ stored or sent.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,13 +48,36 @@ from matrix_protocol.signing import sign_event
 from mxfed import tracing
 from mxfed.clock import now_ms
 from mxfed.identity_files import ServerSigningKey
-from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound
+from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from services.events import metrics, storage
 from services.events.policy import PolicyServers, PolicyServerUnavailable
 from services.events.room_batch import RoomBatch, RoomsCore
 from services.events.storage import Status
 
+log = logging.getLogger(__name__)
+
 _ROOM_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+# Sends into one room written together at most (one database transaction).
+MAX_SEND_GROUP = 100
+
+
+@dataclass
+class _Send:
+    """A local send waiting for its room's writer."""
+
+    sender: str
+    event_type: str
+    state_key: str | None
+    content: Mapping[str, Any]
+    redacts: str
+    txn_id: str
+    reply: asyncio.Future[tuple[str, int]]
+
+
+class _NotTogether(Exception):
+    """A group of sends that must go one at a time (a policy server signs each)."""
 
 
 @dataclass
@@ -115,6 +140,10 @@ class LocalEvents:
         self.server_name = core.server_name
         self.signing_key = signing_key
         self.policy = policy
+        # Per room: sends waiting for the room's writer task, and that task.
+        self._waiting: dict[str, list[_Send]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+        self._replying: set[asyncio.Task[None]] = set()  # written groups awaiting positions
 
     def _require_local_user(self, user_id: str) -> None:
         if not is_valid_user_id(user_id) or user_id.split(":", 1)[1] != self.server_name:
@@ -341,11 +370,161 @@ class LocalEvents:
         redacts: str = "",
         txn_id: str = "",
     ) -> tuple[str, int]:
+        """Send an event as a local user; (event id, stream position).
+
+        Sends into a room while one of its writes runs wait, then go together
+        in one database transaction (:meth:`_write_room`), built one after
+        another on the room's head: a bridge's many senders in one room cost
+        one room lock, head load and commit per group, not per event.
+        """
         self._require_local_user(sender)
         if event_type == "m.room.redaction" and not redacts:
             redacts = content.get("redacts", "") if isinstance(content.get("redacts"), str) else ""
             if not redacts:
                 raise BadRequest("a redaction needs 'redacts'")
+        send = _Send(
+            sender,
+            event_type,
+            state_key,
+            content,
+            redacts,
+            txn_id,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._waiting.setdefault(room_id, []).append(send)
+        if room_id in self._writers:
+            metrics.LOCAL_SENDS_WAITING.inc()
+        else:
+            writer = asyncio.create_task(self._write_room(room_id), name="events:local-sends")
+            self._writers[room_id] = writer
+        return await send.reply
+
+    async def _write_room(self, room_id: str) -> None:
+        """Write the room's waiting sends, a group at a time, until none is left."""
+        group: list[_Send] = []  # the sends being written
+        try:
+            while True:
+                waiting = [s for s in self._waiting.pop(room_id, []) if not s.reply.done()]
+                if not waiting:
+                    return
+                group, rest = waiting[:MAX_SEND_GROUP], waiting[MAX_SEND_GROUP:]
+                if rest:
+                    self._waiting[room_id] = rest
+                metrics.LOCAL_SENDS_WAITING.set(sum(len(w) for w in self._waiting.values()))
+                metrics.LOCAL_SEND_GROUPS.observe(len(group))
+                if len(group) > 1:
+                    try:
+                        finish = await self._send_group(room_id, group)
+                    except _NotTogether:
+                        pass
+                    except Exception as error:  # noqa: BLE001 - each send alone says which failed
+                        log.info(
+                            "local sends written together failed; each goes alone",
+                            extra={"room_id": room_id, "sends": len(group), "error": str(error)},
+                        )
+                    else:
+                        # The next group is written while this one's stream positions are
+                        # given (the room's lock went with the commit).
+                        task = asyncio.create_task(self._reply(group, finish))
+                        self._replying.add(task)
+                        task.add_done_callback(self._replying.discard)
+                        group = []
+                        continue
+                for send in group:
+                    try:
+                        result = await self._send_alone(room_id, send)
+                    except Exception as error:  # noqa: BLE001 - the caller's to handle
+                        if not send.reply.done():
+                            send.reply.set_exception(error)
+                    else:
+                        if not send.reply.done():
+                            send.reply.set_result(result)
+                group = []
+        finally:
+            del self._writers[room_id]
+            # Cancelled (the service stops): nobody is left waiting forever.
+            for send in [*group, *self._waiting.pop(room_id, [])]:
+                if not send.reply.done():
+                    send.reply.set_exception(Unavailable("the events service is stopping"))
+
+    @staticmethod
+    async def _reply(group: Sequence[_Send], finish: Awaitable[list[tuple[str, int]]]) -> None:
+        try:
+            results = await finish
+        except Exception as error:  # noqa: BLE001 - stored, but their positions are not known
+            for send in group:
+                if not send.reply.done():
+                    send.reply.set_exception(error)
+            return
+        for send, result in zip(group, results, strict=True):
+            if not send.reply.done():
+                send.reply.set_result(result)
+
+    async def _send_group(
+        self, room_id: str, group: Sequence[_Send]
+    ) -> Awaitable[list[tuple[str, int]]]:
+        """Several sends in one transaction, in order (each on the one before); once it
+        committed, what gives their (event id, stream position) results. Raises
+        :class:`_NotTogether` for a room that uses a policy server, and any send's error
+        (nothing is stored then)."""
+        fresh: dict[tuple[str, str], str] = {}  # this group's transaction ids → event ids
+        # Per send: its event id, and whether it was sent before (its position as stored).
+        outcome: list[tuple[str, bool, int | None]] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            batch = RoomBatch(self.core, conn, room_id)
+            if not await batch.open(len(group)):
+                raise NotFound(f"unknown room {room_id}")
+            keys = [(s.sender, s.txn_id) for s in group if s.txn_id]
+            done = await storage.local_transactions(conn, keys) if keys else {}
+            for send in group:
+                key = (send.sender, send.txn_id)
+                if send.txn_id and key in done:
+                    outcome.append((done[key]["event_id"], True, done[key]["stream_position"]))
+                    continue
+                if send.txn_id and key in fresh:
+                    outcome.append((fresh[key], False, None))
+                    continue
+                event, pdu = self.build(
+                    batch,
+                    room_id,
+                    send.event_type,
+                    send.sender,
+                    send.state_key,
+                    send.content,
+                    send.redacts or None,
+                )
+                if await self.policy_server_for(batch, event) is not None:
+                    raise _NotTogether
+                await self._store(batch, event, pdu)
+                if send.txn_id:
+                    fresh[key] = event.event_id
+                outcome.append((event.event_id, False, None))
+            await batch.write()
+            if fresh:
+                rows = [(sender, txn_id, event_id) for (sender, txn_id), event_id in fresh.items()]
+                await storage.store_local_transactions(conn, rows)
+        return self._results(batch, outcome)
+
+    async def _results(
+        self, batch: RoomBatch, outcome: Sequence[tuple[str, bool, int | None]]
+    ) -> list[tuple[str, int]]:
+        await batch.committed()
+        results = []
+        for event_id, sent_before, position in outcome:
+            if sent_before:
+                results.append(await self._repeated(event_id, position))
+            else:
+                results.append((event_id, batch.positions.get(event_id, 0)))
+        return results
+
+    async def _send_alone(self, room_id: str, send: _Send) -> tuple[str, int]:
+        sender, event_type, state_key, content = (
+            send.sender,
+            send.event_type,
+            send.state_key,
+            send.content,
+        )
+        redacts, txn_id = send.redacts, send.txn_id
         # Built on the room's head; in a room that uses a policy server the
         # transaction ends without writing, the policy server signs (the
         # room's lock let go meanwhile), and a second one stores the signed event.

@@ -27,6 +27,15 @@ STREAM_ROUND_SECONDS = Histogram(
     "One round giving committed rows their stream positions (under the stream lock)",
 )
 LOCAL_EVENTS = Counter("mxfed_events_local_events_total", "Events built and stored here", ["type"])
+LOCAL_SEND_GROUPS = Histogram(
+    "mxfed_events_local_send_group_size",
+    "Local sends written together into one room (in one database transaction)",
+    buckets=(1, 2, 5, 10, 20, 50, 100),
+)
+LOCAL_SENDS_WAITING = Gauge(
+    "mxfed_events_local_sends_waiting",
+    "Local sends waiting for their room's current write to end (they go together next)",
+)
 STREAM_SUBSCRIBERS_LAGGING = Counter(
     "mxfed_events_stream_subscribers_lagging_total",
     "Times a stream subscriber fell behind and went back to database replay",

@@ -496,6 +496,9 @@ class RoomBatch:
         """
         checked = CheckedPdu.built_here(event, dict(pdu))
         checked.policy_signed_by = policy_signed_by
+        # Not looked up: built on the room's head under its lock, it cannot be stored
+        # yet (an event id covers the prev_events, which any stored event moved on).
+        self._absent.add(event.event_id)
         return await self._add(checked, _LOCAL)
 
     async def add_join(

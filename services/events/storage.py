@@ -819,6 +819,34 @@ async def store_local_transaction(
     )
 
 
+async def local_transactions(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], asyncpg.Record]:
+    """:func:`local_transaction` for many (sender, txn id) pairs: those found."""
+    rows = await conn.fetch(
+        "SELECT k.sender, k.txn_id, t.event_id, e.stream_position"
+        " FROM unnest($1::text[], $2::text[]) AS k(sender, txn_id)"
+        " JOIN events.local_transactions t USING (sender, txn_id)"
+        " LEFT JOIN events.events e USING (event_id)",
+        [sender for sender, _ in keys],
+        [txn_id for _, txn_id in keys],
+    )
+    return {(row["sender"], row["txn_id"]): row for row in rows}
+
+
+async def store_local_transactions(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str]]
+) -> None:
+    """:func:`store_local_transaction` for many (sender, txn id, event id) rows."""
+    await conn.execute(
+        "INSERT INTO events.local_transactions (sender, txn_id, event_id)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        [row[0] for row in rows],
+        [row[1] for row in rows],
+        [row[2] for row in rows],
+    )
+
+
 # ---------------------------------------------------------------- partial state
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from matrix_protocol.auth_events import select_auth_event_ids
 from matrix_protocol.canonical_json import decode_json
@@ -18,6 +20,7 @@ from matrix_protocol.signing import verify_json_signature
 from mxfed.identity_files import current_signing_key
 from mxfed_api.events.v1 import events_pb2
 from mxfed_api.keys.v1 import keys_pb2
+from services.events import storage
 from tests.support.events_service import EventsService
 from tests.support.service_errors import described
 
@@ -252,3 +255,127 @@ async def test_every_replica_signs_with_the_rotated_key_without_a_restart(
             new_key.key_id,
             new_key.signing_key.verify_key,
         )
+
+
+def _group_sizes_up_to(size: int) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "mxfed_events_local_send_group_size_bucket", {"le": f"{float(size)}"}
+        )
+        or 0.0
+    )
+
+
+async def _busy_room(
+    events: EventsService, room_id: str
+) -> tuple[asyncpg.pool.PoolConnectionProxy, asyncpg.transaction.Transaction]:
+    """The room's lock held by another transaction, as a write of the room would."""
+    holder = await events.pool.acquire()
+    transaction = holder.transaction()
+    await transaction.start()
+    await storage.lock_room(holder, room_id)
+    return holder, transaction
+
+
+async def _lock_waiters(events: EventsService) -> int:
+    return await events.pool.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+
+
+async def _sends_behind_a_blocked_write(
+    events: EventsService, room_id: str, sends: list[tuple[str, dict, str]]
+) -> list[Any]:
+    """One send whose write waits for the room's lock, then ``sends`` (sender, content,
+    txn id) made meanwhile; the lock let go once they all wait; every outcome."""
+    holder, transaction = await _busy_room(events, room_id)
+    waiting = REGISTRY.get_sample_value("mxfed_events_local_sends_waiting") or 0.0
+    try:
+        admin = f"@admin:{events.server_name}"
+        first = asyncio.create_task(
+            events.send(room_id, admin, "m.room.message", {"body": "first"})
+        )
+        while await _lock_waiters(events) == 0:  # noqa: ASYNC110 (polls PostgreSQL)
+            await asyncio.sleep(0.02)
+        rest = [
+            asyncio.create_task(
+                events.send(room_id, sender, "m.room.message", content, txn_id=txn_id)
+            )
+            for sender, content, txn_id in sends
+        ]
+        while (  # noqa: ASYNC110 (the metric says when they all wait)
+            REGISTRY.get_sample_value("mxfed_events_local_sends_waiting") or 0.0
+        ) < waiting + len(sends):
+            await asyncio.sleep(0.02)
+    finally:
+        await transaction.rollback()
+        await events.pool.release(holder)
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+async def test_sends_into_a_busy_room_are_written_together_in_order(
+    events: EventsService,
+) -> None:
+    admin = f"@admin:{events.server_name}"
+    room_id = await events.create_room("12")
+    before = _group_sizes_up_to(5) - _group_sizes_up_to(2)
+    t1, t2 = f"t1-{room_id}", f"t2-{room_id}"  # unused by the module's other tests
+    outcomes = await _sends_behind_a_blocked_write(
+        events,
+        room_id,
+        [
+            (admin, {"body": "one"}, t1),
+            (admin, {"body": "two"}, t2),
+            (admin, {"body": "one again"}, t1),  # the same transaction id: the same event
+            (admin, {"body": "three"}, ""),
+        ],
+    )
+    first, one, two, one_again, three = outcomes
+    assert one_again.event_id == one.event_id
+    assert one_again.stream_position == one.stream_position
+    ids = [first.event_id, one.event_id, two.event_id, three.event_id]
+    positions = [first.stream_position, one.stream_position, two.stream_position]
+    assert len(set(ids)) == 4 and positions == sorted(positions)
+    assert three.stream_position > two.stream_position
+    # One group of four after the first send, in one database transaction.
+    assert _group_sizes_up_to(5) - _group_sizes_up_to(2) == before + 1
+    xmins = await events.pool.fetch(
+        "SELECT DISTINCT xmin::text FROM events.events WHERE event_id = ANY($1::text[])", ids[1:]
+    )
+    assert len(xmins) == 1
+    # Built one on the other, in the order sent.
+    chain = await _timeline(events, room_id)
+    assert [e.event_id for e in chain[-4:]] == ids
+    assert all(chain[-i].prev_event_ids == [chain[-i - 1].event_id] for i in range(1, 4))
+    assert [e.content["body"] for e in chain[-3:]] == ["one", "two", "three"]
+
+
+async def test_a_refused_send_among_others_waiting_fails_alone(events: EventsService) -> None:
+    admin = f"@admin:{events.server_name}"
+    outsider = f"@outsider:{events.server_name}"
+    room_id = await events.create_room("12")
+    outcomes = await _sends_behind_a_blocked_write(
+        events,
+        room_id,
+        [
+            (admin, {"body": "one"}, ""),
+            (outsider, {"body": "not a member"}, ""),
+            (admin, {"body": "two"}, ""),
+        ],
+    )
+    first, one, refused, two = outcomes
+    assert isinstance(refused, grpc.aio.AioRpcError)
+    assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert described(refused).startswith("M_FORBIDDEN")
+    chain = await _timeline(events, room_id)
+    assert [e.event_id for e in chain[-3:]] == [first.event_id, one.event_id, two.event_id]
+    assert [e.content["body"] for e in chain[-2:]] == ["one", "two"]
+    assert (
+        await events.pool.fetchval(
+            "SELECT count(*) FROM events.events WHERE room_id = $1 AND sender = $2",
+            room_id,
+            outsider,
+        )
+        == 0
+    )
