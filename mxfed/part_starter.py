@@ -197,6 +197,9 @@ class PartStarter:
 def main() -> int:
     channel = socket.socket(fileno=int(sys.argv[1]))
     supervisor = os.getppid()
+    # Ctrl-C reaches the whole process group; the supervisor stops the starter
+    # (it closes the socket) and each part.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != supervisor:
         return _EXIT_ORPHANED
@@ -263,9 +266,12 @@ def _become_part(
         _set_command_line(f"mxfed run --service {part}")
         os.environ[SUPERVISOR_FD_ENV] = str(report_fd)
         sys.argv = [cli.__file__, "run", "--service", part]
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         code = cli.main(["run", "--service", part])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        code = 130  # Ctrl-C before the part's own handler: what the command line exits with
     except BaseException:
         import traceback
 

@@ -180,6 +180,38 @@ def test_parts_stop_when_the_supervisor_is_killed(mxfed: MxfedProcess) -> None:
     assert still_running == []
 
 
+def test_ctrl_c_while_the_parts_start_stops_everything_quietly(mxfed: MxfedProcess) -> None:
+    """SIGINT to the whole process group (Ctrl-C in a terminal) while the part starter
+    runs: the supervisor stops every part and the starter, and nothing prints a
+    traceback."""
+    mxfed.write_config()
+    log_path = mxfed.data_dir / "mxfed.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mxfed.cli", "--config", str(mxfed.config_path), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=mxfed.environment(),
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while '"msg":"part started"' not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        everyone = psutil.Process(process.pid).children(recursive=True)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(60) == 0, log_path.read_text()
+        _, still_running = psutil.wait_procs(everyone, timeout=30)
+        assert still_running == []
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def test_the_gateway_never_reads_the_signing_key(tmp_path: Path) -> None:
     """The internet-facing part runs with no signing key: it never opens or creates one."""
     held = HeldPort()
