@@ -13,12 +13,13 @@ resource requests in deploy/kubernetes/ are sized from), and the ed25519
 verifications/s this machine manages in the same run.
 
 Then the same load into a Synapse started in the same run (the test extras'
-matrix-synapse, SQLite, loopback; the remote joins its rooms with make_join and
-send_join), after it settled, and mxfed's rate, Synapse's and the ratio. The
-clock stops when the last PDU is readable over federation (``GET /event``).
-Synapse answers ``/send`` before it processes the PDUs and prunes a backlog of
-more than about a hundred per room, so its transactions go one at a time once
-the previous one is readable (mxfed answers once they are stored).
+matrix-synapse on a PostgreSQL database of its own, loopback; the remote joins
+its rooms with make_join and send_join), after it settled, and mxfed's rate,
+Synapse's and the ratio. The clock stops when the last PDU is readable over
+federation (``GET /event``). Synapse answers ``/send`` before it processes the
+PDUs and prunes a backlog of more than about a hundred per room, so its
+transactions go one at a time once the previous one is readable (mxfed answers
+once they are stored).
 ``--no-synapse`` skips it; ``--profile DIR`` records py-spy profiles.
 
     .venv/bin/python bench/bench_send_http.py [--transactions 20] [--no-synapse]
@@ -442,7 +443,7 @@ def stop_profilers(profilers: list[subprocess.Popen]) -> None:
 async def compare_with_synapse(
     synapse: Any, remote: FakeHomeserver, user: str, transactions: int, ours: dict[str, float]
 ) -> None:
-    """The same load into a Synapse started in this run (from the test extras, SQLite,
+    """The same load into a Synapse started in this run (from the test extras, PostgreSQL,
     loopback), after it settled; then mxfed's rate, Synapse's and the ratio."""
     async with synapse.client() as client:
         _, token = await client.register("bench")
@@ -462,7 +463,7 @@ async def compare_with_synapse(
             "20 rooms", twenty, remote, synapse, user, transactions
         ),
     }
-    print("\ninbound PDUs/s, same load, same run (Synapse 1.163 on SQLite):")
+    print("\ninbound PDUs/s, same load, same run (Synapse 1.163 on PostgreSQL):")
     for label, rate in ours.items():
         print(
             f"  {label:10s} mxfed {rate:7,.0f}  Synapse {theirs[label]:7,.0f}"
@@ -484,7 +485,16 @@ async def main(transactions: int, profile: Path | None = None, no_synapse: bool 
             Path(scratch) / "data", database_url, extra_config={"log_level": "WARNING"}
         )
         mxfed.start()
-        synapse = None if no_synapse else SynapseServer()
+        synapse_database = (
+            None if no_synapse else await create_database("synapse_bench", c_locale=True)
+        )
+        synapse = (
+            None
+            if synapse_database is None
+            else SynapseServer(
+                extra_config=SynapseServer.postgres_config(synapse_database), log_level="WARNING"
+            )
+        )
         try:
             if synapse is not None:
                 await asyncio.to_thread(synapse.start)
@@ -516,6 +526,8 @@ async def main(transactions: int, profile: Path | None = None, no_synapse: bool 
                 await asyncio.to_thread(synapse.stop)
             await remote.stop()
             await drop_database(database_url)
+            if synapse_database is not None:
+                await drop_database(synapse_database)
     print(
         f"\n(targets, issue 18: >= 20x Synapse on PostgreSQL with one room,"
         f" >= 30x with five and with 20; ed25519 ceiling {ceiling:,.0f}/s)"

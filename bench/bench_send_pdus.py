@@ -3,9 +3,10 @@
 Runs a keys service and an events service in-process on a throw-away database
 (local PostgreSQL on 127.0.0.1:5432), a remote homeserver whose key server
 answers on loopback HTTPS, and feeds 50-PDU transactions of messages signed
-by that server: first into one room, then spread over 5 rooms. Prints the
-rate, the share of time per receive stage and the ed25519 verifications/s
-this machine manages in the same run (the ceiling for inbound PDUs).
+by that server: first into one room, then spread over 5 rooms, then over 25.
+Prints the rate, the share of time per receive stage and the ed25519
+verifications/s this machine manages in the same run (the ceiling for inbound
+PDUs).
 
     .venv/bin/python bench/bench_send_pdus.py [--transactions 20]
 """
@@ -166,6 +167,7 @@ async def main() -> None:
             print("\n(the above was warm-up)")
             await run_scenario(service, servicer, remote, 1, args.transactions)
             await run_scenario(service, servicer, remote, 5, args.transactions)
+            await run_scenario(service, servicer, remote, 25, args.transactions)
             print(f"\ned25519 verify (PyNaCl, 1 KB): {ed25519_verifications_per_second():,.0f}/s")
         finally:
             await channel.close()
