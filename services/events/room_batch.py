@@ -320,13 +320,16 @@ class RoomBatch:
     async def open(self, expected_events: int) -> bool:
         """Lock the room and load its head; False if the room is unknown."""
         await storage.lock_room(self.conn, self.room_id)
-        rooms = await storage.get_rooms(self.conn, [self.room_id])
-        if self.room_id not in rooms:
+        head = await storage.room_head(self.conn, self.room_id, 2 * expected_events + 2)
+        if head is None:
             return False
-        self.room = rooms[self.room_id]
+        self.room = head.room
         self.version = room_version(self.room.room_version)
-        self._waiting = await storage.waiting_redactions(self.conn, self.room_id)
-        self.partial = await storage.partial_state_room(self.conn, self.room_id)
+        self._groups.ids.extend(head.group_ids)
+        if head.has_waiting_redactions:
+            self._waiting = await storage.waiting_redactions(self.conn, self.room_id)
+        if head.partial_state:
+            self.partial = await storage.partial_state_room(self.conn, self.room_id)
         if self.partial is not None:
             self.core.partial_rooms.add(self.room_id)
         elif self.room_id in self.core.partial_rooms:
@@ -334,7 +337,7 @@ class RoomBatch:
             # window's events have new statuses and state groups there.
             self.core.partial_rooms.discard(self.room_id)
             self.core.event_cache.pop_where(lambda stored: stored.event.room_id == self.room_id)
-        self.extremities = await storage.forward_extremities(self.conn, self.room_id)
+        self.extremities = head.extremities
         self._initial_extremities = set(self.extremities)
         if self.room.current_state_group is not None:
             self.current = await self.core.state_store.get(self.conn, self.room.current_state_group)
@@ -342,7 +345,6 @@ class RoomBatch:
         if self.room.create_event_id:
             create = (await self.events([self.room.create_event_id])).get(self.room.create_event_id)
             self.create_event = create.event if create else None
-        await self.core.state_store.reserve_ids(self.conn, self._groups, 2 * expected_events + 2)
         return True
 
     async def prefetch(self, events: Iterable[Event]) -> None:

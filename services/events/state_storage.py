@@ -202,7 +202,7 @@ class StateGroup:
 class PendingGroups:
     """Groups made during a room batch, written when the batch commits."""
 
-    ids: list[int] = field(default_factory=list)  # reserved, not yet used
+    ids: list[int] = field(default_factory=list)  # reserved (storage.room_head), not yet used
     groups: list[tuple[int, str, int | None, int]] = field(default_factory=list)
     entries: list[tuple[int, str, str, str | None]] = field(default_factory=list)
 
@@ -211,17 +211,6 @@ class StateStore:
     def __init__(self, pool: asyncpg.Pool, cache_size: int = 512) -> None:
         self.pool = pool
         self._cache: LruCache[int, StateGroup] = LruCache("events_state_groups", cache_size)
-
-    @staticmethod
-    async def reserve_ids(conn: asyncpg.Connection, pending: PendingGroups, count: int) -> None:
-        """Reserve group ids in one round trip (unused ones are simply skipped)."""
-        if len(pending.ids) >= count:
-            return
-        rows = await conn.fetch(
-            "SELECT nextval('events.state_group_ids') AS id FROM generate_series(1, $1)",
-            count - len(pending.ids),
-        )
-        pending.ids.extend(row["id"] for row in rows)
 
     async def get(self, conn: asyncpg.Connection, group_id: int) -> StateGroup:
         cached = self._cache.get(group_id)

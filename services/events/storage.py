@@ -98,6 +98,51 @@ async def get_rooms(conn: asyncpg.Connection, room_ids: Iterable[str]) -> dict[s
     return {row["room_id"]: RoomRow(**dict(row)) for row in rows}
 
 
+@dataclass
+class RoomHead:
+    """What a room batch starts from (:func:`room_head`)."""
+
+    room: RoomRow
+    extremities: dict[str, int]  # forward extremity event id → depth
+    group_ids: list[int]  # state group ids reserved for the batch
+    has_waiting_redactions: bool
+    partial_state: bool
+
+
+async def room_head(conn: asyncpg.Connection, room_id: str, group_ids: int) -> RoomHead | None:
+    """The room's row and forward extremities, ``group_ids`` state group ids reserved, and
+    whether it has waiting redactions or a partial state, in one round trip (a batch's
+    start waits for it under the room's lock); None for an unknown room. Call after
+    :func:`lock_room`: a statement sees what committed before it began."""
+    row = await conn.fetchrow(
+        "SELECT r.room_version, r.create_event_id, r.current_state_group,"
+        " ARRAY(SELECT f.event_id FROM events.forward_extremities f"
+        "       JOIN events.events e USING (event_id) WHERE f.room_id = $1"
+        "       ORDER BY f.event_id) AS extremity_ids,"
+        " ARRAY(SELECT e.depth FROM events.forward_extremities f"
+        "       JOIN events.events e USING (event_id) WHERE f.room_id = $1"
+        "       ORDER BY f.event_id) AS extremity_depths,"
+        " ARRAY(SELECT nextval('events.state_group_ids') FROM generate_series(1, $2))"
+        "   AS group_ids,"
+        " EXISTS (SELECT 1 FROM events.waiting_redactions w WHERE w.room_id = $1)"
+        "   AS has_waiting_redactions,"
+        " EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = $1)"
+        "   AS partial_state"
+        " FROM events.rooms r WHERE r.room_id = $1",
+        room_id,
+        group_ids,
+    )
+    if row is None:
+        return None
+    return RoomHead(
+        RoomRow(room_id, row["room_version"], row["create_event_id"], row["current_state_group"]),
+        dict(zip(row["extremity_ids"], row["extremity_depths"], strict=True)),
+        list(row["group_ids"]),
+        row["has_waiting_redactions"],
+        row["partial_state"],
+    )
+
+
 async def insert_room(conn: asyncpg.Connection, room_id: str, version: str) -> bool:
     status = await conn.execute(
         "INSERT INTO events.rooms (room_id, room_version) VALUES ($1, $2)"
