@@ -366,7 +366,11 @@ class RoomBatch:
         """Write everything the batch did (inside the caller's transaction)."""
         conn = self.conn
         await StateStore.write(conn, self._groups)
-        await storage.insert_events(conn, self.room_id, list(self._writes.values()))
+        stream_pending: dict[str, int] = {}
+        if self._to_stream:
+            orders = await storage.reserve_stream_pending(conn, len(self._to_stream))
+            stream_pending = dict(zip(self._to_stream, orders, strict=True))
+        await storage.insert_events(conn, self.room_id, list(self._writes.values()), stream_pending)
         await storage.replace_event_placements(conn, self.room_id, self._replacements)
         if self._ends_partial:
             await storage.delete_partial_state(conn, self.room_id)
@@ -392,7 +396,10 @@ class RoomBatch:
             await storage.update_room_head(conn, self.room_id, self.current.id, create_id)
         elif create_id and not self.room.create_event_id:
             await storage.set_create_event(conn, self.room_id, create_id)
-        await storage.mark_stream_pending(conn, self._to_stream)
+        # Events stored before and streamed now (revived by a resync).
+        await storage.mark_stream_pending(
+            conn, {e: o for e, o in stream_pending.items() if e not in self._writes}
+        )
 
     async def committed(self) -> None:
         """Call after commit, the connection given back: what was written may now be

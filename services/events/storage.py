@@ -9,7 +9,7 @@ always named with it: pool connections do not set a search_path.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -240,11 +240,16 @@ class EventWrite:
 
 
 async def insert_events(
-    conn: asyncpg.Connection, room_id: str, writes: Sequence[EventWrite]
+    conn: asyncpg.Connection,
+    room_id: str,
+    writes: Sequence[EventWrite],
+    stream_pending: Mapping[str, int],
 ) -> None:
+    """``writes``; those streamed queued at their ``stream_pending`` place
+    (:func:`reserve_stream_pending`)."""
     promoted = [w for w in writes if w.promote]
     if promoted:
-        await _promote_outliers(conn, room_id, promoted)
+        await _promote_outliers(conn, room_id, promoted, stream_pending)
     writes = [w for w in writes if not w.promote]
     if not writes:
         return
@@ -268,6 +273,7 @@ async def insert_events(
             "state_group_after",
             "servers_before",
             "relayed_for",
+            "stream_pending",
         ],
         records=[
             (
@@ -287,6 +293,7 @@ async def insert_events(
                 w.stored.state_group_after,
                 w.stored.servers_before,
                 w.relayed_for,
+                stream_pending.get(w.stored.event_id),
             )
             for w in writes
         ],
@@ -311,13 +318,16 @@ async def insert_events(
 
 
 async def _promote_outliers(
-    conn: asyncpg.Connection, room_id: str, writes: Sequence[EventWrite]
+    conn: asyncpg.Connection,
+    room_id: str,
+    writes: Sequence[EventWrite],
+    stream_pending: Mapping[str, int],
 ) -> None:
     """Outliers that now have state: status, state groups and servers (edges are stored)."""
     await conn.executemany(
         "UPDATE events.events SET status = $3, rejection_reason = $4,"
         " state_group_before = $5, state_group_after = $6, servers_before = $7,"
-        " relayed_for = $8"
+        " relayed_for = $8, stream_pending = $9"
         " WHERE event_id = $1 AND room_id = $2 AND status = 4",
         [
             (
@@ -329,6 +339,7 @@ async def _promote_outliers(
                 w.stored.state_group_after,
                 w.stored.servers_before,
                 w.relayed_for,
+                stream_pending.get(w.stored.event_id),
             )
             for w in writes
         ],
@@ -410,8 +421,10 @@ async def update_waiting_redactions(
         )
 
 
-async def mark_stream_pending(conn: asyncpg.Connection, event_ids: Sequence[str]) -> None:
-    """Queue ``event_ids`` (in order) for stream positions (inside the room's transaction).
+async def reserve_stream_pending(conn: asyncpg.Connection, count: int) -> list[int]:
+    """``count`` increasing places in the stream queue, for the events a room's
+    transaction streams (written with them: :func:`insert_events`,
+    :func:`mark_stream_pending`).
 
     They get positions after the commit, from :func:`assign_stream_positions`,
     in this order and after whatever the room queued before (migration 012).
@@ -420,16 +433,23 @@ async def mark_stream_pending(conn: asyncpg.Connection, event_ids: Sequence[str]
     past it (it saw this commit), one flush for both, and one for every room
     committed before the round.
     """
-    if not event_ids:
+    orders = await conn.fetchval(
+        "SELECT array(SELECT nextval('events.stream_pending_order')"
+        " FROM generate_series(1, $1)) FROM set_config('synchronous_commit', 'off', true)",
+        count,
+    )
+    return sorted(orders)
+
+
+async def mark_stream_pending(conn: asyncpg.Connection, orders: Mapping[str, int]) -> None:
+    """Queue stored events (not written in this batch) in the stream at ``orders``."""
+    if not orders:
         return
-    await conn.execute("SET LOCAL synchronous_commit = off")
     await conn.execute(
         "UPDATE events.events e SET stream_pending = p.o"
-        " FROM (SELECT s.id, nextval('events.stream_pending_order') AS o"
-        "       FROM (SELECT id, n FROM unnest($1::text[]) WITH ORDINALITY AS t(id, n)"
-        "             ORDER BY n) s) p"
-        " WHERE e.event_id = p.id",
-        list(event_ids),
+        " FROM unnest($1::text[], $2::bigint[]) AS p(id, o) WHERE e.event_id = p.id",
+        list(orders),
+        list(orders.values()),
     )
 
 
