@@ -288,3 +288,27 @@ async def test_a_round_waits_for_a_round_not_yet_committed_so_positions_appear_i
     second_id, _ = await asyncio.wait_for(sending, 30)
     await reader.read()
     assert reader.seen == [first_id, second_id]
+
+
+async def test_a_redaction_of_an_event_still_waiting_for_its_position_streams_after_it(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
+    async with events_pool.acquire() as conn, conn.transaction():
+        _, target_id = await _write(conn, core, local, room_id, "regrettable")
+    # Its round has not run; the next batch of the room redacts it (rewriting its row).
+    async with events_pool.acquire() as conn, conn.transaction():
+        batch = RoomBatch(core, conn, room_id)
+        assert await batch.open(1)
+        event, pdu = local.build(
+            batch, room_id, "m.room.redaction", ALICE, None, {"redacts": target_id}, target_id
+        )
+        assert (await batch.add_local(event, pdu)).status is Status.ACCEPTED
+        await batch.write()
+    await batch.committed()
+    await reader.read()
+    assert reader.seen == [target_id, event.event_id]
+    async with events_pool.acquire() as conn:
+        stored = (await storage.fetch_events(conn, [target_id]))[target_id]
+    assert stored.redacted
