@@ -78,8 +78,9 @@ RESYNC_SECONDS = Histogram(
 JOIN_SECONDS = Histogram(
     "mxfed_events_remote_join_seconds",
     "Time of a join through another server, per stage (make_join; send_join: until its answer "
-    "is decoded; checks: steps 1-3 of the answer's events; auth_fetch: auth events it left out; "
-    "store: outliers, the join and the write)",
+    "is decoded; checks: steps 1 and 3 of the answer's events, and waiting for step 2 when the "
+    "answer is not stored meanwhile; auth_fetch: auth events it left out; store: outliers, the "
+    "join and the write, while the signatures are verified when the answer lacks nothing)",
     ["stage"],
 )
 

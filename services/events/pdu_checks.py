@@ -242,6 +242,37 @@ class CheckedBatch:
     event_ids: list[str] = field(default_factory=list)
 
 
+@dataclass
+class PendingChecks:
+    """A fetched batch past steps 1 and 3, its signatures (step 2) still being verified.
+
+    ``unverified``: the PDUs to store if every signature verifies, in the
+    order given. A caller may prepare their storage meanwhile (inside a
+    transaction it commits only after :meth:`verified`, and redoes without
+    the refused PDUs if any is refused).
+    """
+
+    unverified: list[CheckedPdu]
+    settled: list[Outcome]
+    malformed: int
+    event_ids: list[str]
+    verifying: list[asyncio.Task[None]]
+    stage: Stage = untimed
+
+    async def verified(self) -> CheckedBatch:
+        """Once step 2 has ended: the batch without the PDUs it refused."""
+        async with self.stage("signatures"):
+            await asyncio.gather(*self.verifying)
+        settled = [*self.settled, *(c.outcome() for c in self.unverified if c.refusal is not None)]
+        valid = [c for c in self.unverified if c.refusal is None]
+        return CheckedBatch(valid, settled, self.malformed, self.event_ids)
+
+    def cancel(self) -> None:
+        """Nobody will wait for :meth:`verified` (the caller failed meanwhile)."""
+        for task in self.verifying:
+            task.cancel()
+
+
 async def check_fetched(
     keys: keys_pb2_grpc.KeysStub,
     pdus: Iterable[Any],
@@ -256,14 +287,30 @@ async def check_fetched(
     PDUs of other rooms are left out without an outcome; a PDU given twice
     is checked once (the copy is answered as a duplicate).
     """
+    pending = await start_checks(keys, pdus, version, room_id, history=history, stage=stage)
+    return await pending.verified()
+
+
+async def start_checks(
+    keys: keys_pb2_grpc.KeysStub,
+    pdus: Iterable[Any],
+    version: RoomVersion,
+    room_id: str,
+    *,
+    history: bool = False,
+    stage: Stage = untimed,
+) -> PendingChecks:
+    """:func:`check_fetched` up to the signatures, which the keys service verifies meanwhile.
+
+    Each chunk of :data:`VERIFY_CHUNK` PDUs is sent to the keys service as
+    soon as its format is checked; its content hashes are checked here while
+    that service verifies it and the next chunk is format-checked.
+    """
     valid: list[CheckedPdu] = []
     settled: list[Outcome] = []
     seen: set[str] = set()
     malformed = 0
     event_ids: list[str] = []
-    # Big batches (a room's state): the keys service verifies each chunk's
-    # signatures while the chunk's content hashes and the next chunk's
-    # format are checked here.
     verifying: list[asyncio.Task[None]] = []
     chunk_start = 0
     for pdu in pdus:
@@ -289,15 +336,13 @@ async def check_fetched(
             continue
         seen.add(checked.event.event_id)
         valid.append(checked)
-    if not verifying:
-        await check_signatures_and_hashes(keys, valid, stage)
-    else:
-        last = valid[chunk_start:]
+    last = valid[chunk_start:]
+    if last:
         verifying.append(_start_signature_check(keys, last))
         await asyncio.sleep(0)
         async with stage("hashes"):
             check_content_hashes(last)
-        async with stage("signatures"):
-            await asyncio.gather(*verifying)
+    # Refused when their signature check was built (no usable servers): settled now.
     settled.extend(c.outcome() for c in valid if c.refusal is not None)
-    return CheckedBatch([c for c in valid if c.refusal is None], settled, malformed, event_ids)
+    unverified = [c for c in valid if c.refusal is None]
+    return PendingChecks(unverified, settled, malformed, event_ids, verifying, stage)

@@ -6,14 +6,22 @@ validation, send_join, processing the response).
 
 The send_join answer's ``state`` and ``auth_chain`` go through the checks
 every input path uses (:mod:`services.events.pdu_checks`: format, signatures
-in one ``VerifyJsonSignatures`` call, hashes → redact); auth events they cite
-but leave out are fetched from the resident. Then one :class:`RoomBatch`
-stores them as outliers (in auth order, each checked against its own auth
-events) and adds the join with the resident's state as the state before it
-(:meth:`RoomBatch.add_join`): the join becomes the room's only forward
-extremity, the state after it the room's current state. From then on the
-resident's /send transactions extend the DAG through the normal receive
-pipeline.
+verified by the keys service chunk by chunk, hashes → redact); auth events
+they cite but leave out are fetched from the resident. Then one
+:class:`RoomBatch` stores them as outliers (in auth order, each checked
+against its own auth events) and adds the join with the resident's state as
+the state before it (:meth:`RoomBatch.add_join`): the join becomes the room's
+only forward extremity, the state after it the room's current state. From
+then on the resident's /send transactions extend the DAG through the normal
+receive pipeline.
+
+A big answer's signatures take longer to verify than its storage takes to
+prepare, so when the answer lacks nothing the batch is built and written
+while the keys service still verifies, in a transaction committed only once
+every signature has verified. When one has not, the transaction is rolled
+back and the answer stored again without what was refused, exactly as when
+the signatures are checked first (that path also serves answers that lack
+auth events).
 
 Partial-state joins: send_join v2 is asked with ``omit_members=true``
 (https://spec.matrix.org/v1.19/server-server-api/#put_matrixfederationv2send_joinroomideventid).
@@ -32,6 +40,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import asyncpg
+
 from matrix_protocol.event_ids import compute_event_id
 from matrix_protocol.events import Event
 from matrix_protocol.membership import MembershipError
@@ -47,7 +57,14 @@ from services.events.membership.common import MEMBER, MembershipDeps, room_head
 from services.events.membership.remote_rooms import RemoteRooms, TryNext, unavailable
 from services.events.membership.resync import PartialStateResync
 from services.events.outcomes import Reason
-from services.events.pdu_checks import CheckedPdu, check_fetched, verify_signatures
+from services.events.pdu_checks import (
+    CheckedBatch,
+    CheckedPdu,
+    PendingChecks,
+    check_fetched,
+    start_checks,
+    verify_signatures,
+)
 from services.events.room_batch import RoomBatch, auth_order
 from services.events.storage import PartialStateRoom
 
@@ -251,48 +268,129 @@ class Join(RemoteRooms):
                 errors = await verify_signatures(self.deps.keys, [(join, other)])
                 if errors[0] is not None:
                     raise TryNext(unavailable(f"the resident's countersignature: {errors[0]}"))
-            checked, ids = await self._check_pdus_with_ids(
-                [*state_raw, *chain_raw], version, room_id
+            pending = await start_checks(self.deps.keys, [*state_raw, *chain_raw], version, room_id)
+        try:
+            return await self._store_answer(
+                room_id, version, answer, server, len(state_raw), join, join_pdu, pending
             )
+        finally:
+            pending.cancel()  # nobody waits for the signatures any more
+
+    async def _store_answer(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        answer: Mapping[str, Any],
+        server: str,
+        state_count: int,
+        join: Event,
+        join_pdu: dict[str, Any],
+        pending: PendingChecks,
+    ) -> bool:
+        """The checked send_join answer stored (see :meth:`_complete_join`)."""
+        # The state's event ids, as the checks computed them (once).
+        state_ids = list(dict.fromkeys(e for e in pending.event_ids[:state_count] if e))
+        partial = self._partial_state(answer, room_id, join.event_id, server)
+        # The usual case: every signature verifies and nothing is missing. The
+        # answer is then stored while the keys service verifies, in a
+        # transaction committed only once every signature has verified.
+        unverified = {c.event.event_id: c for c in pending.unverified}
+        if (
+            not _missing_auth_ids(unverified, join)
+            and _create_problem(unverified, state_ids, version, room_id) is None
+        ):
+            with metrics.JOIN_SECONDS.labels("store").time():
+                try:
+                    stored = await self._store_join_while_verifying(
+                        room_id, version, unverified, state_ids, join, join_pdu, partial, pending
+                    )
+                except Exception:
+                    # What failed counts only if it was the answer as signed.
+                    if len((await pending.verified()).valid) == len(pending.unverified):
+                        raise
+                    stored = False
+            if stored:
+                return partial is not None
+        with metrics.JOIN_SECONDS.labels("checks").time():
+            checked = self._dropping_refused(await pending.verified())
         if server:
             with metrics.JOIN_SECONDS.labels("auth_fetch").time():
                 await self._fetch_missing_auth_events(server, room_id, version, checked, join)
-        # The state's event ids, as the checks computed them (once).
-        state_ids = dict.fromkeys(e for e in ids[: len(state_raw)] if e)
-        create = next(
-            (
-                checked[e].event
-                for e in state_ids
-                if e in checked
-                and checked[e].event.type == "m.room.create"
-                and checked[e].event.state_key == ""
-            ),
-            None,
-        )
-        if create is None:
-            raise TryNext(unavailable("send_join state has no m.room.create event"))
-        if str(create.content.get("room_version", "1")) != version.identifier:
-            raise TryNext(unavailable("the create event's room version differs from make_join's"))
-        if version.room_id_from_create_event and room_id != "!" + create.event_id[1:]:
-            raise TryNext(unavailable("the create event is not this room's"))
-        partial = None
-        if answer.get("members_omitted") is True:
-            in_room = answer.get("servers_in_room")
-            servers = (
-                [s for s in in_room if isinstance(s, str)] if isinstance(in_room, list) else []
-            )
-            partial = PartialStateRoom(
-                room_id=room_id,
-                join_event_id=event_id,
-                joined_via=server,
-                servers=sorted(set(servers) - {self.server_name}),
-                joined_ts=now_ms(),
-            )
+        problem = _create_problem(checked, state_ids, version, room_id)
+        if problem is not None:
+            raise TryNext(unavailable(problem))
         with metrics.JOIN_SECONDS.labels("store").time():
             await self._store_join(
-                room_id, version, checked, list(state_ids), join, join_pdu, partial=partial
+                room_id, version, checked, state_ids, join, join_pdu, partial=partial
             )
         return partial is not None
+
+    def _partial_state(
+        self, answer: Mapping[str, Any], room_id: str, event_id: str, server: str
+    ) -> PartialStateRoom | None:
+        """The partial-state room a send_join answer with ``members_omitted`` makes."""
+        if answer.get("members_omitted") is not True:
+            return None
+        in_room = answer.get("servers_in_room")
+        servers = [s for s in in_room if isinstance(s, str)] if isinstance(in_room, list) else []
+        return PartialStateRoom(
+            room_id=room_id,
+            join_event_id=event_id,
+            joined_via=server,
+            servers=sorted(set(servers) - {self.server_name}),
+            joined_ts=now_ms(),
+        )
+
+    def _dropping_refused(self, checked: CheckedBatch) -> dict[str, CheckedPdu]:
+        for outcome in checked.settled:
+            if outcome.reason is not None:
+                log.info(
+                    "dropping join state event",
+                    extra={"event_id": outcome.event_id, "error": outcome.error},
+                )
+        return {c.event.event_id: c for c in checked.valid}
+
+    async def _store_join_while_verifying(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        unverified: Mapping[str, CheckedPdu],
+        state_ids: Sequence[str],
+        join: Event,
+        join_pdu: dict[str, Any],
+        partial: PartialStateRoom | None,
+        pending: PendingChecks,
+    ) -> bool:
+        """:meth:`_store_join` of the answer whose signatures are still being verified.
+
+        Committed only once all of them have verified (True); when one has
+        not, rolled back (False): the caller stores the answer again without
+        what was refused, as when it waits for the signatures first.
+        """
+        async with self.deps.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                batch = await self._join_batch(
+                    conn, room_id, version, unverified, state_ids, join, join_pdu, partial
+                )
+                verified = await pending.verified()
+                if len(verified.valid) < len(unverified):
+                    log.info(
+                        "send_join answer with refused signatures; storing it again without them",
+                        extra={
+                            "room_id": room_id,
+                            "refused": len(unverified) - len(verified.valid),
+                        },
+                    )
+                    await transaction.rollback()
+                    return False
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+        await batch.committed()
+        return True
 
     async def _store_join(
         self,
@@ -311,28 +409,77 @@ class Join(RemoteRooms):
 
         A join the resident's state does not allow is not stored (TryNext).
         """
-        deps = self.deps
-        async with deps.pool.acquire() as conn, conn.transaction():
-            await storage.insert_room(conn, room_id, version.identifier)
-            batch = RoomBatch(deps.core, conn, room_id)
-            await batch.open(1)
-            if batch.version.identifier != version.identifier:
-                raise unavailable("we know this room with another room version")
-            await batch.prefetch([*(c.event for c in checked.values()), join])
-            held: set[str] = set()
-            for entry in auth_order(checked.values()):
-                outcome = await batch.add_outlier(entry)
-                if outcome.status is not None or outcome.already_stored:
-                    held.add(outcome.event_id)
-            outcome = await batch.add_join(
-                CheckedPdu(join, join_pdu), [e for e in state_ids if e in held], partial=partial
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            batch = await self._join_batch(
+                conn, room_id, version, checked, state_ids, join, join_pdu, partial
             )
-            if outcome.status is None and not outcome.already_stored:
-                if outcome.reason in (Reason.AUTH_EVENTS_DISALLOW, Reason.STATE_BEFORE_DISALLOWS):
-                    problem = f"our join does not pass the room's state: {outcome.error}"
-                else:
-                    problem = f"our join cannot be checked: {outcome.error}"
-                # Raising rolls the batch back: nothing of this answer is stored.
-                raise TryNext(unavailable(problem))
-            await batch.write()
         await batch.committed()
+
+    async def _join_batch(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        version: RoomVersion,
+        checked: Mapping[str, CheckedPdu],
+        state_ids: Sequence[str],
+        join: Event,
+        join_pdu: dict[str, Any],
+        partial: PartialStateRoom | None,
+    ) -> RoomBatch:
+        """:meth:`_store_join`'s batch, written inside the caller's transaction."""
+        await storage.insert_room(conn, room_id, version.identifier)
+        batch = RoomBatch(self.deps.core, conn, room_id)
+        await batch.open(1)
+        if batch.version.identifier != version.identifier:
+            raise unavailable("we know this room with another room version")
+        await batch.prefetch([*(c.event for c in checked.values()), join])
+        held: set[str] = set()
+        for entry in auth_order(checked.values()):
+            outcome = await batch.add_outlier(entry)
+            if outcome.status is not None or outcome.already_stored:
+                held.add(outcome.event_id)
+        outcome = await batch.add_join(
+            CheckedPdu(join, join_pdu), [e for e in state_ids if e in held], partial=partial
+        )
+        if outcome.status is None and not outcome.already_stored:
+            if outcome.reason in (Reason.AUTH_EVENTS_DISALLOW, Reason.STATE_BEFORE_DISALLOWS):
+                problem = f"our join does not pass the room's state: {outcome.error}"
+            else:
+                problem = f"our join cannot be checked: {outcome.error}"
+            # Raising rolls the batch back: nothing of this answer is stored.
+            raise TryNext(unavailable(problem))
+        await batch.write()
+        return batch
+
+
+def _missing_auth_ids(checked: Mapping[str, CheckedPdu], join: Event) -> set[str]:
+    """Auth events the answer's events and our join cite but the answer lacks."""
+    return {
+        auth_id
+        for event in [*(c.event for c in checked.values()), join]
+        for auth_id in event.auth_event_ids
+        if auth_id not in checked
+    }
+
+
+def _create_problem(
+    checked: Mapping[str, CheckedPdu], state_ids: Sequence[str], version: RoomVersion, room_id: str
+) -> str | None:
+    """Why the answer's state has no usable create event of this room, or None."""
+    create = next(
+        (
+            checked[e].event
+            for e in state_ids
+            if e in checked
+            and checked[e].event.type == "m.room.create"
+            and checked[e].event.state_key == ""
+        ),
+        None,
+    )
+    if create is None:
+        return "send_join state has no m.room.create event"
+    if str(create.content.get("room_version", "1")) != version.identifier:
+        return "the create event's room version differs from make_join's"
+    if version.room_id_from_create_event and room_id != "!" + create.event_id[1:]:
+        return "the create event is not this room's"
+    return None
