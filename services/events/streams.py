@@ -29,6 +29,7 @@ from mxfed.held_connection import (
     Backoff,
     HeldConnection,
     is_connection_error,
+    log_failure,
 )
 from services.events import metrics, storage
 from services.events.reads import EventView
@@ -153,8 +154,8 @@ class StreamPositions:
         while True:
             try:
                 await self.assign()
-            except (asyncpg.PostgresError, *CONNECTION_ERRORS):
-                log.warning("stream position sweep failed", exc_info=True)
+            except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+                log_failure(log, "stream position sweep failed", exc)
             await asyncio.sleep(interval)
 
 
