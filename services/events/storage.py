@@ -253,68 +253,77 @@ async def insert_events(
     writes = [w for w in writes if not w.promote]
     if not writes:
         return
-    await conn.copy_records_to_table(
-        "events",
-        schema_name="events",
-        columns=[
-            "event_id",
-            "room_id",
-            "type",
-            "state_key",
-            "sender",
-            "membership",
-            "depth",
-            "origin_server_ts",
-            "pdu_json",
-            "status",
-            "rejection_reason",
-            "redacted",
-            "state_group_before",
-            "state_group_after",
-            "servers_before",
-            "relayed_for",
-            "stream_pending",
-        ],
-        records=[
-            (
-                w.stored.event_id,
-                room_id,
-                w.stored.event.type,
-                w.stored.event.state_key,
-                w.stored.event.sender,
-                w.membership,
-                w.stored.event.depth,
-                w.stored.event.origin_server_ts,
-                w.pdu_json,
-                int(w.stored.status),
-                w.stored.rejection_reason,
-                w.stored.redacted,
-                w.stored.state_group_before,
-                w.stored.state_group_after,
-                w.stored.servers_before,
-                w.relayed_for,
-                stream_pending.get(w.stored.event_id),
-            )
-            for w in writes
-        ],
-    )
+    rows = [
+        (
+            w.stored.event_id,
+            room_id,
+            w.stored.event.type,
+            w.stored.event.state_key,
+            w.stored.event.sender,
+            w.membership,
+            w.stored.event.depth,
+            w.stored.event.origin_server_ts,
+            w.pdu_json,
+            int(w.stored.status),
+            w.stored.rejection_reason,
+            w.stored.redacted,
+            w.stored.state_group_before,
+            w.stored.state_group_after,
+            w.stored.servers_before,
+            w.relayed_for,
+            stream_pending.get(w.stored.event_id),
+        )
+        for w in writes
+    ]
     edges = [
         (w.stored.event_id, auth_id) for w in writes for auth_id in w.stored.event.auth_event_ids
     ]
-    if edges:
+    prev_edges = list(
+        {(prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids}
+    )
+    await _insert_rows(conn, "events", _INSERTED_EVENT_COLUMNS, rows)
+    await _insert_rows(conn, "event_auth", ("event_id", "auth_id"), edges)
+    await _insert_rows(conn, "event_edges", ("prev_event_id", "event_id"), prev_edges)
+
+
+_INSERTED_EVENT_COLUMNS = (
+    "event_id",
+    "room_id",
+    "type",
+    "state_key",
+    "sender",
+    "membership",
+    "depth",
+    "origin_server_ts",
+    "pdu_json",
+    "status",
+    "rejection_reason",
+    "redacted",
+    "state_group_before",
+    "state_group_after",
+    "servers_before",
+    "relayed_for",
+    "stream_pending",
+)
+# Up to this many rows go as one pipelined INSERT (one round trip); more as a COPY,
+# which waits for the server twice (to start, and at the end) but moves rows cheaper.
+_INSERT_AT_MOST = 16
+
+
+async def _insert_rows(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    if not rows:
+        return
+    if len(rows) > _INSERT_AT_MOST:
         await conn.copy_records_to_table(
-            "event_auth", schema_name="events", columns=["event_id", "auth_id"], records=edges
+            table, schema_name="events", columns=list(columns), records=rows
         )
-    prev_edges = {
-        (prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids
-    }
-    if prev_edges:
-        await conn.copy_records_to_table(
-            "event_edges",
-            schema_name="events",
-            columns=["prev_event_id", "event_id"],
-            records=list(prev_edges),
-        )
+        return
+    values = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    await conn.executemany(
+        f"INSERT INTO events.{table} ({', '.join(columns)}) VALUES ({values})", rows
+    )
 
 
 async def _promote_outliers(
