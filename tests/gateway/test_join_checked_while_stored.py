@@ -1,18 +1,21 @@
-"""A join's answer stored while its signatures are verified: the outcome is the sequential one.
+"""A join's answer (and a resync's /state) stored while its signatures are verified.
 
-mxfed stores a send_join answer in a transaction while the keys service
-still verifies the answer's signatures, and commits only once all have
-verified. These tests give answers where that is not so (a forged
-signature) or where the join is refused by the room's state, and check the
-outcome is what checking every signature first gives: the forged event
-left out (or, for the create event, no join), a refused join refused.
+mxfed stores a send_join answer, and the /state answer of a partial-state
+room's resync, in a transaction while the keys service still verifies their
+signatures, and commits only once all have verified. These tests give
+answers where that is not so (a forged signature) or where the join is
+refused by the room's state, and check the outcome is what checking every
+signature first gives: the forged event left out (or, for the create event,
+no join), a refused join refused, a resync that stores nothing until the
+state it is given verifies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import orjson
@@ -35,8 +38,8 @@ class Scene:
         self.membership = membership_pb2_grpc.MembershipStub(self.channel)
         self.events = events_pb2_grpc.EventsStub(self.channel)
 
-    def room(self, members: int) -> BigRoom:
-        room = BigRoom(self.server, self.other, members=members, omit=False)
+    def room(self, members: int, *, omit: bool = False) -> BigRoom:
+        room = BigRoom(self.server, self.other, members=members, omit=omit)
         self.rooms[room.room_id] = room
         return room
 
@@ -60,6 +63,24 @@ class Scene:
             pdu = orjson.loads(record.pdu_json)
             state[(pdu["type"], pdu["state_key"])] = record.event_id
         return state
+
+    async def info(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
+        return await self.events.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+        )
+
+    async def info_until(
+        self, room: BigRoom, ok: Callable[[events_pb2.QueryRoomInfoResponse], bool]
+    ) -> events_pb2.QueryRoomInfoResponse:
+        """Room info polled until ``ok`` holds of it (a condition, not a timing)."""
+        deadline = time.monotonic() + 60
+        while True:
+            info = await self.info(room)
+            if ok(info):
+                return info
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met; last room info: {info}")
+            await asyncio.sleep(0.05)
 
     async def held(self, event_ids: list[str]) -> set[str]:
         reply = await self.events.QueryEvents(
@@ -128,3 +149,22 @@ async def test_a_join_the_rooms_state_refuses_is_refused(scene: Scene) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await scene.join(room)
     assert await scene.held([room.create]) == set()
+
+
+async def test_a_resync_stores_nothing_while_its_state_has_a_forged_signature(
+    scene: Scene,
+) -> None:
+    room = scene.room(members=80, omit=True)
+    forged = room.state[(MEMBER, room.members[5])]
+    genuine = room.events[forged]
+    forge(room, forged)
+    await scene.join(room)
+    info = await scene.info_until(room, lambda i: i.resync_attempts >= 1)
+    assert info.resync_state != events_pb2.RESYNC_STATE_FULL_STATE
+    assert info.members_known < 5  # what the attempt stored was rolled back
+    other_member = room.state[(MEMBER, room.members[6])]
+    assert await scene.held([forged, other_member]) == set()
+    room.events[forged] = genuine  # the resident serves it signed again
+    await scene.info_until(room, lambda i: i.resync_state == events_pb2.RESYNC_STATE_FULL_STATE)
+    assert await scene.current_state(room) == room.state
+    assert await scene.held([forged, other_member]) == {forged, other_member}

@@ -16,7 +16,11 @@ like every fetched PDU (:func:`~services.events.pdu_checks.check_fetched`),
 and stores them through one :class:`RoomBatch` (outliers in auth order,
 then :meth:`RoomBatch.end_partial_state`, which places our join and every
 event since on the full state, checks them again and ends the partial
-state).
+state). When /state gave every event we lack, that batch is built and
+written while the keys service still verifies their signatures, in a
+transaction committed only once all have verified (rolled back otherwise,
+and the events refused fetched again with /event, as when the signatures
+are checked first).
 
 Supervised: a failed attempt is recorded (``resync_attempts``,
 ``resync_error``) and retried with backoff; the task is restartable —
@@ -34,12 +38,20 @@ from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import Any
 
+import asyncpg
+
 from matrix_protocol.room_versions import RoomVersion, room_version
 from mxfed.bulk_work import cyclic_gc_paused
 from mxfed.federation_client import FederationError, federation_path
 from services.events import metrics, storage
 from services.events.membership.common import MembershipDeps
-from services.events.pdu_checks import CheckedPdu, check_fetched
+from services.events.pdu_checks import (
+    CheckedBatch,
+    CheckedPdu,
+    PendingChecks,
+    check_fetched,
+    start_checks,
+)
 from services.events.room_batch import Rejudged, RoomBatch, auth_order
 
 log = logging.getLogger(__name__)
@@ -184,20 +196,12 @@ class PartialStateResync:
         async with deps.pool.acquire() as conn:
             held = await storage.held_event_ids(conn, wanted)
         missing = [e for e in wanted if e not in held]
-        fetched_at = time.monotonic()
-        valid = await self._fetch_checked(
-            room_id, version, row.join_event_id, missing, [server, *servers]
+        stored = await self._fetch_and_store(
+            room_id, version, row.join_event_id, state_ids, held, missing, [server, *servers]
         )
-        lacking = [e for e in state_ids if e not in held and e not in valid]
-        if lacking:
-            raise ResyncError(f"{len(lacking)} state events could not be fetched or checked")
-        metrics.RESYNC_SECONDS.labels("fetch").observe(time.monotonic() - fetched_at)
-        await self._progress(room_id, ResyncState.STORING)
-        stored_at = time.monotonic()
-        rejudged = await self._store(room_id, version, row.join_event_id, state_ids, valid)
-        if rejudged is None:
+        if stored is None:
             return False
-        metrics.RESYNC_SECONDS.labels("store").observe(time.monotonic() - stored_at)
+        rejudged, valid = stored
         metrics.RESYNC_SECONDS.labels("total").observe(time.monotonic() - started)
         metrics.RESYNCS.labels("done").inc()
         metrics.RESYNC_REJUDGED.labels("to_rejected").inc(rejudged.rejected)
@@ -221,6 +225,108 @@ class PartialStateResync:
         )
         return True
 
+    async def _fetch_and_store(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        join_event_id: str,
+        state_ids: Sequence[str],
+        held: set[str],
+        missing: Sequence[str],
+        servers: Sequence[str],
+    ) -> tuple[Rejudged, dict[str, CheckedPdu]] | None:
+        """The events we lack fetched, checked and stored; None if the room changed under us.
+
+        When the resident's /state gives every one, they are stored while the
+        keys service verifies their signatures, in a transaction committed
+        only once all have verified; otherwise (or when one has not) the
+        signatures are waited for first, what is still missing is fetched
+        with /event, and then it is stored.
+        """
+        fetched_at = time.monotonic()
+        pending = None
+        if len(missing) > STATE_FETCH_THRESHOLD:
+            raw = await self._state_answer(room_id, join_event_id, servers)
+            if raw is not None:
+                with metrics.RESYNC_SECONDS.labels("checks").time():
+                    pending = await start_checks(self.deps.keys, raw, version, room_id)
+        try:
+            if pending is not None:
+                wanted = set(missing)
+                unverified = {
+                    c.event.event_id: c for c in pending.unverified if c.event.event_id in wanted
+                }
+                if len(unverified) == len(wanted):
+                    await self._progress(room_id, ResyncState.STORING)
+                    stored_at = time.monotonic()
+                    try:
+                        committed, rejudged = await self._store_while_verifying(
+                            room_id, version, join_event_id, state_ids, unverified, pending
+                        )
+                    except Exception:
+                        # What failed counts only if it was the state as signed.
+                        await pending.verified()
+                        if not _any_refused(unverified):
+                            raise
+                        committed, rejudged = False, None
+                    if committed:
+                        metrics.RESYNC_SECONDS.labels("fetch").observe(stored_at - fetched_at)
+                        metrics.RESYNC_SECONDS.labels("store").observe(time.monotonic() - stored_at)
+                        return None if rejudged is None else (rejudged, unverified)
+            valid = await self._fetch_checked(
+                room_id, version, join_event_id, missing, servers, pending
+            )
+        finally:
+            if pending is not None:
+                pending.cancel()  # nobody waits for the signatures any more
+        lacking = [e for e in state_ids if e not in held and e not in valid]
+        if lacking:
+            raise ResyncError(f"{len(lacking)} state events could not be fetched or checked")
+        metrics.RESYNC_SECONDS.labels("fetch").observe(time.monotonic() - fetched_at)
+        await self._progress(room_id, ResyncState.STORING)
+        stored_at = time.monotonic()
+        rejudged = await self._store(room_id, version, join_event_id, state_ids, valid)
+        if rejudged is None:
+            return None
+        metrics.RESYNC_SECONDS.labels("store").observe(time.monotonic() - stored_at)
+        return rejudged, valid
+
+    async def _store_while_verifying(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        join_event_id: str,
+        state_ids: Sequence[str],
+        unverified: dict[str, CheckedPdu],
+        pending: PendingChecks,
+    ) -> tuple[bool, Rejudged | None]:
+        """:meth:`_store` of events whose signatures are still being verified: committed
+        once all have verified (True and what :meth:`_store` returns), else rolled back."""
+        async with self.deps.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                batch, rejudged = await self._store_batch(
+                    conn, room_id, join_event_id, state_ids, unverified
+                )
+                if batch is None:
+                    await transaction.rollback()
+                    return True, rejudged
+                await pending.verified()
+                if _any_refused(unverified):
+                    log.info(
+                        "/state answer with refused signatures; storing it again without them",
+                        extra={"room_id": room_id},
+                    )
+                    await transaction.rollback()
+                    return False, None
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await transaction.commit()
+        await batch.committed()
+        return True, rejudged
+
     async def _store(
         self,
         room_id: str,
@@ -230,30 +336,64 @@ class PartialStateResync:
         valid: dict[str, CheckedPdu],
     ) -> Rejudged | None:
         """Outliers, then the partial state ended; None if the room changed under us."""
-        deps = self.deps
-        async with deps.pool.acquire() as conn, conn.transaction():
-            batch = RoomBatch(deps.core, conn, room_id)
-            await batch.open(len(valid))
-            if batch.partial is None:
-                return Rejudged()  # finished meanwhile (a full rejoin)
-            if batch.partial.join_event_id != join_event_id:
-                return None  # joined again meanwhile: start over with that join
-            await batch.prefetch(c.event for c in valid.values())
-            failed: set[str] = set()
-            for entry in auth_order(valid.values()):
-                outcome = await batch.add_outlier(entry)
-                if outcome.status is None and not outcome.already_stored:
-                    failed.add(outcome.event_id)
-            usable = [e for e in state_ids if e not in failed]
-            if len(usable) < len(state_ids):
-                log.info(
-                    "state events at our join that could not be stored",
-                    extra={"room_id": room_id, "count": len(state_ids) - len(usable)},
-                )
-            rejudged = await batch.end_partial_state(usable)
-            await batch.write()
-        await batch.committed()
+        async with self.deps.pool.acquire() as conn, conn.transaction():
+            batch, rejudged = await self._store_batch(
+                conn, room_id, join_event_id, state_ids, valid
+            )
+        if batch is not None:
+            await batch.committed()
         return rejudged
+
+    async def _store_batch(
+        self,
+        conn: asyncpg.Connection,
+        room_id: str,
+        join_event_id: str,
+        state_ids: Sequence[str],
+        valid: dict[str, CheckedPdu],
+    ) -> tuple[RoomBatch | None, Rejudged | None]:
+        """:meth:`_store`'s batch, written in the caller's transaction (None: nothing to write)."""
+        batch = RoomBatch(self.deps.core, conn, room_id)
+        await batch.open(len(valid))
+        if batch.partial is None:
+            return None, Rejudged()  # finished meanwhile (a full rejoin)
+        if batch.partial.join_event_id != join_event_id:
+            return None, None  # joined again meanwhile: start over with that join
+        await batch.prefetch(c.event for c in valid.values())
+        failed: set[str] = set()
+        for entry in auth_order(valid.values()):
+            outcome = await batch.add_outlier(entry)
+            if outcome.status is None and not outcome.already_stored:
+                failed.add(outcome.event_id)
+        usable = [e for e in state_ids if e not in failed]
+        if len(usable) < len(state_ids):
+            log.info(
+                "state events at our join that could not be stored",
+                extra={"room_id": room_id, "count": len(state_ids) - len(usable)},
+            )
+        rejudged = await batch.end_partial_state(usable)
+        await batch.write()
+        return batch, rejudged
+
+    async def _state_answer(
+        self, room_id: str, join_event_id: str, servers: Sequence[str]
+    ) -> list[Any] | None:
+        """The PDUs and auth chain of the first /state answer at our join, if any."""
+        path = federation_path("_matrix", "federation", "v1", "state", room_id)
+        for server in dict.fromkeys(servers):
+            try:
+                answer = await self.deps.client.get_json(
+                    server, path, query={"event_id": join_event_id}, timeout=STATE_TIMEOUT
+                )
+            except FederationError as error:
+                log.info(
+                    "/state for a resync failed",
+                    extra={"room_id": room_id, "server": server, "error": str(error)},
+                )
+                continue
+            if isinstance(answer, dict):
+                return [*(answer.get("pdus") or []), *(answer.get("auth_chain") or [])]
+        return None
 
     async def _state_ids(
         self, room_id: str, event_id: str, servers: Sequence[str]
@@ -286,37 +426,24 @@ class PartialStateResync:
         join_event_id: str,
         missing: Sequence[str],
         servers: Sequence[str],
+        state_checks: PendingChecks | None,
     ) -> dict[str, CheckedPdu]:
-        """``missing`` fetched and checked: /state when many are missing, /event for the rest."""
+        """``missing`` fetched and checked: those of the /state answer being checked
+        (``state_checks``), then /event for the rest."""
         servers = list(dict.fromkeys(servers))
         wanted = set(missing)
         valid: dict[str, CheckedPdu] = {}
 
-        async def check(raw: Iterable[Any]) -> None:
-            with metrics.RESYNC_SECONDS.labels("checks").time():
-                checked = await check_fetched(self.deps.keys, raw, version, room_id)
+        def keep(checked: CheckedBatch) -> None:
             valid.update((c.event.event_id, c) for c in checked.valid if c.event.event_id in wanted)
 
-        if len(missing) > STATE_FETCH_THRESHOLD:
-            path = federation_path("_matrix", "federation", "v1", "state", room_id)
-            for server in servers:
-                try:
-                    answer = await self.deps.client.get_json(
-                        server, path, query={"event_id": join_event_id}, timeout=STATE_TIMEOUT
-                    )
-                except FederationError as error:
-                    log.info(
-                        "/state for a resync failed",
-                        extra={"room_id": room_id, "server": server, "error": str(error)},
-                    )
-                    continue
-                if isinstance(answer, dict):
-                    raw = [
-                        *(answer.get("pdus") or []),
-                        *(answer.get("auth_chain") or []),
-                    ]
-                    await check(raw)
-                    break
+        async def check(raw: Iterable[Any]) -> None:
+            with metrics.RESYNC_SECONDS.labels("checks").time():
+                keep(await check_fetched(self.deps.keys, raw, version, room_id))
+
+        if state_checks is not None:
+            with metrics.RESYNC_SECONDS.labels("checks").time():
+                keep(await state_checks.verified())
         rest = [e for e in missing if e not in valid]
         limit = asyncio.Semaphore(EVENT_FETCH_CONCURRENCY)
 
@@ -338,6 +465,10 @@ class PartialStateResync:
             raw = await asyncio.gather(*(one(e) for e in batch))
             await check([p for p in raw if p is not None])
         return valid
+
+
+def _any_refused(pdus: dict[str, CheckedPdu]) -> bool:
+    return any(c.refusal is not None for c in pdus.values())
 
 
 def _strings(value: Any) -> list[str] | None:
