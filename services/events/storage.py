@@ -522,20 +522,19 @@ async def forward_extremities(conn: asyncpg.Connection, room_id: str) -> dict[st
 async def replace_forward_extremities(
     conn: asyncpg.Connection, room_id: str, removed: Iterable[str], added: Iterable[str]
 ) -> None:
+    """One statement (one round trip); ``removed`` and ``added`` never share an id."""
     removed, added = list(removed), list(added)
-    if removed:
-        await conn.execute(
-            "DELETE FROM events.forward_extremities"
-            " WHERE room_id = $1 AND event_id = ANY($2::text[])",
-            room_id,
-            removed,
-        )
-    if added:
-        await conn.executemany(
-            "INSERT INTO events.forward_extremities (room_id, event_id) VALUES ($1, $2)"
-            " ON CONFLICT DO NOTHING",
-            [(room_id, event_id) for event_id in added],
-        )
+    if not removed and not added:
+        return
+    await conn.execute(
+        "WITH gone AS (DELETE FROM events.forward_extremities"
+        " WHERE room_id = $1 AND event_id = ANY($2::text[]))"
+        " INSERT INTO events.forward_extremities (room_id, event_id)"
+        " SELECT $1, a FROM unnest($3::text[]) AS t(a) ON CONFLICT DO NOTHING",
+        room_id,
+        removed,
+        added,
+    )
 
 
 @dataclass
