@@ -15,6 +15,11 @@ before it was ever ready. A part that crashes after it was ready is
 restarted with a growing delay (logged). SIGTERM/SIGINT stop every child and
 wait for it. Children get PR_SET_PDEATHSIG so that they stop even if the
 supervisor itself is killed.
+
+Once prepared, the supervisor goes on as :mod:`mxfed.supervision`, executed
+in the same process, which loads none of what the preparation needed (the
+configuration model, the database driver); with an embedded database it
+supervises in this process instead, which holds the database's handle.
 """
 
 from __future__ import annotations
@@ -22,11 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
-import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,50 +46,24 @@ from mxfed.identity_files import load_or_create_signing_key
 from mxfed.internal_identity import OPERATOR, Caller
 from mxfed.internal_pki import ensure_in_subprocess
 from mxfed.logs import setup_logging
-from mxfed.part_starter import ForkedPart, PartStarter, StarterGone, adopt_orphans
-from mxfed.startup import (
-    EXIT_FATAL,
-    FatalReport,
-    StartupError,
-    parse_report,
-)
+from mxfed.startup import EXIT_FATAL, StartupError
+from mxfed.supervision import PLAN_ENV, Supervision
 
 log = logging.getLogger("mxfed.supervisor")
 
-_MIN_RESTART_DELAY = 0.5
-_MAX_RESTART_DELAY = 30.0
-_STABLE_AFTER = 60.0
-_STOP_TIMEOUT = 10.0
-# A part that crashed this many times in a row without ever being ready is
-# not going to start: stop rather than loop.
-_CRASHES_BEFORE_GIVING_UP = 5
 
+class Supervisor(Supervision):
+    """Prepares what the parts share, then supervises them (:class:`Supervision`)."""
 
-@dataclass
-class Child:
-    part: str
-    process: ForkedPart | None = None
-    started_at: float = 0.0
-    restarts: int = 0
-    delay: float = _MIN_RESTART_DELAY
-    ready: bool = False
-    ever_ready: bool = False
-    crashes_before_ready: int = 0
-    pids: list[int] = field(default_factory=list)
-
-
-class Supervisor:
     def __init__(self, config: Config, config_path: str | None) -> None:
+        super().__init__(
+            list(config.run),
+            config.server_name,
+            config.gateway_listen if "gateway" in config.run else None,
+        )
         self.config = config
         self.config_path = config_path
-        self.children = {part: Child(part) for part in config.run}
-        self.stopping = asyncio.Event()
         self.embedded: EmbeddedDatabase | None = None
-        self.environment: dict[str, str] = {}
-        self.database = ""
-        self.fatal: FatalReport | None = None
-        self.announced = False
-        self.starter: PartStarter | None = None
 
     async def prepare(self) -> None:
         """What every part shares; a :class:`StartupError` when something is wrong with it."""
@@ -184,165 +160,33 @@ class Supervisor:
                 },
             )
 
-    async def _spawn(self, child: Child) -> asyncio.StreamReader:
-        assert self.starter is not None
-        read_end, write_end = os.pipe()
-        try:
-            child.process = await self.starter.start_part(child.part, write_end)
-        except BaseException:
-            os.close(read_end)
-            raise
-        finally:
-            os.close(write_end)
-        reports = asyncio.StreamReader()
-        loop = asyncio.get_running_loop()
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reports), os.fdopen(read_end, "rb", 0)
-        )
-        child.started_at = time.monotonic()
-        child.pids.append(child.process.pid)
-        log.info("part started", extra={"child": child.part, "pid": child.process.pid})
-        return reports
-
-    async def _follow_reports(self, child: Child, reports: asyncio.StreamReader) -> None:
-        while line := await reports.readline():
-            report = parse_report(child.part, line)
-            if report is True:
-                self._on_ready(child)
-                if self.starter is not None and all(c.ready for c in self.children.values()):
-                    # Nothing to start until a part exits: its memory is better freed.
-                    await self.starter.stop()
-            elif isinstance(report, FatalReport):
-                self._on_fatal(report)
-
-    def _on_ready(self, child: Child) -> None:
-        child.ready = child.ever_ready = True
-        child.crashes_before_ready = 0
-        if self.announced:
-            log.info("part ready again", extra={"child": child.part})
-            return
-        if all(c.ready for c in self.children.values()):
-            self.announced = True
-            print(
-                f"mxfed ready: server_name={self.config.server_name}"
-                + (
-                    f" federation API at https://{self.config.gateway_listen}"
-                    if "gateway" in self.children
-                    else ""
-                )
-                + f" database {self.database}",
-                flush=True,
-            )
-            log.info("ready", extra={"parts": list(self.children)})
-
-    def _on_fatal(self, report: FatalReport) -> None:
-        if self.fatal is None:
-            self.fatal = report
-        self.stopping.set()
-
-    async def _watch(self, child: Child) -> None:
-        while not self.stopping.is_set():
-            code = await self._run_once(child)
-            if self.stopping.is_set():
-                return
-            if code == EXIT_FATAL:
-                self._on_fatal(
-                    FatalReport(
-                        child.part,
-                        f"it stopped with a start-up error (exit status {code})",
-                        "see its log above",
-                    )
-                )
-                return
-            if not child.ever_ready:
-                child.crashes_before_ready += 1
-                if child.crashes_before_ready >= _CRASHES_BEFORE_GIVING_UP:
-                    self._on_fatal(
-                        FatalReport(
-                            child.part,
-                            f"it crashed {child.crashes_before_ready} times in a row before "
-                            f"it was ever ready (last exit status {code})",
-                            "see its log above",
-                        )
-                    )
-                    return
-            if time.monotonic() - child.started_at > _STABLE_AFTER:
-                child.delay = _MIN_RESTART_DELAY
-            child.restarts += 1
-            log.warning(
-                "part exited; restarting",
-                extra={
-                    "child": child.part,
-                    "exit_code": code,
-                    "restart": child.restarts,
-                    "delay_s": child.delay,
-                },
-            )
-            try:
-                await asyncio.wait_for(self.stopping.wait(), timeout=child.delay)
-            except TimeoutError:
-                pass
-            child.delay = min(child.delay * 2, _MAX_RESTART_DELAY)
-
-    async def _run_once(self, child: Child) -> int:
-        """Start ``child`` and follow it until it exits; its exit status."""
-        try:
-            reports = await self._spawn(child)
-        except StarterGone as exc:
-            log.error("could not start the part", extra={"child": child.part, "error": str(exc)})
-            return 1  # counted as a crash: restarted after the delay, or given up on
-        assert child.process is not None
-        follower = asyncio.create_task(self._follow_reports(child, reports))
-        code = await child.process.wait()
-        # The pipe ends with the process: every report is read.
-        try:
-            await asyncio.wait_for(follower, timeout=5)
-        except TimeoutError:
-            follower.cancel()
-        child.ready = False
-        return code
-
-    async def stop_children(self) -> None:
-        running = [
-            c.process for c in self.children.values() if c.process and c.process.returncode is None
-        ]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(p.wait() for p in running)), timeout=_STOP_TIMEOUT
-            )
-        except TimeoutError:
-            for process in running:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
-
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stopping.set)
+        self.handle_signals()
         try:
             await self.prepare()
         except StartupError as exc:
             print(exc.line(), file=sys.stderr, flush=True)
             self._stop_embedded()
             return EXIT_FATAL
-        adopt_orphans()
-        self.starter = PartStarter(self.environment)
-        watchers = [asyncio.create_task(self._watch(c)) for c in self.children.values()]
-        await self.stopping.wait()
-        log.info("stopping all parts")
-        await self.starter.stop()
-        await self.stop_children()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        if self.embedded is None and not self.stopping.is_set():
+            self._continue_lean()
+        # An embedded database is stopped through its handle, which lives in this process.
+        await self.supervise()
         self._stop_embedded()
-        if self.fatal is not None:
-            # The part logged the error in full; this is the line a person reads.
-            print(self.fatal.line(), file=sys.stderr, flush=True)
-            return EXIT_FATAL
-        log.info("stopped")
-        return 0
+        return self.outcome()
+
+    def _continue_lean(self) -> None:
+        """Go on as :mod:`mxfed.supervision` in this process; never returns."""
+        plan = self.plan(self.config.log_level, self.config.log_format)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "mxfed.supervision"],
+            {**self.environment, PLAN_ENV: plan},
+        )
 
     def _stop_embedded(self) -> None:
         if self.embedded:
