@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,44 @@ import psutil
 from mxfed.database import ensure_database
 
 
+def _as_system_user(executable: str) -> Any:
+    """pgserver's command ``executable``, run as its system user through ``runuser``.
+
+    pgserver passes ``user=`` to ``subprocess.run``, which makes CPython fork (not
+    vfork): gRPC's fork handlers then run in the child of a test process that has
+    gRPC threads, and the child was seen to abort before its exec ("Fatal Python
+    error: Aborted", pg_ctl "dying" of SIGSEGV)."""
+    from pgserver._commands import POSTGRES_BIN_PATH
+
+    def command(
+        args: list[str], pgdata: Path | None = None, user: str | None = None, **options: Any
+    ) -> str:
+        line = [
+            str(POSTGRES_BIN_PATH / executable),
+            *(["-D", str(pgdata)] if pgdata else []),
+            *args,
+        ]
+        if user is not None:
+            line = ["runuser", "-u", user, "--", *line]
+        # Files, not pipes: pg_ctl start leaves the server holding its output.
+        with tempfile.TemporaryFile("w+") as out:
+            subprocess.run(
+                line, check=True, stdout=out, stderr=subprocess.STDOUT, text=True, **options
+            )
+            out.seek(0)
+            return out.read()
+
+    return command
+
+
 class OwnPostgres:
     def __init__(self, directory: Path) -> None:
         import pgserver
+        import pgserver.postgres_server
 
         logging.getLogger("pgserver").setLevel(logging.WARNING)
+        pgserver.postgres_server.pg_ctl = _as_system_user("pg_ctl")
+        pgserver.postgres_server.initdb = _as_system_user("initdb")
         self.directory = directory / "pgdata"
         self.server: Any = pgserver.get_server(self.directory, cleanup_mode="delete")
         self.server_url: str = self.server.get_uri()
@@ -36,14 +70,14 @@ class OwnPostgres:
         return await ensure_database(self.server_url, name)
 
     def _pg_ctl(self, *args: str) -> None:
-        from pgserver._commands import pg_ctl
-
-        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+        _as_system_user("pg_ctl")(
+            list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60
+        )
 
     def stop(self) -> None:
         """A fast shutdown (SIGINT to the postmaster: every session is ended), waited for.
 
-        The postmaster is signalled directly: pg_ctl was seen to die of SIGSEGV here."""
+        The postmaster is signalled directly: it needs no child process at all."""
         pid = int((self.directory / "postmaster.pid").read_text().split()[0])
         process = psutil.Process(pid)
         process.send_signal(signal.SIGINT)
