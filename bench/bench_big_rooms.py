@@ -17,8 +17,9 @@ two servers, one-step auth chains: a lower bound for real rooms).
   100-member room, so the cost per member event can be compared;
 * the stages of each (``mxfed_events_resync_seconds``,
   ``mxfed_events_remote_join_seconds``), and the CPU seconds each process
-  (and this one, the resident) used meanwhile: on a shared machine the wall
-  clock shows the load, the CPU seconds what the work costs;
+  (this one, the resident, and the PostgreSQL backends of mxfed's database)
+  used meanwhile: on a shared machine the wall clock shows the load, the CPU
+  seconds what the work costs;
 * the peak RSS (VmHWM) of every mxfed process at the end.
 
 Prints the machine's signature-verification ceiling measured in the same run.
@@ -42,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 
 from matrix_protocol.signing import generate_signing_key, sign_json, verify_json_signature  # noqa: E402
@@ -107,6 +109,31 @@ def cpu_seconds(root_pid: int) -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     found["bench and resident"] = usage.ru_utime + usage.ru_stime
     return found
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def with_postgres_cpu(found: dict[str, float], database_url: str) -> dict[str, float]:
+    """``found`` plus the CPU seconds of the PostgreSQL backends serving ``database_url``
+    (the local server's processes; a backend gone meanwhile is not counted)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        pids = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    total = 0.0
+    for row in pids:
+        try:
+            total += _process_cpu(row["pid"])
+        except OSError:
+            continue
+    return {**found, "postgres": total}
 
 
 def cpu_used(before: dict[str, float], after: dict[str, float]) -> str:
@@ -249,20 +276,22 @@ async def run(args: argparse.Namespace) -> None:
         root = mxfed.process.pid if mxfed.process is not None else os.getpid()
         print(f"\npartial-state join of a {n}-member room")
         room = bench.room(n, omit=True)
-        cpu_before = cpu_seconds(root)
+        cpu_before = await with_postgres_cpu(cpu_seconds(root), database_url)
         for name, seconds in (await bench.partial_join(room)).items():
             print(f"  {name:<14} {seconds:7.2f} s")
-        print(f"  CPU seconds: {cpu_used(cpu_before, cpu_seconds(root))}")
+        cpu_after = await with_postgres_cpu(cpu_seconds(root), database_url)
+        print(f"  CPU seconds: {cpu_used(cpu_before, cpu_after)}")
         stages = await asyncio.to_thread(bench.metric_sums, "mxfed_events_resync_seconds_sum")
         print("  resync stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(stages.items())))
         joins = "mxfed_events_remote_join_seconds_sum"
         join_stages = await asyncio.to_thread(bench.metric_sums, joins)
         print(f"\nfull join of a {n}-member room (the resident does not omit members)")
         big = bench.room(n, omit=False)
-        cpu_before = cpu_seconds(root)
+        cpu_before = await with_postgres_cpu(cpu_seconds(root), database_url)
         seconds = await bench.full_join(big)
         print(f"  join returned  {seconds:7.2f} s")
-        print(f"  CPU seconds: {cpu_used(cpu_before, cpu_seconds(root))}")
+        cpu_after = await with_postgres_cpu(cpu_seconds(root), database_url)
+        print(f"  CPU seconds: {cpu_used(cpu_before, cpu_after)}")
         after = await asyncio.to_thread(bench.metric_sums, joins)
         spent = {k: v - join_stages.get(k, 0.0) for k, v in sorted(after.items())}
         print("  join stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in spent.items()))
