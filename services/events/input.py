@@ -175,6 +175,32 @@ class TransactionGuard:
                         raise
             raise AssertionError("unreachable")
 
+    async def _try_lock(self, key: int) -> bool:
+        """One ``pg_try_advisory_lock``, recorded when taken.
+
+        A holder cancelled while the query is out (its caller gave up, say) may
+        have taken the lock by the time the answer comes: that lock is given back
+        before the cancellation goes on. Left to the session, it would refuse
+        this transaction on every replica for as long as this one runs."""
+        attempt = asyncio.ensure_future(self._query("SELECT pg_try_advisory_lock($1)", key))
+        try:
+            taken = bool(await asyncio.shield(attempt))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._give_back(attempt, key))
+            raise
+        if taken:
+            self._held[key] = self._conn.generation
+        return taken
+
+    async def _give_back(self, attempt: asyncio.Future[Any], key: int) -> None:
+        try:
+            taken = await attempt
+        except Exception:
+            return  # no answer: the session that may hold it is gone, or the query failed
+        if taken:
+            self._held[key] = self._conn.generation
+            await self._unlock(key)
+
     async def _unlock(self, key: int) -> None:
         generation = self._held.pop(key, None)
         if generation != self._conn.generation or not self._conn.alive:
@@ -193,13 +219,13 @@ class TransactionGuard:
                 key = storage.lock_key(f"txn:{origin}\x00{txn_id}")
                 # Another replica holds it only while it processes the same
                 # transaction; poll rather than block the shared connection.
-                while not await self._query("SELECT pg_try_advisory_lock($1)", key):  # noqa: ASYNC110
+                while not await self._try_lock(key):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
-                self._held[key] = self._conn.generation
                 try:
                     yield
                 finally:
-                    await self._unlock(key)
+                    # Shielded: a cancellation must not leave the unlock unsent.
+                    await asyncio.shield(self._unlock(key))
         finally:
             self._users[name] -= 1
             if not self._users[name]:

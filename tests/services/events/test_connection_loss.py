@@ -65,6 +65,44 @@ async def test_guard_takes_back_its_locks_after_losing_its_connection(
         await other.close()
 
 
+async def test_a_holder_cancelled_while_its_lock_is_being_taken_gives_the_lock_back(
+    events_pool: asyncpg.Pool, database_url: str
+) -> None:
+    guard = TransactionGuard(events_pool)
+    other = await asyncpg.connect(database_url)  # another replica's session
+    key = storage.lock_key("txn:origin.example\x00t1")
+    taken_on_server, answer = asyncio.Event(), asyncio.Event()
+    fetchval = guard._conn.fetchval
+
+    async def answered_late(sql: str, *args: object) -> object:
+        # The server has run the query (the lock is taken); its answer is still on the way.
+        result = await fetchval(sql, *args)
+        if "pg_try_advisory_lock" in sql:
+            taken_on_server.set()
+            await answer.wait()
+        return result
+
+    guard._conn.fetchval = answered_late  # type: ignore[method-assign]
+
+    async def hold() -> None:
+        async with guard.hold("origin.example", "t1"):
+            await asyncio.Event().wait()
+
+    holder = asyncio.create_task(hold())
+    try:
+        await asyncio.wait_for(taken_on_server.wait(), 30)
+        assert not await other.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        holder.cancel()  # e.g. the remote gave up on its /send
+        answer.set()
+        await asyncio.gather(holder, return_exceptions=True)
+        assert holder.cancelled()
+        # Given back: another replica can process the retried transaction.
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", key)
+    finally:
+        await guard.close()
+        await other.close()
+
+
 async def test_send_and_stream_go_on_after_every_connection_is_ended(
     events: EventsService, remote: RemoteServer, database_url: str
 ) -> None:
