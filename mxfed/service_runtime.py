@@ -246,23 +246,31 @@ async def run_service(name: str, config: Config, stop: asyncio.Event | None = No
     setup_tracing(name, config)
     if not config.database_url:
         raise RuntimeError("database_url must be resolved before a service starts")
+    # Given a stop event, the caller (mxfed run --single-process) owns the signals.
+    signals = (signal.SIGTERM, signal.SIGINT) if stop is None else ()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signals:
         loop.add_signal_handler(signum, stop.set)
-
-    url = config.database_url
-    if config.database_password_file:
-        url = with_password(url, config.database_password_file.read_text().strip())
-        config.database_url = url
-    await wait_for_database(url, config.database_start_timeout)
-    pool = await create_pool(url, max_size=config.database_pool_size)
-    watch_pool(pool)
     try:
-        await _serve(name, config, pool, stop)
+        url = config.database_url
+        if config.database_password_file:
+            url = with_password(url, config.database_password_file.read_text().strip())
+            config.database_url = url
+        await wait_for_database(url, config.database_start_timeout)
+        pool = await create_pool(url, max_size=config.database_pool_size)
+        watch_pool(pool)
+        try:
+            await _serve(name, config, pool, stop)
+        finally:
+            await pool.close()
+            await asyncio.to_thread(flush_traces)
     finally:
-        await pool.close()
-        await asyncio.to_thread(flush_traces)
+        # Here, while the loop's wake-up pipe is open: closing the loop closes the pipe
+        # before it drops the handlers, and a signal in between (the supervisor
+        # stopping every part when one cannot start) printed a traceback.
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 async def _serve(name: str, config: Config, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
