@@ -294,7 +294,8 @@ def _metrics(mxfed: MxfedProcess, part: str) -> str:
 
 
 def part_usage(mxfed: MxfedProcess) -> dict[str, tuple[float, int]]:
-    """CPU seconds so far and RSS of each part (``--service NAME``) of the running mxfed."""
+    """CPU seconds so far and RSS of each part (``--service NAME``) of the running mxfed, of
+    this bench process (the remote's client) and of every PostgreSQL process (no RSS)."""
     assert mxfed.process is not None
     usage = {}
     for child in psutil.Process(mxfed.process.pid).children(recursive=True):
@@ -303,6 +304,13 @@ def part_usage(mxfed: MxfedProcess) -> dict[str, tuple[float, int]]:
             times = child.cpu_times()
             part = command[command.index("--service") + 1]
             usage[part] = (times.user + times.system, child.memory_info().rss)
+    own = psutil.Process().cpu_times()
+    usage["(bench client)"] = (own.user + own.system, psutil.Process().memory_info().rss)
+    postgres_cpu = 0.0
+    for process in psutil.process_iter(["name", "cpu_times"]):
+        if process.info["name"] in ("postgres", "postmaster") and process.info["cpu_times"]:
+            postgres_cpu += process.info["cpu_times"].user + process.info["cpu_times"].system
+    usage["(PostgreSQL)"] = (postgres_cpu, 0)
     return usage
 
 

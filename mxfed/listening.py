@@ -26,7 +26,10 @@ def bind_tcp(address: str, *, reuse_port: bool, backlog: int = 2048) -> socket.s
     """A socket listening on ``address`` (``host:port``)."""
     host, port = split_host_port(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it a response written in two parts (headers, then body) waits out the
+    # client's delayed ACK, about 40 ms per request on Linux.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
