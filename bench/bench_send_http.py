@@ -9,8 +9,10 @@ requires of a sender), first into one room, then spread over 5 rooms, then over 
 Prints PDUs/s, the share of time per stage (gateway HTTP + X-Matrix, and the
 events service's receive stages read from its Prometheus metrics), the CPU
 (in cores) and RSS of each part during each scenario (what the Kubernetes
-resource requests in deploy/kubernetes/ are sized from), and the ed25519
-verifications/s this machine manages in the same run.
+resource requests in deploy/kubernetes/ are sized from; PostgreSQL's is that of
+the backends serving mxfed's database), and the ed25519 verifications/s this
+machine manages in the same run. Each scenario starts with an ``ANALYZE`` of the
+database (this cluster runs without autovacuum: see :func:`analyze`).
 
 Then the same load into a Synapse started in the same run (the test extras'
 matrix-synapse on a PostgreSQL database of its own, loopback; the remote joins
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import nacl.signing
 import psutil
 from aiohttp import web
@@ -230,7 +233,13 @@ async def readable(remote: FakeHomeserver, server: Any, event_id: str) -> None:
 
 
 async def run_synapse_scenario(
-    name: str, rooms: list[Room], remote: FakeHomeserver, synapse: Any, user: str, count: int
+    name: str,
+    rooms: list[Room],
+    remote: FakeHomeserver,
+    synapse: Any,
+    user: str,
+    count: int,
+    database_url: str,
 ) -> float:
     """The same load as :func:`run_scenario` into a Synapse; PDUs/s.
 
@@ -247,6 +256,7 @@ async def run_synapse_scenario(
             last, pdu = room.next_pdu(remote, user, "m.room.message", {"body": f"{name} {t}/{i}"})
             pdus.append(pdu)
         batches.append((last, pdus))
+    await analyze(database_url)  # as for mxfed
     process = psutil.Process(synapse.pid)
     cpu_before = sum(process.cpu_times()[:2])
     started = time.perf_counter()
@@ -294,8 +304,8 @@ def _metrics(mxfed: MxfedProcess, part: str) -> str:
 
 
 def part_usage(mxfed: MxfedProcess) -> dict[str, tuple[float, int]]:
-    """CPU seconds so far and RSS of each part (``--service NAME``) of the running mxfed, of
-    this bench process (the remote's client) and of every PostgreSQL process (no RSS)."""
+    """CPU seconds so far and RSS of each part (``--service NAME``) of the running mxfed and
+    of this bench process (the remote's client)."""
     assert mxfed.process is not None
     usage = {}
     for child in psutil.Process(mxfed.process.pid).children(recursive=True):
@@ -306,12 +316,40 @@ def part_usage(mxfed: MxfedProcess) -> dict[str, tuple[float, int]]:
             usage[part] = (times.user + times.system, child.memory_info().rss)
     own = psutil.Process().cpu_times()
     usage["(bench client)"] = (own.user + own.system, psutil.Process().memory_info().rss)
-    postgres_cpu = 0.0
-    for process in psutil.process_iter(["name", "cpu_times"]):
-        if process.info["name"] in ("postgres", "postmaster") and process.info["cpu_times"]:
-            postgres_cpu += process.info["cpu_times"].user + process.info["cpu_times"].system
-    usage["(PostgreSQL)"] = (postgres_cpu, 0)
     return usage
+
+
+async def backend_cpu(database_url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving ``database_url``, by pid (the
+    server's other databases are other people's: the machine is shared)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+    cpu = {}
+    for row in rows:
+        try:
+            times = psutil.Process(row["pid"]).cpu_times()
+        except psutil.Error:
+            continue  # ended meanwhile
+        cpu[row["pid"]] = times.user + times.system
+    return cpu
+
+
+async def analyze(database_url: str) -> None:
+    """What autovacuum would have done by now on a running server: this cluster runs
+    without it (CI), so nothing else gives the planner the tables' sizes, and a pooled
+    connection would keep the plans it made while they were nearly empty (sequential
+    scans of the events table for every lookup by id)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("ANALYZE")
+    finally:
+        await connection.close()
 
 
 async def run_scenario(
@@ -333,8 +371,10 @@ async def run_scenario(
             last, pdu = room.next_pdu(remote, user, "m.room.message", {"body": f"{name} {t}/{i}"})
             pdus.append(pdu)
         batches.append(pdus)
+    await analyze(mxfed.database_url)
     before = stage_seconds(mxfed)
     usage_before = part_usage(mxfed)
+    postgres_before = await backend_cpu(mxfed.database_url)
     started = time.perf_counter()
     for pdus in batches:
         response = await send(remote, mxfed, pdus)
@@ -343,6 +383,11 @@ async def run_scenario(
     await readable(remote, mxfed, last)
     elapsed = time.perf_counter() - started
     usage_after = part_usage(mxfed)
+    postgres_after = await backend_cpu(mxfed.database_url)
+    usage_after["(PostgreSQL)"] = (
+        sum(cpu - postgres_before.get(pid, 0.0) for pid, cpu in postgres_after.items()),
+        0,
+    )
     after = stage_seconds(mxfed)
     total = transactions * PDUS_PER_TRANSACTION
     print(f"\n{name}: {total} PDUs in {elapsed:.2f} s = {total / elapsed:,.0f} PDUs/s")
@@ -368,7 +413,7 @@ async def run_scenario(
         print(f"    {label:24s} {1000 * outside / transactions:7.1f} ms")
     print("  each part meanwhile: CPU in cores and per PDU, RSS at the end")
     for part, (cpu_after, rss) in sorted(usage_after.items()):
-        cpu = cpu_after - usage_before.get(part, (cpu_after, 0))[0]
+        cpu = cpu_after - usage_before.get(part, (0.0, 0))[0]
         print(
             f"    {part:10s} {cpu / elapsed:5.2f} cores  {1e6 * cpu / total:6.0f} µs/PDU"
             f"  {rss / 2**20:6.1f} MiB"
@@ -449,7 +494,12 @@ def stop_profilers(profilers: list[subprocess.Popen]) -> None:
 
 
 async def compare_with_synapse(
-    synapse: Any, remote: FakeHomeserver, user: str, transactions: int, ours: dict[str, float]
+    synapse: Any,
+    database_url: str,
+    remote: FakeHomeserver,
+    user: str,
+    transactions: int,
+    ours: dict[str, float],
 ) -> None:
     """The same load into a Synapse started in this run (from the test extras, PostgreSQL,
     loopback), after it settled; then mxfed's rate, Synapse's and the ratio."""
@@ -459,17 +509,12 @@ async def compare_with_synapse(
     five = [await join_synapse_room(synapse, token, remote, user) for _ in range(5)]
     twenty = [await join_synapse_room(synapse, token, remote, user) for _ in range(20)]
     await asyncio.sleep(5)  # settled: background updates after start and joins done
-    await run_synapse_scenario("warm-up", one, remote, synapse, user, 2)
+    await run_synapse_scenario("warm-up", one, remote, synapse, user, 2, database_url)
     theirs = {
-        "one room": await run_synapse_scenario(
-            "one room", one, remote, synapse, user, transactions
-        ),
-        "five rooms": await run_synapse_scenario(
-            "five rooms", five, remote, synapse, user, transactions
-        ),
-        "20 rooms": await run_synapse_scenario(
-            "20 rooms", twenty, remote, synapse, user, transactions
-        ),
+        label: await run_synapse_scenario(
+            label, rooms, remote, synapse, user, transactions, database_url
+        )
+        for label, rooms in (("one room", one), ("five rooms", five), ("20 rooms", twenty))
     }
     print("\ninbound PDUs/s, same load, same run (Synapse 1.163 on PostgreSQL):")
     for label, rate in ours.items():
@@ -527,7 +572,10 @@ async def main(transactions: int, profile: Path | None = None, no_synapse: bool 
                 )
                 await measure_visibility_latency(stub, one[0], remote, mxfed, user)
             if synapse is not None:
-                await compare_with_synapse(synapse, remote, user, transactions, ours)
+                assert synapse_database is not None
+                await compare_with_synapse(
+                    synapse, synapse_database, remote, user, transactions, ours
+                )
         finally:
             mxfed.stop()
             if synapse is not None:
