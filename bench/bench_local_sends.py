@@ -30,7 +30,9 @@ joins its rooms with make_join/send_join), after it settled:
   after another into one room: messages/s from the first send to the last PDU
   received by the remote, and send returned → PDU received p50/p90.
 
-Each prints mxfed's figure, Synapse's and the ratio. ``--profile DIR`` records
+Each prints mxfed's figure, Synapse's and the ratio; for mxfed also the stages'
+means from the parts' metrics and, per event, acceptance → on an events stream
+(a subscriber like the sender, in the bench) → received by the remote. ``--profile DIR`` records
 py-spy profiles of the events and sender processes during mxfed's scenarios
 (``DIR/<scenario>-<part>.txt``, raw collapsed stacks); ``--no-synapse`` skips
 Synapse. ``bench/bench_outbound.py`` runs the outbound scenario alone.
@@ -70,7 +72,7 @@ from bench.bench_send_http import (  # noqa: E402
     stop_profilers,
 )
 from mxfed.client import Client  # noqa: E402
-from mxfed_api.events.v1 import events_pb2_grpc  # noqa: E402
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
 from tests.support.databases import create_database, drop_database  # noqa: E402
 from tests.support.fake_homeserver import FakeHomeserver  # noqa: E402
 from tests.support.mxfed_process import MxfedProcess  # noqa: E402
@@ -114,6 +116,30 @@ class Remote:
             ) from None
         finally:
             self._waiting = None
+
+
+class StreamWatcher:
+    """A stream subscriber like the sender (local senders only): when each bench event
+    reached it, which splits acceptance → remote into the events service's part (the
+    round's NOTIFY, the hub's read, the gRPC stream) and the sender's."""
+
+    def __init__(self, stub: events_pb2_grpc.EventsStub) -> None:
+        self.seen: dict[str, float] = {}
+        self._call = stub.StreamEvents(
+            events_pb2.StreamEventsRequest(after_position=-1, local_senders_only=True)
+        )
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        async for item in self._call:
+            if item.WhichOneof("item") == "event":
+                mark = orjson.loads(item.event.pdu_json).get("content", {}).get("bench_id")
+                if isinstance(mark, str):
+                    self.seen.setdefault(mark, time.perf_counter())
+
+    def close(self) -> None:
+        self._call.cancel()
+        self._task.cancel()
 
 
 @dataclass
@@ -282,6 +308,8 @@ STAGES = (
     ),
     ("events", "mxfed_events_stream_round_seconds", "", "events: stream position round"),
     ("events", "mxfed_db_pool_acquire_seconds", "", "events: wait for a pooled connection"),
+    ("sender", "mxfed_sender_ingest_seconds", "", "sender: ingest statement"),
+    ("sender", "mxfed_sender_next_transactions_seconds", "", "sender: next-transactions call"),
     ("sender", "mxfed_sender_transaction_seconds", "", "sender: transaction PUT → 200"),
     ("events", "mxfed_event_loop_lag_histogram_seconds", "", "events: event-loop lag"),
     ("sender", "mxfed_event_loop_lag_histogram_seconds", "", "sender: event-loop lag"),
@@ -292,6 +320,23 @@ def _sample(text: str, name: str, labels: str) -> float:
     selector = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
     found = re.search(rf"^{selector} ([0-9.e+-]+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def hop_lines(sends: Sends, watcher: StreamWatcher, remote: Remote) -> list[str]:
+    """Per event: acceptance → on a stream subscriber → at the remote (p50/p90)."""
+    marks = [m for m in sends.returned if m in watcher.seen and m in remote.arrived]
+    lines = []
+    for label, start, end in (
+        ("accepted → on an events stream", sends.returned, watcher.seen),
+        ("on the stream → received by the remote", watcher.seen, remote.arrived),
+    ):
+        delays = [1000 * (end[m] - start[m]) for m in marks]
+        if delays:
+            lines.append(
+                f"    {label:40s} p50 {percentile(delays, 0.5):6.2f} ms,"
+                f" p90 {percentile(delays, 0.9):6.2f} ms"
+            )
+    return lines
 
 
 def stage_totals(mxfed: MxfedProcess) -> dict[str, tuple[float, float]]:
@@ -343,7 +388,7 @@ async def measure(
     rooms: int,
     per_sender: int,
     offer: Offer | None = None,
-) -> Figures:
+) -> tuple[Figures, Sends]:
     prefix = uuid.uuid4().hex[:8]
     meter.start()
     offered = ""
@@ -361,7 +406,7 @@ async def measure(
             )
         )
     await remote.wait_for(set(sends.started))
-    return figures(scenario, sends, remote, meter.cores(), offered)
+    return figures(scenario, sends, remote, meter.cores(), offered), sends
 
 
 @dataclass
@@ -407,7 +452,9 @@ async def run_mxfed(
                     (await join_public_room(stub, mxfed, remote, user)).room_id
                     for _ in range(load.rooms)
                 ]
-            async with Client(mxfed.config()) as client:
+            watcher_channel = mxfed.channel("events")
+            watcher = StreamWatcher(events_pb2_grpc.EventsStub(watcher_channel))
+            async with watcher_channel, Client(mxfed.config()) as client:
                 local = [f"@bridge{i}:{mxfed.server_name}" for i in range(load.senders)]
                 for index, sender in enumerate(local):
                     await client.join(sender, room_ids[index % load.rooms])
@@ -428,7 +475,7 @@ async def run_mxfed(
                         else []
                     )
                     before = stage_totals(mxfed)
-                    results[scenario] = await measure(
+                    results[scenario], sends = await measure(
                         scenario,
                         send_one,
                         received,
@@ -443,6 +490,8 @@ async def run_mxfed(
                     print("\n".join(results[scenario].lines(scenario)))
                     print("  stages:")
                     print("\n".join(stage_lines(before, stage_totals(mxfed))))
+                    print("\n".join(hop_lines(sends, watcher, received)))
+                watcher.close()
         finally:
             await asyncio.to_thread(mxfed.stop)
             await drop_database(database_url)
@@ -486,7 +535,7 @@ async def run_synapse(
             await measure("warm-up", send_one, received, meter, load.senders, load.rooms, 2)
             for scenario in scenarios:
                 senders, rooms, per_sender = load.shape(scenario)
-                results[scenario] = await measure(
+                results[scenario], _ = await measure(
                     scenario,
                     send_one,
                     received,

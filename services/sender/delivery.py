@@ -208,13 +208,14 @@ class TransactionBatcher:
 
     async def _call(self, batch: list[_Request]) -> None:
         try:
-            results = await self.storage.next_transactions(
-                [r.destination for r in batch if r.want_next],
-                [(r.destination, r.completed) for r in batch if r.completed is not None],
-                self.instance_id,
-                max_pdus=self.max_pdus,
-                max_edus=self.max_edus,
-            )
+            with metrics.NEXT_TRANSACTIONS_SECONDS.time():
+                results = await self.storage.next_transactions(
+                    [r.destination for r in batch if r.want_next],
+                    [(r.destination, r.completed) for r in batch if r.completed is not None],
+                    self.instance_id,
+                    max_pdus=self.max_pdus,
+                    max_edus=self.max_edus,
+                )
         except BaseException as exc:
             for request in batch:
                 if not request.future.done():

@@ -134,7 +134,8 @@ class Ingester:
             if converted is not None
         ]
         cursor = max(item.position for item in batch)
-        added = await SenderStorage.ingest_batch(connection, queued, cursor)
+        with metrics.INGEST_SECONDS.time():
+            added = await SenderStorage.ingest_batch(connection, queued, cursor)
         self.position = max(self.position, cursor)
         metrics.INGEST_POSITION.set(self.position)
         metrics.EVENTS_INGESTED.inc(len(queued))

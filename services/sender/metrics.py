@@ -40,6 +40,17 @@ TRANSACTION_SECONDS = Histogram(
     "Time from sending a transaction to its answer",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+_FAST_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+INGEST_SECONDS = Histogram(
+    "mxfed_sender_ingest_seconds",
+    "Time to store one batch of the events stream (its events, queue rows and cursor)",
+    buckets=_FAST_BUCKETS,
+)
+NEXT_TRANSACTIONS_SECONDS = Histogram(
+    "mxfed_sender_next_transactions_seconds",
+    "Time of one call recording delivered transactions and taking the next ones",
+    buckets=_FAST_BUCKETS,
+)
 ACTIVE_DESTINATIONS = Gauge(
     "mxfed_sender_active_destinations", "Destinations this replica is delivering to now"
 )
