@@ -114,6 +114,9 @@ class StreamPositions:
         self.pool = pool
         self._next: asyncio.Future[dict[str, int]] | None = None
         self._rounds: asyncio.Task[None] | None = None
+        # What the last round positioned: a caller that asked while it ran waits for the
+        # next round, but its rows, committed before that round's statement, may be there.
+        self._last_round: dict[str, int] = {}
 
     async def assign(self, event_ids: Sequence[str] = ()) -> dict[str, int]:
         """After a round that began after this call: the positions of ``event_ids``."""
@@ -138,7 +141,9 @@ class StreamPositions:
                     async with self.pool.acquire() as conn:
                         with metrics.STREAM_ROUND_SECONDS.time():
                             assigned = await storage.assign_stream_positions(conn)
-                        round_done.set_result(assigned)  # not after the release
+                        # not after the release
+                        round_done.set_result({**self._last_round, **assigned})
+                        self._last_round = assigned
                 except Exception as exc:  # every waiter of this round gets it
                     if not round_done.done():
                         round_done.set_exception(exc)

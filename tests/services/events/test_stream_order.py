@@ -312,3 +312,42 @@ async def test_a_redaction_of_an_event_still_waiting_for_its_position_streams_af
     async with events_pool.acquire() as conn:
         stored = (await storage.fetch_events(conn, [target_id]))[target_id]
     assert stored.redacted
+
+
+async def test_rows_the_running_round_positioned_are_not_looked_up_again_by_the_next_one(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents, monkeypatch: Any
+) -> None:
+    """A caller that asks while a round runs waits for the next round; rows it committed
+    before the running round's statement got their positions there, and it takes them
+    from that round instead of asking the database again."""
+    room_id = await _room(local)
+    positions = StreamPositions(events_pool)
+    async with events_pool.acquire() as conn, conn.transaction():
+        _, event_id = await _write(conn, core, local, room_id, "early")
+    assign, running, let_finish = storage.assign_stream_positions, asyncio.Event(), asyncio.Event()
+
+    async def held_round(conn: asyncpg.Connection) -> dict[str, int]:
+        assigned = await assign(conn)
+        if not running.is_set():  # the first round, once it positioned the row
+            running.set()
+            await let_finish.wait()
+        return assigned
+
+    async def looked_up(conn: asyncpg.Connection, event_ids: Any) -> dict[str, int]:
+        raise AssertionError(f"looked up again: {event_ids}")
+
+    monkeypatch.setattr(storage, "assign_stream_positions", held_round)
+    monkeypatch.setattr(storage, "stream_positions_of", looked_up)
+    first_round = asyncio.create_task(positions.assign())
+    await asyncio.wait_for(running.wait(), 30)
+    asking = asyncio.create_task(positions.assign([event_id]))
+    await asyncio.sleep(0)  # it asked: the next round is its own
+    let_finish.set()
+    await first_round
+    found = await asyncio.wait_for(asking, 30)
+    async with events_pool.acquire() as conn:
+        assert found == {
+            event_id: await conn.fetchval(
+                "SELECT stream_position FROM events.events WHERE event_id = $1", event_id
+            )
+        }
