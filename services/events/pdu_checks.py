@@ -249,7 +249,8 @@ class PendingChecks:
     ``unverified``: the PDUs to store if every signature verifies, in the
     order given. A caller may prepare their storage meanwhile (inside a
     transaction it commits only after :meth:`verified`, and redoes without
-    the refused PDUs if any is refused).
+    the refused PDUs if any is refused:
+    :func:`~services.events.stored_while_verifying.store_while_verifying`).
     """
 
     unverified: list[CheckedPdu]

@@ -67,6 +67,7 @@ from services.events.pdu_checks import (
 )
 from services.events.room_batch import RoomBatch, auth_order
 from services.events.storage import PartialStateRoom
+from services.events.stored_while_verifying import store_while_verifying
 
 log = logging.getLogger(__name__)
 
@@ -299,16 +300,22 @@ class Join(RemoteRooms):
             not _missing_auth_ids(unverified, join)
             and _create_problem(unverified, state_ids, version, room_id) is None
         ):
+
+            async def write(conn: asyncpg.Connection) -> tuple[RoomBatch, None]:
+                batch = await self._join_batch(
+                    conn, room_id, version, unverified, state_ids, join, join_pdu, partial
+                )
+                return batch, None
+
             with metrics.JOIN_SECONDS.labels("store").time():
-                try:
-                    stored = await self._store_join_while_verifying(
-                        room_id, version, unverified, state_ids, join, join_pdu, partial, pending
-                    )
-                except Exception:
-                    # What failed counts only if it was the answer as signed.
-                    if len((await pending.verified()).valid) == len(pending.unverified):
-                        raise
-                    stored = False
+                stored, _ = await store_while_verifying(
+                    self.deps.pool,
+                    pending,
+                    unverified.values(),
+                    write,
+                    what="send_join answer",
+                    room_id=room_id,
+                )
             if stored:
                 return partial is not None
         with metrics.JOIN_SECONDS.labels("checks").time():
@@ -349,48 +356,6 @@ class Join(RemoteRooms):
                     extra={"event_id": outcome.event_id, "error": outcome.error},
                 )
         return {c.event.event_id: c for c in checked.valid}
-
-    async def _store_join_while_verifying(
-        self,
-        room_id: str,
-        version: RoomVersion,
-        unverified: Mapping[str, CheckedPdu],
-        state_ids: Sequence[str],
-        join: Event,
-        join_pdu: dict[str, Any],
-        partial: PartialStateRoom | None,
-        pending: PendingChecks,
-    ) -> bool:
-        """:meth:`_store_join` of the answer whose signatures are still being verified.
-
-        Committed only once all of them have verified (True); when one has
-        not, rolled back (False): the caller stores the answer again without
-        what was refused, as when it waits for the signatures first.
-        """
-        async with self.deps.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                batch = await self._join_batch(
-                    conn, room_id, version, unverified, state_ids, join, join_pdu, partial
-                )
-                verified = await pending.verified()
-                if len(verified.valid) < len(unverified):
-                    log.info(
-                        "send_join answer with refused signatures; storing it again without them",
-                        extra={
-                            "room_id": room_id,
-                            "refused": len(unverified) - len(verified.valid),
-                        },
-                    )
-                    await transaction.rollback()
-                    return False
-            except BaseException:
-                await transaction.rollback()
-                raise
-            await transaction.commit()
-        await batch.committed()
-        return True
 
     async def _store_join(
         self,

@@ -53,6 +53,7 @@ from services.events.pdu_checks import (
     start_checks,
 )
 from services.events.room_batch import Rejudged, RoomBatch, auth_order
+from services.events.stored_while_verifying import store_while_verifying
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +260,16 @@ class PartialStateResync:
                 if len(unverified) == len(wanted):
                     await self._progress(room_id, ResyncState.STORING)
                     stored_at = time.monotonic()
-                    try:
-                        committed, rejudged = await self._store_while_verifying(
-                            room_id, version, join_event_id, state_ids, unverified, pending
-                        )
-                    except Exception:
-                        # What failed counts only if it was the state as signed.
-                        await pending.verified()
-                        if not _any_refused(unverified):
-                            raise
-                        committed, rejudged = False, None
+                    committed, rejudged = await store_while_verifying(
+                        self.deps.pool,
+                        pending,
+                        unverified.values(),
+                        lambda conn: self._store_batch(
+                            conn, room_id, join_event_id, state_ids, unverified
+                        ),
+                        what="/state answer",
+                        room_id=room_id,
+                    )
                     if committed:
                         metrics.RESYNC_SECONDS.labels("fetch").observe(stored_at - fetched_at)
                         metrics.RESYNC_SECONDS.labels("store").observe(time.monotonic() - stored_at)
@@ -290,42 +291,6 @@ class PartialStateResync:
             return None
         metrics.RESYNC_SECONDS.labels("store").observe(time.monotonic() - stored_at)
         return rejudged, valid
-
-    async def _store_while_verifying(
-        self,
-        room_id: str,
-        version: RoomVersion,
-        join_event_id: str,
-        state_ids: Sequence[str],
-        unverified: dict[str, CheckedPdu],
-        pending: PendingChecks,
-    ) -> tuple[bool, Rejudged | None]:
-        """:meth:`_store` of events whose signatures are still being verified: committed
-        once all have verified (True and what :meth:`_store` returns), else rolled back."""
-        async with self.deps.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                batch, rejudged = await self._store_batch(
-                    conn, room_id, join_event_id, state_ids, unverified
-                )
-                if batch is None:
-                    await transaction.rollback()
-                    return True, rejudged
-                await pending.verified()
-                if _any_refused(unverified):
-                    log.info(
-                        "/state answer with refused signatures; storing it again without them",
-                        extra={"room_id": room_id},
-                    )
-                    await transaction.rollback()
-                    return False, None
-            except BaseException:
-                await transaction.rollback()
-                raise
-            await transaction.commit()
-        await batch.committed()
-        return True, rejudged
 
     async def _store(
         self,
@@ -465,10 +430,6 @@ class PartialStateResync:
             raw = await asyncio.gather(*(one(e) for e in batch))
             await check([p for p in raw if p is not None])
         return valid
-
-
-def _any_refused(pdus: dict[str, CheckedPdu]) -> bool:
-    return any(c.refusal is not None for c in pdus.values())
 
 
 def _strings(value: Any) -> list[str] | None:
