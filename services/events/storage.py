@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.events import Event
 from matrix_protocol.room_versions import room_version
 from mxfed.database import keep_session_state
@@ -253,6 +253,15 @@ async def insert_events(
     writes = [w for w in writes if not w.promote]
     if not writes:
         return
+    edges = [
+        (w.stored.event_id, auth_id) for w in writes for auth_id in w.stored.event.auth_event_ids
+    ]
+    prev_edges = list(
+        {(prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids}
+    )
+    if len(writes) <= _INSERT_AT_MOST:
+        await _insert_few(conn, room_id, writes, stream_pending, edges, prev_edges)
+        return
     rows = [
         (
             w.stored.event_id,
@@ -275,12 +284,6 @@ async def insert_events(
         )
         for w in writes
     ]
-    edges = [
-        (w.stored.event_id, auth_id) for w in writes for auth_id in w.stored.event.auth_event_ids
-    ]
-    prev_edges = list(
-        {(prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids}
-    )
     await _insert_rows(conn, "events", _INSERTED_EVENT_COLUMNS, rows)
     await _insert_rows(conn, "event_auth", ("event_id", "auth_id"), edges)
     await _insert_rows(conn, "event_edges", ("prev_event_id", "event_id"), prev_edges)
@@ -305,9 +308,67 @@ _INSERTED_EVENT_COLUMNS = (
     "relayed_for",
     "stream_pending",
 )
-# Up to this many rows go as one pipelined INSERT (one round trip); more as a COPY,
+# Up to this many events go as one statement (one round trip); more as a COPY per table,
 # which waits for the server twice (to start, and at the end) but moves rows cheaper.
 _INSERT_AT_MOST = 16
+
+# The events, their auth edges and their prev edges in one statement: arrays of columns.
+# servers_before is one JSON array per event (arrays of arrays must be rectangular).
+_INSERT_FEW = (
+    "WITH new_events AS ("
+    f" INSERT INTO events.events ({', '.join(_INSERTED_EVENT_COLUMNS)})"
+    " SELECT r.event_id, $1, r.type, r.state_key, r.sender, r.membership, r.depth, r.ts,"
+    " r.pdu_json, r.status, r.rejection_reason, r.redacted, r.group_before, r.group_after,"
+    " ARRAY(SELECT j.server FROM jsonb_array_elements_text(r.servers::jsonb)"
+    "       WITH ORDINALITY AS j(server, n) ORDER BY j.n),"
+    " r.relayed_for, r.stream_pending"
+    " FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],"
+    " $8::bigint[], $9::text[], $10::smallint[], $11::text[], $12::boolean[], $13::bigint[],"
+    " $14::bigint[], $15::text[], $16::text[], $17::bigint[])"
+    " AS r(event_id, type, state_key, sender, membership, depth, ts, pdu_json, status,"
+    " rejection_reason, redacted, group_before, group_after, servers, relayed_for,"
+    " stream_pending)"
+    "), auth_edges AS ("
+    " INSERT INTO events.event_auth (event_id, auth_id)"
+    " SELECT * FROM unnest($18::text[], $19::text[]))"
+    " INSERT INTO events.event_edges (prev_event_id, event_id)"
+    " SELECT * FROM unnest($20::text[], $21::text[])"
+)
+
+
+async def _insert_few(
+    conn: asyncpg.Connection,
+    room_id: str,
+    writes: Sequence[EventWrite],
+    stream_pending: Mapping[str, int],
+    edges: Sequence[tuple[str, str]],
+    prev_edges: Sequence[tuple[str, str]],
+) -> None:
+    events = [w.stored.event for w in writes]
+    await conn.execute(
+        _INSERT_FEW,
+        room_id,
+        [e.event_id for e in events],
+        [e.type for e in events],
+        [e.state_key for e in events],
+        [e.sender for e in events],
+        [w.membership for w in writes],
+        [e.depth for e in events],
+        [e.origin_server_ts for e in events],
+        [w.pdu_json for w in writes],
+        [int(w.stored.status) for w in writes],
+        [w.stored.rejection_reason for w in writes],
+        [w.stored.redacted for w in writes],
+        [w.stored.state_group_before for w in writes],
+        [w.stored.state_group_after for w in writes],
+        [encode_json(w.stored.servers_before).decode() for w in writes],
+        [w.relayed_for for w in writes],
+        [stream_pending.get(e.event_id) for e in events],
+        [edge[0] for edge in edges],
+        [edge[1] for edge in edges],
+        [edge[0] for edge in prev_edges],
+        [edge[1] for edge in prev_edges],
+    )
 
 
 async def _insert_rows(

@@ -1,0 +1,117 @@
+"""A room batch's events are stored alike whether few (one statement with their edges) or
+many (a COPY per table): every column, the order of servers_before, auth and prev edges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from matrix_protocol.canonical_json import encode_json
+from matrix_protocol.events import Event
+from matrix_protocol.room_versions import room_version
+from services.events import storage
+from services.events.storage import EventWrite, Status, StoredEvent
+
+VERSION = room_version("10")
+COLUMNS = (
+    "type, state_key, sender, membership, depth, origin_server_ts, pdu_json, status,"
+    " rejection_reason, redacted, state_group_before, state_group_after, servers_before,"
+    " relayed_for, stream_pending"
+)
+
+
+def _write(room: str, n: int) -> EventWrite:
+    """The ``n``-th of a room's events: every kind of column value in turn."""
+    member = n % 3 == 0
+    pdu: dict[str, Any] = {
+        "type": "m.room.member" if member else "m.room.message",
+        "sender": f"@u{n}:a.test",
+        "content": {"membership": "join"} if member else {"body": f"n{n}"},
+        "depth": n + 1,
+        "origin_server_ts": 1_700_000_000_000 + n,
+        "prev_events": [f"{room}-{n - 1}"] if n else [],
+        "auth_events": [f"{room}-auth-{k}" for k in range(n % 4)],
+        "room_id": room,
+    }
+    if member:
+        pdu["state_key"] = f"@u{n}:a.test"
+    stored = StoredEvent(
+        Event(pdu, VERSION, f"{room}-{n}"),
+        Status.REJECTED if n % 5 == 4 else Status.ACCEPTED,
+        rejection_reason="no" if n % 5 == 4 else "",
+        redacted=n % 7 == 6,
+        state_group_before=None if n % 6 == 5 else 10 * n,
+        state_group_after=None if n % 6 == 5 else 10 * n + 1,
+        # Not sorted: the order given is the order stored.
+        servers_before=["c.test", "a.test", "b.test"][: n % 4],
+    )
+    return EventWrite(
+        stored,
+        encode_json(pdu).decode(),
+        "join" if member else None,
+        relayed_for="r.test" if n % 4 == 1 else None,
+    )
+
+
+async def _stored(conn: asyncpg.Connection, room: str, count: int) -> list[Any]:
+    rows = []
+    for n in range(count):
+        event_id = f"{room}-{n}"
+        row = await conn.fetchrow(
+            f"SELECT {COLUMNS} FROM events.events WHERE event_id = $1", event_id
+        )
+        auth = await conn.fetch(
+            "SELECT auth_id FROM events.event_auth WHERE event_id = $1 ORDER BY auth_id", event_id
+        )
+        prevs = await conn.fetch(
+            "SELECT prev_event_id FROM events.event_edges WHERE event_id = $1", event_id
+        )
+        rows.append(
+            (
+                dict(row),
+                [r["auth_id"].removeprefix(room) for r in auth],
+                [r["prev_event_id"].removeprefix(room) for r in prevs],
+            )
+        )
+    return rows
+
+
+async def test_a_few_events_are_stored_as_many_are(events_pool: asyncpg.Pool) -> None:
+    few, many = "!few:rows.test", "!many:rows.test"
+    async with events_pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            await conn.execute(
+                "INSERT INTO events.rooms (room_id, room_version) VALUES ($1, '10'), ($2, '10')",
+                few,
+                many,
+            )
+            for room, count in ((few, 12), (many, 40)):
+                writes = [_write(room, n) for n in range(count)]
+                # Every other accepted event queued for the stream (places rolled back).
+                pending = {
+                    w.stored.event_id: 1_000_000_000 + 100 * n + (room == many)
+                    for n, w in enumerate(writes)
+                    if n % 2 == 0
+                }
+                await storage.insert_events(conn, room, writes, pending)
+            stored_few = await _stored(conn, few, 12)
+            stored_many = await _stored(conn, many, 12)
+        finally:
+            await transaction.rollback()
+    for row, _, _ in stored_many:
+        if row["stream_pending"] is not None:
+            row["stream_pending"] -= 1
+    for row, _, _ in (*stored_few, *stored_many):
+        row["pdu_json"] = row["pdu_json"].replace(many, few)
+    assert stored_few == stored_many
+    # The values themselves, not only alike.
+    assert stored_few[3][0]["servers_before"] == ["c.test", "a.test", "b.test"]
+    assert stored_few[3][0]["state_key"] == "@u3:a.test"
+    assert stored_few[1][0]["relayed_for"] == "r.test"
+    assert stored_few[5][0]["state_group_before"] is None
+    assert stored_few[3][1] == ["-auth-0", "-auth-1", "-auth-2"]
+    assert stored_few[3][2] == ["-2"]
+    assert stored_few[0][0]["stream_pending"] == 1_000_000_000
