@@ -20,10 +20,11 @@ stored or sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import string
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,7 @@ from mxfed.identity_files import ServerSigningKey
 from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from services.events import metrics, storage
 from services.events.policy import PolicyServers, PolicyServerUnavailable
-from services.events.room_batch import RoomBatch, RoomsCore
+from services.events.room_batch import RoomBatch, RoomsCore, group_ids_to_reserve
 from services.events.storage import Status
 
 log = logging.getLogger(__name__)
@@ -470,16 +471,11 @@ class LocalEvents:
         fresh: dict[tuple[str, str], str] = {}  # this group's transaction ids → event ids
         # Per send: its event id, and whether it was sent before (its position as stored).
         outcome: list[tuple[str, bool, int | None]] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            batch = RoomBatch(self.core, conn, room_id)
-            if not await batch.open(len(group)):
-                raise NotFound(f"unknown room {room_id}")
-            keys = [(s.sender, s.txn_id) for s in group if s.txn_id]
-            done = await storage.local_transactions(conn, keys) if keys else {}
+        async with self._room(room_id, group) as (conn, batch, done):
             for send in group:
                 key = (send.sender, send.txn_id)
                 if send.txn_id and key in done:
-                    outcome.append((done[key]["event_id"], True, done[key]["stream_position"]))
+                    outcome.append((done[key][0], True, done[key][1]))
                     continue
                 if send.txn_id and key in fresh:
                     outcome.append((fresh[key], False, None))
@@ -531,11 +527,8 @@ class LocalEvents:
         signed: tuple[Event, dict[str, Any], PolicyServer] | None = None
         while True:
             to_sign: tuple[Event, dict[str, Any], PolicyServer] | None = None
-            async with self.pool.acquire() as conn, conn.transaction():
-                batch = RoomBatch(self.core, conn, room_id)
-                if not await batch.open(1):
-                    raise NotFound(f"unknown room {room_id}")
-                done = await storage.local_transaction(conn, sender, txn_id) if txn_id else None
+            async with self._room(room_id, [send]) as (conn, batch, sent_before):
+                done = sent_before.get((sender, txn_id)) if txn_id else None
                 if done is None:
                     if signed is None:
                         event, pdu = self.build(
@@ -556,13 +549,36 @@ class LocalEvents:
                                 conn, sender, txn_id, event.event_id
                             )
             if done is not None:
-                return await self._repeated(done["event_id"], done["stream_position"])
+                return await self._repeated(*done)
             if to_sign is None:
                 await batch.committed()
                 return event.event_id, batch.positions.get(event.event_id, 0)
             event, pdu, policy = to_sign
             event, pdu = await self.policy_sign(policy, event, pdu)
             signed = (event, pdu, policy)
+
+    @contextlib.asynccontextmanager
+    async def _room(
+        self, room_id: str, sends: Sequence[_Send]
+    ) -> AsyncIterator[
+        tuple[asyncpg.Connection, RoomBatch, Mapping[tuple[str, str], tuple[str, int | None]]]
+    ]:
+        """A transaction on the room for ``sends``: its connection, the batch opened on the
+        room's head, and which of their transaction ids were used before (event id,
+        position). Begun in two round trips: BEGIN with the room's lock, then the head with
+        the sends' places in the stream queue and their transaction ids."""
+        async with self.pool.acquire() as conn, storage.room_transaction(conn, room_id):
+            head = await storage.room_head(
+                conn,
+                room_id,
+                group_ids_to_reserve(len(sends)),
+                stream_orders=len(sends),
+                local_transactions=[(s.sender, s.txn_id) for s in sends if s.txn_id],
+            )
+            batch = RoomBatch(self.core, conn, room_id)
+            if head is None or not await batch.open(len(sends), head):
+                raise NotFound(f"unknown room {room_id}")
+            yield conn, batch, head.sent_before
 
     async def _repeated(self, event_id: str, position: int | None) -> tuple[str, int]:
         """A transaction id's event again, with its position (its round may not have run:

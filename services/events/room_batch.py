@@ -77,6 +77,7 @@ from services.events.storage import (
     EventWrite,
     PartialStateRoom,
     Replacement,
+    RoomHead,
     RoomRow,
     Status,
     StoredEvent,
@@ -129,6 +130,11 @@ def redacted_copy(event: Event) -> tuple[Event, str]:
     """``event`` redacted, and its JSON as stored."""
     pdu = redact(event.pdu, event.room_version)
     return Event(pdu, event.room_version, event.event_id), encode_json(pdu).decode()
+
+
+def group_ids_to_reserve(expected_events: int) -> int:
+    """State group ids a batch of ``expected_events`` reserves when it opens."""
+    return 2 * expected_events + 2
 
 
 # Soft-failed or rejected events followed back when an event built on them
@@ -299,6 +305,7 @@ class RoomBatch:
         self._new_waiting: list[WaitingRedaction] = []
         self._arrived_targets: set[str] = set()
         self._to_stream: list[str] = []
+        self._stream_orders: list[int] = []  # places in the stream queue reserved at open
         self.room: RoomRow
         self.version: RoomVersion
         self.extremities: dict[str, int] = {}
@@ -317,12 +324,18 @@ class RoomBatch:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def open(self, expected_events: int) -> bool:
-        """Lock the room and load its head; False if the room is unknown."""
-        await storage.lock_room(self.conn, self.room_id)
-        head = await storage.room_head(self.conn, self.room_id, 2 * expected_events + 2)
+    async def open(self, expected_events: int, head: RoomHead | None = None) -> bool:
+        """Lock the room and load its head; False if the room is unknown. ``head``: the
+        caller's, loaded under the room's lock (:func:`storage.room_head` with
+        :func:`group_ids_to_reserve`), with what else it needed in that round trip."""
+        if head is None:
+            await storage.lock_room(self.conn, self.room_id)
+            head = await storage.room_head(
+                self.conn, self.room_id, group_ids_to_reserve(expected_events)
+            )
         if head is None:
             return False
+        self._stream_orders = head.stream_orders
         self.room = head.room
         self.version = room_version(self.room.room_version)
         self._groups.ids.extend(head.group_ids)
@@ -368,7 +381,10 @@ class RoomBatch:
         await StateStore.write(conn, self._groups)
         stream_pending: dict[str, int] = {}
         if self._to_stream:
-            orders = await storage.reserve_stream_pending(conn, len(self._to_stream))
+            if len(self._to_stream) <= len(self._stream_orders):
+                orders = self._stream_orders[: len(self._to_stream)]
+            else:
+                orders = await storage.reserve_stream_pending(conn, len(self._to_stream))
             stream_pending = dict(zip(self._to_stream, orders, strict=True))
         await storage.insert_events(conn, self.room_id, list(self._writes.values()), stream_pending)
         await storage.replace_event_placements(conn, self.room_id, self._replacements)

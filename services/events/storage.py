@@ -8,8 +8,9 @@ always named with it: pool connections do not set a search_path.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -107,13 +108,30 @@ class RoomHead:
     group_ids: list[int]  # state group ids reserved for the batch
     has_waiting_redactions: bool
     partial_state: bool
+    # Places in the stream queue reserved for the batch (:func:`reserve_stream_pending`).
+    stream_orders: list[int] = field(default_factory=list)
+    # Local senders' transaction ids already used: (sender, txn id) → (event id, its
+    # stream position, None while pending; the table has no position of its own).
+    sent_before: dict[tuple[str, str], tuple[str, int | None]] = field(default_factory=dict)
 
 
-async def room_head(conn: asyncpg.Connection, room_id: str, group_ids: int) -> RoomHead | None:
+async def room_head(
+    conn: asyncpg.Connection,
+    room_id: str,
+    group_ids: int,
+    *,
+    stream_orders: int = 0,
+    local_transactions: Sequence[tuple[str, str]] = (),
+) -> RoomHead | None:
     """The room's row and forward extremities, ``group_ids`` state group ids reserved, and
     whether it has waiting redactions or a partial state, in one round trip (a batch's
     start waits for it under the room's lock); None for an unknown room. Call after
-    :func:`lock_room`: a statement sees what committed before it began."""
+    :func:`lock_room`: a statement sees what committed before it began.
+
+    The same round trip can reserve ``stream_orders`` places in the stream queue (for a
+    caller that answers only after the stream round: the commit then skips its WAL flush,
+    as with :func:`reserve_stream_pending`) and look up ``local_transactions``.
+    """
     row = await conn.fetchrow(
         "SELECT r.room_version, r.create_event_id, r.current_state_group,"
         " ARRAY(SELECT f.event_id FROM events.forward_extremities f"
@@ -127,19 +145,36 @@ async def room_head(conn: asyncpg.Connection, room_id: str, group_ids: int) -> R
         " EXISTS (SELECT 1 FROM events.waiting_redactions w WHERE w.room_id = $1)"
         "   AS has_waiting_redactions,"
         " EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = $1)"
-        "   AS partial_state"
+        "   AS partial_state,"
+        " ARRAY(SELECT nextval('events.stream_pending_order') FROM generate_series(1, $3))"
+        "   AS stream_orders,"
+        " set_config('synchronous_commit',"
+        "   CASE WHEN $3 > 0 THEN 'off' ELSE current_setting('synchronous_commit') END, true),"
+        " ARRAY(SELECT t.event_id FROM unnest($4::text[], $5::text[]) WITH ORDINALITY"
+        "       AS k(sender, txn_id, n) LEFT JOIN events.local_transactions t"
+        "       USING (sender, txn_id) ORDER BY k.n) AS sent_ids,"
+        " ARRAY(SELECT e.stream_position FROM unnest($4::text[], $5::text[]) WITH ORDINALITY"
+        "       AS k(sender, txn_id, n) LEFT JOIN events.local_transactions t"
+        "       USING (sender, txn_id) LEFT JOIN events.events e USING (event_id)"
+        "       ORDER BY k.n) AS sent_positions"
         " FROM events.rooms r WHERE r.room_id = $1",
         room_id,
         group_ids,
+        stream_orders,
+        [sender for sender, _ in local_transactions],
+        [txn_id for _, txn_id in local_transactions],
     )
     if row is None:
         return None
+    sent = zip(local_transactions, row["sent_ids"], row["sent_positions"], strict=True)
     return RoomHead(
         RoomRow(room_id, row["room_version"], row["create_event_id"], row["current_state_group"]),
         dict(zip(row["extremity_ids"], row["extremity_depths"], strict=True)),
         list(row["group_ids"]),
         row["has_waiting_redactions"],
         row["partial_state"],
+        sorted(row["stream_orders"]),
+        {key: (event_id, position) for key, event_id, position in sent if event_id is not None},
     )
 
 
@@ -156,6 +191,21 @@ async def insert_room(conn: asyncpg.Connection, room_id: str, version: str) -> b
 async def lock_room(conn: asyncpg.Connection, room_id: str) -> None:
     """Only one replica works on a room at a time (until this transaction ends)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("room:" + room_id))
+
+
+@contextlib.asynccontextmanager
+async def room_transaction(conn: asyncpg.Connection, room_id: str) -> AsyncIterator[None]:
+    """A transaction that holds the room's lock (:func:`lock_room`) from its start, begun
+    in one round trip (BEGIN and the lock as one simple query); committed when the block
+    ends, rolled back when it raises."""
+    try:
+        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock_key('room:' + room_id)})")
+        yield
+    except BaseException:
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
 
 
 async def update_room_head(
@@ -929,18 +979,6 @@ async def get_alias(conn: asyncpg.Connection, alias: str) -> asyncpg.Record | No
     )
 
 
-async def local_transaction(
-    conn: asyncpg.Connection, sender: str, txn_id: str
-) -> asyncpg.Record | None:
-    """The event a local sender's transaction id made, with its position (NULL: pending)."""
-    return await conn.fetchrow(
-        "SELECT t.event_id, e.stream_position FROM events.local_transactions t"
-        " LEFT JOIN events.events e USING (event_id) WHERE t.sender = $1 AND t.txn_id = $2",
-        sender,
-        txn_id,
-    )
-
-
 async def store_local_transaction(
     conn: asyncpg.Connection, sender: str, txn_id: str, event_id: str
 ) -> None:
@@ -951,21 +989,6 @@ async def store_local_transaction(
         txn_id,
         event_id,
     )
-
-
-async def local_transactions(
-    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], asyncpg.Record]:
-    """:func:`local_transaction` for many (sender, txn id) pairs: those found."""
-    rows = await conn.fetch(
-        "SELECT k.sender, k.txn_id, t.event_id, e.stream_position"
-        " FROM unnest($1::text[], $2::text[]) AS k(sender, txn_id)"
-        " JOIN events.local_transactions t USING (sender, txn_id)"
-        " LEFT JOIN events.events e USING (event_id)",
-        [sender for sender, _ in keys],
-        [txn_id for _, txn_id in keys],
-    )
-    return {(row["sender"], row["txn_id"]): row for row in rows}
 
 
 async def store_local_transactions(
