@@ -9,62 +9,23 @@ unfinished while a test looks at the partial-state window.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import sys
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 import pytest
 
-from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, membership_pb2, membership_pb2_grpc
-from tests.support.databases import create_database, drop_database
-from tests.support.fake_homeserver import FakeHomeserver
-from tests.support.mxfed_process import MxfedProcess
-from tests.support.partial_resident import MEMBER, BigRoom, add_big_room_routes
+from mxfed_api.events.v1 import events_pb2, membership_pb2
+from tests.support.partial_resident import MEMBER, BigRoom, JoinerScene, until
 
 MEMBERS = 300
-WAIT = 60.0
 
 
-class Scene:
-    def __init__(self, mxfed: MxfedProcess, server: FakeHomeserver, other: FakeHomeserver) -> None:
-        self.mxfed = mxfed
-        self.server = server
-        self.other = other
-        self.rooms: dict[str, BigRoom] = {}
-        self.connect()
-
-    def connect(self) -> None:
-        self.channel = self.mxfed.channel("events")
-        self.membership = membership_pb2_grpc.MembershipStub(self.channel)
-        self.events = events_pb2_grpc.EventsStub(self.channel)
-
-    def room(self, *, omit: bool = True, members: int = MEMBERS) -> BigRoom:
-        room = BigRoom(self.server, self.other, members=members, omit=omit)
-        self.rooms[room.room_id] = room
-        return room
-
-    def user(self) -> str:
-        return f"@u{secrets.token_hex(4)}:{self.mxfed.server_name}"
-
-    async def join(self, room: BigRoom, user_id: str) -> str:
-        reply = await self.membership.PerformJoin(
-            membership_pb2.PerformJoinRequest(
-                room_id_or_alias=room.room_id, user_id=user_id, servers=[self.server.server_name]
-            ),
-            timeout=60,
-        )
-        assert reply.remote
-        return reply.event_id
-
-    async def info(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
-        return await self.events.QueryRoomInfo(
-            events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
-        )
+class Scene(JoinerScene):
+    """What these tests add: local messages and the events process's metrics."""
 
     async def send(self, room: BigRoom, sender: str, body: str) -> str:
         reply = await self.events.PerformSendEvent(
@@ -78,22 +39,6 @@ class Scene:
         )
         return reply.event_id
 
-    async def current_state(self, room: BigRoom) -> dict[tuple[str, str], str]:
-        reply = await self.events.QueryCurrentState(
-            events_pb2.QueryCurrentStateRequest(room_id=room.room_id), timeout=30
-        )
-        state = {}
-        for record in reply.events:
-            pdu = orjson.loads(record.pdu_json)
-            state[(pdu["type"], pdu["state_key"])] = record.event_id
-        return state
-
-    async def statuses(self, event_ids: list[str]) -> dict[str, int]:
-        reply = await self.events.QueryEvents(
-            events_pb2.QueryEventsRequest(event_ids=event_ids), timeout=10
-        )
-        return {e.event_id: e.status for e in reply.events}
-
     def metric(self, sample: str) -> float:
         """A sample of the events process's metrics (0 when absent)."""
         url = f"http://127.0.0.1:{self.mxfed.metrics_ports['events']}/metrics"
@@ -103,54 +48,21 @@ class Scene:
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    async def resynced(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
-        info = await until(
-            lambda: self.info(room), lambda i: i.resync_state == events_pb2.RESYNC_STATE_FULL_STATE
-        )
-        return info
-
-
-async def until(
-    get: Callable[[], Awaitable[object]], ok: Callable[..., bool], timeout: float = WAIT
-) -> object:
-    """Poll ``get`` until ``ok`` holds of its answer (a condition, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await get()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met; last value: {value!r}")
-        await asyncio.sleep(0.05)
-
 
 @pytest.fixture(scope="module")
 async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene]:
-    database_url = await create_database("mxfed_partial_join_test")
-    server = FakeHomeserver(key_version="big1")
-    other = FakeHomeserver(key_version="other1")
-    rooms: dict[str, BigRoom] = {}
-    add_big_room_routes(server, other, rooms)
-    await server.start()
-    await other.start()
-    mxfed = MxfedProcess(tmp_path_factory.mktemp("partial-join") / "mxfed", database_url)
-    try:
-        await asyncio.to_thread(mxfed.start)
-        started = Scene(mxfed, server, other)
-        started.rooms = rooms
+    async with Scene.running(
+        tmp_path_factory.mktemp("partial-join") / "mxfed",
+        "mxfed_partial_join_test",
+        key_versions=("big1", "other1"),
+    ) as started:
         yield started
-        await started.channel.close()
-    finally:
-        await asyncio.to_thread(mxfed.stop)
-        await server.stop()
-        await other.stop()
-        await drop_database(database_url)
 
 
 async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state(
     scene: Scene,
 ) -> None:
-    room = scene.room()
+    room = scene.room(MEMBERS, omit=True)
     room.release.clear()  # the resync waits at /state_ids
     user = scene.user()
     join_id = await scene.join(room, user)
@@ -219,7 +131,7 @@ async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state
 async def test_an_event_accepted_while_partial_is_soft_failed_if_the_full_state_disallowed_it(
     scene: Scene,
 ) -> None:
-    room = scene.room(members=30)
+    room = scene.room(30, omit=True)
     room.release.clear()
     user = scene.user()
     join_id = await scene.join(room, user)
@@ -265,7 +177,7 @@ async def test_an_event_accepted_while_partial_is_soft_failed_if_the_full_state_
 
 
 async def test_a_resident_that_does_not_omit_members_gives_a_full_join(scene: Scene) -> None:
-    room = scene.room(omit=False, members=40)
+    room = scene.room(40, omit=False)
     await scene.join(room, scene.user())
     info = await scene.info(room)
     assert info.resync_state == events_pb2.RESYNC_STATE_FULL_STATE
@@ -275,7 +187,7 @@ async def test_a_resident_that_does_not_omit_members_gives_a_full_join(scene: Sc
 
 
 async def test_a_leave_during_the_resync_works(scene: Scene) -> None:
-    room = scene.room(members=60)
+    room = scene.room(60, omit=True)
     room.release.clear()
     user = scene.user()
     await scene.join(room, user)
@@ -297,7 +209,7 @@ async def test_a_leave_during_the_resync_works(scene: Scene) -> None:
 
 
 async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
-    room = scene.room(members=80)
+    room = scene.room(80, omit=True)
     room.release.clear()
     await scene.join(room, scene.user())
     await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
@@ -318,7 +230,7 @@ async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
 async def test_state_is_refused_and_only_our_history_served_while_the_state_is_partial(
     scene: Scene,
 ) -> None:
-    room = scene.room(members=30)
+    room = scene.room(30, omit=True)
     room.release.clear()
     user = scene.user()
     join_id = await scene.join(room, user)

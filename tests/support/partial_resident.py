@@ -7,20 +7,30 @@ not to —, ``/state_ids`` and ``/state`` at an event (the state before it),
 waits for ``release`` so a test can hold a joiner's resync where it wants.
 The room's members are users of this server and of ``other`` (a second
 fake server), so ``servers_in_room`` names two servers besides the joiner.
+
+:class:`JoinerScene` is a whole running mxfed that joins such rooms, with
+the resident and the second server (:meth:`JoinerScene.running`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Self, TypeVar
 
 import orjson
 from aiohttp import web
 
 from matrix_protocol.events import Event
 from matrix_protocol.room_versions import room_version
+from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, membership_pb2, membership_pb2_grpc
+from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
+from tests.support.mxfed_process import MxfedProcess
 
 V10 = room_version("10")
 MEMBER = "m.room.member"
@@ -289,3 +299,128 @@ def add_big_room_routes(
     server.route("GET", v1 + "/event_auth/{room_id}/{event_id}", event_auth)
     server.route("PUT", v1 + "/send/{txn_id}", send_for("resident"))
     other.route("PUT", v1 + "/send/{txn_id}", send_for("other"))
+
+
+T = TypeVar("T")
+
+
+async def until(
+    get: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 60.0
+) -> T:
+    """Poll ``get`` until ``ok`` holds of its answer (a condition, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await get()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met; last value: {value!r}")
+        await asyncio.sleep(0.05)
+
+
+class JoinerScene:
+    """A running mxfed whose users join the rooms of ``server`` (the resident);
+    ``other`` is the second server of those rooms."""
+
+    def __init__(
+        self,
+        mxfed: MxfedProcess,
+        server: FakeHomeserver,
+        other: FakeHomeserver,
+        rooms: dict[str, BigRoom],
+    ) -> None:
+        self.mxfed = mxfed
+        self.server = server
+        self.other = other
+        self.rooms = rooms
+        self.connect()
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls, data_dir: Path, database: str, key_versions: tuple[str, str]
+    ) -> AsyncIterator[Self]:
+        """The resident, the second server (with these key versions) and an mxfed
+        on a database of its own (named after ``database``), stopped at the end."""
+        database_url = await create_database(database)
+        server = FakeHomeserver(key_version=key_versions[0])
+        other = FakeHomeserver(key_version=key_versions[1])
+        rooms: dict[str, BigRoom] = {}
+        add_big_room_routes(server, other, rooms)
+        await server.start()
+        await other.start()
+        mxfed = MxfedProcess(data_dir, database_url)
+        try:
+            await asyncio.to_thread(mxfed.start)
+            started = cls(mxfed, server, other, rooms)
+            yield started
+            await started.channel.close()
+        finally:
+            await asyncio.to_thread(mxfed.stop)
+            await server.stop()
+            await other.stop()
+            await drop_database(database_url)
+
+    def connect(self) -> None:
+        """Channels to the events process (again, after a restart)."""
+        self.channel = self.mxfed.channel("events")
+        self.membership = membership_pb2_grpc.MembershipStub(self.channel)
+        self.events = events_pb2_grpc.EventsStub(self.channel)
+
+    def room(self, members: int, *, omit: bool) -> BigRoom:
+        """A new room of the resident; ``omit``: its send_join omits members when asked."""
+        room = BigRoom(self.server, self.other, members=members, omit=omit)
+        self.rooms[room.room_id] = room
+        return room
+
+    def user(self) -> str:
+        """A new local user."""
+        return f"@u{secrets.token_hex(4)}:{self.mxfed.server_name}"
+
+    async def join(self, room: BigRoom, user_id: str) -> str:
+        """``user_id`` joins ``room`` through the resident: the join's event id."""
+        reply = await self.membership.PerformJoin(
+            membership_pb2.PerformJoinRequest(
+                room_id_or_alias=room.room_id, user_id=user_id, servers=[self.server.server_name]
+            ),
+            timeout=60,
+        )
+        assert reply.remote
+        return reply.event_id
+
+    async def info(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
+        return await self.events.QueryRoomInfo(
+            events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
+        )
+
+    async def info_until(
+        self,
+        room: BigRoom,
+        ok: Callable[[events_pb2.QueryRoomInfoResponse], bool],
+        timeout: float = 60.0,
+    ) -> events_pb2.QueryRoomInfoResponse:
+        """Room info polled until ``ok`` holds of it."""
+        return await until(lambda: self.info(room), ok, timeout)
+
+    async def resynced(self, room: BigRoom) -> events_pb2.QueryRoomInfoResponse:
+        """Room info once the room has its full state."""
+        return await self.info_until(
+            room, lambda i: i.resync_state == events_pb2.RESYNC_STATE_FULL_STATE
+        )
+
+    async def current_state(self, room: BigRoom) -> dict[tuple[str, str], str]:
+        reply = await self.events.QueryCurrentState(
+            events_pb2.QueryCurrentStateRequest(room_id=room.room_id), timeout=30
+        )
+        state = {}
+        for record in reply.events:
+            pdu = orjson.loads(record.pdu_json)
+            state[(pdu["type"], pdu["state_key"])] = record.event_id
+        return state
+
+    async def statuses(self, event_ids: list[str]) -> dict[str, int]:
+        """The status of each of ``event_ids`` we hold (those we do not are left out)."""
+        reply = await self.events.QueryEvents(
+            events_pb2.QueryEventsRequest(event_ids=event_ids), timeout=10
+        )
+        return {e.event_id: e.status for e in reply.events}
