@@ -1,11 +1,13 @@
-"""Sender test helpers: queue rows straight into the sender's tables, and wait."""
+"""Sender test helpers: queue rows straight into the sender's tables, and wait
+(:func:`wait_until`, a condition polled with a deadline, for any test)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from matrix_protocol.canonical_json import encode_json
 from services.sender.storage import IngestItem, SenderStorage
@@ -49,10 +51,21 @@ async def queue_pdus(
 
 
 async def wait_until(
-    condition: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05
+    condition: Callable[[], object | Awaitable[object]],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    *,
+    what: str = "condition",
 ) -> None:
+    """Poll ``condition`` (a function or a coroutine function) until its answer is true;
+    past ``timeout`` seconds, an AssertionError that names ``what``."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"{what}: not met in {timeout} s")
         await asyncio.sleep(interval)

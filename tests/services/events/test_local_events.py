@@ -22,6 +22,7 @@ from mxfed_api.events.v1 import events_pb2
 from mxfed_api.keys.v1 import keys_pb2
 from services.events import storage
 from tests.support.events_service import EventsService
+from tests.support.sender_queues import wait_until
 from tests.support.service_errors import described
 
 
@@ -296,18 +297,23 @@ async def _sends_behind_a_blocked_write(
         first = asyncio.create_task(
             events.send(room_id, admin, "m.room.message", {"body": "first"})
         )
-        while await _lock_waiters(events) == 0:  # noqa: ASYNC110 (polls PostgreSQL)
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: _lock_waiters(events), interval=0.02, what="the first send waits for the lock"
+        )
         rest = [
             asyncio.create_task(
                 events.send(room_id, sender, "m.room.message", content, txn_id=txn_id)
             )
             for sender, content, txn_id in sends
         ]
-        while (  # noqa: ASYNC110 (the metric says when they all wait)
-            REGISTRY.get_sample_value("mxfed_events_local_sends_waiting") or 0.0
-        ) < waiting + len(sends):
-            await asyncio.sleep(0.02)
+        await wait_until(
+            lambda: (
+                (REGISTRY.get_sample_value("mxfed_events_local_sends_waiting") or 0.0)
+                >= waiting + len(sends)
+            ),
+            interval=0.02,
+            what=f"{len(sends)} sends wait behind the first",
+        )
     finally:
         await transaction.rollback()
         await events.pool.release(holder)

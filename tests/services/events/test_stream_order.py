@@ -27,6 +27,7 @@ from services.events.streams import (
     StreamPositions,
     read_entries,
 )
+from tests.support.sender_queues import wait_until
 
 SERVER = "order.test"
 ALICE = f"@alice:{SERVER}"
@@ -133,8 +134,9 @@ async def test_a_room_streams_while_another_is_mid_commit_and_no_reader_skips_th
         assert batch.positions[first_id] > second_position
         await reader.read()
         assert reader.seen == [second_id, first_id]
-        while first_id not in live:  # noqa: ASYNC110 (the hub's subscriber, awaited)
-            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: first_id in live, interval=0.01, what="the hub streams the first event"
+        )
         assert live == [first_id]
     finally:
         subscriber.cancel()
@@ -180,8 +182,11 @@ async def test_the_sweep_gives_positions_to_what_a_dead_replica_left_pending(
     sweeping = asyncio.create_task(StreamPositions(events_pool).run_sweeper(interval=0.05))
     try:
         async with events_pool.acquire() as conn:
-            while not await storage.stream_positions_of(conn, [event_id]):
-                await asyncio.sleep(0.01)
+            await wait_until(
+                lambda: storage.stream_positions_of(conn, [event_id]),
+                interval=0.01,
+                what="the sweep gives the orphan a position",
+            )
             typing = await conn.fetchval(
                 "SELECT stream_position FROM events.ephemeral WHERE room_id = $1", room_id
             )
@@ -254,14 +259,14 @@ async def test_a_read_of_events_and_ephemeral_rows_skips_no_event_committed_in_b
     assert reader.seen == [sent[0], f"typing {ALICE}"]
 
 
-async def _someone_waits_for_an_advisory_lock(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        while not await conn.fetchval(
+async def _someone_waits_for_an_advisory_lock(pool: asyncpg.Pool) -> bool:
+    return bool(
+        await pool.fetchval(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
             " WHERE l.locktype = 'advisory' AND NOT l.granted"
             " AND a.datname = current_database()"
-        ):
-            await asyncio.sleep(0.01)
+        )
+    )
 
 
 async def test_a_round_waits_for_a_round_not_yet_committed_so_positions_appear_in_order(
@@ -281,7 +286,11 @@ async def test_a_round_waits_for_a_round_not_yet_committed_so_positions_appear_i
         sending = asyncio.create_task(
             local.send_event(second, ALICE, "m.room.message", None, {"body": "second"})
         )
-        await asyncio.wait_for(_someone_waits_for_an_advisory_lock(events_pool), 30)
+        await wait_until(
+            lambda: _someone_waits_for_an_advisory_lock(events_pool),
+            interval=0.01,
+            what="the second room's round waits for the first round's lock",
+        )
         await reader.read()
         assert reader.seen == []
         await transaction.commit()
