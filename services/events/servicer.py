@@ -40,7 +40,8 @@ def _input_kind(value: int) -> InputKind:
     return kind
 
 
-def _record(view: EventView) -> events_pb2.EventRecord:
+def event_record(view: EventView) -> events_pb2.EventRecord:
+    """An event as the events API gives it (Events and History)."""
     return events_pb2.EventRecord(
         event_id=view.event_id,
         room_id=view.room_id,
@@ -55,14 +56,14 @@ def _record(view: EventView) -> events_pb2.EventRecord:
 
 
 def _records(views: Sequence[EventView]) -> list[events_pb2.EventRecord]:
-    return [_record(view) for view in views]
+    return [event_record(view) for view in views]
 
 
 def _stream_item(entry: StreamEntry) -> events_pb2.StreamEventsResponse:
     if entry.event is not None:
         return events_pb2.StreamEventsResponse(
             position=entry.position,
-            event=_record(entry.event),
+            event=event_record(entry.event),
             servers_before=entry.servers_before,
             relayed_for=entry.relayed_for,
             traceparent=tracing.traceparent_of_event(entry.event.event_id),

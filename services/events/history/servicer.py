@@ -19,6 +19,7 @@ import grpc
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, history_pb2, history_pb2_grpc
 from services.events.history import walks
 from services.events.reads import Reads
+from services.events.servicer import event_record
 
 RecordsFn = Callable[[Sequence[str], str], Awaitable[list[events_pb2.EventRecord]]]
 
@@ -137,17 +138,7 @@ def records_from_reads(reads: Reads) -> RecordsFn:
             views = await reads.events(event_ids)
         by_id = {view.event_id: view for view in views}
         return [
-            events_pb2.EventRecord(
-                event_id=view.event_id,
-                room_id=view.room_id,
-                room_version=view.room_version,
-                pdu_json=view.pdu_json.encode(),
-                # protoc's .pyi leaves int out of enum fields; protobuf accepts the number
-                status=view.status,  # type: ignore[arg-type]
-                stream_position=view.stream_position,
-                redacted=view.redacted,
-                rejection_reason=view.rejection_reason,
-            )
+            event_record(view)
             for event_id in event_ids
             if (view := by_id.get(event_id)) is not None
         ]
