@@ -19,7 +19,11 @@ batch, in one database transaction on the lock-holding connection, it stores
 each event's JSON once (``pdus``), one small row per destination
 (``pdu_queue``, our own server left out), and the advanced cursor. A crash
 replays from the stored cursor; inserts are ``ON CONFLICT DO NOTHING``; so
-nothing is lost or queued twice. A NOTIFY on commit wakes the replicas.
+nothing is lost or queued twice. A NOTIFY on commit wakes the replicas. When
+this replica's worker for a destination waits idle, the same statement also
+records its last 200 and takes its next transaction (as below), which ingest
+hands to it: an event to an idle destination is on the wire after one round
+trip and one commit.
 
 **EDUs** (``queues.py``) come in through ``PerformSendEdus``: typing and read
 receipts go to the servers in the room (``QueryServersInRoom``), device list
@@ -37,7 +41,9 @@ txn id and its ``origin_server_ts`` are recorded *before* the request goes
 out, and the contents are the tagged rows, which never change — so a retry
 after a failure, a restart or a takeover by another replica resends the same
 txn id with the same contents, which the receiver deduplicates. On 200 the
-tagged rows are deleted and the destination's last success recorded. Only a
+tagged rows are deleted and the destination's last success recorded (with
+the next transaction taken, by the worker or by ingest, or alone once the
+worker has waited ``completion_linger`` for one). Only a
 definitive refusal of *this* transaction (400 ``M_BAD_JSON``/``M_NOT_JSON``,
 413 ``M_TOO_LARGE``: a retry with the same id would be refused forever and
 block the queue) gets its contents logged and dropped; every other failure

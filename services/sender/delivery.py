@@ -36,6 +36,7 @@ from services.sender.storage import (
     Backoff,
     LeaseLost,
     SenderStorage,
+    Taken,
     Transaction,
 )
 
@@ -53,6 +54,10 @@ class DeliveryOptions:
     batch_calls: int = 2
     # A worker with an empty queue waits this long for more before giving up its lease.
     idle_linger: float = 5.0
+    # A 200 waits this long to be recorded together with the destination's next
+    # transaction (taken by ingest with the events that make it), before it is
+    # recorded alone: one round trip and one commit per transaction, not two.
+    completion_linger: float = 0.5
     # Look for destinations with work this often even without notifications.
     scan_interval: float = 5.0
     maintenance_interval: float = 30.0
@@ -124,7 +129,7 @@ class _Request:
     destination: str
     completed: str | None  # txn id answered with 200, to record first
     want_next: bool
-    future: asyncio.Future[Transaction | Backoff | LeaseLost | None]
+    future: asyncio.Future[Taken]
 
 
 class TransactionBatcher:
@@ -176,9 +181,9 @@ class TransactionBatcher:
 
     def _submit(
         self, destination: str, completed: str | None, *, want_next: bool
-    ) -> asyncio.Future[Transaction | Backoff | LeaseLost | None]:
+    ) -> asyncio.Future[Taken]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Transaction | Backoff | LeaseLost | None] = loop.create_future()
+        future: asyncio.Future[Taken] = loop.create_future()
         self._queue.append(_Request(destination, completed, want_next, future))
         if not self._scheduled:
             # After the callbacks already due (other workers woken together).
@@ -242,6 +247,26 @@ class TransactionBatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+class Reservation:
+    """An idle worker's next transaction, to be taken by ingest with the events that
+    woke it (:meth:`DeliveryManager.reserve_idle`); the worker waits for it instead
+    of taking it itself, so its destination still has one transaction in flight."""
+
+    def __init__(self, destination: str, completed: str | None) -> None:
+        self.destination = destination
+        self.completed = completed  # the txn id answered with 200, to record first
+        # (taken, what was taken); not taken: the worker takes its next itself.
+        self.future: asyncio.Future[tuple[bool, Taken]] = asyncio.get_running_loop().create_future()
+
+    def taken(self, result: Taken) -> None:
+        if not self.future.done():
+            self.future.set_result((True, result))
+
+    def not_taken(self) -> None:
+        if not self.future.done():
+            self.future.set_result((False, None))
+
+
 class DestinationWorker:
     """Delivers one destination's queue, one transaction at a time, in queue order."""
 
@@ -251,6 +276,9 @@ class DestinationWorker:
         self.woken = False
         self.stopping = False
         self.lease_lost = False
+        self.idle = False  # waiting, nothing in flight, nothing known to be queued
+        self._idle_completed: str | None = None  # while idle: the 200 not recorded yet
+        self._reservation: Reservation | None = None
         self._event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -258,11 +286,37 @@ class DestinationWorker:
         self.woken = True
         self._event.set()
 
+    def reserve(self) -> Reservation | None:
+        """While idle: its next transaction is taken by ingest, not by itself."""
+        if not self.idle or self.stopping or self._reservation is not None:
+            return None
+        self._reservation = Reservation(self.destination, self._idle_completed)
+        self.wake()
+        return self._reservation
+
+    async def _next(self, completed: str | None) -> Transaction | Backoff | None:
+        reservation, self._reservation = self._reservation, None
+        if reservation is not None:
+            taken, result = await reservation.future
+            if taken:
+                if isinstance(result, LeaseLost):
+                    raise result
+                return result
+        return await self.manager.batcher.next(self.destination, completed)
+
     def stop(self, *, lease_lost: bool = False) -> None:
         """Stop before the next transaction (the one in flight finishes)."""
         self.stopping = True
         self.lease_lost = self.lease_lost or lease_lost
         self._event.set()
+
+    async def _idle(self, seconds: float, completed: str | None = None) -> None:
+        """Wait, open to a :meth:`reserve` (which passes ``completed`` on to ingest)."""
+        self.idle, self._idle_completed = True, completed
+        try:
+            await self._wait(seconds)
+        finally:
+            self.idle, self._idle_completed = False, None
 
     async def _wait(self, seconds: float) -> None:
         if seconds > 0 and not self._event.is_set():
@@ -279,7 +333,7 @@ class DestinationWorker:
                 self.woken = False
                 self._event.clear()
                 try:
-                    txn = await m.batcher.next(self.destination, completed)
+                    txn = await self._next(completed)
                 except LeaseLost:
                     completed = None  # recorded: the completion goes before the lease check
                     self.lease_lost = True
@@ -299,11 +353,18 @@ class DestinationWorker:
                     await self._wait((txn.retry_until_ts - now_ms()) / 1000)
                 elif txn is None:
                     if not self.woken:
-                        await self._wait(m.options.idle_linger)
+                        await self._idle(m.options.idle_linger)
                         if not self.woken:
                             return
                 elif await self._send(txn):
                     completed = txn.txn_id
+                    full = (
+                        len(txn.pdus) >= m.options.max_pdus or len(txn.edus) >= m.options.max_edus
+                    )
+                    if not self.woken and not full:
+                        # Nothing more known to be queued: the 200 goes with the next
+                        # transaction ingest takes, if one comes soon.
+                        await self._idle(m.options.completion_linger, completed)
         finally:
             if completed is not None:
                 try:
@@ -460,6 +521,18 @@ class DeliveryManager:
             elif self.membership.is_mine(destination):
                 self._to_claim.add(destination)
                 self._claim_event.set()
+
+    def reserve_idle(self, destinations: Iterable[str]) -> list[Reservation]:
+        """The next transactions of those ``destinations`` whose workers wait idle here,
+        for ingest to take with the events it stores for them (see :class:`Reservation`);
+        each must be settled (taken or not)."""
+        reservations = []
+        for destination in destinations:
+            worker = self.workers.get(destination)
+            reservation = worker.reserve() if worker is not None else None
+            if reservation is not None:
+                reservations.append(reservation)
+        return reservations
 
     def worker_done(self, worker: DestinationWorker) -> None:
         if self.workers.get(worker.destination) is worker:

@@ -9,6 +9,13 @@ lock-holding connection in one transaction — events, queue rows and the
 advanced cursor together — so a batch written by a replica that has lost the
 lock cannot commit, and a crash replays from the stored cursor and never
 queues an event twice (the inserts are ON CONFLICT DO NOTHING as well).
+
+The workers of this replica that wait idle for a destination of the batch are
+reserved first (:meth:`DeliveryManager.reserve_idle`): the batch's statement
+also records their last 200 and takes their next transactions, recorded before
+they are handed over, so a worker never takes one itself meanwhile and its
+destination keeps one transaction in flight. A statement that fails hands
+nothing: the workers take their next themselves.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from mxfed import tracing
 from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender import metrics
-from services.sender.storage import IngestItem, SenderStorage
+from services.sender.delivery import DeliveryManager
+from services.sender.storage import IngestItem, SenderStorage, Taken
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +74,16 @@ class Ingester:
         server_name: str,
         on_queued: Callable[[Iterable[str]], None],
         *,
+        delivery: DeliveryManager | None = None,
         lock_poll_interval: float = 2.0,
     ) -> None:
         self.database_url = database_url
         self.events = events
         self.server_name = server_name
         self.on_queued = on_queued
+        # This replica's workers: those waiting idle get their next transaction
+        # taken in the statement that stores what woke them.
+        self.delivery = delivery
         self.lock_poll_interval = lock_poll_interval
         self.position = 0
 
@@ -134,12 +146,36 @@ class Ingester:
             if converted is not None
         ]
         cursor = max(item.position for item in batch)
-        with metrics.INGEST_SECONDS.time():
-            added = await SenderStorage.ingest_batch(connection, queued, cursor)
+        destinations = {d for item in queued for d in item.destinations}
+        reserved, instance_id, max_pdus, max_edus = [], "", 0, 0
+        if self.delivery is not None:
+            reserved = self.delivery.reserve_idle(sorted(destinations))
+            instance_id = self.delivery.membership.instance_id
+            max_pdus, max_edus = self.delivery.options.max_pdus, self.delivery.options.max_edus
+        taken: dict[str, Taken] = {}
+        try:
+            with metrics.INGEST_SECONDS.time():
+                added, taken = await SenderStorage.ingest_and_take(
+                    connection,
+                    queued,
+                    cursor,
+                    [r.destination for r in reserved],
+                    completed=[(r.destination, r.completed) for r in reserved if r.completed],
+                    instance_id=instance_id,
+                    max_pdus=max_pdus,
+                    max_edus=max_edus,
+                    quiet=[r.destination for r in reserved],
+                )
+        finally:
+            for reservation in reserved:
+                if reservation.destination in taken:
+                    reservation.taken(taken[reservation.destination])
+                else:  # the statement failed: the worker takes its next itself
+                    reservation.not_taken()
         self.position = max(self.position, cursor)
         metrics.INGEST_POSITION.set(self.position)
         metrics.EVENTS_INGESTED.inc(len(queued))
         metrics.QUEUE_ROWS_INGESTED.inc(added)
-        destinations = {d for item in queued for d in item.destinations}
-        if destinations:
-            self.on_queued(destinations)
+        woken = destinations - {r.destination for r in reserved}
+        if woken:
+            self.on_queued(woken)

@@ -179,7 +179,9 @@ async def setup(context: ServiceContext) -> None:
             catch_up_per_room=config.sender_catch_up_events_per_room,
         ),
     )
-    ingester = Ingester(config.database_url, events, config.server_name, manager.wake)
+    ingester = Ingester(
+        config.database_url, events, config.server_name, manager.wake, delivery=manager
+    )
     queuer = EduQueuer(storage, config.server_name, servers_in_room_via(events))
     sender_pb2_grpc.add_SenderServicer_to_server(
         SenderServicer(storage, queuer, manager.wake), context.server

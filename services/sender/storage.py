@@ -74,6 +74,10 @@ class LeaseLost(Exception):
     """This replica no longer holds the destination's lease."""
 
 
+# What taking a destination's next transaction gives (None: nothing queued).
+Taken = Transaction | Backoff | LeaseLost | None
+
+
 @dataclass(frozen=True)
 class DestinationRow:
     destination: str
@@ -147,9 +151,36 @@ class SenderStorage:
     ) -> int:
         """Store a batch of events and their queue rows and advance the cursor, atomically.
 
-        Runs on the connection that holds the ingest lock. Replaying a batch
-        after a crash inserts nothing twice (every insert is ON CONFLICT DO
-        NOTHING and the cursor only moves forward). Returns queue rows added.
+        Returns queue rows added. :meth:`ingest_and_take` without taking anything.
+        """
+        added, _ = await SenderStorage.ingest_and_take(connection, items, cursor)
+        return added
+
+    @staticmethod
+    async def ingest_and_take(
+        connection: asyncpg.Connection,
+        items: Sequence[IngestItem],
+        cursor: int,
+        take: Sequence[str] = (),
+        *,
+        completed: Sequence[tuple[str, str]] = (),
+        instance_id: str = "",
+        max_pdus: int = 0,
+        max_edus: int = 0,
+        quiet: Iterable[str] = (),
+    ) -> tuple[int, dict[str, Taken]]:
+        """Store a batch, then record ``completed`` and take the transactions of ``take``.
+
+        Runs on the connection that holds the ingest lock. The batch is
+        stored atomically with the advanced cursor; replaying it after a
+        crash inserts nothing twice (every insert is ON CONFLICT DO NOTHING
+        and the cursor only moves forward). Then, in the same database
+        transaction, exactly what :meth:`next_transactions` does for ``take``
+        and ``completed``. One round trip (``sender.ingest``, ``migrations/006``):
+        an event's path to the wire waits for it. The destinations queued
+        for are notified at commit, but for ``quiet`` ones (whose worker is
+        handed its result). Returns the queue rows added and the results of
+        ``take``.
         """
         positions, event_ids, room_ids, pdu_jsons = [], [], [], []
         queue_destinations: list[str] = []
@@ -164,23 +195,10 @@ class SenderStorage:
             for destination in item.destinations:
                 queue_destinations.append(destination)
                 queue_positions.append(item.stream_position)
-        # One statement (so one round trip, atomic without BEGIN/COMMIT): an event's
-        # path to the wire waits for it. Every part runs whatever it finds; the
-        # notifications go out at commit.
-        row = await connection.fetchrow(
-            "WITH stored AS (INSERT INTO sender.pdus (stream_position, event_id, room_id,"
-            " pdu_json, queued_ts) SELECT p, e, r, j, $5 FROM unnest($1::bigint[], $2::text[],"
-            " $3::text[], $4::bytea[]) AS t(p, e, r, j) ON CONFLICT DO NOTHING),"
-            " known AS (INSERT INTO sender.destinations (destination)"
-            " SELECT DISTINCT d FROM unnest($6::text[]) AS t(d) ORDER BY d"
-            " ON CONFLICT DO NOTHING),"
-            " queued AS (INSERT INTO sender.pdu_queue (destination, stream_position)"
-            " SELECT d, p FROM unnest($6::text[], $7::bigint[]) AS t(d, p)"
-            " ON CONFLICT DO NOTHING RETURNING 1),"
-            " advanced AS (UPDATE sender.ingest_cursor"
-            " SET stream_position = GREATEST(stream_position, $8)),"
-            " woken AS (SELECT pg_notify($9, w) FROM unnest($10::text[]) AS t(w))"
-            " SELECT (SELECT count(*) FROM queued) AS added, (SELECT count(*) FROM woken)",
+        handed = set(quiet)
+        rows = await connection.fetch(
+            "SELECT * FROM sender.ingest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+            " $13, $14, $15, $16)",
             positions,
             event_ids,
             room_ids,
@@ -190,10 +208,16 @@ class SenderStorage:
             queue_positions,
             cursor,
             WAKE_CHANNEL,
-            wake_payloads(queue_destinations),
+            wake_payloads(d for d in queue_destinations if d not in handed),
+            list(dict.fromkeys(take)),
+            [d for d, _ in completed],
+            [t for _, t in completed],
+            instance_id,
+            max_pdus,
+            max_edus,
         )
-        assert row is not None
-        return int(row["added"])
+        added = next(int(row["r_position"]) for row in rows if row["r_result"] == "ingested")
+        return added, _transactions([row for row in rows if row["r_result"] != "ingested"])
 
     # -- EDUs -------------------------------------------------------------------
 
@@ -424,7 +448,7 @@ class SenderStorage:
         *,
         max_pdus: int,
         max_edus: int,
-    ) -> dict[str, Transaction | Backoff | LeaseLost | None]:
+    ) -> dict[str, Taken]:
         """Record many 200s and take the next transaction of many destinations.
 
         ``completed``: (destination, txn id) pairs whose transaction was
@@ -447,31 +471,7 @@ class SenderStorage:
             max_edus,
             now_ms(),
         )
-        pdus = {row["r_position"]: row["r_pdu_json"] for row in rows if row["r_result"] == "pdu"}
-        results: dict[str, Transaction | Backoff | LeaseLost | None] = {}
-        for row in rows:
-            result, destination = row["r_result"], row["r_destination"]
-            if result == "pdu":
-                continue
-            if result == "lease_lost":
-                results[destination] = LeaseLost(destination)
-            elif result == "backoff":
-                results[destination] = Backoff(row["r_retry_until"])
-            elif result == "empty":
-                results[destination] = None
-            else:
-                results[destination] = Transaction(
-                    destination=destination,
-                    txn_id=row["r_txn"],
-                    origin_server_ts=row["r_txn_ts"],
-                    # (as a join would: a stored event that went missing is
-                    # not sent, rather than failing every destination's batch)
-                    pdus=[pdus[p] for p in row["r_positions"] if p in pdus],
-                    positions=[p for p in row["r_positions"] if p in pdus],
-                    edus=list(zip(row["r_edu_types"], row["r_edu_contents"], strict=True)),
-                    resumed=row["r_resumed"],
-                )
-        return results
+        return _transactions(rows)
 
     async def complete_transaction(self, destination: str, txn_id: str) -> None:
         """The destination answered 200: forget what it got, reset its backoff."""
@@ -763,3 +763,32 @@ class SenderStorage:
                 (ts for ts in (totals["oldest_pdu"], totals["oldest_edu"]) if ts), default=0
             ),
         )
+
+
+def _transactions(rows: Sequence[asyncpg.Record]) -> dict[str, Taken]:
+    """The results of ``sender.next_transactions`` rows, per destination."""
+    pdus = {row["r_position"]: row["r_pdu_json"] for row in rows if row["r_result"] == "pdu"}
+    results: dict[str, Taken] = {}
+    for row in rows:
+        result, destination = row["r_result"], row["r_destination"]
+        if result == "pdu":
+            continue
+        if result == "lease_lost":
+            results[destination] = LeaseLost(destination)
+        elif result == "backoff":
+            results[destination] = Backoff(row["r_retry_until"])
+        elif result == "empty":
+            results[destination] = None
+        else:
+            results[destination] = Transaction(
+                destination=destination,
+                txn_id=row["r_txn"],
+                origin_server_ts=row["r_txn_ts"],
+                # (as a join would: a stored event that went missing is
+                # not sent, rather than failing every destination's batch)
+                pdus=[pdus[p] for p in row["r_positions"] if p in pdus],
+                positions=[p for p in row["r_positions"] if p in pdus],
+                edus=list(zip(row["r_edu_types"], row["r_edu_contents"], strict=True)),
+                resumed=row["r_resumed"],
+            )
+    return results

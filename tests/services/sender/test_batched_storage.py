@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from services.sender.storage import Backoff, LeaseLost, QueuedEdu, SenderStorage, Transaction
+from services.sender.storage import (
+    Backoff,
+    IngestItem,
+    LeaseLost,
+    QueuedEdu,
+    SenderStorage,
+    Transaction,
+)
 from tests.support.sender_queues import queue_pdus
 
 LIMITS = {"max_pdus": 50, "max_edus": 100}
@@ -124,3 +131,53 @@ async def test_destinations_with_work_and_garbage_collection(
     assert await sender_storage.pool.fetchval("SELECT count(*) FROM sender.pdus") == 1
     await sender_storage.pool.execute("DELETE FROM sender.pdu_queue")
     assert await sender_storage.collect_garbage(full=False) == 1
+
+
+async def test_ingest_takes_and_records_the_transactions_it_is_asked_for(
+    sender_storage: SenderStorage,
+) -> None:
+    await queue_pdus(sender_storage, ["x.example"], 1)
+    await sender_storage.pool.execute(
+        "INSERT INTO sender.destinations (destination) VALUES ('y.example'), ('theirs.example')"
+    )
+    await sender_storage.claim("a", ["x.example", "y.example"], 30)
+    await sender_storage.claim("b", ["theirs.example"], 30)
+    first = await sender_storage.next_transaction("x.example", "a", **LIMITS)
+    assert isinstance(first, Transaction)
+    items = [
+        IngestItem(901, "$n1", "!r:x", b'{"n":1}', ["x.example", "y.example", "theirs.example"]),
+        IngestItem(902, "$n2", "!r:x", b'{"n":2}', ["y.example"]),
+    ]
+    async with sender_storage.pool.acquire() as connection:
+        added, taken = await SenderStorage.ingest_and_take(
+            connection,
+            items,
+            902,
+            ["x.example", "y.example", "theirs.example"],
+            completed=[("x.example", first.txn_id)],
+            instance_id="a",
+            **LIMITS,
+        )
+    assert added == 4
+    # x's 200 recorded first, then its next transaction: the new event alone.
+    x, y = taken["x.example"], taken["y.example"]
+    assert isinstance(x, Transaction) and x.pdus == [b'{"n":1}'] and not x.resumed
+    assert isinstance(y, Transaction) and y.pdus == [b'{"n":1}', b'{"n":2}']
+    assert isinstance(taken["theirs.example"], LeaseLost)
+    # Recorded before they are sent: asked again, the same transactions.
+    again = await sender_storage.next_transactions(["x.example", "y.example"], [], "a", **LIMITS)
+    for destination in ("x.example", "y.example"):
+        resumed = again[destination]
+        assert isinstance(resumed, Transaction) and resumed.resumed
+        assert resumed.txn_id == taken[destination].txn_id  # type: ignore[union-attr]
+    assert (
+        await sender_storage.pool.fetchval(
+            "SELECT count(*) FROM sender.pdu_queue WHERE destination = 'theirs.example'"
+            " AND txn_id IS NULL"
+        )
+        == 1
+    )
+    assert (
+        await sender_storage.pool.fetchval("SELECT stream_position FROM sender.ingest_cursor")
+        == 902
+    )

@@ -8,6 +8,7 @@ import asyncpg
 
 from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from services.sender.delivery import DeliveryOptions
 from services.sender.ingest import Ingester
 from services.sender.storage import WAKE_CHANNEL, IngestItem, SenderStorage
 from tests.support.grpc_plane import channel_to
@@ -163,3 +164,50 @@ async def test_a_stored_batch_wakes_the_other_replicas_with_its_rows_readable(
         assert len(await queue_rows(sender_storage)) == 3
     finally:
         await listener.close()
+
+
+async def test_an_idle_destination_gets_its_transaction_from_the_ingest_statement(
+    sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    # Long lingers: the worker stays, idle, with each 200 not yet recorded.
+    replica = await replica_factory(
+        options=DeliveryOptions(
+            idle_linger=60, completion_linger=60, scan_interval=0.5, maintenance_interval=3600
+        )
+    )
+    channel = channel_to(fake_events.address, "events", Caller.part("sender"))
+    ingest = Ingester(
+        database_url,
+        events_pb2_grpc.EventsStub(channel),
+        OUR_SERVER,
+        replica.manager.wake,
+        delivery=replica.manager,
+        lock_poll_interval=0.2,
+    )
+    task = asyncio.create_task(ingest.run())
+    try:
+        await fake_events.add_event("a", [receiver.server_name])
+        await wait_until(lambda: receiver.pdu_ids() == ["a"])
+        worker = replica.manager.workers[receiver.server_name]
+        await wait_until(lambda: worker.idle)
+        calls: list[object] = []
+        taking = sender_storage.next_transactions
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            calls.append(args)
+            return await taking(*args, **kwargs)  # type: ignore[arg-type]
+
+        sender_storage.next_transactions = counted  # type: ignore[method-assign]
+        for pdu_id in ("b", "c"):
+            await fake_events.add_event(pdu_id, [receiver.server_name])
+            await wait_until(lambda last=pdu_id: receiver.pdu_ids()[-1] == last)
+            await wait_until(lambda: worker.idle)
+        # Taken by ingest, each 200 recorded with the next: the worker made no call.
+        assert receiver.pdu_ids() == ["a", "b", "c"]
+        assert len(receiver.delivered) == 3
+        assert calls == []
+        assert await queue_rows(sender_storage) == [(receiver.server_name, 3)]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
