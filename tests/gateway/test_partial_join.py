@@ -25,7 +25,8 @@ MEMBERS = 300
 
 
 class Scene(JoinerScene):
-    """What these tests add: local messages and the events process's metrics."""
+    """What these tests add: joins with the resync held, local messages and the events
+    process's metrics."""
 
     async def send(self, room: BigRoom, sender: str, body: str) -> str:
         reply = await self.events.PerformSendEvent(
@@ -38,6 +39,16 @@ class Scene(JoinerScene):
             timeout=30,
         )
         return reply.event_id
+
+    async def joined_while_held(self, members: int) -> tuple[BigRoom, str, str]:
+        """A room of ``members`` that omits them, joined by a new user, its resync held
+        at /state_ids (asked once): the room, the user and the join's event id."""
+        room = self.room(members, omit=True)
+        room.release.clear()
+        user = self.user()
+        join_id = await self.join(room, user)
+        await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+        return room, user, join_id
 
     def metric(self, sample: str) -> float:
         """A sample of the events process's metrics (0 when absent)."""
@@ -62,17 +73,13 @@ async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Scene
 async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state(
     scene: Scene,
 ) -> None:
-    room = scene.room(MEMBERS, omit=True)
-    room.release.clear()  # the resync waits at /state_ids
-    user = scene.user()
-    join_id = await scene.join(room, user)
+    room, user, join_id = await scene.joined_while_held(MEMBERS)
     info = await scene.info(room)
     # We asked for omit_members and got a partial state: only the resident's
     # non-member state and our own membership are known.
     assert info.resync_state != events_pb2.RESYNC_STATE_FULL_STATE
     assert info.we_are_joined
     assert info.members_known < 5
-    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
     # A local message reaches the resident and the other server of
     # servers_in_room while the resync is still held.
     message_id = await scene.send(room, user, "hello while partial")
@@ -131,11 +138,7 @@ async def test_partial_join_is_usable_at_once_and_resyncs_to_the_residents_state
 async def test_an_event_accepted_while_partial_is_soft_failed_if_the_full_state_disallowed_it(
     scene: Scene,
 ) -> None:
-    room = scene.room(30, omit=True)
-    room.release.clear()
-    user = scene.user()
-    join_id = await scene.join(room, user)
-    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    room, user, join_id = await scene.joined_while_held(30)
     # A member whose membership was omitted is banned, and concurrently (its
     # prev_events are our join, not the ban) sends a message; the ban reaches
     # us first.
@@ -187,11 +190,7 @@ async def test_a_resident_that_does_not_omit_members_gives_a_full_join(scene: Sc
 
 
 async def test_a_leave_during_the_resync_works(scene: Scene) -> None:
-    room = scene.room(60, omit=True)
-    room.release.clear()
-    user = scene.user()
-    await scene.join(room, user)
-    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    room, user, _ = await scene.joined_while_held(60)
     reply = await scene.membership.PerformLeave(
         membership_pb2.PerformLeaveRequest(room_id=room.room_id, user_id=user), timeout=30
     )
@@ -209,10 +208,7 @@ async def test_a_leave_during_the_resync_works(scene: Scene) -> None:
 
 
 async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
-    room = scene.room(80, omit=True)
-    room.release.clear()
-    await scene.join(room, scene.user())
-    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    room, _, _ = await scene.joined_while_held(80)
     asked = room.state_ids_requests
     await scene.channel.close()
     await asyncio.to_thread(scene.mxfed.stop, keep_ports=True)
@@ -230,11 +226,7 @@ async def test_a_restart_during_the_resync_resumes_it(scene: Scene) -> None:
 async def test_state_is_refused_and_only_our_history_served_while_the_state_is_partial(
     scene: Scene,
 ) -> None:
-    room = scene.room(30, omit=True)
-    room.release.clear()
-    user = scene.user()
-    join_id = await scene.join(room, user)
-    await until(lambda: asyncio.sleep(0, room.state_ids_requests), lambda n: n >= 1)
+    room, user, join_id = await scene.joined_while_held(30)
     # History in the window: ours, the resident's, ours.
     await scene.send(room, user, "ours before")
     # Waited for by its body: our join reaches the resident by /send too.
