@@ -492,7 +492,9 @@ async def test_gap_filled_messages_of_a_user_banned_meanwhile_are_soft_failed(
     assert (await scene.current_state(room.room_id))[("m.room.member", bob)] == ban_id
 
 
-async def test_an_edge_of_an_open_gap_is_soft_failed_after_a_ban(stage: Stage) -> None:
+async def bob_promoted_in_a_gap(stage: Stage) -> tuple[Room, str, list[tuple[str, dict]]]:
+    """A hosted branch mxfed has not seen: rita (power 100) gives bob 50, bob changes the
+    topic, rita sends ten messages. The room, bob, and the branch's events."""
     scene = stage.scene
     room = await scene.joined_room()
     rita = scene.remote.user("rita")
@@ -504,7 +506,12 @@ async def test_an_edge_of_an_open_gap_is_soft_failed_after_a_ban(stage: Stage) -
         (bob, "m.room.topic", {"topic": "bob's topic"}, ""),
         *((rita, "m.room.message", {"body": f"r{i}"}, None) for i in range(10)),
     ]
-    events = await hosted_branch(stage, room, steps)
+    return room, bob, await hosted_branch(stage, room, steps)
+
+
+async def test_an_edge_of_an_open_gap_is_soft_failed_after_a_ban(stage: Stage) -> None:
+    scene = stage.scene
+    room, bob, events = await bob_promoted_in_a_gap(stage)
     promotion_id, (topic_id, _), (pushed_id, pushed) = events[0][0], events[1], events[-1]
     await scene.send_local(room, "m.room.member", {"membership": "ban"}, bob)
     stage.hosted.requests.clear()
@@ -525,17 +532,7 @@ async def test_an_edge_of_an_open_gap_may_use_a_promotion_made_in_the_gap(stage:
     """The current state resolved with the state at the event: a promotion on the
     other side of the gap counts, so the promoted user's action is not soft-failed."""
     scene = stage.scene
-    room = await scene.joined_room()
-    rita = scene.remote.user("rita")
-    await scene.join(room, rita)
-    await set_level(scene, room, rita, 100)
-    bob = scene.remote.user("bob")
-    steps: list[Step] = [
-        (rita, "m.room.power_levels", await levels_with(scene, room, bob, 50), ""),
-        (bob, "m.room.topic", {"topic": "bob's topic"}, ""),
-        *((rita, "m.room.message", {"body": f"r{i}"}, None) for i in range(10)),
-    ]
-    events = await hosted_branch(stage, room, steps)
+    room, _, events = await bob_promoted_in_a_gap(stage)
     (topic_id, _), (pushed_id, pushed) = events[1], events[-1]
     # Something else happens on mxfed's side meanwhile, so its state differs.
     await scene.send_local(room, "m.room.name", {"name": "our side"}, "")
