@@ -1,5 +1,6 @@
 """Helpers for events-service tests: the service under test, a remote server
-that signs PDUs, room heads, and a public room with a remote member."""
+that signs PDUs, room heads, a room living on a remote server, and a public room
+with a remote member."""
 
 from __future__ import annotations
 
@@ -158,6 +159,71 @@ class RemoteServer:
             if state_key is not None:
                 head.state[(event_type, state_key)] = event.event_id
         return signed, event.event_id
+
+
+class RemoteRoom:
+    """A room that lives on ``remote``, built linearly by bob (power 100): create, his
+    join, power levels, public join rules; :meth:`input` gives its PDUs to mxfed."""
+
+    def __init__(self, remote: RemoteServer, version: str = "10") -> None:
+        self.remote = remote
+        self.version = version
+        self.bob = remote.user("bob")
+        self.head = RoomHead(f"!remote{uuid.uuid4().hex[:12]}:{remote.name}", version, [], 0, {})
+        self.pdus: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []
+        create: dict[str, Any] = {"room_version": version}
+        if not room_version(version).creator_is_sender:
+            create["creator"] = self.bob
+        self.add("m.room.create", create, "")
+        self.add("m.room.member", {"membership": "join"}, self.bob)
+        self.add("m.room.power_levels", {"users": {self.bob: 100}}, "")
+        self.add("m.room.join_rules", {"join_rule": "public"}, "")
+
+    def add(self, event_type: str, content: dict[str, Any], state_key: str | None = None) -> str:
+        pdu, event_id = self.remote.pdu(self.head, event_type, self.bob, content, state_key)
+        return self.take(pdu, event_id)
+
+    def take(self, pdu: dict[str, Any], event_id: str) -> str:
+        """``pdu`` (built on :attr:`head`) is the room's next event."""
+        self.pdus[event_id] = pdu
+        self.order.append(event_id)
+        return event_id
+
+    def state_before(self, event_id: str) -> list[str]:
+        """Ids of the state before ``event_id`` (a linear room: every earlier state event)."""
+        state: dict[tuple[str, str], str] = {}
+        for earlier in self.order[: self.order.index(event_id)]:
+            pdu = self.pdus[earlier]
+            if "state_key" in pdu:
+                state[(pdu["type"], pdu["state_key"])] = earlier
+        return list(state.values())
+
+    def state_ids(self) -> list[str]:
+        return [e for e in self.order if "state_key" in self.pdus[e]]
+
+    async def input(
+        self,
+        events: EventsService,
+        kind: int,
+        event_ids: Sequence[str],
+        state_before: dict[str, list[str]] | None = None,
+    ) -> dict[str, tuple[int, str]]:
+        """``event_ids`` given to mxfed (InputPdus of ``kind``): status and error of each."""
+        reply = await events.stub.InputPdus(
+            events_pb2.InputPdusRequest(
+                room_id=self.head.room_id,
+                room_version=self.version,
+                origin=self.remote.name,
+                kind=kind,  # type: ignore[arg-type]
+                pdus=[encode_json(self.pdus[e]) for e in event_ids],
+                state_before=[
+                    events_pb2.StateBefore(event_id=e, state_event_ids=ids)
+                    for e, ids in (state_before or {}).items()
+                ],
+            )
+        )
+        return {r.event_id: (r.status, r.error) for r in reply.results}
 
 
 async def _public_room_with_remote_member(

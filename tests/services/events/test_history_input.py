@@ -7,7 +7,7 @@ and its prev missing. Backfill then fills in older history oldest first.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
@@ -16,64 +16,8 @@ import pytest
 from matrix_protocol.canonical_json import encode_json
 from mxfed_api.events.v1 import events_pb2
 from services.events.history import walks
-from tests.support.events_service import EventsService, RemoteServer, RoomHead
+from tests.support.events_service import EventsService, RemoteRoom, RemoteServer
 from tests.support.service_errors import described
-
-
-class RemoteRoom:
-    """A v10 room that lives on ``remote``: create, bob's join, power levels, join rules."""
-
-    def __init__(self, remote: RemoteServer) -> None:
-        self.remote = remote
-        self.bob = remote.user("bob")
-        self.head = RoomHead(f"!history{id(self)}:{remote.name}", "10", [], 0, {})
-        self.pdus: dict[str, dict[str, Any]] = {}
-        self.order: list[str] = []
-        self.add("m.room.create", {"creator": self.bob, "room_version": "10"}, "")
-        self.add("m.room.member", {"membership": "join"}, self.bob)
-        self.add("m.room.power_levels", {"users": {self.bob: 100}}, "")
-        self.add("m.room.join_rules", {"join_rule": "public"}, "")
-
-    def add(self, event_type: str, content: dict[str, Any], state_key: str | None = None) -> str:
-        pdu, event_id = self.remote.pdu(self.head, event_type, self.bob, content, state_key)
-        self.pdus[event_id] = pdu
-        self.order.append(event_id)
-        return event_id
-
-    def state_before(self, event_id: str) -> list[str]:
-        """Ids of the state before ``event_id`` (a linear room: every earlier state event)."""
-        state: dict[tuple[str, str], str] = {}
-        for earlier in self.order[: self.order.index(event_id)]:
-            pdu = self.pdus[earlier]
-            if "state_key" in pdu:
-                state[(pdu["type"], pdu["state_key"])] = earlier
-        return list(state.values())
-
-    def state_ids(self) -> list[str]:
-        return [e for e in self.order if "state_key" in self.pdus[e]]
-
-
-async def _input(
-    events: EventsService,
-    room: RemoteRoom,
-    kind: int,
-    event_ids: Sequence[str],
-    state_before: dict[str, list[str]] | None = None,
-) -> dict[str, tuple[int, str]]:
-    reply = await events.stub.InputPdus(
-        events_pb2.InputPdusRequest(
-            room_id=room.head.room_id,
-            room_version="10",
-            origin=room.remote.name,
-            kind=kind,  # type: ignore[arg-type]
-            pdus=[encode_json(room.pdus[e]) for e in event_ids],
-            state_before=[
-                events_pb2.StateBefore(event_id=e, state_event_ids=ids)
-                for e, ids in (state_before or {}).items()
-            ],
-        )
-    )
-    return {r.event_id: (r.status, r.error) for r in reply.results}
 
 
 async def _joined(events: EventsService, remote: RemoteServer, messages: int) -> RemoteRoom:
@@ -81,11 +25,11 @@ async def _joined(events: EventsService, remote: RemoteServer, messages: int) ->
     room = RemoteRoom(remote)
     for i in range(messages):
         room.add("m.room.message", {"body": f"m{i}"})
-    outliers = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, room.state_ids())
+    outliers = await room.input(events, events_pb2.INPUT_KIND_OUTLIER, room.state_ids())
     assert {s for s, _ in outliers.values()} == {events_pb2.EVENT_STATUS_OUTLIER}
     latest = room.order[-1]
-    result = await _input(
-        events, room, events_pb2.INPUT_KIND_GAP_FILL, [latest], {latest: room.state_before(latest)}
+    result = await room.input(
+        events, events_pb2.INPUT_KIND_GAP_FILL, [latest], {latest: room.state_before(latest)}
     )
     assert result == {latest: (events_pb2.EVENT_STATUS_ACCEPTED, "")}
     return room
@@ -120,11 +64,11 @@ async def test_outliers_are_stored_without_their_prev_events(
     power_levels = room.order[2]
     # Only the power levels, its auth events first: its prev (bob's join) is not input.
     create, join = room.order[0], room.order[1]
-    result = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, [create, power_levels])
+    result = await room.input(events, events_pb2.INPUT_KIND_OUTLIER, [create, power_levels])
     assert result[create][0] == events_pb2.EVENT_STATUS_OUTLIER
     assert result[power_levels] == (events_pb2.EVENT_STATUS_UNSPECIFIED, result[power_levels][1])
     assert "missing auth_events" in result[power_levels][1]  # cites bob's join
-    result = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, [power_levels, join])
+    result = await room.input(events, events_pb2.INPUT_KIND_OUTLIER, [power_levels, join])
     assert result == {
         join: (events_pb2.EVENT_STATUS_OUTLIER, ""),
         power_levels: (events_pb2.EVENT_STATUS_OUTLIER, ""),
@@ -144,7 +88,7 @@ async def test_an_outlier_failing_its_own_auth_events_is_rejected(
     mallory = remote.user("mallory")
     pdu, bad_id = remote.pdu(room.head, "m.room.topic", mallory, {"topic": "x"}, "")
     room.pdus[bad_id] = pdu
-    result = await _input(events, room, events_pb2.INPUT_KIND_OUTLIER, [*room.order[:4], bad_id])
+    result = await room.input(events, events_pb2.INPUT_KIND_OUTLIER, [*room.order[:4], bad_id])
     assert result[bad_id][0] == events_pb2.EVENT_STATUS_REJECTED
 
 
@@ -173,7 +117,7 @@ async def test_without_state_before_missing_prevs_are_refused(
 ) -> None:
     room = await _joined(events, remote, 5)
     older = room.order[-3]
-    result = await _input(events, room, events_pb2.INPUT_KIND_BACKFILL, [older])
+    result = await room.input(events, events_pb2.INPUT_KIND_BACKFILL, [older])
     assert result[older][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
     assert result[older][1].startswith("missing prev_events")
 
@@ -187,15 +131,14 @@ async def test_state_before_is_used_for_the_auth_checks(
         room.head, "m.room.message", carol, {"body": "no member"}, prev=[room.order[-2]]
     )
     room.pdus[event_id] = pdu
-    result = await _input(
-        events, room, events_pb2.INPUT_KIND_BACKFILL, [event_id], {event_id: room.state_ids()}
+    result = await room.input(
+        events, events_pb2.INPUT_KIND_BACKFILL, [event_id], {event_id: room.state_ids()}
     )
     assert (
         result[event_id][0] == events_pb2.EVENT_STATUS_REJECTED
     )  # carol is not joined in that state
-    unknown = await _input(
+    unknown = await room.input(
         events,
-        room,
         events_pb2.INPUT_KIND_BACKFILL,
         [room.order[-2]],
         {room.order[-2]: ["$nowhere"]},
@@ -214,13 +157,13 @@ async def test_backfill_pages_down_to_the_room_start_and_promotes_outliers(
     # missing: it gets the state before it.
     first = list(reversed(room.order[14:33]))
     edge = room.order[14]
-    result = await _input(
-        events, room, events_pb2.INPUT_KIND_BACKFILL, first, {edge: room.state_before(edge)}
+    result = await room.input(
+        events, events_pb2.INPUT_KIND_BACKFILL, first, {edge: room.state_before(edge)}
     )
     assert {s for s, _ in result.values()} == {events_pb2.EVENT_STATUS_ACCEPTED}
     assert await _backward_extremities(events, room_id) == [room.order[13]]
     second = list(reversed(room.order[:14]))
-    result = await _input(events, room, events_pb2.INPUT_KIND_BACKFILL, second)
+    result = await room.input(events, events_pb2.INPUT_KIND_BACKFILL, second)
     assert {s for s, _ in result.values()} == {
         events_pb2.EVENT_STATUS_ACCEPTED
     }  # outliers promoted
@@ -256,7 +199,7 @@ async def test_resume_token_continues_after_backfill(
     )
     assert [r.event_id for r in page.events] == [room.order[-1]]
     assert not page.next_token and not page.reached_room_start
-    await _input(events, room, events_pb2.INPUT_KIND_BACKFILL, list(reversed(room.order[:-1])))
+    await room.input(events, events_pb2.INPUT_KIND_BACKFILL, list(reversed(room.order[:-1])))
     more = await events.stub.QueryTimeline(
         events_pb2.QueryTimelineRequest(
             room_id=room_id, from_token=page.resume_token, backwards=True, limit=10
@@ -273,9 +216,8 @@ async def test_history_with_state_before_fills_a_gap_and_moves_the_head(
     room_id = room.head.room_id
     newer = [room.add("m.room.message", {"body": f"n{i}"}) for i in range(4)]
     # n0 is missing; n1 (prev n0) comes with the state before it, n2 and n3 on it.
-    result = await _input(
+    result = await room.input(
         events,
-        room,
         events_pb2.INPUT_KIND_GAP_FILL,
         newer[1:],
         {newer[1]: room.state_before(newer[1])},
@@ -300,7 +242,7 @@ async def test_fetched_history_may_exceed_20_prev_events_but_not_the_size_limit(
     big, big_id = remote.pdu(room.head, "m.room.message", room.bob, {"body": "p" * 65_536})
     room.pdus.update({wide_id: wide, big_id: big})
     state = {wide_id: room.state_before(latest)}
-    result = await _input(events, room, events_pb2.INPUT_KIND_GAP_FILL, [wide_id, big_id], state)
+    result = await room.input(events, events_pb2.INPUT_KIND_GAP_FILL, [wide_id, big_id], state)
     assert result[wide_id] == (events_pb2.EVENT_STATUS_ACCEPTED, ""), result
     assert result[big_id][0] == events_pb2.EVENT_STATUS_UNSPECIFIED
     assert "larger than 65536 bytes" in result[big_id][1]

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from matrix_protocol.auth_events import select_auth_event_ids
-from matrix_protocol.canonical_json import decode_json, encode_json
+from matrix_protocol.canonical_json import decode_json
 from matrix_protocol.events import Event
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import sign_event
 from mxfed_api.events.v1 import events_pb2
-from tests.support.events_service import EventsService, RemoteServer, RoomHead
+from tests.support.events_service import EventsService, RemoteRoom, RemoteServer, RoomHead
 from tests.support.key_servers import FakeKeyServer
 
 _TS = itertools.count(int(time.time() * 1000))
@@ -239,65 +239,11 @@ async def test_redaction_without_power_from_another_server_is_not_applied(
     assert await _content(events, late_id) == {"body": "late"}
 
 
-class _RemoteRoom:
-    """A room living on ``remote`` (v10 or v11), built linearly by bob (PL 100)."""
-
-    def __init__(self, remote: RemoteServer, version: str) -> None:
-        self.remote = remote
-        self.version = version
-        self.bob = remote.user("bob")
-        self.head = RoomHead(f"!redactions{id(self)}:{remote.name}", version, [], 0, {})
-        self.pdus: dict[str, dict[str, Any]] = {}
-        self.order: list[str] = []
-        create: dict[str, Any] = {"room_version": version}
-        if version == "10":
-            create["creator"] = self.bob
-        self.add("m.room.create", create, "")
-        self.add("m.room.member", {"membership": "join"}, self.bob)
-        self.add("m.room.power_levels", {"users": {self.bob: 100}}, "")
-        self.add("m.room.join_rules", {"join_rule": "public"}, "")
-
-    def add(self, event_type: str, content: dict[str, Any], state_key: str | None = None) -> str:
-        pdu, event_id = self.remote.pdu(self.head, event_type, self.bob, content, state_key)
-        self.pdus[event_id] = pdu
-        self.order.append(event_id)
-        return event_id
+class _RemoteRoom(RemoteRoom):
+    """A remote room whose bob also redacts."""
 
     def redact(self, target: str) -> str:
-        pdu, event_id = _redaction(self.remote, self.head, self.bob, target)
-        self.pdus[event_id] = pdu
-        self.order.append(event_id)
-        return event_id
-
-    def state_before(self, event_id: str) -> list[str]:
-        state: dict[tuple[str, str], str] = {}
-        for earlier in self.order[: self.order.index(event_id)]:
-            pdu = self.pdus[earlier]
-            if "state_key" in pdu:
-                state[(pdu["type"], pdu["state_key"])] = earlier
-        return list(state.values())
-
-    async def input(
-        self,
-        events: EventsService,
-        kind: int,
-        event_ids: list[str],
-        state_before: dict[str, list[str]] | None = None,
-    ) -> dict[str, tuple[int, str]]:
-        reply = await events.stub.InputPdus(
-            events_pb2.InputPdusRequest(
-                room_id=self.head.room_id,
-                room_version=self.version,
-                origin=self.remote.name,
-                kind=kind,  # type: ignore[arg-type]
-                pdus=[encode_json(self.pdus[e]) for e in event_ids],
-                state_before=[
-                    events_pb2.StateBefore(event_id=e, state_event_ids=ids)
-                    for e, ids in (state_before or {}).items()
-                ],
-            )
-        )
-        return {r.event_id: (r.status, r.error) for r in reply.results}
+        return self.take(*_redaction(self.remote, self.head, self.bob, target))
 
 
 @pytest.mark.parametrize("version", ["10", "11"])
@@ -311,7 +257,7 @@ async def test_waiting_redactions_apply_to_outliers_history_and_backfill(
     messages = [room.add("m.room.message", {"body": f"m{i}"}) for i in range(4)]
     by_outlier, by_backfill, by_history = messages[0], messages[1], messages[2]
     redactions = [room.redact(t) for t in (topic, by_outlier, by_backfill, by_history)]
-    state = [e for e in room.order if "state_key" in room.pdus[e]]
+    state = room.state_ids()
 
     # The state (the topic among it) as outliers, then the first redaction
     # with the state before it: the topic is held, so it is redacted at once.
