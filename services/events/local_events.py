@@ -471,7 +471,7 @@ class LocalEvents:
         fresh: dict[tuple[str, str], str] = {}  # this group's transaction ids → event ids
         # Per send: its event id, and whether it was sent before (its position as stored).
         outcome: list[tuple[str, bool, int | None]] = []
-        async with self._room(room_id, group) as (conn, batch, done):
+        async with self._room(room_id, group) as (batch, done):
             for send in group:
                 key = (send.sender, send.txn_id)
                 if send.txn_id and key in done:
@@ -495,10 +495,7 @@ class LocalEvents:
                 if send.txn_id:
                     fresh[key] = event.event_id
                 outcome.append((event.event_id, False, None))
-            await batch.write()
-            if fresh:
-                rows = [(sender, txn_id, event_id) for (sender, txn_id), event_id in fresh.items()]
-                await storage.store_local_transactions(conn, rows)
+            await batch.write([(sender, txn, sent) for (sender, txn), sent in fresh.items()])
         return self._results(batch, outcome)
 
     async def _results(
@@ -527,7 +524,7 @@ class LocalEvents:
         signed: tuple[Event, dict[str, Any], PolicyServer] | None = None
         while True:
             to_sign: tuple[Event, dict[str, Any], PolicyServer] | None = None
-            async with self._room(room_id, [send]) as (conn, batch, sent_before):
+            async with self._room(room_id, [send]) as (batch, sent_before):
                 done = sent_before.get((sender, txn_id)) if txn_id else None
                 if done is None:
                     if signed is None:
@@ -543,11 +540,7 @@ class LocalEvents:
                         event, pdu, policy = signed
                         await self._store(batch, event, pdu, policy)
                     if to_sign is None:
-                        await batch.write()
-                        if txn_id:
-                            await storage.store_local_transaction(
-                                conn, sender, txn_id, event.event_id
-                            )
+                        await batch.write([(sender, txn_id, event.event_id)] if txn_id else [])
             if done is not None:
                 return await self._repeated(*done)
             if to_sign is None:
@@ -560,13 +553,11 @@ class LocalEvents:
     @contextlib.asynccontextmanager
     async def _room(
         self, room_id: str, sends: Sequence[_Send]
-    ) -> AsyncIterator[
-        tuple[asyncpg.Connection, RoomBatch, Mapping[tuple[str, str], tuple[str, int | None]]]
-    ]:
-        """A transaction on the room for ``sends``: its connection, the batch opened on the
-        room's head, and which of their transaction ids were used before (event id,
-        position). Begun in two round trips: BEGIN with the room's lock, then the head with
-        the sends' places in the stream queue and their transaction ids."""
+    ) -> AsyncIterator[tuple[RoomBatch, Mapping[tuple[str, str], tuple[str, int | None]]]]:
+        """A transaction on the room for ``sends``: the batch opened on the room's head, and
+        which of their transaction ids were used before (event id, position). Begun in two
+        round trips: BEGIN with the room's lock, then the head with the sends' places in the
+        stream queue and their transaction ids."""
         async with self.pool.acquire() as conn, storage.room_transaction(conn, room_id):
             head = await storage.room_head(
                 conn,
@@ -578,7 +569,7 @@ class LocalEvents:
             batch = RoomBatch(self.core, conn, room_id)
             if head is None or not await batch.open(len(sends), head):
                 raise NotFound(f"unknown room {room_id}")
-            yield conn, batch, head.sent_before
+            yield batch, head.sent_before
 
     async def _repeated(self, event_id: str, position: int | None) -> tuple[str, int]:
         """A transaction id's event again, with its position (its round may not have run:

@@ -375,8 +375,9 @@ class RoomBatch:
         found = await self.events(ids)
         self._absent.update(ids - found.keys())
 
-    async def write(self) -> None:
-        """Write everything the batch did (inside the caller's transaction)."""
+    async def write(self, local_transactions: Sequence[tuple[str, str, str]] = ()) -> None:
+        """Write everything the batch did (inside the caller's transaction), and the
+        transaction ids of the local sends it holds: (sender, txn id, event id) rows."""
         conn = self.conn
         await StateStore.write(conn, self._groups)
         stream_pending: dict[str, int] = {}
@@ -386,7 +387,14 @@ class RoomBatch:
             else:
                 orders = await storage.reserve_stream_pending(conn, len(self._to_stream))
             stream_pending = dict(zip(self._to_stream, orders, strict=True))
-        await storage.insert_events(conn, self.room_id, list(self._writes.values()), stream_pending)
+        change = storage.HeadChange(
+            list(self._initial_extremities - set(self.extremities)),
+            list(set(self.extremities) - self._initial_extremities),
+            local_transactions,
+        )
+        await storage.insert_events(
+            conn, self.room_id, list(self._writes.values()), stream_pending, change
+        )
         await storage.replace_event_placements(conn, self.room_id, self._replacements)
         if self._ends_partial:
             await storage.delete_partial_state(conn, self.room_id)
@@ -403,9 +411,6 @@ class RoomBatch:
             await storage.update_waiting_redactions(
                 conn, self.room_id, newly_waiting, self._arrived_targets
             )
-        removed = self._initial_extremities - set(self.extremities)
-        added = set(self.extremities) - self._initial_extremities
-        await storage.replace_forward_extremities(conn, self.room_id, removed, added)
         create_id = self.create_event.event_id if self.create_event else None
         if self.current is not None and self.current is not self._initial_current:
             await self._write_current_state()

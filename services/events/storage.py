@@ -289,28 +289,45 @@ class EventWrite:
     relayed_for: str | None = None
 
 
+@dataclass
+class HeadChange:
+    """What else a room batch writes with its events: forward extremities removed and
+    added (never the same id), local senders' (sender, txn id, event id) rows."""
+
+    removed_extremities: Sequence[str] = ()
+    added_extremities: Sequence[str] = ()
+    local_transactions: Sequence[tuple[str, str, str]] = ()
+
+
 async def insert_events(
     conn: asyncpg.Connection,
     room_id: str,
     writes: Sequence[EventWrite],
     stream_pending: Mapping[str, int],
+    change: HeadChange,
 ) -> None:
     """``writes``; those streamed queued at their ``stream_pending`` place
-    (:func:`reserve_stream_pending`)."""
+    (:func:`reserve_stream_pending`); and ``change``. A few new events and the change
+    go in one statement (one round trip)."""
     promoted = [w for w in writes if w.promote]
     if promoted:
         await _promote_outliers(conn, room_id, promoted, stream_pending)
     writes = [w for w in writes if not w.promote]
-    if not writes:
-        return
     edges = [
         (w.stored.event_id, auth_id) for w in writes for auth_id in w.stored.event.auth_event_ids
     ]
     prev_edges = list(
         {(prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids}
     )
-    if len(writes) <= _INSERT_AT_MOST:
-        await _insert_few(conn, room_id, writes, stream_pending, edges, prev_edges)
+    if 0 < len(writes) <= _INSERT_AT_MOST:
+        await _insert_few(conn, room_id, writes, stream_pending, edges, prev_edges, change)
+        return
+    await replace_forward_extremities(
+        conn, room_id, change.removed_extremities, change.added_extremities
+    )
+    if change.local_transactions:
+        await store_local_transactions(conn, change.local_transactions)
+    if not writes:
         return
     rows = [
         (
@@ -362,7 +379,8 @@ _INSERTED_EVENT_COLUMNS = (
 # which waits for the server twice (to start, and at the end) but moves rows cheaper.
 _INSERT_AT_MOST = 16
 
-# The events, their auth edges and their prev edges in one statement: arrays of columns.
+# The events, their auth and prev edges, the forward extremities' change and the local
+# transaction ids in one statement: arrays of columns.
 # servers_before is one JSON array per event (arrays of arrays must be rectangular).
 _INSERT_FEW = (
     "WITH new_events AS ("
@@ -380,9 +398,17 @@ _INSERT_FEW = (
     " stream_pending)"
     "), auth_edges AS ("
     " INSERT INTO events.event_auth (event_id, auth_id)"
-    " SELECT * FROM unnest($18::text[], $19::text[]))"
+    " SELECT * FROM unnest($18::text[], $19::text[])"
+    "), prev_edges AS ("
     " INSERT INTO events.event_edges (prev_event_id, event_id)"
     " SELECT * FROM unnest($20::text[], $21::text[])"
+    "), gone AS ("
+    " DELETE FROM events.forward_extremities WHERE room_id = $1 AND event_id = ANY($22::text[])"
+    "), heads AS ("
+    " INSERT INTO events.forward_extremities (room_id, event_id)"
+    " SELECT $1, a FROM unnest($23::text[]) AS t(a) ON CONFLICT DO NOTHING)"
+    " INSERT INTO events.local_transactions (sender, txn_id, event_id)"
+    " SELECT * FROM unnest($24::text[], $25::text[], $26::text[]) ON CONFLICT DO NOTHING"
 )
 
 
@@ -393,8 +419,10 @@ async def _insert_few(
     stream_pending: Mapping[str, int],
     edges: Sequence[tuple[str, str]],
     prev_edges: Sequence[tuple[str, str]],
+    change: HeadChange,
 ) -> None:
     events = [w.stored.event for w in writes]
+    sent = change.local_transactions
     await conn.execute(
         _INSERT_FEW,
         room_id,
@@ -418,6 +446,11 @@ async def _insert_few(
         [edge[1] for edge in edges],
         [edge[0] for edge in prev_edges],
         [edge[1] for edge in prev_edges],
+        list(change.removed_extremities),
+        list(change.added_extremities),
+        [row[0] for row in sent],
+        [row[1] for row in sent],
+        [row[2] for row in sent],
     )
 
 
@@ -979,22 +1012,10 @@ async def get_alias(conn: asyncpg.Connection, alias: str) -> asyncpg.Record | No
     )
 
 
-async def store_local_transaction(
-    conn: asyncpg.Connection, sender: str, txn_id: str, event_id: str
-) -> None:
-    await conn.execute(
-        "INSERT INTO events.local_transactions (sender, txn_id, event_id)"
-        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        sender,
-        txn_id,
-        event_id,
-    )
-
-
 async def store_local_transactions(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str]]
 ) -> None:
-    """:func:`store_local_transaction` for many (sender, txn id, event id) rows."""
+    """Local senders' transaction ids: (sender, txn id, event id) rows."""
     await conn.execute(
         "INSERT INTO events.local_transactions (sender, txn_id, event_id)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",

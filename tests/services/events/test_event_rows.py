@@ -1,5 +1,6 @@
-"""A room batch's events are stored alike whether few (one statement with their edges) or
-many (a COPY per table): every column, the order of servers_before, auth and prev edges."""
+"""A room batch's events are stored alike whether few (one statement with their edges, the
+forward extremities' change and local transaction ids) or many (a COPY per table, then the
+rest): every column, the order of servers_before, auth and prev edges, extremities."""
 
 from __future__ import annotations
 
@@ -88,15 +89,36 @@ async def test_a_few_events_are_stored_as_many_are(events_pool: asyncpg.Pool) ->
                 few,
                 many,
             )
+            await conn.execute(
+                "INSERT INTO events.forward_extremities (room_id, event_id)"
+                " VALUES ($1, $1 || '-old'), ($2, $2 || '-old')",
+                few,
+                many,
+            )
+            heads = {}
             for room, count in ((few, 12), (many, 40)):
                 writes = [_write(room, n) for n in range(count)]
+                change = storage.HeadChange(
+                    [f"{room}-old"], [f"{room}-{count - 1}"], [("@u1:a.test", room, f"{room}-1")]
+                )
                 # Every other accepted event queued for the stream (places rolled back).
                 pending = {
                     w.stored.event_id: 1_000_000_000 + 100 * n + (room == many)
                     for n, w in enumerate(writes)
                     if n % 2 == 0
                 }
-                await storage.insert_events(conn, room, writes, pending)
+                await storage.insert_events(conn, room, writes, pending, change)
+                heads[room] = (
+                    await conn.fetch(
+                        "SELECT event_id FROM events.forward_extremities WHERE room_id = $1",
+                        room,
+                    ),
+                    await conn.fetchval(
+                        "SELECT event_id FROM events.local_transactions"
+                        " WHERE sender = '@u1:a.test' AND txn_id = $1",
+                        room,
+                    ),
+                )
             stored_few = await _stored(conn, few, 12)
             stored_many = await _stored(conn, many, 12)
         finally:
@@ -115,3 +137,8 @@ async def test_a_few_events_are_stored_as_many_are(events_pool: asyncpg.Pool) ->
     assert stored_few[3][1] == ["-auth-0", "-auth-1", "-auth-2"]
     assert stored_few[3][2] == ["-2"]
     assert stored_few[0][0]["stream_pending"] == 1_000_000_000
+    # The forward extremities replaced and the local transaction ids stored with them.
+    for room, count in ((few, 12), (many, 40)):
+        extremities, sent = heads[room]
+        assert [row["event_id"] for row in extremities] == [f"{room}-{count - 1}"]
+        assert sent == f"{room}-1"

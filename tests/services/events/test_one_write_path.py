@@ -134,9 +134,9 @@ async def audited(
     batch_transactions: set[int] = set()
     write = RoomBatch.write
 
-    async def recorded_write(batch: RoomBatch) -> None:
+    async def recorded_write(batch: RoomBatch, *args: Any) -> None:
         batch_transactions.add(await batch.conn.fetchval("SELECT txid_current()"))
-        await write(batch)
+        await write(batch, *args)
 
     monkeypatch.setattr(RoomBatch, "write", recorded_write)
     try:

@@ -204,7 +204,7 @@ async def test_a_repeated_local_send_waits_for_the_position_its_first_call_never
     txn_id = secrets.token_hex(8)
     async with events_pool.acquire() as conn, conn.transaction():
         _, event_id = await _write(conn, core, local, room_id, "once")
-        await storage.store_local_transaction(conn, ALICE, txn_id, event_id)
+        await storage.store_local_transactions(conn, [(ALICE, txn_id, event_id)])
     # The first call's replica died after its commit, before its round.
     repeated = await local.send_event(
         room_id, ALICE, "m.room.message", None, {"body": "once"}, txn_id=txn_id
