@@ -30,7 +30,9 @@ joins its rooms with make_join/send_join), after it settled:
   after another into one room: messages/s from the first send to the last PDU
   received by the remote, and send returned → PDU received p50/p90.
 
-Each prints mxfed's figure, Synapse's and the ratio; for mxfed also the stages'
+Each scenario starts with an ``ANALYZE`` of the server's database (the test cluster runs
+without autovacuum; see ``bench_send_http.analyze``). Each prints mxfed's figure,
+Synapse's and the ratio; for mxfed also the stages'
 means from the parts' metrics and, per event, acceptance → on an events stream
 (a subscriber like the sender, in the bench) → received by the remote. ``--profile DIR`` records
 py-spy profiles of the events and sender processes during mxfed's scenarios
@@ -66,6 +68,7 @@ from synapse_harness import SynapseServer  # noqa: E402
 
 from bench.bench_send_http import (  # noqa: E402
     _metrics,
+    analyze,
     join_public_room,
     join_synapse_room,
     start_profilers,
@@ -469,6 +472,7 @@ async def run_mxfed(
                 await measure("warm-up", send_one, received, meter, load.senders, load.rooms, 2)
                 for scenario in scenarios:
                     senders, rooms, per_sender = load.shape(scenario)
+                    await analyze(database_url)  # as autovacuum would have by now
                     profilers = (
                         start_profilers(mxfed, profile, ("events", "sender"), f"{scenario}-")
                         if profile
@@ -535,6 +539,7 @@ async def run_synapse(
             await measure("warm-up", send_one, received, meter, load.senders, load.rooms, 2)
             for scenario in scenarios:
                 senders, rooms, per_sender = load.shape(scenario)
+                await analyze(database_url)  # as for mxfed
                 results[scenario], _ = await measure(
                     scenario,
                     send_one,
