@@ -90,16 +90,21 @@ def _check_signatures(pdu: Mapping[str, Any]) -> None:
 
 
 def check_pdu_format(
-    pdu: Mapping[str, Any], room_version: RoomVersion, *, backfilled: bool = False
+    pdu: Mapping[str, Any],
+    room_version: RoomVersion,
+    *,
+    backfilled: bool = False,
+    validated: bool = False,
 ) -> None:
     """Raise :class:`PduFormatError` unless ``pdu`` is well-formed for ``room_version``.
 
     ``backfilled`` lifts the 20 ``prev_events`` / 10 ``auth_events`` limits,
-    which historic events may exceed.
+    which historic events may exceed. ``validated``: ``pdu`` passed
+    :func:`validate_canonical_json` already (an event built here), not walked again.
     """
     if not isinstance(pdu, Mapping):
         raise PduFormatError("a PDU must be an object")
-    if room_version.strict_canonical_json:
+    if room_version.strict_canonical_json and not validated:
         try:
             validate_canonical_json(pdu)
         except CanonicalJsonError as error:

@@ -14,7 +14,11 @@ from typing import Any
 import nacl.exceptions
 import nacl.signing
 
-from matrix_protocol.canonical_json import CanonicalJsonError, encode_canonical_json
+from matrix_protocol.canonical_json import (
+    CanonicalJsonError,
+    encode_canonical_json,
+    encode_validated_canonical_json,
+)
 from matrix_protocol.encoding import decode_base64, encode_base64
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import compute_content_hash
@@ -166,6 +170,39 @@ def sign_event(
     signed_redacted = sign_json(redact(event, room_version), signing_key, server_name, key_id)
     event["signatures"] = signed_redacted["signatures"]
     return event
+
+
+def sign_new_event(
+    pdu: Mapping[str, Any],
+    signing_key: nacl.signing.SigningKey,
+    server_name: str,
+    key_id: str,
+    room_version: RoomVersion,
+) -> tuple[dict[str, Any], bytes]:
+    """:func:`sign_event` for an event built here in a room of version 6 or later, and the
+    bytes it signed, encoded once.
+
+    ``pdu`` must have passed :func:`~matrix_protocol.canonical_json.validate_canonical_json`
+    and carry no ``signatures`` yet. The bytes signed (the redacted event without
+    ``signatures`` and ``unsigned``) are then also its reference JSON
+    (:func:`~matrix_protocol.hashes.reference_json`), from which a v3+ event ID is hashed.
+    """
+    if not room_version.strict_canonical_json or "signatures" in pdu:
+        raise ValueError("sign_new_event takes an unsigned event of room version 6 or later")
+    if not is_valid_key_id(key_id):
+        raise ValueError(f"invalid key ID {key_id!r}")
+    event = dict(pdu)
+    existing_hashes = event.get("hashes")
+    hashes = dict(existing_hashes) if isinstance(existing_hashes, Mapping) else {}
+    hashes["sha256"] = encode_base64(compute_content_hash(event, validated=True))
+    event["hashes"] = hashes
+    redacted = redact(event, room_version)
+    payload = encode_validated_canonical_json(
+        {key: value for key, value in redacted.items() if key not in _NOT_SIGNED}
+    )
+    signature = signing_key.sign(payload).signature
+    event["signatures"] = {server_name: {key_id: encode_base64(signature)}}
+    return event, payload
 
 
 def signatures_required_for_event(event: Event) -> set[str]:

@@ -31,8 +31,9 @@ from typing import Any
 import asyncpg
 
 from matrix_protocol.auth_events import select_auth_event_ids
+from matrix_protocol.canonical_json import CanonicalJsonError, validate_canonical_json
 from matrix_protocol.encoding import encode_base64
-from matrix_protocol.event_ids import room_id_from_create_event
+from matrix_protocol.event_ids import event_id_of_reference_json, room_id_from_create_event
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import compute_reference_hash
 from matrix_protocol.pdu_format import PduFormatError, PduTooLarge, check_pdu_format
@@ -45,7 +46,7 @@ from matrix_protocol.room_versions import (
     room_version,
 )
 from matrix_protocol.server_names import is_valid_room_alias, is_valid_user_id
-from matrix_protocol.signing import sign_event
+from matrix_protocol.signing import sign_event, sign_new_event
 from mxfed import tracing
 from mxfed.clock import now_ms
 from mxfed.identity_files import ServerSigningKey
@@ -199,15 +200,27 @@ class LocalEvents:
             pdu["prev_events"] = prev_ids
             pdu["auth_events"] = auth_ids
         key = self.signing_key()
-        signed = sign_event(pdu, key.signing_key, self.server_name, key.key_id, version)
         try:
+            if version.strict_canonical_json:
+                # Checked once, then encoded once for the signature and the event ID.
+                try:
+                    validate_canonical_json(pdu)
+                except CanonicalJsonError as error:
+                    raise PduFormatError(f"not canonical JSON: {error}") from None
+                signed, reference = sign_new_event(
+                    pdu, key.signing_key, self.server_name, key.key_id, version
+                )
+                event = Event(signed, version, event_id_of_reference_json(reference, version))
+            else:
+                signed = sign_event(pdu, key.signing_key, self.server_name, key.key_id, version)
+                event = Event.from_pdu(signed, version)
             # Our events obey the same limits as everyone's (size, canonical JSON, ids).
-            check_pdu_format(signed, version)
+            check_pdu_format(signed, version, validated=version.strict_canonical_json)
         except PduTooLarge as error:
             raise BadRequest(f"the event is not valid: {error}", "M_TOO_LARGE") from None
         except PduFormatError as error:
             raise BadRequest(f"the event is not valid: {error}", "M_BAD_JSON") from None
-        return Event.from_pdu(signed, version), signed
+        return event, signed
 
     def _v1_reference(
         self, event_id: str, known: Mapping[str, Any], version: RoomVersion

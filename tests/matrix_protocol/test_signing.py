@@ -17,8 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from matrix_protocol.encoding import decode_base64, encode_base64
+from matrix_protocol.event_ids import event_id_of_reference_json
 from matrix_protocol.events import Event
-from matrix_protocol.hashes import content_hash_matches
+from matrix_protocol.hashes import content_hash_matches, reference_json
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import (
@@ -31,6 +32,7 @@ from matrix_protocol.signing import (
     is_valid_key_id,
     sign_event,
     sign_json,
+    sign_new_event,
     signatures_required_for_event,
     signing_payload,
     verifiable_key_ids,
@@ -170,6 +172,41 @@ def test_sign_event_keeps_other_signatures_and_hashes() -> None:
     assert set(signed["signatures"]) == {"other.example", "domain"}
     assert signed["hashes"]["sha512"] == "x"
     assert "domain" not in pdu["signatures"]  # input untouched
+
+
+@pytest.mark.parametrize("version", ["6", "10", "11", "12"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"state_key": "", "type": "m.room.join_rules", "content": {"join_rule": "public"}},
+        {"content": {"body": "é \U0001f600", "n": [1, {"b": None, "a": True}]}},
+        {"redacts": "$target", "type": "m.room.redaction"},
+        {"unsigned": {"age": 5}, "hashes": {"sha512": "x"}},
+    ],
+)
+def test_signing_a_new_event_once_gives_what_sign_event_and_the_event_id_give(
+    version: str, extra: dict[str, Any]
+) -> None:
+    pdu = {key: value for key, value in MINIMAL_EVENT.items() if key != "signatures"}
+    pdu.update(extra)
+    pdu["prev_events"] = ["$prev"]
+    original = copy.deepcopy(pdu)
+    signed, reference = sign_new_event(pdu, SIGNING_KEY, SERVER, KEY_ID, room_version(version))
+    assert signed == sign_event(pdu, SIGNING_KEY, SERVER, KEY_ID, room_version(version))
+    assert pdu == original  # input untouched
+    assert reference == reference_json(signed, room_version(version))
+    assert Event.from_pdu(signed, room_version(version)).event_id == event_id_of_reference_json(
+        reference, room_version(version)
+    )
+
+
+def test_signing_a_new_event_once_needs_a_strict_room_and_no_signatures() -> None:
+    pdu = {key: value for key, value in MINIMAL_EVENT.items() if key != "signatures"}
+    with pytest.raises(ValueError, match="room version 6"):
+        sign_new_event(pdu, SIGNING_KEY, SERVER, KEY_ID, room_version("5"))
+    with pytest.raises(ValueError, match="room version 6"):
+        sign_new_event(MINIMAL_EVENT, SIGNING_KEY, SERVER, KEY_ID, room_version("10"))
 
 
 def test_matches_signedjson() -> None:
