@@ -265,20 +265,7 @@ async def _partial_window(
                   [bob], 6, sender=CAROL)  # fmt: skip
     partial = [create, alice, power, rules, ban]
     full = [create, alice, power, rules, bob]
-    await storage.insert_room(conn, room_id, "10")
-    async with conn.transaction():
-        batch = RoomBatch(core, conn, room_id)
-        assert await batch.open(8)
-        for checked in auth_order(_checked([*partial, bob])):
-            await batch.add_outlier(checked)
-        joined = await batch.add_join(
-            CheckedPdu(ours, dict(ours.pdu)),
-            [e.event_id for e in partial],
-            partial=PartialStateRoom(room_id, ours.event_id, SERVER, [SERVER]),
-        )
-        await batch.write()
-    await batch.committed()
-    assert joined.status is Status.ACCEPTED
+    await _join_partially(core, conn, [*partial, bob], partial, ours)
     window = []
     if kick_in_window:
         # alice kicks bob (on our side he is banned: allowed either way).
