@@ -19,7 +19,8 @@ import orjson
 import pytest
 
 from mxfed_api.events.v1 import events_pb2, membership_pb2
-from tests.support.partial_resident import MEMBER, BigRoom, JoinerScene, until
+from tests.support.partial_resident import MEMBER, BigRoom, JoinerScene
+from tests.support.polling import until
 
 MEMBERS = 300
 

@@ -10,11 +10,9 @@ unblocking restores federation.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import secrets
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -35,22 +33,15 @@ from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.join_resident import V10, Resident, add_routes
 from tests.support.mxfed_process import MxfedProcess
+from tests.support.polling import wait_until
 from tests.support.service_errors import errcode
 
 PATIENCE = 60.0
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Await ``check()`` becoming true (the lists reach each part within its refresh)."""
-    deadline = time.monotonic() + PATIENCE
-    while not await _value(check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {PATIENCE} s: {what}")
-        await asyncio.sleep(0.1)
-
-
-async def _value(result: Awaitable[bool] | bool) -> bool:
-    return await result if inspect.isawaitable(result) else result
+    """``check()`` true within PATIENCE (the lists reach each part within its refresh)."""
+    await wait_until(check, PATIENCE, 0.1, what=what)
 
 
 def part_has_policy(mxfed: MxfedProcess, part: str, blocked: int) -> bool:

@@ -11,7 +11,7 @@ import asyncpg
 from mxfed.held_connection import HeldConnection
 from mxfed.leadership import lead_forever
 from tests.support.databases import terminate_backends
-from tests.support.sender_queues import wait_until
+from tests.support.polling import wait_until
 
 
 async def test_held_connection_opens_again_and_runs_on_open_again(database_url: str) -> None:

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from mxfed import service_runtime
 from mxfed.config import Config
 from mxfed.service_runtime import ServiceContext, watch_database
-from tests.support.sender_queues import wait_until
+from tests.support.polling import wait_until
 
 
 def _context(tmp_path: Path, pool: asyncpg.Pool | None = None) -> ServiceContext:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -31,6 +30,7 @@ from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, membership_pb2, mem
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
+from tests.support.polling import until
 
 V10 = room_version("10")
 MEMBER = "m.room.member"
@@ -299,23 +299,6 @@ def add_big_room_routes(
     server.route("GET", v1 + "/event_auth/{room_id}/{event_id}", event_auth)
     server.route("PUT", v1 + "/send/{txn_id}", send_for("resident"))
     other.route("PUT", v1 + "/send/{txn_id}", send_for("other"))
-
-
-T = TypeVar("T")
-
-
-async def until(
-    get: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float = 60.0
-) -> T:
-    """Poll ``get`` until ``ok`` holds of its answer (a condition, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await get()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met; last value: {value!r}")
-        await asyncio.sleep(0.05)
 
 
 class JoinerScene:

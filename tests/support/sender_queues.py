@@ -1,13 +1,10 @@
-"""Sender test helpers: queue rows straight into the sender's tables, and wait
-(:func:`wait_until`, a condition polled with a deadline, for any test)."""
+"""Sender test helpers: queue rows straight into the sender's tables."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from matrix_protocol.canonical_json import encode_json
 from services.sender.storage import IngestItem, SenderStorage
@@ -48,24 +45,3 @@ async def queue_pdus(
     async with storage.pool.acquire() as connection:
         await SenderStorage.ingest_batch(connection, items, items[-1].stream_position)
     return [f"{prefix}{item.stream_position}" for item in items]
-
-
-async def wait_until(
-    condition: Callable[[], object | Awaitable[object]],
-    timeout: float = 30.0,
-    interval: float = 0.05,
-    *,
-    what: str = "condition",
-) -> None:
-    """Poll ``condition`` (a function or a coroutine function) until its answer is true;
-    past ``timeout`` seconds, an AssertionError that names ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        held = condition()
-        if inspect.isawaitable(held):
-            held = await held
-        if held:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not met in {timeout} s")
-        await asyncio.sleep(interval)

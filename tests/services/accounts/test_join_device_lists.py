@@ -24,6 +24,7 @@ from services.accounts.joins import JoinDeviceLists
 from services.accounts.local import LocalAccounts
 from services.accounts.notify import RecordingNotifier
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server
+from tests.support.polling import wait_until
 
 OURS = "joins-test.example"
 
@@ -209,14 +210,6 @@ async def runner(
     await started.close()
 
 
-async def eventually(check: Any, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
-
-
 async def cursor(pool: asyncpg.Pool) -> int:
     return await pool.fetchval("SELECT stream_position FROM accounts.device_list_join_cursor")
 
@@ -277,7 +270,7 @@ async def test_join_sends_device_lists_to_new_servers_only(
     join = backends.member("!new:x", user, "join", [invite])
     position = await backends.add(join, "!new:x", [OURS, "a.example", "b.example"])
     runner.start()
-    await eventually(lambda: len(backends.sent) == 3)
+    await wait_until(lambda: len(backends.sent) == 3)
     devices = edus_of(backends, "m.device_list_update")
     assert sorted(c["device_id"] for c, _ in devices) == ["LAPTOP", "PHONE"]
     for content, destinations in devices:
@@ -321,7 +314,7 @@ async def test_not_sent_for_other_events_profile_changes_or_known_servers(
     leave = backends.member("!fourth:x", user, "leave", [])
     last = await backends.add(leave, "!fourth:x", ["d.example"])
     runner.start()
-    await eventually(lambda: backends.stream_requests != [])
+    await wait_until(lambda: backends.stream_requests != [])
     for _ in range(100):
         if await cursor(keys_pool) == last:
             break
@@ -338,23 +331,23 @@ async def test_cursor_is_durable_and_one_replica_consumes(
     backends.user_rooms[user] = []
     first = runner.start()
     second = runner.start()
-    await eventually(lambda: first.leader or second.leader)
+    await wait_until(lambda: first.leader or second.leader)
     await asyncio.sleep(0.3)
     assert not (first.leader and second.leader)
     assert len(backends.stream_requests) == 1
     join = backends.member("!a:x", user, "join", [])
     position = await backends.add(join, "!a:x", ["e.example"])
-    await eventually(lambda: len(backends.sent) == 3)
+    await wait_until(lambda: len(backends.sent) == 3)
     assert {tuple(e.destinations) for e in backends.sent} == {("e.example",)}
     # The leader goes away: the other replica takes over from the stored cursor.
     leader, other = (first, second) if first.leader else (second, first)
     await runner.stop(leader)
-    await eventually(lambda: other.leader)
-    await eventually(lambda: len(backends.stream_requests) == 2)
+    await wait_until(lambda: other.leader)
+    await wait_until(lambda: len(backends.stream_requests) == 2)
     assert backends.stream_requests[-1].after_position == position
     join2 = backends.member("!b:x", user, "join", [])
     await backends.add(join2, "!b:x", ["f.example"])
-    await eventually(lambda: len(backends.sent) == 6)
+    await wait_until(lambda: len(backends.sent) == 6)
     assert {tuple(e.destinations) for e in backends.sent[3:]} == {("f.example",)}
 
 
@@ -367,7 +360,7 @@ async def test_sender_failure_is_retried_from_the_outbox(
     join = backends.member("!a:x", user, "join", [])
     position = await backends.add(join, "!a:x", ["g.example"])
     follower = runner.start()
-    await eventually(lambda: len(backends.sent) == 3)
+    await wait_until(lambda: len(backends.sent) == 3)
     assert backends.sender_failures == 0
     assert follower.position == position
     await outbox_empty(keys_pool)
@@ -380,7 +373,7 @@ async def test_sender_failure_is_retried_from_the_outbox(
         user,
     )
     runner.start()
-    await eventually(lambda: len(backends.sent) == 6)
+    await wait_until(lambda: len(backends.sent) == 6)
     assert {tuple(e.destinations) for e in backends.sent[3:]} == {("h.example",)}
 
 
@@ -397,14 +390,14 @@ async def test_servers_a_resync_reveals_get_the_device_lists_once_it_has_ended(
     join = backends.member(room, user, "join", [])
     await backends.add(join, room, [OURS, "a.example"])
     runner.start()
-    await eventually(lambda: len(backends.sent) == 3)
+    await wait_until(lambda: len(backends.sent) == 3)
     assert {tuple(d) for _, d in edus_of(backends, "m.device_list_update")} == {("a.example",)}
     await outbox_empty(keys_pool)
     pending = await keys_pool.fetchval("SELECT count(*) FROM accounts.device_list_partial_joins")
     assert pending == 1
     # The resync ends: the servers not sent to get the whole list, once.
     backends.resyncing.discard(room)
-    await eventually(lambda: len(backends.sent) == 6)
+    await wait_until(lambda: len(backends.sent) == 6)
     later = [(c, d) for c, d in edus_of(backends, "m.device_list_update")[2:]]
     assert sorted(c["device_id"] for c, _ in later) == ["LAPTOP", "PHONE"]
     assert all(d == ["b.example", "c.example"] for _, d in later)
@@ -434,7 +427,7 @@ async def test_a_join_read_before_its_resync_ended_gets_the_full_states_servers(
     await backends.add(join, room, [OURS, "a.example"])
     backends.servers_before[join] = [OURS, "a.example", "b.example"]
     runner.start()
-    await eventually(lambda: len(backends.sent) == 3)
+    await wait_until(lambda: len(backends.sent) == 3)
     assert {tuple(d) for _, d in edus_of(backends, "m.device_list_update")} == {
         ("a.example", "b.example")
     }

@@ -23,7 +23,7 @@ from tests.support.events_service import (
     RemoteServer,
     _public_room_with_remote_member,
 )
-from tests.support.sender_queues import wait_until
+from tests.support.polling import wait_until
 
 
 async def test_guard_takes_back_its_locks_after_losing_its_connection(

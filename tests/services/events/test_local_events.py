@@ -22,7 +22,7 @@ from mxfed_api.events.v1 import events_pb2
 from mxfed_api.keys.v1 import keys_pb2
 from services.events import storage
 from tests.support.events_service import EventsService
-from tests.support.sender_queues import wait_until
+from tests.support.polling import wait_until
 from tests.support.service_errors import described
 
 

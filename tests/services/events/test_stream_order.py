@@ -27,7 +27,7 @@ from services.events.streams import (
     StreamPositions,
     read_entries,
 )
-from tests.support.sender_queues import wait_until
+from tests.support.polling import wait_until
 
 SERVER = "order.test"
 ALICE = f"@alice:{SERVER}"

@@ -39,6 +39,7 @@ from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.media import png, read_stream
 from tests.support.mxfed_process import MxfedProcess
+from tests.support.polling import wait_until
 from tests.support.service_errors import errcode as errcode_of
 
 MAX_BYTES = 256 * 1024
@@ -225,14 +226,6 @@ def gauge(port: int, name: str) -> float:
     return float(match.group(1))
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(400):
-        if await condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never: {what}")
-
-
 async def waiters_in(mxfed: MxfedProcess) -> float:
     """Callers waiting on a remote fetch in the mxfed media process."""
     port = mxfed.metrics_ports["media"]
@@ -302,7 +295,7 @@ async def test_concurrent_fetches_make_one_request(
     async def all_waiting() -> bool:
         return await waiters_in(mxfed) >= 10
 
-    await until(all_waiting, "ten callers waiting on one fetch")
+    await wait_until(all_waiting, 20, what="ten callers waiting on one fetch")
     release.set()
     for _, content in await asyncio.gather(*calls):
         assert content == data
@@ -345,7 +338,9 @@ async def test_replicas_share_one_fetch(
                     and len(remote.requests_for(media_id)) == 1
                 )
 
-            await until(everyone_waiting, "callers on both replicas waiting on one request")
+            await wait_until(
+                everyone_waiting, 20, what="callers on both replicas waiting on one request"
+            )
             release.set()
             for _, content in await asyncio.gather(*calls):
                 assert content == data

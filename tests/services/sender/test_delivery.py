@@ -8,7 +8,8 @@ import time
 import pytest
 
 from services.sender.storage import SenderStorage
-from tests.support.sender_queues import queue_pdus, wait_until
+from tests.support.polling import wait_until
+from tests.support.sender_queues import queue_pdus
 
 
 async def test_events_arrive_in_order_in_transactions_of_at_most_50(

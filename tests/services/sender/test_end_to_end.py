@@ -17,8 +17,8 @@ from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from tests.services.sender.receivers import Receiver
 from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import MxfedProcess
+from tests.support.polling import wait_until
 from tests.support.scene import Scene, event_id_of
-from tests.support.sender_queues import wait_until
 
 
 async def test_local_messages_reach_a_joined_remote_server_once_in_order(

@@ -12,7 +12,8 @@ from services.sender.delivery import DeliveryOptions
 from services.sender.ingest import Ingester
 from services.sender.storage import WAKE_CHANNEL, IngestItem, SenderStorage
 from tests.support.grpc_plane import channel_to
-from tests.support.sender_queues import OUR_SERVER, wait_until
+from tests.support.polling import wait_until
+from tests.support.sender_queues import OUR_SERVER
 
 
 def ingester(database_url: str, address: str, woken: list[str]) -> Ingester:

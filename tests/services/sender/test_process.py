@@ -20,8 +20,9 @@ from mxfed.database_claim import record_signing_key
 from mxfed.identity_files import ServerSigningKey, format_signing_key
 from services.sender.storage import SenderStorage
 from tests.support.grpc_plane import channel_to, session_tls_dir
+from tests.support.polling import wait_until
 from tests.support.ports import HeldPort
-from tests.support.sender_queues import OUR_SERVER, wait_until
+from tests.support.sender_queues import OUR_SERVER
 
 
 class SenderProcess:

@@ -7,7 +7,8 @@ import logging
 
 from services.sender.leases import preferred_replica
 from services.sender.storage import LeaseLost, SenderStorage
-from tests.support.sender_queues import queue_pdus, wait_until
+from tests.support.polling import wait_until
+from tests.support.sender_queues import queue_pdus
 
 
 async def lease_owners(storage: SenderStorage) -> dict[str, str | None]:

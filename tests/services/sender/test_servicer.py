@@ -22,7 +22,8 @@ from services.sender.server import servers_in_room_via
 from services.sender.servicer import SenderServicer
 from services.sender.storage import SenderStorage
 from tests.support.grpc_plane import bind_loopback, channel_to, make_server, session_tls_dir
-from tests.support.sender_queues import OUR_SERVER, queue_pdus, wait_until
+from tests.support.polling import wait_until
+from tests.support.sender_queues import OUR_SERVER, queue_pdus
 
 ROOM = "!room:sender-test.example"
 ALICE = f"@alice:{OUR_SERVER}"

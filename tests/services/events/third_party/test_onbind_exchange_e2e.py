@@ -30,6 +30,7 @@ from mxfed_api.events.v1 import (
 from tests.support.databases import create_database, drop_database
 from tests.support.identity_server import IdentityServer
 from tests.support.mxfed_process import MxfedProcess
+from tests.support.polling import wait_until
 
 
 @dataclass
@@ -100,17 +101,6 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pair]:
             await drop_database(url)
 
 
-async def wait_for(check: Any, timeout: float = 20.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.2)
-
-
 async def test_email_invite_bound_on_another_server_is_exchanged(pair: Pair) -> None:
     a, b, identity = pair.a, pair.b, pair.identity
     alice, bob = a.user("alice"), b.user("bob")
@@ -161,7 +151,7 @@ async def test_email_invite_bound_on_another_server_is_exchanged(pair: Pair) -> 
         event = await a.member(room_id, bob)
         return bool(event) and event["content"]["membership"] == "join"
 
-    await wait_for(bob_joined)
+    await wait_until(bob_joined, 20, 0.2, what="A has bob joined")
 
     # The same signed token replayed through B's onbind: A refuses it (consumed),
     # B reports it as refused (permanent, so the HTTP answer stays 200).
