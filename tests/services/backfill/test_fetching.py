@@ -163,10 +163,11 @@ async def stage(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stage
     await drop_database(database_url)
 
 
-async def branch(
-    stage: Stage, room: Room, count: int, *, state_event_at: int | None = None
-) -> list[tuple[str, dict[str, Any]]]:
-    """``count`` events by @bob built on mxfed's head that mxfed has not seen (hosted remotely)."""
+Step = tuple[str, str, dict[str, Any], str | None]  # sender, type, content, state_key
+
+
+async def hosted_branch(stage: Stage, room: Room, steps: list[Step]) -> list[tuple[str, dict]]:
+    """Events built one after another on mxfed's current head, held by the remote only."""
     scene = stage.scene
     info = await scene.events.QueryRoomInfo(
         events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
@@ -176,39 +177,35 @@ async def branch(
         record = await scene.record(event_id)
         stage.hosted.pdus[event_id] = orjson.loads(record.pdu_json)
     prevs, depth = list(info.forward_extremities), info.max_depth
-    bob = scene.remote.user("bob")
     built = []
-    for i in range(count):
+    for sender, event_type, content, state_key in steps:
         depth += 1
-        if i == state_event_at:
-            content = {"membership": "join", "displayname": f"Bob {i}"}
-            event_id, pdu = await scene.build(
-                room,
-                bob,
-                "m.room.member",
-                content,
-                bob,
-                prev_events=prevs,
-                state=state,
-                depth=depth,
-            )
-            stage.hosted.state_before[event_id] = list(state.values())
-            state = {**state, ("m.room.member", bob): event_id}
-        else:
-            event_id, pdu = await scene.build(
-                room,
-                bob,
-                "m.room.message",
-                {"body": f"b{i}"},
-                prev_events=prevs,
-                state=state,
-                depth=depth,
-            )
-            stage.hosted.state_before[event_id] = list(state.values())
+        event_id, pdu = await scene.build(
+            room, sender, event_type, content, state_key, prev_events=prevs, state=state,
+            depth=depth,
+        )  # fmt: skip
         stage.hosted.pdus[event_id] = pdu
+        stage.hosted.state_before[event_id] = list(state.values())
+        if state_key is not None:
+            state = {**state, (event_type, state_key): event_id}
         built.append((event_id, pdu))
         prevs = [event_id]
     return built
+
+
+async def branch(
+    stage: Stage, room: Room, count: int, *, state_event_at: int | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """``count`` events by @bob built on mxfed's head that mxfed has not seen (hosted
+    remotely): messages, but his join again (another display name) at ``state_event_at``."""
+    bob = stage.scene.remote.user("bob")
+    steps: list[Step] = [
+        (bob, "m.room.member", {"membership": "join", "displayname": f"Bob {i}"}, bob)
+        if i == state_event_at
+        else (bob, "m.room.message", {"body": f"b{i}"}, None)
+        for i in range(count)
+    ]
+    return await hosted_branch(stage, room, steps)
 
 
 def forge(remote: FakeHomeserver, pdu: dict[str, Any], room: Room) -> tuple[str, dict]:
@@ -399,35 +396,6 @@ async def test_missing_events_for_an_unknown_room_is_not_found(stage: Stage) -> 
 
 
 # soft failure of what gap filling brings in --------------------------------------------------
-
-Step = tuple[str, str, dict[str, Any], str | None]  # sender, type, content, state_key
-
-
-async def hosted_branch(stage: Stage, room: Room, steps: list[Step]) -> list[tuple[str, dict]]:
-    """Events built one after another on mxfed's current head, held by the remote only."""
-    scene = stage.scene
-    info = await scene.events.QueryRoomInfo(
-        events_pb2.QueryRoomInfoRequest(room_id=room.room_id), timeout=10
-    )
-    state = await scene.current_state(room.room_id)
-    for event_id in state.values():
-        record = await scene.record(event_id)
-        stage.hosted.pdus[event_id] = orjson.loads(record.pdu_json)
-    prevs, depth = list(info.forward_extremities), info.max_depth
-    built = []
-    for sender, event_type, content, state_key in steps:
-        depth += 1
-        event_id, pdu = await scene.build(
-            room, sender, event_type, content, state_key, prev_events=prevs, state=state,
-            depth=depth,
-        )  # fmt: skip
-        stage.hosted.pdus[event_id] = pdu
-        stage.hosted.state_before[event_id] = list(state.values())
-        if state_key is not None:
-            state = {**state, (event_type, state_key): event_id}
-        built.append((event_id, pdu))
-        prevs = [event_id]
-    return built
 
 
 async def levels_with(scene: Scene, room: Room, user: str, level: int) -> dict[str, Any]:
