@@ -246,7 +246,10 @@ class Figures:
             f"  accepted → received by the remote: p50 {self.delivery_p50:.1f} ms,"
             f" p90 {self.delivery_p90:.1f} ms, max {self.delivery_max:.0f} ms,"
             f" {100 * self.within_one_second:.1f}% within 1 s",
-        ] + [f"  {part:10s} {cores:5.2f} cores" for part, cores in sorted(self.cpu.items())]
+        ] + [
+            f"  {part:10s} {cores:5.2f} cores, {1000 * cores / self.rate:.2f} ms CPU per event"
+            for part, cores in sorted(self.cpu.items())
+        ]
 
 
 def figures(
