@@ -202,7 +202,7 @@ async def room_transaction(conn: asyncpg.Connection, room_id: str) -> AsyncItera
         await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({lock_key('room:' + room_id)})")
         yield
     except BaseException:
-        if conn.is_in_transaction():
+        if not conn.is_closed() and conn.is_in_transaction():
             await conn.execute("ROLLBACK")
         raise
     await conn.execute("COMMIT")

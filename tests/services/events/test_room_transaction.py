@@ -1,0 +1,54 @@
+"""storage.room_transaction: the room's lock held from the transaction's start, what the
+block wrote committed when it ends, rolled back when it raises."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+import pytest
+
+from services.events import storage
+
+
+async def _room_locked_elsewhere(pool: asyncpg.Pool, room_id: str) -> bool:
+    async with pool.acquire() as other, other.transaction():
+        key = storage.lock_key("room:" + room_id)
+        return not await other.fetchval("SELECT pg_try_advisory_xact_lock($1)", key)
+
+
+async def _room_stored(pool: asyncpg.Pool, room_id: str) -> bool:
+    return bool(
+        await pool.fetchval("SELECT count(*) FROM events.rooms WHERE room_id = $1", room_id)
+    )
+
+
+async def test_the_lock_is_held_and_the_block_committed(events_pool: asyncpg.Pool) -> None:
+    room_id = f"!{secrets.token_hex(6)}:tx.test"
+    async with events_pool.acquire() as conn:
+        async with storage.room_transaction(conn, room_id):
+            assert conn.is_in_transaction()
+            assert await _room_locked_elsewhere(events_pool, room_id)
+            assert await storage.insert_room(conn, room_id, "10")
+        assert not conn.is_in_transaction()
+    assert not await _room_locked_elsewhere(events_pool, room_id)
+    assert await _room_stored(events_pool, room_id)
+
+
+async def test_a_block_that_raises_leaves_nothing_and_no_open_transaction(
+    events_pool: asyncpg.Pool,
+) -> None:
+    room_id = f"!{secrets.token_hex(6)}:tx.test"
+    async with events_pool.acquire() as conn:
+        with pytest.raises(LookupError):
+            async with storage.room_transaction(conn, room_id):
+                assert await storage.insert_room(conn, room_id, "10")
+                raise LookupError("refused")
+        assert not conn.is_in_transaction()
+        # A failed statement inside: rolled back as well.
+        with pytest.raises(asyncpg.PostgresError):
+            async with storage.room_transaction(conn, room_id):
+                await conn.execute("SELECT 1 / 0")
+        assert not conn.is_in_transaction()
+    assert not await _room_locked_elsewhere(events_pool, room_id)
+    assert not await _room_stored(events_pool, room_id)
