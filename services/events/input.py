@@ -345,9 +345,15 @@ class InputPipeline:
                     *(self._fetch_auth(room_id, origin, room) for room_id, room in valid.items())
                 )
             await self._sign_received(valid)
+            committed: list[RoomBatch] = []
             outcomes = await asyncio.gather(
-                *(self._input_room(room_id, room, InputKind.NEW) for room_id, room in valid.items())
+                *(
+                    self._input_room(room_id, room, InputKind.NEW, committed=committed)
+                    for room_id, room in valid.items()
+                )
             )
+            async with self.clock.stage("stream_positions"):
+                await RoomBatch.stream_committed(committed)
         finally:
             for room_id, pending in valid.items():
                 metrics.BACKLOG.done(room_id, len(pending))
@@ -465,8 +471,12 @@ class InputPipeline:
         candidates: list[CheckedPdu],
         kind: InputKind,
         state_before: Mapping[str, Sequence[str]] | None = None,
+        committed: list[RoomBatch] | None = None,
     ) -> list[Outcome]:
-        """Steps 4–6 for one room's PDUs (in the order given), in one :class:`RoomBatch`."""
+        """Steps 4–6 for one room's PDUs (in the order given), in one :class:`RoomBatch`.
+
+        ``committed``: the batch is added to it once committed, its events' stream
+        positions left to the caller (:meth:`RoomBatch.stream_committed`)."""
         if not candidates:
             return []
         state_before = state_before or {}
@@ -490,8 +500,12 @@ class InputPipeline:
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
                 await batch.write()
-        async with self.clock.stage("stream_positions"):
-            await batch.committed()
+        if committed is None:
+            async with self.clock.stage("stream_positions"):
+                await batch.committed()
+        else:
+            batch.cache_committed()
+            committed.append(batch)
         for outcome in outcomes:
             metrics.PDUS_RECEIVED.labels(outcome.label).inc()
         return outcomes

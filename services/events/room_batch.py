@@ -426,14 +426,30 @@ class RoomBatch:
         """Call after commit, the connection given back: what was written may now be
         served from the cache, and the streamed events get their positions
         (:attr:`positions`) before this returns."""
+        self.cache_committed()
+        await self.stream_committed([self])
+
+    def cache_committed(self) -> None:
+        """Call right after commit: what was written may now be served from the cache
+        (then :meth:`stream_committed`)."""
         for event_id, stored in self.pending.items():
             self.core.event_cache.put(event_id, stored)
         for target in self._redactions:
             self.core.event_cache.pop(target)
-        if self._to_stream:
-            self.positions = await self.core.stream_positions.assign(self._to_stream)
-            for event_id, position in self.positions.items():
-                self.pending[event_id].stream_position = position
+
+    @staticmethod
+    async def stream_committed(batches: Sequence[RoomBatch]) -> None:
+        """The streamed events of ``batches`` (committed, of one replica) get their
+        positions (:attr:`positions`) from one round: rooms of one /send share it rather
+        than each start its own, each with its synchronous commit."""
+        to_stream = [event_id for batch in batches for event_id in batch._to_stream]
+        if not to_stream:
+            return
+        positions = await batches[0].core.stream_positions.assign(to_stream)
+        for batch in batches:
+            batch.positions = {e: positions[e] for e in batch._to_stream if e in positions}
+            for event_id, position in batch.positions.items():
+                batch.pending[event_id].stream_position = position
 
     async def _write_current_state(self) -> None:
         assert self.current is not None

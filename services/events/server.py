@@ -32,7 +32,7 @@ def build_core(context: ServiceContext) -> RoomsCore:
         state_store=StateStore(context.pool),
         resolver=StateResolver(),
         event_cache=LruCache("events_events", EVENT_CACHE_SIZE),
-        stream_positions=StreamPositions(context.pool),
+        stream_positions=StreamPositions(context.pool, context.config.database_url),
     )
 
 
@@ -53,6 +53,7 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     hub = StreamHub(context.pool, core.server_name)
     context.spawn(hub.run, name="events-stream-hub")
     context.spawn(core.stream_positions.run_sweeper, name="events-stream-positions-sweep")
+    context.on_stop(core.stream_positions.close)
     context.spawn(pipeline.run_typing_expiry, name="events-typing-expiry")
     context.on_stop(pipeline.guard.close)
     return EventsServicer(pipeline, local, reads, hub)

@@ -27,6 +27,7 @@ import asyncpg
 from mxfed.held_connection import (
     CONNECTION_ERRORS,
     Backoff,
+    DatabaseUnavailable,
     HeldConnection,
     is_connection_error,
     log_failure,
@@ -101,17 +102,28 @@ class Subscription:
 class StreamPositions:
     """This replica's way to give committed rows their stream positions: group commit.
 
-    A caller whose rows are committed (its connection given back: a round
-    needs one from the pool) waits for a round that starts after it asked
-    (whose synchronous commit also makes the caller's own commit durable);
-    callers that ask while a round runs share the next one. A round gives
-    every pending row its position, so a replica that died between its commit
-    and its round loses nothing: the next round of any replica, or
-    :meth:`run_sweeper`, covers its rows.
+    A caller whose rows are committed (its connection given back) waits for a
+    round that starts after it asked (whose synchronous commit also makes the
+    caller's own commit durable); callers that ask while a round runs share
+    the next one. A round gives every pending row its position, so a replica
+    that died between its commit and its round loses nothing: the next round
+    of any replica, or :meth:`run_sweeper`, covers its rows.
+
+    Given ``database_url``, rounds run on a connection of their own: taken
+    from the pool, a round queued behind the room batches waiting for one (a
+    /send over 20 rooms), and every room that had committed waited for them.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    # Seconds a round waits for its connection before failing (the database is away).
+    CONNECT_WAIT = 2.0
+
+    def __init__(self, pool: asyncpg.Pool, database_url: str | None = None) -> None:
         self.pool = pool
+        self._held = (
+            None
+            if database_url is None
+            else HeldConnection.from_url(database_url, "events.stream_positions")
+        )
         self._next: asyncio.Future[dict[str, int]] | None = None
         self._rounds: asyncio.Task[None] | None = None
         # What the last round positioned: a caller that asked while it ran waits for the
@@ -138,12 +150,7 @@ class StreamPositions:
             while self._next is not None:
                 round_done, self._next = self._next, None
                 try:
-                    async with self.pool.acquire() as conn:
-                        with metrics.STREAM_ROUND_SECONDS.time():
-                            assigned = await storage.assign_stream_positions(conn)
-                        # not after the release
-                        round_done.set_result({**self._last_round, **assigned})
-                        self._last_round = assigned
+                    await self._round(round_done)
                 except Exception as exc:  # every waiter of this round gets it
                     if not round_done.done():
                         round_done.set_exception(exc)
@@ -153,6 +160,30 @@ class StreamPositions:
                         round_done.cancel()
         finally:
             self._rounds = None
+
+    async def _round(self, round_done: asyncio.Future[dict[str, int]]) -> None:
+        if self._held is None:
+            async with self.pool.acquire() as conn:
+                with metrics.STREAM_ROUND_SECONDS.time():
+                    assigned = await storage.assign_stream_positions(conn)
+                self._done(round_done, assigned)  # not after the release
+                return
+        try:
+            async with asyncio.timeout(self.CONNECT_WAIT):
+                await self._held.connection()
+        except TimeoutError:
+            raise DatabaseUnavailable("no connection for stream positions") from None
+        with metrics.STREAM_ROUND_SECONDS.time():
+            self._done(round_done, await self._held.run(storage.assign_stream_positions))
+
+    def _done(self, round_done: asyncio.Future[dict[str, int]], assigned: dict[str, int]) -> None:
+        round_done.set_result({**self._last_round, **assigned})
+        self._last_round = assigned
+
+    async def close(self) -> None:
+        """Close the rounds' own connection (at shutdown: rounds after this fail)."""
+        if self._held is not None:
+            await self._held.close()
 
     async def run_sweeper(self, interval: float = 5.0) -> None:
         """Give rows left pending (a replica died after its commit) their positions."""

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
+
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.hashes import content_hash_matches
 from mxfed_api.events.v1 import events_pb2
+from services.events.storage import NOTIFY_CHANNEL
 from tests.support.events_service import (
     EventsService,
     RemoteServer,
@@ -36,6 +39,34 @@ async def test_valid_pdu_is_stored_and_readable(
         events_pb2.QueryServersInRoomRequest(room_id=room_id)
     )
     assert sorted(servers.servers) == sorted([events.server_name, remote.name])
+
+
+async def test_the_rooms_of_one_transaction_get_their_stream_positions_in_one_round(
+    events: EventsService, remote: RemoteServer, database_url: str
+) -> None:
+    rooms = [await _public_room_with_remote_member(events, remote) for _ in range(3)]
+    pdus, event_ids = [], []
+    for room_id, alice in rooms:
+        message, event_id = remote.pdu(await events.head(room_id), "m.room.message", alice, {})
+        pdus.append(message)
+        event_ids.append(event_id)
+    rounds: list[object] = []
+    listening = await asyncpg.connect(database_url)
+    try:
+        await listening.add_listener(NOTIFY_CHANNEL, lambda *args: rounds.append(args))
+        assert await events.transaction(remote.name, pdus) == {
+            "pdus": {event_id: {} for event_id in event_ids}
+        }
+        await listening.fetchval("SELECT 1")  # notifications committed before are delivered
+        await asyncio.sleep(0)
+        # Each room committed on its own; one round (one synchronous commit, one
+        # notification) gave all three their positions, not one per room.
+        assert len(rounds) == 1
+    finally:
+        await listening.close()
+    for event_id in event_ids:
+        record = await events.event(event_id)
+        assert record is not None and record.stream_position > 0
 
 
 async def test_unknown_room_is_ignored_without_entry(

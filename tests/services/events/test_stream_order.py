@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -34,14 +34,16 @@ ALICE = f"@alice:{SERVER}"
 
 
 @pytest.fixture
-async def core(events_pool: asyncpg.Pool) -> RoomsCore:
-    return RoomsCore(
+async def core(events_pool: asyncpg.Pool, database_url: str) -> AsyncIterator[RoomsCore]:
+    positions = StreamPositions(events_pool, database_url)  # rounds on their own connection
+    yield RoomsCore(
         SERVER,
         StateStore(events_pool),
         StateResolver(),
         LruCache("events_events", 1000),
-        StreamPositions(events_pool),
+        positions,
     )
+    await positions.close()
 
 
 @pytest.fixture
@@ -142,6 +144,30 @@ async def test_a_room_streams_while_another_is_mid_commit_and_no_reader_skips_th
         subscriber.cancel()
         following.cancel()
         await asyncio.gather(subscriber, following, return_exceptions=True)
+
+
+async def test_a_round_needs_no_pooled_connection_so_rooms_waiting_for_one_do_not_hold_it_up(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    async with events_pool.acquire() as conn, conn.transaction():
+        batch, event_id = await _write(conn, core, local, room_id, "committed")
+    # Every pooled connection is taken (room batches of a /send over many rooms), and
+    # more batches wait for one: the committed room's round does not queue behind them.
+    taken = [await events_pool.acquire() for _ in range(events_pool.get_max_size())]
+
+    async def acquire() -> asyncpg.Connection:
+        return await events_pool.acquire()
+
+    waiting = asyncio.create_task(acquire())
+    try:
+        await asyncio.wait_for(batch.committed(), 30)
+        assert list(batch.positions) == [event_id]
+        assert not waiting.done()
+    finally:
+        for conn in taken:
+            await events_pool.release(conn)
+        await events_pool.release(await waiting)
 
 
 async def test_rows_a_crash_left_pending_get_positions_in_the_rooms_order(
