@@ -64,7 +64,7 @@ from services.events.pdu_checks import (
     check_signatures_and_hashes,
 )
 from services.events.policy import PolicyServers
-from services.events.reads import server_acl_allows
+from services.events.reads import server_acl_allows, server_acl_denied_rooms
 from services.events.room_batch import RoomBatch, RoomsCore, auth_order
 from services.events.storage import Status
 
@@ -317,9 +317,7 @@ class InputPipeline:
                     Reason.NOT_FROM_ORIGIN, "the sender's server is not the transaction origin"
                 )
         async with self.pool.acquire() as conn:
-            denied_rooms = {
-                room_id for room_id in by_room if not await server_acl_allows(conn, room_id, origin)
-            }
+            denied_rooms = await server_acl_denied_rooms(conn, list(by_room), origin)
         for candidate in candidates:
             if candidate.event.room_id in denied_rooms:
                 candidate.refuse(
@@ -338,11 +336,15 @@ class InputPipeline:
             metrics.BACKLOG.add(room_id, len(pending))
         try:
             async with self.clock.stage("missing_events"):
+                gaps, partial_rooms = await self._gaps(valid)
                 await asyncio.gather(
-                    *(self._fill_gap(room_id, origin, room) for room_id, room in valid.items())
+                    *(self._fill_gap(room_id, origin, deepest) for room_id, deepest in gaps.items())
                 )
                 await asyncio.gather(
-                    *(self._fetch_auth(room_id, origin, room) for room_id, room in valid.items())
+                    *(
+                        self._fetch_auth(room_id, origin, valid[room_id])
+                        for room_id in partial_rooms
+                    )
                 )
             await self._sign_received(valid)
             committed: list[RoomBatch] = []
@@ -370,31 +372,55 @@ class InputPipeline:
         async with self.clock.stage("policy_server"):
             await policy.sign_received_rooms(by_room)
 
-    async def _fill_gap(self, room_id: str, origin: str, candidates: list[CheckedPdu]) -> None:
-        """Fetch what precedes the room's deepest PDU with unknown prevs.
+    async def _gaps(
+        self, by_room: Mapping[str, Sequence[CheckedPdu]]
+    ) -> tuple[dict[str, CheckedPdu], list[str]]:
+        """Per room, the deepest PDU with prev_events neither in the DAG nor in the
+        transaction (to fill its gap), and the rooms in partial state (whose PDUs may cite
+        auth events we lack): found for all the rooms at once, the prevs in the event
+        cache first (those of a room's last transaction usually are)."""
+        if self.backfill is None:
+            return {}, []
+        outside: dict[str, set[str]] = {}
+        for room_id, candidates in by_room.items():
+            in_transaction = {c.event.event_id for c in candidates}
+            outside[room_id] = {
+                p for c in candidates for p in c.event.prev_event_ids if p not in in_transaction
+            }
+        in_dag: set[str] = set()
+        unknown: list[str] = []
+        for prev in set().union(*outside.values()):
+            cached = self.core.event_cache.get(prev)
+            # An event in the DAG stays there; an outlier may have been placed since.
+            if cached is not None and cached.status is not Status.OUTLIER:
+                in_dag.add(prev)
+            else:
+                unknown.append(prev)
+        async with self.pool.acquire() as conn:
+            if unknown:
+                stored = await storage.fetch_events(conn, unknown)
+                in_dag.update(e for e, s in stored.items() if s.status is not Status.OUTLIER)
+            partial_rooms = await storage.partial_state_rooms_among(conn, list(by_room))
+        gaps = {}
+        for room_id, candidates in by_room.items():
+            gapped = [
+                c
+                for c in candidates
+                if any(p in outside[room_id] and p not in in_dag for p in c.event.prev_event_ids)
+            ]
+            if gapped:
+                gaps[room_id] = max(gapped, key=lambda c: c.event.depth)
+        return gaps, partial_rooms
+
+    async def _fill_gap(self, room_id: str, origin: str, deepest: CheckedPdu) -> None:
+        """Fetch what precedes ``deepest``, the room's deepest PDU with unknown prevs.
 
         Runs before the room's lock is taken, so other PDUs of the room (other
         transactions) and other rooms do not wait; bounded by
         :data:`GAP_FILL_TIMEOUT`. Failures are logged and ignored: the PDU is
         then refused for its missing prev_events.
         """
-        if self.backfill is None or not candidates:
-            return
-        in_transaction = {c.event.event_id for c in candidates}
-        prevs = {p for c in candidates for p in c.event.prev_event_ids if p not in in_transaction}
-        if not prevs:
-            return
-        async with self.pool.acquire() as conn:
-            stored = await storage.fetch_events(conn, prevs)
-        in_dag = {e for e, s in stored.items() if s.status is not Status.OUTLIER}
-        gapped = [
-            c
-            for c in candidates
-            if any(p not in in_transaction and p not in in_dag for p in c.event.prev_event_ids)
-        ]
-        if not gapped:
-            return
-        deepest = max(gapped, key=lambda c: c.event.depth)
+        assert self.backfill is not None
         try:
             reply = await self.backfill.PerformFetchMissingEvents(
                 backfill_pb2.PerformFetchMissingEventsRequest(
@@ -421,7 +447,9 @@ class InputPipeline:
             },
         )
 
-    async def _fetch_auth(self, room_id: str, origin: str, candidates: list[CheckedPdu]) -> None:
+    async def _fetch_auth(
+        self, room_id: str, origin: str, candidates: Sequence[CheckedPdu]
+    ) -> None:
         """In a partial-state room, the auth events PDUs cite and we lack, from ``origin``.
 
         A partial state lacks most member events, so nearly every event of a
@@ -438,8 +466,6 @@ class InputPipeline:
         if not cited:
             return
         async with self.pool.acquire() as conn:
-            if await storage.partial_state_room(conn, room_id) is None:
-                return
             missing = sorted(set(cited) - await storage.held_event_ids(conn, sorted(cited)))
         if not missing:
             return

@@ -30,11 +30,23 @@ from services.events.state_storage import StateStore
 
 async def server_acl_allows(conn: asyncpg.Connection, room_id: str, server: str) -> bool:
     """The room's current m.room.server_acl lets ``server`` in."""
-    acl_ids = await storage.current_state_ids(conn, room_id, [("m.room.server_acl", "")])
+    return room_id not in await server_acl_denied_rooms(conn, [room_id], server)
+
+
+async def server_acl_denied_rooms(
+    conn: asyncpg.Connection, room_ids: Sequence[str], server: str
+) -> set[str]:
+    """The rooms of ``room_ids`` whose current m.room.server_acl keeps ``server`` out
+    (one query for them all, a second only if some have an ACL)."""
+    acl_ids = await storage.current_state_of_rooms(conn, room_ids, "m.room.server_acl", "")
     if not acl_ids:
-        return True
-    acl = (await storage.fetch_events(conn, acl_ids)).get(acl_ids[0])
-    return acl is None or server_allowed(server, acl.event.content)
+        return set()
+    acls = await storage.fetch_events(conn, acl_ids.values())
+    return {
+        room_id
+        for room_id, acl_id in acl_ids.items()
+        if (acl := acls.get(acl_id)) is not None and not server_allowed(server, acl.event.content)
+    }
 
 
 @dataclass

@@ -1069,6 +1069,15 @@ async def partial_state_room(conn: asyncpg.Connection, room_id: str) -> PartialS
     return PartialStateRoom(**fields)
 
 
+async def partial_state_rooms_among(conn: asyncpg.Connection, room_ids: Sequence[str]) -> list[str]:
+    """Which of ``room_ids`` are in partial state."""
+    rows = await conn.fetch(
+        "SELECT room_id FROM events.partial_state_rooms WHERE room_id = ANY($1::text[])",
+        list(room_ids),
+    )
+    return [row["room_id"] for row in rows]
+
+
 async def partial_state_room_ids(conn: asyncpg.Connection) -> list[str]:
     rows = await conn.fetch("SELECT room_id FROM events.partial_state_rooms ORDER BY joined_ts")
     return [row["room_id"] for row in rows]

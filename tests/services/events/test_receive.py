@@ -273,6 +273,7 @@ async def test_room_acl_denies_the_origin_per_pdu(
     events: EventsService, remote: RemoteServer
 ) -> None:
     room_id, alice = await _public_room_with_remote_member(events, remote)
+    open_room, _ = await _public_room_with_remote_member(events, remote)
     await events.send(
         room_id,
         f"@admin:{events.server_name}",
@@ -280,11 +281,22 @@ async def test_room_acl_denies_the_origin_per_pdu(
         {"allow": ["*"], "deny": [remote.name.split(":")[0]], "allow_ip_literals": True},
         state_key="",
     )
+    # The open room has an ACL too, one that lets the origin in.
+    await events.send(
+        open_room,
+        f"@admin:{events.server_name}",
+        "m.room.server_acl",
+        {"allow": ["*"], "deny": ["evil.example"], "allow_ip_literals": True},
+        state_key="",
+    )
     head = await events.head(room_id)
     message, event_id = remote.pdu(head, "m.room.message", alice, {"body": "let me in"})
-    response = await events.transaction(remote.name, [message])
+    welcome, welcome_id = remote.pdu(await events.head(open_room), "m.room.message", alice, {})
+    response = await events.transaction(remote.name, [message, welcome])
     assert "ACL" in response["pdus"][event_id]["error"]
+    assert response["pdus"][welcome_id] == {}
     assert await events.event(event_id) is None
+    assert await events.event(welcome_id) is not None
 
 
 async def test_edus_with_oversized_or_invalid_ids_are_ignored(
