@@ -65,7 +65,7 @@ from services.events.pdu_checks import (
 )
 from services.events.policy import PolicyServers
 from services.events.reads import server_acl_allows, server_acl_denied_rooms
-from services.events.room_batch import RoomBatch, RoomsCore, auth_order
+from services.events.room_batch import RoomBatch, RoomsCore, auth_order, group_ids_to_reserve
 from services.events.storage import Status
 
 log = logging.getLogger(__name__)
@@ -507,9 +507,19 @@ class InputPipeline:
             return []
         state_before = state_before or {}
         outcomes: list[Outcome] = []
-        async with self.pool.acquire() as conn, conn.transaction():
+        expected = 0 if kind is InputKind.OUTLIER else len(candidates)
+        async with self.pool.acquire() as conn, storage.room_transaction(conn, room_id):
+            # A /send's batch (``committed``) takes its places in the stream queue with its
+            # head, and its commit skips the WAL flush: the transaction is answered only
+            # after the stream round or the stored response, whose commits flush past it.
+            head = await storage.room_head(
+                conn,
+                room_id,
+                group_ids_to_reserve(expected),
+                stream_orders=0 if committed is None else len(candidates),
+            )
             batch = RoomBatch(self.core, conn, room_id)
-            if not await batch.open(0 if kind is InputKind.OUTLIER else len(candidates)):
+            if head is None or not await batch.open(expected, head):
                 return []
             await batch.prefetch(c.event for c in candidates)
             async with self.clock.stage("checks_and_state"):
