@@ -236,6 +236,15 @@ class TransactionGuard:
         await self._conn.close()
 
 
+@dataclass
+class _Lookups:
+    """What :meth:`InputPipeline._lookups` found for a /send's rooms."""
+
+    denied_rooms: set[str]
+    in_dag: set[str]
+    partial_rooms: list[str]
+
+
 class InputPipeline:
     def __init__(
         self,
@@ -265,14 +274,19 @@ class InputPipeline:
         if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
             raise InvalidTransaction(f"at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction")
         async with self.guard.hold(origin, txn_id):
-            async with self.pool.acquire() as conn:
-                stored = await storage.stored_transaction_response(conn, origin, txn_id)
+            # Parsed while the stored answer of a retry is looked up (reads only).
+            stored, (results, by_room, refused) = await asyncio.gather(
+                self._stored_response(origin, txn_id), self._parse(pdus)
+            )
             if stored is not None:
                 metrics.TRANSACTIONS.labels("retry").inc()
                 return stored.encode()
-            results, _ = await asyncio.gather(
-                self._transaction_pdus(origin, pdus), self.input_edus(origin, edus)
+            for label in refused:
+                metrics.PDUS_RECEIVED.labels(label).inc()
+            outcomes, _ = await asyncio.gather(
+                self._transaction_pdus(origin, by_room), self.input_edus(origin, edus)
             )
+            results.update(outcomes)
             response = encode_json({"pdus": results}).decode()
             async with self.pool.acquire() as conn:
                 stored = await storage.store_transaction_response(
@@ -281,10 +295,18 @@ class InputPipeline:
             metrics.TRANSACTIONS.labels("processed").inc()
             return stored.encode()
 
-    async def _transaction_pdus(
-        self, origin: str, raw_pdus: Sequence[bytes]
-    ) -> dict[str, dict[str, str]]:
+    async def _stored_response(self, origin: str, txn_id: str) -> str | None:
+        async with self.pool.acquire() as conn:
+            return await storage.stored_transaction_response(conn, origin, txn_id)
+
+    async def _parse(
+        self, raw_pdus: Sequence[bytes]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, list[CheckedPdu]], list[str]]:
+        """The answers of PDUs refused for their format, the others by room (those of
+        rooms we do not know are left out, with no answer), and the refusals' labels for
+        :data:`metrics.PDUS_RECEIVED` (counted unless the transaction is a retry)."""
         results: dict[str, dict[str, str]] = {}
+        refused: list[str] = []
         async with self.clock.stage("format"):
             parsed: list[tuple[str, dict[str, Any]]] = []
             for raw in raw_pdus:
@@ -300,26 +322,34 @@ class InputPipeline:
             for room_id, pdu in parsed:
                 room = rooms.get(room_id)
                 if room is None:
-                    metrics.PDUS_RECEIVED.labels("unknown_room").inc()
+                    refused.append("unknown_room")
                     continue
                 checked = check_format(pdu, room_version(room.room_version))
                 if isinstance(checked, Outcome):
-                    metrics.PDUS_RECEIVED.labels("bad_format").inc()
+                    refused.append("bad_format")
                     if checked.event_id:
                         results[checked.event_id] = {"error": checked.error}
                     continue
                 by_room[room_id].append(checked)
+        return results, by_room, refused
+
+    async def _transaction_pdus(
+        self, origin: str, by_room: Mapping[str, list[CheckedPdu]]
+    ) -> dict[str, dict[str, str]]:
+        results: dict[str, dict[str, str]] = {}
         candidates = [c for room in by_room.values() for c in room]
-        await check_signatures_and_hashes(self.keys, candidates, self.clock.stage)
+        # The database is asked what the rooms need while the keys service verifies.
+        _, lookups = await asyncio.gather(
+            check_signatures_and_hashes(self.keys, candidates, self.clock.stage),
+            self._lookups(by_room, origin),
+        )
         for candidate in candidates:
             if candidate.event.sender_server != origin:
                 candidate.refuse(
                     Reason.NOT_FROM_ORIGIN, "the sender's server is not the transaction origin"
                 )
-        async with self.pool.acquire() as conn:
-            denied_rooms = await server_acl_denied_rooms(conn, list(by_room), origin)
         for candidate in candidates:
-            if candidate.event.room_id in denied_rooms:
+            if candidate.event.room_id in lookups.denied_rooms:
                 candidate.refuse(
                     Reason.DENIED_BY_SERVER_ACL, "the room's server ACL denies the origin server"
                 )
@@ -336,14 +366,15 @@ class InputPipeline:
             metrics.BACKLOG.add(room_id, len(pending))
         try:
             async with self.clock.stage("missing_events"):
-                gaps, partial_rooms = await self._gaps(valid)
+                gaps = {} if self.backfill is None else self._gaps(valid, lookups.in_dag)
                 await asyncio.gather(
                     *(self._fill_gap(room_id, origin, deepest) for room_id, deepest in gaps.items())
                 )
                 await asyncio.gather(
                     *(
                         self._fetch_auth(room_id, origin, valid[room_id])
-                        for room_id in partial_rooms
+                        for room_id in lookups.partial_rooms
+                        if room_id in valid
                     )
                 )
             await self._sign_received(valid)
@@ -372,45 +403,51 @@ class InputPipeline:
         async with self.clock.stage("policy_server"):
             await policy.sign_received_rooms(by_room)
 
-    async def _gaps(
-        self, by_room: Mapping[str, Sequence[CheckedPdu]]
-    ) -> tuple[dict[str, CheckedPdu], list[str]]:
-        """Per room, the deepest PDU with prev_events neither in the DAG nor in the
-        transaction (to fill its gap), and the rooms in partial state (whose PDUs may cite
-        auth events we lack): found for all the rooms at once, the prevs in the event
-        cache first (those of a room's last transaction usually are)."""
-        if self.backfill is None:
-            return {}, []
-        outside: dict[str, set[str]] = {}
-        for room_id, candidates in by_room.items():
-            in_transaction = {c.event.event_id for c in candidates}
-            outside[room_id] = {
-                p for c in candidates for p in c.event.prev_event_ids if p not in in_transaction
-            }
+    async def _lookups(self, by_room: Mapping[str, Sequence[CheckedPdu]], origin: str) -> _Lookups:
+        """What the database knows that a /send's rooms need before their batches, for
+        all of them at once: the rooms whose server ACL denies ``origin``, which of the
+        prev_events the PDUs cite outside the transaction are in the DAG (from the event
+        cache first: those of a room's last transaction usually are) and, when gaps are
+        filled, the rooms in partial state (whose PDUs may cite auth events we lack)."""
+        in_transaction = {c.event.event_id for room in by_room.values() for c in room}
         in_dag: set[str] = set()
         unknown: list[str] = []
-        for prev in set().union(*outside.values()):
-            cached = self.core.event_cache.get(prev)
-            # An event in the DAG stays there; an outlier may have been placed since.
-            if cached is not None and cached.status is not Status.OUTLIER:
-                in_dag.add(prev)
-            else:
-                unknown.append(prev)
+        if self.backfill is not None:
+            prevs = {p for room in by_room.values() for c in room for p in c.event.prev_event_ids}
+            for prev in prevs - in_transaction:
+                cached = self.core.event_cache.get(prev)
+                # An event in the DAG stays there; an outlier may have been placed since.
+                if cached is not None and cached.status is not Status.OUTLIER:
+                    in_dag.add(prev)
+                else:
+                    unknown.append(prev)
+        partial_rooms: list[str] = []
         async with self.pool.acquire() as conn:
+            denied_rooms = await server_acl_denied_rooms(conn, list(by_room), origin)
             if unknown:
                 stored = await storage.fetch_events(conn, unknown)
                 in_dag.update(e for e, s in stored.items() if s.status is not Status.OUTLIER)
-            partial_rooms = await storage.partial_state_rooms_among(conn, list(by_room))
+            if self.backfill is not None:
+                partial_rooms = await storage.partial_state_rooms_among(conn, list(by_room))
+        return _Lookups(denied_rooms, in_dag, partial_rooms)
+
+    @staticmethod
+    def _gaps(
+        by_room: Mapping[str, Sequence[CheckedPdu]], in_dag: set[str]
+    ) -> dict[str, CheckedPdu]:
+        """Per room, the deepest PDU with prev_events neither in the DAG nor in the
+        transaction: what precedes it is fetched."""
         gaps = {}
         for room_id, candidates in by_room.items():
+            in_transaction = {c.event.event_id for c in candidates}
             gapped = [
                 c
                 for c in candidates
-                if any(p in outside[room_id] and p not in in_dag for p in c.event.prev_event_ids)
+                if any(p not in in_transaction and p not in in_dag for p in c.event.prev_event_ids)
             ]
             if gapped:
                 gaps[room_id] = max(gapped, key=lambda c: c.event.depth)
-        return gaps, partial_rooms
+        return gaps
 
     async def _fill_gap(self, room_id: str, origin: str, deepest: CheckedPdu) -> None:
         """Fetch what precedes ``deepest``, the room's deepest PDU with unknown prevs.
