@@ -31,7 +31,7 @@ import enum
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +63,7 @@ from services.events.pdu_checks import (
     check_format,
     check_signatures_and_hashes,
 )
-from services.events.policy import PolicyServers
+from services.events.policy import PolicyServers, rooms_naming_one
 from services.events.reads import server_acl_allows, server_acl_denied_rooms
 from services.events.room_batch import RoomBatch, RoomsCore, auth_order, group_ids_to_reserve
 from services.events.storage import Status
@@ -243,6 +243,8 @@ class _Lookups:
     denied_rooms: set[str]
     in_dag: set[str]
     partial_rooms: list[str]
+    # Rooms naming a policy server (:func:`policy.rooms_naming_one`).
+    policy_rooms: set[str]
 
 
 class InputPipeline:
@@ -377,7 +379,8 @@ class InputPipeline:
                         if room_id in valid
                     )
                 )
-            await self._sign_received(valid)
+            # Filled gaps may have changed a room's current state: looked up again then.
+            await self._sign_received(valid, None if gaps else lookups.policy_rooms)
             committed: list[RoomBatch] = []
             outcomes = await asyncio.gather(
                 *(
@@ -395,20 +398,24 @@ class InputPipeline:
                 results[outcome.event_id] = _answer(outcome)
         return results
 
-    async def _sign_received(self, by_room: Mapping[str, Sequence[CheckedPdu]]) -> None:
-        """Step 7's "ask for a new signature", before each room's lock (:mod:`.policy`)."""
+    async def _sign_received(
+        self, by_room: Mapping[str, Sequence[CheckedPdu]], named: Collection[str] | None = None
+    ) -> None:
+        """Step 7's "ask for a new signature", before each room's lock (:mod:`.policy`);
+        ``named``: the rooms naming a policy server, if the caller looked them up."""
         if self.policy is None:
             return
         policy = self.policy
         async with self.clock.stage("policy_server"):
-            await policy.sign_received_rooms(by_room)
+            await policy.sign_received_rooms(by_room, named)
 
     async def _lookups(self, by_room: Mapping[str, Sequence[CheckedPdu]], origin: str) -> _Lookups:
         """What the database knows that a /send's rooms need before their batches, for
         all of them at once: the rooms whose server ACL denies ``origin``, which of the
         prev_events the PDUs cite outside the transaction are in the DAG (from the event
-        cache first: those of a room's last transaction usually are) and, when gaps are
-        filled, the rooms in partial state (whose PDUs may cite auth events we lack)."""
+        cache first: those of a room's last transaction usually are), when gaps are
+        filled the rooms in partial state (whose PDUs may cite auth events we lack), and
+        the rooms naming a policy server."""
         in_transaction = {c.event.event_id for room in by_room.values() for c in room}
         in_dag: set[str] = set()
         unknown: list[str] = []
@@ -429,7 +436,10 @@ class InputPipeline:
                 in_dag.update(e for e, s in stored.items() if s.status is not Status.OUTLIER)
             if self.backfill is not None:
                 partial_rooms = await storage.partial_state_rooms_among(conn, list(by_room))
-        return _Lookups(denied_rooms, in_dag, partial_rooms)
+            policy_rooms = (
+                set() if self.policy is None else await rooms_naming_one(conn, list(by_room))
+            )
+        return _Lookups(denied_rooms, in_dag, partial_rooms, policy_rooms)
 
     @staticmethod
     def _gaps(

@@ -37,7 +37,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -100,6 +100,11 @@ def _errcode(value: Any) -> str:
 
 def _text(value: Any, default: str) -> str:
     return value[:_MAX_ERROR_TEXT] if isinstance(value, str) and value else default
+
+
+async def rooms_naming_one(conn: asyncpg.Connection, room_ids: Sequence[str]) -> set[str]:
+    """Which of ``room_ids`` have an ``m.room.policy`` state event (maybe not a valid one)."""
+    return set(await storage.current_state_of_rooms(conn, room_ids, *POLICY_STATE_KEY))
 
 
 class PolicyServers:
@@ -208,14 +213,19 @@ class PolicyServers:
         metrics.POLICY_ASKS.labels("unavailable").inc()
         self._paused[via] = self._clock() + UNAVAILABLE_PAUSE
 
-    async def sign_received_rooms(self, by_room: Mapping[str, Sequence[CheckedPdu]]) -> None:
+    async def sign_received_rooms(
+        self, by_room: Mapping[str, Sequence[CheckedPdu]], named: Collection[str] | None = None
+    ) -> None:
         """:meth:`sign_received` for several rooms, with one query for those naming no
-        policy server (most rooms: the hot path pays that one query per transaction)."""
+        policy server (most rooms: the hot path pays that one query per transaction);
+        ``named``: the caller's :func:`rooms_naming_one` (no query then)."""
         wanted = [room_id for room_id, pdus in by_room.items() if pdus]
         if not wanted:
             return
-        async with self.pool.acquire() as conn:
-            named = await storage.current_state_of_rooms(conn, wanted, *POLICY_STATE_KEY)
+        if named is None:
+            async with self.pool.acquire() as conn:
+                named = await rooms_naming_one(conn, wanted)
+        named = [room_id for room_id in named if room_id in wanted]
         if named:
             await asyncio.gather(*(self.sign_received(r, by_room[r]) for r in named))
 
