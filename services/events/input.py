@@ -559,16 +559,20 @@ class InputPipeline:
             # A /send's batch (``committed``) takes its places in the stream queue with its
             # head, and its commit skips the WAL flush: the transaction is answered only
             # after the stream round or the stored response, whose commits flush past it.
+            batch = RoomBatch(self.core, conn, room_id)
+            # Which of what the PDUs are or cite are stored (those not cached), told
+            # with the head.
+            uncached = batch.uncached(c.event for c in candidates)
             head = await storage.room_head(
                 conn,
                 room_id,
                 group_ids_to_reserve(expected),
                 stream_orders=0 if committed is None else len(candidates),
+                held_among=uncached,
             )
-            batch = RoomBatch(self.core, conn, room_id)
             if head is None or not await batch.open(expected, head):
                 return []
-            await batch.prefetch(c.event for c in candidates)
+            await batch.prefetch((c.event for c in candidates), uncached, head.held)
             async with self.clock.stage("checks_and_state"):
                 for candidate in candidates:
                     given = state_before.get(candidate.event.event_id)

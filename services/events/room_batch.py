@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -360,13 +360,19 @@ class RoomBatch:
             self.create_event = create.event if create else None
         return True
 
-    async def prefetch(self, events: Iterable[Event]) -> None:
+    async def prefetch(
+        self, events: Iterable[Event], asked: Collection[str] = (), held: Collection[str] = ()
+    ) -> None:
         """Load in one query what the batch's events cite or are.
 
         What is found nowhere is remembered as absent, so adding the events
         one by one asks the database nothing more about them (the room's
         lock keeps other replicas from storing events of this room meanwhile).
+        ``asked``: ids already looked up under the lock (:meth:`uncached`, given
+        to :func:`storage.room_head`), ``held`` those of them stored: the rest are
+        absent without another query.
         """
+        self._absent.update(set(asked) - set(held))
         ids: set[str] = set()
         for event in events:
             ids.add(event.event_id)
@@ -374,6 +380,15 @@ class RoomBatch:
             ids.update(event.auth_event_ids)
         found = await self.events(ids)
         self._absent.update(ids - found.keys())
+
+    def uncached(self, events: Iterable[Event]) -> list[str]:
+        """What ``events`` are or cite and the event cache lacks (:meth:`prefetch`)."""
+        ids: set[str] = set()
+        for event in events:
+            ids.add(event.event_id)
+            ids.update(event.prev_event_ids)
+            ids.update(event.auth_event_ids)
+        return sorted(i for i in ids if self.core.event_cache.get(i) is None)
 
     async def write(self, local_transactions: Sequence[tuple[str, str, str]] = ()) -> None:
         """Write everything the batch did (inside the caller's transaction), and the

@@ -113,6 +113,8 @@ class RoomHead:
     # Local senders' transaction ids already used: (sender, txn id) → (event id, its
     # stream position, None while pending; the table has no position of its own).
     sent_before: dict[tuple[str, str], tuple[str, int | None]] = field(default_factory=dict)
+    # Which of the caller's ``held_among`` ids are stored.
+    held: set[str] = field(default_factory=set)
 
 
 async def room_head(
@@ -122,6 +124,7 @@ async def room_head(
     *,
     stream_orders: int = 0,
     local_transactions: Sequence[tuple[str, str]] = (),
+    held_among: Sequence[str] = (),
 ) -> RoomHead | None:
     """The room's row and forward extremities, ``group_ids`` state group ids reserved, and
     whether it has waiting redactions or a partial state, in one round trip (a batch's
@@ -130,7 +133,8 @@ async def room_head(
 
     The same round trip can reserve ``stream_orders`` places in the stream queue (for a
     caller that answers only after the stream round: the commit then skips its WAL flush,
-    as with :func:`reserve_stream_pending`) and look up ``local_transactions``.
+    as with :func:`reserve_stream_pending`), look up ``local_transactions`` and tell which
+    of ``held_among`` (event ids) are stored.
     """
     row = await conn.fetchrow(
         "SELECT r.room_version, r.create_event_id, r.current_state_group,"
@@ -156,13 +160,16 @@ async def room_head(
         " ARRAY(SELECT e.stream_position FROM unnest($4::text[], $5::text[]) WITH ORDINALITY"
         "       AS k(sender, txn_id, n) LEFT JOIN events.local_transactions t"
         "       USING (sender, txn_id) LEFT JOIN events.events e USING (event_id)"
-        "       ORDER BY k.n) AS sent_positions"
+        "       ORDER BY k.n) AS sent_positions,"
+        " ARRAY(SELECT h.event_id FROM events.events h WHERE h.event_id = ANY($6::text[]))"
+        "   AS held_ids"
         " FROM events.rooms r WHERE r.room_id = $1",
         room_id,
         group_ids,
         stream_orders,
         [sender for sender, _ in local_transactions],
         [txn_id for _, txn_id in local_transactions],
+        list(held_among),
     )
     if row is None:
         return None
@@ -175,6 +182,7 @@ async def room_head(
         row["partial_state"],
         sorted(row["stream_orders"]),
         {key: (event_id, position) for key, event_id, position in sent if event_id is not None},
+        set(row["held_ids"]),
     )
 
 
