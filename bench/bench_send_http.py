@@ -25,10 +25,10 @@ once they are stored).
 
 Why Synapse's figure is what it is (checked on the 2-core machine, load 2-5):
 it handles a room's staged PDUs one after another, and each costs it ~22-30 ms
-of its own CPU and ~14 ms of its PostgreSQL backends' (~55 database
+of its own CPU and ~11-14 ms of its PostgreSQL backends' (~55 database
 transactions per PDU: staging, the room's inbound lock, the purge read lock,
-auth, push actions, persistence, stream positions), so one room runs at
-1 / ~45 ms, ~20-30 PDUs/s; several rooms overlap a little (one Python process).
+auth, push actions, persistence, stream positions), so one room runs at one PDU
+every ~35-45 ms, ~20-30 PDUs/s; rooms overlap a little (one Python process).
 Bigger caches (``global_factor`` 20, ``event_cache_size`` 200K) changed neither
 the CPU nor the transactions per PDU, polling every 200 ms instead of 20 ms
 neither, and sending the next transaction as soon as the first PDU of the
@@ -37,9 +37,11 @@ Sending back to back as a Synapse sender would makes Synapse prune the backlog:
 it keeps the newest PDU and fetches at most 10 of the gap (``get_missing_events``),
 so the PDUs it dropped are never readable (here the remote serves no
 ``/state_ids`` either, and the kept ones were rejected). No method that has every
-PDU processed gets near the 174 PDUs/s issue 18 quotes for one room, and the
-issue's own one-PDU figure for Synapse (52.6 ms p50, here 55 ms at load 1.9)
-leaves no room for 50 PDUs of one room in 0.29 s when they go one after another.
+PDU processed gets near the 174 PDUs/s issue 18 quotes for one room (145 for
+five). Its 20-room figure (63-66/s) and one-PDU p50 (52.6 ms) this bench does
+reproduce (63/s and 48 ms at load 3): the figures that differ are those where
+a back-to-back sender piles 100 PDUs into a room's staging area soonest, so
+that Synapse prunes (likely what happened there).
 Synapse's CPU and its PostgreSQL's per PDU are printed with its rate, so that a
 ratio can be read against them. Synapse starts once mxfed's scenarios are done
 (its start-up work no longer runs during them) and mxfed is stopped by then.
