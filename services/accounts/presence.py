@@ -23,6 +23,7 @@ import asyncpg
 
 from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest
+from services.accounts import storage
 from services.accounts.validation import user_server
 
 log = logging.getLogger(__name__)
@@ -94,15 +95,7 @@ class RemotePresence:
                 (s.user_id, s.presence, s.last_active_ts, s.status_msg, s.currently_active)
                 for s in sorted(latest.values(), key=lambda s: s.user_id)
             ]
-            await self.pool.executemany(
-                "INSERT INTO accounts.remote_presence (user_id, presence, last_active_ts,"
-                " status_msg, currently_active, received_ts) VALUES ($1, $2, $3, $4, $5, $6)"
-                " ON CONFLICT (user_id) DO UPDATE SET presence = EXCLUDED.presence,"
-                " last_active_ts = EXCLUDED.last_active_ts, status_msg = EXCLUDED.status_msg,"
-                " currently_active = EXCLUDED.currently_active,"
-                " received_ts = EXCLUDED.received_ts",
-                [(*row, received) for row in rows],
-            )
+            await storage.upsert_remote_presence(self.pool, [(*row, received) for row in rows])
         if ignored:
             log.info("presence entries ignored", extra={"origin": origin, "ignored": ignored})
         return len(entries) - ignored, ignored
@@ -113,9 +106,5 @@ class RemotePresence:
             raise BadRequest(f"at most {MAX_QUERY_USERS} users per query")
         if not wanted:
             return []
-        rows = await self.pool.fetch(
-            "SELECT user_id, presence, last_active_ts, status_msg, currently_active, received_ts"
-            " FROM accounts.remote_presence WHERE user_id = ANY($1::text[]) ORDER BY user_id",
-            wanted,
-        )
+        rows = await storage.remote_presence(self.pool, wanted)
         return [PresenceState(**dict(row)) for row in rows]
