@@ -39,3 +39,107 @@ async def remote_presence(db: Executor, user_ids: Sequence[str]) -> list[asyncpg
         " FROM accounts.remote_presence WHERE user_id = ANY($1::text[]) ORDER BY user_id",
         user_ids,
     )
+
+
+# ------------------------------------------------------------ to-device
+
+TO_DEVICE_INBOX_COLUMNS = (
+    "user_id",
+    "device_id",
+    "position",
+    "sender",
+    "type",
+    "content_json",
+    "origin",
+    "message_id",
+    "received_ts",
+)
+
+
+async def record_to_device_message_id(
+    db: Executor, origin: str, message_id: str, received_ts: int
+) -> bool:
+    """Record that ``origin``'s to-device ``message_id`` arrived; False when it was
+    recorded before (a duplicate)."""
+    return bool(
+        await db.fetchval(
+            "INSERT INTO accounts.to_device_dedupe (origin, message_id, received_ts)"
+            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+            origin,
+            message_id,
+            received_ts,
+        )
+    )
+
+
+async def lock_devices_of(db: Executor, user_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """(user_id, device_id) of these users' devices, locked FOR SHARE in sorted order."""
+    return await db.fetch(
+        "SELECT user_id, device_id FROM accounts.devices WHERE user_id = ANY($1::text[])"
+        " ORDER BY user_id, device_id FOR SHARE",
+        user_ids,
+    )
+
+
+async def advance_to_device_stream(db: Executor, user_id: str, device_id: str, count: int) -> int:
+    """Reserve ``count`` positions of the device's to-device stream (its row locked to
+    commit); the last one reserved."""
+    last: int = await db.fetchval(
+        "INSERT INTO accounts.to_device_streams (user_id, device_id, position)"
+        " VALUES ($1, $2, $3) ON CONFLICT (user_id, device_id) DO UPDATE"
+        " SET position = accounts.to_device_streams.position + EXCLUDED.position"
+        " RETURNING position",
+        user_id,
+        device_id,
+        count,
+    )
+    return last
+
+
+async def insert_to_device_messages(
+    conn: asyncpg.Connection, records: Sequence[tuple[Any, ...]]
+) -> None:
+    """Copy rows (in :data:`TO_DEVICE_INBOX_COLUMNS` order) into the inboxes."""
+    await conn.copy_records_to_table(
+        "to_device_inbox",
+        schema_name="accounts",
+        records=records,
+        columns=list(TO_DEVICE_INBOX_COLUMNS),
+    )
+
+
+async def notify(db: Executor, channel: str, payload: str) -> None:
+    """NOTIFY ``channel`` (at commit, when in a transaction)."""
+    await db.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+
+async def prune_to_device_dedupe(db: Executor, before_ts: int) -> None:
+    """Forget the to-device message ids received before ``before_ts``."""
+    await db.execute("DELETE FROM accounts.to_device_dedupe WHERE received_ts < $1", before_ts)
+
+
+async def to_device_messages_after(
+    db: Executor, user_id: str, device_id: str, after: int, limit: int
+) -> list[asyncpg.Record]:
+    """The device's inbox rows after position ``after``, oldest first, at most ``limit``."""
+    return await db.fetch(
+        "SELECT position, sender, type, content_json, origin, message_id, received_ts"
+        " FROM accounts.to_device_inbox WHERE user_id = $1 AND device_id = $2 AND position > $3"
+        " ORDER BY position LIMIT $4",
+        user_id,
+        device_id,
+        after,
+        limit,
+    )
+
+
+async def delete_to_device_messages(db: Executor, user_id: str, device_id: str, up_to: int) -> int:
+    """Delete the device's inbox rows up to position ``up_to``; how many there were."""
+    result = await db.execute(
+        "DELETE FROM accounts.to_device_inbox WHERE user_id = $1 AND device_id = $2"
+        " AND position <= $3",
+        user_id,
+        device_id,
+        up_to,
+    )
+    return int(result.split()[-1])

@@ -40,6 +40,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.held_connection import HeldConnection
 from mxfed.service_errors import BadRequest
+from services.accounts import storage
 from services.accounts.validation import require_user, user_server
 
 log = logging.getLogger(__name__)
@@ -164,12 +165,8 @@ class ToDeviceInbox:
             fresh: list[_Edu] = []
             seen: set[str] = set()
             for edu in edus:
-                new = edu.message_id not in seen and await conn.fetchval(
-                    "INSERT INTO accounts.to_device_dedupe (origin, message_id, received_ts)"
-                    " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
-                    origin,
-                    edu.message_id,
-                    received,
+                new = edu.message_id not in seen and await storage.record_to_device_message_id(
+                    conn, origin, edu.message_id, received
                 )
                 seen.add(edu.message_id)
                 if new:
@@ -194,11 +191,7 @@ class ToDeviceInbox:
         users = sorted({user_id for edu in edus for user_id in edu.messages})
         if not users:
             return []
-        device_rows = await conn.fetch(
-            "SELECT user_id, device_id FROM accounts.devices WHERE user_id = ANY($1::text[])"
-            " ORDER BY user_id, device_id FOR SHARE",
-            users,
-        )
+        device_rows = await storage.lock_devices_of(conn, users)
         devices: dict[str, list[str]] = {}
         for row in device_rows:
             devices.setdefault(row["user_id"], []).append(row["device_id"])
@@ -237,15 +230,7 @@ class ToDeviceInbox:
             counts[(user_id, device_id)] = counts.get((user_id, device_id), 0) + 1
         next_position: dict[tuple[str, str], int] = {}
         for key in sorted(counts):  # one lock order for every writer
-            last = await conn.fetchval(
-                "INSERT INTO accounts.to_device_streams (user_id, device_id, position)"
-                " VALUES ($1, $2, $3) ON CONFLICT (user_id, device_id) DO UPDATE"
-                " SET position = accounts.to_device_streams.position + EXCLUDED.position"
-                " RETURNING position",
-                key[0],
-                key[1],
-                counts[key],
-            )
+            last = await storage.advance_to_device_stream(conn, key[0], key[1], counts[key])
             next_position[key] = last - counts[key] + 1
         records = []
         for user_id, device_id, edu, origin, message in rows:
@@ -264,31 +249,13 @@ class ToDeviceInbox:
                 )
             )
             next_position[key] += 1
-        await conn.copy_records_to_table(
-            "to_device_inbox",
-            schema_name="accounts",
-            records=records,
-            columns=[
-                "user_id",
-                "device_id",
-                "position",
-                "sender",
-                "type",
-                "content_json",
-                "origin",
-                "message_id",
-                "received_ts",
-            ],
-        )
+        await storage.insert_to_device_messages(conn, records)
         for user_id in sorted({user_id for user_id, *_ in rows}):
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, user_id)
+            await storage.notify(conn, NOTIFY_CHANNEL, user_id)
 
     async def _prune_dedupe(self, now: int) -> None:
         try:
-            await self.pool.execute(
-                "DELETE FROM accounts.to_device_dedupe WHERE received_ts < $1",
-                now - DEDUPE_RETENTION_MS,
-            )
+            await storage.prune_to_device_dedupe(self.pool, now - DEDUPE_RETENTION_MS)
         except (asyncpg.PostgresError, OSError):
             log.warning("could not prune to-device dedupe records", exc_info=True)
 
@@ -313,28 +280,15 @@ class ToDeviceInbox:
 
     async def ack(self, user_id: str, device_id: str, up_to_position: int) -> int:
         self.check_device(user_id, device_id)
-        result = await self.pool.execute(
-            "DELETE FROM accounts.to_device_inbox WHERE user_id = $1 AND device_id = $2"
-            " AND position <= $3",
-            user_id,
-            device_id,
-            up_to_position,
+        return await storage.delete_to_device_messages(
+            self.pool, user_id, device_id, up_to_position
         )
-        return int(result.split()[-1])
 
 
 async def read_after(
     conn: asyncpg.Connection, user_id: str, device_id: str, after: int, limit: int
 ) -> list[StoredMessage]:
-    rows = await conn.fetch(
-        "SELECT position, sender, type, content_json, origin, message_id, received_ts"
-        " FROM accounts.to_device_inbox WHERE user_id = $1 AND device_id = $2 AND position > $3"
-        " ORDER BY position LIMIT $4",
-        user_id,
-        device_id,
-        after,
-        limit,
-    )
+    rows = await storage.to_device_messages_after(conn, user_id, device_id, after, limit)
     return [StoredMessage.from_row(row) for row in rows]
 
 
