@@ -58,6 +58,7 @@ from mxfed.clock import now_ms
 from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
+from services.accounts import storage
 from services.accounts.local import LocalAccounts
 from services.accounts.validation import user_server
 
@@ -214,9 +215,7 @@ class JoinDeviceLists:
 
     async def _follow(self, connection: asyncpg.Connection) -> None:
         async with self._conn_lock:
-            self.position = await connection.fetchval(
-                "SELECT stream_position FROM accounts.device_list_join_cursor"
-            )
+            self.position = await storage.join_cursor_position(connection)
         # wait_for_ready: at start the events service may not be up yet; that
         # is not worth a warning and a restart.
         call = self.events.StreamEvents(
@@ -247,10 +246,8 @@ class JoinDeviceLists:
         # drain; they take turns.
         async with self._conn_lock, connection.transaction():
             if partial and join is not None:
-                await connection.execute(
-                    "INSERT INTO accounts.device_list_partial_joins"
-                    " (event_id, user_id, room_id, sent_to, created_ts)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+                await storage.insert_partial_join(
+                    connection,
                     join.event_id,
                     join.user_id,
                     join.room_id,
@@ -258,20 +255,15 @@ class JoinDeviceLists:
                     now_ms(),
                 )
             if destinations and join is not None:
-                await connection.execute(
-                    "INSERT INTO accounts.device_list_join_outbox"
-                    " (user_id, room_id, event_id, destinations, created_ts)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+                await storage.insert_join_outbox(
+                    connection,
                     join.user_id,
                     join.room_id,
                     join.event_id,
                     destinations,
                     now_ms(),
                 )
-            await connection.execute(
-                "UPDATE accounts.device_list_join_cursor SET stream_position = $1",
-                item.position,
-            )
+            await storage.set_join_cursor_position(connection, item.position)
         self.position = item.position
         if destinations:
             self._outbox_wake.set()
@@ -374,11 +366,7 @@ class JoinDeviceLists:
     async def resynced(self, connection: asyncpg.Connection) -> None:
         """Joins to rooms whose resync has ended: their servers not sent to go to the outbox."""
         async with self._conn_lock:
-            rows = await connection.fetch(
-                "SELECT event_id, user_id, room_id, sent_to"
-                " FROM accounts.device_list_partial_joins ORDER BY created_ts LIMIT $1",
-                MAX_BATCH,
-            )
+            rows = await storage.partial_joins(connection, MAX_BATCH)
         woken = False
         for row in rows:
             room_id, user_id = row["room_id"], row["user_id"]
@@ -400,20 +388,15 @@ class JoinDeviceLists:
                 destinations = sorted(set(reply.servers) - known)
             async with self._conn_lock, connection.transaction():
                 if destinations:
-                    await connection.execute(
-                        "INSERT INTO accounts.device_list_join_outbox"
-                        " (user_id, room_id, event_id, destinations, created_ts)"
-                        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+                    await storage.insert_join_outbox(
+                        connection,
                         user_id,
                         room_id,
                         row["event_id"] + RESYNCED_SUFFIX,
                         destinations,
                         now_ms(),
                     )
-                await connection.execute(
-                    "DELETE FROM accounts.device_list_partial_joins WHERE event_id = $1",
-                    row["event_id"],
-                )
+                await storage.delete_partial_join(connection, row["event_id"])
             if destinations:
                 log.info(
                     "device lists for the servers a resync revealed",
@@ -453,11 +436,7 @@ class JoinDeviceLists:
         """Hand every outbox row to the sender; True when some are left (a failure)."""
         while True:
             async with self._conn_lock:
-                rows = await connection.fetch(
-                    "SELECT seq, user_id, destinations FROM accounts.device_list_join_outbox"
-                    " ORDER BY seq LIMIT $1",
-                    MAX_BATCH,
-                )
+                rows = await storage.join_outbox(connection, MAX_BATCH)
             if not rows:
                 return False
             for row in rows:
@@ -470,6 +449,4 @@ class JoinDeviceLists:
                         wait_for_ready=True,
                     )
                 async with self._conn_lock:
-                    await connection.execute(
-                        "DELETE FROM accounts.device_list_join_outbox WHERE seq = $1", row["seq"]
-                    )
+                    await storage.delete_join_outbox_row(connection, row["seq"])

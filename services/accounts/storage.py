@@ -143,3 +143,96 @@ async def delete_to_device_messages(db: Executor, user_id: str, device_id: str, 
         up_to,
     )
     return int(result.split()[-1])
+
+
+# ------------------------------------------------------------ device lists on joins
+# All run on the connection holding the device-list-joins leader lock.
+
+
+async def join_cursor_position(conn: asyncpg.Connection) -> int:
+    """How far the device-list join follower has read the events stream."""
+    position: int = await conn.fetchval(
+        "SELECT stream_position FROM accounts.device_list_join_cursor"
+    )
+    return position
+
+
+async def set_join_cursor_position(conn: asyncpg.Connection, position: int) -> None:
+    """Move the device-list join follower's cursor to ``position``."""
+    await conn.execute(
+        "UPDATE accounts.device_list_join_cursor SET stream_position = $1",
+        position,
+    )
+
+
+async def insert_partial_join(
+    conn: asyncpg.Connection,
+    event_id: str,
+    user_id: str,
+    room_id: str,
+    sent_to: Sequence[str],
+    created_ts: int,
+) -> None:
+    """Remember a join to a partial-state room and the servers it went to (once per event)."""
+    await conn.execute(
+        "INSERT INTO accounts.device_list_partial_joins"
+        " (event_id, user_id, room_id, sent_to, created_ts)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        event_id,
+        user_id,
+        room_id,
+        sent_to,
+        created_ts,
+    )
+
+
+async def partial_joins(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """The oldest remembered partial-state joins (event_id, user_id, room_id, sent_to)."""
+    return await conn.fetch(
+        "SELECT event_id, user_id, room_id, sent_to"
+        " FROM accounts.device_list_partial_joins ORDER BY created_ts LIMIT $1",
+        limit,
+    )
+
+
+async def delete_partial_join(conn: asyncpg.Connection, event_id: str) -> None:
+    """Forget a remembered partial-state join."""
+    await conn.execute(
+        "DELETE FROM accounts.device_list_partial_joins WHERE event_id = $1",
+        event_id,
+    )
+
+
+async def insert_join_outbox(
+    conn: asyncpg.Connection,
+    user_id: str,
+    room_id: str,
+    event_id: str,
+    destinations: Sequence[str],
+    created_ts: int,
+) -> None:
+    """Queue the user's device list for ``destinations`` (once per ``event_id``)."""
+    await conn.execute(
+        "INSERT INTO accounts.device_list_join_outbox"
+        " (user_id, room_id, event_id, destinations, created_ts)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        user_id,
+        room_id,
+        event_id,
+        destinations,
+        created_ts,
+    )
+
+
+async def join_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """The oldest queued device lists (seq, user_id, destinations)."""
+    return await conn.fetch(
+        "SELECT seq, user_id, destinations FROM accounts.device_list_join_outbox"
+        " ORDER BY seq LIMIT $1",
+        limit,
+    )
+
+
+async def delete_join_outbox_row(conn: asyncpg.Connection, seq: int) -> None:
+    """Drop a queued device list once the sender has it."""
+    await conn.execute("DELETE FROM accounts.device_list_join_outbox WHERE seq = $1", seq)
