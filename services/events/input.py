@@ -31,7 +31,7 @@ import enum
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,12 +154,14 @@ class TransactionGuard:
 
     async def _take_back(self, connection: asyncpg.Connection) -> None:
         for key in list(self._held):
-            if await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            if await storage.try_session_lock_key(connection, key):
                 self._held[key] = self._conn.generation
             else:
                 log.warning("a transaction's guard lock was taken by another replica meanwhile")
 
-    async def _query(self, sql: str, key: int) -> Any:
+    async def _query(
+        self, statement: Callable[[asyncpg.Connection, int], Awaitable[Any]], key: int
+    ) -> Any:
         async with self._conn_lock:
             for attempt in (1, 2):
                 try:
@@ -168,7 +170,7 @@ class TransactionGuard:
                 except TimeoutError:
                     raise DatabaseUnavailable("no connection for the guard") from None
                 try:
-                    return await self._conn.fetchval(sql, key)
+                    return await self._conn.run(lambda connection: statement(connection, key))
                 except Exception as exc:
                     # Lost in the middle: once more, on a new connection.
                     if attempt == 2 or not is_connection_error(exc):
@@ -182,7 +184,7 @@ class TransactionGuard:
         have taken the lock by the time the answer comes: that lock is given back
         before the cancellation goes on. Left to the session, it would refuse
         this transaction on every replica for as long as this one runs."""
-        attempt = asyncio.ensure_future(self._query("SELECT pg_try_advisory_lock($1)", key))
+        attempt = asyncio.ensure_future(self._query(storage.try_session_lock_key, key))
         try:
             taken = bool(await asyncio.shield(attempt))
         except asyncio.CancelledError:
@@ -207,7 +209,7 @@ class TransactionGuard:
             return  # held by a session that is gone: nothing to unlock
         async with self._conn_lock:
             with contextlib.suppress(*CONNECTION_ERRORS):
-                await self._conn.fetchval("SELECT pg_advisory_unlock($1)", key)
+                await self._conn.run(lambda connection: storage.session_unlock_key(connection, key))
 
     @asynccontextmanager
     async def hold(self, origin: str, txn_id: str) -> AsyncIterator[None]:
@@ -672,12 +674,7 @@ class InputPipeline:
                     (i["room_id"], i["user_id"]) for i in accepted if i["kind"] == "typing"
                 ]
                 if typing_users:
-                    # A newer typing notification replaces any older one's expiry.
-                    await conn.executemany(
-                        "UPDATE events.ephemeral SET expires_ts = NULL WHERE room_id = $1"
-                        " AND user_id = $2 AND kind = 'typing' AND expires_ts IS NOT NULL",
-                        typing_users,
-                    )
+                    await storage.typing_replaced(conn, typing_users)
                 await storage.insert_ephemeral(conn, accepted)
         await self.core.stream_positions.assign()
 
@@ -696,23 +693,13 @@ class InputPipeline:
     async def expire_typing(self) -> int:
         """Emit typing=false for typing notifications older than the 60 s timeout."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "UPDATE events.ephemeral SET expires_ts = NULL"
-                " WHERE kind = 'typing' AND expires_ts IS NOT NULL AND expires_ts < $1"
-                " RETURNING room_id, user_id",
-                now_ms(),
-            )
+            rows = await storage.expire_typing(conn, now_ms())
             if rows:
                 await storage.insert_ephemeral(
                     conn,
                     [
-                        {
-                            "room_id": r["room_id"],
-                            "kind": "typing",
-                            "user_id": r["user_id"],
-                            "typing": False,
-                        }
-                        for r in rows
+                        {"room_id": room_id, "kind": "typing", "user_id": user_id, "typing": False}
+                        for room_id, user_id in rows
                     ],
                 )
         if rows:

@@ -264,14 +264,10 @@ class Reads:
     ) -> tuple[list[str], list[str]] | None:
         """(state ids before the event, auth chain ids of that state), or None."""
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT state_group_before FROM events.events WHERE event_id = $1 AND room_id = $2",
-                event_id,
-                room_id,
-            )
-            if row is None or row["state_group_before"] is None:
+            group = await storage.state_group_before(conn, room_id, event_id)
+            if group is None:
                 return None
-            state = (await self.state_store.get(conn, row["state_group_before"])).state
+            state = (await self.state_store.get(conn, group)).state
             state_ids = list(state.values())
             chain = []
             if include_auth_chain:
@@ -363,9 +359,4 @@ class Reads:
                 # Partial state: the servers the join's answer named count too.
                 known = {*joined, partial.joined_via, *partial.servers} - {self.server_name}
                 return sorted(known | ({self.server_name} & set(joined)))
-            servers = await conn.fetchval(
-                "SELECT servers_before FROM events.events WHERE event_id = $1 AND room_id = $2",
-                at_event_id,
-                room_id,
-            )
-            return None if servers is None else list(servers)
+            return await storage.servers_before(conn, room_id, at_event_id)

@@ -150,9 +150,5 @@ class StateResolver:
             else:
                 unknown.append(event_id)
         if unknown:
-            rows = await conn.fetch(
-                "SELECT event_id, membership FROM events.events WHERE event_id = ANY($1::text[])",
-                unknown,
-            )
-            result.update({row["event_id"]: row["membership"] for row in rows})
+            result.update(await storage.memberships_of(conn, unknown))
         return result

@@ -1214,11 +1214,88 @@ async def held_event_ids(conn: asyncpg.Connection, event_ids: Sequence[str]) -> 
 async def try_session_lock(conn: asyncpg.Connection, text: str) -> bool:
     """A session advisory lock (held until :func:`session_unlock` or the connection ends)."""
     keep_session_state(conn)
-    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(text)))
+    return await try_session_lock_key(conn, lock_key(text))
 
 
 async def session_unlock(conn: asyncpg.Connection, text: str) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1)", lock_key(text))
+    await session_unlock_key(conn, lock_key(text))
+
+
+async def try_session_lock_key(conn: asyncpg.Connection, key: int) -> bool:
+    """:func:`try_session_lock` by its :func:`lock_key` (the caller keeps the connection
+    or marks it with ``keep_session_state``)."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+
+
+async def session_unlock_key(conn: asyncpg.Connection, key: int) -> None:
+    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+
+async def join_state_before(
+    conn: asyncpg.Connection, event_id: str
+) -> tuple[int, list[str]] | None:
+    """The state group and the servers in the room before ``event_id`` (None: unknown
+    event, or one without a state group)."""
+    row = await conn.fetchrow(
+        "SELECT state_group_before, servers_before FROM events.events WHERE event_id = $1",
+        event_id,
+    )
+    if row is None or row["state_group_before"] is None:
+        return None
+    return row["state_group_before"], list(row["servers_before"])
+
+
+async def memberships_of(
+    conn: asyncpg.Connection, event_ids: Sequence[str]
+) -> dict[str, str | None]:
+    """The membership of each stored event of ``event_ids`` (None for a non-member event)."""
+    rows = await conn.fetch(
+        "SELECT event_id, membership FROM events.events WHERE event_id = ANY($1::text[])",
+        list(event_ids),
+    )
+    return {row["event_id"]: row["membership"] for row in rows}
+
+
+async def typing_replaced(
+    conn: asyncpg.Connection, typing_users: Sequence[tuple[str, str]]
+) -> None:
+    """A newer typing notification of each (room, user) replaces an older one's expiry."""
+    await conn.executemany(
+        "UPDATE events.ephemeral SET expires_ts = NULL WHERE room_id = $1"
+        " AND user_id = $2 AND kind = 'typing' AND expires_ts IS NOT NULL",
+        typing_users,
+    )
+
+
+async def expire_typing(conn: asyncpg.Connection, now: int) -> list[tuple[str, str]]:
+    """(room, user) of each typing notification whose expiry is before ``now``, no longer
+    expiring."""
+    rows = await conn.fetch(
+        "UPDATE events.ephemeral SET expires_ts = NULL"
+        " WHERE kind = 'typing' AND expires_ts IS NOT NULL AND expires_ts < $1"
+        " RETURNING room_id, user_id",
+        now,
+    )
+    return [(row["room_id"], row["user_id"]) for row in rows]
+
+
+async def state_group_before(conn: asyncpg.Connection, room_id: str, event_id: str) -> int | None:
+    """The state group before ``event_id`` of ``room_id`` (None: unknown event, or none)."""
+    return await conn.fetchval(
+        "SELECT state_group_before FROM events.events WHERE event_id = $1 AND room_id = $2",
+        event_id,
+        room_id,
+    )
+
+
+async def servers_before(conn: asyncpg.Connection, room_id: str, event_id: str) -> list[str] | None:
+    """The servers in ``room_id`` before ``event_id`` (None: unknown event)."""
+    servers = await conn.fetchval(
+        "SELECT servers_before FROM events.events WHERE event_id = $1 AND room_id = $2",
+        event_id,
+        room_id,
+    )
+    return None if servers is None else list(servers)
 
 
 # Purges (mxfed room purge / shutdown --purge): deletions under the room's lock ------

@@ -28,7 +28,7 @@ from services.sender.ingest import Ingester
 from services.sender.leases import Membership
 from services.sender.queues import EduQueuer, ServersInRoom
 from services.sender.servicer import SenderServicer
-from services.sender.storage import WAKE_CHANNEL, SenderStorage
+from services.sender.storage import WAKE_CHANNEL, SenderStorage, ping
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def listen_for_wakes(database_url: str, manager: DeliveryManager) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), 5)
                 if not connection.is_closed():
-                    await connection.fetchval("SELECT 1")
+                    await ping(connection)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

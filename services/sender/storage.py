@@ -127,6 +127,11 @@ SELECT d FROM eq WHERE d IS NOT NULL
 """
 
 
+async def ping(connection: asyncpg.Connection) -> None:
+    """One round trip: a connection that only LISTENs learns this way that it was lost."""
+    await connection.fetchval("SELECT 1")
+
+
 def wake_payloads(destinations: Iterable[str]) -> list[str]:
     """NOTIFY payloads naming ``destinations``; ``["*"]`` when they do not fit."""
     joined = "\n".join(sorted(set(destinations)))

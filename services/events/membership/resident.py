@@ -191,13 +191,11 @@ class Resident:
     ) -> bytes:
         head, event, countersigned = await self._accept(origin, room_id, event_id, raw, "join")
         async with self.deps.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT state_group_before, servers_before FROM events.events WHERE event_id = $1",
-                event_id,
-            )
-            if row is None or row["state_group_before"] is None:
+            before = await storage.join_state_before(conn, event_id)
+            if before is None:
                 raise not_found("the join is not part of the room")
-            state = (await self.deps.core.state_store.get(conn, row["state_group_before"])).state
+            group, servers_before = before
+            state = (await self.deps.core.state_store.get(conn, group)).state
             state_ids = list(state.values())
             omitted = False
             if omit_members:
@@ -219,7 +217,7 @@ class Resident:
             parts.append('"event":' + pdus[event_id])
         if omitted:
             parts.append('"members_omitted":true')
-            parts.append('"servers_in_room":' + encode_json(list(row["servers_before"])).decode())
+            parts.append('"servers_in_room":' + encode_json(servers_before).decode())
         return ("{" + ",".join(parts) + "}").encode()
 
     @staticmethod

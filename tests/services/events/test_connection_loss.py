@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 
 from mxfed_api.events.v1 import events_pb2
 from services.events import storage
@@ -66,23 +67,22 @@ async def test_guard_takes_back_its_locks_after_losing_its_connection(
 
 
 async def test_a_holder_cancelled_while_its_lock_is_being_taken_gives_the_lock_back(
-    events_pool: asyncpg.Pool, database_url: str
+    events_pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     guard = TransactionGuard(events_pool)
     other = await asyncpg.connect(database_url)  # another replica's session
     key = storage.lock_key("txn:origin.example\x00t1")
     taken_on_server, answer = asyncio.Event(), asyncio.Event()
-    fetchval = guard._conn.fetchval
+    try_lock = storage.try_session_lock_key
 
-    async def answered_late(sql: str, *args: object) -> object:
+    async def answered_late(connection: asyncpg.Connection, lock: int) -> bool:
         # The server has run the query (the lock is taken); its answer is still on the way.
-        result = await fetchval(sql, *args)
-        if "pg_try_advisory_lock" in sql:
-            taken_on_server.set()
-            await answer.wait()
+        result = await try_lock(connection, lock)
+        taken_on_server.set()
+        await answer.wait()
         return result
 
-    guard._conn.fetchval = answered_late  # type: ignore[method-assign]
+    monkeypatch.setattr(storage, "try_session_lock_key", answered_late)
 
     async def hold() -> None:
         async with guard.hold("origin.example", "t1"):
