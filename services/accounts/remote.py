@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 import asyncpg
 
@@ -21,6 +21,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.federation_client import FederationClient, FederationError, federation_path
 from mxfed.service_errors import BadRequest, Unavailable
+from services.accounts import storage
 from services.accounts.validation import (
     JsonDict,
     check_cross_signing_key,
@@ -41,7 +42,7 @@ def _dumps(value: Any) -> str:
     return encode_json(value).decode()
 
 
-def _int(value: Any) -> bool:
+def _int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -86,24 +87,13 @@ class RemoteDeviceLists:
 
     async def _cached(self, user_id: str, fresh_only: bool) -> JsonDict | None:
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT stream_id, stale, synced_ts, master_key_json, self_signing_key_json"
-                " FROM accounts.remote_device_lists WHERE user_id = $1",
-                user_id,
-            )
+            row = await storage.remote_device_list(conn, user_id)
             if row is None:
                 return None
             if fresh_only and (row["stale"] or row["synced_ts"] < now_ms() - MAX_CACHE_AGE_MS):
                 return None
-            devices = await conn.fetch(
-                "SELECT device_id, display_name, keys_json FROM accounts.remote_devices"
-                " WHERE user_id = $1 ORDER BY device_id",
-                user_id,
-            )
-            applied = await conn.fetchval(
-                "SELECT max(stream_id) FROM accounts.remote_device_stream_ids WHERE user_id = $1",
-                user_id,
-            )
+            devices = await storage.remote_devices(conn, user_id)
+            applied = await storage.latest_applied_remote_stream_id(conn, user_id)
         body: JsonDict = {
             "user_id": user_id,
             "stream_id": max(row["stream_id"], applied or 0),
@@ -211,16 +201,10 @@ class RemoteDeviceLists:
     async def _store(self, body: JsonDict) -> None:
         user_id = body["user_id"]
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM accounts.remote_devices WHERE user_id = $1", user_id)
-            await conn.execute(
-                "DELETE FROM accounts.remote_device_stream_ids"
-                " WHERE user_id = $1 AND stream_id <= $2",
-                user_id,
-                body["stream_id"],
-            )
-            await conn.executemany(
-                "INSERT INTO accounts.remote_devices (user_id, device_id, display_name, keys_json)"
-                " VALUES ($1, $2, $3, $4)",
+            await storage.delete_remote_devices(conn, user_id)
+            await storage.delete_remote_stream_ids(conn, user_id, body["stream_id"])
+            await storage.insert_remote_devices(
+                conn,
                 [
                     (
                         user_id,
@@ -233,13 +217,8 @@ class RemoteDeviceLists:
             )
             master = body.get("master_key")
             self_signing = body.get("self_signing_key")
-            await conn.execute(
-                "INSERT INTO accounts.remote_device_lists (user_id, stream_id, stale, synced_ts,"
-                " master_key_json, self_signing_key_json) VALUES ($1, $2, false, $3, $4, $5)"
-                " ON CONFLICT (user_id) DO UPDATE SET stream_id = EXCLUDED.stream_id,"
-                " stale = false, synced_ts = EXCLUDED.synced_ts,"
-                " master_key_json = EXCLUDED.master_key_json,"
-                " self_signing_key_json = EXCLUDED.self_signing_key_json",
+            await storage.upsert_remote_device_list(
+                conn,
                 user_id,
                 body["stream_id"],
                 now_ms(),
@@ -305,54 +284,30 @@ class RemoteDeviceLists:
         if not isinstance(prev_ids, list) or not all(_int(p) for p in prev_ids):
             prev_ids = None
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT stream_id FROM accounts.remote_device_lists WHERE user_id = $1 FOR UPDATE",
-                user_id,
-            )
-            if row is None:
+            synced = await storage.lock_remote_device_list(conn, user_id)
+            if synced is None:
                 return "ignored"  # not tracked: the first query fetches the whole list
-            seen = {
-                r["stream_id"]
-                for r in await conn.fetch(
-                    "SELECT stream_id FROM accounts.remote_device_stream_ids WHERE user_id = $1",
-                    user_id,
-                )
-            }
-            if stream_id <= row["stream_id"] or stream_id in seen:
+            seen = await storage.applied_remote_stream_ids(conn, user_id)
+            if stream_id <= synced or stream_id in seen:
                 return "ignored"  # already have it
-            if not prev_ids or any(p > row["stream_id"] and p not in seen for p in prev_ids):
-                await conn.execute(
-                    "UPDATE accounts.remote_device_lists SET stale = true WHERE user_id = $1",
-                    user_id,
-                )
+            if not prev_ids or any(p > synced and p not in seen for p in prev_ids):
+                await storage.mark_remote_device_list_stale(conn, user_id)
                 return user_id
             if content.get("deleted") is True:
-                await conn.execute(
-                    "DELETE FROM accounts.remote_devices WHERE user_id = $1 AND device_id = $2",
-                    user_id,
-                    device_id,
-                )
+                await storage.delete_remote_device(conn, user_id, device_id)
             else:
                 keys = content.get("keys")
                 if keys is not None and check_device_keys(keys, user_id, device_id) is not None:
                     keys = None
                 name = content.get("device_display_name")
-                await conn.execute(
-                    "INSERT INTO accounts.remote_devices"
-                    " (user_id, device_id, display_name, keys_json)"
-                    " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id) DO UPDATE"
-                    " SET display_name = EXCLUDED.display_name, keys_json = EXCLUDED.keys_json",
+                await storage.upsert_remote_device(
+                    conn,
                     user_id,
                     device_id,
                     name if isinstance(name, str) else None,
                     None if keys is None else _dumps(keys),
                 )
-            await conn.execute(
-                "INSERT INTO accounts.remote_device_stream_ids (user_id, stream_id) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING",
-                user_id,
-                stream_id,
-            )
+            await storage.insert_remote_stream_id(conn, user_id, stream_id)
         return "applied"
 
     async def _signing_update(self, origin: str, content: Any) -> bool:
@@ -376,10 +331,4 @@ class RemoteDeviceLists:
         if not updates:
             return False
         async with self.pool.acquire() as conn:
-            columns = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(updates))
-            result = await conn.execute(
-                f"UPDATE accounts.remote_device_lists SET {columns} WHERE user_id = $1",
-                user_id,
-                *updates.values(),
-            )
-        return result != "UPDATE 0"
+            return await storage.update_remote_cross_signing_keys(conn, user_id, updates)

@@ -236,3 +236,165 @@ async def join_outbox(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Reco
 async def delete_join_outbox_row(conn: asyncpg.Connection, seq: int) -> None:
     """Drop a queued device list once the sender has it."""
     await conn.execute("DELETE FROM accounts.device_list_join_outbox WHERE seq = $1", seq)
+
+
+# ------------------------------------------------------------ remote device lists
+
+
+async def remote_device_list(conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
+    """The cached device list's header row (stream_id, stale, synced_ts, master_key_json,
+    self_signing_key_json) of a remote user, if tracked."""
+    return await conn.fetchrow(
+        "SELECT stream_id, stale, synced_ts, master_key_json, self_signing_key_json"
+        " FROM accounts.remote_device_lists WHERE user_id = $1",
+        user_id,
+    )
+
+
+async def remote_devices(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.Record]:
+    """The cached devices (device_id, display_name, keys_json) of a remote user."""
+    return await conn.fetch(
+        "SELECT device_id, display_name, keys_json FROM accounts.remote_devices"
+        " WHERE user_id = $1 ORDER BY device_id",
+        user_id,
+    )
+
+
+async def latest_applied_remote_stream_id(conn: asyncpg.Connection, user_id: str) -> int | None:
+    """The highest stream_id of the user's device-list EDUs applied since the last resync."""
+    latest: int | None = await conn.fetchval(
+        "SELECT max(stream_id) FROM accounts.remote_device_stream_ids WHERE user_id = $1",
+        user_id,
+    )
+    return latest
+
+
+async def delete_remote_devices(conn: asyncpg.Connection, user_id: str) -> None:
+    """Drop every cached device of a remote user."""
+    await conn.execute("DELETE FROM accounts.remote_devices WHERE user_id = $1", user_id)
+
+
+async def delete_remote_stream_ids(conn: asyncpg.Connection, user_id: str, up_to: int) -> None:
+    """Forget the user's applied EDU stream ids up to ``up_to`` (a resync covers them)."""
+    await conn.execute(
+        "DELETE FROM accounts.remote_device_stream_ids WHERE user_id = $1 AND stream_id <= $2",
+        user_id,
+        up_to,
+    )
+
+
+async def insert_remote_devices(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str | None, str | None]]
+) -> None:
+    """Cache (user_id, device_id, display_name, keys_json) rows."""
+    await conn.executemany(
+        "INSERT INTO accounts.remote_devices (user_id, device_id, display_name, keys_json)"
+        " VALUES ($1, $2, $3, $4)",
+        rows,
+    )
+
+
+async def upsert_remote_device_list(
+    conn: asyncpg.Connection,
+    user_id: str,
+    stream_id: int,
+    synced_ts: int,
+    master_key_json: str | None,
+    self_signing_key_json: str | None,
+) -> None:
+    """Record a remote user's list as freshly synced (not stale) at ``stream_id``."""
+    await conn.execute(
+        "INSERT INTO accounts.remote_device_lists (user_id, stream_id, stale, synced_ts,"
+        " master_key_json, self_signing_key_json) VALUES ($1, $2, false, $3, $4, $5)"
+        " ON CONFLICT (user_id) DO UPDATE SET stream_id = EXCLUDED.stream_id,"
+        " stale = false, synced_ts = EXCLUDED.synced_ts,"
+        " master_key_json = EXCLUDED.master_key_json,"
+        " self_signing_key_json = EXCLUDED.self_signing_key_json",
+        user_id,
+        stream_id,
+        synced_ts,
+        master_key_json,
+        self_signing_key_json,
+    )
+
+
+async def lock_remote_device_list(conn: asyncpg.Connection, user_id: str) -> int | None:
+    """The stream_id of the user's last resync, its row locked FOR UPDATE (None: not
+    tracked)."""
+    row = await conn.fetchrow(
+        "SELECT stream_id FROM accounts.remote_device_lists WHERE user_id = $1 FOR UPDATE",
+        user_id,
+    )
+    return None if row is None else int(row["stream_id"])
+
+
+async def applied_remote_stream_ids(conn: asyncpg.Connection, user_id: str) -> set[int]:
+    """The stream ids of the user's device-list EDUs applied since the last resync."""
+    return {
+        r["stream_id"]
+        for r in await conn.fetch(
+            "SELECT stream_id FROM accounts.remote_device_stream_ids WHERE user_id = $1",
+            user_id,
+        )
+    }
+
+
+async def mark_remote_device_list_stale(conn: asyncpg.Connection, user_id: str) -> None:
+    """Mark the user's cached list as needing a resync."""
+    await conn.execute(
+        "UPDATE accounts.remote_device_lists SET stale = true WHERE user_id = $1",
+        user_id,
+    )
+
+
+async def delete_remote_device(conn: asyncpg.Connection, user_id: str, device_id: str) -> None:
+    """Drop one cached device of a remote user."""
+    await conn.execute(
+        "DELETE FROM accounts.remote_devices WHERE user_id = $1 AND device_id = $2",
+        user_id,
+        device_id,
+    )
+
+
+async def upsert_remote_device(
+    conn: asyncpg.Connection,
+    user_id: str,
+    device_id: str,
+    display_name: str | None,
+    keys_json: str | None,
+) -> None:
+    """Cache one device of a remote user, replacing what was cached for it."""
+    await conn.execute(
+        "INSERT INTO accounts.remote_devices"
+        " (user_id, device_id, display_name, keys_json)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id) DO UPDATE"
+        " SET display_name = EXCLUDED.display_name, keys_json = EXCLUDED.keys_json",
+        user_id,
+        device_id,
+        display_name,
+        keys_json,
+    )
+
+
+async def insert_remote_stream_id(conn: asyncpg.Connection, user_id: str, stream_id: int) -> None:
+    """Record that the user's device-list EDU ``stream_id`` was applied."""
+    await conn.execute(
+        "INSERT INTO accounts.remote_device_stream_ids (user_id, stream_id) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING",
+        user_id,
+        stream_id,
+    )
+
+
+async def update_remote_cross_signing_keys(
+    conn: asyncpg.Connection, user_id: str, updates: dict[str, str]
+) -> bool:
+    """Set the given ``*_key_json`` columns of a tracked user's list; False when the user
+    is not tracked. Column names come from the caller's fixed set, never from input."""
+    columns = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(updates))
+    result = await conn.execute(
+        f"UPDATE accounts.remote_device_lists SET {columns} WHERE user_id = $1",
+        user_id,
+        *updates.values(),
+    )
+    return bool(result != "UPDATE 0")
