@@ -13,6 +13,7 @@ import asyncpg
 from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest, NotFound
+from services.accounts import storage
 from services.accounts.notify import EduNotifier
 from services.accounts.validation import (
     JsonDict,
@@ -63,33 +64,21 @@ class LocalAccounts:
             if name == "avatar_url" and not (isinstance(value, str) and value.startswith("mxc://")):
                 raise BadRequest("avatar_url must be an mxc:// URI")
         async with self.pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchval(
-                "SELECT fields_json FROM accounts.profiles WHERE user_id = $1 FOR UPDATE", user_id
-            )
+            current = await storage.lock_profile(conn, user_id)
             profile: JsonDict = {} if replace or current is None else decode_json(current)
             for name, value in fields.items():
                 if value is None:
                     profile.pop(name, None)
                 else:
                     profile[name] = value
-            await conn.execute(
-                "INSERT INTO accounts.profiles (user_id, fields_json, updated_ts)"
-                " VALUES ($1, $2, $3)"
-                " ON CONFLICT (user_id) DO UPDATE SET fields_json = EXCLUDED.fields_json,"
-                " updated_ts = EXCLUDED.updated_ts",
-                user_id,
-                _dumps(profile),
-                now_ms(),
-            )
+            await storage.upsert_profile(conn, user_id, _dumps(profile), now_ms())
         return profile
 
     async def profile(self, user_id: str, field: str = "") -> JsonDict | None:
         """The profile (or just ``field``); None for an unknown user or an unset field."""
         require_user(user_id)
         async with self.pool.acquire() as conn:
-            text = await conn.fetchval(
-                "SELECT fields_json FROM accounts.profiles WHERE user_id = $1", user_id
-            )
+            text = await storage.profile(conn, user_id)
         if text is None:
             return None
         profile: JsonDict = decode_json(text)
@@ -100,16 +89,6 @@ class LocalAccounts:
         return profile
 
     # ------------------------------------------------------------ device-list stream
-
-    @staticmethod
-    async def _bump_stream(conn: asyncpg.Connection, user_id: str) -> int:
-        return await conn.fetchval(
-            "INSERT INTO accounts.device_list_streams (user_id, stream_id) VALUES ($1, 1)"
-            " ON CONFLICT (user_id) DO UPDATE"
-            " SET stream_id = accounts.device_list_streams.stream_id + 1"
-            " RETURNING stream_id",
-            user_id,
-        )
 
     async def _device_list_update(
         self,
@@ -157,12 +136,7 @@ class LocalAccounts:
         fallbacks = parse_one_time_keys(fallback_keys or {}, "fallback_keys")
         changed = False
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT display_name, keys_json FROM accounts.devices"
-                " WHERE user_id = $1 AND device_id = $2 FOR UPDATE",
-                user_id,
-                device_id,
-            )
+            row = await storage.lock_device(conn, user_id, device_id)
             name = row["display_name"] if row else None
             keys = _loads(row["keys_json"]) if row else None
             if row is None:
@@ -171,11 +145,8 @@ class LocalAccounts:
                 name, changed = display_name, True
             if device_keys is not None and device_keys != keys:
                 keys, changed = device_keys, True
-            await conn.execute(
-                "INSERT INTO accounts.devices"
-                " (user_id, device_id, display_name, keys_json, created_ts)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, device_id) DO UPDATE"
-                " SET display_name = EXCLUDED.display_name, keys_json = EXCLUDED.keys_json",
+            await storage.upsert_device(
+                conn,
                 user_id,
                 device_id,
                 name,
@@ -183,24 +154,15 @@ class LocalAccounts:
                 now_ms(),
             )
             for algorithm, key_id, key in otks:
-                existing = await conn.fetchval(
-                    "SELECT key_json FROM accounts.one_time_keys WHERE user_id = $1"
-                    " AND device_id = $2 AND algorithm = $3 AND key_id = $4",
-                    user_id,
-                    device_id,
-                    algorithm,
-                    key_id,
-                )
+                existing = await storage.one_time_key(conn, user_id, device_id, algorithm, key_id)
                 if existing is not None:
                     if decode_json(existing) != key:
                         raise BadRequest(
                             f"one-time key {algorithm}:{key_id} already exists with other content"
                         )
                     continue
-                await conn.execute(
-                    "INSERT INTO accounts.one_time_keys"
-                    " (user_id, device_id, algorithm, key_id, key_json)"
-                    " VALUES ($1, $2, $3, $4, $5)",
+                await storage.insert_one_time_key(
+                    conn,
                     user_id,
                     device_id,
                     algorithm,
@@ -208,14 +170,8 @@ class LocalAccounts:
                     _dumps(key),
                 )
             for algorithm, key_id, key in fallbacks:
-                await conn.execute(
-                    "INSERT INTO accounts.fallback_keys"
-                    " (user_id, device_id, algorithm, key_id, key_json, used)"
-                    " VALUES ($1, $2, $3, $4, $5, false)"
-                    " ON CONFLICT (user_id, device_id, algorithm) DO UPDATE"
-                    " SET key_id = EXCLUDED.key_id, key_json = EXCLUDED.key_json, used = false"
-                    " WHERE accounts.fallback_keys.key_json <> EXCLUDED.key_json"
-                    " OR accounts.fallback_keys.key_id <> EXCLUDED.key_id",
+                await storage.upsert_fallback_key(
+                    conn,
                     user_id,
                     device_id,
                     algorithm,
@@ -223,10 +179,10 @@ class LocalAccounts:
                     _dumps(key),
                 )
             if changed:
-                stream_id = await self._bump_stream(conn, user_id)
+                stream_id = await storage.bump_device_list_stream(conn, user_id)
             else:
                 stream_id = await self._stream_id(conn, user_id)
-            counts = await self._otk_counts(conn, user_id, device_id)
+            counts = await storage.unclaimed_one_time_key_counts(conn, user_id, device_id)
         if changed:
             await self._device_list_update(
                 user_id, device_id, stream_id, display_name=name, keys=keys
@@ -235,39 +191,15 @@ class LocalAccounts:
 
     @staticmethod
     async def _stream_id(conn: asyncpg.Connection, user_id: str) -> int:
-        value = await conn.fetchval(
-            "SELECT stream_id FROM accounts.device_list_streams WHERE user_id = $1", user_id
-        )
-        return value or 0
-
-    @staticmethod
-    async def _otk_counts(conn: asyncpg.Connection, user_id: str, device_id: str) -> dict[str, int]:
-        rows = await conn.fetch(
-            "SELECT algorithm, count(*) AS n FROM accounts.one_time_keys"
-            " WHERE user_id = $1 AND device_id = $2 AND claimed_ts IS NULL GROUP BY algorithm",
-            user_id,
-            device_id,
-        )
-        return {row["algorithm"]: row["n"] for row in rows}
+        return await storage.device_list_stream_id(conn, user_id) or 0
 
     async def delete_device(self, user_id: str, device_id: str) -> tuple[bool, int]:
         self.require_local(user_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            deleted = await conn.fetchval(
-                "DELETE FROM accounts.devices WHERE user_id = $1 AND device_id = $2"
-                " RETURNING device_id",
-                user_id,
-                device_id,
-            )
-            if deleted is None:
+            if not await storage.delete_device(conn, user_id, device_id):
                 return False, await self._stream_id(conn, user_id)
-            for table in ("one_time_keys", "fallback_keys", "to_device_inbox"):
-                await conn.execute(
-                    f"DELETE FROM accounts.{table} WHERE user_id = $1 AND device_id = $2",
-                    user_id,
-                    device_id,
-                )
-            stream_id = await self._bump_stream(conn, user_id)
+            await storage.delete_device_rows(conn, user_id, device_id)
+            stream_id = await storage.bump_device_list_stream(conn, user_id)
         await self._device_list_update(user_id, device_id, stream_id, deleted=True)
         return True, stream_id
 
@@ -281,23 +213,10 @@ class LocalAccounts:
         changed: JsonDict = {}
         async with self.pool.acquire() as conn, conn.transaction():
             for usage, key in keys.items():
-                previous = await conn.fetchval(
-                    "SELECT key_json FROM accounts.cross_signing_keys"
-                    " WHERE user_id = $1 AND usage = $2 FOR UPDATE",
-                    user_id,
-                    usage,
-                )
+                previous = await storage.lock_cross_signing_key(conn, user_id, usage)
                 if previous is not None and decode_json(previous) == key:
                     continue
-                await conn.execute(
-                    "INSERT INTO accounts.cross_signing_keys (user_id, usage, key_json, updated_ts)"
-                    " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, usage) DO UPDATE"
-                    " SET key_json = EXCLUDED.key_json, updated_ts = EXCLUDED.updated_ts",
-                    user_id,
-                    usage,
-                    _dumps(key),
-                    now_ms(),
-                )
+                await storage.upsert_cross_signing_key(conn, user_id, usage, _dumps(key), now_ms())
                 changed[usage] = key
         federated = {
             f"{usage}_key": key for usage, key in changed.items() if usage != "user_signing"
@@ -314,11 +233,7 @@ class LocalAccounts:
         self.require_local(user_id)
         async with self.pool.acquire() as conn:
             stream_id = await self._stream_id(conn, user_id)
-            rows = await conn.fetch(
-                "SELECT device_id, display_name, keys_json FROM accounts.devices"
-                " WHERE user_id = $1 ORDER BY device_id",
-                user_id,
-            )
+            rows = await storage.devices(conn, user_id)
             cross = await self._cross_signing(conn, [user_id], ("master", "self_signing"))
         devices = []
         for row in rows:
@@ -340,12 +255,7 @@ class LocalAccounts:
     async def _cross_signing(
         conn: asyncpg.Connection, user_ids: Sequence[str], usages: Sequence[str]
     ) -> dict[str, dict[str, JsonDict]]:
-        rows = await conn.fetch(
-            "SELECT user_id, usage, key_json FROM accounts.cross_signing_keys"
-            " WHERE user_id = ANY($1::text[]) AND usage = ANY($2::text[])",
-            list(user_ids),
-            list(usages),
-        )
+        rows = await storage.cross_signing_keys(conn, user_ids, usages)
         result: dict[str, dict[str, JsonDict]] = {}
         for row in rows:
             result.setdefault(row["user_id"], {})[row["usage"]] = decode_json(row["key_json"])
@@ -358,14 +268,7 @@ class LocalAccounts:
         device_keys: dict[str, JsonDict] = {}
         async with self.pool.acquire() as conn:
             for user_id, device_ids in wanted.items():
-                rows = await conn.fetch(
-                    "SELECT device_id, display_name, keys_json FROM accounts.devices"
-                    " WHERE user_id = $1 AND keys_json IS NOT NULL"
-                    " AND (cardinality($2::text[]) = 0 OR device_id = ANY($2::text[]))"
-                    " ORDER BY device_id",
-                    user_id,
-                    device_ids,
-                )
+                rows = await storage.devices_with_keys(conn, user_id, device_ids)
                 devices: JsonDict = {}
                 for row in rows:
                     keys = decode_json(row["keys_json"])
@@ -400,24 +303,9 @@ class LocalAccounts:
     async def _claim_one(
         conn: asyncpg.Connection, user_id: str, device_id: str, algorithm: str
     ) -> tuple[str, Any] | None:
-        row = await conn.fetchrow(
-            "UPDATE accounts.one_time_keys SET claimed_ts = $4 WHERE seq = ("
-            " SELECT seq FROM accounts.one_time_keys WHERE user_id = $1 AND device_id = $2"
-            " AND algorithm = $3 AND claimed_ts IS NULL ORDER BY seq LIMIT 1"
-            " FOR UPDATE SKIP LOCKED) AND claimed_ts IS NULL RETURNING key_id, key_json",
-            user_id,
-            device_id,
-            algorithm,
-            now_ms(),
-        )
+        row = await storage.claim_one_time_key(conn, user_id, device_id, algorithm, now_ms())
         if row is None:
-            row = await conn.fetchrow(
-                "UPDATE accounts.fallback_keys SET used = true WHERE user_id = $1"
-                " AND device_id = $2 AND algorithm = $3 RETURNING key_id, key_json",
-                user_id,
-                device_id,
-                algorithm,
-            )
+            row = await storage.use_fallback_key(conn, user_id, device_id, algorithm)
         if row is None:
             return None
         return f"{algorithm}:{row['key_id']}", decode_json(row["key_json"])
@@ -431,32 +319,17 @@ class LocalAccounts:
         ttl = min(ttl_ms or DEFAULT_OPENID_TTL_MS, MAX_OPENID_TTL_MS)
         token = secrets.token_urlsafe(32)
         async with self.pool.acquire() as conn:
-            await conn.execute("DELETE FROM accounts.openid_tokens WHERE expires_ts < $1", now_ms())
-            await conn.execute(
-                "INSERT INTO accounts.openid_tokens (token_hash, user_id, expires_ts)"
-                " VALUES ($1, $2, $3)",
-                _token_hash(token),
-                user_id,
-                now_ms() + ttl,
-            )
+            await storage.delete_expired_openid_tokens(conn, now_ms())
+            await storage.insert_openid_token(conn, _token_hash(token), user_id, now_ms() + ttl)
         return token, ttl
 
     async def openid_user(self, token: str) -> str | None:
         if not token:
             return None
         async with self.pool.acquire() as conn:
-            return await conn.fetchval(
-                "SELECT user_id FROM accounts.openid_tokens"
-                " WHERE token_hash = $1 AND expires_ts > $2",
-                _token_hash(token),
-                now_ms(),
-            )
+            return await storage.openid_token_user(conn, _token_hash(token), now_ms())
 
     async def require_device(self, user_id: str, device_id: str) -> None:
         async with self.pool.acquire() as conn:
-            if not await conn.fetchval(
-                "SELECT 1 FROM accounts.devices WHERE user_id = $1 AND device_id = $2",
-                user_id,
-                device_id,
-            ):
+            if not await storage.device_exists(conn, user_id, device_id):
                 raise NotFound(f"Unknown device {device_id} of {user_id}")

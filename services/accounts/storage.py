@@ -398,3 +398,326 @@ async def update_remote_cross_signing_keys(
         *updates.values(),
     )
     return bool(result != "UPDATE 0")
+
+
+# ------------------------------------------------------------ local profiles
+
+
+async def lock_profile(conn: asyncpg.Connection, user_id: str) -> str | None:
+    """The user's profile JSON, its row locked FOR UPDATE (None: no profile)."""
+    text: str | None = await conn.fetchval(
+        "SELECT fields_json FROM accounts.profiles WHERE user_id = $1 FOR UPDATE", user_id
+    )
+    return text
+
+
+async def upsert_profile(
+    conn: asyncpg.Connection, user_id: str, fields_json: str, updated_ts: int
+) -> None:
+    """Store the user's whole profile."""
+    await conn.execute(
+        "INSERT INTO accounts.profiles (user_id, fields_json, updated_ts)"
+        " VALUES ($1, $2, $3)"
+        " ON CONFLICT (user_id) DO UPDATE SET fields_json = EXCLUDED.fields_json,"
+        " updated_ts = EXCLUDED.updated_ts",
+        user_id,
+        fields_json,
+        updated_ts,
+    )
+
+
+async def profile(conn: asyncpg.Connection, user_id: str) -> str | None:
+    """The user's profile JSON (None: no profile)."""
+    text: str | None = await conn.fetchval(
+        "SELECT fields_json FROM accounts.profiles WHERE user_id = $1", user_id
+    )
+    return text
+
+
+# ------------------------------------------------------------ local device-list streams
+
+
+async def bump_device_list_stream(conn: asyncpg.Connection, user_id: str) -> int:
+    """Advance the user's device-list stream by one (its row locked to commit); the new
+    stream_id."""
+    stream_id: int = await conn.fetchval(
+        "INSERT INTO accounts.device_list_streams (user_id, stream_id) VALUES ($1, 1)"
+        " ON CONFLICT (user_id) DO UPDATE"
+        " SET stream_id = accounts.device_list_streams.stream_id + 1"
+        " RETURNING stream_id",
+        user_id,
+    )
+    return stream_id
+
+
+async def device_list_stream_id(conn: asyncpg.Connection, user_id: str) -> int | None:
+    """The user's device-list stream_id (None: never changed)."""
+    value: int | None = await conn.fetchval(
+        "SELECT stream_id FROM accounts.device_list_streams WHERE user_id = $1", user_id
+    )
+    return value
+
+
+# ------------------------------------------------------------ local devices and keys
+
+
+async def lock_device(
+    conn: asyncpg.Connection, user_id: str, device_id: str
+) -> asyncpg.Record | None:
+    """The device's (display_name, keys_json), its row locked FOR UPDATE (None: no such
+    device)."""
+    return await conn.fetchrow(
+        "SELECT display_name, keys_json FROM accounts.devices"
+        " WHERE user_id = $1 AND device_id = $2 FOR UPDATE",
+        user_id,
+        device_id,
+    )
+
+
+async def upsert_device(
+    conn: asyncpg.Connection,
+    user_id: str,
+    device_id: str,
+    display_name: str | None,
+    keys_json: str | None,
+    created_ts: int,
+) -> None:
+    """Store a device's display name and keys (``created_ts`` only for a new device)."""
+    await conn.execute(
+        "INSERT INTO accounts.devices"
+        " (user_id, device_id, display_name, keys_json, created_ts)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, device_id) DO UPDATE"
+        " SET display_name = EXCLUDED.display_name, keys_json = EXCLUDED.keys_json",
+        user_id,
+        device_id,
+        display_name,
+        keys_json,
+        created_ts,
+    )
+
+
+async def one_time_key(
+    conn: asyncpg.Connection, user_id: str, device_id: str, algorithm: str, key_id: str
+) -> str | None:
+    """The JSON of the device's one-time key ``algorithm:key_id`` (None: not uploaded)."""
+    key_json: str | None = await conn.fetchval(
+        "SELECT key_json FROM accounts.one_time_keys WHERE user_id = $1"
+        " AND device_id = $2 AND algorithm = $3 AND key_id = $4",
+        user_id,
+        device_id,
+        algorithm,
+        key_id,
+    )
+    return key_json
+
+
+async def insert_one_time_key(
+    conn: asyncpg.Connection,
+    user_id: str,
+    device_id: str,
+    algorithm: str,
+    key_id: str,
+    key_json: str,
+) -> None:
+    """Store a new one-time key of the device."""
+    await conn.execute(
+        "INSERT INTO accounts.one_time_keys"
+        " (user_id, device_id, algorithm, key_id, key_json)"
+        " VALUES ($1, $2, $3, $4, $5)",
+        user_id,
+        device_id,
+        algorithm,
+        key_id,
+        key_json,
+    )
+
+
+async def upsert_fallback_key(
+    conn: asyncpg.Connection,
+    user_id: str,
+    device_id: str,
+    algorithm: str,
+    key_id: str,
+    key_json: str,
+) -> None:
+    """Store the device's fallback key for ``algorithm``; a different key is unused again."""
+    await conn.execute(
+        "INSERT INTO accounts.fallback_keys"
+        " (user_id, device_id, algorithm, key_id, key_json, used)"
+        " VALUES ($1, $2, $3, $4, $5, false)"
+        " ON CONFLICT (user_id, device_id, algorithm) DO UPDATE"
+        " SET key_id = EXCLUDED.key_id, key_json = EXCLUDED.key_json, used = false"
+        " WHERE accounts.fallback_keys.key_json <> EXCLUDED.key_json"
+        " OR accounts.fallback_keys.key_id <> EXCLUDED.key_id",
+        user_id,
+        device_id,
+        algorithm,
+        key_id,
+        key_json,
+    )
+
+
+async def unclaimed_one_time_key_counts(
+    conn: asyncpg.Connection, user_id: str, device_id: str
+) -> dict[str, int]:
+    """How many unclaimed one-time keys the device has, per algorithm."""
+    rows = await conn.fetch(
+        "SELECT algorithm, count(*) AS n FROM accounts.one_time_keys"
+        " WHERE user_id = $1 AND device_id = $2 AND claimed_ts IS NULL GROUP BY algorithm",
+        user_id,
+        device_id,
+    )
+    return {row["algorithm"]: row["n"] for row in rows}
+
+
+async def delete_device(conn: asyncpg.Connection, user_id: str, device_id: str) -> bool:
+    """Delete the device's row; False when there was none."""
+    deleted = await conn.fetchval(
+        "DELETE FROM accounts.devices WHERE user_id = $1 AND device_id = $2 RETURNING device_id",
+        user_id,
+        device_id,
+    )
+    return deleted is not None
+
+
+async def delete_device_rows(conn: asyncpg.Connection, user_id: str, device_id: str) -> None:
+    """Delete what a deleted device leaves: its one-time and fallback keys, its inbox."""
+    for table in ("one_time_keys", "fallback_keys", "to_device_inbox"):
+        await conn.execute(
+            f"DELETE FROM accounts.{table} WHERE user_id = $1 AND device_id = $2",
+            user_id,
+            device_id,
+        )
+
+
+async def lock_cross_signing_key(conn: asyncpg.Connection, user_id: str, usage: str) -> str | None:
+    """The JSON of the user's ``usage`` cross-signing key, its row locked FOR UPDATE."""
+    key_json: str | None = await conn.fetchval(
+        "SELECT key_json FROM accounts.cross_signing_keys"
+        " WHERE user_id = $1 AND usage = $2 FOR UPDATE",
+        user_id,
+        usage,
+    )
+    return key_json
+
+
+async def upsert_cross_signing_key(
+    conn: asyncpg.Connection, user_id: str, usage: str, key_json: str, updated_ts: int
+) -> None:
+    """Store the user's ``usage`` cross-signing key."""
+    await conn.execute(
+        "INSERT INTO accounts.cross_signing_keys (user_id, usage, key_json, updated_ts)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, usage) DO UPDATE"
+        " SET key_json = EXCLUDED.key_json, updated_ts = EXCLUDED.updated_ts",
+        user_id,
+        usage,
+        key_json,
+        updated_ts,
+    )
+
+
+async def devices(conn: asyncpg.Connection, user_id: str) -> list[asyncpg.Record]:
+    """The user's devices (device_id, display_name, keys_json) by device id."""
+    return await conn.fetch(
+        "SELECT device_id, display_name, keys_json FROM accounts.devices"
+        " WHERE user_id = $1 ORDER BY device_id",
+        user_id,
+    )
+
+
+async def cross_signing_keys(
+    conn: asyncpg.Connection, user_ids: Sequence[str], usages: Sequence[str]
+) -> list[asyncpg.Record]:
+    """The (user_id, usage, key_json) rows of these users' keys of these usages."""
+    return await conn.fetch(
+        "SELECT user_id, usage, key_json FROM accounts.cross_signing_keys"
+        " WHERE user_id = ANY($1::text[]) AND usage = ANY($2::text[])",
+        list(user_ids),
+        list(usages),
+    )
+
+
+async def devices_with_keys(
+    conn: asyncpg.Connection, user_id: str, device_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    """The user's devices that have keys (device_id, display_name, keys_json), only
+    ``device_ids`` unless it is empty."""
+    return await conn.fetch(
+        "SELECT device_id, display_name, keys_json FROM accounts.devices"
+        " WHERE user_id = $1 AND keys_json IS NOT NULL"
+        " AND (cardinality($2::text[]) = 0 OR device_id = ANY($2::text[]))"
+        " ORDER BY device_id",
+        user_id,
+        device_ids,
+    )
+
+
+async def claim_one_time_key(
+    conn: asyncpg.Connection, user_id: str, device_id: str, algorithm: str, claimed_ts: int
+) -> asyncpg.Record | None:
+    """Claim the device's oldest unclaimed ``algorithm`` one-time key (key_id, key_json);
+    concurrent claims skip each other's."""
+    return await conn.fetchrow(
+        "UPDATE accounts.one_time_keys SET claimed_ts = $4 WHERE seq = ("
+        " SELECT seq FROM accounts.one_time_keys WHERE user_id = $1 AND device_id = $2"
+        " AND algorithm = $3 AND claimed_ts IS NULL ORDER BY seq LIMIT 1"
+        " FOR UPDATE SKIP LOCKED) AND claimed_ts IS NULL RETURNING key_id, key_json",
+        user_id,
+        device_id,
+        algorithm,
+        claimed_ts,
+    )
+
+
+async def use_fallback_key(
+    conn: asyncpg.Connection, user_id: str, device_id: str, algorithm: str
+) -> asyncpg.Record | None:
+    """Mark the device's ``algorithm`` fallback key used; its (key_id, key_json)."""
+    return await conn.fetchrow(
+        "UPDATE accounts.fallback_keys SET used = true WHERE user_id = $1"
+        " AND device_id = $2 AND algorithm = $3 RETURNING key_id, key_json",
+        user_id,
+        device_id,
+        algorithm,
+    )
+
+
+async def device_exists(conn: asyncpg.Connection, user_id: str, device_id: str) -> bool:
+    """Does the user have this device?"""
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM accounts.devices WHERE user_id = $1 AND device_id = $2",
+            user_id,
+            device_id,
+        )
+    )
+
+
+# ------------------------------------------------------------ OpenID tokens
+
+
+async def delete_expired_openid_tokens(conn: asyncpg.Connection, now: int) -> None:
+    """Drop the OpenID tokens expired before ``now``."""
+    await conn.execute("DELETE FROM accounts.openid_tokens WHERE expires_ts < $1", now)
+
+
+async def insert_openid_token(
+    conn: asyncpg.Connection, token_hash: str, user_id: str, expires_ts: int
+) -> None:
+    """Store a minted OpenID token (its hash)."""
+    await conn.execute(
+        "INSERT INTO accounts.openid_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)",
+        token_hash,
+        user_id,
+        expires_ts,
+    )
+
+
+async def openid_token_user(conn: asyncpg.Connection, token_hash: str, now: int) -> str | None:
+    """The user of an OpenID token not expired at ``now`` (None: unknown or expired)."""
+    user_id: str | None = await conn.fetchval(
+        "SELECT user_id FROM accounts.openid_tokens WHERE token_hash = $1 AND expires_ts > $2",
+        token_hash,
+        now,
+    )
+    return user_id
