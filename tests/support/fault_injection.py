@@ -461,8 +461,12 @@ class FaultStack:
         accepted = self.loads.inbound_accepted
         stored: list[str] = []
         for start in range(0, len(accepted), 200):
+            # The channel may still be backing off from the replica killed last, which the
+            # supervisor has started again: wait for it rather than fail at once.
             reply = await self.scene.events.QueryEvents(
-                events_pb2.QueryEventsRequest(event_ids=accepted[start : start + 200]), timeout=30
+                events_pb2.QueryEventsRequest(event_ids=accepted[start : start + 200]),
+                timeout=30,
+                wait_for_ready=True,
             )
             stored.extend(record.event_id for record in reply.events)
         assert sorted(stored) == sorted(accepted), "an inbound PDU answered 200 is not stored"
