@@ -1380,3 +1380,17 @@ async def purge_room(conn: asyncpg.Connection, room_id: str) -> list[str]:
         ):
             await conn.execute(f"DELETE FROM events.{table} WHERE room_id = $1", room_id)
     return purged
+
+
+_CONSUMED_SQL = """
+SELECT state_key FROM events.events
+WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'invite' AND status = $3
+  AND (pdu_json::jsonb #>> '{content,third_party_invite,signed,token}') = $2
+ORDER BY nid
+LIMIT 1
+"""
+
+
+async def token_consumed_by(conn: asyncpg.Connection, room_id: str, token: str) -> str | None:
+    """The invitee of the accepted invite that already carries ``token``, if any."""
+    return await conn.fetchval(_CONSUMED_SQL, room_id, token, int(Status.ACCEPTED))

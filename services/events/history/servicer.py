@@ -17,6 +17,7 @@ import asyncpg
 import grpc
 
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc, history_pb2, history_pb2_grpc
+from services.events.history import storage as history_storage
 from services.events.history import walks
 from services.events.reads import Reads
 from services.events.servicer import event_record
@@ -90,7 +91,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         self, request: history_pb2.QueryEventAtTimestampRequest, context: grpc.aio.ServicerContext
     ) -> history_pb2.QueryEventAtTimestampResponse:
         async with self.pool.acquire() as conn:
-            found = await walks.event_at_timestamp(
+            found = await history_storage.event_at_timestamp(
                 conn, request.room_id, request.ts, request.backwards
             )
         if found is None:
@@ -105,7 +106,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         context: grpc.aio.ServicerContext,
     ) -> history_pb2.QueryBackwardExtremitiesResponse:
         async with self.pool.acquire() as conn:
-            found = await walks.backward_extremities(conn, request.room_id, request.limit)
+            found = await history_storage.backward_extremities(conn, request.room_id, request.limit)
         return history_pb2.QueryBackwardExtremitiesResponse(
             extremities=[
                 history_pb2.BackwardExtremity(
@@ -121,7 +122,7 @@ class HistoryServicer(history_pb2_grpc.HistoryServicer):
         context: grpc.aio.ServicerContext,
     ) -> history_pb2.QueryServersByJoinAgeResponse:
         async with self.pool.acquire() as conn:
-            servers = await walks.servers_by_join_age(conn, request.room_id)
+            servers = await history_storage.servers_by_join_age(conn, request.room_id)
         return history_pb2.QueryServersByJoinAgeResponse(servers=servers)
 
 

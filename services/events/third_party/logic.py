@@ -55,6 +55,7 @@ from mxfed.federation_client import (
 )
 from mxfed.service_errors import ServiceError
 from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
+from services.events import storage
 from services.events.membership.common import (
     MEMBER,
     MembershipDeps,
@@ -77,19 +78,6 @@ from services.events.third_party.identity import IdentityClient, KeyCheckFailed
 log = logging.getLogger(__name__)
 
 THIRD_PARTY_INVITE = "m.room.third_party_invite"
-
-_CONSUMED_SQL = """
-SELECT state_key FROM events.events
-WHERE room_id = $1 AND type = 'm.room.member' AND membership = 'invite' AND status = $3
-  AND (pdu_json::jsonb #>> '{content,third_party_invite,signed,token}') = $2
-ORDER BY nid
-LIMIT 1
-"""
-
-
-async def token_consumed_by(conn: asyncpg.Connection, room_id: str, token: str) -> str | None:
-    """The invitee of the accepted invite that already carries ``token``, if any."""
-    return await conn.fetchval(_CONSUMED_SQL, room_id, token, int(Status.ACCEPTED))
 
 
 def invite_keys(content: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -354,7 +342,7 @@ class ThirdParty:
                 batch = RoomBatch(deps.core, conn, room_id)
                 if not await batch.open(1):
                     raise not_found()
-                used_by = await token_consumed_by(conn, room_id, token)
+                used_by = await storage.token_consumed_by(conn, room_id, token)
                 if used_by == mxid:
                     return ""
                 if used_by is not None:
@@ -465,7 +453,7 @@ class ThirdParty:
             head = await resident_room(conn, deps, room_id)
             await check_acl(conn, head, origin)
             invite_event = await self._third_party_invite(conn, head.state, sender, token)
-            if await token_consumed_by(conn, room_id, token) is not None:
+            if await storage.token_consumed_by(conn, room_id, token) is not None:
                 raise forbidden("the third-party invite token was already used")
         await self._check_key_validity(signed, invite_event)
         display_name = invite_event.content.get("display_name")
@@ -538,7 +526,7 @@ class ThirdParty:
             batch = RoomBatch(deps.core, conn, room_id)
             if not await batch.open(1):
                 raise not_found()
-            if await token_consumed_by(conn, room_id, token) is not None:
+            if await storage.token_consumed_by(conn, room_id, token) is not None:
                 raise forbidden("the third-party invite token was already used")
             await batch.prefetch([final_event])
             outcome = await batch.add_local(final_event, final, policy_signed_by=policy)

@@ -15,7 +15,7 @@ import pytest
 
 from matrix_protocol.canonical_json import encode_json
 from mxfed_api.events.v1 import events_pb2
-from services.events.history import walks
+from services.events.history import storage as history_storage
 from tests.support.events_service import EventsService, RemoteRoom, RemoteServer
 from tests.support.service_errors import described
 
@@ -37,7 +37,7 @@ async def _joined(events: EventsService, remote: RemoteServer, messages: int) ->
 
 async def _backward_extremities(events: EventsService, room_id: str) -> list[str]:
     async with events.pool.acquire() as conn:
-        return [e.event_id for e in await walks.backward_extremities(conn, room_id)]
+        return [e.event_id for e in await history_storage.backward_extremities(conn, room_id)]
 
 
 async def _timeline(events: EventsService, room_id: str, limit: int) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 
 from mxfed.database import apply_migrations, create_pool
 from mxfed.service_runtime import migrations_directory
+from services.events.history import storage as history_storage
 from services.events.history import walks
 from tests.support.databases import create_database, drop_database
 
@@ -240,12 +241,24 @@ async def test_event_at_timestamp(pool) -> None:
     dag.add("$t4", ["$t3"], 4, ts=4000)
     await dag.store()
     async with pool.acquire() as conn:
-        assert await walks.event_at_timestamp(conn, dag.room_id, 1500, False) == ("$t2", 2000)
-        assert await walks.event_at_timestamp(conn, dag.room_id, 1500, True) == ("$t1", 1000)
-        assert await walks.event_at_timestamp(conn, dag.room_id, 2500, False) == ("$t4", 4000)
-        assert await walks.event_at_timestamp(conn, dag.room_id, 2000, True) == ("$t2", 2000)
-        assert await walks.event_at_timestamp(conn, dag.room_id, 5000, False) is None
-        assert await walks.event_at_timestamp(conn, dag.room_id, 999, True) is None
+        assert await history_storage.event_at_timestamp(conn, dag.room_id, 1500, False) == (
+            "$t2",
+            2000,
+        )
+        assert await history_storage.event_at_timestamp(conn, dag.room_id, 1500, True) == (
+            "$t1",
+            1000,
+        )
+        assert await history_storage.event_at_timestamp(conn, dag.room_id, 2500, False) == (
+            "$t4",
+            4000,
+        )
+        assert await history_storage.event_at_timestamp(conn, dag.room_id, 2000, True) == (
+            "$t2",
+            2000,
+        )
+        assert await history_storage.event_at_timestamp(conn, dag.room_id, 5000, False) is None
+        assert await history_storage.event_at_timestamp(conn, dag.room_id, 999, True) is None
 
 
 async def test_backward_extremities(pool) -> None:
@@ -258,8 +271,8 @@ async def test_backward_extremities(pool) -> None:
     dag.add("$rej", ["$gone3"], 10, status=3)
     await dag.store()
     async with pool.acquire() as conn:
-        found = await walks.backward_extremities(conn, dag.room_id)
-        top = await walks.backward_extremities(conn, dag.room_id, limit=1)
+        found = await history_storage.backward_extremities(conn, dag.room_id)
+        top = await history_storage.backward_extremities(conn, dag.room_id, limit=1)
     assert [(e.event_id, e.depth, e.referenced_by) for e in found] == [
         ("$outlier_prev", 9, ["$x3"]),
         ("$gone1", 7, ["$x1", "$x4"]),
@@ -286,7 +299,7 @@ async def test_servers_by_join_age(pool) -> None:
                 (dag.room_id, "@l:left.org", "$l", "leave", "left.org"),
             ],
         )
-        assert await walks.servers_by_join_age(conn, dag.room_id) == [
+        assert await history_storage.servers_by_join_age(conn, dag.room_id) == [
             "old.org",
             "mid.org",
             "new.org",
