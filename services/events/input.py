@@ -59,9 +59,11 @@ from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import (
     CheckedPdu,
+    Stage,
     check_fetched,
     check_format,
     check_signatures_and_hashes,
+    untimed,
 )
 from services.events.policy import PolicyServers, rooms_naming_one
 from services.events.reads import server_acl_allows, server_acl_denied_rooms
@@ -212,7 +214,8 @@ class TransactionGuard:
                 await self._conn.run(lambda connection: storage.session_unlock_key(connection, key))
 
     @asynccontextmanager
-    async def hold(self, origin: str, txn_id: str) -> AsyncIterator[None]:
+    async def hold(self, origin: str, txn_id: str, stage: Stage = untimed) -> AsyncIterator[None]:
+        """Hold the transaction's lock; ``stage`` times taking and giving it back."""
         name = (origin, txn_id)
         lock = self._local.setdefault(name, asyncio.Lock())
         self._users[name] += 1
@@ -221,13 +224,15 @@ class TransactionGuard:
                 key = storage.lock_key(f"txn:{origin}\x00{txn_id}")
                 # Another replica holds it only while it processes the same
                 # transaction; poll rather than block the shared connection.
-                while not await self._try_lock(key):  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
+                async with stage("transaction_guard"):
+                    while not await self._try_lock(key):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
                 try:
                     yield
                 finally:
-                    # Shielded: a cancellation must not leave the unlock unsent.
-                    await asyncio.shield(self._unlock(key))
+                    async with stage("transaction_guard"):
+                        # Shielded: a cancellation must not leave the unlock unsent.
+                        await asyncio.shield(self._unlock(key))
         finally:
             self._users[name] -= 1
             if not self._users[name]:
@@ -277,7 +282,7 @@ class InputPipeline:
     ) -> bytes:
         if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
             raise InvalidTransaction(f"at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction")
-        async with self.guard.hold(origin, txn_id):
+        async with self.guard.hold(origin, txn_id, self.clock.stage):
             # Parsed while the stored answer of a retry is looked up (reads only).
             stored, (results, by_room, refused) = await asyncio.gather(
                 self._stored_response(origin, txn_id), self._parse(pdus)
@@ -292,7 +297,7 @@ class InputPipeline:
             )
             results.update(outcomes)
             response = encode_json({"pdus": results}).decode()
-            async with self.pool.acquire() as conn:
+            async with self.clock.stage("store_response"), self.pool.acquire() as conn:
                 stored = await storage.store_transaction_response(
                     conn, origin, txn_id, response, now_ms()
                 )
@@ -565,16 +570,17 @@ class InputPipeline:
             # Which of what the PDUs are or cite are stored (those not cached), told
             # with the head.
             uncached = batch.uncached(c.event for c in candidates)
-            head = await storage.room_head(
-                conn,
-                room_id,
-                group_ids_to_reserve(expected),
-                stream_orders=0 if committed is None else len(candidates),
-                held_among=uncached,
-            )
-            if head is None or not await batch.open(expected, head):
-                return []
-            await batch.prefetch((c.event for c in candidates), uncached, head.held)
+            async with self.clock.stage("room_open"):
+                head = await storage.room_head(
+                    conn,
+                    room_id,
+                    group_ids_to_reserve(expected),
+                    stream_orders=0 if committed is None else len(candidates),
+                    held_among=uncached,
+                )
+                if head is None or not await batch.open(expected, head):
+                    return []
+                await batch.prefetch((c.event for c in candidates), uncached, head.held)
             async with self.clock.stage("checks_and_state"):
                 for candidate in candidates:
                     given = state_before.get(candidate.event.event_id)
