@@ -25,6 +25,7 @@ from gateway.service_clients import ServiceClients
 from mxfed.config import Config
 from mxfed.process_metrics import measure_loop_lag
 from mxfed.server_policy import SERVER_POLICY, follow_server_policy, grpc_policy_fetcher
+from mxfed.verify_key_cache import VerifyKeyCache
 
 ROUTE_MODULES = [
     "health",
@@ -85,6 +86,8 @@ def create_app(config: Config, clients: ServiceClients | None = None) -> FastAPI
     install_error_handlers(app)
     install_metrics(app)
     app.state.origin_limiter = OriginLimiter()
+    # Origins' current keys from the keys service's answers: X-Matrix checked here.
+    app.state.request_keys = VerifyKeyCache("gateway_request_keys")
     app.state.media_download_slots = DownloadSlots(config.media_downloads_per_origin)
     app.add_middleware(OriginLimitMiddleware, limiter=app.state.origin_limiter)
     app.add_middleware(BodyLimitMiddleware)

@@ -128,6 +128,26 @@ def verify_json_signature(
         raise SignatureError(f"bad signature from {server_name} with key {key_id}") from None
 
 
+def verify_signed_payload(
+    payload: bytes,
+    server_name: str,
+    signatures: Mapping[str, Any],
+    verify_keys: Mapping[str, nacl.signing.VerifyKey],
+) -> None:
+    """Check ``server_name``'s signature over ``payload`` (what :func:`signing_payload`
+    gives) made with each of ``verify_keys`` (key ID → key); ``signatures`` are the
+    server's signatures by key ID. Raises :class:`SignatureError` for the first that
+    is missing or does not verify."""
+    for key_id, verify_key in verify_keys.items():
+        signature = signatures.get(key_id)
+        try:
+            if not isinstance(signature, str):
+                raise ValueError("not a string")
+            verify_key.verify(payload, decode_base64(signature))
+        except (ValueError, nacl.exceptions.BadSignatureError):
+            raise SignatureError(f"bad signature by {server_name} {key_id}") from None
+
+
 def verifiable_key_ids(obj: Mapping[str, Any], server_name: str) -> list[str]:
     """The key IDs of ``server_name``'s signatures on ``obj`` worth checking.
 

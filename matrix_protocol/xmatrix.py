@@ -8,6 +8,7 @@ compatibility rules for senders and receivers).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,3 +209,27 @@ def verify_request(
     obj = request_signing_object(method, uri, credentials.origin, destination, content)
     obj["signatures"] = {credentials.origin: {credentials.key: credentials.sig}}
     verify_json_signature(obj, credentials.origin, credentials.key, verify_key)
+
+
+def verify_request_credentials(
+    credentials: Sequence[XMatrixCredentials],
+    method: str,
+    uri: str,
+    destination: str,
+    content: Any,
+    verify_keys: Mapping[str, nacl.signing.VerifyKey],
+) -> None:
+    """Check every X-Matrix credential of a received request; raises :class:`SignatureError`.
+
+    All ``credentials`` are of one origin; ``verify_keys`` are that origin's current
+    keys valid now, by key ID. Each credential made with one of them must verify and
+    there must be one; the others (keys we do not know) are ignored.
+    """
+    if not credentials:
+        raise SignatureError("no signature")
+    usable = [credential for credential in credentials if credential.key in verify_keys]
+    if not usable:
+        key_ids = ", ".join(credential.key for credential in credentials)
+        raise SignatureError(f"no current key of {credentials[0].origin} among {key_ids}")
+    for credential in usable:
+        verify_request(credential, method, uri, destination, content, verify_keys[credential.key])

@@ -54,12 +54,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import nacl.exceptions
 import nacl.signing
 from prometheus_client import Counter, Histogram
 
 from matrix_protocol.canonical_json import CanonicalJsonError, decode_json, encode_json
-from matrix_protocol.encoding import decode_base64
 from matrix_protocol.server_names import is_valid_server_name
 from matrix_protocol.signing import (
     SignatureError,
@@ -69,8 +67,9 @@ from matrix_protocol.signing import (
     verifiable_key_ids,
     verifiable_signature_key_ids,
     verify_json_signature,
+    verify_signed_payload,
 )
-from matrix_protocol.xmatrix import XMatrixCredentials, verify_request
+from matrix_protocol.xmatrix import XMatrixCredentials, verify_request_credentials
 from mxfed.bounded import BoundedDict, TokenBucket
 from mxfed.clock import now_ms
 from mxfed.config import TrustedKeyServer
@@ -294,14 +293,12 @@ def _verify_object(signed: _Signed, need: KeyNeed, keys: list[RemoteKey]) -> str
             payload = signing_payload(signed.obj)
         except CanonicalJsonError as exc:
             return f"M_BAD_JSON: no canonical form: {exc}"
-    for key in keys:
-        signature = signed.signatures[key.key_id]
-        try:
-            if not isinstance(signature, str):
-                raise ValueError("not a string")
-            key.nacl_key.verify(payload, decode_base64(signature))
-        except (ValueError, nacl.exceptions.BadSignatureError):
-            return f"M_UNAUTHORIZED: bad signature by {need.server_name} {key.key_id}"
+    try:
+        verify_signed_payload(
+            payload, need.server_name, signed.signatures, {key.key_id: key.nacl_key for key in keys}
+        )
+    except SignatureError as exc:
+        return f"M_UNAUTHORIZED: {exc}"
     return None
 
 
@@ -613,8 +610,11 @@ class Keyring:
 
     # -- verification ------------------------------------------------------------
 
-    async def verify_json_batch(self, checks: Sequence[JsonCheck]) -> list[str | None]:
-        """Verify every item; ``None`` for a good one, else why it failed.
+    async def verify_json_batch(
+        self, checks: Sequence[JsonCheck]
+    ) -> tuple[list[str | None], list[RemoteKey]]:
+        """Verify every item; ``None`` for a good one, else why it failed; and the keys
+        the good ones were verified with (each once).
 
         Each item needs a valid signature by its server; every signature of
         that server made with a usable key must verify. Keys missing for any
@@ -658,14 +658,17 @@ class Keyring:
                 )
             )
             results = [result for part in slices for result in part]
-        for (index, _, _), result in zip(parsed, results, strict=True):
+        used: dict[tuple[str, str], RemoteKey] = {}
+        for (index, _, _), keys, result in zip(parsed, usable, results, strict=True):
             errors[index] = result
+            if result is None:
+                used.update(((key.server_name, key.key_id), key) for key in keys)
         failed = sum(1 for error in errors if error)
         if failed:
             VERIFICATIONS.labels("json", "fail").inc(failed)
         if len(errors) > failed:
             VERIFICATIONS.labels("json", "ok").inc(len(errors) - failed)
-        return errors
+        return errors, list(used.values())
 
     async def verify_request(
         self,
@@ -675,15 +678,18 @@ class Keyring:
         destination: str | None,
         content: Any,
         signatures: Sequence[tuple[str, str]],
-    ) -> str | None:
-        """Check an X-Matrix signed request; ``None`` if good, else why not.
+    ) -> tuple[str | None, list[RemoteKey]]:
+        """Check an X-Matrix signed request; ``None`` if good, else why not; and the
+        keys it was verified with (none when it was not).
 
         Only current keys (``verify_keys``) valid now verify requests; every
         signature made with such a key must verify, and there must be one.
         """
-        error = await self._verify_request(method, uri, origin, destination, content, signatures)
+        error, keys = await self._verify_request(
+            method, uri, origin, destination, content, signatures
+        )
         VERIFICATIONS.labels("request", "fail" if error else "ok").inc()
-        return error
+        return error, [] if error else keys
 
     async def _verify_request(
         self,
@@ -693,11 +699,9 @@ class Keyring:
         destination: str | None,
         content: Any,
         signatures: Sequence[tuple[str, str]],
-    ) -> str | None:
-        if destination is not None and destination != self.server_name:
-            return f"request is for {destination!r}, this is {self.server_name!r}"
+    ) -> tuple[str | None, list[RemoteKey]]:
         if not signatures:
-            return "no signature"
+            return "no signature", []
         need = KeyNeed(
             origin,
             tuple(key_id for key_id, _ in signatures),
@@ -705,19 +709,22 @@ class Keyring:
             enforce_validity=True,
             allow_old=False,
         )
-        keys = {key.key_id: key for key in await self.lookup(need)}
-        if not keys:
-            return f"no current key of {origin} among {', '.join(need.key_ids)}"
-        for key_id, sig in signatures:
-            key = keys.get(key_id)
-            if key is None:
-                continue
-            credentials = XMatrixCredentials(origin, key_id, sig, destination)
-            try:
-                verify_request(credentials, method, uri, self.server_name, content, key.nacl_key)
-            except SignatureError as exc:
-                return str(exc)
-        return None
+        keys = await self.lookup(need)
+        try:
+            verify_request_credentials(
+                [
+                    XMatrixCredentials(origin, key_id, sig, destination)
+                    for key_id, sig in signatures
+                ],
+                method,
+                uri,
+                self.server_name,
+                content,
+                {key.key_id: key.nacl_key for key in keys},
+            )
+        except SignatureError as exc:
+            return str(exc), []
+        return None, keys
 
     def sign(self, obj: dict[str, Any]) -> dict[str, Any]:
         return self.own_keys.sign(obj)

@@ -17,6 +17,19 @@ from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from services.keys.doctor.servicer import DoctorRpc
 from services.keys.keyring import JsonCheck, KeyNeed, Keyring
 from services.keys.own_keys import OwnKeys
+from services.keys.storage import RemoteKey
+
+
+def _resolved(key: RemoteKey) -> keys_pb2.ResolvedVerifyKey:
+    return keys_pb2.ResolvedVerifyKey(
+        server_name=key.server_name,
+        key_id=key.key_id,
+        found=True,
+        key=key.verify_key,
+        valid_until_ts=key.valid_until_ts,
+        expired_ts=key.expired_ts or 0,
+        usable_until_ts=key.usable_until_ts,
+    )
 
 
 class KeysServicer(keys_pb2_grpc.KeysServicer):
@@ -52,22 +65,20 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
         await self.keyring.ensure_keys(needs)
         answers = []
         for need in needs:
-            answer = keys_pb2.ResolvedVerifyKey(
-                server_name=need.server_name, key_id=need.key_ids[0]
+            found = self.keyring.usable_keys(need)
+            answers.append(
+                _resolved(found[0])
+                if found
+                else keys_pb2.ResolvedVerifyKey(
+                    server_name=need.server_name, key_id=need.key_ids[0]
+                )
             )
-            for key in self.keyring.usable_keys(need):
-                answer.found = True
-                answer.key = key.verify_key
-                answer.valid_until_ts = key.valid_until_ts
-                answer.expired_ts = key.expired_ts or 0
-                answer.usable_until_ts = key.usable_until_ts
-            answers.append(answer)
         return keys_pb2.QueryVerifyKeysResponse(keys=answers)
 
     async def VerifyJsonSignatures(
         self, request: keys_pb2.VerifyJsonSignaturesRequest, context: grpc.aio.ServicerContext
     ) -> keys_pb2.VerifyJsonSignaturesResponse:
-        errors = await self.keyring.verify_json_batch(
+        errors, used = await self.keyring.verify_json_batch(
             [
                 JsonCheck(
                     item.json,
@@ -81,7 +92,8 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             ]
         )
         return keys_pb2.VerifyJsonSignaturesResponse(
-            results=[keys_pb2.VerifyResult(ok=error is None, error=error or "") for error in errors]
+            results=[keys_pb2.VerifyResult(ok=not error, error=error or "") for error in errors],
+            keys=[_resolved(key) for key in used],
         )
 
     async def VerifyRequest(
@@ -93,7 +105,7 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
                 content = decode_json(request.content)
             except ValueError:
                 return keys_pb2.VerifyRequestResponse(ok=False, error="body is not valid JSON")
-        error = await self.keyring.verify_request(
+        error, used = await self.keyring.verify_request(
             request.method,
             request.uri,
             request.origin,
@@ -101,7 +113,9 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             content,
             [(signature.key_id, signature.sig) for signature in request.signatures],
         )
-        return keys_pb2.VerifyRequestResponse(ok=error is None, error=error or "")
+        return keys_pb2.VerifyRequestResponse(
+            ok=error is None, error=error or "", keys=[_resolved(key) for key in used]
+        )
 
     async def PerformKeyRotation(
         self, request: keys_pb2.PerformKeyRotationRequest, context: grpc.aio.ServicerContext

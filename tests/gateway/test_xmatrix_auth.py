@@ -15,9 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import APIRouter, Depends, Request
 
+from gateway import xmatrix_auth
 from gateway.responses import JsonResponse
 from gateway.xmatrix_auth import client_certificate_matches, raw_request_target, require_origin
 from matrix_protocol.xmatrix import sign_request
+from mxfed.clock import now_ms
+from mxfed.verify_key_cache import VerifyKeyCache
+from tests.support.key_servers import HOUR_MS
 from tests.support.keys_service import OUR_SERVER, Gateway, open_gateway
 
 router = APIRouter()
@@ -163,6 +167,72 @@ async def test_several_headers(authed, key_server_factory) -> None:
     bad = _header(origin, "GET", URI, key=other.signing_key)
     response = await _send(authed, "GET", URI, [good, bad])
     assert _status(response) == (401, "M_UNAUTHORIZED")
+
+
+class _Calls:
+    """Counts the keys service's request verifications (the keyring's)."""
+
+    def __init__(self, keyring) -> None:
+        self.count = 0
+        self._verify = keyring.verify_request
+
+    async def __call__(self, *args):
+        self.count += 1
+        return await self._verify(*args)
+
+
+async def test_next_requests_are_verified_with_the_keys_cached_in_the_gateway(
+    authed, key_server_factory, monkeypatch
+) -> None:
+    origin, other = await key_server_factory(), await key_server_factory()
+    calls = _Calls(authed.keys.keys.keyring)
+    monkeypatch.setattr(authed.keys.keys.keyring, "verify_request", calls)
+    assert (await _send(authed, "GET", URI, [_header(origin, "GET", URI)])).status_code == 200
+    assert calls.count == 1
+    content = {"pdus": []}
+    response = await _send(
+        authed, "PUT", URI, [_header(origin, "PUT", URI, content)], orjson.dumps(content)
+    )
+    assert response.status_code == 200, response.text
+    # Refused here, with the same errors as the keys service gives.
+    forged = _header(origin, "GET", URI, key=other.signing_key)
+    response = await _send(authed, "GET", URI, [forged])
+    assert _status(response) == (401, "M_UNAUTHORIZED")
+    assert "bad signature" in response.json()["error"]
+    response = await _send(authed, "PUT", URI, [_header(origin, "PUT", URI, content)], b"{}")
+    assert _status(response) == (401, "M_UNAUTHORIZED")
+    elsewhere = _header(origin, "GET", URI.replace("test/", "test/x"))
+    assert _status(await _send(authed, "GET", URI, [elsewhere])) == (401, "M_UNAUTHORIZED")
+    assert calls.count == 1
+    # A key it has not cached (a header with another key id) goes to the keys service.
+    unknown_key = _header(origin, "GET", URI, key_id="ed25519:other")
+    response = await _send(authed, "GET", URI, [unknown_key, _header(origin, "GET", URI)])
+    assert response.status_code == 200 and calls.count == 2
+
+
+async def test_cached_keys_are_asked_for_again_once_stale_or_past_their_validity(
+    authed, key_server_factory, monkeypatch
+) -> None:
+    origin = await key_server_factory()
+    calls = _Calls(authed.keys.keys.keyring)
+    monkeypatch.setattr(authed.keys.keys.keyring, "verify_request", calls)
+    monotonic = [0.0]
+    authed.app.state.request_keys = VerifyKeyCache(
+        "test_request_keys", ttl=60.0, monotonic=lambda: monotonic[0]
+    )
+    header = _header(origin, "GET", URI)
+    assert (await _send(authed, "GET", URI, [header])).status_code == 200
+    assert (await _send(authed, "GET", URI, [header])).status_code == 200
+    assert calls.count == 1
+    monotonic[0] = 61.0  # past the cache's time to live
+    assert (await _send(authed, "GET", URI, [header])).status_code == 200
+    assert calls.count == 2
+    # Past the key's validity (an hour): not used from the cache; the keys service,
+    # whose clock is still now, verifies.
+    later = now_ms() + 2 * HOUR_MS
+    monkeypatch.setattr(xmatrix_auth, "now_ms", lambda: later)
+    assert (await _send(authed, "GET", URI, [header])).status_code == 200
+    assert calls.count == 3
 
 
 async def test_body_not_json(authed, key_server_factory) -> None:

@@ -256,10 +256,12 @@ class VerifyResult(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class VerifyJsonSignaturesResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "keys")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[VerifyResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[VerifyResult, _Mapping]]] = ...) -> None: ...
+    keys: _containers.RepeatedCompositeFieldContainer[ResolvedVerifyKey]
+    def __init__(self, results: _Optional[_Iterable[_Union[VerifyResult, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ResolvedVerifyKey, _Mapping]]] = ...) -> None: ...
 
 class RequestSignature(_message.Message):
     __slots__ = ("key_id", "sig")
@@ -286,12 +288,14 @@ class VerifyRequestRequest(_message.Message):
     def __init__(self, method: _Optional[str] = ..., uri: _Optional[str] = ..., origin: _Optional[str] = ..., destination: _Optional[str] = ..., content: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[RequestSignature, _Mapping]]] = ...) -> None: ...
 
 class VerifyRequestResponse(_message.Message):
-    __slots__ = ("ok", "error")
+    __slots__ = ("ok", "error", "keys")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     error: str
-    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    keys: _containers.RepeatedCompositeFieldContainer[ResolvedVerifyKey]
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[ResolvedVerifyKey, _Mapping]]] = ...) -> None: ...
 
 class PerformKeyRotationRequest(_message.Message):
     __slots__ = ()

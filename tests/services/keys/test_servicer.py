@@ -137,6 +137,19 @@ async def test_unknown_server_fails_its_items_only(keys_service, key_server_fact
     )
     assert [result.ok for result in reply.results] == [True, True, False]
     assert "no usable key" in reply.results[2].error
+    # The key the good items verified with, once, for the caller's own checks.
+    (used,) = reply.keys
+    assert (used.server_name, used.key_id, used.key) == (
+        origin.server_name,
+        origin.key_id,
+        origin.verify_key_b64,
+    )
+    assert used.found and used.usable_until_ts > now_ms() and used.expired_ts == 0
+
+    reply = await keys_service.stub.VerifyJsonSignatures(
+        keys_pb2.VerifyJsonSignaturesRequest(items=items[2:])
+    )
+    assert not reply.results[0].ok and not reply.keys
 
 
 async def test_verify_batch_rate(keys_service, key_server_factory) -> None:
@@ -181,11 +194,21 @@ async def test_verify_request(keys_service, key_server_factory) -> None:
     good = _request(origin, uri, content)
     reply = await keys_service.stub.VerifyRequest(good)
     assert reply.ok, reply.error
+    # The key it verified with, for the gateway's own checks of the next requests.
+    (used,) = reply.keys
+    assert (used.server_name, used.key_id, used.key, used.expired_ts) == (
+        origin.server_name,
+        origin.key_id,
+        origin.verify_key_b64,
+        0,
+    )
+    assert used.usable_until_ts > now_ms()
 
     tampered = keys_pb2.VerifyRequestRequest()
     tampered.CopyFrom(good)
     tampered.content = orjson.dumps({**content, "pdus": [{}]})
-    assert not (await keys_service.stub.VerifyRequest(tampered)).ok
+    reply = await keys_service.stub.VerifyRequest(tampered)
+    assert not reply.ok and not reply.keys
 
     elsewhere = _request(origin, uri, content, destination="other.example")
     reply = await keys_service.stub.VerifyRequest(elsewhere)
