@@ -35,7 +35,7 @@ without autovacuum; see ``bench_send_http.analyze``). Each prints mxfed's figure
 Synapse's and the ratio; for mxfed also the stages'
 means from the parts' metrics and, per event, acceptance → on an events stream
 (a subscriber like the sender, in the bench) → received by the remote. ``--profile DIR`` records
-py-spy profiles of the events and sender processes during mxfed's scenarios
+py-spy profiles of the events, sender and keys processes during mxfed's scenarios
 (``DIR/<scenario>-<part>.txt``, raw collapsed stacks); ``--no-synapse`` skips
 Synapse. ``bench/bench_outbound.py`` runs the outbound scenario alone.
 
@@ -477,7 +477,9 @@ async def run_mxfed(
                     senders, rooms, per_sender = load.shape(scenario)
                     await analyze(database_url)  # as autovacuum would have by now
                     profilers = (
-                        start_profilers(mxfed, profile, ("events", "sender"), f"{scenario}-")
+                        start_profilers(
+                            mxfed, profile, ("events", "sender", "keys"), f"{scenario}-"
+                        )
                         if profile
                         else []
                     )

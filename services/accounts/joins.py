@@ -7,7 +7,9 @@ joins a room containing servers that were not yet receiving the user's
 updates. This module does the second part:
 
 * One keys replica at a time follows the events service's stream of local
-  events (``StreamEvents(local_senders_only=True)``): the one holding the
+  member events (``StreamEvents(local_senders_only=True,
+  event_types=["m.room.member"])``: each item costs a commit of the cursor,
+  so it is not sent every message): the one holding the
   session advisory lock ``hashtext('mxfed.keys.device_list_joins')`` on its
   own connection. Another replica polls for the lock and takes over when the
   holder's connection closes.
@@ -219,7 +221,11 @@ class JoinDeviceLists:
         # wait_for_ready: at start the events service may not be up yet; that
         # is not worth a warning and a restart.
         call = self.events.StreamEvents(
-            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True),
+            events_pb2.StreamEventsRequest(
+                after_position=self.position,
+                local_senders_only=True,
+                event_types=["m.room.member"],
+            ),
             wait_for_ready=True,
         )
         try:

@@ -293,6 +293,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             room_id=request.room_id,
             local_senders_only=request.local_senders_only,
             include_ephemeral=request.include_ephemeral,
+            event_types=frozenset(request.event_types),
         )
         async for entry in self.hub.subscribe(stream_filter, request.after_position):
             yield _stream_item(entry)

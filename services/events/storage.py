@@ -939,7 +939,7 @@ async def stream_events_after(
 ) -> list[asyncpg.Record]:
     columns = (
         "e.stream_position, e.event_id, e.room_id, r.room_version, e.pdu_json, e.status,"
-        " e.redacted, e.rejection_reason, e.sender, e.servers_before, e.relayed_for"
+        " e.redacted, e.rejection_reason, e.sender, e.type, e.servers_before, e.relayed_for"
     )
     if room_id:
         return await conn.fetch(
@@ -968,14 +968,14 @@ async def stream_after_with_ephemeral(
     events_room = " AND e.room_id = $3" if room_id else ""
     return await conn.fetch(
         "(SELECT e.stream_position, false AS ephemeral, e.event_id, e.room_id, r.room_version,"
-        " e.pdu_json, e.status, e.redacted, e.rejection_reason, e.sender, e.servers_before,"
-        " e.relayed_for, NULL AS kind, NULL AS user_id, NULL::boolean AS typing,"
-        " NULL AS receipt_type, NULL AS data_json"
+        " e.pdu_json, e.status, e.redacted, e.rejection_reason, e.sender, e.type,"
+        " e.servers_before, e.relayed_for, NULL AS kind, NULL AS user_id,"
+        " NULL::boolean AS typing, NULL AS receipt_type, NULL AS data_json"
         " FROM events.events e JOIN events.rooms r USING (room_id)"
         f" WHERE e.stream_position > $1{events_room} ORDER BY e.stream_position LIMIT $2)"
         " UNION ALL"
         " (SELECT stream_position, true, event_id, room_id, NULL, NULL, NULL, NULL, NULL, NULL,"
-        " NULL, NULL, kind, user_id, typing, receipt_type, data_json FROM events.ephemeral"
+        " NULL, NULL, NULL, kind, user_id, typing, receipt_type, data_json FROM events.ephemeral"
         f" WHERE stream_position > $1{room} ORDER BY stream_position LIMIT $2)"
         " ORDER BY stream_position",
         after,

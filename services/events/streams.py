@@ -47,6 +47,7 @@ class StreamEntry:
     event: EventView | None = None
     servers_before: list[str] = field(default_factory=list)
     sender: str = ""
+    event_type: str = ""
     ephemeral: dict[str, Any] | None = None
     relayed_for: str = ""
 
@@ -63,6 +64,9 @@ class StreamFilter:
     room_id: str = ""
     local_senders_only: bool = False
     include_ephemeral: bool = False
+    # Only events of these types (empty: all): a follower of joins is not sent every
+    # message, which cost the events service its encoding and the follower its decoding.
+    event_types: frozenset[str] = frozenset()
 
     def matches(self, entry: StreamEntry, server_name: str) -> bool:
         if self.room_id and entry.room_id != self.room_id:
@@ -72,6 +76,8 @@ class StreamFilter:
                 return False
             sender = entry.ephemeral["user_id"]
         else:
+            if self.event_types and entry.event_type not in self.event_types:
+                return False
             sender = entry.sender
             if entry.relayed_for:
                 return True  # ours to deliver, though its sender is remote
@@ -202,6 +208,7 @@ def _event_entry(row: asyncpg.Record) -> StreamEntry:
         view,
         list(row["servers_before"]),
         sender=row["sender"],
+        event_type=row["type"],
         relayed_for=row["relayed_for"] or "",
     )
 

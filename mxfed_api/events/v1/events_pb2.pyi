@@ -413,16 +413,18 @@ class QueryServerAllowedResponse(_message.Message):
     def __init__(self, room_exists: _Optional[bool] = ..., allowed: _Optional[bool] = ..., reason: _Optional[str] = ..., partial_state: _Optional[bool] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
-    __slots__ = ("room_id", "after_position", "local_senders_only", "include_ephemeral")
+    __slots__ = ("room_id", "after_position", "local_senders_only", "include_ephemeral", "event_types")
     ROOM_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SENDERS_ONLY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_EPHEMERAL_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
     room_id: str
     after_position: int
     local_senders_only: bool
     include_ephemeral: bool
-    def __init__(self, room_id: _Optional[str] = ..., after_position: _Optional[int] = ..., local_senders_only: _Optional[bool] = ..., include_ephemeral: _Optional[bool] = ...) -> None: ...
+    event_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, room_id: _Optional[str] = ..., after_position: _Optional[int] = ..., local_senders_only: _Optional[bool] = ..., include_ephemeral: _Optional[bool] = ..., event_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Typing(_message.Message):
     __slots__ = ("room_id", "user_id", "typing")

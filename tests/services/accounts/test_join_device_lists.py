@@ -288,6 +288,8 @@ async def test_join_sends_device_lists_to_new_servers_only(
     assert signing["master_key"]["keys"] == {"ed25519:M": "M"}
     assert await cursor(keys_pool) == position
     await outbox_empty(keys_pool)
+    # Only member events: every message would have cost a commit of the cursor.
+    assert [list(r.event_types) for r in backends.stream_requests] == [["m.room.member"]]
 
 
 async def test_not_sent_for_other_events_profile_changes_or_known_servers(

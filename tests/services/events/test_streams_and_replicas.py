@@ -80,6 +80,30 @@ async def test_stream_replays_then_follows_live(
     local_only.cancel()
 
 
+async def test_stream_passes_only_the_event_types_asked_for(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    admin = f"@admin:{events.server_name}"
+    members = events.stub.StreamEvents(
+        events_pb2.StreamEventsRequest(
+            room_id=room_id, after_position=0, event_types=["m.room.member"]
+        )
+    )
+    state = (await events.head(room_id)).state
+    replayed = await _take(members, 2)
+    assert [i.event.event_id for i in replayed] == [
+        state[("m.room.member", user)] for user in (admin, alice)
+    ]
+    await events.send(room_id, admin, "m.room.message", {"body": "not a member event"})
+    renamed = await events.send(
+        room_id, admin, "m.room.member", {"membership": "join", "displayname": "A"}, state_key=admin
+    )
+    [live] = await _take(members, 1)
+    assert live.event.event_id == renamed.event_id  # the message was left out
+    members.cancel()
+
+
 async def test_typing_expires(events: EventsService, remote: RemoteServer) -> None:
     room_id, alice = await _public_room_with_remote_member(events, remote)
     typing = {
