@@ -32,7 +32,8 @@ joins its rooms with make_join/send_join), after it settled:
 
 Each scenario starts with an ``ANALYZE`` of the server's database (the test cluster runs
 without autovacuum; see ``bench_send_http.analyze``). Each prints mxfed's figure,
-Synapse's and the ratio; for mxfed also the stages'
+Synapse's and the ratio; for mxfed also the CPU per event of its parts and of the
+PostgreSQL backends serving its database, the stages'
 means from the parts' metrics and, per event, acceptance → on an events stream
 (a subscriber like the sender, in the bench) → received by the remote. ``--profile DIR`` records
 py-spy profiles of the events, sender and keys processes during mxfed's scenarios
@@ -69,6 +70,7 @@ from synapse_harness import SynapseServer  # noqa: E402
 from bench.bench_send_http import (  # noqa: E402
     _metrics,
     analyze,
+    backend_cpu,
     join_public_room,
     join_synapse_room,
     start_profilers,
@@ -484,6 +486,8 @@ async def run_mxfed(
                         else []
                     )
                     before = stage_totals(mxfed)
+                    postgres_before = await backend_cpu(database_url)
+                    started = time.perf_counter()
                     results[scenario], sends = await measure(
                         scenario,
                         send_one,
@@ -494,6 +498,11 @@ async def run_mxfed(
                         per_sender,
                         load.open_loop(scenario),
                     )
+                    postgres = sum(
+                        cpu - postgres_before.get(pid, 0.0)
+                        for pid, cpu in (await backend_cpu(database_url)).items()
+                    )
+                    results[scenario].cpu["postgres"] = postgres / (time.perf_counter() - started)
                     stop_profilers(profilers)
                     print(f"\nmxfed, {scenario}:")
                     print("\n".join(results[scenario].lines(scenario)))

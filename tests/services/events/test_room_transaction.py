@@ -1,5 +1,5 @@
 """storage.room_transaction: the room's lock held from the transaction's start, what the
-block wrote committed when it ends, rolled back when it raises."""
+block wrote committed when it ends, rolled back when it raises; generic plans inside."""
 
 from __future__ import annotations
 
@@ -52,3 +52,21 @@ async def test_a_block_that_raises_leaves_nothing_and_no_open_transaction(
         assert not conn.is_in_transaction()
     assert not await _room_locked_elsewhere(events_pool, room_id)
     assert not await _room_stored(events_pool, room_id)
+
+
+async def test_statements_run_with_generic_plans_inside_only(events_pool: asyncpg.Pool) -> None:
+    """Planned once per connection inside (custom plans were made afresh on every call);
+    the connection's setting is back once the transaction ends."""
+    room_id = f"!{secrets.token_hex(6)}:tx.test"
+    mode = "SELECT current_setting('plan_cache_mode')"
+    async with events_pool.acquire() as conn:
+        before = await conn.fetchval(mode)
+        assert before != "force_generic_plan"
+        async with storage.room_transaction(conn, room_id):
+            assert await conn.fetchval(mode) == "force_generic_plan"
+        assert await conn.fetchval(mode) == before
+    # The stream round's function too.
+    config = await events_pool.fetchval(
+        "SELECT proconfig FROM pg_proc WHERE oid = 'events.assign_stream_positions'::regproc"
+    )
+    assert "plan_cache_mode=force_generic_plan" in config
