@@ -30,7 +30,12 @@ from dataclasses import dataclass
 import nacl.signing
 from prometheus_client import Counter
 
-from matrix_protocol.signing import SignatureError, decode_verify_key
+from matrix_protocol.signing import (
+    SignatureError,
+    decode_verify_key,
+    verifiable_signature_key_ids,
+    verify_signed_payload,
+)
 from mxfed.bounded import BoundedDict
 from mxfed_api.keys.v1 import keys_pb2
 
@@ -124,3 +129,26 @@ class VerifyKeyCache:
             found[key_id] = entry.verify_key
         self._hits.inc()
         return found
+
+    def verify_json(self, items: Sequence[keys_pb2.JsonToVerify]) -> list[str | None] | None:
+        """Per item, ``None`` when it verifies, else why not (as the keys service words
+        it); ``None`` (a miss) unless every item comes as ``signed_json`` and every key
+        each needs is here."""
+        work = []
+        for item in items:
+            if not item.signed_json:
+                return None
+            key_ids = verifiable_signature_key_ids(item.signatures)
+            keys = self.event_keys(item.server_name, key_ids, item.at_ts, item.enforce_key_validity)
+            if keys is None:
+                return None
+            work.append((item, keys))
+        errors: list[str | None] = []
+        for item, keys in work:
+            try:
+                verify_signed_payload(item.signed_json, item.server_name, item.signatures, keys)
+            except SignatureError as exc:
+                errors.append(f"M_UNAUTHORIZED: {exc}")
+            else:
+                errors.append(None)
+        return errors

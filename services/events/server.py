@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from mxfed.federation_client.from_config import federation_client_from_config
 from mxfed.service_runtime import ServiceContext
+from mxfed.verify_key_cache import VerifyKeyCache
 from mxfed_api.backfill.v1 import backfill_pb2_grpc
 from mxfed_api.events.v1 import events_pb2_grpc
-from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events.admin.servicer import setup_admin
 from services.events.cache import LruCache
 from services.events.directory.servicer import add_directory_servicer
 from services.events.history.servicer import add_history_servicer
 from services.events.input import InputPipeline
+from services.events.keys_client import KeysClient
 from services.events.local_events import LocalEvents
 from services.events.membership.servicer import setup_membership
 from services.events.policy import PolicyServers
@@ -40,7 +41,7 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     """The servicer and its background tasks (stream hub, stream-position sweep, typing
     expiry)."""
     core = build_core(context)
-    keys = keys_pb2_grpc.KeysStub(context.channel("keys"))
+    keys = KeysClient(context.channel("keys"), VerifyKeyCache("events_verify_keys"))
     backfill = backfill_pb2_grpc.BackfillStub(context.channel("backfill"))
     client = federation_client_from_config(context.config)
     context.on_stop(client.close)
