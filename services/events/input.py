@@ -292,17 +292,28 @@ class InputPipeline:
                 return stored.encode()
             for label in refused:
                 metrics.PDUS_RECEIVED.labels(label).inc()
-            outcomes, _ = await asyncio.gather(
+            (outcomes, committed), _ = await asyncio.gather(
                 self._transaction_pdus(origin, by_room), self.input_edus(origin, edus)
             )
             results.update(outcomes)
             response = encode_json({"pdus": results}).decode()
-            async with self.clock.stage("store_response"), self.pool.acquire() as conn:
-                stored = await storage.store_transaction_response(
-                    conn, origin, txn_id, response, now_ms()
-                )
+            # The stream round and the response's commit, each with its WAL flush, at
+            # once: PostgreSQL flushes for both in one go when it can.
+            _, answer = await asyncio.gather(
+                self._stream_committed(committed), self._store_response(origin, txn_id, response)
+            )
             metrics.TRANSACTIONS.labels("processed").inc()
-            return stored.encode()
+            return answer.encode()
+
+    async def _stream_committed(self, committed: Sequence[RoomBatch]) -> None:
+        async with self.clock.stage("stream_positions"):
+            await RoomBatch.stream_committed(committed)
+
+    async def _store_response(self, origin: str, txn_id: str, response: str) -> str:
+        async with self.clock.stage("store_response"), self.pool.acquire() as conn:
+            return await storage.store_transaction_response(
+                conn, origin, txn_id, response, now_ms()
+            )
 
     async def _stored_response(self, origin: str, txn_id: str) -> str | None:
         async with self.pool.acquire() as conn:
@@ -344,7 +355,9 @@ class InputPipeline:
 
     async def _transaction_pdus(
         self, origin: str, by_room: Mapping[str, list[CheckedPdu]]
-    ) -> dict[str, dict[str, str]]:
+    ) -> tuple[dict[str, dict[str, str]], list[RoomBatch]]:
+        """The PDUs' answers, and the room batches committed, whose events the caller
+        streams (:meth:`RoomBatch.stream_committed`)."""
         results: dict[str, dict[str, str]] = {}
         candidates = [c for room in by_room.values() for c in room]
         # The database is asked what the rooms need while the keys service verifies.
@@ -395,15 +408,13 @@ class InputPipeline:
                     for room_id, room in valid.items()
                 )
             )
-            async with self.clock.stage("stream_positions"):
-                await RoomBatch.stream_committed(committed)
         finally:
             for room_id, pending in valid.items():
                 metrics.BACKLOG.done(room_id, len(pending))
         for room_outcomes in outcomes:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)
-        return results
+        return results, committed
 
     async def _sign_received(
         self, by_room: Mapping[str, Sequence[CheckedPdu]], named: Collection[str] | None = None
