@@ -733,18 +733,17 @@ async def run_mxfed(
                 if latency_only:
                     await measure_visibility_latency(stub, one[0], remote, mxfed, user, samples)
                     return {}
-                profilers = start_profilers(mxfed, profile) if profile else []
                 ours = {}
-                ours["one room"] = await run_scenario(
-                    "one room", one, remote, mxfed, user, transactions
-                )
-                stop_profilers(profilers)
-                ours["five rooms"] = await run_scenario(
-                    "five rooms", five, remote, mxfed, user, transactions
-                )
-                ours["20 rooms"] = await run_scenario(
-                    "20 rooms", twenty, remote, mxfed, user, transactions
-                )
+                for label, prefix, rooms in (
+                    ("one room", "one-room-", one),
+                    ("five rooms", "five-rooms-", five),
+                    ("20 rooms", "20-rooms-", twenty),
+                ):
+                    profilers = start_profilers(mxfed, profile, prefix=prefix) if profile else []
+                    ours[label] = await run_scenario(
+                        label, rooms, remote, mxfed, user, transactions
+                    )
+                    stop_profilers(profilers)
                 await measure_visibility_latency(stub, one[0], remote, mxfed, user)
         finally:
             mxfed.stop()
@@ -758,8 +757,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--profile",
         type=Path,
-        help="py-spy the events, keys and gateway processes during the one-room run; "
-        "collapsed stacks written to DIR/<part>.txt (py-spy from PyPI on PATH)",
+        help="py-spy the events, keys and gateway processes during each scenario; "
+        "collapsed stacks written to DIR/<scenario>-<part>.txt, e.g. DIR/20-rooms-events.txt"
+        " (py-spy from PyPI on PATH)",
     )
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--no-synapse", action="store_true", help="mxfed alone")
