@@ -67,7 +67,7 @@ from services.events.pdu_checks import (
 )
 from services.events.policy import PolicyServers, rooms_naming_one
 from services.events.reads import server_acl_allows, server_acl_denied_rooms
-from services.events.room_batch import RoomBatch, RoomsCore, auth_order, group_ids_to_reserve
+from services.events.room_batch import RoomBatch, RoomsCore, auth_order
 from services.events.storage import Status
 
 log = logging.getLogger(__name__)
@@ -573,25 +573,21 @@ class InputPipeline:
         state_before = state_before or {}
         outcomes: list[Outcome] = []
         expected = 0 if kind is InputKind.OUTLIER else len(candidates)
-        async with self.pool.acquire() as conn, storage.room_transaction(conn, room_id):
-            # A /send's batch (``committed``) takes its places in the stream queue with its
-            # head, and its commit skips the WAL flush: the transaction is answered only
-            # after the stream round or the stored response, whose commits flush past it.
-            batch = RoomBatch(self.core, conn, room_id)
-            # Which of what the PDUs are or cite are stored (those not cached), told
-            # with the head.
-            uncached = batch.uncached(c.event for c in candidates)
-            async with self.clock.stage("room_open"):
-                head = await storage.room_head(
-                    conn,
-                    room_id,
-                    group_ids_to_reserve(expected),
-                    stream_orders=0 if committed is None else len(candidates),
-                    held_among=uncached,
-                )
-                if head is None or not await batch.open(expected, head):
-                    return []
-                await batch.prefetch((c.event for c in candidates), uncached, head.held)
+        # A /send's batch (``committed``) takes its places in the stream queue with its
+        # head, and its commit skips the WAL flush: the transaction is answered only
+        # after the stream round or the stored response, whose commits flush past it.
+        async with RoomBatch.transaction(
+            self.core,
+            self.pool,
+            room_id,
+            expected,
+            stream_orders=0 if committed is None else len(candidates),
+            events=[c.event for c in candidates],
+            stage=self.clock.stage,
+        ) as opened:
+            if opened is None:
+                return []
+            batch, _ = opened
             async with self.clock.stage("checks_and_state"):
                 for candidate in candidates:
                     given = state_before.get(candidate.event.event_id)

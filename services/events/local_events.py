@@ -53,7 +53,7 @@ from mxfed.identity_files import ServerSigningKey
 from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from services.events import metrics, storage
 from services.events.policy import PolicyServers, PolicyServerUnavailable
-from services.events.room_batch import RoomBatch, RoomsCore, group_ids_to_reserve
+from services.events.room_batch import RoomBatch, RoomsCore
 from services.events.storage import Status
 
 log = logging.getLogger(__name__)
@@ -571,17 +571,17 @@ class LocalEvents:
         which of their transaction ids were used before (event id, position). Begun in two
         round trips: BEGIN with the room's lock, then the head with the sends' places in the
         stream queue and their transaction ids."""
-        async with self.pool.acquire() as conn, storage.room_transaction(conn, room_id):
-            head = await storage.room_head(
-                conn,
-                room_id,
-                group_ids_to_reserve(len(sends)),
-                stream_orders=len(sends),
-                local_transactions=[(s.sender, s.txn_id) for s in sends if s.txn_id],
-            )
-            batch = RoomBatch(self.core, conn, room_id)
-            if head is None or not await batch.open(len(sends), head):
+        async with RoomBatch.transaction(
+            self.core,
+            self.pool,
+            room_id,
+            len(sends),
+            stream_orders=len(sends),
+            local_transactions=[(s.sender, s.txn_id) for s in sends if s.txn_id],
+        ) as opened:
+            if opened is None:
                 raise NotFound(f"unknown room {room_id}")
+            batch, head = opened
             yield batch, head.sent_before
 
     async def _repeated(self, event_id: str, position: int | None) -> tuple[str, int]:

@@ -42,9 +42,10 @@ accepted: anything else refuses them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,7 @@ from services.events import storage
 from services.events.admin.blocks import sender_blocked
 from services.events.cache import LruCache
 from services.events.outcomes import Outcome, Reason
-from services.events.pdu_checks import CheckedPdu
+from services.events.pdu_checks import CheckedPdu, Stage, untimed
 from services.events.state import StateResolver
 from services.events.state_storage import PendingGroups, StateGroup, StateStore, diff
 from services.events.storage import (
@@ -324,17 +325,70 @@ class RoomBatch:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def open(self, expected_events: int, head: RoomHead | None = None) -> bool:
-        """Lock the room and load its head; False if the room is unknown. ``head``: the
-        caller's, loaded under the room's lock (:func:`storage.room_head` with
-        :func:`group_ids_to_reserve`), with what else it needed in that round trip."""
-        if head is None:
-            await storage.lock_room(self.conn, self.room_id)
-            head = await storage.room_head(
-                self.conn, self.room_id, group_ids_to_reserve(expected_events)
-            )
-        if head is None:
-            return False
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def transaction(
+        cls,
+        core: RoomsCore,
+        pool: asyncpg.Pool,
+        room_id: str,
+        expected_events: int,
+        *,
+        stream_orders: int = 0,
+        local_transactions: Sequence[tuple[str, str]] = (),
+        events: Collection[Event] = (),
+        stage: Stage = untimed,
+    ) -> AsyncIterator[tuple[RoomBatch, RoomHead] | None]:
+        """A database transaction on the room (:func:`storage.room_transaction`: begun with
+        its lock) and the batch opened on its head (:meth:`open_locked`), or None for an
+        unknown room; committed when the block ends, rolled back when it raises.
+        ``events``: those to be added, what they are or cite loaded (:meth:`prefetch`),
+        which of them the event cache lacks told stored or not with the head. ``stage``
+        times the opening as "room_open"."""
+        async with pool.acquire() as conn, storage.room_transaction(conn, room_id):
+            batch = cls(core, conn, room_id)
+            uncached = batch.uncached(events)
+            async with stage("room_open"):
+                head = await batch.open_locked(
+                    expected_events,
+                    stream_orders=stream_orders,
+                    local_transactions=local_transactions,
+                    held_among=uncached,
+                )
+                if head is not None and events:
+                    await batch.prefetch(events, uncached, head.held)
+            yield None if head is None else (batch, head)
+
+    async def open(self, expected_events: int) -> bool:
+        """Lock the room (in the caller's transaction) and open on its head; False if the
+        room is unknown."""
+        await storage.lock_room(self.conn, self.room_id)
+        return await self.open_locked(expected_events) is not None
+
+    async def open_locked(
+        self,
+        expected_events: int,
+        *,
+        stream_orders: int = 0,
+        local_transactions: Sequence[tuple[str, str]] = (),
+        held_among: Sequence[str] = (),
+    ) -> RoomHead | None:
+        """Open on the room's head, the caller's transaction holding the room's lock: the
+        head loaded with what else the caller needs in one round trip
+        (:func:`storage.room_head`); None if the room is unknown."""
+        head = await storage.room_head(
+            self.conn,
+            self.room_id,
+            group_ids_to_reserve(expected_events),
+            stream_orders=stream_orders,
+            local_transactions=local_transactions,
+            held_among=held_among,
+        )
+        if head is not None:
+            await self._open_on(head)
+        return head
+
+    async def _open_on(self, head: RoomHead) -> None:
         self._stream_orders = head.stream_orders
         self.room = head.room
         self.version = room_version(self.room.room_version)
@@ -358,7 +412,6 @@ class RoomBatch:
         if self.room.create_event_id:
             create = (await self.events([self.room.create_event_id])).get(self.room.create_event_id)
             self.create_event = create.event if create else None
-        return True
 
     async def prefetch(
         self, events: Iterable[Event], asked: Collection[str] = (), held: Collection[str] = ()
