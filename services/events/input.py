@@ -16,8 +16,9 @@ service (https://spec.matrix.org/v1.19/server-server-api/#backfilling-and-retrie
 a PDU whose prevs stay unknown is refused). Then
 in a room whose current state names a policy server, events without its
 valid signature get one asked for (:mod:`services.events.policy`). Then
-the rooms run in parallel, each in its own :class:`RoomBatch` (one database
-transaction, PDUs in the order given) for steps 4–7.
+each room's PDUs go, in the order given, through a :class:`RoomBatch` for steps
+4–7: the rooms one after another in one database transaction, or, should that
+fail, each in its own (:meth:`InputPipeline._input_rooms`).
 
 Fetched batches (``InputPdus``) go through the same checks and into the
 room's batch as their :class:`InputKind` says.
@@ -401,13 +402,7 @@ class InputPipeline:
                 )
             # Filled gaps may have changed a room's current state: looked up again then.
             await self._sign_received(valid, None if gaps else lookups.policy_rooms)
-            committed: list[RoomBatch] = []
-            outcomes = await asyncio.gather(
-                *(
-                    self._input_room(room_id, room, InputKind.NEW, committed=committed)
-                    for room_id, room in valid.items()
-                )
-            )
+            outcomes, committed = await self._input_rooms(valid)
         finally:
             for room_id, pending in valid.items():
                 metrics.BACKLOG.done(room_id, len(pending))
@@ -415,6 +410,61 @@ class InputPipeline:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)
         return results, committed
+
+    async def _input_rooms(
+        self, by_room: Mapping[str, list[CheckedPdu]]
+    ) -> tuple[list[list[Outcome]], list[RoomBatch]]:
+        """Steps 4–6 for a /send's rooms (as :meth:`_input_room` does for one): their
+        outcomes, and the batches committed, whose events the caller streams.
+
+        Several rooms go in one database transaction (:meth:`_input_together`): one
+        commit, and a few round trips for all, rather than each room its own. Should that
+        fail, each room goes again in its own transaction, in parallel, so that one
+        room's error cannot lose the others' PDUs: the first error is raised once the
+        others are streamed."""
+        rooms = {room_id: room for room_id, room in by_room.items() if room}
+        committed: list[RoomBatch] = []
+        if len(rooms) > 1:
+            try:
+                return await self._input_together(rooms, committed), committed
+            except Exception:
+                log.warning("a /send's rooms failed together: each goes alone", exc_info=True)
+        alone = await asyncio.gather(
+            *(
+                self._input_room(room_id, room, InputKind.NEW, committed=committed)
+                for room_id, room in rooms.items()
+            ),
+            return_exceptions=True,
+        )
+        errors = [result for result in alone if isinstance(result, BaseException)]
+        if errors:
+            await self._stream_committed(committed)
+            raise errors[0]
+        return [result for result in alone if not isinstance(result, BaseException)], committed
+
+    async def _input_together(
+        self, by_room: Mapping[str, list[CheckedPdu]], committed: list[RoomBatch]
+    ) -> list[list[Outcome]]:
+        """The rooms' PDUs as NEW in one database transaction (:meth:`RoomBatch.together`),
+        the rooms one after another; the batches are added to ``committed`` once it has
+        committed."""
+        events = {room_id: [c.event for c in room] for room_id, room in by_room.items()}
+        outcomes: list[list[Outcome]] = []
+        async with RoomBatch.together(
+            self.core, self.pool, events, streamed=True, stage=self.clock.stage
+        ) as batches:
+            async with self.clock.stage("checks_and_state"):
+                for room_id, batch in batches.items():
+                    outcomes.append([await batch.add_live(c) for c in by_room[room_id]])
+            async with self.clock.stage("persistence"):
+                await RoomBatch.write_together(list(batches.values()))
+        for batch in batches.values():
+            batch.cache_committed()
+        committed.extend(batches.values())
+        for room_outcomes in outcomes:
+            for outcome in room_outcomes:
+                metrics.PDUS_RECEIVED.labels(outcome.label).inc()
+        return outcomes
 
     async def _sign_received(
         self, by_room: Mapping[str, Sequence[CheckedPdu]], named: Collection[str] | None = None

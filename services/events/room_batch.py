@@ -8,8 +8,9 @@ fail, https://spec.matrix.org/v1.19/server-server-api/#validating-policy-server-
 and "Rejection" / "Soft failure"; the state before an event is resolved from its
 prev_events (https://spec.matrix.org/v1.19/rooms/v2/#state-resolution).
 
-A :class:`RoomBatch` is one room inside one database transaction: it takes
-the room's advisory lock (so one replica works on a room at a time), keeps
+A :class:`RoomBatch` is one room inside one database transaction (which the
+rooms of a /send share: :meth:`RoomBatch.together`): it holds the room's
+advisory lock (so one replica works on a room at a time), keeps
 the room's head (forward extremities, current state) in memory while events
 are added one after another in the given order, and writes everything —
 events, auth edges, state groups, extremities, current state, the streamed
@@ -359,6 +360,53 @@ class RoomBatch:
                     await batch.prefetch(events, uncached, head.held)
             yield None if head is None else (batch, head)
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def together(
+        cls,
+        core: RoomsCore,
+        pool: asyncpg.Pool,
+        events_by_room: Mapping[str, Collection[Event]],
+        *,
+        streamed: bool,
+        stage: Stage = untimed,
+    ) -> AsyncIterator[dict[str, RoomBatch]]:
+        """One database transaction for several rooms (those of a /send), begun with all
+        their locks, the batches opened on their heads loaded in one round trip (unknown
+        rooms left out) and what their ``events`` are or cite loaded. The rooms' batches run
+        one after another on its connection; :meth:`write_together` writes them. Committed
+        when the block ends; rolled back when it raises, nothing of any room stored then.
+        ``streamed``: the batches take their places in the stream queue with their heads
+        (the caller answers after the stream round, as for :func:`storage.room_head`).
+        ``stage`` times the opening as "room_open"."""
+        async with pool.acquire() as conn, storage.room_transaction(conn, *events_by_room):
+            batches = {room_id: cls(core, conn, room_id) for room_id in events_by_room}
+            uncached = {
+                room_id: batch.uncached(events_by_room[room_id])
+                for room_id, batch in batches.items()
+            }
+            async with stage("room_open"):
+                heads = await storage.room_heads(
+                    conn,
+                    [
+                        (
+                            room_id,
+                            group_ids_to_reserve(len(events)),
+                            len(events) if streamed else 0,
+                            uncached[room_id],
+                        )
+                        for room_id, events in events_by_room.items()
+                    ],
+                )
+                opened = {}
+                for room_id, batch in batches.items():
+                    head = heads.get(room_id)
+                    if head is not None:
+                        await batch._open_on(head)
+                        await batch.prefetch(events_by_room[room_id], uncached[room_id], head.held)
+                        opened[room_id] = batch
+            yield opened
+
     async def open(self, expected_events: int) -> bool:
         """Lock the room (in the caller's transaction) and open on its head; False if the
         room is unknown."""
@@ -446,23 +494,47 @@ class RoomBatch:
     async def write(self, local_transactions: Sequence[tuple[str, str, str]] = ()) -> None:
         """Write everything the batch did (inside the caller's transaction), and the
         transaction ids of the local sends it holds: (sender, txn id, event id) rows."""
-        conn = self.conn
-        await StateStore.write(conn, self._groups)
+        await RoomBatch._write([(self, local_transactions)])
+
+    @staticmethod
+    async def write_together(batches: Sequence[RoomBatch]) -> None:
+        """:meth:`write` for batches sharing a connection and transaction
+        (:meth:`together`): their events and head changes in one statement when few."""
+        await RoomBatch._write([(batch, ()) for batch in batches])
+
+    @staticmethod
+    async def _write(batches: Sequence[tuple[RoomBatch, Sequence[tuple[str, str, str]]]]) -> None:
+        conn = batches[0][0].conn
+        groups = PendingGroups()
+        for batch, _ in batches:
+            groups.groups.extend(batch._groups.groups)
+            groups.entries.extend(batch._groups.entries)
+        await StateStore.write(conn, groups)
+        rooms = [await batch._room_writes(local) for batch, local in batches]
+        await storage.insert_events(conn, rooms)
+        for (batch, _), room in zip(batches, rooms, strict=True):
+            await batch._write_rest(room.stream_pending)
+
+    async def _room_writes(
+        self, local_transactions: Sequence[tuple[str, str, str]]
+    ) -> storage.RoomWrites:
         stream_pending: dict[str, int] = {}
         if self._to_stream:
             if len(self._to_stream) <= len(self._stream_orders):
                 orders = self._stream_orders[: len(self._to_stream)]
             else:
-                orders = await storage.reserve_stream_pending(conn, len(self._to_stream))
+                orders = await storage.reserve_stream_pending(self.conn, len(self._to_stream))
             stream_pending = dict(zip(self._to_stream, orders, strict=True))
         change = storage.HeadChange(
             list(self._initial_extremities - set(self.extremities)),
             list(set(self.extremities) - self._initial_extremities),
             local_transactions,
         )
-        await storage.insert_events(
-            conn, self.room_id, list(self._writes.values()), stream_pending, change
-        )
+        return storage.RoomWrites(self.room_id, list(self._writes.values()), stream_pending, change)
+
+    async def _write_rest(self, stream_pending: Mapping[str, int]) -> None:
+        """What the batch writes after its events."""
+        conn = self.conn
         await storage.replace_event_placements(conn, self.room_id, self._replacements)
         if self._ends_partial:
             await storage.delete_partial_state(conn, self.room_id)

@@ -1,7 +1,7 @@
 """The events service's tables: events, rooms, extremities, current state, streams.
 
 Every function takes the asyncpg connection to run on, so callers decide the
-transaction (one per room per input batch). State groups live in
+transaction (one per input batch: a room's, or a /send's rooms'). State groups live in
 :mod:`services.events.state_storage`. Tables are in schema ``events`` and
 always named with it: pool connections do not set a search_path.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
@@ -186,6 +186,63 @@ async def room_head(
     )
 
 
+async def room_heads(
+    conn: asyncpg.Connection,
+    rooms: Sequence[tuple[str, int, int, Sequence[str]]],
+) -> dict[str, RoomHead]:
+    """:func:`room_head` for several rooms in one round trip (the rooms of a /send, under
+    their locks): per room (room id, state group ids to reserve, places in the stream
+    queue to reserve, ids of which to tell those stored); unknown rooms left out. Places
+    in the stream queue make the commit skip its WAL flush, as with :func:`room_head`."""
+    rows = await conn.fetch(
+        "SELECT w.room_id, r.room_version, r.create_event_id, r.current_state_group,"
+        " ARRAY(SELECT f.event_id FROM events.forward_extremities f"
+        "       JOIN events.events e USING (event_id) WHERE f.room_id = w.room_id"
+        "       ORDER BY f.event_id) AS extremity_ids,"
+        " ARRAY(SELECT e.depth FROM events.forward_extremities f"
+        "       JOIN events.events e USING (event_id) WHERE f.room_id = w.room_id"
+        "       ORDER BY f.event_id) AS extremity_depths,"
+        " ARRAY(SELECT nextval('events.state_group_ids') FROM generate_series(1, w.group_ids))"
+        "   AS group_ids,"
+        " EXISTS (SELECT 1 FROM events.waiting_redactions x WHERE x.room_id = w.room_id)"
+        "   AS has_waiting_redactions,"
+        " EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = w.room_id)"
+        "   AS partial_state,"
+        " ARRAY(SELECT nextval('events.stream_pending_order')"
+        "       FROM generate_series(1, w.stream_orders)) AS stream_orders,"
+        " ARRAY(SELECT h.event_id FROM unnest($4::int[], $5::text[]) AS a(n, event_id)"
+        "       JOIN events.events h USING (event_id) WHERE a.n = w.n) AS held_ids"
+        " FROM unnest($1::text[], $2::int[], $3::int[]) WITH ORDINALITY"
+        "   AS w(room_id, group_ids, stream_orders, n)"
+        " JOIN events.rooms r USING (room_id),"
+        " set_config('synchronous_commit', CASE WHEN $6 THEN 'off'"
+        "   ELSE current_setting('synchronous_commit') END, true)",
+        [room_id for room_id, _, _, _ in rooms],
+        [group_ids for _, group_ids, _, _ in rooms],
+        [stream_orders for _, _, stream_orders, _ in rooms],
+        [n for n, (_, _, _, held_among) in enumerate(rooms, 1) for _ in held_among],
+        [event_id for _, _, _, held_among in rooms for event_id in held_among],
+        any(stream_orders > 0 for _, _, stream_orders, _ in rooms),
+    )
+    return {
+        row["room_id"]: RoomHead(
+            RoomRow(
+                row["room_id"],
+                row["room_version"],
+                row["create_event_id"],
+                row["current_state_group"],
+            ),
+            dict(zip(row["extremity_ids"], row["extremity_depths"], strict=True)),
+            list(row["group_ids"]),
+            row["has_waiting_redactions"],
+            row["partial_state"],
+            sorted(row["stream_orders"]),
+            held=set(row["held_ids"]),
+        )
+        for row in rows
+    }
+
+
 async def insert_room(conn: asyncpg.Connection, room_id: str, version: str) -> bool:
     status = await conn.execute(
         "INSERT INTO events.rooms (room_id, room_version) VALUES ($1, $2)"
@@ -202,21 +259,21 @@ async def lock_room(conn: asyncpg.Connection, room_id: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def room_transaction(conn: asyncpg.Connection, room_id: str) -> AsyncIterator[None]:
-    """A transaction that holds the room's lock (:func:`lock_room`) from its start, begun
-    in one round trip (BEGIN and the lock as one simple query); committed when the block
-    ends, rolled back when it raises.
+async def room_transaction(conn: asyncpg.Connection, *room_ids: str) -> AsyncIterator[None]:
+    """A transaction that holds the rooms' locks (:func:`lock_room`) from its start, begun
+    in one round trip (BEGIN and the locks as one simple query); committed when the block
+    ends, rolled back when it raises. Several rooms' locks are taken in the order of their
+    keys, so that two such transactions never wait for each other's locks in a cycle.
 
     Its statements run with generic plans (made once per connection): with the default
     plan_cache_mode a room head (:func:`room_head`) or an insert of a few events was
     planned afresh on every execution, as a generic plan of their generate_series,
     unnest and ANY(array) parameters is estimated dearer than a custom one (room_head
     0.5 ms → 0.15 ms); they find their rows by key whatever the parameters."""
+    keys = sorted({lock_key("room:" + room_id) for room_id in room_ids})
+    locks = "".join(f"; SELECT pg_advisory_xact_lock({key})" for key in keys)
     try:
-        await conn.execute(
-            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan;"
-            f" SELECT pg_advisory_xact_lock({lock_key('room:' + room_id)})"
-        )
+        await conn.execute(f"BEGIN; SET LOCAL plan_cache_mode = force_generic_plan{locks}")
         yield
     except BaseException:
         if not conn.is_closed() and conn.is_in_transaction():
@@ -315,41 +372,51 @@ class HeadChange:
     added_extremities: Sequence[str] = ()
     local_transactions: Sequence[tuple[str, str, str]] = ()
 
+    @property
+    def changes_anything(self) -> bool:
+        return bool(self.removed_extremities or self.added_extremities or self.local_transactions)
 
-async def insert_events(
-    conn: asyncpg.Connection,
-    room_id: str,
-    writes: Sequence[EventWrite],
-    stream_pending: Mapping[str, int],
-    change: HeadChange,
-) -> None:
-    """``writes``; those streamed queued at their ``stream_pending`` place
-    (:func:`reserve_stream_pending`); and ``change``. A few new events and the change
-    go in one statement (one round trip)."""
-    promoted = [w for w in writes if w.promote]
-    if promoted:
-        await _promote_outliers(conn, room_id, promoted, stream_pending)
-    writes = [w for w in writes if not w.promote]
-    edges = [
-        (w.stored.event_id, auth_id) for w in writes for auth_id in w.stored.event.auth_event_ids
-    ]
-    prev_edges = list(
-        {(prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids}
-    )
-    if 0 < len(writes) <= _INSERT_AT_MOST:
-        await _insert_few(conn, room_id, writes, stream_pending, edges, prev_edges, change)
-        return
+
+@dataclass
+class RoomWrites:
+    """What one room's batch inserts: its events (``writes``), those streamed queued at
+    their ``stream_pending`` place (:func:`reserve_stream_pending`), and ``change``."""
+
+    room_id: str
+    writes: Sequence[EventWrite]
+    stream_pending: Mapping[str, int]
+    change: HeadChange
+
+
+async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> None:
+    """The rooms' writes (those of a /send's rooms written in one transaction). The rooms
+    with few new events go with their changes in one statement (one round trip), a room
+    with more as a COPY per table."""
+    few: list[RoomWrites] = []
+    for room in rooms:
+        promoted = [w for w in room.writes if w.promote]
+        if promoted:
+            await _promote_outliers(conn, room.room_id, promoted, room.stream_pending)
+        new = [w for w in room.writes if not w.promote]
+        if len(new) <= _INSERT_AT_MOST:
+            few.append(replace(room, writes=new))
+        else:
+            await _insert_many(conn, replace(room, writes=new))
+    if any(r.writes or r.change.changes_anything for r in few):
+        await _insert_few(conn, few)
+
+
+async def _insert_many(conn: asyncpg.Connection, room: RoomWrites) -> None:
+    writes, change = room.writes, room.change
     await replace_forward_extremities(
-        conn, room_id, change.removed_extremities, change.added_extremities
+        conn, room.room_id, change.removed_extremities, change.added_extremities
     )
     if change.local_transactions:
         await store_local_transactions(conn, change.local_transactions)
-    if not writes:
-        return
     rows = [
         (
             w.stored.event_id,
-            room_id,
+            room.room_id,
             w.stored.event.type,
             w.stored.event.state_key,
             w.stored.event.sender,
@@ -364,13 +431,23 @@ async def insert_events(
             w.stored.state_group_after,
             w.stored.servers_before,
             w.relayed_for,
-            stream_pending.get(w.stored.event_id),
+            room.stream_pending.get(w.stored.event_id),
         )
         for w in writes
     ]
     await _insert_rows(conn, "events", _INSERTED_EVENT_COLUMNS, rows)
-    await _insert_rows(conn, "event_auth", ("event_id", "auth_id"), edges)
-    await _insert_rows(conn, "event_edges", ("prev_event_id", "event_id"), prev_edges)
+    await _insert_rows(conn, "event_auth", ("event_id", "auth_id"), _auth_edges(writes))
+    await _insert_rows(conn, "event_edges", ("prev_event_id", "event_id"), _prev_edges(writes))
+
+
+def _auth_edges(writes: Sequence[EventWrite]) -> list[tuple[str, str]]:
+    return [(w.stored.event_id, a) for w in writes for a in w.stored.event.auth_event_ids]
+
+
+def _prev_edges(writes: Sequence[EventWrite]) -> list[tuple[str, str]]:
+    return list(
+        {(prev_id, w.stored.event_id) for w in writes for prev_id in w.stored.event.prev_event_ids}
+    )
 
 
 _INSERTED_EVENT_COLUMNS = (
@@ -392,25 +469,27 @@ _INSERTED_EVENT_COLUMNS = (
     "relayed_for",
     "stream_pending",
 )
-# Up to this many events go as one statement (one round trip); more as a COPY per table,
-# which waits for the server twice (to start, and at the end) but moves rows cheaper.
+# Up to this many events of a room go in one statement (one round trip); more as a COPY
+# per table, which waits for the server twice (to start, and at the end) but moves rows
+# cheaper.
 _INSERT_AT_MOST = 16
 
-# The events, their auth and prev edges, the forward extremities' change and the local
-# transaction ids in one statement: arrays of columns.
+# The events of one or more rooms, their auth and prev edges, the forward extremities'
+# changes and the local transaction ids in one statement: arrays of columns.
 # servers_before is one JSON array per event (arrays of arrays must be rectangular).
 _INSERT_FEW = (
     "WITH new_events AS ("
     f" INSERT INTO events.events ({', '.join(_INSERTED_EVENT_COLUMNS)})"
-    " SELECT r.event_id, $1, r.type, r.state_key, r.sender, r.membership, r.depth, r.ts,"
-    " r.pdu_json, r.status, r.rejection_reason, r.redacted, r.group_before, r.group_after,"
+    " SELECT r.event_id, r.room_id, r.type, r.state_key, r.sender, r.membership, r.depth,"
+    " r.ts, r.pdu_json, r.status, r.rejection_reason, r.redacted, r.group_before,"
+    " r.group_after,"
     " ARRAY(SELECT j.server FROM jsonb_array_elements_text(r.servers::jsonb)"
     "       WITH ORDINALITY AS j(server, n) ORDER BY j.n),"
     " r.relayed_for, r.stream_pending"
-    " FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],"
-    " $8::bigint[], $9::text[], $10::smallint[], $11::text[], $12::boolean[], $13::bigint[],"
-    " $14::bigint[], $15::text[], $16::text[], $17::bigint[])"
-    " AS r(event_id, type, state_key, sender, membership, depth, ts, pdu_json, status,"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
+    " $7::bigint[], $8::bigint[], $9::text[], $10::smallint[], $11::text[], $12::boolean[],"
+    " $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::bigint[])"
+    " AS r(room_id, event_id, type, state_key, sender, membership, depth, ts, pdu_json, status,"
     " rejection_reason, redacted, group_before, group_after, servers, relayed_for,"
     " stream_pending)"
     "), auth_edges AS ("
@@ -420,29 +499,29 @@ _INSERT_FEW = (
     " INSERT INTO events.event_edges (prev_event_id, event_id)"
     " SELECT * FROM unnest($20::text[], $21::text[])"
     "), gone AS ("
-    " DELETE FROM events.forward_extremities WHERE room_id = $1 AND event_id = ANY($22::text[])"
+    " DELETE FROM events.forward_extremities f"
+    " USING unnest($22::text[], $23::text[]) AS g(room_id, event_id)"
+    " WHERE f.room_id = g.room_id AND f.event_id = g.event_id"
     "), heads AS ("
     " INSERT INTO events.forward_extremities (room_id, event_id)"
-    " SELECT $1, a FROM unnest($23::text[]) AS t(a) ON CONFLICT DO NOTHING)"
+    " SELECT * FROM unnest($24::text[], $25::text[]) ON CONFLICT DO NOTHING)"
     " INSERT INTO events.local_transactions (sender, txn_id, event_id)"
-    " SELECT * FROM unnest($24::text[], $25::text[], $26::text[]) ON CONFLICT DO NOTHING"
+    " SELECT * FROM unnest($26::text[], $27::text[], $28::text[]) ON CONFLICT DO NOTHING"
 )
 
 
-async def _insert_few(
-    conn: asyncpg.Connection,
-    room_id: str,
-    writes: Sequence[EventWrite],
-    stream_pending: Mapping[str, int],
-    edges: Sequence[tuple[str, str]],
-    prev_edges: Sequence[tuple[str, str]],
-    change: HeadChange,
-) -> None:
+async def _insert_few(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> None:
+    rows = [(room, w) for room in rooms for w in room.writes]
+    writes = [w for _, w in rows]
     events = [w.stored.event for w in writes]
-    sent = change.local_transactions
+    edges = _auth_edges(writes)
+    prev_edges = _prev_edges(writes)
+    removed = [(r.room_id, e) for r in rooms for e in r.change.removed_extremities]
+    added = [(r.room_id, e) for r in rooms for e in r.change.added_extremities]
+    sent = [row for r in rooms for row in r.change.local_transactions]
     await conn.execute(
         _INSERT_FEW,
-        room_id,
+        [room.room_id for room, _ in rows],
         [e.event_id for e in events],
         [e.type for e in events],
         [e.state_key for e in events],
@@ -458,13 +537,15 @@ async def _insert_few(
         [w.stored.state_group_after for w in writes],
         [encode_json(w.stored.servers_before).decode() for w in writes],
         [w.relayed_for for w in writes],
-        [stream_pending.get(e.event_id) for e in events],
+        [room.stream_pending.get(w.stored.event_id) for room, w in rows],
         [edge[0] for edge in edges],
         [edge[1] for edge in edges],
         [edge[0] for edge in prev_edges],
         [edge[1] for edge in prev_edges],
-        list(change.removed_extremities),
-        list(change.added_extremities),
+        [room_id for room_id, _ in removed],
+        [event_id for _, event_id in removed],
+        [room_id for room_id, _ in added],
+        [event_id for _, event_id in added],
         [row[0] for row in sent],
         [row[1] for row in sent],
         [row[2] for row in sent],

@@ -1,6 +1,7 @@
 """A room batch's events are stored alike whether few (one statement with their edges, the
-forward extremities' change and local transaction ids) or many (a COPY per table, then the
-rest): every column, the order of servers_before, auth and prev edges, extremities."""
+forward extremities' change and local transaction ids, for one room or for several rooms
+written together) or many (a COPY per table, then the rest): every column, the order of
+servers_before, auth and prev edges, extremities."""
 
 from __future__ import annotations
 
@@ -78,39 +79,45 @@ async def _stored(conn: asyncpg.Connection, room: str, count: int) -> list[Any]:
     return rows
 
 
+ROOMS = (("!few:rows.test", 12), ("!few2:rows.test", 12), ("!many:rows.test", 40))
+
+
 async def test_a_few_events_are_stored_as_many_are(events_pool: asyncpg.Pool) -> None:
-    few, many = "!few:rows.test", "!many:rows.test"
+    """Two rooms with a few events and one with many, written together (as a /send's
+    rooms are): the two in one statement, the other by COPY."""
     async with events_pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
-            await conn.execute(
-                "INSERT INTO events.rooms (room_id, room_version) VALUES ($1, '10'), ($2, '10')",
-                few,
-                many,
-            )
-            await conn.execute(
-                "INSERT INTO events.forward_extremities (room_id, event_id)"
-                " VALUES ($1, $1 || '-old'), ($2, $2 || '-old')",
-                few,
-                many,
-            )
-            heads = {}
-            for room, count in ((few, 12), (many, 40)):
+            rooms = []
+            for k, (room, count) in enumerate(ROOMS):
+                await conn.execute(
+                    "INSERT INTO events.rooms (room_id, room_version) VALUES ($1, '10')", room
+                )
+                await conn.execute(
+                    "INSERT INTO events.forward_extremities (room_id, event_id)"
+                    " VALUES ($1, $1 || '-old'), ($1, $1 || '-kept')",
+                    room,
+                )
                 writes = [_write(room, n) for n in range(count)]
                 change = storage.HeadChange(
                     [f"{room}-old"], [f"{room}-{count - 1}"], [("@u1:a.test", room, f"{room}-1")]
                 )
                 # Every other accepted event queued for the stream (places rolled back).
                 pending = {
-                    w.stored.event_id: 1_000_000_000 + 100 * n + (room == many)
+                    w.stored.event_id: 1_000_000_000 + 100 * n + k
                     for n, w in enumerate(writes)
                     if n % 2 == 0
                 }
-                await storage.insert_events(conn, room, writes, pending, change)
+                rooms.append(storage.RoomWrites(room, writes, pending, change))
+            await storage.insert_events(conn, rooms)
+            heads = {}
+            stored = []
+            for k, (room, _) in enumerate(ROOMS):
                 heads[room] = (
                     await conn.fetch(
-                        "SELECT event_id FROM events.forward_extremities WHERE room_id = $1",
+                        "SELECT event_id FROM events.forward_extremities WHERE room_id = $1"
+                        " ORDER BY event_id",
                         room,
                     ),
                     await conn.fetchval(
@@ -119,16 +126,16 @@ async def test_a_few_events_are_stored_as_many_are(events_pool: asyncpg.Pool) ->
                         room,
                     ),
                 )
-            stored_few = await _stored(conn, few, 12)
-            stored_many = await _stored(conn, many, 12)
+                rows = await _stored(conn, room, 12)
+                for row, _, _ in rows:
+                    if row["stream_pending"] is not None:
+                        row["stream_pending"] -= k
+                    row["pdu_json"] = row["pdu_json"].replace(room, ROOMS[0][0])
+                stored.append(rows)
         finally:
             await transaction.rollback()
-    for row, _, _ in stored_many:
-        if row["stream_pending"] is not None:
-            row["stream_pending"] -= 1
-    for row, _, _ in (*stored_few, *stored_many):
-        row["pdu_json"] = row["pdu_json"].replace(many, few)
-    assert stored_few == stored_many
+    stored_few, stored_few2, stored_many = stored
+    assert stored_few == stored_few2 == stored_many
     # The values themselves, not only alike.
     assert stored_few[3][0]["servers_before"] == ["c.test", "a.test", "b.test"]
     assert stored_few[3][0]["state_key"] == "@u3:a.test"
@@ -137,8 +144,9 @@ async def test_a_few_events_are_stored_as_many_are(events_pool: asyncpg.Pool) ->
     assert stored_few[3][1] == ["-auth-0", "-auth-1", "-auth-2"]
     assert stored_few[3][2] == ["-2"]
     assert stored_few[0][0]["stream_pending"] == 1_000_000_000
-    # The forward extremities replaced and the local transaction ids stored with them.
-    for room, count in ((few, 12), (many, 40)):
+    # Each room's forward extremities replaced (the others' untouched) and the local
+    # transaction ids stored with them.
+    for room, count in ROOMS:
         extremities, sent = heads[room]
-        assert [row["event_id"] for row in extremities] == [f"{room}-{count - 1}"]
+        assert [row["event_id"] for row in extremities] == [f"{room}-{count - 1}", f"{room}-kept"]
         assert sent == f"{room}-1"

@@ -59,7 +59,7 @@ async def test_the_rooms_of_one_transaction_get_their_stream_positions_in_one_ro
         }
         await listening.fetchval("SELECT 1")  # notifications committed before are delivered
         await asyncio.sleep(0)
-        # Each room committed on its own; one round (one synchronous commit, one
+        # The rooms committed together; one round (one synchronous commit, one
         # notification) gave all three their positions, not one per room.
         assert len(rounds) == 1
     finally:
