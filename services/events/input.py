@@ -385,8 +385,7 @@ class InputPipeline:
         valid = {
             room_id: [c for c in room if c.refusal is None] for room_id, room in by_room.items()
         }
-        for room_id, pending in valid.items():
-            metrics.BACKLOG.add(room_id, len(pending))
+        metrics.BACKLOG.add({room_id: len(pending) for room_id, pending in valid.items()})
         try:
             async with self.clock.stage("missing_events"):
                 gaps = {} if self.backfill is None else self._gaps(valid, lookups.in_dag)
@@ -404,8 +403,7 @@ class InputPipeline:
             await self._sign_received(valid, None if gaps else lookups.policy_rooms)
             outcomes, committed = await self._input_rooms(valid)
         finally:
-            for room_id, pending in valid.items():
-                metrics.BACKLOG.done(room_id, len(pending))
+            metrics.BACKLOG.done({room_id: len(pending) for room_id, pending in valid.items()})
         for room_outcomes in outcomes:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)

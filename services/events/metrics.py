@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
 
 PDUS_RECEIVED = Counter(
@@ -106,16 +108,19 @@ class InboundBacklog:
         self.rooms: dict[str, int] = {}
         self._shown: set[str] = set()
 
-    def add(self, room_id: str, count: int) -> None:
-        self.rooms[room_id] = self.rooms.get(room_id, 0) + count
+    def add(self, counts: Mapping[str, int]) -> None:
+        """``counts``: PDUs per room (the rooms of a transaction, exported once)."""
+        for room_id, count in counts.items():
+            self.rooms[room_id] = self.rooms.get(room_id, 0) + count
         self._export()
 
-    def done(self, room_id: str, count: int) -> None:
-        left = self.rooms.get(room_id, 0) - count
-        if left > 0:
-            self.rooms[room_id] = left
-        else:
-            self.rooms.pop(room_id, None)
+    def done(self, counts: Mapping[str, int]) -> None:
+        for room_id, count in counts.items():
+            left = self.rooms.get(room_id, 0) - count
+            if left > 0:
+                self.rooms[room_id] = left
+            else:
+                self.rooms.pop(room_id, None)
         self._export()
 
     def _export(self) -> None:
