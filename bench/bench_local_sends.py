@@ -36,8 +36,9 @@ Synapse's and the ratio; for mxfed also the CPU per event of its parts and of th
 PostgreSQL backends serving its database, the stages'
 means from the parts' metrics and, per event, acceptance → on an events stream
 (a subscriber like the sender, in the bench) → received by the remote. ``--profile DIR`` records
-py-spy profiles of the events, sender and keys processes during mxfed's scenarios
-(``DIR/<scenario>-<part>.txt``, raw collapsed stacks); ``--no-synapse`` skips
+py-spy profiles of the events, sender and keys processes and of the bench's own (the
+client side) during mxfed's scenarios (``DIR/<scenario>-<part>.txt``, raw
+collapsed stacks; ``--native`` adds C frames); ``--no-synapse`` skips
 Synapse. ``bench/bench_outbound.py`` runs the outbound scenario alone.
 
     .venv/bin/python bench/bench_local_sends.py [--senders 50] [--rooms 10] [--events 40]
@@ -308,12 +309,7 @@ def mxfed_processes(mxfed: MxfedProcess) -> dict[str, psutil.Process]:
 
 # What the parts say about where a local send's time goes: (part, metric, labels, label).
 STAGES = (
-    (
-        "events",
-        "mxfed_grpc_server_handling_seconds",
-        'method="/mxfed.events.v1.Events/PerformSendEvent"',
-        "events: PerformSendEvent served",
-    ),
+    ("events", "mxfed_events_local_send_seconds", "", "events: a send served"),
     ("events", "mxfed_events_stream_round_seconds", "", "events: stream position round"),
     ("events", "mxfed_db_pool_acquire_seconds", "", "events: wait for a pooled connection"),
     ("sender", "mxfed_sender_ingest_seconds", "", "sender: ingest statement"),
@@ -441,6 +437,7 @@ async def run_mxfed(
     remote: FakeHomeserver,
     received: Remote,
     profile: Path | None,
+    native: bool = False,
 ) -> dict[str, Figures]:
     database_url = await create_database("mxfed_bench")
     results = {}
@@ -480,7 +477,11 @@ async def run_mxfed(
                     await analyze(database_url)  # as autovacuum would have by now
                     profilers = (
                         start_profilers(
-                            mxfed, profile, ("events", "sender", "keys"), f"{scenario}-"
+                            mxfed,
+                            profile,
+                            ("events", "sender", "keys", "bench"),
+                            f"{scenario}-",
+                            native,
                         )
                         if profile
                         else []
@@ -590,7 +591,11 @@ def compare(scenario: str, ours: Figures, theirs: Figures) -> list[str]:
 
 
 async def main(
-    load: Load, scenarios: tuple[str, ...], profile: Path | None, no_synapse: bool
+    load: Load,
+    scenarios: tuple[str, ...],
+    profile: Path | None,
+    no_synapse: bool,
+    native: bool = False,
 ) -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f} (2-core machine, shared)")
     received = Remote()
@@ -598,7 +603,7 @@ async def main(
     remote.route("PUT", "/_matrix/federation/v1/send/{txn_id}", received.receive)
     await remote.start()
     try:
-        ours = await run_mxfed(load, scenarios, remote, received, profile)
+        ours = await run_mxfed(load, scenarios, remote, received, profile, native)
         theirs = {} if no_synapse else await run_synapse(load, scenarios, remote, received)
     finally:
         await remote.stop()
@@ -628,8 +633,11 @@ def arguments(default_scenarios: tuple[str, ...] = SCENARIOS) -> argparse.Namesp
     parser.add_argument(
         "--profile",
         type=Path,
-        help="py-spy the events and sender processes during mxfed's scenarios"
-        " (py-spy from PyPI on PATH)",
+        help="py-spy the events and sender processes and the bench's own (the client side)"
+        " during mxfed's scenarios (py-spy from PyPI on PATH)",
+    )
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: C frames too (gRPC's core)"
     )
     parser.add_argument("--no-synapse", action="store_true", help="mxfed alone")
     parsed = parser.parse_args()
@@ -640,7 +648,7 @@ def arguments(default_scenarios: tuple[str, ...] = SCENARIOS) -> argparse.Namesp
 def run(parsed: argparse.Namespace) -> None:
     offer = Offer(parsed.rate, parsed.seconds, parsed.backlog)
     load = Load(parsed.senders, parsed.rooms, parsed.events, parsed.in_a_row, offer)
-    asyncio.run(main(load, parsed.scenario, parsed.profile, parsed.no_synapse))
+    asyncio.run(main(load, parsed.scenario, parsed.profile, parsed.no_synapse, parsed.native))
 
 
 if __name__ == "__main__":

@@ -579,20 +579,28 @@ def start_profilers(
     directory: Path,
     parts: tuple[str, ...] = ("events", "keys", "gateway"),
     prefix: str = "",
+    native: bool = False,
 ) -> list[subprocess.Popen]:
-    """py-spy on ``parts`` (default: those of the inbound path), raw collapsed stacks in
-    ``directory/<prefix><part>.txt``."""
+    """py-spy on ``parts`` (default: those of the inbound path; "bench" is the bench's own
+    process), raw collapsed stacks in ``directory/<prefix><part>.txt``; ``native`` adds C
+    frames (gRPC's core, asyncpg's protocol)."""
     directory.mkdir(parents=True, exist_ok=True)
     assert mxfed.process is not None
-    profilers = []
+    pids = {"bench": os.getpid()}  # the bench's own process: the client side
     for child in psutil.Process(mxfed.process.pid).children():
         cmdline = child.cmdline()
-        part = cmdline[-1] if "--service" in cmdline else ""
-        if part in parts:
+        if "--service" in cmdline:
+            pids[cmdline[-1]] = child.pid
+    profilers = []
+    for part in parts:
+        if part in pids:
+            output = directory / f"{prefix}{part}.txt"
             profilers.append(
                 subprocess.Popen(
-                    ["py-spy", "record", "--nonblocking", "--rate", "250", "--format", "raw"]
-                    + ["--pid", str(child.pid), "--output", str(directory / f"{prefix}{part}.txt")],
+                    ["py-spy", "record", "--rate", "250", "--format", "raw"]
+                    # C frames need the process paused for each sample.
+                    + (["--native"] if native else ["--nonblocking"])
+                    + ["--pid", str(pids[part]), "--output", str(output)],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

@@ -90,6 +90,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "InputPdus": parts("backfill"),
         "PerformCreateRoom": ACTORS,
         "PerformSendEvent": ACTORS,
+        "StreamSendEvents": ACTORS,
         "PerformCreateAlias": ACTORS,
         "PerformDeleteAlias": ACTORS,
         "QueryEvents": parts("gateway", "backfill", "sender") | ACCOUNTS | ACTORS,

@@ -30,8 +30,8 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _service_config() -> str:
@@ -311,7 +313,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return database_unavailable(exc)
 
 
-def _unavailable_details(exc: Exception) -> str | None:
+def unavailable_details(exc: Exception) -> str | None:
     """The UNAVAILABLE details for a failure that says a dependency is away, else None."""
     if is_database_unavailable(exc):
         return DATABASE_UNAVAILABLE
@@ -326,7 +328,7 @@ def _unavailable_details(exc: Exception) -> str | None:
 async def _answer_unavailable(
     exc: Exception, context: grpc.aio.ServicerContext, method: str
 ) -> None:
-    details = _unavailable_details(exc)
+    details = unavailable_details(exc)
     if details is None:
         raise exc
     log.warning(
@@ -354,6 +356,29 @@ def _waits_for_the_database(method: str, request: Any) -> bool:
     return name.startswith("Perform") and bool(getattr(request, "txn_id", ""))
 
 
+async def retried_while_database_away(
+    run: Callable[[], Awaitable[T]], remaining: Callable[[], float | None]
+) -> T:
+    """``run()``, run again every :data:`DATABASE_RETRY_INTERVAL` seconds while it fails
+    because the database is away, for up to :data:`DATABASE_WAIT` seconds and ending a
+    second before the call's deadline (``remaining()`` seconds, None: no deadline)."""
+    loop = asyncio.get_running_loop()
+    give_up: float | None = None
+    while True:
+        try:
+            return await run()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            if give_up is None:
+                left = remaining()
+                wait = DATABASE_WAIT if left is None else left - 1.0
+                give_up = loop.time() + min(DATABASE_WAIT, wait)
+            if loop.time() + DATABASE_RETRY_INTERVAL >= give_up:
+                raise
+            await asyncio.sleep(DATABASE_RETRY_INTERVAL)
+
+
 def _unavailable_mapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """``handler`` answering UNAVAILABLE (not UNKNOWN with a traceback) when the database
     or a service it calls is away; a call that may run again waits for the database (up
@@ -362,22 +387,15 @@ def _unavailable_mapped(handler: grpc.RpcMethodHandler, method: str) -> grpc.Rpc
         inner_unary = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            loop = asyncio.get_running_loop()
-            give_up: float | None = None
-            while True:
-                try:
-                    return await inner_unary(request, context)
-                except Exception as exc:
-                    if is_database_unavailable(exc) and _waits_for_the_database(method, request):
-                        if give_up is None:
-                            remaining = context.time_remaining()
-                            wait = DATABASE_WAIT if remaining is None else remaining - 1.0
-                            give_up = loop.time() + min(DATABASE_WAIT, wait)
-                        if loop.time() + DATABASE_RETRY_INTERVAL < give_up:
-                            await asyncio.sleep(DATABASE_RETRY_INTERVAL)
-                            continue
-                    await _answer_unavailable(exc, context, method)
-                    raise
+            try:
+                if _waits_for_the_database(method, request):
+                    return await retried_while_database_away(
+                        lambda: inner_unary(request, context), context.time_remaining
+                    )
+                return await inner_unary(request, context)
+            except Exception as exc:
+                await _answer_unavailable(exc, context, method)
+                raise
 
         return handler._replace(unary_unary=unary_unary)
     kind = next(

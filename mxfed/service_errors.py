@@ -101,15 +101,18 @@ def error_status(
     )
 
 
+def status_code_of(error: ServiceError | MembershipError) -> grpc.StatusCode:
+    """The gRPC status code ``error`` ends a call with."""
+    if isinstance(error, MembershipError):
+        return _HTTP_TO_GRPC.get(error.status, grpc.StatusCode.UNAVAILABLE)
+    return error.status
+
+
 async def abort(
     context: grpc.aio.ServicerContext, error: ServiceError | MembershipError
 ) -> NoReturn:
     """End the call with ``error`` as a typed status."""
-    if isinstance(error, MembershipError):
-        code = _HTTP_TO_GRPC.get(error.status, grpc.StatusCode.UNAVAILABLE)
-    else:
-        code = error.status
-    status = error_status(code, error.errcode, error.message, error.extra)
+    status = error_status(status_code_of(error), error.errcode, error.message, error.extra)
     await context.abort(status.code, status.details, status.trailing_metadata)
     raise AssertionError("unreachable: abort raises")
 

@@ -24,7 +24,9 @@ runs. The packages are the ``tracing`` extra (``pip install 'mxfed[tracing]'``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from mxfed.config import Config
@@ -159,6 +161,23 @@ def current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
+@contextlib.contextmanager
+def continued(traceparent: str) -> Iterator[None]:
+    """Inside the block, the trace of ``traceparent`` is current (a call's trace carried
+    in its message rather than its metadata); nothing when tracing is off or it is empty."""
+    if not _enabled or not traceparent:
+        yield
+        return
+    from opentelemetry import context
+    from opentelemetry.propagate import extract
+
+    token = context.attach(extract({"traceparent": traceparent}))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
 def note_event(event_id: str) -> None:
     """Remember the current trace as the one that built ``event_id``."""
     traceparent = current_traceparent()
@@ -179,8 +198,6 @@ def note_position(position: int, traceparent: str) -> None:
 def delivery_span(name: str, positions: list[int]) -> Any:
     """A span for delivering the events at ``positions``: a child of the first one's
     trace, linked to the others'; a no-op context when tracing is off."""
-    import contextlib
-
     if not _enabled:
         return contextlib.nullcontext()
     from opentelemetry import trace

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 import grpc
 
 from mxfed.client.errors import MatrixError, NotFound, Unavailable, from_rpc_error
+from mxfed.client.send_stream import SendStream
 from mxfed.client.types import (
     Backfilled,
     CreatedRoom,
@@ -124,6 +125,8 @@ class Client:
         self.addresses = dict(addresses or {})
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[type, Any] = {}
+        # Local sends, over one stream (opened on the first).
+        self._send_stream: SendStream | None = None
 
     @classmethod
     def from_config(
@@ -146,6 +149,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        if self._send_stream is not None:
+            await self._send_stream.close()
+            self._send_stream = None
         channels, self._channels = self._channels, {}
         self._stubs.clear()
         for channel in channels.values():
@@ -466,11 +472,11 @@ class Client:
         )
         if state_key is not None:
             request.state_key = state_key
+        if self._send_stream is None:
+            self._send_stream = SendStream(lambda: self._events)
         for attempt in range(SEND_ATTEMPTS):
             try:
-                reply = await self._call(
-                    "events", self._events.PerformSendEvent(request, timeout=CALL_TIMEOUT)
-                )
+                reply = await self._send_stream.send(request, CALL_TIMEOUT)
                 return Sent(reply.event_id, room_id, reply.stream_position, txn_id)
             except Unavailable:
                 if attempt == SEND_ATTEMPTS - 1:

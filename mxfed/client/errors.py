@@ -9,8 +9,6 @@ subclass), never on message text.
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from mxfed.service_errors import error_info
@@ -72,15 +70,16 @@ def _subclass(status: grpc.StatusCode, errcode: str) -> type[MatrixError]:
     return MatrixError
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> MatrixError:
-    """The :class:`MatrixError` a failed gRPC call stands for."""
-    status = error.code()
-    info = error_info(error)
-    extra: dict[str, Any] = dict(info.extra)
-    message = info.message
-    if info.errcode is not None:
-        errcode = info.errcode
-    else:
+def matrix_error(
+    status: grpc.StatusCode,
+    errcode: str | None,
+    message: str,
+    extra: dict[str, str] | None = None,
+    service: str = "",
+) -> MatrixError:
+    """The :class:`MatrixError` of a call that ended with ``status`` (``errcode`` None:
+    the service gave none, one is made from the status)."""
+    if errcode is None:
         message = message or status.name
         if status is grpc.StatusCode.UNAVAILABLE and service:
             message = f"the {service} service is unavailable: {message}"
@@ -90,10 +89,17 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> MatrixErro
             grpc.StatusCode.INVALID_ARGUMENT: "M_INVALID_PARAM",
             grpc.StatusCode.RESOURCE_EXHAUSTED: "M_LIMIT_EXCEEDED",
         }.get(status, "M_UNKNOWN")
-    matrix_error = _subclass(status, errcode)(errcode, message, status, extra)
-    matrix_error.rpc_error = error
-    matrix_error.service = service
-    return matrix_error
+    error = _subclass(status, errcode)(errcode, message, status, extra)
+    error.service = service
+    return error
 
 
-__all__ = ["Forbidden", "MatrixError", "NotFound", "Unavailable", "from_rpc_error"]
+def from_rpc_error(error: grpc.aio.AioRpcError, service: str = "") -> MatrixError:
+    """The :class:`MatrixError` a failed gRPC call stands for."""
+    info = error_info(error)
+    converted = matrix_error(error.code(), info.errcode, info.message, dict(info.extra), service)
+    converted.rpc_error = error
+    return converted
+
+
+__all__ = ["Forbidden", "MatrixError", "NotFound", "Unavailable", "from_rpc_error", "matrix_error"]

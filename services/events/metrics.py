@@ -34,6 +34,11 @@ LOCAL_SEND_GROUPS = Histogram(
     "Local sends written together into one room (in one database transaction)",
     buckets=(1, 2, 5, 10, 20, 50, 100),
 )
+LOCAL_SEND_SECONDS = Histogram(
+    "mxfed_events_local_send_seconds",
+    "A local send from its request to its answer (PerformSendEvent, or one send of"
+    " StreamSendEvents)",
+)
 LOCAL_SENDS_WAITING = Gauge(
     "mxfed_events_local_sends_waiting",
     "Local sends waiting for their room's current write to end (they go together next)",

@@ -16,6 +16,7 @@ import grpc
 from mxfed import tracing
 from mxfed.service_errors import BadRequest, json_field, reports_service_errors
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
+from services.events import metrics, send_stream
 from services.events.admin.blocks import BLOCKED_ROOMS
 from services.events.input import InputKind, InputPipeline
 from services.events.local_events import CreateRoomRequest, LocalEvents
@@ -152,10 +153,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         )
         return events_pb2.PerformCreateRoomResponse(room_id=room_id, room_alias=alias)
 
-    @reports_service_errors
-    async def PerformSendEvent(self, request, context):  # noqa: N802, ANN001, ANN201
+    async def _send(self, request: events_pb2.PerformSendEventRequest) -> tuple[str, int]:
         BLOCKED_ROOMS.check(request.room_id)
-        event_id, position = await self.local.send_event(
+        return await self.local.send_event(
             request.room_id,
             request.sender,
             request.type,
@@ -164,7 +164,16 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             request.redacts,
             request.txn_id,
         )
+
+    @reports_service_errors
+    async def PerformSendEvent(self, request, context):  # noqa: N802, ANN001, ANN201
+        with metrics.LOCAL_SEND_SECONDS.time():
+            event_id, position = await self._send(request)
         return events_pb2.PerformSendEventResponse(event_id=event_id, stream_position=position)
+
+    async def StreamSendEvents(self, request_iterator, context):  # noqa: N802, ANN001, ANN201
+        async for response in send_stream.serve(request_iterator, self._send):
+            yield response
 
     @reports_service_errors
     async def PerformCreateAlias(self, request, context):  # noqa: N802, ANN001, ANN201

@@ -186,6 +186,59 @@ class PerformSendEventResponse(_message.Message):
     stream_position: int
     def __init__(self, event_id: _Optional[str] = ..., stream_position: _Optional[int] = ...) -> None: ...
 
+class StreamSendEventsRequest(_message.Message):
+    __slots__ = ("sends",)
+    SENDS_FIELD_NUMBER: _ClassVar[int]
+    sends: _containers.RepeatedCompositeFieldContainer[SendEventItem]
+    def __init__(self, sends: _Optional[_Iterable[_Union[SendEventItem, _Mapping]]] = ...) -> None: ...
+
+class SendEventItem(_message.Message):
+    __slots__ = ("id", "send", "timeout_ms", "traceparent")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    send: PerformSendEventRequest
+    timeout_ms: int
+    traceparent: str
+    def __init__(self, id: _Optional[int] = ..., send: _Optional[_Union[PerformSendEventRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class StreamSendEventsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SendEventResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SendEventResult, _Mapping]]] = ...) -> None: ...
+
+class SendEventResult(_message.Message):
+    __slots__ = ("id", "sent", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    sent: PerformSendEventResponse
+    error: SendEventError
+    def __init__(self, id: _Optional[int] = ..., sent: _Optional[_Union[PerformSendEventResponse, _Mapping]] = ..., error: _Optional[_Union[SendEventError, _Mapping]] = ...) -> None: ...
+
+class SendEventError(_message.Message):
+    __slots__ = ("code", "message", "errcode", "extra")
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERRCODE_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    errcode: str
+    extra: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., errcode: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class PerformCreateAliasRequest(_message.Message):
     __slots__ = ("alias", "room_id", "creator", "servers")
     ALIAS_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class EventsStub:
                 request_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.PerformSendEventRequest.SerializeToString,
                 response_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.PerformSendEventResponse.FromString,
                 _registered_method=True)
+        self.StreamSendEvents = channel.stream_stream(
+                '/mxfed.events.v1.Events/StreamSendEvents',
+                request_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamSendEventsRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamSendEventsResponse.FromString,
+                _registered_method=True)
         self.PerformCreateAlias = channel.unary_unary(
                 '/mxfed.events.v1.Events/PerformCreateAlias',
                 request_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.PerformCreateAliasRequest.SerializeToString,
@@ -147,6 +152,17 @@ class EventsServicer:
         """Build, sign and store an event of a local user (message, state, redaction); delivered to
         the room's other servers by the sender service. In a room that uses a policy server the
         event is signed by it first, or refused with its errcode. Idempotent on (sender, txn_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSendEvents(self, request_iterator, context):
+        """PerformSendEvent for many concurrent sends (a bridge's) over one long-lived stream: each
+        request message carries the sends written since the last one, each answered (in any
+        order, several per response message) when its event is stored and has its stream
+        position, or with its own error. Ending the stream abandons the unanswered sends (an
+        event already stored stays; a retry with its txn_id returns it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -262,6 +278,11 @@ def add_EventsServicer_to_server(servicer, server):
                     servicer.PerformSendEvent,
                     request_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.PerformSendEventRequest.FromString,
                     response_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.PerformSendEventResponse.SerializeToString,
+            ),
+            'StreamSendEvents': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamSendEvents,
+                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamSendEventsRequest.FromString,
+                    response_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamSendEventsResponse.SerializeToString,
             ),
             'PerformCreateAlias': grpc.unary_unary_rpc_method_handler(
                     servicer.PerformCreateAlias,
@@ -432,6 +453,33 @@ class Events:
             '/mxfed.events.v1.Events/PerformSendEvent',
             mxfed__api_dot_events_dot_v1_dot_events__pb2.PerformSendEventRequest.SerializeToString,
             mxfed__api_dot_events_dot_v1_dot_events__pb2.PerformSendEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSendEvents(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mxfed.events.v1.Events/StreamSendEvents',
+            mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamSendEventsRequest.SerializeToString,
+            mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamSendEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
