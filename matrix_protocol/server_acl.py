@@ -23,6 +23,8 @@ from typing import Any
 
 from matrix_protocol.server_names import is_ip_literal
 
+SERVER_ACL_EVENT_TYPE = "m.room.server_acl"
+
 
 def _host_of(server_name: str) -> str:
     """The server name without its port (an IPv6 literal keeps its brackets)."""

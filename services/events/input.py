@@ -42,7 +42,9 @@ import grpc
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.pdu_format import MAX_ID_BYTES
+from matrix_protocol.policy_servers import POLICY_STATE_KEY
 from matrix_protocol.room_versions import UnsupportedRoomVersion, room_version
+from matrix_protocol.server_acl import SERVER_ACL_EVENT_TYPE, server_allowed
 from matrix_protocol.server_names import is_valid_user_id
 from matrix_protocol.transactions import MAX_EDUS, MAX_PDUS
 from mxfed.clock import now_ms
@@ -66,8 +68,8 @@ from services.events.pdu_checks import (
     check_signatures_and_hashes,
     untimed,
 )
-from services.events.policy import PolicyServers, rooms_naming_one
-from services.events.reads import server_acl_allows, server_acl_denied_rooms
+from services.events.policy import PolicyServers
+from services.events.reads import server_acl_allows
 from services.events.room_batch import RoomBatch, RoomsCore, auth_order
 from services.events.storage import Status
 
@@ -494,18 +496,32 @@ class InputPipeline:
                     in_dag.add(prev)
                 else:
                     unknown.append(prev)
-        partial_rooms: list[str] = []
-        async with self.pool.acquire() as conn:
-            denied_rooms = await server_acl_denied_rooms(conn, list(by_room), origin)
-            if unknown:
-                stored = await storage.fetch_events(conn, unknown)
-                in_dag.update(e for e, s in stored.items() if s.status is not Status.OUTLIER)
-            if self.backfill is not None:
-                partial_rooms = await storage.partial_state_rooms_among(conn, list(by_room))
-            policy_rooms = (
-                set() if self.policy is None else await rooms_naming_one(conn, list(by_room))
+        acl, policy = SERVER_ACL_EVENT_TYPE, POLICY_STATE_KEY[0]
+        async with self.clock.stage("lookups"), self.pool.acquire() as conn:
+            # One round trip for the rooms' ACLs, policy servers and partial state, a
+            # second for the ACL events and prev_events not cached, if any.
+            facts = await storage.room_facts(
+                conn,
+                list(by_room),
+                [acl] if self.policy is None else [acl, policy],
+                partial=self.backfill is not None,
             )
-        return _Lookups(denied_rooms, in_dag, partial_rooms, policy_rooms)
+            acl_ids = {room: state[acl] for room, state in facts.state.items() if acl in state}
+            acls = {e: s for e in acl_ids.values() if (s := self.core.event_cache.get(e))}
+            uncached = [e for e in acl_ids.values() if e not in acls]
+            if unknown or uncached:
+                stored = await storage.fetch_events(conn, unknown + uncached)
+                in_dag.update(
+                    e for e in unknown if (s := stored.get(e)) and s.status is not Status.OUTLIER
+                )
+                acls.update((e, stored[e]) for e in uncached if e in stored)
+        denied_rooms = {
+            room
+            for room, acl_id in acl_ids.items()
+            if acl_id in acls and not server_allowed(origin, acls[acl_id].event.content)
+        }
+        policy_rooms = {room for room, state in facts.state.items() if policy in state}
+        return _Lookups(denied_rooms, in_dag, sorted(facts.partial), policy_rooms)
 
     @staticmethod
     def _gaps(

@@ -21,7 +21,7 @@ import asyncpg
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import room_version
-from matrix_protocol.server_acl import server_allowed
+from matrix_protocol.server_acl import SERVER_ACL_EVENT_TYPE, server_allowed
 from matrix_protocol.server_names import server_name_of
 from mxfed.service_errors import BadRequest
 from services.events import storage
@@ -38,7 +38,7 @@ async def server_acl_denied_rooms(
 ) -> set[str]:
     """The rooms of ``room_ids`` whose current m.room.server_acl keeps ``server`` out
     (one query for them all, a second only if some have an ACL)."""
-    acl_ids = await storage.current_state_of_rooms(conn, room_ids, "m.room.server_acl", "")
+    acl_ids = await storage.current_state_of_rooms(conn, room_ids, SERVER_ACL_EVENT_TYPE, "")
     if not acl_ids:
         return set()
     acls = await storage.fetch_events(conn, acl_ids.values())

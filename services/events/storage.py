@@ -880,6 +880,39 @@ async def current_state_of_rooms(
     return {row["room_id"]: row["event_id"] for row in rows}
 
 
+@dataclass(frozen=True)
+class RoomFacts:
+    """What :func:`room_facts` found for some rooms."""
+
+    # room id → the event id of its current state event of each type asked (state key "").
+    state: dict[str, dict[str, str]]
+    # The rooms in partial state (when asked).
+    partial: set[str]
+
+
+async def room_facts(
+    conn: asyncpg.Connection, room_ids: Sequence[str], types: Sequence[str], partial: bool
+) -> RoomFacts:
+    """In one round trip: the rooms' current state events of ``types`` with the state
+    key "", and (when ``partial``) which of the rooms are in partial state."""
+    rows = await conn.fetch(
+        "SELECT room_id, type, event_id FROM events.current_state"
+        " WHERE room_id = ANY($1::text[]) AND type = ANY($2::text[]) AND state_key = ''"
+        " UNION ALL SELECT room_id, NULL, NULL FROM events.partial_state_rooms"
+        " WHERE $3 AND room_id = ANY($1::text[])",
+        list(room_ids),
+        list(types),
+        partial,
+    )
+    facts = RoomFacts({}, set())
+    for row in rows:
+        if row["type"] is None:
+            facts.partial.add(row["room_id"])
+        else:
+            facts.state.setdefault(row["room_id"], {})[row["type"]] = row["event_id"]
+    return facts
+
+
 async def current_state_ids(
     conn: asyncpg.Connection, room_id: str, filters: Sequence[tuple[str, str | None]] = ()
 ) -> list[str]:
@@ -1165,15 +1198,6 @@ async def partial_state_room(conn: asyncpg.Connection, room_id: str) -> PartialS
     fields = dict(row)
     fields["servers"] = list(fields["servers"])
     return PartialStateRoom(**fields)
-
-
-async def partial_state_rooms_among(conn: asyncpg.Connection, room_ids: Sequence[str]) -> list[str]:
-    """Which of ``room_ids`` are in partial state."""
-    rows = await conn.fetch(
-        "SELECT room_id FROM events.partial_state_rooms WHERE room_id = ANY($1::text[])",
-        list(room_ids),
-    )
-    return [row["room_id"] for row in rows]
 
 
 async def partial_state_room_ids(conn: asyncpg.Connection) -> list[str]:
