@@ -569,6 +569,11 @@ class RoomBatch:
         self.cache_committed()
         await self.stream_committed([self])
 
+    @property
+    def streams(self) -> bool:
+        """Whether events of the batch get stream positions (:meth:`stream_committed`)."""
+        return bool(self._to_stream)
+
     def cache_committed(self) -> None:
         """Call right after commit: what was written may now be served from the cache
         (then :meth:`stream_committed`)."""

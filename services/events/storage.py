@@ -1037,16 +1037,28 @@ async def stored_transaction_response(
 
 
 async def store_transaction_response(
-    conn: asyncpg.Connection, origin: str, txn_id: str, response_json: str, now_ms: int
+    conn: asyncpg.Connection,
+    origin: str,
+    txn_id: str,
+    response_json: str,
+    now_ms: int,
+    *,
+    flush: bool = True,
 ) -> str:
-    """Store the response unless one is stored already; return the stored one."""
+    """Store the response unless one is stored already; return the stored one.
+
+    ``flush=False``: its commit does not wait for the WAL flush (``synchronous_commit``
+    off for this statement's transaction)."""
     stored = await conn.fetchval(
         "INSERT INTO events.transactions (origin, txn_id, response_json, received_ts)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (origin, txn_id) DO NOTHING RETURNING response_json",
+        " SELECT $1, $2, $3, $4 FROM set_config('synchronous_commit',"
+        "   CASE WHEN $5 THEN current_setting('synchronous_commit') ELSE 'off' END, true)"
+        " ON CONFLICT (origin, txn_id) DO NOTHING RETURNING response_json",
         origin,
         txn_id,
         response_json,
         now_ms,
+        flush,
     )
     if stored is not None:
         return stored
