@@ -385,3 +385,45 @@ async def test_a_refused_send_among_others_waiting_fails_alone(events: EventsSer
         )
         == 0
     )
+
+
+def _writer_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "events:local-sends"]
+
+
+async def test_a_send_into_an_idle_room_is_written_by_its_own_call(
+    events: EventsService,
+) -> None:
+    """No writer task to start and answer through; a send made meanwhile waits for it,
+    then a writer task writes it."""
+    admin = f"@admin:{events.server_name}"
+    room_id = await events.create_room("12")
+    holder, transaction = await _busy_room(events, room_id)
+    try:
+        first = asyncio.create_task(
+            events.send(room_id, admin, "m.room.message", {"body": "first"})
+        )
+        await wait_until(
+            lambda: _lock_waiters(events), interval=0.02, what="the first send waits for the lock"
+        )
+        assert _writer_tasks() == []
+        waiting = REGISTRY.get_sample_value("mxfed_events_local_sends_waiting") or 0.0
+        second = asyncio.create_task(
+            events.send(room_id, admin, "m.room.message", {"body": "second"})
+        )
+        await wait_until(
+            lambda: (
+                (REGISTRY.get_sample_value("mxfed_events_local_sends_waiting") or 0.0)
+                >= waiting + 1
+            ),
+            interval=0.02,
+            what="the second send waits",
+        )
+    finally:
+        await transaction.rollback()
+        await events.pool.release(holder)
+    sent = await asyncio.gather(first, second)
+    assert sent[0].stream_position < sent[1].stream_position
+    chain = await _timeline(events, room_id)
+    assert [e.event_id for e in chain[-2:]] == [s.event_id for s in sent]
+    await wait_until(lambda: not _writer_tasks(), interval=0.02, what="the writer ends")
