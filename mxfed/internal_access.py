@@ -103,6 +103,7 @@ _RULES: dict[str, dict[str, Access]] = {
         "QueryAlias": parts("gateway") | ACTORS,
         "QueryServerAllowed": parts("gateway", "backfill", "keys") | ACTORS,
         "StreamEvents": parts("sender") | ACCOUNTS | ACTORS,
+        "StreamEventBatches": parts("sender") | ACCOUNTS | ACTORS,
     },
     "mxfed.events.v1.Membership": {
         "MakeMembership": parts("gateway"),

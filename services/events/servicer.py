@@ -90,6 +90,15 @@ def _stream_item(entry: StreamEntry) -> events_pb2.StreamEventsResponse:
     )
 
 
+def _stream_filter(request: events_pb2.StreamEventsRequest) -> StreamFilter:
+    return StreamFilter(
+        room_id=request.room_id,
+        local_senders_only=request.local_senders_only,
+        include_ephemeral=request.include_ephemeral,
+        event_types=frozenset(request.event_types),
+    )
+
+
 class EventsServicer(events_pb2_grpc.EventsServicer):
     def __init__(
         self, pipeline: InputPipeline, local: LocalEvents, reads: Reads, hub: StreamHub
@@ -298,11 +307,13 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
     async def StreamEvents(  # noqa: N802
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
-        stream_filter = StreamFilter(
-            room_id=request.room_id,
-            local_senders_only=request.local_senders_only,
-            include_ephemeral=request.include_ephemeral,
-            event_types=frozenset(request.event_types),
-        )
-        async for entry in self.hub.subscribe(stream_filter, request.after_position):
+        async for entry in self.hub.subscribe(_stream_filter(request), request.after_position):
             yield _stream_item(entry)
+
+    async def StreamEventBatches(  # noqa: N802
+        self, request: events_pb2.StreamEventBatchesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[events_pb2.StreamEventBatchesResponse]:
+        asked = request.stream
+        batches = self.hub.subscribe_batches(_stream_filter(asked), asked.after_position)
+        async for batch in batches:
+            yield events_pb2.StreamEventBatchesResponse(items=[_stream_item(e) for e in batch])

@@ -38,6 +38,8 @@ from services.events.reads import EventView
 log = logging.getLogger(__name__)
 
 PAGE = 500
+# Entries in one StreamEventBatches message at most.
+MAX_BATCH = 100
 QUEUE_SIZE = 2000
 
 
@@ -334,6 +336,14 @@ class StreamHub:
     async def subscribe(
         self, stream_filter: StreamFilter, after_position: int
     ) -> AsyncIterator[StreamEntry]:
+        async for batch in self.subscribe_batches(stream_filter, after_position):
+            for entry in batch:
+                yield entry
+
+    async def subscribe_batches(
+        self, stream_filter: StreamFilter, after_position: int, most: int = MAX_BATCH
+    ) -> AsyncIterator[list[StreamEntry]]:
+        """:meth:`subscribe`'s entries, those ready together (up to ``most``) in one list."""
         subscription = Subscription(stream_filter)
         self._subscribers.add(subscription)
         try:
@@ -346,28 +356,34 @@ class StreamHub:
                 if not attached:
                     subscription.attach()
                     attached = True
-                    async for entry in self._replay(stream_filter, position):
-                        position = entry.position
-                        yield entry
+                    async for page in self._replay(stream_filter, position):
+                        position = page[-1].position
+                        yield page
                 if subscription.lagging and subscription.queue.empty():
                     attached = False
                     continue
-                entry = await subscription.queue.get()
-                if entry.position <= position:
-                    continue
-                position = entry.position
-                yield entry
+                batch = [await subscription.queue.get()]
+                while len(batch) < most and not subscription.queue.empty():
+                    batch.append(subscription.queue.get_nowait())
+                batch = [entry for entry in batch if entry.position > position]
+                if batch:
+                    position = batch[-1].position
+                    yield batch
         finally:
             self._subscribers.discard(subscription)
 
-    async def _replay(self, stream_filter: StreamFilter, after: int) -> AsyncIterator[StreamEntry]:
+    async def _replay(
+        self, stream_filter: StreamFilter, after: int
+    ) -> AsyncIterator[list[StreamEntry]]:
+        """The stored entries after ``after`` that match, a page (non-empty) at a time."""
         more = True
         while more:
             async with self.pool.acquire() as conn:
                 entries, more = await read_entries(
                     conn, after, stream_filter.room_id, stream_filter.include_ephemeral
                 )
-            for entry in entries:
-                after = entry.position
-                if stream_filter.matches(entry, self.server_name):
-                    yield entry
+            if entries:
+                after = entries[-1].position
+            page = [e for e in entries if stream_filter.matches(e, self.server_name)]
+            if page:
+                yield page

@@ -11,7 +11,8 @@ duplicating anything.
 
 **Ingest** (``ingest.py``). One replica at a time — the holder of a
 PostgreSQL advisory lock — follows the events service's durable stream of
-events sent by local users (``StreamEvents(local_senders_only)``), from a
+events sent by local users (``StreamEventBatches(local_senders_only)``: the
+items of ``StreamEvents``, those ready together in one message), from a
 cursor stored in ``sender.ingest_cursor``. Each stream item carries
 ``servers_before``: the servers with joined members in the state before the
 event (so the server of a user being kicked still gets the kick). For each

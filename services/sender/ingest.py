@@ -101,9 +101,11 @@ class Ingester:
         self.position = await SenderStorage.read_cursor(connection)
         metrics.INGEST_POSITION.set(self.position)
         # wait_for_ready: at start the events channel may still be connecting.
-        call = self.events.StreamEvents(
-            events_pb2.StreamEventsRequest(after_position=self.position, local_senders_only=True),
-            wait_for_ready=True,
+        asked = events_pb2.StreamEventsRequest(
+            after_position=self.position, local_senders_only=True
+        )
+        call = self.events.StreamEventBatches(
+            events_pb2.StreamEventBatchesRequest(stream=asked), wait_for_ready=True
         )
         items: asyncio.Queue[events_pb2.StreamEventsResponse | None] = asyncio.Queue(
             maxsize=10 * MAX_BATCH
@@ -111,8 +113,9 @@ class Ingester:
 
         async def read() -> None:
             try:
-                async for item in call:
-                    await items.put(item)
+                async for batch in call:
+                    for item in batch.items:
+                        await items.put(item)
             finally:
                 await items.put(None)
 

@@ -503,6 +503,18 @@ class Receipt(_message.Message):
     data_json: bytes
     def __init__(self, room_id: _Optional[str] = ..., user_id: _Optional[str] = ..., receipt_type: _Optional[str] = ..., event_id: _Optional[str] = ..., data_json: _Optional[bytes] = ...) -> None: ...
 
+class StreamEventBatchesRequest(_message.Message):
+    __slots__ = ("stream",)
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    stream: StreamEventsRequest
+    def __init__(self, stream: _Optional[_Union[StreamEventsRequest, _Mapping]] = ...) -> None: ...
+
+class StreamEventBatchesResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[StreamEventsResponse]
+    def __init__(self, items: _Optional[_Iterable[_Union[StreamEventsResponse, _Mapping]]] = ...) -> None: ...
+
 class StreamEventsResponse(_message.Message):
     __slots__ = ("position", "event", "typing", "receipt", "servers_before", "relayed_for", "traceparent")
     POSITION_FIELD_NUMBER: _ClassVar[int]

@@ -119,6 +119,11 @@ class EventsStub:
                 request_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.StreamEventBatches = channel.unary_stream(
+                '/mxfed.events.v1.Events/StreamEventBatches',
+                request_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventBatchesRequest.SerializeToString,
+                response_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventBatchesResponse.FromString,
+                _registered_method=True)
 
 
 class EventsServicer:
@@ -256,6 +261,14 @@ class EventsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamEventBatches(self, request, context):
+        """StreamEvents with the items ready together in one message (in order): a busy stream
+        costs a message per batch rather than per event, at both ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -343,6 +356,11 @@ def add_EventsServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsRequest.FromString,
                     response_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'StreamEventBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEventBatches,
+                    request_deserializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventBatchesRequest.FromString,
+                    response_serializer=mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventBatchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -804,6 +822,33 @@ class Events:
             '/mxfed.events.v1.Events/StreamEvents',
             mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
             mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEventBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mxfed.events.v1.Events/StreamEventBatches',
+            mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventBatchesRequest.SerializeToString,
+            mxfed__api_dot_events_dot_v1_dot_events__pb2.StreamEventBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

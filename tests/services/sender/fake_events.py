@@ -1,8 +1,9 @@
 """A stand-in for the events service's gRPC API, as much as the sender uses.
 
-``StreamEvents`` replays the stored items after ``after_position`` and then
-follows new ones; ``QueryServersInRoom`` answers from a dict. Tests append
-local events with :meth:`FakeEvents.add_event`.
+``StreamEventBatches`` replays the stored items after ``after_position`` and
+then follows new ones, those stored since its last message in one;
+``QueryServersInRoom`` answers from a dict. Tests append local events with
+:meth:`FakeEvents.add_event`.
 """
 
 from __future__ import annotations
@@ -62,16 +63,16 @@ class FakeEvents(events_pb2_grpc.EventsServicer):
             self._changed.notify_all()
         return position
 
-    async def StreamEvents(
-        self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
-        assert request.local_senders_only
+    async def StreamEventBatches(
+        self, request: events_pb2.StreamEventBatchesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[events_pb2.StreamEventBatchesResponse]:
+        assert request.stream.local_senders_only
         self.stream_calls += 1
-        sent = request.after_position
+        sent = request.stream.after_position
         while True:
-            while sent < len(self.items):
-                sent += 1
-                yield self.items[sent - 1]
+            if sent < len(self.items):
+                batch, sent = self.items[sent:], len(self.items)
+                yield events_pb2.StreamEventBatchesResponse(items=batch)
             async with self._changed:
                 await self._changed.wait_for(lambda sent=sent: len(self.items) > sent)
 
