@@ -131,17 +131,19 @@ class StreamWatcher:
 
     def __init__(self, stub: events_pb2_grpc.EventsStub) -> None:
         self.seen: dict[str, float] = {}
-        self._call = stub.StreamEvents(
-            events_pb2.StreamEventsRequest(after_position=-1, local_senders_only=True)
-        )
+        asked = events_pb2.StreamEventsRequest(after_position=-1, local_senders_only=True)
+        self._call = stub.StreamEventBatches(events_pb2.StreamEventBatchesRequest(stream=asked))
         self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
-        async for item in self._call:
-            if item.WhichOneof("item") == "event":
-                mark = orjson.loads(item.event.pdu_json).get("content", {}).get("bench_id")
-                if isinstance(mark, str):
-                    self.seen.setdefault(mark, time.perf_counter())
+        async for batch in self._call:
+            now = time.perf_counter()
+            for item in batch.items:
+                if item.WhichOneof("item") == "event":
+                    content = orjson.loads(item.event.pdu_json).get("content", {})
+                    mark = content.get("bench_id")
+                    if isinstance(mark, str):
+                        self.seen.setdefault(mark, now)
 
     def close(self) -> None:
         self._call.cancel()

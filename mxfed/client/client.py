@@ -625,15 +625,19 @@ class Client:
                 local_senders_only=local_senders_only,
                 include_ephemeral=ephemeral,
             )
-            call = self._events.StreamEvents(request)
+            # The items ready together come in one message (cheaper at both ends).
+            call = self._events.StreamEventBatches(
+                events_pb2.StreamEventBatchesRequest(stream=request)
+            )
             try:
-                async for reply in call:
+                async for batch in call:
                     failures = 0
-                    if delivered is not None and position is not None:
-                        position.save(delivered)
-                    item = _stream_item(reply)
-                    last = delivered = item.position
-                    yield item
+                    for reply in batch.items:
+                        if delivered is not None and position is not None:
+                            position.save(delivered)
+                        item = _stream_item(reply)
+                        last = delivered = item.position
+                        yield item
             except grpc.aio.AioRpcError as error:
                 problem = from_rpc_error(error, "events")
                 if not (reconnect and isinstance(problem, Unavailable)):
