@@ -312,6 +312,15 @@ def mxfed_processes(mxfed: MxfedProcess) -> dict[str, psutil.Process]:
 # What the parts say about where a local send's time goes: (part, metric, labels, label).
 STAGES = (
     ("events", "mxfed_events_local_send_seconds", "", "events: a send served"),
+    *(
+        (
+            "events",
+            "mxfed_events_local_send_stage_seconds",
+            f'stage="{stage}"',
+            f"events: send's {stage}",
+        )
+        for stage in ("room_open", "build", "store", "write", "commit", "stream_round")
+    ),
     ("events", "mxfed_events_stream_round_seconds", "", "events: stream position round"),
     ("events", "mxfed_db_pool_acquire_seconds", "", "events: wait for a pooled connection"),
     ("sender", "mxfed_sender_ingest_seconds", "", "sender: ingest statement"),

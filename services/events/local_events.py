@@ -24,6 +24,7 @@ import contextlib
 import logging
 import secrets
 import string
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,19 @@ class _Send:
     redacts: str
     txn_id: str
     reply: asyncio.Future[tuple[str, int]]
+
+
+class _Stages:
+    """Where a local send's time goes (:data:`metrics.LOCAL_SEND_STAGE_SECONDS`): each
+    :meth:`mark` ends a stage begun at the one before."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        metrics.LOCAL_SEND_STAGE_SECONDS.labels(stage).observe(now - self._last)
+        self._last = now
 
 
 class _NotTogether(Exception):
@@ -499,7 +513,9 @@ class LocalEvents:
         fresh: dict[tuple[str, str], str] = {}  # this group's transaction ids → event ids
         # Per send: its event id, and whether it was sent before (its position as stored).
         outcome: list[tuple[str, bool, int | None]] = []
+        stages = _Stages()
         async with self._room(room_id, group) as (batch, done):
+            stages.mark("room_open")
             for send in group:
                 key = (send.sender, send.txn_id)
                 if send.txn_id and key in done:
@@ -523,13 +539,17 @@ class LocalEvents:
                 if send.txn_id:
                     fresh[key] = event.event_id
                 outcome.append((event.event_id, False, None))
+            stages.mark("build")
             await batch.write([(sender, txn, sent) for (sender, txn), sent in fresh.items()])
-        return self._results(batch, outcome)
+            stages.mark("write")
+        stages.mark("commit")
+        return self._results(batch, outcome, stages)
 
     async def _results(
-        self, batch: RoomBatch, outcome: Sequence[tuple[str, bool, int | None]]
+        self, batch: RoomBatch, outcome: Sequence[tuple[str, bool, int | None]], stages: _Stages
     ) -> list[tuple[str, int]]:
         await batch.committed()
+        stages.mark("stream_round")
         results = []
         for event_id, sent_before, position in outcome:
             if sent_before:
@@ -550,15 +570,18 @@ class LocalEvents:
         # transaction ends without writing, the policy server signs (the
         # room's lock let go meanwhile), and a second one stores the signed event.
         signed: tuple[Event, dict[str, Any], PolicyServer] | None = None
+        stages = _Stages()
         while True:
             to_sign: tuple[Event, dict[str, Any], PolicyServer] | None = None
             async with self._room(room_id, [send]) as (batch, sent_before):
+                stages.mark("room_open")
                 done = sent_before.get((sender, txn_id)) if txn_id else None
                 if done is None:
                     if signed is None:
                         event, pdu = self.build(
                             batch, room_id, event_type, sender, state_key, content, redacts or None
                         )
+                        stages.mark("build")
                         policy = await self.policy_server_for(batch, event)
                         if policy is not None:
                             to_sign = (event, pdu, policy)
@@ -568,14 +591,19 @@ class LocalEvents:
                         event, pdu, policy = signed
                         await self._store(batch, event, pdu, policy)
                     if to_sign is None:
+                        stages.mark("store")
                         await batch.write([(sender, txn_id, event.event_id)] if txn_id else [])
+                        stages.mark("write")
             if done is not None:
                 return await self._repeated(*done)
             if to_sign is None:
+                stages.mark("commit")
                 await batch.committed()
+                stages.mark("stream_round")
                 return event.event_id, batch.positions.get(event.event_id, 0)
             event, pdu, policy = to_sign
             event, pdu = await self.policy_sign(policy, event, pdu)
+            stages.mark("policy_server")
             signed = (event, pdu, policy)
 
     @contextlib.asynccontextmanager

@@ -39,6 +39,14 @@ LOCAL_SEND_SECONDS = Histogram(
     "A local send from its request to its answer (PerformSendEvent, or one send of"
     " StreamSendEvents)",
 )
+LOCAL_SEND_STAGE_SECONDS = Histogram(
+    "mxfed_events_local_send_stage_seconds",
+    "Time per stage of a local send, or of sends written together: room_open (a pooled"
+    " connection, BEGIN with the room's lock, the head), build (and sign; with others: and"
+    " add), store (add to the batch), write, commit, stream_round; policy_server (its"
+    " signature asked, the lock let go)",
+    ["stage"],
+)
 LOCAL_SENDS_WAITING = Gauge(
     "mxfed_events_local_sends_waiting",
     "Local sends waiting for their room's current write to end (they go together next)",

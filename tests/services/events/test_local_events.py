@@ -427,3 +427,21 @@ async def test_a_send_into_an_idle_room_is_written_by_its_own_call(
     chain = await _timeline(events, room_id)
     assert [e.event_id for e in chain[-2:]] == [s.event_id for s in sent]
     await wait_until(lambda: not _writer_tasks(), interval=0.02, what="the writer ends")
+
+
+async def test_a_sends_stages_are_timed(events: EventsService) -> None:
+    stages = ("room_open", "build", "store", "write", "commit", "stream_round")
+
+    def counts() -> list[float]:
+        return [
+            REGISTRY.get_sample_value(
+                "mxfed_events_local_send_stage_seconds_count", {"stage": stage}
+            )
+            or 0.0
+            for stage in stages
+        ]
+
+    room_id = await events.create_room("12")
+    before = counts()
+    await events.send(room_id, f"@admin:{events.server_name}", "m.room.message", {"body": "x"})
+    assert [after - was for after, was in zip(counts(), before, strict=True)] == [1.0] * 6
