@@ -743,7 +743,9 @@ async def run_mxfed(
                     twenty = [await join_public_room(stub, mxfed, remote, user) for _ in range(20)]
                 await run_scenario("warm-up", one, remote, mxfed, user, 2)
                 if latency_only:
+                    profilers = start_profilers(mxfed, profile) if profile else []
                     await measure_visibility_latency(stub, one[0], remote, mxfed, user, samples)
+                    stop_profilers(profilers)
                     return {}
                 ours = {}
                 for label, prefix, rooms in (
