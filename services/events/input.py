@@ -164,9 +164,7 @@ class TransactionGuard:
             else:
                 log.warning("a transaction's guard lock was taken by another replica meanwhile")
 
-    async def _query(
-        self, statement: Callable[[asyncpg.Connection, int], Awaitable[Any]], key: int
-    ) -> Any:
+    async def _query(self, statement: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
         async with self._conn_lock:
             for attempt in (1, 2):
                 try:
@@ -175,33 +173,38 @@ class TransactionGuard:
                 except TimeoutError:
                     raise DatabaseUnavailable("no connection for the guard") from None
                 try:
-                    return await self._conn.run(lambda connection: statement(connection, key))
+                    return await self._conn.run(statement)
                 except Exception as exc:
                     # Lost in the middle: once more, on a new connection.
                     if attempt == 2 or not is_connection_error(exc):
                         raise
             raise AssertionError("unreachable")
 
-    async def _try_lock(self, key: int) -> bool:
-        """One ``pg_try_advisory_lock``, recorded when taken.
+    async def _try_lock(self, key: int, origin: str, txn_id: str) -> tuple[bool, str | None]:
+        """One ``pg_try_advisory_lock``, recorded when taken, and the response stored
+        for the transaction by then (:func:`storage.try_transaction_lock`).
 
         A holder cancelled while the query is out (its caller gave up, say) may
         have taken the lock by the time the answer comes: that lock is given back
         before the cancellation goes on. Left to the session, it would refuse
         this transaction on every replica for as long as this one runs."""
-        attempt = asyncio.ensure_future(self._query(storage.try_session_lock_key, key))
+        attempt = asyncio.ensure_future(
+            self._query(
+                lambda connection: storage.try_transaction_lock(connection, key, origin, txn_id)
+            )
+        )
         try:
-            taken = bool(await asyncio.shield(attempt))
+            taken, stored = await asyncio.shield(attempt)
         except asyncio.CancelledError:
             await asyncio.shield(self._give_back(attempt, key))
             raise
         if taken:
             self._held[key] = self._conn.generation
-        return taken
+        return taken, stored
 
-    async def _give_back(self, attempt: asyncio.Future[Any], key: int) -> None:
+    async def _give_back(self, attempt: asyncio.Future[tuple[bool, str | None]], key: int) -> None:
         try:
-            taken = await attempt
+            taken, _ = await attempt
         except Exception:
             return  # no answer: the session that may hold it is gone, or the query failed
         if taken:
@@ -217,8 +220,11 @@ class TransactionGuard:
                 await self._conn.run(lambda connection: storage.session_unlock_key(connection, key))
 
     @asynccontextmanager
-    async def hold(self, origin: str, txn_id: str, stage: Stage = untimed) -> AsyncIterator[None]:
-        """Hold the transaction's lock; ``stage`` times taking and giving it back."""
+    async def hold(
+        self, origin: str, txn_id: str, stage: Stage = untimed
+    ) -> AsyncIterator[str | None]:
+        """Hold the transaction's lock, giving the response stored for it once taken (a
+        retry's; None for a new transaction); ``stage`` times taking and giving it back."""
         name = (origin, txn_id)
         lock = self._local.setdefault(name, asyncio.Lock())
         self._users[name] += 1
@@ -228,10 +234,12 @@ class TransactionGuard:
                 # Another replica holds it only while it processes the same
                 # transaction; poll rather than block the shared connection.
                 async with stage("transaction_guard"):
-                    while not await self._try_lock(key):  # noqa: ASYNC110
+                    taken, stored = await self._try_lock(key, origin, txn_id)
+                    while not taken:
                         await asyncio.sleep(0.05)
+                        taken, stored = await self._try_lock(key, origin, txn_id)
                 try:
-                    yield
+                    yield stored
                 finally:
                     async with stage("transaction_guard"):
                         # Shielded: a cancellation must not leave the unlock unsent.
@@ -244,6 +252,12 @@ class TransactionGuard:
 
     async def close(self) -> None:
         await self._conn.close()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Its exception retrieved: nobody awaits a task whose caller failed first."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
@@ -285,36 +299,53 @@ class InputPipeline:
     ) -> bytes:
         if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
             raise InvalidTransaction(f"at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction")
-        async with self.guard.hold(origin, txn_id, self.clock.stage):
-            # Parsed while the stored answer of a retry is looked up (reads only).
-            stored, (results, by_room, refused) = await asyncio.gather(
-                self._stored_response(origin, txn_id), self._parse(pdus)
-            )
-            if stored is not None:
-                metrics.TRANSACTIONS.labels("retry").inc()
-                return stored.encode()
-            for label in refused:
-                metrics.PDUS_RECEIVED.labels(label).inc()
-            (outcomes, committed), _ = await asyncio.gather(
-                self._transaction_pdus(origin, by_room), self.input_edus(origin, edus)
-            )
-            results.update(outcomes)
-            response = encode_json({"pdus": results}).decode()
-            # When every room batch streams, the stream round that gives their events
-            # positions is also what makes them durable (its commit flushes the WAL past
-            # theirs, and a round of another replica that positioned them first had seen
-            # them committed): the response is stored meanwhile without a flush of its
-            # own, so the answer waits for one flush, not two. That flush usually covers
-            # the response too; if not, a retry after a crash finds no stored answer and
-            # is answered as a transaction of PDUs already stored. A batch with nothing
-            # to stream (all refused, say) relies on the response's flush, as before.
-            streamed = bool(committed) and all(batch.streams for batch in committed)
-            _, answer = await asyncio.gather(
-                self._stream_committed(committed),
-                self._store_response(origin, txn_id, response, flush=not streamed),
-            )
-            metrics.TRANSACTIONS.labels("processed").inc()
-            return answer.encode()
+        # Parsed (reads only) while the guard's lock is taken and a retry's stored
+        # answer looked up, in one round trip.
+        parsing = asyncio.ensure_future(self._parse(pdus))
+        parsing.add_done_callback(_retrieved)
+        try:
+            async with self.guard.hold(origin, txn_id, self.clock.stage) as stored:
+                results, by_room, refused = await parsing
+                if stored is not None:
+                    metrics.TRANSACTIONS.labels("retry").inc()
+                    return stored.encode()
+                return await self._new_transaction(origin, txn_id, results, by_room, refused, edus)
+        finally:
+            parsing.cancel()  # the guard failed first (a no-op once parsed)
+
+    async def _new_transaction(
+        self,
+        origin: str,
+        txn_id: str,
+        results: dict[str, dict[str, str]],
+        by_room: Mapping[str, list[CheckedPdu]],
+        refused: Sequence[str],
+        edus: Sequence[bytes],
+    ) -> bytes:
+        """The rest of :meth:`input_transaction` for a transaction seen the first time,
+        under its guard; its stored answer."""
+        for label in refused:
+            metrics.PDUS_RECEIVED.labels(label).inc()
+        (outcomes, committed), _ = await asyncio.gather(
+            self._transaction_pdus(origin, by_room), self.input_edus(origin, edus)
+        )
+        results.update(outcomes)
+        response = encode_json({"pdus": results}).decode()
+        # When every room batch streams, the stream round that gives their events
+        # positions is also what makes them durable (its commit flushes the WAL past
+        # theirs, and a round of another replica that positioned them first had seen
+        # them committed): the response is stored meanwhile without a flush of its
+        # own, so the answer waits for one flush, not two. That flush usually covers
+        # the response too; if not, a retry after a crash finds no stored answer and
+        # is answered as a transaction of PDUs already stored. A batch with nothing
+        # to stream (all refused, say) relies on the response's flush, as before.
+        streamed = bool(committed) and all(batch.streams for batch in committed)
+        _, answer = await asyncio.gather(
+            self._stream_committed(committed),
+            self._store_response(origin, txn_id, response, flush=not streamed),
+        )
+        metrics.TRANSACTIONS.labels("processed").inc()
+        return answer.encode()
 
     async def _stream_committed(self, committed: Sequence[RoomBatch]) -> None:
         async with self.clock.stage("stream_positions"):
@@ -325,10 +356,6 @@ class InputPipeline:
             return await storage.store_transaction_response(
                 conn, origin, txn_id, response, now_ms(), flush=flush
             )
-
-    async def _stored_response(self, origin: str, txn_id: str) -> str | None:
-        async with self.pool.acquire() as conn:
-            return await storage.stored_transaction_response(conn, origin, txn_id)
 
     async def _parse(
         self, raw_pdus: Sequence[bytes]

@@ -1353,6 +1353,20 @@ async def try_session_lock_key(conn: asyncpg.Connection, key: int) -> bool:
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
 
 
+async def try_transaction_lock(
+    conn: asyncpg.Connection, key: int, origin: str, txn_id: str
+) -> tuple[bool, str | None]:
+    """:func:`try_session_lock_key` for the transaction guard and, when taken, the
+    response stored for (``origin``, ``txn_id``) as of then, in one round trip."""
+    row = await conn.fetchrow(
+        "SELECT taken, stored_response FROM events.try_transaction_lock($1, $2, $3)",
+        key,
+        origin,
+        txn_id,
+    )
+    return bool(row["taken"]), row["stored_response"]
+
+
 async def session_unlock_key(conn: asyncpg.Connection, key: int) -> None:
     await conn.execute("SELECT pg_advisory_unlock($1)", key)
 

@@ -11,6 +11,7 @@ event written after it, in order, none skipped.
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import asyncpg
 import pytest
@@ -73,16 +74,18 @@ async def test_a_holder_cancelled_while_its_lock_is_being_taken_gives_the_lock_b
     other = await asyncpg.connect(database_url)  # another replica's session
     key = storage.lock_key("txn:origin.example\x00t1")
     taken_on_server, answer = asyncio.Event(), asyncio.Event()
-    try_lock = storage.try_session_lock_key
+    try_lock = storage.try_transaction_lock
 
-    async def answered_late(connection: asyncpg.Connection, lock: int) -> bool:
+    async def answered_late(
+        connection: asyncpg.Connection, lock: int, origin: str, txn_id: str
+    ) -> tuple[bool, str | None]:
         # The server has run the query (the lock is taken); its answer is still on the way.
-        result = await try_lock(connection, lock)
+        result = await try_lock(connection, lock, origin, txn_id)
         taken_on_server.set()
         await answer.wait()
         return result
 
-    monkeypatch.setattr(storage, "try_session_lock_key", answered_late)
+    monkeypatch.setattr(storage, "try_transaction_lock", answered_late)
 
     async def hold() -> None:
         async with guard.hold("origin.example", "t1"):
@@ -153,3 +156,34 @@ async def test_send_and_stream_go_on_after_every_connection_is_ended(
     stream.cancel()
     collector.cancel()
     await asyncio.gather(collector, return_exceptions=True)
+
+
+async def test_the_guard_gives_the_answer_stored_before_it_took_the_lock(
+    events_pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Taking the lock and reading the stored answer are one round trip: the read sees
+    what the replica that held the lock stored before giving it back."""
+    guard = TransactionGuard(events_pool)
+    other = await asyncpg.connect(database_url)  # another replica's session
+    txn_id = f"t-{uuid.uuid4().hex}"
+    key = storage.lock_key(f"txn:origin.example\x00{txn_id}")
+
+    async def enter() -> str | None:
+        async with guard.hold("origin.example", txn_id) as stored:
+            return stored
+
+    try:
+        async with guard.hold("origin.example", f"new-{txn_id}") as stored:
+            assert stored is None
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        entering = asyncio.create_task(enter())  # polls while the other replica works
+        await other.execute(
+            "INSERT INTO events.transactions (origin, txn_id, response_json, received_ts)"
+            " VALUES ('origin.example', $1, '{\"pdus\": {}}', 0)",
+            txn_id,
+        )
+        await other.execute("SELECT pg_advisory_unlock($1)", key)
+        assert await asyncio.wait_for(entering, 30) == '{"pdus": {}}'
+    finally:
+        await guard.close()
+        await other.close()
