@@ -241,6 +241,8 @@ class Figures:
     within_one_second: float  # share of events delivered within 1 s of acceptance
     cpu: dict[str, float] = field(default_factory=dict)  # cores, per process
     offered: str = ""  # open loop: what was offered, and whether all of it
+    events: int = 0  # sent
+    measured: float = 0.0  # seconds the cores are the mean of (sending and delivery)
 
     def lines(self, scenario: str) -> list[str]:
         unit = "msgs/s send → last received" if scenario == "outbound" else "events/s accepted"
@@ -252,7 +254,8 @@ class Figures:
             f" p90 {self.delivery_p90:.1f} ms, max {self.delivery_max:.0f} ms,"
             f" {100 * self.within_one_second:.1f}% within 1 s",
         ] + [
-            f"  {part:10s} {cores:5.2f} cores, {1000 * cores / self.rate:.2f} ms CPU per event"
+            f"  {part:10s} {cores:5.2f} cores,"
+            f" {1000 * cores * self.measured / self.events:.2f} ms CPU per event"
             for part, cores in sorted(self.cpu.items())
         ]
 
@@ -274,6 +277,7 @@ def figures(
         delivery_max=max(delays),
         within_one_second=sum(d <= 1000 for d in delays) / len(delays),
         cpu=cpu,
+        events=len(sends.started),
     )
 
 
@@ -284,6 +288,7 @@ class CpuMeter:
         self.processes = processes
         self._before: dict[str, float] = {}
         self._started = 0.0
+        self.elapsed = 0.0  # seconds between start() and the last cores()
 
     def _times(self) -> dict[str, float]:
         return {name: sum(p.cpu_times()[:2]) for name, p in self.processes.items()}
@@ -292,8 +297,8 @@ class CpuMeter:
         self._before, self._started = self._times(), time.perf_counter()
 
     def cores(self) -> dict[str, float]:
-        elapsed = time.perf_counter() - self._started
-        return {name: (t - self._before[name]) / elapsed for name, t in self._times().items()}
+        self.elapsed = time.perf_counter() - self._started
+        return {name: (t - self._before[name]) / self.elapsed for name, t in self._times().items()}
 
 
 def mxfed_processes(mxfed: MxfedProcess) -> dict[str, psutil.Process]:
@@ -421,7 +426,9 @@ async def measure(
             )
         )
     await remote.wait_for(set(sends.started))
-    return figures(scenario, sends, remote, meter.cores(), offered), sends
+    result = figures(scenario, sends, remote, meter.cores(), offered)
+    result.measured = meter.elapsed
+    return result, sends
 
 
 @dataclass
