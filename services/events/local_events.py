@@ -397,6 +397,8 @@ class LocalEvents:
         content: Mapping[str, Any],
         redacts: str = "",
         txn_id: str = "",
+        *,
+        together: bool = False,
     ) -> tuple[str, int]:
         """Send an event as a local user; (event id, stream position).
 
@@ -404,6 +406,9 @@ class LocalEvents:
         in one database transaction (:meth:`_write_room`), built one after
         another on the room's head: a bridge's many senders in one room cost
         one room lock, head load and commit per group, not per event.
+        ``together``: the caller made other sends at the same moment (a message of
+        StreamSendEvents), so even the first into a room nobody writes waits for
+        them in a writer task instead of going alone.
         """
         self._require_local_user(sender)
         if event_type == "m.room.redaction" and not redacts:
@@ -419,28 +424,43 @@ class LocalEvents:
             txn_id,
             asyncio.get_running_loop().create_future(),
         )
-        if room_id not in self._writers:
+        if room_id not in self._writers and not together:
             return await self._write_first(room_id, send)
         self._waiting.setdefault(room_id, []).append(send)
-        metrics.LOCAL_SENDS_WAITING.inc()
+        if room_id in self._writers:
+            metrics.LOCAL_SENDS_WAITING.inc()
+        else:
+            self._writers[room_id] = asyncio.create_task(
+                self._write_room(room_id), name="events:local-sends"
+            )
         return await send.reply
 
     async def _write_first(self, room_id: str, send: _Send) -> tuple[str, int]:
         """A send into a room nobody writes: written by its own call (a writer task to
         start and to answer through cost two turns of the event loop); sends that come
-        meanwhile wait, then go together in a writer task."""
+        meanwhile wait, then go together in a writer task, started once this one's
+        transaction is over (not after its stream round)."""
         task = asyncio.current_task()
         assert task is not None
         self._writers[room_id] = task
         metrics.LOCAL_SEND_GROUPS.observe(1)
-        try:
-            return await self._send_alone(room_id, send)
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             del self._writers[room_id]
             if self._waiting.get(room_id):
                 self._writers[room_id] = asyncio.create_task(
                     self._write_room(room_id), name="events:local-sends"
                 )
+
+        try:
+            return await self._send_alone(room_id, send, release)
+        finally:
+            release()
 
     async def _write_room(self, room_id: str) -> None:
         """Write the room's waiting sends, a group at a time, until none is left."""
@@ -558,7 +578,11 @@ class LocalEvents:
                 results.append((event_id, batch.positions.get(event_id, 0)))
         return results
 
-    async def _send_alone(self, room_id: str, send: _Send) -> tuple[str, int]:
+    async def _send_alone(
+        self, room_id: str, send: _Send, written: Callable[[], None] | None = None
+    ) -> tuple[str, int]:
+        """One send in a transaction of its own; ``written`` is called once that is over
+        (before the stream round its answer waits for)."""
         sender, event_type, state_key, content = (
             send.sender,
             send.event_type,
@@ -595,9 +619,13 @@ class LocalEvents:
                         await batch.write([(sender, txn_id, event.event_id)] if txn_id else [])
                         stages.mark("write")
             if done is not None:
+                if written is not None:
+                    written()
                 return await self._repeated(*done)
             if to_sign is None:
                 stages.mark("commit")
+                if written is not None:
+                    written()
                 await batch.committed()
                 stages.mark("stream_round")
                 return event.event_id, batch.positions.get(event.event_id, 0)

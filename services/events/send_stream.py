@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # A send's deadline when its item gives none (the client library's CALL_TIMEOUT).
 DEFAULT_TIMEOUT = 30.0
 
-SendOne = Callable[[events_pb2.PerformSendEventRequest], Awaitable[tuple[str, int]]]
+# One send, and whether others came with it (one message: they had better go together).
+SendOne = Callable[[events_pb2.PerformSendEventRequest, bool], Awaitable[tuple[str, int]]]
 
 
 def _error(
@@ -43,7 +44,9 @@ def _error(
     )
 
 
-async def _answer(item: events_pb2.SendEventItem, send_one: SendOne) -> events_pb2.SendEventResult:
+async def _answer(
+    item: events_pb2.SendEventItem, send_one: SendOne, together: bool
+) -> events_pb2.SendEventResult:
     """One send's result or its error, as PerformSendEvent would have answered it."""
     timeout = item.timeout_ms / 1000 if item.timeout_ms else DEFAULT_TIMEOUT
     deadline = time.monotonic() + timeout
@@ -53,10 +56,10 @@ async def _answer(item: events_pb2.SendEventItem, send_one: SendOne) -> events_p
             with tracing.continued(item.traceparent):
                 if item.send.txn_id:  # may run again: waits for the database like the call
                     event_id, position = await retried_while_database_away(
-                        lambda: send_one(item.send), lambda: deadline - time.monotonic()
+                        lambda: send_one(item.send, together), lambda: deadline - time.monotonic()
                     )
                 else:
-                    event_id, position = await send_one(item.send)
+                    event_id, position = await send_one(item.send, together)
     except (ServiceError, MembershipError) as error:
         failed = _error(status_code_of(error), error.errcode, error.message, error.extra)
         return events_pb2.SendEventResult(id=item.id, error=failed)
@@ -88,9 +91,9 @@ async def serve(
     running: set[asyncio.Task[None]] = set()
     unanswered = 0
 
-    async def answer(item: events_pb2.SendEventItem) -> None:
+    async def answer(item: events_pb2.SendEventItem, together: bool) -> None:
         nonlocal unanswered
-        result = await _answer(item, send_one)
+        result = await _answer(item, send_one, together)
         results.append(result)  # after the await: ``results`` is a new list once sent
         unanswered -= 1
         ready.set()
@@ -99,9 +102,10 @@ async def serve(
         nonlocal unanswered
         try:
             async for message in requests:
+                together = len(message.sends) > 1
                 for item in message.sends:
                     unanswered += 1
-                    task = asyncio.create_task(answer(item), name="events:streamed-send")
+                    task = asyncio.create_task(answer(item, together), name="events:streamed-send")
                     running.add(task)
                     task.add_done_callback(running.discard)
         finally:

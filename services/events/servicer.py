@@ -162,7 +162,9 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
         )
         return events_pb2.PerformCreateRoomResponse(room_id=room_id, room_alias=alias)
 
-    async def _send(self, request: events_pb2.PerformSendEventRequest) -> tuple[str, int]:
+    async def _send(
+        self, request: events_pb2.PerformSendEventRequest, together: bool = False
+    ) -> tuple[str, int]:
         BLOCKED_ROOMS.check(request.room_id)
         return await self.local.send_event(
             request.room_id,
@@ -172,6 +174,7 @@ class EventsServicer(events_pb2_grpc.EventsServicer):
             json_field(request.content_json, "content", {}),
             request.redacts,
             request.txn_id,
+            together=together,
         )
 
     @reports_service_errors

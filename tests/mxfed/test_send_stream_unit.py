@@ -40,7 +40,9 @@ class ScriptedEvents(events_pb2_grpc.EventsServicer):
         self._breaking = asyncio.Event()
         self.refuse_streams = False
 
-    async def _send(self, request: events_pb2.PerformSendEventRequest) -> tuple[str, int]:
+    async def _send(
+        self, request: events_pb2.PerformSendEventRequest, together: bool = False
+    ) -> tuple[str, int]:
         body = json.loads(request.content_json).get("body", "")
         self.requests[request.txn_id] += 1
         if body == "refuse":

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from matrix_protocol.auth_events import select_auth_event_ids
-from matrix_protocol.canonical_json import decode_json
+from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.events import Event
 from matrix_protocol.hashes import content_hash_matches
 from matrix_protocol.redaction import redact
@@ -445,3 +445,51 @@ async def test_a_sends_stages_are_timed(events: EventsService) -> None:
     before = counts()
     await events.send(room_id, f"@admin:{events.server_name}", "m.room.message", {"body": "x"})
     assert [after - was for after, was in zip(counts(), before, strict=True)] == [1.0] * 6
+
+
+async def test_the_sends_of_one_stream_message_go_together_into_an_idle_room(
+    events: EventsService,
+) -> None:
+    """A bridge's sends that arrive in one StreamSendEvents message are one group (one
+    transaction), even into a room nobody writes: none goes alone first."""
+    admin = f"@admin:{events.server_name}"
+    room_id = await events.create_room("12")
+
+    def groups() -> tuple[float, float]:
+        name = "mxfed_events_local_send_group_size"
+        return (
+            REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+            REGISTRY.get_sample_value(f"{name}_sum") or 0.0,
+        )
+
+    before = groups()
+    call = events.stub.StreamSendEvents()
+    sends = [
+        events_pb2.SendEventItem(
+            id=n,
+            send=events_pb2.PerformSendEventRequest(
+                room_id=room_id,
+                sender=admin,
+                type="m.room.message",
+                content_json=encode_json({"body": f"together {n}"}),
+                txn_id=f"together-{n}",
+            ),
+            timeout_ms=30_000,
+        )
+        for n in range(5)
+    ]
+    results: dict[int, events_pb2.SendEventResult] = {}
+    try:
+        await call.write(events_pb2.StreamSendEventsRequest(sends=sends))
+        async with asyncio.timeout(30):
+            async for message in call:
+                results.update((result.id, result) for result in message.results)
+                if len(results) == len(sends):
+                    break
+    finally:
+        call.cancel()
+    assert all(result.HasField("sent") for result in results.values()), results
+    count, total = groups()
+    assert (count - before[0], total - before[1]) == (1, 5)
+    chain = await _timeline(events, room_id)
+    assert [e.event_id for e in chain[-5:]] == [results[n].sent.event_id for n in range(5)]
