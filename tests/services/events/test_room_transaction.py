@@ -1,14 +1,17 @@
 """storage.room_transaction: the room's lock held from the transaction's start, what the
-block wrote committed when it ends, rolled back when it raises; generic plans inside."""
+block wrote committed when it ends, rolled back when it raises; generic plans inside;
+several rooms' locks taken in the order of their keys."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import asyncpg
 import pytest
 
 from services.events import storage
+from tests.support.polling import wait_until
 
 
 async def _room_locked_elsewhere(pool: asyncpg.Pool, room_id: str) -> bool:
@@ -70,3 +73,31 @@ async def test_statements_run_with_generic_plans_inside_only(events_pool: asyncp
         "SELECT proconfig FROM pg_proc WHERE oid = 'events.assign_stream_positions'::regproc"
     )
     assert "plan_cache_mode=force_generic_plan" in config
+
+
+async def test_several_rooms_locks_are_taken_in_key_order(events_pool: asyncpg.Pool) -> None:
+    """Two transactions over the same rooms (two /sends) then never hold one lock each
+    while waiting for the other's: with the middle key held elsewhere, the transaction
+    holds the lowest and waits, the highest still free."""
+    rooms = sorted(
+        (f"!{secrets.token_hex(6)}:tx.test" for _ in range(3)),
+        key=lambda room_id: storage.lock_key("room:" + room_id),
+    )
+    low, middle, high = rooms
+    async with events_pool.acquire() as holder, holder.transaction():
+        await storage.lock_room(holder, middle)
+
+        async def locked_all() -> list[bool]:
+            async with (
+                events_pool.acquire() as conn,
+                storage.room_transaction(conn, high, low, middle),
+            ):
+                return [await _room_locked_elsewhere(events_pool, r) for r in rooms]
+
+        opening = asyncio.create_task(locked_all())
+        await wait_until(
+            lambda: _room_locked_elsewhere(events_pool, low), what="the lowest key's lock"
+        )
+        assert not opening.done()
+        assert not await _room_locked_elsewhere(events_pool, high)
+    assert await opening == [True, True, True]
