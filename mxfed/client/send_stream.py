@@ -39,7 +39,10 @@ def _failure(error: events_pb2.SendEventError) -> MatrixError:
 
 
 def _stream_failure(error: grpc.aio.AioRpcError | None, why: str) -> MatrixError:
-    if error is not None and error.code() in _REFUSED:
+    # UNAVAILABLE is the unary calls' Unavailable too, with what to check (the CLI's hint).
+    if error is not None and (
+        error.code() in _REFUSED or error.code() is grpc.StatusCode.UNAVAILABLE
+    ):
         return from_rpc_error(error, "events")
     if error is not None:
         why = f"the send stream ended: {error.code().name} {error.details() or ''}".rstrip()
