@@ -59,6 +59,7 @@ from mxfed_api.backfill.v1 import backfill_pb2, backfill_pb2_grpc
 from mxfed_api.keys.v1 import keys_pb2_grpc
 from services.events import metrics, storage
 from services.events.admin.blocks import BLOCKED_ROOMS
+from services.events.cache import LruCache
 from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import (
     CheckedPdu,
@@ -254,6 +255,10 @@ class TransactionGuard:
         await self._conn.close()
 
 
+# Rooms whose version a /send's parse knows without a query.
+ROOM_VERSIONS = 10_000
+
+
 def _retrieved(task: asyncio.Future[Any]) -> None:
     """Its exception retrieved: nobody awaits a task whose caller failed first."""
     if not task.cancelled():
@@ -291,6 +296,9 @@ class InputPipeline:
         self.backfill = backfill
         self.clock = clock or StageClock()
         self.guard = TransactionGuard(pool)
+        # Room id → room version, which never changes: a /send's PDUs are parsed without
+        # a query once their rooms are known. Keyed by rooms we hold, so bounded by them.
+        self._versions: LruCache[str, str] = LruCache("events_room_versions", ROOM_VERSIONS)
 
     # ------------------------------------------------------------ transactions
 
@@ -374,15 +382,21 @@ class InputPipeline:
                     continue
                 if isinstance(pdu, dict) and isinstance(pdu.get("room_id"), str):
                     parsed.append((pdu["room_id"], pdu))
-            async with self.pool.acquire() as conn:
-                rooms = await storage.get_rooms(conn, {room_id for room_id, _ in parsed})
+            versions = {r: v for r, _ in parsed if (v := self._versions.get(r)) is not None}
+            unknown = {room_id for room_id, _ in parsed if room_id not in versions}
+            if unknown:
+                async with self.pool.acquire() as conn:
+                    rooms = await storage.get_rooms(conn, unknown)
+                for room_id, room in rooms.items():
+                    versions[room_id] = room.room_version
+                    self._versions.put(room_id, room.room_version)
             by_room: dict[str, list[CheckedPdu]] = defaultdict(list)
             for room_id, pdu in parsed:
-                room = rooms.get(room_id)
-                if room is None:
+                version = versions.get(room_id)
+                if version is None:
                     refused.append("unknown_room")
                     continue
-                checked = check_format(pdu, room_version(room.room_version))
+                checked = check_format(pdu, room_version(version))
                 if isinstance(checked, Outcome):
                     refused.append("bad_format")
                     if checked.event_id:

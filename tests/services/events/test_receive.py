@@ -14,6 +14,7 @@ import asyncpg
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.hashes import content_hash_matches
 from mxfed_api.events.v1 import events_pb2
+from services.events import storage
 from services.events.storage import NOTIFY_CHANNEL
 from tests.support.events_service import (
     EventsService,
@@ -67,6 +68,35 @@ async def test_the_rooms_of_one_transaction_get_their_stream_positions_in_one_ro
     for event_id in event_ids:
         record = await events.event(event_id)
         assert record is not None and record.stream_position > 0
+
+
+async def test_a_known_rooms_version_is_not_asked_again(
+    events: EventsService, remote: RemoteServer, monkeypatch
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    asked: list[set[str]] = []
+    get_rooms = storage.get_rooms
+
+    async def counted(conn, room_ids):
+        asked.append(set(room_ids))
+        return await get_rooms(conn, room_ids)
+
+    monkeypatch.setattr(storage, "get_rooms", counted)
+    for body in ("first", "second"):
+        message, event_id = remote.pdu(
+            await events.head(room_id), "m.room.message", alice, {"body": body}
+        )
+        asked.clear()
+        assert await events.transaction(remote.name, [message]) == {"pdus": {event_id: {}}}
+    assert asked == []  # known since the first transaction
+    # A room it does not know is asked for each time (it may be joined meanwhile).
+    head = await events.head(room_id)
+    head.room_id = "!nowhere:" + remote.name
+    asked.clear()
+    for _ in range(2):
+        message, _ = remote.pdu(head, "m.room.message", alice, {"body": "hi"})
+        assert await events.transaction(remote.name, [message]) == {"pdus": {}}
+    assert asked == [{head.room_id}, {head.room_id}]
 
 
 async def test_unknown_room_is_ignored_without_entry(
