@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # A send's deadline when its item gives none (the client library's CALL_TIMEOUT).
 DEFAULT_TIMEOUT = 30.0
+# Unanswered sends of one stream at most: past it the stream is not read (the caller's
+# writes wait, by HTTP/2 flow control) until some are answered.
+MAX_UNANSWERED = 10_000
 
 # One send, and whether others came with it (one message: they had better go together).
 SendOne = Callable[[events_pb2.PerformSendEventRequest, bool], Awaitable[tuple[str, int]]]
@@ -81,13 +84,17 @@ async def _answer(
 
 
 async def serve(
-    requests: AsyncIterator[events_pb2.StreamSendEventsRequest], send_one: SendOne
+    requests: AsyncIterator[events_pb2.StreamSendEventsRequest],
+    send_one: SendOne,
+    most: int = MAX_UNANSWERED,
 ) -> AsyncIterator[events_pb2.StreamSendEventsResponse]:
-    """Each send read from ``requests`` runs at once; the results ready when the stream
-    can take a message go out together. Ends once the caller ended its side and every
-    send is answered; cancelled (the caller went away), it abandons the unanswered ones."""
+    """Each send read from ``requests`` runs at once (reading pauses while ``most`` are
+    unanswered); the results ready when the stream can take a message go out together.
+    Ends once the caller ended its side and every send is answered; cancelled (the
+    caller went away), it abandons the unanswered ones."""
     results: list[events_pb2.SendEventResult] = []
     ready = asyncio.Event()
+    answered = asyncio.Event()  # set when a send is answered
     running: set[asyncio.Task[None]] = set()
     unanswered = 0
 
@@ -96,6 +103,7 @@ async def serve(
         result = await _answer(item, send_one, together)
         results.append(result)  # after the await: ``results`` is a new list once sent
         unanswered -= 1
+        answered.set()
         ready.set()
 
     async def read() -> None:
@@ -108,6 +116,9 @@ async def serve(
                     task = asyncio.create_task(answer(item, together), name="events:streamed-send")
                     running.add(task)
                     task.add_done_callback(running.discard)
+                while unanswered >= most:
+                    answered.clear()
+                    await answered.wait()
         finally:
             ready.set()
 

@@ -211,3 +211,39 @@ async def test_a_refused_stream_is_not_retried(events: tuple[ScriptedEvents, Cli
         await client.send_message(ROOM, BOT, "x")
     assert refused.value.status is grpc.StatusCode.PERMISSION_DENIED
     assert servicer.streams == 1
+
+
+async def test_the_service_stops_reading_a_stream_while_too_many_sends_are_unanswered() -> None:
+    """Reading pauses at ``most`` unanswered sends (the caller's writes then wait) and
+    goes on as they are answered; every send is answered once."""
+    release = asyncio.Event()
+    read = 0
+
+    async def requests() -> AsyncIterator[events_pb2.StreamSendEventsRequest]:
+        nonlocal read
+        for n in range(6):
+            read += 1
+            yield events_pb2.StreamSendEventsRequest(
+                sends=[events_pb2.SendEventItem(id=n, send=_request(f"m{n}"))]
+            )
+
+    async def send_one(
+        request: events_pb2.PerformSendEventRequest, together: bool
+    ) -> tuple[str, int]:
+        await release.wait()
+        return f"${request.txn_id}", 1
+
+    answered: list[int] = []
+
+    async def follow() -> None:
+        async for message in send_stream.serve(requests(), send_one, most=3):
+            answered.extend(result.id for result in message.results)
+
+    following = asyncio.create_task(follow())
+    await wait_until(lambda: read == 3, what="three read")
+    for _ in range(10):  # turns of the event loop: a fourth is not read meanwhile
+        await asyncio.sleep(0)
+    assert read == 3 and answered == []
+    release.set()
+    await asyncio.wait_for(following, 30)
+    assert read == 6 and sorted(answered) == list(range(6))
