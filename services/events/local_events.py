@@ -53,9 +53,10 @@ from mxfed.clock import now_ms
 from mxfed.identity_files import ServerSigningKey
 from mxfed.service_errors import BadRequest, Conflict, Forbidden, NotFound, Unavailable
 from services.events import metrics, storage
+from services.events.cache import LruCache
 from services.events.policy import PolicyServers, PolicyServerUnavailable
-from services.events.room_batch import RoomBatch, RoomsCore
-from services.events.storage import Status
+from services.events.room_batch import RoomBatch, RoomsCore, StaleHead
+from services.events.storage import RoomHead, Status
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ _ROOM_ID_ALPHABET = string.ascii_letters + string.digits
 
 # Sends into one room written together at most (one database transaction).
 MAX_SEND_GROUP = 100
+# Rooms whose head this process keeps from its last local send (the room ids are callers').
+ROOM_HEADS_KEPT = 10_000
 
 
 @dataclass
@@ -160,6 +163,9 @@ class LocalEvents:
         self._waiting: dict[str, list[_Send]] = {}
         self._writers: dict[str, asyncio.Task[Any]] = {}
         self._replying: set[asyncio.Task[None]] = set()  # written groups awaiting positions
+        # Per room: its head as this process's last send into it left it. A lone send
+        # opens on it (one round trip less); its write checks it is still the room's.
+        self._heads: LruCache[str, RoomHead] = LruCache("events_local_room_heads", ROOM_HEADS_KEPT)
 
     def _require_local_user(self, user_id: str) -> None:
         if not is_valid_user_id(user_id) or user_id.split(":", 1)[1] != self.server_name:
@@ -563,6 +569,7 @@ class LocalEvents:
             await batch.write([(sender, txn, sent) for (sender, txn), sent in fresh.items()])
             stages.mark("write")
         stages.mark("commit")
+        self._keep_head(batch)
         return self._results(batch, outcome, stages)
 
     async def _results(
@@ -595,29 +602,54 @@ class LocalEvents:
         # room's lock let go meanwhile), and a second one stores the signed event.
         signed: tuple[Event, dict[str, Any], PolicyServer] | None = None
         stages = _Stages()
+        # Events that need no new state group may open on the head kept from the last send.
+        may_use_kept = state_key is None and event_type != "m.room.redaction"
         while True:
             to_sign: tuple[Event, dict[str, Any], PolicyServer] | None = None
-            async with self._room(room_id, [send]) as (batch, sent_before):
-                stages.mark("room_open")
-                done = sent_before.get((sender, txn_id)) if txn_id else None
-                if done is None:
-                    if signed is None:
-                        event, pdu = self.build(
-                            batch, room_id, event_type, sender, state_key, content, redacts or None
-                        )
-                        stages.mark("build")
-                        policy = await self.policy_server_for(batch, event)
-                        if policy is not None:
-                            to_sign = (event, pdu, policy)
+            kept = self._heads.get(room_id) if may_use_kept and signed is None else None
+            try:
+                async with self._room(room_id, [send], kept) as (batch, sent_before):
+                    stages.mark("room_open")
+                    done = sent_before.get((sender, txn_id)) if txn_id else None
+                    if done is None:
+                        if signed is None:
+                            event, pdu = self.build(
+                                batch,
+                                room_id,
+                                event_type,
+                                sender,
+                                state_key,
+                                content,
+                                redacts or None,
+                            )
+                            stages.mark("build")
+                            policy = await self.policy_server_for(batch, event)
+                            if policy is not None:
+                                if kept is not None:
+                                    # Signed, it is stored as built: build it on a head read.
+                                    raise StaleHead(room_id)
+                                to_sign = (event, pdu, policy)
+                            else:
+                                await self._store(batch, event, pdu)
                         else:
-                            await self._store(batch, event, pdu)
-                    else:
-                        event, pdu, policy = signed
-                        await self._store(batch, event, pdu, policy)
-                    if to_sign is None:
-                        stages.mark("store")
-                        await batch.write([(sender, txn_id, event.event_id)] if txn_id else [])
-                        stages.mark("write")
+                            event, pdu, policy = signed
+                            await self._store(batch, event, pdu, policy)
+                        if to_sign is None:
+                            stages.mark("store")
+                            await batch.write([(sender, txn_id, event.event_id)] if txn_id else [])
+                            stages.mark("write")
+            except StaleHead:
+                # Another writer moved the head (or a transaction id was used): again, on
+                # the head read under the lock.
+                metrics.LOCAL_SEND_STALE_HEADS.inc()
+                self._heads.pop(room_id)
+                may_use_kept = False
+                continue
+            except BaseException:
+                self._heads.pop(room_id)
+                raise
+            if done is None and to_sign is None:
+                self._keep_head(batch)
             if done is not None:
                 if written is not None:
                     written()
@@ -634,14 +666,23 @@ class LocalEvents:
             stages.mark("policy_server")
             signed = (event, pdu, policy)
 
+    def _keep_head(self, batch: RoomBatch) -> None:
+        """After a commit: the room's head as ``batch`` left it, for the next send."""
+        head = batch.known_head()
+        if head is None:
+            self._heads.pop(batch.room_id)
+        else:
+            self._heads.put(batch.room_id, head)
+
     @contextlib.asynccontextmanager
     async def _room(
-        self, room_id: str, sends: Sequence[_Send]
+        self, room_id: str, sends: Sequence[_Send], kept: RoomHead | None = None
     ) -> AsyncIterator[tuple[RoomBatch, Mapping[tuple[str, str], tuple[str, int | None]]]]:
         """A transaction on the room for ``sends``: the batch opened on the room's head, and
         which of their transaction ids were used before (event id, position). Begun in two
         round trips: BEGIN with the room's lock, then the head with the sends' places in the
-        stream queue and their transaction ids."""
+        stream queue and their transaction ids; in one, on ``kept`` (a head this process
+        kept), which the write checks (:class:`StaleHead` if another writer moved it)."""
         async with RoomBatch.transaction(
             self.core,
             self.pool,
@@ -649,6 +690,7 @@ class LocalEvents:
             len(sends),
             stream_orders=len(sends),
             local_transactions=[(s.sender, s.txn_id) for s in sends if s.txn_id],
+            known_head=kept,
         ) as opened:
             if opened is None:
                 raise NotFound(f"unknown room {room_id}")

@@ -34,6 +34,12 @@ LOCAL_SEND_GROUPS = Histogram(
     "Local sends written together into one room (in one database transaction)",
     buckets=(1, 2, 5, 10, 20, 50, 100),
 )
+LOCAL_SEND_STALE_HEADS = Counter(
+    "mxfed_events_local_send_stale_heads_total",
+    "Lone local sends opened on the room head kept from the last send and done again on"
+    " the head read under the lock (another writer had moved it, or a transaction id was"
+    " used before)",
+)
 LOCAL_SEND_SECONDS = Histogram(
     "mxfed_events_local_send_seconds",
     "A local send from its request to its answer (PerformSendEvent, or one send of"

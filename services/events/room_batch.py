@@ -291,6 +291,11 @@ class _Placement:
     state_given: bool
 
 
+class StaleHead(Exception):
+    """The head a batch was opened on (:meth:`RoomBatch.transaction`'s ``known_head``) was
+    not the room's head under its lock: nothing was written, the transaction rolls back."""
+
+
 class RoomBatch:
     def __init__(self, core: RoomsCore, conn: asyncpg.Connection, room_id: str) -> None:
         self.core = core
@@ -309,6 +314,8 @@ class RoomBatch:
         self._arrived_targets: set[str] = set()
         self._to_stream: list[str] = []
         self._stream_orders: list[int] = []  # places in the stream queue reserved at open
+        # Opened on a head not read under the lock: the write checks it is current.
+        self._expected: storage.ExpectedHead | None = None
         self.room: RoomRow
         self.version: RoomVersion
         self.extremities: dict[str, int] = {}
@@ -340,13 +347,34 @@ class RoomBatch:
         local_transactions: Sequence[tuple[str, str]] = (),
         events: Collection[Event] = (),
         stage: Stage = untimed,
+        known_head: RoomHead | None = None,
     ) -> AsyncIterator[tuple[RoomBatch, RoomHead] | None]:
         """A database transaction on the room (:func:`storage.room_transaction`: begun with
         its lock) and the batch opened on its head (:meth:`open_locked`), or None for an
         unknown room; committed when the block ends, rolled back when it raises.
         ``events``: those to be added, what they are or cite loaded (:meth:`prefetch`),
         which of them the event cache lacks told stored or not with the head. ``stage``
-        times the opening as "room_open"."""
+        times the opening as "room_open".
+
+        ``known_head``: a head this process had (:meth:`known_head`) to open on without
+        reading it, for local events that need no new state group (neither state events
+        nor redactions): the write checks it is still the room's head and raises
+        :class:`StaleHead` if not. Transaction ids are then not looked up (the write
+        checks none was used), ``stream_orders`` only says whether to reserve places."""
+        if known_head is not None:
+            async with (
+                pool.acquire() as conn,
+                storage.room_transaction(conn, room_id, flushed_by_round=stream_orders > 0),
+            ):
+                batch = cls(core, conn, room_id)
+                async with stage("room_open"):
+                    await batch._open_on(known_head)
+                assert known_head.room.current_state_group is not None
+                batch._expected = storage.ExpectedHead(
+                    list(known_head.extremities), known_head.room.current_state_group
+                )
+                yield batch, known_head
+            return
         async with pool.acquire() as conn, storage.room_transaction(conn, room_id):
             batch = cls(core, conn, room_id)
             uncached = batch.uncached(events)
@@ -512,7 +540,8 @@ class RoomBatch:
             groups.entries.extend(batch._groups.entries)
         await StateStore.write(conn, groups)
         rooms = [await batch._room_writes(local) for batch, local in batches]
-        await storage.insert_events(conn, rooms)
+        if not await storage.insert_events(conn, rooms):
+            raise StaleHead(batches[0][0].room_id)
         for (batch, _), room in zip(batches, rooms, strict=True):
             await batch._write_rest(room.stream_pending)
 
@@ -521,7 +550,9 @@ class RoomBatch:
     ) -> storage.RoomWrites:
         stream_pending: dict[str, int] = {}
         if self._to_stream:
-            if len(self._to_stream) <= len(self._stream_orders):
+            if self._expected is not None:
+                orders = [0] * len(self._to_stream)  # their places are taken by the insert
+            elif len(self._to_stream) <= len(self._stream_orders):
                 orders = self._stream_orders[: len(self._to_stream)]
             else:
                 orders = await storage.reserve_stream_pending(self.conn, len(self._to_stream))
@@ -531,7 +562,9 @@ class RoomBatch:
             list(set(self.extremities) - self._initial_extremities),
             local_transactions,
         )
-        return storage.RoomWrites(self.room_id, list(self._writes.values()), stream_pending, change)
+        return storage.RoomWrites(
+            self.room_id, list(self._writes.values()), stream_pending, change, self._expected
+        )
 
     async def _write_rest(self, stream_pending: Mapping[str, int]) -> None:
         """What the batch writes after its events."""
@@ -561,6 +594,29 @@ class RoomBatch:
         # Events stored before and streamed now (revived by a resync).
         await storage.mark_stream_pending(
             conn, {e: o for e, o in stream_pending.items() if e not in self._writes}
+        )
+
+    def known_head(self) -> RoomHead | None:
+        """After commit: the room's head as this batch left it, for a later batch to open
+        on without reading it (``known_head`` of :meth:`transaction`); None for a room whose
+        head that cannot stand for (several forward extremities, whose next local event
+        may need a state group of its own; redactions waiting; a partial state)."""
+        if (
+            len(self.extremities) != 1
+            or self.current is None
+            or self.partial is not None
+            or self._new_partial is not None
+            or self._waiting
+            or self._new_waiting
+        ):
+            return None
+        create_id = self.create_event.event_id if self.create_event else self.room.create_event_id
+        return RoomHead(
+            RoomRow(self.room_id, self.room.room_version, create_id, self.current.id),
+            dict(self.extremities),
+            [],
+            has_waiting_redactions=False,
+            partial_state=False,
         )
 
     async def committed(self) -> None:

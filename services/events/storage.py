@@ -260,7 +260,9 @@ async def lock_room(conn: asyncpg.Connection, room_id: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def room_transaction(conn: asyncpg.Connection, *room_ids: str) -> AsyncIterator[None]:
+async def room_transaction(
+    conn: asyncpg.Connection, *room_ids: str, flushed_by_round: bool = False
+) -> AsyncIterator[None]:
     """A transaction that holds the rooms' locks (:func:`lock_room`) from its start, begun
     in one round trip (BEGIN and the locks as one simple query); committed when the block
     ends, rolled back when it raises. Several rooms' locks are taken in the order of their
@@ -270,11 +272,16 @@ async def room_transaction(conn: asyncpg.Connection, *room_ids: str) -> AsyncIte
     plan_cache_mode a room head (:func:`room_head`) or an insert of a few events was
     planned afresh on every execution, as a generic plan of their generate_series,
     unnest and ANY(array) parameters is estimated dearer than a custom one (room_head
-    0.5 ms → 0.15 ms); they find their rows by key whatever the parameters."""
+    0.5 ms → 0.15 ms); they find their rows by key whatever the parameters.
+
+    ``flushed_by_round``: the caller answers only after a stream round, whose synchronous
+    commit makes this one durable: the commit skips its WAL flush (as :func:`room_head`
+    does when it reserves places in the stream queue)."""
     keys = sorted({lock_key("room:" + room_id) for room_id in room_ids})
     locks = "".join(f"; SELECT pg_advisory_xact_lock({key})" for key in keys)
+    flush = "; SET LOCAL synchronous_commit = off" if flushed_by_round else ""
     try:
-        await conn.execute(f"BEGIN; SET LOCAL plan_cache_mode = force_generic_plan{locks}")
+        await conn.execute(f"BEGIN; SET LOCAL plan_cache_mode = force_generic_plan{flush}{locks}")
         yield
     except BaseException:
         if not conn.is_closed() and conn.is_in_transaction():
@@ -378,21 +385,46 @@ class HeadChange:
         return bool(self.removed_extremities or self.added_extremities or self.local_transactions)
 
 
+@dataclass(frozen=True)
+class ExpectedHead:
+    """The head a batch was opened on without reading it under the lock (one this process
+    wrote or read before): its write checks, in the same statement, that the room's head
+    is still this one."""
+
+    extremities: Sequence[str]
+    current_state_group: int
+
+
 @dataclass
 class RoomWrites:
     """What one room's batch inserts: its events (``writes``), those streamed queued at
-    their ``stream_pending`` place (:func:`reserve_stream_pending`), and ``change``."""
+    their ``stream_pending`` place (:func:`reserve_stream_pending`), and ``change``.
+    With ``expected``, the streamed events take their places in the stream queue in the
+    insert itself (their ``stream_pending`` values are not used)."""
 
     room_id: str
     writes: Sequence[EventWrite]
     stream_pending: Mapping[str, int]
     change: HeadChange
+    expected: ExpectedHead | None = None
 
 
-async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> None:
+async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> bool:
     """The rooms' writes (those of a /send's rooms written in one transaction). The rooms
     with few new events go with their changes in one statement (one round trip), a room
-    with more as a COPY per table."""
+    with more as a COPY per table.
+
+    A room written with an :class:`ExpectedHead` (alone, with few new events) is written
+    in one statement that also tells whether, when it began (under the room's lock), the
+    room's head was the expected one, none of its local transaction ids was used and it
+    had neither waiting redactions nor a partial state: False means the caller must roll
+    back. True otherwise."""
+    checked = [r for r in rooms if r.expected is not None]
+    if checked:
+        room = checked[0]
+        assert len(rooms) == 1 and len(room.writes) <= _INSERT_AT_MOST
+        assert not any(w.promote for w in room.writes)
+        return bool(await _insert_few(conn, rooms, room.expected))
     few: list[RoomWrites] = []
     for room in rooms:
         promoted = [w for w in room.writes if w.promote]
@@ -405,6 +437,7 @@ async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -
             await _insert_many(conn, replace(room, writes=new))
     if any(r.writes or r.change.changes_anything for r in few):
         await _insert_few(conn, few)
+    return True
 
 
 async def _insert_many(conn: asyncpg.Connection, room: RoomWrites) -> None:
@@ -478,7 +511,7 @@ _INSERT_AT_MOST = 16
 # The events of one or more rooms, their auth and prev edges, the forward extremities'
 # changes and the local transaction ids in one statement: arrays of columns.
 # servers_before is one JSON array per event (arrays of arrays must be rectangular).
-_INSERT_FEW = (
+_INSERT_FEW_EVENTS = (
     "WITH new_events AS ("
     f" INSERT INTO events.events ({', '.join(_INSERTED_EVENT_COLUMNS)})"
     " SELECT r.event_id, r.room_id, r.type, r.state_key, r.sender, r.membership, r.depth,"
@@ -486,7 +519,7 @@ _INSERT_FEW = (
     " r.group_after,"
     " ARRAY(SELECT j.server FROM jsonb_array_elements_text(r.servers::jsonb)"
     "       WITH ORDINALITY AS j(server, n) ORDER BY j.n),"
-    " r.relayed_for, r.stream_pending"
+    " r.relayed_for, {stream_pending}"
     " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
     " $7::bigint[], $8::bigint[], $9::text[], $10::smallint[], $11::text[], $12::boolean[],"
     " $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::bigint[])"
@@ -506,12 +539,43 @@ _INSERT_FEW = (
     "), heads AS ("
     " INSERT INTO events.forward_extremities (room_id, event_id)"
     " SELECT * FROM unnest($24::text[], $25::text[]) ON CONFLICT DO NOTHING)"
+)
+_INSERT_LOCAL_TRANSACTIONS = (
     " INSERT INTO events.local_transactions (sender, txn_id, event_id)"
     " SELECT * FROM unnest($26::text[], $27::text[], $28::text[]) ON CONFLICT DO NOTHING"
 )
+_INSERT_FEW = (
+    _INSERT_FEW_EVENTS.format(stream_pending="r.stream_pending") + _INSERT_LOCAL_TRANSACTIONS
+)
+# The same for one room opened on an expected head ($29 the room, $30 its extremities,
+# $31 its current state group), answering whether the head was current. Every part of a
+# statement sees the rows committed before it began, none of its own inserts. Streamed
+# events take their places in the stream queue here, under the room's lock.
+_INSERT_FEW_CHECKED = (
+    _INSERT_FEW_EVENTS.format(
+        stream_pending="CASE WHEN r.stream_pending IS NULL THEN NULL"
+        " ELSE nextval('events.stream_pending_order') END"
+    )
+    + ", sent AS ("
+    + _INSERT_LOCAL_TRANSACTIONS
+    + ") SELECT (SELECT r.current_state_group FROM events.rooms r WHERE r.room_id = $29) = $31"
+    " AND (SELECT count(*) FROM events.forward_extremities f WHERE f.room_id = $29)"
+    "   = cardinality($30::text[])"
+    " AND NOT EXISTS (SELECT 1 FROM unnest($30::text[]) AS x(event_id)"
+    "   WHERE NOT EXISTS (SELECT 1 FROM events.forward_extremities f"
+    "     WHERE f.room_id = $29 AND f.event_id = x.event_id))"
+    " AND NOT EXISTS (SELECT 1 FROM events.waiting_redactions w WHERE w.room_id = $29)"
+    " AND NOT EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = $29)"
+    " AND NOT EXISTS (SELECT 1 FROM unnest($26::text[], $27::text[]) AS k(sender, txn_id)"
+    "   JOIN events.local_transactions t USING (sender, txn_id))"
+)
 
 
-async def _insert_few(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> None:
+async def _insert_few(
+    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], expected: ExpectedHead | None = None
+) -> object:
+    """:data:`_INSERT_FEW`, or with ``expected`` (one room) :data:`_INSERT_FEW_CHECKED`
+    and its answer."""
     rows = [(room, w) for room in rooms for w in room.writes]
     writes = [w for _, w in rows]
     events = [w.stored.event for w in writes]
@@ -520,8 +584,11 @@ async def _insert_few(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> 
     removed = [(r.room_id, e) for r in rooms for e in r.change.removed_extremities]
     added = [(r.room_id, e) for r in rooms for e in r.change.added_extremities]
     sent = [row for r in rooms for row in r.change.local_transactions]
-    await conn.execute(
-        _INSERT_FEW,
+    checks: tuple[object, ...] = ()
+    if expected is not None:
+        checks = (rooms[0].room_id, list(expected.extremities), expected.current_state_group)
+    return await (conn.execute if expected is None else conn.fetchval)(
+        _INSERT_FEW if expected is None else _INSERT_FEW_CHECKED,
         [room.room_id for room, _ in rows],
         [e.event_id for e in events],
         [e.type for e in events],
@@ -550,6 +617,7 @@ async def _insert_few(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> 
         [row[0] for row in sent],
         [row[1] for row in sent],
         [row[2] for row in sent],
+        *checks,
     )
 
 

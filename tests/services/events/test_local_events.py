@@ -21,7 +21,11 @@ from mxfed.identity_files import current_signing_key
 from mxfed_api.events.v1 import events_pb2
 from mxfed_api.keys.v1 import keys_pb2
 from services.events import storage
-from tests.support.events_service import EventsService
+from tests.support.events_service import (
+    EventsService,
+    RemoteServer,
+    _public_room_with_remote_member,
+)
 from tests.support.polling import wait_until
 from tests.support.service_errors import described
 
@@ -493,3 +497,80 @@ async def test_the_sends_of_one_stream_message_go_together_into_an_idle_room(
     assert (count - before[0], total - before[1]) == (1, 5)
     chain = await _timeline(events, room_id)
     assert [e.event_id for e in chain[-5:]] == [results[n].sent.event_id for n in range(5)]
+
+
+def _stale_heads() -> float:
+    return REGISTRY.get_sample_value("mxfed_events_local_send_stale_heads_total") or 0.0
+
+
+async def _stored_once(events: EventsService, event_id: str) -> None:
+    async with events.pool.acquire() as conn:
+        rows = await conn.fetchval(
+            "SELECT count(*) FROM events.events WHERE event_id = $1", event_id
+        )
+    assert rows == 1
+
+
+async def test_a_lone_send_after_one_of_ours_opens_on_the_kept_head(
+    events: EventsService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second send in a row does not read the room's head (one round trip less)."""
+    admin = f"@admin:{events.server_name}"
+    room_id = await events.create_room("12")
+    first = await events.send(room_id, admin, "m.room.message", {"body": "1"})
+    reads = 0
+    room_head = storage.room_head
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await room_head(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "room_head", counted)
+    stale = _stale_heads()
+    second = await events.send(room_id, admin, "m.room.message", {"body": "2"})
+    assert (reads, _stale_heads()) == (0, stale)
+    assert first.stream_position < second.stream_position
+    chain = await _timeline(events, room_id)
+    _check_chain(events, chain)
+    assert [e.event_id for e in chain[-2:]] == [first.event_id, second.event_id]
+
+
+@pytest.mark.parametrize("fork", [False, True])
+async def test_a_send_after_an_inbound_pdu_builds_on_the_rooms_real_head(
+    events: EventsService, remote: RemoteServer, fork: bool
+) -> None:
+    """Our last send's head is kept; a remote PDU moves the head (on our event, or beside
+    it: two forward extremities); the next send builds on the real extremities, once."""
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    admin = f"@admin:{events.server_name}"
+    before_ours = await events.head(room_id)
+    ours = await events.send(room_id, admin, "m.room.message", {"body": "ours"})
+    head = before_ours if fork else await events.head(room_id)
+    pdu, theirs = remote.pdu(head, "m.room.message", alice, {"body": "theirs"})
+    assert await events.transaction(remote.name, [pdu]) == {"pdus": {theirs: {}}}
+    extremities = sorted((await events.head(room_id)).extremities)
+    assert extremities == sorted([ours.event_id, theirs] if fork else [theirs])
+    stale = _stale_heads()
+    after = await events.send(room_id, admin, "m.room.message", {"body": "after"})
+    assert _stale_heads() == stale + 1
+    record = await events.event(after.event_id)
+    assert record is not None
+    assert sorted(decode_json(record.pdu_json)["prev_events"]) == extremities
+    assert (await events.head(room_id)).extremities == [after.event_id]
+    await _stored_once(events, after.event_id)
+
+
+async def test_a_send_after_another_replicas_builds_on_its_event(
+    events_factory: Any,
+) -> None:
+    first, second = await events_factory(), await events_factory()
+    admin = f"@admin:{first.server_name}"
+    room_id = await first.create_room("12")
+    one = await first.send(room_id, admin, "m.room.message", {"body": "1"})
+    two = await second.send(room_id, admin, "m.room.message", {"body": "2"})
+    three = await first.send(room_id, admin, "m.room.message", {"body": "3"})
+    chain = await _timeline(first, room_id)
+    _check_chain(first, chain)
+    assert [e.event_id for e in chain[-3:]] == [one.event_id, two.event_id, three.event_id]
+    await _stored_once(first, three.event_id)
