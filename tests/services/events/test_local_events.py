@@ -574,3 +574,34 @@ async def test_a_send_after_another_replicas_builds_on_its_event(
     _check_chain(first, chain)
     assert [e.event_id for e in chain[-3:]] == [one.event_id, two.event_id, three.event_id]
     await _stored_once(first, three.event_id)
+
+
+async def test_sends_and_inbound_pdus_at_once_keep_the_dag(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    """Local sends (each on the kept head) race remote PDUs into one room: every event
+    stored once, the forward extremities exactly the accepted events nothing builds on,
+    and the next send builds on all of them."""
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    admin = f"@admin:{events.server_name}"
+    await events.send(room_id, admin, "m.room.message", {"body": "first"})
+    for round_ in range(8):
+        head = await events.head(room_id)
+        pdu, _ = remote.pdu(head, "m.room.message", alice, {"body": f"theirs {round_}"})
+        await asyncio.gather(
+            events.send(room_id, admin, "m.room.message", {"body": f"ours {round_}"}),
+            events.transaction(remote.name, [pdu]),
+        )
+    async with events.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT event_id, pdu_json FROM events.events WHERE room_id = $1 AND status = 1",
+            room_id,
+        )
+    cited = {p for row in rows for p in decode_json(row["pdu_json"])["prev_events"]}
+    tips = sorted(row["event_id"] for row in rows if row["event_id"] not in cited)
+    assert sorted((await events.head(room_id)).extremities) == tips
+    last = await events.send(room_id, admin, "m.room.message", {"body": "last"})
+    record = await events.event(last.event_id)
+    assert record is not None
+    assert sorted(decode_json(record.pdu_json)["prev_events"]) == tips
+    await _stored_once(events, last.event_id)
