@@ -109,22 +109,15 @@ async def test_echo_bot_answers_a_synapse_user_and_resumes_after_sigkill(
         timeout=60,
     )
     await synapse_client.send_message(token, room_id, "hello bot")
-    await synapse_client.wait_for_event(
-        token, room_id, lambda e: e.get("content", {}).get("body") == "echo: hello bot", timeout=30
-    )
+    await _answered(synapse_client, token, room_id, "hello bot", bot)
 
     # Killed without warning; what is said meanwhile is answered after the restart, once.
     await _stop(bot, signal.SIGKILL)
     for text in ("while down 1", "while down 2"):
         await synapse_client.send_message(token, room_id, text)
-    await echo_bot()
+    bot = await echo_bot()
     await synapse_client.send_message(token, room_id, "after restart")
-    await synapse_client.wait_for_event(
-        token,
-        room_id,
-        lambda e: e.get("content", {}).get("body") == "echo: after restart",
-        timeout=30,
-    )
+    await _answered(synapse_client, token, room_id, "after restart", bot)
 
     async def answers() -> list[str]:
         response = await synapse_client.messages(token, room_id, limit=50)
@@ -139,6 +132,28 @@ async def test_echo_bot_answers_a_synapse_user_and_resumes_after_sigkill(
     await wait_until(lambda: _all_in(answers(), expected), timeout=30)
     found = await answers()
     assert sorted(found) == sorted(expected), found  # each exactly once
+
+
+async def _answered(
+    client: SynapseClient,
+    token: str,
+    room_id: str,
+    text: str,
+    bot: asyncio.subprocess.Process,
+) -> None:
+    """The bot's answer to ``text`` is seen on Synapse; without one, fails with the bot's log."""
+    try:
+        await client.wait_for_event(
+            token,
+            room_id,
+            lambda e: e.get("content", {}).get("body") == f"echo: {text}",
+            timeout=30,
+        )
+    except TimeoutError:
+        await _stop(bot)
+        assert bot.stderr is not None
+        log = (await bot.stderr.read()).decode()[-3000:]
+        raise AssertionError(f"no answer to {text!r}; the bot's log:\n{log}") from None
 
 
 async def _all_in(awaitable: Any, expected: list[str]) -> bool:
