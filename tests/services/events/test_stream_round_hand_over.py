@@ -26,7 +26,6 @@ from services.events.streams import (
     StreamHub,
     StreamPositions,
     Subscription,
-    read_entries,
 )
 from tests.support.polling import wait_until
 
@@ -258,22 +257,3 @@ async def test_a_rounds_notify_wakes_the_hub_only_past_what_it_published(
     assert not hub._wake.is_set()
     hub._notified(listener, 0, storage.NOTIFY_CHANNEL, str(position + 1))
     assert hub._wake.is_set()
-
-
-async def test_a_handed_over_entry_is_the_row_the_hub_would_read(
-    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
-) -> None:
-    room_id = await _room(local)
-    gate = _Gate(events_pool)
-    async with _hub(gate, core) as hub:
-        watcher = _watch(hub, room_id)
-        gate.opened.clear()
-        await wait_until(lambda: gate.waiting > 0, interval=0.01, what="the hub held")
-        _, position = await local.send_event(
-            room_id, ALICE, "m.room.member", ALICE, {"membership": "join", "displayname": "A"}
-        )
-        handed = watcher.queue.get_nowait()
-        gate.opened.set()
-    async with events_pool.acquire() as conn:
-        [read], _ = await read_entries(conn, position - 1, room_id, False)
-    assert handed == read
