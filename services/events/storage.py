@@ -22,8 +22,7 @@ from matrix_protocol.events import Event
 from matrix_protocol.room_versions import room_version
 from mxfed.database import keep_session_state
 
-# Notified by events.assign_stream_positions() (migrations 012, 015) when positions are
-# given, with the last position given.
+# Notified by events.assign_stream_positions() (migration 012) when positions are given.
 NOTIFY_CHANNEL = "mxfed_events_stream"
 
 

@@ -270,8 +270,7 @@ class StreamHub:
     right before it), else kept until the gap is filled, by a hand-over or by
     the read the NOTIFY wakes. Positions are taken only under the stream lock
     and visible in order, so a hub that has published up to P knows every
-    entry up to P; reads skip what a hand-over published meanwhile, and a
-    NOTIFY of a round ending at or before P wakes no read.
+    entry up to P; reads skip what a hand-over published meanwhile.
     """
 
     def __init__(self, pool: asyncpg.Pool, server_name: str, poll_interval: float = 1.0) -> None:
@@ -332,11 +331,7 @@ class StreamHub:
         except TimeoutError:
             log.warning("stream hub cannot LISTEN; polling")
 
-    def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
-        # A round's last position (migration 015): nothing to read when a hand-over
-        # published up to it already.
-        if payload.isdigit() and int(payload) <= self.position:
-            return
+    def _notified(self, *_: object) -> None:
         self._wake.set()
 
     async def _deliver_new(self) -> None:

@@ -234,26 +234,3 @@ async def test_two_replicas_writing_one_room_each_hub_publishes_every_event_once
                 assert published == expected
     finally:
         await other_core.stream_positions.close()
-
-
-async def test_a_rounds_notify_wakes_the_hub_only_past_what_it_published(
-    events_pool: asyncpg.Pool, database_url: str, core: RoomsCore, local: LocalEvents
-) -> None:
-    room_id = await _room(local)
-    notified: asyncio.Queue[str] = asyncio.Queue()
-    listener = await asyncpg.connect(database_url)
-    try:
-        await listener.add_listener(storage.NOTIFY_CHANNEL, lambda *a: notified.put_nowait(a[3]))
-        _, position = await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "x"})
-        payloads = [await asyncio.wait_for(notified.get(), 30)]
-        while str(position) not in payloads:
-            payloads.append(await asyncio.wait_for(notified.get(), 30))
-    finally:
-        await listener.close()
-    # The round's NOTIFY says its last position; the hub reads only when it is past its own.
-    hub = StreamHub(events_pool, SERVER)
-    hub.position = position
-    hub._notified(listener, 0, storage.NOTIFY_CHANNEL, str(position))
-    assert not hub._wake.is_set()
-    hub._notified(listener, 0, storage.NOTIFY_CHANNEL, str(position + 1))
-    assert hub._wake.is_set()
