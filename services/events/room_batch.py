@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,6 @@ from services.events.admin.blocks import sender_blocked
 from services.events.cache import LruCache
 from services.events.outcomes import Outcome, Reason
 from services.events.pdu_checks import CheckedPdu, Stage, untimed
-from services.events.reads import EventView
 from services.events.state import StateResolver
 from services.events.state_storage import PendingGroups, StateGroup, StateStore, diff
 from services.events.storage import (
@@ -86,7 +85,7 @@ from services.events.storage import (
     StoredEvent,
     WaitingRedaction,
 )
-from services.events.streams import StreamEntry, StreamPositions
+from services.events.streams import StreamPositions
 
 CREATE = "m.room.create"
 REDACTION = "m.room.redaction"
@@ -647,41 +646,11 @@ class RoomBatch:
         to_stream = [event_id for batch in batches for event_id in batch._to_stream]
         if not to_stream:
             return
-        stream_positions = batches[0].core.stream_positions
-        positions = await stream_positions.assign(to_stream)
+        positions = await batches[0].core.stream_positions.assign(to_stream)
         for batch in batches:
             batch.positions = {e: positions[e] for e in batch._to_stream if e in positions}
             for event_id, position in batch.positions.items():
                 batch.pending[event_id].stream_position = position
-        # This replica's hub gets them now, not after the round's NOTIFY and a read.
-        stream_positions.hand_over(e for batch in batches for e in batch._stream_entries())
-
-    def _stream_entries(self) -> Iterator[StreamEntry]:
-        """The positioned events as the stream reads their rows: those inserted by this
-        batch (a promoted outlier's or a revived event's row is not the batch's)."""
-        for event_id, position in self.positions.items():
-            write = self._writes.get(event_id)
-            if write is None or write.promote:
-                continue
-            stored = write.stored
-            view = EventView(
-                event_id,
-                self.room_id,
-                self.room.room_version,
-                write.pdu_json,
-                int(stored.status),
-                position,
-                stored.redacted,
-                stored.rejection_reason,
-            )
-            yield StreamEntry(
-                position,
-                view,
-                list(stored.servers_before),
-                sender=stored.event.sender,
-                event_type=stored.event.type,
-                relayed_for=write.relayed_for or "",
-            )
 
     async def _write_current_state(self) -> None:
         assert self.current is not None

@@ -52,7 +52,6 @@ def build_servicer(context: ServiceContext) -> EventsServicer:
     local = LocalEvents(context.pool, core, context.signing_key, policy)
     reads = Reads(context.pool, core.state_store, core.server_name)
     hub = StreamHub(context.pool, core.server_name)
-    core.stream_positions.hand_to(hub)
     context.spawn(hub.run, name="events-stream-hub")
     context.spawn(core.stream_positions.run_sweeper, name="events-stream-positions-sweep")
     context.on_stop(core.stream_positions.close)

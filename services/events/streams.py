@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,16 +137,6 @@ class StreamPositions:
         # What the last round positioned: a caller that asked while it ran waits for the
         # next round, but its rows, committed before that round's statement, may be there.
         self._last_round: dict[str, int] = {}
-        self.hub: StreamHub | None = None
-
-    def hand_to(self, hub: StreamHub) -> None:
-        """Rows this replica's rounds positioned go to ``hub`` (:meth:`hand_over`) too."""
-        self.hub = hub
-
-    def hand_over(self, entries: Iterable[StreamEntry]) -> None:
-        """Entries of rows a round of this replica positioned, as the hub would read them."""
-        if self.hub is not None:
-            self.hub.hand_over(entries)
 
     async def assign(self, event_ids: Sequence[str] = ()) -> dict[str, int]:
         """After a round that began after this call: the positions of ``event_ids``."""
@@ -263,14 +253,6 @@ class StreamHub:
     when it is lost the hub polls until it is back, and every new connection
     wakes the hub to read from its own position, so notifications missed
     meanwhile lose nothing. The position survives a restart of :meth:`run`.
-
-    Entries of this replica's own rounds are handed over (:meth:`hand_over`)
-    as the round returns, without waiting for its NOTIFY and a read: such an
-    entry is published once every position before it is (the hub's position is
-    right before it), else kept until the gap is filled, by a hand-over or by
-    the read the NOTIFY wakes. Positions are taken only under the stream lock
-    and visible in order, so a hub that has published up to P knows every
-    entry up to P; reads skip what a hand-over published meanwhile.
     """
 
     def __init__(self, pool: asyncpg.Pool, server_name: str, poll_interval: float = 1.0) -> None:
@@ -280,8 +262,6 @@ class StreamHub:
         self.position = 0
         self._started = False
         self._subscribers: set[Subscription] = set()
-        # Handed-over entries by position, waiting for the position before them.
-        self._handed: dict[int, StreamEntry] = {}
         self._wake = asyncio.Event()
         self._listen = HeldConnection.from_pool(
             pool, "events.stream_hub", on_open=self._listen_on, on_lost=self._wake.set
@@ -339,8 +319,7 @@ class StreamHub:
             async with self.pool.acquire() as conn:
                 latest = await storage.max_stream_position(conn)
             if not self._subscribers:
-                self.position = max(self.position, latest)  # a hand-over may be past it
-                self._publish_handed()
+                self.position = latest
                 return
             # Someone subscribed while we looked: its replay may have ended before entries
             # up to ``latest`` were committed, so deliver them rather than skip past them.
@@ -349,33 +328,10 @@ class StreamHub:
             async with self.pool.acquire() as conn:
                 entries, more = await read_entries(conn, self.position, "", True)
             for entry in entries:
-                if entry.position > self.position:  # else handed over while we read
-                    self._publish(entry)
-        self._publish_handed()
-
-    def hand_over(self, entries: Iterable[StreamEntry]) -> None:
-        """Entries a round of this replica positioned (committed): published now if
-        nothing before them is missing, else when the gap is filled."""
-        if not self._started:
-            return  # the start position is read from the database: it covers them
-        for entry in entries:
-            if entry.position > self.position:
-                self._handed[entry.position] = entry
-        self._publish_handed()
-        if len(self._handed) > QUEUE_SIZE:  # a gap that lasts: left to the reads
-            self._handed.clear()
-
-    def _publish_handed(self) -> None:
-        while (entry := self._handed.pop(self.position + 1, None)) is not None:
-            self._publish(entry)
-        for position in [p for p in self._handed if p <= self.position]:
-            del self._handed[position]
-
-    def _publish(self, entry: StreamEntry) -> None:
-        for subscription in list(self._subscribers):
-            if subscription.filter.matches(entry, self.server_name):
-                subscription.offer(entry)
-        self.position = entry.position
+                for subscription in list(self._subscribers):
+                    if subscription.filter.matches(entry, self.server_name):
+                        subscription.offer(entry)
+                self.position = entry.position
 
     async def subscribe(
         self, stream_filter: StreamFilter, after_position: int
