@@ -266,12 +266,14 @@ def _become_part(
         _set_command_line(f"mxfed run --service {part}")
         os.environ[SUPERVISOR_FD_ENV] = str(report_fd)
         sys.argv = [cli.__file__, "run", "--service", part]
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # SIGINT stays ignored (from the starter) until the part's own handlers
+        # replace it: Ctrl-C reaches the whole process group, the supervisor stops
+        # each part with SIGTERM, and a KeyboardInterrupt raised while asyncio
+        # builds the part's loop would leave a half-made loop that prints a
+        # traceback when collected.
         code = cli.main(["run", "--service", part])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except KeyboardInterrupt:
-        code = 130  # Ctrl-C before the part's own handler: what the command line exits with
     except BaseException:
         import traceback
 
