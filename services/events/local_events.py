@@ -65,6 +65,9 @@ _ROOM_ID_ALPHABET = string.ascii_letters + string.digits
 
 # Sends into one room written together at most (one database transaction).
 MAX_SEND_GROUP = 100
+# Rooms whose groups of sends share one database transaction at most (their locks are
+# held until its commit).
+MAX_ROOMS_TOGETHER = 32
 # Rooms whose head this process keeps from its last local send (the room ids are callers').
 ROOM_HEADS_KEPT = 10_000
 
@@ -97,6 +100,17 @@ class _Stages:
 
 class _NotTogether(Exception):
     """A group of sends that must go one at a time (a policy server signs each)."""
+
+
+@dataclass
+class _Group:
+    """A room's group of sends waiting for the next transaction of groups
+    (:meth:`LocalEvents._write_groups`), and what it is told once that committed: the
+    batch with, per send, its event id and whether it was sent before (its position as
+    stored), or why the group was not written."""
+
+    sends: Sequence[_Send]
+    written: asyncio.Future[tuple[RoomBatch, list[tuple[str, bool, int | None]], _Stages]]
 
 
 @dataclass
@@ -163,6 +177,9 @@ class LocalEvents:
         self._waiting: dict[str, list[_Send]] = {}
         self._writers: dict[str, asyncio.Task[Any]] = {}
         self._replying: set[asyncio.Task[None]] = set()  # written groups awaiting positions
+        # Rooms' groups waiting for the next transaction of groups, and its writer task.
+        self._groups: dict[str, _Group] = {}
+        self._group_writer: asyncio.Task[None] | None = None
         # Per room: its head as this process's last send into it left it. A lone send
         # opens on it (one round trip less); its write checks it is still the room's.
         self._heads: LruCache[str, RoomHead] = LruCache("events_local_room_heads", ROOM_HEADS_KEPT)
@@ -409,9 +426,10 @@ class LocalEvents:
         """Send an event as a local user; (event id, stream position).
 
         Sends into a room while one of its writes runs wait, then go together
-        in one database transaction (:meth:`_write_room`), built one after
-        another on the room's head: a bridge's many senders in one room cost
-        one room lock, head load and commit per group, not per event.
+        (:meth:`_write_room`), built one after another on the room's head, in one
+        database transaction with the groups of the other rooms that wait at that
+        moment (:meth:`_write_groups`): a bridge's many senders in many rooms cost one
+        BEGIN, head read and commit per transaction of groups, not per event or room.
         ``together``: the caller made other sends at the same moment (a message of
         StreamSendEvents), so even the first into a room nobody writes waits for
         them in a writer task instead of going alone.
@@ -481,24 +499,23 @@ class LocalEvents:
                     self._waiting[room_id] = rest
                 metrics.LOCAL_SENDS_WAITING.set(sum(len(w) for w in self._waiting.values()))
                 metrics.LOCAL_SEND_GROUPS.observe(len(group))
-                if len(group) > 1:
-                    try:
-                        finish = await self._send_group(room_id, group)
-                    except _NotTogether:
-                        pass
-                    except Exception as error:  # noqa: BLE001 - each send alone says which failed
-                        log.info(
-                            "local sends written together failed; each goes alone",
-                            extra={"room_id": room_id, "sends": len(group), "error": str(error)},
-                        )
-                    else:
-                        # The next group is written while this one's stream positions are
-                        # given (the room's lock went with the commit).
-                        task = asyncio.create_task(self._reply(group, finish))
-                        self._replying.add(task)
-                        task.add_done_callback(self._replying.discard)
-                        group = []
-                        continue
+                try:
+                    finish = await self._send_group(room_id, group)
+                except _NotTogether:
+                    pass
+                except Exception as error:  # noqa: BLE001 - each send alone says which failed
+                    log.info(
+                        "local sends written together failed; each goes alone",
+                        extra={"room_id": room_id, "sends": len(group), "error": str(error)},
+                    )
+                else:
+                    # The next group is written while this one's stream positions are
+                    # given (the room's lock went with the commit).
+                    task = asyncio.create_task(self._reply(group, finish))
+                    self._replying.add(task)
+                    task.add_done_callback(self._replying.discard)
+                    group = []
+                    continue
                 for send in group:
                     try:
                         result = await self._send_alone(room_id, send)
@@ -532,45 +549,135 @@ class LocalEvents:
     async def _send_group(
         self, room_id: str, group: Sequence[_Send]
     ) -> Awaitable[list[tuple[str, int]]]:
-        """Several sends in one transaction, in order (each on the one before); once it
+        """Several sends in one transaction, in order (each on the one before), with the
+        groups of other rooms that wait at the same moment (:meth:`_write_groups`); once it
         committed, what gives their (event id, stream position) results. Raises
         :class:`_NotTogether` for a room that uses a policy server, and any send's error
-        (nothing is stored then)."""
-        fresh: dict[tuple[str, str], str] = {}  # this group's transaction ids → event ids
-        # Per send: its event id, and whether it was sent before (its position as stored).
-        outcome: list[tuple[str, bool, int | None]] = []
+        (nothing of this room is stored then)."""
+        waiting = _Group(group, asyncio.get_running_loop().create_future())
+        self._groups[room_id] = waiting
+        if self._group_writer is None:
+            self._group_writer = asyncio.create_task(
+                self._write_groups(), name="events:local-send-groups"
+            )
+        return self._results(*await waiting.written)
+
+    async def _write_groups(self) -> None:
+        """Write the rooms' waiting groups until none is left, all those waiting at once
+        (up to :data:`MAX_ROOMS_TOGETHER` rooms) in one database transaction
+        (:meth:`_write_rooms`): rooms written together share its BEGIN with their locks,
+        head read, insert and commit. One such transaction at a time; the groups that
+        come meanwhile go in the next."""
+        groups: dict[str, _Group] = {}
+        try:
+            while self._groups:
+                # One turn of the event loop: room writers ready at this moment join.
+                await asyncio.sleep(0)
+                rooms = list(self._groups)[:MAX_ROOMS_TOGETHER]
+                groups = {room_id: self._groups.pop(room_id) for room_id in rooms}
+                try:
+                    written = await self._write_rooms(
+                        {room_id: group.sends for room_id, group in groups.items()}
+                    )
+                except Exception as error:  # noqa: BLE001 - each room's writer handles it
+                    written = dict.fromkeys(groups, error)
+                for room_id, group in groups.items():
+                    outcome = written[room_id]
+                    if group.written.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        group.written.set_exception(outcome)
+                    else:
+                        group.written.set_result(outcome)
+                groups = {}
+        finally:
+            self._group_writer = None
+            # Cancelled (the service stops): no room's writer is left waiting forever.
+            for group in [*groups.values(), *self._groups.values()]:
+                if not group.written.done():
+                    group.written.set_exception(Unavailable("the events service is stopping"))
+            self._groups = {}
+
+    async def _write_rooms(
+        self, groups: Mapping[str, Sequence[_Send]]
+    ) -> dict[str, tuple[RoomBatch, list[tuple[str, bool, int | None]], _Stages] | Exception]:
+        """Rooms' groups of sends in one database transaction: per room, its batch with
+        each send's outcome (:class:`_Group`), or why nothing of that room was stored
+        (unknown room, a send refused, :class:`_NotTogether`); the other rooms' sends are
+        stored all the same."""
         stages = _Stages()
-        async with self._room(room_id, group) as (batch, done):
+        written: dict[str, tuple[RoomBatch, list[tuple[str, bool, int | None]], _Stages]] = {}
+        refused: dict[str, Exception] = {}
+        local_transactions: dict[str, list[tuple[str, str, str]]] = {}
+        async with RoomBatch.together(
+            self.core,
+            self.pool,
+            dict.fromkeys(groups, ()),
+            streamed=True,
+            local_sends={
+                room_id: [(send.sender, send.txn_id) for send in group]
+                for room_id, group in groups.items()
+            },
+        ) as batches:
             stages.mark("room_open")
-            for send in group:
-                key = (send.sender, send.txn_id)
-                if send.txn_id and key in done:
-                    outcome.append((done[key][0], True, done[key][1]))
+            for room_id, group in groups.items():
+                batch = batches.get(room_id)
+                if batch is None:
+                    refused[room_id] = NotFound(f"unknown room {room_id}")
                     continue
-                if send.txn_id and key in fresh:
-                    outcome.append((fresh[key], False, None))
+                try:
+                    outcome, fresh = await self._build_group(batch, group)
+                except Exception as error:  # noqa: BLE001 - that room's writer handles it
+                    refused[room_id] = error
                     continue
-                event, pdu = self.build(
-                    batch,
-                    room_id,
-                    send.event_type,
-                    send.sender,
-                    send.state_key,
-                    send.content,
-                    send.redacts or None,
-                )
-                if await self.policy_server_for(batch, event) is not None:
-                    raise _NotTogether
-                await self._store(batch, event, pdu)
-                if send.txn_id:
-                    fresh[key] = event.event_id
-                outcome.append((event.event_id, False, None))
+                written[room_id] = (batch, outcome, stages)
+                local_transactions[room_id] = [
+                    (sender, txn, sent) for (sender, txn), sent in fresh.items()
+                ]
             stages.mark("build")
-            await batch.write([(sender, txn, sent) for (sender, txn), sent in fresh.items()])
+            if written:
+                await RoomBatch.write_together(
+                    [batch for batch, _, _ in written.values()], local_transactions
+                )
             stages.mark("write")
         stages.mark("commit")
-        self._keep_head(batch)
-        return self._results(batch, outcome, stages)
+        for batch, _, _ in written.values():
+            self._keep_head(batch)
+        return {**written, **refused}
+
+    async def _build_group(
+        self, batch: RoomBatch, group: Sequence[_Send]
+    ) -> tuple[list[tuple[str, bool, int | None]], dict[tuple[str, str], str]]:
+        """The group's events built and added to ``batch`` one after another: per send its
+        event id and whether it was sent before (its position as stored), and the
+        transaction ids this group used first → their event ids."""
+        fresh: dict[tuple[str, str], str] = {}
+        outcome: list[tuple[str, bool, int | None]] = []
+        done = batch.sent_before
+        for send in group:
+            key = (send.sender, send.txn_id)
+            if send.txn_id and key in done:
+                outcome.append((done[key][0], True, done[key][1]))
+                continue
+            if send.txn_id and key in fresh:
+                outcome.append((fresh[key], False, None))
+                continue
+            event, pdu = self.build(
+                batch,
+                batch.room_id,
+                send.event_type,
+                send.sender,
+                send.state_key,
+                send.content,
+                send.redacts or None,
+            )
+            if await self.policy_server_for(batch, event) is not None:
+                raise _NotTogether
+            await self._store(batch, event, pdu)
+            if send.txn_id:
+                fresh[key] = event.event_id
+            outcome.append((event.event_id, False, None))
+        return outcome, fresh
 
     async def _results(
         self, batch: RoomBatch, outcome: Sequence[tuple[str, bool, int | None]], stages: _Stages

@@ -323,6 +323,8 @@ class RoomBatch:
         self._initial_current: StateGroup | None = None
         self.create_event: Event | None = None
         self.positions: dict[str, int] = {}
+        # Local senders' transaction ids the opening looked up that were used before.
+        self.sent_before: Mapping[tuple[str, str], tuple[str, int | None]] = {}
         # Partial state (a join with omit_members): the room's row, a new one
         # to write, the events placed on it here, and the end of it.
         self.partial: PartialStateRoom | None = None
@@ -398,20 +400,29 @@ class RoomBatch:
         *,
         streamed: bool,
         stage: Stage = untimed,
+        local_sends: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> AsyncIterator[dict[str, RoomBatch]]:
-        """One database transaction for several rooms (those of a /send), begun with all
-        their locks, the batches opened on their heads loaded in one round trip (unknown
-        rooms left out) and what their ``events`` are or cite loaded. The rooms' batches run
-        one after another on its connection; :meth:`write_together` writes them. Committed
-        when the block ends; rolled back when it raises, nothing of any room stored then.
-        ``streamed``: the batches take their places in the stream queue with their heads
-        (the caller answers after the stream round, as for :func:`storage.room_head`).
-        ``stage`` times the opening as "room_open"."""
+        """One database transaction for several rooms (those of a /send, or local sends
+        into several rooms), begun with all their locks, the batches opened on their heads
+        loaded in one round trip (unknown rooms left out) and what their ``events`` are or
+        cite loaded. The rooms' batches run one after another on its connection;
+        :meth:`write_together` writes them. Committed when the block ends; rolled back when
+        it raises, nothing of any room stored then. ``streamed``: the batches take their
+        places in the stream queue with their heads (the caller answers after the stream
+        round, as for :func:`storage.room_head`). ``stage`` times the opening as
+        "room_open". ``local_sends``: per room, the (sender, txn id) of each local send to
+        be built in it, counted with its ``events``; the transaction ids used before are
+        in the batch's :attr:`sent_before`."""
+        local_sends = local_sends or {}
         async with pool.acquire() as conn, storage.room_transaction(conn, *events_by_room):
             batches = {room_id: cls(core, conn, room_id) for room_id in events_by_room}
             uncached = {
                 room_id: batch.uncached(events_by_room[room_id])
                 for room_id, batch in batches.items()
+            }
+            expected = {
+                room_id: len(events) + len(local_sends.get(room_id, ()))
+                for room_id, events in events_by_room.items()
             }
             async with stage("room_open"):
                 heads = await storage.room_heads(
@@ -419,12 +430,16 @@ class RoomBatch:
                     [
                         (
                             room_id,
-                            group_ids_to_reserve(len(events)),
-                            len(events) if streamed else 0,
+                            group_ids_to_reserve(count),
+                            count if streamed else 0,
                             uncached[room_id],
                         )
-                        for room_id, events in events_by_room.items()
+                        for room_id, count in expected.items()
                     ],
+                    {
+                        room_id: [(sender, txn) for sender, txn in sends if txn]
+                        for room_id, sends in local_sends.items()
+                    },
                 )
                 opened = {}
                 for room_id, batch in batches.items():
@@ -466,6 +481,7 @@ class RoomBatch:
 
     async def _open_on(self, head: RoomHead) -> None:
         self._stream_orders = head.stream_orders
+        self.sent_before = head.sent_before
         self.room = head.room
         self.version = room_version(self.room.room_version)
         self._groups.ids.extend(head.group_ids)
@@ -525,10 +541,17 @@ class RoomBatch:
         await RoomBatch._write([(self, local_transactions)])
 
     @staticmethod
-    async def write_together(batches: Sequence[RoomBatch]) -> None:
+    async def write_together(
+        batches: Sequence[RoomBatch],
+        local_transactions: Mapping[str, Sequence[tuple[str, str, str]]] | None = None,
+    ) -> None:
         """:meth:`write` for batches sharing a connection and transaction
-        (:meth:`together`): their events and head changes in one statement when few."""
-        await RoomBatch._write([(batch, ()) for batch in batches])
+        (:meth:`together`): their events and head changes in one statement when few;
+        ``local_transactions`` per room as for :meth:`write`."""
+        local_transactions = local_transactions or {}
+        await RoomBatch._write(
+            [(batch, local_transactions.get(batch.room_id, ())) for batch in batches]
+        )
 
     @staticmethod
     async def _write(batches: Sequence[tuple[RoomBatch, Sequence[tuple[str, str, str]]]]) -> None:

@@ -189,11 +189,20 @@ async def room_head(
 async def room_heads(
     conn: asyncpg.Connection,
     rooms: Sequence[tuple[str, int, int, Sequence[str]]],
+    local_transactions: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> dict[str, RoomHead]:
-    """:func:`room_head` for several rooms in one round trip (the rooms of a /send, under
-    their locks): per room (room id, state group ids to reserve, places in the stream
-    queue to reserve, ids of which to tell those stored); unknown rooms left out. Places
-    in the stream queue make the commit skip its WAL flush, as with :func:`room_head`."""
+    """:func:`room_head` for several rooms in one round trip (the rooms of a /send, or of
+    local sends written together, under their locks): per room (room id, state group ids
+    to reserve, places in the stream queue to reserve, ids of which to tell those stored);
+    unknown rooms left out. Places in the stream queue make the commit skip its WAL
+    flush, as with :func:`room_head`. ``local_transactions``: per room, local senders'
+    (sender, txn id) to look up (:attr:`RoomHead.sent_before`)."""
+    local_transactions = local_transactions or {}
+    asked = [
+        (n, key)
+        for n, (room_id, _, _, _) in enumerate(rooms, 1)
+        for key in local_transactions.get(room_id, ())
+    ]
     rows = await conn.fetch(
         "SELECT w.room_id, r.room_version, r.create_event_id, r.current_state_group,"
         " ARRAY(SELECT f.event_id FROM events.forward_extremities f"
@@ -211,7 +220,17 @@ async def room_heads(
         " ARRAY(SELECT nextval('events.stream_pending_order')"
         "       FROM generate_series(1, w.stream_orders)) AS stream_orders,"
         " ARRAY(SELECT h.event_id FROM unnest($4::int[], $5::text[]) AS a(n, event_id)"
-        "       JOIN events.events h USING (event_id) WHERE a.n = w.n) AS held_ids"
+        "       JOIN events.events h USING (event_id) WHERE a.n = w.n) AS held_ids,"
+        " ARRAY(SELECT k.i FROM unnest($7::int[], $8::text[], $9::text[]) WITH ORDINALITY"
+        "       AS k(n, sender, txn_id, i) JOIN events.local_transactions t"
+        "       USING (sender, txn_id) WHERE k.n = w.n ORDER BY k.i) AS sent_at,"
+        " ARRAY(SELECT t.event_id FROM unnest($7::int[], $8::text[], $9::text[])"
+        "       WITH ORDINALITY AS k(n, sender, txn_id, i) JOIN events.local_transactions t"
+        "       USING (sender, txn_id) WHERE k.n = w.n ORDER BY k.i) AS sent_ids,"
+        " ARRAY(SELECT e.stream_position FROM unnest($7::int[], $8::text[], $9::text[])"
+        "       WITH ORDINALITY AS k(n, sender, txn_id, i) JOIN events.local_transactions t"
+        "       USING (sender, txn_id) LEFT JOIN events.events e USING (event_id)"
+        "       WHERE k.n = w.n ORDER BY k.i) AS sent_positions"
         " FROM unnest($1::text[], $2::int[], $3::int[]) WITH ORDINALITY"
         "   AS w(room_id, group_ids, stream_orders, n)"
         " JOIN events.rooms r USING (room_id),"
@@ -223,6 +242,9 @@ async def room_heads(
         [n for n, (_, _, _, held_among) in enumerate(rooms, 1) for _ in held_among],
         [event_id for _, _, _, held_among in rooms for event_id in held_among],
         any(stream_orders > 0 for _, _, stream_orders, _ in rooms),
+        [n for n, _ in asked],
+        [sender for _, (sender, _) in asked],
+        [txn_id for _, (_, txn_id) in asked],
     )
     return {
         row["room_id"]: RoomHead(
@@ -237,6 +259,12 @@ async def room_heads(
             row["has_waiting_redactions"],
             row["partial_state"],
             sorted(row["stream_orders"]),
+            {
+                asked[i - 1][1]: (event_id, position)
+                for i, event_id, position in zip(
+                    row["sent_at"], row["sent_ids"], row["sent_positions"], strict=True
+                )
+            },
             held=set(row["held_ids"]),
         )
         for row in rows

@@ -499,6 +499,121 @@ async def test_the_sends_of_one_stream_message_go_together_into_an_idle_room(
     assert [e.event_id for e in chain[-5:]] == [results[n].sent.event_id for n in range(5)]
 
 
+async def _stream_message(
+    events: EventsService, sends: list[tuple[str, str, dict[str, Any], str]]
+) -> list[events_pb2.SendEventResult]:
+    """``sends`` (room id, sender, content, txn id) as one StreamSendEvents message; their
+    results in order."""
+    call = events.stub.StreamSendEvents()
+    items = [
+        events_pb2.SendEventItem(
+            id=n,
+            send=events_pb2.PerformSendEventRequest(
+                room_id=room_id,
+                sender=sender,
+                type="m.room.message",
+                content_json=encode_json(content),
+                txn_id=txn_id,
+            ),
+            timeout_ms=30_000,
+        )
+        for n, (room_id, sender, content, txn_id) in enumerate(sends)
+    ]
+    results: dict[int, events_pb2.SendEventResult] = {}
+    try:
+        await call.write(events_pb2.StreamSendEventsRequest(sends=items))
+        async with asyncio.timeout(30):
+            async for message in call:
+                results.update((result.id, result) for result in message.results)
+                if len(results) == len(items):
+                    break
+    finally:
+        call.cancel()
+    return [results[n] for n in range(len(items))]
+
+
+async def _transactions_of(events: EventsService, event_ids: list[str]) -> set[str]:
+    rows = await events.pool.fetch(
+        "SELECT DISTINCT xmin::text FROM events.events WHERE event_id = ANY($1::text[])",
+        event_ids,
+    )
+    return {row["xmin"] for row in rows}
+
+
+async def test_the_groups_of_several_rooms_are_written_in_one_transaction(
+    events: EventsService,
+) -> None:
+    """Sends into two rooms at once: both rooms' groups go into one database transaction,
+    each built in order on its own room's head; a transaction id used before (by a send
+    alone, earlier) gives that send's event and position again."""
+    admin = f"@admin:{events.server_name}"
+    first_room, second_room = await events.create_room("12"), await events.create_room("12")
+    earlier = await events.send(
+        first_room, admin, "m.room.message", {"body": "earlier"}, txn_id=f"e-{first_room}"
+    )
+    results = await _stream_message(
+        events,
+        [
+            (first_room, admin, {"body": "a1"}, ""),
+            (second_room, admin, {"body": "b1"}, f"b1-{second_room}"),
+            (first_room, admin, {"body": "earlier again"}, f"e-{first_room}"),
+            (first_room, admin, {"body": "a2"}, ""),
+            (second_room, admin, {"body": "b2"}, ""),
+        ],
+    )
+    assert all(result.HasField("sent") for result in results), results
+    a1, b1, again, a2, b2 = (result.sent for result in results)
+    assert (again.event_id, again.stream_position) == (earlier.event_id, earlier.stream_position)
+    new = [a1.event_id, a2.event_id, b1.event_id, b2.event_id]
+    assert len(await _transactions_of(events, new)) == 1
+    for room_id, sent, bodies in (
+        (first_room, [earlier, a1, a2], ["earlier", "a1", "a2"]),
+        (second_room, [b1, b2], ["b1", "b2"]),
+    ):
+        chain = await _timeline(events, room_id)
+        _check_chain(events, chain)
+        assert [e.event_id for e in chain[-len(sent) :]] == [s.event_id for s in sent]
+        assert [e.content["body"] for e in chain[-len(sent) :]] == bodies
+        assert (await events.head(room_id)).extremities == [sent[-1].event_id]
+
+
+async def test_a_refused_group_does_not_stop_another_rooms_group(events: EventsService) -> None:
+    """One room's group holds a send that is refused (and a room that does not exist):
+    the other room's group is stored in the transaction of groups; the refused room's
+    other sends are stored each alone, the refused one is not."""
+    admin = f"@admin:{events.server_name}"
+    outsider = f"@outsider:{events.server_name}"
+    first_room, second_room = await events.create_room("12"), await events.create_room("12")
+    unknown_room = f"!nowhere:{events.server_name}"
+    results = await _stream_message(
+        events,
+        [
+            (first_room, admin, {"body": "a1"}, ""),
+            (first_room, outsider, {"body": "not a member"}, ""),
+            (second_room, admin, {"body": "b1"}, ""),
+            (unknown_room, admin, {"body": "lost"}, ""),
+            (first_room, admin, {"body": "a2"}, ""),
+            (second_room, admin, {"body": "b2"}, ""),
+        ],
+    )
+    a1, refused, b1, lost, a2, b2 = results
+    assert refused.error.errcode == "M_FORBIDDEN"
+    assert lost.error.errcode == "M_NOT_FOUND"
+    assert all(r.HasField("sent") for r in (a1, b1, a2, b2)), results
+    assert len(await _transactions_of(events, [b1.sent.event_id, b2.sent.event_id])) == 1
+    assert len(await _transactions_of(events, [a1.sent.event_id, a2.sent.event_id])) == 2
+    chain = await _timeline(events, first_room)
+    assert [e.content.get("body") for e in chain[-2:]] == ["a1", "a2"]
+    assert (
+        await events.pool.fetchval(
+            "SELECT count(*) FROM events.events WHERE room_id = $1 AND sender = $2",
+            first_room,
+            outsider,
+        )
+        == 0
+    )
+
+
 def _stale_heads() -> float:
     return REGISTRY.get_sample_value("mxfed_events_local_send_stale_heads_total") or 0.0
 
