@@ -299,7 +299,11 @@ async def room_transaction(
     plan_cache_mode a room head (:func:`room_head`) or an insert of a few events was
     planned afresh on every execution, as a generic plan of their generate_series,
     unnest and ANY(array) parameters is estimated dearer than a custom one (room_head
-    0.5 ms → 0.15 ms); they find their rows by key whatever the parameters.
+    0.5 ms → 0.15 ms); they find their rows by key whatever the parameters. And without
+    sequential scans where an index serves: a generic plan made while a table was small
+    (local_transactions after a few sends, analyzed then) kept hashing the whole table
+    on every execution as it grew, until its next ANALYZE (a transaction-id lookup of
+    local sends 0.1 → 8 ms within seconds of a fresh start).
 
     ``flushed_by_round``: the caller answers only after a stream round, whose synchronous
     commit makes this one durable: the commit skips its WAL flush (as :func:`room_head`
@@ -308,7 +312,10 @@ async def room_transaction(
     locks = "".join(f"; SELECT pg_advisory_xact_lock({key})" for key in keys)
     flush = "; SET LOCAL synchronous_commit = off" if flushed_by_round else ""
     try:
-        await conn.execute(f"BEGIN; SET LOCAL plan_cache_mode = force_generic_plan{flush}{locks}")
+        await conn.execute(
+            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan;"
+            f" SET LOCAL enable_seqscan = off{flush}{locks}"
+        )
         yield
     except BaseException:
         if not conn.is_closed() and conn.is_in_transaction():

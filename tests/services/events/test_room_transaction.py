@@ -1,6 +1,7 @@
 """storage.room_transaction: the room's lock held from the transaction's start, what the
-block wrote committed when it ends, rolled back when it raises; generic plans inside;
-several rooms' locks taken in the order of their keys."""
+block wrote committed when it ends, rolled back when it raises; generic plans inside, and
+no sequential scans where an index serves; several rooms' locks taken in the order of
+their keys."""
 
 from __future__ import annotations
 
@@ -73,6 +74,33 @@ async def test_statements_run_with_generic_plans_inside_only(events_pool: asyncp
         "SELECT proconfig FROM pg_proc WHERE oid = 'events.assign_stream_positions'::regproc"
     )
     assert "plan_cache_mode=force_generic_plan" in config
+
+
+async def test_rows_are_found_by_key_in_a_table_analyzed_while_small(
+    events_pool: asyncpg.Pool,
+) -> None:
+    """A generic plan made inside uses the index of a table whose statistics say it is
+    small (a sequential scan would be kept, and read the whole table on every execution,
+    as the table grows until its next ANALYZE: local_transactions after a fresh start);
+    outside, the planner's own choice."""
+    room_id = f"!{secrets.token_hex(6)}:tx.test"
+    lookup = "EXPLAIN SELECT event_id FROM pg_temp.sent WHERE sender = $1 AND txn_id = $2"
+    async with events_pool.acquire() as conn:
+        await conn.execute(
+            "CREATE TEMP TABLE sent (sender text, txn_id text, event_id text,"
+            " PRIMARY KEY (sender, txn_id));"
+            " INSERT INTO pg_temp.sent SELECT '@small:tx.test', 'txn-' || n, '$small-' || n"
+            "   FROM generate_series(1, 20) n;"
+            " ANALYZE pg_temp.sent"
+        )
+        try:
+            outside = "\n".join(r[0] for r in await conn.fetch(lookup, "@small:tx.test", "t"))
+            async with storage.room_transaction(conn, room_id):
+                inside = "\n".join(r[0] for r in await conn.fetch(lookup, "@small:tx.test", "t"))
+        finally:
+            await conn.execute("DROP TABLE pg_temp.sent")
+    assert "Seq Scan" in outside  # what the planner picks for the small table
+    assert "Seq Scan" not in inside and "sent_pkey" in inside, inside
 
 
 async def test_several_rooms_locks_are_taken_in_key_order(events_pool: asyncpg.Pool) -> None:
