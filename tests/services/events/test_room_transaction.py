@@ -74,6 +74,7 @@ async def test_statements_run_with_generic_plans_inside_only(events_pool: asyncp
         "SELECT proconfig FROM pg_proc WHERE oid = 'events.assign_stream_positions'::regproc"
     )
     assert "plan_cache_mode=force_generic_plan" in config
+    assert "enable_seqscan=off" in config
 
 
 async def test_rows_are_found_by_key_in_a_table_analyzed_while_small(

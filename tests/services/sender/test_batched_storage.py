@@ -181,3 +181,20 @@ async def test_ingest_takes_and_records_the_transactions_it_is_asked_for(
         await sender_storage.pool.fetchval("SELECT stream_position FROM sender.ingest_cursor")
         == 902
     )
+
+
+async def test_the_transaction_functions_plan_no_sequential_scan(
+    sender_storage: SenderStorage,
+) -> None:
+    """Their generic plans (made once per session) read pdu_queue through its indexes: a
+    sequential scan planned while the queue was small (analyzed then: a fresh start, a
+    quiet destination) was kept, and read the whole queue on every call as it grew (seen
+    in bench_local_sends, ingest after its warm-up)."""
+    configs = await sender_storage.pool.fetch(
+        "SELECT proname, proconfig FROM pg_proc WHERE pronamespace = 'sender'::regnamespace"
+        " AND proname IN ('ingest', 'next_transactions')"
+    )
+    assert sorted(row["proname"] for row in configs) == ["ingest", "next_transactions"]
+    for row in configs:
+        assert "enable_seqscan=off" in row["proconfig"], row
+        assert "plan_cache_mode=force_generic_plan" in row["proconfig"], row
