@@ -303,7 +303,8 @@ async def room_transaction(
     sequential scans where an index serves: a generic plan made while a table was small
     (local_transactions after a few sends, analyzed then) kept hashing the whole table
     on every execution as it grew, until its next ANALYZE (a transaction-id lookup of
-    local sends 0.1 → 8 ms within seconds of a fresh start).
+    local sends 0.1 → 8 ms within seconds of a fresh start). And without JIT, which a
+    scan that must stay (no index serves) would trigger, costed as it then is.
 
     ``flushed_by_round``: the caller answers only after a stream round, whose synchronous
     commit makes this one durable: the commit skips its WAL flush (as :func:`room_head`
@@ -314,7 +315,7 @@ async def room_transaction(
     try:
         await conn.execute(
             "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan;"
-            f" SET LOCAL enable_seqscan = off{flush}{locks}"
+            f" SET LOCAL enable_seqscan = off; SET LOCAL jit = off{flush}{locks}"
         )
         yield
     except BaseException:

@@ -74,7 +74,7 @@ async def test_statements_run_with_generic_plans_inside_only(events_pool: asyncp
         "SELECT proconfig FROM pg_proc WHERE oid = 'events.assign_stream_positions'::regproc"
     )
     assert "plan_cache_mode=force_generic_plan" in config
-    assert "enable_seqscan=off" in config
+    assert "enable_seqscan=off" in config and "jit=off" in config
 
 
 async def test_rows_are_found_by_key_in_a_table_analyzed_while_small(
@@ -98,6 +98,8 @@ async def test_rows_are_found_by_key_in_a_table_analyzed_while_small(
             outside = "\n".join(r[0] for r in await conn.fetch(lookup, "@small:tx.test", "t"))
             async with storage.room_transaction(conn, room_id):
                 inside = "\n".join(r[0] for r in await conn.fetch(lookup, "@small:tx.test", "t"))
+                # A scan that stays is costed past jit_above_cost then: never compiled.
+                assert await conn.fetchval("SELECT current_setting('jit')") == "off"
         finally:
             await conn.execute("DROP TABLE pg_temp.sent")
     assert "Seq Scan" in outside  # what the planner picks for the small table
