@@ -324,6 +324,47 @@ async def _sends_behind_a_blocked_write(
     return await asyncio.gather(first, *rest, return_exceptions=True)
 
 
+async def _stream_message(
+    events: EventsService, sends: list[tuple[str, str, dict[str, Any], str]]
+) -> list[events_pb2.SendEventResult]:
+    """``sends`` (room id, sender, content, txn id) as one StreamSendEvents message; their
+    results in order."""
+    call = events.stub.StreamSendEvents()
+    items = [
+        events_pb2.SendEventItem(
+            id=n,
+            send=events_pb2.PerformSendEventRequest(
+                room_id=room_id,
+                sender=sender,
+                type="m.room.message",
+                content_json=encode_json(content),
+                txn_id=txn_id,
+            ),
+            timeout_ms=30_000,
+        )
+        for n, (room_id, sender, content, txn_id) in enumerate(sends)
+    ]
+    results: dict[int, events_pb2.SendEventResult] = {}
+    try:
+        await call.write(events_pb2.StreamSendEventsRequest(sends=items))
+        async with asyncio.timeout(30):
+            async for message in call:
+                results.update((result.id, result) for result in message.results)
+                if len(results) == len(items):
+                    break
+    finally:
+        call.cancel()
+    return [results[n] for n in range(len(items))]
+
+
+async def _transactions_of(events: EventsService, event_ids: list[str]) -> set[str]:
+    rows = await events.pool.fetch(
+        "SELECT DISTINCT xmin::text FROM events.events WHERE event_id = ANY($1::text[])",
+        event_ids,
+    )
+    return {row["xmin"] for row in rows}
+
+
 async def test_sends_into_a_busy_room_are_written_together_in_order(
     events: EventsService,
 ) -> None:
@@ -350,10 +391,7 @@ async def test_sends_into_a_busy_room_are_written_together_in_order(
     assert three.stream_position > two.stream_position
     # One group of four after the first send, in one database transaction.
     assert _group_sizes_up_to(5) - _group_sizes_up_to(2) == before + 1
-    xmins = await events.pool.fetch(
-        "SELECT DISTINCT xmin::text FROM events.events WHERE event_id = ANY($1::text[])", ids[1:]
-    )
-    assert len(xmins) == 1
+    assert len(await _transactions_of(events, ids[1:])) == 1
     # Built one on the other, in the order sent.
     chain = await _timeline(events, room_id)
     assert [e.event_id for e in chain[-4:]] == ids
@@ -467,77 +505,14 @@ async def test_the_sends_of_one_stream_message_go_together_into_an_idle_room(
         )
 
     before = groups()
-    call = events.stub.StreamSendEvents()
-    sends = [
-        events_pb2.SendEventItem(
-            id=n,
-            send=events_pb2.PerformSendEventRequest(
-                room_id=room_id,
-                sender=admin,
-                type="m.room.message",
-                content_json=encode_json({"body": f"together {n}"}),
-                txn_id=f"together-{n}",
-            ),
-            timeout_ms=30_000,
-        )
-        for n in range(5)
-    ]
-    results: dict[int, events_pb2.SendEventResult] = {}
-    try:
-        await call.write(events_pb2.StreamSendEventsRequest(sends=sends))
-        async with asyncio.timeout(30):
-            async for message in call:
-                results.update((result.id, result) for result in message.results)
-                if len(results) == len(sends):
-                    break
-    finally:
-        call.cancel()
-    assert all(result.HasField("sent") for result in results.values()), results
+    results = await _stream_message(
+        events, [(room_id, admin, {"body": f"together {n}"}, f"together-{n}") for n in range(5)]
+    )
+    assert all(result.HasField("sent") for result in results), results
     count, total = groups()
     assert (count - before[0], total - before[1]) == (1, 5)
     chain = await _timeline(events, room_id)
     assert [e.event_id for e in chain[-5:]] == [results[n].sent.event_id for n in range(5)]
-
-
-async def _stream_message(
-    events: EventsService, sends: list[tuple[str, str, dict[str, Any], str]]
-) -> list[events_pb2.SendEventResult]:
-    """``sends`` (room id, sender, content, txn id) as one StreamSendEvents message; their
-    results in order."""
-    call = events.stub.StreamSendEvents()
-    items = [
-        events_pb2.SendEventItem(
-            id=n,
-            send=events_pb2.PerformSendEventRequest(
-                room_id=room_id,
-                sender=sender,
-                type="m.room.message",
-                content_json=encode_json(content),
-                txn_id=txn_id,
-            ),
-            timeout_ms=30_000,
-        )
-        for n, (room_id, sender, content, txn_id) in enumerate(sends)
-    ]
-    results: dict[int, events_pb2.SendEventResult] = {}
-    try:
-        await call.write(events_pb2.StreamSendEventsRequest(sends=items))
-        async with asyncio.timeout(30):
-            async for message in call:
-                results.update((result.id, result) for result in message.results)
-                if len(results) == len(items):
-                    break
-    finally:
-        call.cancel()
-    return [results[n] for n in range(len(items))]
-
-
-async def _transactions_of(events: EventsService, event_ids: list[str]) -> set[str]:
-    rows = await events.pool.fetch(
-        "SELECT DISTINCT xmin::text FROM events.events WHERE event_id = ANY($1::text[])",
-        event_ids,
-    )
-    return {row["xmin"] for row in rows}
 
 
 async def test_the_groups_of_several_rooms_are_written_in_one_transaction(
