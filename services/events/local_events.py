@@ -736,6 +736,13 @@ class LocalEvents:
                                     # Signed, it is stored as built: build it on a head read.
                                     raise StaleHead(room_id)
                                 to_sign = (event, pdu, policy)
+                            elif kept is not None:
+                                try:
+                                    await self._store(batch, event, pdu)
+                                except Forbidden:
+                                    # Refused on a kept head, which may predate a join
+                                    # written elsewhere: only the head read can refuse.
+                                    raise StaleHead(room_id) from None
                             else:
                                 await self._store(batch, event, pdu)
                         else:

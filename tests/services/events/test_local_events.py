@@ -695,3 +695,21 @@ async def test_sends_and_inbound_pdus_at_once_keep_the_dag(
     assert record is not None
     assert sorted(decode_json(record.pdu_json)["prev_events"]) == tips
     await _stored_once(events, last.event_id)
+
+
+async def test_a_send_refused_on_the_kept_head_is_tried_on_the_rooms_real_head(
+    events_factory: Any,
+) -> None:
+    """Our kept head predates a join another replica wrote: the joined user's send is not
+    refused on it (a refusal on a kept head proves nothing), but built on the room's real
+    head and accepted, once."""
+    first, second = await events_factory(), await events_factory()
+    admin, bob = f"@admin:{first.server_name}", f"@bob:{first.server_name}"
+    room_id = await first.create_room("12", preset="public_chat")
+    await first.send(room_id, admin, "m.room.message", {"body": "kept"})
+    joined = await second.send(room_id, bob, "m.room.member", {"membership": "join"}, state_key=bob)
+    sent = await first.send(room_id, bob, "m.room.message", {"body": "after joining"})
+    chain = await _timeline(first, room_id)
+    _check_chain(first, chain)
+    assert [e.event_id for e in chain[-2:]] == [joined.event_id, sent.event_id]
+    await _stored_once(first, sent.event_id)
