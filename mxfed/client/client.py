@@ -472,9 +472,9 @@ class Client:
         )
         if state_key is not None:
             request.state_key = state_key
-        if self._send_stream is None:
-            self._send_stream = SendStream(lambda: self._events)
         for attempt in range(SEND_ATTEMPTS):
+            if self._send_stream is None:  # the first send, or the client closed meanwhile
+                self._send_stream = SendStream(lambda: self._events)
             try:
                 reply = await self._send_stream.send(request, CALL_TIMEOUT)
                 return Sent(reply.event_id, room_id, reply.stream_position, txn_id)

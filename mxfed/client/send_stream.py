@@ -95,7 +95,7 @@ class SendStream:
             self._pending.pop(send_id, None)
 
     async def close(self) -> None:
-        self._broken(self._call, None, "the client was closed")
+        self._broken(self._call, None, "the client was closed", closed=True)
 
     def _open(self) -> None:
         # No deadline on the stream itself: it lives as long as the client, each send has one.
@@ -134,10 +134,16 @@ class SendStream:
             self._broken(call, None, "the events service ended the send stream")
 
     def _broken(
-        self, call: grpc.aio.StreamStreamCall | None, error: grpc.aio.AioRpcError | None, why: str
+        self,
+        call: grpc.aio.StreamStreamCall | None,
+        error: grpc.aio.AioRpcError | None,
+        why: str,
+        *,
+        closed: bool = False,
     ) -> None:
         """``call`` is over: its unanswered sends fail and the next send opens a new
-        stream."""
+        stream. ``closed``: by the caller, its sends fail CANCELLED (not retried), as a
+        unary call's when its channel is closed."""
         if call is not self._call or call is None:
             return
         self._call = None
@@ -151,4 +157,8 @@ class SendStream:
         pending, self._pending = self._pending, {}
         for answer in pending.values():
             if not answer.done():
-                answer.set_exception(_stream_failure(error, why))
+                answer.set_exception(
+                    MatrixError("M_UNKNOWN", why, grpc.StatusCode.CANCELLED)
+                    if closed
+                    else _stream_failure(error, why)
+                )

@@ -247,3 +247,36 @@ async def test_the_service_stops_reading_a_stream_while_too_many_sends_are_unans
     release.set()
     await asyncio.wait_for(following, 30)
     assert read == 6 and sorted(answered) == list(range(6))
+
+
+async def test_a_send_in_flight_when_the_client_closes_fails_as_cancelled(
+    events: tuple[ScriptedEvents, Client],
+) -> None:
+    """As a unary call cut by the close of its channel: CANCELLED, not sent again (the
+    caller closed the client, a retry would open it again)."""
+    servicer, client = events
+    servicer.held["waiting"] = asyncio.Event()
+    waiting = asyncio.create_task(client.send_message(ROOM, BOT, "waiting", txn_id="w"))
+    await wait_until(lambda: servicer.requests["w"] == 1, what="w read")
+    await client.close()
+    with pytest.raises(MatrixError) as closed:
+        await waiting
+    assert closed.value.status is grpc.StatusCode.CANCELLED and not closed.value.retryable
+    assert servicer.requests["w"] == 1 and servicer.streams == 1
+
+
+async def test_a_send_waiting_to_retry_when_the_client_closes_is_sent_again(
+    events: tuple[ScriptedEvents, Client],
+) -> None:
+    """Its stream broke, and the client was closed while it waited to send again: it is
+    sent again as any call after a close (the client opens again), once stored."""
+    servicer, client = events
+    servicer.break_after = "stored"
+    sending = asyncio.create_task(client.send_message(ROOM, BOT, "stored", txn_id="s"))
+    await wait_until(lambda: servicer.requests["s"] == 1, what="s read")
+    stream = client._send_stream
+    assert stream is not None
+    await wait_until(lambda: stream._call is None, what="the stream broke")
+    await client.close()
+    assert (await sending).event_id == servicer.stored[(BOT, "s")]
+    assert servicer.requests["s"] == 2 and servicer.streams == 2
