@@ -21,6 +21,7 @@ from mxfed.identity_files import current_signing_key
 from mxfed_api.events.v1 import events_pb2
 from mxfed_api.keys.v1 import keys_pb2
 from services.events import storage
+from services.events.room_batch import RoomBatch
 from tests.support.events_service import (
     EventsService,
     RemoteServer,
@@ -713,3 +714,49 @@ async def test_a_send_refused_on_the_kept_head_is_tried_on_the_rooms_real_head(
     _check_chain(first, chain)
     assert [e.event_id for e in chain[-2:]] == [joined.event_id, sent.event_id]
     await _stored_once(first, sent.event_id)
+
+
+async def test_a_transaction_of_groups_that_fails_leaves_each_send_stored_once(
+    events: EventsService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared transaction fails after its insert (rolled back): each send is written
+    alone and answered with its own event, stored once, a repeated transaction id given
+    the event sent before, each room's chain in the order sent."""
+    admin = f"@admin:{events.server_name}"
+    first_room, second_room = await events.create_room("12"), await events.create_room("12")
+    earlier = await events.send(
+        first_room, admin, "m.room.message", {"body": "earlier"}, txn_id=f"e-{first_room}"
+    )
+    original = RoomBatch.write_together
+    failed: list[int] = []
+
+    async def write_then_fail(batches: Any, local_transactions: Any = None) -> None:
+        await original(batches, local_transactions)
+        if not failed:
+            failed.append(len(batches))
+            raise asyncpg.PostgresError("the shared transaction fails")
+
+    monkeypatch.setattr(RoomBatch, "write_together", staticmethod(write_then_fail))
+    results = await _stream_message(
+        events,
+        [
+            (first_room, admin, {"body": "a1"}, f"a1-{first_room}"),
+            (second_room, admin, {"body": "b1"}, f"b1-{second_room}"),
+            (first_room, admin, {"body": "earlier again"}, f"e-{first_room}"),
+            (second_room, admin, {"body": "b2"}, ""),
+        ],
+    )
+    assert failed == [2]
+    assert all(result.HasField("sent") for result in results), results
+    a1, b1, again, b2 = (result.sent for result in results)
+    assert (again.event_id, again.stream_position) == (earlier.event_id, earlier.stream_position)
+    for room_id, sent, bodies in (
+        (first_room, [earlier, a1], ["earlier", "a1"]),
+        (second_room, [b1, b2], ["b1", "b2"]),
+    ):
+        chain = await _timeline(events, room_id)
+        _check_chain(events, chain)
+        assert [e.event_id for e in chain[-len(sent) :]] == [s.event_id for s in sent]
+        assert [e.content["body"] for e in chain[-len(sent) :]] == bodies
+        for s in sent:
+            await _stored_once(events, s.event_id)
