@@ -606,7 +606,7 @@ class LocalEvents:
         (unknown room, a send refused, :class:`_NotTogether`); the other rooms' sends are
         stored all the same."""
         stages = _Stages()
-        written: dict[str, tuple[RoomBatch, list[tuple[str, bool, int | None]], _Stages]] = {}
+        written: dict[str, tuple[RoomBatch, list[tuple[str, bool, int | None]]]] = {}
         refused: dict[str, Exception] = {}
         local_transactions: dict[str, list[tuple[str, str, str]]] = {}
         async with RoomBatch.together(
@@ -630,20 +630,24 @@ class LocalEvents:
                 except Exception as error:  # noqa: BLE001 - that room's writer handles it
                     refused[room_id] = error
                     continue
-                written[room_id] = (batch, outcome, stages)
+                written[room_id] = (batch, outcome)
                 local_transactions[room_id] = [
                     (sender, txn, sent) for (sender, txn), sent in fresh.items()
                 ]
             stages.mark("build")
             if written:
                 await RoomBatch.write_together(
-                    [batch for batch, _, _ in written.values()], local_transactions
+                    [batch for batch, _ in written.values()], local_transactions
                 )
             stages.mark("write")
         stages.mark("commit")
-        for batch, _, _ in written.values():
+        for batch, _ in written.values():
             self._keep_head(batch)
-        return {**written, **refused}
+        # Each room's stream round is timed from the commit (its own stages from here).
+        return {
+            **{room_id: (*room, _Stages()) for room_id, room in written.items()},
+            **refused,
+        }
 
     async def _build_group(
         self, batch: RoomBatch, group: Sequence[_Send]
