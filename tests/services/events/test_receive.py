@@ -10,6 +10,7 @@ import asyncio
 import uuid
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.hashes import content_hash_matches
@@ -206,6 +207,7 @@ async def test_duplicate_transaction_is_idempotent(
     pdus = [remote.pdu(head, "m.room.message", alice, {"body": str(i)})[0] for i in range(5)]
     bad = remote.pdu(head, "m.room.message", remote.user("mallory"), {"body": "x"})[0]
     txn_id = uuid.uuid4().hex
+    before = _transactions_by_result()
 
     first, second = await asyncio.gather(
         events.transaction(remote.name, [*pdus, bad], txn_id=txn_id),
@@ -213,6 +215,10 @@ async def test_duplicate_transaction_is_idempotent(
     )
     third = await events.transaction(remote.name, [*pdus, bad], txn_id=txn_id)
     assert first == second == third
+    # Processed once, the others answered from what it stored (equal answers alone do not
+    # show it: storing a second processing's answer keeps and returns the first one's).
+    after = _transactions_by_result()
+    assert (after["processed"] - before["processed"], after["retry"] - before["retry"]) == (1, 2)
     assert sum("error" in answer for answer in first["pdus"].values()) == 1
     count = await events.pool.fetchval(
         "SELECT count(*) FROM events.events WHERE room_id = $1", room_id
@@ -359,3 +365,12 @@ async def test_edus_with_oversized_or_invalid_ids_are_ignored(
         "SELECT kind, user_id, event_id FROM events.ephemeral WHERE room_id = $1", room_id
     )
     assert [(r["kind"], r["user_id"], r["event_id"]) for r in rows] == [("receipt", alice, "$ok")]
+
+
+def _transactions_by_result() -> dict[str, float]:
+    """How many InputTransaction calls so far were processed and answered as retries."""
+    return {
+        result: REGISTRY.get_sample_value("mxfed_events_transactions_total", {"result": result})
+        or 0.0
+        for result in ("processed", "retry")
+    }

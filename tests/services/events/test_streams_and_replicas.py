@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import REGISTRY
+
 from matrix_protocol.canonical_json import encode_json
 from mxfed_api.events.v1 import events_pb2
 from tests.support.events_service import (
@@ -133,6 +135,7 @@ async def test_two_replicas_keep_order_and_lose_nothing(
         pdus = [remote.pdu(head, "m.room.message", alice, {"body": f"{t}.{i}"}) for i in range(6)]
         transactions.append((uuid.uuid4().hex, pdus))
 
+    processed = _processed_transactions()
     for txn_id, pdus in transactions:
         # The same transaction reaches both replicas at once (a retry racing the original).
         a, b = await asyncio.gather(
@@ -140,6 +143,8 @@ async def test_two_replicas_keep_order_and_lose_nothing(
             second.transaction(remote.name, [p for p, _ in pdus], txn_id=txn_id),
         )
         assert a == b == {"pdus": {event_id: {} for _, event_id in pdus}}
+    # One replica processed each, the other answered with what it stored.
+    assert _processed_transactions() - processed == len(transactions)
     rows = await first.pool.fetch(
         "SELECT depth, stream_position FROM events.events"
         " WHERE room_id = $1 AND type = 'm.room.message' ORDER BY stream_position",
@@ -196,3 +201,12 @@ async def test_replica_killed_mid_batch_loses_nothing(
         room_id,
     )
     assert count == 50
+
+
+def _processed_transactions() -> float:
+    """InputTransaction calls processed so far by the replicas of this process (both
+    replicas of a test count in the same registry); a retry answered from the stored
+    answer is not counted."""
+    return (
+        REGISTRY.get_sample_value("mxfed_events_transactions_total", {"result": "processed"}) or 0.0
+    )
