@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from mxfed_api.events.v1 import events_pb2
+from services.events.input import InputPipeline
 from services.events.room_batch import RoomBatch
 from tests.support.events_service import (
     EventsService,
@@ -46,6 +47,20 @@ def _failing_for(room_id: str, original: Callable[..., Any]) -> Callable[..., An
         return await original(batch, *args, **kwargs)
 
     return add_live
+
+
+def _rooms_written_alone(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The rooms a /send writes in a transaction of their own from now on (those of a
+    /send whose rooms failed together): none when they went together."""
+    alone: list[str] = []
+    original = InputPipeline._input_room
+
+    async def input_room(pipeline: InputPipeline, room_id: str, *args: Any, **kwargs: Any) -> Any:
+        alone.append(room_id)
+        return await original(pipeline, room_id, *args, **kwargs)
+
+    monkeypatch.setattr(InputPipeline, "_input_room", input_room)
+    return alone
 
 
 async def _positions(events: EventsService, event_ids: Sequence[str]) -> list[int]:
@@ -106,11 +121,12 @@ async def test_a_transaction_that_fails_together_is_stored_whole_room_by_room(
 
 
 async def test_rooms_written_together_keep_each_rooms_state_and_rejections_apart(
-    events: EventsService, remote: RemoteServer
+    events: EventsService, remote: RemoteServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A state change in one room, a rejected PDU in another, messages in a third: each
     room's state, extremities and answers are its own, and the next transaction builds on
-    them."""
+    them. Both transactions are written together (had they fallen back to a transaction
+    per room, the answers and heads would be the same)."""
     joined = [await _public_room_with_remote_member(events, remote) for _ in range(3)]
     (named, alice), (refused, _), (plain, _) = joined
     heads = {room_id: await events.head(room_id) for room_id, _ in joined}
@@ -123,7 +139,9 @@ async def test_rooms_written_together_keep_each_rooms_state_and_rejections_apart
     )
     kept, kept_id = remote.pdu(heads[refused], "m.room.message", alice, {})
     message, message_id = remote.pdu(heads[plain], "m.room.message", alice, {})
+    alone = _rooms_written_alone(monkeypatch)
     answer = await events.transaction(remote.name, [rename, power, message, after_rename, kept])
+    assert alone == []
     assert set(answer["pdus"]) == {rename_id, after_rename_id, power_id, kept_id, message_id}
     assert answer["pdus"][power_id]["error"].startswith("rejected")
     assert [answer["pdus"][e] for e in (rename_id, after_rename_id, kept_id, message_id)] == [
@@ -147,5 +165,6 @@ async def test_rooms_written_together_keep_each_rooms_state_and_rejections_apart
     ]
     answer = await events.transaction(remote.name, [pdu for pdu, _ in follow_ups])
     assert answer == {"pdus": {event_id: {} for _, event_id in follow_ups}}
+    assert alone == []
     for (room_id, _), (_, event_id) in zip(joined, follow_ups, strict=True):
         assert (await events.head(room_id)).extremities == [event_id]
