@@ -547,7 +547,10 @@ class RoomBatch:
     ) -> None:
         """:meth:`write` for batches sharing a connection and transaction
         (:meth:`together`): their events and head changes in one statement when few;
-        ``local_transactions`` per room as for :meth:`write`."""
+        ``local_transactions`` per room as for :meth:`write`. None: nothing to write (every
+        room of :meth:`together` unknown)."""
+        if not batches:
+            return
         local_transactions = local_transactions or {}
         await RoomBatch._write(
             [(batch, local_transactions.get(batch.room_id, ())) for batch in batches]

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from mxfed_api.events.v1 import events_pb2
+from services.events import storage
 from services.events.input import InputPipeline
 from services.events.room_batch import RoomBatch
 from tests.support.events_service import (
@@ -168,3 +169,22 @@ async def test_rooms_written_together_keep_each_rooms_state_and_rejections_apart
     assert alone == []
     for (room_id, _), (_, event_id) in zip(joined, follow_ups, strict=True):
         assert (await events.head(room_id)).extremities == [event_id]
+
+
+async def test_rooms_deleted_since_their_version_was_known_are_left_out_together(
+    events: EventsService, remote: RemoteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rooms whose version the pipeline knows but which are gone by the time of their
+    lock (purged) have no batch: a transaction of only such rooms writes nothing together,
+    without failing over to a transaction per room."""
+    rooms, known, _ = await _rooms_with_pdus(events, remote, 2, 1)
+    await events.transaction(remote.name, known)  # the rooms' versions are known now
+    heads = [await events.head(room_id) for room_id in rooms]
+    alice = remote.user("alice")
+    async with events.pool.acquire() as conn:
+        for room_id in rooms:
+            await storage.purge_room(conn, room_id)
+    pdus = [remote.pdu(head, "m.room.message", alice, {})[0] for head in heads]
+    alone = _rooms_written_alone(monkeypatch)
+    assert await events.transaction(remote.name, pdus) == {"pdus": {}}
+    assert alone == []
