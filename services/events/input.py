@@ -313,13 +313,14 @@ class InputPipeline:
         parsing.add_done_callback(_retrieved)
         try:
             async with self.guard.hold(origin, txn_id, self.clock.stage) as stored:
-                results, by_room, refused = await parsing
                 if stored is not None:
+                    # Its PDUs are not processed again: answered without their parse.
                     metrics.TRANSACTIONS.labels("retry").inc()
                     return stored.encode()
+                results, by_room, refused = await parsing
                 return await self._new_transaction(origin, txn_id, results, by_room, refused, edus)
         finally:
-            parsing.cancel()  # the guard failed first (a no-op once parsed)
+            parsing.cancel()  # a retry, or the guard failed first (a no-op once parsed)
 
     async def _new_transaction(
         self,

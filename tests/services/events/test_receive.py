@@ -16,6 +16,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from matrix_protocol.hashes import content_hash_matches
 from mxfed_api.events.v1 import events_pb2
 from services.events import storage
+from services.events.input import InputPipeline
 from services.events.storage import NOTIFY_CHANNEL
 from tests.support.events_service import (
     EventsService,
@@ -237,6 +238,23 @@ async def test_duplicate_transaction_is_idempotent(
         room_id,
     )
     assert edges == distinct
+
+
+async def test_a_retry_is_answered_as_stored_whatever_its_parse_would_do(
+    events: EventsService, remote: RemoteServer, monkeypatch
+) -> None:
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    message, _ = remote.pdu(await events.head(room_id), "m.room.message", alice, {})
+    txn_id = uuid.uuid4().hex
+    first = await events.transaction(remote.name, [message], txn_id=txn_id)
+
+    async def parse_fails(pipeline: InputPipeline, raw_pdus: object) -> None:
+        raise asyncpg.PostgresConnectionError("the database went away while parsing")
+
+    # Its PDUs are not processed again: what their parse does (a room version to read,
+    # say) does not matter.
+    monkeypatch.setattr(InputPipeline, "_parse", parse_fails)
+    assert await events.transaction(remote.name, [message], txn_id=txn_id) == first
 
 
 async def test_already_stored_events_answer_empty(
