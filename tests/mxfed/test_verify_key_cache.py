@@ -28,14 +28,16 @@ def test_requests_need_current_keys_valid_now() -> None:
     cache = VerifyKeyCache("test_cache")
     current, resolved = _resolved("a.example", "ed25519:1", NOW + 1000)
     _, old = _resolved("a.example", "ed25519:0", NOW + 1000, expired_ts=NOW + 1000)
-    cache.add([resolved, old, keys_pb2.ResolvedVerifyKey(server_name="b.example", key_id="k")])
+    _, not_found = _resolved("b.example", "ed25519:k", NOW + 1000)
+    not_found.found = False  # a lookup's answer carrying a key all the same: never kept
+    cache.add([resolved, old, not_found])
     assert cache.request_keys("a.example", ["ed25519:1"], NOW) == {"ed25519:1": current}
     assert cache.request_keys("a.example", ["ed25519:1"], NOW + 1001) is None
     assert cache.request_keys("a.example", ["ed25519:0"], NOW) is None  # events only
     # Every key named must be known, else the keys service decides.
     assert cache.request_keys("a.example", ["ed25519:1", "ed25519:2"], NOW) is None
     assert cache.request_keys("a.example", [], NOW) is None
-    assert cache.request_keys("b.example", ["k"], NOW) is None  # not found: not kept
+    assert cache.request_keys("b.example", ["ed25519:k"], NOW) is None  # not found: not kept
 
 
 def test_events_follow_the_room_versions_validity_rule() -> None:
