@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from matrix_protocol.signing import signing_payload
+import nacl.signing
+
+from matrix_protocol.signing import encode_verify_key, sign_json, signing_payload
 from mxfed.clock import now_ms
 from mxfed.verify_key_cache import VerifyKeyCache
 from mxfed_api.keys.v1 import keys_pb2
-from services.events.keys_client import LOCAL_MAX_ITEMS, KeysClient
+from services.events.keys_client import LOCAL_MAX_SIGNATURES, KeysClient
 from tests.support.grpc_plane import channel_to
 from tests.support.key_servers import HOUR_MS
 
@@ -62,7 +64,7 @@ async def test_small_batches_are_verified_here_once_their_keys_are_cached(
         assert calls.count == 2
         # Bigger batches, unknown servers, keys not cached or not valid at the event's
         # time go to the keys service.
-        many = [_item(origin, f"many {n}") for n in range(LOCAL_MAX_ITEMS + 1)]
+        many = [_item(origin, f"many {n}") for n in range(LOCAL_MAX_SIGNATURES + 1)]
         assert all(ok for ok, _ in await _verify(client, *many))
         assert calls.count == 3
         assert await _verify(client, _item(other, "unknown server")) == [(True, "")]
@@ -72,5 +74,39 @@ async def test_small_batches_are_verified_here_once_their_keys_are_cached(
         assert result == (True, "") and calls.count == 5  # an unknown key id is not checked
         (result,) = await _verify(client, _item(origin, "late", at_ts=now_ms() + 2 * HOUR_MS))
         assert calls.count == 6
+    finally:
+        await channel.close()
+
+
+async def test_an_event_signed_more_often_than_checked_here_goes_to_the_keys_service(
+    keys_service, key_server_factory, monkeypatch
+) -> None:
+    # The sender chooses how many signatures an event carries: one item can ask for
+    # many verifications, which are the keys service's to make, not the events loop's.
+    origin = await key_server_factory()
+    extra = {
+        f"ed25519:extra{n}": nacl.signing.SigningKey.generate() for n in range(LOCAL_MAX_SIGNATURES)
+    }
+    origin.old_keys = {
+        key_id: {"key": encode_verify_key(key.verify_key), "expired_ts": now_ms() + HOUR_MS}
+        for key_id, key in extra.items()
+    }
+    event = origin.sign({"type": "m.room.message", "content": {"body": "signed often"}})
+    for key_id, key in extra.items():
+        event = sign_json(event, key, origin.server_name, key_id)
+    signatures = event["signatures"][origin.server_name]
+    item = _item(origin, "", signed_json=signing_payload(event), signatures=signatures)
+    calls = _Calls(keys_service.keys.keyring)
+    monkeypatch.setattr(keys_service.keys.keyring, "verify_json_batch", calls)
+    channel = channel_to(keys_service.address, "keys")
+    try:
+        cache = VerifyKeyCache("test_events_keys")
+        client = KeysClient(channel, cache)
+        assert await _verify(client, item) == [(True, "")]
+        assert calls.count == 1
+        # Every key is cached now, yet the keys service verifies again.
+        assert cache.event_keys(origin.server_name, list(signatures), item.at_ts, True)
+        assert await _verify(client, item) == [(True, "")]
+        assert calls.count == 2
     finally:
         await channel.close()
