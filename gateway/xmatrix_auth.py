@@ -13,8 +13,8 @@ is one. The signatures of all ``X-Matrix`` headers are checked here when the
 origin's keys they name are in the gateway's
 :class:`~mxfed.verify_key_cache.VerifyKeyCache` (current and valid now), else
 by the keys service in one ``VerifyRequest`` call (which finds or fetches the
-keys), whose answer fills that cache: the usual request costs no gRPC round
-trip.
+keys), whose answer fills that cache: the usual request (one header) costs no
+gRPC round trip.
 
 A server the operator blocks (``mxfed servers block``) gets 403 ``M_FORBIDDEN``
 before its signature is checked.
@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 
 _SCHEME = b"x-matrix"
 _SEND_PREFIX = "/_matrix/federation/v1/send/"
+# Requests with up to this many X-Matrix headers are verified here when their keys are
+# cached (senders send one). The sender chooses how many it sends, each a verification
+# over the whole body (up to body_limit.MAX_BODY_BYTES): more are the keys service's to
+# check, off the loop that serves every request.
+LOCAL_MAX_CREDENTIALS = 1
 
 
 def unauthorized(error: str) -> MatrixError:
@@ -180,7 +185,11 @@ async def _verify(
     origin = credentials[0].origin
     uri = raw_request_target(request.scope)
     cache: VerifyKeyCache = request.app.state.request_keys
-    verify_keys = cache.request_keys(origin, [c.key for c in credentials], now_ms())
+    verify_keys = (
+        cache.request_keys(origin, [c.key for c in credentials], now_ms())
+        if len(credentials) <= LOCAL_MAX_CREDENTIALS
+        else None
+    )
     if verify_keys is not None:
         try:
             verify_request_credentials(

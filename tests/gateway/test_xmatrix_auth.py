@@ -210,6 +210,23 @@ async def test_next_requests_are_verified_with_the_keys_cached_in_the_gateway(
     assert response.status_code == 200 and calls.count == 2
 
 
+async def test_requests_with_several_headers_are_verified_by_the_keys_service(
+    authed, key_server_factory, monkeypatch
+) -> None:
+    origin = await key_server_factory()
+    calls = _Calls(authed.keys.keys.keyring)
+    monkeypatch.setattr(authed.keys.keys.keyring, "verify_request", calls)
+    header = _header(origin, "GET", URI)
+    assert (await _send(authed, "GET", URI, [header])).status_code == 200
+    assert (await _send(authed, "GET", URI, [header])).status_code == 200
+    assert calls.count == 1  # the origin's key is cached in the gateway now
+    # The sender chooses how many headers it sends, each a verification over the
+    # whole body: not the gateway's loop's to make, even with every key cached.
+    headers = [header] * (xmatrix_auth.LOCAL_MAX_CREDENTIALS + 1)
+    assert (await _send(authed, "GET", URI, headers)).status_code == 200
+    assert calls.count == 2
+
+
 async def test_cached_keys_are_asked_for_again_once_stale_or_past_their_validity(
     authed, key_server_factory, monkeypatch
 ) -> None:
