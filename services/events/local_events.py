@@ -635,10 +635,9 @@ class LocalEvents:
                     (sender, txn, sent) for (sender, txn), sent in fresh.items()
                 ]
             stages.mark("build")
-            if written:
-                await RoomBatch.write_together(
-                    [batch for batch, _ in written.values()], local_transactions
-                )
+            await RoomBatch.write_together(
+                [batch for batch, _ in written.values()], local_transactions
+            )
             stages.mark("write")
         stages.mark("commit")
         for batch, _ in written.values():
