@@ -199,6 +199,14 @@ class TransactionGuard:
         except asyncio.CancelledError:
             await asyncio.shield(self._give_back(attempt, key))
             raise
+        except Exception as error:
+            # The statement may have taken the lock before it failed in its read: given
+            # back, as the session would keep it otherwise (a connection error ends the
+            # session, and its locks with it).
+            if not is_connection_error(error):
+                self._held[key] = self._conn.generation
+                await self._unlock(key)
+            raise
         if taken:
             self._held[key] = self._conn.generation
         return taken, stored

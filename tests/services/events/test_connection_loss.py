@@ -106,6 +106,35 @@ async def test_a_holder_cancelled_while_its_lock_is_being_taken_gives_the_lock_b
         await other.close()
 
 
+async def test_a_lock_taken_by_a_guard_statement_that_failed_is_given_back(
+    events_pool: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's statement takes the session lock, then fails in its read of the stored
+    answer with an error that leaves the connection in use (out of memory, say; a
+    cancellation or timeout ends the session, and its locks with it): the transaction
+    fails, and its lock is not left to the session, where it would refuse that
+    transaction on every replica."""
+    guard = TransactionGuard(events_pool)
+    other = await asyncpg.connect(database_url)  # another replica's session
+    key = storage.lock_key("txn:origin.example\x00t1")
+
+    async def failed_after_locking(
+        connection: asyncpg.Connection, lock: int, origin: str, txn_id: str
+    ) -> tuple[bool, str | None]:
+        assert await storage.try_session_lock_key(connection, lock)
+        raise asyncpg.exceptions.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(storage, "try_transaction_lock", failed_after_locking)
+    try:
+        with pytest.raises(asyncpg.exceptions.OutOfMemoryError):
+            async with guard.hold("origin.example", "t1"):
+                pass
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", key)
+    finally:
+        await guard.close()
+        await other.close()
+
+
 async def test_send_and_stream_go_on_after_every_connection_is_ended(
     events: EventsService, remote: RemoteServer, database_url: str
 ) -> None:
