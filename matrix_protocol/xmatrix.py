@@ -14,7 +14,14 @@ from typing import Any
 
 import nacl.signing
 
-from matrix_protocol.signing import SignatureError, sign_json, verify_json_signature
+from matrix_protocol.canonical_json import CanonicalJsonError
+from matrix_protocol.signing import (
+    SignatureError,
+    sign_json,
+    signing_payload,
+    verify_json_signature,
+    verify_signed_payload,
+)
 
 _SCHEME = re.compile(r"x-matrix[ \t]+", re.IGNORECASE)
 _OWS = " \t"
@@ -223,7 +230,9 @@ def verify_request_credentials(
 
     All ``credentials`` are of one origin; ``verify_keys`` are that origin's current
     keys valid now, by key ID. Each credential made with one of them must verify and
-    there must be one; the others (keys we do not know) are ignored.
+    there must be one; the others (keys we do not know) are ignored. The signed
+    object is encoded once for them all: the sender chooses how many headers it
+    sends, and the body may be megabytes.
     """
     if not credentials:
         raise SignatureError("no signature")
@@ -232,4 +241,19 @@ def verify_request_credentials(
         key_ids = ", ".join(credential.key for credential in credentials)
         raise SignatureError(f"no current key of {credentials[0].origin} among {key_ids}")
     for credential in usable:
-        verify_request(credential, method, uri, destination, content, verify_keys[credential.key])
+        if credential.destination is not None and credential.destination != destination:
+            raise SignatureError(
+                f"request is for {credential.destination!r}, we are {destination!r}"
+            )
+    origin = usable[0].origin
+    try:
+        payload = signing_payload(request_signing_object(method, uri, origin, destination, content))
+    except CanonicalJsonError as exc:
+        raise SignatureError(f"signed object has no canonical form: {exc}") from exc
+    for credential in usable:
+        verify_signed_payload(
+            payload,
+            origin,
+            {credential.key: credential.sig},
+            {credential.key: verify_keys[credential.key]},
+        )

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from matrix_protocol import xmatrix
 from matrix_protocol.canonical_json import encode_canonical_json
 from matrix_protocol.encoding import decode_base64, encode_base64
 from matrix_protocol.signing import SignatureError, generate_signing_key, signing_payload
@@ -21,6 +22,7 @@ from matrix_protocol.xmatrix import (
     request_signing_object,
     sign_request,
     verify_request,
+    verify_request_credentials,
 )
 
 SIGNING_KEY = nacl.signing.SigningKey(decode_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"))
@@ -199,3 +201,45 @@ def test_sign_verify_round_trip(body: bytes, method: str) -> None:
     )
     credentials = parse_xmatrix_header(header)
     verify_request(credentials, method, "/_matrix/x?y=1", "b.example", content, VERIFY_KEY)
+
+
+def _credentials_for(*keys: tuple[nacl.signing.SigningKey, str]) -> list[XMatrixCredentials]:
+    return [
+        parse_xmatrix_header(
+            sign_request("PUT", PUT_URI, "domain", "other.example", PUT_BODY, key, key_id)
+        )
+        for key, key_id in keys
+    ]
+
+
+def test_every_header_made_with_a_current_key_must_verify() -> None:
+    second = nacl.signing.SigningKey(b"\x02" * 32)
+    unknown = nacl.signing.SigningKey(b"\x03" * 32)
+    keys = {"ed25519:1": VERIFY_KEY, "ed25519:2": second.verify_key}
+    good = _credentials_for((SIGNING_KEY, "ed25519:1"), (second, "ed25519:2"))
+    stranger = _credentials_for((unknown, "ed25519:9"))  # a key we do not know: ignored
+    verify_request_credentials(good + stranger, "PUT", PUT_URI, "other.example", PUT_BODY, keys)
+    # Key 2's header signed by another key: the request is refused though key 1's verifies.
+    forged = _credentials_for((SIGNING_KEY, "ed25519:1"), (unknown, "ed25519:2"))
+    with pytest.raises(SignatureError):
+        verify_request_credentials(forged, "PUT", PUT_URI, "other.example", PUT_BODY, keys)
+    with pytest.raises(SignatureError, match="no current key"):
+        verify_request_credentials(stranger, "PUT", PUT_URI, "other.example", PUT_BODY, keys)
+    with pytest.raises(SignatureError, match="request is for"):
+        verify_request_credentials(good, "PUT", PUT_URI, "elsewhere.example", PUT_BODY, keys)
+
+
+def test_many_headers_encode_the_signed_request_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender chooses how many headers it sends; each must not encode the (maybe
+    megabytes of) body again."""
+    encoded: list[object] = []
+
+    def counted(obj: dict) -> bytes:
+        encoded.append(obj)
+        return signing_payload(obj)
+
+    monkeypatch.setattr(xmatrix, "signing_payload", counted)
+    headers = _credentials_for(*[(SIGNING_KEY, "ed25519:1")] * 50)
+    keys = {"ed25519:1": VERIFY_KEY}
+    verify_request_credentials(headers, "PUT", PUT_URI, "other.example", PUT_BODY, keys)
+    assert len(encoded) == 1
