@@ -112,6 +112,7 @@ async def test_tail_prints_messages_sent_while_it_runs(scene: Scene, lobby: dict
         *_command(scene, "tail", lobby["room_id"]),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT: every thread's stack
     )
     try:
         assert tail.stderr is not None and tail.stdout is not None
@@ -124,7 +125,16 @@ async def test_tail_prints_messages_sent_while_it_runs(scene: Scene, lobby: dict
         line = await asyncio.wait_for(tail.stdout.readline(), timeout=30)
         assert f"{scene.creator}  m.room.message  live message" in line.decode()
         tail.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(tail.wait(), timeout=15) == 130
+        try:
+            assert await asyncio.wait_for(tail.wait(), timeout=15) == 130
+        except TimeoutError:
+            # Seen once in CI: still running 15 s after Ctrl-C. Where it was, and what it said.
+            tail.send_signal(signal.SIGABRT)
+            await tail.wait()
+            printed = (await tail.stderr.read()).decode()[-6000:]
+            raise AssertionError(
+                f"mxfed tail did not stop on SIGINT; its stacks and output:\n{printed}"
+            ) from None
     finally:
         if tail.returncode is None:
             tail.kill()
