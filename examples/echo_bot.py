@@ -73,6 +73,7 @@ class EchoBot:
             return
         members = await self.client.joined_members(event.room_id)
         if self.user_id not in members:
+            log.info("not answering %s: not joined to %s", event.event_id, event.room_id)
             return
         # The txn id makes the answer idempotent: answering again after a
         # restart returns the first answer instead of sending a second one.
