@@ -6,7 +6,7 @@ Spec: https://spec.matrix.org/v1.19/appendices/#server-name and https://spec.mat
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from matrix_protocol.server_names import (
@@ -91,6 +91,9 @@ def test_parse_server_name_non_string() -> None:
     st.none() | st.integers(0, 99999),
 )
 def test_dns_names_round_trip(labels: list[str], port: int | None) -> None:
+    # Four labels of one to three digits are an IPv4 literal, not a DNS name
+    # ("0.0.0.300" is refused).
+    assume(not (len(labels) == 4 and all(label.isdigit() and len(label) <= 3 for label in labels)))
     host = ".".join(labels)
     name = host if port is None else f"{host}:{port}"
     assert parse_server_name(name) == (host, port)
