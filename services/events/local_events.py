@@ -102,6 +102,13 @@ class _NotTogether(Exception):
     """A group of sends that must go one at a time (a policy server signs each)."""
 
 
+# Per send of a group: its event id, and whether it was sent before (its position as
+# stored then).
+_Outcomes = list[tuple[str, bool, int | None]]
+# A group written: its room's batch, its sends' outcomes, its stages from the commit on.
+_Written = tuple[RoomBatch, _Outcomes, _Stages]
+
+
 @dataclass
 class _Group:
     """A room's group of sends waiting for the next transaction of groups
@@ -110,7 +117,7 @@ class _Group:
     stored), or why the group was not written."""
 
     sends: Sequence[_Send]
-    written: asyncio.Future[tuple[RoomBatch, list[tuple[str, bool, int | None]], _Stages]]
+    written: asyncio.Future[_Written]
 
 
 @dataclass
@@ -600,13 +607,13 @@ class LocalEvents:
 
     async def _write_rooms(
         self, groups: Mapping[str, Sequence[_Send]]
-    ) -> dict[str, tuple[RoomBatch, list[tuple[str, bool, int | None]], _Stages] | Exception]:
+    ) -> dict[str, _Written | Exception]:
         """Rooms' groups of sends in one database transaction: per room, its batch with
         each send's outcome (:class:`_Group`), or why nothing of that room was stored
         (unknown room, a send refused, :class:`_NotTogether`); the other rooms' sends are
         stored all the same."""
         stages = _Stages()
-        written: dict[str, tuple[RoomBatch, list[tuple[str, bool, int | None]]]] = {}
+        written: dict[str, tuple[RoomBatch, _Outcomes]] = {}
         refused: dict[str, Exception] = {}
         local_transactions: dict[str, list[tuple[str, str, str]]] = {}
         async with RoomBatch.together(
@@ -650,12 +657,12 @@ class LocalEvents:
 
     async def _build_group(
         self, batch: RoomBatch, group: Sequence[_Send]
-    ) -> tuple[list[tuple[str, bool, int | None]], dict[tuple[str, str], str]]:
+    ) -> tuple[_Outcomes, dict[tuple[str, str], str]]:
         """The group's events built and added to ``batch`` one after another: per send its
         event id and whether it was sent before (its position as stored), and the
         transaction ids this group used first → their event ids."""
         fresh: dict[tuple[str, str], str] = {}
-        outcome: list[tuple[str, bool, int | None]] = []
+        outcome: _Outcomes = []
         done = batch.sent_before
         for send in group:
             key = (send.sender, send.txn_id)
