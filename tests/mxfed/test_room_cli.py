@@ -113,9 +113,6 @@ async def test_tail_prints_messages_sent_while_it_runs(scene: Scene, lobby: dict
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT: every thread's stack
-        # Ctrl-C's default, whatever this process has: a shell's background job ignores
-        # SIGINT, and so would tail, started from it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert tail.stderr is not None and tail.stdout is not None
