@@ -79,6 +79,11 @@ log = logging.getLogger(__name__)
 TYPING_TIMEOUT_MS = 60_000
 # Seconds a /send transaction waits for the missing events of one room.
 GAP_FILL_TIMEOUT = 60.0
+# Seconds a /send transaction waits for a join in progress of a room it has
+# PDUs of (a join's make_join, send_join and store take a few seconds at most
+# in a big room), and how often it looks whether the join has ended.
+JOIN_WAIT = 30.0
+JOIN_POLL = 0.05
 
 
 class InvalidTransaction(BadRequest):
@@ -394,8 +399,7 @@ class InputPipeline:
             versions = {r: v for r, _ in parsed if (v := self._versions.get(r)) is not None}
             unknown = {room_id for room_id, _ in parsed if room_id not in versions}
             if unknown:
-                async with self.pool.acquire() as conn:
-                    rooms = await storage.get_rooms(conn, unknown)
+                rooms = await self._rooms_once_joined(unknown)
                 for room_id, room in rooms.items():
                     versions[room_id] = room.room_version
                     self._versions.put(room_id, room.room_version)
@@ -413,6 +417,36 @@ class InputPipeline:
                     continue
                 by_room[room_id].append(checked)
         return results, by_room, refused
+
+    async def _rooms_once_joined(self, room_ids: set[str]) -> dict[str, storage.RoomRow]:
+        """The rooms of ``room_ids`` we know, after waiting (up to JOIN_WAIT) for the
+        joins in progress of the others to end.
+
+        A resident may send a room's next PDUs right after answering our
+        send_join, before the join has stored the room; dropped, they would not
+        be sent again.
+        """
+        rooms, joining = await self._known_and_joining(room_ids)
+        if joining:
+            deadline = time.monotonic() + JOIN_WAIT
+            with metrics.TRANSACTIONS_WAITING_FOR_JOINS.track_inprogress():
+                while joining and time.monotonic() < deadline:
+                    await asyncio.sleep(JOIN_POLL)
+                    joined, joining = await self._known_and_joining(joining)
+                    rooms.update(joined)
+        return rooms
+
+    async def _known_and_joining(
+        self, room_ids: set[str]
+    ) -> tuple[dict[str, storage.RoomRow], set[str]]:
+        """The rooms of ``room_ids`` we know, and of the others those being joined."""
+        async with self.pool.acquire() as conn:
+            # Joins first: a join that ends after this read stored its room before.
+            joining = await storage.rooms_being_joined(
+                conn, room_ids, now_ms() - int(JOIN_WAIT * 1000)
+            )
+            rooms = await storage.get_rooms(conn, room_ids)
+        return rooms, joining - rooms.keys()
 
     async def _transaction_pdus(
         self, origin: str, by_room: Mapping[str, list[CheckedPdu]]

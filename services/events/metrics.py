@@ -57,6 +57,10 @@ LOCAL_SENDS_WAITING = Gauge(
     "mxfed_events_local_sends_waiting",
     "Local sends waiting for their room's current write to end (they go together next)",
 )
+TRANSACTIONS_WAITING_FOR_JOINS = Gauge(
+    "mxfed_events_transactions_waiting_for_joins",
+    "Received transactions with PDUs of rooms a local user is joining, waiting for the join",
+)
 STREAM_SUBSCRIBERS_LAGGING = Counter(
     "mxfed_events_stream_subscribers_lagging_total",
     "Times a stream subscriber fell behind and went back to database replay",

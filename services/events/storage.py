@@ -99,6 +99,33 @@ async def get_rooms(conn: asyncpg.Connection, room_ids: Iterable[str]) -> dict[s
     return {row["room_id"]: RoomRow(**dict(row)) for row in rows}
 
 
+async def join_started(conn: asyncpg.Connection, room_id: str, now: int) -> None:
+    await conn.execute(
+        "INSERT INTO events.joins_in_progress (room_id, started_ts) VALUES ($1, $2)"
+        " ON CONFLICT (room_id) DO UPDATE SET started_ts = EXCLUDED.started_ts",
+        room_id,
+        now,
+    )
+
+
+async def join_ended(conn: asyncpg.Connection, room_id: str) -> None:
+    await conn.execute("DELETE FROM events.joins_in_progress WHERE room_id = $1", room_id)
+
+
+async def rooms_being_joined(
+    conn: asyncpg.Connection, room_ids: Iterable[str], started_since: int
+) -> set[str]:
+    """Of ``room_ids``, those whose join started at ``started_since`` or later and
+    has not ended (a join ends after its room is stored)."""
+    rows = await conn.fetch(
+        "SELECT room_id FROM events.joins_in_progress"
+        " WHERE room_id = ANY($1::text[]) AND started_ts >= $2",
+        list(set(room_ids)),
+        started_since,
+    )
+    return {row["room_id"] for row in rows}
+
+
 @dataclass
 class RoomHead:
     """What a room batch starts from (:func:`room_head`)."""

@@ -16,6 +16,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -153,3 +154,50 @@ async def test_joining_sends_the_users_device_list_to_the_new_server(scene: Scen
     assert update["stream_id"] >= 1
     [signing] = mine("m.signing_key_update")
     assert signing["master_key"] == master
+
+
+async def _events_gauge(scene: Scene, name: str) -> float:
+    url = f"http://127.0.0.1:{scene.mxfed.metrics_ports['events']}/metrics"
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(url, timeout=10)).text
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+async def test_a_pdu_sent_during_the_join_waits_for_it_instead_of_being_dropped(
+    scene: Scene,
+) -> None:
+    """A resident sends the room's next PDU as soon as it has our join — Synapse
+    does, before its send_join answer reaches us — and sends it once: it must
+    wait for the join to be stored, not be dropped as a PDU of an unknown room."""
+    room = scene.room(serve_event=True)
+    sent: list[tuple[str, asyncio.Task[httpx.Response]]] = []
+
+    async def send_the_message_first(join_id: str) -> None:
+        message_id, message = room.message("said while you were joining", after=join_id)
+        body = {
+            "origin": scene.server.server_name,
+            "origin_server_ts": scene.server.next_ts(),
+            "pdus": [message],
+        }
+        uri = f"/_matrix/federation/v1/send/{secrets.token_hex(8)}"
+        send = asyncio.create_task(
+            scene.server.federation_request(
+                scene.mxfed.federation_url, scene.mxfed.server_name, "PUT", uri, body
+            )
+        )
+        sent.append((message_id, send))
+        # The join is answered once mxfed holds the transaction for it, or has
+        # answered the transaction (as it did when it dropped the PDU).
+        waiting = "mxfed_events_transactions_waiting_for_joins"
+        while not send.done() and await _events_gauge(scene, waiting) < 1:
+            await asyncio.sleep(0.05)
+
+    room.before_send_join = send_the_message_first
+    await scene.join(room, local_user(scene))
+    [(message_id, send)] = sent
+    answer = await send
+    assert answer.status_code == 200
+    assert answer.json() == {"pdus": {message_id: {}}}
+    statuses = await scene.statuses([message_id])
+    assert statuses[message_id] == events_pb2.EVENT_STATUS_ACCEPTED

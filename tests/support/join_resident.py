@@ -8,6 +8,7 @@ auth event a state event cites, so a joiner has to fetch it.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,9 @@ class Resident:
     def __init__(self, server: FakeHomeserver, *, serve_event: bool) -> None:
         self.server = server
         self.serve_event = serve_event
+        # Run with the joining event's id before the send_join answer is given
+        # (a resident sending on at once).
+        self.before_send_join: Callable[[str], Awaitable[None]] | None = None
         self.events: dict[str, dict[str, Any]] = {}
         self.edus: list[dict[str, Any]] = []
         self.pdus: list[dict[str, Any]] = []  # received over /send
@@ -96,7 +100,23 @@ class Resident:
         }
         return web.json_response({"room_version": "10", "event": template})
 
+    def message(self, body: str, after: str) -> tuple[str, dict[str, Any]]:
+        """A new message of alice after event ``after`` (not added to the room)."""
+        alice = self.server.user("alice")
+        return self.server.build_pdu(
+            V10,
+            room_id=self.room_id,
+            sender=alice,
+            event_type="m.room.message",
+            content={"msgtype": "m.text", "body": body},
+            prev_events=[after],
+            auth_events=[self.create, self.join, self.pl2],
+            depth=self.depth + 1,
+        )
+
     async def send_join(self, request: web.Request) -> web.Response:
+        if self.before_send_join is not None:
+            await self.before_send_join(request.match_info["event_id"])
         # The auth chain leaves out pl1, which the topic (in the state) cites.
         chain = [self.create, self.join, self.rules, self.pl2]
         return web.json_response(

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -113,22 +114,39 @@ class Join(RemoteRooms):
         candidates = self._candidates(room_id, invited_via, servers, alias_servers)
         if not candidates:
             raise MembershipError(404, "M_NOT_FOUND", "No known servers to join the room through")
+        async with self._joining(room_id):
+            event_id, partial = await self._join_through_one_of(candidates, room_id, user_id, extra)
+        await self._forget_out_of_band(user_id, room_id)
+        if partial:
+            self.resync.start(room_id)
+        return room_id, event_id, True
+
+    @asynccontextmanager
+    async def _joining(self, room_id: str) -> AsyncIterator[None]:
+        """The join of ``room_id`` is marked in progress while it runs: the room's
+        PDUs a resident sends meanwhile wait for it instead of being dropped."""
+        async with self.deps.pool.acquire() as conn:
+            await storage.join_started(conn, room_id, now_ms())
+        try:
+            yield
+        finally:
+            async with self.deps.pool.acquire() as conn:
+                await storage.join_ended(conn, room_id)
+
+    async def _join_through_one_of(
+        self, candidates: Sequence[str], room_id: str, user_id: str, extra: Mapping[str, Any]
+    ) -> tuple[str, bool]:
         last: MembershipError = unavailable("no server could be reached")
         for server in candidates:
             try:
                 with cyclic_gc_paused():
-                    event_id, partial = await self._join_through(server, room_id, user_id, extra)
+                    return await self._join_through(server, room_id, user_id, extra)
             except TryNext as failure:
                 log.info(
                     "join attempt failed; trying the next server",
                     extra={"server": server, "room_id": room_id, "error": failure.error.message},
                 )
                 last = failure.error
-                continue
-            await self._forget_out_of_band(user_id, room_id)
-            if partial:
-                self.resync.start(room_id)
-            return room_id, event_id, True
         raise last
 
     async def _join_through(
