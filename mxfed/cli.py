@@ -14,6 +14,8 @@ import importlib
 import os
 import sys
 
+import uvloop
+
 from mxfed.config import ConfigError, load_config
 from mxfed.identity_files import IdentityError
 from mxfed.startup import EXIT_FATAL
@@ -108,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"mxfed: configuration error: {exc}", file=sys.stderr)
             return EXIT_FATAL
-        return int(asyncio.run(args.handler(args, config)) or 0)
+        # uvloop: the asyncio machinery of the many small calls on the hot paths
+        # (gRPC, asyncpg, HTTP) costs less CPU per call than the standard loop's.
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return int(runner.run(args.handler(args, config)) or 0)
     except IdentityError as exc:
         print(exc.line(), file=sys.stderr)
         return 1
