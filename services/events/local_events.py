@@ -772,7 +772,9 @@ class LocalEvents:
             except BaseException:
                 self._heads.pop(room_id)
                 raise
-            if done is None and to_sign is None:
+            if done is None and to_sign is None and signed is None:
+                # Not in a room using a policy server: the next send there would build
+                # on the kept head only to find it needs the signature first.
                 self._keep_head(batch)
             if done is not None:
                 if written is not None:

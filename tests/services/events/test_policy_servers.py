@@ -23,6 +23,7 @@ from matrix_protocol.policy_servers import POLICY_SERVER_KEY_ID, has_valid_polic
 from matrix_protocol.room_versions import room_version
 from matrix_protocol.signing import generate_signing_key, sign_json
 from mxfed_api.events.v1 import events_pb2, membership_pb2, membership_pb2_grpc
+from services.events import metrics
 from tests.support.events_service import (
     EventsService,
     RemoteServer,
@@ -256,3 +257,18 @@ async def test_send_join_we_host_needs_the_policy_servers_signature(protected: P
     await call
     status, pdu = await protected.stored_pdu(bob_id)
     assert status == events_pb2.EVENT_STATUS_ACCEPTED and protected.signed_by_policy(pdu, bob_id)
+
+
+async def test_sends_into_a_room_using_a_policy_server_do_not_build_on_a_kept_head(
+    protected: Protected,
+) -> None:
+    """A send on a head kept from the last one would be built, found to need the policy
+    server's signature, and begun again on the head read under the lock: a wasted
+    transaction per send, counted as a stale head."""
+    await protected.send("first")  # the head kept from the room's set-up is stale
+    stale_before = metrics.LOCAL_SEND_STALE_HEADS._value.get()
+    for body in ("second", "third"):
+        sent = await protected.send(body)
+        _, pdu = await protected.stored_pdu(sent.event_id)
+        assert protected.signed_by_policy(pdu, sent.event_id)
+    assert metrics.LOCAL_SEND_STALE_HEADS._value.get() == stale_before
