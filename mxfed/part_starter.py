@@ -185,7 +185,8 @@ class PartStarter:
         if process is None:
             return
         try:
-            await asyncio.wait_for(process.wait(), timeout=_STOP_TIMEOUT)
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await process.wait()
         except TimeoutError:
             process.kill()
             await process.wait()

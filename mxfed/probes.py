@@ -25,15 +25,15 @@ async def gateway_health(host: str, port: int, wait: float = 3.0) -> str:
     else why not."""
     host = host.strip("[]")
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=_insecure_context()), wait
-        )
+        async with asyncio.timeout(wait):
+            reader, writer = await asyncio.open_connection(host, port, ssl=_insecure_context())
     except (OSError, TimeoutError):
         return "UNAVAILABLE"
     try:
         request = f"GET {GATEWAY_HEALTH_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         writer.write(request.encode())
-        status_line = await asyncio.wait_for(reader.readline(), wait)
+        async with asyncio.timeout(wait):
+            status_line = await reader.readline()
     except (OSError, TimeoutError):
         return "UNAVAILABLE"
     finally:

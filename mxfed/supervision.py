@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from mxfed.logs import setup_logging
 from mxfed.part_starter import ForkedPart, PartStarter, StarterGone, adopt_orphans
 from mxfed.startup import EXIT_FATAL, FatalReport, parse_report
+from mxfed.waits import event_set_within
 
 log = logging.getLogger("mxfed.supervisor")
 
@@ -203,10 +204,7 @@ class Supervision:
                     "delay_s": child.delay,
                 },
             )
-            try:
-                await asyncio.wait_for(self.stopping.wait(), timeout=child.delay)
-            except TimeoutError:
-                pass
+            await event_set_within(self.stopping, child.delay)
             child.delay = min(child.delay * 2, _MAX_RESTART_DELAY)
 
     async def _run_once(self, child: Child) -> int:
@@ -221,7 +219,8 @@ class Supervision:
         code = await child.process.wait()
         # The pipe ends with the process: every report is read.
         try:
-            await asyncio.wait_for(follower, timeout=5)
+            async with asyncio.timeout(5):
+                await follower
         except TimeoutError:
             follower.cancel()
         child.ready = False
@@ -234,9 +233,8 @@ class Supervision:
         for process in running:
             process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(p.wait() for p in running)), timeout=_STOP_TIMEOUT
-            )
+            async with asyncio.timeout(_STOP_TIMEOUT):
+                await asyncio.gather(*(p.wait() for p in running))
         except TimeoutError:
             for process in running:
                 if process.returncode is None:

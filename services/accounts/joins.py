@@ -58,6 +58,7 @@ import grpc
 from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.leadership import lead_forever
+from mxfed.waits import event_set_within
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 from services.accounts import storage
@@ -431,10 +432,7 @@ class JoinDeviceLists:
                 log.exception("could not hand device lists to the sender; retrying")
                 remaining = True
             if remaining:
-                try:
-                    await asyncio.wait_for(self._outbox_wake.wait(), self.retry_interval)
-                except TimeoutError:
-                    pass
+                await event_set_within(self._outbox_wake, self.retry_interval)
             else:
                 await self._outbox_wake.wait()
 

@@ -28,7 +28,6 @@ lost).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from matrix_protocol.canonical_json import decode_json, encode_json
 from mxfed.clock import now_ms
 from mxfed.held_connection import HeldConnection
 from mxfed.service_errors import BadRequest
+from mxfed.waits import event_set_within
 from services.accounts import storage
 from services.accounts.validation import require_user, user_server
 
@@ -355,8 +355,7 @@ class ToDeviceHub:
                     yield message
                 if len(messages) == self.PAGE:
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), self.poll_interval)
+                await event_set_within(event, self.poll_interval)
         finally:
             followers = self._followers.get(user_id)
             if followers is not None:

@@ -16,7 +16,6 @@ re-attaching — so it falls behind but never loses an item.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from mxfed.held_connection import (
     is_connection_error,
     log_failure,
 )
+from mxfed.waits import event_set_within
 from services.events import metrics, storage
 from services.events.reads import EventView
 
@@ -278,8 +278,7 @@ class StreamHub:
                             self.position = await storage.max_stream_position(conn)
                         self._started = True
                     await self._ensure_listening()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    await event_set_within(self._wake, self.poll_interval)
                     self._wake.clear()
                     await self._deliver_new()
                     self._backoff.reset()

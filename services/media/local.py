@@ -12,7 +12,6 @@ once; one made through another replica is seen by polling the row.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections import OrderedDict
@@ -28,6 +27,7 @@ from matrix_protocol.media import (
 from matrix_protocol.server_names import is_valid_user_id, server_name_of
 from mxfed.clock import now_ms
 from mxfed.service_errors import BadRequest
+from mxfed.waits import event_set_within
 from services.media.errors import (
     CannotOverwrite,
     LimitExceeded,
@@ -195,8 +195,7 @@ class LocalMedia:
         WAITING_FOR_UPLOAD.inc()
         try:
             while loop.time() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(_POLL_SECONDS, deadline - loop.time()))
+                await event_set_within(event, min(_POLL_SECONDS, deadline - loop.time()))
                 row = await self.storage.local_media(media_id)
                 if row is None:
                     raise MediaNotFound("Media not found")

@@ -352,7 +352,8 @@ class RemoteMedia:
         async with asyncio.timeout(DOWNLOAD_DEADLINE):
             while True:
                 try:
-                    chunk = await asyncio.wait_for(response.content.readany(), self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):
+                        chunk = await response.content.readany()
                 except TimeoutError:
                     raise RemoteFailed(
                         f"{response.destination} sent nothing for {self.idle_timeout} s"

@@ -29,6 +29,7 @@ from mxfed import tracing
 from mxfed.clock import now_ms
 from mxfed.federation_client import DestinationBlockedError, FederationClient, federation_path
 from mxfed.held_connection import log_failure
+from mxfed.waits import event_set_within
 from services.sender import metrics
 from services.sender.backoff import BackoffPolicy, refuses_the_transaction, retry_after_ms
 from services.sender.leases import Membership
@@ -324,10 +325,7 @@ class DestinationWorker:
 
     async def _wait(self, seconds: float) -> None:
         if seconds > 0 and not self._event.is_set():
-            try:
-                await asyncio.wait_for(self._event.wait(), seconds)
-            except TimeoutError:
-                pass
+            await event_set_within(self._event, seconds)
 
     async def run(self) -> None:
         m = self.manager
@@ -551,9 +549,7 @@ class DeliveryManager:
     async def run(self) -> None:
         """Claim and start workers for destinations that have work."""
         while True:
-            try:
-                await asyncio.wait_for(self._claim_event.wait(), self.options.scan_interval)
-            except TimeoutError:
+            if not await event_set_within(self._claim_event, self.options.scan_interval):
                 self._rescan = True
             self._claim_event.clear()
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import socket
@@ -19,6 +18,7 @@ from mxfed.federation_client.from_config import outbound_options
 from mxfed.held_connection import Backoff, log_failure
 from mxfed.identity_files import current_signing_key
 from mxfed.service_runtime import ServiceContext
+from mxfed.waits import event_set_within
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2_grpc
 from services.sender import metrics
@@ -87,8 +87,7 @@ async def listen_for_wakes(database_url: str, manager: DeliveryManager) -> None:
             manager.wake(None)  # anything queued while we were not listening
             backoff.reset()
             while not connection.is_closed():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), 5)
+                await event_set_within(lost, 5)
                 if not connection.is_closed():
                     await ping(connection)
         except asyncio.CancelledError:
