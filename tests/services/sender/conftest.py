@@ -150,8 +150,9 @@ class Replica:
         for task in self.tasks:
             task.cancel()
         # Each step is bounded. A slow stop is reported as a warning naming the
-        # step (seen rarely on a loaded machine, cause not yet found) rather than
-        # failing the test that ran before it; leases expire by themselves.
+        # step rather than failing the test that ran before it; leases expire by
+        # themselves. (Seen rarely on a loaded machine while the services waited
+        # with asyncio.wait_for, which could lose the cancellation: mxfed.waits.)
         for step, awaitable in (
             ("tasks", asyncio.gather(*self.tasks, return_exceptions=True)),
             ("delivery", self.manager.close()),
