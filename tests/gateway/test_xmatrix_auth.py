@@ -181,12 +181,18 @@ class _Calls:
         return await self._verify(*args)
 
 
-async def test_next_requests_are_verified_with_the_keys_cached_in_the_gateway(
-    authed, key_server_factory, monkeypatch
-) -> None:
-    origin, other = await key_server_factory(), await key_server_factory()
+@pytest.fixture
+def calls(authed, monkeypatch) -> _Calls:
+    """The keys service's request verifications, counted from here on."""
     calls = _Calls(authed.keys.keys.keyring)
     monkeypatch.setattr(authed.keys.keys.keyring, "verify_request", calls)
+    return calls
+
+
+async def test_next_requests_are_verified_with_the_keys_cached_in_the_gateway(
+    authed, key_server_factory, calls
+) -> None:
+    origin, other = await key_server_factory(), await key_server_factory()
     assert (await _send(authed, "GET", URI, [_header(origin, "GET", URI)])).status_code == 200
     assert calls.count == 1
     content = {"pdus": []}
@@ -211,11 +217,9 @@ async def test_next_requests_are_verified_with_the_keys_cached_in_the_gateway(
 
 
 async def test_requests_with_several_headers_are_verified_by_the_keys_service(
-    authed, key_server_factory, monkeypatch
+    authed, key_server_factory, calls
 ) -> None:
     origin = await key_server_factory()
-    calls = _Calls(authed.keys.keys.keyring)
-    monkeypatch.setattr(authed.keys.keys.keyring, "verify_request", calls)
     header = _header(origin, "GET", URI)
     assert (await _send(authed, "GET", URI, [header])).status_code == 200
     assert (await _send(authed, "GET", URI, [header])).status_code == 200
@@ -228,11 +232,9 @@ async def test_requests_with_several_headers_are_verified_by_the_keys_service(
 
 
 async def test_cached_keys_are_asked_for_again_once_stale_or_past_their_validity(
-    authed, key_server_factory, monkeypatch
+    authed, key_server_factory, calls, monkeypatch
 ) -> None:
     origin = await key_server_factory()
-    calls = _Calls(authed.keys.keys.keyring)
-    monkeypatch.setattr(authed.keys.keys.keyring, "verify_request", calls)
     monotonic = [0.0]
     authed.app.state.request_keys = VerifyKeyCache(
         "test_request_keys", ttl=60.0, monotonic=lambda: monotonic[0]
