@@ -441,12 +441,7 @@ class InputPipeline:
     ) -> tuple[dict[str, storage.RoomRow], set[str]]:
         """The rooms of ``room_ids`` we know, and of the others those being joined."""
         async with self.pool.acquire() as conn:
-            # Joins first: a join that ends after this read stored its room before.
-            joining = await storage.rooms_being_joined(
-                conn, room_ids, now_ms() - int(JOIN_WAIT * 1000)
-            )
-            rooms = await storage.get_rooms(conn, room_ids)
-        return rooms, joining - rooms.keys()
+            return await storage.rooms_or_joins(conn, room_ids, now_ms() - int(JOIN_WAIT * 1000))
 
     async def _transaction_pdus(
         self, origin: str, by_room: Mapping[str, list[CheckedPdu]]

@@ -112,18 +112,33 @@ async def join_ended(conn: asyncpg.Connection, room_id: str) -> None:
     await conn.execute("DELETE FROM events.joins_in_progress WHERE room_id = $1", room_id)
 
 
-async def rooms_being_joined(
-    conn: asyncpg.Connection, room_ids: Iterable[str], started_since: int
-) -> set[str]:
-    """Of ``room_ids``, those whose join started at ``started_since`` or later and
-    has not ended (a join ends after its room is stored)."""
+async def rooms_or_joins(
+    conn: asyncpg.Connection, room_ids: Iterable[str], joins_since: int
+) -> tuple[dict[str, RoomRow], set[str]]:
+    """Of ``room_ids``, the rooms we know, and of the others those whose join started
+    at ``joins_since`` or later and has not ended. One snapshot: a join ends after
+    its room is stored, so a room is in one or the other once its join started."""
     rows = await conn.fetch(
-        "SELECT room_id FROM events.joins_in_progress"
-        " WHERE room_id = ANY($1::text[]) AND started_ts >= $2",
+        "SELECT k.room_id, r.room_version, r.create_event_id, r.current_state_group,"
+        " EXISTS (SELECT 1 FROM events.joins_in_progress j"
+        "   WHERE j.room_id = k.room_id AND j.started_ts >= $2) AS joining"
+        " FROM unnest($1::text[]) AS k(room_id)"
+        " LEFT JOIN events.rooms r ON r.room_id = k.room_id",
         list(set(room_ids)),
-        started_since,
+        joins_since,
     )
-    return {row["room_id"] for row in rows}
+    rooms = {
+        row["room_id"]: RoomRow(
+            room_id=row["room_id"],
+            room_version=row["room_version"],
+            create_event_id=row["create_event_id"],
+            current_state_group=row["current_state_group"],
+        )
+        for row in rows
+        if row["room_version"] is not None
+    }
+    joining = {row["room_id"] for row in rows if row["room_version"] is None and row["joining"]}
+    return rooms, joining
 
 
 @dataclass

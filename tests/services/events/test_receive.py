@@ -77,13 +77,13 @@ async def test_a_known_rooms_version_is_not_asked_again(
 ) -> None:
     room_id, alice = await _public_room_with_remote_member(events, remote)
     asked: list[set[str]] = []
-    get_rooms = storage.get_rooms
+    rooms_or_joins = storage.rooms_or_joins
 
-    async def counted(conn, room_ids):
+    async def counted(conn, room_ids, joins_since):
         asked.append(set(room_ids))
-        return await get_rooms(conn, room_ids)
+        return await rooms_or_joins(conn, room_ids, joins_since)
 
-    monkeypatch.setattr(storage, "get_rooms", counted)
+    monkeypatch.setattr(storage, "rooms_or_joins", counted)
     for body in ("first", "second"):
         message, event_id = remote.pdu(
             await events.head(room_id), "m.room.message", alice, {"body": body}
