@@ -547,8 +547,8 @@ class RoomBatch:
     ) -> None:
         """:meth:`write` for batches sharing a connection and transaction
         (:meth:`together`): their events and head changes in one statement when few;
-        ``local_transactions`` per room as for :meth:`write`. None: nothing to write (every
-        room of :meth:`together` unknown)."""
+        ``local_transactions`` per room as for :meth:`write`. No batches (every room of
+        :meth:`together` unknown): nothing is written."""
         if not batches:
             return
         local_transactions = local_transactions or {}
