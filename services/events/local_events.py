@@ -68,6 +68,9 @@ MAX_SEND_GROUP = 100
 # Rooms whose groups of sends share one database transaction at most (their locks are
 # held until its commit).
 MAX_ROOMS_TOGETHER = 32
+# Sends into one room at most for its group to open on a kept head (the checked insert
+# takes few events per room).
+MAX_CHECKED_GROUP = storage.INSERT_FEW_AT_MOST
 # Rooms whose head this process keeps from its last local send (the room ids are callers').
 ROOM_HEADS_KEPT = 10_000
 
@@ -611,7 +614,43 @@ class LocalEvents:
         """Rooms' groups of sends in one database transaction: per room, its batch with
         each send's outcome (:class:`_Group`), or why nothing of that room was stored
         (unknown room, a send refused, :class:`_NotTogether`); the other rooms' sends are
-        stored all the same."""
+        stored all the same.
+
+        Rooms whose head this process kept are opened on it, their groups built without
+        a round trip for their heads; if any of those heads moved (another writer, or a
+        transaction id used before), nothing is stored and all go again on heads read
+        under the locks."""
+        kept = self._kept_heads(groups)
+        while True:
+            try:
+                return await self._write_rooms_on(groups, kept)
+            except StaleHead:
+                metrics.LOCAL_SEND_STALE_HEADS.inc()
+                for room_id in kept:
+                    self._heads.pop(room_id)
+                kept = {}
+
+    def _kept_heads(self, groups: Mapping[str, Sequence[_Send]]) -> dict[str, RoomHead]:
+        """The kept heads the rooms' groups may open on: those of groups that need no new
+        state group (no state events, no redactions), when every group is small enough for
+        the checked insert."""
+        if any(len(group) > MAX_CHECKED_GROUP for group in groups.values()):
+            return {}
+        kept = {}
+        for room_id, group in groups.items():
+            head = self._heads.get(room_id)
+            if head is not None and all(
+                send.state_key is None and send.event_type != "m.room.redaction" for send in group
+            ):
+                kept[room_id] = head
+        return kept
+
+    async def _write_rooms_on(
+        self, groups: Mapping[str, Sequence[_Send]], kept: Mapping[str, RoomHead]
+    ) -> dict[str, _Written | Exception]:
+        """:meth:`_write_rooms` with ``kept`` heads; raises :class:`StaleHead` (nothing
+        stored) if one of them moved, or a send was refused on one (which may predate a
+        join written elsewhere: only the head read can refuse)."""
         stages = _Stages()
         written: dict[str, tuple[RoomBatch, _Outcomes]] = {}
         refused: dict[str, Exception] = {}
@@ -625,6 +664,7 @@ class LocalEvents:
                 room_id: [(send.sender, send.txn_id) for send in group]
                 for room_id, group in groups.items()
             },
+            known_heads=kept,
         ) as batches:
             stages.mark("room_open")
             for room_id, group in groups.items():
@@ -635,6 +675,8 @@ class LocalEvents:
                 try:
                     outcome, fresh = await self._build_group(batch, group)
                 except Exception as error:  # noqa: BLE001 - that room's writer handles it
+                    if isinstance(error, Forbidden) and room_id in kept:
+                        raise StaleHead(room_id) from None
                     refused[room_id] = error
                     continue
                 written[room_id] = (batch, outcome)

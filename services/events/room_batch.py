@@ -369,11 +369,7 @@ class RoomBatch:
             ):
                 batch = cls(core, conn, room_id)
                 async with stage("room_open"):
-                    await batch._open_on(known_head)
-                assert known_head.room.current_state_group is not None
-                batch._expected = storage.ExpectedHead(
-                    list(known_head.extremities), known_head.room.current_state_group
-                )
+                    await batch._open_on_kept(known_head)
                 yield batch, known_head
             return
         async with pool.acquire() as conn, storage.room_transaction(conn, room_id):
@@ -401,6 +397,7 @@ class RoomBatch:
         streamed: bool,
         stage: Stage = untimed,
         local_sends: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+        known_heads: Mapping[str, RoomHead] | None = None,
     ) -> AsyncIterator[dict[str, RoomBatch]]:
         """One database transaction for several rooms (those of a /send, or local sends
         into several rooms), begun with all their locks, the batches opened on their heads
@@ -412,37 +409,57 @@ class RoomBatch:
         round, as for :func:`storage.room_head`). ``stage`` times the opening as
         "room_open". ``local_sends``: per room, the (sender, txn id) of each local send to
         be built in it, counted with its ``events``; the transaction ids used before are
-        in the batch's :attr:`sent_before`."""
+        in the batch's :attr:`sent_before`.
+
+        ``known_heads``: heads this process kept for some rooms (their ``local_sends``
+        only, with no ``events``), opened on without reading them, as ``known_head`` of
+        :meth:`transaction` for one room: :meth:`write_together` checks them all and
+        raises :class:`StaleHead` if any moved; their transaction ids are not looked up.
+        """
         local_sends = local_sends or {}
-        async with pool.acquire() as conn, storage.room_transaction(conn, *events_by_room):
+        known_heads = known_heads or {}
+        async with (
+            pool.acquire() as conn,
+            storage.room_transaction(
+                conn, *events_by_room, flushed_by_round=streamed and bool(known_heads)
+            ),
+        ):
             batches = {room_id: cls(core, conn, room_id) for room_id in events_by_room}
+            to_read = [room_id for room_id in events_by_room if room_id not in known_heads]
             uncached = {
-                room_id: batch.uncached(events_by_room[room_id])
-                for room_id, batch in batches.items()
+                room_id: batches[room_id].uncached(events_by_room[room_id]) for room_id in to_read
             }
             expected = {
-                room_id: len(events) + len(local_sends.get(room_id, ()))
-                for room_id, events in events_by_room.items()
+                room_id: len(events_by_room[room_id]) + len(local_sends.get(room_id, ()))
+                for room_id in to_read
             }
             async with stage("room_open"):
-                heads = await storage.room_heads(
-                    conn,
-                    [
-                        (
-                            room_id,
-                            group_ids_to_reserve(count),
-                            count if streamed else 0,
-                            uncached[room_id],
-                        )
-                        for room_id, count in expected.items()
-                    ],
-                    {
-                        room_id: [(sender, txn) for sender, txn in sends if txn]
-                        for room_id, sends in local_sends.items()
-                    },
-                )
+                heads = {}
+                if to_read:
+                    heads = await storage.room_heads(
+                        conn,
+                        [
+                            (
+                                room_id,
+                                group_ids_to_reserve(count),
+                                count if streamed else 0,
+                                uncached[room_id],
+                            )
+                            for room_id, count in expected.items()
+                        ],
+                        {
+                            room_id: [(sender, txn) for sender, txn in sends if txn]
+                            for room_id, sends in local_sends.items()
+                            if room_id not in known_heads
+                        },
+                    )
                 opened = {}
                 for room_id, batch in batches.items():
+                    if room_id in known_heads:
+                        assert not events_by_room[room_id]
+                        await batch._open_on_kept(known_heads[room_id])
+                        opened[room_id] = batch
+                        continue
                     head = heads.get(room_id)
                     if head is not None:
                         await batch._open_on(head)
@@ -478,6 +495,14 @@ class RoomBatch:
         if head is not None:
             await self._open_on(head)
         return head
+
+    async def _open_on_kept(self, head: RoomHead) -> None:
+        """Open on a head this process kept (:meth:`known_head`), which the write checks."""
+        await self._open_on(head)
+        assert head.room.current_state_group is not None and len(head.extremities) == 1
+        self._expected = storage.ExpectedHead(
+            next(iter(head.extremities)), head.room.current_state_group
+        )
 
     async def _open_on(self, head: RoomHead) -> None:
         self._stream_orders = head.stream_orders
@@ -564,18 +589,20 @@ class RoomBatch:
             groups.groups.extend(batch._groups.groups)
             groups.entries.extend(batch._groups.entries)
         await StateStore.write(conn, groups)
-        rooms = [await batch._room_writes(local) for batch, local in batches]
+        # A checked insert (some batch opened on a kept head) places every streamed event.
+        placed_by_insert = any(batch._expected is not None for batch, _ in batches)
+        rooms = [await batch._room_writes(local, placed_by_insert) for batch, local in batches]
         if not await storage.insert_events(conn, rooms):
             raise StaleHead(batches[0][0].room_id)
         for (batch, _), room in zip(batches, rooms, strict=True):
             await batch._write_rest(room.stream_pending)
 
     async def _room_writes(
-        self, local_transactions: Sequence[tuple[str, str, str]]
+        self, local_transactions: Sequence[tuple[str, str, str]], placed_by_insert: bool
     ) -> storage.RoomWrites:
         stream_pending: dict[str, int] = {}
         if self._to_stream:
-            if self._expected is not None:
+            if placed_by_insert:
                 orders = [0] * len(self._to_stream)  # their places are taken by the insert
             elif len(self._to_stream) <= len(self._stream_orders):
                 orders = self._stream_orders[: len(self._to_stream)]

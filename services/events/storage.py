@@ -468,7 +468,7 @@ class ExpectedHead:
     wrote or read before): its write checks, in the same statement, that the room's head
     is still this one."""
 
-    extremities: Sequence[str]
+    extremity: str  # a head kept for this is one forward extremity (RoomBatch.known_head)
     current_state_group: int
 
 
@@ -476,8 +476,9 @@ class ExpectedHead:
 class RoomWrites:
     """What one room's batch inserts: its events (``writes``), those streamed queued at
     their ``stream_pending`` place (:func:`reserve_stream_pending`), and ``change``.
-    With ``expected``, the streamed events take their places in the stream queue in the
-    insert itself (their ``stream_pending`` values are not used)."""
+    When any room of a write has ``expected``, the streamed events of every room of it
+    take their places in the stream queue in the insert itself (their ``stream_pending``
+    values only say which are streamed)."""
 
     room_id: str
     writes: Sequence[EventWrite]
@@ -491,24 +492,22 @@ async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -
     with few new events go with their changes in one statement (one round trip), a room
     with more as a COPY per table.
 
-    A room written with an :class:`ExpectedHead` (alone, with few new events) is written
-    in one statement that also tells whether, when it began (under the room's lock), the
-    room's head was the expected one, none of its local transaction ids was used and it
-    had neither waiting redactions nor a partial state: False means the caller must roll
-    back. True otherwise."""
-    checked = [r for r in rooms if r.expected is not None]
-    if checked:
-        room = checked[0]
-        assert len(rooms) == 1 and len(room.writes) <= _INSERT_AT_MOST
-        assert not any(w.promote for w in room.writes)
-        return bool(await _insert_few(conn, rooms, room.expected))
+    Rooms written with an :class:`ExpectedHead` (each with few new events; any other
+    room of the call too) are written in one statement that also tells whether, when it
+    began (under the rooms' locks), each such room's head was the expected one and it had
+    neither waiting redactions nor a partial state, and none of the local transaction ids
+    written was used: False means the caller must roll back. True otherwise."""
+    if any(r.expected is not None for r in rooms):
+        assert all(len(r.writes) <= INSERT_FEW_AT_MOST for r in rooms)
+        assert not any(w.promote for r in rooms for w in r.writes)
+        return bool(await _insert_few(conn, rooms, checked=True))
     few: list[RoomWrites] = []
     for room in rooms:
         promoted = [w for w in room.writes if w.promote]
         if promoted:
             await _promote_outliers(conn, room.room_id, promoted, room.stream_pending)
         new = [w for w in room.writes if not w.promote]
-        if len(new) <= _INSERT_AT_MOST:
+        if len(new) <= INSERT_FEW_AT_MOST:
             few.append(replace(room, writes=new))
         else:
             await _insert_many(conn, replace(room, writes=new))
@@ -583,7 +582,7 @@ _INSERTED_EVENT_COLUMNS = (
 # Up to this many events of a room go in one statement (one round trip); more as a COPY
 # per table, which waits for the server twice (to start, and at the end) but moves rows
 # cheaper.
-_INSERT_AT_MOST = 16
+INSERT_FEW_AT_MOST = 16
 
 # The events of one or more rooms, their auth and prev edges, the forward extremities'
 # changes and the local transaction ids in one statement: arrays of columns.
@@ -624,10 +623,12 @@ _INSERT_LOCAL_TRANSACTIONS = (
 _INSERT_FEW = (
     _INSERT_FEW_EVENTS.format(stream_pending="r.stream_pending") + _INSERT_LOCAL_TRANSACTIONS
 )
-# The same for one room opened on an expected head ($29 the room, $30 its extremities,
-# $31 its current state group), answering whether the head was current. Every part of a
+# The same for rooms of which some were opened on an expected head ($29 those rooms, $30
+# their forward extremity, $31 their current state group), answering whether every such
+# head was current and no transaction id written was used before. Every part of a
 # statement sees the rows committed before it began, none of its own inserts. Streamed
-# events take their places in the stream queue here, under the room's lock.
+# events (of every room written) take their places in the stream queue here, under the
+# rooms' locks.
 _INSERT_FEW_CHECKED = (
     _INSERT_FEW_EVENTS.format(
         stream_pending="CASE WHEN r.stream_pending IS NULL THEN NULL"
@@ -635,24 +636,25 @@ _INSERT_FEW_CHECKED = (
     )
     + ", sent AS ("
     + _INSERT_LOCAL_TRANSACTIONS
-    + ") SELECT (SELECT r.current_state_group FROM events.rooms r WHERE r.room_id = $29) = $31"
-    " AND (SELECT count(*) FROM events.forward_extremities f WHERE f.room_id = $29)"
-    "   = cardinality($30::text[])"
-    " AND NOT EXISTS (SELECT 1 FROM unnest($30::text[]) AS x(event_id)"
-    "   WHERE NOT EXISTS (SELECT 1 FROM events.forward_extremities f"
-    "     WHERE f.room_id = $29 AND f.event_id = x.event_id))"
-    " AND NOT EXISTS (SELECT 1 FROM events.waiting_redactions w WHERE w.room_id = $29)"
-    " AND NOT EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = $29)"
+    + ") SELECT NOT EXISTS (SELECT 1 FROM unnest($29::text[], $30::text[], $31::bigint[])"
+    "   AS x(room_id, extremity, state_group)"
+    "   WHERE (SELECT r.current_state_group FROM events.rooms r WHERE r.room_id = x.room_id)"
+    "     IS DISTINCT FROM x.state_group"
+    "   OR (SELECT count(*) FROM events.forward_extremities f WHERE f.room_id = x.room_id) <> 1"
+    "   OR NOT EXISTS (SELECT 1 FROM events.forward_extremities f"
+    "     WHERE f.room_id = x.room_id AND f.event_id = x.extremity)"
+    "   OR EXISTS (SELECT 1 FROM events.waiting_redactions w WHERE w.room_id = x.room_id)"
+    "   OR EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = x.room_id))"
     " AND NOT EXISTS (SELECT 1 FROM unnest($26::text[], $27::text[]) AS k(sender, txn_id)"
     "   JOIN events.local_transactions t USING (sender, txn_id))"
 )
 
 
 async def _insert_few(
-    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], expected: ExpectedHead | None = None
+    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], *, checked: bool = False
 ) -> object:
-    """:data:`_INSERT_FEW`, or with ``expected`` (one room) :data:`_INSERT_FEW_CHECKED`
-    and its answer."""
+    """:data:`_INSERT_FEW`, or ``checked`` :data:`_INSERT_FEW_CHECKED` (the rooms' expected
+    heads checked) and its answer."""
     rows = [(room, w) for room in rooms for w in room.writes]
     writes = [w for _, w in rows]
     events = [w.stored.event for w in writes]
@@ -662,10 +664,15 @@ async def _insert_few(
     added = [(r.room_id, e) for r in rooms for e in r.change.added_extremities]
     sent = [row for r in rooms for row in r.change.local_transactions]
     checks: tuple[object, ...] = ()
-    if expected is not None:
-        checks = (rooms[0].room_id, list(expected.extremities), expected.current_state_group)
-    return await (conn.execute if expected is None else conn.fetchval)(
-        _INSERT_FEW if expected is None else _INSERT_FEW_CHECKED,
+    if checked:
+        expected = [(r.room_id, r.expected) for r in rooms if r.expected is not None]
+        checks = (
+            [room_id for room_id, _ in expected],
+            [head.extremity for _, head in expected],
+            [head.current_state_group for _, head in expected],
+        )
+    return await (conn.fetchval if checked else conn.execute)(
+        _INSERT_FEW_CHECKED if checked else _INSERT_FEW,
         [room.room_id for room, _ in rows],
         [e.event_id for e in events],
         [e.type for e in events],
@@ -703,7 +710,7 @@ async def _insert_rows(
 ) -> None:
     if not rows:
         return
-    if len(rows) > _INSERT_AT_MOST:
+    if len(rows) > INSERT_FEW_AT_MOST:
         await conn.copy_records_to_table(
             table, schema_name="events", columns=list(columns), records=rows
         )

@@ -760,3 +760,129 @@ async def test_a_transaction_of_groups_that_fails_leaves_each_send_stored_once(
         assert [e.content["body"] for e in chain[-len(sent) :]] == bodies
         for s in sent:
             await _stored_once(events, s.event_id)
+
+
+def _counting_head_reads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every :func:`storage.room_heads` call from now on: the rooms whose heads it read."""
+    calls: list[list[str]] = []
+    room_heads = storage.room_heads
+
+    async def counted(conn: Any, rooms: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append([room_id for room_id, *_ in rooms])
+        return await room_heads(conn, rooms, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "room_heads", counted)
+    return calls
+
+
+async def test_groups_after_our_sends_open_on_the_kept_heads(
+    events: EventsService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rooms whose last send was ours: a transaction of their groups reads only the head of
+    the room we have not sent into (no round trip for the others) and needs no second try;
+    each group is built in order on its room's last event."""
+    admin = f"@admin:{events.server_name}"
+    first_room, second_room, third_room = [await events.create_room("12") for _ in range(3)]
+    before = [
+        await events.send(room_id, admin, "m.room.message", {"body": "before"})
+        for room_id in (first_room, second_room)
+    ]
+    reads = _counting_head_reads(monkeypatch)
+    stale = _stale_heads()
+    results = await _stream_message(
+        events,
+        [
+            (first_room, admin, {"body": "a1"}, f"a1-{first_room}"),
+            (second_room, admin, {"body": "b1"}, ""),
+            (third_room, admin, {"body": "c1"}, ""),
+            (first_room, admin, {"body": "a2"}, ""),
+            (second_room, admin, {"body": "b2"}, f"b2-{second_room}"),
+        ],
+    )
+    assert all(result.HasField("sent") for result in results), results
+    assert (reads, _stale_heads()) == ([[third_room]], stale)
+    a1, b1, c1, a2, b2 = (result.sent for result in results)
+    assert len(await _transactions_of(events, [a1.event_id, b1.event_id, c1.event_id])) == 1
+    positions = [a1.stream_position, b1.stream_position, a2.stream_position, b2.stream_position]
+    assert all(positions) and len(set(positions)) == 4
+    for room_id, sent, bodies in (
+        (first_room, [before[0], a1, a2], ["before", "a1", "a2"]),
+        (second_room, [before[1], b1, b2], ["before", "b1", "b2"]),
+        (third_room, [c1], ["c1"]),
+    ):
+        chain = await _timeline(events, room_id)
+        _check_chain(events, chain)
+        assert [e.event_id for e in chain[-len(sent) :]] == [s.event_id for s in sent]
+        assert [e.content["body"] for e in chain[-len(sent) :]] == bodies
+        assert (await events.head(room_id)).extremities == [sent[-1].event_id]
+    # A transaction id used in the kept-head write is known afterwards.
+    again = await _stream_message(events, [(first_room, admin, {"body": "x"}, f"a1-{first_room}")])
+    assert (again[0].sent.event_id, again[0].sent.stream_position) == (
+        a1.event_id,
+        a1.stream_position,
+    )
+
+
+@pytest.mark.parametrize(
+    "moved_by", ["another replica", "a join on another replica", "a used transaction id"]
+)
+async def test_groups_on_kept_heads_of_which_one_moved_go_again_on_the_real_heads(
+    events_factory: Any, monkeypatch: pytest.MonkeyPatch, moved_by: str
+) -> None:
+    """Another replica wrote into one of two rooms after our last send (a message, or the
+    join of a user who then sends, refused on our kept head), or a send reuses a
+    transaction id (which a write on a kept head does not look up): the transaction on the
+    kept heads stores nothing, and the groups are built again on the heads read under the
+    locks: each event stored once, the other replica's event cited, the used transaction
+    id given its event again."""
+    first, second = await events_factory(), await events_factory()
+    admin, bob = f"@admin:{first.server_name}", f"@bob:{first.server_name}"
+    first_room = await first.create_room("12", preset="public_chat")
+    second_room = await first.create_room("12")
+    earlier = await first.send(
+        first_room, admin, "m.room.message", {"body": "earlier"}, txn_id=f"e-{first_room}"
+    )
+    await first.send(second_room, admin, "m.room.message", {"body": "kept"})
+    sends = [
+        (first_room, admin, {"body": "a1"}, ""),
+        (second_room, admin, {"body": "b1"}, ""),
+    ]
+    expected_first_chain = [earlier.event_id]
+    if moved_by == "another replica":
+        theirs = await second.send(first_room, admin, "m.room.message", {"body": "theirs"})
+        expected_first_chain.append(theirs.event_id)
+    elif moved_by == "a join on another replica":
+        joined = await second.send(
+            first_room, bob, "m.room.member", {"membership": "join"}, state_key=bob
+        )
+        expected_first_chain.append(joined.event_id)
+        sends[0] = (first_room, bob, {"body": "a1"}, "")
+    else:
+        sends.append((first_room, admin, {"body": "earlier again"}, f"e-{first_room}"))
+    reads = _counting_head_reads(monkeypatch)
+    stale = _stale_heads()
+    results = await _stream_message(first, sends)
+    assert all(result.HasField("sent") for result in results), results
+    assert _stale_heads() == stale + 1
+    assert [sorted(rooms) for rooms in reads] == [sorted([first_room, second_room])]
+    a1, b1 = results[0].sent, results[1].sent
+    if moved_by == "a used transaction id":
+        again = results[2].sent
+        assert (again.event_id, again.stream_position) == (
+            earlier.event_id,
+            earlier.stream_position,
+        )
+    chain = await _timeline(first, first_room)
+    _check_chain(first, chain)
+    assert [e.event_id for e in chain[-len(expected_first_chain) - 1 :]] == [
+        *expected_first_chain,
+        a1.event_id,
+    ]
+    second_chain = await _timeline(first, second_room)
+    _check_chain(first, second_chain)
+    assert second_chain[-1].event_id == b1.event_id
+    for sent in (a1, b1):
+        await _stored_once(first, sent.event_id)
+    assert await first.pool.fetchval(
+        "SELECT count(*) FROM events.events WHERE room_id = $1", first_room
+    ) == len(chain)
