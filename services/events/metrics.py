@@ -36,9 +36,9 @@ LOCAL_SEND_GROUPS = Histogram(
 )
 LOCAL_SEND_STALE_HEADS = Counter(
     "mxfed_events_local_send_stale_heads_total",
-    "Lone local sends opened on the room head kept from the last send and done again on"
-    " the head read under the lock (another writer had moved it, or a transaction id was"
-    " used before)",
+    "Lone local sends, or transactions of groups of sends, opened on the room heads kept"
+    " from the last sends and done again on the heads read under the locks (another writer"
+    " had moved one, or a transaction id was used before)",
 )
 LOCAL_SEND_SECONDS = Histogram(
     "mxfed_events_local_send_seconds",
@@ -56,6 +56,11 @@ LOCAL_SEND_STAGE_SECONDS = Histogram(
 LOCAL_SENDS_WAITING = Gauge(
     "mxfed_events_local_sends_waiting",
     "Local sends waiting for their room's current write to end (they go together next)",
+)
+LOCAL_SEND_GROUPS_WAITING = Gauge(
+    "mxfed_events_local_send_groups_waiting",
+    "Rooms' groups of local sends waiting for the next transaction of groups (the one"
+    " before is being written)",
 )
 TRANSACTIONS_WAITING_FOR_JOINS = Gauge(
     "mxfed_events_transactions_waiting_for_joins",

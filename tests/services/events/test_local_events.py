@@ -886,3 +886,58 @@ async def test_groups_on_kept_heads_of_which_one_moved_go_again_on_the_real_head
     assert await first.pool.fetchval(
         "SELECT count(*) FROM events.events WHERE room_id = $1", first_room
     ) == len(chain)
+
+
+async def test_sends_into_idle_rooms_while_others_are_written_go_together(
+    events: EventsService,
+) -> None:
+    """While a lone send and a transaction of groups are being written (each waiting for a
+    room's lock), sends into two rooms nobody writes do not go each alone: they wait as
+    their rooms' groups and then share one transaction."""
+    admin = f"@admin:{events.server_name}"
+    busy, also_busy, idle, also_idle = [await events.create_room("12") for _ in range(4)]
+    held = [await _busy_room(events, room_id) for room_id in (busy, also_busy)]
+
+    def groups_waiting() -> float:
+        return REGISTRY.get_sample_value("mxfed_events_local_send_groups_waiting") or 0.0
+
+    def send(room_id: str, body: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(
+            events.send(room_id, admin, "m.room.message", {"body": body}, txn_id=room_id)
+        )
+
+    try:
+        lone = send(busy, "lone")
+        await wait_until(
+            lambda: _lock_waiters(events), interval=0.02, what="the lone send waits for the lock"
+        )
+        group = send(also_busy, "group")
+
+        async def both_wait() -> bool:
+            return await _lock_waiters(events) == 2
+
+        await wait_until(both_wait, interval=0.02, what="a transaction of groups waits too")
+        later = [send(idle, "idle"), send(also_idle, "also idle")]
+        await wait_until(
+            lambda: groups_waiting() == 2, interval=0.02, what="two groups wait for the next"
+        )
+    finally:
+        for holder, transaction in held:
+            await transaction.rollback()
+            await events.pool.release(holder)
+    sent = await asyncio.gather(lone, group, *later)
+    assert len({s.event_id for s in sent}) == 4
+    # The transaction that inserted each send's transaction id (events rows are updated
+    # again by the stream round, which rows of several transactions may share).
+    inserted_by = await events.pool.fetch(
+        "SELECT txn_id, xmin::text FROM events.local_transactions"
+        " WHERE sender = $1 AND txn_id = ANY($2::text[])",
+        admin,
+        [busy, also_busy, idle, also_idle],
+    )
+    by_room = {row["txn_id"]: row["xmin"] for row in inserted_by}
+    assert by_room[idle] == by_room[also_idle]
+    assert len({by_room[busy], by_room[also_busy], by_room[idle]}) == 3
+    for room_id, one in zip((busy, also_busy, idle, also_idle), sent, strict=True):
+        assert (await events.head(room_id)).extremities == [one.event_id]
+    assert groups_waiting() == 0
