@@ -941,3 +941,47 @@ async def test_sends_into_idle_rooms_while_others_are_written_go_together(
     for room_id, one in zip((busy, also_busy, idle, also_idle), sent, strict=True):
         assert (await events.head(room_id)).extremities == [one.event_id]
     assert groups_waiting() == 0
+
+
+async def test_groups_on_kept_heads_and_inbound_pdus_at_once_keep_the_dag(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    """Groups of sends into two rooms (opened on the kept heads) race remote PDUs into both:
+    every event stored once, each room's forward extremities exactly its accepted events
+    nothing builds on, and the next sends build on all of them."""
+    admin = f"@admin:{events.server_name}"
+    rooms = [await _public_room_with_remote_member(events, remote) for _ in range(2)]
+    await _stream_message(events, [(room_id, admin, {"body": "first"}, "") for room_id, _ in rooms])
+    for round_ in range(8):
+        pdus = []
+        for room_id, alice in rooms:
+            pdu, _ = remote.pdu(
+                await events.head(room_id), "m.room.message", alice, {"body": f"theirs {round_}"}
+            )
+            pdus.append(pdu)
+        results, _ = await asyncio.gather(
+            _stream_message(
+                events,
+                [
+                    (room_id, admin, {"body": f"ours {round_}.{n}"}, "")
+                    for room_id, _ in rooms
+                    for n in range(2)
+                ],
+            ),
+            events.transaction(remote.name, pdus),
+        )
+        assert all(result.HasField("sent") for result in results), results
+    for room_id, _ in rooms:
+        async with events.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT event_id, pdu_json FROM events.events WHERE room_id = $1 AND status = 1",
+                room_id,
+            )
+        cited = {p for row in rows for p in decode_json(row["pdu_json"])["prev_events"]}
+        tips = sorted(row["event_id"] for row in rows if row["event_id"] not in cited)
+        assert sorted((await events.head(room_id)).extremities) == tips
+        last = await _stream_message(events, [(room_id, admin, {"body": "last"}, "")])
+        record = await events.event(last[0].sent.event_id)
+        assert record is not None
+        assert sorted(decode_json(record.pdu_json)["prev_events"]) == tips
+        await _stored_once(events, last[0].sent.event_id)
