@@ -315,6 +315,8 @@ class RoomBatch:
         self._stream_orders: list[int] = []  # places in the stream queue reserved at open
         # Opened on a head not read under the lock: the write checks it is current.
         self._expected: storage.ExpectedHead | None = None
+        # Opened so outside any transaction: the write is one statement of its own.
+        self._alone = False
         self.room: RoomRow
         self.version: RoomVersion
         self.extremities: dict[str, int] = {}
@@ -361,15 +363,15 @@ class RoomBatch:
         reading it, for local events that need no new state group (neither state events
         nor redactions): the write checks it is still the room's head and raises
         :class:`StaleHead` if not. Transaction ids are then not looked up (the write
-        checks none was used), ``stream_orders`` only says whether to reserve places."""
+        checks none was used). No database transaction is begun then: the write is one
+        statement that takes the room's lock and is its own transaction
+        (:meth:`write`), and the block needs no commit."""
         if known_head is not None:
-            async with (
-                pool.acquire() as conn,
-                storage.room_transaction(conn, room_id, flushed_by_round=stream_orders > 0),
-            ):
+            assert stream_orders > 0  # its write leaves its WAL flush to the stream round
+            async with pool.acquire() as conn:
                 batch = cls(core, conn, room_id)
                 async with stage("room_open"):
-                    await batch._open_on_kept(known_head)
+                    await batch._open_on_kept(known_head, alone=True)
                 yield batch, known_head
             return
         async with pool.acquire() as conn, storage.room_transaction(conn, room_id):
@@ -415,9 +417,21 @@ class RoomBatch:
         only, with no ``events``), opened on without reading them, as ``known_head`` of
         :meth:`transaction` for one room: :meth:`write_together` checks them all and
         raises :class:`StaleHead` if any moved; their transaction ids are not looked up.
+        When every room is on a kept head no database transaction is begun: the write is
+        one statement that takes the rooms' locks and is its own transaction.
         """
         local_sends = local_sends or {}
         known_heads = known_heads or {}
+        if streamed and known_heads.keys() == events_by_room.keys():
+            # Every room on a kept head: no transaction, the write is one statement.
+            async with pool.acquire() as conn:
+                batches = {room_id: cls(core, conn, room_id) for room_id in events_by_room}
+                async with stage("room_open"):
+                    for room_id, batch in batches.items():
+                        assert not events_by_room[room_id]
+                        await batch._open_on_kept(known_heads[room_id], alone=True)
+                yield batches
+            return
         async with (
             pool.acquire() as conn,
             storage.room_transaction(
@@ -457,7 +471,7 @@ class RoomBatch:
                 for room_id, batch in batches.items():
                     if room_id in known_heads:
                         assert not events_by_room[room_id]
-                        await batch._open_on_kept(known_heads[room_id])
+                        await batch._open_on_kept(known_heads[room_id], alone=False)
                         opened[room_id] = batch
                         continue
                     head = heads.get(room_id)
@@ -496,13 +510,15 @@ class RoomBatch:
             await self._open_on(head)
         return head
 
-    async def _open_on_kept(self, head: RoomHead) -> None:
-        """Open on a head this process kept (:meth:`known_head`), which the write checks."""
+    async def _open_on_kept(self, head: RoomHead, *, alone: bool) -> None:
+        """Open on a head this process kept (:meth:`known_head`), which the write checks;
+        ``alone``: outside any transaction (:meth:`_write_alone`)."""
         await self._open_on(head)
         assert head.room.current_state_group is not None and len(head.extremities) == 1
         self._expected = storage.ExpectedHead(
             next(iter(head.extremities)), head.room.current_state_group
         )
+        self._alone = alone
 
     async def _open_on(self, head: RoomHead) -> None:
         self._stream_orders = head.stream_orders
@@ -584,6 +600,9 @@ class RoomBatch:
     @staticmethod
     async def _write(batches: Sequence[tuple[RoomBatch, Sequence[tuple[str, str, str]]]]) -> None:
         conn = batches[0][0].conn
+        if batches[0][0]._alone:
+            await RoomBatch._write_alone(batches)
+            return
         groups = PendingGroups()
         for batch, _ in batches:
             groups.groups.extend(batch._groups.groups)
@@ -596,6 +615,43 @@ class RoomBatch:
             raise StaleHead(batches[0][0].room_id)
         for (batch, _), room in zip(batches, rooms, strict=True):
             await batch._write_rest(room.stream_pending)
+
+    @staticmethod
+    async def _write_alone(
+        batches: Sequence[tuple[RoomBatch, Sequence[tuple[str, str, str]]]],
+    ) -> None:
+        """The write of batches opened on kept heads outside any transaction: their events
+        in one statement that takes the rooms' locks, checks the heads and is its own
+        transaction. Anything else to write (a new state group, a changed current state,
+        redactions: none of which a kept head's events should bring) raises
+        :class:`StaleHead`, for the caller to go again on heads read in a transaction."""
+        if not all(batch._writes_only_events() for batch, _ in batches):
+            raise StaleHead(batches[0][0].room_id)
+        rooms = [await batch._room_writes(local, True) for batch, local in batches]
+        if not await storage.insert_events(batches[0][0].conn, rooms, take_locks=True):
+            raise StaleHead(batches[0][0].room_id)
+
+    def _writes_only_events(self) -> bool:
+        """Whether the batch writes nothing but new events, their edges, the forward
+        extremities' changes and transaction ids (:meth:`_write_rest` has nothing to do)."""
+        initial = self._initial_current.id if self._initial_current else None
+        current = self.current.id if self.current else None
+        return (
+            not self._groups.groups
+            and not self._groups.entries
+            and current == initial
+            and not self._replacements
+            and not self._redactions
+            and not self._new_waiting
+            and not self._arrived_targets
+            and not self._ends_partial
+            and self._new_partial is None
+            and self.partial is None
+            and all(event_id in self._writes for event_id in self._to_stream)
+            and (self.create_event is None or bool(self.room.create_event_id))
+            and len(self._writes) <= storage.INSERT_FEW_AT_MOST
+            and not any(w.promote for w in self._writes.values())
+        )
 
     async def _room_writes(
         self, local_transactions: Sequence[tuple[str, str, str]], placed_by_insert: bool

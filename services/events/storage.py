@@ -323,6 +323,12 @@ async def insert_room(conn: asyncpg.Connection, room_id: str, version: str) -> b
     return status.endswith(" 1")
 
 
+def room_lock_keys(room_ids: Iterable[str]) -> list[int]:
+    """The rooms' advisory lock keys in the order every writer takes several (sorted), so
+    that two writers never wait for each other's locks in a cycle."""
+    return sorted({lock_key("room:" + room_id) for room_id in room_ids})
+
+
 async def lock_room(conn: asyncpg.Connection, room_id: str) -> None:
     """Only one replica works on a room at a time (until this transaction ends)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key("room:" + room_id))
@@ -351,8 +357,7 @@ async def room_transaction(
     ``flushed_by_round``: the caller answers only after a stream round, whose synchronous
     commit makes this one durable: the commit skips its WAL flush (as :func:`room_head`
     does when it reserves places in the stream queue)."""
-    keys = sorted({lock_key("room:" + room_id) for room_id in room_ids})
-    locks = "".join(f"; SELECT pg_advisory_xact_lock({key})" for key in keys)
+    locks = "".join(f"; SELECT pg_advisory_xact_lock({key})" for key in room_lock_keys(room_ids))
     flush = "; SET LOCAL synchronous_commit = off" if flushed_by_round else ""
     try:
         await conn.execute(
@@ -487,7 +492,9 @@ class RoomWrites:
     expected: ExpectedHead | None = None
 
 
-async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> bool:
+async def insert_events(
+    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], *, take_locks: bool = False
+) -> bool:
     """The rooms' writes (those of a /send's rooms written in one transaction). The rooms
     with few new events go with their changes in one statement (one round trip), a room
     with more as a COPY per table.
@@ -496,11 +503,15 @@ async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -
     room of the call too) are written in one statement that also tells whether, when it
     began (under the rooms' locks), each such room's head was the expected one and it had
     neither waiting redactions nor a partial state, and none of the local transaction ids
-    written was used: False means the caller must roll back. True otherwise."""
-    if any(r.expected is not None for r in rooms):
+    written was used: False means the caller must roll back. True otherwise.
+
+    ``take_locks``: the caller holds no transaction (its rooms all opened on expected
+    heads): the one statement takes the rooms' locks first and is its own transaction,
+    committed when it returns (False: nothing was written)."""
+    if take_locks or any(r.expected is not None for r in rooms):
         assert all(len(r.writes) <= INSERT_FEW_AT_MOST for r in rooms)
         assert not any(w.promote for r in rooms for w in r.writes)
-        return bool(await _insert_few(conn, rooms, checked=True))
+        return await _insert_few(conn, rooms, checked=True, take_locks=take_locks)
     few: list[RoomWrites] = []
     for room in rooms:
         promoted = [w for w in room.writes if w.promote]
@@ -584,77 +595,18 @@ _INSERTED_EVENT_COLUMNS = (
 # cheaper.
 INSERT_FEW_AT_MOST = 16
 
-# The events of one or more rooms, their auth and prev edges, the forward extremities'
-# changes and the local transaction ids in one statement: arrays of columns.
-# servers_before is one JSON array per event (arrays of arrays must be rectangular).
-_INSERT_FEW_EVENTS = (
-    "WITH new_events AS ("
-    f" INSERT INTO events.events ({', '.join(_INSERTED_EVENT_COLUMNS)})"
-    " SELECT r.event_id, r.room_id, r.type, r.state_key, r.sender, r.membership, r.depth,"
-    " r.ts, r.pdu_json, r.status, r.rejection_reason, r.redacted, r.group_before,"
-    " r.group_after,"
-    " ARRAY(SELECT j.server FROM jsonb_array_elements_text(r.servers::jsonb)"
-    "       WITH ORDINALITY AS j(server, n) ORDER BY j.n),"
-    " r.relayed_for, {stream_pending}"
-    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
-    " $7::bigint[], $8::bigint[], $9::text[], $10::smallint[], $11::text[], $12::boolean[],"
-    " $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::bigint[])"
-    " AS r(room_id, event_id, type, state_key, sender, membership, depth, ts, pdu_json, status,"
-    " rejection_reason, redacted, group_before, group_after, servers, relayed_for,"
-    " stream_pending)"
-    "), auth_edges AS ("
-    " INSERT INTO events.event_auth (event_id, auth_id)"
-    " SELECT * FROM unnest($18::text[], $19::text[])"
-    "), prev_edges AS ("
-    " INSERT INTO events.event_edges (prev_event_id, event_id)"
-    " SELECT * FROM unnest($20::text[], $21::text[])"
-    "), gone AS ("
-    " DELETE FROM events.forward_extremities f"
-    " USING unnest($22::text[], $23::text[]) AS g(room_id, event_id)"
-    " WHERE f.room_id = g.room_id AND f.event_id = g.event_id"
-    "), heads AS ("
-    " INSERT INTO events.forward_extremities (room_id, event_id)"
-    " SELECT * FROM unnest($24::text[], $25::text[]) ON CONFLICT DO NOTHING)"
-)
-_INSERT_LOCAL_TRANSACTIONS = (
-    " INSERT INTO events.local_transactions (sender, txn_id, event_id)"
-    " SELECT * FROM unnest($26::text[], $27::text[], $28::text[]) ON CONFLICT DO NOTHING"
-)
-_INSERT_FEW = (
-    _INSERT_FEW_EVENTS.format(stream_pending="r.stream_pending") + _INSERT_LOCAL_TRANSACTIONS
-)
-# The same for rooms of which some were opened on an expected head ($29 those rooms, $30
-# their forward extremity, $31 their current state group), answering whether every such
-# head was current and no transaction id written was used before. Every part of a
-# statement sees the rows committed before it began, none of its own inserts. Streamed
-# events (of every room written) take their places in the stream queue here, under the
-# rooms' locks.
-_INSERT_FEW_CHECKED = (
-    _INSERT_FEW_EVENTS.format(
-        stream_pending="CASE WHEN r.stream_pending IS NULL THEN NULL"
-        " ELSE nextval('events.stream_pending_order') END"
-    )
-    + ", sent AS ("
-    + _INSERT_LOCAL_TRANSACTIONS
-    + ") SELECT NOT EXISTS (SELECT 1 FROM unnest($29::text[], $30::text[], $31::bigint[])"
-    "   AS x(room_id, extremity, state_group)"
-    "   WHERE (SELECT r.current_state_group FROM events.rooms r WHERE r.room_id = x.room_id)"
-    "     IS DISTINCT FROM x.state_group"
-    "   OR (SELECT count(*) FROM events.forward_extremities f WHERE f.room_id = x.room_id) <> 1"
-    "   OR NOT EXISTS (SELECT 1 FROM events.forward_extremities f"
-    "     WHERE f.room_id = x.room_id AND f.event_id = x.extremity)"
-    "   OR EXISTS (SELECT 1 FROM events.waiting_redactions w WHERE w.room_id = x.room_id)"
-    "   OR EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = x.room_id))"
-    " AND NOT EXISTS (SELECT 1 FROM unnest($26::text[], $27::text[]) AS k(sender, txn_id)"
-    "   JOIN events.local_transactions t USING (sender, txn_id))"
-)
-
 
 async def _insert_few(
-    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], *, checked: bool = False
-) -> object:
-    """:data:`_INSERT_FEW`, or ``checked`` :data:`_INSERT_FEW_CHECKED` (the rooms' expected
-    heads checked) and its answer."""
+    conn: asyncpg.Connection,
+    rooms: Sequence[RoomWrites],
+    *,
+    checked: bool = False,
+    take_locks: bool = False,
+) -> bool:
+    """The rooms' writes through ``events.insert_few`` (migration 018), one round trip:
+    ``checked``, the rooms' expected heads checked and streamed events placed in the
+    stream queue by it; ``take_locks``, the rooms' locks taken by it (the caller holds no
+    transaction). False: a checked head had moved, nothing was written."""
     rows = [(room, w) for room in rooms for w in room.writes]
     writes = [w for _, w in rows]
     events = [w.stored.event for w in writes]
@@ -663,45 +615,46 @@ async def _insert_few(
     removed = [(r.room_id, e) for r in rooms for e in r.change.removed_extremities]
     added = [(r.room_id, e) for r in rooms for e in r.change.added_extremities]
     sent = [row for r in rooms for row in r.change.local_transactions]
-    checks: tuple[object, ...] = ()
-    if checked:
-        expected = [(r.room_id, r.expected) for r in rooms if r.expected is not None]
-        checks = (
+    expected = [(r.room_id, r.expected) for r in rooms if checked and r.expected is not None]
+    return bool(
+        await conn.fetchval(
+            "SELECT events.insert_few($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+            " $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29,"
+            " $30, $31, $32, $33)",
+            room_lock_keys(r.room_id for r in rooms) if take_locks else [],
+            checked,
+            [room.room_id for room, _ in rows],
+            [e.event_id for e in events],
+            [e.type for e in events],
+            [e.state_key for e in events],
+            [e.sender for e in events],
+            [w.membership for w in writes],
+            [e.depth for e in events],
+            [e.origin_server_ts for e in events],
+            [w.pdu_json for w in writes],
+            [int(w.stored.status) for w in writes],
+            [w.stored.rejection_reason for w in writes],
+            [w.stored.redacted for w in writes],
+            [w.stored.state_group_before for w in writes],
+            [w.stored.state_group_after for w in writes],
+            [encode_json(w.stored.servers_before).decode() for w in writes],
+            [w.relayed_for for w in writes],
+            [room.stream_pending.get(w.stored.event_id) for room, w in rows],
+            [edge[0] for edge in edges],
+            [edge[1] for edge in edges],
+            [edge[0] for edge in prev_edges],
+            [edge[1] for edge in prev_edges],
+            [room_id for room_id, _ in removed],
+            [event_id for _, event_id in removed],
+            [room_id for room_id, _ in added],
+            [event_id for _, event_id in added],
+            [row[0] for row in sent],
+            [row[1] for row in sent],
+            [row[2] for row in sent],
             [room_id for room_id, _ in expected],
             [head.extremity for _, head in expected],
             [head.current_state_group for _, head in expected],
         )
-    return await (conn.fetchval if checked else conn.execute)(
-        _INSERT_FEW_CHECKED if checked else _INSERT_FEW,
-        [room.room_id for room, _ in rows],
-        [e.event_id for e in events],
-        [e.type for e in events],
-        [e.state_key for e in events],
-        [e.sender for e in events],
-        [w.membership for w in writes],
-        [e.depth for e in events],
-        [e.origin_server_ts for e in events],
-        [w.pdu_json for w in writes],
-        [int(w.stored.status) for w in writes],
-        [w.stored.rejection_reason for w in writes],
-        [w.stored.redacted for w in writes],
-        [w.stored.state_group_before for w in writes],
-        [w.stored.state_group_after for w in writes],
-        [encode_json(w.stored.servers_before).decode() for w in writes],
-        [w.relayed_for for w in writes],
-        [room.stream_pending.get(w.stored.event_id) for room, w in rows],
-        [edge[0] for edge in edges],
-        [edge[1] for edge in edges],
-        [edge[0] for edge in prev_edges],
-        [edge[1] for edge in prev_edges],
-        [room_id for room_id, _ in removed],
-        [event_id for _, event_id in removed],
-        [room_id for room_id, _ in added],
-        [event_id for _, event_id in added],
-        [row[0] for row in sent],
-        [row[1] for row in sent],
-        [row[2] for row in sent],
-        *checks,
     )
 
 

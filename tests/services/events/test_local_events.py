@@ -985,3 +985,45 @@ async def test_groups_on_kept_heads_and_inbound_pdus_at_once_keep_the_dag(
         assert record is not None
         assert sorted(decode_json(record.pdu_json)["prev_events"]) == tips
         await _stored_once(events, last[0].sent.event_id)
+
+
+@pytest.mark.parametrize("how", ["alone", "in a group"])
+async def test_a_write_on_kept_heads_waits_for_the_rooms_lock(
+    events: EventsService, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A send on the kept head (alone, or a group of two rooms) begins no transaction: its
+    one write statement takes the rooms' locks, so it waits for a writer holding one and
+    is then stored on the head that writer left."""
+    admin = f"@admin:{events.server_name}"
+    rooms = [await events.create_room("12") for _ in range(2)]
+    kept = [
+        await events.send(room_id, admin, "m.room.message", {"body": "kept"}) for room_id in rooms
+    ]
+    reads = _counting_head_reads(monkeypatch)
+    stale = _stale_heads()
+    holder, transaction = await _busy_room(events, rooms[0])
+    try:
+        if how == "alone":
+            sending = asyncio.create_task(
+                events.send(rooms[0], admin, "m.room.message", {"body": "after"})
+            )
+        else:
+            sending = asyncio.create_task(
+                _stream_message(
+                    events, [(room_id, admin, {"body": "after"}, "") for room_id in rooms]
+                )
+            )
+        await wait_until(
+            lambda: _lock_waiters(events), interval=0.02, what="the write waits for the lock"
+        )
+        assert not sending.done()
+    finally:
+        await transaction.rollback()
+        await events.pool.release(holder)
+    outcome = await sending
+    sent = [outcome] if how == "alone" else [result.sent for result in outcome]
+    assert (reads, _stale_heads()) == ([], stale)
+    for room_id, before, after in zip(rooms, kept, sent, strict=False):
+        chain = await _timeline(events, room_id)
+        _check_chain(events, chain)
+        assert [e.event_id for e in chain[-2:]] == [before.event_id, after.event_id]
