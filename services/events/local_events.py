@@ -190,8 +190,8 @@ class LocalEvents:
         # Rooms' groups waiting for the next transaction of groups, and its writer task.
         self._groups: dict[str, _Group] = {}
         self._group_writer: asyncio.Task[None] | None = None
-        # Per room: its head as this process's last send into it left it. A lone send
-        # opens on it (one round trip less); its write checks it is still the room's.
+        # Per room: its head as this process's last send into it left it. Sends open on
+        # it without a round trip; their write checks it is still the room's.
         self._heads: LruCache[str, RoomHead] = LruCache("events_local_room_heads", ROOM_HEADS_KEPT)
 
     def _require_local_user(self, user_id: str) -> None:
@@ -857,8 +857,9 @@ class LocalEvents:
         """A transaction on the room for ``sends``: the batch opened on the room's head, and
         which of their transaction ids were used before (event id, position). Begun in two
         round trips: BEGIN with the room's lock, then the head with the sends' places in the
-        stream queue and their transaction ids; in one, on ``kept`` (a head this process
-        kept), which the write checks (:class:`StaleHead` if another writer moved it)."""
+        stream queue and their transaction ids; on ``kept`` (a head this process kept), in
+        none and with no transaction: the write is one statement that takes the lock and
+        checks the head (:class:`StaleHead` if another writer moved it)."""
         async with RoomBatch.transaction(
             self.core,
             self.pool,
