@@ -507,7 +507,22 @@ async def insert_events(
 
     ``take_locks``: the caller holds no transaction (its rooms all opened on expected
     heads): the one statement takes the rooms' locks first and is its own transaction,
-    committed when it returns (False: nothing was written)."""
+    committed when it returns (False: nothing was written).
+
+    False too when a local transaction id written was used by another write meanwhile
+    (which the caller's look-up, under other rooms' locks, could not see): the caller
+    rolls back and, looking it up again, finds that write's event."""
+    try:
+        return await _insert_events(conn, rooms, take_locks)
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name != "local_transactions_pkey":
+            raise
+        return False
+
+
+async def _insert_events(
+    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], take_locks: bool
+) -> bool:
     if take_locks or any(r.expected is not None for r in rooms):
         assert all(len(r.writes) <= INSERT_FEW_AT_MOST for r in rooms)
         assert not any(w.promote for r in rooms for w in r.writes)
@@ -1264,10 +1279,11 @@ async def get_alias(conn: asyncpg.Connection, alias: str) -> asyncpg.Record | No
 async def store_local_transactions(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str]]
 ) -> None:
-    """Local senders' transaction ids: (sender, txn id, event id) rows."""
+    """Local senders' transaction ids: (sender, txn id, event id) rows; one used already
+    raises :class:`asyncpg.UniqueViolationError` (:func:`insert_events` says so)."""
     await conn.execute(
         "INSERT INTO events.local_transactions (sender, txn_id, event_id)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
         [row[0] for row in rows],
         [row[1] for row in rows],
         [row[2] for row in rows],

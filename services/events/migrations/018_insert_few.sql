@@ -134,9 +134,11 @@ BEGIN
         SELECT * FROM unnest(p_added_rooms, p_added_ids) ON CONFLICT DO NOTHING;
     END IF;
     IF cardinality(p_txn_ids) > 0 THEN
+        -- No ON CONFLICT: a transaction id another write used meanwhile (its sender
+        -- sending into another room at once) fails the call, which is then done again
+        -- and answers with that write's event.
         INSERT INTO events.local_transactions (sender, txn_id, event_id)
-        SELECT * FROM unnest(p_txn_senders, p_txn_ids, p_txn_event_ids)
-        ON CONFLICT DO NOTHING;
+        SELECT * FROM unnest(p_txn_senders, p_txn_ids, p_txn_event_ids);
     END IF;
     RETURN true;
 END

@@ -1027,3 +1027,87 @@ async def test_a_write_on_kept_heads_waits_for_the_rooms_lock(
         chain = await _timeline(events, room_id)
         _check_chain(events, chain)
         assert [e.event_id for e in chain[-2:]] == [before.event_id, after.event_id]
+
+
+async def _blocked_on_a_row(events: EventsService) -> bool:
+    """Whether a connection to the test database waits for another transaction's row."""
+    waiting = await events.pool.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND wait_event = 'transactionid'"
+    )
+    return waiting > 0
+
+
+@pytest.mark.parametrize("head", ["kept", "read"])
+async def test_a_transaction_id_used_meanwhile_by_a_send_into_another_room_answers_its_event(
+    events: EventsService, head: str
+) -> None:
+    """A sender's transaction id is its own across rooms. Another write uses it (for an
+    event of another room) while this send, under its own room's lock only, has looked it
+    up and found nothing: the send's insert waits for that write, then stores nothing and
+    answers with that write's event."""
+    admin = f"@admin:{events.server_name}"
+    room_id, other_room = await events.create_room("12"), await events.create_room("12")
+    if head == "kept":
+        await events.send(room_id, admin, "m.room.message", {"body": "before"})
+    theirs = await events.send(other_room, admin, "m.room.message", {"body": "theirs"})
+    txn_id = f"meanwhile-{room_id}"
+    async with events.pool.acquire() as other_write:
+        transaction = other_write.transaction()
+        await transaction.start()
+        try:
+            await other_write.execute(
+                "INSERT INTO events.local_transactions (sender, txn_id, event_id)"
+                " VALUES ($1, $2, $3)",
+                admin,
+                txn_id,
+                theirs.event_id,
+            )
+            sending = asyncio.create_task(
+                events.send(room_id, admin, "m.room.message", {"body": "ours"}, txn_id=txn_id)
+            )
+            await wait_until(
+                lambda: _blocked_on_a_row(events),
+                interval=0.02,
+                what="the send's insert waits for the other write's transaction id",
+            )
+            await transaction.commit()
+        except BaseException:
+            await transaction.rollback()
+            raise
+    sent = await sending
+    assert (sent.event_id, sent.stream_position) == (theirs.event_id, theirs.stream_position)
+    ours = await events.pool.fetchval(
+        "SELECT count(*) FROM events.events WHERE room_id = $1"
+        " AND pdu_json::jsonb -> 'content' ->> 'body' = 'ours'",
+        room_id,
+    )
+    assert ours == 0
+
+
+async def test_one_transaction_id_sent_into_two_rooms_at_once_stores_one_event(
+    events: EventsService,
+) -> None:
+    """A sender's transaction id is its own across rooms: two sends with the same one into
+    two rooms at the same moment (each room's writer holding only its own lock, neither
+    seeing the other's uncommitted use) store one event, and both are answered with it."""
+    admin = f"@admin:{events.server_name}"
+    rooms = [await events.create_room("12") for _ in range(2)]
+    for room_id in rooms:  # kept heads, and rooms whose heads are read, alike
+        await events.send(room_id, admin, "m.room.message", {"body": "before"})
+    for attempt in range(10):
+        txn_id = f"twice-{rooms[0]}-{attempt}"
+        sent = await asyncio.gather(
+            *(
+                events.send(room_id, admin, "m.room.message", {"body": "once"}, txn_id=txn_id)
+                for room_id in rooms
+            )
+        )
+        assert sent[0].event_id == sent[1].event_id, attempt
+        assert sent[0].stream_position == sent[1].stream_position
+        stored = await events.pool.fetchval(
+            "SELECT count(*) FROM events.events WHERE room_id = ANY($1::text[])"
+            " AND pdu_json::jsonb -> 'content' ->> 'body' = 'once'",
+            rooms,
+        )
+        assert stored == attempt + 1
