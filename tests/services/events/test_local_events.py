@@ -667,6 +667,15 @@ async def test_a_send_after_another_replicas_builds_on_its_event(
     await _stored_once(first, three.event_id)
 
 
+async def _tips(events: EventsService, room_id: str) -> list[str]:
+    """The room's accepted events that no accepted event cites as a prev_event, sorted."""
+    rows = await events.pool.fetch(
+        "SELECT event_id, pdu_json FROM events.events WHERE room_id = $1 AND status = 1", room_id
+    )
+    cited = {p for row in rows for p in decode_json(row["pdu_json"])["prev_events"]}
+    return sorted(row["event_id"] for row in rows if row["event_id"] not in cited)
+
+
 async def test_sends_and_inbound_pdus_at_once_keep_the_dag(
     events: EventsService, remote: RemoteServer
 ) -> None:
@@ -683,13 +692,7 @@ async def test_sends_and_inbound_pdus_at_once_keep_the_dag(
             events.send(room_id, admin, "m.room.message", {"body": f"ours {round_}"}),
             events.transaction(remote.name, [pdu]),
         )
-    async with events.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT event_id, pdu_json FROM events.events WHERE room_id = $1 AND status = 1",
-            room_id,
-        )
-    cited = {p for row in rows for p in decode_json(row["pdu_json"])["prev_events"]}
-    tips = sorted(row["event_id"] for row in rows if row["event_id"] not in cited)
+    tips = await _tips(events, room_id)
     assert sorted((await events.head(room_id)).extremities) == tips
     last = await events.send(room_id, admin, "m.room.message", {"body": "last"})
     record = await events.event(last.event_id)
@@ -972,13 +975,7 @@ async def test_groups_on_kept_heads_and_inbound_pdus_at_once_keep_the_dag(
         )
         assert all(result.HasField("sent") for result in results), results
     for room_id, _ in rooms:
-        async with events.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT event_id, pdu_json FROM events.events WHERE room_id = $1 AND status = 1",
-                room_id,
-            )
-        cited = {p for row in rows for p in decode_json(row["pdu_json"])["prev_events"]}
-        tips = sorted(row["event_id"] for row in rows if row["event_id"] not in cited)
+        tips = await _tips(events, room_id)
         assert sorted((await events.head(room_id)).extremities) == tips
         last = await _stream_message(events, [(room_id, admin, {"body": "last"}, "")])
         record = await events.event(last[0].sent.event_id)
