@@ -178,54 +178,12 @@ async def room_head(
     as with :func:`reserve_stream_pending`), look up ``local_transactions`` and tell which
     of ``held_among`` (event ids) are stored.
     """
-    row = await conn.fetchrow(
-        "SELECT r.room_version, r.create_event_id, r.current_state_group,"
-        " ARRAY(SELECT f.event_id FROM events.forward_extremities f"
-        "       JOIN events.events e USING (event_id) WHERE f.room_id = $1"
-        "       ORDER BY f.event_id) AS extremity_ids,"
-        " ARRAY(SELECT e.depth FROM events.forward_extremities f"
-        "       JOIN events.events e USING (event_id) WHERE f.room_id = $1"
-        "       ORDER BY f.event_id) AS extremity_depths,"
-        " ARRAY(SELECT nextval('events.state_group_ids') FROM generate_series(1, $2))"
-        "   AS group_ids,"
-        " EXISTS (SELECT 1 FROM events.waiting_redactions w WHERE w.room_id = $1)"
-        "   AS has_waiting_redactions,"
-        " EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = $1)"
-        "   AS partial_state,"
-        " ARRAY(SELECT nextval('events.stream_pending_order') FROM generate_series(1, $3))"
-        "   AS stream_orders,"
-        " set_config('synchronous_commit',"
-        "   CASE WHEN $3 > 0 THEN 'off' ELSE current_setting('synchronous_commit') END, true),"
-        " ARRAY(SELECT t.event_id FROM unnest($4::text[], $5::text[]) WITH ORDINALITY"
-        "       AS k(sender, txn_id, n) LEFT JOIN events.local_transactions t"
-        "       USING (sender, txn_id) ORDER BY k.n) AS sent_ids,"
-        " ARRAY(SELECT e.stream_position FROM unnest($4::text[], $5::text[]) WITH ORDINALITY"
-        "       AS k(sender, txn_id, n) LEFT JOIN events.local_transactions t"
-        "       USING (sender, txn_id) LEFT JOIN events.events e USING (event_id)"
-        "       ORDER BY k.n) AS sent_positions,"
-        " ARRAY(SELECT h.event_id FROM events.events h WHERE h.event_id = ANY($6::text[]))"
-        "   AS held_ids"
-        " FROM events.rooms r WHERE r.room_id = $1",
-        room_id,
-        group_ids,
-        stream_orders,
-        [sender for sender, _ in local_transactions],
-        [txn_id for _, txn_id in local_transactions],
-        list(held_among),
+    heads = await room_heads(
+        conn,
+        [(room_id, group_ids, stream_orders, held_among)],
+        {room_id: local_transactions},
     )
-    if row is None:
-        return None
-    sent = zip(local_transactions, row["sent_ids"], row["sent_positions"], strict=True)
-    return RoomHead(
-        RoomRow(room_id, row["room_version"], row["create_event_id"], row["current_state_group"]),
-        dict(zip(row["extremity_ids"], row["extremity_depths"], strict=True)),
-        list(row["group_ids"]),
-        row["has_waiting_redactions"],
-        row["partial_state"],
-        sorted(row["stream_orders"]),
-        {key: (event_id, position) for key, event_id, position in sent if event_id is not None},
-        set(row["held_ids"]),
-    )
+    return heads.get(room_id)
 
 
 async def room_heads(
