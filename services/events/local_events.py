@@ -87,6 +87,12 @@ class _Send:
     txn_id: str
     reply: asyncio.Future[tuple[str, int]]
 
+    @property
+    def needs_no_state_group(self) -> bool:
+        """Whether its event leaves the room's state as it is (neither a state event nor
+        a redaction), so it may be built on a head this process kept."""
+        return self.state_key is None and self.event_type != "m.room.redaction"
+
 
 class _Stages:
     """Where a local send's time goes (:data:`metrics.LOCAL_SEND_STAGE_SECONDS`): each
@@ -647,9 +653,7 @@ class LocalEvents:
         kept = {}
         for room_id, group in groups.items():
             head = self._heads.get(room_id)
-            if head is not None and all(
-                send.state_key is None and send.event_type != "m.room.redaction" for send in group
-            ):
+            if head is not None and all(send.needs_no_state_group for send in group):
                 kept[room_id] = head
         return kept
 
@@ -770,7 +774,7 @@ class LocalEvents:
         signed: tuple[Event, dict[str, Any], PolicyServer] | None = None
         stages = _Stages()
         # Events that need no new state group may open on the head kept from the last send.
-        may_use_kept = state_key is None and event_type != "m.room.redaction"
+        may_use_kept = send.needs_no_state_group
         while True:
             to_sign: tuple[Event, dict[str, Any], PolicyServer] | None = None
             kept = self._heads.get(room_id) if may_use_kept and signed is None else None
