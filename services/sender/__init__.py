@@ -21,10 +21,16 @@ each event's JSON once (``pdus``), one small row per destination
 (``pdu_queue``, our own server left out), and the advanced cursor. A crash
 replays from the stored cursor; inserts are ``ON CONFLICT DO NOTHING``; so
 nothing is lost or queued twice. A NOTIFY on commit wakes the replicas. When
-this replica's worker for a destination waits idle, the same statement also
-records its last 200 and takes its next transaction (as below), which ingest
-hands to it: an event to an idle destination is on the wire after one round
-trip and one commit.
+this replica's worker for a destination waits idle, ingest makes that
+destination's transaction from the batch itself (when it fits in one) and hands
+it over before the statement: the worker sends it at once, while the same
+statement records its last 200 and this transaction as the destination's
+pending one, exactly as if taken (below). An event to an idle destination is
+on the wire as soon as ingest reads it; the worker waits for the statement
+only before it records anything about that transaction (a failure is retried
+with the same id and contents). If the statement fails, or finds the lease
+gone, the events stay queued (or are read again from the cursor) and go again
+in a later transaction: delivered at least once, as on every other path.
 
 **EDUs** (``queues.py``) come in through ``PerformSendEdus``: typing and read
 receipts go to the servers in the room (``QueryServersInRoom``), device list

@@ -5,13 +5,14 @@
 A :class:`DestinationWorker` runs for each destination whose lease this
 replica holds and which has something queued (or is waiting out its
 backoff). It takes the next transaction from storage — recorded there before
-it is sent, so a retry, after a failure or a restart on any replica, resends
-the same txn id with the same contents — sends it, and on 200 deletes what
-was delivered. Workers share a semaphore that bounds concurrent requests, and
-each waits for its own destination only, so a dead destination never holds up
-the others. The :class:`DeliveryManager` starts workers when destinations get
-work (NOTIFY from ingest or EDU queueing, or a periodic scan), claims their
-leases, and stops workers whose destination moved to another replica.
+it is sent (or, for one ingest gave it, by the time its answer is handled), so
+a retry, after a failure or a restart on any replica, resends the same txn id
+with the same contents — sends it, and on 200 deletes what was delivered.
+Workers share a semaphore that bounds concurrent requests, and each waits for
+its own destination only, so a dead destination never holds up the others.
+The :class:`DeliveryManager` starts workers when destinations get work (NOTIFY
+from ingest or EDU queueing, or a periodic scan), claims their leases, and
+stops workers whose destination moved to another replica.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
 from matrix_protocol.canonical_json import decode_json
@@ -252,24 +254,51 @@ class TransactionBatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+class GivenOutcome(Enum):
+    """What became of a transaction ingest gave an idle worker (:meth:`Reservation.give`)."""
+
+    RECORDED = "recorded"  # the destination's pending transaction, as if taken
+    NOT_RECORDED = "not_recorded"  # lease gone or something pending: its events stay queued
+    STATEMENT_FAILED = "statement_failed"  # nothing stored: ingest stores the events again
+
+
 class Reservation:
     """An idle worker's next transaction, to be taken by ingest with the events that
     woke it (:meth:`DeliveryManager.reserve_idle`); the worker waits for it instead
-    of taking it itself, so its destination still has one transaction in flight."""
+    of taking it itself, so its destination still has one transaction in flight.
+    When the batch's events for the destination fit in one transaction, ingest makes
+    it (:func:`~services.sender.ingest.given_transaction`) and the worker sends it at
+    once, while ingest's statement records it: the worker waits for that statement
+    only before it records anything about the transaction."""
 
     def __init__(self, destination: str, completed: str | None) -> None:
         self.destination = destination
         self.completed = completed  # the txn id answered with 200, to record first
         # (taken, what was taken); not taken: the worker takes its next itself.
         self.future: asyncio.Future[tuple[bool, Taken]] = asyncio.get_running_loop().create_future()
+        # Or made by ingest (:meth:`give`): sent at once, recorded by ingest's statement.
+        self.given: Transaction | None = None
+        self.given_outcome: asyncio.Future[GivenOutcome] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def give(self, txn: Transaction) -> None:
+        self.given = txn
 
     def taken(self, result: Taken) -> None:
         if not self.future.done():
             self.future.set_result((True, result))
 
+    def recorded(self, recorded: bool) -> None:
+        if not self.given_outcome.done():
+            outcome = GivenOutcome.RECORDED if recorded else GivenOutcome.NOT_RECORDED
+            self.given_outcome.set_result(outcome)
+
     def not_taken(self) -> None:
         if not self.future.done():
             self.future.set_result((False, None))
+        if not self.given_outcome.done():
+            self.given_outcome.set_result(GivenOutcome.STATEMENT_FAILED)
 
 
 class DestinationWorker:
@@ -282,8 +311,9 @@ class DestinationWorker:
         self.stopping = False
         self.lease_lost = False
         self.idle = False  # waiting, nothing in flight, nothing known to be queued
-        self._idle_completed: str | None = None  # while idle: the 200 not recorded yet
         self._reservation: Reservation | None = None
+        self._given: Reservation | None = None  # whose given transaction is being sent
+        self._completed: str | None = None  # answered with 200, not yet recorded
         self._event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -295,19 +325,49 @@ class DestinationWorker:
         """While idle: its next transaction is taken by ingest, not by itself."""
         if not self.idle or self.stopping or self._reservation is not None:
             return None
-        self._reservation = Reservation(self.destination, self._idle_completed)
+        self._reservation = Reservation(self.destination, self._completed)
         self.wake()
         return self._reservation
 
-    async def _next(self, completed: str | None) -> Transaction | Backoff | None:
+    async def _next(self) -> Transaction | Backoff | None:
+        """The next transaction, the 200 not yet recorded recorded first (also when the
+        lease turns out lost: :class:`LeaseLost`)."""
         reservation, self._reservation = self._reservation, None
+        completed, self._completed = self._completed, None
         if reservation is not None:
+            if reservation.given is not None:
+                self._given = reservation
+                return reservation.given
             taken, result = await reservation.future
             if taken:
                 if isinstance(result, LeaseLost):
                     raise result
                 return result
-        return await self.manager.batcher.next(self.destination, completed)
+        try:
+            return await self.manager.batcher.next(self.destination, completed)
+        except LeaseLost:
+            raise
+        except Exception:
+            self._completed = completed  # recording a completion twice is harmless
+            raise
+
+    async def _given_outcome(self) -> GivenOutcome | None:
+        """For a transaction ingest gave: what its statement did, once done (None for a
+        transaction taken from the database, recorded before it went)."""
+        reservation, self._given = self._given, None
+        if reservation is None:
+            return None
+        outcome = await reservation.given_outcome
+        metrics.GIVEN_TRANSACTIONS.labels(outcome.value).inc()
+        if outcome is GivenOutcome.STATEMENT_FAILED:
+            self._completed = reservation.completed  # not recorded either
+        elif outcome is GivenOutcome.NOT_RECORDED:
+            log.info(
+                "a transaction sent while ingest stored its events could not be recorded;"
+                " its events go again",
+                extra={"destination": self.destination},
+            )
+        return outcome
 
     def stop(self, *, lease_lost: bool = False) -> None:
         """Stop before the next transaction (the one in flight finishes)."""
@@ -315,13 +375,14 @@ class DestinationWorker:
         self.lease_lost = self.lease_lost or lease_lost
         self._event.set()
 
-    async def _idle(self, seconds: float, completed: str | None = None) -> None:
-        """Wait, open to a :meth:`reserve` (which passes ``completed`` on to ingest)."""
-        self.idle, self._idle_completed = True, completed
+    async def _idle(self, seconds: float) -> None:
+        """Wait, open to a :meth:`reserve` (which passes the 200 not yet recorded on to
+        ingest)."""
+        self.idle = True
         try:
             await self._wait(seconds)
         finally:
-            self.idle, self._idle_completed = False, None
+            self.idle = False
 
     async def _wait(self, seconds: float) -> None:
         if seconds > 0 and not self._event.is_set():
@@ -329,15 +390,13 @@ class DestinationWorker:
 
     async def run(self) -> None:
         m = self.manager
-        completed: str | None = None  # answered with 200, not yet recorded
         try:
             while not self.stopping:
                 self.woken = False
                 self._event.clear()
                 try:
-                    txn = await self._next(completed)
+                    txn = await self._next()
                 except LeaseLost:
-                    completed = None  # recorded: the completion goes before the lease check
                     self.lease_lost = True
                     metrics.TRANSACTIONS.labels("lease_lost").inc()
                     log.info("lease lost", extra={"destination": self.destination})
@@ -350,7 +409,6 @@ class DestinationWorker:
                     )
                     await asyncio.sleep(1)
                     continue
-                completed = None
                 if isinstance(txn, Backoff):
                     await self._wait((txn.retry_until_ts - now_ms()) / 1000)
                 elif txn is None:
@@ -359,18 +417,18 @@ class DestinationWorker:
                         if not self.woken:
                             return
                 elif await self._send(txn):
-                    completed = txn.txn_id
+                    self._completed = txn.txn_id
                     full = (
                         len(txn.pdus) >= m.options.max_pdus or len(txn.edus) >= m.options.max_edus
                     )
                     if not self.woken and not full:
                         # Nothing more known to be queued: the 200 goes with the next
                         # transaction ingest takes, if one comes soon.
-                        await self._idle(m.options.completion_linger, completed)
+                        await self._idle(m.options.completion_linger)
         finally:
-            if completed is not None:
+            if self._completed is not None:
                 try:
-                    await m.batcher.complete(self.destination, completed)
+                    await m.batcher.complete(self.destination, self._completed)
                 except Exception as exc:
                     # The same txn id is resent later and deduplicated by the receiver.
                     log_failure(
@@ -400,6 +458,12 @@ class DestinationWorker:
             except Exception as exc:
                 error = exc
             metrics.TRANSACTION_SECONDS.observe(time.monotonic() - started)
+        if await self._given_outcome() not in (None, GivenOutcome.RECORDED):
+            # Not the destination's pending transaction: nothing of it to record or drop.
+            # Its events go again in a later one (the receiver ignores PDUs it has).
+            if error is not None:
+                await self._failed(txn, error)
+            return False
         if error is None:
             metrics.TRANSACTIONS.labels("sent").inc()
             metrics.PDUS_SENT.inc(len(txn.pdus))

@@ -12,26 +12,32 @@ queues an event twice (the inserts are ON CONFLICT DO NOTHING as well).
 
 The workers of this replica that wait idle for a destination of the batch are
 reserved first (:meth:`DeliveryManager.reserve_idle`): the batch's statement
-also records their last 200 and takes their next transactions, recorded before
-they are handed over, so a worker never takes one itself meanwhile and its
-destination keeps one transaction in flight. A statement that fails hands
-nothing: the workers take their next themselves.
+also records their last 200, so a worker never takes a transaction itself
+meanwhile and its destination keeps one transaction in flight. When the
+batch's events for such a destination fit in one transaction, ingest makes it
+(:func:`given_transaction`) and hands it over at once: the worker sends it
+while the statement records it as the destination's pending transaction.
+Otherwise the statement takes the worker's next transaction, recorded before
+it is handed over. A statement that fails records nothing: the workers take
+their next themselves, and what they were given goes again once stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 
 from mxfed import tracing
+from mxfed.clock import now_ms
 from mxfed.leadership import lead_forever
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender import metrics
 from services.sender.delivery import DeliveryManager
-from services.sender.storage import IngestItem, SenderStorage, Taken
+from services.sender.storage import Ingested, IngestItem, SenderStorage, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,26 @@ def ingest_item(item: events_pb2.StreamEventsResponse, server_name: str) -> Inge
         room_id=event.room_id,
         pdu_json=event.pdu_json,
         destinations=destinations,
+    )
+
+
+def given_transaction(
+    destination: str, queued: Sequence[IngestItem], max_pdus: int
+) -> Transaction | None:
+    """The transaction an idle worker sends while ingest records it: the batch's events
+    for ``destination``, as taking it would make it (its queue is empty: the worker waits
+    idle, and only ingest queues PDUs); ``None`` when they need more than one."""
+    items = [item for item in queued if destination in item.destinations]
+    if not items or len(items) > max_pdus:
+        return None
+    now = now_ms()
+    return Transaction(
+        destination=destination,
+        # Not the counter's "<ms>-<n>" (kept in the database): unique without it.
+        txn_id=f"{now}-i{secrets.token_hex(8)}",
+        origin_server_ts=now,
+        pdus=[item.pdu_json for item in items],
+        positions=[item.stream_position for item in items],
     )
 
 
@@ -151,30 +177,43 @@ class Ingester:
         cursor = max(item.position for item in batch)
         destinations = {d for item in queued for d in item.destinations}
         reserved, instance_id, max_pdus, max_edus = [], "", 0, 0
+        given: list[Transaction] = []
         if self.delivery is not None:
             reserved = self.delivery.reserve_idle(sorted(destinations))
             instance_id = self.delivery.membership.instance_id
             max_pdus, max_edus = self.delivery.options.max_pdus, self.delivery.options.max_edus
-        taken: dict[str, Taken] = {}
+            for reservation in reserved:
+                txn = given_transaction(reservation.destination, queued, max_pdus)
+                if txn is not None:
+                    reservation.give(txn)  # on its way while the statement records it
+                    given.append(txn)
+        ingested: Ingested | None = None
         try:
             with metrics.INGEST_SECONDS.time():
-                added, taken = await SenderStorage.ingest_and_take(
+                ingested = await SenderStorage.ingest_and_take(
                     connection,
                     queued,
                     cursor,
-                    [r.destination for r in reserved],
+                    [r.destination for r in reserved if r.given is None],
                     completed=[(r.destination, r.completed) for r in reserved if r.completed],
                     instance_id=instance_id,
                     max_pdus=max_pdus,
                     max_edus=max_edus,
                     quiet=[r.destination for r in reserved],
+                    given=given,
                 )
         finally:
             for reservation in reserved:
-                if reservation.destination in taken:
-                    reservation.taken(taken[reservation.destination])
-                else:  # the statement failed: the worker takes its next itself
+                if ingested is None:  # the statement failed: the worker takes its next itself
                     reservation.not_taken()
+                elif reservation.given is not None:
+                    reservation.recorded(ingested.given.get(reservation.destination, False))
+                elif reservation.destination in ingested.taken:
+                    reservation.taken(ingested.taken[reservation.destination])
+                else:
+                    reservation.not_taken()
+        assert ingested is not None  # else the statement's error went on above
+        added = ingested.added
         self.position = max(self.position, cursor)
         metrics.INGEST_POSITION.set(self.position)
         metrics.EVENTS_INGESTED.inc(len(queued))

@@ -16,6 +16,12 @@ TRANSACTIONS = Counter(
     "Transactions attempted, by outcome (sent, failed, refused, blocked, lease_lost)",
     ["outcome"],
 )
+GIVEN_TRANSACTIONS = Counter(
+    "mxfed_sender_given_transactions_total",
+    "Transactions made by ingest for an idle destination and sent while ingest recorded"
+    " them, by what the recording did (recorded, not_recorded, statement_failed)",
+    ["outcome"],
+)
 PDUS_SENT = Counter("mxfed_sender_pdus_sent_total", "PDUs delivered (200 received)")
 EDUS_SENT = Counter("mxfed_sender_edus_sent_total", "EDUs delivered (200 received)")
 PDUS_DROPPED = Counter(

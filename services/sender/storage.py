@@ -64,6 +64,19 @@ class Transaction:
 
 
 @dataclass(frozen=True)
+class Ingested:
+    """What :meth:`SenderStorage.ingest_and_take` did."""
+
+    added: int  # queue rows
+    taken: dict[str, Taken]  # the transactions of ``take``
+    given: dict[str, bool]  # destination -> whether its given transaction was recorded
+
+
+# ``sender.ingest``'s own result rows (the others are next_transactions').
+_INGEST_RESULTS = frozenset({"ingested", "given", "not_given"})
+
+
+@dataclass(frozen=True)
 class Backoff:
     """The destination is backed off until ``retry_until_ts`` (ms)."""
 
@@ -158,8 +171,7 @@ class SenderStorage:
 
         Returns queue rows added. :meth:`ingest_and_take` without taking anything.
         """
-        added, _ = await SenderStorage.ingest_and_take(connection, items, cursor)
-        return added
+        return (await SenderStorage.ingest_and_take(connection, items, cursor)).added
 
     @staticmethod
     async def ingest_and_take(
@@ -173,19 +185,24 @@ class SenderStorage:
         max_pdus: int = 0,
         max_edus: int = 0,
         quiet: Iterable[str] = (),
-    ) -> tuple[int, dict[str, Taken]]:
-        """Store a batch, then record ``completed`` and take the transactions of ``take``.
+        given: Sequence[Transaction] = (),
+    ) -> Ingested:
+        """Store a batch, then record ``completed``, take the transactions of ``take``
+        and record those ``given``.
 
         Runs on the connection that holds the ingest lock. The batch is
         stored atomically with the advanced cursor; replaying it after a
         crash inserts nothing twice (every insert is ON CONFLICT DO NOTHING
         and the cursor only moves forward). Then, in the same database
         transaction, exactly what :meth:`next_transactions` does for ``take``
-        and ``completed``. One round trip (``sender.ingest``, ``migrations/006``):
-        an event's path to the wire waits for it. The destinations queued
+        and ``completed``. ``given``: transactions of the batch's rows, made by
+        the caller (ids of its own) and already on their way; each is recorded
+        as its destination's pending one (its rows tagged with its id) when the
+        lease is still ``instance_id``'s and nothing is pending there (after
+        ``completed``), else left out (its rows stay queued). One round trip
+        (``sender.ingest``, ``migrations/009``). The destinations queued
         for are notified at commit, but for ``quiet`` ones (whose worker is
-        handed its result). Returns the queue rows added and the results of
-        ``take``.
+        handed its result).
         """
         positions, event_ids, room_ids, pdu_jsons = [], [], [], []
         queue_destinations: list[str] = []
@@ -203,7 +220,7 @@ class SenderStorage:
         handed = set(quiet)
         rows = await connection.fetch(
             "SELECT * FROM sender.ingest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-            " $13, $14, $15, $16)",
+            " $13, $14, $15, $16, $17, $18, $19, $20, $21)",
             positions,
             event_ids,
             room_ids,
@@ -220,9 +237,22 @@ class SenderStorage:
             instance_id,
             max_pdus,
             max_edus,
+            [txn.destination for txn in given],
+            [txn.txn_id for txn in given],
+            [txn.origin_server_ts for txn in given],
+            [txn.destination for txn in given for _ in txn.positions],
+            [position for txn in given for position in txn.positions],
         )
         added = next(int(row["r_position"]) for row in rows if row["r_result"] == "ingested")
-        return added, _transactions([row for row in rows if row["r_result"] != "ingested"])
+        return Ingested(
+            added,
+            _transactions([row for row in rows if row["r_result"] not in _INGEST_RESULTS]),
+            {
+                row["r_destination"]: row["r_result"] == "given"
+                for row in rows
+                if row["r_result"] in ("given", "not_given")
+            },
+        )
 
     # -- EDUs -------------------------------------------------------------------
 

@@ -149,7 +149,7 @@ async def test_ingest_takes_and_records_the_transactions_it_is_asked_for(
         IngestItem(902, "$n2", "!r:x", b'{"n":2}', ["y.example"]),
     ]
     async with sender_storage.pool.acquire() as connection:
-        added, taken = await SenderStorage.ingest_and_take(
+        ingested = await SenderStorage.ingest_and_take(
             connection,
             items,
             902,
@@ -158,7 +158,8 @@ async def test_ingest_takes_and_records_the_transactions_it_is_asked_for(
             instance_id="a",
             **LIMITS,
         )
-    assert added == 4
+    added, taken = ingested.added, ingested.taken
+    assert added == 4 and ingested.given == {}
     # x's 200 recorded first, then its next transaction: the new event alone.
     x, y = taken["x.example"], taken["y.example"]
     assert isinstance(x, Transaction) and x.pdus == [b'{"n":1}'] and not x.resumed

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 
@@ -11,6 +13,7 @@ from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender.delivery import DeliveryOptions
 from services.sender.ingest import Ingester
 from services.sender.storage import WAKE_CHANNEL, IngestItem, SenderStorage
+from tests.services.sender.conftest import Replica
 from tests.support.grpc_plane import channel_to
 from tests.support.polling import wait_until
 from tests.support.sender_queues import OUR_SERVER
@@ -167,11 +170,12 @@ async def test_a_stored_batch_wakes_the_other_replicas_with_its_rows_readable(
         await listener.close()
 
 
-async def test_an_idle_destination_gets_its_transaction_from_the_ingest_statement(
-    sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
-) -> None:
-    receiver = await receiver_factory()
-    # Long lingers: the worker stays, idle, with each 200 not yet recorded.
+@asynccontextmanager
+async def ingesting_with_delivery(
+    fake_events, database_url: str, replica_factory
+) -> AsyncIterator[tuple[Replica, Ingester]]:
+    """A replica's delivery with its ingest, as a sender part runs them. Long lingers:
+    a worker stays, idle, with its last 200 not yet recorded."""
     replica = await replica_factory(
         options=DeliveryOptions(
             idle_linger=60, completion_linger=60, scan_interval=0.5, maintenance_interval=3600
@@ -188,6 +192,20 @@ async def test_an_idle_destination_gets_its_transaction_from_the_ingest_statemen
     )
     task = asyncio.create_task(ingest.run())
     try:
+        yield replica, ingest
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_idle_destination_gets_its_transaction_from_the_ingest_statement(
+    sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    async with ingesting_with_delivery(fake_events, database_url, replica_factory) as (
+        replica,
+        _,
+    ):
         await fake_events.add_event("a", [receiver.server_name])
         await wait_until(lambda: receiver.pdu_ids() == ["a"])
         worker = replica.manager.workers[receiver.server_name]
@@ -204,11 +222,156 @@ async def test_an_idle_destination_gets_its_transaction_from_the_ingest_statemen
             await fake_events.add_event(pdu_id, [receiver.server_name])
             await wait_until(lambda last=pdu_id: receiver.pdu_ids()[-1] == last)
             await wait_until(lambda: worker.idle)
-        # Taken by ingest, each 200 recorded with the next: the worker made no call.
+        # Made by ingest, each 200 recorded with the next: the worker made no call.
         assert receiver.pdu_ids() == ["a", "b", "c"]
         assert len(receiver.delivered) == 3
         assert calls == []
         assert await queue_rows(sender_storage) == [(receiver.server_name, 3)]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert (
+            await pending_transaction(sender_storage, receiver.server_name)
+            == list(receiver.delivered)[-1]
+        )
+
+
+async def pending_transaction(storage: SenderStorage, destination: str) -> str | None:
+    return await storage.pool.fetchval(
+        "SELECT pending_txn_id FROM sender.destinations WHERE destination = $1", destination
+    )
+
+
+@asynccontextmanager
+async def ingest_held_at(
+    storage: SenderStorage, destination: str
+) -> AsyncIterator[asyncpg.Connection]:
+    """The destination's row locked by a transaction of ours until the block ends (and
+    commits): ingest's statement waits for it, its events stored by nobody meanwhile."""
+    async with storage.pool.acquire() as connection, connection.transaction():
+        await connection.execute(
+            "SELECT 1 FROM sender.destinations WHERE destination = $1 FOR UPDATE", destination
+        )
+        yield connection
+
+
+async def stored(storage: SenderStorage, position: int) -> bool:
+    return bool(
+        await storage.pool.fetchval(
+            "SELECT count(*) FROM sender.pdus WHERE stream_position = $1", position
+        )
+    )
+
+
+async def test_an_idle_destination_gets_its_events_while_ingest_stores_them(
+    sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    async with ingesting_with_delivery(fake_events, database_url, replica_factory) as (
+        replica,
+        ingest,
+    ):
+        await fake_events.add_event("a", [receiver.server_name])
+        await wait_until(lambda: receiver.pdu_ids() == ["a"])
+        worker = replica.manager.workers[receiver.server_name]
+        await wait_until(lambda: worker.idle)
+        async with ingest_held_at(sender_storage, receiver.server_name):
+            position = await fake_events.add_event("b", [receiver.server_name])
+            await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
+            assert not await stored(sender_storage, position)  # on the wire first
+        await wait_until(lambda: ingest.position == position)
+        # Recorded as the pending transaction, with the id the receiver got.
+        sent = list(receiver.delivered)[-1]
+        assert await pending_transaction(sender_storage, receiver.server_name) == sent
+        assert await sender_storage.pool.fetchval(
+            "SELECT array_agg(stream_position) FROM sender.pdu_queue WHERE txn_id = $1", sent
+        ) == [position]
+
+
+async def test_a_failed_transaction_sent_while_stored_is_retried_as_recorded(
+    sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    async with ingesting_with_delivery(fake_events, database_url, replica_factory) as (
+        replica,
+        _,
+    ):
+        await fake_events.add_event("a", [receiver.server_name])
+        await wait_until(lambda: receiver.pdu_ids() == ["a"])
+        worker = replica.manager.workers[receiver.server_name]
+        await wait_until(lambda: worker.idle)
+        receiver.fail_next = 1
+        async with ingest_held_at(sender_storage, receiver.server_name):
+            await fake_events.add_event("b", [receiver.server_name])
+            await wait_until(lambda: [a.status for a in receiver.attempts] == [200, 500])
+        await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
+        failed, retried = receiver.attempts[1:]
+        assert (retried.status, retried.txn_id, retried.body) == (200, failed.txn_id, failed.body)
+
+
+async def test_a_transaction_sent_while_stored_but_not_recorded_leaves_its_events_queued(
+    sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    async with ingesting_with_delivery(fake_events, database_url, replica_factory) as (
+        replica,
+        ingest,
+    ):
+        await fake_events.add_event("a", [receiver.server_name])
+        await wait_until(lambda: receiver.pdu_ids() == ["a"])
+        worker = replica.manager.workers[receiver.server_name]
+        await wait_until(lambda: worker.idle)
+        async with ingest_held_at(sender_storage, receiver.server_name) as held:
+            position = await fake_events.add_event("b", [receiver.server_name])
+            await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
+            # Meanwhile the destination went to another replica.
+            await held.execute(
+                "UPDATE sender.destinations SET lease_owner = 'elsewhere' WHERE destination = $1",
+                receiver.server_name,
+            )
+        await wait_until(lambda: ingest.position == position)
+        # Not this replica's pending transaction: its event stays queued for the
+        # replica that has the destination now (sent at least once).
+        assert await queue_rows(sender_storage) == [(receiver.server_name, position)]
+        assert (
+            await sender_storage.pool.fetchval(
+                "SELECT txn_id FROM sender.pdu_queue WHERE stream_position = $1", position
+            )
+            is None
+        )
+        await wait_until(lambda: receiver.server_name not in replica.manager.workers)
+
+
+async def test_a_transaction_sent_while_its_statement_failed_goes_again_once_stored(
+    sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
+) -> None:
+    receiver = await receiver_factory()
+    async with ingesting_with_delivery(fake_events, database_url, replica_factory) as (
+        replica,
+        _,
+    ):
+        await fake_events.add_event("a", [receiver.server_name])
+        await wait_until(lambda: receiver.pdu_ids() == ["a"])
+        worker = replica.manager.workers[receiver.server_name]
+        await wait_until(lambda: worker.idle)
+        first = list(receiver.delivered)[0]
+        async with ingest_held_at(sender_storage, receiver.server_name) as held:
+            await fake_events.add_event("b", [receiver.server_name])
+            await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
+            # Ingest's connection is lost while its statement waits for our lock.
+            waiting = (
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE 'SELECT * FROM sender.ingest(%' AND wait_event_type = 'Lock'"
+            )
+            await wait_until(lambda: held.fetchval(waiting), what="ingest waiting for the lock")
+            assert await held.fetchval(f"SELECT pg_terminate_backend(pid) FROM ({waiting}) AS w")
+        # Ingest stores it again from its cursor; it goes again, in a transaction
+        # recorded this time; the first 200, not recorded by the failed statement, is.
+        await wait_until(lambda: receiver.pdu_ids() == ["a", "b", "b"])
+        again = list(receiver.delivered)[-1]
+        await wait_until(
+            lambda: pending_transaction(sender_storage, receiver.server_name),
+            what="the transaction sent again recorded",
+        )
+        assert await pending_transaction(sender_storage, receiver.server_name) == again
+        assert first not in {
+            row["txn_id"]
+            for row in await sender_storage.pool.fetch("SELECT txn_id FROM sender.pdu_queue")
+        }
