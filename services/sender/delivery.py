@@ -326,7 +326,10 @@ class DestinationWorker:
         if not self.idle or self.stopping or self._reservation is not None:
             return None
         self._reservation = Reservation(self.destination, self._completed)
-        self.wake()
+        # Ends the wait without counting as a wake: one that comes before the worker
+        # runs is for events queued after the reservation's (not in a transaction given
+        # to it), and must send it for them after that transaction.
+        self._event.set()
         return self._reservation
 
     async def _next(self) -> Transaction | Backoff | None:
@@ -392,7 +395,8 @@ class DestinationWorker:
         m = self.manager
         try:
             while not self.stopping:
-                self.woken = False
+                if self._reservation is None:  # what woke it so far is in its own take
+                    self.woken = False
                 self._event.clear()
                 try:
                     txn = await self._next()
@@ -414,7 +418,7 @@ class DestinationWorker:
                 elif txn is None:
                     if not self.woken:
                         await self._idle(m.options.idle_linger)
-                        if not self.woken:
+                        if not self.woken and self._reservation is None:
                             return
                 elif await self._send(txn):
                     self._completed = txn.txn_id

@@ -11,12 +11,13 @@ import asyncpg
 from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender.delivery import DeliveryOptions
-from services.sender.ingest import Ingester
+from services.sender.ingest import Ingester, given_transaction
 from services.sender.storage import WAKE_CHANNEL, IngestItem, SenderStorage
 from tests.services.sender.conftest import Replica
 from tests.support.grpc_plane import channel_to
 from tests.support.polling import wait_until
-from tests.support.sender_queues import OUR_SERVER
+from tests.support.sender_queues import OUR_SERVER, queue_pdus
+from tests.support.sender_queues import test_pdu as pdu_json
 
 
 def ingester(database_url: str, address: str, woken: list[str]) -> Ingester:
@@ -375,3 +376,52 @@ async def test_a_transaction_sent_while_its_statement_failed_goes_again_once_sto
             row["txn_id"]
             for row in await sender_storage.pool.fetch("SELECT txn_id FROM sender.pdu_queue")
         }
+
+
+async def test_events_queued_while_a_reserved_worker_has_not_run_yet_follow_its_transaction(
+    sender_storage: SenderStorage, receiver_factory, replica_factory
+) -> None:
+    """A wake that comes between ingest reserving an idle worker and the worker running
+    is for events not in the transaction ingest gives it: they go right after it."""
+    receiver = await receiver_factory()
+    destination = receiver.server_name
+    replica = await replica_factory(
+        options=DeliveryOptions(
+            idle_linger=60, completion_linger=60, scan_interval=60, maintenance_interval=3600
+        )
+    )
+    await queue_pdus(sender_storage, [destination], 1, prefix="a")
+    await wait_until(lambda: len(receiver.pdu_ids()) == 1)
+    worker = replica.manager.workers[destination]
+    await wait_until(lambda: worker.idle)
+    given_item = IngestItem(9001, "$b", "!room:x", pdu_json("b"), [destination])
+    # An event queued without a notification (its wake comes late, below).
+    await sender_storage.pool.execute(
+        "WITH stored AS (INSERT INTO sender.pdus"
+        " (stream_position, event_id, room_id, pdu_json, queued_ts)"
+        " VALUES (9000, '$c', '!room:x', $1, 0))"
+        " INSERT INTO sender.pdu_queue (destination, stream_position) VALUES ($2, 9000)",
+        pdu_json("c"),
+        destination,
+    )
+    [reservation] = replica.manager.reserve_idle([destination])
+    txn = given_transaction(destination, [given_item], 50)
+    assert txn is not None
+    reservation.give(txn)
+    replica.manager.wake([destination])  # before the worker has run
+    async with sender_storage.pool.acquire() as connection:
+        ingested = await SenderStorage.ingest_and_take(
+            connection,
+            [given_item],
+            9001,
+            completed=[(destination, reservation.completed)] if reservation.completed else [],
+            instance_id=replica.membership.instance_id,
+            max_pdus=50,
+            max_edus=100,
+            quiet=[destination],
+            given=[txn],
+        )
+    reservation.recorded(ingested.given[destination])
+    assert ingested.given == {destination: True}
+    await wait_until(lambda: receiver.pdu_ids()[1:] == ["b", "c"])
+    assert list(receiver.delivered)[1] == txn.txn_id
