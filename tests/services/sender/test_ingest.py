@@ -10,7 +10,7 @@ import asyncpg
 
 from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
-from services.sender.delivery import DeliveryOptions
+from services.sender.delivery import DeliveryOptions, DestinationWorker
 from services.sender.ingest import Ingester, given_transaction
 from services.sender.storage import WAKE_CHANNEL, IngestItem, SenderStorage
 from tests.services.sender.conftest import Replica
@@ -199,6 +199,15 @@ async def ingesting_with_delivery(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def first_delivered_then_idle(fake_events, receiver, replica: Replica) -> DestinationWorker:
+    """Event "a" delivered to ``receiver``; its worker then waits idle, its 200 not recorded."""
+    await fake_events.add_event("a", [receiver.server_name])
+    await wait_until(lambda: receiver.pdu_ids() == ["a"])
+    worker = replica.manager.workers[receiver.server_name]
+    await wait_until(lambda: worker.idle)
+    return worker
+
+
 async def test_an_idle_destination_gets_its_transaction_from_the_ingest_statement(
     sender_storage: SenderStorage, fake_events, database_url: str, receiver_factory, replica_factory
 ) -> None:
@@ -207,10 +216,7 @@ async def test_an_idle_destination_gets_its_transaction_from_the_ingest_statemen
         replica,
         _,
     ):
-        await fake_events.add_event("a", [receiver.server_name])
-        await wait_until(lambda: receiver.pdu_ids() == ["a"])
-        worker = replica.manager.workers[receiver.server_name]
-        await wait_until(lambda: worker.idle)
+        worker = await first_delivered_then_idle(fake_events, receiver, replica)
         calls: list[object] = []
         taking = sender_storage.next_transactions
 
@@ -269,10 +275,7 @@ async def test_an_idle_destination_gets_its_events_while_ingest_stores_them(
         replica,
         ingest,
     ):
-        await fake_events.add_event("a", [receiver.server_name])
-        await wait_until(lambda: receiver.pdu_ids() == ["a"])
-        worker = replica.manager.workers[receiver.server_name]
-        await wait_until(lambda: worker.idle)
+        await first_delivered_then_idle(fake_events, receiver, replica)
         async with ingest_held_at(sender_storage, receiver.server_name):
             position = await fake_events.add_event("b", [receiver.server_name])
             await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
@@ -294,10 +297,7 @@ async def test_a_failed_transaction_sent_while_stored_is_retried_as_recorded(
         replica,
         _,
     ):
-        await fake_events.add_event("a", [receiver.server_name])
-        await wait_until(lambda: receiver.pdu_ids() == ["a"])
-        worker = replica.manager.workers[receiver.server_name]
-        await wait_until(lambda: worker.idle)
+        await first_delivered_then_idle(fake_events, receiver, replica)
         receiver.fail_next = 1
         async with ingest_held_at(sender_storage, receiver.server_name):
             await fake_events.add_event("b", [receiver.server_name])
@@ -315,10 +315,7 @@ async def test_a_transaction_sent_while_stored_but_not_recorded_leaves_its_event
         replica,
         ingest,
     ):
-        await fake_events.add_event("a", [receiver.server_name])
-        await wait_until(lambda: receiver.pdu_ids() == ["a"])
-        worker = replica.manager.workers[receiver.server_name]
-        await wait_until(lambda: worker.idle)
+        await first_delivered_then_idle(fake_events, receiver, replica)
         async with ingest_held_at(sender_storage, receiver.server_name) as held:
             position = await fake_events.add_event("b", [receiver.server_name])
             await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
@@ -348,10 +345,7 @@ async def test_a_transaction_sent_while_its_statement_failed_goes_again_once_sto
         replica,
         _,
     ):
-        await fake_events.add_event("a", [receiver.server_name])
-        await wait_until(lambda: receiver.pdu_ids() == ["a"])
-        worker = replica.manager.workers[receiver.server_name]
-        await wait_until(lambda: worker.idle)
+        await first_delivered_then_idle(fake_events, receiver, replica)
         first = list(receiver.delivered)[0]
         async with ingest_held_at(sender_storage, receiver.server_name) as held:
             await fake_events.add_event("b", [receiver.server_name])
