@@ -28,9 +28,10 @@ statement records its last 200 and this transaction as the destination's
 pending one, exactly as if taken (below). An event to an idle destination is
 on the wire as soon as ingest reads it; the worker waits for the statement
 only before it records anything about that transaction (a failure is retried
-with the same id and contents). If the statement fails, or finds the lease
-gone, the events stay queued (or are read again from the cursor) and go again
-in a later transaction: delivered at least once, as on every other path.
+with the same id and contents). If the statement finds the lease gone (the
+replicas are then woken for the destination) or fails, the events stay queued
+(or are read again from the cursor) and go again in a later transaction:
+delivered at least once, as on every other path.
 
 **EDUs** (``queues.py``) come in through ``PerformSendEdus``: typing and read
 receipts go to the servers in the room (``QueryServersInRoom``), device list

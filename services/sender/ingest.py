@@ -214,6 +214,11 @@ class Ingester:
                     reservation.not_taken()
         assert ingested is not None  # else the statement's error went on above
         added = ingested.added
+        unrecorded = [d for d, recorded in ingested.given.items() if not recorded]
+        if unrecorded:
+            # Left queued (the lease moved, say), and told to no one by the statement: the
+            # replicas are woken, so whichever has the destination now sends them.
+            await SenderStorage.wake(connection, unrecorded)
         self.position = max(self.position, cursor)
         metrics.INGEST_POSITION.set(self.position)
         metrics.EVENTS_INGESTED.inc(len(queued))

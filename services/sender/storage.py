@@ -254,6 +254,12 @@ class SenderStorage:
             },
         )
 
+    @staticmethod
+    async def wake(connection: asyncpg.Connection, destinations: Iterable[str]) -> None:
+        """Wake the replicas' workers of ``destinations`` (a NOTIFY naming them)."""
+        for payload in wake_payloads(destinations):
+            await connection.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, payload)
+
     # -- EDUs -------------------------------------------------------------------
 
     async def queue_edus(self, edus: Sequence[QueuedEdu]) -> int:
@@ -285,8 +291,7 @@ class SenderStorage:
                     for e in edus
                 ],
             )
-            for payload in wake_payloads(e.destination for e in edus):
-                await connection.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, payload)
+            await self.wake(connection, (e.destination for e in edus))
         return len(edus)
 
     # -- replicas and leases --------------------------------------------------

@@ -316,15 +316,24 @@ async def test_a_transaction_sent_while_stored_but_not_recorded_leaves_its_event
         ingest,
     ):
         await first_delivered_then_idle(fake_events, receiver, replica)
-        async with ingest_held_at(sender_storage, receiver.server_name) as held:
-            position = await fake_events.add_event("b", [receiver.server_name])
-            await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
-            # Meanwhile the destination went to another replica.
-            await held.execute(
-                "UPDATE sender.destinations SET lease_owner = 'elsewhere' WHERE destination = $1",
-                receiver.server_name,
-            )
-        await wait_until(lambda: ingest.position == position)
+        listener = await asyncpg.connect(database_url)
+        woken: list[str] = []
+        await listener.add_listener(WAKE_CHANNEL, lambda *args: woken.append(args[-1]))
+        try:
+            async with ingest_held_at(sender_storage, receiver.server_name) as held:
+                position = await fake_events.add_event("b", [receiver.server_name])
+                await wait_until(lambda: receiver.pdu_ids() == ["a", "b"])
+                # Meanwhile the destination went to another replica.
+                await held.execute(
+                    "UPDATE sender.destinations SET lease_owner = 'elsewhere'"
+                    " WHERE destination = $1",
+                    receiver.server_name,
+                )
+            await wait_until(lambda: ingest.position == position)
+            # ... whose workers are woken for it.
+            await wait_until(lambda: receiver.server_name in woken)
+        finally:
+            await listener.close()
         # Not this replica's pending transaction: its event stays queued for the
         # replica that has the destination now (sent at least once).
         assert await queue_rows(sender_storage) == [(receiver.server_name, position)]
