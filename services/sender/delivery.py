@@ -267,7 +267,7 @@ class Reservation:
     woke it (:meth:`DeliveryManager.reserve_idle`); the worker waits for it instead
     of taking it itself, so its destination still has one transaction in flight.
     When the batch's events for the destination fit in one transaction, ingest makes
-    it (:func:`~services.sender.ingest.given_transaction`) and the worker sends it at
+    it (:func:`~services.sender.ingest.given_transactions`) and the worker sends it at
     once, while ingest's statement records it: the worker waits for that statement
     only before it records anything about the transaction."""
 

@@ -15,7 +15,7 @@ reserved first (:meth:`DeliveryManager.reserve_idle`): the batch's statement
 also records their last 200, so a worker never takes a transaction itself
 meanwhile and its destination keeps one transaction in flight. When the
 batch's events for such a destination fit in one transaction, ingest makes it
-(:func:`given_transaction`) and hands it over at once: the worker sends it
+(:func:`given_transactions`) and hands it over at once: the worker sends it
 while the statement records it as the destination's pending transaction.
 Otherwise the statement takes the worker's next transaction, recorded before
 it is handed over. A statement that fails records nothing: the workers take
@@ -72,24 +72,32 @@ def ingest_item(item: events_pb2.StreamEventsResponse, server_name: str) -> Inge
     )
 
 
-def given_transaction(
-    destination: str, queued: Sequence[IngestItem], max_pdus: int
-) -> Transaction | None:
-    """The transaction an idle worker sends while ingest records it: the batch's events
-    for ``destination``, as taking it would make it (its queue is empty: the worker waits
-    idle, and only ingest queues PDUs); ``None`` when they need more than one."""
-    items = [item for item in queued if destination in item.destinations]
-    if not items or len(items) > max_pdus:
-        return None
+def given_transactions(
+    destinations: Iterable[str], queued: Sequence[IngestItem], max_pdus: int
+) -> dict[str, Transaction]:
+    """The transactions idle workers send while ingest records them: per destination of
+    ``destinations``, the batch's events for it, as taking it would make it (its queue is
+    empty: the worker waits idle, and only ingest queues PDUs); none for a destination
+    whose events need more than one. One pass over the batch's queue rows."""
+    wanted = set(destinations)
+    items: dict[str, list[IngestItem]] = {}
+    for item in queued:
+        for destination in item.destinations:
+            if destination in wanted:
+                items.setdefault(destination, []).append(item)
     now = now_ms()
-    return Transaction(
-        destination=destination,
-        # Not the counter's "<ms>-<n>" (kept in the database): unique without it.
-        txn_id=f"{now}-i{secrets.token_hex(8)}",
-        origin_server_ts=now,
-        pdus=[item.pdu_json for item in items],
-        positions=[item.stream_position for item in items],
-    )
+    return {
+        destination: Transaction(
+            destination=destination,
+            # Not the counter's "<ms>-<n>" (kept in the database): unique without it.
+            txn_id=f"{now}-i{secrets.token_hex(8)}",
+            origin_server_ts=now,
+            pdus=[item.pdu_json for item in mine],
+            positions=[item.stream_position for item in mine],
+        )
+        for destination, mine in items.items()
+        if len(mine) <= max_pdus
+    }
 
 
 class Ingester:
@@ -182,8 +190,9 @@ class Ingester:
             reserved = self.delivery.reserve_idle(sorted(destinations))
             instance_id = self.delivery.membership.instance_id
             max_pdus, max_edus = self.delivery.options.max_pdus, self.delivery.options.max_edus
+            made = given_transactions((r.destination for r in reserved), queued, max_pdus)
             for reservation in reserved:
-                txn = given_transaction(reservation.destination, queued, max_pdus)
+                txn = made.get(reservation.destination)
                 if txn is not None:
                     reservation.give(txn)  # on its way while the statement records it
                     given.append(txn)

@@ -629,7 +629,7 @@ class SenderStorage:
             )
             if status == "UPDATE 0":
                 return False
-            await connection.execute("SELECT pg_notify($1, $2)", WAKE_CHANNEL, destination)
+            await self.wake(connection, [destination])
         return True
 
     # -- catch-up and housekeeping -------------------------------------------

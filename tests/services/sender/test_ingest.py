@@ -11,7 +11,7 @@ import asyncpg
 from mxfed.internal_plane import Caller
 from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from services.sender.delivery import DeliveryOptions, DestinationWorker
-from services.sender.ingest import Ingester, given_transaction
+from services.sender.ingest import Ingester, given_transactions
 from services.sender.storage import WAKE_CHANNEL, IngestItem, SenderStorage
 from tests.services.sender.conftest import Replica
 from tests.support.grpc_plane import channel_to
@@ -408,8 +408,7 @@ async def test_events_queued_while_a_reserved_worker_has_not_run_yet_follow_its_
         destination,
     )
     [reservation] = replica.manager.reserve_idle([destination])
-    txn = given_transaction(destination, [given_item], 50)
-    assert txn is not None
+    txn = given_transactions([destination], [given_item], 50)[destination]
     reservation.give(txn)
     replica.manager.wake([destination])  # before the worker has run
     async with sender_storage.pool.acquire() as connection:
