@@ -367,7 +367,9 @@ class RoomBatch:
         statement that takes the room's lock and is its own transaction
         (:meth:`write`), and the block needs no commit."""
         if known_head is not None:
-            assert stream_orders > 0  # its write leaves its WAL flush to the stream round
+            # Its write flushes the WAL itself only when it gives the stream positions;
+            # else the stream round the caller waits for does.
+            assert stream_orders > 0
             async with pool.acquire() as conn:
                 batch = cls(core, conn, room_id)
                 async with stage("room_open"):
@@ -624,12 +626,21 @@ class RoomBatch:
         in one statement that takes the rooms' locks, checks the heads and is its own
         transaction. Anything else to write (a new state group, a changed current state,
         redactions: none of which a kept head's events should bring) raises
-        :class:`StaleHead`, for the caller to go again on heads read in a transaction."""
+        :class:`StaleHead`, for the caller to go again on heads read in a transaction.
+        When that statement found the stream lock free it gave the stream positions too
+        (:attr:`positions`), so :meth:`stream_committed` waits for no round."""
         if not all(batch._writes_only_events() for batch, _ in batches):
             raise StaleHead(batches[0][0].room_id)
         rooms = [await batch._room_writes(local, True) for batch, local in batches]
-        if not await storage.insert_events(batches[0][0].conn, rooms, take_locks=True):
+        positions = await storage.insert_events_alone(batches[0][0].conn, rooms)
+        if positions is None:
             raise StaleHead(batches[0][0].room_id)
+        if positions:
+            # The statement took the stream lock and gave the positions (its commit
+            # flushed): no round to wait for (:meth:`stream_committed`).
+            batches[0][0].core.stream_positions.given(positions)
+            for batch, _ in batches:
+                batch.positions = {e: positions[e] for e in batch._to_stream if e in positions}
 
     def _writes_only_events(self) -> bool:
         """Whether the batch writes nothing but new events, their edges, the forward
@@ -751,13 +762,23 @@ class RoomBatch:
     async def stream_committed(batches: Sequence[RoomBatch]) -> None:
         """The streamed events of ``batches`` (committed, of one replica) get their
         positions (:attr:`positions`) from one round: rooms of one /send share it rather
-        than each start its own, each with its synchronous commit."""
-        to_stream = [event_id for batch in batches for event_id in batch._to_stream]
-        if not to_stream:
-            return
-        positions = await batches[0].core.stream_positions.assign(to_stream)
+        than each start its own, each with its synchronous commit. Events whose write
+        gave them their positions (:meth:`_write_alone`) need no round."""
+        to_stream = [
+            event_id
+            for batch in batches
+            for event_id in batch._to_stream
+            if event_id not in batch.positions
+        ]
+        if to_stream:
+            positions = await batches[0].core.stream_positions.assign(to_stream)
+            for batch in batches:
+                batch.positions.update(
+                    (e, positions[e])
+                    for e in batch._to_stream
+                    if e in positions and e not in batch.positions
+                )
         for batch in batches:
-            batch.positions = {e: positions[e] for e in batch._to_stream if e in positions}
             for event_id, position in batch.positions.items():
                 batch.pending[event_id].stream_position = position
 

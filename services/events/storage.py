@@ -450,12 +450,10 @@ class RoomWrites:
     expected: ExpectedHead | None = None
 
 
-async def insert_events(
-    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], *, take_locks: bool = False
-) -> bool:
-    """The rooms' writes (those of a /send's rooms written in one transaction). The rooms
-    with few new events go with their changes in one statement (one round trip), a room
-    with more as a COPY per table.
+async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> bool:
+    """The rooms' writes (those of a /send's rooms written in one transaction), inside the
+    caller's transaction. The rooms with few new events go with their changes in one
+    statement (one round trip), a room with more as a COPY per table.
 
     Rooms written with an :class:`ExpectedHead` (each with few new events; any other
     room of the call too) are written in one statement that also tells whether, when it
@@ -463,28 +461,43 @@ async def insert_events(
     neither waiting redactions nor a partial state, and none of the local transaction ids
     written was used: False means the caller must roll back. True otherwise.
 
-    ``take_locks``: the caller holds no transaction (its rooms all opened on expected
-    heads): the one statement takes the rooms' locks first and is its own transaction,
-    committed when it returns (False: nothing was written).
-
     False too when a local transaction id written was used by another write meanwhile
     (which the caller's look-up, under other rooms' locks, could not see): the caller
     rolls back and, looking it up again, finds that write's event."""
     try:
-        return await _insert_events(conn, rooms, take_locks)
+        return await _insert_events(conn, rooms)
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name != "local_transactions_pkey":
             raise
         return False
 
 
-async def _insert_events(
-    conn: asyncpg.Connection, rooms: Sequence[RoomWrites], take_locks: bool
-) -> bool:
-    if take_locks or any(r.expected is not None for r in rooms):
+async def insert_events_alone(
+    conn: asyncpg.Connection, rooms: Sequence[RoomWrites]
+) -> dict[str, int] | None:
+    """:func:`insert_events` for rooms all opened on expected heads, by a caller that holds
+    no transaction: one statement that takes the rooms' locks first and is its own
+    transaction, committed when it returns; None when nothing was written (a head moved,
+    a transaction id was used). When the stream lock was free it also gave the stream
+    positions (migration 019): those it gave are answered, the written events' among
+    them, and its commit was flushed; otherwise none are, and the commit's flush is left
+    to the stream round the caller waits for."""
+    assert all(r.expected is not None for r in rooms)
+    try:
+        written, positions = await _insert_few(conn, rooms, checked=True, take_locks=True)
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name != "local_transactions_pkey":
+            raise
+        return None
+    return positions if written else None
+
+
+async def _insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -> bool:
+    if any(r.expected is not None for r in rooms):
         assert all(len(r.writes) <= INSERT_FEW_AT_MOST for r in rooms)
         assert not any(w.promote for r in rooms for w in r.writes)
-        return await _insert_few(conn, rooms, checked=True, take_locks=take_locks)
+        written, _ = await _insert_few(conn, rooms, checked=True)
+        return written
     few: list[RoomWrites] = []
     for room in rooms:
         promoted = [w for w in room.writes if w.promote]
@@ -575,11 +588,13 @@ async def _insert_few(
     *,
     checked: bool = False,
     take_locks: bool = False,
-) -> bool:
-    """The rooms' writes through ``events.insert_few`` (migration 018), one round trip:
-    ``checked``, the rooms' expected heads checked and streamed events placed in the
+) -> tuple[bool, dict[str, int]]:
+    """The rooms' writes through ``events.insert_few`` (migrations 018, 019), one round
+    trip: ``checked``, the rooms' expected heads checked and streamed events placed in the
     stream queue by it; ``take_locks``, the rooms' locks taken by it (the caller holds no
-    transaction). False: a checked head had moved, nothing was written."""
+    transaction), and the stream positions given by it if the stream lock was free.
+    Whether anything was written (False: a checked head had moved) and the positions it
+    gave."""
     rows = [(room, w) for room in rooms for w in room.writes]
     writes = [w for _, w in rows]
     events = [w.stored.event for w in writes]
@@ -589,46 +604,46 @@ async def _insert_few(
     added = [(r.room_id, e) for r in rooms for e in r.change.added_extremities]
     sent = [row for r in rooms for row in r.change.local_transactions]
     expected = [(r.room_id, r.expected) for r in rooms if checked and r.expected is not None]
-    return bool(
-        await conn.fetchval(
-            "SELECT events.insert_few($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-            " $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29,"
-            " $30, $31, $32, $33)",
-            room_lock_keys(r.room_id for r in rooms) if take_locks else [],
-            checked,
-            [room.room_id for room, _ in rows],
-            [e.event_id for e in events],
-            [e.type for e in events],
-            [e.state_key for e in events],
-            [e.sender for e in events],
-            [w.membership for w in writes],
-            [e.depth for e in events],
-            [e.origin_server_ts for e in events],
-            [w.pdu_json for w in writes],
-            [int(w.stored.status) for w in writes],
-            [w.stored.rejection_reason for w in writes],
-            [w.stored.redacted for w in writes],
-            [w.stored.state_group_before for w in writes],
-            [w.stored.state_group_after for w in writes],
-            [encode_json(w.stored.servers_before).decode() for w in writes],
-            [w.relayed_for for w in writes],
-            [room.stream_pending.get(w.stored.event_id) for room, w in rows],
-            [edge[0] for edge in edges],
-            [edge[1] for edge in edges],
-            [edge[0] for edge in prev_edges],
-            [edge[1] for edge in prev_edges],
-            [room_id for room_id, _ in removed],
-            [event_id for _, event_id in removed],
-            [room_id for room_id, _ in added],
-            [event_id for _, event_id in added],
-            [row[0] for row in sent],
-            [row[1] for row in sent],
-            [row[2] for row in sent],
-            [room_id for room_id, _ in expected],
-            [head.extremity for _, head in expected],
-            [head.current_state_group for _, head in expected],
-        )
+    answer = await conn.fetchrow(
+        "SELECT * FROM events.insert_few($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+        " $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29,"
+        " $30, $31, $32, $33)",
+        room_lock_keys(r.room_id for r in rooms) if take_locks else [],
+        checked,
+        [room.room_id for room, _ in rows],
+        [e.event_id for e in events],
+        [e.type for e in events],
+        [e.state_key for e in events],
+        [e.sender for e in events],
+        [w.membership for w in writes],
+        [e.depth for e in events],
+        [e.origin_server_ts for e in events],
+        [w.pdu_json for w in writes],
+        [int(w.stored.status) for w in writes],
+        [w.stored.rejection_reason for w in writes],
+        [w.stored.redacted for w in writes],
+        [w.stored.state_group_before for w in writes],
+        [w.stored.state_group_after for w in writes],
+        [encode_json(w.stored.servers_before).decode() for w in writes],
+        [w.relayed_for for w in writes],
+        [room.stream_pending.get(w.stored.event_id) for room, w in rows],
+        [edge[0] for edge in edges],
+        [edge[1] for edge in edges],
+        [edge[0] for edge in prev_edges],
+        [edge[1] for edge in prev_edges],
+        [room_id for room_id, _ in removed],
+        [event_id for _, event_id in removed],
+        [room_id for room_id, _ in added],
+        [event_id for _, event_id in added],
+        [row[0] for row in sent],
+        [row[1] for row in sent],
+        [row[2] for row in sent],
+        [room_id for room_id, _ in expected],
+        [head.extremity for _, head in expected],
+        [head.current_state_group for _, head in expected],
     )
+    positioned = dict(zip(answer["positioned_ids"], answer["positions"], strict=True))
+    return answer["written"], positioned
 
 
 async def _insert_rows(

@@ -4,7 +4,10 @@ Rows are committed without a position; right after, a short statement of its
 own gives every committed pending row, whichever room or replica wrote it, a
 position under the stream lock held to its commit (:class:`StreamPositions`,
 migration 012). So rows become visible in position order and "everything after
-N" is a plain range read, while rooms commit in parallel. Each replica
+N" is a plain range read, while rooms commit in parallel. A write that is
+its own transaction (a lone local send on a kept head) gives the positions in
+its own statement when the stream lock is free (migration 019), as a round
+would, the lock held to its commit as well. Each replica
 runs one :class:`StreamHub`: it LISTENs on a dedicated connection, reads the
 new rows once per wake-up (or once a second, in case a notification was
 missed) and fans them out to its subscribers' bounded queues. A subscriber
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +140,8 @@ class StreamPositions:
         # What the last round positioned: a caller that asked while it ran waits for the
         # next round, but its rows, committed before that round's statement, may be there.
         self._last_round: dict[str, int] = {}
+        # What the last write that took the stream lock itself positioned (:meth:`given`).
+        self._last_given: dict[str, int] = {}
 
     async def assign(self, event_ids: Sequence[str] = ()) -> dict[str, int]:
         """After a round that began after this call: the positions of ``event_ids``."""
@@ -152,6 +157,12 @@ class StreamPositions:
             async with self.pool.acquire() as conn:
                 positions.update(await storage.stream_positions_of(conn, missing))
         return positions
+
+    def given(self, positions: Mapping[str, int]) -> None:
+        """Positions a write gave itself, the stream lock taken in its own statement
+        (migration 019): the rows of other callers it positioned are answered to them by
+        the next round (which finds them positioned) without a look-up."""
+        self._last_given = dict(positions)
 
     async def _run_rounds(self) -> None:
         try:
@@ -185,7 +196,7 @@ class StreamPositions:
             self._done(round_done, await self._held.run(storage.assign_stream_positions))
 
     def _done(self, round_done: asyncio.Future[dict[str, int]], assigned: dict[str, int]) -> None:
-        round_done.set_result({**self._last_round, **assigned})
+        round_done.set_result({**self._last_round, **self._last_given, **assigned})
         self._last_round = assigned
 
     async def close(self) -> None:

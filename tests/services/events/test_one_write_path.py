@@ -302,6 +302,7 @@ _ROOM_SQL_WRITE = re.compile(
 )
 _ROOM_WRITERS = {
     "insert_events",
+    "insert_events_alone",
     "mark_stream_pending",
     "replace_forward_extremities",
     "apply_current_state_delta",

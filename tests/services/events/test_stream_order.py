@@ -386,3 +386,100 @@ async def test_rows_the_running_round_positioned_are_not_looked_up_again_by_the_
                 "SELECT stream_position FROM events.events WHERE event_id = $1", event_id
             )
         }
+
+
+# The stream lock the rounds take (migration 012).
+STREAM_LOCK = 120363881423873
+
+
+class _CountedRounds:
+    """storage.assign_stream_positions, counting its calls (the rounds run)."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+        self._assign = storage.assign_stream_positions
+
+    async def __call__(self, conn: asyncpg.Connection) -> dict[str, int]:
+        self.rounds += 1
+        return await self._assign(conn)
+
+
+async def test_a_lone_send_gives_positions_in_its_own_statement_to_rows_left_pending_first(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents, monkeypatch: Any
+) -> None:
+    room_id, other = await _room(local), await _room(local)
+    # The room's head kept by this send: the next is written in one statement.
+    await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "first"})
+    reader = _Reader(events_pool, {room_id, other}, await _latest(events_pool))
+    async with events_pool.acquire() as conn, conn.transaction():
+        # Committed in another room; its replica died before its round.
+        _, orphan_id = await _write(conn, core, local, other, "orphan")
+    counted = _CountedRounds()
+    monkeypatch.setattr(storage, "assign_stream_positions", counted)
+    sent_id, position = await local.send_event(
+        room_id, ALICE, "m.room.message", None, {"body": "second"}
+    )
+    # No round: the write took the free stream lock and positioned the row left pending
+    # too, before its own (the order they were queued in).
+    assert counted.rounds == 0
+    async with events_pool.acquire() as conn:
+        positions = await storage.stream_positions_of(conn, [orphan_id, sent_id])
+    assert positions == {orphan_id: position - 1, sent_id: position}
+    await reader.read()
+    assert reader.seen == [orphan_id, sent_id]
+
+
+async def test_a_lone_send_commits_and_waits_for_a_round_while_the_stream_lock_is_taken(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "first"})
+    reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
+    async with events_pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", STREAM_LOCK)
+        sending = asyncio.create_task(
+            local.send_event(room_id, ALICE, "m.room.message", None, {"body": "second"})
+        )
+        try:
+            # The write did not wait for the lock with the room's held: it committed the
+            # event unpositioned, and the round after it is the one waiting.
+            await wait_until(
+                lambda: _someone_waits_for_an_advisory_lock(events_pool),
+                interval=0.01,
+                what="the send's round waits for the stream lock",
+            )
+            pending = await holder.fetchval(
+                "SELECT count(*) FROM events.events WHERE room_id = $1"
+                " AND stream_pending IS NOT NULL",
+                room_id,
+            )
+            assert pending == 1
+            assert not sending.done()
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock($1)", STREAM_LOCK)
+    sent_id, position = await asyncio.wait_for(sending, 30)
+    await reader.read()
+    assert reader.seen == [sent_id]
+    assert reader.position == position
+
+
+async def test_rows_a_write_positioned_itself_are_answered_by_the_next_round_without_a_look_up(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents, monkeypatch: Any
+) -> None:
+    """A caller's committed rows that a lone send positioned in its own statement (before
+    the caller's round ran) come with that round's answer, not from the database again."""
+    room_id = await _room(local)
+    async with events_pool.acquire() as conn, conn.transaction():
+        _, event_id = await _write(conn, core, local, room_id, "committed")
+    positions = StreamPositions(events_pool)
+    async with events_pool.acquire() as conn:
+        # As the lone send's statement does, with the stream lock it took.
+        given = await storage.assign_stream_positions(conn)
+    assert list(given) == [event_id]
+    positions.given(given)
+
+    async def looked_up(conn: asyncpg.Connection, event_ids: Any) -> dict[str, int]:
+        raise AssertionError(f"looked up again: {event_ids}")
+
+    monkeypatch.setattr(storage, "stream_positions_of", looked_up)
+    assert await asyncio.wait_for(positions.assign([event_id]), 30) == given
