@@ -589,12 +589,12 @@ async def _insert_few(
     checked: bool = False,
     take_locks: bool = False,
 ) -> tuple[bool, dict[str, int]]:
-    """The rooms' writes through ``events.insert_few`` (migrations 018, 019), one round
-    trip: ``checked``, the rooms' expected heads checked and streamed events placed in the
-    stream queue by it; ``take_locks``, the rooms' locks taken by it (the caller holds no
-    transaction), and the stream positions given by it if the stream lock was free.
-    Whether anything was written (False: a checked head had moved) and the positions it
-    gave."""
+    """The rooms' writes through ``events.insert_few_then_position`` (migrations 018-020),
+    one round trip: ``checked``, the rooms' expected heads checked and streamed events
+    placed in the stream queue by it; ``take_locks``, the rooms' locks taken by it (the
+    caller holds no transaction), and the stream positions given by it if the stream lock
+    was free. Whether anything was written (False: a checked head had moved) and the
+    positions it gave."""
     rows = [(room, w) for room in rooms for w in room.writes]
     writes = [w for _, w in rows]
     events = [w.stored.event for w in writes]
@@ -605,9 +605,9 @@ async def _insert_few(
     sent = [row for r in rooms for row in r.change.local_transactions]
     expected = [(r.room_id, r.expected) for r in rooms if checked and r.expected is not None]
     answer = await conn.fetchrow(
-        "SELECT * FROM events.insert_few($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-        " $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29,"
-        " $30, $31, $32, $33)",
+        "SELECT * FROM events.insert_few_then_position($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+        " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25,"
+        " $26, $27, $28, $29, $30, $31, $32, $33)",
         room_lock_keys(r.room_id for r in rooms) if take_locks else [],
         checked,
         [room.room_id for room, _ in rows],

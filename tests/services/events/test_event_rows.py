@@ -150,3 +150,16 @@ async def test_a_few_events_are_stored_as_many_are(events_pool: asyncpg.Pool) ->
         extremities, sent = heads[room]
         assert [row["event_id"] for row in extremities] == [f"{room}-{count - 1}", f"{room}-kept"]
         assert sent == f"{room}-1"
+
+
+async def test_the_few_events_insert_answering_a_boolean_is_gone(events_pool: asyncpg.Pool) -> None:
+    """Code from before migration 019 calls ``events.insert_few`` and reads a boolean;
+    since 019 the insert answers a row, under another name (020), so such a call fails
+    rather than take the row for "written"."""
+    async with events_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT to_regproc('events.insert_few')") is None
+        names = await conn.fetchval(
+            "SELECT proargnames FROM pg_proc"
+            " WHERE oid = to_regproc('events.insert_few_then_position')"
+        )
+    assert names[-3:] == ["written", "positioned_ids", "positions"]
