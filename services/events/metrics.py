@@ -28,6 +28,13 @@ STREAM_ROUND_SECONDS = Histogram(
     "mxfed_events_stream_round_seconds",
     "One round giving committed rows their stream positions (under the stream lock)",
 )
+WRITES_ON_KEPT_HEADS = Counter(
+    "mxfed_events_writes_on_kept_heads_total",
+    "Writes that were their own transaction (lone local sends, transactions of groups on"
+    " kept room heads), by who gave their stream positions: the write itself (the stream"
+    " lock was free) or a round after it (the lock was taken: rounds contend for it)",
+    ["positioned_by"],
+)
 LOCAL_EVENTS = Counter("mxfed_events_local_events_total", "Events built and stored here", ["type"])
 LOCAL_SEND_GROUPS = Histogram(
     "mxfed_events_local_send_group_size",

@@ -68,7 +68,7 @@ from matrix_protocol.power_levels import named_power_level, user_power_level
 from matrix_protocol.redaction import redact
 from matrix_protocol.room_versions import RoomVersion, room_version
 from matrix_protocol.state_resolution import MissingEventError
-from services.events import storage
+from services.events import metrics, storage
 from services.events.admin.blocks import sender_blocked
 from services.events.cache import LruCache
 from services.events.outcomes import Outcome, Reason
@@ -226,6 +226,13 @@ class _StateBefore(enum.Enum):
     PREV_EVENTS = enum.auto()  # resolved from its prev_events, which must be in the DAG
     PREV_EVENTS_ELSE_GIVEN = enum.auto()  # the caller's state when its prevs are missing
     GIVEN = enum.auto()  # always the caller's state
+
+
+class PositionedBy(enum.Enum):
+    """Who gave the stream positions of a write on kept heads (:meth:`RoomBatch.write`)."""
+
+    WRITE = "write"  # its own statement, the stream lock being free (migration 019)
+    ROUND = "round"  # a round after its commit
 
 
 class _Head(enum.Enum):
@@ -635,6 +642,9 @@ class RoomBatch:
         positions = await storage.insert_events_alone(batches[0][0].conn, rooms)
         if positions is None:
             raise StaleHead(batches[0][0].room_id)
+        metrics.WRITES_ON_KEPT_HEADS.labels(
+            PositionedBy.WRITE.value if positions else PositionedBy.ROUND.value
+        ).inc()
         if positions:
             # The statement took the stream lock and gave the positions (its commit
             # flushed): no round to wait for (:meth:`stream_committed`).

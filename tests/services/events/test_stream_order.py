@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from mxfed.identity_files import new_signing_key
 from services.events import storage
@@ -392,6 +393,13 @@ async def test_rows_the_running_round_positioned_are_not_looked_up_again_by_the_
 STREAM_LOCK = 120363881423873
 
 
+def _writes_positioned_by(who: str) -> float:
+    return (
+        REGISTRY.get_sample_value("mxfed_events_writes_on_kept_heads_total", {"positioned_by": who})
+        or 0.0
+    )
+
+
 class _CountedRounds:
     """storage.assign_stream_positions, counting its calls (the rounds run)."""
 
@@ -416,12 +424,14 @@ async def test_a_lone_send_gives_positions_in_its_own_statement_to_rows_left_pen
         _, orphan_id = await _write(conn, core, local, other, "orphan")
     counted = _CountedRounds()
     monkeypatch.setattr(storage, "assign_stream_positions", counted)
+    by_write = _writes_positioned_by("write")
     sent_id, position = await local.send_event(
         room_id, ALICE, "m.room.message", None, {"body": "second"}
     )
     # No round: the write took the free stream lock and positioned the row left pending
     # too, before its own (the order they were queued in).
     assert counted.rounds == 0
+    assert _writes_positioned_by("write") == by_write + 1
     async with events_pool.acquire() as conn:
         positions = await storage.stream_positions_of(conn, [orphan_id, sent_id])
     assert positions == {orphan_id: position - 1, sent_id: position}
@@ -435,6 +445,7 @@ async def test_a_lone_send_commits_and_waits_for_a_round_while_the_stream_lock_i
     room_id = await _room(local)
     await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "first"})
     reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
+    by_round = _writes_positioned_by("round")
     async with events_pool.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock($1)", STREAM_LOCK)
         sending = asyncio.create_task(
@@ -461,6 +472,7 @@ async def test_a_lone_send_commits_and_waits_for_a_round_while_the_stream_lock_i
     await reader.read()
     assert reader.seen == [sent_id]
     assert reader.position == position
+    assert _writes_positioned_by("round") == by_round + 1
 
 
 async def test_rows_a_write_positioned_itself_are_answered_by_the_next_round_without_a_look_up(
