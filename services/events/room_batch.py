@@ -783,10 +783,9 @@ class RoomBatch:
         if to_stream:
             positions = await batches[0].core.stream_positions.assign(to_stream)
             for batch in batches:
+                # Only the events asked for are answered: none of those already positioned.
                 batch.positions.update(
-                    (e, positions[e])
-                    for e in batch._to_stream
-                    if e in positions and e not in batch.positions
+                    (e, positions[e]) for e in batch._to_stream if e in positions
                 )
         for batch in batches:
             for event_id, position in batch.positions.items():

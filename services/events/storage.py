@@ -467,9 +467,14 @@ async def insert_events(conn: asyncpg.Connection, rooms: Sequence[RoomWrites]) -
     try:
         return await _insert_events(conn, rooms)
     except asyncpg.UniqueViolationError as error:
-        if error.constraint_name != "local_transactions_pkey":
+        if not _transaction_id_used(error):
             raise
         return False
+
+
+def _transaction_id_used(error: asyncpg.UniqueViolationError) -> bool:
+    """Whether the insert failed on a local transaction id another write used meanwhile."""
+    return error.constraint_name == "local_transactions_pkey"
 
 
 async def insert_events_alone(
@@ -486,7 +491,7 @@ async def insert_events_alone(
     try:
         written, positions = await _insert_few(conn, rooms, checked=True, take_locks=True)
     except asyncpg.UniqueViolationError as error:
-        if error.constraint_name != "local_transactions_pkey":
+        if not _transaction_id_used(error):
             raise
         return None
     return positions if written else None
