@@ -62,3 +62,31 @@ async def terminate_backends(url: str, pids: list[int] | None = None) -> int:
     finally:
         await connection.close()
     return int(ended)
+
+
+async def truncate(pool: asyncpg.Pool, tables: str, *, lock_timeout: str = "20s") -> None:
+    """``TRUNCATE tables`` for a test's clean start. A session still holding a lock on one
+    of them (something of an earlier test left running, or idle in a transaction) makes
+    it fail after ``lock_timeout`` with those sessions described, rather than hang until
+    the statement's timeout with nothing to go on."""
+    async with pool.acquire() as connection:
+        try:
+            async with connection.transaction():
+                await connection.execute(
+                    "SELECT set_config('lock_timeout', $1, true)", lock_timeout
+                )
+                await connection.execute(f"TRUNCATE {tables}")
+        except asyncpg.LockNotAvailableError:
+            holders = await pool.fetch(
+                "SELECT a.pid, a.application_name, a.state, a.xact_start, left(a.query, 200)"
+                " AS query, array_agg(DISTINCT l.relation::regclass::text) AS tables"
+                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE a.datname = current_database() AND l.granted AND l.relation IS NOT NULL"
+                " AND a.pid <> ALL($1::int[])"
+                " GROUP BY a.pid, a.application_name, a.state, a.xact_start, a.query",
+                [connection.get_server_pid()],
+            )
+            described = "; ".join(str(dict(row)) for row in holders) or "none left by now"
+            raise AssertionError(
+                f"TRUNCATE {tables} waited for locks held by: {described}"
+            ) from None

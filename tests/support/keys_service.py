@@ -31,6 +31,7 @@ from services.keys.own_keys import OwnKeys
 from services.keys.server import build_keyring
 from services.keys.servicer import KeysServicer
 from services.keys.storage import KeysStorage
+from tests.support.databases import truncate
 from tests.support.federation_doctor import inert_doctor
 from tests.support.grpc_plane import (
     bind_loopback,
@@ -54,8 +55,8 @@ async def keys_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def keys_storage(keys_pool: asyncpg.Pool) -> KeysStorage:
-    await keys_pool.execute(
-        "TRUNCATE keys.server_key_responses, keys.server_verify_keys, keys.own_old_keys"
+    await truncate(
+        keys_pool, "keys.server_key_responses, keys.server_verify_keys, keys.own_old_keys"
     )
     return KeysStorage(keys_pool)
 

@@ -23,6 +23,7 @@ from services.sender.leases import Membership
 from services.sender.server import listen_for_wakes
 from services.sender.storage import SenderStorage
 from tests.services.sender.receivers import Receiver
+from tests.support.databases import truncate
 from tests.support.sender_queues import OUR_SERVER
 
 SENDER_TABLES = (
@@ -44,7 +45,7 @@ async def sender_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def sender_storage(sender_pool: asyncpg.Pool) -> SenderStorage:
-    await sender_pool.execute(f"TRUNCATE {SENDER_TABLES}")
+    await truncate(sender_pool, SENDER_TABLES)
     await sender_pool.execute("UPDATE sender.ingest_cursor SET stream_position = 0")
     return SenderStorage(sender_pool)
 
