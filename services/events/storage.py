@@ -206,34 +206,46 @@ async def room_heads(
     rows = await conn.fetch(
         "SELECT w.room_id, r.room_version, r.create_event_id, r.current_state_group,"
         " ARRAY(SELECT f.event_id FROM events.forward_extremities f"
-        "       JOIN events.events e USING (event_id) WHERE f.room_id = w.room_id"
-        "       ORDER BY f.event_id) AS extremity_ids,"
+        "       CROSS JOIN LATERAL (SELECT e.depth FROM events.events e"
+        "                           WHERE e.event_id = f.event_id OFFSET 0) e"
+        "       WHERE f.room_id = w.room_id ORDER BY f.event_id) AS extremity_ids,"
         " ARRAY(SELECT e.depth FROM events.forward_extremities f"
-        "       JOIN events.events e USING (event_id) WHERE f.room_id = w.room_id"
-        "       ORDER BY f.event_id) AS extremity_depths,"
+        "       CROSS JOIN LATERAL (SELECT e.depth FROM events.events e"
+        "                           WHERE e.event_id = f.event_id OFFSET 0) e"
+        "       WHERE f.room_id = w.room_id ORDER BY f.event_id) AS extremity_depths,"
         " ARRAY(SELECT nextval('events.state_group_ids') FROM generate_series(1, w.group_ids))"
         "   AS group_ids,"
-        " EXISTS (SELECT 1 FROM events.waiting_redactions x WHERE x.room_id = w.room_id)"
-        "   AS has_waiting_redactions,"
-        " EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = w.room_id)"
-        "   AS partial_state,"
+        " EXISTS (SELECT 1 FROM events.waiting_redactions x WHERE x.room_id = w.room_id"
+        "         OFFSET 0) AS has_waiting_redactions,"
+        " EXISTS (SELECT 1 FROM events.partial_state_rooms p WHERE p.room_id = w.room_id"
+        "         OFFSET 0) AS partial_state,"
         " ARRAY(SELECT nextval('events.stream_pending_order')"
         "       FROM generate_series(1, w.stream_orders)) AS stream_orders,"
-        " ARRAY(SELECT h.event_id FROM unnest($4::int[], $5::text[]) AS a(n, event_id)"
-        "       JOIN events.events h USING (event_id) WHERE a.n = w.n) AS held_ids,"
+        " ARRAY(SELECT a.event_id FROM unnest($4::int[], $5::text[]) AS a(n, event_id)"
+        "       WHERE a.n = w.n AND EXISTS (SELECT 1 FROM events.events h"
+        "                                   WHERE h.event_id = a.event_id OFFSET 0))"
+        "   AS held_ids,"
         " ARRAY(SELECT k.i FROM unnest($7::int[], $8::text[], $9::text[]) WITH ORDINALITY"
-        "       AS k(n, sender, txn_id, i) JOIN events.local_transactions t"
-        "       USING (sender, txn_id) WHERE k.n = w.n ORDER BY k.i) AS sent_at,"
+        "       AS k(n, sender, txn_id, i) CROSS JOIN LATERAL ("
+        "         SELECT t.event_id FROM events.local_transactions t"
+        "          WHERE t.sender = k.sender AND t.txn_id = k.txn_id OFFSET 0) t"
+        "       WHERE k.n = w.n ORDER BY k.i) AS sent_at,"
         " ARRAY(SELECT t.event_id FROM unnest($7::int[], $8::text[], $9::text[])"
-        "       WITH ORDINALITY AS k(n, sender, txn_id, i) JOIN events.local_transactions t"
-        "       USING (sender, txn_id) WHERE k.n = w.n ORDER BY k.i) AS sent_ids,"
+        "       WITH ORDINALITY AS k(n, sender, txn_id, i) CROSS JOIN LATERAL ("
+        "         SELECT t.event_id FROM events.local_transactions t"
+        "          WHERE t.sender = k.sender AND t.txn_id = k.txn_id OFFSET 0) t"
+        "       WHERE k.n = w.n ORDER BY k.i) AS sent_ids,"
         " ARRAY(SELECT e.stream_position FROM unnest($7::int[], $8::text[], $9::text[])"
-        "       WITH ORDINALITY AS k(n, sender, txn_id, i) JOIN events.local_transactions t"
-        "       USING (sender, txn_id) LEFT JOIN events.events e USING (event_id)"
+        "       WITH ORDINALITY AS k(n, sender, txn_id, i) CROSS JOIN LATERAL ("
+        "         SELECT t.event_id FROM events.local_transactions t"
+        "          WHERE t.sender = k.sender AND t.txn_id = k.txn_id OFFSET 0) t"
+        "       LEFT JOIN LATERAL (SELECT e.stream_position FROM events.events e"
+        "                          WHERE e.event_id = t.event_id OFFSET 0) e ON true"
         "       WHERE k.n = w.n ORDER BY k.i) AS sent_positions"
         " FROM unnest($1::text[], $2::int[], $3::int[]) WITH ORDINALITY"
         "   AS w(room_id, group_ids, stream_orders, n)"
-        " JOIN events.rooms r USING (room_id),"
+        " CROSS JOIN LATERAL (SELECT r.room_version, r.create_event_id, r.current_state_group"
+        "                     FROM events.rooms r WHERE r.room_id = w.room_id OFFSET 0) r,"
         " set_config('synchronous_commit', CASE WHEN $6 THEN 'off'"
         "   ELSE current_setting('synchronous_commit') END, true)",
         [room_id for room_id, _, _, _ in rooms],
@@ -309,8 +321,12 @@ async def room_transaction(
     sequential scans where an index serves: a generic plan made while a table was small
     (local_transactions after a few sends, analyzed then) kept hashing the whole table
     on every execution as it grew, until its next ANALYZE (a transaction-id lookup of
-    local sends 0.1 → 8 ms within seconds of a fresh start). And without JIT, which a
-    scan that must stay (no index serves) would trigger, costed as it then is.
+    local sends 0.1 → 8 ms within seconds of a fresh start). That alone made it hash
+    the table's whole index instead, so the lookups by key are written as subqueries run
+    per key (``LATERAL`` or ``EXISTS`` with ``OFFSET 0``, which the planner neither
+    pulls up into a join nor hashes): :func:`room_heads`, and the checked write's
+    function (migration 021). And without JIT, which a scan that must stay (no index
+    serves) would trigger, costed as it then is.
 
     ``flushed_by_round``: the caller answers only after a stream round, whose synchronous
     commit makes this one durable: the commit skips its WAL flush (as :func:`room_head`
