@@ -200,9 +200,9 @@ class SenderStorage:
         as its destination's pending one (its rows tagged with its id) when the
         lease is still ``instance_id``'s and nothing is pending there (after
         ``completed``), else left out (its rows stay queued). One round trip
-        (``sender.ingest``, ``migrations/009``). The destinations queued
-        for are notified at commit, but for ``quiet`` ones (whose worker is
-        handed its result).
+        (``sender.ingest``, ``migrations/009``, its scans bounded by ``010``). The
+        destinations queued for are notified at commit, but for ``quiet`` ones
+        (whose worker is handed its result).
         """
         positions, event_ids, room_ids, pdu_jsons = [], [], [], []
         queue_destinations: list[str] = []
@@ -498,7 +498,9 @@ class SenderStorage:
         lease comes back as a :class:`LeaseLost` value). One round trip
         (``sender.next_transactions``, ``migrations/003``) whatever the
         number of destinations; each PDU's JSON travels once, shared by the
-        transactions that carry it.
+        transactions that carry it. Every scan in it is bounded by the call's own
+        destinations, whatever the plan (``migrations/010``): a down server's backlog or
+        the many servers known cost a call nothing.
         """
         wanted = list(dict.fromkeys(destinations))
         rows = await self.pool.fetch(

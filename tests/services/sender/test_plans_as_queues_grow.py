@@ -1,0 +1,140 @@
+"""The transaction functions (``sender.next_transactions``, ``sender.ingest``) examine the
+rows of the call's own destinations only, whatever the tables held when their generic
+plans were made.
+
+Those plans are made once per session. Made while the queue held one destination's rows,
+they walked the whole queue in stream order and scanned every known destination's row on
+every call, so a server's cost per transaction grew with the servers it had ever sent to
+and with the backlog of those that are down. Here the plans are made on such a queue,
+then a down server's backlog and thousands of other destinations arrive, and
+PostgreSQL's ``auto_explain`` shows what the next calls scanned."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from mxfed.database import apply_migrations, create_pool
+from mxfed.service_runtime import migrations_directory
+from services.sender.storage import IngestItem, SenderStorage, Transaction
+
+LIVE = "live.example"
+GROWN = 20_000
+OWNER = "replica-1"
+LIMITS = {"max_pdus": 50, "max_edus": 100}
+_positions = itertools.count(100_000)  # the down server's backlog comes before: 1..GROWN
+
+
+def _items(count: int) -> list[IngestItem]:
+    return [
+        IngestItem(p, f"$e{p}", "!room:a.test", b'{"n":%d}' % p, [LIVE])
+        for p in itertools.islice(_positions, count)
+    ]
+
+
+def _scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    looked_up = {"pdu_queue", "pdus", "edu_queue", "destinations"}
+    if plan.get("Relation Name") in looked_up and plan["Node Type"] != "ModifyTable":
+        yield plan
+    for child in plan.get("Plans", []):
+        yield from _scans(child)
+
+
+@pytest.fixture
+async def pool(own_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(own_database_url, max_size=2)
+    await apply_migrations(pool, "sender", migrations_directory("sender"))
+    yield pool
+    await pool.close()
+
+
+async def test_transactions_are_taken_and_recorded_by_key_after_the_queues_grew(
+    pool: asyncpg.Pool, own_database_url: str
+) -> None:
+    # The functions' statements are planned once per session: all calls go on this one.
+    conn = await asyncpg.connect(own_database_url)
+    storage = SenderStorage(conn)  # type: ignore[arg-type]  # its pool's calls, on one session
+
+    async def ingest(items: list[IngestItem], **kwargs: Any) -> Any:
+        return await SenderStorage.ingest_and_take(
+            conn, items, items[-1].stream_position, instance_id=OWNER, **LIMITS, **kwargs
+        )
+
+    try:
+        await ingest(_items(30))
+        await pool.execute("ANALYZE")
+        assert await storage.claim(OWNER, [LIVE], 60)
+        first = (await storage.next_transactions([LIVE], [], OWNER, **LIMITS))[LIVE]
+        assert len(first.positions) == 30
+        await ingest(_items(1), take=[LIVE], completed=[(LIVE, first.txn_id)])
+        # A server down for long, its backlog queued before ours, and many servers known.
+        await pool.execute(
+            "INSERT INTO sender.pdus (stream_position, event_id, room_id, pdu_json, queued_ts)"
+            " SELECT i, '$d' || i, '!room:a.test', '{}', 0 FROM generate_series(1, $1) i",
+            GROWN,
+        )
+        await pool.execute(
+            "INSERT INTO sender.destinations (destination)"
+            " SELECT 'd' || i || '.example' FROM generate_series(1, $1) i",
+            GROWN,
+        )
+        await pool.execute(
+            "INSERT INTO sender.pdu_queue (destination, stream_position)"
+            " SELECT 'd1.example', i FROM generate_series(1, $1) i",
+            GROWN,
+        )
+        await pool.execute(
+            "INSERT INTO sender.edu_queue (destination, edu_type, content_json, volatile,"
+            " queued_ts) SELECT 'd1.example', 'm.receipt', '{}', false, 0"
+            " FROM generate_series(1, $1) i",
+            GROWN,
+        )
+        await pool.execute(
+            "INSERT INTO sender.edu_queue (destination, edu_type, content_json, volatile,"
+            " queued_ts) VALUES ($1, 'm.typing', '{\"n\":1}', true, 0)",
+            LIVE,
+        )
+        plans: list[dict[str, Any]] = []
+        conn.add_log_listener(
+            lambda _, message: plans.append(json.loads(message.message.split("plan:", 1)[1]))
+        )
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+            " SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
+            " SET auto_explain.log_timing = off; SET auto_explain.log_format = json;"
+            " SET auto_explain.log_level = notice"
+        )
+        # The one taken by ingest above is pending: answered, the next is taken.
+        pending = await pool.fetchval(
+            "SELECT pending_txn_id FROM sender.destinations WHERE destination = $1", LIVE
+        )
+        taken = await storage.next_transactions([LIVE], [(LIVE, pending)], OWNER, **LIMITS)
+        assert isinstance(taken[LIVE], Transaction)
+        assert taken[LIVE].edus == [("m.typing", b'{"n":1}')] and taken[LIVE].pdus == []
+        empty = await storage.next_transactions(
+            [LIVE], [(LIVE, taken[LIVE].txn_id)], OWNER, **LIMITS
+        )
+        assert empty[LIVE] is None
+        items = _items(2)
+        given = Transaction(
+            LIVE,
+            "given-1",
+            1,
+            [i.pdu_json for i in items],
+            positions=[i.stream_position for i in items],
+        )
+        assert (await ingest(items, given=[given])).given == {LIVE: True}
+        after = await ingest(_items(1), take=[LIVE], completed=[(LIVE, "given-1")])
+        assert after.taken[LIVE].pdus == [b'{"n":%d}' % (items[-1].stream_position + 1)]
+    finally:
+        await conn.close()
+    scans = [scan for plan in plans for scan in _scans(plan["Plan"])]
+    assert {"pdu_queue", "pdus", "edu_queue", "destinations"} <= {s["Relation Name"] for s in scans}
+    for scan in scans:
+        examined = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
+        assert examined * scan["Actual Loops"] <= 60, (scan, [p["Query Text"] for p in plans])
