@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 
@@ -90,3 +93,37 @@ async def truncate(pool: asyncpg.Pool, tables: str, *, lock_timeout: str = "20s"
             raise AssertionError(
                 f"TRUNCATE {tables} waited for locks held by: {described}"
             ) from None
+
+
+async def explain_from_now(connection: asyncpg.Connection) -> list[dict[str, Any]]:
+    """From now on, the plan of every statement ``connection`` runs (those inside its
+    PL/pgSQL functions too) as PostgreSQL executed it (``auto_explain``, JSON, with row
+    counts): the list returned fills as they run."""
+    plans: list[dict[str, Any]] = []
+    connection.add_log_listener(
+        lambda _, message: plans.append(json.loads(message.message.split("plan:", 1)[1]))
+    )
+    await connection.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+        " SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
+        " SET auto_explain.log_timing = off; SET auto_explain.log_format = json;"
+        " SET auto_explain.log_level = notice"
+    )
+    return plans
+
+
+def rows_examined(plans: list[dict[str, Any]], tables: set[str]) -> Iterator[tuple[int, Any]]:
+    """Per scan of one of ``tables`` in ``plans`` (writes to them left out): the rows it
+    examined over all its loops (those a filter removed included), and what to show
+    when that is too many."""
+
+    def scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if node.get("Relation Name") in tables and node["Node Type"] != "ModifyTable":
+            yield node
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    for plan in plans:
+        for scan in scans(plan["Plan"]):
+            examined = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
+            yield examined * scan["Actual Loops"], (scan, plan["Query Text"])

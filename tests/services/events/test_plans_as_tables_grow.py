@@ -12,8 +12,7 @@ PostgreSQL's ``auto_explain`` shows what the next read and write scanned."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -26,6 +25,7 @@ from mxfed.database import apply_migrations, create_pool
 from mxfed.service_runtime import migrations_directory
 from services.events import storage
 from services.events.storage import EventWrite, Status, StoredEvent
+from tests.support.databases import explain_from_now, rows_examined
 
 ROOM = "!grown:a.test"
 SENDER = "@a:a.test"
@@ -75,13 +75,6 @@ async def _write_on_kept_head(conn: asyncpg.Connection, n: int) -> dict[str, int
 async def _read_head(conn: asyncpg.Connection, sent: tuple[str, str]) -> storage.RoomHead | None:
     async with storage.room_transaction(conn, ROOM):
         return await storage.room_head(conn, ROOM, 1, local_transactions=[sent])
-
-
-def _scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    if plan.get("Relation Name") in LOOKED_UP and plan["Node Type"] != "ModifyTable":
-        yield plan
-    for child in plan.get("Plans", []):
-        yield from _scans(child)
 
 
 @pytest.fixture
@@ -135,16 +128,7 @@ async def test_head_reads_and_checked_writes_look_up_by_key_after_the_tables_gre
             " FROM generate_series(1, $1) i",
             GROWN,
         )
-        plans: list[dict[str, Any]] = []
-        conn.add_log_listener(
-            lambda _, message: plans.append(json.loads(message.message.split("plan:", 1)[1]))
-        )
-        await conn.execute(
-            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
-            " SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
-            " SET auto_explain.log_timing = off; SET auto_explain.log_format = json;"
-            " SET auto_explain.log_level = notice"
-        )
+        plans = await explain_from_now(conn)
         head = await _read_head(conn, (SENDER, "t1"))
         assert head is not None and head.extremities == {"$grown-1": 2}
         assert head.sent_before == {(SENDER, "t1"): ("$grown-1", None)}
@@ -152,9 +136,8 @@ async def test_head_reads_and_checked_writes_look_up_by_key_after_the_tables_gre
         assert await _write_on_kept_head(conn, 2) is None  # the head moved on: checked
     finally:
         await conn.close()
-    scans = [scan for plan in plans for scan in _scans(plan["Plan"])]
-    looked_in = {scan["Relation Name"] for scan in scans}
+    examined = list(rows_examined(plans, LOOKED_UP))
+    looked_in = {scan["Relation Name"] for _, (scan, _) in examined}
     assert {"events", "rooms", "forward_extremities", "local_transactions"} <= looked_in
-    for scan in scans:
-        examined = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
-        assert examined * scan["Actual Loops"] <= 10, (scan, [p["Query Text"] for p in plans])
+    for rows, shown in examined:
+        assert rows <= 10, shown

@@ -12,8 +12,7 @@ PostgreSQL's ``auto_explain`` shows what the next calls scanned."""
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,6 +21,7 @@ import pytest
 from mxfed.database import apply_migrations, create_pool
 from mxfed.service_runtime import migrations_directory
 from services.sender.storage import IngestItem, SenderStorage, Transaction
+from tests.support.databases import explain_from_now, rows_examined
 
 LIVE = "live.example"
 GROWN = 20_000
@@ -35,14 +35,6 @@ def _items(count: int) -> list[IngestItem]:
         IngestItem(p, f"$e{p}", "!room:a.test", b'{"n":%d}' % p, [LIVE])
         for p in itertools.islice(_positions, count)
     ]
-
-
-def _scans(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    looked_up = {"pdu_queue", "pdus", "edu_queue", "destinations"}
-    if plan.get("Relation Name") in looked_up and plan["Node Type"] != "ModifyTable":
-        yield plan
-    for child in plan.get("Plans", []):
-        yield from _scans(child)
 
 
 @pytest.fixture
@@ -99,16 +91,7 @@ async def test_transactions_are_taken_and_recorded_by_key_after_the_queues_grew(
             " queued_ts) VALUES ($1, 'm.typing', '{\"n\":1}', true, 0)",
             LIVE,
         )
-        plans: list[dict[str, Any]] = []
-        conn.add_log_listener(
-            lambda _, message: plans.append(json.loads(message.message.split("plan:", 1)[1]))
-        )
-        await conn.execute(
-            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
-            " SET auto_explain.log_nested_statements = on; SET auto_explain.log_analyze = on;"
-            " SET auto_explain.log_timing = off; SET auto_explain.log_format = json;"
-            " SET auto_explain.log_level = notice"
-        )
+        plans = await explain_from_now(conn)
         # The one taken by ingest above is pending: answered, the next is taken.
         pending = await pool.fetchval(
             "SELECT pending_txn_id FROM sender.destinations WHERE destination = $1", LIVE
@@ -133,8 +116,8 @@ async def test_transactions_are_taken_and_recorded_by_key_after_the_queues_grew(
         assert after.taken[LIVE].pdus == [b'{"n":%d}' % (items[-1].stream_position + 1)]
     finally:
         await conn.close()
-    scans = [scan for plan in plans for scan in _scans(plan["Plan"])]
-    assert {"pdu_queue", "pdus", "edu_queue", "destinations"} <= {s["Relation Name"] for s in scans}
-    for scan in scans:
-        examined = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
-        assert examined * scan["Actual Loops"] <= 60, (scan, [p["Query Text"] for p in plans])
+    queues = {"pdu_queue", "pdus", "edu_queue", "destinations"}
+    examined = list(rows_examined(plans, queues))
+    assert queues <= {scan["Relation Name"] for _, (scan, _) in examined}
+    for rows, shown in examined:
+        assert rows <= 60, shown
