@@ -33,6 +33,17 @@ replicas are then woken for the destination) or fails, the events stay queued
 (or are read again from the cursor) and go again in a later transaction:
 delivered at least once, as on every other path.
 
+**Commits.** The ingest statement and the workers' take-and-record calls
+commit without waiting for the WAL flush (``storage._replayable_commit``).
+Only a crash of the PostgreSQL server can lose such a commit (a crash of any
+process, even ``kill -9``, cannot), and what they write can be had again.
+The events come again from the events stream (the cursor goes back with them),
+a 200 not recorded leaves its transaction pending and resent under its id, and
+PDUs taken or handed over but not recorded stay queued for a later transaction
+(the receiver ignores PDUs it already has). A call that takes queued EDUs into a
+new transaction is flushed before that transaction can leave: EDUs were
+acknowledged to whoever queued them and are not sent under a second id.
+
 **EDUs** (``queues.py``) come in through ``PerformSendEdus``: typing and read
 receipts go to the servers in the room (``QueryServersInRoom``), device list
 and signing key updates to the servers given or those of the rooms given,
@@ -46,9 +57,10 @@ destination asks storage for the next transaction: the pending one if there
 is one, else the oldest ≤ 50 PDUs and ≤ 100 EDUs in queue order, tagged with a
 new txn id ``<ms>-<n>`` (``n`` a persisted per-destination counter). The
 txn id and its ``origin_server_ts`` are recorded *before* the request goes
-out, and the contents are the tagged rows, which never change — so a retry
-after a failure, a restart or a takeover by another replica resends the same
-txn id with the same contents, which the receiver deduplicates. On 200 the
+out (committed, for PDUs alone maybe not yet flushed: see Commits), and the
+contents are the tagged rows, which never change — so a retry after a
+failure, a restart or a takeover by another replica resends the same txn id
+with the same contents, which the receiver deduplicates. On 200 the
 tagged rows are deleted and the destination's last success recorded (with
 the next transaction taken, by the worker or by ingest, or alone once the
 worker has waited ``completion_linger`` for one). Only a

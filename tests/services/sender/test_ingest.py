@@ -362,7 +362,7 @@ async def test_a_transaction_sent_while_its_statement_failed_goes_again_once_sto
             # Ingest's connection is lost while its statement waits for our lock.
             waiting = (
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND query LIKE 'SELECT * FROM sender.ingest(%' AND wait_event_type = 'Lock'"
+                " AND query LIKE '%FROM sender.ingest(%' AND wait_event_type = 'Lock'"
             )
             await wait_until(lambda: held.fetchval(waiting), what="ingest waiting for the lock")
             assert await held.fetchval(f"SELECT pg_terminate_backend(pid) FROM ({waiting}) AS w")

@@ -50,7 +50,7 @@ async def test_transactions_are_taken_and_recorded_by_key_after_the_queues_grew(
 ) -> None:
     # The functions' statements are planned once per session: all calls go on this one.
     conn = await asyncpg.connect(own_database_url)
-    storage = SenderStorage(conn)  # type: ignore[arg-type]  # its pool's calls, on one session
+    storage = SenderStorage(pool)
 
     async def ingest(items: list[IngestItem], **kwargs: Any) -> Any:
         return await SenderStorage.ingest_and_take(
@@ -61,7 +61,7 @@ async def test_transactions_are_taken_and_recorded_by_key_after_the_queues_grew(
         await ingest(_items(30))
         await pool.execute("ANALYZE")
         assert await storage.claim(OWNER, [LIVE], 60)
-        first = (await storage.next_transactions([LIVE], [], OWNER, **LIMITS))[LIVE]
+        first = (await SenderStorage.next_transactions_on(conn, [LIVE], [], OWNER, **LIMITS))[LIVE]
         assert len(first.positions) == 30
         await ingest(_items(1), take=[LIVE], completed=[(LIVE, first.txn_id)])
         # A server down for long, its backlog queued before ours, and many servers known.
@@ -96,11 +96,13 @@ async def test_transactions_are_taken_and_recorded_by_key_after_the_queues_grew(
         pending = await pool.fetchval(
             "SELECT pending_txn_id FROM sender.destinations WHERE destination = $1", LIVE
         )
-        taken = await storage.next_transactions([LIVE], [(LIVE, pending)], OWNER, **LIMITS)
+        taken = await SenderStorage.next_transactions_on(
+            conn, [LIVE], [(LIVE, pending)], OWNER, **LIMITS
+        )
         assert isinstance(taken[LIVE], Transaction)
         assert taken[LIVE].edus == [("m.typing", b'{"n":1}')] and taken[LIVE].pdus == []
-        empty = await storage.next_transactions(
-            [LIVE], [(LIVE, taken[LIVE].txn_id)], OWNER, **LIMITS
+        empty = await SenderStorage.next_transactions_on(
+            conn, [LIVE], [(LIVE, taken[LIVE].txn_id)], OWNER, **LIMITS
         )
         assert empty[LIVE] is None
         items = _items(2)
