@@ -353,14 +353,15 @@ class InputPipeline:
         )
         results.update(outcomes)
         response = encode_json({"pdus": results}).decode()
-        # When every room batch streams, the stream round that gives their events
-        # positions is also what makes them durable (its commit flushes the WAL past
-        # theirs, and a round of another replica that positioned them first had seen
-        # them committed): the response is stored meanwhile without a flush of its
-        # own, so the answer waits for one flush, not two. That flush usually covers
-        # the response too; if not, a retry after a crash finds no stored answer and
-        # is answered as a transaction of PDUs already stored. A batch with nothing
-        # to stream (all refused, say) relies on the response's flush, as before.
+        # When every room batch streams, what gives their events positions is also what
+        # makes them durable: their own transaction's commit, flushed, when it found the
+        # stream lock free (migration 022), else the stream round after it (its commit
+        # flushes the WAL past theirs, and a round of another replica that positioned
+        # them first had seen them committed). The response is stored without a flush of
+        # its own (meanwhile, when there is a round), so the answer waits for one flush,
+        # not two; should a crash lose it, a retry finds no stored answer and is answered
+        # as a transaction of PDUs already stored. A batch with nothing to stream (all
+        # refused, say) relies on the response's flush, as before.
         streamed = bool(committed) and all(batch.streams for batch in committed)
         _, answer = await asyncio.gather(
             self._stream_committed(committed),
@@ -725,8 +726,9 @@ class InputPipeline:
         outcomes: list[Outcome] = []
         expected = 0 if kind is InputKind.OUTLIER else len(candidates)
         # A /send's batch (``committed``) takes its places in the stream queue with its
-        # head, and its commit skips the WAL flush: the transaction is answered only
-        # after the stream round or the stored response, whose commits flush past it.
+        # head, and its commit skips the WAL flush unless it gives its positions itself
+        # (the stream lock free): the transaction is answered only after the stream
+        # round or the stored response, whose commits flush past it.
         async with RoomBatch.transaction(
             self.core,
             self.pool,

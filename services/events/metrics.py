@@ -35,6 +35,13 @@ WRITES_ON_KEPT_HEADS = Counter(
     " lock was free) or a round after it (the lock was taken: rounds contend for it)",
     ["positioned_by"],
 )
+STREAMED_TRANSACTIONS = Counter(
+    "mxfed_events_streamed_room_transactions_total",
+    "Room transactions whose events are streamed, by who gave their stream positions: the"
+    " transaction itself just before its commit (the stream lock was free) or a round after"
+    " it (the lock was taken)",
+    ["positioned_by"],
+)
 LOCAL_EVENTS = Counter("mxfed_events_local_events_total", "Events built and stored here", ["type"])
 LOCAL_SEND_GROUPS = Histogram(
     "mxfed_events_local_send_group_size",

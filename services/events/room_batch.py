@@ -229,9 +229,12 @@ class _StateBefore(enum.Enum):
 
 
 class PositionedBy(enum.Enum):
-    """Who gave the stream positions of a write on kept heads (:meth:`RoomBatch.write`)."""
+    """Who gave the stream positions of a write on kept heads (:meth:`RoomBatch.write`) or
+    of a room transaction's streamed events."""
 
-    WRITE = "write"  # its own statement, the stream lock being free (migration 019)
+    # The write's own statement (migration 019), or the transaction just before its commit
+    # (022), the stream lock being free.
+    WRITE = "write"
     ROUND = "round"  # a round after its commit
 
 
@@ -364,7 +367,8 @@ class RoomBatch:
         unknown room; committed when the block ends, rolled back when it raises.
         ``events``: those to be added, what they are or cite loaded (:meth:`prefetch`),
         which of them the event cache lacks told stored or not with the head. ``stage``
-        times the opening as "room_open".
+        times the opening as "room_open". The batch's streamed events get their positions
+        just before the commit when the stream lock is free (:meth:`_position_at_commit`).
 
         ``known_head``: a head this process had (:meth:`known_head`) to open on without
         reading it, for local events that need no new state group (neither state events
@@ -396,6 +400,8 @@ class RoomBatch:
                 if head is not None and events:
                     await batch.prefetch(events, uncached, head.held)
             yield None if head is None else (batch, head)
+            positioned = await cls._position_at_commit(conn, [batch])
+        cls._positioned(core, [batch], positioned)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -414,8 +420,10 @@ class RoomBatch:
         into several rooms), begun with all their locks, the batches opened on their heads
         loaded in one round trip (unknown rooms left out) and what their ``events`` are or
         cite loaded. The rooms' batches run one after another on its connection;
-        :meth:`write_together` writes them. Committed when the block ends; rolled back when
-        it raises, nothing of any room stored then. ``streamed``: the batches take their
+        :meth:`write_together` writes them. Committed when the block ends (their streamed
+        events positioned just before when the stream lock is free:
+        :meth:`_position_at_commit`); rolled back when it raises, nothing of any room
+        stored then. ``streamed``: the batches take their
         places in the stream queue with their heads (the caller answers after the stream
         round, as for :func:`storage.room_head`). ``stage`` times the opening as
         "room_open". ``local_sends``: per room, the (sender, txn id) of each local send to
@@ -489,6 +497,36 @@ class RoomBatch:
                         await batch.prefetch(events_by_room[room_id], uncached[room_id], head.held)
                         opened[room_id] = batch
             yield opened
+            positioned = await cls._position_at_commit(conn, list(opened.values()))
+        cls._positioned(core, list(opened.values()), positioned)
+
+    @staticmethod
+    async def _position_at_commit(
+        conn: asyncpg.Connection, batches: Sequence[RoomBatch]
+    ) -> dict[str, int]:
+        """Just before the commit of a transaction whose batches stream events: their
+        positions, given in it when the stream lock is free (:func:`storage.position_if_free`:
+        its commit is then flushed and no round is waited for after it)."""
+        if not any(batch._to_stream for batch in batches):
+            return {}
+        positioned = await storage.position_if_free(conn)
+        metrics.STREAMED_TRANSACTIONS.labels(
+            PositionedBy.WRITE.value if positioned else PositionedBy.ROUND.value
+        ).inc()
+        return positioned
+
+    @staticmethod
+    def _positioned(
+        core: RoomsCore, batches: Sequence[RoomBatch], positioned: Mapping[str, int]
+    ) -> None:
+        """After the commit: the positions its transaction gave (:meth:`_position_at_commit`)
+        are its batches' (:attr:`positions`, which :meth:`stream_committed` asks no round
+        for) and, for rows of other callers it positioned, the next round's answer."""
+        if not positioned:
+            return
+        core.stream_positions.given(positioned)
+        for batch in batches:
+            batch.positions.update((e, positioned[e]) for e in batch._to_stream if e in positioned)
 
     async def open(self, expected_events: int) -> bool:
         """Lock the room (in the caller's transaction) and open on its head; False if the

@@ -330,7 +330,8 @@ async def room_transaction(
 
     ``flushed_by_round``: the caller answers only after a stream round, whose synchronous
     commit makes this one durable: the commit skips its WAL flush (as :func:`room_head`
-    does when it reserves places in the stream queue)."""
+    does when it reserves places in the stream queue), unless the transaction gives the
+    positions itself (:func:`position_if_free`), which then flushes its commit."""
     locks = "".join(f"; SELECT pg_advisory_xact_lock({key})" for key in room_lock_keys(room_ids))
     flush = "; SET LOCAL synchronous_commit = off" if flushed_by_round else ""
     try:
@@ -851,6 +852,17 @@ async def assign_stream_positions(conn: asyncpg.Connection) -> dict[str, int]:
         "SELECT assigned_event_id, assigned_position FROM events.assign_stream_positions()"
     )
     return {row["assigned_event_id"]: row["assigned_position"] for row in rows}
+
+
+async def position_if_free(conn: asyncpg.Connection) -> dict[str, int]:
+    """Inside a room transaction about to commit: when the stream lock is free, every
+    pending row it can see (committed ones and its own) gets its position, the lock is
+    held to the commit and that commit is flushed (migration 022); the events' ids →
+    positions. Empty when another holds the lock: a round after the commit positions them.
+    """
+    row = await conn.fetchrow("SELECT positioned_ids, positions FROM events.position_if_free()")
+    assert row is not None
+    return dict(zip(row["positioned_ids"], row["positions"], strict=True))
 
 
 async def stream_positions_of(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, int]:

@@ -495,3 +495,92 @@ async def test_rows_a_write_positioned_itself_are_answered_by_the_next_round_wit
 
     monkeypatch.setattr(storage, "stream_positions_of", looked_up)
     assert await asyncio.wait_for(positions.assign([event_id]), 30) == given
+
+
+def _transactions_positioned_by(who: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "mxfed_events_streamed_room_transactions_total", {"positioned_by": who}
+        )
+        or 0.0
+    )
+
+
+async def test_a_room_transaction_gives_positions_before_its_commit_when_the_lock_is_free(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents, monkeypatch: Any
+) -> None:
+    """A state event (a new state group: not on a kept head) is written in a room
+    transaction, which positions its event and the rows left pending before it, in their
+    order, and commits: no round after it (migration 022)."""
+    room_id, other = await _room(local), await _room(local)
+    reader = _Reader(events_pool, {room_id, other}, await _latest(events_pool))
+    async with events_pool.acquire() as conn, conn.transaction():
+        # Committed in another room; its replica died before its round.
+        _, orphan_id = await _write(conn, core, local, other, "orphan")
+    counted = _CountedRounds()
+    monkeypatch.setattr(storage, "assign_stream_positions", counted)
+    by_commit = _transactions_positioned_by("write")
+    sent_id, position = await local.send_event(room_id, ALICE, "m.room.topic", "", {"topic": "t"})
+    assert counted.rounds == 0
+    assert _transactions_positioned_by("write") == by_commit + 1
+    async with events_pool.acquire() as conn:
+        positions = await storage.stream_positions_of(conn, [orphan_id, sent_id])
+    assert positions == {orphan_id: position - 1, sent_id: position}
+    await reader.read()
+    assert reader.seen == [orphan_id, sent_id]
+
+
+async def test_a_room_transaction_commits_and_waits_for_a_round_while_the_lock_is_taken(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
+    by_round = _transactions_positioned_by("round")
+    async with events_pool.acquire() as holder:
+        await holder.execute("SELECT pg_advisory_lock($1)", STREAM_LOCK)
+        sending = asyncio.create_task(
+            local.send_event(room_id, ALICE, "m.room.topic", "", {"topic": "t"})
+        )
+        try:
+            # The transaction did not wait for the lock with the room's held: it committed
+            # the event unpositioned, and the round after it is the one waiting.
+            await wait_until(
+                lambda: _someone_waits_for_an_advisory_lock(events_pool),
+                interval=0.01,
+                what="the send's round waits for the stream lock",
+            )
+            pending = await holder.fetchval(
+                "SELECT count(*) FROM events.events WHERE room_id = $1"
+                " AND stream_pending IS NOT NULL",
+                room_id,
+            )
+            assert pending == 1
+            assert not sending.done()
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock($1)", STREAM_LOCK)
+    sent_id, position = await asyncio.wait_for(sending, 30)
+    await reader.read()
+    assert reader.seen == [sent_id]
+    assert reader.position == position
+    assert _transactions_positioned_by("round") == by_round + 1
+
+
+async def test_a_transaction_that_positions_its_rows_flushes_its_commit(
+    events_pool: asyncpg.Pool,
+) -> None:
+    """Told to commit without a flush (a round after it was to make it durable), a
+    transaction that took the stream lock and positioned its rows commits with one."""
+    async with events_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        await storage.position_if_free(conn)
+        assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "on"
+    async with events_pool.acquire() as holder, events_pool.acquire() as conn:
+        await holder.execute("SELECT pg_advisory_lock($1)", STREAM_LOCK)
+        try:
+            async with conn.transaction():
+                await conn.execute("SET LOCAL synchronous_commit = off")
+                assert await storage.position_if_free(conn) == {}
+                # Not taken: the round after the commit flushes it.
+                assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off"
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock($1)", STREAM_LOCK)
