@@ -289,6 +289,40 @@ class _Lookups:
     policy_rooms: set[str]
 
 
+@dataclass
+class _ResponseWithRooms:
+    """A /send's response, stored in its rooms' own database transaction when one holds
+    them all and each streams events: stored if and only if they are, durable with them
+    (the commit that gives their positions, or the round after it, flushes it), and no
+    statement or commit of its own after theirs. ``known``: the answers decided before
+    the rooms (PDUs refused for their format, signatures, origin, ACLs)."""
+
+    origin: str
+    txn_id: str
+    known: dict[str, dict[str, str]]
+    stored: str | None = None  # set once the rooms committed with it
+
+    async def store(
+        self,
+        conn: asyncpg.Connection,
+        batches: Collection[RoomBatch],
+        outcomes: Sequence[Sequence[Outcome]],
+    ) -> str | None:
+        """In the rooms' transaction, before its commit: the response stored, or None when
+        a room streams nothing (its commit is not flushed then: the response is stored
+        after it, with a flush of its own)."""
+        if not batches or not all(batch.streams for batch in batches):
+            return None
+        results = dict(self.known)
+        for room_outcomes in outcomes:
+            for outcome in room_outcomes:
+                results[outcome.event_id] = _answer(outcome)
+        response = encode_json({"pdus": results}).decode()
+        return await storage.store_transaction_response(
+            conn, self.origin, self.txn_id, response, now_ms()
+        )
+
+
 class InputPipeline:
     def __init__(
         self,
@@ -348,9 +382,15 @@ class InputPipeline:
         under its guard; its stored answer."""
         for label in refused:
             metrics.PDUS_RECEIVED.labels(label).inc()
+        with_rooms = _ResponseWithRooms(origin, txn_id, dict(results))
         (outcomes, committed), _ = await asyncio.gather(
-            self._transaction_pdus(origin, by_room), self.input_edus(origin, edus)
+            self._transaction_pdus(origin, by_room, with_rooms), self.input_edus(origin, edus)
         )
+        if with_rooms.stored is not None:
+            # Stored with the rooms: answered once their positions are given.
+            await self._stream_committed(committed)
+            metrics.TRANSACTIONS.labels("processed").inc()
+            return with_rooms.stored.encode()
         results.update(outcomes)
         response = encode_json({"pdus": results}).decode()
         # When every room batch streams, what gives their events positions is also what
@@ -445,10 +485,14 @@ class InputPipeline:
             return await storage.rooms_or_joins(conn, room_ids, now_ms() - int(JOIN_WAIT * 1000))
 
     async def _transaction_pdus(
-        self, origin: str, by_room: Mapping[str, list[CheckedPdu]]
+        self,
+        origin: str,
+        by_room: Mapping[str, list[CheckedPdu]],
+        with_rooms: _ResponseWithRooms | None = None,
     ) -> tuple[dict[str, dict[str, str]], list[RoomBatch]]:
         """The PDUs' answers, and the room batches committed, whose events the caller
-        streams (:meth:`RoomBatch.stream_committed`)."""
+        streams (:meth:`RoomBatch.stream_committed`). ``with_rooms``: the /send's response
+        to store with the rooms when one transaction holds them all."""
         results: dict[str, dict[str, str]] = {}
         candidates = [c for room in by_room.values() for c in room]
         # The database is asked what the rooms need while the keys service verifies.
@@ -491,7 +535,9 @@ class InputPipeline:
                 )
             # Filled gaps may have changed a room's current state: looked up again then.
             await self._sign_received(valid, None if gaps else lookups.policy_rooms)
-            outcomes, committed = await self._input_rooms(valid)
+            if with_rooms is not None:
+                with_rooms.known.update(results)
+            outcomes, committed = await self._input_rooms(valid, with_rooms)
         finally:
             metrics.BACKLOG.done({room_id: len(pending) for room_id, pending in valid.items()})
         for room_outcomes in outcomes:
@@ -500,7 +546,9 @@ class InputPipeline:
         return results, committed
 
     async def _input_rooms(
-        self, by_room: Mapping[str, list[CheckedPdu]]
+        self,
+        by_room: Mapping[str, list[CheckedPdu]],
+        with_rooms: _ResponseWithRooms | None = None,
     ) -> tuple[list[list[Outcome]], list[RoomBatch]]:
         """Steps 4–6 for a /send's rooms (as :meth:`_input_room` does for one): their
         outcomes, and the batches committed, whose events the caller streams.
@@ -509,12 +557,19 @@ class InputPipeline:
         commit, and a few round trips for all, rather than each room its own. Should that
         fail, each room goes again in its own transaction, in parallel, so that one
         room's error cannot lose the others' PDUs: the first error is raised once the
-        others are streamed."""
+        others are streamed. ``with_rooms``: the /send's response, stored in the
+        transaction that holds all the rooms (never in the rooms' own ones)."""
         rooms = {room_id: room for room_id, room in by_room.items() if room}
         committed: list[RoomBatch] = []
+        if len(rooms) == 1 and with_rooms is not None:
+            [(room_id, room)] = rooms.items()
+            outcomes = await self._input_room(
+                room_id, room, InputKind.NEW, committed=committed, with_rooms=with_rooms
+            )
+            return [outcomes], committed
         if len(rooms) > 1:
             try:
-                return await self._input_together(rooms, committed), committed
+                return await self._input_together(rooms, committed, with_rooms), committed
             except Exception:
                 log.warning("a /send's rooms failed together: each goes alone", exc_info=True)
         alone = await asyncio.gather(
@@ -531,13 +586,17 @@ class InputPipeline:
         return [result for result in alone if not isinstance(result, BaseException)], committed
 
     async def _input_together(
-        self, by_room: Mapping[str, list[CheckedPdu]], committed: list[RoomBatch]
+        self,
+        by_room: Mapping[str, list[CheckedPdu]],
+        committed: list[RoomBatch],
+        with_rooms: _ResponseWithRooms | None = None,
     ) -> list[list[Outcome]]:
         """The rooms' PDUs as NEW in one database transaction (:meth:`RoomBatch.together`),
         the rooms one after another; the batches are added to ``committed`` once it has
-        committed."""
+        committed. ``with_rooms``: the /send's response, stored in that transaction."""
         events = {room_id: [c.event for c in room] for room_id, room in by_room.items()}
         outcomes: list[list[Outcome]] = []
+        stored = None
         async with RoomBatch.together(
             self.core, self.pool, events, streamed=True, stage=self.clock.stage
         ) as batches:
@@ -546,6 +605,12 @@ class InputPipeline:
                     outcomes.append([await batch.add_live(c) for c in by_room[room_id]])
             async with self.clock.stage("persistence"):
                 await RoomBatch.write_together(list(batches.values()))
+            if with_rooms is not None and len(batches) == len(by_room):
+                async with self.clock.stage("store_response"):
+                    conn = next(iter(batches.values())).conn
+                    stored = await with_rooms.store(conn, batches.values(), outcomes)
+        if with_rooms is not None:
+            with_rooms.stored = stored
         for batch in batches.values():
             batch.cache_committed()
         committed.extend(batches.values())
@@ -715,11 +780,13 @@ class InputPipeline:
         kind: InputKind,
         state_before: Mapping[str, Sequence[str]] | None = None,
         committed: list[RoomBatch] | None = None,
+        with_rooms: _ResponseWithRooms | None = None,
     ) -> list[Outcome]:
         """Steps 4–6 for one room's PDUs (in the order given), in one :class:`RoomBatch`.
 
         ``committed``: the batch is added to it once committed, its events' stream
-        positions left to the caller (:meth:`RoomBatch.stream_committed`)."""
+        positions left to the caller (:meth:`RoomBatch.stream_committed`). ``with_rooms``:
+        the /send's response (of this room's PDUs alone), stored in the room's transaction."""
         if not candidates:
             return []
         state_before = state_before or {}
@@ -755,6 +822,12 @@ class InputPipeline:
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
                 await batch.write()
+            stored = None
+            if with_rooms is not None:
+                async with self.clock.stage("store_response"):
+                    stored = await with_rooms.store(batch.conn, [batch], [outcomes])
+        if with_rooms is not None:
+            with_rooms.stored = stored
         if committed is None:
             async with self.clock.stage("stream_positions"):
                 await batch.committed()

@@ -188,3 +188,53 @@ async def test_rooms_deleted_since_their_version_was_known_are_left_out_together
     alone = _rooms_written_alone(monkeypatch)
     assert await events.transaction(remote.name, pdus) == {"pdus": {}}
     assert alone == []
+
+
+async def _written_by(events: EventsService, origin: str, txn_id: str, event_ids: Any) -> set[str]:
+    """The database transactions (xmin) that wrote the /send's stored response and its
+    events: one when they were written together."""
+    async with events.pool.acquire() as conn:
+        response = await conn.fetchval(
+            "SELECT xmin::text FROM events.transactions WHERE origin = $1 AND txn_id = $2",
+            origin,
+            txn_id,
+        )
+        rows = await conn.fetch(
+            "SELECT xmin::text FROM events.events WHERE event_id = ANY($1::text[])",
+            list(event_ids),
+        )
+    assert response is not None and len(rows) == len(event_ids)
+    return {response, *(row["xmin"] for row in rows)}
+
+
+async def test_a_sends_response_is_stored_in_its_rooms_transaction(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    """Stored if and only if its rooms are, with no statement or commit of its own after
+    theirs: for one room, and for rooms written together."""
+    rooms, pdus, ids = await _rooms_with_pdus(events, remote, 1, 2)
+    answer = await events.transaction(remote.name, pdus, txn_id="one-room")
+    assert answer == {"pdus": {e: {} for e in ids[rooms[0]]}}
+    assert len(await _written_by(events, remote.name, "one-room", ids[rooms[0]])) == 1
+    rooms, pdus, ids = await _rooms_with_pdus(events, remote, 3, 1)
+    every = [e for room in ids.values() for e in room]
+    answer = await events.transaction(remote.name, pdus, txn_id="three-rooms")
+    assert answer == {"pdus": {e: {} for e in every}}
+    assert len(await _written_by(events, remote.name, "three-rooms", every)) == 1
+    # Retried, the stored answer comes back as it was.
+    assert await events.transaction(remote.name, pdus, txn_id="three-rooms") == answer
+
+
+async def test_a_response_whose_room_streams_nothing_is_stored_after_it_with_a_flush(
+    events: EventsService, remote: RemoteServer
+) -> None:
+    """A room transaction that streams nothing (its PDU rejected) is committed without a
+    flush: the response goes in a transaction of its own whose commit flushes them both."""
+    room_id, alice = await _public_room_with_remote_member(events, remote)
+    head = await events.head(room_id)
+    power, power_id = remote.pdu(
+        head, "m.room.power_levels", alice, {"users": {alice: 100}}, "", advance=False
+    )
+    answer = await events.transaction(remote.name, [power], txn_id="rejected")
+    assert answer["pdus"][power_id]["error"].startswith("rejected")
+    assert len(await _written_by(events, remote.name, "rejected", [power_id])) == 2
