@@ -71,7 +71,7 @@ from services.events.pdu_checks import (
 )
 from services.events.policy import PolicyServers
 from services.events.reads import server_acl_allows
-from services.events.room_batch import RoomBatch, RoomsCore, auth_order
+from services.events.room_batch import AtCommit, RoomBatch, RoomsCore, auth_order
 from services.events.storage import Status
 
 log = logging.getLogger(__name__)
@@ -293,8 +293,9 @@ class _Lookups:
 class _ResponseWithRooms:
     """A /send's response, stored in its rooms' own database transaction when one holds
     them all and each streams events: stored if and only if they are, durable with them
-    (the commit that gives their positions, or the round after it, flushes it), and no
-    statement or commit of its own after theirs. ``known``: the answers decided before
+    (the commit that gives their positions, or the round after it, flushes it), in the
+    statement that gives those positions (:class:`AtCommit`): no statement, connection or
+    commit of its own after theirs. ``known``: the answers decided before
     the rooms (PDUs refused for their format, signatures, origin, ACLs)."""
 
     origin: str
@@ -302,24 +303,24 @@ class _ResponseWithRooms:
     known: dict[str, dict[str, str]]
     stored: str | None = None  # set once the rooms committed with it
 
-    async def store(
+    def at_commit(
         self,
-        conn: asyncpg.Connection,
+        at_commit: AtCommit,
         batches: Collection[RoomBatch],
         outcomes: Sequence[Sequence[Outcome]],
-    ) -> str | None:
-        """In the rooms' transaction, before its commit: the response stored, or None when
-        a room streams nothing (its commit is not flushed then: the response is stored
-        after it, with a flush of its own)."""
+    ) -> None:
+        """In the rooms' transaction, their events written: the response for it to store
+        with their positions (:class:`AtCommit`), unless a room streams nothing (its commit
+        is not flushed then: the response is stored after it, with a flush of its own)."""
         if not batches or not all(batch.streams for batch in batches):
-            return None
+            return
         results = dict(self.known)
         for room_outcomes in outcomes:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)
         response = encode_json({"pdus": results}).decode()
-        return await storage.store_transaction_response(
-            conn, self.origin, self.txn_id, response, now_ms()
+        at_commit.response = storage.TransactionResponse(
+            self.origin, self.txn_id, response, now_ms()
         )
 
 
@@ -596,9 +597,9 @@ class InputPipeline:
         committed. ``with_rooms``: the /send's response, stored in that transaction."""
         events = {room_id: [c.event for c in room] for room_id, room in by_room.items()}
         outcomes: list[list[Outcome]] = []
-        stored = None
+        at_commit = AtCommit()
         async with RoomBatch.together(
-            self.core, self.pool, events, streamed=True, stage=self.clock.stage
+            self.core, self.pool, events, streamed=True, stage=self.clock.stage, at_commit=at_commit
         ) as batches:
             async with self.clock.stage("checks_and_state"):
                 for room_id, batch in batches.items():
@@ -606,11 +607,9 @@ class InputPipeline:
             async with self.clock.stage("persistence"):
                 await RoomBatch.write_together(list(batches.values()))
             if with_rooms is not None and len(batches) == len(by_room):
-                async with self.clock.stage("store_response"):
-                    conn = next(iter(batches.values())).conn
-                    stored = await with_rooms.store(conn, batches.values(), outcomes)
+                with_rooms.at_commit(at_commit, batches.values(), outcomes)
         if with_rooms is not None:
-            with_rooms.stored = stored
+            with_rooms.stored = at_commit.stored
         for batch in batches.values():
             batch.cache_committed()
         committed.extend(batches.values())
@@ -792,6 +791,7 @@ class InputPipeline:
         state_before = state_before or {}
         outcomes: list[Outcome] = []
         expected = 0 if kind is InputKind.OUTLIER else len(candidates)
+        at_commit = AtCommit()
         # A /send's batch (``committed``) takes its places in the stream queue with its
         # head, and its commit skips the WAL flush unless it gives its positions itself
         # (the stream lock free): the transaction is answered only after the stream
@@ -804,6 +804,7 @@ class InputPipeline:
             stream_orders=0 if committed is None else len(candidates),
             events=[c.event for c in candidates],
             stage=self.clock.stage,
+            at_commit=at_commit,
         ) as opened:
             if opened is None:
                 return []
@@ -822,12 +823,10 @@ class InputPipeline:
                     outcomes.append(outcome)
             async with self.clock.stage("persistence"):
                 await batch.write()
-            stored = None
             if with_rooms is not None:
-                async with self.clock.stage("store_response"):
-                    stored = await with_rooms.store(batch.conn, [batch], [outcomes])
+                with_rooms.at_commit(at_commit, [batch], [outcomes])
         if with_rooms is not None:
-            with_rooms.stored = stored
+            with_rooms.stored = at_commit.stored
         if committed is None:
             async with self.clock.stage("stream_positions"):
                 await batch.committed()

@@ -228,6 +228,18 @@ class _StateBefore(enum.Enum):
     GIVEN = enum.auto()  # always the caller's state
 
 
+@dataclass
+class AtCommit:
+    """What a room transaction (:meth:`RoomBatch.transaction`, :meth:`RoomBatch.together`)
+    writes with the positions it gives just before its commit: a /send's ``response``,
+    set by the caller inside the block when every batch streams events; once committed,
+    the response as ``stored`` (one stored before wins), or None if it was not (no batch
+    streamed anything)."""
+
+    response: storage.TransactionResponse | None = None
+    stored: str | None = None
+
+
 class PositionedBy(enum.Enum):
     """Who gave the stream positions of a write on kept heads (:meth:`RoomBatch.write`) or
     of a room transaction's streamed events."""
@@ -361,6 +373,7 @@ class RoomBatch:
         events: Collection[Event] = (),
         stage: Stage = untimed,
         known_head: RoomHead | None = None,
+        at_commit: AtCommit | None = None,
     ) -> AsyncIterator[tuple[RoomBatch, RoomHead] | None]:
         """A database transaction on the room (:func:`storage.room_transaction`: begun with
         its lock) and the batch opened on its head (:meth:`open_locked`), or None for an
@@ -368,7 +381,8 @@ class RoomBatch:
         ``events``: those to be added, what they are or cite loaded (:meth:`prefetch`),
         which of them the event cache lacks told stored or not with the head. ``stage``
         times the opening as "room_open". The batch's streamed events get their positions
-        just before the commit when the stream lock is free (:meth:`_position_at_commit`).
+        just before the commit when the stream lock is free (:meth:`_position_at_commit`),
+        with what ``at_commit`` holds.
 
         ``known_head``: a head this process had (:meth:`known_head`) to open on without
         reading it, for local events that need no new state group (neither state events
@@ -400,8 +414,10 @@ class RoomBatch:
                 if head is not None and events:
                     await batch.prefetch(events, uncached, head.held)
             yield None if head is None else (batch, head)
-            positioned = await cls._position_at_commit(conn, [batch])
+            positioned, stored = await cls._position_at_commit(conn, [batch], at_commit)
         cls._positioned(core, [batch], positioned)
+        if at_commit is not None:
+            at_commit.stored = stored
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -415,6 +431,7 @@ class RoomBatch:
         stage: Stage = untimed,
         local_sends: Mapping[str, Sequence[tuple[str, str]]] | None = None,
         known_heads: Mapping[str, RoomHead] | None = None,
+        at_commit: AtCommit | None = None,
     ) -> AsyncIterator[dict[str, RoomBatch]]:
         """One database transaction for several rooms (those of a /send, or local sends
         into several rooms), begun with all their locks, the batches opened on their heads
@@ -422,8 +439,8 @@ class RoomBatch:
         cite loaded. The rooms' batches run one after another on its connection;
         :meth:`write_together` writes them. Committed when the block ends (their streamed
         events positioned just before when the stream lock is free:
-        :meth:`_position_at_commit`); rolled back when it raises, nothing of any room
-        stored then. ``streamed``: the batches take their
+        :meth:`_position_at_commit`, with what ``at_commit`` holds); rolled back when it
+        raises, nothing of any room stored then. ``streamed``: the batches take their
         places in the stream queue with their heads (the caller answers after the stream
         round, as for :func:`storage.room_head`). ``stage`` times the opening as
         "room_open". ``local_sends``: per room, the (sender, txn id) of each local send to
@@ -497,23 +514,29 @@ class RoomBatch:
                         await batch.prefetch(events_by_room[room_id], uncached[room_id], head.held)
                         opened[room_id] = batch
             yield opened
-            positioned = await cls._position_at_commit(conn, list(opened.values()))
+            positioned, stored = await cls._position_at_commit(
+                conn, list(opened.values()), at_commit
+            )
         cls._positioned(core, list(opened.values()), positioned)
+        if at_commit is not None:
+            at_commit.stored = stored
 
     @staticmethod
     async def _position_at_commit(
-        conn: asyncpg.Connection, batches: Sequence[RoomBatch]
-    ) -> dict[str, int]:
+        conn: asyncpg.Connection, batches: Sequence[RoomBatch], at_commit: AtCommit | None
+    ) -> tuple[dict[str, int], str | None]:
         """Just before the commit of a transaction whose batches stream events: their
         positions, given in it when the stream lock is free (:func:`storage.position_if_free`:
-        its commit is then flushed and no round is waited for after it)."""
+        its commit is then flushed and no round is waited for after it), and the
+        response ``at_commit`` holds as stored in the same statement."""
         if not any(batch._to_stream for batch in batches):
-            return {}
-        positioned = await storage.position_if_free(conn)
+            return {}, None
+        response = at_commit.response if at_commit is not None else None
+        positioned, stored = await storage.position_if_free(conn, response)
         metrics.STREAMED_TRANSACTIONS.labels(
             PositionedBy.WRITE.value if positioned else PositionedBy.ROUND.value
         ).inc()
-        return positioned
+        return positioned, stored
 
     @staticmethod
     def _positioned(

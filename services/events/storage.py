@@ -854,15 +854,42 @@ async def assign_stream_positions(conn: asyncpg.Connection) -> dict[str, int]:
     return {row["assigned_event_id"]: row["assigned_position"] for row in rows}
 
 
-async def position_if_free(conn: asyncpg.Connection) -> dict[str, int]:
+@dataclass(frozen=True)
+class TransactionResponse:
+    """A /send's response to store (``events.transactions``)."""
+
+    origin: str
+    txn_id: str
+    response_json: str
+    received_ts: int
+
+
+async def position_if_free(
+    conn: asyncpg.Connection, response: TransactionResponse | None = None
+) -> tuple[dict[str, int], str | None]:
     """Inside a room transaction about to commit: when the stream lock is free, every
     pending row it can see (committed ones and its own) gets its position, the lock is
     held to the commit and that commit is flushed (migration 022); the events' ids →
-    positions. Empty when another holds the lock: a round after the commit positions them.
-    """
-    row = await conn.fetchrow("SELECT positioned_ids, positions FROM events.position_if_free()")
+    positions, empty when another holds the lock (a round after the commit positions
+    them). ``response``: stored in the same statement unless one is stored already; the
+    stored one is returned (None without ``response``)."""
+    row = await conn.fetchrow(
+        "WITH stored AS ("
+        "  INSERT INTO events.transactions (origin, txn_id, response_json, received_ts)"
+        "  SELECT $1, $2, $3, $4 WHERE $1::text IS NOT NULL"
+        "  ON CONFLICT (origin, txn_id) DO NOTHING RETURNING response_json)"
+        " SELECT p.positioned_ids, p.positions, coalesce((SELECT response_json FROM stored),"
+        "   (SELECT t.response_json FROM events.transactions t"
+        "     WHERE t.origin = $1 AND t.txn_id = $2)) AS response_json"
+        " FROM events.position_if_free() p",
+        response.origin if response else None,
+        response.txn_id if response else None,
+        response.response_json if response else None,
+        response.received_ts if response else None,
+    )
     assert row is not None
-    return dict(zip(row["positioned_ids"], row["positions"], strict=True))
+    positions = dict(zip(row["positioned_ids"], row["positions"], strict=True))
+    return positions, row["response_json"]
 
 
 async def stream_positions_of(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, int]:

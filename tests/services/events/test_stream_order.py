@@ -579,8 +579,24 @@ async def test_a_transaction_that_positions_its_rows_flushes_its_commit(
         try:
             async with conn.transaction():
                 await conn.execute("SET LOCAL synchronous_commit = off")
-                assert await storage.position_if_free(conn) == {}
+                assert await storage.position_if_free(conn) == ({}, None)
                 # Not taken: the round after the commit flushes it.
                 assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off"
         finally:
             await holder.execute("SELECT pg_advisory_unlock($1)", STREAM_LOCK)
+
+
+async def test_a_response_stored_with_the_positions_keeps_one_stored_before(
+    events_pool: asyncpg.Pool,
+) -> None:
+    origin, txn_id = "remote.test", secrets.token_hex(8)
+    first = storage.TransactionResponse(origin, txn_id, '{"pdus":{"$a":{}}}', 1)
+    again = storage.TransactionResponse(origin, txn_id, '{"pdus":{}}', 2)
+    async with events_pool.acquire() as conn:
+        async with conn.transaction():
+            _, stored = await storage.position_if_free(conn, first)
+        assert stored == first.response_json
+        async with conn.transaction():
+            _, stored = await storage.position_if_free(conn, again)
+        assert stored == first.response_json
+        assert await storage.stored_transaction_response(conn, origin, txn_id) == stored
