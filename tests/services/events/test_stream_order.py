@@ -439,6 +439,29 @@ async def test_a_lone_send_gives_positions_in_its_own_statement_to_rows_left_pen
     assert reader.seen == [orphan_id, sent_id]
 
 
+async def test_a_lone_send_that_takes_the_stream_lock_inserts_its_event_positioned(
+    events_pool: asyncpg.Pool, local: LocalEvents
+) -> None:
+    """Never pending (migration 023): not inserted and then rewritten with its position,
+    which would take a place in the stream queue and leave a dead row version behind."""
+    room_id = await _room(local)
+    await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "first"})
+    orders = "SELECT last_value FROM events.stream_pending_order"
+    async with events_pool.acquire() as conn:
+        before = await conn.fetchval(orders)
+        by_write = _writes_positioned_by("write")
+        sent_id, position = await local.send_event(
+            room_id, ALICE, "m.room.message", None, {"body": "second"}
+        )
+        assert _writes_positioned_by("write") == by_write + 1
+        assert await conn.fetchval(orders) == before
+        row = await conn.fetchrow(
+            "SELECT stream_position, stream_pending FROM events.events WHERE event_id = $1",
+            sent_id,
+        )
+    assert (row["stream_position"], row["stream_pending"]) == (position, None)
+
+
 async def test_a_lone_send_commits_and_waits_for_a_round_while_the_stream_lock_is_taken(
     events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
 ) -> None:
