@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from mxfed.database import create_pool
 from mxfed.process_metrics import ServerMetrics, client_interceptors, measure_loop_lag
 from tests.support.databases import create_database, drop_database
+from tests.support.polling import wait_until
 
 CHECK = "/grpc.health.v1.Health/Check"
 
@@ -44,6 +45,17 @@ async def test_calls_are_counted_and_timed_at_both_ends_by_status() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await stub.Check(health_pb2.HealthCheckRequest(service="nope"))
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    # An aborted call's status reaches the client before its handler has returned (abort
+    # sends it, then raises): the server counts it when the handler ends, which a stop
+    # meanwhile would cancel.
+    await wait_until(
+        lambda: all(
+            _value("mxfed_grpc_server_handled_total", method=CHECK, code=code)
+            == before[("server", code)] + 1
+            for code in ("OK", "NOT_FOUND")
+        ),
+        what="the server's handlers ended and counted",
+    )
     await server.stop(0)
     for end in ("server", "client"):
         for code in ("OK", "NOT_FOUND"):
