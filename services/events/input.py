@@ -301,13 +301,16 @@ class _ResponseWithRooms:
     origin: str
     txn_id: str
     known: dict[str, dict[str, str]]
-    stored: str | None = None  # set once the rooms committed with it
+    # Given to the rooms' transaction; what it stored once committed.
+    at_commit: AtCommit = field(default_factory=AtCommit)
 
-    def at_commit(
-        self,
-        at_commit: AtCommit,
-        batches: Collection[RoomBatch],
-        outcomes: Sequence[Sequence[Outcome]],
+    @property
+    def stored(self) -> str | None:
+        """The response as stored with the rooms (None: not stored with them)."""
+        return self.at_commit.stored
+
+    def prepare(
+        self, batches: Collection[RoomBatch], outcomes: Sequence[Sequence[Outcome]]
     ) -> None:
         """In the rooms' transaction, their events written: the response for it to store
         with their positions (:class:`AtCommit`), unless a room streams nothing (its commit
@@ -319,7 +322,7 @@ class _ResponseWithRooms:
             for outcome in room_outcomes:
                 results[outcome.event_id] = _answer(outcome)
         response = encode_json({"pdus": results}).decode()
-        at_commit.response = storage.TransactionResponse(
+        self.at_commit.response = storage.TransactionResponse(
             self.origin, self.txn_id, response, now_ms()
         )
 
@@ -597,7 +600,7 @@ class InputPipeline:
         committed. ``with_rooms``: the /send's response, stored in that transaction."""
         events = {room_id: [c.event for c in room] for room_id, room in by_room.items()}
         outcomes: list[list[Outcome]] = []
-        at_commit = AtCommit()
+        at_commit = with_rooms.at_commit if with_rooms is not None else None
         async with RoomBatch.together(
             self.core, self.pool, events, streamed=True, stage=self.clock.stage, at_commit=at_commit
         ) as batches:
@@ -607,9 +610,7 @@ class InputPipeline:
             async with self.clock.stage("persistence"):
                 await RoomBatch.write_together(list(batches.values()))
             if with_rooms is not None and len(batches) == len(by_room):
-                with_rooms.at_commit(at_commit, batches.values(), outcomes)
-        if with_rooms is not None:
-            with_rooms.stored = at_commit.stored
+                with_rooms.prepare(batches.values(), outcomes)
         for batch in batches.values():
             batch.cache_committed()
         committed.extend(batches.values())
@@ -791,7 +792,6 @@ class InputPipeline:
         state_before = state_before or {}
         outcomes: list[Outcome] = []
         expected = 0 if kind is InputKind.OUTLIER else len(candidates)
-        at_commit = AtCommit()
         # A /send's batch (``committed``) takes its places in the stream queue with its
         # head, and its commit skips the WAL flush unless it gives its positions itself
         # (the stream lock free): the transaction is answered only after the stream
@@ -804,7 +804,7 @@ class InputPipeline:
             stream_orders=0 if committed is None else len(candidates),
             events=[c.event for c in candidates],
             stage=self.clock.stage,
-            at_commit=at_commit,
+            at_commit=with_rooms.at_commit if with_rooms is not None else None,
         ) as opened:
             if opened is None:
                 return []
@@ -824,9 +824,7 @@ class InputPipeline:
             async with self.clock.stage("persistence"):
                 await batch.write()
             if with_rooms is not None:
-                with_rooms.at_commit(at_commit, [batch], [outcomes])
-        if with_rooms is not None:
-            with_rooms.stored = at_commit.stored
+                with_rooms.prepare([batch], [outcomes])
         if committed is None:
             async with self.clock.stage("stream_positions"):
                 await batch.committed()

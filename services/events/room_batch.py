@@ -415,9 +415,7 @@ class RoomBatch:
                     await batch.prefetch(events, uncached, head.held)
             yield None if head is None else (batch, head)
             positioned, stored = await cls._position_at_commit(conn, [batch], at_commit)
-        cls._positioned(core, [batch], positioned)
-        if at_commit is not None:
-            at_commit.stored = stored
+        cls._positioned(core, [batch], positioned, at_commit, stored)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -517,9 +515,7 @@ class RoomBatch:
             positioned, stored = await cls._position_at_commit(
                 conn, list(opened.values()), at_commit
             )
-        cls._positioned(core, list(opened.values()), positioned)
-        if at_commit is not None:
-            at_commit.stored = stored
+        cls._positioned(core, list(opened.values()), positioned, at_commit, stored)
 
     @staticmethod
     async def _position_at_commit(
@@ -540,11 +536,19 @@ class RoomBatch:
 
     @staticmethod
     def _positioned(
-        core: RoomsCore, batches: Sequence[RoomBatch], positioned: Mapping[str, int]
+        core: RoomsCore,
+        batches: Sequence[RoomBatch],
+        positioned: Mapping[str, int],
+        at_commit: AtCommit | None = None,
+        stored: str | None = None,
     ) -> None:
-        """After the commit: the positions its transaction gave (:meth:`_position_at_commit`)
-        are its batches' (:attr:`positions`, which :meth:`stream_committed` asks no round
-        for) and, for rows of other callers it positioned, the next round's answer."""
+        """After the commit: the positions its transaction or write gave
+        (:meth:`_position_at_commit`, :meth:`_write_alone`) are its batches'
+        (:attr:`positions`, which :meth:`stream_committed` asks no round for) and, for rows
+        of other callers it positioned, the next round's answer; the response stored with
+        them is ``at_commit``'s."""
+        if at_commit is not None:
+            at_commit.stored = stored
         if not positioned:
             return
         core.stream_positions.given(positioned)
@@ -706,12 +710,9 @@ class RoomBatch:
         metrics.WRITES_ON_KEPT_HEADS.labels(
             PositionedBy.WRITE.value if positions else PositionedBy.ROUND.value
         ).inc()
-        if positions:
-            # The statement took the stream lock and gave the positions (its commit
-            # flushed): no round to wait for (:meth:`stream_committed`).
-            batches[0][0].core.stream_positions.given(positions)
-            for batch, _ in batches:
-                batch.positions = {e: positions[e] for e in batch._to_stream if e in positions}
+        # When the statement took the stream lock it gave the positions (its commit
+        # flushed): no round to wait for (:meth:`stream_committed`).
+        RoomBatch._positioned(batches[0][0].core, [batch for batch, _ in batches], positions)
 
     def _writes_only_events(self) -> bool:
         """Whether the batch writes nothing but new events, their edges, the forward
