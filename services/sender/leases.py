@@ -14,7 +14,8 @@ Two layers, both in PostgreSQL:
   destination's lease (``destinations.lease_owner`` / ``lease_expires_at``,
   database clock). A lease is taken only when free or expired, with
   ``FOR UPDATE SKIP LOCKED``, and the heartbeat renews every lease its replica
-  holds in one statement; a replica that dies stops renewing and its leases
+  holds in one statement (those it gave up are not renewed, even when giving one
+  back failed: it expires); a replica that dies stops renewing and its leases
   expire after ``lease_seconds``. A replica that restarts under the same
   name (``instance_name``: host or pod name) takes its previous run's leases
   back when it starts, and a clean stop gives them back, so only a replica
@@ -96,7 +97,10 @@ class Membership:
         if replicas != self.replicas:
             log.info("sender replicas changed", extra={"replicas": replicas})
         self.replicas = replicas
-        self.held = await self.storage.renew(self.instance_id, self.lease_seconds)
+        asked = set(self.held)
+        renewed = await self.storage.renew(self.instance_id, self.lease_seconds, sorted(asked))
+        # Lost: asked for and not renewed; claimed meanwhile: kept; released meanwhile: gone.
+        self.held = (self.held - asked) | (self.held & renewed)
         return replicas, self.held
 
     async def run(self, on_beat: Callable[[], Awaitable[None]]) -> None:

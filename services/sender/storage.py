@@ -435,19 +435,26 @@ class SenderStorage:
         )
         return [row["destination"] for row in rows]
 
-    async def renew(self, instance_id: str, lease_seconds: float) -> set[str]:
-        """Extend every lease this replica still holds; return those destinations."""
+    async def renew(
+        self, instance_id: str, lease_seconds: float, destinations: Sequence[str]
+    ) -> set[str]:
+        """Extend the leases of ``destinations`` this replica still holds; return those.
+
+        Only those the replica means to keep: a lease it gave up but could not give back
+        (a release that failed) is left to expire, not renewed for as long as it lives."""
         # Rows are locked in destination order, as next_transactions locks
         # them, so a renewal and a batch of transactions never deadlock.
         rows = await self.pool.fetch(
             "WITH mine AS (SELECT destination FROM sender.destinations"
-            "  WHERE lease_owner = $1 AND lease_expires_at > now()"
+            "  WHERE destination = ANY($3::text[])"
+            "    AND lease_owner = $1 AND lease_expires_at > now()"
             "  ORDER BY destination FOR UPDATE)"
             " UPDATE sender.destinations d"
             " SET lease_expires_at = now() + make_interval(secs => $2)"
             " FROM mine WHERE d.destination = mine.destination RETURNING d.destination",
             instance_id,
             lease_seconds,
+            list(destinations),
         )
         return {row["destination"] for row in rows}
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.sender.leases import preferred_replica
+import asyncpg
+import pytest
+
+from services.sender.leases import Membership, preferred_replica
 from services.sender.storage import LeaseLost, SenderStorage
 from tests.support.polling import wait_until
 from tests.support.sender_queues import queue_pdus
@@ -171,3 +174,39 @@ async def test_a_clean_stop_hands_over_at_once(
     owners = await lease_owners(sender_storage)
     assert leaving.instance_id not in owners.values()
     assert staying.instance_id in owners.values()
+
+
+async def test_a_lease_that_could_not_be_given_back_expires_instead_of_being_renewed(
+    sender_storage: SenderStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stops gives its lease back; should that statement fail, the replica
+    no longer renews the lease (it expires), rather than keep it, unworked, for as long
+    as it lives, so another replica can take the destination."""
+    await queue_pdus(sender_storage, ["x.example"], 1)
+    storage = SenderStorage(sender_storage.pool)
+    membership = Membership(storage, "one", lease_seconds=1.0, heartbeat_interval=0.1)
+
+    async def no_op() -> None:
+        return None
+
+    beating = asyncio.create_task(membership.run(no_op))
+    try:
+        assert await membership.claim(["x.example"]) == ["x.example"]
+        await wait_until(lambda: len(membership.replicas) == 1 and membership.held)
+
+        async def fails(instance_id: str, destinations: list[str]) -> None:
+            raise asyncpg.LockNotAvailableError("could not give it back")
+
+        monkeypatch.setattr(storage, "release_many", fails)
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await membership.release("x.example")
+        # Still "one"'s in the table, but no longer renewed: another replica gets it.
+        await wait_until(
+            lambda: sender_storage.claim("two", ["x.example"], 30),
+            what="the lease expired and was taken by another replica",
+        )
+        assert await lease_owners(sender_storage) == {"x.example": "two"}
+        assert "x.example" not in membership.held
+    finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
