@@ -13,7 +13,10 @@ merged. What differs from the supervised run:
 - every metrics port serves the one process's metrics (the counters of every
   part; a process-wide gauge such as ``mxfed_serving`` or the database pool's
   shows one of the parts);
-- log records name their part as usual (:data:`mxfed.logs.CURRENT_PART`).
+- log records name their part as usual (:data:`mxfed.logs.CURRENT_PART`), and so do
+  trace spans (service name ``mxfed-<part>``);
+- one copy of the server block and allow lists serves every part (each part's
+  follower refreshes it; the first to see a change logs it).
 
 Preparation (signing key, TLS pair, internal certificates, the database
 found or embedded and claimed) is the supervisor's, so the data directory

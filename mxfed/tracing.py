@@ -1,7 +1,8 @@
 """OpenTelemetry tracing across the parts: off unless ``tracing_otlp_endpoint`` is set.
 
 When on, each process exports its spans over OTLP/HTTP (service name
-``mxfed-<part>``) and traces follow a request through every hop:
+``mxfed-<part>``; in a single-process run each part's spans still carry its
+own) and traces follow a request through every hop:
 
 - the gateway opens a server span per federation request (ASGI middleware,
   outermost, so the access log records its trace id);
@@ -30,11 +31,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from mxfed.config import Config
+from mxfed.logs import CURRENT_PART
 from mxfed.startup import StartupError
 
 log = logging.getLogger(__name__)
 
 _enabled = False
+# The installed provider (:func:`_part_tracer_provider`), once tracing is on.
+_parts: Any = None
 
 
 def enabled() -> bool:
@@ -45,41 +49,36 @@ def enabled() -> bool:
 def setup_tracing(part: str, config: Config, exporter: Any = None) -> bool:
     """Install tracing for this process when configured; returns whether it is on.
 
-    ``exporter`` replaces the OTLP exporter (tests pass an in-memory one).
+    ``exporter`` replaces the OTLP exporter (tests pass an in-memory one). In a
+    single-process run every part calls this: the first installs tracing, each adds
+    its own service name (:func:`_part_tracer_provider`).
     """
-    global _enabled
+    global _enabled, _parts
     if not config.tracing_otlp_endpoint and exporter is None:
         return False
-    if _enabled:  # single-process mode: one provider for every part, named by the first
+    if _parts is not None:
+        _parts.add_part(part)
         return True
     try:
         from opentelemetry import trace
         from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
     except ImportError as exc:
         raise StartupError(
             f"tracing_otlp_endpoint is set but the tracing packages are missing ({exc.name})",
             "install them (pip install 'mxfed[tracing]') or unset tracing_otlp_endpoint",
         ) from None
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": f"mxfed-{part}"}),
-        sampler=ParentBased(TraceIdRatioBased(config.tracing_sample_ratio)),
-    )
     if exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        processor = SimpleSpanProcessor(exporter)
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=config.tracing_otlp_endpoint))
-        )
-    trace.set_tracer_provider(provider)
-    AsyncPGInstrumentor().instrument(tracer_provider=provider)
-    AioHttpClientInstrumentor().instrument(tracer_provider=provider)
+        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=config.tracing_otlp_endpoint))
+    _parts = _part_tracer_provider(processor, config.tracing_sample_ratio, part)
+    trace.set_tracer_provider(_parts)
+    AsyncPGInstrumentor().instrument(tracer_provider=_parts)
+    AioHttpClientInstrumentor().instrument(tracer_provider=_parts)
     _enabled = True
     log.info(
         "tracing on",
@@ -89,6 +88,65 @@ def setup_tracing(part: str, config: Config, exporter: Any = None) -> bool:
         },
     )
     return True
+
+
+def _part_tracer_provider(processor: Any, sample_ratio: float, first_part: str) -> Any:
+    """A tracer provider with one SDK provider per part (service name ``mxfed-<part>``)
+    sharing ``processor``: a span goes to the provider of the part whose task starts it
+    (:data:`mxfed.logs.CURRENT_PART`, set by each part's task in a single-process run;
+    otherwise this process's one part). Instrumentations and the grpc interceptors take
+    their tracers once, so the part is chosen per span, not per tracer."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    class PartTracer(trace.Tracer):
+        def __init__(self, parts: PartTracerProvider, args: Any, kwargs: Any) -> None:
+            self._parts = parts
+            self._args = args
+            self._kwargs = kwargs
+            self._by_part: dict[str, trace.Tracer] = {}
+
+        def _tracer(self) -> trace.Tracer:
+            part = self._parts.part()
+            tracer = self._by_part.get(part)
+            if tracer is None:
+                provider = self._parts.providers[part]
+                tracer = self._by_part[part] = provider.get_tracer(*self._args, **self._kwargs)
+            return tracer
+
+        def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+            return self._tracer().start_span(*args, **kwargs)
+
+        def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+            return self._tracer().start_as_current_span(*args, **kwargs)
+
+    class PartTracerProvider(trace.TracerProvider):
+        def __init__(self) -> None:
+            self.providers: dict[str, TracerProvider] = {}
+            self.add_part(first_part)
+
+        def add_part(self, part: str) -> None:
+            if part not in self.providers:
+                provider = TracerProvider(
+                    resource=Resource.create({"service.name": f"mxfed-{part}"}),
+                    sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+                )
+                provider.add_span_processor(processor)
+                self.providers[part] = provider
+
+        def part(self) -> str:
+            part = CURRENT_PART.get()
+            return part if part in self.providers else first_part
+
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+            return PartTracer(self, args, kwargs)
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return bool(processor.force_flush(timeout_millis))
+
+    return PartTracerProvider()
 
 
 def server_interceptors() -> list[Any]:
