@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.support import mxfed_process
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.ports import HeldPort
@@ -14,6 +15,21 @@ from tests.support.scene import Scene, start_scene, stop_scene
 
 # The keys service fixtures (and the gateway wired to it), for every test.
 pytest_plugins = ["tests.support.keys_service"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{mxfed_process.WHOLE_STACK}: starts a whole mxfed in the pass's mode; "
+        "MXFED_TEST_SINGLE_PROCESS=1 -m whole_stack runs these against mxfed run "
+        "--single-process",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before the test's fixtures: a module's whole mxfed starts in its first test's setup.
+    mxfed_process.running_test = item
 
 
 @pytest.fixture(scope="session")

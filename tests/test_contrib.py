@@ -20,6 +20,8 @@ import yaml
 from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import PARTS, MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib"
 RULES = CONTRIB / "prometheus" / "alerts.yml"
 DASHBOARD = CONTRIB / "grafana" / "mxfed.json"

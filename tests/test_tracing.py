@@ -27,6 +27,8 @@ from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.join_resident import V10, Resident, add_routes
 from tests.support.mxfed_process import MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 PATIENCE = 30.0
 
 

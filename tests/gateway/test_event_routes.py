@@ -18,6 +18,8 @@ from mxfed_api.events.v1 import events_pb2
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.scene import Room, Scene
 
+pytestmark = pytest.mark.whole_stack
+
 V1 = "/_matrix/federation/v1"
 
 

@@ -15,6 +15,8 @@ import pytest
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.scene import Room, Scene
 
+pytestmark = pytest.mark.whole_stack
+
 V1 = "/_matrix/federation/v1"
 
 

@@ -20,6 +20,8 @@ import pytest
 from mxfed_api.events.v1 import events_pb2
 from tests.support.partial_resident import MEMBER, BigRoom, JoinerScene
 
+pytestmark = pytest.mark.whole_stack
+
 
 @pytest.fixture(scope="module")
 async def scene(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[JoinerScene]:

@@ -32,6 +32,8 @@ from tests.support.media import (
 from tests.support.scene import Scene, start_scene, stop_scene
 from tests.support.service_errors import errcode, typed_rpc_error
 
+pytestmark = pytest.mark.whole_stack
+
 V1 = "/_matrix/federation/v1/media"
 MAX_BYTES = 24 * 1024 * 1024
 MAX_PIXELS = 4_000_000

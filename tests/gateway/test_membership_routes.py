@@ -24,6 +24,8 @@ from mxfed_api.events.v1 import events_pb2, membership_pb2, membership_pb2_grpc
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.scene import Room, Scene
 
+pytestmark = pytest.mark.whole_stack
+
 V1 = "/_matrix/federation/v1"
 V2 = "/_matrix/federation/v2"
 ALL_VERSIONS = "&".join(f"ver={v}" for v in range(1, 13))

@@ -42,6 +42,8 @@ from matrix_protocol.canonical_json import encode_json
 from mxfed.config import load_config
 from tests.support.scene import Room, Scene, start_scene, stop_scene
 
+pytestmark = pytest.mark.whole_stack
+
 _PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 
 # Path parameter values, already percent-encoded as they go on the wire.

@@ -22,6 +22,8 @@ from mxfed_api.events.v1 import events_pb2, membership_pb2
 from tests.support.partial_resident import MEMBER, BigRoom, JoinerScene
 from tests.support.polling import until
 
+pytestmark = pytest.mark.whole_stack
+
 MEMBERS = 300
 
 

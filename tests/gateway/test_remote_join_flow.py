@@ -27,6 +27,8 @@ from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.join_resident import Resident, add_routes
 from tests.support.mxfed_process import MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 
 class Scene:
     def __init__(self, mxfed: MxfedProcess, server: FakeHomeserver) -> None:

@@ -34,6 +34,8 @@ from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.identity_server import KEY_ID, IdentityServer
 from tests.support.mxfed_process import MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 V1 = "/_matrix/federation/v1"
 
 

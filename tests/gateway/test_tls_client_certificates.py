@@ -10,6 +10,8 @@ import pytest
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 
 @pytest.fixture
 async def remote() -> AsyncIterator[FakeHomeserver]:

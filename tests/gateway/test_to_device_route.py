@@ -21,6 +21,8 @@ from tests.support.databases import create_database, drop_database
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 
 @dataclass
 class World:

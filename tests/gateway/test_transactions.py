@@ -27,6 +27,8 @@ from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.scene import Room, Scene, event_id_of
 
+pytestmark = pytest.mark.whole_stack
+
 # Fixtures ----------------------------------------------------------------------
 
 

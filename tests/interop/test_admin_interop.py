@@ -18,7 +18,7 @@ from mxfed.internal_plane import OPERATOR
 from mxfed_api.events.v1 import admin_pb2, admin_pb2_grpc, events_pb2
 from tests.support.mx import Mx
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 async def test_purge_and_shutdown_with_synapse_in_the_room(

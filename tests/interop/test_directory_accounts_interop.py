@@ -25,7 +25,7 @@ from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from mxfed_api.events.v1 import directory_pb2, directory_pb2_grpc, events_pb2, events_pb2_grpc
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 class Mx:

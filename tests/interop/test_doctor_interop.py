@@ -34,7 +34,7 @@ from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.pki import TestCa
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "docs" / "doctor-report.schema.json").read_text()

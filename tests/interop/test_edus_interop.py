@@ -37,7 +37,7 @@ from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from mxfed_api.sender.v1 import sender_pb2, sender_pb2_grpc
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 @pytest.fixture

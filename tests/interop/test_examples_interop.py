@@ -24,7 +24,7 @@ from synapse_harness import SynapseClient, SynapseServer, wait_until
 from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -22,7 +22,7 @@ from mxfed_api.events.v1 import events_pb2
 from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 async def _page_back(client: SynapseClient, token: str, room_id: str) -> list[str]:

@@ -26,7 +26,7 @@ from mxfed_api.events.v1 import events_pb2
 from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 def _published_keys(mxfed: MxfedProcess) -> dict:

@@ -50,7 +50,7 @@ from tests.support.grpc_plane import bind_loopback, make_server, plane_settings
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.ports import HeldPort
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 LOOPBACK = OutboundOptions(verify_tls=False, allowed_ip_ranges=["127.0.0.0/8"], max_retries=1)
 

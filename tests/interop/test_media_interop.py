@@ -30,7 +30,7 @@ from synapse_harness import SynapseClient, SynapseServer
 from tests.support.media import png
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 def media_cli(mxfed: MxfedProcess, *args: str) -> subprocess.CompletedProcess[str]:

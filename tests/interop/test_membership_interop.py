@@ -17,7 +17,7 @@ from synapse_harness import SynapseClient, SynapseClientError, SynapseServer, wa
 from mxfed_api.events.v1 import events_pb2, membership_pb2
 from tests.support.mx import Mx
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 async def _register(client: SynapseClient, name: str) -> tuple[str, str]:

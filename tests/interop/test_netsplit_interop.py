@@ -37,7 +37,7 @@ from tests.support.databases import create_database, drop_database
 from tests.support.mx import Mx
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 # Seconds to wait for any one thing to cross the federation.
 FEDERATION = 90.0

@@ -12,9 +12,12 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from synapse_harness import SynapseClient, SynapseServer, wait_until
 
 from tests.support.mx import Mx
+
+pytestmark = pytest.mark.whole_stack
 
 MEMBERS = 200
 

@@ -25,7 +25,7 @@ from tests.support.policy_server import PolicyServer
 from tests.support.scene import Room, Scene
 from tests.support.service_errors import errcode
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 @pytest.fixture(scope="module")

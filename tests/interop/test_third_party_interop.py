@@ -40,7 +40,7 @@ from mxfed_api.events.v1 import (
 from tests.support.identity_server import IdentityServer
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from synapse_harness import SynapseClient, SynapseServer, wait_until
 from mxfed_api.accounts.v1 import accounts_pb2, accounts_pb2_grpc
 from tests.support.mxfed_process import MxfedProcess
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.whole_stack]
 
 
 @pytest.fixture

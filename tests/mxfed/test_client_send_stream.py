@@ -12,6 +12,8 @@ import pytest
 from mxfed.client import Client, Forbidden, MatrixError, NotFound
 from tests.support.scene import Scene
 
+pytestmark = pytest.mark.whole_stack
+
 
 @pytest.fixture
 async def client(scene: Scene) -> AsyncIterator[Client]:

@@ -14,6 +14,8 @@ from mxfed_api.events.v1 import events_pb2, events_pb2_grpc
 from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 
 @pytest.fixture(scope="module")
 def mxfed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MxfedProcess]:

@@ -16,6 +16,8 @@ from mxfed_api.keys.v1 import keys_pb2, keys_pb2_grpc
 from tests.support.databases import create_database, drop_database
 from tests.support.mxfed_process import PARTS, MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 
 @pytest.fixture(scope="module")
 def running_mxfed(tmp_path_factory: pytest.TempPathFactory):

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.scene import Scene
 
+pytestmark = pytest.mark.whole_stack
+
 
 def _command(scene: Scene, *args: str) -> list[str]:
     return [sys.executable, "-m", "mxfed.cli", "--config", str(scene.mxfed.config_path), *args]

@@ -20,6 +20,8 @@ from tests.support.grpc_plane import plane_settings
 from tests.support.mxfed_process import PARTS, MxfedProcess
 from tests.support.ports import HeldPort
 
+pytestmark = pytest.mark.whole_stack
+
 
 def _children(process: MxfedProcess) -> dict[str, psutil.Process]:
     """The supervised parts, by part name, read from their command lines."""
@@ -51,9 +53,14 @@ def mxfed(tmp_path: Path, own_database_url: str):
     process.stop()
 
 
+def _supervised_only(mxfed: MxfedProcess) -> None:
+    if mxfed.single_process:
+        pytest.skip("about the supervised run's part processes (a single-process run has none)")
+
+
 def test_run_starts_every_part_and_serves_the_version_over_https(mxfed: MxfedProcess) -> None:
     mxfed.start()
-    assert set(_children(mxfed)) == {*PARTS, "gateway"}
+    assert set(_children(mxfed)) == (set() if mxfed.single_process else {*PARTS, "gateway"})
     assert _version(mxfed) == {"server": {"name": "mxfed", "version": "0.1.0"}}
     # The TLS pair was made on this first start (by a short-lived helper process).
     assert (mxfed.data_dir / "tls.crt").exists() and (mxfed.data_dir / "tls.key").exists()
@@ -117,6 +124,7 @@ def test_a_rotated_key_is_still_this_servers_after_a_restart(mxfed: MxfedProcess
 
 
 def test_a_killed_part_is_restarted_and_sigterm_leaves_no_orphans(mxfed: MxfedProcess) -> None:
+    _supervised_only(mxfed)
     mxfed.start()
     before = _children(mxfed)
     victim = before["events"]
@@ -155,6 +163,7 @@ def test_parts_share_the_memory_of_what_they_all_import(mxfed: MxfedProcess) -> 
     """Each part is forked from the part starter, which imported what they all import:
     those pages are shared between the parts, not copied into each (an executed part
     shares no written memory with anyone). The starter is gone once every part is ready."""
+    _supervised_only(mxfed)
     mxfed.start()
     parts = _children(mxfed)
     assert set(parts) == {*PARTS, "gateway"}
@@ -171,6 +180,7 @@ def test_parts_share_the_memory_of_what_they_all_import(mxfed: MxfedProcess) -> 
 
 
 def test_parts_stop_when_the_supervisor_is_killed(mxfed: MxfedProcess) -> None:
+    _supervised_only(mxfed)
     mxfed.start()
     parts = list(_children(mxfed).values())
     assert len(parts) == len(PARTS) + 1

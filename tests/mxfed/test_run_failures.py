@@ -21,6 +21,8 @@ from mxfed.database import with_database_name
 from mxfed.startup import EXIT_FATAL
 from tests.support.mxfed_process import PARTS, MxfedProcess
 
+pytestmark = pytest.mark.whole_stack
+
 # A hang guard, not a measure: these runs end in a few seconds.
 GUARD = 90
 

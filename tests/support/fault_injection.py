@@ -99,6 +99,7 @@ class FaultStack:
         self.mxfed = MxfedProcess(
             self.directory / "mxfed",
             self.database_url,
+            single_process=False,  # its faults include SIGKILL of each part process
             extra_config={
                 "sender_min_retry_interval": 0.5,
                 "sender_max_retry_interval": 2,

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -26,19 +27,37 @@ from tests.support.ports import HeldPort
 PARTS = ("keys", "events", "sender", "backfill", "media")
 
 
+# The marker of a test module whose whole mxfed runs in either mode: the suite's second
+# pass (``MXFED_TEST_SINGLE_PROCESS=1 ... -m whole_stack``, .ci/run) runs these modules
+# again against ``mxfed run --single-process``.
+WHOLE_STACK = "whole_stack"
+# The test being set up or run (tests/conftest.py sets it before the test's fixtures).
+running_test: Any = None
+
+
+def single_process_by_default() -> bool:
+    """Whether a whole mxfed started by a test runs as one process unless the test says
+    otherwise (``MXFED_TEST_SINGLE_PROCESS=1``: the small-deployment mode's pass)."""
+    return os.environ.get("MXFED_TEST_SINGLE_PROCESS") == "1"
+
+
 @dataclass
 class MxfedProcess:
     data_dir: Path
     database_url: str
     server_name: str = ""
     extra_config: dict = field(default_factory=dict)
-    # Every part in the one process (``mxfed run --single-process``).
-    single_process: bool = False
+    # Every part in the one process (``mxfed run --single-process``); None: as the pass
+    # says (:func:`single_process_by_default`), for a test marked WHOLE_STACK.
+    single_process: bool | None = None
     process: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
     _log_start: int = field(default=0, repr=False)  # where this start's log begins
 
     def __post_init__(self) -> None:
+        self.mode_given = self.single_process is not None
+        if self.single_process is None:
+            self.single_process = single_process_by_default()
         # Held until release(): a restarted mxfed listens on the same ports, and
         # nothing else can take them in between (its parts bind with SO_REUSEPORT).
         names = ("gateway", *PARTS, "accounts")
@@ -87,6 +106,17 @@ class MxfedProcess:
             return AdmittedCallerChannel(self.config(), service, address)
         return open_channel(self.config(), service, caller=caller, address=address)
 
+    def _check_marked(self) -> None:
+        """A test that leaves the mode to the pass must be marked, or the single-process
+        pass (which selects by the marker) would silently leave it out."""
+        test = running_test
+        if self.mode_given or test is None or test.get_closest_marker(WHOLE_STACK):
+            return
+        raise AssertionError(
+            f"{test.nodeid} starts a whole mxfed: mark its module "
+            f"pytest.mark.{WHOLE_STACK}, or give single_process"
+        )
+
     def write_config(self) -> None:
         config = {
             "server_name": self.server_name,
@@ -116,6 +146,7 @@ class MxfedProcess:
         return env
 
     def start(self, timeout: float = 60.0) -> None:
+        self._check_marked()
         self.write_config()
         log = open(self.data_dir / "mxfed.log", "ab")
         self._log_start = log.tell()

@@ -218,7 +218,7 @@ async def start_scene(
         tmp_path / "mxfed",
         database_url,
         extra_config=extra_config or {},
-        single_process=single_process,
+        single_process=True if single_process else None,  # None: as the pass says
     )
     try:
         await asyncio.to_thread(mxfed.start)

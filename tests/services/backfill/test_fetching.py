@@ -29,6 +29,8 @@ from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.scene import Room, Scene
 
+pytestmark = pytest.mark.whole_stack
+
 V1 = "/_matrix/federation/v1"
 
 

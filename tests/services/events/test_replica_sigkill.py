@@ -31,6 +31,8 @@ from tests.support.fake_homeserver import FakeHomeserver
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.ports import HeldPort
 
+pytestmark = pytest.mark.whole_stack
+
 
 @pytest.fixture
 async def remote() -> AsyncIterator[FakeHomeserver]:

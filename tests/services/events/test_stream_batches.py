@@ -12,6 +12,8 @@ from mxfed.client import Client
 from mxfed_api.events.v1 import events_pb2
 from tests.support.scene import Scene
 
+pytestmark = pytest.mark.whole_stack
+
 
 @pytest.fixture
 async def client(scene: Scene) -> AsyncIterator[Client]:

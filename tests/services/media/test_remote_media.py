@@ -42,6 +42,8 @@ from tests.support.mxfed_process import MxfedProcess
 from tests.support.polling import wait_until
 from tests.support.service_errors import errcode as errcode_of
 
+pytestmark = pytest.mark.whole_stack
+
 MAX_BYTES = 256 * 1024
 CACHE_BYTES = 600 * 1024
 IDLE_TIMEOUT = 1.0

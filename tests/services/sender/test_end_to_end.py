@@ -20,6 +20,8 @@ from tests.support.mxfed_process import MxfedProcess
 from tests.support.polling import wait_until
 from tests.support.scene import Scene, event_id_of
 
+pytestmark = pytest.mark.whole_stack
+
 
 async def test_local_messages_reach_a_joined_remote_server_once_in_order(
     tmp_path: Path,

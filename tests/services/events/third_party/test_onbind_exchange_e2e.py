@@ -32,6 +32,8 @@ from tests.support.identity_server import IdentityServer
 from tests.support.mxfed_process import MxfedProcess
 from tests.support.polling import wait_until
 
+pytestmark = pytest.mark.whole_stack
+
 
 @dataclass
 class Server:
