@@ -63,12 +63,14 @@ def setup_tracing(part: str, config: Config, exporter: Any = None) -> bool:
         from opentelemetry import trace
         from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+        from opentelemetry.sdk.trace import SpanProcessor
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     except ImportError as exc:
         raise StartupError(
             f"tracing_otlp_endpoint is set but the tracing packages are missing ({exc.name})",
             "install them (pip install 'mxfed[tracing]') or unset tracing_otlp_endpoint",
         ) from None
+    processor: SpanProcessor
     if exporter is not None:
         processor = SimpleSpanProcessor(exporter)
     else:
