@@ -36,14 +36,13 @@ from mxfed.startup import StartupError
 
 log = logging.getLogger(__name__)
 
-_enabled = False
-# The installed provider (:func:`_part_tracer_provider`), once tracing is on.
+# The installed provider (:func:`_part_tracer_provider`): None while tracing is off.
 _parts: Any = None
 
 
 def enabled() -> bool:
     """Whether this process traces (set once by :func:`setup_tracing`)."""
-    return _enabled
+    return _parts is not None
 
 
 def setup_tracing(part: str, config: Config, exporter: Any = None) -> bool:
@@ -53,7 +52,7 @@ def setup_tracing(part: str, config: Config, exporter: Any = None) -> bool:
     single-process run every part calls this: the first installs tracing, each adds
     its own service name (:func:`_part_tracer_provider`).
     """
-    global _enabled, _parts
+    global _parts
     if not config.tracing_otlp_endpoint and exporter is None:
         return False
     if _parts is not None:
@@ -81,7 +80,6 @@ def setup_tracing(part: str, config: Config, exporter: Any = None) -> bool:
     trace.set_tracer_provider(_parts)
     AsyncPGInstrumentor().instrument(tracer_provider=_parts)
     AioHttpClientInstrumentor().instrument(tracer_provider=_parts)
-    _enabled = True
     log.info(
         "tracing on",
         extra={
@@ -153,7 +151,7 @@ def _part_tracer_provider(processor: Any, sample_ratio: float, first_part: str) 
 
 def server_interceptors() -> list[Any]:
     """The grpc instrumentation's server interceptor (none when tracing is off)."""
-    if not _enabled:
+    if _parts is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
@@ -162,7 +160,7 @@ def server_interceptors() -> list[Any]:
 
 def client_interceptors() -> list[Any]:
     """The grpc instrumentation's client interceptors (none when tracing is off)."""
-    if not _enabled:
+    if _parts is None:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
@@ -171,7 +169,7 @@ def client_interceptors() -> list[Any]:
 
 def asgi_middleware(app: Any) -> Any:
     """``app`` inside the ASGI instrumentation's middleware (itself when tracing is off)."""
-    if not _enabled:
+    if _parts is None:
         return app
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
@@ -180,7 +178,7 @@ def asgi_middleware(app: Any) -> Any:
 
 def flush() -> None:
     """Export what is buffered (at a clean stop)."""
-    if not _enabled:
+    if _parts is None:
         return
     from opentelemetry import trace
 
@@ -212,7 +210,7 @@ def _bounded_put(notes: dict[Any, str], key: Any, value: str) -> None:
 
 def current_traceparent() -> str:
     """The W3C traceparent of the current span ("" when tracing is off or none is current)."""
-    if not _enabled:
+    if _parts is None:
         return ""
     from opentelemetry.propagate import inject
 
@@ -225,7 +223,7 @@ def current_traceparent() -> str:
 def continued(traceparent: str) -> Iterator[None]:
     """Inside the block, the trace of ``traceparent`` is current (a call's trace carried
     in its message rather than its metadata); nothing when tracing is off or it is empty."""
-    if not _enabled or not traceparent:
+    if _parts is None or not traceparent:
         yield
         return
     from opentelemetry import context
@@ -247,18 +245,18 @@ def note_event(event_id: str) -> None:
 
 def traceparent_of_event(event_id: str) -> str:
     # Read, not taken: every subscriber of the stream (the sender, keys...) gets it.
-    return _event_notes.get(event_id, "") if _enabled else ""
+    return _event_notes.get(event_id, "") if _parts is not None else ""
 
 
 def note_position(position: int, traceparent: str) -> None:
-    if _enabled and traceparent:
+    if _parts is not None and traceparent:
         _bounded_put(_position_notes, position, traceparent)
 
 
 def delivery_span(name: str, positions: list[int]) -> Any:
     """A span for delivering the events at ``positions``: a child of the first one's
     trace, linked to the others'; a no-op context when tracing is off."""
-    if not _enabled:
+    if _parts is None:
         return contextlib.nullcontext()
     from opentelemetry import trace
     from opentelemetry.propagate import extract

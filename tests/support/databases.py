@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -112,10 +113,17 @@ async def explain_from_now(connection: asyncpg.Connection) -> list[dict[str, Any
     return plans
 
 
-def rows_examined(plans: list[dict[str, Any]], tables: set[str]) -> Iterator[tuple[int, Any]]:
-    """Per scan of one of ``tables`` in ``plans`` (writes to them left out): the rows it
-    examined over all its loops (those a filter removed included), and what to show
-    when that is too many."""
+@dataclass(frozen=True)
+class ExaminedScan:
+    """A scan of a table in an executed plan (:func:`rows_examined`)."""
+
+    table: str
+    rows: int  # examined over all its loops, those a filter removed included
+    shown: Any  # the scan and its statement's text, to show when ``rows`` is too many
+
+
+def rows_examined(plans: list[dict[str, Any]], tables: set[str]) -> Iterator[ExaminedScan]:
+    """Each scan of one of ``tables`` in ``plans`` (writes to them left out)."""
 
     def scans(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if node.get("Relation Name") in tables and node["Node Type"] != "ModifyTable":
@@ -126,4 +134,8 @@ def rows_examined(plans: list[dict[str, Any]], tables: set[str]) -> Iterator[tup
     for plan in plans:
         for scan in scans(plan["Plan"]):
             examined = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
-            yield examined * scan["Actual Loops"], (scan, plan["Query Text"])
+            yield ExaminedScan(
+                scan["Relation Name"],
+                examined * scan["Actual Loops"],
+                (scan, plan["Query Text"]),
+            )

@@ -137,7 +137,7 @@ async def test_head_reads_and_checked_writes_look_up_by_key_after_the_tables_gre
     finally:
         await conn.close()
     examined = list(rows_examined(plans, LOOKED_UP))
-    looked_in = {scan["Relation Name"] for _, (scan, _) in examined}
+    looked_in = {scan.table for scan in examined}
     assert {"events", "rooms", "forward_extremities", "local_transactions"} <= looked_in
-    for rows, shown in examined:
-        assert rows <= 10, shown
+    for scan in examined:
+        assert scan.rows <= 10, scan.shown

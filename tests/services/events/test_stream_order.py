@@ -393,11 +393,13 @@ async def test_rows_the_running_round_positioned_are_not_looked_up_again_by_the_
 STREAM_LOCK = 120363881423873
 
 
-def _writes_positioned_by(who: str) -> float:
-    return (
-        REGISTRY.get_sample_value("mxfed_events_writes_on_kept_heads_total", {"positioned_by": who})
-        or 0.0
-    )
+# Counters of who gave stream positions: a write on kept heads, a room transaction.
+KEPT_HEAD_WRITES = "mxfed_events_writes_on_kept_heads_total"
+ROOM_TRANSACTIONS = "mxfed_events_streamed_room_transactions_total"
+
+
+def _positioned_by(counter: str, who: str) -> float:
+    return REGISTRY.get_sample_value(counter, {"positioned_by": who}) or 0.0
 
 
 class _CountedRounds:
@@ -424,14 +426,14 @@ async def test_a_lone_send_gives_positions_in_its_own_statement_to_rows_left_pen
         _, orphan_id = await _write(conn, core, local, other, "orphan")
     counted = _CountedRounds()
     monkeypatch.setattr(storage, "assign_stream_positions", counted)
-    by_write = _writes_positioned_by("write")
+    by_write = _positioned_by(KEPT_HEAD_WRITES, "write")
     sent_id, position = await local.send_event(
         room_id, ALICE, "m.room.message", None, {"body": "second"}
     )
     # No round: the write took the free stream lock and positioned the row left pending
     # too, before its own (the order they were queued in).
     assert counted.rounds == 0
-    assert _writes_positioned_by("write") == by_write + 1
+    assert _positioned_by(KEPT_HEAD_WRITES, "write") == by_write + 1
     async with events_pool.acquire() as conn:
         positions = await storage.stream_positions_of(conn, [orphan_id, sent_id])
     assert positions == {orphan_id: position - 1, sent_id: position}
@@ -449,11 +451,11 @@ async def test_a_lone_send_that_takes_the_stream_lock_inserts_its_event_position
     orders = "SELECT last_value FROM events.stream_pending_order"
     async with events_pool.acquire() as conn:
         before = await conn.fetchval(orders)
-        by_write = _writes_positioned_by("write")
+        by_write = _positioned_by(KEPT_HEAD_WRITES, "write")
         sent_id, position = await local.send_event(
             room_id, ALICE, "m.room.message", None, {"body": "second"}
         )
-        assert _writes_positioned_by("write") == by_write + 1
+        assert _positioned_by(KEPT_HEAD_WRITES, "write") == by_write + 1
         assert await conn.fetchval(orders) == before
         row = await conn.fetchrow(
             "SELECT stream_position, stream_pending FROM events.events WHERE event_id = $1",
@@ -462,21 +464,16 @@ async def test_a_lone_send_that_takes_the_stream_lock_inserts_its_event_position
     assert (row["stream_position"], row["stream_pending"]) == (position, None)
 
 
-async def test_a_lone_send_commits_and_waits_for_a_round_while_the_stream_lock_is_taken(
-    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
-) -> None:
-    room_id = await _room(local)
-    await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "first"})
-    reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
-    by_round = _writes_positioned_by("round")
+async def _send_while_the_stream_lock_is_held(
+    events_pool: asyncpg.Pool, local: LocalEvents, room_id: str, *send: Any
+) -> tuple[str, int]:
+    """``local.send_event(room_id, *send)`` while another holds the stream lock: checked to
+    have committed its event unpositioned without waiting for the lock with the room's
+    held (the round after its commit is what waits), then answered once the lock is free."""
     async with events_pool.acquire() as holder:
         await holder.execute("SELECT pg_advisory_lock($1)", STREAM_LOCK)
-        sending = asyncio.create_task(
-            local.send_event(room_id, ALICE, "m.room.message", None, {"body": "second"})
-        )
+        sending = asyncio.create_task(local.send_event(room_id, *send))
         try:
-            # The write did not wait for the lock with the room's held: it committed the
-            # event unpositioned, and the round after it is the one waiting.
             await wait_until(
                 lambda: _someone_waits_for_an_advisory_lock(events_pool),
                 interval=0.01,
@@ -491,11 +488,23 @@ async def test_a_lone_send_commits_and_waits_for_a_round_while_the_stream_lock_i
             assert not sending.done()
         finally:
             await holder.execute("SELECT pg_advisory_unlock($1)", STREAM_LOCK)
-    sent_id, position = await asyncio.wait_for(sending, 30)
+    return await asyncio.wait_for(sending, 30)
+
+
+async def test_a_lone_send_commits_and_waits_for_a_round_while_the_stream_lock_is_taken(
+    events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents
+) -> None:
+    room_id = await _room(local)
+    await local.send_event(room_id, ALICE, "m.room.message", None, {"body": "first"})
+    reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
+    by_round = _positioned_by(KEPT_HEAD_WRITES, "round")
+    sent_id, position = await _send_while_the_stream_lock_is_held(
+        events_pool, local, room_id, ALICE, "m.room.message", None, {"body": "second"}
+    )
     await reader.read()
     assert reader.seen == [sent_id]
     assert reader.position == position
-    assert _writes_positioned_by("round") == by_round + 1
+    assert _positioned_by(KEPT_HEAD_WRITES, "round") == by_round + 1
 
 
 async def test_rows_a_write_positioned_itself_are_answered_by_the_next_round_without_a_look_up(
@@ -520,15 +529,6 @@ async def test_rows_a_write_positioned_itself_are_answered_by_the_next_round_wit
     assert await asyncio.wait_for(positions.assign([event_id]), 30) == given
 
 
-def _transactions_positioned_by(who: str) -> float:
-    return (
-        REGISTRY.get_sample_value(
-            "mxfed_events_streamed_room_transactions_total", {"positioned_by": who}
-        )
-        or 0.0
-    )
-
-
 async def test_a_room_transaction_gives_positions_before_its_commit_when_the_lock_is_free(
     events_pool: asyncpg.Pool, core: RoomsCore, local: LocalEvents, monkeypatch: Any
 ) -> None:
@@ -542,10 +542,10 @@ async def test_a_room_transaction_gives_positions_before_its_commit_when_the_loc
         _, orphan_id = await _write(conn, core, local, other, "orphan")
     counted = _CountedRounds()
     monkeypatch.setattr(storage, "assign_stream_positions", counted)
-    by_commit = _transactions_positioned_by("write")
+    by_commit = _positioned_by(ROOM_TRANSACTIONS, "write")
     sent_id, position = await local.send_event(room_id, ALICE, "m.room.topic", "", {"topic": "t"})
     assert counted.rounds == 0
-    assert _transactions_positioned_by("write") == by_commit + 1
+    assert _positioned_by(ROOM_TRANSACTIONS, "write") == by_commit + 1
     async with events_pool.acquire() as conn:
         positions = await storage.stream_positions_of(conn, [orphan_id, sent_id])
     assert positions == {orphan_id: position - 1, sent_id: position}
@@ -558,34 +558,14 @@ async def test_a_room_transaction_commits_and_waits_for_a_round_while_the_lock_i
 ) -> None:
     room_id = await _room(local)
     reader = _Reader(events_pool, {room_id}, await _latest(events_pool))
-    by_round = _transactions_positioned_by("round")
-    async with events_pool.acquire() as holder:
-        await holder.execute("SELECT pg_advisory_lock($1)", STREAM_LOCK)
-        sending = asyncio.create_task(
-            local.send_event(room_id, ALICE, "m.room.topic", "", {"topic": "t"})
-        )
-        try:
-            # The transaction did not wait for the lock with the room's held: it committed
-            # the event unpositioned, and the round after it is the one waiting.
-            await wait_until(
-                lambda: _someone_waits_for_an_advisory_lock(events_pool),
-                interval=0.01,
-                what="the send's round waits for the stream lock",
-            )
-            pending = await holder.fetchval(
-                "SELECT count(*) FROM events.events WHERE room_id = $1"
-                " AND stream_pending IS NOT NULL",
-                room_id,
-            )
-            assert pending == 1
-            assert not sending.done()
-        finally:
-            await holder.execute("SELECT pg_advisory_unlock($1)", STREAM_LOCK)
-    sent_id, position = await asyncio.wait_for(sending, 30)
+    by_round = _positioned_by(ROOM_TRANSACTIONS, "round")
+    sent_id, position = await _send_while_the_stream_lock_is_held(
+        events_pool, local, room_id, ALICE, "m.room.topic", "", {"topic": "t"}
+    )
     await reader.read()
     assert reader.seen == [sent_id]
     assert reader.position == position
-    assert _transactions_positioned_by("round") == by_round + 1
+    assert _positioned_by(ROOM_TRANSACTIONS, "round") == by_round + 1
 
 
 async def test_a_transaction_that_positions_its_rows_flushes_its_commit(

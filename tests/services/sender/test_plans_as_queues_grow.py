@@ -120,6 +120,6 @@ async def test_transactions_are_taken_and_recorded_by_key_after_the_queues_grew(
         await conn.close()
     queues = {"pdu_queue", "pdus", "edu_queue", "destinations"}
     examined = list(rows_examined(plans, queues))
-    assert queues <= {scan["Relation Name"] for _, (scan, _) in examined}
-    for rows, shown in examined:
-        assert rows <= 60, shown
+    assert queues <= {scan.table for scan in examined}
+    for scan in examined:
+        assert scan.rows <= 60, scan.shown
